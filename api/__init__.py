@@ -1,0 +1,1 @@
+"""The REST API (DRF only: serializers, views, auth, throttling, errors)."""

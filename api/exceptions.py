@@ -1,0 +1,82 @@
+"""One place that turns every failure under /api/ into the JSON error body of API.md."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from recsys.errors import DomainError, NotFound, PayloadTooLarge
+
+logger = logging.getLogger(__name__)
+
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    PayloadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+}
+_DRF_CODES = {
+    exceptions.ParseError: "malformed_request",
+    exceptions.ValidationError: "validation_error",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+}
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(status_code: int, code: str, message: str, details: dict[str, Any] | None = None) -> JsonResponse:
+    return JsonResponse(error_body(code, message, details), status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        code = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
+        return Response(error_body(exc.code, exc.message, exc.details), status=code)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("payload_too_large", "request body is too large"), status=413)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logger.error("database unavailable: %s", exc)
+        return Response(
+            error_body("service_unavailable", "the database is unavailable; retry shortly"),
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, DatabaseError):
+        return None  # a bug, not bad input: let the middleware log it and answer 500
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+    return _api_exception_response(exc, response)
+
+
+def _api_exception_response(exc: exceptions.APIException, response: Response) -> Response:
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+    details: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        message = "the request is not valid"
+    else:
+        message = str(exc.detail)
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        response["Retry-After"] = str(max(1, math.ceil(exc.wait)))
+        details = {"retry_after_seconds": max(1, math.ceil(exc.wait))}
+        message = "rate limit exceeded for this API key"
+    response.data = error_body(code, message, details)
+    return response

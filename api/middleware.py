@@ -1,0 +1,65 @@
+"""Guards for /api/: refuse oversized bodies early, and never answer with an HTML error page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+
+from api.exceptions import error_response
+
+logger = logging.getLogger("api")
+API_PREFIX = "/api/"
+
+
+class ApiGuardMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(API_PREFIX):
+            too_large = self._declared_length(request) > settings.RECSYS_MAX_BODY_BYTES
+            if too_large:
+                return error_response(
+                    413,
+                    "payload_too_large",
+                    f"request bodies are limited to {settings.RECSYS_MAX_BODY_BYTES} bytes",
+                    {"max_bytes": settings.RECSYS_MAX_BODY_BYTES},
+                )
+        return self.get_response(request)
+
+    @staticmethod
+    def _declared_length(request: HttpRequest) -> int:
+        try:
+            return int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return 0
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not request.path.startswith(API_PREFIX):
+            return None
+        if isinstance(exception, (OperationalError, InterfaceError)):
+            logger.error("database unavailable: %s", exception)
+            response = error_response(503, "service_unavailable", "the database is unavailable; retry shortly")
+            response["Retry-After"] = "5"
+            return response
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def api_error_view(status_code: int, code: str, message: str) -> Callable[..., HttpResponse]:
+    """Django's handler4xx/500 for /api/ paths (e.g. a bad Host header) in the JSON error format."""
+    from django.views import defaults
+
+    fallback = {400: defaults.bad_request, 403: defaults.permission_denied, 404: defaults.page_not_found,
+                500: defaults.server_error}[status_code]
+
+    def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+        if request.path.startswith(API_PREFIX):
+            return error_response(status_code, code, message)
+        return fallback(request) if status_code == 500 else fallback(request, exception)  # type: ignore[call-arg]
+
+    return view

@@ -1,0 +1,119 @@
+"""Request and response shapes. Requests are validated by recsys.validation (fast, shared with
+the batch paths); these serializers render answers and document both sides in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from recsys.models import Interaction, Item, User
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+class ItemWriteSerializer(serializers.Serializer):
+    """Every field is optional; on update only the fields sent change. Unknown fields are rejected."""
+
+    title = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+    text = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
+    categories = serializers.ListField(child=serializers.CharField(max_length=128), required=False, max_length=100)
+    attributes = serializers.DictField(required=False)
+    is_hidden = serializers.BooleanField(required=False)
+    published_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class ItemBatchRowSerializer(ItemWriteSerializer):
+    id = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+
+
+class ItemBatchSerializer(serializers.Serializer):
+    items = ItemBatchRowSerializer(many=True, max_length=10_000)
+
+
+class BatchErrorSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    id = serializers.CharField(required=False, allow_null=True)
+    error = ErrorDetailSerializer()
+
+
+class BatchResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    unchanged = serializers.IntegerField(help_text="Rows identical to what was stored (re-sends).")
+    errors = BatchErrorSerializer(many=True)
+
+
+class VectorStatusSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    updated_at = serializers.DateTimeField()
+
+
+class ItemSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="external_id")
+    vectors = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Item
+        fields = [
+            "id", "title", "text", "categories", "attributes", "is_hidden", "is_stub",
+            "published_at", "created_at", "updated_at", "vectors",
+        ]
+
+    def get_vectors(self, item: Item) -> dict[str, dict[str, Any]]:
+        """Per space, the active version that holds a vector of this item (none before training)."""
+        return dict(self.context.get("vectors", {}))
+
+
+class UserWriteSerializer(serializers.Serializer):
+    attributes = serializers.DictField(required=False)
+
+
+class UserSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="external_id")
+
+    class Meta:
+        model = User
+        fields = ["id", "attributes", "created_at", "updated_at"]
+
+
+class InteractionWriteSerializer(serializers.Serializer):
+    user = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+    item = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+    type = serializers.CharField(help_text="A configured event type: view, click, add_to_cart, purchase, like, dislike, rating, ...")
+    value = serializers.FloatField(required=False, allow_null=True, help_text="Required for rating.")
+    timestamp = serializers.DateTimeField(
+        required=False, help_text="With a zone; defaults to the time received. Send it to make re-sends idempotent."
+    )
+
+
+class InteractionBatchSerializer(serializers.Serializer):
+    interactions = InteractionWriteSerializer(many=True, max_length=10_000)
+
+
+class InteractionSerializer(serializers.ModelSerializer):
+    item = serializers.CharField(source="item.external_id")
+    type = serializers.CharField(source="event_type_id")
+
+    class Meta:
+        model = Interaction
+        fields = ["item", "type", "value", "weight", "timestamp"]
+
+
+class HistorySerializer(serializers.Serializer):
+    interactions = InteractionSerializer(many=True)
+    next_cursor = serializers.CharField(allow_null=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    database = serializers.ChoiceField(choices=["ok", "down"])
+    redis = serializers.ChoiceField(choices=["ok", "down"])
+    models = serializers.DictField()

@@ -1,0 +1,24 @@
+"""Routes of /api/v1/; ids may contain '/', so specific routes come before the catch-alls."""
+
+from __future__ import annotations
+
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from api import views
+
+v1 = [
+    path("items/batch", views.ItemBatchView.as_view(), name="items-batch"),
+    path("items/<path:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
+    path("users/<path:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
+    path("users/<path:user_id>", views.UserDetailView.as_view(), name="user-detail"),
+    path("interactions", views.InteractionsView.as_view(), name="interactions"),
+    path("health", views.HealthView.as_view(), name="health"),
+]
+
+urlpatterns = [
+    path("v1/", include(v1)),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    re_path(r"^(?P<rest>.*)$", views.not_found, name="not-found"),
+]

@@ -1,0 +1,179 @@
+"""The ingestion, reading and health endpoints: validate, call one service or selector, render."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.decorators import (
+    api_view,
+    authentication_classes,
+    permission_classes,
+    throttle_classes,
+)
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api import serializers as s
+from api.params import query_limit
+from api.permissions import PUBLIC
+from recsys import selectors, services
+from recsys.errors import NotFound
+from recsys.validation import clean_batch, clean_external_id, clean_user_fields
+
+ERRORS = {
+    400: OpenApiResponse(s.ErrorSerializer, description="Malformed JSON or invalid fields"),
+    401: OpenApiResponse(s.ErrorSerializer, description="Missing or invalid API key"),
+    403: OpenApiResponse(s.ErrorSerializer, description="The key lacks the scope"),
+    429: OpenApiResponse(s.ErrorSerializer, description="Rate limited; see Retry-After"),
+}
+NOT_FOUND = {404: OpenApiResponse(s.ErrorSerializer, description="No such id")}
+TOO_LARGE = {413: OpenApiResponse(s.ErrorSerializer, description="Over 10,000 rows or 10 MB")}
+
+
+class ApiView(APIView):
+    """Checks the client ids in the path once the caller is authenticated and allowed."""
+
+    def initial(self, request: Request, *args: object, **kwargs: object) -> None:
+        super().initial(request, *args, **kwargs)
+        for name in ("item_id", "user_id"):
+            if name in kwargs:
+                clean_external_id(kwargs[name], name.removesuffix("_id"))
+
+
+class ItemDetailView(ApiView):
+    scopes = {"GET": "read", "PUT": "write", "DELETE": "write"}
+
+    @extend_schema(operation_id="item_get", responses={200: s.ItemSerializer, **ERRORS, **NOT_FOUND})
+    def get(self, request: Request, item_id: str) -> Response:
+        item = selectors.item_get(external_id=item_id)
+        return Response(s.ItemSerializer(item).data)
+
+    @extend_schema(
+        operation_id="item_upsert",
+        request=s.ItemWriteSerializer,
+        responses={200: s.ItemSerializer, 201: s.ItemSerializer, **ERRORS},
+    )
+    def put(self, request: Request, item_id: str) -> Response:
+        item, created = services.item_upsert(external_id=item_id, data=request.data)
+        return Response(s.ItemSerializer(item).data, status=201 if created else 200)
+
+    @extend_schema(operation_id="item_delete", responses={204: None, **ERRORS, **NOT_FOUND})
+    def delete(self, request: Request, item_id: str) -> Response:
+        services.item_delete(external_id=item_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ItemBatchView(ApiView):
+    scopes = {"POST": "write"}
+
+    @extend_schema(
+        operation_id="items_batch_upsert",
+        request=s.ItemBatchSerializer,
+        responses={200: s.BatchResultSerializer, **ERRORS, **TOO_LARGE},
+    )
+    def post(self, request: Request) -> Response:
+        rows = clean_batch(request.data, "items", max_rows=settings.RECSYS_MAX_BATCH_ROWS)
+        return Response(services.items_upsert(rows=rows).as_dict())
+
+
+class UserDetailView(ApiView):
+    scopes = {"GET": "read", "PUT": "write", "DELETE": "write"}
+
+    @extend_schema(operation_id="user_get", responses={200: s.UserSerializer, **ERRORS, **NOT_FOUND})
+    def get(self, request: Request, user_id: str) -> Response:
+        return Response(s.UserSerializer(selectors.user_get(external_id=user_id)).data)
+
+    @extend_schema(
+        operation_id="user_upsert",
+        request=s.UserWriteSerializer,
+        responses={200: s.UserSerializer, 201: s.UserSerializer, **ERRORS},
+    )
+    def put(self, request: Request, user_id: str) -> Response:
+        fields = clean_user_fields(request.data)
+        user, created = services.user_upsert(external_id=user_id, attributes=fields.get("attributes"))
+        return Response(s.UserSerializer(user).data, status=201 if created else 200)
+
+    @extend_schema(operation_id="user_delete", responses={204: None, **ERRORS, **NOT_FOUND})
+    def delete(self, request: Request, user_id: str) -> Response:
+        services.user_delete(external_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UserInteractionsView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="user_interactions_list",
+        parameters=[
+            OpenApiParameter("limit", int, description="1-200, default 10"),
+            OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
+        ],
+        responses={200: s.HistorySerializer, **ERRORS, **NOT_FOUND},
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        page = selectors.user_interactions_page(
+            external_id=user_id, limit=query_limit(request), cursor=request.query_params.get("cursor") or None
+        )
+        return Response(s.HistorySerializer(page).data)
+
+
+class InteractionsView(ApiView):
+    scopes = {"POST": "write"}
+
+    @extend_schema(
+        operation_id="interactions_ingest",
+        request=s.InteractionBatchSerializer,
+        responses={200: s.BatchResultSerializer, **ERRORS, **TOO_LARGE},
+    )
+    def post(self, request: Request) -> Response:
+        rows = clean_batch(request.data, "interactions", max_rows=settings.RECSYS_MAX_BATCH_ROWS)
+        return Response(services.interactions_ingest(rows=rows).as_dict())
+
+
+class HealthView(ApiView):
+    scopes = {"GET": PUBLIC}
+    authentication_classes: list[type] = []
+    throttle_classes: list[type] = []
+
+    @extend_schema(operation_id="health", auth=[], responses={200: s.HealthSerializer, 503: s.HealthSerializer})
+    def get(self, request: Request) -> Response:
+        report = {"database": _database_status(), "redis": _redis_status(), "models": _models_status()}
+        return Response(report, status=200 if report["database"] == "ok" else 503)
+
+
+def _database_status() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception:
+        return "down"
+
+
+def _redis_status() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return "ok" if client.ping() else "down"
+    except (redis.RedisError, OSError):
+        return "down"
+
+
+def _models_status() -> dict[str, object]:
+    """Active model version per kind; none are active before the first training run."""
+    return {"collaborative": None, "content": None}
+
+
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+@throttle_classes([])
+@extend_schema(exclude=True)
+def not_found(request: Request, rest: str = "") -> Response:
+    """Every unknown path under /api/ answers 404 in the JSON error format, whatever the method."""
+    raise NotFound(f"no API endpoint at {request.path}")

@@ -1,0 +1,62 @@
+"""API key issuing and lookup: keys are random, shown once, and stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from django.utils import timezone
+
+from recsys.errors import ValidationFailed
+from recsys.models import ApiKey
+
+KEY_PREFIX = "rsk_"
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_create(*, name: str, scopes: list[str], rate_limit: str = "") -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the raw key, which is never stored or shown again."""
+    unknown = sorted(set(scopes) - set(ApiKey.SCOPES))
+    if unknown or not scopes:
+        raise ValidationFailed(
+            f"scopes must be a non-empty subset of {', '.join(ApiKey.SCOPES)}; got {', '.join(scopes) or 'none'}"
+        )
+    if not name.strip():
+        raise ValidationFailed("an API key needs a name")
+    raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        name=name.strip(),
+        prefix=raw_key[: len(KEY_PREFIX) + 6],
+        key_hash=hash_key(raw_key),
+        scopes=sorted(set(scopes), key=ApiKey.SCOPES.index),
+        rate_limit=rate_limit,
+    )
+    return key, raw_key
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+    """The live key matching ``raw_key``, or None. Revocation takes effect on the next request."""
+    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 128:
+        return None
+    digest = hash_key(raw_key)
+    key = ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True).first()
+    # The lookup is by hash (no timing signal about the key itself); compare in constant time anyway.
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    return key
+
+
+def api_key_touch(*, key: ApiKey, every_seconds: int) -> None:
+    """Record use at most once per ``every_seconds`` so that reads do not each cost a write."""
+    now = timezone.now()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= every_seconds:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def api_key_revoke(*, key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

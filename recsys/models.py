@@ -1,0 +1,155 @@
+"""Users, items and interactions keyed by the client's own ids; event types; hashed API keys."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.validators import RegexValidator
+from django.db import models
+
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
+EXTERNAL_ID_MAX_LENGTH = 128
+external_id_validator = RegexValidator(EXTERNAL_ID_PATTERN, "1–128 characters of [A-Za-z0-9_.:@/-]")
+
+
+class User(models.Model):
+    """A person the client's product recommends to (not an operator: those are auth users)."""
+
+    external_id = models.CharField(
+        "id", max_length=EXTERNAL_ID_MAX_LENGTH, unique=True, validators=[external_id_validator]
+    )
+    attributes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
+    updated_at = models.DateTimeField(auto_now=True, db_default=models.functions.Now())
+
+    class Meta:
+        verbose_name = "end user"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(external_id__regex=EXTERNAL_ID_PATTERN), name="user_external_id_format"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Item(models.Model):
+    """Something to recommend. ``is_stub`` items were created by an interaction and have no text yet."""
+
+    external_id = models.CharField(
+        "id", max_length=EXTERNAL_ID_MAX_LENGTH, unique=True, validators=[external_id_validator]
+    )
+    title = models.TextField(blank=True, default="")
+    text = models.TextField(blank=True, default="")
+    categories = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    is_hidden = models.BooleanField(default=False)
+    is_stub = models.BooleanField(default=False)
+    published_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
+    updated_at = models.DateTimeField(auto_now=True, db_default=models.functions.Now())
+    # Set whenever title, text or categories change: the content encoder picks these items up.
+    content_changed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    search_vector = models.GeneratedField(
+        expression=SearchVector("title", weight="A", config="english")
+        + SearchVector("text", weight="B", config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(external_id__regex=EXTERNAL_ID_PATTERN), name="item_external_id_format"
+            )
+        ]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="item_search_vector_gin"),
+            GinIndex(fields=["categories"], name="item_categories_gin"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.external_id
+
+
+class EventType(models.Model):
+    """A kind of interaction and the confidence it carries (``rating`` takes its weight from ``value``)."""
+
+    name = models.SlugField(max_length=32, primary_key=True)
+    weight = models.FloatField(help_text="Confidence of one event; negative for dislikes.")
+    uses_value = models.BooleanField(
+        default=False, help_text="Weight is the event's value times this weight (ratings)."
+    )
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def weight_of(self, value: float | None) -> float:
+        return self.weight * value if self.uses_value and value is not None else self.weight
+
+
+class Interaction(models.Model):
+    """One event of a user on an item. (user, item, type, timestamp) is unique: re-sends are no-ops."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="interactions")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, related_name="interactions")
+    event_type = models.ForeignKey(
+        EventType, on_delete=models.PROTECT, db_column="event_type", related_name="+", db_index=False
+    )
+    value = models.FloatField(null=True, blank=True)
+    weight = models.FloatField()
+    timestamp = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "item", "event_type", "timestamp"], name="interaction_unique_event"
+            )
+        ]
+        indexes = [
+            # A user's history, newest first, with (timestamp, id) as the keyset cursor.
+            models.Index(fields=["user", "-timestamp", "-id"], name="interaction_user_history"),
+            # Popularity windows and item deletes.
+            models.Index(fields=["item", "timestamp"], name="interaction_item_time"),
+            # "What arrived since" sweeps scan by arrival time; BRIN is tiny and free to maintain
+            # because rows arrive in created_at order.
+            BrinIndex(fields=["created_at"], name="interaction_created_brin"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.event_type_id} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class ApiKey(models.Model):
+    """A client credential. Only the SHA-256 of the key is stored; the key is shown once."""
+
+    SCOPES = ("read", "write", "admin")
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = ArrayField(models.CharField(max_length=16), default=list)
+    rate_limit = models.CharField(
+        max_length=32, blank=True, help_text="e.g. '600/min'; empty uses RECSYS_RATE_LIMIT."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def has_scope(self, scope: str) -> bool:
+        # Scopes are independent grants: an ingestion-only key cannot read, and vice versa.
+        return scope in self.scopes

@@ -1,0 +1,218 @@
+"""Django settings for recsys, read from the environment (see .env.example)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from recsys import embedded
+from recsys.env import env_bool, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and not env_bool("RECSYS_INSECURE_DEV_KEY", False):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is required unless DJANGO_DEBUG=true or RECSYS_INSECURE_DEV_KEY=true"
+        )
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "recsys.apps.RecsysConfig",
+    "embeddings.apps.EmbeddingsConfig",
+    "api.apps.ApiConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "api.middleware.ApiGuardMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "recsys.urls"
+WSGI_APPLICATION = "recsys.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def database_config(url: str) -> dict[str, object]:
+    """``postgresql://user:pass@host:port/name?host=/socket/dir`` → a Django DATABASES entry."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, got {parts.scheme!r}")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "recsys",
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": query.pop("host", None) or unquote(parts.hostname or ""),
+        "PORT": str(parts.port or ""),
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1), **query},
+        "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
+    }
+
+
+DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
+REDIS_URL = env_str("REDIS_URL") or embedded.redis_url(DATA_DIR)
+DATABASES = {"default": database_config(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def redis_db_url(url: str, db: int) -> str:
+    """The same Redis server, another logical database (cache apart from the Celery queues)."""
+    if url.startswith("unix://"):
+        return f"{url.split('?', 1)[0]}?db={db}"
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{db}").geturl()
+
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": redis_db_url(REDIS_URL, 1),
+        "KEY_PREFIX": "recsys",
+        "TIMEOUT": 300,
+        # Fail fast when Redis is away: serving goes on uncached, throttling fails open.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = env_path("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles")
+# WhiteNoise serves the admin's and the API docs' static files straight from the installed apps,
+# so gunicorn needs no collectstatic step and no CDN (the service works offline).
+WHITENOISE_USE_FINDERS = True
+
+# Behind a TLS-terminating proxy set DJANGO_SECURE=true.
+SECURE = env_bool("DJANGO_SECURE", False)
+SESSION_COOKIE_SECURE = SECURE
+CSRF_COOKIE_SECURE = SECURE
+SECURE_SSL_REDIRECT = SECURE
+SECURE_HSTS_SECONDS = 31536000 if SECURE else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE
+SECURE_HSTS_PRELOAD = SECURE
+if SECURE:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Request bodies: batches are at most 10 MB (API.md); Django's own guard sits just above it so
+# that the API answers 413 with its JSON body rather than Django's generic 400.
+RECSYS_MAX_BODY_BYTES = env_int("RECSYS_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
+RECSYS_MAX_BATCH_ROWS = env_int("RECSYS_MAX_BATCH_ROWS", 10_000, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RECSYS_MAX_BODY_BYTES + 1
+
+RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
+RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
+RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle"],
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "recsys API",
+    "DESCRIPTION": (
+        "Self-hosted recommendations: ingest users, items and interactions; ask for similar "
+        "items, personalised and session recommendations, popular items and search. "
+        "Unknown fields in request bodies are rejected with `validation_error`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the installed sidecar package: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"ServiceStatusEnum": ["ok", "down"]},
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = redis_db_url(REDIS_URL, 2)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+LOG_LEVEL = env_str("RECSYS_LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
+if RECSYS_STATEMENT_TIMEOUT_MS:
+    DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

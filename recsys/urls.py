@@ -1,0 +1,20 @@
+"""Root URLs: the REST API under /api/, the operators' admin under /admin/."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from api.middleware import api_error_view
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/", include("api.urls")),
+]
+
+handler400 = api_error_view(400, "bad_request", "the request could not be understood")
+handler403 = api_error_view(403, "permission_denied", "forbidden")
+handler404 = api_error_view(404, "not_found", "not found")
+handler500 = api_error_view(500, "internal_error", "an unexpected error occurred; it has been logged")
