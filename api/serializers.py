@@ -64,8 +64,17 @@ class ItemSerializer(serializers.ModelSerializer):
     class Meta:
         model = Item
         fields = [
-            "id", "title", "text", "categories", "attributes", "is_hidden", "is_stub",
-            "published_at", "created_at", "updated_at", "vectors",
+            "id",
+            "title",
+            "text",
+            "categories",
+            "attributes",
+            "is_hidden",
+            "is_stub",
+            "published_at",
+            "created_at",
+            "updated_at",
+            "vectors",
         ]
 
     def get_vectors(self, item: Item) -> dict[str, dict[str, Any]]:
@@ -88,7 +97,9 @@ class UserSerializer(serializers.ModelSerializer):
 class InteractionWriteSerializer(serializers.Serializer):
     user = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
     item = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
-    type = serializers.CharField(help_text="A configured event type: view, click, add_to_cart, purchase, like, dislike, rating, ...")
+    type = serializers.CharField(
+        help_text="A configured event type: view, click, add_to_cart, purchase, like, dislike, rating, ..."
+    )
     value = serializers.FloatField(required=False, allow_null=True, help_text="Required for rating.")
     timestamp = serializers.DateTimeField(
         required=False, help_text="With a zone; defaults to the time received. Send it to make re-sends idempotent."

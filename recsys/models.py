@@ -10,7 +10,7 @@ from django.db import models
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EXTERNAL_ID_MAX_LENGTH = 128
-external_id_validator = RegexValidator(EXTERNAL_ID_PATTERN, "1–128 characters of [A-Za-z0-9_.:@/-]")
+external_id_validator = RegexValidator(EXTERNAL_ID_PATTERN, "1-128 characters of [A-Za-z0-9_.:@/-]")
 
 
 class User(models.Model):
@@ -109,9 +109,7 @@ class Interaction(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["user", "item", "event_type", "timestamp"], name="interaction_unique_event"
-            )
+            models.UniqueConstraint(fields=["user", "item", "event_type", "timestamp"], name="interaction_unique_event")
         ]
         indexes = [
             # A user's history, newest first, with (timestamp, id) as the keyset cursor.
@@ -136,9 +134,7 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to recognise a key.")
     key_hash = models.CharField(max_length=64, unique=True)
     scopes = ArrayField(models.CharField(max_length=16), default=list)
-    rate_limit = models.CharField(
-        max_length=32, blank=True, help_text="e.g. '600/min'; empty uses RECSYS_RATE_LIMIT."
-    )
+    rate_limit = models.CharField(max_length=32, blank=True, help_text="e.g. '600/min'; empty uses RECSYS_RATE_LIMIT.")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

@@ -48,8 +48,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
 def user_interactions_page(*, external_id: str, limit: int, cursor: str | None = None) -> HistoryPage:
     """A user's events, newest first, keyset-paginated on (timestamp, id)."""
     user = user_get(external_id=external_id)
-    rows = Interaction.objects.filter(user=user).select_related("item").only(
-        "item__external_id", "event_type", "value", "weight", "timestamp"
+    rows = (
+        Interaction.objects.filter(user=user)
+        .select_related("item")
+        .only("item__external_id", "event_type", "value", "weight", "timestamp")
     )
     if cursor:
         moment, pk = _decode_cursor(cursor)

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -59,7 +59,7 @@ _ITEM_INSERT = """
     SELECT d->>'id', coalesce(d->>'title', ''), coalesce(d->>'text', ''),
            coalesce(ARRAY(SELECT jsonb_array_elements_text(d->'categories')), '{}'),
            coalesce(d->'attributes', '{}'), coalesce((d->>'is_hidden')::boolean, false), false,
-           (d->>'published_at')::timestamptz, now(), now(), now()
+           (d->>'published_at')::timestamptz, clock_timestamp(), now(), now()
     FROM jsonb_array_elements(%s::jsonb) AS d
     ORDER BY d->>'id'
     ON CONFLICT (external_id) DO NOTHING
@@ -92,7 +92,7 @@ _ITEM_UPDATE = """
         is_hidden = new.is_hidden, published_at = new.published_at, is_stub = false, updated_at = now(),
         content_changed_at = CASE
             WHEN (i.title, i.text, i.categories) IS DISTINCT FROM (new.title, new.text, new.categories)
-            THEN now() ELSE i.content_changed_at END
+            THEN clock_timestamp() ELSE i.content_changed_at END
     FROM new
     WHERE i.id = new.id
       AND (i.is_stub OR (i.title, i.text, i.categories, i.attributes, i.is_hidden, i.published_at)
@@ -123,30 +123,32 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
             continue
         merged.setdefault(external_id, {}).update(fields)  # a repeated id: later fields win
     if merged:
-        docs = json.dumps([_item_json(k, v) for k, v in sorted(merged.items())])
-        created, changed = _with_deadlock_retry(lambda: _items_write(docs))
+        created, changed = _items_store(merged)
         result.created = len(created)
         result.updated = len(changed - created)
         result.unchanged = len(merged) - result.created - result.updated
     return result
 
 
-def _items_write(docs: str) -> tuple[set[str], set[str]]:
-    with connection.cursor() as cursor:
-        cursor.execute(_ITEM_INSERT, [docs])
-        created = {row[0] for row in cursor.fetchall()}
-        cursor.execute(_ITEM_UPDATE, [docs])
-        changed = {row[0] for row in cursor.fetchall()}
-    return created, changed
+def _items_store(items: dict[str, dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Write validated fields by id; returns the ids created and the ids whose row changed."""
+    docs = json.dumps([_item_json(k, v) for k, v in sorted(items.items())])
+
+    def write() -> tuple[set[str], set[str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(_ITEM_INSERT, [docs])
+            created = {row[0] for row in cursor.fetchall()}
+            cursor.execute(_ITEM_UPDATE, [docs])
+            return created, {row[0] for row in cursor.fetchall()}
+
+    return _with_deadlock_retry(write)
 
 
 def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
     """Create or partially update one item; returns it and whether it was created."""
-    fields = clean_item_fields(data)
-    result = items_upsert(rows=[{"id": clean_external_id(external_id), **fields}])
-    if result.errors:  # cannot happen after clean_item_fields, but never swallow an error
-        raise ValidationFailed(result.errors[0]["error"]["message"], details=result.errors[0]["error"]["details"])
-    return Item.objects.get(external_id=external_id), result.created == 1
+    external_id = clean_external_id(external_id)
+    created, _ = _items_store({external_id: clean_item_fields(data)})
+    return Item.objects.defer("search_vector").get(external_id=external_id), bool(created)
 
 
 def item_delete(*, external_id: str) -> None:
@@ -213,7 +215,7 @@ def interactions_ingest(*, rows: Iterable[object], auto_create_items: bool | Non
         auto_create_items = settings.RECSYS_AUTO_CREATE_ITEMS
     result = BatchResult()
     weights = event_weights()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     events: dict[tuple[str, str, str, datetime], tuple[int, CleanInteraction]] = {}
     for index, row in enumerate(rows):
         try:

@@ -21,7 +21,7 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is required unless DJANGO_DEBUG=true or RECSYS_INSECURE_DEV_KEY=true"
         )
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -105,6 +105,13 @@ def redis_db_url(url: str, db: int) -> str:
     return parts._replace(path=f"/{db}").geturl()
 
 
+def celery_redis_url(url: str, db: int) -> str:
+    """Kombu and Celery spell a Unix socket ``redis+socket://`` with the database as virtual_host."""
+    if url.startswith("unix://"):
+        return f"redis+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
+    return redis_db_url(url, db)
+
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -131,6 +138,7 @@ STATIC_ROOT = env_path("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles")
 # WhiteNoise serves the admin's and the API docs' static files straight from the installed apps,
 # so gunicorn needs no collectstatic step and no CDN (the service works offline).
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns on every start without it
 
 # Behind a TLS-terminating proxy set DJANGO_SECURE=true.
 SECURE = env_bool("DJANGO_SECURE", False)
@@ -185,8 +193,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"ServiceStatusEnum": ["ok", "down"]},
 }
 
-CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = redis_db_url(REDIS_URL, 2)
+# Logical databases of one Redis: 0 queues (or whatever REDIS_URL names), 1 cache, 2 task results.
+CELERY_BROKER_URL = celery_redis_url(REDIS_URL, 0) if REDIS_URL.startswith("unix://") else REDIS_URL
+CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL, 2)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from recsys.errors import PayloadTooLarge, ValidationFailed
@@ -23,7 +23,7 @@ MAX_CATEGORY_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 # Events from the future would dominate every time decay; allow some client clock skew.
 MAX_CLOCK_SKEW = timedelta(days=1)
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 ITEM_FIELDS = frozenset({"title", "text", "categories", "attributes", "is_hidden", "published_at"})
 USER_FIELDS = frozenset({"attributes"})
@@ -67,12 +67,10 @@ def parse_timestamp(value: object, field: str = "timestamp", *, now: datetime | 
         raise ValidationFailed(
             f"{field} needs a time zone (e.g. 'Z' or '+00:00')", details={field: ["missing time zone"]}
         )
-    moment = moment.astimezone(timezone.utc)
-    latest = (now or datetime.now(timezone.utc)) + MAX_CLOCK_SKEW
+    moment = moment.astimezone(UTC)
+    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
     if not EARLIEST <= moment <= latest:
-        raise ValidationFailed(
-            f"{field} must lie between 1970 and one day from now", details={field: ["out of range"]}
-        )
+        raise ValidationFailed(f"{field} must lie between 1970 and one day from now", details={field: ["out of range"]})
     return moment
 
 
@@ -102,7 +100,9 @@ def _clean_string(data: dict[str, Any], field: str, limit: int) -> str:
 
 def _clean_categories(value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValidationFailed("categories must be a list of strings", details={"categories": ["not a list of strings"]})
+        raise ValidationFailed(
+            "categories must be a list of strings", details={"categories": ["not a list of strings"]}
+        )
     if len(value) > MAX_CATEGORIES:
         raise ValidationFailed(f"at most {MAX_CATEGORIES} categories", details={"categories": ["too many"]})
     cleaned = list(dict.fromkeys(c.strip() for c in value if c.strip()))
@@ -168,18 +168,14 @@ class CleanInteraction:
     timestamp: datetime
 
 
-def clean_interaction(
-    data: object, *, weights: dict[str, tuple[float, bool]], now: datetime
-) -> CleanInteraction:
+def clean_interaction(data: object, *, weights: dict[str, tuple[float, bool]], now: datetime) -> CleanInteraction:
     """Validate one event; ``weights`` maps event type → (weight, uses_value)."""
     row = _require_object(data, "interaction")
     if not INTERACTION_FIELDS.issuperset(row):
         _reject_unknown(row, INTERACTION_FIELDS)
     missing = [f for f in ("user", "item", "type") if f not in row]
     if missing:
-        raise ValidationFailed(
-            f"missing field(s): {', '.join(missing)}", details={f: ["required"] for f in missing}
-        )
+        raise ValidationFailed(f"missing field(s): {', '.join(missing)}", details={f: ["required"] for f in missing})
     user = clean_external_id(row["user"], "user")
     item = clean_external_id(row["item"], "item")
     event_type = row["type"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 import factory
 from factory.django import DjangoModelFactory
@@ -37,4 +37,4 @@ class InteractionFactory(DjangoModelFactory):
     item = factory.SubFactory(ItemFactory)
     event_type = factory.LazyFunction(lambda: EventType.objects.get(name="view"))
     weight = 1.0
-    timestamp = factory.Faker("date_time_this_year", tzinfo=timezone.utc)
+    timestamp = factory.Faker("date_time_this_year", tzinfo=UTC)

@@ -1,0 +1,44 @@
+# recsys: `make demo` and `make test` work on a fresh machine with nothing but Python 3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RECSYS_INSECURE_DEV_KEY ?= true
+
+.PHONY: demo serve test lint typecheck install services-stop bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## demo: embedded services, migrate, demo data, serve on :8000 with a worker and beat, print curl examples
+demo: install
+	$(PY) -m recsys.run demo
+
+## serve: web (gunicorn on 127.0.0.1:$$PORT, default 8000), Celery worker and beat; Ctrl-C stops all
+serve: install
+	$(PY) -m recsys.run serve
+
+## test: the whole suite against the configured services (embedded ones when no URLs are set)
+test: install
+	$(PY) -m recsys.run exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy recsys embeddings api
+
+bench: install
+	$(PY) -m recsys.run exec -- $(PY) bench/ingest.py
+
+services-stop: install
+	$(PY) manage.py services stop
+
+clean: services-stop
+	rm -rf .data staticfiles

@@ -1,0 +1,104 @@
+"""Every failure under /api/ answers the JSON error body, never HTML and never a 500 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import override_settings
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()["error"]
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["details"], dict)
+    return body
+
+
+def test_malformed_json_is_400(writer):
+    response = writer.post("/api/v1/interactions", data="{not json", content_type="application/json")
+
+    assert_error(response, 400, "malformed_request")
+
+
+def test_non_json_content_type_is_415(writer):
+    response = writer.post("/api/v1/interactions", data="user=a", content_type="application/x-www-form-urlencoded")
+
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("body", [[], "text", 3, None])
+def test_body_that_is_not_an_object_is_400(writer, body):
+    response = writer.post("/api/v1/interactions", data=json.dumps(body), content_type="application/json")
+
+    assert_error(response, 400, "validation_error")
+
+
+def test_unknown_api_path_is_json_404_for_any_method(writer):
+    for method in ("get", "post", "put", "delete"):
+        assert_error(getattr(writer, method)("/api/v1/no/such/thing"), 404, "not_found")
+
+
+def test_unsupported_method_is_json_405(writer):
+    assert_error(writer.post("/api/v1/items/x", {}, format="json"), 405, "method_not_allowed")
+
+
+def test_declared_body_over_the_limit_is_413_before_it_is_read(writer):
+    with override_settings(RECSYS_MAX_BODY_BYTES=2048):
+        response = writer.post(
+            "/api/v1/items/batch",
+            data=json.dumps({"items": [{"id": "a", "text": "x" * 4000}]}),
+            content_type="application/json",
+        )
+
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_more_than_10000_rows_is_413(writer):
+    rows = [{"user": "u", "item": "i", "type": "view"}] * 10_001
+
+    response = writer.post("/api/v1/interactions", {"interactions": rows}, format="json")
+
+    body = assert_error(response, 413, "payload_too_large")
+    assert body["details"]["max_rows"] == 10_000
+
+
+def test_unexpected_server_error_is_json_500(writer, monkeypatch):
+    def explode(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("recsys.selectors.item_get", explode)
+    writer.raise_request_exception = False
+
+    response = writer.get("/api/v1/items/x")
+
+    assert_error(response, 500, "internal_error")
+    assert "boom" not in response.content.decode()
+
+
+def test_database_outage_is_503_with_retry_after(writer, monkeypatch):
+    from django.db import OperationalError
+
+    def down(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("recsys.selectors.item_get", down)
+
+    response = writer.get("/api/v1/items/x")
+
+    assert_error(response, 503, "service_unavailable")
+    assert response["Retry-After"]
+
+
+@pytest.mark.parametrize("limit", ["0", "201", "ten", "-1"])
+def test_limit_out_of_range_is_400(writer, limit):
+    writer.put("/api/v1/users/u1", {}, format="json")
+
+    response = writer.get(f"/api/v1/users/u1/interactions?limit={limit}")
+
+    assert_error(response, 400, "validation_error")

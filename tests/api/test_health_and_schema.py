@@ -1,0 +1,56 @@
+"""Health report and the OpenAPI schema and docs."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_health_reports_database_redis_and_models():
+    body = APIClient().get("/api/v1/health").json()
+
+    assert body == {"database": "ok", "redis": "ok", "models": {"collaborative": None, "content": None}}
+
+
+def test_health_reports_redis_down_but_stays_200(tmp_path):
+    with override_settings(REDIS_URL=f"unix://{tmp_path}/nothing.sock"):
+        response = APIClient().get("/api/v1/health")
+
+    assert response.status_code == 200
+    assert response.json()["redis"] == "down"
+
+
+def test_health_is_503_when_the_database_does_not_answer(monkeypatch):
+    monkeypatch.setattr("api.views._database_status", lambda: "down")
+
+    response = APIClient().get("/api/v1/health")
+
+    assert response.status_code == 503
+    assert response.json()["database"] == "down"
+
+
+def test_openapi_schema_documents_the_contract_paths():
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    schema = response.json()
+    assert response.status_code == 200
+    for path in [
+        "/api/v1/items/{item_id}",
+        "/api/v1/items/batch",
+        "/api/v1/interactions",
+        "/api/v1/users/{user_id}",
+        "/api/v1/users/{user_id}/interactions",
+        "/api/v1/health",
+    ]:
+        assert path in schema["paths"], path
+    assert schema["components"]["securitySchemes"]["BearerAuth"]["scheme"] == "bearer"
+
+
+def test_docs_page_renders_without_a_cdn():
+    html = APIClient().get("/api/docs/").content.decode()
+
+    assert "swagger" in html.lower()
+    assert "cdn" not in html.lower()

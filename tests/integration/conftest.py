@@ -1,0 +1,33 @@
+"""Helpers for tests that start real processes against the test database."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_env(transactional_db: None) -> dict[str, str]:
+    """Environment for child processes: the test database and Redis, a free port, eager mode off."""
+    db = connection.settings_dict
+    host = db["HOST"] or "localhost"
+    auth = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    if host.startswith("/"):
+        url = f"postgresql://{auth}@/{db['NAME']}?host={host}"
+    else:
+        url = f"postgresql://{auth}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_TASK_ALWAYS_EAGER"}
+    env.update(DATABASE_URL=url, REDIS_URL=settings.REDIS_URL, PORT=str(free_port()), WEB_CONCURRENCY="2")
+    return env

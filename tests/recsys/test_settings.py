@@ -1,0 +1,68 @@
+"""Environment helpers and URL parsing behind the settings."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from recsys.env import env_bool, env_int, env_list
+from recsys.settings import celery_redis_url, database_config, redis_db_url
+
+
+def test_database_url_with_socket_host_in_query():
+    config = database_config("postgresql://postgres:@/recsys?host=/tmp/pg")
+
+    assert (config["NAME"], config["USER"], config["HOST"], config["PORT"]) == ("recsys", "postgres", "/tmp/pg", "")
+
+
+def test_database_url_with_tcp_host_and_escaped_password():
+    config = database_config("postgres://app:p%40ss@db.internal:5433/shop")
+
+    assert (config["HOST"], config["PORT"], config["PASSWORD"], config["NAME"]) == (
+        "db.internal",
+        "5433",
+        "p@ss",
+        "shop",
+    )
+
+
+def test_database_url_of_another_engine_fails_loudly():
+    with pytest.raises(ImproperlyConfigured):
+        database_config("mysql://root@localhost/db")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"),
+        ("redis://:pw@h:6379", "redis://:pw@h:6379/1"),
+        ("unix:///tmp/r.sock", "unix:///tmp/r.sock?db=1"),
+    ],
+)
+def test_redis_database_is_swapped_for_the_cache(url, expected):
+    assert redis_db_url(url, 1) == expected
+
+
+def test_bad_environment_values_fail_loudly(monkeypatch):
+    monkeypatch.setenv("X_BOOL", "maybe")
+    monkeypatch.setenv("X_INT", "ten")
+    monkeypatch.setenv("X_SMALL", "0")
+
+    with pytest.raises(ImproperlyConfigured):
+        env_bool("X_BOOL", False)
+    with pytest.raises(ImproperlyConfigured):
+        env_int("X_INT", 1)
+    with pytest.raises(ImproperlyConfigured):
+        env_int("X_SMALL", 1, minimum=1)
+
+
+def test_environment_lists_and_defaults(monkeypatch):
+    monkeypatch.setenv("X_LIST", "a, b,,c")
+
+    assert env_list("X_LIST", []) == ["a", "b", "c"]
+    assert env_bool("X_UNSET_FLAG", True) is True
+
+
+def test_celery_spells_unix_sockets_its_own_way():
+    assert celery_redis_url("unix:///tmp/r.sock", 2) == "redis+socket:///tmp/r.sock?virtual_host=2"
+    assert celery_redis_url("redis://h:6379/0", 2) == "redis://h:6379/2"
