@@ -37,7 +37,8 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
         (
             "Upsert an item",
             f"curl -s -X PUT {auth} {json_type} {base}/api/v1/items/my-item "
-            """-d '{"title": "Trail running shoes", "text": "Light shoes for rocky trails", "categories": ["outdoor"]}'""",
+            """-d '{"title": "Trail running shoes", "text": "Light shoes for rocky trails", """
+            """"categories": ["outdoor"]}'""",
         ),
         (
             "Send interactions (partial success: bad rows are reported by index)",

