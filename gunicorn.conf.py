@@ -1,4 +1,4 @@
-"""gunicorn settings: sync workers sized by WEB_CONCURRENCY (default 2 × cores + 1)."""
+"""gunicorn settings: sync workers sized by WEB_CONCURRENCY (default 2 x cores + 1)."""
 
 from __future__ import annotations
 

@@ -74,9 +74,10 @@ def _api_exception_response(exc: exceptions.APIException, response: Response) ->
         message = "the request is not valid"
     else:
         message = str(exc.detail)
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        response["Retry-After"] = str(max(1, math.ceil(exc.wait)))
-        details = {"retry_after_seconds": max(1, math.ceil(exc.wait))}
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        response["Retry-After"] = str(max(1, math.ceil(wait)))
+        details = {"retry_after_seconds": max(1, math.ceil(wait))}
         message = "rate limit exceeded for this API key"
     response.data = error_body(code, message, details)
     return response

@@ -54,16 +54,12 @@ def api_error_view(status_code: int, code: str, message: str) -> Callable[..., H
     """Django's handler4xx/500 for /api/ paths (e.g. a bad Host header) in the JSON error format."""
     from django.views import defaults
 
-    fallback = {
-        400: defaults.bad_request,
-        403: defaults.permission_denied,
-        404: defaults.page_not_found,
-        500: defaults.server_error,
-    }[status_code]
-
     def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
         if request.path.startswith(API_PREFIX):
             return error_response(status_code, code, message)
-        return fallback(request) if status_code == 500 else fallback(request, exception)  # type: ignore[call-arg]
+        if status_code == 500:
+            return defaults.server_error(request)
+        fallback = {400: defaults.bad_request, 403: defaults.permission_denied, 404: defaults.page_not_found}
+        return fallback[status_code](request, exception or Exception(message))
 
     return view

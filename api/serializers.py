@@ -36,7 +36,7 @@ class ItemBatchRowSerializer(ItemWriteSerializer):
 
 
 class ItemBatchSerializer(serializers.Serializer):
-    items = ItemBatchRowSerializer(many=True, max_length=10_000)
+    items = ItemBatchRowSerializer(many=True, max_length=10_000)  # type: ignore[call-arg]
 
 
 class BatchErrorSerializer(serializers.Serializer):
@@ -49,7 +49,7 @@ class BatchResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     unchanged = serializers.IntegerField(help_text="Rows identical to what was stored (re-sends).")
-    errors = BatchErrorSerializer(many=True)
+    errors = BatchErrorSerializer(many=True)  # type: ignore[assignment]  # a field, not .errors
 
 
 class VectorStatusSerializer(serializers.Serializer):
@@ -107,7 +107,7 @@ class InteractionWriteSerializer(serializers.Serializer):
 
 
 class InteractionBatchSerializer(serializers.Serializer):
-    interactions = InteractionWriteSerializer(many=True, max_length=10_000)
+    interactions = InteractionWriteSerializer(many=True, max_length=10_000)  # type: ignore[call-arg]
 
 
 class InteractionSerializer(serializers.ModelSerializer):

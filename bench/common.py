@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,14 +50,28 @@ def bench_env(database_url: str, **extra: str) -> dict[str, str]:
 def manage(database_url: str, *args: str, capture: bool = False) -> str:
     answer = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
-        env=bench_env(database_url), cwd=ROOT, check=True, capture_output=capture, text=True,
+        env=bench_env(database_url),
+        cwd=ROOT,
+        check=True,
+        capture_output=capture,
+        text=True,
     )
     return answer.stdout if capture else ""
 
 
 def api_key(database_url: str) -> str:
-    return manage(database_url, "create_api_key", "--name", "bench", "--scopes", "read,write,admin",
-                  "--rate-limit", "1000000/min", "--quiet", capture=True).strip()
+    return manage(
+        database_url,
+        "create_api_key",
+        "--name",
+        "bench",
+        "--scopes",
+        "read,write,admin",
+        "--rate-limit",
+        "1000000/min",
+        "--quiet",
+        capture=True,
+    ).strip()
 
 
 @contextmanager
@@ -65,9 +79,20 @@ def gunicorn(database_url: str, port: int, workers: int | None = None) -> Iterat
     """gunicorn as deployed (gunicorn.conf.py), on loopback; yields its master process."""
     extra = {"WEB_CONCURRENCY": str(workers)} if workers else {}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"127.0.0.1:{port}",
-         "recsys.wsgi:application"],
-        env=bench_env(database_url, **extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "-b",
+            f"127.0.0.1:{port}",
+            "recsys.wsgi:application",
+        ],
+        env=bench_env(database_url, **extra),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_healthy(port)

@@ -17,11 +17,11 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     MOVIELENS,
     api_key,
     drop_database,
@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 
 BATCH = 1000
 TYPES = ["view"] * 6 + ["click"] * 2 + ["add_to_cart", "purchase", "like", "dislike"]
-EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)  # + seed x 1,000 s stays in the past
+EPOCH = datetime(2020, 1, 1, tzinfo=UTC)  # + seed x 1,000 s stays in the past
 
 
 def make_body(seed: int, users: int = 100_000, items: int = 20_000) -> bytes:
@@ -44,8 +44,12 @@ def make_body(seed: int, users: int = 100_000, items: int = 20_000) -> bytes:
     rows = []
     for n in range(BATCH):
         moment = EPOCH + timedelta(seconds=seed * BATCH + n)
-        row = {"user": f"u{rng.randrange(users)}", "item": f"i{int(rng.paretovariate(1.2)) % items}",
-               "type": rng.choice(TYPES), "timestamp": moment.isoformat()}
+        row = {
+            "user": f"u{rng.randrange(users)}",
+            "item": f"i{int(rng.paretovariate(1.2)) % items}",
+            "type": rng.choice(TYPES),
+            "timestamp": moment.isoformat(),
+        }
         if rng.random() < 0.1:
             row.update(type="rating", value=rng.choice([1, 2, 3, 3.5, 4, 4.5, 5]))
         rows.append(row)
@@ -113,8 +117,15 @@ def write_csv(path: Path, rows: int) -> None:
         writer.writerow(["user", "item", "type", "value", "timestamp"])
         for n in range(rows):
             kind = rng.choice(TYPES)
-            writer.writerow([f"c{rng.randrange(100_000)}", f"ci{rng.randrange(20_000)}", kind, "",
-                             (EPOCH + timedelta(seconds=n)).isoformat()])
+            writer.writerow(
+                [
+                    f"c{rng.randrange(100_000)}",
+                    f"ci{rng.randrange(20_000)}",
+                    kind,
+                    "",
+                    (EPOCH + timedelta(seconds=n)).isoformat(),
+                ]
+            )
 
 
 def timed_import(database_url: str, *args: str) -> float:
@@ -128,15 +139,18 @@ def import_figures(database_url: str, csv_rows: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "events.csv"
         write_csv(path, csv_rows)
-        figures["import_interactions_rows_per_s"] = csv_rows / timed_import(database_url, "import_interactions",
-                                                                              str(path))
+        figures["import_interactions_rows_per_s"] = csv_rows / timed_import(
+            database_url, "import_interactions", str(path)
+        )
         figures["import_interactions_rerun_rows_per_s"] = csv_rows / timed_import(
-            database_url, "import_interactions", str(path))
+            database_url, "import_interactions", str(path)
+        )
     if (MOVIELENS / "ratings.csv").exists():
         ratings = sum(1 for _ in (MOVIELENS / "ratings.csv").open()) - 1
         figures["movielens_ratings"] = ratings
-        figures["import_movielens_rows_per_s"] = ratings / timed_import(database_url, "import_movielens",
-                                                                         str(MOVIELENS))
+        figures["import_movielens_rows_per_s"] = ratings / timed_import(
+            database_url, "import_movielens", str(MOVIELENS)
+        )
     return figures
 
 
@@ -169,7 +183,7 @@ def report(one, four, memory, imports, workers, args) -> None:  # type: ignore[n
     lines = [
         "## Ingestion (`bench/ingest.py`)",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers "
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers "
         "(as deployed, `gunicorn.conf.py`), clients in separate processes on loopback, batches of 1,000 new "
         "events into an empty database; the clients share the 2 cores with the server and PostgreSQL.",
         "",
@@ -181,13 +195,19 @@ def report(one, four, memory, imports, workers, args) -> None:  # type: ignore[n
         f"{four['p99_ms']:.0f} ms | {four['failed_batches']} | ≥ 20,000 |",
     ]
     if "import_interactions_rows_per_s" in imports:
-        lines.append(f"| `import_interactions` CSV, {args.csv_rows:,} rows (COPY) | "
-                     f"{imports['import_interactions_rows_per_s']:,.0f} | | | | ≥ 200,000 |")
-        lines.append(f"| same file again (all duplicates, idempotent) | "
-                     f"{imports['import_interactions_rerun_rows_per_s']:,.0f} | | | | |")
+        lines.append(
+            f"| `import_interactions` CSV, {args.csv_rows:,} rows (COPY) | "
+            f"{imports['import_interactions_rows_per_s']:,.0f} | | | | ≥ 200,000 |"
+        )
+        lines.append(
+            f"| same file again (all duplicates, idempotent) | "
+            f"{imports['import_interactions_rerun_rows_per_s']:,.0f} | | | | |"
+        )
     if "import_movielens_rows_per_s" in imports:
-        lines.append(f"| `import_movielens` ml-latest-small, {imports['movielens_ratings']:,.0f} ratings + "
-                     f"movies + tags | {imports['import_movielens_rows_per_s']:,.0f} | | | | ≥ 200,000 |")
+        lines.append(
+            f"| `import_movielens` ml-latest-small, {imports['movielens_ratings']:,.0f} ratings + "
+            f"movies + tags | {imports['import_movielens_rows_per_s']:,.0f} | | | | ≥ 200,000 |"
+        )
     if memory:
         first, last = memory[0][1], memory[-1][1]
         lines += [

@@ -7,6 +7,7 @@ from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Now
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EXTERNAL_ID_MAX_LENGTH = 128
@@ -18,8 +19,8 @@ class User(models.Model):
 
     external_id = models.CharField("id", max_length=EXTERNAL_ID_MAX_LENGTH, validators=[external_id_validator])
     attributes = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
-    updated_at = models.DateTimeField(auto_now=True, db_default=models.functions.Now())
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
 
     class Meta:
         verbose_name = "end user"
@@ -47,8 +48,8 @@ class Item(models.Model):
     is_hidden = models.BooleanField(default=False)
     is_stub = models.BooleanField(default=False)
     published_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
-    updated_at = models.DateTimeField(auto_now=True, db_default=models.functions.Now())
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
     # Set whenever title, text or categories change: the content encoder picks these items up.
     content_changed_at = models.DateTimeField(null=True, blank=True, db_index=True)
     search_vector = models.GeneratedField(
@@ -107,7 +108,7 @@ class Interaction(models.Model):
     value = models.FloatField(null=True, blank=True)
     weight = models.FloatField()
     timestamp = models.DateTimeField()
-    created_at = models.DateTimeField(auto_now_add=True, db_default=models.functions.Now())
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
 
     class Meta:
         constraints = [

@@ -118,7 +118,7 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
         raw_id = row.get("id") if isinstance(row, dict) else None
         try:
             external_id = clean_external_id(raw_id)
-            fields = clean_item_fields({k: v for k, v in row.items() if k != "id"})  # type: ignore[union-attr]
+            fields = clean_item_fields({k: v for k, v in row.items() if k != "id"})  # type: ignore[attr-defined]
         except ValidationFailed as error:
             result.reject(index, error, id=raw_id if isinstance(raw_id, str) else None)
             continue

@@ -161,8 +161,11 @@ RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
 RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 
+RENDERERS = ["rest_framework.renderers.JSONRenderer"]
+if DEBUG:
+    RENDERERS.append("rest_framework.renderers.BrowsableAPIRenderer")
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": RENDERERS,
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasScope"],
@@ -171,8 +174,6 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
-if DEBUG:
-    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "recsys API",
