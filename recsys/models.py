@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Now
@@ -148,6 +149,13 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        unknown = sorted(set(self.scopes) - set(self.SCOPES))
+        if unknown or not self.scopes:
+            raise ValidationError(
+                {"scopes": f"choose from {', '.join(self.SCOPES)}; got {', '.join(unknown) or 'none'}"}
+            )
 
     def has_scope(self, scope: str) -> bool:
         # Scopes are independent grants: an ingestion-only key cannot read, and vice versa.
