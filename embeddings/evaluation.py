@@ -1,0 +1,100 @@
+"""Offline ranking metrics on held-out interactions (numpy in, floats out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and test matrices of the same shape; a user's test items are absent from train."""
+
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+
+
+def holdout_split(matrix: sp.csr_matrix, *, test_fraction: float = 0.2, seed: int = 42) -> Split:
+    """Per user, a random ``test_fraction`` of their positive items goes to test (users with ≥ 2).
+
+    Parameters
+    ----------
+    matrix : (n_users, n_items) float32 CSR confidences; only positive entries can be test items
+    """
+    rng = np.random.default_rng(seed)
+    coo = matrix.tocoo()
+    is_test = np.zeros(coo.nnz, dtype=bool)
+    order = np.argsort(coo.row, kind="stable")
+    starts = np.searchsorted(coo.row[order], np.arange(matrix.shape[0] + 1))
+    for user in range(matrix.shape[0]):
+        entries = order[starts[user] : starts[user + 1]]
+        positive = entries[coo.data[entries] > 0]
+        n_test = int(len(positive) * test_fraction)
+        if len(positive) >= 2 and n_test >= 1:
+            is_test[rng.choice(positive, size=n_test, replace=False)] = True
+    shape = matrix.shape
+    train = sp.csr_matrix((coo.data[~is_test], (coo.row[~is_test], coo.col[~is_test])), shape=shape)
+    test = sp.csr_matrix((np.ones(is_test.sum(), np.float32), (coo.row[is_test], coo.col[is_test])), shape=shape)
+    return Split(train.astype(np.float32), test)
+
+
+Recommender = Callable[[npt.NDArray[np.int64], int], npt.NDArray[np.int64]]
+
+
+def ranking_metrics(recommend: Recommender, split: Split, *, k: int = 10, batch: int = 1000) -> dict[str, float]:
+    """precision@k, recall@k, NDCG@k over users with test items, and catalogue coverage@k.
+
+    ``recommend(users, k)`` returns an (len(users), k) int64 array of item columns ranked best
+    first, with each user's train items already excluded (-1 pads missing slots).
+    """
+    users = np.flatnonzero(np.diff(split.test.indptr))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    totals = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0}
+    recommended: set[int] = set()
+    for start in range(0, len(users), batch):
+        chunk = users[start : start + batch]
+        top = recommend(chunk, k)
+        for user, ranked in zip(chunk, top, strict=True):
+            relevant = split.test.indices[split.test.indptr[user] : split.test.indptr[user + 1]]
+            hits = np.isin(ranked, relevant)
+            recommended.update(int(i) for i in ranked if i >= 0)
+            totals["precision"] += hits.sum() / k
+            totals["recall"] += hits.sum() / min(len(relevant), k)
+            ideal = discounts[: min(len(relevant), k)].sum()
+            totals["ndcg"] += float((hits * discounts).sum() / ideal)
+    n = max(len(users), 1)
+    return {
+        f"precision@{k}": totals["precision"] / n,
+        f"recall@{k}": totals["recall"] / n,
+        f"ndcg@{k}": totals["ndcg"] / n,
+        f"coverage@{k}": len(recommended) / max(split.train.shape[1], 1),
+        "users": float(len(users)),
+    }
+
+
+def popularity_recommender(train: sp.csr_matrix) -> Recommender:
+    """Most interacted items first (counting users with a positive entry), train items excluded."""
+    counts = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float64)
+    return scores_recommender(lambda users: np.broadcast_to(counts, (len(users), len(counts))).copy(), train)
+
+
+def scores_recommender(
+    score: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]], train: sp.csr_matrix
+) -> Recommender:
+    """Top-k from a dense (users × items) score function, masking each user's train items."""
+
+    def recommend(users: npt.NDArray[np.int64], k: int) -> npt.NDArray[np.int64]:
+        scores = np.array(score(users), dtype=np.float64)
+        rows = train[users]
+        scores[np.repeat(np.arange(len(users)), np.diff(rows.indptr)), rows.indices] = -np.inf
+        top = np.argpartition(-scores, kth=min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        ranked = np.take_along_axis(top, order, axis=1)
+        masked = np.take_along_axis(scores, ranked, axis=1) == -np.inf
+        return np.where(masked, -1, ranked).astype(np.int64)
+
+    return recommend

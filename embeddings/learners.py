@@ -1,0 +1,131 @@
+"""Collaborative learners: thin wrappers over implicit's ALS, BPR and LMF (numpy in, numpy out)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+ALGORITHMS = ("als", "bpr", "lmf")
+
+
+@dataclass(frozen=True)
+class LearnerParams:
+    """Hyper-parameters of one training run; ``extra`` passes anything else implicit accepts."""
+
+    algorithm: str = "als"
+    factors: int = 64
+    regularization: float = 0.05
+    iterations: int = 15
+    alpha: float = 1.0
+    learning_rate: float = 0.01
+    random_state: int = 42
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.factors < 1 or self.iterations < 1:
+            raise ValueError("factors and iterations must be positive")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Learned embeddings: ``user @ item.T`` are the model's scores.
+
+    user : (n_users, d) float32, rows aligned with the training matrix
+    item : (n_items, d) float32, rows aligned with its columns
+    """
+
+    user: npt.NDArray[np.float32]
+    item: npt.NDArray[np.float32]
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.item.shape[1])
+
+
+def cuda_available() -> bool:
+    try:
+        import implicit.gpu
+
+        return bool(implicit.gpu.HAS_CUDA)
+    except ImportError:
+        return False
+
+
+def make_model(params: LearnerParams, *, use_gpu: bool | None = None) -> Any:
+    """An unfitted implicit model; on GPU when CUDA is present (and not refused)."""
+    import implicit
+
+    gpu = cuda_available() if use_gpu is None else use_gpu
+    common = {
+        "factors": params.factors,
+        "regularization": params.regularization,
+        "random_state": params.random_state,
+        "iterations": params.iterations,
+        **params.extra,
+    }
+    if params.algorithm == "als":
+        return implicit.als.AlternatingLeastSquares(alpha=params.alpha, use_gpu=gpu, **common)
+    if params.algorithm == "bpr":
+        return implicit.bpr.BayesianPersonalizedRanking(learning_rate=params.learning_rate, use_gpu=gpu, **common)
+    return implicit.lmf.LogisticMatrixFactorization(learning_rate=params.learning_rate, **common)
+
+
+def fit(user_items: sp.csr_matrix, params: LearnerParams, *, use_gpu: bool | None = None) -> Factors:
+    """Learn user and item factors from a (n_users, n_items) float32 CSR confidence matrix.
+
+    BPR and LMF read only which entries are positive; ALS uses the confidences (negative
+    values are dislikes).
+    """
+    from threadpoolctl import threadpool_limits
+
+    model = make_model(params, use_gpu=use_gpu)
+    matrix = user_items if params.algorithm == "als" else (user_items > 0).astype(np.float32).tocsr()
+    with threadpool_limits(1, "blas"):  # implicit is ~10x slower when BLAS threads fight its own
+        model.fit(matrix.astype(np.float32).tocsr(), show_progress=False)
+    if hasattr(model, "to_cpu"):
+        model = model.to_cpu()
+    return Factors(
+        np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        np.ascontiguousarray(model.item_factors, dtype=np.float32),
+    )
+
+
+def fold_in(
+    item_factors: npt.NDArray[np.float32],
+    items: npt.NDArray[np.int64],
+    confidences: npt.NDArray[np.float32],
+    *,
+    regularization: float,
+    alpha: float = 1.0,
+) -> npt.NDArray[np.float32]:
+    """An ALS user vector for one user from fixed item factors (no retraining).
+
+    The exact user step of implicit's ALS: with c = alpha x confidence per item,
+    (YᵀY + λI + Σ (|c| - 1) y yᵀ) x = Σ_{c > 0} c y, where y are rows of ``item_factors``.
+
+    Parameters
+    ----------
+    item_factors : (n_items, d) float32
+    items : (k,) int64 rows of ``item_factors`` the user interacted with
+    confidences : (k,) float32 summed weights (negative for dislikes)
+
+    Returns
+    -------
+    (d,) float32 user vector.
+    """
+    factors = item_factors.astype(np.float64)
+    rows = factors[items]
+    confidence = alpha * confidences.astype(np.float64)
+    a = factors.T @ factors + regularization * np.eye(factors.shape[1])
+    a += rows.T @ (rows * (np.abs(confidence) - 1.0)[:, None])
+    b = rows.T @ np.where(confidence > 0, confidence, 0.0)
+    return np.linalg.solve(a, b).astype(np.float32)

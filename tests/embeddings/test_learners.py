@@ -1,0 +1,80 @@
+"""The learners on small synthetic matrices with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from embeddings.learners import LearnerParams, fit, fold_in
+
+
+def two_communities(users: int = 60, items: int = 40, seed: int = 0) -> sp.csr_matrix:
+    """Users 0..29 like items 0..19, users 30..59 like items 20..39 (with a little noise)."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((users, items), dtype=np.float32)
+    half_u, half_i = users // 2, items // 2
+    dense[:half_u, :half_i] = rng.random((half_u, half_i)) < 0.5
+    dense[half_u:, half_i:] = rng.random((users - half_u, items - half_i)) < 0.5
+    return sp.csr_matrix(dense)
+
+
+@pytest.mark.parametrize("algorithm", ["als", "bpr", "lmf"])
+def test_each_algorithm_ranks_the_users_own_community_first(algorithm):
+    matrix = two_communities()
+    params = LearnerParams(
+        algorithm=algorithm,
+        factors=8,
+        iterations=30 if algorithm != "als" else 10,
+        learning_rate=0.05 if algorithm == "bpr" else 1.0,
+    )
+
+    factors = fit(matrix, params, use_gpu=False)
+
+    scores = factors.user @ factors.item.T
+    top = np.argsort(-scores, axis=1)[:, :10]
+    own_community = np.where(np.arange(60)[:, None] < 30, top < 20, top >= 20)
+    assert own_community.mean() > 0.9
+    assert factors.user.dtype == factors.item.dtype == np.float32
+    assert factors.user.shape == (60, factors.dimensions) and factors.item.shape == (40, factors.dimensions)
+
+
+def test_als_is_deterministic_for_a_seed():
+    matrix = two_communities()
+    params = LearnerParams(factors=8, iterations=5, random_state=7)
+
+    first, second = fit(matrix, params, use_gpu=False), fit(matrix, params, use_gpu=False)
+
+    np.testing.assert_allclose(first.item, second.item, rtol=1e-5)
+
+
+def test_fold_in_equals_implicits_own_user_recalculation():
+    import implicit
+
+    matrix = two_communities()
+    matrix.data *= 3
+    model = implicit.als.AlternatingLeastSquares(
+        factors=8, regularization=0.1, alpha=2.0, iterations=5, random_state=0, use_gpu=False
+    )
+    model.fit(matrix, show_progress=False)
+    row = matrix[5]
+
+    expected = model.recalculate_user(5, row)
+    actual = fold_in(model.item_factors, row.indices.astype(np.int64), row.data, regularization=0.1, alpha=2.0)
+
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_fold_in_of_a_new_user_points_at_their_community():
+    matrix = two_communities()
+    factors = fit(matrix, LearnerParams(factors=8, iterations=10), use_gpu=False)
+
+    vector = fold_in(factors.item, np.array([25, 26, 27]), np.array([1, 1, 1], np.float32), regularization=0.05)
+
+    top = np.argsort(-(factors.item @ vector))[:10]
+    assert (top >= 20).mean() >= 0.9
+
+
+def test_unknown_algorithm_is_refused():
+    with pytest.raises(ValueError, match="algorithm"):
+        LearnerParams(algorithm="svd")
