@@ -1,0 +1,73 @@
+"""Model versions and the one pointer per kind that decides what is served.
+
+A version's vectors live in tables of their own (``embeddings_v<N>_item`` / ``_user``), created
+by the training run, indexed after the bulk COPY, and dropped whole when the version is pruned:
+deleting millions of rows from an HNSW-indexed table instead leaves hours of vacuum work.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Kind(models.TextChoices):
+    COLLABORATIVE = "collaborative"
+    CONTENT = "content"
+
+
+class Status(models.TextChoices):
+    TRAINING = "training"
+    READY = "ready"
+    ACTIVE = "active"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+class ModelVersion(models.Model):
+    """One training run and, once it succeeds, the vectors it produced."""
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    algorithm = models.CharField(max_length=40)
+    params = models.JSONField(default=dict, blank=True)
+    dimensions = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.TRAINING, db_index=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Offline metrics on the validation split.")
+    baseline_metrics = models.JSONField(default=dict, blank=True, help_text="Popularity on the same split.")
+    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage.")
+    counts = models.JSONField(default=dict, blank=True, help_text="Users, items and interactions trained on.")
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    has_tables = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # A running version holds a lease; a worker killed mid-run lets it expire instead of
+    # blocking the next run forever.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["kind", "-id"], name="modelversion_kind_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} v{self.pk} ({self.algorithm}, {self.status})"
+
+    @property
+    def item_table(self) -> str:
+        return f"embeddings_v{int(self.pk)}_item"
+
+    @property
+    def user_table(self) -> str:
+        return f"embeddings_v{int(self.pk)}_user"
+
+
+class ActiveVersion(models.Model):
+    """The version served for a kind; flipped in one transaction once a new one is complete."""
+
+    kind = models.CharField(max_length=20, choices=Kind.choices, primary_key=True)
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    activated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} → v{self.version_id}"
