@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import (
@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from api import serializers as s
 from api.params import query_limit
 from api.permissions import PUBLIC
+from embeddings.selectors import active_versions_summary
 from recsys import selectors, services
 from recsys.errors import NotFound
 from recsys.validation import clean_batch, clean_external_id, clean_user_fields
@@ -165,8 +166,11 @@ def _redis_status() -> str:
 
 
 def _models_status() -> dict[str, object]:
-    """Active model version per kind; none are active before the first training run."""
-    return {"collaborative": None, "content": None}
+    """Active model version per kind (null before the first successful training run)."""
+    try:
+        return dict(active_versions_summary())
+    except DatabaseError:
+        return {}
 
 
 @api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
-from recsys.env import env_bool, env_int, env_list, env_path, env_str
+from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -220,6 +220,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# Collaborative learning (implicit). Defaults measured on ml-latest-small: see BENCHMARKS.md.
+RECSYS_CF_ALGORITHM = env_str("RECSYS_CF_ALGORITHM", "als")
+RECSYS_CF_FACTORS = env_int("RECSYS_CF_FACTORS", 64, minimum=1)
+RECSYS_CF_REGULARIZATION = env_float("RECSYS_CF_REGULARIZATION", 0.05)
+RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)
+RECSYS_CF_ALPHA = env_float("RECSYS_CF_ALPHA", 1.0)
+RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", True)
+RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
+# A new version is activated unless its NDCG@10 is below the active one's by more than this.
+RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
+RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
+RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=30)
 
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
 if RECSYS_STATEMENT_TIMEOUT_MS:

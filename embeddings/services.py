@@ -1,0 +1,208 @@
+"""Training orchestration: read interactions, learn, evaluate, store a version, switch serving."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from embeddings import vector_store
+from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
+from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
+from embeddings.learners import Factors, LearnerParams, fit
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+
+logger = logging.getLogger(__name__)
+
+_INTERACTIONS_COPY = (
+    "COPY (SELECT user_id, item_id, weight, extract(epoch FROM timestamp) FROM recsys_interaction) TO STDOUT"
+)
+
+
+class TrainingAlreadyRunning(Exception):
+    """Another run of the same kind holds an unexpired lease."""
+
+
+class ModelVersionNotReady(Exception):
+    """The version cannot be served (failed, still training, or its vectors are gone)."""
+
+
+def learner_params_from_settings(**overrides: Any) -> LearnerParams:
+    defaults = {
+        "algorithm": settings.RECSYS_CF_ALGORITHM,
+        "factors": settings.RECSYS_CF_FACTORS,
+        "regularization": settings.RECSYS_CF_REGULARIZATION,
+        "iterations": settings.RECSYS_CF_ITERATIONS,
+        "alpha": settings.RECSYS_CF_ALPHA,
+    }
+    return LearnerParams(**{**defaults, **overrides})
+
+
+def interactions_load(*, half_life_days: float | None, now: float | None = None) -> InteractionMatrix:
+    """All interactions as a weighted CSR matrix, read with one COPY (no ORM objects)."""
+    buffer = io.BytesIO()
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor, cursor.copy(_INTERACTIONS_COPY) as copy:
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    if buffer.getbuffer().nbytes == 0:
+        empty = np.zeros(0)
+        return build_matrix(empty.astype(np.int64), empty.astype(np.int64), empty.astype(np.float32))
+    table = np.loadtxt(buffer, delimiter="\t", dtype=np.float64, ndmin=2)
+    weights = table[:, 2].astype(np.float32) * decay(table[:, 3], now=now or time.time(), half_life_days=half_life_days)
+    return build_matrix(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), weights)
+
+
+def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:
+    """Claim a training run (refused while another one's lease is live)."""
+    params = params or learner_params_from_settings()
+    with transaction.atomic():
+        # One row lock per kind serialises concurrent claims.
+        ActiveVersion.objects.select_for_update().filter(kind=Kind.COLLABORATIVE).first()
+        running = ModelVersion.objects.filter(
+            kind=Kind.COLLABORATIVE, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
+        ).first()
+        if running:
+            raise TrainingAlreadyRunning(f"version {running.pk} is training until {running.lease_expires_at}")
+        return ModelVersion.objects.create(
+            kind=Kind.COLLABORATIVE,
+            algorithm=params.algorithm,
+            params=params.as_dict(),
+            lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS),
+        )
+
+
+def collaborative_model_train(*, version_id: int) -> ModelVersion:
+    """Run a claimed version end to end; on any failure it is marked failed and serving is untouched."""
+    version = ModelVersion.objects.get(pk=version_id)
+    if version.status != Status.TRAINING:
+        return version  # a retry of a run that already finished: nothing to do
+    version.started_at = timezone.now()
+    version.save(update_fields=["started_at"])
+    try:
+        _train(version)
+    except Exception as error:
+        logger.exception("training version %s failed", version.pk)
+        _fail(version, error)
+        raise
+    return model_version_activate_if_better(version_id=version.pk)
+
+
+def _train(version: ModelVersion) -> None:
+    timings: dict[str, float] = {}
+    params = LearnerParams(**version.params)
+    started = time.perf_counter()
+    data = interactions_load(half_life_days=settings.RECSYS_CF_HALF_LIFE_DAYS)
+    timings["load"] = time.perf_counter() - started
+    if data.matrix.nnz == 0:
+        raise ValueError("there are no interactions to learn from")
+    matrix = bm25_confidence(data.matrix) if settings.RECSYS_CF_BM25 else data.matrix
+    _progress(version, stage="evaluating", users=data.shape[0], items=data.shape[1])
+    started = time.perf_counter()
+    version.metrics, version.baseline_metrics = _evaluate(matrix, params)
+    timings["evaluate"] = time.perf_counter() - started
+    _progress(version, stage="fitting")
+    started = time.perf_counter()
+    factors = fit(matrix, params)
+    timings["fit"] = time.perf_counter() - started
+    _progress(version, stage="storing")
+    started = time.perf_counter()
+    _store(version, data, factors)
+    timings["store"] = time.perf_counter() - started
+    version.dimensions = factors.dimensions
+    version.counts = {"users": data.shape[0], "items": data.shape[1], "interactions": int(data.matrix.nnz)}
+    version.timings = {k: round(v, 3) for k, v in timings.items()}
+    version.status = Status.READY
+    version.finished_at = timezone.now()
+    version.lease_expires_at = None
+    version.save()
+
+
+def _evaluate(matrix: Any, params: LearnerParams) -> tuple[dict[str, float], dict[str, float]]:
+    """Metrics of a model fitted on a per-user 80/20 split, and of popularity on the same split."""
+    split = holdout_split(matrix, test_fraction=0.2, seed=params.random_state)
+    factors = fit(split.train, params)
+    model = scores_recommender(lambda users: factors.user[users] @ factors.item.T, split.train)
+    return ranking_metrics(model, split), ranking_metrics(popularity_recommender(split.train), split)
+
+
+def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:
+    vector_store.tables_create(version.pk, factors.dimensions)
+    version.has_tables = True
+    version.save(update_fields=["has_tables"])
+    vector_store.vectors_copy(version.pk, "item", data.item_ids, factors.item)
+    vector_store.vectors_copy(version.pk, "user", data.user_ids, factors.user)
+    vector_store.index_build(version.pk, "item")
+
+
+def _progress(version: ModelVersion, **progress: Any) -> None:
+    version.progress = {**version.progress, **progress}
+    version.lease_expires_at = timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS)
+    version.save(update_fields=["progress", "lease_expires_at"])
+
+
+def _fail(version: ModelVersion, error: Exception) -> None:
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=Status.FAILED,
+        error=f"{type(error).__name__}: {error}"[:2000],
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    if version.has_tables:
+        vector_store.tables_drop(version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False)
+
+
+def model_version_activate_if_better(*, version_id: int) -> ModelVersion:
+    """Activate a ready version unless its NDCG@10 falls short of the active one's by the margin."""
+    version = ModelVersion.objects.get(pk=version_id)
+    current = ActiveVersion.objects.select_related("version").filter(kind=version.kind).first()
+    if current is not None:
+        floor = current.version.metrics.get("ndcg@10", 0.0) * (1 - settings.RECSYS_QUALITY_MARGIN)
+        if version.metrics.get("ndcg@10", 0.0) < floor:
+            logger.warning(
+                "version %s stays ready: ndcg@10 %.4f below %.4f",
+                version.pk,
+                version.metrics.get("ndcg@10", 0.0),
+                floor,
+            )
+            return version
+    return model_version_activate(version_id=version_id)
+
+
+def model_version_activate(*, version_id: int) -> ModelVersion:
+    """Point serving at a complete version in one transaction (rollback = activate an older one)."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        if version.status not in {Status.READY, Status.ACTIVE, Status.RETIRED} or not version.has_tables:
+            raise ModelVersionNotReady(f"version {version.pk} is {version.status} and cannot be served")
+        previous = ActiveVersion.objects.select_for_update().filter(kind=version.kind).first()
+        if previous and previous.version_id != version.pk:
+            ModelVersion.objects.filter(pk=previous.version_id).update(status=Status.READY)
+        ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
+        version.status = Status.ACTIVE
+        version.save(update_fields=["status"])
+    model_versions_prune(kind=version.kind, keep=settings.RECSYS_KEEP_VERSIONS)
+    return version
+
+
+def model_versions_prune(*, kind: str, keep: int) -> list[int]:
+    """Drop the vector tables of all but the newest ``keep`` servable versions (never the active one)."""
+    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
+    active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+    pruned = []
+    for version in servable.order_by("-id")[keep:]:
+        if version.pk == active:
+            continue
+        vector_store.tables_drop(version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
+        pruned.append(version.pk)
+    return pruned

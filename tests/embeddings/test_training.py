@@ -1,0 +1,123 @@
+"""Collaborative training runs: versions, metrics, the quality gate, leases, rollback, pruning."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from embeddings import services
+from embeddings.learners import LearnerParams
+from embeddings.models import ActiveVersion, ModelVersion, Status
+from embeddings.selectors import active_version
+from recsys.services import interactions_ingest
+
+pytestmark = pytest.mark.django_db
+PARAMS = LearnerParams(factors=8, iterations=8)
+
+
+@pytest.fixture
+def communities():
+    """40 users in two taste communities over 30 items, 10 interactions each."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for user in range(40):
+        pool = range(15) if user < 20 else range(15, 30)
+        for item in rng.choice(list(pool), size=10, replace=False):
+            rows.append(
+                {"user": f"u{user}", "item": f"i{item}", "type": "purchase", "timestamp": "2026-01-01T00:00:00Z"}
+            )
+    assert not interactions_ingest(rows=rows).errors
+
+
+def train() -> ModelVersion:
+    version = services.collaborative_version_create(params=PARAMS)
+    return services.collaborative_model_train(version_id=version.pk)
+
+
+def count(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        return int(cursor.fetchone()[0])
+
+
+def test_a_run_stores_vectors_metrics_and_becomes_active(communities):
+    version = train()
+
+    assert version.status == Status.ACTIVE and active_version(kind="collaborative") == version
+    assert (count(version.item_table), count(version.user_table)) == (30, 40)
+    assert version.dimensions == 8 and version.counts["interactions"] == 400
+    assert version.metrics["ndcg@10"] > version.baseline_metrics["ndcg@10"]
+    assert set(version.timings) == {"load", "evaluate", "fit", "store"}
+
+
+def test_a_worse_version_stays_ready_and_serving_is_unchanged(communities):
+    first = train()
+    ModelVersion.objects.filter(pk=first.pk).update(metrics={"ndcg@10": 1.0})
+
+    second = train()
+
+    assert second.status == Status.READY
+    assert active_version(kind="collaborative").pk == first.pk
+
+
+def test_a_failed_run_is_marked_and_leaves_serving_alone(communities, monkeypatch):
+    first = train()
+
+    def broken(*args, **kwargs):
+        raise MemoryError("worker ran out of memory")
+
+    monkeypatch.setattr("embeddings.services.fit", broken)
+    claimed = services.collaborative_version_create(params=PARAMS)
+    with pytest.raises(MemoryError):
+        services.collaborative_model_train(version_id=claimed.pk)
+
+    failed = ModelVersion.objects.get(pk=claimed.pk)
+    assert failed.status == Status.FAILED and "out of memory" in failed.error
+    assert not failed.has_tables
+    assert active_version(kind="collaborative").pk == first.pk
+
+
+def test_training_without_interactions_fails_cleanly():
+    claimed = services.collaborative_version_create(params=PARAMS)
+
+    with pytest.raises(ValueError, match="no interactions"):
+        services.collaborative_model_train(version_id=claimed.pk)
+
+    assert ModelVersion.objects.get(pk=claimed.pk).status == Status.FAILED
+    assert not ActiveVersion.objects.exists()
+
+
+def test_a_second_claim_is_refused_until_the_lease_expires():
+    running = services.collaborative_version_create(params=PARAMS)
+
+    with pytest.raises(services.TrainingAlreadyRunning):
+        services.collaborative_version_create(params=PARAMS)
+
+    ModelVersion.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.collaborative_version_create(params=PARAMS).pk != running.pk
+
+
+def test_rollback_activates_an_older_version(communities):
+    first, second = train(), train()
+    assert active_version(kind="collaborative").pk == second.pk
+
+    services.model_version_activate(version_id=first.pk)
+
+    assert active_version(kind="collaborative").pk == first.pk
+    assert ModelVersion.objects.get(pk=second.pk).status == Status.READY
+
+
+@override_settings(RECSYS_KEEP_VERSIONS=2)
+def test_old_versions_are_pruned_by_dropping_their_tables(communities):
+    first, _, third = train(), train(), train()
+
+    pruned = ModelVersion.objects.get(pk=first.pk)
+    assert pruned.status == Status.RETIRED and not pruned.has_tables
+    with pytest.raises(services.ModelVersionNotReady):
+        services.model_version_activate(version_id=first.pk)
+    assert active_version(kind="collaborative").pk == third.pk
