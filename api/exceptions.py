@@ -13,13 +13,16 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from recsys.errors import DomainError, NotFound, PayloadTooLarge
+from recsys.errors import Conflict, DomainError, ModelNotReady, NotFound, PayloadTooLarge, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
 _DOMAIN_STATUS: dict[type[DomainError], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
     PayloadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    Conflict: status.HTTP_409_CONFLICT,
+    ModelNotReady: status.HTTP_409_CONFLICT,
+    ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 _DRF_CODES = {
     exceptions.ParseError: "malformed_request",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from api import views
+from api import model_views, views
 
 v1 = [
     path("items/batch", views.ItemBatchView.as_view(), name="items-batch"),
@@ -14,6 +14,9 @@ v1 = [
     path("users/<path:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
     path("health", views.HealthView.as_view(), name="health"),
+    path("models", model_views.ModelListView.as_view(), name="models"),
+    path("models/train", model_views.ModelTrainView.as_view(), name="models-train"),
+    path("models/<int:version>/activate", model_views.ModelActivateView.as_view(), name="model-activate"),
 ]
 
 urlpatterns = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from embeddings.evaluation import holdout_split, popularity_recommender, ranking
 from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
 from embeddings.learners import Factors, LearnerParams, fit
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +28,11 @@ _INTERACTIONS_COPY = (
 )
 
 
-class TrainingAlreadyRunning(Exception):
+class TrainingAlreadyRunning(Conflict):
     """Another run of the same kind holds an unexpired lease."""
 
 
-class ModelVersionNotReady(Exception):
+class ModelVersionNotReady(ModelNotReady):
     """The version cannot be served (failed, still training, or its vectors are gone)."""
 
 
@@ -78,6 +80,20 @@ def collaborative_version_create(*, params: LearnerParams | None = None) -> Mode
             params=params.as_dict(),
             lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS),
         )
+
+
+def collaborative_training_enqueue(*, version_id: int) -> str:
+    """Send a claimed run to the training queue; if the broker is away the claim is released."""
+    from embeddings import tasks
+
+    task_id = str(uuid.uuid4())
+    ModelVersion.objects.filter(pk=version_id).update(task_id=task_id)
+    try:
+        tasks.collaborative_model_train.apply_async((version_id,), task_id=task_id)
+    except Exception as error:  # kombu raises several connection error types
+        _fail(ModelVersion.objects.get(pk=version_id), error)
+        raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly") from error
+    return task_id
 
 
 def collaborative_model_train(*, version_id: int) -> ModelVersion:
@@ -181,7 +197,9 @@ def model_version_activate_if_better(*, version_id: int) -> ModelVersion:
 def model_version_activate(*, version_id: int) -> ModelVersion:
     """Point serving at a complete version in one transaction (rollback = activate an older one)."""
     with transaction.atomic():
-        version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
+        if version is None:
+            raise NotFound(f"model version {version_id} does not exist")
         if version.status not in {Status.READY, Status.ACTIVE, Status.RETIRED} or not version.has_tables:
             raise ModelVersionNotReady(f"version {version.pk} is {version.status} and cannot be served")
         previous = ActiveVersion.objects.select_for_update().filter(kind=version.kind).first()

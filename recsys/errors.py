@@ -32,3 +32,15 @@ class ItemNotFound(NotFound):
 
 class PayloadTooLarge(DomainError):
     code = "payload_too_large"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class ModelNotReady(DomainError):
+    code = "model_not_ready"
+
+
+class ServiceUnavailable(DomainError):
+    code = "service_unavailable"

@@ -208,7 +208,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+if RECSYS_TRAIN_INTERVAL_MINUTES:
+    CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
+        "task": "embeddings.tasks.collaborative_model_retrain",
+        "schedule": RECSYS_TRAIN_INTERVAL_MINUTES * 60.0,
+    }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 LOG_LEVEL = env_str("RECSYS_LOG_LEVEL", "INFO").upper()

@@ -6,11 +6,13 @@ import os
 import uuid
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
 from recsys.api_keys import api_key_create
+from recsys.services import interactions_ingest
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -46,3 +48,17 @@ def writer(make_client: Callable[..., APIClient]) -> APIClient:
 @pytest.fixture
 def admin_client_api(make_client: Callable[..., APIClient]) -> APIClient:
     return make_client("read", "write", "admin")
+
+
+@pytest.fixture
+def communities(db: None) -> None:
+    """40 users in two taste communities over 30 items, 10 interactions each."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for user in range(40):
+        pool = range(15) if user < 20 else range(15, 30)
+        for item in rng.choice(list(pool), size=10, replace=False):
+            rows.append(
+                {"user": f"u{user}", "item": f"i{item}", "type": "purchase", "timestamp": "2026-01-01T00:00:00Z"}
+            )
+    assert not interactions_ingest(rows=rows).errors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import numpy as np
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -14,24 +13,9 @@ from embeddings import services
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version
-from recsys.services import interactions_ingest
 
 pytestmark = pytest.mark.django_db
 PARAMS = LearnerParams(factors=8, iterations=8)
-
-
-@pytest.fixture
-def communities():
-    """40 users in two taste communities over 30 items, 10 interactions each."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for user in range(40):
-        pool = range(15) if user < 20 else range(15, 30)
-        for item in rng.choice(list(pool), size=10, replace=False):
-            rows.append(
-                {"user": f"u{user}", "item": f"i{item}", "type": "purchase", "timestamp": "2026-01-01T00:00:00Z"}
-            )
-    assert not interactions_ingest(rows=rows).errors
 
 
 def train() -> ModelVersion:

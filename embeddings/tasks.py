@@ -1,0 +1,27 @@
+"""Celery entry points for training: thin wrappers that take ids and call a service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from embeddings import services
+
+# The hard limit stays below the broker's visibility timeout (4 h) so Redis never re-delivers
+# a run that is still going; a killed run's lease expires and the next one proceeds.
+TRAIN_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 300}
+
+
+@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+def collaborative_model_train(version_id: int) -> dict[str, object]:
+    version = services.collaborative_model_train(version_id=version_id)
+    return {"version": version.pk, "status": version.status}
+
+
+@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+def collaborative_model_retrain() -> dict[str, object] | None:
+    """The scheduled run: claims a version (skips quietly while another run holds the lease)."""
+    try:
+        version = services.collaborative_version_create()
+    except services.TrainingAlreadyRunning:
+        return None
+    return collaborative_model_train(version.pk)
