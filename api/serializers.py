@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from recsys.models import Interaction, Item, User
@@ -77,9 +78,16 @@ class ItemSerializer(serializers.ModelSerializer):
             "vectors",
         ]
 
+    @extend_schema_field(serializers.DictField(child=VectorStatusSerializer()))
     def get_vectors(self, item: Item) -> dict[str, dict[str, Any]]:
         """Per space, the active version that holds a vector of this item (none before training)."""
-        return dict(self.context.get("vectors", {}))
+        return {
+            space: {
+                "version": v["version"],
+                "updated_at": serializers.DateTimeField().to_representation(v["updated_at"]),
+            }
+            for space, v in self.context.get("vectors", {}).items()
+        }
 
 
 class UserWriteSerializer(serializers.Serializer):

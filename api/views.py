@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from api import serializers as s
 from api.params import query_limit
 from api.permissions import PUBLIC
-from embeddings.selectors import active_versions_summary
+from embeddings.selectors import active_versions_summary, item_vectors_status
 from recsys import selectors, services
 from recsys.errors import NotFound
 from recsys.validation import clean_batch, clean_external_id, clean_user_fields
@@ -51,7 +51,8 @@ class ItemDetailView(ApiView):
     @extend_schema(operation_id="item_get", responses={200: s.ItemSerializer, **ERRORS, **NOT_FOUND})
     def get(self, request: Request, item_id: str) -> Response:
         item = selectors.item_get(external_id=item_id)
-        return Response(s.ItemSerializer(item).data)
+        vectors = item_vectors_status(item_id=item.pk)
+        return Response(s.ItemSerializer(item, context={"vectors": vectors}).data)
 
     @extend_schema(
         operation_id="item_upsert",

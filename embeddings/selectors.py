@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.db import connection
+from psycopg import sql
+
 from embeddings.models import ActiveVersion, Kind, ModelVersion
 
 
@@ -29,3 +34,19 @@ def model_versions_list(*, kind: str | None = None, limit: int = 50) -> list[Mod
     if kind:
         versions = versions.filter(kind=kind)
     return list(versions.order_by("-id")[:limit])
+
+
+def item_vectors_status(*, item_id: int) -> dict[str, dict[str, Any]]:
+    """Per space, the active version holding a vector of this item and when it was written."""
+    status: dict[str, dict[str, Any]] = {}
+    pointers = ActiveVersion.objects.select_related("version").filter(version__has_tables=True)
+    with connection.cursor() as cursor:
+        for pointer in pointers:
+            query = sql.SQL("SELECT updated_at FROM {table} WHERE item_id = %s").format(
+                table=sql.Identifier(pointer.version.item_table)
+            )
+            cursor.execute(query.as_string(connection.connection), [item_id])
+            row = cursor.fetchone()
+            if row:
+                status[pointer.kind] = {"version": pointer.version_id, "updated_at": row[0]}
+    return status

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 
 from recsys.run import BASE_DIR, PYTHON, log, manage
@@ -23,7 +25,44 @@ def demo_prepare(env: dict[str, str], port: str, serve: Callable[..., int]) -> i
         text=True,
     )
     credentials = json.loads(answer.stdout)
-    return serve(env, port, on_ready=lambda: print_examples(port, credentials))
+
+    def on_ready() -> None:
+        train_on_worker(port, credentials["api_key"])
+        print_examples(port, credentials)
+
+    return serve(env, port, on_ready=on_ready)
+
+
+def api_call(port: str, key: str, method: str, path: str, body: dict[str, object] | None = None) -> object:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (our own server on loopback)
+        return json.loads(answer.read())
+
+
+def train_on_worker(port: str, key: str, seconds: float = 600) -> None:
+    """Ask the API for a collaborative training run and wait until the worker has activated it."""
+    run = api_call(port, key, "POST", "/api/v1/models/train", {"kind": "collaborative"})
+    version = run["training_run"]  # type: ignore[index]
+    log(f"training collaborative model version {version} on the Celery worker")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        versions = api_call(port, key, "GET", "/api/v1/models?kind=collaborative")
+        current = next(v for v in versions if v["version"] == version)  # type: ignore[attr-defined]
+        if current["status"] in {"active", "ready", "failed"}:
+            metrics = current.get("metrics", {})
+            log(
+                f"version {version} is {current['status']}: NDCG@10 {metrics.get('ndcg@10', 0):.3f} "
+                f"(popularity {current.get('baseline_metrics', {}).get('ndcg@10', 0):.3f}), "
+                f"timings {current.get('timings')}"
+            )
+            return
+        time.sleep(1)
+    log(f"version {version} did not finish within {seconds:.0f} s; see the worker's log")
 
 
 def print_examples(port: str, credentials: dict[str, str]) -> None:
@@ -31,7 +70,8 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
     auth = f'-H "Authorization: Bearer {credentials["api_key"]}"'
     json_type = '-H "Content-Type: application/json"'
     examples = [
-        ("Health (no key needed)", f"curl -s {base}/api/v1/health"),
+        ("Health (no key needed): database, redis, active models", f"curl -s {base}/api/v1/health"),
+        ("Model versions with offline metrics (admin scope)", f"curl -s {auth} {base}/api/v1/models"),
         ("Read an item", f"curl -s {auth} {base}/api/v1/items/item-000001"),
         ("A user's history, newest first", f'curl -s {auth} "{base}/api/v1/users/user-000001/interactions?limit=5"'),
         (

@@ -71,3 +71,12 @@ def test_activate_rolls_back_and_refuses_unservable_versions(admin_client_api, c
 def test_model_endpoints_need_the_admin_scope(writer):
     assert writer.get("/api/v1/models").status_code == 403
     assert writer.post("/api/v1/models/train", {"kind": "collaborative"}, format="json").status_code == 403
+
+
+def test_item_reports_its_vector_in_the_active_version(admin_client_api, communities):
+    version = admin_client_api.post("/api/v1/models/train", {"kind": "collaborative"}, format="json").json()
+
+    body = admin_client_api.get("/api/v1/items/i3").json()
+
+    assert body["vectors"]["collaborative"]["version"] == version["training_run"]
+    assert body["vectors"]["collaborative"]["updated_at"].endswith("Z")
