@@ -120,7 +120,7 @@ class InteractionBatchSerializer(serializers.Serializer):
 
 class InteractionSerializer(serializers.ModelSerializer):
     item = serializers.CharField(source="item.external_id")
-    type = serializers.CharField(source="event_type_id")
+    type = serializers.CharField(source="event_type")
 
     class Meta:
         model = Interaction

@@ -48,6 +48,10 @@ class EventTypeAdmin(admin.ModelAdmin):
     list_display = ["name", "weight", "uses_value", "description"]
     list_editable = ["weight", "uses_value"]
 
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EventType]) -> None:
+        for event_type in queryset:  # one by one: EventType.delete refuses types still in use
+            event_type.delete()
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):

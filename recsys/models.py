@@ -7,7 +7,10 @@ from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
+from typing import Any
+
 from django.db import models
+from django.db.models import ProtectedError
 from django.db.models.functions import Now
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
@@ -94,6 +97,11 @@ class EventType(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        if Interaction.objects.filter(event_type=self.name).exists():
+            raise ProtectedError(f"interactions of type {self.name!r} exist; change its weight instead", {self})
+        return super().delete(*args, **kwargs)
+
     def weight_of(self, value: float | None) -> float:
         return self.weight * value if self.uses_value and value is not None else self.weight
 
@@ -103,9 +111,9 @@ class Interaction(models.Model):
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="interactions")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, related_name="interactions")
-    event_type = models.ForeignKey(
-        EventType, on_delete=models.PROTECT, db_column="event_type", related_name="+", db_index=False
-    )
+    # The type's name, not a foreign key: ingestion validates it against EventType, and a foreign
+    # key check per row cost ~6 ms of every 1,000-event batch at commit.
+    event_type = models.CharField(max_length=32)
     value = models.FloatField(null=True, blank=True)
     weight = models.FloatField()
     timestamp = models.DateTimeField()
@@ -126,7 +134,7 @@ class Interaction(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id} {self.event_type_id} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+        return f"{self.user_id} {self.event_type} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
 
 
 class ApiKey(models.Model):

@@ -94,14 +94,15 @@ class Supervisor:
         self.stopping = False
 
     def start(self, commands: dict[str, list[str]]) -> None:
+        # Handlers first: a signal that arrives while the children start must still stop them.
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         for name, command in commands.items():
             # Own process groups: Ctrl-C reaches the supervisor, which stops children in order.
             self.children[name] = subprocess.Popen(command, env=self.env, cwd=BASE_DIR, start_new_session=True)
             log(f"{name} started (pid {self.children[name].pid})")
 
     def wait(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
         while not self.stopping:
             for name, child in self.children.items():
                 if child.poll() is not None:
@@ -136,8 +137,9 @@ def serve(env: dict[str, str], port: str, on_ready: object = None) -> int:
     supervisor.start(process_commands(port))
     try:
         if not wait_healthy(port, supervisor):
+            interrupted = supervisor.stopping  # a signal while starting is a clean stop
             supervisor.stop()
-            return 1
+            return 0 if interrupted else 1
         if callable(on_ready):
             on_ready()
         log(f"serving on http://127.0.0.1:{port}/ (API docs: /api/docs/, admin: /admin/); Ctrl-C stops everything")
@@ -152,7 +154,7 @@ def wait_healthy(port: str, supervisor: Supervisor, seconds: float = 60) -> bool
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if any(child.poll() is not None for child in supervisor.children.values()):
+        if supervisor.stopping or any(child.poll() is not None for child in supervisor.children.values()):
             return False
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2) as answer:

@@ -7,7 +7,7 @@ from datetime import UTC
 import factory
 from factory.django import DjangoModelFactory
 
-from recsys.models import EventType, Interaction, Item, User
+from recsys.models import Interaction, Item, User
 
 
 class UserFactory(DjangoModelFactory):
@@ -35,6 +35,6 @@ class InteractionFactory(DjangoModelFactory):
 
     user = factory.SubFactory(UserFactory)
     item = factory.SubFactory(ItemFactory)
-    event_type = factory.LazyFunction(lambda: EventType.objects.get(name="view"))
+    event_type = "view"
     weight = 1.0
     timestamp = factory.Faker("date_time_this_year", tzinfo=UTC)

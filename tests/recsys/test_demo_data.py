@@ -110,9 +110,10 @@ def test_event_types_are_mixed_and_weighted_and_only_ratings_carry_values() -> N
     kinds = Counter(Interaction.objects.values_list("event_type", flat=True))
     assert set(kinds) == set(EVENT_MIX)
     assert kinds.most_common(1)[0][0] == "view"
-    for event in Interaction.objects.select_related("event_type").iterator():
-        assert event.weight == event.event_type.weight_of(event.value)
-        assert (event.value is not None) == (event.event_type_id == "rating")
+    types = {t.name: t for t in EventType.objects.all()}
+    for event in Interaction.objects.iterator():
+        assert event.weight == types[event.event_type].weight_of(event.value)
+        assert (event.value is not None) == (event.event_type == "rating")
         assert event.value is None or 1.0 <= event.value <= 5.0
 
 
