@@ -37,7 +37,7 @@ IMPORT_NOTE = """Import speed is far from its 200,000 rows/s target, and the lim
 row, not Python: the loader reads, checks and COPYs 1M CSV rows at ~254,000 rows/s on one core,
 while each new interaction costs PostgreSQL ~40 µs (heap tuple, four btree indexes including the
 unique conflict check, and the user/item foreign-key checks at commit; the per-row event-type
-foreign key was removed for this reason). Measured by the helper: 1 GB shared_buffers changes
+foreign key was removed for this reason). Measured while building the loader: 1 GB shared_buffers changes
 nothing, switching off all FK checks gives ~32k rows/s, two parallel loaders ~36k rows/s. Closing
 the gap needs a structural change (time-partitioned interactions loaded into a fresh partition
 whose indexes are built after the COPY), left for a later issue. The API figures vary ±25% between
