@@ -21,10 +21,11 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from django.db import OperationalError, connection, transaction
+from django.db import connection
 from psycopg.types.json import Jsonb
 from tqdm import tqdm
 
+from recsys.db import atomic_with_retry
 from recsys.errors import ValidationFailed
 from recsys.models import EventType, Item, User
 from recsys.validation import (
@@ -494,7 +495,7 @@ def interaction_arrays_load(
     """Store events that need no checking (generated ones) chunk by chunk."""
     report, started = ImportReport(), time.perf_counter()
     for events in _read_ahead(batches):
-        created, updated = _atomic_with_retry(partial(_arrays_write, events, rules))
+        created, updated = atomic_with_retry(partial(_arrays_write, events, rules))
         report.rows += len(events.user_ids)
         report.count(len(events.user_ids), created, updated)
         if progress:
@@ -527,7 +528,7 @@ def _events_store(checked: _CheckedEvents, rules: EventRules, create_items: bool
         )
         return (*_arrays_write(events, rules), users_created, items_created, rejected)
 
-    created, updated, users_created, items_created, rejected = _atomic_with_retry(work)
+    created, updated, users_created, items_created, rejected = atomic_with_retry(work)
     report.rows += len(raw.lines)
     report.users_created += users_created
     report.items_created += items_created
@@ -553,20 +554,6 @@ def _kept(column: Sequence[str | None], keep: npt.NDArray[np.bool_]) -> list[str
 
 def _ids_map(ids: dict[str, int], external_ids: list[str]) -> Ints:
     return np.fromiter(map(ids.__getitem__, external_ids), dtype=np.int64, count=len(external_ids))
-
-
-def _atomic_with_retry(work: Callable[[], T], attempts: int = 3) -> T:
-    """One chunk, one transaction; a deadlock with a concurrent API batch retries the chunk."""
-    for attempt in range(attempts):
-        try:
-            with transaction.atomic():
-                return work()
-        except OperationalError as exc:
-            sqlstate = getattr(exc.__cause__, "sqlstate", None)
-            if sqlstate not in {"40P01", "40001"} or attempt == attempts - 1:
-                raise
-            logger.warning("retrying import chunk after %s (attempt %d)", sqlstate, attempt + 1)
-    raise AssertionError("unreachable")
 
 
 # ---- SQL -------------------------------------------------------------------------------------
@@ -794,7 +781,7 @@ def _documents_load(
                 report.reject(row.line, RowError(error.message, row.external_id))
                 continue
             documents[document[0]] = document  # a repeated id: the last row wins
-        created, updated = _atomic_with_retry(partial(_documents_write, documents, table, columns, upsert))
+        created, updated = atomic_with_retry(partial(_documents_write, documents, table, columns, upsert))
         report.rows += len(batch)
         report.count(len(batch) - (report.rejected - rejected_before), created, updated)
     report.seconds = time.perf_counter() - started

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import connection
 
+from recsys.db import atomic_with_retry
 from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
 from recsys.models import EventType, Item, User
 from recsys.validation import CleanInteraction, clean_external_id, clean_interaction, clean_item_fields
@@ -36,20 +37,6 @@ class BatchResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged, "errors": self.errors}
-
-
-def _with_deadlock_retry(work: Callable[[], T], attempts: int = 3) -> T:
-    """Overlapping concurrent batches lock rows in sorted order, but retry the rare deadlock anyway."""
-    for attempt in range(attempts):
-        try:
-            with transaction.atomic():
-                return work()
-        except OperationalError as exc:
-            sqlstate = getattr(exc.__cause__, "sqlstate", None)
-            if sqlstate not in {"40P01", "40001"} or attempt == attempts - 1:
-                raise
-            logger.warning("retrying batch after %s (attempt %d)", sqlstate, attempt + 1)
-    raise AssertionError("unreachable")
 
 
 # ---- items -------------------------------------------------------------------------------
@@ -142,7 +129,7 @@ def _items_store(items: dict[str, dict[str, Any]]) -> tuple[set[str], set[str]]:
             cursor.execute(_ITEM_UPDATE, [docs])
             return created, {row[0] for row in cursor.fetchall()}
 
-    return _with_deadlock_retry(write)
+    return atomic_with_retry(write)
 
 
 def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
@@ -307,4 +294,4 @@ def _interactions_write(events: list[tuple[int, CleanInteraction]], auto_create_
             cursor.execute(_INTERACTIONS_UPSERT, params)
             return [row[0] for row in cursor.fetchall()]
 
-        return _with_deadlock_retry(upsert)
+        return atomic_with_retry(upsert)
