@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +84,7 @@ def popularity_recommender(train: sp.csr_matrix) -> Recommender:
 
 
 def scores_recommender(
-    score: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]], train: sp.csr_matrix
+    score: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.floating[Any]]], train: sp.csr_matrix
 ) -> Recommender:
     """Top-k from a dense (users × items) score function, masking each user's train items."""
 
