@@ -6,13 +6,18 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from api import model_views, views
+from api import recommendation_views as rec
 
 v1 = [
     path("items/batch", views.ItemBatchView.as_view(), name="items-batch"),
+    path("items/popular", rec.PopularItemsView.as_view(), name="items-popular"),
+    path("items/<path:item_id>/similar", rec.ItemSimilarView.as_view(), name="item-similar"),
     path("items/<path:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
     path("users/<path:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
+    path("users/<path:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
     path("users/<path:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
+    path("recommendations", rec.SessionRecommendationsView.as_view(), name="session-recommendations"),
     path("health", views.HealthView.as_view(), name="health"),
     path("models", model_views.ModelListView.as_view(), name="models"),
     path("models/train", model_views.ModelTrainView.as_view(), name="models-train"),

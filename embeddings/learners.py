@@ -100,32 +100,36 @@ def fit(user_items: sp.csr_matrix, params: LearnerParams, *, use_gpu: bool | Non
 
 
 def fold_in(
-    item_factors: npt.NDArray[np.float32],
-    items: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.float32],
     confidences: npt.NDArray[np.float32],
     *,
+    gram: npt.NDArray[np.float64],
     regularization: float,
     alpha: float = 1.0,
 ) -> npt.NDArray[np.float32]:
     """An ALS user vector for one user from fixed item factors (no retraining).
 
     The exact user step of implicit's ALS: with c = alpha x confidence per item,
-    (YᵀY + λI + Σ (|c| - 1) y yᵀ) x = Σ_{c > 0} c y, where y are rows of ``item_factors``.
+    (YᵀY + λI + Σ (|c| - 1) y yᵀ) x = Σ_{c > 0} c y.
 
     Parameters
     ----------
-    item_factors : (n_items, d) float32
-    items : (k,) int64 rows of ``item_factors`` the user interacted with
+    rows : (k, d) float32 factors of the items the user interacted with
     confidences : (k,) float32 summed weights (negative for dislikes)
+    gram : (d, d) float64 YᵀY over all item factors of the version
 
     Returns
     -------
     (d,) float32 user vector.
     """
-    factors = item_factors.astype(np.float64)
-    rows = factors[items]
+    y = rows.astype(np.float64)
     confidence = alpha * confidences.astype(np.float64)
-    a = factors.T @ factors + regularization * np.eye(factors.shape[1])
-    a += rows.T @ (rows * (np.abs(confidence) - 1.0)[:, None])
-    b = rows.T @ np.where(confidence > 0, confidence, 0.0)
+    a = gram + regularization * np.eye(gram.shape[0]) + y.T @ (y * (np.abs(confidence) - 1.0)[:, None])
+    b = y.T @ np.where(confidence > 0, confidence, 0.0)
     return np.linalg.solve(a, b).astype(np.float32)
+
+
+def gram_matrix(item_factors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """YᵀY of (n_items, d) factors: (d, d) float64, stored with a version for fold-ins."""
+    factors = item_factors.astype(np.float64)
+    return factors.T @ factors

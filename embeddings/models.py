@@ -39,6 +39,8 @@ class ModelVersion(models.Model):
     error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     has_tables = models.BooleanField(default=False)
+    # YᵀY of the item factors (d × d), so that a user vector can be folded in from their items alone.
+    item_gram = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

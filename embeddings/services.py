@@ -17,7 +17,7 @@ from django.utils import timezone
 from embeddings import vector_store
 from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
-from embeddings.learners import Factors, LearnerParams, fit
+from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
@@ -134,6 +134,7 @@ def _train(version: ModelVersion) -> None:
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
     version.dimensions = factors.dimensions
+    version.item_gram = gram_matrix(factors.item).tolist()
     version.counts = {"users": data.shape[0], "items": data.shape[1], "interactions": int(data.matrix.nnz)}
     version.timings = {k: round(v, 3) for k, v in timings.items()}
     version.status = Status.READY

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from embeddings.learners import LearnerParams, fit, fold_in
+from embeddings.learners import LearnerParams, fit, fold_in, gram_matrix
 
 
 def two_communities(users: int = 60, items: int = 40, seed: int = 0) -> sp.csr_matrix:
@@ -60,7 +60,9 @@ def test_fold_in_equals_implicits_own_user_recalculation():
     row = matrix[5]
 
     expected = model.recalculate_user(5, row)
-    actual = fold_in(model.item_factors, row.indices.astype(np.int64), row.data, regularization=0.1, alpha=2.0)
+    actual = fold_in(
+        model.item_factors[row.indices], row.data, gram=gram_matrix(model.item_factors), regularization=0.1, alpha=2.0
+    )
 
     np.testing.assert_allclose(actual, expected, atol=1e-5)
 
@@ -69,7 +71,9 @@ def test_fold_in_of_a_new_user_points_at_their_community():
     matrix = two_communities()
     factors = fit(matrix, LearnerParams(factors=8, iterations=10), use_gpu=False)
 
-    vector = fold_in(factors.item, np.array([25, 26, 27]), np.array([1, 1, 1], np.float32), regularization=0.05)
+    vector = fold_in(
+        factors.item[[25, 26, 27]], np.array([1, 1, 1], np.float32), gram=gram_matrix(factors.item), regularization=0.05
+    )
 
     top = np.argsort(-(factors.item @ vector))[:10]
     assert (top >= 20).mean() >= 0.9

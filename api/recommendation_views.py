@@ -1,0 +1,155 @@
+"""Recommendation endpoints (scope read): personalised, similar, session and popular."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from api.params import query_bool, query_category, query_float, query_ids, query_limit
+from api.views import ERRORS, NOT_FOUND, ApiView
+from embeddings import recommendations
+from embeddings.recommendations import Answer
+from recsys.errors import ValidationFailed
+from recsys.validation import clean_external_id
+
+MAX_SESSION_ITEMS = 100
+
+
+class RecommendedItemSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    score = serializers.FloatField()
+    reason = serializers.DictField(required=False, help_text="With explain=true: the user's items that contributed.")
+
+
+class ModelRefSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    version = serializers.IntegerField()
+
+
+class AnswerSerializer(serializers.Serializer):
+    items = RecommendedItemSerializer(many=True)
+    model = ModelRefSerializer(allow_null=True)
+    strategy = serializers.CharField(
+        help_text="collaborative, collaborative_fold_in, collaborative_session, popular, popular_in_category"
+    )
+
+
+class SessionRequestSerializer(serializers.Serializer):
+    items = serializers.ListField(child=serializers.CharField(), max_length=MAX_SESSION_ITEMS)
+    negative_items = serializers.ListField(child=serializers.CharField(), required=False, max_length=MAX_SESSION_ITEMS)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=200)
+    category = serializers.CharField(required=False, max_length=128)
+
+
+def render(answer: Answer) -> Response:
+    items = [{k: v for k, v in asdict(item).items() if v is not None} for item in answer.items]
+    return Response({"items": items, "model": answer.model, "strategy": answer.strategy})
+
+
+COMMON = [OpenApiParameter("limit", int, description="1-200, default 10"), OpenApiParameter("category", str)]
+
+
+class UserRecommendationsView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="user_recommendations",
+        parameters=[
+            *COMMON,
+            OpenApiParameter("exclude", str, description="comma-separated item ids"),
+            OpenApiParameter("include_seen", bool),
+            OpenApiParameter("explain", bool),
+            OpenApiParameter("diversity", float, description="0 (pure relevance) to 1"),
+        ],
+        responses={200: AnswerSerializer, **ERRORS},
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        return render(
+            recommendations.user_recommendations_list(
+                user_external_id=user_id,
+                limit=query_limit(request),
+                category=query_category(request),
+                exclude=query_ids(request, "exclude"),
+                include_seen=query_bool(request, "include_seen"),
+                explain=query_bool(request, "explain"),
+                diversity=query_float(request, "diversity", default=0.0, minimum=0.0, maximum=1.0),
+            )
+        )
+
+
+class ItemSimilarView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="item_similar",
+        parameters=[*COMMON, OpenApiParameter("space", str, enum=["collaborative", "content", "hybrid"])],
+        responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND},
+    )
+    def get(self, request: Request, item_id: str) -> Response:
+        return render(
+            recommendations.item_similar_list(
+                item_external_id=item_id,
+                limit=query_limit(request),
+                space=request.query_params.get("space") or "collaborative",
+                category=query_category(request),
+            )
+        )
+
+
+class PopularItemsView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="items_popular",
+        parameters=[*COMMON, OpenApiParameter("window", str, description="e.g. 7d (1-365 days), default 7d")],
+        responses={200: AnswerSerializer, **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        window = (request.query_params.get("window") or "7d").strip()
+        if not window.endswith("d") or not window[:-1].isdigit() or not 1 <= int(window[:-1]) <= 365:
+            raise ValidationFailed("window must look like 7d (1 to 365 days)", details={"window": ["invalid"]})
+        return render(
+            recommendations.popular_items_list(
+                limit=query_limit(request), category=query_category(request), window_days=int(window[:-1])
+            )
+        )
+
+
+class SessionRecommendationsView(ApiView):
+    scopes = {"POST": "read"}
+
+    @extend_schema(
+        operation_id="session_recommendations",
+        request=SessionRequestSerializer,
+        responses={200: AnswerSerializer, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else None
+        if body is None or set(body) - {"items", "negative_items", "limit", "category"}:
+            raise ValidationFailed("send {items, negative_items?, limit?, category?}", details={"body": ["invalid"]})
+        positives, negatives = _ids(body.get("items"), "items"), _ids(body.get("negative_items", []), "negative_items")
+        if not positives:
+            raise ValidationFailed("items must name at least one item", details={"items": ["required"]})
+        limit = body.get("limit", 10)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
+            raise ValidationFailed("limit must be an integer from 1 to 200", details={"limit": ["out of range"]})
+        category = body.get("category")
+        if category is not None and (not isinstance(category, str) or len(category) > 128):
+            raise ValidationFailed("category must be a string", details={"category": ["invalid"]})
+        return render(
+            recommendations.session_recommendations_list(
+                positives=positives, negatives=negatives, limit=limit, category=category or None
+            )
+        )
+
+
+def _ids(value: object, field: str) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_SESSION_ITEMS:
+        raise ValidationFailed(
+            f"{field} must be a list of at most {MAX_SESSION_ITEMS} item ids", details={field: ["invalid"]}
+        )
+    return [clean_external_id(v, field) for v in value]

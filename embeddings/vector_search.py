@@ -1,0 +1,122 @@
+"""Nearest-neighbour queries over a version's item vectors, with filters inside the query.
+
+pgvector ≥ 0.8 keeps scanning the HNSW graph until ``limit`` rows pass the filters (iterative
+index scans). On older versions the index returns at most ``hnsw.ef_search`` candidates before
+filtering, so the search widens ef_search and, past its ceiling, falls back to an exact scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+from django.db import connection, transaction
+from pgvector import Vector
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from embeddings.vector_store import pgvector_version
+
+EF_SEARCH_START = 100
+EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    item_id: int
+    external_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Rows a query must skip or keep: hidden items are always skipped."""
+
+    exclude_ids: tuple[int, ...] = ()
+    category: str | None = None
+
+
+@lru_cache(maxsize=1)
+def iterative_scans_available() -> bool:
+    return pgvector_version() >= (0, 8)
+
+
+def nearest_items(
+    table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters()
+) -> list[Neighbour]:
+    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``."""
+    if iterative_scans_available():
+        return _search(
+            table,
+            query,
+            limit,
+            filters,
+            [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(EF_SEARCH_START))],
+        )
+    ef_search = EF_SEARCH_START
+    while True:
+        rows = _search(table, query, limit, filters, [("hnsw.ef_search", str(ef_search))])
+        if len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
+            break
+        ef_search = min(ef_search * 4, EF_SEARCH_MAX)
+    if len(rows) < limit:  # a very selective filter: an exact scan finds every match
+        rows = _search(table, query, limit, filters, [("enable_indexscan", "off")])
+    return rows
+
+
+_QUERY = """
+    SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score
+    FROM {table} v JOIN recsys_item i ON i.id = v.item_id
+    WHERE NOT i.is_hidden AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+    ORDER BY v.embedding <#> %(query)s
+    LIMIT %(limit)s
+"""
+
+
+def _search(
+    table: str, query: npt.NDArray[np.float32], limit: int, filters: Filters, settings: list[tuple[str, str]]
+) -> list[Neighbour]:
+    category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
+    statement = sql.SQL(_QUERY).format(table=sql.Identifier(table), category=category)
+    params = {
+        "query": Vector(query.astype(np.float32)),
+        "exclude": list(filters.exclude_ids),
+        "category": filters.category,
+        "limit": limit,
+    }
+    with transaction.atomic(), _vector_connection().cursor() as cursor:
+        for name, value in settings:
+            cursor.execute(sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)))
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+    # relaxed_order may return rows slightly out of order: the answer is always sorted.
+    return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
+
+
+def vectors_of(table: str, owner_column: str, ids: list[int]) -> dict[int, npt.NDArray[np.float32]]:
+    """Stored vectors by owner id (items or users) of one version table."""
+    if not ids:
+        return {}
+    statement = sql.SQL("SELECT {col}, embedding FROM {table} WHERE {col} = ANY(%s::int8[])").format(
+        col=sql.Identifier(owner_column), table=sql.Identifier(table)
+    )
+    with _vector_connection().cursor() as cursor:
+        cursor.execute(statement, [ids])
+        return {int(row[0]): _as_array(row[1]) for row in cursor.fetchall()}
+
+
+def _as_array(value: object) -> npt.NDArray[np.float32]:
+    array = value.to_numpy() if isinstance(value, Vector) else value
+    return np.asarray(array, dtype=np.float32)
+
+
+def _vector_connection():  # type: ignore[no-untyped-def]
+    """Django's psycopg connection with pgvector's types registered (once per connection)."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if not getattr(raw, "_recsys_vector_registered", False):
+        register_vector(raw)
+        raw._recsys_vector_registered = True
+    return raw

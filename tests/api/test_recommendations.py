@@ -1,0 +1,180 @@
+"""Recommendations over the API on a model trained from two taste communities.
+
+Users u0..u19 like items i0..i14 and users u20..u39 like items i15..i29 (see conftest).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from embeddings import services
+from embeddings.learners import LearnerParams
+from recsys.models import Item
+from recsys.services import interactions_ingest, items_upsert
+
+pytestmark = pytest.mark.django_db
+
+
+def community(item_id: str) -> int:
+    return 0 if int(item_id.removeprefix("i")) < 15 else 1
+
+
+@pytest.fixture
+def trained(communities):
+    items_upsert(
+        rows=[{"id": f"i{n}", "title": f"Item {n}", "categories": ["first" if n < 15 else "second"]} for n in range(30)]
+    )
+    version = services.collaborative_version_create(params=LearnerParams(factors=8, iterations=10))
+    return services.collaborative_model_train(version_id=version.pk)
+
+
+def recommend(client, user, **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    response = client.get(f"/api/v1/users/{user}/recommendations?{query}")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def seen_by(user: str) -> set[str]:
+    from recsys.models import Interaction
+
+    return set(Interaction.objects.filter(user__external_id=user).values_list("item__external_id", flat=True))
+
+
+def test_known_user_gets_unseen_items_of_their_community(reader, trained):
+    body = recommend(reader, "u3", limit=3)
+
+    ids = [item["id"] for item in body["items"]]
+    assert body["strategy"] == "collaborative"
+    assert body["model"] == {"kind": "collaborative", "version": trained.pk}
+    assert len(ids) == 3 and not set(ids) & seen_by("u3")
+    assert all(community(i) == 0 for i in ids)
+    assert [item["score"] for item in body["items"]] == sorted((item["score"] for item in body["items"]), reverse=True)
+
+
+def test_unknown_user_gets_popular_items(reader, trained):
+    body = recommend(reader, "stranger", limit=3)
+
+    assert body["strategy"] == "popular" and body["model"] is None
+    assert len(body["items"]) == 3
+
+
+def test_user_new_since_training_is_folded_in_from_their_history(reader, trained):
+    interactions_ingest(rows=[{"user": "newcomer", "item": f"i{n}", "type": "purchase"} for n in (20, 21, 22)])
+
+    body = recommend(reader, "newcomer", limit=5)
+
+    assert body["strategy"] == "collaborative_fold_in"
+    assert sum(community(i["id"]) == 1 for i in body["items"]) >= 4
+    assert not {i["id"] for i in body["items"]} & {"i20", "i21", "i22"}
+
+
+def test_filters_exclusions_and_hidden_items_are_applied_in_the_query(reader, trained):
+    Item.objects.filter(external_id="i0").update(is_hidden=True)
+
+    body = recommend(reader, "u25", limit=10, category="first", exclude="i1,i2")
+
+    ids = {item["id"] for item in body["items"]}
+    assert len(ids) == 10
+    assert all(community(i) == 0 for i in ids)
+    assert not ids & {"i0", "i1", "i2"}
+
+
+def test_include_seen_allows_the_users_own_items(reader, trained):
+    body = recommend(reader, "u3", limit=15, include_seen="true")
+
+    assert {item["id"] for item in body["items"]} & seen_by("u3")
+
+
+def test_explain_names_the_users_past_items(reader, trained):
+    body = recommend(reader, "u3", limit=3, explain="true")
+
+    for item in body["items"]:
+        because = {reason["id"] for reason in item["reason"]["because"]}
+        assert because and because <= seen_by("u3")
+
+
+def test_diversity_still_returns_limit_items(reader, trained):
+    plain = recommend(reader, "u3", limit=5)
+    diverse = recommend(reader, "u3", limit=5, diversity="0.9")
+
+    assert len(diverse["items"]) == 5
+    assert [i["id"] for i in diverse["items"]] != [i["id"] for i in plain["items"]]
+
+
+@pytest.mark.parametrize(
+    "params", ["limit=0", "diversity=2", "explain=maybe", "exclude=bad%20id", "category=" + "x" * 129]
+)
+def test_bad_parameters_are_400(reader, trained, params):
+    assert reader.get(f"/api/v1/users/u3/recommendations?{params}").status_code == 400
+
+
+def test_similar_items_come_from_the_same_community_and_exclude_the_item(reader, trained):
+    body = reader.get("/api/v1/items/i3/similar?limit=5").json()
+
+    ids = [item["id"] for item in body["items"]]
+    assert body["strategy"] == "collaborative" and "i3" not in ids
+    assert sum(community(i) == 0 for i in ids) >= 4
+
+
+def test_new_item_without_a_vector_gets_popular_items_of_its_category(reader, trained):
+    items_upsert(rows=[{"id": "fresh", "title": "Brand new", "categories": ["second"]}])
+
+    body = reader.get("/api/v1/items/fresh/similar?limit=3").json()
+
+    assert body["strategy"] == "popular_in_category"
+    assert all(community(item["id"]) == 1 for item in body["items"])
+
+
+def test_similar_for_unknown_item_is_404(reader, trained):
+    assert reader.get("/api/v1/items/ghost/similar").status_code == 404
+
+
+def test_session_recommendations_follow_positives_and_exclude_given_items(reader, trained):
+    response = reader.post(
+        "/api/v1/recommendations", {"items": ["i20", "i21"], "negative_items": ["i3"], "limit": 5}, format="json"
+    )
+
+    body = response.json()
+    ids = {item["id"] for item in body["items"]}
+    assert response.status_code == 200 and body["strategy"] == "collaborative_session"
+    assert not ids & {"i20", "i21", "i3"}
+    assert sum(community(i) == 1 for i in ids) >= 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"items": []},
+        {"items": "i1"},
+        {"items": ["i1"], "limit": 0},
+        {"items": ["i1"], "color": "red"},
+        {"items": ["i1"] * 101},
+    ],
+)
+def test_bad_session_bodies_are_400(reader, trained, body):
+    assert reader.post("/api/v1/recommendations", body, format="json").status_code == 400
+
+
+def test_popular_items_rank_by_interactions_and_filter_by_category(reader, trained):
+    interactions_ingest(rows=[{"user": f"fan{n}", "item": "i29", "type": "purchase"} for n in range(30)])
+
+    everything = reader.get("/api/v1/items/popular?limit=3").json()
+    first = reader.get("/api/v1/items/popular?limit=3&category=first").json()
+
+    assert everything["items"][0]["id"] == "i29" and everything["strategy"] == "popular"
+    assert all(community(item["id"]) == 0 for item in first["items"])
+    assert reader.get("/api/v1/items/popular?window=week").status_code == 400
+
+
+def test_recommendations_work_before_any_model_exists(reader, communities):
+    body = recommend(reader, "u3", limit=4)
+
+    assert body["strategy"] == "popular" and len(body["items"]) == 4
+    assert not {i["id"] for i in body["items"]} & seen_by("u3")
+
+
+def test_personalised_recommendations_use_a_bounded_number_of_queries(reader, trained, django_assert_max_num_queries):
+    with django_assert_max_num_queries(12):
+        recommend(reader, "u3", limit=10)
