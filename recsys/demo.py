@@ -72,7 +72,22 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
     examples = [
         ("Health (no key needed): database, redis, active models", f"curl -s {base}/api/v1/health"),
         ("Model versions with offline metrics (admin scope)", f"curl -s {auth} {base}/api/v1/models"),
-        ("Read an item", f"curl -s {auth} {base}/api/v1/items/item-000001"),
+        (
+            "Personalised recommendations, with the reasons",
+            f'curl -s {auth} "{base}/api/v1/users/user-000001/recommendations?limit=5&explain=true"',
+        ),
+        ("Items similar to one item", f'curl -s {auth} "{base}/api/v1/items/item-000001/similar?limit=5"'),
+        (
+            "Session recommendations from items just viewed",
+            f"curl -s -X POST {auth} {json_type} {base}/api/v1/recommendations "
+            """-d '{"items": ["item-000001", "item-000002"], "limit": 5}'""",
+        ),
+        ("Popular this week", f'curl -s {auth} "{base}/api/v1/items/popular?limit=5&window=7d"'),
+        (
+            "A cold user gets popular items (strategy says so)",
+            f'curl -s {auth} "{base}/api/v1/users/nobody-yet/recommendations?limit=3"',
+        ),
+        ("Read an item (its vectors per space)", f"curl -s {auth} {base}/api/v1/items/item-000001"),
         ("A user's history, newest first", f'curl -s {auth} "{base}/api/v1/users/user-000001/interactions?limit=5"'),
         (
             "Upsert an item",
