@@ -25,3 +25,11 @@ def collaborative_model_retrain() -> dict[str, object] | None:
     except services.TrainingAlreadyRunning:
         return None
     return collaborative_model_train(version.pk)
+
+
+@shared_task(queue="default", acks_late=True, soft_time_limit=300, time_limit=360)
+def users_fold_in() -> int:
+    """Idempotent (recomputes vectors from stored interactions), so late acks are safe."""
+    from embeddings.freshness import users_fold_in_pending
+
+    return users_fold_in_pending()

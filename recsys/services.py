@@ -16,6 +16,7 @@ from django.db import connection
 from recsys.db import atomic_with_retry
 from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
 from recsys.models import EventType, Item, User
+from recsys.signals import interactions_stored
 from recsys.validation import CleanInteraction, clean_external_id, clean_interaction, clean_item_fields
 
 logger = logging.getLogger(__name__)
@@ -220,10 +221,12 @@ def interactions_ingest(*, rows: Iterable[object], auto_create_items: bool | Non
     if not auto_create_items and events:
         _reject_unknown_items(events, result)
     if events:
-        inserted = _interactions_write(list(events.values()), auto_create_items)
+        inserted, user_ids = _interactions_write(list(events.values()), auto_create_items)
         result.created = sum(inserted)
         result.updated = len(inserted) - result.created
         result.unchanged = len(events) - len(inserted)
+        if result.created or result.updated:
+            interactions_stored.send(sender=User, user_ids=user_ids)
     result.errors.sort(key=lambda e: e["index"])
     return result
 
@@ -264,8 +267,13 @@ def _row_ids(
     return ids
 
 
-def _interactions_write(events: list[tuple[int, CleanInteraction]], auto_create_items: bool) -> list[bool]:
-    """Create missing users/items, then upsert the events; returns per stored row whether it is new."""
+def _interactions_write(
+    events: list[tuple[int, CleanInteraction]], auto_create_items: bool
+) -> tuple[list[bool], list[int]]:
+    """Create missing users/items, then upsert the events.
+
+    Returns per stored row whether it is new, and the row ids of the batch's users.
+    """
     # Sorted by key so that concurrent overlapping batches take row locks in the same order.
     ordered = sorted((e for _, e in events), key=lambda e: (e.user, e.item, e.type, e.timestamp))
     connection.ensure_connection()
@@ -294,4 +302,4 @@ def _interactions_write(events: list[tuple[int, CleanInteraction]], auto_create_
             cursor.execute(_INTERACTIONS_UPSERT, params)
             return [row[0] for row in cursor.fetchall()]
 
-        return atomic_with_retry(upsert)
+        return atomic_with_retry(upsert), sorted({users[e.user] for e in kept})

@@ -21,6 +21,14 @@ def _isolated_cache_namespace() -> None:
     settings.CACHES["default"]["KEY_PREFIX"] = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(autouse=True)
+def _no_pending_fold_ins() -> None:
+    """Fold-in bookkeeping lives in Redis, outside the test database: start each test clean."""
+    from embeddings.freshness import PENDING_KEY, SCHEDULED_KEY, _redis
+
+    _redis().delete(PENDING_KEY, SCHEDULED_KEY)
+
+
 @pytest.fixture
 def make_client(db: None) -> Callable[..., APIClient]:
     """``make_client("read", "write")`` → an APIClient authenticated with a fresh key of those scopes."""

@@ -1,0 +1,119 @@
+"""Keep user vectors fresh between retrains: fold in users whose interactions changed.
+
+Ingestion adds the users to a pending set in Redis and schedules one fold-in task (at most one
+per second, however many batches arrive); the task folds in every pending user in bulk and
+writes their vectors into the active version. Without Redis nothing is lost: users without a
+stored vector are folded in at request time, and the next retrain covers everyone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from psycopg import sql
+
+from embeddings.learners import fold_in
+from embeddings.models import ActiveVersion, Kind, ModelVersion
+from embeddings.vector_search import _vector_connection, vectors_of
+
+logger = logging.getLogger(__name__)
+PENDING_KEY = "recsys:foldin:pending"
+SCHEDULED_KEY = "recsys:foldin:scheduled"
+DEBOUNCE_SECONDS = 1
+
+
+def _redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def users_fold_in_schedule(*, user_ids: list[int]) -> bool:
+    """Queue users for a fold-in; returns False (and logs) when Redis is unavailable."""
+    if not user_ids or not ActiveVersion.objects.filter(kind=Kind.COLLABORATIVE).exists():
+        return False
+    from embeddings import tasks
+
+    try:
+        client = _redis()
+        client.sadd(PENDING_KEY, *user_ids)
+        if client.set(SCHEDULED_KEY, 1, nx=True, ex=DEBOUNCE_SECONDS * 10):
+            transaction.on_commit(lambda: tasks.users_fold_in.apply_async(countdown=DEBOUNCE_SECONDS))
+    except Exception:  # Redis down: request-time fold-in and the next retrain cover these users
+        logger.warning("could not queue %d users for fold-in", len(user_ids), exc_info=True)
+        return False
+    return True
+
+
+def users_fold_in_pending() -> int:
+    """Fold in every pending user; returns how many vectors were written."""
+    client = _redis()
+    client.delete(SCHEDULED_KEY)  # batches arriving from now on schedule the next run
+    with client.pipeline() as pipe:
+        pipe.smembers(PENDING_KEY)
+        pipe.delete(PENDING_KEY)
+        members, _ = pipe.execute()
+    return users_fold_in(user_ids=sorted(int(m) for m in members))
+
+
+def users_fold_in(*, user_ids: list[int]) -> int:
+    """Recompute the active collaborative version's vectors of these users from their histories."""
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.COLLABORATIVE).first()
+    if pointer is None or not user_ids or pointer.version.item_gram is None:
+        return 0
+    version = pointer.version
+    histories = _histories(user_ids)
+    item_vectors = vectors_of(version.item_table, "item_id", sorted({i for h in histories.values() for i, _ in h}))
+    vectors = {user: _fold(version, history, item_vectors) for user, history in histories.items()}
+    return _vectors_upsert(version, {u: v for u, v in vectors.items() if v is not None})
+
+
+def _histories(user_ids: list[int]) -> dict[int, list[tuple[int, float]]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT user_id, item_id, sum(weight) FROM recsys_interaction WHERE user_id = ANY(%s) "
+            "GROUP BY user_id, item_id",
+            [user_ids],
+        )
+        histories: dict[int, list[tuple[int, float]]] = {}
+        for user, item, weight in cursor.fetchall():
+            histories.setdefault(int(user), []).append((int(item), float(weight)))
+    return histories
+
+
+def _fold(
+    version: ModelVersion, history: list[tuple[int, float]], item_vectors: dict[int, np.ndarray]
+) -> np.ndarray | None:
+    known = [(item, weight) for item, weight in history if item in item_vectors and weight != 0]
+    if not known:
+        return None
+    rows = np.stack([item_vectors[item] for item, _ in known])
+    weights = np.array([w for _, w in known], dtype=np.float32)
+    return fold_in(
+        rows,
+        weights,
+        gram=np.asarray(version.item_gram),
+        regularization=float(version.params.get("regularization", 0.05)),
+        alpha=float(version.params.get("alpha", 1.0)),
+    )
+
+
+def _vectors_upsert(version: ModelVersion, vectors: dict[int, np.ndarray]) -> int:
+    if not vectors:
+        return 0
+    from pgvector import Vector
+
+    statement = sql.SQL(
+        "INSERT INTO {table} (user_id, embedding, updated_at) SELECT u, e::vector, now() "
+        "FROM unnest(%s::int8[], %s::text[]) AS t(u, e) JOIN recsys_user ON recsys_user.id = t.u "
+        "ON CONFLICT (user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now()"
+    ).format(table=sql.Identifier(version.user_table))
+    ids = list(vectors)
+    texts = [Vector(vectors[u]).to_text() for u in ids]
+    with transaction.atomic(), _vector_connection().cursor() as cursor:
+        cursor.execute(statement, [ids, texts])
+    return len(ids)

@@ -1,0 +1,69 @@
+"""User vectors follow new interactions between retrains (fold-in through the real task path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embeddings import services
+from embeddings.freshness import PENDING_KEY, _redis, users_fold_in
+from embeddings.learners import LearnerParams
+from embeddings.vector_search import vectors_of
+from recsys.models import Item, User
+from recsys.services import interactions_ingest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def trained(communities):
+    version = services.collaborative_version_create(params=LearnerParams(factors=8, iterations=10))
+    return services.collaborative_model_train(version_id=version.pk)
+
+
+def user_vector(version, external_id):
+    user = User.objects.get(external_id=external_id)
+    return vectors_of(version.user_table, "user_id", [user.pk]).get(user.pk)
+
+
+def community_scores(version, vector):
+    """Mean score of the user's vector over each community's items (i0..i14, i15..i29)."""
+    ids = dict(Item.objects.values_list("external_id", "pk"))
+    vectors = vectors_of(version.item_table, "item_id", list(ids.values()))
+    first = np.mean([vector @ vectors[ids[f"i{n}"]] for n in range(15)])
+    second = np.mean([vector @ vectors[ids[f"i{n}"]] for n in range(15, 30)])
+    return first, second
+
+
+def test_new_interactions_of_a_known_user_move_their_vector_toward_the_new_taste(
+    trained, django_capture_on_commit_callbacks
+):
+    before = community_scores(trained, user_vector(trained, "u3"))
+    assert before[0] > before[1]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(
+            rows=[
+                {"user": "u3", "item": f"i{n}", "type": "purchase", "value": None, "timestamp": "2026-02-01T00:00:00Z"}
+                for n in range(15, 30)
+            ]
+            * 1
+        )
+
+    after = community_scores(trained, user_vector(trained, "u3"))
+    assert after[1] - after[0] > before[1] - before[0]
+    assert after[1] > before[1]
+
+
+def test_a_user_unknown_to_the_model_gets_a_stored_vector_after_the_fold_in(
+    trained, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(rows=[{"user": "late", "item": "i20", "type": "purchase"}])
+
+    assert user_vector(trained, "late") is not None
+    assert not _redis().exists(PENDING_KEY)
+
+
+def test_fold_in_without_an_active_model_writes_nothing(communities):
+    assert users_fold_in(user_ids=list(User.objects.values_list("pk", flat=True))) == 0
