@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from django.conf import settings
 from django.db import connection, transaction
 from psycopg import sql
@@ -63,13 +64,16 @@ def users_fold_in_pending() -> int:
 def users_fold_in(*, user_ids: list[int]) -> int:
     """Recompute the active collaborative version's vectors of these users from their histories."""
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.COLLABORATIVE).first()
-    if pointer is None or not user_ids or pointer.version.item_gram is None:
+    if pointer is None or not user_ids:
         return 0
     version = pointer.version
-    histories = _histories(user_ids)
-    item_vectors = vectors_of(version.item_table, "item_id", sorted({i for h in histories.values() for i, _ in h}))
-    vectors = {user: _fold(version, history, item_vectors) for user, history in histories.items()}
-    return _vectors_upsert(version, {u: v for u, v in vectors.items() if v is not None})
+    vectors = {}
+    for user, history in _histories(user_ids).items():
+        items = [item for item, _ in history]
+        vector = user_vector_fold_in(version, items, np.array([w for _, w in history], dtype=np.float32))
+        if vector is not None:
+            vectors[user] = vector
+    return _vectors_upsert(version, vectors)
 
 
 def _histories(user_ids: list[int]) -> dict[int, list[tuple[int, float]]]:
@@ -85,17 +89,27 @@ def _histories(user_ids: list[int]) -> dict[int, list[tuple[int, float]]]:
     return histories
 
 
-def _fold(
-    version: ModelVersion, history: list[tuple[int, float]], item_vectors: dict[int, np.ndarray]
-) -> np.ndarray | None:
-    known = [(item, weight) for item, weight in history if item in item_vectors and weight != 0]
+def user_vector_fold_in(
+    version: ModelVersion, items: list[int], weights: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32] | None:
+    """A user vector of ``version`` from their items and summed weights, without retraining.
+
+    EASE folds in exactly as Σ weight × item input vector; ALS/BPR/LMF solve ALS's user step
+    against the version's item factors (exact for ALS trained on raw weights).
+    """
+    column = "fold_in" if version.algorithm == "ease" else "embedding"
+    found = vectors_of(version.item_table, "item_id", items, column=column)
+    known = [k for k, item in enumerate(items) if item in found and weights[k] != 0]
     if not known:
         return None
-    rows = np.stack([item_vectors[item] for item, _ in known])
-    weights = np.array([w for _, w in known], dtype=np.float32)
+    rows = np.stack([found[items[k]] for k in known])
+    if version.algorithm == "ease":
+        return (weights[known] @ rows).astype(np.float32)
+    if version.item_gram is None:
+        return None
     return fold_in(
         rows,
-        weights,
+        weights[known],
         gram=np.asarray(version.item_gram),
         regularization=float(version.params.get("regularization", 0.05)),
         alpha=float(version.params.get("alpha", 1.0)),

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from django.db import connection
 
-from embeddings.learners import fold_in
+from embeddings.freshness import user_vector_fold_in
 from embeddings.models import ActiveVersion, Kind, ModelVersion
 from embeddings.vector_search import Filters, Neighbour, nearest_items, vectors_of
 from recsys.errors import ItemNotFound, ValidationFailed
@@ -148,20 +148,8 @@ def _user_vector(
     stored = vectors_of(version.user_table, "user_id", [user.pk])
     if user.pk in stored:
         return stored[user.pk], "collaborative"
-    item_vectors = vectors_of(version.item_table, "item_id", history)
-    known = [i for i, item in enumerate(history) if item in item_vectors]
-    if not known or version.item_gram is None:
-        return None, "popular"
-    rows = np.stack([item_vectors[history[i]] for i in known])
-    params = version.params
-    vector = fold_in(
-        rows,
-        weights[known],
-        gram=np.asarray(version.item_gram),
-        regularization=float(params.get("regularization", 0.05)),
-        alpha=float(params.get("alpha", 1.0)),
-    )
-    return vector, "collaborative_fold_in"
+    vector = user_vector_fold_in(version, history, weights)
+    return (vector, "collaborative_fold_in") if vector is not None else (None, "popular")
 
 
 def _explain(
@@ -217,6 +205,13 @@ def _item_ids(external_ids: tuple[str, ...] | list[str]) -> list[int]:
     return list(Item.objects.filter(external_id__in=list(external_ids)).values_list("pk", flat=True))
 
 
+def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.NDArray[np.float32]]:
+    """Vectors that stand for items in a query: EASE's input side (what a user who chose the item
+    would be), the item embedding itself for the factorisation models."""
+    column = "fold_in" if version.algorithm == "ease" else "embedding"
+    return vectors_of(version.item_table, "item_id", item_ids, column=column)
+
+
 def item_similar_list(
     *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
 ) -> Answer:
@@ -229,7 +224,7 @@ def item_similar_list(
             f"space {space!r} is not available yet; use collaborative", details={"space": ["invalid"]}
         )
     version = _active()
-    vector = vectors_of(version.item_table, "item_id", [item.pk]).get(item.pk) if version else None
+    vector = _query_vectors(version, [item.pk]).get(item.pk) if version else None
     if version is None or vector is None:
         fallback_category = category or (item.categories[0] if item.categories else None)
         answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item.pk,))
@@ -246,7 +241,7 @@ def session_recommendations_list(
     positive_ids, negative_ids = _item_ids(positives), _item_ids(negatives)
     given = tuple(positive_ids + negative_ids)
     version = _active()
-    found = vectors_of(version.item_table, "item_id", list(given)) if version else {}
+    found = _query_vectors(version, list(given)) if version else {}
     liked = [found[i] for i in positive_ids if i in found]
     if version is None or not liked:
         return popular_items_list(limit=limit, category=category, exclude_ids=given)

@@ -114,27 +114,26 @@ def collaborative_model_train(*, version_id: int) -> ModelVersion:
 
 def _train(version: ModelVersion) -> None:
     timings: dict[str, float] = {}
-    params = LearnerParams(**version.params)
     started = time.perf_counter()
     data = interactions_load(half_life_days=settings.RECSYS_CF_HALF_LIFE_DAYS)
     timings["load"] = time.perf_counter() - started
     if data.matrix.nnz == 0:
         raise ValueError("there are no interactions to learn from")
-    matrix = bm25_confidence(data.matrix) if settings.RECSYS_CF_BM25 else data.matrix
     _progress(version, stage="evaluating", users=data.shape[0], items=data.shape[1])
     started = time.perf_counter()
-    version.metrics, version.baseline_metrics = _evaluate(matrix, params)
+    params, version.metrics, version.baseline_metrics, tried = _select(data.matrix, LearnerParams(**version.params))
     timings["evaluate"] = time.perf_counter() - started
-    _progress(version, stage="fitting")
+    version.algorithm, version.params = params.algorithm, params.as_dict()
+    _progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(matrix, params)
+    factors = fit(_confidences(data.matrix, params), params)
     timings["fit"] = time.perf_counter() - started
     _progress(version, stage="storing")
     started = time.perf_counter()
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
     version.dimensions = factors.dimensions
-    version.item_gram = gram_matrix(factors.item).tolist()
+    version.item_gram = None if factors.item_in is not None else gram_matrix(factors.item).tolist()
     version.counts = {"users": data.shape[0], "items": data.shape[1], "interactions": int(data.matrix.nnz)}
     version.timings = {k: round(v, 3) for k, v in timings.items()}
     version.status = Status.READY
@@ -143,19 +142,62 @@ def _train(version: ModelVersion) -> None:
     version.save()
 
 
-def _evaluate(matrix: Any, params: LearnerParams) -> tuple[dict[str, float], dict[str, float]]:
-    """Metrics of a model fitted on a per-user 80/20 split, and of popularity on the same split."""
-    split = holdout_split(matrix, test_fraction=0.2, seed=params.random_state)
-    factors = fit(split.train, params)
-    model = scores_recommender(lambda users: factors.user[users] @ factors.item.T, split.train)
-    return ranking_metrics(model, split), ranking_metrics(popularity_recommender(split.train), split)
+def _confidences(matrix: Any, params: LearnerParams) -> Any:
+    """BM25 re-weighting for the implicit learners when enabled; EASE reads the summed weights,
+    which is also what its fold-in sums, so its users fold in exactly."""
+    return bm25_confidence(matrix) if settings.RECSYS_CF_BM25 and params.algorithm != "ease" else matrix
+
+
+def tuning_candidates(configured: LearnerParams, n_items: int) -> list[LearnerParams]:
+    """The configured learner, plus low-rank EASE for catalogues it handles well, when tuning is on."""
+    candidates = [configured]
+    if settings.RECSYS_CF_TUNE and n_items <= settings.RECSYS_EASE_MAX_ITEMS:
+        for regularization in settings.RECSYS_EASE_REGULARIZATION:
+            candidates.append(
+                LearnerParams(
+                    algorithm="ease",
+                    factors=settings.RECSYS_EASE_FACTORS,
+                    regularization=regularization,
+                    random_state=configured.random_state,
+                )
+            )
+    return candidates
+
+
+def _select(
+    matrix: Any, configured: LearnerParams
+) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
+    """Fit each candidate on a per-user 80/20 split and keep the best by NDCG@10.
+
+    Returns the winner, its metrics, popularity's metrics on the same split, and every
+    candidate's score (so operators can see what was tried).
+    """
+    split = holdout_split(matrix, test_fraction=0.2, seed=configured.random_state)
+    baseline = ranking_metrics(popularity_recommender(split.train), split)
+    best: tuple[LearnerParams, dict[str, float]] | None = None
+    tried = []
+    for params in tuning_candidates(configured, matrix.shape[1]):
+        factors = fit(_confidences(split.train, params), params)
+        metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split)
+        tried.append(
+            {
+                "algorithm": params.algorithm,
+                "factors": params.factors,
+                "regularization": params.regularization,
+                "ndcg@10": round(metrics["ndcg@10"], 5),
+            }
+        )
+        if best is None or metrics["ndcg@10"] > best[1]["ndcg@10"]:
+            best = (params, metrics)
+    assert best is not None
+    return best[0], best[1], baseline, tried
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:
     vector_store.tables_create(version.pk, factors.dimensions)
     version.has_tables = True
     version.save(update_fields=["has_tables"])
-    vector_store.vectors_copy(version.pk, "item", data.item_ids, factors.item)
+    vector_store.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in)
     vector_store.vectors_copy(version.pk, "user", data.user_ids, factors.user)
     vector_store.index_build(version.pk, "item")
 

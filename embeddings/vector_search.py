@@ -95,12 +95,14 @@ def _search(
     return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
 
 
-def vectors_of(table: str, owner_column: str, ids: list[int]) -> dict[int, npt.NDArray[np.float32]]:
-    """Stored vectors by owner id (items or users) of one version table."""
+def vectors_of(
+    table: str, owner_column: str, ids: list[int], column: str = "embedding"
+) -> dict[int, npt.NDArray[np.float32]]:
+    """Stored vectors (``embedding`` or ``fold_in``) by owner id of one version table."""
     if not ids:
         return {}
-    statement = sql.SQL("SELECT {col}, embedding FROM {table} WHERE {col} = ANY(%s::int8[])").format(
-        col=sql.Identifier(owner_column), table=sql.Identifier(table)
+    statement = sql.SQL("SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL").format(
+        col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table)
     )
     with _vector_connection().cursor() as cursor:
         cursor.execute(statement, [ids])

@@ -30,6 +30,7 @@ def tables_create(version_id: int, dimensions: int) -> None:
                     "CREATE TABLE IF NOT EXISTS {table} ("
                     " {fk} bigint PRIMARY KEY REFERENCES {target} (id) ON DELETE CASCADE,"
                     " embedding vector({dims}) NOT NULL,"
+                    " fold_in vector({dims}),"
                     " updated_at timestamptz NOT NULL DEFAULT now())"
                 )
                 .format(
@@ -42,26 +43,39 @@ def tables_create(version_id: int, dimensions: int) -> None:
             )
 
 
-def vectors_copy(version_id: int, owner: str, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> int:
-    """Bulk-load (id, vector) rows with binary COPY; ids must exist in the owner table.
+def vectors_copy(
+    version_id: int,
+    owner: str,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None = None,
+) -> int:
+    """Bulk-load (id, vector[, fold-in vector]) rows with binary COPY; ids must exist in the owner table.
 
     Parameters
     ----------
     ids : (n,) int64 database ids of the items or users
     vectors : (n, d) float32
+    fold_in : (n, d) float32 item input vectors of models that fold users in as a weighted sum
     """
-    if len(ids) != len(vectors):
+    if len(ids) != len(vectors) or (fold_in is not None and len(fold_in) != len(ids)):
         raise ValueError("ids and vectors differ in length")
     connection.ensure_connection()
     raw = connection.connection
     register_vector(raw)
-    statement = sql.SQL("COPY {table} ({fk}, embedding) FROM STDIN WITH (FORMAT BINARY)").format(
-        table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id")
+    columns = sql.SQL(", fold_in" if fold_in is not None else "")
+    statement = sql.SQL("COPY {table} ({fk}, embedding{columns}) FROM STDIN WITH (FORMAT BINARY)").format(
+        table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id"), columns=columns
     )
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
-        copy.set_types(["int8", "vector"])
-        for row_id, vector in zip(ids.tolist(), vectors, strict=True):
-            copy.write_row((row_id, vector))
+        if fold_in is None:
+            copy.set_types(["int8", "vector"])
+            for row_id, vector in zip(ids.tolist(), vectors, strict=True):
+                copy.write_row((row_id, vector))
+        else:
+            copy.set_types(["int8", "vector", "vector"])
+            for row_id, vector, extra in zip(ids.tolist(), vectors, fold_in, strict=True):
+                copy.write_row((row_id, vector, extra))
     return len(ids)
 
 

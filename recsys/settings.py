@@ -233,7 +233,14 @@ RECSYS_CF_FACTORS = env_int("RECSYS_CF_FACTORS", 64, minimum=1)
 RECSYS_CF_REGULARIZATION = env_float("RECSYS_CF_REGULARIZATION", 0.05)
 RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)
 RECSYS_CF_ALPHA = env_float("RECSYS_CF_ALPHA", 1.0)
-RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", True)
+# BM25 helps ALS on MovieLens, but fold-ins then use raw weights (approximate); off by default.
+RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", False)
+# Each run also tries low-rank EASE (on catalogues up to RECSYS_EASE_MAX_ITEMS) and keeps the best
+# on the validation split. EASE rank and ridge λ candidates: see embeddings/learners.py.
+RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
+RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
+RECSYS_EASE_REGULARIZATION = [float(v) for v in env_list("RECSYS_EASE_REGULARIZATION", ["50", "200", "800"])]
+RECSYS_EASE_MAX_ITEMS = env_int("RECSYS_EASE_MAX_ITEMS", 200_000, minimum=0)
 RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # A new version is activated unless its NDCG@10 is below the active one's by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)

@@ -60,12 +60,12 @@ def admin_client_api(make_client: Callable[..., APIClient]) -> APIClient:
 
 @pytest.fixture
 def communities(db: None) -> None:
-    """40 users in two taste communities over 30 items, 10 interactions each."""
+    """40 users in two taste communities over 30 items, 6 interactions each."""
     rng = np.random.default_rng(3)
     rows = []
     for user in range(40):
         pool = range(15) if user < 20 else range(15, 30)
-        for item in rng.choice(list(pool), size=10, replace=False):
+        for item in rng.choice(list(pool), size=6, replace=False):
             rows.append(
                 {"user": f"u{user}", "item": f"i{item}", "type": "purchase", "timestamp": "2026-01-01T00:00:00Z"}
             )

@@ -19,12 +19,16 @@ def community(item_id: str) -> int:
     return 0 if int(item_id.removeprefix("i")) < 15 else 1
 
 
-@pytest.fixture
-def trained(communities):
+@pytest.fixture(params=["als", "ease"])
+def trained(request, communities, settings):
+    """The same answers must hold for both kinds of model the service can choose."""
+    settings.RECSYS_CF_TUNE = False
     items_upsert(
         rows=[{"id": f"i{n}", "title": f"Item {n}", "categories": ["first" if n < 15 else "second"]} for n in range(30)]
     )
-    version = services.collaborative_version_create(params=LearnerParams(factors=8, iterations=10))
+    regularization = 10.0 if request.param == "ease" else 0.05
+    params = LearnerParams(algorithm=request.param, factors=8, iterations=10, regularization=regularization)
+    version = services.collaborative_version_create(params=params)
     return services.collaborative_model_train(version_id=version.pk)
 
 
@@ -130,16 +134,30 @@ def test_similar_for_unknown_item_is_404(reader, trained):
     assert reader.get("/api/v1/items/ghost/similar").status_code == 404
 
 
-def test_session_recommendations_follow_positives_and_exclude_given_items(reader, trained):
-    response = reader.post(
-        "/api/v1/recommendations", {"items": ["i20", "i21"], "negative_items": ["i3"], "limit": 5}, format="json"
-    )
+def session(client, **body):
+    response = client.post("/api/v1/recommendations", {"limit": 28, **body}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
 
-    body = response.json()
+
+def test_session_recommendations_follow_positives_and_exclude_given_items(reader, trained):
+    body = session(reader, items=["i20", "i21"], limit=5)
+
     ids = {item["id"] for item in body["items"]}
-    assert response.status_code == 200 and body["strategy"] == "collaborative_session"
-    assert not ids & {"i20", "i21", "i3"}
+    assert body["strategy"] == "collaborative_session"
+    assert not ids & {"i20", "i21"}
     assert sum(community(i) == 1 for i in ids) >= 4
+
+
+def test_a_negative_item_pushes_down_what_resembles_it(reader, trained):
+    closest = reader.get("/api/v1/items/i3/similar?limit=1").json()["items"][0]["id"]
+
+    without = {i["id"]: i["score"] for i in session(reader, items=["i20", "i21"])["items"]}
+    with_negative = session(reader, items=["i20", "i21"], negative_items=["i3"])
+
+    scores = {i["id"]: i["score"] for i in with_negative["items"]}
+    assert "i3" not in scores
+    assert scores[closest] < without[closest]
 
 
 @pytest.mark.parametrize(

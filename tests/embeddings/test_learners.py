@@ -19,7 +19,7 @@ def two_communities(users: int = 60, items: int = 40, seed: int = 0) -> sp.csr_m
     return sp.csr_matrix(dense)
 
 
-@pytest.mark.parametrize("algorithm", ["als", "bpr", "lmf"])
+@pytest.mark.parametrize("algorithm", ["als", "bpr", "lmf", "ease"])
 def test_each_algorithm_ranks_the_users_own_community_first(algorithm):
     matrix = two_communities()
     params = LearnerParams(
@@ -82,3 +82,20 @@ def test_fold_in_of_a_new_user_points_at_their_community():
 def test_unknown_algorithm_is_refused():
     with pytest.raises(ValueError, match="algorithm"):
         LearnerParams(algorithm="svd")
+
+
+def test_low_rank_ease_equals_full_ease_on_unseen_items_when_the_rank_suffices():
+    rng = np.random.default_rng(1)
+    distinct = (rng.random((12, 30)) < 0.3).astype(np.float32)
+    matrix = sp.csr_matrix(np.repeat(distinct, 5, axis=0))  # 60 users, rank <= 12
+    lam = 5.0
+    x = matrix.toarray().astype(np.float64)
+    p = np.linalg.inv(x.T @ x + lam * np.eye(30))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+
+    factors = fit(matrix, LearnerParams(algorithm="ease", factors=20, regularization=lam))
+
+    unseen = x == 0
+    np.testing.assert_allclose((factors.user @ factors.item.T)[unseen], (x @ b)[unseen], atol=1e-4)
+    np.testing.assert_allclose(factors.user, x @ factors.item_in, atol=1e-4)

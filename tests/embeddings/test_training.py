@@ -14,7 +14,14 @@ from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_tuning")]
+
+
+@pytest.fixture
+def no_tuning(settings):
+    settings.RECSYS_CF_TUNE = False
+
+
 PARAMS = LearnerParams(factors=8, iterations=8)
 
 
@@ -34,7 +41,7 @@ def test_a_run_stores_vectors_metrics_and_becomes_active(communities):
 
     assert version.status == Status.ACTIVE and active_version(kind="collaborative") == version
     assert (count(version.item_table), count(version.user_table)) == (30, 40)
-    assert version.dimensions == 8 and version.counts["interactions"] == 400
+    assert version.dimensions == 8 and version.counts["interactions"] == 240
     assert version.metrics["ndcg@10"] > version.baseline_metrics["ndcg@10"]
     assert set(version.timings) == {"load", "evaluate", "fit", "store"}
 
@@ -105,3 +112,16 @@ def test_old_versions_are_pruned_by_dropping_their_tables(communities):
     with pytest.raises(services.ModelVersionNotReady):
         services.model_version_activate(version_id=first.pk)
     assert active_version(kind="collaborative").pk == third.pk
+
+
+def test_tuning_tries_low_rank_ease_and_keeps_the_best_on_validation(communities, settings):
+    settings.RECSYS_CF_TUNE = True
+    settings.RECSYS_EASE_REGULARIZATION = [1.0, 10.0]
+
+    version = train()
+
+    tried = version.progress["candidates"]
+    best = max(tried, key=lambda c: c["ndcg@10"])
+    assert [c["algorithm"] for c in tried] == ["als", "ease", "ease"]
+    assert version.algorithm == best["algorithm"]
+    assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
