@@ -61,8 +61,8 @@ def load_positives() -> tuple[sp.csr_matrix, list[str], list[str], dict[tuple[in
 
 
 class Api:
-    def __init__(self, key: str) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=120)
+    def __init__(self, key: str, port: int = PORT) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def call(self, method: str, path: str, body: object = None) -> object:

@@ -6,11 +6,13 @@ can tell a collaborative answer from a popularity fallback.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from django.core.cache import cache
 from django.db import connection
 
 from embeddings.freshness import user_vector_fold_in
@@ -19,6 +21,7 @@ from embeddings.vector_search import Filters, Neighbour, nearest_items, vectors_
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item, User
 
+logger = logging.getLogger(__name__)
 MAX_SEEN = 5_000  # a user's most recent items excluded from their recommendations
 EXPLAIN_ITEMS = 3
 POPULAR_WINDOW_DAYS = 7
@@ -40,7 +43,13 @@ class Answer:
 
 
 def _active(kind: str = Kind.COLLABORATIVE) -> ModelVersion | None:
-    pointer = ActiveVersion.objects.select_related("version").filter(kind=kind, version__has_tables=True).first()
+    pointer = (
+        ActiveVersion.objects.select_related("version")
+        .filter(kind=kind, version__has_tables=True)
+        # The Gram matrix (d x d JSON) loads only when a fold-in needs it.
+        .defer("version__item_gram", "version__progress", "version__metrics", "version__baseline_metrics")
+        .first()
+    )
     return pointer.version if pointer else None
 
 
@@ -54,13 +63,19 @@ def _from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:
 
 # ---- popular -------------------------------------------------------------------------------
 
+# Within the window each event counts exp(-age / window); the exponent is clamped because events
+# decades old would underflow a double. The all-time fallback counts events undecayed.
 _POPULAR = """
-    SELECT i.external_id, sum(greatest(x.weight, 0) * exp(-extract(epoch FROM now() - x.timestamp) / %(tau)s)) AS score
+    SELECT i.id, i.external_id, sum(greatest(x.weight, 0) * {decay}) AS score
     FROM recsys_interaction x JOIN recsys_item i ON i.id = x.item_id
-    WHERE NOT i.is_hidden AND x.item_id <> ALL(%(exclude)s::int8[]) {window} {category}
-    GROUP BY i.external_id HAVING sum(greatest(x.weight, 0)) > 0
-    ORDER BY score DESC, i.external_id LIMIT %(limit)s
+    WHERE NOT i.is_hidden {window} {category}
+    GROUP BY i.id, i.external_id HAVING sum(greatest(x.weight, 0)) > 0
+    ORDER BY score DESC, i.external_id LIMIT %(depth)s
 """
+_DECAY = "exp(greatest(-extract(epoch FROM now() - x.timestamp) / %(tau)s, -700))"
+_WINDOW = "AND x.timestamp >= now() - %(window)s * interval '1 day'"
+POPULAR_DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
+POPULAR_CACHE_SECONDS = 60
 
 
 def popular_items_list(
@@ -70,25 +85,36 @@ def popular_items_list(
     window_days: float = POPULAR_WINDOW_DAYS,
     exclude_ids: tuple[int, ...] = (),
 ) -> Answer:
-    """Most interacted items, each event decayed with a time constant of the window; when the
-    window holds fewer than ``limit`` items, all time counts (a quiet catalogue still answers)."""
-    params: dict[str, Any] = {
-        "tau": window_days * 86_400.0,
-        "exclude": list(exclude_ids),
-        "category": category,
-        "limit": limit,
-        "window": window_days,
-    }
-    category_sql = "AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""
-    rows: list[tuple[str, float]] = []
-    for window_sql in ("AND x.timestamp >= now() - %(window)s * interval '1 day'", ""):
-        with connection.cursor() as cursor:
-            cursor.execute(_POPULAR.format(window=window_sql, category=category_sql), params)
-            rows = cursor.fetchall()
-        if len(rows) >= limit:
-            break
-    items = [Recommendation(external_id, float(score)) for external_id, score in rows]
+    """Most interacted items (time-decayed within the window, all time when the window is too
+    quiet), from a ranking cached for a minute; ``exclude_ids`` are skipped."""
+    excluded = set(exclude_ids)
+    ranked = _popular_ranking(window_days, category)
+    items = [Recommendation(ext, round(score, 6)) for pk, ext, score in ranked if pk not in excluded][:limit]
     return Answer(items, None, "popular")
+
+
+def _popular_ranking(window_days: float, category: str | None) -> list[tuple[int, str, float]]:
+    key = f"popular:{window_days}:{category or ''}"
+    try:
+        cached = cache.get(key)
+    except Exception:  # Redis away: compute every time rather than fail
+        cached = None
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    params = {"tau": window_days * 86_400.0, "window": window_days, "category": category, "depth": POPULAR_DEPTH}
+    category_sql = "AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""
+    ranked: list[tuple[int, str, float]] = []
+    for decay, window in ((_DECAY, _WINDOW), ("1", "")):
+        with connection.cursor() as cursor:
+            cursor.execute(_POPULAR.format(decay=decay, window=window, category=category_sql), params)
+            ranked = [(int(pk), ext, float(score)) for pk, ext, score in cursor.fetchall()]
+        if len(ranked) >= POPULAR_DEPTH // 10:
+            break
+    try:
+        cache.set(key, ranked, POPULAR_CACHE_SECONDS)
+    except Exception:
+        logger.warning("could not cache the popular ranking", exc_info=True)
+    return ranked
 
 
 # ---- personalised --------------------------------------------------------------------------

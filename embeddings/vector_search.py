@@ -7,11 +7,14 @@ filtering, so the search widens ef_search and, past its ceiling, falls back to a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 from django.db import connection, transaction
 from pgvector import Vector
 from pgvector.psycopg import register_vector
@@ -48,24 +51,20 @@ def nearest_items(
 ) -> list[Neighbour]:
     """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``."""
     if iterative_scans_available():
-        return _search(
-            table,
-            query,
-            limit,
-            filters,
-            [("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(EF_SEARCH_START))],
-        )
+        # Session settings, set once per connection: no transaction and no extra round trips.
+        return _search(table, query, limit, filters, session=_ITERATIVE)
     ef_search = EF_SEARCH_START
     while True:
-        rows = _search(table, query, limit, filters, [("hnsw.ef_search", str(ef_search))])
+        rows = _search(table, query, limit, filters, session=(("hnsw.ef_search", str(ef_search)),))
         if len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
             break
         ef_search = min(ef_search * 4, EF_SEARCH_MAX)
     if len(rows) < limit:  # a very selective filter: an exact scan finds every match
-        rows = _search(table, query, limit, filters, [("enable_indexscan", "off")])
+        rows = _search(table, query, limit, filters, local=(("enable_indexscan", "off"),))
     return rows
 
 
+_ITERATIVE = (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(EF_SEARCH_START)))
 _QUERY = """
     SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
@@ -76,8 +75,15 @@ _QUERY = """
 
 
 def _search(
-    table: str, query: npt.NDArray[np.float32], limit: int, filters: Filters, settings: list[tuple[str, str]]
+    table: str,
+    query: npt.NDArray[np.float32],
+    limit: int,
+    filters: Filters,
+    *,
+    session: tuple[tuple[str, str], ...] = (),
+    local: tuple[tuple[str, str], ...] = (),
 ) -> list[Neighbour]:
+    """One search; ``session`` settings persist on the connection, ``local`` ones last one transaction."""
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
     statement = sql.SQL(_QUERY).format(table=sql.Identifier(table), category=category)
     params = {
@@ -86,13 +92,32 @@ def _search(
         "category": filters.category,
         "limit": limit,
     }
-    with transaction.atomic(), _vector_connection().cursor() as cursor:
-        for name, value in settings:
-            cursor.execute(sql.SQL("SELECT set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value)))
-        cursor.execute(statement, params)
-        rows = cursor.fetchall()
+    raw = _vector_connection()
+    _session_settings(raw, session)
+    with transaction.atomic() if local else nullcontext(), psycopg.Cursor(raw) as cursor:
+        if local:
+            cursor.execute(_set_config(local, is_local=True))
+        rows = cursor.execute(statement, params, binary=True).fetchall()
     # relaxed_order may return rows slightly out of order: the answer is always sorted.
     return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
+
+
+def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql.Composed:
+    calls = [
+        sql.SQL("set_config({}, {}, {})").format(sql.Literal(k), sql.Literal(v), sql.Literal(is_local))
+        for k, v in settings
+    ]
+    return sql.SQL("SELECT ") + sql.SQL(", ").join(calls)
+
+
+def _session_settings(raw: Any, settings: tuple[tuple[str, str], ...]) -> None:
+    """Apply session settings only when they differ from what this connection already has."""
+    current = getattr(raw, "_recsys_settings", {})
+    wanted = {k: v for k, v in settings if current.get(k) != v}
+    if wanted:
+        with psycopg.Cursor(raw) as cursor:
+            cursor.execute(_set_config(tuple(wanted.items()), is_local=False))
+        raw._recsys_settings = {**current, **wanted}
 
 
 def vectors_of(
@@ -104,9 +129,9 @@ def vectors_of(
     statement = sql.SQL("SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL").format(
         col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table)
     )
-    with _vector_connection().cursor() as cursor:
-        cursor.execute(statement, [ids])
-        return {int(row[0]): _as_array(row[1]) for row in cursor.fetchall()}
+    with psycopg.Cursor(_vector_connection()) as cursor:
+        rows = cursor.execute(statement, [ids], binary=True).fetchall()
+    return {int(row[0]): _as_array(row[1]) for row in rows}
 
 
 def _as_array(value: object) -> npt.NDArray[np.float32]:

@@ -8,17 +8,19 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from django.conf import settings
 from rest_framework.test import APIClient
 
 from recsys.api_keys import api_key_create
 from recsys.services import interactions_ingest
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _isolated_cache_namespace() -> None:
-    """Tests share the embedded Redis with a running demo; give them their own key prefix."""
-    settings.CACHES["default"]["KEY_PREFIX"] = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """Tests share the embedded Redis with a running demo and with each other: every test gets a
+    key prefix of its own, so cached answers never leak from one test's database into another."""
+    from django.core.cache import cache
+
+    cache.key_prefix = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(autouse=True)
