@@ -102,6 +102,36 @@ def gunicorn(database_url: str, port: int, workers: int | None = None) -> Iterat
         proc.wait(timeout=30)
 
 
+@contextmanager
+def celery_worker(database_url: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker (one process) on every queue, against the scratch database."""
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "recsys",
+            "worker",
+            "-Q",
+            "default,training,encoding",
+            "-l",
+            "warning",
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+        ],
+        env=bench_env(database_url),
+        cwd=ROOT,
+    )
+    try:
+        yield worker
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 def wait_healthy(port: int, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

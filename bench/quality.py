@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import http.client
 import json
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (
     MOVIELENS,
-    ROOT,
     api_key,
-    bench_env,
+    celery_worker,
     drop_database,
     gunicorn,
     machine,
@@ -185,28 +183,8 @@ def main() -> None:
     matrix, users, items, cells = load_positives()
     split = holdout_split(matrix, test_fraction=0.2, seed=SEED)
     url = scratch_database_url("recsys_bench_quality")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "recsys",
-            "worker",
-            "-Q",
-            "default,training,encoding",
-            "-l",
-            "warning",
-            "-c",
-            "1",
-            "-n",
-            "bench@%h",
-        ],
-        env=bench_env(url),
-        cwd=ROOT,
-    )
     try:
-        with gunicorn(url, PORT):
+        with celery_worker(url, "quality"), gunicorn(url, PORT):
             api = Api(api_key(url))
             started = time.perf_counter()
             events = ingest(api, split, users, items, cells)
@@ -218,8 +196,6 @@ def main() -> None:
             serve_s = time.perf_counter() - started
             fidelity = exact_fidelity(url, version["version"], served, users, split.train, items)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
         drop_database(url)
     import implicit
 

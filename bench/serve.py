@@ -13,7 +13,6 @@ import http.client
 import multiprocessing as mp
 import random
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MOVIELENS,
-    ROOT,
     api_key,
-    bench_env,
+    celery_worker,
     drop_database,
     gunicorn,
     machine,
@@ -130,31 +128,11 @@ def main() -> None:
     args = parser.parse_args()
     generated = tuple(args.generated) if args.generated else None
     url = scratch_database_url("recsys_bench_serve")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "recsys",
-            "worker",
-            "-Q",
-            "default,training",
-            "-l",
-            "warning",
-            "-c",
-            "1",
-            "-n",
-            "serve@%h",
-        ],
-        env=bench_env(url),
-        cwd=ROOT,
-    )
     try:
         started = time.perf_counter()
         dataset = load_data(url, generated)
         load_s = time.perf_counter() - started
-        with gunicorn(url, PORT) as master:
+        with celery_worker(url, "serve"), gunicorn(url, PORT) as master:
             key = api_key(url)
             api = Api(key, PORT)
             version = train(api)
@@ -174,8 +152,6 @@ def main() -> None:
             workers = len(master.children())
         floor = sql_floor(url, version["version"])
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
         drop_database(url)
     report(dataset, load_s, version, results, floor, workers, args)
 
