@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -67,8 +70,11 @@ def collaborative_version_create(*, params: LearnerParams | None = None) -> Mode
     """Claim a training run (refused while another one's lease is live)."""
     params = params or learner_params_from_settings()
     with transaction.atomic():
-        # One row lock per kind serialises concurrent claims.
-        ActiveVersion.objects.select_for_update().filter(kind=Kind.COLLABORATIVE).first()
+        # A transaction-scoped advisory lock per kind serialises concurrent claims (it works
+        # before any version exists, unlike a row lock).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recsys:train:{Kind.COLLABORATIVE}"])
+        _abandoned_runs_fail(Kind.COLLABORATIVE)
         running = ModelVersion.objects.filter(
             kind=Kind.COLLABORATIVE, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
         ).first()
@@ -80,6 +86,38 @@ def collaborative_version_create(*, params: LearnerParams | None = None) -> Mode
             params=params.as_dict(),
             lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS),
         )
+
+
+@contextmanager
+def _lease_heartbeat(version_id: int) -> Iterator[None]:
+    """Renew the run's lease from a thread while it trains: a long fit never looks abandoned,
+    and a worker killed with -9 stops renewing, so its lease expires."""
+    stop = threading.Event()
+    interval = max(1.0, settings.RECSYS_TRAIN_LEASE_SECONDS / 3)
+
+    def renew() -> None:
+        try:
+            while not stop.wait(interval):
+                ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
+                    lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS)
+                )
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=renew, name=f"lease-v{version_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _abandoned_runs_fail(kind: str) -> None:
+    """Runs whose lease expired lost their worker (killed, out of memory): mark them failed."""
+    abandoned = ModelVersion.objects.filter(kind=kind, status=Status.TRAINING, lease_expires_at__lte=timezone.now())
+    for version in abandoned:
+        _fail(version, RuntimeError("the worker stopped renewing its lease (killed or crashed)"))
 
 
 def collaborative_training_enqueue(*, version_id: int) -> str:
@@ -104,7 +142,8 @@ def collaborative_model_train(*, version_id: int) -> ModelVersion:
     version.started_at = timezone.now()
     version.save(update_fields=["started_at"])
     try:
-        _train(version)
+        with _lease_heartbeat(version.pk):
+            _train(version)
     except Exception as error:
         logger.exception("training version %s failed", version.pk)
         _fail(version, error)
@@ -139,6 +178,9 @@ def _train(version: ModelVersion) -> None:
     version.status = Status.READY
     version.finished_at = timezone.now()
     version.lease_expires_at = None
+    # Only a run that still holds its claim may finish: one declared abandoned stays failed.
+    if not ModelVersion.objects.filter(pk=version.pk, status=Status.TRAINING).exists():
+        raise RuntimeError(f"version {version.pk} lost its claim while training")
     version.save()
 
 

@@ -91,6 +91,8 @@ def test_a_second_claim_is_refused_until_the_lease_expires():
 
     ModelVersion.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert services.collaborative_version_create(params=PARAMS).pk != running.pk
+    abandoned = ModelVersion.objects.get(pk=running.pk)
+    assert abandoned.status == Status.FAILED and "lease" in abandoned.error
 
 
 def test_rollback_activates_an_older_version(communities):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -17,7 +18,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_env(transactional_db: None) -> dict[str, str]:
+def live_env(transactional_db: None) -> Iterator[dict[str, str]]:
     """Environment for child processes: the test database and Redis, a free port, eager mode off."""
     db = connection.settings_dict
     host = db["HOST"] or "localhost"
@@ -29,5 +30,19 @@ def live_env(transactional_db: None) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "CELERY_TASK_ALWAYS_EAGER"}
+    # A flush after an earlier transactional test empties the seeded event types: put them back.
+    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.models import EventType
+
+    for name, weight, uses_value, description in DEFAULTS:
+        EventType.objects.get_or_create(
+            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
+        )
     env.update(DATABASE_URL=url, REDIS_URL=settings.REDIS_URL, PORT=str(free_port()), WEB_CONCURRENCY="2")
-    return env
+    yield env
+    # Version tables are not Django's: drop them before the test database is flushed.
+    from embeddings import vector_store
+    from embeddings.models import ModelVersion
+
+    for version_id in ModelVersion.objects.values_list("pk", flat=True):
+        vector_store.tables_drop(version_id)
