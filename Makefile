@@ -34,8 +34,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy recsys embeddings api
 
+## bench: ingestion, quality (needs ../shared/data/ml-latest-small) and serving benchmarks -> BENCHMARKS.md
 bench: install
 	$(PY) -m recsys.run exec -- $(PY) bench/ingest.py
+	$(PY) -m recsys.run exec -- $(PY) bench/quality.py
+	$(PY) -m recsys.run exec -- $(PY) bench/serve.py
 
 services-stop: install
 	$(PY) manage.py services stop
