@@ -186,7 +186,9 @@ def _explain(
     weights: npt.NDArray[np.float32],
 ) -> None:
     """Reason per item: the user's past items whose vectors point the same way, weighted by confidence."""
-    past = vectors_of(version.item_table, "item_id", history)
+    # Each past item's share of the score: its weight times (query side of it) · (candidate item);
+    # for EASE that is exactly its term of the sum, for the factorisation models an approximation.
+    past = _query_vectors(version, history)
     if not past:
         return
     past_ids = [i for i in history if i in past]

@@ -96,6 +96,10 @@ def test_explain_names_the_users_past_items(reader, trained):
     for item in body["items"]:
         because = {reason["id"] for reason in item["reason"]["because"]}
         assert because and because <= seen_by("u3")
+        contributions = [r["contribution"] for r in item["reason"]["because"]]
+        assert contributions == sorted(contributions, reverse=True)
+        if trained.algorithm == "ease":  # terms of the score itself (others may be negative): same scale
+            assert contributions[0] <= 2 * item["score"]
 
 
 def test_diversity_still_returns_limit_items(reader, trained):
