@@ -31,8 +31,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# mypy's Django plugin loads the settings, which start embedded services: run it under the
+# supervisor so that whatever it starts is stopped again.
 typecheck: install
-	$(VENV)/bin/mypy recsys embeddings api
+	$(PY) -m recsys.run exec -- $(VENV)/bin/mypy recsys embeddings api
 
 ## bench: ingestion, quality (needs ../shared/data/ml-latest-small) and serving benchmarks -> BENCHMARKS.md
 bench: install
