@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
 from recsys.errors import ValidationFailed
 
 MAX_LIMIT = 200
+LIMIT_PARAMETER = OpenApiParameter("limit", int, description=f"1-{MAX_LIMIT}, default 10")
 
 
 def query_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:

@@ -9,7 +9,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api.params import query_bool, query_category, query_float, query_ids, query_limit
+from api.params import LIMIT_PARAMETER, query_bool, query_category, query_float, query_ids, query_limit
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations
 from embeddings.recommendations import Answer
@@ -50,7 +50,7 @@ def render(answer: Answer) -> Response:
     return Response({"items": items, "model": answer.model, "strategy": answer.strategy})
 
 
-COMMON = [OpenApiParameter("limit", int, description="1-200, default 10"), OpenApiParameter("category", str)]
+COMMON = [LIMIT_PARAMETER, OpenApiParameter("category", str)]
 
 
 class UserRecommendationsView(ApiView):

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
-from api.params import query_limit
+from api.params import LIMIT_PARAMETER, query_limit
 from api.permissions import PUBLIC
 from embeddings.selectors import active_versions_summary, item_vectors_status
 from recsys import selectors, services
@@ -111,7 +111,7 @@ class UserInteractionsView(ApiView):
     @extend_schema(
         operation_id="user_interactions_list",
         parameters=[
-            OpenApiParameter("limit", int, description="1-200, default 10"),
+            LIMIT_PARAMETER,
             OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
         ],
         responses={200: s.HistorySerializer, **ERRORS, **NOT_FOUND},

@@ -18,6 +18,9 @@ import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks run as scripts: make the project importable
+from recsys.run import celery_worker_command  # noqa: E402
+
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
@@ -106,22 +109,7 @@ def gunicorn(database_url: str, port: int, workers: int | None = None) -> Iterat
 def celery_worker(database_url: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (one process) on every queue, against the scratch database."""
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "recsys",
-            "worker",
-            "-Q",
-            "default,training,encoding",
-            "-l",
-            "warning",
-            "-c",
-            "1",
-            "-n",
-            f"{name}@%h",
-        ],
+        celery_worker_command(name, level="warning", concurrency=1),
         env=bench_env(database_url),
         cwd=ROOT,
     )

@@ -7,7 +7,7 @@ can tell a collaborative answer from a popularity fallback.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,6 @@ class Answer:
     items: list[Recommendation]
     model: dict[str, Any] | None
     strategy: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _active(kind: str = Kind.COLLABORATIVE) -> ModelVersion | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -145,11 +144,6 @@ def stop(data_dir: Path) -> list[str]:
     if postgres_stop(data_dir):
         stopped.append("postgres")
     return stopped
-
-
-def destroy(data_dir: Path) -> None:
-    stop(data_dir)
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

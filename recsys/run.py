@@ -67,6 +67,17 @@ def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env, check=True, cwd=BASE_DIR)
 
 
+ALL_QUEUES = "default,training,encoding"
+
+
+def celery_worker_command(
+    name: str, *, queues: str = ALL_QUEUES, level: str = "info", concurrency: int = 0
+) -> list[str]:
+    """The Celery worker command line (``concurrency`` 0 = one process per core)."""
+    command = [PYTHON, "-m", "celery", "-A", "recsys", "worker", "-Q", queues, "-l", level, "-n", f"{name}@%h"]
+    return [*command, "-c", str(concurrency)] if concurrency else command
+
+
 def process_commands(port: str) -> dict[str, list[str]]:
     celery = [PYTHON, "-m", "celery", "-A", "recsys"]
     return {
@@ -80,7 +91,7 @@ def process_commands(port: str) -> dict[str, list[str]]:
             f"127.0.0.1:{port}",
             "recsys.wsgi:application",
         ],
-        "worker": [*celery, "worker", "-Q", "default,training,encoding", "-l", "info", "-n", "recsys@%h"],
+        "worker": celery_worker_command("recsys"),
         "beat": [*celery, "beat", "-l", "info", "-s", str(data_dir() / "celerybeat-schedule")],
     }
 

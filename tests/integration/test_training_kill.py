@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from embeddings.learners import LearnerParams
 from embeddings.models import ModelVersion, Status
 from embeddings.selectors import active_version
 from recsys.celery import app
+from recsys.run import celery_worker_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL = LearnerParams(factors=8, iterations=5)
@@ -36,22 +36,7 @@ def test_kill_9_mid_training_leaves_serving_alone_and_the_next_run_succeeds(live
     endless = services.collaborative_version_create(params=LearnerParams(factors=8, iterations=1_000_000))
     env = {**live_env, "RECSYS_TRAIN_LEASE_SECONDS": "5", "RECSYS_CF_TUNE": "false"}
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "recsys",
-            "worker",
-            "-Q",
-            "training",
-            "-c",
-            "1",
-            "-l",
-            "warning",
-            "-n",
-            f"kill-test-{os.getpid()}@%h",
-        ],
+        celery_worker_command(f"kill-test-{os.getpid()}", queues="training", level="warning", concurrency=1),
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
