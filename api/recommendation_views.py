@@ -105,16 +105,23 @@ class PopularItemsView(ApiView):
 
     @extend_schema(
         operation_id="items_popular",
-        parameters=[*COMMON, OpenApiParameter("window", str, description="e.g. 7d (1-365 days), default 7d")],
+        parameters=[
+            *COMMON,
+            OpenApiParameter(
+                "window", str, description="e.g. 30d (1-365 days); default 7d (RECSYS_POPULAR_WINDOW_DAYS)"
+            ),
+        ],
         responses={200: AnswerSerializer, **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        window = (request.query_params.get("window") or "7d").strip()
-        if not window.endswith("d") or not window[:-1].isdigit() or not 1 <= int(window[:-1]) <= 365:
+        window = request.query_params.get("window")
+        if window is not None and not (window.endswith("d") and window[:-1].isdigit() and 1 <= int(window[:-1]) <= 365):
             raise ValidationFailed("window must look like 7d (1 to 365 days)", details={"window": ["invalid"]})
         return render(
             recommendations.popular_items_list(
-                limit=query_limit(request), category=query_category(request), window_days=int(window[:-1])
+                limit=query_limit(request),
+                category=query_category(request),
+                window_days=int(window[:-1]) if window else None,
             )
         )
 

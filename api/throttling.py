@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from recsys import redis_store
 from recsys.models import ApiKey
 
-logger = logging.getLogger(__name__)
 _PERIODS = {
     "s": 1,
     "sec": 1,
@@ -49,12 +47,10 @@ class ApiKeyRateThrottle(BaseThrottle):
         limit, period = parse_rate(key.rate_limit or settings.RECSYS_RATE_LIMIT)
         now = time.time()
         window = int(now // period)
-        counter = f"throttle:{key.pk}:{period}:{window}"
+        counter = redis_store.key(f"throttle:{key.pk}:{period}:{window}")
         try:
-            cache.add(counter, 0, timeout=period + 1)
-            count = cache.incr(counter)
-        except Exception:  # Redis down or flaky: serving matters more than metering
-            logger.warning("rate limiter unavailable; allowing request", exc_info=True)
+            count = redis_store.run(lambda client: _count(client, counter, period))
+        except redis_store.RedisUnavailable:  # serving matters more than metering
             return True
         if count > limit:
             self.wait_seconds = (window + 1) * period - now
@@ -63,3 +59,12 @@ class ApiKeyRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self.wait_seconds
+
+
+def _count(client: Any, counter: str, period: int) -> int:
+    """INCR and EXPIRE in one round trip; the key is the window's own, so re-arming it is harmless."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incr(counter)
+        pipe.expire(counter, period + 1)
+        count, _ = pipe.execute()
+    return int(count)

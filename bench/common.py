@@ -78,9 +78,12 @@ def api_key(database_url: str) -> str:
 
 
 @contextmanager
-def gunicorn(database_url: str, port: int, workers: int | None = None) -> Iterator[psutil.Process]:
+def gunicorn(
+    database_url: str, port: int, workers: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[psutil.Process]:
     """gunicorn as deployed (gunicorn.conf.py), on loopback; yields its master process."""
     extra = {"WEB_CONCURRENCY": str(workers)} if workers else {}
+    extra.update(env or {})
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -192,7 +192,7 @@ def main() -> None:
             version = train(api)
             recommend, served, strategies = served_recommender(api, users, items)
             started = time.perf_counter()
-            served_metrics = ranking_metrics(recommend, split, batch=50)
+            served_metrics = ranking_metrics(recommend, split)
             serve_s = time.perf_counter() - started
             fidelity = exact_fidelity(url, version["version"], served, users, split.train, items)
     finally:

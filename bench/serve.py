@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
 from common import (
     MOVIELENS,
     api_key,
@@ -28,6 +31,7 @@ from common import (
     machine,
     manage,
     scratch_database_url,
+    tree_rss_mb,
     write_section,
 )
 from quality import Api, train
@@ -120,66 +124,126 @@ def sql_floor(url: str, version: int, samples: int = 500) -> dict[str, float]:
     return {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000}
 
 
+class PeakMemory:
+    """Samples a process tree's RSS in a thread; ``peak_mb`` is the largest sum seen."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.root, self.every, self.peak_mb = psutil.Process(pid), every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_mb = max(self.peak_mb, tree_rss_mb(self.root))
+            except psutil.Error:
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def database_ready(url: str) -> bool:
+    """Whether a kept database already holds the data (``--reuse``)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as conn:
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM recsys_interaction)").fetchone()[0])
+    except psycopg.Error:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--generated", nargs=2, type=int, metavar=("ITEMS", "INTERACTIONS"))
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
     args = parser.parse_args()
     generated = tuple(args.generated) if args.generated else None
-    url = scratch_database_url("recsys_bench_serve")
+    name = "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
+    url = database_url(name)
+    reused = args.reuse and database_ready(url)
+    if not reused:
+        url = scratch_database_url(name)
     try:
         started = time.perf_counter()
-        dataset = load_data(url, generated)
+        dataset = describe(generated) if reused else load_data(url, generated)
         load_s = time.perf_counter() - started
-        with celery_worker(url, "serve"), gunicorn(url, PORT) as master:
+        with celery_worker(url, "serve") as worker:
             key = api_key(url)
-            api = Api(key, PORT)
-            version = train(api)
+            with gunicorn(url, PORT) as master, PeakMemory(worker.pid) as memory:
+                version = train(Api(key, PORT))
             users, items = ids(url, "user"), ids(url, "item")
-            results = {
-                "personalised": load(
-                    PORT,
-                    key,
-                    [f"/api/v1/users/{u}/recommendations?limit=10" for u in users],
-                    args.clients,
-                    args.seconds,
-                ),
-                "similar": load(
-                    PORT, key, [f"/api/v1/items/{i}/similar?limit=10" for i in items], args.clients, args.seconds
-                ),
+            paths = {
+                "personalised": [f"/api/v1/users/{u}/recommendations?limit=10" for u in users],
+                "similar": [f"/api/v1/items/{i}/similar?limit=10" for i in items],
             }
-            workers = len(master.children())
+            results = {}
+            # uncached: a server with the answer cache off computes every answer; cached: the
+            # deployed default, asked about 200 hot users / items over and over.
+            for answers, env in (("uncached", {"RECSYS_ANSWER_CACHE_SECONDS": "0"}), ("cached", {})):
+                with gunicorn(url, PORT, env=env) as master:
+                    for endpoint, endpoint_paths in paths.items():
+                        hot = endpoint_paths if answers == "uncached" else endpoint_paths[:200]
+                        for clients in args.clients:
+                            results[(endpoint, clients, answers)] = load(PORT, key, hot, clients, args.seconds)
+                    workers = len(master.children())
         floor = sql_floor(url, version["version"])
     finally:
-        drop_database(url)
-    report(dataset, load_s, version, results, floor, workers, args)
+        if not args.reuse:
+            drop_database(url)
+    report(dataset, load_s, version, memory.peak_mb, results, floor, workers, args)
 
 
-def report(dataset, load_s, version, results, floor, workers, args) -> None:  # type: ignore[no-untyped-def]
+def database_url(name: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}").geturl()
+
+
+def describe(generated: tuple[int, int] | None) -> str:
+    if generated is None:
+        return f"ml-latest-small ({MOVIELENS.name})"
+    return f"generated: {generated[0]:,} items, {generated[1]:,} interactions"
+
+
+def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> None:  # type: ignore[no-untyped-def]
     name = "serve-generated" if args.generated else "serve-movielens"
+    counts = version.get("counts", {})
     lines = [
         f"## Serving latency, {dataset} (`bench/serve.py`)",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers, "
-        f"{args.clients} client processes on loopback for {args.seconds:.0f} s per endpoint, keep-alive, random "
-        f"users/items; model v{version['version']} ({version['algorithm']}, {version['dimensions']}-d, trained "
-        f"on the worker in {sum(version['timings'].values()):.0f} s: {version['timings']}); data loaded in "
-        f"{load_s:.0f} s.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers; client "
+        f"processes on loopback (sharing the 2 cores with the server, PostgreSQL and Redis) for "
+        f"{args.seconds:.0f} s per row, keep-alive, random users/items; data loaded in {load_s:.0f} s.",
         "",
-        "| endpoint | req/s | p50 | p99 | errors | p50 / bare SQL p50 |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"Training on the worker (through `POST /models/train`): model v{version['version']} "
+        f"({version['algorithm']}, {version['dimensions']}-d) on {counts}, "
+        f"{sum(version['timings'].values()):.0f} s in all ({version['timings']}); peak worker RSS "
+        f"{peak_mb:,.0f} MiB.",
+        "",
+        "| endpoint | clients | answers | req/s | p50 | p99 | errors | p50 / bare SQL p50 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for endpoint, r in results.items():
+    for (endpoint, clients, cache), r in results.items():
         lines.append(
-            f"| {endpoint} | {r['rps']:,.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['errors']} | "
-            f"{r['p50'] / floor['p50']:.1f}× |"
+            f"| {endpoint} | {clients} | {cache} | {r['rps']:,.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | "
+            f"{r['errors']} | {r['p50'] / floor['p50']:.1f}× |"
         )
     lines += [
         "",
         f"Bare SQL floor (one `ORDER BY embedding <#> $1 LIMIT 10` on an open connection, no filters): "
         f"p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms. Targets at 100k items: p50 ≤ 10 ms, "
-        f"p99 ≤ 30 ms.",
+        f"p99 ≤ 30 ms. *uncached*: every request computed (answer cache off); *cached*: 200 hot "
+        f"users/items answered from Redis.",
     ]
     write_section(name, "\n".join(lines))
     print("\n".join(lines))

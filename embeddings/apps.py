@@ -10,10 +10,22 @@ class EmbeddingsConfig(AppConfig):
     verbose_name = "Embeddings"
 
     def ready(self) -> None:
+        from embeddings.answer_cache import answers_invalidate, answers_invalidate_all
         from embeddings.freshness import users_fold_in_schedule
-        from recsys.signals import interactions_stored
+        from recsys import signals
 
-        def schedule(sender: object, user_ids: list[int], **kwargs: object) -> None:
+        def interactions_stored(sender: object, user_ids: list[int], external_ids: list[str], **kwargs: object) -> None:
+            answers_invalidate(owners=[f"user:{user}" for user in external_ids])
             users_fold_in_schedule(user_ids=user_ids)
 
-        interactions_stored.connect(schedule, weak=False, dispatch_uid="embeddings-fold-in")
+        def user_deleted(sender: object, external_id: str, **kwargs: object) -> None:
+            answers_invalidate(owners=[f"user:{external_id}"])
+
+        def catalogue_changed(sender: object, **kwargs: object) -> None:
+            # Hidden flags and categories filter every list; a new item may be in any of them.
+            answers_invalidate_all()
+
+        signals.interactions_stored.connect(interactions_stored, weak=False, dispatch_uid="embeddings-interactions")
+        signals.user_deleted.connect(user_deleted, weak=False, dispatch_uid="embeddings-user-deleted")
+        signals.items_stored.connect(catalogue_changed, weak=False, dispatch_uid="embeddings-items-stored")
+        signals.item_deleted.connect(catalogue_changed, weak=False, dispatch_uid="embeddings-item-deleted")

@@ -46,13 +46,24 @@ def holdout_split(matrix: sp.csr_matrix, *, test_fraction: float = 0.2, seed: in
 Recommender = Callable[[npt.NDArray[np.int64], int], npt.NDArray[np.int64]]
 
 
-def ranking_metrics(recommend: Recommender, split: Split, *, k: int = 10, batch: int = 1000) -> dict[str, float]:
+# Dense score rows per batch are (batch × n_items) float64: keep a batch near 160 MB.
+BATCH_CELLS = 20_000_000
+
+
+def ranking_metrics(
+    recommend: Recommender, split: Split, *, k: int = 10, max_users: int | None = None, seed: int = 42
+) -> dict[str, float]:
     """precision@k, recall@k, NDCG@k over users with test items, and catalogue coverage@k.
 
     ``recommend(users, k)`` returns an (len(users), k) int64 array of item columns ranked best
-    first, with each user's train items already excluded (-1 pads missing slots).
+    first, with each user's train items already excluded (-1 pads missing slots). With
+    ``max_users``, a seeded random sample of that many test users is scored (the same sample for
+    every recommender evaluated with the same seed).
     """
     users = np.flatnonzero(np.diff(split.test.indptr))
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+    batch = max(1, min(1000, BATCH_CELLS // max(split.train.shape[1], 1)))
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     totals = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0}
     recommended: set[int] = set()

@@ -17,9 +17,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from psycopg import sql
 
+from embeddings.answer_cache import answers_invalidate
 from embeddings.learners import fold_in
 from embeddings.models import ActiveVersion, Kind, ModelVersion
-from embeddings.vector_search import _vector_connection, vectors_of
+from embeddings.vector_search import vector_connection, vectors_of
 
 logger = logging.getLogger(__name__)
 PENDING_KEY = "recsys:foldin:pending"
@@ -124,10 +125,12 @@ def _vectors_upsert(version: ModelVersion, vectors: dict[int, np.ndarray]) -> in
     statement = sql.SQL(
         "INSERT INTO {table} (user_id, embedding, updated_at) SELECT u, e::vector, now() "
         "FROM unnest(%s::int8[], %s::text[]) AS t(u, e) JOIN recsys_user ON recsys_user.id = t.u "
-        "ON CONFLICT (user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now()"
+        "ON CONFLICT (user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now() "
+        "RETURNING (SELECT external_id FROM recsys_user WHERE id = user_id)"
     ).format(table=sql.Identifier(version.user_table))
     ids = list(vectors)
     texts = [Vector(vectors[u]).to_text() for u in ids]
-    with transaction.atomic(), _vector_connection().cursor() as cursor:
+    with transaction.atomic(), vector_connection().cursor() as cursor:
         cursor.execute(statement, [ids, texts])
+        answers_invalidate(owners=[f"user:{row[0]}" for row in cursor.fetchall()])
     return len(ids)

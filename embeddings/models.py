@@ -73,3 +73,22 @@ class ActiveVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} → v{self.version_id}"
+
+
+class ItemPopularity(models.Model):
+    """Each item's popularity score for the default window, rewritten by the refresh task.
+
+    ``score`` is the time-decayed count within RECSYS_POPULAR_WINDOW_DAYS, or the all-time count
+    when that window was too quiet at refresh time (``basis`` says which).
+    """
+
+    item = models.OneToOneField("recsys.Item", on_delete=models.CASCADE, primary_key=True, db_constraint=False)
+    score = models.FloatField()
+    basis = models.CharField(max_length=10)  # "window" or "all_time"
+    refreshed_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["-score"], name="itempopularity_score")]
+
+    def __str__(self) -> str:
+        return f"item {self.item_id}: {self.score:.3f} ({self.basis})"

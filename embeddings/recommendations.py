@@ -6,25 +6,32 @@ can tell a collaborative answer from a popularity fallback.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.core.cache import cache
-from django.db import connection
+import psycopg
+from django.conf import settings
+from django.db import connection, transaction
+from psycopg import sql
 
+from embeddings.answer_cache import answer_cached
 from embeddings.freshness import user_vector_fold_in
-from embeddings.models import ActiveVersion, Kind, ModelVersion
-from embeddings.vector_search import Filters, Neighbour, nearest_items, vectors_of
+from embeddings.models import Kind, ModelVersion
+from embeddings.popularity import popular_ranking
+from embeddings.selectors import active_version_serving, active_version_serving_forget
+from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
 from recsys.errors import ItemNotFound, ValidationFailed
-from recsys.models import Item, User
+from recsys.models import Item
 
 logger = logging.getLogger(__name__)
 MAX_SEEN = 5_000  # a user's most recent items excluded from their recommendations
 EXPLAIN_ITEMS = 3
-POPULAR_WINDOW_DAYS = 7
 
 
 @dataclass
@@ -42,14 +49,27 @@ class Answer:
 
 
 def _active(kind: str = Kind.COLLABORATIVE) -> ModelVersion | None:
-    pointer = (
-        ActiveVersion.objects.select_related("version")
-        .filter(kind=kind, version__has_tables=True)
-        # The Gram matrix (d x d JSON) loads only when a fold-in needs it.
-        .defer("version__item_gram", "version__progress", "version__metrics", "version__baseline_metrics")
-        .first()
-    )
-    return pointer.version if pointer else None
+    return active_version_serving(kind=kind)
+
+
+def _answer_decode(data: dict[str, Any]) -> Answer:
+    return Answer([Recommendation(**item) for item in data["items"]], data["model"], data["strategy"])
+
+
+def _cached(owner: str, variant: str, compute: Callable[[], Answer]) -> Answer:
+    """``compute()`` through the answer cache; a version pruned under a stale pointer is re-read once."""
+
+    def fresh() -> Answer:
+        try:
+            # Outside a transaction (the serving path) a failed statement costs nothing; inside
+            # one, a savepoint keeps it from poisoning the rest.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                return compute()
+        except psycopg.errors.UndefinedTable:
+            active_version_serving_forget()
+            return compute()
+
+    return answer_cached(owner=owner, variant=variant, compute=fresh, decode=_answer_decode)
 
 
 def _model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
@@ -62,73 +82,66 @@ def _from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:
 
 # ---- popular -------------------------------------------------------------------------------
 
-# Within the window each event counts exp(-age / window); the exponent is clamped because events
-# decades old would underflow a double. The all-time fallback counts events undecayed.
-_POPULAR = """
-    SELECT i.id, i.external_id, sum(greatest(x.weight, 0) * {decay}) AS score
-    FROM recsys_interaction x JOIN recsys_item i ON i.id = x.item_id
-    WHERE NOT i.is_hidden {window} {category}
-    GROUP BY i.id, i.external_id HAVING sum(greatest(x.weight, 0)) > 0
-    ORDER BY score DESC, i.external_id LIMIT %(depth)s
-"""
-_DECAY = "exp(greatest(-extract(epoch FROM now() - x.timestamp) / %(tau)s, -700))"
-_WINDOW = "AND x.timestamp >= now() - %(window)s * interval '1 day'"
-POPULAR_DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
-POPULAR_CACHE_SECONDS = 60
-
 
 def popular_items_list(
     *,
     limit: int,
     category: str | None = None,
-    window_days: float = POPULAR_WINDOW_DAYS,
+    window_days: float | None = None,
     exclude_ids: tuple[int, ...] = (),
 ) -> Answer:
     """Most interacted items (time-decayed within the window, all time when the window is too
-    quiet), from a ranking cached for a minute; ``exclude_ids`` are skipped."""
+    quiet); ``exclude_ids`` are skipped."""
     excluded = set(exclude_ids)
-    ranked = _popular_ranking(window_days, category)
+    ranked = popular_ranking(window_days=window_days or settings.RECSYS_POPULAR_WINDOW_DAYS, category=category)
     items = [Recommendation(ext, round(score, 6)) for pk, ext, score in ranked if pk not in excluded][:limit]
     return Answer(items, None, "popular")
-
-
-def _popular_ranking(window_days: float, category: str | None) -> list[tuple[int, str, float]]:
-    key = f"popular:{window_days}:{category or ''}"
-    try:
-        cached = cache.get(key)
-    except Exception:  # Redis away: compute every time rather than fail
-        cached = None
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    params = {"tau": window_days * 86_400.0, "window": window_days, "category": category, "depth": POPULAR_DEPTH}
-    category_sql = "AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""
-    ranked: list[tuple[int, str, float]] = []
-    for decay, window in ((_DECAY, _WINDOW), ("1", "")):
-        with connection.cursor() as cursor:
-            cursor.execute(_POPULAR.format(decay=decay, window=window, category=category_sql), params)
-            ranked = [(int(pk), ext, float(score)) for pk, ext, score in cursor.fetchall()]
-        if len(ranked) >= POPULAR_DEPTH // 10:
-            break
-    try:
-        cache.set(key, ranked, POPULAR_CACHE_SECONDS)
-    except Exception:
-        logger.warning("could not cache the popular ranking", exc_info=True)
-    return ranked
 
 
 # ---- personalised --------------------------------------------------------------------------
 
 
-def _user_history(user_id: int) -> tuple[list[int], npt.NDArray[np.float32]]:
-    """The user's items (most recent first, capped) and summed weights per item."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT item_id, sum(weight) FROM recsys_interaction WHERE user_id = %s "
-            "GROUP BY item_id ORDER BY max(timestamp) DESC LIMIT %s",
-            [user_id, MAX_SEEN],
-        )
-        rows = cursor.fetchall()
-    return [int(r[0]) for r in rows], np.array([r[1] for r in rows], dtype=np.float32)
+@dataclass
+class UserState:
+    """What serving needs to know about a user, read in one round trip."""
+
+    id: int
+    vector: npt.NDArray[np.float32] | None  # stored in the active version
+    history: list[int]  # item ids, most recent first, capped at MAX_SEEN
+    weights: npt.NDArray[np.float32]  # summed event weight per history item
+
+
+_USER_STATE = """
+    SELECT u.id, {vector}, h.items, h.weights
+    FROM recsys_user u
+    LEFT JOIN LATERAL (
+        SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights
+        FROM (SELECT item_id, sum(weight)::float4 AS weight, max(timestamp) AS last
+              FROM recsys_interaction WHERE user_id = u.id
+              GROUP BY item_id ORDER BY last DESC LIMIT %(seen)s) recent
+    ) h ON true
+    WHERE u.external_id = %(user)s
+"""
+
+
+def _user_state(external_id: str, version: ModelVersion | None) -> UserState | None:
+    vector = (
+        sql.SQL("(SELECT embedding FROM {} WHERE user_id = u.id)").format(sql.Identifier(version.user_table))
+        if version
+        else sql.SQL("NULL::vector")
+    )
+    statement = sql.SQL(_USER_STATE).format(vector=vector)
+    with psycopg.Cursor(vector_connection()) as cursor:
+        row = cursor.execute(statement, {"user": external_id, "seen": MAX_SEEN}, binary=True).fetchone()
+    if row is None:
+        return None
+    user_id, stored, items, weights = row
+    return UserState(
+        id=int(user_id),
+        vector=as_array(stored) if stored is not None else None,
+        history=[int(i) for i in items or []],
+        weights=np.asarray(weights or [], dtype=np.float32),
+    )
 
 
 def user_recommendations_list(
@@ -142,14 +155,32 @@ def user_recommendations_list(
     diversity: float = 0.0,
 ) -> Answer:
     """Collaborative when the user has a vector (stored, or folded in from their history);
-    popularity for unknown and cold users."""
-    user = User.objects.filter(external_id=user_external_id).only("id").first()
-    history, weights = _user_history(user.pk) if user else ([], np.zeros(0, np.float32))
-    excluded = set(_item_ids(exclude)) | (set() if include_seen else set(history))
+    popularity for unknown and cold users. Hot answers come from the answer cache."""
+    variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity])
+    return _cached(
+        f"user:{user_external_id}",
+        variant,
+        lambda: _user_recommendations(user_external_id, limit, category, exclude, include_seen, explain, diversity),
+    )
+
+
+def _user_recommendations(
+    user_external_id: str,
+    limit: int,
+    category: str | None,
+    exclude: tuple[str, ...],
+    include_seen: bool,
+    explain: bool,
+    diversity: float,
+) -> Answer:
     version = _active()
-    vector, strategy = _user_vector(version, user, history, weights) if version else (None, "popular")
+    user = _user_state(user_external_id, version)
+    history = user.history if user else []
+    excluded = set(_item_ids(exclude)) | (set() if include_seen else set(history))
+    vector, strategy = _user_vector(version, user) if version and user else (None, "popular")
     if version is None or vector is None:
         return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))
+    assert user is not None
     wanted = min(limit * 4, 200) if diversity > 0 else limit
     neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=Filters(tuple(excluded), category))
     if diversity > 0:
@@ -161,19 +192,14 @@ def user_recommendations_list(
         )
     items = _from_neighbours(neighbours)
     if explain:
-        _explain(items, neighbours, version, history, weights)
+        _explain(items, neighbours, version, user.history, user.weights)
     return Answer(items, _model_ref(version), strategy)
 
 
-def _user_vector(
-    version: ModelVersion, user: User | None, history: list[int], weights: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.float32] | None, str]:
-    if user is None:
-        return None, "popular"
-    stored = vectors_of(version.user_table, "user_id", [user.pk])
-    if user.pk in stored:
-        return stored[user.pk], "collaborative"
-    vector = user_vector_fold_in(version, history, weights)
+def _user_vector(version: ModelVersion, user: UserState) -> tuple[npt.NDArray[np.float32] | None, str]:
+    if user.vector is not None:
+        return user.vector, "collaborative"
+    vector = user_vector_fold_in(version, user.history, user.weights)
     return (vector, "collaborative_fold_in") if vector is not None else (None, "popular")
 
 
@@ -232,32 +258,51 @@ def _item_ids(external_ids: tuple[str, ...] | list[str]) -> list[int]:
     return list(Item.objects.filter(external_id__in=list(external_ids)).values_list("pk", flat=True))
 
 
+def _query_column(version: ModelVersion) -> str:
+    """The column that stands for items in a query: EASE's input side (what a user who chose the
+    item would be), the item embedding itself for the factorisation models."""
+    return "fold_in" if version.algorithm == "ease" else "embedding"
+
+
 def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.NDArray[np.float32]]:
-    """Vectors that stand for items in a query: EASE's input side (what a user who chose the item
-    would be), the item embedding itself for the factorisation models."""
-    column = "fold_in" if version.algorithm == "ease" else "embedding"
-    return vectors_of(version.item_table, "item_id", item_ids, column=column)
+    return vectors_of(version.item_table, "item_id", item_ids, column=_query_column(version))
 
 
 def item_similar_list(
     *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
 ) -> Answer:
     """Nearest items to one item; an item without a vector gets popular items of its categories."""
-    item = Item.objects.filter(external_id=item_external_id).only("id", "categories").first()
-    if item is None:
-        raise ItemNotFound(f"item {item_external_id!r} does not exist")
     if space != Kind.COLLABORATIVE:
         raise ValidationFailed(
             f"space {space!r} is not available yet; use collaborative", details={"space": ["invalid"]}
         )
+    variant = json.dumps([space, limit, category])
+    return _cached(f"item:{item_external_id}", variant, lambda: _item_similar(item_external_id, limit, category))
+
+
+_ITEM_STATE = "SELECT i.id, i.categories, {vector} FROM recsys_item i WHERE i.external_id = %s"
+
+
+def _item_similar(item_external_id: str, limit: int, category: str | None) -> Answer:
     version = _active()
-    vector = _query_vectors(version, [item.pk]).get(item.pk) if version else None
+    vector_sql = (
+        sql.SQL("(SELECT {} FROM {} WHERE item_id = i.id)").format(
+            sql.Identifier(_query_column(version)), sql.Identifier(version.item_table)
+        )
+        if version
+        else sql.SQL("NULL::vector")
+    )
+    with psycopg.Cursor(vector_connection()) as cursor:
+        row = cursor.execute(sql.SQL(_ITEM_STATE).format(vector=vector_sql), [item_external_id], binary=True).fetchone()
+    if row is None:
+        raise ItemNotFound(f"item {item_external_id!r} does not exist")
+    item_id, categories, vector = int(row[0]), row[1] or [], row[2]
     if version is None or vector is None:
-        fallback_category = category or (item.categories[0] if item.categories else None)
-        answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item.pk,))
+        fallback_category = category or (categories[0] if categories else None)
+        answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item_id,))
         answer.strategy = "popular_in_category" if fallback_category else "popular"
         return answer
-    neighbours = nearest_items(version.item_table, vector, limit=limit, filters=Filters((item.pk,), category))
+    neighbours = nearest_items(version.item_table, as_array(vector), limit=limit, filters=Filters((item_id,), category))
     return Answer(_from_neighbours(neighbours), _model_ref(version), "collaborative")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
@@ -13,6 +16,37 @@ from embeddings.models import ActiveVersion, Kind, ModelVersion
 def active_version(*, kind: str) -> ModelVersion | None:
     pointer = ActiveVersion.objects.select_related("version").filter(kind=kind).first()
     return pointer.version if pointer else None
+
+
+_serving_lock = threading.Lock()
+_serving: dict[str, tuple[float, ModelVersion | None]] = {}
+
+
+def active_version_serving(*, kind: str) -> ModelVersion | None:
+    """The version serving ``kind`` (with vectors), re-read from the database at most every
+    RECSYS_ACTIVE_VERSION_CACHE_SECONDS: a request starts with one read of this, not a query."""
+    now = time.monotonic()
+    with _serving_lock:
+        cached = _serving.get(kind)
+    if cached is not None and now - cached[0] < settings.RECSYS_ACTIVE_VERSION_CACHE_SECONDS:
+        return cached[1]
+    pointer = (
+        ActiveVersion.objects.select_related("version")
+        .filter(kind=kind, version__has_tables=True)
+        # The Gram matrix (d x d JSON) loads only when a fold-in needs it.
+        .defer("version__item_gram", "version__progress", "version__metrics", "version__baseline_metrics")
+        .first()
+    )
+    version = pointer.version if pointer else None
+    with _serving_lock:
+        _serving[kind] = (now, version)
+    return version
+
+
+def active_version_serving_forget() -> None:
+    """Forget the cached pointers (after a switch in this process, or a version's tables vanished)."""
+    with _serving_lock:
+        _serving.clear()
 
 
 def active_versions_summary() -> dict[str, dict[str, object] | None]:

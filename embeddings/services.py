@@ -18,10 +18,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from embeddings import vector_store
+from embeddings.answer_cache import answers_invalidate_all
 from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
-from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
+from embeddings.learners import Factors, LearnerParams, Svd, fit, gram_matrix
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from embeddings.selectors import active_version_serving_forget
 from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -215,12 +217,14 @@ def _select(
     candidate's score (so operators can see what was tried).
     """
     split = holdout_split(matrix, test_fraction=0.2, seed=configured.random_state)
-    baseline = ranking_metrics(popularity_recommender(split.train), split)
+    evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
+    baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     best: tuple[LearnerParams, dict[str, float]] | None = None
     tried = []
+    svd_cache: dict[int, Svd] = {}
     for params in tuning_candidates(configured, matrix.shape[1]):
-        factors = fit(_confidences(split.train, params), params)
-        metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split)
+        factors = fit(_confidences(split.train, params), params, svd_cache=svd_cache)
+        metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
         tried.append(
             {
                 "algorithm": params.algorithm,
@@ -293,8 +297,16 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
         ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
         version.status = Status.ACTIVE
         version.save(update_fields=["status"])
+        transaction.on_commit(_serving_changed)
+    _serving_changed()
     model_versions_prune(kind=version.kind, keep=settings.RECSYS_KEEP_VERSIONS)
     return version
+
+
+def _serving_changed() -> None:
+    """Serving moved to another version: this process re-reads the pointer, cached answers go stale."""
+    active_version_serving_forget()
+    answers_invalidate_all()
 
 
 def model_versions_prune(*, kind: str, keep: int) -> list[int]:

@@ -33,3 +33,11 @@ def users_fold_in() -> int:
     from embeddings.freshness import users_fold_in_pending
 
     return users_fold_in_pending()
+
+
+@shared_task(queue="default", soft_time_limit=600, time_limit=660)
+def popularity_refresh() -> int:
+    """Idempotent: rewrites every item's popularity score from the stored interactions."""
+    from embeddings.popularity import popularity_refresh as refresh
+
+    return refresh()

@@ -92,7 +92,7 @@ def _search(
         "category": filters.category,
         "limit": limit,
     }
-    raw = _vector_connection()
+    raw = vector_connection()
     _session_settings(raw, session)
     with transaction.atomic() if local else nullcontext(), psycopg.Cursor(raw) as cursor:
         if local:
@@ -129,17 +129,17 @@ def vectors_of(
     statement = sql.SQL("SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL").format(
         col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table)
     )
-    with psycopg.Cursor(_vector_connection()) as cursor:
+    with psycopg.Cursor(vector_connection()) as cursor:
         rows = cursor.execute(statement, [ids], binary=True).fetchall()
-    return {int(row[0]): _as_array(row[1]) for row in rows}
+    return {int(row[0]): as_array(row[1]) for row in rows}
 
 
-def _as_array(value: object) -> npt.NDArray[np.float32]:
+def as_array(value: object) -> npt.NDArray[np.float32]:
     array = value.to_numpy() if isinstance(value, Vector) else value
     return np.asarray(array, dtype=np.float32)
 
 
-def _vector_connection():  # type: ignore[no-untyped-def]
+def vector_connection():  # type: ignore[no-untyped-def]
     """Django's psycopg connection with pgvector's types registered (once per connection)."""
     connection.ensure_connection()
     raw = connection.connection

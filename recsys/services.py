@@ -16,7 +16,7 @@ from django.db import connection
 from recsys.db import atomic_with_retry
 from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
 from recsys.models import EventType, Item, User
-from recsys.signals import interactions_stored
+from recsys.signals import interactions_stored, item_deleted, items_stored, user_deleted
 from recsys.validation import CleanInteraction, clean_external_id, clean_interaction, clean_item_fields
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,10 @@ def _items_store(items: dict[str, dict[str, Any]]) -> tuple[set[str], set[str]]:
             cursor.execute(_ITEM_UPDATE, [docs])
             return created, {row[0] for row in cursor.fetchall()}
 
-    return atomic_with_retry(write)
+    created, changed = atomic_with_retry(write)
+    if created or changed:
+        items_stored.send(sender=Item, created=created, changed=changed - created)
+    return created, changed
 
 
 def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
@@ -144,6 +147,7 @@ def item_delete(*, external_id: str) -> None:
     deleted, _ = Item.objects.filter(external_id=external_id).delete()
     if not deleted:
         raise ItemNotFound(f"item {external_id!r} does not exist")
+    item_deleted.send(sender=Item, external_id=external_id)
 
 
 # ---- users -------------------------------------------------------------------------------
@@ -161,6 +165,7 @@ def user_delete(*, external_id: str) -> None:
     deleted, _ = User.objects.filter(external_id=external_id).delete()
     if not deleted:
         raise UserNotFound(f"user {external_id!r} does not exist")
+    user_deleted.send(sender=User, external_id=external_id)
 
 
 # ---- interactions ------------------------------------------------------------------------
@@ -221,12 +226,12 @@ def interactions_ingest(*, rows: Iterable[object], auto_create_items: bool | Non
     if not auto_create_items and events:
         _reject_unknown_items(events, result)
     if events:
-        inserted, user_ids = _interactions_write(list(events.values()), auto_create_items)
+        inserted, users = _interactions_write(list(events.values()), auto_create_items)
         result.created = sum(inserted)
         result.updated = len(inserted) - result.created
         result.unchanged = len(events) - len(inserted)
         if result.created or result.updated:
-            interactions_stored.send(sender=User, user_ids=user_ids)
+            interactions_stored.send(sender=User, user_ids=sorted(users.values()), external_ids=sorted(users))
     result.errors.sort(key=lambda e: e["index"])
     return result
 
@@ -269,10 +274,10 @@ def _row_ids(
 
 def _interactions_write(
     events: list[tuple[int, CleanInteraction]], auto_create_items: bool
-) -> tuple[list[bool], list[int]]:
+) -> tuple[list[bool], dict[str, int]]:
     """Create missing users/items, then upsert the events.
 
-    Returns per stored row whether it is new, and the row ids of the batch's users.
+    Returns per stored row whether it is new, and the row id per client id of the batch's users.
     """
     # Sorted by key so that concurrent overlapping batches take row locks in the same order.
     ordered = sorted((e for _, e in events), key=lambda e: (e.user, e.item, e.type, e.timestamp))
@@ -302,4 +307,4 @@ def _interactions_write(
             cursor.execute(_INTERACTIONS_UPSERT, params)
             return [row[0] for row in cursor.fetchall()]
 
-        return atomic_with_retry(upsert), sorted({users[e.user] for e in kept})
+        return atomic_with_retry(upsert), {e.user: users[e.user] for e in kept}

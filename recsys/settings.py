@@ -209,7 +209,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "popularity-refresh": {
+        "task": "embeddings.tasks.popularity_refresh",
+        "schedule": float(env_int("RECSYS_POPULAR_REFRESH_SECONDS", 300, minimum=10)),
+    },
+}
 if RECSYS_TRAIN_INTERVAL_MINUTES:
     CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
         "task": "embeddings.tasks.collaborative_model_retrain",
@@ -241,11 +246,24 @@ RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
 RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
 RECSYS_EASE_REGULARIZATION = [float(v) for v in env_list("RECSYS_EASE_REGULARIZATION", ["50", "200", "800"])]
 RECSYS_EASE_MAX_ITEMS = env_int("RECSYS_EASE_MAX_ITEMS", 200_000, minimum=0)
+# Offline metrics score a seeded sample of this many validation users (all of them when fewer).
+RECSYS_EVAL_MAX_USERS = env_int("RECSYS_EVAL_MAX_USERS", 10_000, minimum=100)
 RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # A new version is activated unless its NDCG@10 is below the active one's by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
 RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=5)
+
+# Popular items: time-decayed counts over this window, rescored by a task every few minutes.
+RECSYS_POPULAR_WINDOW_DAYS = env_int("RECSYS_POPULAR_WINDOW_DAYS", 7, minimum=1)
+RECSYS_POPULAR_REFRESH_SECONDS = env_int("RECSYS_POPULAR_REFRESH_SECONDS", 300, minimum=10)
+
+# Serving: hot answers (per user / item) live this long in Redis unless invalidated sooner by the
+# user's new interactions, a catalogue change or a model switch; 0 turns the answer cache off.
+RECSYS_ANSWER_CACHE_SECONDS = env_int("RECSYS_ANSWER_CACHE_SECONDS", 300, minimum=0)
+# Each web process re-reads which version is active at most this often (a switch in this process
+# is seen at once); a request always reads one version from start to end.
+RECSYS_ACTIVE_VERSION_CACHE_SECONDS = env_float("RECSYS_ACTIVE_VERSION_CACHE_SECONDS", 2.0)
 
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
 if RECSYS_STATEMENT_TIMEOUT_MS:

@@ -4,5 +4,11 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# Sent after a batch of interactions is stored; ``user_ids``: the database ids of its users.
+# Sent after a batch of interactions is stored; ``user_ids`` and ``external_ids``: its users'
+# database ids and client ids.
 interactions_stored = Signal()
+# Sent after items are written; ``created`` and ``changed``: sets of client ids.
+items_stored = Signal()
+# Sent after an item or a user is deleted; ``external_id``: the client id.
+item_deleted = Signal()
+user_deleted = Signal()

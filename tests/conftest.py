@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -29,6 +29,33 @@ def _no_pending_fold_ins() -> None:
     from embeddings.freshness import PENDING_KEY, SCHEDULED_KEY, _redis
 
     _redis().delete(PENDING_KEY, SCHEDULED_KEY)
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_active_version() -> None:
+    """Each web process caches the active version pointer; tests each have their own database."""
+    from embeddings.selectors import active_version_serving_forget
+
+    active_version_serving_forget()
+
+
+@pytest.fixture(autouse=True)
+def _redis_breaker_closed() -> Iterator[None]:
+    from recsys import redis_store
+
+    redis_store.breaker_reset()
+    yield
+    redis_store.breaker_reset()
+
+
+@pytest.fixture
+def redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's Redis refuses connections (a real client pointed at a closed port)."""
+    import redis
+
+    from recsys import redis_store
+
+    monkeypatch.setattr(redis_store, "_client", redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
 
 
 @pytest.fixture

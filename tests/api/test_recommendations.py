@@ -9,6 +9,7 @@ import pytest
 
 from embeddings import services
 from embeddings.learners import LearnerParams
+from embeddings.popularity import popularity_refresh
 from recsys.models import Item
 from recsys.services import interactions_ingest, items_upsert
 
@@ -200,3 +201,17 @@ def test_recommendations_work_before_any_model_exists(reader, communities):
 def test_personalised_recommendations_use_a_bounded_number_of_queries(reader, trained, django_assert_max_num_queries):
     with django_assert_max_num_queries(12):
         recommend(reader, "u3", limit=10)
+
+
+def test_popular_items_come_from_the_refreshed_scores(reader, trained):
+    interactions_ingest(rows=[{"user": f"fan{n}", "item": "i7", "type": "purchase"} for n in range(30)])
+    popularity_refresh()
+    interactions_ingest(rows=[{"user": f"late{n}", "item": "i8", "type": "purchase"} for n in range(60)])
+
+    before = reader.get("/api/v1/items/popular?limit=2").json()
+    popularity_refresh()
+    after = reader.get("/api/v1/items/popular?limit=2").json()
+
+    assert before["items"][0]["id"] == "i7"  # i8's new fans wait for the refresh
+    assert [item["id"] for item in after["items"]] == ["i8", "i7"]
+    assert reader.get("/api/v1/items/popular?limit=2&window=30d").json()["items"][0]["id"] == "i8"

@@ -1,0 +1,101 @@
+"""Hot recommendation answers in Redis, per user or item, with token-based invalidation.
+
+An answer is stored with the tokens current when its computation *started*: the owner's token
+(replaced when that user sends interactions or gets a new vector) and the global token (replaced
+on a model switch or a catalogue change). A read is a hit only while both tokens are unchanged,
+so an answer computed from data that changed meanwhile can be written but is never served.
+Without Redis every request is computed; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from recsys import redis_store
+
+GLOBAL = "answers-token:*"
+
+
+def _keys(owner: str) -> tuple[str, str, str]:
+    return (
+        redis_store.key(f"answers:{owner}"),
+        redis_store.key(f"answers-token:{owner}"),
+        redis_store.key(GLOBAL),
+    )
+
+
+def answer_cached(*, owner: str, variant: str, compute: Callable[[], Any], decode: Callable[[dict], Any]) -> Any:
+    """``compute()``'s answer for ``owner`` (e.g. ``user:42``) and ``variant`` (its parameters),
+    from Redis when still valid. Answers are dataclasses, stored as JSON; ``decode`` rebuilds one."""
+    ttl = settings.RECSYS_ANSWER_CACHE_SECONDS
+    if ttl <= 0:
+        return compute()
+    answers, owner_token, global_token = _keys(owner)
+    try:
+        stored, *tokens = redis_store.run(lambda client: _read(client, answers, variant, owner_token, global_token))
+    except redis_store.RedisUnavailable:
+        return compute()
+    tokens = [t.decode() if t else "" for t in tokens]
+    if stored is not None:
+        entry = json.loads(stored)
+        if entry["tokens"] == tokens:
+            return decode(entry["answer"])
+    answer = compute()
+    entry_json = json.dumps({"tokens": tokens, "answer": asdict(answer)})
+    try:
+        redis_store.run(lambda client: _write(client, answers, variant, entry_json, ttl))
+    except redis_store.RedisUnavailable:
+        pass
+    return answer
+
+
+def _read(client: Any, answers: str, variant: str, owner_token: str, global_token: str) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hget(answers, variant)
+        pipe.get(owner_token)
+        pipe.get(global_token)
+        return pipe.execute()  # type: ignore[no-any-return]
+
+
+def _write(client: Any, answers: str, variant: str, entry: str, ttl: int) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hset(answers, variant, entry)
+        pipe.expire(answers, ttl)
+        pipe.execute()
+
+
+def answers_invalidate(*, owners: Iterable[str]) -> None:
+    """New tokens for these owners (after the current transaction commits): their answers go stale."""
+    owners = list(owners)
+    if owners and settings.RECSYS_ANSWER_CACHE_SECONDS > 0:
+        transaction.on_commit(lambda: _renew([_keys(owner)[1] for owner in owners]))
+
+
+def answers_invalidate_all() -> None:
+    """A new global token: every cached answer goes stale (model switch, catalogue change)."""
+    if settings.RECSYS_ANSWER_CACHE_SECONDS > 0:
+        transaction.on_commit(lambda: _renew([redis_store.key(GLOBAL)], expire=False))
+
+
+def _renew(tokens: list[str], *, expire: bool = True) -> None:
+    # Tokens outlive the answers they guard; one that expired reads as "" and matches no answer
+    # stored under a real token, so expiry can only cause a miss, never a stale hit.
+    ttl = settings.RECSYS_ANSWER_CACHE_SECONDS + 60
+
+    def renew(client: Any) -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for token in tokens:
+                pipe.set(token, secrets.token_hex(8), ex=ttl if expire else None)
+            pipe.execute()
+
+    try:
+        redis_store.run(renew)
+    except redis_store.RedisUnavailable:
+        pass  # answers cached before the outage expire by their TTL

@@ -1,0 +1,111 @@
+"""Popular items: a per-item score table refreshed by a task, and on-demand rankings for other windows.
+
+Counting interactions per request does not scale (10 million rows take seconds), so the default
+window's scores live in ``ItemPopularity``, rewritten set-based by ``popularity_refresh`` on a
+beat schedule. Other windows are computed on demand and cached for a minute.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from recsys import redis_store
+
+DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
+CACHE_SECONDS = 60
+QUIET_WINDOW_ITEMS = DEPTH // 10  # fewer items active in the window than this: rank by all time
+
+# Within the window each event counts exp(-age / window); the exponent is clamped because events
+# decades old would underflow a double. The all-time fallback counts events undecayed.
+_DECAY = "exp(greatest(-extract(epoch FROM now() - x.timestamp) / %(tau)s, -700))"
+_WINDOW = "AND x.timestamp >= now() - %(window)s * interval '1 day'"
+_ON_DEMAND = """
+    SELECT i.id, i.external_id, sum(greatest(x.weight, 0) * {decay}) AS score
+    FROM recsys_interaction x JOIN recsys_item i ON i.id = x.item_id
+    WHERE NOT i.is_hidden {window} {category}
+    GROUP BY i.id, i.external_id HAVING sum(greatest(x.weight, 0)) > 0
+    ORDER BY score DESC, i.external_id LIMIT %(depth)s
+"""
+_REFRESH = """
+    INSERT INTO embeddings_itempopularity (item_id, score, basis, refreshed_at)
+    SELECT x.item_id, sum(greatest(x.weight, 0) * {decay}), %(basis)s, now()
+    FROM recsys_interaction x WHERE true {window}
+    GROUP BY x.item_id HAVING sum(greatest(x.weight, 0)) > 0
+"""
+_STORED = """
+    SELECT i.id, i.external_id, p.score
+    FROM embeddings_itempopularity p JOIN recsys_item i ON i.id = p.item_id
+    WHERE NOT i.is_hidden {category}
+    ORDER BY p.score DESC, i.external_id LIMIT %(depth)s
+"""
+_CATEGORY = "AND i.categories @> ARRAY[%(category)s]::varchar[]"
+
+
+def popularity_refresh() -> int:
+    """Rewrite every item's score for the default window in one transaction; returns the rows."""
+    window = settings.RECSYS_POPULAR_WINDOW_DAYS
+    params = {"tau": window * 86_400.0, "window": window}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM embeddings_itempopularity")
+        cursor.execute(_REFRESH.format(decay=_DECAY, window=_WINDOW), {**params, "basis": "window"})
+        if cursor.rowcount < QUIET_WINDOW_ITEMS:
+            cursor.execute("DELETE FROM embeddings_itempopularity")
+            cursor.execute(_REFRESH.format(decay="1", window=""), {**params, "basis": "all_time"})
+        rows = cursor.rowcount
+    _cache_forget()
+    return rows
+
+
+def popular_ranking(*, window_days: float, category: str | None) -> list[tuple[int, str, float]]:
+    """(item id, client id, score) best first, hidden items left out, at most DEPTH of them."""
+    key = redis_store.key(f"popular:{window_days}:{category or ''}")
+    try:
+        cached = redis_store.run(lambda client: client.get(key))
+    except redis_store.RedisUnavailable:
+        cached = None
+    if cached is not None:
+        return [tuple(row) for row in json.loads(cached)]  # type: ignore[misc]
+    ranked = _ranking(window_days, category)
+    try:
+        redis_store.run(lambda client: client.set(key, json.dumps(ranked), ex=CACHE_SECONDS))
+    except redis_store.RedisUnavailable:
+        pass
+    return ranked
+
+
+def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, float]]:
+    params = {"tau": window_days * 86_400.0, "window": window_days, "category": category, "depth": DEPTH}
+    category_sql = _CATEGORY if category else ""
+    with connection.cursor() as cursor:
+        if window_days == settings.RECSYS_POPULAR_WINDOW_DAYS:
+            cursor.execute(_STORED.format(category=category_sql), params)
+            ranked = cursor.fetchall()
+            if ranked or _refreshed():
+                return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
+        for decay, window in ((_DECAY, _WINDOW), ("1", "")):  # never refreshed, or another window
+            cursor.execute(_ON_DEMAND.format(decay=decay, window=window, category=category_sql), params)
+            ranked = cursor.fetchall()
+            if len(ranked) >= QUIET_WINDOW_ITEMS:
+                break
+    return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
+
+
+def _refreshed() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM embeddings_itempopularity)")
+        return bool(cursor.fetchone()[0])
+
+
+def _cache_forget() -> None:
+    def forget(client: object) -> None:
+        keys = list(client.scan_iter(match=redis_store.key("popular:*"), count=1000))  # type: ignore[attr-defined]
+        if keys:
+            client.delete(*keys)  # type: ignore[attr-defined]
+
+    try:
+        redis_store.run(forget)
+    except redis_store.RedisUnavailable:
+        pass  # rankings cached before the refresh expire within CACHE_SECONDS

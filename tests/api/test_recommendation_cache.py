@@ -1,0 +1,137 @@
+"""Hot answers are cached in Redis and go stale on the user's interactions, catalogue changes and
+model switches; without Redis the API answers uncached."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from embeddings import answer_cache, services
+from embeddings.learners import LearnerParams
+from embeddings.recommendations import Answer, Recommendation
+from recsys.services import interactions_ingest, item_delete, items_upsert
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def trained(communities, settings):
+    settings.RECSYS_CF_TUNE = False
+    items_upsert(rows=[{"id": f"i{n}", "categories": ["first" if n < 15 else "second"]} for n in range(30)])
+    version = services.collaborative_version_create(
+        params=LearnerParams(algorithm="als", factors=8, iterations=10, regularization=0.05)
+    )
+    return services.collaborative_model_train(version_id=version.pk)
+
+
+def recommend(client, user: str) -> dict:
+    response = client.get(f"/api/v1/users/{user}/recommendations?limit=5")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def scramble_user_vector(version, user: str) -> None:
+    """Change what serving would compute without going through a service (so nothing invalidates)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {} SET embedding = (SELECT embedding FROM {} ORDER BY user_id DESC LIMIT 1) "
+                "WHERE user_id = (SELECT id FROM recsys_user WHERE external_id = %s)"
+            )
+            .format(sql.Identifier(version.user_table), sql.Identifier(version.user_table))
+            .as_string(connection.connection),
+            [user],
+        )
+
+
+def test_repeated_request_is_answered_from_the_cache(reader, trained):
+    first = recommend(reader, "u3")
+    scramble_user_vector(trained, "u3")  # u3 now looks like u39, but nothing told the cache
+
+    assert recommend(reader, "u3") == first
+
+
+def test_new_interactions_of_the_user_make_their_answer_stale(reader, trained, django_capture_on_commit_callbacks):
+    first = recommend(reader, "u3")
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(rows=[{"user": "u3", "item": first["items"][0]["id"], "type": "purchase"}])
+
+    second = recommend(reader, "u3")
+
+    assert first["items"][0]["id"] not in {item["id"] for item in second["items"]}
+
+
+def test_other_users_interactions_leave_an_answer_cached(reader, trained, django_capture_on_commit_callbacks):
+    first = recommend(reader, "u3")
+    scramble_user_vector(trained, "u3")
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(rows=[{"user": "u30", "item": "i20", "type": "purchase"}])
+
+    assert recommend(reader, "u3") == first
+
+
+def test_catalogue_change_makes_every_answer_stale(reader, trained, django_capture_on_commit_callbacks):
+    first = recommend(reader, "u3")
+    with django_capture_on_commit_callbacks(execute=True):
+        item_delete(external_id=first["items"][0]["id"])
+
+    second = recommend(reader, "u3")
+
+    assert first["items"][0]["id"] not in {item["id"] for item in second["items"]}
+
+
+def test_model_switch_makes_every_answer_stale(reader, trained, django_capture_on_commit_callbacks):
+    assert recommend(reader, "u3")["model"]["version"] == trained.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        newer = services.collaborative_version_create(
+            params=LearnerParams(algorithm="als", factors=4, iterations=5, regularization=0.05)
+        )
+        services.collaborative_model_train(version_id=newer.pk)
+        services.model_version_activate(version_id=newer.pk)
+
+    assert recommend(reader, "u3")["model"]["version"] == newer.pk
+
+
+def test_similar_items_are_cached_per_item_and_parameters(reader, trained):
+    first = reader.get("/api/v1/items/i3/similar?limit=4").json()
+    other = reader.get("/api/v1/items/i3/similar?limit=2").json()
+
+    assert len(first["items"]) == 4 and len(other["items"]) == 2
+    assert reader.get("/api/v1/items/i3/similar?limit=4").json() == first
+
+
+def test_api_answers_uncached_when_redis_is_down(reader, trained, redis_down):
+    first = recommend(reader, "u3")
+    scramble_user_vector(trained, "u3")
+
+    second = recommend(reader, "u3")
+
+    assert first["strategy"] == second["strategy"] == "collaborative"
+    assert second != first  # computed afresh from the changed vector
+
+
+def test_answer_computed_while_data_changed_is_never_served(settings, django_capture_on_commit_callbacks):
+    calls = []
+
+    def compute() -> Answer:
+        calls.append(1)
+        if len(calls) == 1:  # the user's data changes while their answer is being computed
+            with django_capture_on_commit_callbacks(execute=True):
+                answer_cache.answers_invalidate(owners=["user:racer"])
+        return Answer([Recommendation("i1", 1.0)], None, "popular")
+
+    def ask() -> Answer:
+        return answer_cache.answer_cached(
+            owner="user:racer",
+            variant="v",
+            compute=compute,
+            decode=lambda d: Answer([Recommendation(**i) for i in d["items"]], d["model"], d["strategy"]),
+        )
+
+    ask()
+    ask()
+    ask()
+
+    assert len(calls) == 2  # the first answer was stored under the old token and never served
