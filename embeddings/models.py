@@ -92,3 +92,29 @@ class ItemPopularity(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.item_id}: {self.score:.3f} ({self.basis})"
+
+
+class EmbeddingMap(models.Model):
+    """A 2-D projection of a sample of one version's item vectors, for the admin's embedding map.
+
+    Computed by a worker (a PCA of up to 20,000 items) and kept, so that opening the map costs
+    one row read; ``points`` is columnar (``x``, ``y``, ``group``, ``item``, ``title`` lists and
+    the ``groups`` labels) to stay small as JSON.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        READY = "ready"
+        FAILED = "failed"
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="embedding_map")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    coloured_by = models.CharField(max_length=20, blank=True, help_text="cluster (content) or category.")
+    sample_size = models.PositiveIntegerField(default=0)
+    points = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    requested_at = models.DateTimeField()
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"map of v{self.version_id} ({self.state}, {self.sample_size} points)"

@@ -41,3 +41,12 @@ def popularity_refresh() -> int:
     from embeddings.popularity import popularity_refresh as refresh
 
     return refresh()
+
+
+@shared_task(queue="default", soft_time_limit=600, time_limit=660)
+def embedding_map_compute(version_id: int) -> dict[str, object]:
+    """The admin's embedding map: idempotent (recomputes the version's stored points)."""
+    from embeddings.maps import embedding_map_compute as compute
+
+    emap = compute(version_id=version_id)
+    return {"version": version_id, "state": emap.state, "points": emap.sample_size}

@@ -1,46 +1,176 @@
-"""Django admin for the core data (the full operator console is built on top of this later)."""
+"""The operator admin of the core data: lists that stay fast at millions of rows, item and user pages
+that show what serving does with them, and the site's index (linking the dashboard, models and map)."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
 
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+
+from recsys import admin_views
+from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_create, api_key_revoke
 from recsys.models import ApiKey, EventType, Interaction, Item, User
 
+admin.site.site_header = "recsys operator admin"
+admin.site.site_title = "recsys admin"
+admin.site.index_template = "admin/recsys/index.html"
+
+
+class EstimatedCountPaginator(Paginator):
+    """Never COUNT(*) a big table: an unfiltered list takes the planner's row estimate, a filtered
+    one counts at most EXACT_COUNT_BELOW matches (so its last pages may be out of reach)."""
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet):
+            return len(queryset)
+        if not queryset.query.where:
+            return table_row_count(table=queryset.model._meta.db_table).value
+        return queryset[:EXACT_COUNT_BELOW].count()
+
 
 class LargeTableAdmin(admin.ModelAdmin):
-    """Tables that reach millions of rows: never count them all on a list page."""
+    """Tables that reach millions of rows: estimated counts, and searches that use an index."""
 
     show_full_result_count = False
     list_per_page = 50
+    paginator = EstimatedCountPaginator
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        # Django's "=field" search is iexact (UPPER(...) = UPPER(...)): no index serves it.
+        term = search_term.strip()
+        return (queryset.filter(self.search_condition(term)) if term else queryset), False
+
+    def search_condition(self, term: str) -> Q:
+        return Q(external_id=term)
+
+
+def recent_filter(field: str, title: str) -> type[admin.SimpleListFilter]:
+    """A list filter on ``field`` by age: last hour, day, week, month."""
+    windows = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+    class RecentFilter(admin.SimpleListFilter):
+        parameter_name = field
+
+        def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+            return [("1h", "Last hour"), ("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days")]
+
+        def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+            window = windows.get(self.value() or "")
+            return queryset.filter(**{f"{field}__gte": timezone.now() - window}) if window else queryset
+
+    RecentFilter.title = title
+    return RecentFilter
+
+
+class CategoryFilter(admin.SimpleListFilter):
+    """The most common categories (cached); ``?category=name`` works for any other one."""
+
+    title = "category"
+    parameter_name = "category"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        names = item_categories()
+        chosen = self.value()
+        return [(name, name) for name in ([*names, chosen] if chosen and chosen not in names else names)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        # categories @> ARRAY[name]: the GIN index on categories answers it.
+        return queryset.filter(categories__contains=[self.value()]) if self.value() else queryset
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """Choices from the event types table: list_filter on the column would SELECT DISTINCT over
+    every interaction."""
+
+    title = "type"
+    parameter_name = "event_type"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(name, name) for name in EventType.objects.values_list("name", flat=True)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(event_type=self.value()) if self.value() else queryset
 
 
 @admin.register(User)
 class UserAdmin(LargeTableAdmin):
     list_display = ["external_id", "created_at", "updated_at"]
-    search_fields = ["=external_id"]
+    list_filter = [recent_filter("created_at", "created")]
+    search_fields = ["external_id"]
+    search_help_text = "The user's id, exactly."
     readonly_fields = ["created_at", "updated_at"]
+    change_form_template = "admin/recsys/user/change_form.html"
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        user = self.get_object(request, object_id)
+        if user is not None:
+            extra_context = {**(extra_context or {}), **admin_views.user_panels(user)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(Item)
 class ItemAdmin(LargeTableAdmin):
-    list_display = ["external_id", "title", "is_hidden", "is_stub", "updated_at"]
-    list_filter = ["is_hidden", "is_stub"]
-    search_fields = ["=external_id", "title"]
+    list_display = ["external_id", "title", "first_categories", "is_hidden", "is_stub", "updated_at"]
+    list_filter = [CategoryFilter, "is_hidden", "is_stub", recent_filter("updated_at", "updated")]
+    search_fields = ["external_id", "title"]
+    search_help_text = "An item's id exactly, or words of its title and text (full-text search)."
     exclude = ["search_vector"]
     readonly_fields = ["created_at", "updated_at", "content_changed_at"]
+    change_form_template = "admin/recsys/item/change_form.html"
+
+    def search_condition(self, term: str) -> Q:
+        # The generated search_vector column and its GIN index, as the keyword search API uses.
+        from django.contrib.postgres.search import SearchQuery
+
+        return Q(external_id=term) | Q(search_vector=SearchQuery(term, config="english", search_type="websearch"))
+
+    @admin.display(description="categories")
+    def first_categories(self, item: Item) -> str:
+        shown = ", ".join(item.categories[:3])
+        return shown + (" …" if len(item.categories) > 3 else "")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Item]:
+        return super().get_queryset(request).defer("search_vector", "text")
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        item = self.get_object(request, object_id)
+        if item is not None:
+            extra_context = {**(extra_context or {}), **admin_views.item_panels(item)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(Interaction)
 class InteractionAdmin(LargeTableAdmin):
-    list_display = ["timestamp", "user", "event_type", "item", "value", "weight"]
-    list_filter = ["event_type"]
+    list_display = ["timestamp", "user", "event_type", "item", "value", "weight", "created_at"]
+    # By arrival: created_at has a BRIN index; event time has none of its own (a date hierarchy
+    # on it would scan every interaction for its years and months).
+    list_filter = [EventTypeFilter, recent_filter("created_at", "received")]
     list_select_related = ["user", "item"]
     raw_id_fields = ["user", "item"]
-    date_hierarchy = "timestamp"
-    search_fields = ["=user__external_id", "=item__external_id"]
+    search_fields = ["user__external_id", "item__external_id"]
+    search_help_text = "A user's or an item's id, exactly."
+
+    def search_condition(self, term: str) -> Q:
+        # Resolved to ids first, so each side uses its (user, ...) or (item, ...) index.
+        return Q(user_id__in=User.objects.filter(external_id=term).values("pk")) | Q(
+            item_id__in=Item.objects.filter(external_id=term).values("pk")
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Interaction]:
+        return super().get_queryset(request).defer("item__text", "item__search_vector")
 
 
 @admin.register(EventType)
@@ -56,6 +186,8 @@ class EventTypeAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "prefix", "scopes", "rate_limit", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix"]
     fields = ["name", "scopes", "rate_limit", "prefix", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]

@@ -7,9 +7,11 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from api.middleware import api_error_view
+from recsys import admin_views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
+    path("admin/", include(admin_views.urlpatterns)),  # the dashboard and the preview, staff only
     path("admin/", admin.site.urls),
     path("api/", include("api.urls")),
 ]

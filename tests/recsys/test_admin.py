@@ -1,14 +1,41 @@
-"""The admin pages of the core data load for staff, and creating an API key shows it once."""
+"""The operator admin's data pages: fast lists, item and user pages with what serving answers, the
+recommendations preview, the dashboard, and creating API keys that are shown once."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import re
 
+import pytest
+import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from recsys import admin_selectors, dashboard
 from recsys.api_keys import hash_key
-from recsys.models import ApiKey
-from tests.factories import InteractionFactory
+from recsys.models import ApiKey, Item, User
+from recsys.services import items_upsert
+from tests.factories import InteractionFactory, ItemFactory
+from tests.recsys.admin_setup import catalogue_store, interactions_store, models_trained
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def trained(settings):
+    return models_trained(settings)
+
+
+def result_list(html: str) -> str:
+    return html.split('id="result_list"')[1].split("</table>")[0]
+
+
+def page(response) -> str:
+    assert response.status_code == 200, response.status_code
+    return response.content.decode()
+
+
+# ---- lists ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", ["user", "item", "interaction", "eventtype", "apikey"])
@@ -16,6 +43,240 @@ def test_changelists_load(admin_client, model):
     InteractionFactory()
 
     assert admin_client.get(f"/admin/recsys/{model}/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/recsys/item/?category=sky",
+        "/admin/recsys/item/?is_hidden__exact=1",
+        "/admin/recsys/item/?updated_at=24h",
+        "/admin/recsys/interaction/?event_type=purchase",
+        "/admin/recsys/interaction/?created_at=1h",
+        "/admin/recsys/user/?created_at=7d",
+    ],
+)
+def test_filtered_lists_load(admin_client, url):
+    catalogue_store()
+    interactions_store()
+
+    assert admin_client.get(url).status_code == 200
+
+
+def test_category_filter_keeps_only_that_categorys_items_and_offers_the_common_ones(admin_client):
+    catalogue_store()
+
+    html = page(admin_client.get("/admin/recsys/item/?category=sky"))
+
+    assert "sky3" in html and "cooking3" not in html
+    assert "?category=cooking" in html  # offered as a choice
+
+
+def test_type_filter_offers_the_configured_event_types_without_scanning_interactions(admin_client):
+    catalogue_store()
+    interactions_store()
+
+    with CaptureQueriesContext(connection) as queries:
+        html = page(admin_client.get("/admin/recsys/interaction/?event_type=view"))
+
+    assert "?event_type=purchase" in html and "?event_type=dislike" in html
+    assert not any("DISTINCT" in q["sql"] and "recsys_interaction" in q["sql"] for q in queries.captured_queries)
+    assert "0 interactions" in html  # nothing of type view
+
+
+def test_an_unfiltered_big_list_shows_the_planner_estimate_and_never_counts_the_table(admin_client, monkeypatch):
+    catalogue_store()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE recsys_item")  # reltuples = 16
+    items_upsert(rows=[{"id": f"late{n}", "title": "late"} for n in range(4)])  # 20 rows now
+    monkeypatch.setattr(admin_selectors, "EXACT_COUNT_BELOW", 10)
+
+    with CaptureQueriesContext(connection) as queries:
+        html = page(admin_client.get("/admin/recsys/item/"))
+
+    assert "16 items" in html
+    counts = [
+        q["sql"] for q in queries.captured_queries if "__count" in q["sql"] or "count(*) FROM (SELECT 1" in q["sql"]
+    ]
+    assert not counts, counts
+
+
+def test_a_filtered_big_list_counts_at_most_the_cap(admin_client, monkeypatch):
+    catalogue_store()
+    monkeypatch.setattr("recsys.admin.EXACT_COUNT_BELOW", 5)
+
+    html = page(admin_client.get("/admin/recsys/item/?category=sky"))  # 8 match
+
+    assert "5 items" in html
+
+
+def test_small_tables_are_counted_exactly():
+    catalogue_store()
+
+    assert admin_selectors.table_row_count(table="recsys_item") == admin_selectors.RowCount(16, exact=True)
+
+
+def test_item_search_finds_an_exact_id_or_words_of_the_title(admin_client):
+    catalogue_store()
+
+    by_id = page(admin_client.get("/admin/recsys/item/?q=sky2"))
+    by_words = page(admin_client.get("/admin/recsys/item/?q=telescope"))
+
+    assert ">sky2<" in by_id and ">sky3<" not in by_id
+    assert "Telescope and comet" in by_words and "cooking" not in result_list(by_words)
+
+
+def test_interaction_search_by_user_id_lists_only_that_users_events(admin_client):
+    catalogue_store()
+    interactions_store()
+
+    html = page(admin_client.get("/admin/recsys/interaction/?q=u7"))
+
+    rows = result_list(html)
+    assert rows.count("<tr") == 1 + 6  # header + u7's six purchases
+    assert "u7" in rows and "u1<" not in rows and "cooking" not in rows
+
+
+def test_admin_needs_a_staff_login(client):
+    for url in ["/admin/recsys/item/", "/admin/dashboard/", "/admin/preview/", "/admin/embeddings/modelversion/map/"]:
+        response = client.get(url)
+
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
+
+
+def test_the_index_links_the_operator_pages(admin_client):
+    html = page(admin_client.get("/admin/"))
+
+    for url in ["/admin/dashboard/", "/admin/embeddings/modelversion/", "/admin/embeddings/modelversion/map/"]:
+        assert f'href="{url}"' in html
+    assert 'href="/admin/preview/"' in html
+
+
+# ---- item and user pages ----------------------------------------------------------------------
+
+
+def test_item_page_shows_its_vectors_and_similar_items_in_each_space(admin_client, trained):
+    collaborative, built = trained
+    item = Item.objects.get(external_id="sky1")
+
+    html = page(admin_client.get(f"/admin/recsys/item/{item.pk}/change/"))
+
+    vectors = html.split('id="item-vectors"')[1].split("</table>")[0]
+    assert f"v{collaborative.pk}</a> (ease, active)" in vectors and f"v{built.pk}</a> (fake, active)" in vectors
+    similar = html.split('id="similar-items"')[1]
+    for space in ["collaborative", "content", "hybrid"]:
+        assert f'data-panel="{space}"' in similar
+    assert similar.count('<strong class="recsys-strategy">') == 3
+    linked = re.findall(r'href="/admin/recsys/item/(\d+)/change/">(\w+)</a>', similar)
+    assert linked and all(name.startswith("sky") for _, name in linked[:5])
+    assert all(int(pk) == Item.objects.get(external_id=name).pk for pk, name in linked)
+
+
+def test_item_page_without_any_model_says_so_and_still_loads(admin_client):
+    item = ItemFactory(categories=["general"])
+
+    html = page(admin_client.get(f"/admin/recsys/item/{item.pk}/change/"))
+
+    assert "No vector in any active version yet." in html
+    assert "popular_in_category" in html
+
+
+def test_user_page_shows_recent_interactions_and_explained_recommendations(admin_client, trained):
+    user = User.objects.get(external_id="u7")
+
+    html = page(admin_client.get(f"/admin/recsys/user/{user.pk}/change/"))
+
+    recent = html.split('id="recent-interactions"')[1].split("</table>")[0]
+    assert recent.count("<tr>") == 1 + 6  # header + the six purchases of u7
+    panel = html.split('data-panel="recommendations"')[1]
+    assert "collaborative" in panel.split("</p>")[0]
+    recommended = re.findall(r'<td><a href="/admin/recsys/item/\d+/change/">(\w+)</a>', panel)
+    assert recommended and recommended[0].startswith("sky")
+    assert "because you interacted with" in panel
+    assert re.search(r'href="/admin/recsys/item/\d+/change/">[A-Z]\w+ and \w+</a> <span class="quiet">\(', panel)
+    assert 'href="/admin/preview/?user=u7"' in html
+
+
+def test_preview_answers_for_any_user_id_with_the_strategy(admin_client, trained):
+    known = page(admin_client.get("/admin/preview/?user=u1&limit=3&category="))
+    unknown = page(admin_client.get("/admin/preview/?user=nobody-yet&limit=3&category="))
+
+    assert "collaborative" in known and "This user's page" in known
+    assert len(re.findall(r'<td>\d+</td>\s*<td><a href="/admin/recsys/item/', known)) == 3
+    assert '<strong class="recsys-strategy">popular</strong>' in unknown and "Not a stored user" in unknown
+
+
+def test_preview_with_a_category_keeps_to_it(admin_client, trained):
+    html = page(admin_client.get("/admin/preview/?user=u1&limit=5&category=sky"))
+
+    names = re.findall(r'<td><a href="/admin/recsys/item/\d+/change/">(\w+)</a>', html)
+    assert names and all(name.startswith("sky") for name in names)
+
+
+def test_preview_refuses_a_bad_limit_with_a_form_error(admin_client):
+    html = page(admin_client.get("/admin/preview/?user=u1&limit=0"))
+
+    assert "errorlist" in html and 'data-panel="recommendations"' not in html
+
+
+# ---- dashboard --------------------------------------------------------------------------------
+
+
+def test_dashboard_shows_counts_activity_models_runs_and_services(admin_client, trained):
+    collaborative, built = trained
+    items_upsert(rows=[{"id": "new-item", "title": "A new telescope", "text": "comet hunting"}])
+
+    html = page(admin_client.get("/admin/dashboard/"))
+
+    assert re.search(r'id="count-items">17<', html) and re.search(r'id="count-users">12<', html)
+    assert re.search(r'id="count-interactions">64<', html)
+    assert re.search(r'id="awaiting-encoding">1<', html)
+    chart = json.loads(html.split('id="per-hour-data" type="application/json">')[1].split("</script>")[0])
+    assert len(chart["values"]) == 48 and sum(chart["values"]) == 64
+    models = html.split('id="active-models"')[1].split("</table>")[0]
+    assert f"v{collaborative.pk}</a> ease" in models and f"v{built.pk}</a> fake" in models
+    runs = html.split('id="last-runs"')[1]
+    assert runs.count("recsys-status-active") == 2
+    assert 'id="redis-state">up<' in html
+    assert re.search(r"<th scope=\"row\">training</th><td class=\"recsys-number\">\d+</td>", html)
+
+
+def test_dashboard_shows_redis_down_instead_of_failing(admin_client, monkeypatch):
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setattr(dashboard, "_broker_client", lambda: down)
+
+    html = page(admin_client.get("/admin/dashboard/"))
+
+    assert 'id="redis-state">down<' in html
+    assert "unknown (broker down)" in html and "the broker did not answer" in html
+    assert "no content model" in html
+
+
+def test_workers_that_answer_are_listed_with_their_running_tasks(admin_client, monkeypatch):
+    replies = {"recsys@host": [{"name": "embeddings.tasks.collaborative_model_train"}], "other@host": []}
+    monkeypatch.setattr(dashboard, "workers_state", lambda: dashboard._workers(replies))
+
+    html = page(admin_client.get("/admin/dashboard/"))
+
+    assert 'id="workers-state">2 up<' in html
+    assert "recsys@host: running embeddings.tasks.collaborative_model_train" in html and "other@host: idle" in html
+
+
+def test_no_worker_answering_reads_none_answered():
+    assert dashboard.workers_state() is None  # no worker runs beside the unit tests
+
+
+def test_interactions_per_hour_fills_quiet_hours_with_zeros():
+    catalogue_store()
+    interactions_store()
+
+    hours = admin_selectors.interactions_per_hour(hours=48)
+
+    assert len(hours) == 48 and [n for _, n in hours[:-1]] == [0] * 47 and hours[-1][1] == 64
+
+
+# ---- API keys ---------------------------------------------------------------------------------
 
 
 def test_creating_a_key_in_the_admin_shows_it_once_and_stores_its_hash(admin_client):
@@ -30,11 +291,14 @@ def test_creating_a_key_in_the_admin_shows_it_once_and_stores_its_hash(admin_cli
     assert key.scopes == ["read", "write"]
 
 
-def test_admin_needs_a_staff_login(client):
-    response = client.get("/admin/recsys/item/")
+def test_revoking_keys_in_the_admin_marks_them_revoked(admin_client):
+    admin_client.post("/admin/recsys/apikey/add/", {"name": "shop", "scopes": "read", "rate_limit": ""})
+    key = ApiKey.objects.get(name="shop")
 
-    assert response.status_code == 302
-    assert "/admin/login/" in response["Location"]
+    admin_client.post("/admin/recsys/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+
+    key.refresh_from_db()
+    assert key.revoked_at is not None
 
 
 def test_unknown_scopes_are_refused_in_the_admin_form(admin_client):

@@ -1,0 +1,321 @@
+"""The models page: every version with its metrics against popularity, training progress, and the
+operator's actions (train now, activate, roll back, prune), plus the embedding map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from embeddings import maps, operations, services
+from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
+from recsys.errors import DomainError
+
+VERSION_FIELDS = (
+    "kind",
+    "algorithm",
+    "status",
+    "params",
+    "dimensions",
+    "metrics_table",
+    "timings",
+    "counts",
+    "progress",
+    "error",
+    "task_id",
+    "has_tables",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+)
+MAP_FIELDS = ("version", "state", "coloured_by", "sample_size", "error", "requested_at", "computed_at")
+METRICS_SHOWN = ("ndcg@10", "recall@10", "precision@10", "coverage@10")
+
+
+def _format_metric(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = [
+        "pk",
+        "kind",
+        "algorithm",
+        "status",
+        "dimensions",
+        "ndcg",
+        "ndcg_baseline",
+        "progress_shown",
+        "duration",
+        "created_at",
+    ]
+    list_display_links = ["pk"]
+    list_filter = ["kind", "status", "algorithm"]
+    search_fields = ["=id", "algorithm"]
+    list_per_page = 50
+    actions = ["activate"]
+    change_list_template = "admin/embeddings/modelversion/change_list.html"
+    change_form_template = "admin/embeddings/modelversion/change_form.html"
+    fields = VERSION_FIELDS
+    readonly_fields = VERSION_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
+        # The Gram matrix, encoder state and centroids can be megabytes each: never list them.
+        return super().get_queryset(request).defer("item_gram", "encoder_state", "centroids")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions come from training runs ("Train now")
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # their tables go through "Delete old versions" (a DROP per version)
+
+    @admin.display(description="NDCG@10")
+    def ndcg(self, version: ModelVersion) -> str:
+        value = version.metrics.get("ndcg@10")
+        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+    @admin.display(description="popularity")
+    def ndcg_baseline(self, version: ModelVersion) -> str:
+        value = version.baseline_metrics.get("ndcg@10")
+        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+    @admin.display(description="progress")
+    def progress_shown(self, version: ModelVersion) -> str:
+        progress = version.progress or {}
+        if version.status != "training" or not progress:
+            return "queued" if version.status == "training" else ""
+        stage = str(progress.get("stage", ""))
+        done, left = progress.get("done"), progress.get("left")
+        if isinstance(done, int) and isinstance(left, int) and done + left:
+            return f"{stage} {done}/{done + left} ({100 * done // (done + left)}%)"
+        return stage
+
+    @admin.display(description="took")
+    def duration(self, version: ModelVersion) -> str:
+        if version.started_at and version.finished_at:
+            return f"{(version.finished_at - version.started_at).total_seconds():.1f} s"
+        return ""
+
+    @admin.display(description="offline metrics (model / popularity on the same split)")
+    def metrics_table(self, version: ModelVersion) -> str:
+        names = [m for m in METRICS_SHOWN if m in version.metrics] + sorted(set(version.metrics) - set(METRICS_SHOWN))
+        if not names:
+            return "—"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    name,
+                    _format_metric(version.metrics.get(name)),
+                    _format_metric(version.baseline_metrics.get(name, "—")),
+                )
+                for name in names
+            ),
+        )
+        return format_html("<table><tr><th>metric</th><th>model</th><th>popularity</th></tr>{}</table>", rows)
+
+    @admin.action(description="Activate the selected version (serve it now)")
+    def activate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        self._activate(request, queryset.get().pk)
+
+    def _activate(self, request: HttpRequest, version_id: int) -> None:
+        try:
+            version = services.model_version_activate(version_id=version_id)
+        except DomainError as error:
+            self.message_user(request, f"Not activated: {error.message}", messages.ERROR)
+            return
+        self.message_user(request, f"Serving {version.kind} version {version.pk} now.", messages.SUCCESS)
+
+    # ---- extra pages and actions ---------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("train/", wrap(require_POST(self.train_view)), name="embeddings_modelversion_train"),
+            path("rollback/", wrap(require_POST(self.rollback_view)), name="embeddings_modelversion_rollback"),
+            path("prune/", wrap(require_POST(self.prune_view)), name="embeddings_modelversion_prune"),
+            path(
+                "<int:version_id>/activate/",
+                wrap(require_POST(self.activate_view)),
+                name="embeddings_modelversion_activate",
+            ),
+            path("map/", wrap(self.map_view), name="embeddings_modelversion_map"),
+            path(
+                "map/<int:version_id>/compute/",
+                wrap(require_POST(self.map_compute_view)),
+                name="embeddings_modelversion_map_compute",
+            ),
+            path(
+                "map/<int:version_id>/points.json",
+                wrap(self.map_points_view),
+                name="embeddings_modelversion_map_points",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _changelist(self) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:embeddings_modelversion_changelist"))
+
+    def _require_change(self, request: HttpRequest) -> None:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+
+    def _kind(self, request: HttpRequest) -> str:
+        kind = request.POST.get("kind", "")
+        if kind not in Kind.values:
+            raise Http404(f"unknown kind {kind!r}")
+        return kind
+
+    def train_view(self, request: HttpRequest) -> HttpResponse:
+        self._require_change(request)
+        kind = self._kind(request)
+        try:
+            version = operations.training_start(kind=kind)
+        except DomainError as error:  # TrainingAlreadyRunning (409), ServiceUnavailable (503)
+            self.message_user(request, f"{kind.capitalize()} training not started: {error.message}", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"{kind.capitalize()} training started: version {version.pk} ({version.status}).",
+                messages.SUCCESS,
+            )
+        return self._changelist()
+
+    def activate_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        self._require_change(request)
+        self._activate(request, version_id)
+        return self._changelist()
+
+    def rollback_view(self, request: HttpRequest) -> HttpResponse:
+        self._require_change(request)
+        kind = self._kind(request)
+        try:
+            version = operations.model_version_rollback(kind=kind)
+        except DomainError as error:
+            self.message_user(request, f"Not rolled back: {error.message}", messages.ERROR)
+        else:
+            self.message_user(request, f"Rolled back: serving {kind} version {version.pk}.", messages.SUCCESS)
+        return self._changelist()
+
+    def prune_view(self, request: HttpRequest) -> HttpResponse:
+        self._require_change(request)
+        kind = self._kind(request)
+        try:
+            keep = int(request.POST.get("keep", ""))
+        except ValueError:
+            keep = 0
+        if keep < 1:
+            self.message_user(request, "Keep at least one version.", messages.ERROR)
+            return self._changelist()
+        pruned = services.model_versions_prune(kind=kind, keep=keep)
+        shown = ", ".join(f"v{pk}" for pk in pruned) or "none"
+        self.message_user(request, f"Dropped the vectors of {len(pruned)} {kind} version(s): {shown}.")
+        return self._changelist()
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {
+            **(extra_context or {}),
+            "ndcg_chart": operations.ndcg_history(),
+            "kinds": Kind.values,
+            "rollback_targets": {kind: operations.rollback_target(kind=kind) for kind in Kind.values},
+            "active_versions": operations.active_pointers(),
+            "training": operations.versions_training(),
+        }
+        return super().changelist_view(request, context)
+
+    # ---- the embedding map ---------------------------------------------------------------------
+
+    def map_view(self, request: HttpRequest) -> HttpResponse:
+        versions = maps.mappable_versions()
+        chosen = self._chosen_version(request, versions)
+        emap = maps.embedding_map_get(version_id=chosen.pk) if chosen else None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Embedding map",
+            "opts": self.model._meta,
+            "versions": versions,
+            "chosen": chosen,
+            "emap": emap,
+            "item_url_template": reverse("admin:recsys_item_change", args=[0]).replace("/0/", "/{id}/"),
+        }
+        return render(request, "admin/embeddings/modelversion/map.html", context)
+
+    def _chosen_version(self, request: HttpRequest, versions: list[ModelVersion]) -> ModelVersion | None:
+        """?version=N, else the active collaborative version, else the newest mappable one."""
+        by_id = {v.pk: v for v in versions}
+        asked = request.GET.get("version", "")
+        if asked.isdigit() and int(asked) in by_id:
+            return by_id[int(asked)]
+        active = [v for v in versions if v.status == "active"]
+        preferred = [v for v in active if v.kind == Kind.COLLABORATIVE] + active + versions
+        return preferred[0] if preferred else None
+
+    def map_compute_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        self._require_change(request)
+        try:
+            maps.embedding_map_request(version_id=version_id)
+        except DomainError as error:
+            self.message_user(request, f"Map not computed: {error.message}", messages.ERROR)
+        else:
+            self.message_user(request, f"Computing the map of version {version_id} on a worker.")
+        return HttpResponseRedirect(reverse("admin:embeddings_modelversion_map") + f"?version={version_id}")
+
+    def map_points_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        points = maps.embedding_map_points_get(version_id=version_id)
+        if not points:
+            raise Http404("no map computed for this version yet")
+        return JsonResponse(points)
+
+
+@admin.register(ActiveVersion)
+class ActiveVersionAdmin(admin.ModelAdmin):
+    """Read-only: serving switches through "Activate" and "Roll back" on the models page."""
+
+    list_display = ["kind", "version", "activated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(VectorSpace)
+class VectorSpaceAdmin(admin.ModelAdmin):
+    list_display = ["name", "dimensions", "created_at"]
+    readonly_fields = ["name", "dimensions", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # spaces are created by the first vector sent to them
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # deleting the row would leave its vector table behind
+
+
+@admin.register(EmbeddingMap)
+class EmbeddingMapAdmin(admin.ModelAdmin):
+    list_display = ["version", "state", "coloured_by", "sample_size", "requested_at", "computed_at"]
+    fields = MAP_FIELDS
+    readonly_fields = MAP_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingMap]:
+        return super().get_queryset(request).defer("points").select_related("version")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,103 @@
+"""Reads behind the operator admin: cheap row counts, category choices, recent activity."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Count
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from recsys.models import Interaction, Item, User
+
+logger = logging.getLogger(__name__)
+# Below this many rows an exact COUNT(*) costs under a few milliseconds; above it the planner's
+# estimate (pg_class.reltuples, kept by autovacuum/ANALYZE) is what an operator needs.
+EXACT_COUNT_BELOW = 100_000
+CATEGORY_CHOICES_SECONDS = 600  # a full unnest over the catalogue, at most every ten minutes
+
+
+@dataclass(frozen=True)
+class RowCount:
+    value: int
+    exact: bool
+
+
+def table_row_count(*, table: str) -> RowCount:
+    """Rows of ``table``: the planner's estimate for big tables, an exact count of small ones."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [table])
+        row = cursor.fetchone()
+        estimate = int(row[0]) if row else -1
+        if estimate >= EXACT_COUNT_BELOW:
+            return RowCount(estimate, exact=False)
+        # Never analysed (-1) or small: count, but stop at the threshold rather than scan millions.
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {connection.ops.quote_name(table)} LIMIT %s) AS t",
+            [EXACT_COUNT_BELOW],
+        )
+        counted = int(cursor.fetchone()[0])
+    return RowCount(counted, exact=counted < EXACT_COUNT_BELOW)
+
+
+def item_categories(*, limit: int = 50) -> list[str]:
+    """The most common item categories (the item list's filter choices), cached for minutes."""
+    key = f"admin:item-categories:{limit}"
+    try:
+        cached = cache.get(key)
+    except Exception:  # Redis away: compute it, the page still loads
+        cached = None
+    if cached is not None:
+        return list(cached)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c FROM recsys_item, unnest(categories) AS c GROUP BY c ORDER BY count(*) DESC, c LIMIT %s", [limit]
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    try:
+        cache.set(key, names, CATEGORY_CHOICES_SECONDS)
+    except Exception:
+        logger.warning("could not cache the item categories", exc_info=True)
+    return names
+
+
+def user_recent_interactions(*, user_id: int, limit: int = 20) -> list[Interaction]:
+    """A user's newest events with their items (the interaction_user_history index answers it)."""
+    return list(
+        Interaction.objects.filter(user_id=user_id)
+        .select_related("item")
+        .only("event_type", "value", "weight", "timestamp", "item__external_id", "item__title")
+        .order_by("-timestamp", "-id")[:limit]
+    )
+
+
+def user_id_get(*, external_id: str) -> int | None:
+    return User.objects.filter(external_id=external_id).values_list("pk", flat=True).first()
+
+
+def items_by_external_id(*, external_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """external id → (database id, title) of the given items (to link lists to item pages)."""
+    rows = Item.objects.filter(external_id__in=external_ids).values_list("external_id", "pk", "title")
+    return {external_id: (pk, title) for external_id, pk, title in rows}
+
+
+def interactions_per_hour(*, hours: int = 48, now: datetime | None = None) -> list[tuple[datetime, int]]:
+    """Interactions received per hour over the last ``hours`` (zeros included), oldest first.
+
+    By arrival (``created_at``), not event time: its BRIN index makes this a small range read,
+    where event time has no index of its own and would scan every interaction.
+    """
+    end = (now or timezone.now()).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    counted = dict(
+        Interaction.objects.filter(created_at__gte=start, created_at__lt=end)
+        .annotate(hour=TruncHour("created_at"))
+        .values("hour")
+        .annotate(n=Count("id"))
+        .values_list("hour", "n")
+    )
+    return [(start + timedelta(hours=h), counted.get(start + timedelta(hours=h), 0)) for h in range(hours)]
