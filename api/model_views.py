@@ -83,12 +83,10 @@ class ModelTrainView(ApiView):
                 details={"kind": ["required, collaborative or content"]},
             )
         if body["kind"] == Kind.CONTENT:
-            raise ValidationFailed(
-                "content models are built by the content encoder, not available in this release",
-                details={"kind": ["not available yet"]},
-            )
-        version = services.collaborative_version_create()
-        task_id = services.collaborative_training_enqueue(version_id=version.pk)
+            version = services.content_version_create()
+        else:
+            version = services.collaborative_version_create()
+        task_id = services.training_enqueue(version_id=version.pk)
         return Response({"task_id": task_id, "training_run": version.pk}, status=202)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.model_views import CONFLICT
 from api.params import LIMIT_PARAMETER, query_bool, query_category, query_float, query_ids, query_limit
 from api.views import ERRORS, NOT_FOUND, ApiView
-from embeddings import recommendations
+from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
 from recsys.errors import ValidationFailed
 from recsys.validation import clean_external_id
@@ -26,15 +28,17 @@ class RecommendedItemSerializer(serializers.Serializer):
 
 
 class ModelRefSerializer(serializers.Serializer):
-    kind = serializers.CharField()
+    kind = serializers.CharField(help_text="collaborative, content, or hybrid (both versions named)")
     version = serializers.IntegerField()
+    content_version = serializers.IntegerField(required=False, help_text="hybrid answers: the content version")
 
 
 class AnswerSerializer(serializers.Serializer):
     items = RecommendedItemSerializer(many=True)
     model = ModelRefSerializer(allow_null=True)
     strategy = serializers.CharField(
-        help_text="collaborative, collaborative_fold_in, collaborative_session, popular, popular_in_category"
+        help_text="collaborative, collaborative_fold_in, collaborative_session, content, content_profile, "
+        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category"
     )
 
 
@@ -86,12 +90,17 @@ class ItemSimilarView(ApiView):
 
     @extend_schema(
         operation_id="item_similar",
-        parameters=[*COMMON, OpenApiParameter("space", str, enum=["collaborative", "content", "hybrid"])],
+        parameters=[
+            *COMMON,
+            OpenApiParameter(
+                "space", str, description="collaborative (default), content, hybrid, or the name of a custom space"
+            ),
+        ],
         responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND},
     )
     def get(self, request: Request, item_id: str) -> Response:
         return render(
-            recommendations.item_similar_list(
+            similarity.item_similar_list(
                 item_external_id=item_id,
                 limit=query_limit(request),
                 space=request.query_params.get("space") or "collaborative",
@@ -160,3 +169,77 @@ def _ids(value: object, field: str) -> list[str]:
             f"{field} must be a list of at most {MAX_SESSION_ITEMS} item ids", details={field: ["invalid"]}
         )
     return [clean_external_id(v, field) for v in value]
+
+
+class SearchView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="items_search",
+        parameters=[
+            OpenApiParameter("q", str, required=True, description="the query text"),
+            OpenApiParameter("mode", str, enum=list(search.MODES), description="default hybrid"),
+            *COMMON,
+        ],
+        responses={200: AnswerSerializer, **ERRORS, **CONFLICT},
+    )
+    def get(self, request: Request) -> Response:
+        query = (request.query_params.get("q") or "").strip()
+        if not query or len(query) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
+            raise ValidationFailed(
+                f"q must be 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters", details={"q": ["invalid"]}
+            )
+        mode = request.query_params.get("mode") or "hybrid"
+        if mode not in search.MODES:
+            raise ValidationFailed(f"mode must be one of {', '.join(search.MODES)}", details={"mode": ["invalid"]})
+        return render(
+            search.items_search(query=query, mode=mode, limit=query_limit(request), category=query_category(request))
+        )
+
+
+class ItemDuplicatesView(ApiView):
+    scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="item_duplicates",
+        parameters=[
+            OpenApiParameter("threshold", float, description="minimum cosine similarity, 0-1, default 0.95"),
+            LIMIT_PARAMETER,
+        ],
+        responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    def get(self, request: Request, item_id: str) -> Response:
+        return render(
+            similarity.item_duplicates_list(
+                item_external_id=item_id,
+                threshold=query_float(request, "threshold", default=0.95, minimum=0.0, maximum=1.0),
+                limit=query_limit(request),
+            )
+        )
+
+
+class ItemVectorRequestSerializer(serializers.Serializer):
+    vector = serializers.ListField(child=serializers.FloatField(), help_text="The item's embedding in this space.")
+
+
+class ItemVectorAnswerSerializer(serializers.Serializer):
+    item = serializers.CharField()
+    space = serializers.CharField()
+    dimensions = serializers.IntegerField()
+
+
+class ItemVectorView(ApiView):
+    scopes = {"PUT": "write"}
+
+    @extend_schema(
+        operation_id="item_vector_put",
+        request=ItemVectorRequestSerializer,
+        responses={200: ItemVectorAnswerSerializer, 201: ItemVectorAnswerSerializer, **ERRORS, **NOT_FOUND},
+    )
+    def put(self, request: Request, item_id: str, space: str) -> Response:
+        body = request.data if isinstance(request.data, dict) else None
+        if body is None or set(body) != {"vector"}:
+            raise ValidationFailed('send {"vector": [number, ...]}', details={"body": ["invalid"]})
+        vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
+        answer = {"item": item_id, "space": vector_space.name, "dimensions": vector_space.dimensions}
+        return Response(answer, status=201 if created else 200)

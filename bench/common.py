@@ -109,11 +109,11 @@ def gunicorn(
 
 
 @contextmanager
-def celery_worker(database_url: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(database_url: str, name: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker (one process) on every queue, against the scratch database."""
     worker = subprocess.Popen(
         celery_worker_command(name, level="warning", concurrency=1),
-        env=bench_env(database_url),
+        env=bench_env(database_url, **(env or {})),
         cwd=ROOT,
     )
     try:

@@ -11,6 +11,7 @@ class EmbeddingsConfig(AppConfig):
 
     def ready(self) -> None:
         from embeddings.answer_cache import answers_invalidate, answers_invalidate_all
+        from embeddings.content import content_encode_schedule
         from embeddings.freshness import users_fold_in_schedule
         from recsys import signals
 
@@ -25,7 +26,11 @@ class EmbeddingsConfig(AppConfig):
             # Hidden flags and categories filter every list; a new item may be in any of them.
             answers_invalidate_all()
 
+        def items_stored(sender: object, **kwargs: object) -> None:
+            catalogue_changed(sender)
+            content_encode_schedule()
+
         signals.interactions_stored.connect(interactions_stored, weak=False, dispatch_uid="embeddings-interactions")
         signals.user_deleted.connect(user_deleted, weak=False, dispatch_uid="embeddings-user-deleted")
-        signals.items_stored.connect(catalogue_changed, weak=False, dispatch_uid="embeddings-items-stored")
+        signals.items_stored.connect(items_stored, weak=False, dispatch_uid="embeddings-items-stored")
         signals.item_deleted.connect(catalogue_changed, weak=False, dispatch_uid="embeddings-item-deleted")

@@ -41,6 +41,11 @@ class ModelVersion(models.Model):
     has_tables = models.BooleanField(default=False)
     # YᵀY of the item factors (d × d), so that a user vector can be folded in from their items alone.
     item_gram = models.JSONField(null=True, blank=True)
+    # Content versions: what a fitted encoder needs to encode a search query in another process
+    # (the TF-IDF vocabulary and SVD; empty for pretrained models), and the k-means centroids
+    # (k × d) that new items are assigned to between builds.
+    encoder_state = models.BinaryField(null=True, blank=True, editable=False)
+    centroids = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -73,6 +78,24 @@ class ActiveVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} → v{self.version_id}"
+
+
+class VectorSpace(models.Model):
+    """A custom space of client-computed item vectors (e.g. image embeddings), one table each.
+
+    The first vector stored fixes the dimensions; the table is ``embeddings_space_<name>``.
+    """
+
+    name = models.CharField(max_length=40, primary_key=True)
+    dimensions = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.dimensions}-d)"
+
+    @property
+    def table(self) -> str:
+        return f"embeddings_space_{self.name}"
 
 
 class ItemPopularity(models.Model):

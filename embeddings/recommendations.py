@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
 from embeddings.selectors import active_version_serving, active_version_serving_forget
 from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
-from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,10 @@ def _cached(owner: str, variant: str, compute: Callable[[], Answer]) -> Answer:
             active_version_serving_forget()
             return compute()
 
-    return answer_cached(owner=owner, variant=variant, compute=fresh, decode=_answer_decode)
+    # The versions are part of the key too, so a switch this process saw can never be answered
+    # from before it, even if Redis missed the switch's invalidation.
+    versions = [getattr(_active(kind), "pk", None) for kind in Kind.values]
+    return answer_cached(owner=owner, variant=f"{versions}{variant}", compute=fresh, decode=_answer_decode)
 
 
 def _model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
@@ -109,13 +112,15 @@ class UserState:
     vector: npt.NDArray[np.float32] | None  # stored in the active version
     history: list[int]  # item ids, most recent first, capped at MAX_SEEN
     weights: npt.NDArray[np.float32]  # summed event weight per history item
+    seen_at: npt.NDArray[np.float64]  # epoch seconds of the latest event per history item
 
 
 _USER_STATE = """
-    SELECT u.id, {vector}, h.items, h.weights
+    SELECT u.id, {vector}, h.items, h.weights, h.seen_at
     FROM recsys_user u
     LEFT JOIN LATERAL (
-        SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights
+        SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights,
+               array_agg(extract(epoch FROM last)::float8 ORDER BY last DESC) AS seen_at
         FROM (SELECT item_id, sum(weight)::float4 AS weight, max(timestamp) AS last
               FROM recsys_interaction WHERE user_id = u.id
               GROUP BY item_id ORDER BY last DESC LIMIT %(seen)s) recent
@@ -135,12 +140,13 @@ def _user_state(external_id: str, version: ModelVersion | None) -> UserState | N
         row = cursor.execute(statement, {"user": external_id, "seen": MAX_SEEN}, binary=True).fetchone()
     if row is None:
         return None
-    user_id, stored, items, weights = row
+    user_id, stored, items, weights, seen_at = row
     return UserState(
         id=int(user_id),
         vector=as_array(stored) if stored is not None else None,
         history=[int(i) for i in items or []],
         weights=np.asarray(weights or [], dtype=np.float32),
+        seen_at=np.asarray(seen_at or [], dtype=np.float64),
     )
 
 
@@ -154,8 +160,8 @@ def user_recommendations_list(
     explain: bool = False,
     diversity: float = 0.0,
 ) -> Answer:
-    """Collaborative when the user has a vector (stored, or folded in from their history);
-    popularity for unknown and cold users. Hot answers come from the answer cache."""
+    """Collaborative when the user has a vector (stored, or folded in from their history), else a
+    content profile of what they interacted with, else popularity. Hot answers come from the cache."""
     variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity])
     return _cached(
         f"user:{user_external_id}",
@@ -173,14 +179,13 @@ def _user_recommendations(
     explain: bool,
     diversity: float,
 ) -> Answer:
-    version = _active()
-    user = _user_state(user_external_id, version)
+    collaborative = _active()
+    user = _user_state(user_external_id, collaborative)
     history = user.history if user else []
     excluded = set(_item_ids(exclude)) | (set() if include_seen else set(history))
-    vector, strategy = _user_vector(version, user) if version and user else (None, "popular")
-    if version is None or vector is None:
+    version, vector, strategy = _user_query(collaborative, user)
+    if version is None or vector is None or user is None:
         return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))
-    assert user is not None
     wanted = min(limit * 4, 200) if diversity > 0 else limit
     neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=Filters(tuple(excluded), category))
     if diversity > 0:
@@ -194,6 +199,40 @@ def _user_recommendations(
     if explain:
         _explain(items, neighbours, version, user.history, user.weights)
     return Answer(items, _model_ref(version), strategy)
+
+
+def _user_query(
+    collaborative: ModelVersion | None, user: UserState | None
+) -> tuple[ModelVersion | None, npt.NDArray[np.float32] | None, str]:
+    """The version to search and the user's query vector in it: collaborative (stored or folded
+    in), else the content profile, else none (popular)."""
+    if user is None or not (user.history or user.vector is not None):
+        return None, None, "popular"
+    if collaborative is not None:
+        vector, strategy = _user_vector(collaborative, user)
+        if vector is not None:
+            return collaborative, vector, strategy
+    content = _active(Kind.CONTENT)
+    if content is not None:
+        profile = content_profile(content, user)
+        if profile is not None:
+            return content, profile, "content_profile"
+    return None, None, "popular"
+
+
+def content_profile(version: ModelVersion, user: UserState) -> npt.NDArray[np.float32] | None:
+    """Recency-weighted mean of the content vectors of the user's items, dislikes subtracted
+    (their weights are negative); None when none of their items has a content vector."""
+    found = vectors_of(version.item_table, "item_id", user.history)
+    known = [k for k, item in enumerate(user.history) if item in found and user.weights[k] != 0]
+    if not known:
+        return None
+    half_life = settings.RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS * 86_400.0
+    age = np.maximum(time.time() - user.seen_at[known], 0.0)
+    weights = user.weights[known] * np.exp2(-age / half_life)
+    profile = (weights[:, None] * np.stack([found[user.history[k]] for k in known])).sum(axis=0)
+    norm = float(np.linalg.norm(profile))
+    return (profile / norm).astype(np.float32) if norm > 1e-9 else None
 
 
 def _user_vector(version: ModelVersion, user: UserState) -> tuple[npt.NDArray[np.float32] | None, str]:
@@ -268,60 +307,31 @@ def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.
     return vectors_of(version.item_table, "item_id", item_ids, column=_query_column(version))
 
 
-def item_similar_list(
-    *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
-) -> Answer:
-    """Nearest items to one item; an item without a vector gets popular items of its categories."""
-    if space != Kind.COLLABORATIVE:
-        raise ValidationFailed(
-            f"space {space!r} is not available yet; use collaborative", details={"space": ["invalid"]}
-        )
-    variant = json.dumps([space, limit, category])
-    return _cached(f"item:{item_external_id}", variant, lambda: _item_similar(item_external_id, limit, category))
-
-
-_ITEM_STATE = "SELECT i.id, i.categories, {vector} FROM recsys_item i WHERE i.external_id = %s"
-
-
-def _item_similar(item_external_id: str, limit: int, category: str | None) -> Answer:
-    version = _active()
-    vector_sql = (
-        sql.SQL("(SELECT {} FROM {} WHERE item_id = i.id)").format(
-            sql.Identifier(_query_column(version)), sql.Identifier(version.item_table)
-        )
-        if version
-        else sql.SQL("NULL::vector")
-    )
-    with psycopg.Cursor(vector_connection()) as cursor:
-        row = cursor.execute(sql.SQL(_ITEM_STATE).format(vector=vector_sql), [item_external_id], binary=True).fetchone()
-    if row is None:
-        raise ItemNotFound(f"item {item_external_id!r} does not exist")
-    item_id, categories, vector = int(row[0]), row[1] or [], row[2]
-    if version is None or vector is None:
-        fallback_category = category or (categories[0] if categories else None)
-        answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item_id,))
-        answer.strategy = "popular_in_category" if fallback_category else "popular"
-        return answer
-    neighbours = nearest_items(version.item_table, as_array(vector), limit=limit, filters=Filters((item_id,), category))
-    return Answer(_from_neighbours(neighbours), _model_ref(version), "collaborative")
-
-
 def session_recommendations_list(
     *, positives: list[str], negatives: list[str], limit: int, category: str | None = None
 ) -> Answer:
-    """Items like the positives and unlike the negatives: mean(positive vectors) - mean(negative vectors)."""
+    """Items like the positives and unlike the negatives: mean(positive vectors) - mean(negative
+    vectors), in the collaborative space, else the content space (items new to the model)."""
     positive_ids, negative_ids = _item_ids(positives), _item_ids(negatives)
     given = tuple(positive_ids + negative_ids)
-    version = _active()
-    found = _query_vectors(version, list(given)) if version else {}
+    for kind, strategy in ((Kind.COLLABORATIVE, "collaborative_session"), (Kind.CONTENT, "content_session")):
+        version = _active(kind)
+        query = _session_query(version, positive_ids, negative_ids) if version else None
+        if version is not None and query is not None:
+            neighbours = nearest_items(version.item_table, query, limit=limit, filters=Filters(given, category))
+            return Answer(_from_neighbours(neighbours), _model_ref(version), strategy)
+    return popular_items_list(limit=limit, category=category, exclude_ids=given)
+
+
+def _session_query(
+    version: ModelVersion, positive_ids: list[int], negative_ids: list[int]
+) -> npt.NDArray[np.float32] | None:
+    found = _query_vectors(version, positive_ids + negative_ids)
     liked = [found[i] for i in positive_ids if i in found]
-    if version is None or not liked:
-        return popular_items_list(limit=limit, category=category, exclude_ids=given)
+    if not liked:
+        return None
     query = np.mean(liked, axis=0)
     disliked = [found[i] for i in negative_ids if i in found]
     if disliked:
         query = query - np.mean(disliked, axis=0)
-    neighbours = nearest_items(
-        version.item_table, query.astype(np.float32), limit=limit, filters=Filters(given, category)
-    )
-    return Answer(_from_neighbours(neighbours), _model_ref(version), "collaborative_session")
+    return query.astype(np.float32)

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
-from embeddings.models import ActiveVersion, Kind, ModelVersion
+from embeddings.models import ActiveVersion, Kind, ModelVersion, VectorSpace
 
 
 def active_version(*, kind: str) -> ModelVersion | None:
@@ -34,7 +34,14 @@ def active_version_serving(*, kind: str) -> ModelVersion | None:
         ActiveVersion.objects.select_related("version")
         .filter(kind=kind, version__has_tables=True)
         # The Gram matrix (d x d JSON) loads only when a fold-in needs it.
-        .defer("version__item_gram", "version__progress", "version__metrics", "version__baseline_metrics")
+        .defer(
+            "version__item_gram",
+            "version__encoder_state",
+            "version__centroids",
+            "version__progress",
+            "version__metrics",
+            "version__baseline_metrics",
+        )
         .first()
     )
     version = pointer.version if pointer else None
@@ -83,4 +90,12 @@ def item_vectors_status(*, item_id: int) -> dict[str, dict[str, Any]]:
             row = cursor.fetchone()
             if row:
                 status[pointer.kind] = {"version": pointer.version_id, "updated_at": row[0]}
+        for space in VectorSpace.objects.all():
+            query = sql.SQL("SELECT updated_at FROM {table} WHERE item_id = %s").format(
+                table=sql.Identifier(space.table)
+            )
+            cursor.execute(query.as_string(connection.connection), [item_id])
+            row = cursor.fetchone()
+            if row:
+                status[space.name] = {"version": None, "updated_at": row[0]}
     return status

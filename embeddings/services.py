@@ -69,23 +69,35 @@ def interactions_load(*, half_life_days: float | None, now: float | None = None)
 
 
 def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:
-    """Claim a training run (refused while another one's lease is live)."""
+    """Claim a collaborative training run (refused while another one's lease is live)."""
     params = params or learner_params_from_settings()
+    return _version_claim(Kind.COLLABORATIVE, params.algorithm, params.as_dict())
+
+
+def content_version_create(*, config: dict[str, Any] | None = None) -> ModelVersion:
+    """Claim a content build with the configured encoder (refused while another build runs)."""
+    from embeddings.content import content_encoder_config
+
+    config = config or content_encoder_config()
+    return _version_claim(Kind.CONTENT, config["encoder"], config)
+
+
+def _version_claim(kind: str, algorithm: str, params: dict[str, Any]) -> ModelVersion:
     with transaction.atomic():
         # A transaction-scoped advisory lock per kind serialises concurrent claims (it works
         # before any version exists, unlike a row lock).
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recsys:train:{Kind.COLLABORATIVE}"])
-        _abandoned_runs_fail(Kind.COLLABORATIVE)
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recsys:train:{kind}"])
+        _abandoned_runs_fail(kind)
         running = ModelVersion.objects.filter(
-            kind=Kind.COLLABORATIVE, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
+            kind=kind, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
         ).first()
         if running:
             raise TrainingAlreadyRunning(f"version {running.pk} is training until {running.lease_expires_at}")
         return ModelVersion.objects.create(
-            kind=Kind.COLLABORATIVE,
-            algorithm=params.algorithm,
-            params=params.as_dict(),
+            kind=kind,
+            algorithm=algorithm,
+            params=params,
             lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS),
         )
 
@@ -122,14 +134,16 @@ def _abandoned_runs_fail(kind: str) -> None:
         _fail(version, RuntimeError("the worker stopped renewing its lease (killed or crashed)"))
 
 
-def collaborative_training_enqueue(*, version_id: int) -> str:
-    """Send a claimed run to the training queue; if the broker is away the claim is released."""
+def training_enqueue(*, version_id: int) -> str:
+    """Send a claimed run (either kind) to the training queue; if the broker is away the claim is released."""
     from embeddings import tasks
 
     task_id = str(uuid.uuid4())
     ModelVersion.objects.filter(pk=version_id).update(task_id=task_id)
+    kind = ModelVersion.objects.values_list("kind", flat=True).get(pk=version_id)
+    task = tasks.collaborative_model_train if kind == Kind.COLLABORATIVE else tasks.content_model_build
     try:
-        tasks.collaborative_model_train.apply_async((version_id,), task_id=task_id)
+        task.apply_async((version_id,), task_id=task_id)
     except Exception as error:  # kombu raises several connection error types
         _fail(ModelVersion.objects.get(pk=version_id), error)
         raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly") from error

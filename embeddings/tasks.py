@@ -43,6 +43,30 @@ def popularity_refresh() -> int:
     return refresh()
 
 
+@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+def content_model_build(version_id: int) -> dict[str, object]:
+    from embeddings.content import content_model_build as build
+
+    version = build(version_id=version_id)
+    return {"version": version.pk, "status": version.status}
+
+
+@shared_task(queue="encoding", acks_late=True, soft_time_limit=600, time_limit=660)
+def content_items_encode() -> int:
+    """Idempotent (encodes whatever is still marked), so late acks are safe."""
+    from embeddings.content import content_items_encode as encode
+
+    return encode()
+
+
+@shared_task(queue="encoding", acks_late=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
+def content_sweep() -> dict[str, object]:
+    """Beat: a first or changed-encoder build, else the items that are still marked."""
+    from embeddings.content import content_sweep as sweep
+
+    return sweep()
+
+
 @shared_task(queue="default", soft_time_limit=600, time_limit=660)
 def embedding_map_compute(version_id: int) -> dict[str, object]:
     """The admin's embedding map: idempotent (recomputes the version's stored points)."""

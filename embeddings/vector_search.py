@@ -68,7 +68,7 @@ _ITERATIVE = (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(E
 _QUERY = """
     SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
-    WHERE NOT i.is_hidden AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+    WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
     ORDER BY v.embedding <#> %(query)s
     LIMIT %(limit)s
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import numpy.typing as npt
 from django.db import connection
@@ -19,6 +21,74 @@ def table_name(version_id: int, owner: str) -> str:
     if owner not in OWNERS:
         raise ValueError(f"owner must be one of {', '.join(OWNERS)}")
     return f"embeddings_v{int(version_id)}_{owner}"
+
+
+def content_table_create(version_id: int, dimensions: int) -> None:
+    """A content version's item table: a NULL embedding records an item with no text to encode,
+    ``source_changed_at`` the item's ``content_changed_at`` that was encoded (newer means stale)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {table} ("
+                " item_id bigint PRIMARY KEY REFERENCES recsys_item (id) ON DELETE CASCADE,"
+                " embedding vector({dims}),"
+                " source_changed_at timestamptz NOT NULL,"
+                " cluster integer,"
+                " updated_at timestamptz NOT NULL DEFAULT now())"
+            )
+            .format(table=sql.Identifier(table_name(version_id, "item")), dims=sql.Literal(int(dimensions)))
+            .as_string(connection.connection)
+        )
+
+
+def content_vectors_write(
+    version_id: int,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    has_vector: npt.NDArray[np.bool_],
+    source_changed_at: list[datetime],
+    clusters: npt.NDArray[np.int64] | None,
+) -> int:
+    """Insert or replace content rows through a binary COPY into a temporary table.
+
+    Parameters
+    ----------
+    ids : (n,) int64 item ids
+    vectors : (n, d) float32, L2-normalised; rows where ``has_vector`` is False are stored as NULL
+    has_vector : (n,) bool, False for items without text
+    source_changed_at : the items' ``content_changed_at`` that was encoded, one per row
+    clusters : (n,) int64 cluster per row, or None
+    """
+    connection.ensure_connection()
+    raw = connection.connection
+    register_vector(raw)
+    table = sql.Identifier(table_name(version_id, "item"))
+    with raw.transaction(), raw.cursor() as cursor:
+        # Dropped first as well as on commit: inside an outer transaction (tests) commit is later.
+        cursor.execute("DROP TABLE IF EXISTS content_rows")
+        cursor.execute(
+            sql.SQL("CREATE TEMPORARY TABLE content_rows (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                table=table
+            )
+        )
+        with cursor.copy(
+            "COPY content_rows (item_id, embedding, source_changed_at, cluster) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "vector", "timestamptz", "int4"])
+            for n, row_id in enumerate(ids.tolist()):
+                vector = vectors[n] if has_vector[n] else None
+                cluster = int(clusters[n]) if clusters is not None and has_vector[n] else None
+                copy.write_row((row_id, vector, source_changed_at[n], cluster))
+        cursor.execute(
+            sql.SQL(
+                "INSERT INTO {table} (item_id, embedding, source_changed_at, cluster, updated_at)"
+                " SELECT r.item_id, r.embedding, r.source_changed_at, r.cluster, now()"
+                " FROM content_rows r JOIN recsys_item i ON i.id = r.item_id"  # items deleted meanwhile
+                " ON CONFLICT (item_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
+                " source_changed_at = EXCLUDED.source_changed_at, cluster = EXCLUDED.cluster, updated_at = now()"
+            ).format(table=table)
+        )
+        return cursor.rowcount
 
 
 def tables_create(version_id: int, dimensions: int) -> None:

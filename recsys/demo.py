@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -27,7 +28,8 @@ def demo_prepare(env: dict[str, str], port: str, serve: Callable[..., int]) -> i
     credentials = json.loads(answer.stdout)
 
     def on_ready() -> None:
-        train_on_worker(port, credentials["api_key"])
+        train_on_worker(port, credentials["api_key"], kind="content")
+        train_on_worker(port, credentials["api_key"], kind="collaborative")
         print_examples(port, credentials)
 
     return serve(env, port, on_ready=on_ready)
@@ -44,22 +46,28 @@ def api_call(port: str, key: str, method: str, path: str, body: dict[str, object
         return json.loads(answer.read())
 
 
-def train_on_worker(port: str, key: str, seconds: float = 600) -> None:
-    """Ask the API for a collaborative training run and wait until the worker has activated it."""
-    run = api_call(port, key, "POST", "/api/v1/models/train", {"kind": "collaborative"})
+def train_on_worker(port: str, key: str, *, kind: str, seconds: float = 600) -> None:
+    """Ask the API for a training run of ``kind`` and wait until the worker has activated it."""
+    try:
+        run = api_call(port, key, "POST", "/api/v1/models/train", {"kind": kind})
+    except urllib.error.HTTPError as error:  # 409: the worker is already building one (new items)
+        log(f"{kind} training not started: {error.read().decode(errors='replace')}")
+        return
     version = run["training_run"]  # type: ignore[index]
-    log(f"training collaborative model version {version} on the Celery worker")
+    log(f"training {kind} model version {version} on the Celery worker")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        versions = api_call(port, key, "GET", "/api/v1/models?kind=collaborative")
+        versions = api_call(port, key, "GET", f"/api/v1/models?kind={kind}")
         current = next(v for v in versions if v["version"] == version)  # type: ignore[attr-defined]
         if current["status"] in {"active", "ready", "failed"}:
             metrics = current.get("metrics", {})
-            log(
-                f"version {version} is {current['status']}: NDCG@10 {metrics.get('ndcg@10', 0):.3f} "
+            quality = (
+                f"NDCG@10 {metrics.get('ndcg@10', 0):.3f} "
                 f"(popularity {current.get('baseline_metrics', {}).get('ndcg@10', 0):.3f}), "
-                f"timings {current.get('timings')}"
+                if kind == "collaborative"
+                else f"{current.get('counts', {}).get('encoded', 0)} items encoded, "
             )
+            log(f"{kind} version {version} is {current['status']}: {quality}timings {current.get('timings')}")
             return
         time.sleep(1)
     log(f"version {version} did not finish within {seconds:.0f} s; see the worker's log")
@@ -78,6 +86,18 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
         ),
         ("Items similar to one item", f'curl -s {auth} "{base}/api/v1/items/item-000001/similar?limit=5"'),
         (
+            "Similar by text (content) and blended (hybrid)",
+            f'curl -s {auth} "{base}/api/v1/items/item-000001/similar?space=content&limit=5"\n'
+            f'curl -s {auth} "{base}/api/v1/items/item-000001/similar?space=hybrid&limit=5"',
+        ),
+        (
+            "Search by meaning, by words, or both (default)",
+            f'curl -s {auth} "{base}/api/v1/search?q=stargazing+with+a+telescope&mode=semantic&limit=5"\n'
+            f'curl -s {auth} "{base}/api/v1/search?q=telescope&mode=keyword&limit=5"\n'
+            f'curl -s {auth} "{base}/api/v1/search?q=telescope+for+beginners&limit=5"',
+        ),
+        ("Near-duplicates of an item", f'curl -s {auth} "{base}/api/v1/items/item-000001/duplicates?threshold=0.8"'),
+        (
             "Session recommendations from items just viewed",
             f"curl -s -X POST {auth} {json_type} {base}/api/v1/recommendations "
             """-d '{"items": ["item-000001", "item-000002"], "limit": 5}'""",
@@ -94,6 +114,11 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
             f"curl -s -X PUT {auth} {json_type} {base}/api/v1/items/my-item "
             """-d '{"title": "Trail running shoes", "text": "Light shoes for rocky trails", """
             """"categories": ["outdoor"]}'""",
+        ),
+        (
+            "Bring your own vectors (e.g. image embeddings) and search them",
+            f"curl -s -X PUT {auth} {json_type} {base}/api/v1/items/item-000001/vectors/image "
+            """-d '{"vector": [0.1, 0.7, 0.2]}'""",
         ),
         (
             "Send interactions (partial success: bad rows are reported by index)",

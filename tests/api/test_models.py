@@ -23,7 +23,9 @@ def test_train_answers_202_with_the_run_and_produces_an_active_version(admin_cli
     assert health["models"]["collaborative"]["version"] == version.pk
 
 
-@pytest.mark.parametrize("body", [{}, {"kind": "magic"}, {"kind": "collaborative", "x": 1}, {"kind": "content"}])
+@pytest.mark.parametrize(
+    "body", [{}, {"kind": "magic"}, {"kind": "collaborative", "x": 1}, {"kind": "content", "encoder": "x"}]
+)
 def test_train_refuses_bad_bodies(admin_client_api, body):
     response = admin_client_api.post("/api/v1/models/train", body, format="json")
 

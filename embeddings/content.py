@@ -1,0 +1,310 @@
+"""Content versions: encode item text into a version's table, keep it current, build anew when the encoder changes.
+
+A full build (a new content version) encodes every item, clusters the vectors, COPYs them and
+builds the HNSW index before serving switches to it. Between builds, items whose text changed
+(``content_changed_at`` newer than what was encoded) are encoded in small batches by a task that
+ingestion schedules within a second and a beat sweep repeats, so nothing waits for Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from psycopg import sql
+
+from embeddings import vector_store
+from embeddings.answer_cache import answers_invalidate_all
+from embeddings.encoders import TextEncoder, encoder_cached, encoder_create, item_text, nonzero_rows
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from recsys.models import Item
+
+logger = logging.getLogger(__name__)
+ENCODE_LOCK = "recsys:content:encode"
+SCHEDULED_KEY = "content:encode:scheduled"
+DEBOUNCE_SECONDS = 1
+BUILD_PROGRESS_EVERY = 2048  # items between progress updates of a build
+
+
+def content_encoder_config() -> dict[str, Any]:
+    """The configured encoder and text recipe; a content version records it as its params."""
+    config: dict[str, Any] = {"encoder": settings.RECSYS_CONTENT_ENCODER, "fields": settings.RECSYS_CONTENT_FIELDS}
+    if settings.RECSYS_CONTENT_ENCODER == "tfidf-svd":
+        config["dimensions"] = settings.RECSYS_CONTENT_DIMENSIONS
+    return config
+
+
+def _encoder_for(config: dict[str, Any], state: bytes = b"", *, cached_as: int | None = None) -> TextEncoder:
+    options = {k: v for k, v in config.items() if k not in {"encoder", "fields"}}
+    if cached_as is not None:
+        return encoder_cached(name=config["encoder"], state=state, cache_key=cached_as, **options)
+    return encoder_create(name=config["encoder"], state=state, **options)
+
+
+def version_encoder(version: ModelVersion) -> TextEncoder:
+    """The encoder of a content version, loaded once per process (the web process uses it for
+    search queries, workers for new items)."""
+    state = version.encoder_state
+    if state is None:
+        state = ModelVersion.objects.filter(pk=version.pk).values_list("encoder_state", flat=True).first()
+    return _encoder_for(version.params, bytes(state or b""), cached_as=version.pk)
+
+
+@dataclass
+class ItemTexts:
+    ids: npt.NDArray[np.int64]
+    texts: list[str]
+    changed_at: list[datetime]
+
+
+def _item_texts(rows: list[tuple[Any, ...]], fields: list[str]) -> ItemTexts:
+    return ItemTexts(
+        ids=np.array([r[0] for r in rows], dtype=np.int64),
+        texts=[item_text(title=r[1], text=r[2], categories=r[3] or [], fields=fields) for r in rows],
+        changed_at=[r[4] for r in rows],
+    )
+
+
+def _encode(encoder: TextEncoder, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """(n, d) vectors and whether each row is a real vector (empty text and, for TF-IDF, text
+    with no known word get none)."""
+    vectors = np.zeros((len(texts), encoder.dimensions), dtype=np.float32)
+    present = np.array([bool(t.strip()) for t in texts], dtype=bool)
+    if present.any():
+        vectors[present] = encoder.encode([t for t, p in zip(texts, present, strict=True) if p])
+    return vectors, present & nonzero_rows(vectors)
+
+
+# ---- full builds --------------------------------------------------------------------------------
+
+
+def content_model_build(*, version_id: int) -> ModelVersion:
+    """Build a claimed content version end to end and switch serving to it; a failure leaves
+    serving untouched."""
+    from embeddings.services import _fail, _lease_heartbeat, model_version_activate
+
+    version = ModelVersion.objects.get(pk=version_id)
+    if version.status != Status.TRAINING:
+        return version
+    version.started_at = timezone.now()
+    version.save(update_fields=["started_at"])
+    try:
+        with _lease_heartbeat(version.pk):
+            _build(version)
+    except Exception as error:
+        logger.exception("building content version %s failed", version.pk)
+        _fail(version, error)
+        raise
+    version = model_version_activate(version_id=version.pk)
+    content_items_encode()  # items whose text changed while the build ran
+    return version
+
+
+def _build(version: ModelVersion) -> None:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    rows = list(
+        Item.objects.order_by("id")
+        .values_list("id", "title", "text", "categories", "content_changed_at", "created_at")
+        .iterator(chunk_size=5000)
+    )
+    items = _item_texts([(r[0], r[1], r[2], r[3], r[4] or r[5]) for r in rows], version.params["fields"])
+    timings["load"] = time.perf_counter() - started
+    encoder = _encoder_for(version.params)
+    started = time.perf_counter()
+    encoder.fit([t for t in items.texts if t.strip()])
+    timings["fit"] = time.perf_counter() - started
+    started = time.perf_counter()
+    vectors, present = _encode_with_progress(version, encoder, items.texts)
+    timings["encode"] = time.perf_counter() - started
+    started = time.perf_counter()
+    centroids = kmeans_centroids(vectors[present], settings.RECSYS_CONTENT_CLUSTERS)
+    clusters = nearest_centroid(vectors, centroids)
+    timings["cluster"] = time.perf_counter() - started
+    _progress(version, stage="storing", done=len(items.texts), left=0)
+    started = time.perf_counter()
+    vector_store.content_table_create(version.pk, encoder.dimensions)
+    version.has_tables = True  # from here on a failure drops the table
+    ModelVersion.objects.filter(pk=version.pk).update(has_tables=True)
+    vector_store.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
+    vector_store.index_build(version.pk, "item")
+    timings["store"] = time.perf_counter() - started
+    encoded = int(present.sum())
+    version.refresh_from_db(fields=["has_tables", "status"])
+    if version.status != Status.TRAINING:
+        raise RuntimeError(f"version {version.pk} lost its claim while building")
+    version.dimensions = encoder.dimensions
+    version.encoder_state = encoder.state()
+    version.centroids = centroids.round(6).tolist()
+    version.counts = {"items": len(items.texts), "encoded": encoded, "without_text": len(items.texts) - encoded}
+    version.timings = {k: round(v, 3) for k, v in timings.items()}
+    version.metrics = {"items_per_second": round(len(items.texts) / max(timings["encode"], 1e-9), 1)}
+    version.status = Status.READY
+    version.finished_at = timezone.now()
+    version.lease_expires_at = None
+    version.save()
+
+
+def _encode_with_progress(
+    version: ModelVersion, encoder: TextEncoder, texts: list[str]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    parts = []
+    for start in range(0, len(texts), BUILD_PROGRESS_EVERY):
+        _progress(version, stage="encoding", done=start, left=len(texts) - start)
+        parts.append(_encode(encoder, texts[start : start + BUILD_PROGRESS_EVERY]))
+    if not parts:
+        return np.zeros((0, encoder.dimensions), np.float32), np.zeros(0, bool)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _progress(version: ModelVersion, **progress: Any) -> None:
+    version.progress = progress
+    ModelVersion.objects.filter(pk=version.pk).update(progress=progress)
+
+
+def kmeans_centroids(vectors: npt.NDArray[np.float32], k: int, *, seed: int = 0) -> npt.NDArray[np.float32]:
+    """(k', d) unit-length k-means centroids of (n, d) unit vectors (k' = min(k, n); spherical
+    k-means: assignment by inner product, so clusters follow cosine similarity)."""
+    k = min(k, len(vectors))
+    if k == 0:
+        return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), dtype=np.float32)
+    from sklearn.cluster import KMeans
+
+    model = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=50).fit(vectors)
+    centroids = model.cluster_centers_.astype(np.float32)
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return centroids / np.where(norms == 0, 1.0, norms)
+
+
+def nearest_centroid(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """(n,) index of each row's most similar centroid (0 when there are no centroids)."""
+    if len(centroids) == 0:
+        return np.zeros(len(vectors), dtype=np.int64)
+    return np.asarray((vectors @ centroids.T).argmax(axis=1), dtype=np.int64)
+
+
+# ---- keeping the active version current ---------------------------------------------------------
+
+_MARKED = """
+    SELECT i.id, i.title, i.text, i.categories, coalesce(i.content_changed_at, i.created_at)
+    FROM recsys_item i LEFT JOIN {table} v ON v.item_id = i.id
+    WHERE v.item_id IS NULL OR v.source_changed_at < coalesce(i.content_changed_at, i.created_at)
+    ORDER BY coalesce(i.content_changed_at, i.created_at), i.id
+    LIMIT %s
+"""
+
+
+_MARKED_COUNT = """
+    SELECT count(*) FROM recsys_item i LEFT JOIN {table} v ON v.item_id = i.id
+    WHERE v.item_id IS NULL OR v.source_changed_at < coalesce(i.content_changed_at, i.created_at)
+"""
+
+
+def content_items_encode(*, budget_seconds: float | None = None) -> int:
+    """Encode items created or changed since the active content version saw them; returns how
+    many rows were written. One encoder at a time (an advisory lock); a second call returns 0."""
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    if pointer is None or not pointer.version.has_tables:
+        return 0
+    version = pointer.version
+    budget = settings.RECSYS_CONTENT_ENCODE_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    deadline = time.monotonic() + budget
+    written = 0
+    with _advisory_lock(ENCODE_LOCK) as acquired:
+        if not acquired:
+            return 0
+        encoder = version_encoder(version)
+        centroids = np.asarray(version.centroids or [], dtype=np.float32)
+        while time.monotonic() < deadline:
+            rows = _marked(version, settings.RECSYS_CONTENT_BATCH)
+            if not rows:
+                break
+            items = _item_texts(rows, version.params["fields"])
+            vectors, present = _encode(encoder, items.texts)
+            clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
+            written += vector_store.content_vectors_write(
+                version.pk, items.ids, vectors, present, items.changed_at, clusters
+            )
+    if written:
+        answers_invalidate_all()  # new items belong in similar lists and search results now
+    return written
+
+
+def _marked(version: ModelVersion, limit: int) -> list[tuple[Any, ...]]:
+    statement = sql.SQL(_MARKED).format(table=sql.Identifier(version.item_table))
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string(connection.connection), [limit])
+        return cursor.fetchall()
+
+
+def items_awaiting_encoding() -> int | None:
+    """How many items the active content version has not encoded in their current form."""
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    if pointer is None:
+        return None
+    statement = sql.SQL(_MARKED_COUNT).format(table=sql.Identifier(pointer.version.item_table))
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string(connection.connection))
+        return int(cursor.fetchone()[0])
+
+
+class _advisory_lock:
+    """A session-level advisory lock taken without waiting; ``as`` gives whether it was taken."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.acquired = name, False
+
+    def __enter__(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [self.name])
+            self.acquired = bool(cursor.fetchone()[0])
+        return self.acquired
+
+    def __exit__(self, *exc: object) -> None:
+        if self.acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self.name])
+
+
+def content_encode_schedule() -> bool:
+    """Sweep about a second from now (one task however many batches arrive): changed items get
+    encoded, and the very first items get a first version built. False when Redis is away: the
+    beat sweep picks the items up instead."""
+    from embeddings import tasks
+    from recsys import redis_store
+
+    key = redis_store.key(SCHEDULED_KEY)
+    try:
+        first = redis_store.run(lambda client: client.set(key, 1, nx=True, ex=DEBOUNCE_SECONDS))
+        if first:
+            transaction.on_commit(lambda: tasks.content_sweep.apply_async(countdown=DEBOUNCE_SECONDS))
+    except Exception:  # Redis or the broker away: the sweep covers these items
+        logger.warning("could not schedule content encoding", exc_info=True)
+        return False
+    return True
+
+
+def content_sweep() -> dict[str, Any]:
+    """The beat task: start building a first version, or a new one when the configured encoder
+    changed (on the training queue); and encode whatever the active version has not seen."""
+    from embeddings.services import TrainingAlreadyRunning, content_version_create, training_enqueue
+
+    active = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    if active is None or active.version.params != content_encoder_config():
+        if not Item.objects.exists():
+            return {"building": None, "encoded": 0}
+        try:
+            version = content_version_create()
+        except TrainingAlreadyRunning:
+            return {"building": None, "encoded": 0}
+        training_enqueue(version_id=version.pk)
+        return {"building": version.pk, "encoded": content_items_encode() if active else 0}
+    return {"building": None, "encoded": content_items_encode()}

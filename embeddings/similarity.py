@@ -1,0 +1,161 @@
+"""Item to item: similar items per space (collaborative, content, hybrid, custom) and near-duplicates.
+
+An item without a vector in the asked space falls back: collaborative → content → popular in
+its categories; ``strategy`` names the path that answered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from django.conf import settings
+from psycopg import sql
+
+from embeddings.models import Kind, ModelVersion, VectorSpace
+from embeddings.recommendations import (
+    Answer,
+    Recommendation,
+    _active,
+    _cached,
+    _from_neighbours,
+    _model_ref,
+    _query_column,
+    popular_items_list,
+)
+from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
+from recsys.errors import ItemNotFound, ModelNotReady, ValidationFailed
+
+BUILT_IN_SPACES = ("collaborative", "content", "hybrid")
+SPACE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+HYBRID_CANDIDATES = 50  # per space, at least; the blend re-scores their union
+
+
+@dataclass
+class ItemVectors:
+    id: int
+    categories: list[str]
+    collaborative: npt.NDArray[np.float32] | None  # its query-side vector in the active version
+    content: npt.NDArray[np.float32] | None
+
+
+def item_similar_list(
+    *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
+) -> Answer:
+    """Nearest items to one item in ``space``; see the module docstring for the fallbacks."""
+    if space in BUILT_IN_SPACES:
+        variant = json.dumps([space, limit, category])
+        return _cached(f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category))
+    custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME.fullmatch(space) else None
+    if custom is None:
+        raise ValidationFailed(
+            f"space must be collaborative, content, hybrid or a custom space; {space!r} has no vectors",
+            details={"space": ["unknown space"]},
+        )
+    return _custom_similar(item_external_id, custom, limit, category)
+
+
+def _item_vectors(external_id: str, collaborative: ModelVersion | None, content: ModelVersion | None) -> ItemVectors:
+    """The item and its vectors in both active versions, in one round trip."""
+
+    def column(version: ModelVersion | None, name: str) -> sql.Composable:
+        if version is None:
+            return sql.SQL("NULL::vector")
+        return sql.SQL("(SELECT {} FROM {} WHERE item_id = i.id)").format(
+            sql.Identifier(name), sql.Identifier(version.item_table)
+        )
+
+    statement = sql.SQL("SELECT i.id, i.categories, {}, {} FROM recsys_item i WHERE i.external_id = %s").format(
+        column(collaborative, _query_column(collaborative) if collaborative else "embedding"),
+        column(content, "embedding"),
+    )
+    with psycopg.Cursor(vector_connection()) as cursor:
+        row = cursor.execute(statement, [external_id], binary=True).fetchone()
+    if row is None:
+        raise ItemNotFound(f"item {external_id!r} does not exist")
+    return ItemVectors(
+        id=int(row[0]),
+        categories=list(row[1] or []),
+        collaborative=as_array(row[2]) if row[2] is not None else None,
+        content=as_array(row[3]) if row[3] is not None else None,
+    )
+
+
+def _similar(external_id: str, limit: int, space: str, category: str | None) -> Answer:
+    collaborative = _active(Kind.COLLABORATIVE) if space != Kind.CONTENT else None
+    content = _active(Kind.CONTENT)
+    item = _item_vectors(external_id, collaborative, content)
+    filters = Filters((item.id,), category)
+    if space == "hybrid" and collaborative and content and item.collaborative is not None and item.content is not None:
+        return _hybrid(item, collaborative, content, limit, filters)
+    if space != Kind.CONTENT and collaborative and item.collaborative is not None:
+        neighbours = nearest_items(collaborative.item_table, item.collaborative, limit=limit, filters=filters)
+        return Answer(_from_neighbours(neighbours), _model_ref(collaborative), "collaborative")
+    if content and item.content is not None:
+        neighbours = nearest_items(content.item_table, item.content, limit=limit, filters=filters)
+        return Answer(_from_neighbours(neighbours), _model_ref(content), "content")
+    return _popular_in_category(item, limit, category)
+
+
+def _popular_in_category(item: ItemVectors, limit: int, category: str | None) -> Answer:
+    fallback_category = category or (item.categories[0] if item.categories else None)
+    answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item.id,))
+    answer.strategy = "popular_in_category" if fallback_category else "popular"
+    return answer
+
+
+def _hybrid(
+    item: ItemVectors, collaborative: ModelVersion, content: ModelVersion, limit: int, filters: Filters
+) -> Answer:
+    """w × content cosine + (1 - w) × collaborative score scaled to the best candidate's, over
+    the union of both spaces' nearest candidates; a candidate with no collaborative vector gets
+    only its content share."""
+    assert item.collaborative is not None and item.content is not None
+    depth = max(limit * 4, HYBRID_CANDIDATES)
+    by_collaborative = nearest_items(collaborative.item_table, item.collaborative, limit=depth, filters=filters)
+    by_content = nearest_items(content.item_table, item.content, limit=depth, filters=filters)
+    names = {n.item_id: n.external_id for n in by_collaborative + by_content}
+    ids = list(names)
+    collaborative_scores = _scores(collaborative, ids, item.collaborative)
+    content_scores = _scores(content, ids, item.content)
+    best = max([s for s in collaborative_scores.values() if s > 0], default=1.0)
+    weight = settings.RECSYS_HYBRID_CONTENT_WEIGHT
+    blended = {
+        i: weight * content_scores.get(i, 0.0) + (1 - weight) * max(collaborative_scores.get(i, 0.0), 0.0) / best
+        for i in ids
+    }
+    ranked = sorted(ids, key=lambda i: (-blended[i], names[i]))[:limit]
+    items = [Recommendation(names[i], round(blended[i], 6)) for i in ranked]
+    return Answer(items, {"kind": "hybrid", "version": collaborative.pk, "content_version": content.pk}, "hybrid")
+
+
+def _scores(version: ModelVersion, ids: list[int], query: npt.NDArray[np.float32]) -> dict[int, float]:
+    return {i: float(vector @ query) for i, vector in vectors_of(version.item_table, "item_id", ids).items()}
+
+
+def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: str | None) -> Answer:
+    item = _item_vectors(external_id, None, None)
+    found = vectors_of(space.table, "item_id", [item.id])
+    if item.id not in found:
+        return _popular_in_category(item, limit, category)
+    neighbours = nearest_items(space.table, found[item.id], limit=limit, filters=Filters((item.id,), category))
+    return Answer(_from_neighbours(neighbours), None, "custom")
+
+
+def item_duplicates_list(*, item_external_id: str, threshold: float, limit: int) -> Answer:
+    """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first."""
+    content = _active(Kind.CONTENT)
+    if content is None:
+        raise ModelNotReady("no content model is active yet: duplicates need item text encodings")
+    item = _item_vectors(item_external_id, None, content)
+    if item.content is None:
+        return Answer([], _model_ref(content), "content")
+    neighbours: list[Neighbour] = nearest_items(
+        content.item_table, item.content, limit=limit, filters=Filters((item.id,), None)
+    )
+    kept = [n for n in neighbours if n.score >= threshold]
+    return Answer(_from_neighbours(kept), _model_ref(content), "content")

@@ -1,0 +1,138 @@
+"""Content versions: a build encodes every item, later text changes are re-encoded in batches,
+and a changed encoder builds a new version that serving switches to."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from django.db import connection
+from psycopg import sql
+
+from embeddings import content, services
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from recsys.models import Item
+from recsys.services import item_delete, items_upsert
+
+pytestmark = pytest.mark.django_db
+
+CATALOGUE = [
+    {"id": "pasta", "title": "Garlic pasta", "text": "pasta with garlic and basil sauce", "categories": ["cooking"]},
+    {"id": "soup", "title": "Tomato soup", "text": "tomato soup with basil", "categories": ["cooking"]},
+    {"id": "scope", "title": "Backyard telescope", "text": "telescope for planets and galaxies", "categories": ["sky"]},
+    {"id": "comet", "title": "Comet hunting", "text": "find a comet with a small telescope", "categories": ["sky"]},
+    {"id": "blank", "title": "", "text": "", "categories": []},
+]
+
+
+def rows(version: ModelVersion) -> dict[str, tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "SELECT i.external_id, v.embedding IS NOT NULL, v.cluster, v.source_changed_at "
+                "FROM {} v JOIN recsys_item i ON i.id = v.item_id"
+            )
+            .format(sql.Identifier(version.item_table))
+            .as_string(connection.connection)
+        )
+        return {r[0]: r[1:] for r in cursor.fetchall()}
+
+
+@pytest.fixture
+def built(settings):
+    settings.RECSYS_CONTENT_ENCODER = "fake"
+    settings.RECSYS_CONTENT_CLUSTERS = 2
+    items_upsert(rows=CATALOGUE)
+    version = services.content_version_create()
+    return content.content_model_build(version_id=version.pk)
+
+
+def test_build_encodes_every_item_with_text_and_switches_serving(built):
+    stored = rows(built)
+
+    assert built.status == Status.ACTIVE and ActiveVersion.objects.get(kind=Kind.CONTENT).version_id == built.pk
+    assert built.counts == {"items": 5, "encoded": 4, "without_text": 1}
+    assert {k for k, (has_vector, *_) in stored.items() if has_vector} == {"pasta", "soup", "scope", "comet"}
+    assert stored["blank"][0] is False  # recorded as "nothing to encode", not a zero vector
+    assert built.params["encoder"] == "fake" and built.dimensions > 0
+    assert set(built.timings) == {"load", "fit", "encode", "cluster", "store"}
+
+
+def test_clusters_group_items_by_topic(built):
+    stored = rows(built)
+
+    assert stored["pasta"][1] == stored["soup"][1]
+    assert stored["scope"][1] == stored["comet"][1]
+    assert stored["pasta"][1] != stored["scope"][1]
+    assert np.asarray(built.centroids).shape == (2, built.dimensions)
+
+
+def test_changed_and_new_items_are_encoded_and_unchanged_ones_left_alone(built):
+    before = rows(built)
+    items_upsert(rows=[{"id": "blank", "title": "Telescope mirrors"}, {"id": "new", "text": "garlic bread"}])
+
+    written = content.content_items_encode()
+
+    after = rows(built)
+    assert written == 2
+    assert after["blank"][0] is True and after["new"][0] is True
+    assert after["pasta"][2] == before["pasta"][2]  # its encoding is from the build, untouched
+    assert content.items_awaiting_encoding() == 0
+
+
+def test_items_awaiting_encoding_counts_what_changed(built):
+    items_upsert(rows=[{"id": "pasta", "text": "pasta with lots of garlic"}, {"id": "n1"}, {"id": "n2"}])
+
+    assert content.items_awaiting_encoding() == 3
+
+
+def test_deleting_an_item_removes_its_vectors(built):
+    item_delete(external_id="pasta")
+
+    assert "pasta" not in rows(built)
+
+
+def test_a_second_encoder_run_waits_for_none_while_one_holds_the_lock(built):
+    items_upsert(rows=[{"id": "late", "text": "comet tails"}])
+    dsn = connection.get_connection_params()
+    with psycopg.connect(**dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext(%s))", [content.ENCODE_LOCK])
+
+        assert content.content_items_encode() == 0
+
+    assert content.content_items_encode() == 1
+
+
+def test_changing_the_encoder_builds_a_new_version_that_serving_switches_to(built, settings):
+    settings.RECSYS_CONTENT_ENCODER = "tfidf-svd"
+    settings.RECSYS_CONTENT_DIMENSIONS = 3
+
+    outcome = content.content_sweep()  # eager Celery: the build runs inside the sweep here
+
+    active = ActiveVersion.objects.select_related("version").get(kind=Kind.CONTENT).version
+    assert outcome["building"] == active.pk != built.pk
+    assert active.params["encoder"] == "tfidf-svd" and active.dimensions == 3
+    assert active.encoder_state  # the fitted vocabulary, for search queries in the web process
+
+
+def test_sweep_with_an_unchanged_encoder_only_encodes_marked_items(built):
+    items_upsert(rows=[{"id": "soup", "text": "cold tomato soup"}])
+
+    assert content.content_sweep() == {"building": None, "encoded": 1}
+    assert ModelVersion.objects.filter(kind=Kind.CONTENT).count() == 1
+
+
+def test_a_failed_build_leaves_the_served_version_untouched(built, settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(content, "kmeans_centroids", broken)
+    version = services.content_version_create()
+
+    with pytest.raises(RuntimeError):
+        content.content_model_build(version_id=version.pk)
+
+    version.refresh_from_db()
+    assert version.status == Status.FAILED and "exploded" in version.error
+    assert ActiveVersion.objects.get(kind=Kind.CONTENT).version_id == built.pk
+    assert Item.objects.count() == 5
