@@ -171,7 +171,9 @@ def main() -> None:
     name = "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
     url = database_url(name)
     reused = args.reuse and database_ready(url)
-    if not reused:
+    if reused:
+        manage(url, "migrate", "--no-input", "-v", "0")  # the kept database may predate a migration
+    else:
         url = scratch_database_url(name)
     try:
         started = time.perf_counter()

@@ -49,13 +49,17 @@ def _encoder_for(config: dict[str, Any], state: bytes = b"", *, cached_as: int |
     return encoder_create(name=config["encoder"], state=state, **options)
 
 
-def version_encoder(version: ModelVersion) -> TextEncoder:
-    """The encoder of a content version, loaded once per process (the web process uses it for
-    search queries, workers for new items)."""
+def version_encoder(version: ModelVersion, *, for_queries: bool = False) -> TextEncoder:
+    """The encoder of a content version, loaded once per process: workers encode new items with
+    it, the web process search queries (``for_queries``: one thread, as each gunicorn worker
+    encodes one short query at a time and the cores are shared by all of them)."""
     state = version.encoder_state
     if state is None:
         state = ModelVersion.objects.filter(pk=version.pk).values_list("encoder_state", flat=True).first()
-    return _encoder_for(version.params, bytes(state or b""), cached_as=version.pk)
+    config = dict(version.params)
+    if for_queries and config["encoder"] not in {"tfidf-svd", "fake"}:
+        config["threads"] = 1
+    return _encoder_for(config, bytes(state or b""), cached_as=version.pk)
 
 
 @dataclass

@@ -41,7 +41,7 @@ def items_search(*, query: str, mode: str, limit: int, category: str | None = No
 
 
 def _semantic(content, query: str, limit: int, category: str | None) -> list[Recommendation]:  # type: ignore[no-untyped-def]
-    vector = version_encoder(content).encode([query])[0]
+    vector = version_encoder(content, for_queries=True).encode([query])[0]
     if not vector.any():  # no known word (TF-IDF): nothing is near it
         return []
     return _from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=Filters((), category)))

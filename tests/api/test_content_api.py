@@ -224,3 +224,22 @@ def test_training_a_content_model_through_the_api(admin_client_api, settings):
     listed = admin_client_api.get("/api/v1/models?kind=content").json()
     assert listed[0]["version"] == version and listed[0]["status"] == "active"
     assert listed[0]["counts"]["encoded"] == 16
+
+
+@pytest.mark.minilm
+def test_semantic_search_with_the_real_minilm_finds_items_by_meaning(reader, settings):
+    settings.RECSYS_CONTENT_ENCODER = "minilm"
+    items_upsert(
+        rows=[
+            {"id": "kitten", "title": "Caring for a young cat", "text": "Feeding and grooming a kitten."},
+            {"id": "bonds", "title": "Fixed income investing", "text": "How government bonds pay interest."},
+            {"id": "bread", "title": "Sourdough at home", "text": "Flour, water, salt and a starter."},
+        ]
+    )
+    version = content.content_model_build(version_id=services.content_version_create().pk)
+
+    body = reader.get("/api/v1/search?q=looking+after+my+new+pet&mode=semantic&limit=3").json()
+
+    assert version.dimensions == 384 and version.params["encoder"] == "minilm"
+    assert ids(body)[0] == "kitten"  # no word in common with the query
+    assert reader.get("/api/v1/search?q=looking+after+my+new+pet&mode=keyword").json()["items"] == []
