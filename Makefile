@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RECSYS_INSECURE_DEV_KEY ?= true
 
-.PHONY: demo serve test lint typecheck install services-stop bench clean
+.PHONY: demo serve test lint typecheck install services-stop bench screenshots clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -36,11 +36,16 @@ lint: install
 typecheck: install
 	$(PY) -m recsys.run exec -- $(VENV)/bin/mypy recsys embeddings api
 
-## bench: ingestion, quality (needs ../shared/data/ml-latest-small) and serving benchmarks -> BENCHMARKS.md
+## bench: ingestion, quality, serving and content benchmarks (needs ../shared/data/ml-latest-small) -> BENCHMARKS.md
 bench: install
 	$(PY) -m recsys.run exec -- $(PY) bench/ingest.py
 	$(PY) -m recsys.run exec -- $(PY) bench/quality.py
 	$(PY) -m recsys.run exec -- $(PY) bench/serve.py
+	$(PY) -m recsys.run exec -- $(PY) bench/content.py
+
+## screenshots: demo data on a real server, Chromium (apt-get install chromium) saves the admin's pages to docs/screenshots/
+screenshots: install
+	$(PY) scripts/screenshots.py
 
 services-stop: install
 	$(PY) manage.py services stop

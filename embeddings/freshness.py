@@ -3,7 +3,8 @@
 Ingestion adds the users to a pending set in Redis and schedules one fold-in task (at most one
 per second, however many batches arrive); the task folds in every pending user in bulk and
 writes their vectors into the active version. Without Redis nothing is lost: users without a
-stored vector are folded in at request time, and the next retrain covers everyone.
+stored vector are folded in at request time, and a beat sweep folds in every user whose latest
+interaction is newer than their stored vector once the worker can run it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,31 @@ def users_fold_in_pending() -> int:
         pipe.delete(PENDING_KEY)
         members, _ = pipe.execute()
     return users_fold_in(user_ids=sorted(int(m) for m in members))
+
+
+# Users whose latest interaction is newer than their vector in the active version, among those
+# with interactions stored in the lookback window (the BRIN index on created_at keeps it cheap).
+_STALE_USERS = """
+    SELECT x.user_id FROM recsys_interaction x LEFT JOIN {table} v ON v.user_id = x.user_id
+    WHERE x.created_at > now() - %s * interval '1 second'
+    GROUP BY x.user_id, v.updated_at
+    HAVING v.updated_at IS NULL OR max(x.created_at) > v.updated_at
+    LIMIT %s
+"""
+SWEEP_MAX_USERS = 20_000
+
+
+def users_fold_in_sweep(*, lookback_seconds: float) -> int:
+    """Fold in users whose fold-in was never queued (Redis was away) or got lost; returns how
+    many vectors were written. The beat runs it every minute; idempotent."""
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.COLLABORATIVE).first()
+    if pointer is None:
+        return 0
+    statement = sql.SQL(_STALE_USERS).format(table=sql.Identifier(pointer.version.user_table))
+    with connection.cursor() as cursor:
+        cursor.execute(statement.as_string(connection.connection), [lookback_seconds, SWEEP_MAX_USERS])
+        stale = [int(row[0]) for row in cursor.fetchall()]
+    return users_fold_in(user_ids=stale)
 
 
 def users_fold_in(*, user_ids: list[int]) -> int:

@@ -35,6 +35,16 @@ def users_fold_in() -> int:
     return users_fold_in_pending()
 
 
+@shared_task(queue="default", acks_late=True, soft_time_limit=300, time_limit=360)
+def users_fold_in_sweep() -> int:
+    """Beat: users whose fold-in could not be queued (Redis away) or was lost. Idempotent."""
+    from django.conf import settings
+
+    from embeddings.freshness import users_fold_in_sweep as sweep
+
+    return sweep(lookback_seconds=settings.RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS)
+
+
 @shared_task(queue="default", soft_time_limit=600, time_limit=660)
 def popularity_refresh() -> int:
     """Idempotent: rewrites every item's popularity score from the stored interactions."""

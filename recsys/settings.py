@@ -214,6 +214,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "embeddings.tasks.popularity_refresh",
         "schedule": float(env_int("RECSYS_POPULAR_REFRESH_SECONDS", 300, minimum=10)),
     },
+    "users-fold-in-sweep": {
+        "task": "embeddings.tasks.users_fold_in_sweep",
+        "schedule": float(env_int("RECSYS_FOLD_IN_SWEEP_SECONDS", 60, minimum=5)),
+    },
     "content-sweep": {
         "task": "embeddings.tasks.content_sweep",
         "schedule": float(env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)),
@@ -276,6 +280,10 @@ RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS = env_float("RECSYS_CONTENT_PROFILE_HALF_L
 RECSYS_SEARCH_MAX_QUERY_CHARS = env_int("RECSYS_SEARCH_MAX_QUERY_CHARS", 512, minimum=16)
 # pgvector's HNSW indexes vectors of up to 2,000 dimensions.
 RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS = min(env_int("RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS", 2000, minimum=2), 2000)
+
+# The fold-in sweep looks at users with interactions stored this recently (it runs every
+# RECSYS_FOLD_IN_SWEEP_SECONDS; an outage of Redis longer than the lookback waits for a retrain).
+RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS = env_int("RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS", 6 * 3600, minimum=60)
 
 # Popular items: time-decayed counts over this window, rescored by a task every few minutes.
 RECSYS_POPULAR_WINDOW_DAYS = env_int("RECSYS_POPULAR_WINDOW_DAYS", 7, minimum=1)

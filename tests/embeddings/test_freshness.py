@@ -67,3 +67,31 @@ def test_a_user_unknown_to_the_model_gets_a_stored_vector_after_the_fold_in(
 
 def test_fold_in_without_an_active_model_writes_nothing(communities):
     assert users_fold_in(user_ids=list(User.objects.values_list("pk", flat=True))) == 0
+
+
+def test_sweep_folds_in_users_whose_fold_in_was_never_queued(trained):
+    from django.db import connection
+    from psycopg import sql
+
+    from embeddings.freshness import users_fold_in_sweep
+
+    before = user_vector(trained, "u3")
+    # u3's vector is an hour old; then u3 bought the other community's items and the
+    # fold-in could not be queued (on-commit hooks do not run in this test: as if Redis was away).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {} SET updated_at = now() - interval '1 hour' "
+                "WHERE user_id = (SELECT id FROM recsys_user WHERE external_id = 'u3')"
+            )
+            .format(sql.Identifier(trained.user_table))
+            .as_string(connection.connection)
+        )
+    interactions_ingest(rows=[{"user": "u3", "item": f"i{n}", "type": "purchase"} for n in range(15, 30)])
+
+    written = users_fold_in_sweep(lookback_seconds=3600)
+
+    first, second = community_scores(trained, user_vector(trained, "u3"))
+    assert written == 1
+    assert second > first and not np.allclose(before, user_vector(trained, "u3"))
+    assert users_fold_in_sweep(lookback_seconds=3600) == 0  # its vector is now newer than its events
