@@ -26,7 +26,7 @@ def call(port: str, key: str, method: str, path: str, body: object = None) -> di
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (our own server on loopback)
         return json.loads(answer.read())
 
 
@@ -59,8 +59,10 @@ def test_items_become_searchable_and_similar_listable_seconds_after_ingestion(li
 
         # The first items make the worker build a content version (nobody asked for training).
         first = poll(
-            lambda: "telescope-0"
-            in [i["id"] for i in call(port, key, "GET", "/api/v1/search?q=telescope+basics&mode=semantic")["items"]],
+            lambda: (
+                "telescope-0"
+                in [i["id"] for i in call(port, key, "GET", "/api/v1/search?q=telescope+basics&mode=semantic")["items"]]
+            ),
             30,
         )
         call(port, key, "PUT", "/api/v1/items/latecomer", {"title": "telescope gear", "text": "telescope tips"})
