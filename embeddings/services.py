@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -176,7 +176,13 @@ def _train(version: ModelVersion) -> None:
         raise ValueError("there are no interactions to learn from")
     _progress(version, stage="evaluating", users=data.shape[0], items=data.shape[1])
     started = time.perf_counter()
-    params, version.metrics, version.baseline_metrics, tried = _select(data.matrix, LearnerParams(**version.params))
+    params, version.metrics, version.baseline_metrics, tried = _select(
+        data.matrix,
+        LearnerParams(**version.params),
+        lambda **candidate: _progress(
+            version, stage="evaluating", users=data.shape[0], items=data.shape[1], **candidate
+        ),
+    )
     timings["evaluate"] = time.perf_counter() - started
     version.algorithm, version.params = params.algorithm, params.as_dict()
     _progress(version, stage="fitting", candidates=tried)
@@ -223,7 +229,7 @@ def tuning_candidates(configured: LearnerParams, n_items: int) -> list[LearnerPa
 
 
 def _select(
-    matrix: Any, configured: LearnerParams
+    matrix: Any, configured: LearnerParams, report: Callable[..., None] = lambda **_: None
 ) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
     """Fit each candidate on a per-user 80/20 split and keep the best by NDCG@10.
 
@@ -236,7 +242,9 @@ def _select(
     best: tuple[LearnerParams, dict[str, float]] | None = None
     tried = []
     svd_cache: dict[int, Svd] = {}
-    for params in tuning_candidates(configured, matrix.shape[1]):
+    candidates = tuning_candidates(configured, matrix.shape[1])
+    for number, params in enumerate(candidates, start=1):
+        report(candidate=number, of=len(candidates), algorithm=params.algorithm, tried=list(tried))
         factors = fit(_confidences(split.train, params), params, svd_cache=svd_cache)
         metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
         tried.append(
