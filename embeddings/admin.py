@@ -47,7 +47,7 @@ def _format_metric(value: object) -> str:
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = [
-        "pk",
+        "version_number",
         "kind",
         "algorithm",
         "status",
@@ -58,9 +58,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "duration",
         "created_at",
     ]
-    list_display_links = ["pk"]
+    list_display_links = ["version_number"]
     list_filter = ["kind", "status", "algorithm"]
-    search_fields = ["=id", "algorithm"]
+    search_fields = ["algorithm"]
+    search_help_text = "A version number, or an algorithm."
     list_per_page = 50
     actions = ["activate"]
     change_list_template = "admin/embeddings/modelversion/change_list.html"
@@ -77,6 +78,18 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # their tables go through "Delete old versions" (a DROP per version)
+
+    @admin.display(description="version", ordering="pk")
+    def version_number(self, version: ModelVersion) -> str:
+        return f"v{version.pk}"
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ModelVersion], search_term: str
+    ) -> tuple[QuerySet[ModelVersion], bool]:
+        term = search_term.strip().removeprefix("v")
+        if term.isdigit():
+            return queryset.filter(pk=int(term)), False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="NDCG@10")
     def ndcg(self, version: ModelVersion) -> str:

@@ -42,6 +42,14 @@ class Sample:
     clusters: list[int | None]
 
 
+def unit_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """(n, d) rows scaled to length 1 (zero rows stay zero): the map shows directions, which is
+    what similarity ranks by; raw EASE/ALS item norms span orders of magnitude, and a few long
+    vectors would otherwise squash every other point into one spot."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
 def pca_2d(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(n, 2) float32 coordinates of (n, d) vectors on their first two principal components.
 
@@ -114,7 +122,7 @@ def embedding_map_points(version: ModelVersion, *, limit: int = MAX_POINTS) -> d
     found = vectors_of(version.item_table, "item_id", sample.ids)
     keep = [n for n, item_id in enumerate(sample.ids) if item_id in found]
     vectors = np.stack([found[sample.ids[n]] for n in keep]) if keep else np.zeros((0, version.dimensions or 2))
-    coordinates = pca_2d(vectors.astype(np.float32))
+    coordinates = pca_2d(unit_rows(vectors.astype(np.float32)))
     kept = Sample(
         ids=[sample.ids[n] for n in keep],
         titles=[sample.titles[n] for n in keep],

@@ -41,11 +41,17 @@ class WorkerState:
 
 
 @dataclass
+class Run:
+    version: ModelVersion
+    outcome: str
+
+
+@dataclass
 class Dashboard:
     counts: dict[str, RowCount]
     per_hour: list[tuple[datetime, int]]
     active_models: list[ActiveVersion]
-    last_runs: list[ModelVersion]
+    last_runs: list[Run]
     database: Health
     redis: Health
     queues: dict[str, int] | None  # None: the broker did not answer
@@ -113,6 +119,24 @@ def _workers(replies: dict[str, Any]) -> list[WorkerState]:
     ]
 
 
+def last_runs(*, limit: int) -> list[ModelVersion]:
+    return list(ModelVersion.objects.defer("item_gram", "encoder_state", "centroids").order_by("-pk")[:limit])
+
+
+def run_outcome(version: ModelVersion) -> str:
+    """One line on how a run ended (or where it is): its error, stage, quality or size."""
+    if version.error:
+        return version.error
+    if version.status == "training":
+        return str(version.progress.get("stage", "queued"))
+    if "ndcg@10" in version.metrics:
+        baseline = version.baseline_metrics.get("ndcg@10", 0.0)
+        return f"NDCG@10 {version.metrics['ndcg@10']:.4f} (popularity {baseline:.4f})"
+    if "encoded" in version.counts:
+        return f"{version.counts['encoded']} items encoded"
+    return ""
+
+
 def dashboard_report() -> Dashboard:
     from embeddings.content import items_awaiting_encoding
 
@@ -125,7 +149,7 @@ def dashboard_report() -> Dashboard:
         },
         per_hour=interactions_per_hour(hours=48),
         active_models=list(ActiveVersion.objects.select_related("version").order_by("kind")),
-        last_runs=list(ModelVersion.objects.defer("item_gram", "encoder_state", "centroids").order_by("-pk")[:10]),
+        last_runs=[Run(version, run_outcome(version)) for version in last_runs(limit=10)],
         database=database_health(),
         redis=broker,
         queues=queue_lengths() if broker.ok else None,

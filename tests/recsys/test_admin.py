@@ -238,6 +238,8 @@ def test_dashboard_shows_counts_activity_models_runs_and_services(admin_client, 
     assert f"v{collaborative.pk}</a> ease" in models and f"v{built.pk}</a> fake" in models
     runs = html.split('id="last-runs"')[1]
     assert runs.count("recsys-status-active") == 2
+    ndcg, baseline = collaborative.metrics["ndcg@10"], collaborative.baseline_metrics["ndcg@10"]
+    assert f"NDCG@10 {ndcg:.4f} (popularity {baseline:.4f})" in runs and "16 items encoded" in runs
     assert 'id="redis-state">up<' in html
     assert re.search(r"<th scope=\"row\">training</th><td class=\"recsys-number\">\d+</td>", html)
 
@@ -261,6 +263,16 @@ def test_workers_that_answer_are_listed_with_their_running_tasks(admin_client, m
 
     assert 'id="workers-state">2 up<' in html
     assert "recsys@host: running embeddings.tasks.collaborative_model_train" in html and "other@host: idle" in html
+
+
+def test_a_failed_run_shows_its_error_on_the_dashboard(admin_client):
+    from embeddings.models import ModelVersion
+
+    ModelVersion.objects.create(kind="collaborative", algorithm="als", status="failed", error="ValueError: no data")
+
+    runs = page(admin_client.get("/admin/dashboard/")).split('id="last-runs"')[1]
+
+    assert '<td class="recsys-down">ValueError: no data</td>' in runs
 
 
 def test_no_worker_answering_reads_none_answered():

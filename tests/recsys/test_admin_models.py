@@ -77,6 +77,14 @@ def test_training_progress_is_shown_and_the_page_refreshes_itself_meanwhile(admi
     assert 'data-refresh-seconds="5"' in html
 
 
+def test_versions_are_found_by_number(admin_client, two_versions):
+    older, newer = two_versions
+
+    html = admin_client.get(f"{MODELS}?q=v{older.pk}").content.decode()
+
+    assert f">v{older.pk}</a>" in html and f">v{newer.pk}</a>" not in html
+
+
 def test_versions_cannot_be_added_or_deleted_by_hand(admin_client, two_versions):
     assert admin_client.get(f"{MODELS}add/").status_code == 403
     assert admin_client.get(f"{MODELS}{two_versions[0].pk}/delete/").status_code == 403
@@ -290,6 +298,16 @@ def test_pca_puts_two_separated_groups_apart_on_the_first_axis():
     assert points.shape == (100, 2) and points.dtype == np.float32
     assert (np.sign(points[:50, 0]) == -np.sign(points[50:, 0])).all()
     assert np.allclose(points, maps.pca_2d(np.vstack([a, b]).astype(np.float32)))
+
+
+def test_map_points_are_directions_so_one_long_vector_does_not_squash_the_rest():
+    vectors = np.array([[1, 0], [2, 0], [0, 1], [0, 1000]], dtype=np.float32)
+
+    unit = maps.unit_rows(vectors)
+
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)
+    assert np.allclose(unit[0], unit[1]) and np.allclose(unit[2], unit[3])
+    assert np.allclose(maps.unit_rows(np.zeros((1, 3), dtype=np.float32)), 0.0)
 
 
 @pytest.mark.parametrize("shape", [(0, 4), (1, 4), (5, 1)])

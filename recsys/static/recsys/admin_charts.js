@@ -34,9 +34,9 @@
     var chart = echarts.init(el);
     chart.setOption({
       animation: false,
-      grid: { left: 50, right: 20, top: 30, bottom: 30 },
+      grid: { left: 50, right: 20, top: 40, bottom: 30 },
       tooltip: { trigger: "axis" },
-      legend: { data: ["model", "popularity"] },
+      legend: { data: ["model", "popularity"], top: 0, right: 10 },
       xAxis: { type: "category", data: rows.map(function (r) { return "v" + r.version + " " + r.algorithm; }) },
       yAxis: { type: "value", name: "NDCG@10" },
       series: [
