@@ -240,7 +240,7 @@ def _select(
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     best: tuple[LearnerParams, dict[str, float]] | None = None
-    tried = []
+    tried: list[dict[str, Any]] = []
     svd_cache: dict[int, Svd] = {}
     candidates = tuning_candidates(configured, matrix.shape[1])
     for number, params in enumerate(candidates, start=1):

@@ -32,8 +32,8 @@ def _cache_client() -> redis.Redis:
     global _client
     with _lock:
         if _client is None:
-            options = settings.CACHES["default"].get("OPTIONS", {})
-            _client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"], **options)
+            cache_settings: dict[str, Any] = settings.CACHES["default"]
+            _client = redis.Redis.from_url(str(cache_settings["LOCATION"]), **cache_settings.get("OPTIONS", {}))
         return _client
 
 

@@ -28,8 +28,11 @@ PYTHON = sys.executable
 
 
 def data_dir() -> Path:
+    """The data folder (embedded services, beat's schedule file), created if missing."""
     raw = os.environ.get("RECSYS_DATA_DIR")
-    return Path(raw).expanduser().resolve() if raw else BASE_DIR / ".data"
+    folder = Path(raw).expanduser().resolve() if raw else BASE_DIR / ".data"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @contextmanager
