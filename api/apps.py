@@ -10,4 +10,9 @@ class ApiConfig(AppConfig):
     verbose_name = "REST API"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
         from api import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from recsys.db import statement_timeout_forget
+
+        connection_created.connect(statement_timeout_forget, dispatch_uid="recsys-statement-timeout")

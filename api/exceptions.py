@@ -46,6 +46,18 @@ def error_response(status_code: int, code: str, message: str, details: dict[str,
     return JsonResponse(error_body(code, message, details), status=status_code)
 
 
+QUERY_CANCELED = "57014"  # statement_timeout ran out
+
+
+def database_error(exc: Exception) -> tuple[str, str]:
+    """The error code and message for a database that is away or a statement that took too long."""
+    if getattr(exc.__cause__, "sqlstate", None) == QUERY_CANCELED:
+        logger.warning("statement timeout: %s", exc)
+        return "service_unavailable", "the query took longer than the serving time limit; retry shortly"
+    logger.error("database unavailable: %s", exc)
+    return "service_unavailable", "the database is unavailable; retry shortly"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         code = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
@@ -55,12 +67,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if isinstance(exc, (OperationalError, InterfaceError)):
-        logger.error("database unavailable: %s", exc)
-        return Response(
-            error_body("service_unavailable", "the database is unavailable; retry shortly"),
-            status=503,
-            headers={"Retry-After": "5"},
-        )
+        return Response(error_body(*database_error(exc)), status=503, headers={"Retry-After": "5"})
     if isinstance(exc, DatabaseError):
         return None  # a bug, not bad input: let the middleware log it and answer 500
     response = drf_exception_handler(exc, context)

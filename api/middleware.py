@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse
 
-from api.exceptions import error_response
+from api.exceptions import database_error, error_response
+from api.permissions import required_scope
+from recsys.db import statement_timeout_set
 
 logger = logging.getLogger("api")
 API_PREFIX = "/api/"
@@ -42,12 +45,40 @@ class ApiGuardMiddleware:
         if not request.path.startswith(API_PREFIX):
             return None
         if isinstance(exception, (OperationalError, InterfaceError)):
-            logger.error("database unavailable: %s", exception)
-            response = error_response(503, "service_unavailable", "the database is unavailable; retry shortly")
-            response["Retry-After"] = "5"
-            return response
+            return database_unavailable(exception)
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def database_unavailable(exception: Exception) -> HttpResponse:
+    response = error_response(503, *database_error(exception))
+    response["Retry-After"] = "5"
+    return response
+
+
+class StatementTimeoutMiddleware:
+    """Bounds the serving path: requests to read-scope API endpoints run their SQL under
+    ``RECSYS_SERVING_STATEMENT_TIMEOUT_MS`` (gunicorn.conf.py sets 2000 for the web process), so a
+    slow query is cut and answered 503 rather than holding a worker. Ingestion, the admin, Celery
+    workers and migrations keep the connection's default (``RECSYS_STATEMENT_TIMEOUT_MS``)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view: Callable[..., Any], *args: object) -> HttpResponse | None:
+        timeout = settings.RECSYS_SERVING_STATEMENT_TIMEOUT_MS
+        if not timeout and getattr(connection, "recsys_statement_timeout", None) is None:
+            return None
+        view_class = getattr(view, "view_class", None) or getattr(view, "cls", None)
+        serving = request.path.startswith(API_PREFIX) and required_scope(view_class, request.method or "") == "read"
+        try:
+            statement_timeout_set(timeout if serving and timeout else None)
+        except (OperationalError, InterfaceError) as exception:
+            return database_unavailable(exception)
+        return None
 
 
 def api_error_view(status_code: int, code: str, message: str) -> Callable[..., HttpResponse]:

@@ -7,7 +7,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api.params import query_limit
+from api.params import integer_parameter, query_limit
 from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import selectors, services
@@ -55,12 +55,15 @@ class ModelListView(ApiView):
 
     @extend_schema(
         operation_id="models_list",
-        parameters=[OpenApiParameter("kind", str, enum=Kind.values), OpenApiParameter("limit", int)],
+        parameters=[
+            OpenApiParameter("kind", {"type": "string", "enum": Kind.values}),
+            integer_parameter("limit", minimum=1, maximum=200, default=50),
+        ],
         responses={200: ModelVersionSerializer(many=True), **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        kind = request.query_params.get("kind") or None
-        if kind and kind not in Kind.values:
+        kind = request.query_params.get("kind")
+        if kind is not None and kind not in Kind.values:
             raise ValidationFailed(f"kind must be one of {', '.join(Kind.values)}", details={"kind": ["invalid"]})
         versions = selectors.model_versions_list(kind=kind, limit=query_limit(request, default=50))
         return Response(ModelVersionSerializer(versions, many=True).data)

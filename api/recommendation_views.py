@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.model_views import CONFLICT
-from api.params import LIMIT_PARAMETER, query_bool, query_category, query_float, query_ids, query_limit
+from api.params import (
+    CATEGORY_PARAMETER,
+    EXCLUDE_PARAMETER,
+    LIMIT_PARAMETER,
+    boolean_parameter,
+    number_parameter,
+    query_bool,
+    query_category,
+    query_float,
+    query_ids,
+    query_limit,
+)
+from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
 from recsys.errors import ValidationFailed
-from recsys.validation import clean_external_id
+from recsys.validation import EXTERNAL_ID_PATTERN, clean_external_id
 
 MAX_SESSION_ITEMS = 100
 
@@ -43,10 +56,14 @@ class AnswerSerializer(serializers.Serializer):
 
 
 class SessionRequestSerializer(serializers.Serializer):
-    items = serializers.ListField(child=serializers.CharField(), max_length=MAX_SESSION_ITEMS)
-    negative_items = serializers.ListField(child=serializers.CharField(), required=False, max_length=MAX_SESSION_ITEMS)
+    items = serializers.ListField(
+        child=serializers.RegexField(EXTERNAL_ID_PATTERN), min_length=1, max_length=MAX_SESSION_ITEMS
+    )
+    negative_items = serializers.ListField(
+        child=serializers.RegexField(EXTERNAL_ID_PATTERN), required=False, max_length=MAX_SESSION_ITEMS
+    )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=200)
-    category = serializers.CharField(required=False, max_length=128)
+    category = serializers.CharField(required=False, allow_blank=True, max_length=128)
 
 
 def render(answer: Answer) -> Response:
@@ -54,7 +71,9 @@ def render(answer: Answer) -> Response:
     return Response({"items": items, "model": answer.model, "strategy": answer.strategy})
 
 
-COMMON = [LIMIT_PARAMETER, OpenApiParameter("category", str)]
+COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
+WINDOW_PATTERN = r"^(?:[1-9]|[1-9][0-9]|[12][0-9][0-9]|3[0-5][0-9]|36[0-5])d$"  # 1d to 365d
+SPACE_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 
 class UserRecommendationsView(ApiView):
@@ -64,10 +83,10 @@ class UserRecommendationsView(ApiView):
         operation_id="user_recommendations",
         parameters=[
             *COMMON,
-            OpenApiParameter("exclude", str, description="comma-separated item ids"),
-            OpenApiParameter("include_seen", bool),
-            OpenApiParameter("explain", bool),
-            OpenApiParameter("diversity", float, description="0 (pure relevance) to 1"),
+            EXCLUDE_PARAMETER,
+            boolean_parameter("include_seen", "also recommend items the user has interacted with"),
+            boolean_parameter("explain", "add a reason to each item"),
+            number_parameter("diversity", minimum=0.0, maximum=1.0, default=0.0, description="0 (pure relevance) to 1"),
         ],
         responses={200: AnswerSerializer, **ERRORS},
     )
@@ -93,17 +112,24 @@ class ItemSimilarView(ApiView):
         parameters=[
             *COMMON,
             OpenApiParameter(
-                "space", str, description="collaborative (default), content, hybrid, or the name of a custom space"
+                "space",
+                {"type": "string", "pattern": SPACE_PATTERN, "default": "collaborative"},
+                description="collaborative (default), content, hybrid, or the name of a custom space (404 if unknown)",
             ),
         ],
         responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND},
     )
     def get(self, request: Request, item_id: str) -> Response:
+        space = request.query_params.get("space", "collaborative")
+        if not re.fullmatch(SPACE_PATTERN, space):
+            raise ValidationFailed(
+                "space must be 1-40 of [a-z0-9_], starting with a letter", details={"space": ["invalid"]}
+            )
         return render(
             similarity.item_similar_list(
                 item_external_id=item_id,
                 limit=query_limit(request),
-                space=request.query_params.get("space") or "collaborative",
+                space=space,
                 category=query_category(request),
             )
         )
@@ -117,14 +143,16 @@ class PopularItemsView(ApiView):
         parameters=[
             *COMMON,
             OpenApiParameter(
-                "window", str, description="e.g. 30d (1-365 days); default 7d (RECSYS_POPULAR_WINDOW_DAYS)"
+                "window",
+                {"type": "string", "pattern": WINDOW_PATTERN},
+                description="e.g. 30d (1-365 days); default 7d (RECSYS_POPULAR_WINDOW_DAYS)",
             ),
         ],
         responses={200: AnswerSerializer, **ERRORS},
     )
     def get(self, request: Request) -> Response:
         window = request.query_params.get("window")
-        if window is not None and not (window.endswith("d") and window[:-1].isdigit() and 1 <= int(window[:-1]) <= 365):
+        if window is not None and not re.fullmatch(WINDOW_PATTERN, window):
             raise ValidationFailed("window must look like 7d (1 to 365 days)", details={"window": ["invalid"]})
         return render(
             recommendations.popular_items_list(
@@ -154,11 +182,12 @@ class SessionRecommendationsView(ApiView):
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
             raise ValidationFailed("limit must be an integer from 1 to 200", details={"limit": ["out of range"]})
         category = body.get("category")
-        if category is not None and (not isinstance(category, str) or len(category) > 128):
+        if "category" in body and (not isinstance(category, str) or len(category) > 128):
             raise ValidationFailed("category must be a string", details={"category": ["invalid"]})
+        category = (category or "").replace("\x00", "") or None
         return render(
             recommendations.session_recommendations_list(
-                positives=positives, negatives=negatives, limit=limit, category=category or None
+                positives=positives, negatives=negatives, limit=limit, category=category
             )
         )
 
@@ -177,19 +206,26 @@ class SearchView(ApiView):
     @extend_schema(
         operation_id="items_search",
         parameters=[
-            OpenApiParameter("q", str, required=True, description="the query text"),
-            OpenApiParameter("mode", str, enum=list(search.MODES), description="default hybrid"),
+            OpenApiParameter(
+                "q",
+                # At least one character that is not white space: a blank query has nothing to match.
+                {"type": "string", "maxLength": settings.RECSYS_SEARCH_MAX_QUERY_CHARS, "pattern": r"\S"},
+                required=True,
+                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters",
+            ),
+            OpenApiParameter("mode", {"type": "string", "enum": list(search.MODES), "default": "hybrid"}),
             *COMMON,
         ],
         responses={200: AnswerSerializer, **ERRORS, **CONFLICT},
     )
     def get(self, request: Request) -> Response:
-        query = (request.query_params.get("q") or "").strip()
-        if not query or len(query) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
+        raw = request.query_params.get("q") or ""
+        query = raw.replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
+        if not query or len(raw) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
             raise ValidationFailed(
                 f"q must be 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters", details={"q": ["invalid"]}
             )
-        mode = request.query_params.get("mode") or "hybrid"
+        mode = request.query_params.get("mode", "hybrid")
         if mode not in search.MODES:
             raise ValidationFailed(f"mode must be one of {', '.join(search.MODES)}", details={"mode": ["invalid"]})
         return render(
@@ -203,7 +239,9 @@ class ItemDuplicatesView(ApiView):
     @extend_schema(
         operation_id="item_duplicates",
         parameters=[
-            OpenApiParameter("threshold", float, description="minimum cosine similarity, 0-1, default 0.95"),
+            number_parameter(
+                "threshold", minimum=0.0, maximum=1.0, default=0.95, description="minimum cosine similarity, 0-1"
+            ),
             LIMIT_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND, **CONFLICT},
@@ -218,8 +256,21 @@ class ItemDuplicatesView(ApiView):
         )
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "number"},
+        "minItems": 1,
+        "maxItems": settings.RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS,
+        "not": {"items": {"enum": [0]}},  # not all zeros: it has no direction
+    }
+)
+class VectorField(serializers.ListField):
+    child = serializers.FloatField()
+
+
 class ItemVectorRequestSerializer(serializers.Serializer):
-    vector = serializers.ListField(child=serializers.FloatField(), help_text="The item's embedding in this space.")
+    vector = VectorField(help_text="The item's embedding in this space; the space's first vector fixes its dimensions.")
 
 
 class ItemVectorAnswerSerializer(serializers.Serializer):
@@ -234,7 +285,13 @@ class ItemVectorView(ApiView):
     @extend_schema(
         operation_id="item_vector_put",
         request=ItemVectorRequestSerializer,
-        responses={200: ItemVectorAnswerSerializer, 201: ItemVectorAnswerSerializer, **ERRORS, **NOT_FOUND},
+        responses={
+            200: ItemVectorAnswerSerializer,
+            201: ItemVectorAnswerSerializer,
+            **ERRORS,
+            **NOT_FOUND,
+            409: OpenApiResponse(ErrorSerializer, description="The space holds vectors of other dimensions"),
+        },
     )
     def put(self, request: Request, item_id: str, space: str) -> Response:
         body = request.data if isinstance(request.data, dict) else None

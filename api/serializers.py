@@ -26,7 +26,12 @@ class ItemWriteSerializer(serializers.Serializer):
 
     title = serializers.CharField(required=False, allow_blank=True, max_length=1000)
     text = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
-    categories = serializers.ListField(child=serializers.CharField(max_length=128), required=False, max_length=100)
+    categories = serializers.ListField(
+        child=serializers.RegexField(r"^[^\x00]*$", allow_blank=True, max_length=128),
+        required=False,
+        max_length=100,
+        help_text="Blank categories are dropped, duplicates kept once.",
+    )
     attributes = serializers.DictField(required=False)
     is_hidden = serializers.BooleanField(required=False)
     published_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -36,8 +41,17 @@ class ItemBatchRowSerializer(ItemWriteSerializer):
     id = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
 
 
+# Batch rows are validated one by one and a bad row is reported in the answer's ``errors`` while
+# the others are stored (API.md), so the schema takes any row: a bad row is not a bad request.
+ROW_HELP = "Rows are validated one by one; rows that fail are reported in `errors`, the others stored."
+
+
 class ItemBatchSerializer(serializers.Serializer):
-    items = ItemBatchRowSerializer(many=True, max_length=10_000)  # type: ignore[call-arg]
+    items = serializers.ListField(
+        child=serializers.JSONField(help_text="An ItemBatchRow: an item upsert body with its id."),
+        max_length=10_000,
+        help_text=ROW_HELP,
+    )
 
 
 class BatchErrorSerializer(serializers.Serializer):
@@ -54,7 +68,7 @@ class BatchResultSerializer(serializers.Serializer):
 
 
 class VectorStatusSerializer(serializers.Serializer):
-    version = serializers.IntegerField()
+    version = serializers.IntegerField(allow_null=True, help_text="null for custom spaces, which have no versions")
     updated_at = serializers.DateTimeField()
 
 
@@ -115,7 +129,11 @@ class InteractionWriteSerializer(serializers.Serializer):
 
 
 class InteractionBatchSerializer(serializers.Serializer):
-    interactions = InteractionWriteSerializer(many=True, max_length=10_000)  # type: ignore[call-arg]
+    interactions = serializers.ListField(
+        child=serializers.JSONField(help_text="An InteractionWrite row: user, item, type, value?, timestamp?"),
+        max_length=10_000,
+        help_text=ROW_HELP,
+    )
 
 
 class InteractionSerializer(serializers.ModelSerializer):

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-from django.urls import include, path, re_path
+from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from api import model_views, views
 from api import recommendation_views as rec
 
+
+class IdConverter:
+    """Like ``path`` but also matching line breaks, so that every malformed id reaches the view and
+    is refused with 400 validation_error rather than falling through to a 404."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(IdConverter, "id")
+
 v1 = [
     path("items/batch", views.ItemBatchView.as_view(), name="items-batch"),
     path("items/popular", rec.PopularItemsView.as_view(), name="items-popular"),
-    path("items/<path:item_id>/similar", rec.ItemSimilarView.as_view(), name="item-similar"),
-    path("items/<path:item_id>/duplicates", rec.ItemDuplicatesView.as_view(), name="item-duplicates"),
-    path("items/<path:item_id>/vectors/<str:space>", rec.ItemVectorView.as_view(), name="item-vector"),
-    path("items/<path:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
-    path("users/<path:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
-    path("users/<path:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
-    path("users/<path:user_id>", views.UserDetailView.as_view(), name="user-detail"),
+    path("items/<id:item_id>/similar", rec.ItemSimilarView.as_view(), name="item-similar"),
+    path("items/<id:item_id>/duplicates", rec.ItemDuplicatesView.as_view(), name="item-duplicates"),
+    path("items/<id:item_id>/vectors/<str:space>", rec.ItemVectorView.as_view(), name="item-vector"),
+    path("items/<id:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
+    path("users/<id:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
+    path("users/<id:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
+    path("users/<id:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
     path("recommendations", rec.SessionRecommendationsView.as_view(), name="session-recommendations"),
     path("search", rec.SearchView.as_view(), name="search"),

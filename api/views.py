@@ -174,11 +174,11 @@ def _models_status() -> dict[str, object]:
         return {}
 
 
+@extend_schema(exclude=True)  # outermost: on a function view it must wrap what @api_view made
 @api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
 @authentication_classes([])
 @permission_classes([AllowAny])
 @throttle_classes([])
-@extend_schema(exclude=True)
 def not_found(request: Request, rest: str = "") -> Response:
     """Every unknown path under /api/ answers 404 in the JSON error format, whatever the method."""
     raise NotFound(f"no API endpoint at {request.path}")

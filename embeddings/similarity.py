@@ -28,7 +28,7 @@ from embeddings.recommendations import (
     popular_items_list,
 )
 from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
-from recsys.errors import ItemNotFound, ModelNotReady, ValidationFailed
+from recsys.errors import ItemNotFound, ModelNotReady, NotFound
 
 BUILT_IN_SPACES = ("collaborative", "content", "hybrid")
 SPACE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -51,8 +51,8 @@ def item_similar_list(
         variant = json.dumps([space, limit, category])
         return _cached(f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category))
     custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME.fullmatch(space) else None
-    if custom is None:
-        raise ValidationFailed(
+    if custom is None:  # a well-formed name that no vector was ever put in: 404, like an unknown item
+        raise NotFound(
             f"space must be collaborative, content, hybrid or a custom space; {space!r} has no vectors",
             details={"space": ["unknown space"]},
         )

@@ -14,7 +14,7 @@ from psycopg import sql
 from embeddings.models import VectorSpace
 from embeddings.similarity import BUILT_IN_SPACES, SPACE_NAME
 from embeddings.vector_store import HNSW_EF_CONSTRUCTION, HNSW_M
-from recsys.errors import ItemNotFound, ValidationFailed
+from recsys.errors import Conflict, ItemNotFound, ValidationFailed
 from recsys.models import Item
 
 
@@ -56,11 +56,12 @@ def _clean_vector(vector: object) -> np.ndarray:
         or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vector)
     ):
         raise ValidationFailed(f"vector must be a list of 1 to {limit} finite numbers", details={"vector": ["invalid"]})
-    values = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(values))
-    if not math.isfinite(norm) or norm == 0.0:
+    values = np.asarray(vector, dtype=np.float64)
+    largest = float(np.abs(values).max())
+    if largest == 0.0:
         raise ValidationFailed("vector must not be all zeros", details={"vector": ["zero vector"]})
-    return values / norm
+    values /= largest  # scaled first: squares of numbers near float limits would overflow or vanish
+    return (values / np.linalg.norm(values)).astype(np.float32)
 
 
 def _space_for(name: str, dimensions: int) -> VectorSpace:
@@ -73,7 +74,7 @@ def _space_for(name: str, dimensions: int) -> VectorSpace:
         space = VectorSpace.objects.create(name=name, dimensions=dimensions)
         _table_create(space)
     if space.dimensions != dimensions:
-        raise ValidationFailed(
+        raise Conflict(
             f"space {name!r} holds {space.dimensions}-dimensional vectors; this one has {dimensions}",
             details={"vector": [f"expected {space.dimensions} dimensions"]},
         )

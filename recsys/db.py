@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,3 +28,24 @@ def atomic_with_retry(work: Callable[[], T], attempts: int = 3) -> T:
                 raise
             logger.warning("retrying a transaction after %s (attempt %d)", sqlstate, attempt + 1)
     raise AssertionError("unreachable")
+
+
+def statement_timeout_set(milliseconds: int | None) -> None:
+    """Bound the statements of this connection (``None``: back to its configured default).
+
+    Idempotent and cheap: a round trip only when the wanted value differs from the one set last on
+    this connection (a new connection starts at its default; see ``statement_timeout_forget``).
+    """
+    if getattr(connection, "recsys_statement_timeout", None) == milliseconds:
+        return
+    with connection.cursor() as cursor:
+        if milliseconds is None:
+            cursor.execute("RESET statement_timeout")
+        else:
+            cursor.execute("SELECT set_config('statement_timeout', %s, false)", [f"{int(milliseconds)}ms"])
+    connection.recsys_statement_timeout = milliseconds  # type: ignore[attr-defined]
+
+
+def statement_timeout_forget(sender: object, connection: Any, **kwargs: object) -> None:
+    """``connection_created`` receiver: a fresh connection runs at its configured default."""
+    connection.recsys_statement_timeout = None

@@ -45,6 +45,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "api.middleware.ApiGuardMiddleware",
+    "api.middleware.StatementTimeoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -192,6 +193,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"ServiceStatusEnum": ["ok", "down"]},
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.strict_schema"],
 }
 
 # Logical databases of one Redis: 0 queues (or whatever REDIS_URL names), 1 cache, 2 task results.
@@ -296,7 +298,11 @@ RECSYS_ANSWER_CACHE_SECONDS = env_int("RECSYS_ANSWER_CACHE_SECONDS", 300, minimu
 # is seen at once); a request always reads one version from start to end.
 RECSYS_ACTIVE_VERSION_CACHE_SECONDS = env_float("RECSYS_ACTIVE_VERSION_CACHE_SECONDS", 2.0)
 
+# Every connection (web, workers, migrations); 0 = none.
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
+# Read-scope API requests only (the serving path), per request; gunicorn.conf.py defaults it to 2000
+# in the web process, so Celery workers and manage.py commands are never cut by it; 0 = none.
+RECSYS_SERVING_STATEMENT_TIMEOUT_MS = env_int("RECSYS_SERVING_STATEMENT_TIMEOUT_MS", 0, minimum=0)
 if RECSYS_STATEMENT_TIMEOUT_MS:
     DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
 

@@ -30,9 +30,15 @@ USER_FIELDS = frozenset({"attributes"})
 INTERACTION_FIELDS = frozenset({"user", "item", "type", "value", "timestamp"})
 
 
-# Ids may contain "/", so an id shaped like an endpoint path could never be addressed by it.
+# Ids may contain "/", so an id shaped like an endpoint path could never be addressed by it, nor
+# could one with a "." or ".." path segment (HTTP clients resolve those before sending).
 RESERVED_IDS = frozenset({"batch", "popular"})
-RESERVED_ID_RE = re.compile(r".*/(similar|duplicates|interactions|recommendations)|.*/vectors/.*")
+RESERVED_ID_RE = re.compile(r".*/(similar|duplicates|interactions|recommendations)|.*/vectors/.*|(?:.*/)?\.\.?(?:/.*)?")
+# The same rules as one regular expression, for the OpenAPI schema (ECMA-262 and Python agree on it).
+EXTERNAL_ID_PATTERN = (
+    r"^(?!(?:batch|popular)$)(?!.*/(?:similar|duplicates|interactions|recommendations)$)(?!.*/vectors/)"
+    r"(?!(?:.*/)?\.\.?(?:/|$))[A-Za-z0-9_.:@/-]{1,128}$"
+)
 
 
 def is_external_id(value: object) -> bool:
@@ -53,8 +59,14 @@ def clean_external_id(value: object, field: str = "id") -> str:
     return value  # type: ignore[return-value]
 
 
-def parse_timestamp(value: object, field: str = "timestamp", *, now: datetime | None = None) -> datetime:
-    """An ISO 8601 string with a zone (``Z`` or ``+02:00``) → an aware UTC datetime."""
+def parse_timestamp(
+    value: object, field: str = "timestamp", *, now: datetime | None = None, bounded: bool = True
+) -> datetime:
+    """An ISO 8601 string with a zone (``Z`` or ``+02:00``) → an aware UTC datetime.
+
+    ``bounded``: between 1970 and a day from now (event times, which drive time decay); any date
+    otherwise (an item's publication date).
+    """
     if not isinstance(value, str):
         raise ValidationFailed(f"{field} must be an ISO 8601 string", details={field: ["not a string"]})
     try:
@@ -67,7 +79,12 @@ def parse_timestamp(value: object, field: str = "timestamp", *, now: datetime | 
         raise ValidationFailed(
             f"{field} needs a time zone (e.g. 'Z' or '+00:00')", details={field: ["missing time zone"]}
         )
-    moment = moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise ValidationFailed(f"{field} is out of range", details={field: ["out of range"]}) from None
+    if not bounded:
+        return moment
     latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
     if not EARLIEST <= moment <= latest:
         raise ValidationFailed(f"{field} must lie between 1970 and one day from now", details={field: ["out of range"]})
@@ -105,23 +122,32 @@ def _clean_categories(value: object) -> list[str]:
         )
     if len(value) > MAX_CATEGORIES:
         raise ValidationFailed(f"at most {MAX_CATEGORIES} categories", details={"categories": ["too many"]})
-    cleaned = list(dict.fromkeys(c.strip() for c in value if c.strip()))
-    if any(len(c) > MAX_CATEGORY_CHARS or "\x00" in c for c in cleaned):
+    if any(len(c) > MAX_CATEGORY_CHARS or "\x00" in c for c in value):
         raise ValidationFailed(
-            f"a category is at most {MAX_CATEGORY_CHARS} characters", details={"categories": ["too long"]}
+            f"a category is at most {MAX_CATEGORY_CHARS} characters, without NUL", details={"categories": ["too long"]}
         )
-    return cleaned
+    return list(dict.fromkeys(c.strip() for c in value if c.strip()))
 
 
 def clean_attributes(value: object) -> dict[str, Any]:
+    """A JSON object of at most 64 KB; NUL characters (which jsonb cannot hold) are dropped, as in text."""
     if not isinstance(value, dict):
         raise ValidationFailed("attributes must be a JSON object", details={"attributes": ["not an object"]})
-    size = len(json.dumps(value, ensure_ascii=False).encode())
-    if size > MAX_ATTRIBUTES_BYTES or "\\u0000" in json.dumps(value):
+    encoded = json.dumps(value, ensure_ascii=False)
+    if len(encoded.encode()) > MAX_ATTRIBUTES_BYTES:
         raise ValidationFailed(
-            f"attributes must be at most {MAX_ATTRIBUTES_BYTES} bytes of JSON without NUL characters",
-            details={"attributes": ["too large or contains NUL"]},
+            f"attributes must be at most {MAX_ATTRIBUTES_BYTES} bytes of JSON", details={"attributes": ["too large"]}
         )
+    return _without_nul(value) if "\\u0000" in json.dumps(value) else value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k.replace("\x00", ""): _without_nul(v) for k, v in value.items()}
     return value
 
 
@@ -148,7 +174,9 @@ def clean_item_fields(data: object) -> dict[str, Any]:
         cleaned["is_hidden"] = _clean_bool(body["is_hidden"], "is_hidden")
     if "published_at" in body:
         published = body["published_at"]
-        cleaned["published_at"] = None if published is None else parse_timestamp(published, "published_at")
+        cleaned["published_at"] = (
+            None if published is None else parse_timestamp(published, "published_at", bounded=False)
+        )
     return cleaned
 
 

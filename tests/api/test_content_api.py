@@ -194,7 +194,7 @@ def test_custom_vectors_fix_dimensions_and_are_searchable(writer, content_model)
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [
-        ("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 2.0]}, 400),  # other dimensions
+        ("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 2.0]}, 409),  # other dimensions: a conflict
         ("/api/v1/items/cooking0/vectors/image", {"vector": [0.0, 0.0, 0.0]}, 400),
         ("/api/v1/items/cooking0/vectors/image", {"vector": ["a", 1, 2]}, 400),
         ("/api/v1/items/cooking0/vectors/image", {"vector": [1, 2, 3], "extra": 1}, 400),
@@ -209,8 +209,9 @@ def test_bad_custom_vectors_are_refused(writer, content_model, path, body, statu
     assert writer.put(path, body, format="json").status_code == status
 
 
-def test_similar_in_an_unknown_space_is_400(reader, content_model):
-    assert reader.get("/api/v1/items/cooking0/similar?space=nothing").status_code == 400
+def test_similar_in_an_unknown_space_is_404_and_a_malformed_space_400(reader, content_model):
+    assert reader.get("/api/v1/items/cooking0/similar?space=nothing").status_code == 404
+    assert reader.get("/api/v1/items/cooking0/similar?space=Bad-Name").status_code == 400
 
 
 def test_training_a_content_model_through_the_api(admin_client_api, settings):

@@ -38,3 +38,20 @@ def test_route_declares_a_scope_for_each_method(route, pattern):
     for method in implemented:
         assert scopes.get(method) in {"read", "write", "admin"}, f"{method} {route} declares no scope"
         assert scopes.get(method) != PUBLIC
+
+
+def test_the_security_table_covers_every_route_and_method_with_its_declared_scope():
+    from django.urls import resolve
+
+    from tests.api.test_security import ENDPOINTS
+
+    declared = set()
+    for _, pattern in API_ROUTES:
+        view_class = getattr(pattern.callback, "view_class", None) or getattr(pattern.callback, "cls", None)
+        if pattern.name in PUBLIC_ROUTES:
+            continue
+        for method, scope in getattr(view_class, "scopes", {}).items():
+            declared.add((pattern.name, method, scope))
+    tested = {(resolve(path.split("?")[0]).url_name, method, scope) for method, path, scope in ENDPOINTS}
+
+    assert tested == declared

@@ -1,0 +1,164 @@
+"""Property-based tests (hypothesis) of the ingestion validators and id handling: whatever a client
+sends, a validator either returns clean values or raises ValidationFailed, never anything else."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys.errors import PayloadTooLarge, ValidationFailed
+from recsys.validation import (
+    EXTERNAL_ID_PATTERN,
+    MAX_CATEGORIES,
+    clean_attributes,
+    clean_batch,
+    clean_external_id,
+    clean_interaction,
+    clean_item_fields,
+    is_external_id,
+    parse_timestamp,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+WEIGHTS = {"view": (1.0, False), "purchase": (8.0, False), "rating": (1.0, True)}
+ID_ALPHABET = st.sampled_from("abcXYZ019_.:@/-")
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.text(ID_ALPHABET, min_size=1, max_size=128))
+def test_an_id_is_accepted_exactly_when_the_openapi_pattern_matches_it(value):
+    assert is_external_id(value) == (re.fullmatch(EXTERNAL_ID_PATTERN, value) is not None)
+
+
+@given(st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True))
+def test_every_id_the_schema_allows_is_accepted_unchanged(value):
+    assert clean_external_id(value) == value
+
+
+@given(st.one_of(st.text(max_size=200), JSON))
+def test_anything_else_is_refused_with_a_validation_error(value):
+    if isinstance(value, str) and re.fullmatch(EXTERNAL_ID_PATTERN, value):
+        return
+    try:
+        clean_external_id(value)
+    except ValidationFailed as error:
+        assert error.details
+    else:
+        raise AssertionError(f"accepted {value!r}")
+
+
+@given(st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True))
+def test_accepted_ids_survive_a_url_path_unchanged(value):
+    # No "." or ".." segment that an HTTP client would resolve away before sending.
+    segments = value.split("/")
+    assert "." not in segments and ".." not in segments
+
+
+@given(JSON)
+@settings(max_examples=200)
+def test_item_fields_validator_returns_clean_fields_or_a_validation_error(body):
+    try:
+        cleaned = clean_item_fields(body)
+    except ValidationFailed:
+        return
+    assert set(cleaned) <= {"title", "text", "categories", "attributes", "is_hidden", "published_at"}
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "title": st.text(max_size=50),
+            "text": st.text(max_size=50),
+            "categories": st.lists(
+                st.text(st.characters(exclude_characters="\x00"), max_size=20), max_size=MAX_CATEGORIES
+            ),
+            "attributes": st.dictionaries(st.text(max_size=8), JSON, max_size=4),
+            "is_hidden": st.booleans(),
+            "published_at": st.none() | st.datetimes(timezones=st.timezones()).map(datetime.isoformat),
+        },
+    )
+)
+def test_valid_item_bodies_are_accepted_and_hold_no_nul_for_postgresql(body):
+    try:
+        cleaned = clean_item_fields(body)
+    except ValidationFailed as error:
+        # The only thing a well-typed body can get wrong: a date that leaves the calendar in UTC.
+        assert "published_at" in error.details
+        return
+    text = json.dumps(cleaned, default=str)
+    assert "\\u0000" not in text
+    assert all(c.strip() and len(c) <= 128 for c in cleaned.get("categories", []))
+
+
+@given(st.dictionaries(st.text(max_size=8), JSON, max_size=6))
+def test_attributes_keep_their_shape_without_nul(value):
+    cleaned = clean_attributes(value)
+
+    assert "\\u0000" not in json.dumps(cleaned)
+    assert set(k.replace("\x00", "") for k in value) == set(cleaned)
+
+
+@given(JSON, st.datetimes(timezones=st.just(UTC)))
+def test_interaction_validator_never_fails_other_than_with_a_validation_error(row, now):
+    try:
+        clean_interaction(row, weights=WEIGHTS, now=now)
+    except ValidationFailed:
+        pass
+
+
+@given(
+    user=st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True),
+    item=st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True),
+    kind=st.sampled_from(sorted(WEIGHTS)),
+    value=st.none() | st.floats(min_value=-1e9, max_value=1e9),
+    age=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=20_000)),
+)
+def test_a_valid_interaction_weighs_its_types_weight_times_its_value(user, item, kind, value, age):
+    row = {"user": user, "item": item, "type": kind, "timestamp": (NOW - age).isoformat()}
+    if value is not None:
+        row["value"] = value
+    try:
+        clean = clean_interaction(row, weights=WEIGHTS, now=NOW)
+    except ValidationFailed as error:
+        assert (kind == "rating" and value is None) or "timestamp" in error.details
+        return
+    weight, uses_value = WEIGHTS[kind]
+    assert clean.weight == (weight * value if uses_value else weight)
+    assert clean.timestamp == NOW - age and clean.timestamp.tzinfo is not None
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_zoned_timestamps_parse_to_the_same_instant_or_are_out_of_range(moment):
+    try:
+        parsed = parse_timestamp(moment.isoformat(), now=NOW)
+    except ValidationFailed as error:
+        assert error.details == {"timestamp": ["out of range"]}
+        return
+    # The instant the string names (for a wall time a DST change makes ambiguous, its written offset's).
+    assert parsed == datetime.fromisoformat(moment.isoformat()) and parsed.tzinfo == UTC
+
+
+@given(st.datetimes())
+def test_naive_timestamps_are_refused(moment):
+    try:
+        parse_timestamp(moment.isoformat(), now=NOW)
+    except ValidationFailed:
+        return
+    raise AssertionError("a naive timestamp was accepted")
+
+
+@given(st.lists(st.integers(), max_size=30), st.integers(min_value=1, max_value=20))
+def test_batches_are_bounded_by_rows(rows, max_rows):
+    try:
+        assert clean_batch({"items": rows}, "items", max_rows=max_rows) == rows
+    except PayloadTooLarge:
+        assert len(rows) > max_rows
