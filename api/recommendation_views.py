@@ -290,7 +290,9 @@ class ItemVectorView(ApiView):
             201: ItemVectorAnswerSerializer,
             **ERRORS,
             **NOT_FOUND,
-            409: OpenApiResponse(ErrorSerializer, description="The space holds vectors of other dimensions"),
+            400: OpenApiResponse(
+                ErrorSerializer, description="Invalid vector, or a space that holds vectors of other dimensions"
+            ),
         },
     )
     def put(self, request: Request, item_id: str, space: str) -> Response:

@@ -14,7 +14,7 @@ from psycopg import sql
 from embeddings.models import VectorSpace
 from embeddings.similarity import BUILT_IN_SPACES, SPACE_NAME
 from embeddings.vector_store import HNSW_EF_CONSTRUCTION, HNSW_M
-from recsys.errors import Conflict, ItemNotFound, ValidationFailed
+from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
 
 
@@ -74,7 +74,7 @@ def _space_for(name: str, dimensions: int) -> VectorSpace:
         space = VectorSpace.objects.create(name=name, dimensions=dimensions)
         _table_create(space)
     if space.dimensions != dimensions:
-        raise Conflict(
+        raise ValidationFailed(  # 400, as issue 4 asks: the vector is wrong for this space
             f"space {name!r} holds {space.dimensions}-dimensional vectors; this one has {dimensions}",
             details={"vector": [f"expected {space.dimensions} dimensions"]},
         )
