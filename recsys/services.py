@@ -61,7 +61,7 @@ _ITEM_UPDATE = """
     WITH input AS (SELECT d FROM jsonb_array_elements(%s::jsonb) AS d),
     locked AS (
         SELECT i.id FROM recsys_item i JOIN input ON i.external_id = input.d->>'id'
-        ORDER BY i.external_id FOR UPDATE OF i
+        ORDER BY i.external_id FOR NO KEY UPDATE OF i
     ),
     new AS (
         SELECT i.id,
