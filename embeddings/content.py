@@ -59,7 +59,9 @@ def version_encoder(version: ModelVersion, *, for_queries: bool = False) -> Text
     config = dict(version.params)
     if for_queries and config["encoder"] not in {"tfidf-svd", "fake"}:
         config["threads"] = 1
-    return _encoder_for(config, bytes(state or b""), cached_as=version.pk)
+    # A fitted encoder is cached per version (its state is the version's); a pretrained one by
+    # its settings alone, so a new content version of the same model does not load it again.
+    return _encoder_for(config, bytes(state or b""), cached_as=version.pk if state else None)
 
 
 @dataclass

@@ -40,6 +40,16 @@ def items_search(*, query: str, mode: str, limit: int, category: str | None = No
     )
 
 
+def query_encoder_warm() -> bool:
+    """Load the active content version's query encoder and run it once, so that the first search
+    a web process answers does not wait seconds for a model; False when there is none yet."""
+    content = _active(Kind.CONTENT)
+    if content is None:
+        return False
+    version_encoder(content, for_queries=True).encode(["warm up"])
+    return True
+
+
 def _semantic(content, query: str, limit: int, category: str | None) -> list[Recommendation]:  # type: ignore[no-untyped-def]
     vector = version_encoder(content, for_queries=True).encode([query])[0]
     if not vector.any():  # no known word (TF-IDF): nothing is near it
