@@ -70,6 +70,9 @@ class BatchResultSerializer(serializers.Serializer):
 class VectorStatusSerializer(serializers.Serializer):
     version = serializers.IntegerField(allow_null=True, help_text="null for custom spaces, which have no versions")
     updated_at = serializers.DateTimeField()
+    cluster = serializers.IntegerField(
+        required=False, help_text="content space: the item's k-means cluster in that version (items alike share one)"
+    )
 
 
 class ItemSerializer(serializers.ModelSerializer):
@@ -99,6 +102,7 @@ class ItemSerializer(serializers.ModelSerializer):
             space: {
                 "version": v["version"],
                 "updated_at": serializers.DateTimeField().to_representation(v["updated_at"]),
+                **({"cluster": v["cluster"]} if "cluster" in v else {}),
             }
             for space, v in self.context.get("vectors", {}).items()
         }

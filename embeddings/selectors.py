@@ -78,18 +78,23 @@ def model_versions_list(*, kind: str | None = None, limit: int = 50) -> list[Mod
 
 
 def item_vectors_status(*, item_id: int) -> dict[str, dict[str, Any]]:
-    """Per space, the active version holding a vector of this item and when it was written."""
+    """Per space, the active version holding a vector of this item and when it was written (and,
+    for content, the item's cluster in that version)."""
     status: dict[str, dict[str, Any]] = {}
     pointers = ActiveVersion.objects.select_related("version").filter(version__has_tables=True)
     with connection.cursor() as cursor:
         for pointer in pointers:
-            query = sql.SQL("SELECT updated_at FROM {table} WHERE item_id = %s").format(
-                table=sql.Identifier(pointer.version.item_table)
-            )
+            # Content rows may record "no text to encode" (a NULL embedding): not a vector.
+            cluster = "cluster" if pointer.kind == Kind.CONTENT else "NULL::int"
+            query = sql.SQL(
+                "SELECT updated_at, {cluster} FROM {table} WHERE item_id = %s AND embedding IS NOT NULL"
+            ).format(cluster=sql.SQL(cluster), table=sql.Identifier(pointer.version.item_table))
             cursor.execute(query.as_string(connection.connection), [item_id])
             row = cursor.fetchone()
             if row:
                 status[pointer.kind] = {"version": pointer.version_id, "updated_at": row[0]}
+                if row[1] is not None:
+                    status[pointer.kind]["cluster"] = row[1]  # the k-means cluster: a hint for filters
         for space in VectorSpace.objects.all():
             query = sql.SQL("SELECT updated_at FROM {table} WHERE item_id = %s").format(
                 table=sql.Identifier(space.table)

@@ -244,3 +244,14 @@ def test_semantic_search_with_the_real_minilm_finds_items_by_meaning(reader, set
     assert version.dimensions == 384 and version.params["encoder"] == "minilm"
     assert ids(body)[0] == "kitten"  # no word in common with the query
     assert reader.get("/api/v1/search?q=looking+after+my+new+pet&mode=keyword").json()["items"] == []
+
+
+def test_item_shows_its_content_vector_and_cluster_and_an_empty_item_has_none(reader, content_model):
+    items_upsert(rows=[{"id": "empty"}])
+    content.content_items_encode()
+
+    shown = reader.get("/api/v1/items/cooking0").json()["vectors"]["content"]
+
+    assert shown["version"] == content_model.pk
+    assert 0 <= shown["cluster"] < len(content_model.centroids)
+    assert "content" not in reader.get("/api/v1/items/empty").json()["vectors"]
