@@ -36,12 +36,13 @@ lint: install
 typecheck: install
 	$(PY) -m recsys.run exec -- $(VENV)/bin/mypy recsys embeddings api
 
-## bench: ingestion, quality, serving and content benchmarks (needs ../shared/data/ml-latest-small) -> BENCHMARKS.md
+## bench: ingestion, quality, serving, content and soak benchmarks (needs ../shared/data/ml-latest-small) -> BENCHMARKS.md
 bench: install
 	$(PY) -m recsys.run exec -- $(PY) bench/ingest.py
 	$(PY) -m recsys.run exec -- $(PY) bench/quality.py
 	$(PY) -m recsys.run exec -- $(PY) bench/serve.py
 	$(PY) -m recsys.run exec -- $(PY) bench/content.py
+	$(PY) -m recsys.run exec -- $(PY) bench/soak.py
 
 ## screenshots: demo data on a real server, Chromium (apt-get install chromium) saves the admin's pages to docs/screenshots/
 screenshots: install
