@@ -188,9 +188,12 @@ def build_through_worker(url: str, encoder: str, *, build: bool = True) -> dict:
 
 
 def search_latency(api: Api, rounds: int = 20) -> dict[str, dict[str, float]]:
+    # Each gunicorn worker loads the query encoder when it starts or, for a content version that
+    # became active after it started (as here), on its first search: warm every worker first.
+    for _ in range(40):
+        api.call("GET", "/api/v1/search?q=warm+up&mode=semantic")
     latencies: dict[str, list[float]] = defaultdict(list)
     for mode in ("semantic", "keyword", "hybrid"):
-        api.call("GET", f"/api/v1/search?q=warm+up&mode={mode}")
         for _ in range(rounds):
             for query in QUERIES:
                 started = time.perf_counter()
@@ -244,22 +247,18 @@ def main() -> None:
             drop_database(url)
     generated = None
     if args.search_items:
-        url = scratch_database_url("recsys_bench_content_search")
+        name = f"recsys_bench_content_search_{args.search_items}"
+        url = database_url(name)
+        reused = args.reuse and content_ready(url)
+        if not reused:
+            url = scratch_database_url(name)
+            generate = ["--items", str(args.search_items), "--users", "1000", "--interactions", "10000"]
+            manage(url, "generate_demo_data", *generate, "--no-progress")
         try:
-            manage(
-                url,
-                "generate_demo_data",
-                "--items",
-                str(args.search_items),
-                "--users",
-                "1000",
-                "--interactions",
-                "10000",
-                "--no-progress",
-            )
-            generated = build_through_worker(url, "minilm")
+            generated = build_through_worker(url, "minilm", build=not reused)
         finally:
-            drop_database(url)
+            if not args.reuse:
+                drop_database(url)
     report(len(texts), seconds, cold, agreement, builds, generated, args.search_items)
 
 
