@@ -8,12 +8,14 @@ beat schedule. Other windows are computed on demand and cached for a minute.
 from __future__ import annotations
 
 import json
+import logging
 
 from django.conf import settings
 from django.db import connection, transaction
 
 from recsys import redis_store
 
+logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
 CACHE_SECONDS = 60
 QUIET_WINDOW_ITEMS = DEPTH // 10  # fewer items active in the window than this: rank by all time
@@ -85,12 +87,35 @@ def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, f
             ranked = cursor.fetchall()
             if ranked or _refreshed():
                 return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
-        for decay, window in ((_DECAY, _WINDOW), ("1", "")):  # never refreshed, or another window
+            _refresh_soon()
+    return _on_demand(params, category_sql)
+
+
+def _on_demand(params: dict[str, object], category_sql: str) -> list[tuple[int, str, float]]:
+    """Another window than the stored one, or scores never refreshed: count the interactions now.
+    That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
+    the answer is cached for a minute, so it runs with a timeout of its own."""
+    timeout = f"{settings.RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS}ms"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+        for decay, window in ((_DECAY, _WINDOW), ("1", "")):
             cursor.execute(_ON_DEMAND.format(decay=decay, window=window, category=category_sql), params)
             ranked = cursor.fetchall()
             if len(ranked) >= QUIET_WINDOW_ITEMS:
                 break
     return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
+
+
+def _refresh_soon() -> None:
+    """Scores were never computed (a new installation, or data imported before beat ran): ask a
+    worker for them, at most once a minute."""
+    from embeddings import tasks
+
+    try:
+        if redis_store.run(lambda client: client.set(redis_store.key("popular:refresh"), 1, nx=True, ex=60)):
+            transaction.on_commit(tasks.popularity_refresh.delay)
+    except Exception:  # Redis or the broker away: beat refreshes on its own schedule
+        logger.warning("could not ask for a popularity refresh", exc_info=True)
 
 
 def _refreshed() -> bool:

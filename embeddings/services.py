@@ -23,6 +23,7 @@ from embeddings.evaluation import holdout_split, popularity_recommender, ranking
 from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
 from embeddings.learners import Factors, LearnerParams, Svd, fit, gram_matrix
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from embeddings.popularity import popularity_refresh
 from embeddings.selectors import active_version_serving_forget
 from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
@@ -164,7 +165,11 @@ def collaborative_model_train(*, version_id: int) -> ModelVersion:
         logger.exception("training version %s failed", version.pk)
         _fail(version, error)
         raise
-    return model_version_activate_if_better(version_id=version.pk)
+    version = model_version_activate_if_better(version_id=version.pk)
+    # Popular items answer cold users next to this model: rescore them from the same data now
+    # rather than wait for beat (seconds, against minutes of training).
+    popularity_refresh()
+    return version
 
 
 def _train(version: ModelVersion) -> None:

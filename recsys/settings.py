@@ -290,6 +290,8 @@ RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS = env_int("RECSYS_FOLD_IN_SWEEP_LOOKBACK_S
 # Popular items: time-decayed counts over this window, rescored by a task every few minutes.
 RECSYS_POPULAR_WINDOW_DAYS = env_int("RECSYS_POPULAR_WINDOW_DAYS", 7, minimum=1)
 RECSYS_POPULAR_REFRESH_SECONDS = env_int("RECSYS_POPULAR_REFRESH_SECONDS", 300, minimum=10)
+# Other windows are counted on demand (cached a minute), under this statement timeout.
+RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS = env_int("RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS", 30_000, minimum=100)
 
 # Serving: hot answers (per user / item) live this long in Redis unless invalidated sooner by the
 # user's new interactions, a catalogue change or a model switch; 0 turns the answer cache off.
