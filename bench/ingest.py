@@ -66,7 +66,7 @@ def make_body(seed: int, users: int = 100_000, items: int = 20_000) -> bytes:
 
 
 def client(port: int, key: str, seeds: list[int], out: mp.Queue, ready) -> None:  # type: ignore[no-untyped-def]
-    """Sends one batch per seed over a keep-alive connection; reports batch latencies."""
+    """Sends one batch per seed over one HTTPConnection (reopened as gunicorn closes it); reports batch latencies."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies, errors = [], 0

@@ -225,7 +225,8 @@ def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> 
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers; client "
         f"processes on loopback (sharing the 2 cores with the server, PostgreSQL and Redis) for "
-        f"{args.seconds:.0f} s per row, keep-alive, random users/items; data loaded in {load_s:.0f} s.",
+        f"{args.seconds:.0f} s per row (a new connection per request: sync workers close each one), random "
+        f"users/items; data loaded in {load_s:.0f} s.",
         "",
         f"Training on the worker (through `POST /models/train`): model v{version['version']} "
         f"({version['algorithm']}, {version['dimensions']}-d) on {counts}, "
