@@ -42,10 +42,14 @@ def content_encoder_config() -> dict[str, Any]:
     return config
 
 
-def _encoder_for(config: dict[str, Any], state: bytes = b"", *, cached_as: int | None = None) -> TextEncoder:
+def _encoder_for(
+    config: dict[str, Any], state: bytes = b"", *, cached: bool = False, cache_key: int | None = None
+) -> TextEncoder:
+    """A new encoder for ``config`` (builds fit their own), or with ``cached`` the process's shared
+    one (``cache_key`` names a fitted state so that it is not hashed on every call)."""
     options = {k: v for k, v in config.items() if k not in {"encoder", "fields"}}
-    if cached_as is not None:
-        return encoder_cached(name=config["encoder"], state=state, cache_key=cached_as, **options)
+    if cached:
+        return encoder_cached(name=config["encoder"], state=state, cache_key=cache_key, **options)
     return encoder_create(name=config["encoder"], state=state, **options)
 
 
@@ -61,7 +65,7 @@ def version_encoder(version: ModelVersion, *, for_queries: bool = False) -> Text
         config["threads"] = 1
     # A fitted encoder is cached per version (its state is the version's); a pretrained one by
     # its settings alone, so a new content version of the same model does not load it again.
-    return _encoder_for(config, bytes(state or b""), cached_as=version.pk if state else None)
+    return _encoder_for(config, bytes(state or b""), cached=True, cache_key=version.pk if state else None)
 
 
 @dataclass

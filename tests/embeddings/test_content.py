@@ -136,3 +136,8 @@ def test_a_failed_build_leaves_the_served_version_untouched(built, settings, mon
     assert version.status == Status.FAILED and "exploded" in version.error
     assert ActiveVersion.objects.get(kind=Kind.CONTENT).version_id == built.pk
     assert Item.objects.count() == 5
+
+
+def test_the_version_encoder_is_loaded_once_per_process(built):
+    assert content.version_encoder(built) is content.version_encoder(built)
+    assert content.version_encoder(built, for_queries=True) is content.version_encoder(built, for_queries=True)
