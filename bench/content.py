@@ -306,12 +306,18 @@ def report(n_items, seconds, cold, agreement, builds, generated, search_items) -
         "",
     ]
     lines += ["| catalogue | mode | p50 | p99 |", "|---|---|---:|---:|"]
-    for label, build in [
-        ("ml-latest-small, minilm", builds["minilm"]),
-        ("ml-latest-small, tfidf-svd", builds["tfidf-svd"]),
-    ] + ([(f"generated {search_items:,} items, minilm", generated)] if generated else []):
+    catalogues = [(f"ml-latest-small, {name}", builds[name]) for name in ENCODERS]
+    if generated:
+        catalogues.append((f"generated {search_items:,} items, minilm", generated))
+    for label, build in catalogues:
         for mode, figures in build["search"].items():
             lines.append(f"| {label} | {mode} | {figures['p50']:.1f} ms | {figures['p99']:.1f} ms |")
+    lines += [
+        "",
+        "Web memory after the search runs (gunicorn master + workers, RSS, query encoder loaded in each worker): "
+        + "; ".join(f"{label}: {b['web_rss_mb']:,.0f} MiB for {b['web_workers']} workers" for label, b in catalogues)
+        + ".",
+    ]
     write_section("content", "\n".join(lines))
     print("\n".join(lines))
 
