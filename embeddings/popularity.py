@@ -91,7 +91,7 @@ def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, f
     return _on_demand(params, category_sql)
 
 
-def _on_demand(params: dict[str, object], category_sql: str) -> list[tuple[int, str, float]]:
+def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list[tuple[int, str, float]]:
     """Another window than the stored one, or scores never refreshed: count the interactions now.
     That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
     the answer is cached for a minute, so it runs with a timeout of its own."""
