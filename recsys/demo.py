@@ -96,7 +96,7 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
             f'curl -s {auth} "{base}/api/v1/search?q=telescope&mode=keyword&limit=5"\n'
             f'curl -s {auth} "{base}/api/v1/search?q=telescope+for+beginners&limit=5"',
         ),
-        ("Near-duplicates of an item", f'curl -s {auth} "{base}/api/v1/items/item-000001/duplicates?threshold=0.8"'),
+        ("Near-duplicates of an item", f'curl -s {auth} "{base}/api/v1/items/item-000001/duplicates?threshold=0.6"'),
         (
             "Session recommendations from items just viewed",
             f"curl -s -X POST {auth} {json_type} {base}/api/v1/recommendations "
