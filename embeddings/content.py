@@ -99,21 +99,11 @@ def _encode(encoder: TextEncoder, texts: list[str]) -> tuple[npt.NDArray[np.floa
 def content_model_build(*, version_id: int) -> ModelVersion:
     """Build a claimed content version end to end and switch serving to it; a failure leaves
     serving untouched."""
-    from embeddings.services import _fail, _lease_heartbeat, model_version_activate
+    from embeddings.services import claimed_run, model_version_activate
 
-    version = ModelVersion.objects.get(pk=version_id)
-    if version.status != Status.TRAINING:
-        return version
-    version.started_at = timezone.now()
-    version.save(update_fields=["started_at"])
-    try:
-        with _lease_heartbeat(version.pk):
-            _build(version)
-    except Exception as error:
-        logger.exception("building content version %s failed", version.pk)
-        _fail(version, error)
-        raise
-    version = model_version_activate(version_id=version.pk)
+    if claimed_run(version_id, _build) is None:
+        return ModelVersion.objects.get(pk=version_id)  # a retry of a run that already finished
+    version = model_version_activate(version_id=version_id)
     content_items_encode()  # items whose text changed while the build ran
     return version
 

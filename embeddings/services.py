@@ -151,21 +151,29 @@ def training_enqueue(*, version_id: int) -> str:
     return task_id
 
 
-def collaborative_model_train(*, version_id: int) -> ModelVersion:
-    """Run a claimed version end to end; on any failure it is marked failed and serving is untouched."""
+def claimed_run(version_id: int, work: Callable[[ModelVersion], None]) -> ModelVersion | None:
+    """Run ``work`` on a claimed version under its lease; on any failure the version is marked
+    failed (its tables dropped) and serving is untouched. None: a retry of a finished run."""
     version = ModelVersion.objects.get(pk=version_id)
     if version.status != Status.TRAINING:
-        return version  # a retry of a run that already finished: nothing to do
+        return None
     version.started_at = timezone.now()
     version.save(update_fields=["started_at"])
     try:
         with _lease_heartbeat(version.pk):
-            _train(version)
+            work(version)
     except Exception as error:
-        logger.exception("training version %s failed", version.pk)
+        logger.exception("%s version %s failed", version.kind, version.pk)
         _fail(version, error)
         raise
-    version = model_version_activate_if_better(version_id=version.pk)
+    return version
+
+
+def collaborative_model_train(*, version_id: int) -> ModelVersion:
+    """Run a claimed version end to end; on any failure it is marked failed and serving is untouched."""
+    if claimed_run(version_id, _train) is None:
+        return ModelVersion.objects.get(pk=version_id)  # a retry of a run that already finished
+    version = model_version_activate_if_better(version_id=version_id)
     # Popular items answer cold users next to this model: rescore them from the same data now
     # rather than wait for beat (seconds, against minutes of training).
     popularity_refresh()
