@@ -206,6 +206,9 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A pool process above this resident size is replaced after its current task: a training run's
+# arrays (2.5 GiB at 10M interactions) are not kept by a worker that then only folds users in.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("RECSYS_WORKER_MAX_MEMORY_MB", 1024, minimum=64) * 1024  # KiB
 # Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
