@@ -77,7 +77,10 @@ class StatementTimeoutMiddleware:
         try:
             statement_timeout_set(timeout if serving and timeout else None)
         except (OperationalError, InterfaceError) as exception:
-            return database_unavailable(exception)
+            # PostgreSQL is away. A serving request answers 503 now; any other view goes on, so
+            # that health can report the outage (it catches the error itself) and the rest map it
+            # to 503 through the exception handler.
+            return database_unavailable(exception) if serving else None
         return None
 
 

@@ -67,3 +67,18 @@ def test_only_the_web_process_gets_a_serving_timeout_by_default(monkeypatch):
     runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
 
     assert os.environ["RECSYS_SERVING_STATEMENT_TIMEOUT_MS"] == "2000"
+
+
+def test_health_reports_a_database_outage_even_where_the_serving_timeout_was_set(client, serving_timeout, monkeypatch):
+    from django.db import OperationalError
+
+    def database_away(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    connection.recsys_statement_timeout = 200  # this process served a read request earlier
+    monkeypatch.setattr("api.middleware.statement_timeout_set", database_away)
+    monkeypatch.setattr("api.views._database_status", lambda: "down")
+
+    response = client.get("/api/v1/health")
+
+    assert response.status_code == 503 and response.json()["database"] == "down"
