@@ -38,6 +38,11 @@ def scratch_database_url(name: str) -> str:
     return url
 
 
+def database_url(name: str) -> str:
+    """The configured server's URL with database ``name`` (which may not exist yet)."""
+    return urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}").geturl()
+
+
 def drop_database(url: str) -> None:
     parts = urlsplit(url)
     with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:

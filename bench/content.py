@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_url,
     drop_database,
     gunicorn,
     machine,
@@ -203,12 +203,6 @@ def search_latency(api: Api, rounds: int = 20) -> dict[str, dict[str, float]]:
         mode: {"p50": statistics.median(v) * 1000, "p99": sorted(v)[int(len(v) * 0.99)] * 1000}
         for mode, v in latencies.items()
     }
-
-
-def database_url(name: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}").geturl()
 
 
 def content_ready(url: str) -> bool:

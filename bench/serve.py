@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing as mp
-import os
 import random
 import statistics
 import sys
@@ -26,6 +25,7 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_url,
     drop_database,
     gunicorn,
     machine,
@@ -203,12 +203,6 @@ def main() -> None:
         if not args.reuse:
             drop_database(url)
     report(dataset, load_s, version, memory.peak_mb, results, floor, workers, args)
-
-
-def database_url(name: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{name}").geturl()
 
 
 def describe(generated: tuple[int, int] | None) -> str:
