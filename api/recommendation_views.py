@@ -29,7 +29,7 @@ from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
 from recsys.errors import ValidationFailed
-from recsys.validation import EXTERNAL_ID_PATTERN, clean_external_id
+from recsys.validation import EXTERNAL_ID_PATTERN, SPACE_PATTERN, clean_external_id
 
 MAX_SESSION_ITEMS = 100
 
@@ -73,7 +73,6 @@ def render(answer: Answer) -> Response:
 
 COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
 WINDOW_PATTERN = r"^(?:[1-9]|[1-9][0-9]|[12][0-9][0-9]|3[0-5][0-9]|36[0-5])d$"  # 1d to 365d
-SPACE_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 
 class UserRecommendationsView(ApiView):

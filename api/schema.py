@@ -7,9 +7,8 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
-from recsys.validation import EXTERNAL_ID_PATTERN
+from recsys.validation import CUSTOM_SPACE_PATTERN, EXTERNAL_ID_PATTERN
 
-CUSTOM_SPACE_PATTERN = r"^(?!(?:collaborative|content|hybrid)$)[a-z][a-z0-9_]{0,39}$"
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "item_id": {"type": "string", "pattern": EXTERNAL_ID_PATTERN},
     "user_id": {"type": "string", "pattern": EXTERNAL_ID_PATTERN},

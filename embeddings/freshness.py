@@ -9,6 +9,7 @@ interaction is newer than their stored vector once the worker can run it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -21,15 +22,18 @@ from psycopg import sql
 from embeddings.answer_cache import answers_invalidate
 from embeddings.learners import fold_in
 from embeddings.models import ActiveVersion, Kind, ModelVersion
-from embeddings.vector_search import vector_connection, vectors_of
+from embeddings.vector_search import vector_connection, vectors_matrix
 
 logger = logging.getLogger(__name__)
 PENDING_KEY = "recsys:foldin:pending"
 SCHEDULED_KEY = "recsys:foldin:scheduled"
 DEBOUNCE_SECONDS = 1
+FOLD_IN_BATCH_USERS = 200  # users per round trip of a bulk fold-in
 
 
+@functools.cache
 def _redis() -> Any:
+    """One client (and connection pool) per process."""
     import redis
 
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -89,58 +93,91 @@ def users_fold_in_sweep(*, lookback_seconds: float) -> int:
 
 
 def users_fold_in(*, user_ids: list[int]) -> int:
-    """Recompute the active collaborative version's vectors of these users from their histories."""
+    """Recompute the active collaborative version's vectors of these users from their histories.
+
+    A batch of users at a time (three statements each), so a task's memory stays bounded however
+    many users are pending and however long their histories have grown.
+    """
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.COLLABORATIVE).first()
     if pointer is None or not user_ids:
         return 0
-    version = pointer.version
-    vectors = {}
-    for user, history in _histories(user_ids).items():
-        items = [item for item, _ in history]
-        vector = user_vector_fold_in(version, items, np.array([w for _, w in history], dtype=np.float32))
-        if vector is not None:
-            vectors[user] = vector
-    return _vectors_upsert(version, vectors)
+    solver = FoldIn(pointer.version)
+    written = 0
+    for start in range(0, len(user_ids), FOLD_IN_BATCH_USERS):
+        histories = _histories(user_ids[start : start + FOLD_IN_BATCH_USERS])
+        if not histories:
+            continue
+        items = np.unique(np.concatenate([items for items, _ in histories.values()]))
+        known, factors = solver.item_vectors(items)
+        vectors = {user: solver.vector(items, weights, known, factors) for user, (items, weights) in histories.items()}
+        written += _vectors_upsert(pointer.version, {u: v for u, v in vectors.items() if v is not None})
+    return written
 
 
-def _histories(user_ids: list[int]) -> dict[int, list[tuple[int, float]]]:
+def _histories(user_ids: list[int]) -> dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+    """Each user's items and summed weights, one row per user (read row by row: the result is
+    held by libpq, and only one user's history at a time becomes Python objects)."""
+    histories = {}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT user_id, item_id, sum(weight) FROM recsys_interaction WHERE user_id = ANY(%s) "
-            "GROUP BY user_id, item_id",
+            "SELECT user_id, array_agg(item_id), array_agg(weight) FROM ("
+            "  SELECT user_id, item_id, sum(weight)::float4 AS weight FROM recsys_interaction"
+            "  WHERE user_id = ANY(%s) GROUP BY user_id, item_id"
+            ") AS history GROUP BY user_id",
             [user_ids],
         )
-        histories: dict[int, list[tuple[int, float]]] = {}
-        for user, item, weight in cursor.fetchall():
-            histories.setdefault(int(user), []).append((int(item), float(weight)))
+        for user, items, weights in cursor:
+            histories[int(user)] = (np.array(items, dtype=np.int64), np.array(weights, dtype=np.float32))
     return histories
+
+
+class FoldIn:
+    """User vectors of one version from their items and summed weights, without retraining.
+
+    EASE folds in exactly as Σ weight × item input vector; ALS/BPR/LMF solve ALS's user step
+    against the version's item factors (exact for ALS trained on raw weights).
+    """
+
+    def __init__(self, version: ModelVersion) -> None:
+        self.version = version
+        self.column = "fold_in" if version.algorithm == "ease" else "embedding"
+        self.gram = None if version.item_gram is None else np.asarray(version.item_gram, dtype=np.float64)
+        self.regularization = float(version.params.get("regularization", 0.05))
+        self.alpha = float(version.params.get("alpha", 1.0))
+
+    def item_vectors(self, items: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The version's vectors of these items: (sorted ids of those it has, their rows)."""
+        return vectors_matrix(self.version.item_table, "item_id", items, column=self.column)
+
+    def vector(
+        self,
+        items: npt.NDArray[np.int64],
+        weights: npt.NDArray[np.float32],
+        known: npt.NDArray[np.int64],
+        factors: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32] | None:
+        """A user's vector from ``item_vectors`` that cover their items; None when the version
+        knows none of them (or no solver state is stored)."""
+        at = np.minimum(np.searchsorted(known, items), max(len(known) - 1, 0))
+        usable = (known[at] == items) & (weights != 0) if len(known) else np.zeros(len(items), dtype=bool)
+        if not usable.any():
+            return None
+        rows, weights = factors[at[usable]], weights[usable]
+        if self.version.algorithm == "ease":
+            return (weights @ rows).astype(np.float32)
+        if self.gram is None:
+            return None
+        return fold_in(rows, weights, gram=self.gram, regularization=self.regularization, alpha=self.alpha)
 
 
 def user_vector_fold_in(
     version: ModelVersion, items: list[int], weights: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32] | None:
-    """A user vector of ``version`` from their items and summed weights, without retraining.
-
-    EASE folds in exactly as Σ weight × item input vector; ALS/BPR/LMF solve ALS's user step
-    against the version's item factors (exact for ALS trained on raw weights).
-    """
-    column = "fold_in" if version.algorithm == "ease" else "embedding"
-    found = vectors_of(version.item_table, "item_id", items, column=column)
-    known = [k for k, item in enumerate(items) if item in found and weights[k] != 0]
-    if not known:
-        return None
-    rows = np.stack([found[items[k]] for k in known])
-    if version.algorithm == "ease":
-        return (weights[known] @ rows).astype(np.float32)
-    if version.item_gram is None:
-        return None
-    return fold_in(
-        rows,
-        weights[known],
-        gram=np.asarray(version.item_gram),
-        regularization=float(version.params.get("regularization", 0.05)),
-        alpha=float(version.params.get("alpha", 1.0)),
-    )
+    """One user's vector of ``version`` from their items and summed weights (request time)."""
+    solver = FoldIn(version)
+    ids = np.asarray(items, dtype=np.int64)
+    known, factors = solver.item_vectors(np.unique(ids))
+    return solver.vector(ids, np.asarray(weights, dtype=np.float32), known, factors)
 
 
 def _vectors_upsert(version: ModelVersion, vectors: dict[int, np.ndarray]) -> int:

@@ -7,7 +7,6 @@ its categories; ``strategy`` names the path that answered.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +28,8 @@ from embeddings.recommendations import (
 )
 from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
+from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
-BUILT_IN_SPACES = ("collaborative", "content", "hybrid")
-SPACE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 HYBRID_CANDIDATES = 50  # per space, at least; the blend re-scores their union
 
 
@@ -50,7 +48,7 @@ def item_similar_list(
     if space in BUILT_IN_SPACES:
         variant = json.dumps([space, limit, category])
         return _cached(f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category))
-    custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME.fullmatch(space) else None
+    custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME_RE.fullmatch(space) else None
     if custom is None:  # a well-formed name that no vector was ever put in: 404, like an unknown item
         raise NotFound(
             f"space must be collaborative, content, hybrid or a custom space; {space!r} has no vectors",

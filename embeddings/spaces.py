@@ -12,10 +12,10 @@ from pgvector import Vector
 from psycopg import sql
 
 from embeddings.models import VectorSpace
-from embeddings.similarity import BUILT_IN_SPACES, SPACE_NAME
 from embeddings.vector_store import HNSW_EF_CONSTRUCTION, HNSW_M
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
+from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
 
 def item_vector_put(*, item_external_id: str, space: str, vector: object) -> tuple[VectorSpace, bool]:
@@ -40,7 +40,7 @@ def item_vector_put(*, item_external_id: str, space: str, vector: object) -> tup
 
 
 def _check_space_name(space: str) -> None:
-    if space in BUILT_IN_SPACES or not SPACE_NAME.fullmatch(space):
+    if space in BUILT_IN_SPACES or not SPACE_NAME_RE.fullmatch(space):
         raise ValidationFailed(
             "a custom space is named by 1-40 lowercase letters, digits or '_', starting with a letter, "
             f"and is not one of {', '.join(BUILT_IN_SPACES)}",

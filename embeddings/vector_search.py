@@ -134,6 +134,26 @@ def vectors_of(
     return {int(row[0]): as_array(row[1]) for row in rows}
 
 
+def vectors_matrix(
+    table: str, owner_column: str, ids: npt.NDArray[np.int64], column: str = "embedding"
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Stored vectors of these owners as (sorted owner ids, one row each): rows are copied into
+    one matrix as they are read, so many vectors cost no more than their floats."""
+    statement = sql.SQL(
+        "SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL ORDER BY {col}"
+    ).format(col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table))
+    with psycopg.Cursor(vector_connection()) as cursor:
+        cursor.execute(statement, [ids.tolist()], binary=True)
+        owners = np.empty(cursor.rowcount, dtype=np.int64)
+        matrix: npt.NDArray[np.float32] | None = None
+        for n, (owner, vector) in enumerate(cursor):
+            row = as_array(vector)
+            if matrix is None:
+                matrix = np.empty((len(owners), len(row)), dtype=np.float32)
+            owners[n], matrix[n] = owner, row
+    return owners, matrix if matrix is not None else np.empty((0, 0), dtype=np.float32)
+
+
 def as_array(value: object) -> npt.NDArray[np.float32]:
     array = value.to_numpy() if isinstance(value, Vector) else value
     return np.asarray(array, dtype=np.float32)

@@ -16,11 +16,12 @@ from django.urls import path, reverse
 from embeddings.operations import model_versions_by_id
 from embeddings.recommendations import Answer, user_recommendations_list
 from embeddings.selectors import item_vectors_status
-from embeddings.similarity import BUILT_IN_SPACES, item_similar_list
+from embeddings.similarity import item_similar_list
 from recsys.admin_selectors import items_by_external_id, user_id_get, user_recent_interactions
 from recsys.dashboard import dashboard_report
 from recsys.errors import DomainError
 from recsys.models import Item, User
+from recsys.validation import BUILT_IN_SPACES
 
 logger = logging.getLogger(__name__)
 PANEL_LIMIT = 10

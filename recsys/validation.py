@@ -40,6 +40,13 @@ EXTERNAL_ID_PATTERN = (
     r"(?!(?:.*/)?\.\.?(?:/|$))[A-Za-z0-9_.:@/-]{1,128}$"
 )
 
+# Vector spaces: the built-in ones, and the names a custom space may take (they become part of its
+# table's name). One rule for the validators, the query parameters and the OpenAPI schema.
+BUILT_IN_SPACES = ("collaborative", "content", "hybrid")
+SPACE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+SPACE_PATTERN = f"^{SPACE_NAME_RE.pattern}$"  # any space, built-in or custom
+CUSTOM_SPACE_PATTERN = f"^(?!(?:{'|'.join(BUILT_IN_SPACES)})$){SPACE_NAME_RE.pattern}$"
+
 
 def is_external_id(value: object) -> bool:
     return (

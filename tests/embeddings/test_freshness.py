@@ -9,7 +9,7 @@ from embeddings import services
 from embeddings.freshness import PENDING_KEY, _redis, users_fold_in
 from embeddings.learners import LearnerParams
 from embeddings.vector_search import vectors_of
-from recsys.models import Item, User
+from recsys.models import Interaction, Item, User
 from recsys.services import interactions_ingest
 
 pytestmark = pytest.mark.django_db
@@ -95,3 +95,31 @@ def test_sweep_folds_in_users_whose_fold_in_was_never_queued(trained):
     assert written == 1
     assert second > first and not np.allclose(before, user_vector(trained, "u3"))
     assert users_fold_in_sweep(lookback_seconds=3600) == 0  # its vector is now newer than its events
+
+
+def test_bulk_fold_in_in_batches_gives_each_user_the_vector_of_their_own_history(trained, monkeypatch):
+    """Batches of users share one read of item vectors; each user must still get exactly the
+    vector that their history alone gives (as folded in at request time)."""
+    from embeddings import freshness
+
+    monkeypatch.setattr(freshness, "FOLD_IN_BATCH_USERS", 7)  # 40 users: 6 batches, the last one short
+    interactions_ingest(rows=[{"user": "u3", "item": "i29", "type": "purchase"}, {"user": "new", "item": "i1"}])
+    users = dict(User.objects.values_list("external_id", "pk"))
+
+    assert users_fold_in(user_ids=sorted(users.values())) == len(users)
+
+    for external_id, pk in users.items():
+        items = list(Interaction.objects.filter(user_id=pk).values_list("item_id", flat=True).distinct())
+        weights = [
+            sum(Interaction.objects.filter(user_id=pk, item_id=item).values_list("weight", flat=True)) for item in items
+        ]
+        alone = freshness.user_vector_fold_in(trained, items, np.array(weights, dtype=np.float32))
+        np.testing.assert_allclose(user_vector(trained, external_id), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_in_skips_users_whose_items_the_model_does_not_know(trained):
+    interactions_ingest(rows=[{"user": "stranger", "item": "brand-new", "type": "purchase"}])
+    stranger = User.objects.get(external_id="stranger").pk
+
+    assert users_fold_in(user_ids=[stranger]) == 0
+    assert user_vector(trained, "stranger") is None
