@@ -16,6 +16,7 @@ import random
 import socket
 import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ READ_SHARE = 0.8
 BATCH = 50  # events per ingestion request
 ACTIVE_VERSION_CACHE_SECONDS = 2.0  # RECSYS_ACTIVE_VERSION_CACHE_SECONDS, as deployed
 GRACE_SECONDS = ACTIVE_VERSION_CACHE_SECONDS + 1.0  # the cache, plus a request in flight
+SAMPLE_SECONDS = 10.0  # memory is sampled this often through the run
 
 
 def client(port: int, key: str, users: list[str], items: list[str], until: float, seed: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -134,6 +136,21 @@ def memory(web: psutil.Process, worker: psutil.Process) -> dict[str, float]:
     return {"web": tree_rss_mb(web), "worker": tree_rss_mb(worker)}
 
 
+class MemorySampler(threading.Thread):
+    """RSS of the web and worker process trees every SAMPLE_SECONDS, so a peak or a slow climb
+    between the start and end readings shows too."""
+
+    def __init__(self, web: psutil.Process, worker: psutil.Process, start: float) -> None:
+        super().__init__(daemon=True)
+        self.web, self.worker, self.start_at = web, worker, start
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_SECONDS):
+            self.samples.append((time.time() - self.start_at, memory(self.web, self.worker)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600)
@@ -168,11 +185,14 @@ def soak(args, api, port, key, users, items, web, worker) -> dict:  # type: igno
         proc.start()
     time.sleep(max(0.0, start + min(5.0, args.seconds / 10) - time.time()))  # warmed up
     before = memory(web, worker)
+    sampler = MemorySampler(web, worker, start)
+    sampler.start()
     switch = retrain_during(api, start + args.seconds / 3)
     switched = memory(web, worker)
     results = [out.get() for _ in procs]
     for proc in procs:
         proc.join()
+    sampler.done.set()
     after = memory(web, worker)
     return {
         "start": start,
@@ -181,6 +201,7 @@ def soak(args, api, port, key, users, items, web, worker) -> dict:  # type: igno
         "before": before,
         "switched": switched,
         "after": after,
+        "samples": sampler.samples,
     }
 
 
@@ -230,6 +251,16 @@ def report(args, first, result, workers) -> None:  # type: ignore[no-untyped-def
             f"| {name} | {before[name]:,.0f} MiB | {result['switched'][name]:,.0f} MiB | {after[name]:,.0f} MiB "
             f"| {change:+.1%} |"
         )
+    switch_at = switch["active"] - result["start"]
+    after_switch = [m for t, m in result["samples"] if t >= switch_at] or [after]
+    peaks = ", ".join(f"{name} {max(m[name] for m in after_switch):,.0f} MiB" for name in ("web", "worker"))
+    by_minute = [(t, m) for t, m in result["samples"] if t % 60 < SAMPLE_SECONDS]
+    minutes = [f"{t / 60:.0f}: {m['web']:,.0f} / {m['worker']:,.0f}" for t, m in [(0.0, before), *by_minute]]
+    lines += [
+        "",
+        f"Highest sample (every {SAMPLE_SECONDS:.0f} s) after the switch: {peaks}. "
+        f"By minute (web / worker, MiB): {', '.join(minutes)}.",
+    ]
     lines += [
         "",
         f"Versions across the switch: {seen.count(old):,} answers named v{old}, {seen.count(new):,} named v{new}, "
