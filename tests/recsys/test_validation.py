@@ -19,8 +19,15 @@ NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 @given(st.text(alphabet=ID_ALPHABET, min_size=1, max_size=128))
 def test_every_id_of_the_documented_alphabet_is_accepted(value):
-    if value not in {"batch", "popular"}:
+    # Reserved: the ids that name endpoints, and "." and ".." (HTTP clients resolve them away).
+    if value not in {"batch", "popular", ".", ".."}:
         assert clean_external_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["batch", "popular", ".", ".."])
+def test_reserved_ids_of_the_alphabet_are_rejected(value):
+    with pytest.raises(ValidationFailed):
+        clean_external_id(value)
 
 
 @given(st.text(min_size=0, max_size=200))

@@ -37,5 +37,7 @@ def test_the_trim_runs_after_every_task():
 def test_memory_freed_by_a_task_goes_back_to_the_os():
     if getattr(_malloc_trim(), "__name__", "") == "<lambda>":
         pytest.skip("not glibc")
-    released = int(subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, check=True).stdout)
+    released = int(
+        subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, check=True).stdout
+    )
     assert released > 100 * 2**20  # the 100 freed 2 MiB arrays
