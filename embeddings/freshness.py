@@ -107,8 +107,7 @@ def users_fold_in(*, user_ids: list[int]) -> int:
         histories = _histories(user_ids[start : start + FOLD_IN_BATCH_USERS])
         if not histories:
             continue
-        items = np.unique(np.concatenate([items for items, _ in histories.values()]))
-        known, factors = solver.item_vectors(items)
+        known, factors = solver.item_vectors(np.unique(np.concatenate([items for items, _ in histories.values()])))
         vectors = {user: solver.vector(items, weights, known, factors) for user, (items, weights) in histories.items()}
         written += _vectors_upsert(pointer.version, {u: v for u, v in vectors.items() if v is not None})
     return written
@@ -158,8 +157,10 @@ class FoldIn:
     ) -> npt.NDArray[np.float32] | None:
         """A user's vector from ``item_vectors`` that cover their items; None when the version
         knows none of them (or no solver state is stored)."""
-        at = np.minimum(np.searchsorted(known, items), max(len(known) - 1, 0))
-        usable = (known[at] == items) & (weights != 0) if len(known) else np.zeros(len(items), dtype=bool)
+        at = np.searchsorted(known, items)
+        usable = at < len(known)
+        usable[usable] = known[at[usable]] == items[usable]
+        usable &= weights != 0
         if not usable.any():
             return None
         rows, weights = factors[at[usable]], weights[usable]

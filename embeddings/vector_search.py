@@ -7,6 +7,7 @@ filtering, so the search widens ef_search and, past its ceiling, falls back to a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,26 +125,22 @@ def vectors_of(
     table: str, owner_column: str, ids: list[int], column: str = "embedding"
 ) -> dict[int, npt.NDArray[np.float32]]:
     """Stored vectors (``embedding`` or ``fold_in``) by owner id of one version table."""
-    if not ids:
-        return {}
-    statement = sql.SQL("SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL").format(
-        col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table)
-    )
-    with psycopg.Cursor(vector_connection()) as cursor:
-        rows = cursor.execute(statement, [ids], binary=True).fetchall()
-    return {int(row[0]): as_array(row[1]) for row in rows}
+    owners, matrix = vectors_matrix(table, owner_column, ids, column=column)
+    return dict(zip(owners.tolist(), matrix, strict=True))
 
 
 def vectors_matrix(
-    table: str, owner_column: str, ids: npt.NDArray[np.int64], column: str = "embedding"
+    table: str, owner_column: str, ids: Sequence[int] | npt.NDArray[np.int64], column: str = "embedding"
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Stored vectors of these owners as (sorted owner ids, one row each): rows are copied into
     one matrix as they are read, so many vectors cost no more than their floats."""
+    if not len(ids):
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
     statement = sql.SQL(
         "SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL ORDER BY {col}"
     ).format(col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table))
     with psycopg.Cursor(vector_connection()) as cursor:
-        cursor.execute(statement, [ids.tolist()], binary=True)
+        cursor.execute(statement, [np.asarray(ids, dtype=np.int64).tolist()], binary=True)
         owners = np.empty(cursor.rowcount, dtype=np.int64)
         matrix: npt.NDArray[np.float32] | None = None
         for n, (owner, vector) in enumerate(cursor):
