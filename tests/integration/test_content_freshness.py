@@ -3,43 +3,29 @@ searchable and similar-listable seconds later, with no training run asked for.""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+from typing import Any
 
 import pytest
 
 from recsys.api_keys import api_key_create
+from tests.integration.faults import http, ok, poll
 from tests.integration.test_serve import wait_for_health
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def call(port: str, key: str, method: str, path: str, body: object = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (our own server on loopback)
-        return json.loads(answer.read())
+def answer(port: str, key: str, path: str) -> Any:
+    """A GET's body; None while no content version exists yet (409), any other failure fails."""
+    reply = http(port, key, "GET", path, timeout=10)
+    return None if reply.status == 409 else ok(reply)
 
 
-def poll(predicate, seconds: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        try:
-            if predicate():
-                return time.monotonic() - started
-        except urllib.error.HTTPError as error:  # 409 until the first content version exists
-            assert error.code == 409, error.read()
-        time.sleep(0.25)
-    raise AssertionError(f"not true within {seconds} s")
+def found(port: str, key: str, path: str) -> list[str]:
+    """The ids a search answers; none while no content version exists yet."""
+    return [item["id"] for item in (answer(port, key, path) or {"items": []})["items"]]
 
 
 def test_items_become_searchable_and_similar_listable_seconds_after_ingestion(live_env, tmp_path):
@@ -55,23 +41,34 @@ def test_items_become_searchable_and_similar_listable_seconds_after_ingestion(li
             for topic in ("telescope", "recipe")
             for n, word in enumerate(["basics", "tips", "gear", "history"])
         ]
-        call(port, key, "POST", "/api/v1/items/batch", {"items": catalogue})
+        ok(http(port, key, "POST", "/api/v1/items/batch", {"items": catalogue}, timeout=10))
 
         # The first items make the worker build a content version (nobody asked for training).
         first = poll(
+            lambda: "telescope-0" in found(port, key, "/api/v1/search?q=telescope+basics&mode=semantic"),
+            30,
+            "searchable",
+        )
+        ok(
+            http(
+                port,
+                key,
+                "PUT",
+                "/api/v1/items/latecomer",
+                {"title": "telescope gear", "text": "telescope tips"},
+                timeout=10,
+            ),
+            201,
+        )
+        later = poll(
             lambda: (
-                "telescope-0"
-                in [i["id"] for i in call(port, key, "GET", "/api/v1/search?q=telescope+basics&mode=semantic")["items"]]
+                (answer(port, key, "/api/v1/items/latecomer/similar?space=content") or {}).get("strategy") == "content"
             ),
             30,
+            "similar-listable",
         )
-        call(port, key, "PUT", "/api/v1/items/latecomer", {"title": "telescope gear", "text": "telescope tips"})
-        later = poll(
-            lambda: call(port, key, "GET", "/api/v1/items/latecomer/similar?space=content")["strategy"] == "content",
-            30,
-        )
-        similar = call(port, key, "GET", "/api/v1/items/latecomer/similar?space=content&limit=3")
-        searched = call(port, key, "GET", "/api/v1/search?q=telescope+gear&mode=semantic&limit=3")
+        similar = ok(http(port, key, "GET", "/api/v1/items/latecomer/similar?space=content&limit=3", timeout=10))
+        searched = ok(http(port, key, "GET", "/api/v1/search?q=telescope+gear&mode=semantic&limit=3", timeout=10))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=40)
