@@ -127,3 +127,15 @@ def test_tuning_tries_low_rank_ease_and_keeps_the_best_on_validation(communities
     assert [c["algorithm"] for c in tried] == ["als", "ease", "ease"]
     assert version.algorithm == best["algorithm"]
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
+
+
+def test_interactions_parsed_in_small_chunks_give_the_same_matrix(communities, monkeypatch):
+    """The COPY is parsed a few MB at a time (numpy holds the GIL per parse, which would starve
+    the run's heartbeat); chunk boundaries fall anywhere in COPY's blocks and change nothing."""
+    whole = services.interactions_load(half_life_days=None)
+    monkeypatch.setattr(services, "PARSE_CHUNK_BYTES", 37)
+
+    chunked = services.interactions_load(half_life_days=None)
+
+    assert (chunked.matrix != whole.matrix).nnz == 0 and whole.matrix.nnz == 240
+    assert (chunked.user_ids == whole.user_ids).all() and (chunked.item_ids == whole.item_ids).all()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from embeddings import content
+from embeddings.models import ModelVersion
 from recsys.api_keys import api_key_create
 from recsys.services import items_upsert
 from tests.integration.faults import http, ok, poll
@@ -21,12 +21,6 @@ SEARCH = "/api/v1/search?q=looking+at+the+stars&mode=semantic&limit=3"
 
 def test_the_encoder_of_a_version_activated_after_start_is_loaded_before_any_search(live_env, tmp_path, settings):
     settings.RECSYS_CONTENT_ENCODER = "minilm"
-    items_upsert(
-        rows=[
-            {"id": "scope", "title": "Backyard telescope", "text": "watch planets and galaxies at night"},
-            {"id": "pasta", "title": "Fresh pasta", "text": "a recipe with garlic, basil and tomato"},
-        ]
-    )
     _, key = api_key_create(name="encoder-load", scopes=["read"])
     env = {**live_env, "RECSYS_CONTENT_ENCODER": "minilm", "WEB_CONCURRENCY": "1"}
     log = tmp_path / "web.log"
@@ -37,7 +31,14 @@ def test_the_encoder_of_a_version_activated_after_start_is_loaded_before_any_sea
         wait_for_health(env["PORT"], web)
         assert http(env["PORT"], key, "GET", SEARCH).status == 409  # nothing to preload at start
 
-        version = content.content_model_build(version_id=content.content_version_create().pk)
+        # The first items build and activate a content version (here, eagerly in this process).
+        items_upsert(
+            rows=[
+                {"id": "scope", "title": "Backyard telescope", "text": "watch planets and galaxies at night"},
+                {"id": "pasta", "title": "Fresh pasta", "text": "a recipe with garlic, basil and tomato"},
+            ]
+        )
+        version = ModelVersion.objects.get(kind="content", status="active")
         poll(
             lambda: f"search query encoder of content v{version.pk} loaded" in log.read_text(errors="replace"),
             120,
