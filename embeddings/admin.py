@@ -14,7 +14,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from embeddings import maps, operations, services
+from embeddings import maps, operations, runs
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
 from recsys.errors import DomainError
 
@@ -146,7 +146,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def _activate(self, request: HttpRequest, version_id: int) -> None:
         try:
-            version = services.model_version_activate(version_id=version_id)
+            version = runs.model_version_activate(version_id=version_id)
         except DomainError as error:
             self.message_user(request, f"Not activated: {error.message}", messages.ERROR)
             return
@@ -233,7 +233,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if keep < 1:
             self.message_user(request, "Keep at least one version.", messages.ERROR)
             return self._changelist()
-        pruned = services.model_versions_prune(kind=kind, keep=keep)
+        pruned = runs.model_versions_prune(kind=kind, keep=keep)
         shown = ", ".join(f"v{pk}" for pk in pruned) or "none"
         self.message_user(request, f"Dropped the vectors of {len(pruned)} {kind} version(s): {shown}.")
         return self._changelist()

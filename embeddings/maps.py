@@ -9,29 +9,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
 from django.utils import timezone
-from psycopg import sql
 
+from embeddings.encoders import l2_normalise
 from embeddings.models import EmbeddingMap, Kind, ModelVersion, Status
-from embeddings.vector_search import vectors_of
+from embeddings.vectors.rows import items_sample, vectors_of
 from recsys.errors import ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 MAX_POINTS = 20_000  # a canvas scatter stays responsive, and the JSON about 1.5 MB
 TOP_CATEGORIES = 12  # colours beyond a dozen stop being told apart; the rest read "other"
 TITLE_CHARS = 80
-
-# A stable sample (the same items on every recompute, so two maps of one version compare):
-# ordered by a hash of the id. BERNOULLI thins big tables first so the sort stays small.
-_SAMPLE = """
-    SELECT v.item_id, coalesce(nullif(i.title, ''), i.external_id), i.categories, {cluster}
-    FROM {table} AS v {sampling}
-    JOIN recsys_item i ON i.id = v.item_id
-    WHERE v.embedding IS NOT NULL
-    ORDER BY md5(v.item_id::text)
-    LIMIT %s
-"""
 
 
 @dataclass
@@ -46,8 +34,7 @@ def unit_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """(n, d) rows scaled to length 1 (zero rows stay zero): the map shows directions, which is
     what similarity ranks by; raw EASE/ALS item norms span orders of magnitude, and a few long
     vectors would otherwise squash every other point into one spot."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+    return l2_normalise(vectors)
 
 
 def pca_2d(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -70,31 +57,13 @@ def pca_2d(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def _sample(version: ModelVersion, limit: int) -> Sample:
-    table = version.item_table
-    estimate = _row_estimate(table)
-    # Thin to about twice what is kept (the hash order then picks among those).
-    percent = min(100.0, 200.0 * limit / estimate) if estimate > 2 * limit else 100.0
-    statement = sql.SQL(_SAMPLE).format(
-        table=sql.Identifier(table),
-        cluster=sql.SQL("v.cluster") if version.kind == Kind.CONTENT else sql.SQL("NULL::int"),
-        sampling=sql.SQL("TABLESAMPLE BERNOULLI ({})").format(sql.Literal(percent)) if percent < 100 else sql.SQL(""),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string(connection.connection), [limit])
-        rows = cursor.fetchall()
+    rows = items_sample(table=version.item_table, limit=limit, with_cluster=version.kind == Kind.CONTENT)
     return Sample(
         ids=[int(r[0]) for r in rows],
         titles=[str(r[1])[:TITLE_CHARS] for r in rows],
         categories=[list(r[2] or []) for r in rows],
         clusters=[r[3] for r in rows],
     )
-
-
-def _row_estimate(table: str) -> float:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [table])
-        row = cursor.fetchone()
-    return float(row[0]) if row and row[0] and row[0] > 0 else 0.0
 
 
 def _groups(sample: Sample, kind: str) -> tuple[list[str], list[int], str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from embeddings.vectors import tables
+
 
 class Kind(models.TextChoices):
     COLLABORATIVE = "collaborative"
@@ -62,11 +64,11 @@ class ModelVersion(models.Model):
 
     @property
     def item_table(self) -> str:
-        return f"embeddings_v{int(self.pk)}_item"
+        return tables.item_table(self.pk)
 
     @property
     def user_table(self) -> str:
-        return f"embeddings_v{int(self.pk)}_user"
+        return tables.user_table(self.pk)
 
 
 class ActiveVersion(models.Model):
@@ -95,7 +97,7 @@ class VectorSpace(models.Model):
 
     @property
     def table(self) -> str:
-        return f"embeddings_space_{self.name}"
+        return tables.space_table(self.name)
 
 
 class ItemPopularity(models.Model):

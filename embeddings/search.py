@@ -6,9 +6,9 @@ from __future__ import annotations
 from django.db import connection
 
 from embeddings.content import version_encoder
-from embeddings.models import Kind
-from embeddings.recommendations import Answer, Recommendation, _active, _from_neighbours, _model_ref
-from embeddings.vector_search import Filters, nearest_items
+from embeddings.query_encoder import content_version_for_queries
+from embeddings.serving import Answer, Recommendation, from_neighbours, model_ref
+from embeddings.vectors.search import Filters, nearest_items
 from recsys.errors import ModelNotReady
 
 MODES = ("hybrid", "semantic", "keyword")
@@ -25,36 +25,26 @@ _KEYWORD = """
 
 def items_search(*, query: str, mode: str, limit: int, category: str | None = None) -> Answer:
     """Items matching ``query``; hybrid degrades to keyword while no content model is active."""
-    content = _active(Kind.CONTENT)
+    content = content_version_for_queries()
     if mode == "keyword" or (mode == "hybrid" and content is None):
         return Answer(_keyword(query, limit, category), None, "keyword")
     if content is None:
         raise ModelNotReady("semantic search needs a content model, and none is active yet")
     if mode == "semantic":
-        return Answer(_semantic(content, query, limit, category), _model_ref(content), "semantic")
+        return Answer(_semantic(content, query, limit, category), model_ref(content), "semantic")
     depth = max(limit * 2, FUSION_DEPTH)
     return Answer(
         _fused([_semantic(content, query, depth, category), _keyword(query, depth, category)], limit),
-        _model_ref(content),
+        model_ref(content),
         "hybrid",
     )
-
-
-def query_encoder_warm() -> bool:
-    """Load the active content version's query encoder and run it once, so that the first search
-    a web process answers does not wait seconds for a model; False when there is none yet."""
-    content = _active(Kind.CONTENT)
-    if content is None:
-        return False
-    version_encoder(content, for_queries=True).encode(["warm up"])
-    return True
 
 
 def _semantic(content, query: str, limit: int, category: str | None) -> list[Recommendation]:  # type: ignore[no-untyped-def]
     vector = version_encoder(content, for_queries=True).encode([query])[0]
     if not vector.any():  # no known word (TF-IDF): nothing is near it
         return []
-    return _from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=Filters((), category)))
+    return from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=Filters((), category)))
 
 
 def _keyword(query: str, limit: int, category: str | None) -> list[Recommendation]:

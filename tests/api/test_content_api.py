@@ -30,7 +30,7 @@ def catalogue() -> list[dict]:
 def content_model(settings):
     settings.RECSYS_CONTENT_ENCODER = "fake"
     items_upsert(rows=catalogue())
-    version = services.content_version_create()
+    version = content.content_version_create()
     return content.content_model_build(version_id=version.pk)
 
 
@@ -237,7 +237,7 @@ def test_semantic_search_with_the_real_minilm_finds_items_by_meaning(reader, set
             {"id": "bread", "title": "Sourdough at home", "text": "Flour, water, salt and a starter."},
         ]
     )
-    version = content.content_model_build(version_id=services.content_version_create().pk)
+    version = content.content_model_build(version_id=content.content_version_create().pk)
 
     body = reader.get("/api/v1/search?q=looking+after+my+new+pet&mode=semantic&limit=3").json()
 

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from embeddings import services
+from embeddings import runs, services
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version
@@ -86,7 +86,7 @@ def test_training_without_interactions_fails_cleanly():
 def test_a_second_claim_is_refused_until_the_lease_expires():
     running = services.collaborative_version_create(params=PARAMS)
 
-    with pytest.raises(services.TrainingAlreadyRunning):
+    with pytest.raises(runs.TrainingAlreadyRunning):
         services.collaborative_version_create(params=PARAMS)
 
     ModelVersion.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
@@ -99,7 +99,7 @@ def test_rollback_activates_an_older_version(communities):
     first, second = train(), train()
     assert active_version(kind="collaborative").pk == second.pk
 
-    services.model_version_activate(version_id=first.pk)
+    runs.model_version_activate(version_id=first.pk)
 
     assert active_version(kind="collaborative").pk == first.pk
     assert ModelVersion.objects.get(pk=second.pk).status == Status.READY
@@ -111,8 +111,8 @@ def test_old_versions_are_pruned_by_dropping_their_tables(communities):
 
     pruned = ModelVersion.objects.get(pk=first.pk)
     assert pruned.status == Status.RETIRED and not pruned.has_tables
-    with pytest.raises(services.ModelVersionNotReady):
-        services.model_version_activate(version_id=first.pk)
+    with pytest.raises(runs.ModelVersionNotReady):
+        runs.model_version_activate(version_id=first.pk)
     assert active_version(kind="collaborative").pk == third.pk
 
 
@@ -127,3 +127,15 @@ def test_tuning_tries_low_rank_ease_and_keeps_the_best_on_validation(communities
     assert [c["algorithm"] for c in tried] == ["als", "ease", "ease"]
     assert version.algorithm == best["algorithm"]
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
+
+
+def test_interactions_parsed_in_small_chunks_give_the_same_matrix(communities, monkeypatch):
+    """The COPY is parsed a few MB at a time (numpy holds the GIL per parse, which would starve
+    the run's heartbeat); chunk boundaries fall anywhere in COPY's blocks and change nothing."""
+    whole = services.interactions_load(half_life_days=None)
+    monkeypatch.setattr(services, "PARSE_CHUNK_BYTES", 37)
+
+    chunked = services.interactions_load(half_life_days=None)
+
+    assert (chunked.matrix != whole.matrix).nnz == 0 and whole.matrix.nnz == 240
+    assert (chunked.user_ids == whole.user_ids).all() and (chunked.item_ids == whole.item_ids).all()

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from embeddings import maps, operations, services, tasks
+from embeddings import content, maps, operations, runs, services, tasks
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, Status
 from tests.recsys.admin_setup import catalogue_store, collaborative_train, interactions_store, models_trained
 
@@ -68,7 +68,7 @@ def test_version_page_shows_parameters_timings_and_each_metric_beside_popularity
 
 
 def test_training_progress_is_shown_and_the_page_refreshes_itself_meanwhile(admin_client, data):
-    version = services.content_version_create()
+    version = content.content_version_create()
     ModelVersion.objects.filter(pk=version.pk).update(progress={"stage": "encoding", "done": 2048, "left": 6144})
 
     html = admin_client.get(MODELS).content.decode()
@@ -274,7 +274,7 @@ def test_a_pending_map_refreshes_its_page(admin_client, settings, monkeypatch):
 
 def test_a_version_without_vectors_cannot_be_mapped(admin_client, two_versions):
     older, _ = two_versions
-    services.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
+    runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
 
     response = admin_client.post(f"{MODELS}map/{older.pk}/compute/", follow=True)
 
