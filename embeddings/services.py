@@ -19,12 +19,13 @@ from django.utils import timezone
 
 from embeddings import vector_store
 from embeddings.answer_cache import answers_invalidate_all
-from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
-from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
-from embeddings.learners import Factors, LearnerParams, Svd, fit, gram_matrix
+from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
+from embeddings.interactions import InteractionMatrix, build_matrix, decay
+from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from embeddings.popularity import popularity_refresh
 from embeddings.selectors import active_version_serving_forget
+from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
 from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def learner_params_from_settings(**overrides: Any) -> LearnerParams:
         "regularization": settings.RECSYS_CF_REGULARIZATION,
         "iterations": settings.RECSYS_CF_ITERATIONS,
         "alpha": settings.RECSYS_CF_ALPHA,
+        "bm25": settings.RECSYS_CF_BM25,
     }
     return LearnerParams(**{**defaults, **overrides})
 
@@ -220,58 +222,49 @@ def _train(version: ModelVersion) -> None:
 
 
 def _confidences(matrix: Any, params: LearnerParams) -> Any:
-    """BM25 re-weighting for the implicit learners when enabled; EASE reads the summed weights,
-    which is also what its fold-in sums, so its users fold in exactly."""
-    return bm25_confidence(matrix) if settings.RECSYS_CF_BM25 and params.algorithm != "ease" else matrix
+    """The matrix the chosen learner fits on (BM25 when the search picked it); EASE reads the summed
+    weights, which is also what its fold-in sums, so its users fold in exactly."""
+    return learner_confidences(matrix, params) if params.algorithm != "ease" else matrix
 
 
-def tuning_candidates(configured: LearnerParams, n_items: int) -> list[LearnerParams]:
-    """The configured learner, plus low-rank EASE for catalogues it handles well, when tuning is on."""
-    candidates = [configured]
-    if settings.RECSYS_CF_TUNE and n_items <= settings.RECSYS_EASE_MAX_ITEMS:
-        for regularization in settings.RECSYS_EASE_REGULARIZATION:
-            candidates.append(
-                LearnerParams(
-                    algorithm="ease",
-                    factors=settings.RECSYS_EASE_FACTORS,
-                    regularization=regularization,
-                    random_state=configured.random_state,
-                )
-            )
-    return candidates
+def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
+    """The search's budget and starting points from the settings (``RECSYS_CF_TUNE*``)."""
+    return TuningSettings(
+        budget_seconds=settings.RECSYS_CF_TUNE_BUDGET_SECONDS,
+        max_evals=settings.RECSYS_CF_TUNE_MAX_EVALS,
+        eval_users=settings.RECSYS_CF_TUNE_EVAL_USERS,
+        ease=n_items <= settings.RECSYS_EASE_MAX_ITEMS,
+        ease_factors=settings.RECSYS_EASE_FACTORS,
+        ease_lambda_start=settings.RECSYS_EASE_LAMBDA,
+        als_regularization_start=configured.regularization,
+        seed=configured.random_state,
+    )
 
 
 def _select(
     matrix: Any, configured: LearnerParams, report: Callable[..., None] = lambda **_: None
 ) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
-    """Fit each candidate on a per-user 80/20 split and keep the best by NDCG@10.
+    """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
+    the configured learner as it is when tuning is off.
 
     Returns the winner, its metrics, popularity's metrics on the same split, and every
     candidate's score (so operators can see what was tried).
     """
-    split = holdout_split(matrix, test_fraction=0.2, seed=configured.random_state)
+    split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
-    best: tuple[LearnerParams, dict[str, float]] | None = None
-    tried: list[dict[str, Any]] = []
-    svd_cache: dict[int, Svd] = {}
-    candidates = tuning_candidates(configured, matrix.shape[1])
-    for number, params in enumerate(candidates, start=1):
-        report(candidate=number, of=len(candidates), algorithm=params.algorithm, tried=list(tried))
-        factors = fit(_confidences(split.train, params), params, svd_cache=svd_cache)
-        metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
-        tried.append(
-            {
-                "algorithm": params.algorithm,
-                "factors": params.factors,
-                "regularization": params.regularization,
-                "ndcg@10": round(metrics["ndcg@10"], 5),
-            }
+    if settings.RECSYS_CF_TUNE:
+        outcome = collaborative_search(
+            split, configured, options=tuning_settings(configured, matrix.shape[1]), report=report
         )
-        if best is None or metrics["ndcg@10"] > best[1]["ndcg@10"]:
-            best = (params, metrics)
-    assert best is not None
-    return best[0], best[1], baseline, tried
+        params, tried = outcome.params, outcome.tried
+    else:
+        params, tried = configured, []
+    factors = fit(_confidences(split.train, params), params)
+    metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
+    if not tried:
+        tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
+    return params, metrics, baseline, tried
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:
