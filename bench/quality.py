@@ -198,23 +198,32 @@ def served_recommender(api: Api, users: list[str], items: list[str]):  # type: i
 
 def ease_tuned(train: sp.csr_matrix) -> tuple[np.ndarray, float]:
     """Full EASE on the binary matrix; λ picked on a validation split of train from a wide grid
-    (the best point must be interior), then refit on all of train."""
+    (the best point must be interior), then refit on all of train.
 
-    def fit(x: np.ndarray, lam: float) -> np.ndarray:
-        p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
-        b = -p / np.diag(p)
-        np.fill_diagonal(b, 0.0)
-        return b
+    One eigendecomposition G = Q diag(e) Qᵀ per matrix serves every λ: P = Q diag(1 / (e + λ)) Qᵀ,
+    and X B = X - (X P) diag(1 / diag P) needs only the scored users' rows of X Q.
+    """
+
+    def scorer(x: sp.csr_matrix) -> Callable[[float], Callable[[np.ndarray], np.ndarray]]:
+        dense = x.toarray().astype(np.float64)
+        e, q = np.linalg.eigh(dense.T @ dense)
+        xq = dense @ q
+
+        def at(lam: float) -> Callable[[np.ndarray], np.ndarray]:
+            inverse = 1.0 / (e + lam)
+            diag_p = (q**2) @ inverse
+            return lambda users: dense[users] - ((xq[users] * inverse) @ q.T) / diag_p
+
+        return at
 
     inner = holdout_split(train, test_fraction=0.2, seed=SEED + 1)
-    x_inner = inner.train.toarray().astype(np.float64)
-    scores = {}
-    for lam in EASE_GRID:
-        b = fit(x_inner, lam)
-        scores[lam] = ranking_metrics(scores_recommender(lambda u, b=b: x_inner[u] @ b, inner.train), inner)["ndcg@10"]
+    inner_at = scorer(inner.train)
+    scores = {
+        lam: ranking_metrics(scores_recommender(inner_at(lam), inner.train), inner)["ndcg@10"] for lam in EASE_GRID
+    }
     best = max(scores, key=scores.__getitem__)
-    x = train.toarray().astype(np.float64)
-    return x @ fit(x, best), best
+    users = np.arange(train.shape[0])
+    return scorer(train)(best)(users), best
 
 
 def peers(data: DataSet, split: Split) -> dict[str, Any]:
