@@ -23,6 +23,10 @@ class LearnerParams:
     alpha: float = 1.0
     learning_rate: float = 0.01
     random_state: int = 42
+    bm25: bool = False  # BM25-weight the confidences before fitting (implicit learners)
+    # Mean weight of the data the parameters were searched on (embeddings.tuning): informational,
+    # the stored alpha and regularization already apply to raw weights.
+    weight_scale: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

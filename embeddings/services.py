@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 from django.db import connection
 
 from embeddings import runs
-from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
-from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
-from embeddings.learners import Factors, LearnerParams, Svd, fit, gram_matrix
+from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
+from embeddings.interactions import InteractionMatrix, build_matrix, decay, events_from_binary_copy
+from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popularity_refresh
+from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
 from embeddings.vectors import tables
 
 logger = logging.getLogger(__name__)
 
-# numpy's loadtxt holds the GIL for a whole parse (11.6 s for 2M rows on this busy 2-core
-# machine), which would starve the run's heartbeat thread; parsed 4 MB (~140k rows) at a time,
-# the longest the heartbeat waited for the GIL over the same 2M rows was 1.5 s.
-PARSE_CHUNK_BYTES = 4 << 20
+# Binary: fixed-width rows parsed by numpy (embeddings.interactions.events_from_binary_copy), no
+# text round trip and no Python object per row; each chunk of a million rows is decoded in one
+# np.frombuffer (~0.1 s), so the run's heartbeat thread never waits long for the GIL.
 _INTERACTIONS_COPY = (
-    "COPY (SELECT user_id, item_id, weight, extract(epoch FROM timestamp) FROM recsys_interaction) TO STDOUT"
+    "COPY (SELECT user_id, item_id, weight, timestamp FROM recsys_interaction) TO STDOUT (FORMAT BINARY)"
 )
 
 
@@ -38,39 +36,18 @@ def learner_params_from_settings(**overrides: Any) -> LearnerParams:
         "regularization": settings.RECSYS_CF_REGULARIZATION,
         "iterations": settings.RECSYS_CF_ITERATIONS,
         "alpha": settings.RECSYS_CF_ALPHA,
+        "bm25": settings.RECSYS_CF_BM25,
     }
     return LearnerParams(**{**defaults, **overrides})
 
 
 def interactions_load(*, half_life_days: float | None, now: float | None = None) -> InteractionMatrix:
-    """All interactions as a weighted CSR matrix, read with one COPY (no ORM objects)."""
+    """All interactions as a weighted CSR matrix, streamed with one binary COPY into numpy columns."""
     connection.ensure_connection()
     with connection.connection.cursor() as cursor, cursor.copy(_INTERACTIONS_COPY) as copy:
-        parts = [np.loadtxt(io.BytesIO(rows), delimiter="\t", dtype=np.float64, ndmin=2) for rows in _line_chunks(copy)]
-    if not parts:
-        empty = np.zeros(0)
-        return build_matrix(empty.astype(np.int64), empty.astype(np.int64), empty.astype(np.float32))
-    table = np.concatenate(parts)
-    del parts
-    weights = table[:, 2].astype(np.float32) * decay(table[:, 3], now=now or time.time(), half_life_days=half_life_days)
-    return build_matrix(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), weights)
-
-
-def _line_chunks(blocks: Iterable[Any]) -> Iterator[bytes]:
-    """COPY's blocks regrouped into chunks of whole lines of about PARSE_CHUNK_BYTES each."""
-    pending: list[bytes] = []
-    size = 0
-    for block in blocks:
-        pending.append(bytes(block))
-        size += len(block)
-        if size >= PARSE_CHUNK_BYTES:
-            head, _, tail = b"".join(pending).rpartition(b"\n")
-            pending, size = [tail], len(tail)
-            if head:
-                yield head
-    rest = b"".join(pending)
-    if rest.strip():
-        yield rest
+        events = events_from_binary_copy(bytes(block) for block in copy)
+    weights = events.weights * decay(events.timestamps, now=now or time.time(), half_life_days=half_life_days)
+    return build_matrix(events.user_ids, events.item_ids, weights)
 
 
 def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:
@@ -124,58 +101,49 @@ def _train(version: ModelVersion) -> None:
 
 
 def _confidences(matrix: Any, params: LearnerParams) -> Any:
-    """BM25 re-weighting for the implicit learners when enabled; EASE reads the summed weights,
-    which is also what its fold-in sums, so its users fold in exactly."""
-    return bm25_confidence(matrix) if settings.RECSYS_CF_BM25 and params.algorithm != "ease" else matrix
+    """The matrix the chosen learner fits on (BM25 when the search picked it); EASE reads the summed
+    weights, which is also what its fold-in sums, so its users fold in exactly."""
+    return learner_confidences(matrix, params) if params.algorithm != "ease" else matrix
 
 
-def tuning_candidates(configured: LearnerParams, n_items: int) -> list[LearnerParams]:
-    """The configured learner, plus low-rank EASE for catalogues it handles well, when tuning is on."""
-    candidates = [configured]
-    if settings.RECSYS_CF_TUNE and n_items <= settings.RECSYS_EASE_MAX_ITEMS:
-        for regularization in settings.RECSYS_EASE_REGULARIZATION:
-            candidates.append(
-                LearnerParams(
-                    algorithm="ease",
-                    factors=settings.RECSYS_EASE_FACTORS,
-                    regularization=regularization,
-                    random_state=configured.random_state,
-                )
-            )
-    return candidates
+def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
+    """The search's budget and starting points from the settings (``RECSYS_CF_TUNE*``)."""
+    return TuningSettings(
+        budget_seconds=settings.RECSYS_CF_TUNE_BUDGET_SECONDS,
+        max_evals=settings.RECSYS_CF_TUNE_MAX_EVALS,
+        eval_users=settings.RECSYS_CF_TUNE_EVAL_USERS,
+        ease=n_items <= settings.RECSYS_EASE_MAX_ITEMS,
+        ease_factors=settings.RECSYS_EASE_FACTORS,
+        ease_lambda_start=settings.RECSYS_EASE_LAMBDA,
+        als_regularization_start=configured.regularization,
+        seed=configured.random_state,
+    )
 
 
 def _select(
     matrix: Any, configured: LearnerParams, report: Callable[..., None] = lambda **_: None
 ) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
-    """Fit each candidate on a per-user 80/20 split and keep the best by NDCG@10.
+    """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
+    the configured learner as it is when tuning is off.
 
     Returns the winner, its metrics, popularity's metrics on the same split, and every
     candidate's score (so operators can see what was tried).
     """
-    split = holdout_split(matrix, test_fraction=0.2, seed=configured.random_state)
+    split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
-    best: tuple[LearnerParams, dict[str, float]] | None = None
-    tried: list[dict[str, Any]] = []
-    svd_cache: dict[int, Svd] = {}
-    candidates = tuning_candidates(configured, matrix.shape[1])
-    for number, params in enumerate(candidates, start=1):
-        report(candidate=number, of=len(candidates), algorithm=params.algorithm, tried=list(tried))
-        factors = fit(_confidences(split.train, params), params, svd_cache=svd_cache)
-        metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
-        tried.append(
-            {
-                "algorithm": params.algorithm,
-                "factors": params.factors,
-                "regularization": params.regularization,
-                "ndcg@10": round(metrics["ndcg@10"], 5),
-            }
+    if settings.RECSYS_CF_TUNE:
+        outcome = collaborative_search(
+            split, configured, options=tuning_settings(configured, matrix.shape[1]), report=report
         )
-        if best is None or metrics["ndcg@10"] > best[1]["ndcg@10"]:
-            best = (params, metrics)
-    assert best is not None
-    return best[0], best[1], baseline, tried
+        params, tried = outcome.params, outcome.tried
+    else:
+        params, tried = configured, []
+    factors = fit(_confidences(split.train, params), params)
+    metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
+    if not tried:
+        tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
+    return params, metrics, baseline, tried
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

@@ -255,11 +255,17 @@ RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)
 RECSYS_CF_ALPHA = env_float("RECSYS_CF_ALPHA", 1.0)
 # BM25 helps ALS on MovieLens, but fold-ins then use raw weights (approximate); off by default.
 RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", False)
-# Each run also tries low-rank EASE (on catalogues up to RECSYS_EASE_MAX_ITEMS) and keeps the best
-# on the validation split. EASE rank and ridge λ candidates: see embeddings/learners.py.
+# Each run searches the learners' parameters on a validation split (embeddings/tuning.py): low-rank
+# EASE's λ (on catalogues up to RECSYS_EASE_MAX_ITEMS) and the configured learner's factors,
+# regularization, alpha, iterations and BM25, all relative to the data's mean weight, within a time
+# budget; the best by NDCG@10 is trained on everything. Off: the configured learner as it is.
 RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
+RECSYS_CF_TUNE_BUDGET_SECONDS = env_float("RECSYS_CF_TUNE_BUDGET_SECONDS", 90.0)
+RECSYS_CF_TUNE_MAX_EVALS = env_int("RECSYS_CF_TUNE_MAX_EVALS", 30, minimum=1)
+RECSYS_CF_TUNE_EVAL_USERS = env_int("RECSYS_CF_TUNE_EVAL_USERS", 2_000, minimum=100)
 RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
-RECSYS_EASE_REGULARIZATION = [float(v) for v in env_list("RECSYS_EASE_REGULARIZATION", ["50", "200", "800"])]
+# EASE's first λ, as a multiple of the mean diagonal of XᵀX (the search moves it from there).
+RECSYS_EASE_LAMBDA = env_float("RECSYS_EASE_LAMBDA", 30.0)
 RECSYS_EASE_MAX_ITEMS = env_int("RECSYS_EASE_MAX_ITEMS", 200_000, minimum=0)
 # Offline metrics score a seeded sample of this many validation users (all of them when fewer).
 RECSYS_EVAL_MAX_USERS = env_int("RECSYS_EVAL_MAX_USERS", 10_000, minimum=100)

@@ -116,16 +116,17 @@ def test_old_versions_are_pruned_by_dropping_their_tables(communities):
     assert active_version(kind="collaborative").pk == third.pk
 
 
-def test_tuning_tries_low_rank_ease_and_keeps_the_best_on_validation(communities, settings):
+def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communities, settings):
     settings.RECSYS_CF_TUNE = True
-    settings.RECSYS_EASE_REGULARIZATION = [1.0, 10.0]
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 4
 
     version = train()
 
     tried = version.progress["candidates"]
     best = max(tried, key=lambda c: c["ndcg@10"])
-    assert [c["algorithm"] for c in tried] == ["als", "ease", "ease"]
+    assert [c["algorithm"] for c in tried] == ["ease"] * 4 + ["als"] * 4
     assert version.algorithm == best["algorithm"]
+    assert version.params["weight_scale"] == pytest.approx(8.0)  # every event is a purchase (weight 8)
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
 
 
