@@ -130,13 +130,22 @@ def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communiti
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
 
 
-def test_interactions_parsed_in_small_chunks_give_the_same_matrix(communities, monkeypatch):
-    """The COPY is parsed a few MB at a time (numpy holds the GIL per parse, which would starve
-    the run's heartbeat); chunk boundaries fall anywhere in COPY's blocks and change nothing."""
+def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communities, monkeypatch):
+    """The binary COPY is decoded a chunk of rows at a time (short GIL holds for the run's heartbeat);
+    chunk boundaries change nothing, and the matrix holds exactly the stored events."""
+    from embeddings import interactions
+    from recsys.models import Interaction
+
     whole = services.interactions_load(half_life_days=None)
-    monkeypatch.setattr(services, "PARSE_CHUNK_BYTES", 37)
+    decode = interactions.events_from_binary_copy
+    monkeypatch.setattr(services, "events_from_binary_copy", lambda blocks: decode(blocks, chunk_rows=7))
 
     chunked = services.interactions_load(half_life_days=None)
 
     assert (chunked.matrix != whole.matrix).nnz == 0 and whole.matrix.nnz == 240
     assert (chunked.user_ids == whole.user_ids).all() and (chunked.item_ids == whole.item_ids).all()
+    stored = Interaction.objects.order_by("user_id", "item_id").values_list("user_id", "item_id", "weight")
+    coo = whole.matrix.tocoo()
+    rows = {(whole.user_ids[u], whole.item_ids[i]): w for u, i, w in zip(coo.row, coo.col, coo.data, strict=True)}
+    assert sorted(rows) == [(u, i) for u, i, _ in stored]
+    assert all(rows[(u, i)] == pytest.approx(w) for u, i, w in stored)
