@@ -92,8 +92,10 @@ def database_config(url: str) -> dict[str, object]:
     }
 
 
-DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
-REDIS_URL = env_str("REDIS_URL") or embedded.redis_url(DATA_DIR)
+# Unset URLs name the embedded servers under DATA_DIR, wherever they listen if running; settings
+# never start them (the supervisor `python -m recsys.run` does; manage.py says so when they are down).
+DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_address(DATA_DIR)
+REDIS_URL = env_str("REDIS_URL") or embedded.redis_address(DATA_DIR)
 DATABASES = {"default": database_config(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
