@@ -134,6 +134,7 @@ def _redis_start(data_dir: Path, sock: Path) -> None:
 
 
 def _redis_answers(sock: Path) -> bool:
+    # A probe of its own, not recsys.redis_store's clients: this runs before Django is configured.
     import redis
 
     if not sock.exists():
