@@ -61,7 +61,8 @@ def _url(purpose: Purpose) -> str:
 
 
 def _options(purpose: Purpose) -> dict[str, Any]:
-    options: dict[str, Any] = dict(settings.CACHES["default"].get("OPTIONS", {})) if purpose == "cache" else {}
+    cache_settings: dict[str, Any] = settings.CACHES["default"]
+    options: dict[str, Any] = dict(cache_settings.get("OPTIONS", {})) if purpose == "cache" else {}
     # No retries: redis-py's default backoff would make a dead Redis cost each caller seconds.
     return {
         "socket_connect_timeout": TIMEOUT_SECONDS,
