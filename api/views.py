@@ -159,9 +159,10 @@ def _database_status() -> str:
 def _redis_status() -> str:
     import redis
 
+    from recsys import redis_store
+
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return "ok" if client.ping() else "down"
+        return "ok" if redis_store.client("broker").ping() else "down"
     except (redis.RedisError, OSError):
         return "down"
 

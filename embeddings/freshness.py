@@ -9,13 +9,11 @@ interaction is newer than their stored vector once the worker can run it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.conf import settings
 from django.db import connection, transaction
 
 from embeddings.answer_cache import answers_invalidate
@@ -30,12 +28,10 @@ DEBOUNCE_SECONDS = 1
 FOLD_IN_BATCH_USERS = 200  # users per round trip of a bulk fold-in
 
 
-@functools.cache
 def _redis() -> Any:
-    """One client (and connection pool) per process."""
-    import redis
+    from recsys import redis_store
 
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return redis_store.client("broker")
 
 
 def users_fold_in_schedule(*, user_ids: list[int]) -> bool:

@@ -13,14 +13,11 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from embeddings.models import ActiveVersion, ModelVersion
+from recsys import redis_store
 from recsys.admin_selectors import RowCount, interactions_per_hour, table_row_count
-from recsys.settings import redis_db_url
 
 logger = logging.getLogger(__name__)
 QUEUES = ("default", "training", "encoding")
@@ -72,10 +69,7 @@ def database_health() -> Health:
 
 
 def _broker_client() -> redis.Redis:
-    # Celery's queues live in REDIS_URL's database (database 0 of a Unix-socket Redis).
-    url = redis_db_url(settings.REDIS_URL, 0) if settings.REDIS_URL.startswith("unix://") else settings.REDIS_URL
-    # No retries: redis-py's default backoff would make a dead Redis cost the page seconds.
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    return redis_store.client("broker")  # Celery's queues: REDIS_URL's database
 
 
 def redis_health() -> Health:

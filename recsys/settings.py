@@ -92,8 +92,10 @@ def database_config(url: str) -> dict[str, object]:
     }
 
 
-DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
-REDIS_URL = env_str("REDIS_URL") or embedded.redis_url(DATA_DIR)
+# Unset URLs name the embedded servers under DATA_DIR, wherever they listen if running; settings
+# never start them (the supervisor `python -m recsys.run` does; manage.py says so when they are down).
+DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_address(DATA_DIR)
+REDIS_URL = env_str("REDIS_URL") or embedded.redis_address(DATA_DIR)
 DATABASES = {"default": database_config(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -106,10 +108,10 @@ def redis_db_url(url: str, db: int) -> str:
     return parts._replace(path=f"/{db}").geturl()
 
 
-def celery_redis_url(url: str, db: int) -> str:
-    """Kombu and Celery spell a Unix socket ``redis+socket://`` with the database as virtual_host."""
+def celery_redis_url(url: str, db: int, *, scheme: str = "redis") -> str:
+    """Kombu and Celery spell a Unix socket ``<scheme>+socket://`` with the database as virtual_host."""
     if url.startswith("unix://"):
-        return f"redis+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
+        return f"{scheme}+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
     return redis_db_url(url, db)
 
 
@@ -197,7 +199,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Logical databases of one Redis: 0 queues (or whatever REDIS_URL names), 1 cache, 2 task results.
-CELERY_BROKER_URL = celery_redis_url(REDIS_URL, 0) if REDIS_URL.startswith("unix://") else REDIS_URL
+# The broker is recsys.broker's transport (kombu's Redis transport made to survive an outage with
+# tasks in flight): named by the URL's scheme for a Unix socket, by broker_transport otherwise.
+CELERY_BROKER_URL = (
+    celery_redis_url(REDIS_URL, 0, scheme="recsysredis") if REDIS_URL.startswith("unix://") else REDIS_URL
+)
+CELERY_BROKER_TRANSPORT = "recsysredis" if REDIS_URL.startswith(("redis://", "unix://")) else None
 CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL, 2)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -209,8 +216,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A pool process above this resident size is replaced after its current task: a training run's
 # arrays (2.5 GiB at 10M interactions) are not kept by a worker that then only folds users in.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("RECSYS_WORKER_MAX_MEMORY_MB", 1024, minimum=64) * 1024  # KiB
-# Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
+    "visibility_timeout": 4 * 3600,
+    # Fail fast while Redis is down: a request that enqueues (POST /models/train) answers 503 within
+    # about a second instead of kombu's default of retrying each connect for 4 s, four times (19 s).
+    # The worker and beat are unaffected: they reconnect by their own broker_connection_retry loop.
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 5.0,
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+FAST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_TASK_PUBLISH_RETRY_POLICY = FAST_RETRY_POLICY
+# Nothing reads task results (runs record their outcome in the database); storing them would make
+# each send subscribe to its result in Redis, by default with 20 retries a second apart.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": FAST_RETRY_POLICY}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1.0
+CELERY_REDIS_SOCKET_TIMEOUT = 5.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
