@@ -8,7 +8,7 @@ the hundred thousand).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -48,7 +48,7 @@ _STUBS_CREATE = {
 
 
 @contextmanager
-def _cursor() -> Any:
+def _cursor() -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor with server-side parameter binding (Django's cursors inline parameters into the
     SQL text): measured 61 -> 35 ms for an API batch of 1,000 events."""
     connection.ensure_connection()
