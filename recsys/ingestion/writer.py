@@ -124,7 +124,7 @@ def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple
             cursor.execute(_EVENTS_STATEMENT[True], {"names": list(rules.names)})
         else:
             cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
-        created, updated = cursor.fetchone()
+        created, updated = cursor.fetchone() or (0, 0)  # an aggregate: always one row
     return created, updated, len(events)
 
 
