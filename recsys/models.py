@@ -102,9 +102,6 @@ class EventType(models.Model):
             raise ProtectedError(f"interactions of type {self.name!r} exist; change its weight instead", {self})
         return super().delete(*args, **kwargs)
 
-    def weight_of(self, value: float | None) -> float:
-        return self.weight * value if self.uses_value and value is not None else self.weight
-
 
 class Interaction(models.Model):
     """One event of a user on an item. (user, item, type, timestamp) is unique: re-sends are no-ops."""

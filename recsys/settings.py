@@ -161,6 +161,12 @@ RECSYS_MAX_BATCH_ROWS = env_int("RECSYS_MAX_BATCH_ROWS", 10_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RECSYS_MAX_BODY_BYTES + 1
 
 RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
+# The range of a rating's value (of every event type that weighs by its value): one huge rating
+# would otherwise outweigh every other event of its item.
+RECSYS_RATING_MIN = env_float("RECSYS_RATING_MIN", 0.0)
+RECSYS_RATING_MAX = env_float("RECSYS_RATING_MAX", 10.0)
+if not RECSYS_RATING_MIN <= RECSYS_RATING_MAX:
+    raise ImproperlyConfigured("RECSYS_RATING_MIN must not exceed RECSYS_RATING_MAX")
 RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 

@@ -112,7 +112,8 @@ def test_event_types_are_mixed_and_weighted_and_only_ratings_carry_values() -> N
     assert kinds.most_common(1)[0][0] == "view"
     types = {t.name: t for t in EventType.objects.all()}
     for event in Interaction.objects.iterator():
-        assert event.weight == types[event.event_type].weight_of(event.value)
+        rule = types[event.event_type]
+        assert event.weight == (rule.weight * event.value if rule.uses_value else rule.weight)
         assert (event.value is not None) == (event.event_type == "rating")
         assert event.value is None or 1.0 <= event.value <= 5.0
 

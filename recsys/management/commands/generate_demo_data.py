@@ -11,19 +11,12 @@ import numpy as np
 import numpy.typing as npt
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recsys.imports import (
-    CHUNK_ROWS,
-    EventArrays,
-    EventRules,
-    ImportReport,
-    ItemRow,
-    UserRow,
-    ids_resolve,
-    interaction_arrays_load,
-    items_load,
-    progress_bar,
-    users_load,
-)
+from recsys.ingestion.documents import ItemRow, UserRow, items_load, users_load
+from recsys.ingestion.events import event_rules_load, interaction_arrays_load
+from recsys.ingestion.readers import CHUNK_ROWS
+from recsys.ingestion.report import ImportReport, progress_bar
+from recsys.ingestion.rules import EventArrays
+from recsys.ingestion.writer import ids_resolve
 from recsys.models import Item, User
 
 Ints = npt.NDArray[np.int64]
@@ -249,7 +242,7 @@ class Command(BaseCommand):
         items, users, topics, seed = options["items"], options["users"], options["topics"], options["seed"]
         if min(users, topics, options["interactions"] + 1) < 1 or items < topics:
             raise CommandError("need at least one user and one topic, and at least as many items as topics")
-        rules = EventRules.load()
+        rules = event_rules_load()
         codes = rules.codes(list(EVENT_MIX))
         if (codes < 0).any():
             raise CommandError(f"the demo needs the event types {', '.join(EVENT_MIX)}")
