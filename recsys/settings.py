@@ -312,3 +312,7 @@ if RECSYS_STATEMENT_TIMEOUT_MS:
     DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# ---- Input hardening (issue 15): one block, so that it merges apart from other settings work. ----
+# JSON bodies nested past api.parsers.MAX_JSON_DEPTH answer 400 instead of exhausting the stack.
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
