@@ -88,6 +88,8 @@ def _api_exception_response(exc: exceptions.APIException, response: Response) ->
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         response["Retry-After"] = str(max(1, math.ceil(wait)))
         details = {"retry_after_seconds": max(1, math.ceil(wait))}
-        message = "rate limit exceeded for this API key"
+        # DRF's own Throttled is the per-key limit; subclasses (failed key attempts) name themselves.
+        plain = type(exc) is exceptions.Throttled
+        message = "rate limit exceeded for this API key" if plain else str(type(exc).default_detail)
     response.data = error_body(code, message, details)
     return response

@@ -13,6 +13,8 @@ from django.db import models
 from django.db.models import ProtectedError
 from django.db.models.functions import Now
 
+from recsys.rates import InvalidRate, parse_rate
+
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
 EXTERNAL_ID_MAX_LENGTH = 128
 external_id_validator = RegexValidator(EXTERNAL_ID_PATTERN, "1-128 characters of [A-Za-z0-9_.:@/-]")
@@ -164,6 +166,11 @@ class ApiKey(models.Model):
             raise ValidationError(
                 {"scopes": f"choose from {', '.join(self.SCOPES)}; got {', '.join(unknown) or 'none'}"}
             )
+        if self.rate_limit.strip():
+            try:
+                parse_rate(self.rate_limit.strip())
+            except InvalidRate as error:
+                raise ValidationError({"rate_limit": str(error)}) from None
 
     def has_scope(self, scope: str) -> bool:
         # Scopes are independent grants: an ingestion-only key cannot read, and vice versa.

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
-from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -159,7 +159,7 @@ RECSYS_MAX_BATCH_ROWS = env_int("RECSYS_MAX_BATCH_ROWS", 10_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RECSYS_MAX_BODY_BYTES + 1
 
 RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
-RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
+RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 
 RENDERERS = ["rest_framework.renderers.JSONRenderer"]
@@ -316,3 +316,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # ---- Input hardening (issue 15): one block, so that it merges apart from other settings work. ----
 # JSON bodies nested past api.parsers.MAX_JSON_DEPTH answer 400 instead of exhausting the stack.
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
+# Failed API key attempts per client address, refused with 429 before the key lookup once over this
+# rate. The address is REMOTE_ADDR; behind N trusted proxies set RECSYS_TRUSTED_PROXIES=N so that
+# the client's address is read from X-Forwarded-For (the login lockout uses the same count).
+RECSYS_AUTH_FAILURE_RATE = env_rate("RECSYS_AUTH_FAILURE_RATE", "30/min")
+RECSYS_TRUSTED_PROXIES = env_int("RECSYS_TRUSTED_PROXIES", 0, minimum=0)
+REST_FRAMEWORK["NUM_PROXIES"] = RECSYS_TRUSTED_PROXIES
