@@ -10,7 +10,8 @@ from django.conf import settings
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from api.throttling import client_address, key_attempt_check, key_attempt_failed
+from api.throttling import key_attempt_check, key_attempt_failed
+from recsys.addresses import client_address
 from recsys.api_keys import api_key_authenticate, api_key_touch, hash_key
 from recsys.models import ApiKey
 

@@ -72,11 +72,6 @@ class TooManyFailedKeys(exceptions.Throttled):
     default_detail = "too many invalid API keys from this address"
 
 
-def client_address(request: Request) -> str:
-    """REMOTE_ADDR, or the X-Forwarded-For entry that REST_FRAMEWORK's NUM_PROXIES trusts."""
-    return BaseThrottle().get_ident(request)
-
-
 def key_attempt_check(*, address: str) -> None:
     """Raises TooManyFailedKeys (429) while ``address`` is over RECSYS_AUTH_FAILURE_RATE, before any
     key is looked up: guessing keys then costs the database nothing."""

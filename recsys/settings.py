@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -318,7 +319,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
 # Failed API key attempts per client address, refused with 429 before the key lookup once over this
 # rate. The address is REMOTE_ADDR; behind N trusted proxies set RECSYS_TRUSTED_PROXIES=N so that
-# the client's address is read from X-Forwarded-For (the login lockout uses the same count).
+# it is read from X-Forwarded-For (recsys.addresses; the admin login lockout uses the same rule).
 RECSYS_AUTH_FAILURE_RATE = env_rate("RECSYS_AUTH_FAILURE_RATE", "30/min")
 RECSYS_TRUSTED_PROXIES = env_int("RECSYS_TRUSTED_PROXIES", 0, minimum=0)
-REST_FRAMEWORK["NUM_PROXIES"] = RECSYS_TRUSTED_PROXIES
+# Admin login: django-axes locks a username at one address out after RECSYS_LOGIN_FAILURE_LIMIT
+# wrong passwords for RECSYS_LOGIN_COOLOFF_MINUTES (429), the right password included; attempts are
+# kept in PostgreSQL (they survive restarts and Redis outages) and listed in the admin.
+INSTALLED_APPS.append("axes")
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes requires
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("RECSYS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("RECSYS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "recsys.addresses.client_address"
+AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts are still logged
