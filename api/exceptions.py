@@ -13,12 +13,21 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from recsys.errors import Conflict, DomainError, ModelNotReady, NotFound, PayloadTooLarge, ServiceUnavailable
+from recsys.errors import (
+    Conflict,
+    DomainError,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
 _DOMAIN_STATUS: dict[type[DomainError], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
+    PermissionDenied: status.HTTP_403_FORBIDDEN,
     PayloadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     Conflict: status.HTTP_409_CONFLICT,
     ModelNotReady: status.HTTP_409_CONFLICT,

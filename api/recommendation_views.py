@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -28,6 +29,7 @@ from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
+from embeddings.space_admission import custom_space_admit
 from recsys.errors import ValidationFailed
 from recsys.validation import EXTERNAL_ID_PATTERN, SPACE_PATTERN, clean_external_id
 
@@ -292,12 +294,18 @@ class ItemVectorView(ApiView):
             400: OpenApiResponse(
                 ErrorSerializer, description="Invalid vector, or a space that holds vectors of other dimensions"
             ),
+            403: OpenApiResponse(
+                ErrorSerializer, description="The key lacks write, or the space is new and the key lacks admin"
+            ),
+            409: OpenApiResponse(ErrorSerializer, description="A new space while RECSYS_MAX_CUSTOM_SPACES exist"),
         },
     )
     def put(self, request: Request, item_id: str, space: str) -> Response:
         body = request.data if isinstance(request.data, dict) else None
         if body is None or set(body) != {"vector"}:
             raise ValidationFailed('send {"vector": [number, ...]}', details={"body": ["invalid"]})
-        vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
+        with transaction.atomic():  # a new space's admission holds its lock until the vector is stored
+            custom_space_admit(space=space, may_create=request.auth.has_scope("admin"))
+            vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
         answer = {"item": item_id, "space": vector_space.name, "dimensions": vector_space.dimensions}
         return Response(answer, status=201 if created else 200)

@@ -334,3 +334,6 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "recsys.addresses.client_address"
 AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts are still logged
+# Custom vector spaces (PUT /items/{id}/vectors/{space}): each is a table and an HNSW index, so
+# creating one needs an admin-scope key, and at most this many exist (409 past it).
+RECSYS_MAX_CUSTOM_SPACES = env_int("RECSYS_MAX_CUSTOM_SPACES", 20, minimum=0)
