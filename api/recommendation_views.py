@@ -141,6 +141,12 @@ class PopularItemsView(ApiView):
 
     @extend_schema(
         operation_id="items_popular",
+        description=(
+            "Most interacted items in the window. `score` is the item's share, in percent, of all "
+            "interaction weight in the window (each event time-decayed, each user's weight on an item "
+            "capped at RECSYS_POPULAR_MAX_USER_WEIGHT), so scores compare across windows; shares are of "
+            "the whole catalogue's activity, also when `category` filters the list."
+        ),
         parameters=[
             *COMMON,
             OpenApiParameter(

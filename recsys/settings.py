@@ -337,3 +337,8 @@ AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts
 # Custom vector spaces (PUT /items/{id}/vectors/{space}): each is a table and an HNSW index, so
 # creating one needs an admin-scope key, and at most this many exist (409 past it).
 RECSYS_MAX_CUSTOM_SPACES = env_int("RECSYS_MAX_CUSTOM_SPACES", 20, minimum=0)
+# Popular items: each user's decayed weight on an item counts up to this much (a purchase is 8), so
+# one user's outliers cannot carry an item; scores are shares of the window's total in percent.
+RECSYS_POPULAR_MAX_USER_WEIGHT = env_float("RECSYS_POPULAR_MAX_USER_WEIGHT", 10.0)
+if not RECSYS_POPULAR_MAX_USER_WEIGHT > 0:
+    raise ImproperlyConfigured(f"RECSYS_POPULAR_MAX_USER_WEIGHT must be > 0, got {RECSYS_POPULAR_MAX_USER_WEIGHT}")
