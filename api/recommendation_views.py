@@ -25,15 +25,13 @@ from api.params import (
     query_ids,
     query_limit,
 )
-from api.serializers import ErrorSerializer
+from api.serializers import ErrorSerializer, SessionRequestSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
 from embeddings.space_admission import custom_space_admit
 from recsys.errors import ValidationFailed
-from recsys.validation import EXTERNAL_ID_PATTERN, SPACE_PATTERN, clean_external_id
-
-MAX_SESSION_ITEMS = 100
+from recsys.validation import SPACE_PATTERN
 
 
 class RecommendedItemSerializer(serializers.Serializer):
@@ -55,17 +53,6 @@ class AnswerSerializer(serializers.Serializer):
         help_text="collaborative, collaborative_fold_in, collaborative_session, content, content_profile, "
         "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category"
     )
-
-
-class SessionRequestSerializer(serializers.Serializer):
-    items = serializers.ListField(
-        child=serializers.RegexField(EXTERNAL_ID_PATTERN), min_length=1, max_length=MAX_SESSION_ITEMS
-    )
-    negative_items = serializers.ListField(
-        child=serializers.RegexField(EXTERNAL_ID_PATTERN), required=False, max_length=MAX_SESSION_ITEMS
-    )
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=200)
-    category = serializers.CharField(required=False, allow_blank=True, max_length=128)
 
 
 def render(answer: Answer) -> Response:
@@ -179,32 +166,16 @@ class SessionRecommendationsView(ApiView):
         responses={200: AnswerSerializer, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        body = request.data if isinstance(request.data, dict) else None
-        if body is None or set(body) - {"items", "negative_items", "limit", "category"}:
-            raise ValidationFailed("send {items, negative_items?, limit?, category?}", details={"body": ["invalid"]})
-        positives, negatives = _ids(body.get("items"), "items"), _ids(body.get("negative_items", []), "negative_items")
-        if not positives:
-            raise ValidationFailed("items must name at least one item", details={"items": ["required"]})
-        limit = body.get("limit", 10)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
-            raise ValidationFailed("limit must be an integer from 1 to 200", details={"limit": ["out of range"]})
-        category = body.get("category")
-        if "category" in body and (not isinstance(category, str) or len(category) > 128):
-            raise ValidationFailed("category must be a string", details={"category": ["invalid"]})
-        category = (category or "").replace("\x00", "") or None
+        body = SessionRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         return render(
             recommendations.session_recommendations_list(
-                positives=positives, negatives=negatives, limit=limit, category=category
+                positives=body.validated_data["items"],
+                negatives=body.validated_data.get("negative_items", []),
+                limit=body.validated_data["limit"],
+                category=body.validated_data.get("category") or None,
             )
         )
-
-
-def _ids(value: object, field: str) -> list[str]:
-    if not isinstance(value, list) or len(value) > MAX_SESSION_ITEMS:
-        raise ValidationFailed(
-            f"{field} must be a list of at most {MAX_SESSION_ITEMS} item ids", details={field: ["invalid"]}
-        )
-    return [clean_external_id(v, field) for v in value]
 
 
 class SearchView(ApiView):
