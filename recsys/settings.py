@@ -326,6 +326,12 @@ RECSYS_TRUSTED_PROXIES = env_int("RECSYS_TRUSTED_PROXIES", 0, minimum=0)
 # wrong passwords for RECSYS_LOGIN_COOLOFF_MINUTES (429), the right password included; attempts are
 # kept in PostgreSQL (they survive restarts and Redis outages) and listed in the admin.
 INSTALLED_APPS.append("axes")
+# The admin's pages carry a Content-Security-Policy (recsys/csp.py); near the outside, so that it
+# also covers the lockout and error pages that inner middleware answers with.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "recsys.csp.AdminContentSecurityPolicyMiddleware",
+)
 MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes requires
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env_int("RECSYS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
