@@ -31,6 +31,7 @@ from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer
 from embeddings.space_admission import custom_space_admit
 from recsys.errors import ValidationFailed
+from recsys.models import ApiKey
 from recsys.validation import SPACE_PATTERN
 
 
@@ -282,7 +283,8 @@ class ItemVectorView(ApiView):
         if body is None or set(body) != {"vector"}:
             raise ValidationFailed('send {"vector": [number, ...]}', details={"body": ["invalid"]})
         with transaction.atomic():  # a new space's admission holds its lock until the vector is stored
-            custom_space_admit(space=space, may_create=request.auth.has_scope("admin"))
+            may_create = isinstance(request.auth, ApiKey) and request.auth.has_scope("admin")
+            custom_space_admit(space=space, may_create=may_create)
             vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
         answer = {"item": item_id, "space": vector_space.name, "dimensions": vector_space.dimensions}
         return Response(answer, status=201 if created else 200)

@@ -83,7 +83,7 @@ def key_attempt_check(*, address: str) -> None:
         failures = int(redis_store.run(lambda client: client.get(counter)) or 0)
     except redis_store.RedisUnavailable:
         failures = _local_failures.get(counter, 0)
-    if failures >= rate.count:
+    if failures >= rate.requests:
         raise TooManyFailedKeys(wait=max(1, (window + 1) * rate.seconds - now))
 
 

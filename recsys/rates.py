@@ -25,7 +25,7 @@ class InvalidRate(ValueError):
 
 
 class Rate(NamedTuple):
-    count: int
+    requests: int
     seconds: int
 
 
