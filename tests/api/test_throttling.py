@@ -95,13 +95,21 @@ def test_failed_keys_are_counted_in_process_while_redis_is_down(five_failures_a_
     assert statuses == [401] * 5 + [429]
 
 
-def test_the_client_address_comes_from_x_forwarded_for_only_behind_trusted_proxies(five_failures_a_minute, settings):
-    def spoofed(n: int):
-        client = APIClient(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=f"192.0.2.{n}")
-        client.credentials(HTTP_AUTHORIZATION="Bearer rsk_guessed-wrong")
-        return client.get("/api/v1/items/x").status_code
+def forwarded(client_address: str) -> int:
+    client = APIClient(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=f"{client_address}, 10.0.0.9")
+    client.credentials(HTTP_AUTHORIZATION="Bearer rsk_guessed-wrong")
+    return client.get("/api/v1/items/x").status_code
 
-    assert [spoofed(n) for n in range(6)][-1] == 429  # a forged header does not escape the count
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_count_without_trusted_proxies(five_failures_a_minute):
+    assert [forwarded(f"192.0.2.{n}") for n in range(6)][-1] == 429
+
+
+def test_behind_trusted_proxies_each_forwarded_client_is_counted_apart(five_failures_a_minute, settings):
+    settings.RECSYS_TRUSTED_PROXIES = 2  # the proxy in front appends the peer it saw, 10.0.0.9 ours
+
+    assert [forwarded("192.0.2.1") for _ in range(6)][-1] == 429
+    assert forwarded("192.0.2.2") == 401
 
 
 # ---- rate strings are checked when set, not per request ---------------------------------------
