@@ -103,8 +103,9 @@ class VectorSpace(models.Model):
 class ItemPopularity(models.Model):
     """Each item's popularity score for the default window, rewritten by the refresh task.
 
-    ``score`` is the time-decayed count within RECSYS_POPULAR_WINDOW_DAYS, or the all-time count
-    when that window was too quiet at refresh time (``basis`` says which).
+    ``score`` is the item's share in percent of the time-decayed, per-user capped interaction weight
+    within RECSYS_POPULAR_WINDOW_DAYS, or of all time when that window was too quiet at refresh time
+    (``basis`` says which).
     """
 
     item = models.OneToOneField("recsys.Item", on_delete=models.CASCADE, primary_key=True, db_constraint=False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
-from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -167,7 +168,7 @@ RECSYS_RATING_MIN = env_float("RECSYS_RATING_MIN", 0.0)
 RECSYS_RATING_MAX = env_float("RECSYS_RATING_MAX", 10.0)
 if not RECSYS_RATING_MIN <= RECSYS_RATING_MAX:
     raise ImproperlyConfigured("RECSYS_RATING_MIN must not exceed RECSYS_RATING_MAX")
-RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
+RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 
 RENDERERS = ["rest_framework.renderers.JSONRenderer"]
@@ -355,3 +356,38 @@ if RECSYS_STATEMENT_TIMEOUT_MS:
     DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# ---- Input hardening (issue 15): one block, so that it merges apart from other settings work. ----
+# JSON bodies nested past api.parsers.MAX_JSON_DEPTH answer 400 instead of exhausting the stack.
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
+# Failed API key attempts per client address, refused with 429 before the key lookup once over this
+# rate. The address is REMOTE_ADDR; behind N trusted proxies set RECSYS_TRUSTED_PROXIES=N so that
+# it is read from X-Forwarded-For (recsys.addresses; the admin login lockout uses the same rule).
+RECSYS_AUTH_FAILURE_RATE = env_rate("RECSYS_AUTH_FAILURE_RATE", "30/min")
+RECSYS_TRUSTED_PROXIES = env_int("RECSYS_TRUSTED_PROXIES", 0, minimum=0)
+# Admin login: django-axes locks a username at one address out after RECSYS_LOGIN_FAILURE_LIMIT
+# wrong passwords for RECSYS_LOGIN_COOLOFF_MINUTES (429), the right password included; attempts are
+# kept in PostgreSQL (they survive restarts and Redis outages) and listed in the admin.
+INSTALLED_APPS.append("axes")
+# The admin's pages carry a Content-Security-Policy (recsys/csp.py); near the outside, so that it
+# also covers the lockout and error pages that inner middleware answers with.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "recsys.csp.AdminContentSecurityPolicyMiddleware",
+)
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes requires
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("RECSYS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("RECSYS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "recsys.addresses.client_address"
+AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts are still logged
+# Custom vector spaces (PUT /items/{id}/vectors/{space}): each is a table and an HNSW index, so
+# creating one needs an admin-scope key, and at most this many exist (409 past it).
+RECSYS_MAX_CUSTOM_SPACES = env_int("RECSYS_MAX_CUSTOM_SPACES", 20, minimum=0)
+# Popular items: each user's decayed weight on an item counts up to this much (a purchase is 8), so
+# one user's outliers cannot carry an item; scores are shares of the window's total in percent.
+RECSYS_POPULAR_MAX_USER_WEIGHT = env_float("RECSYS_POPULAR_MAX_USER_WEIGHT", 10.0)
+if not RECSYS_POPULAR_MAX_USER_WEIGHT > 0:
+    raise ImproperlyConfigured(f"RECSYS_POPULAR_MAX_USER_WEIGHT must be > 0, got {RECSYS_POPULAR_MAX_USER_WEIGHT}")

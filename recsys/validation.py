@@ -13,7 +13,9 @@ from typing import Any
 
 from recsys.errors import PayloadTooLarge, ValidationFailed
 
-EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
+# The id rule lives in recsys.ids; these names stay importable from here for the ingestion code.
+from recsys.ids import EXTERNAL_ID_PATTERN, clean_external_id, is_external_id  # noqa: F401
+
 MAX_TITLE_CHARS = 1_000
 MAX_TEXT_CHARS = 100_000
 MAX_CATEGORIES = 100
@@ -24,40 +26,12 @@ ITEM_FIELDS = frozenset({"title", "text", "categories", "attributes", "is_hidden
 USER_FIELDS = frozenset({"attributes"})
 
 
-# Ids may contain "/", so an id shaped like an endpoint path could never be addressed by it, nor
-# could one with a "." or ".." path segment (HTTP clients resolve those before sending).
-RESERVED_IDS = frozenset({"batch", "popular"})
-RESERVED_ID_RE = re.compile(r".*/(similar|duplicates|interactions|recommendations)|.*/vectors/.*|(?:.*/)?\.\.?(?:/.*)?")
-# The same rules as one regular expression, for the OpenAPI schema (ECMA-262 and Python agree on it).
-EXTERNAL_ID_PATTERN = (
-    r"^(?!(?:batch|popular)$)(?!.*/(?:similar|duplicates|interactions|recommendations)$)(?!.*/vectors/)"
-    r"(?!(?:.*/)?\.\.?(?:/|$))[A-Za-z0-9_.:@/-]{1,128}$"
-)
-
 # Vector spaces: the built-in ones, and the names a custom space may take (they become part of its
 # table's name). One rule for the validators, the query parameters and the OpenAPI schema.
 BUILT_IN_SPACES = ("collaborative", "content", "hybrid")
 SPACE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 SPACE_PATTERN = f"^{SPACE_NAME_RE.pattern}$"  # any space, built-in or custom
 CUSTOM_SPACE_PATTERN = f"^(?!(?:{'|'.join(BUILT_IN_SPACES)})$){SPACE_NAME_RE.pattern}$"
-
-
-def is_external_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and EXTERNAL_ID_RE.fullmatch(value) is not None
-        and value not in RESERVED_IDS
-        and RESERVED_ID_RE.fullmatch(value) is None
-    )
-
-
-def clean_external_id(value: object, field: str = "id") -> str:
-    if not is_external_id(value):
-        raise ValidationFailed(
-            f"{field} must be 1-128 characters of [A-Za-z0-9_.:@/-], not shaped like an endpoint path",
-            details={field: ["invalid id"]},
-        )
-    return value  # type: ignore[return-value]
 
 
 def parse_timestamp(value: object, field: str = "timestamp") -> datetime:

@@ -178,8 +178,8 @@ def test_duplicates_are_items_above_the_threshold(reader, content_model):
     assert reader.get("/api/v1/items/copy/duplicates?threshold=2").status_code == 400
 
 
-def test_custom_vectors_fix_dimensions_and_are_searchable(writer, content_model):
-    first = writer.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.0, 0.0]}, format="json")
+def test_custom_vectors_fix_dimensions_and_are_searchable(writer, admin_client_api, content_model):
+    first = admin_client_api.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.0, 0.0]}, format="json")
     writer.put("/api/v1/items/cooking1/vectors/image", {"vector": [0.9, 0.1, 0.0]}, format="json")
     writer.put("/api/v1/items/sky0/vectors/image", {"vector": [0.0, 0.0, 1.0]}, format="json")
     again = writer.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.05, 0.0]}, format="json")
@@ -203,8 +203,8 @@ def test_custom_vectors_fix_dimensions_and_are_searchable(writer, content_model)
         ("/api/v1/items/ghost/vectors/image", {"vector": [1, 2, 3]}, 404),
     ],
 )
-def test_bad_custom_vectors_are_refused(writer, content_model, path, body, status):
-    writer.put("/api/v1/items/sky1/vectors/image", {"vector": [1.0, 2.0, 3.0]}, format="json")
+def test_bad_custom_vectors_are_refused(writer, admin_client_api, content_model, path, body, status):
+    admin_client_api.put("/api/v1/items/sky1/vectors/image", {"vector": [1.0, 2.0, 3.0]}, format="json")
 
     assert writer.put(path, body, format="json").status_code == status
 

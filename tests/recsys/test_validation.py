@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -69,3 +70,14 @@ def test_batch_over_the_row_limit_is_too_large():
 def test_batch_envelope_rejects_unknown_keys():
     with pytest.raises(ValidationFailed):
         clean_batch({"rows": [], "extra": 1}, "rows", max_rows=10)
+
+
+def test_the_id_rule_is_written_once():
+    root = Path(__file__).resolve().parents[2]
+    sources = [
+        p for d in ("recsys", "api", "embeddings") for p in (root / d).rglob("*.py") if "migrations" not in p.parts
+    ]
+
+    holders = [p.relative_to(root).as_posix() for p in sources if "A-Za-z0-9_.:@/-]{" in p.read_text()]
+
+    assert holders == ["recsys/ids.py"]
