@@ -88,6 +88,7 @@ def _api_exception_response(exc: exceptions.APIException, response: Response) ->
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         response["Retry-After"] = str(max(1, math.ceil(wait)))
         details = {"retry_after_seconds": max(1, math.ceil(wait))}
-        message = "rate limit exceeded for this API key"
+        # A subclass (api.limits: too many expensive requests at once) says what it limits.
+        message = "rate limit exceeded for this API key" if type(exc) is exceptions.Throttled else str(exc.detail)
     response.data = error_body(code, message, details)
     return response

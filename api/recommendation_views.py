@@ -136,6 +136,7 @@ class ItemSimilarView(ApiView):
 
 class PopularItemsView(ApiView):
     scopes = {"GET": "read"}
+    expensive = staticmethod(lambda request: "window" in request.query_params)  # counted on demand
 
     @extend_schema(
         operation_id="items_popular",
@@ -201,6 +202,7 @@ def _ids(value: object, field: str) -> list[str]:
 
 class SearchView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True  # api.limits: concurrent ones are limited per key and in total
 
     @extend_schema(
         operation_id="items_search",
@@ -234,6 +236,7 @@ class SearchView(ApiView):
 
 class ItemDuplicatesView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True
 
     @extend_schema(
         operation_id="item_duplicates",
