@@ -212,7 +212,11 @@ class SearchView(ApiView):
                 # At least one character that is not white space: a blank query has nothing to match.
                 {"type": "string", "maxLength": settings.RECSYS_SEARCH_MAX_QUERY_CHARS, "pattern": r"\S"},
                 required=True,
-                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters",
+                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters; in keyword and "
+                f"hybrid mode at most {settings.RECSYS_SEARCH_MAX_TERMS} distinct words and "
+                f'{settings.RECSYS_SEARCH_MAX_OPERATORS} operators (-negation, "phrase", OR), with a word to '
+                "look for in each OR branch (400 otherwise). Search is an expensive request: concurrent ones are "
+                "limited per key and in total (429 with Retry-After).",
             ),
             OpenApiParameter("mode", {"type": "string", "enum": list(search.MODES), "default": "hybrid"}),
             *COMMON,

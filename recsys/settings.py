@@ -316,10 +316,20 @@ if RECSYS_STATEMENT_TIMEOUT_MS:
 # how many run at once. A keyword query past these bounds is refused with 400 before any SQL runs.
 RECSYS_SEARCH_MAX_TERMS = env_int("RECSYS_SEARCH_MAX_TERMS", 32, minimum=1)
 RECSYS_SEARCH_MAX_OPERATORS = env_int("RECSYS_SEARCH_MAX_OPERATORS", 8, minimum=0)
+# Matches ranked per keyword query (2,000 matches of a 9-word OR query: 0.15 s on the shared 2-core
+# machine; see embeddings/search.py).
+RECSYS_SEARCH_MAX_RANKED = env_int("RECSYS_SEARCH_MAX_RANKED", 2_000, minimum=1)
 # At most this many expensive requests run at once per API key and across all web processes (counted
-# in Redis; per process while Redis is away); past it, 429 with Retry-After. Keep the total below the
-# web workers of all replicas, so that cheap requests always find a free worker; 0 = no limit.
-RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int("RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", 2, minimum=0)
-RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int("RECSYS_EXPENSIVE_CONCURRENCY_TOTAL", 4, minimum=0)
+# in Redis; per process while Redis is away); past it, 429 with Retry-After. Each keeps a PostgreSQL
+# core busy, so the total defaults to half this machine's cores (bench/attack.py: two at once on 2
+# cores doubled everyone else's latency; set it for the database's cores where that runs elsewhere),
+# below the web workers of all replicas, so cheap requests always find a free worker; a key may use
+# half of it. 0 = no limit.
+RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL", max(1, (os.cpu_count() or 1) // 2), minimum=0
+)
+RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", max(1, RECSYS_EXPENSIVE_CONCURRENCY_TOTAL // 2), minimum=0
+)
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -129,3 +129,9 @@ def test_the_limit_holds_in_each_process_while_redis_is_down(reader, shoes, one_
     assert search(reader, "shoes").status_code == 429
     slot_release(slot=held)
     assert search(reader, "shoes").status_code == 200
+
+
+def test_a_broad_keyword_query_ranks_at_most_the_configured_matches(reader, shoes, settings):
+    settings.RECSYS_SEARCH_MAX_RANKED = 1
+
+    assert len(search(reader, "shoes").json()["items"]) == 1
