@@ -166,29 +166,27 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
     users = ids(url, "user")
     normal = [("normal", key, [f"/api/v1/users/{u}/recommendations?limit=10" for u in users])] * args.clients
     searches = [f"/api/v1/search?mode=keyword&limit=200&q={quote(HEAVY)}"]
-    attack = [("attack", k, searches) for k in attacker_keys(url, args.attackers)]
+    negations = [f"/api/v1/search?mode=keyword&q={quote(NEGATIONS)}"]
+    keys = attacker_keys(url, args.attackers)
+    phases = [
+        ("quiet", normal),
+        ("heaviest search allowed", normal + [("attack", k, searches) for k in keys]),
+        ("the issue's -red ×100", normal + [("attack", k, negations) for k in keys]),
+    ]
+    off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0"}
     rows = []
-    for limits, env in (
-        ("on (defaults)", {}),
-        ("off", {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0"}),
-    ):
+    for limits, env, names in (("on (defaults)", {}, 3), ("off", off, 2)):
         with gunicorn(url, PORT, env=env) as master:
             workers = len(master.children())
             pooled: dict[str, dict[str, list[tuple[int, float]]]] = {}
-            # Quiet and attack phases alternate, so that the machine's other load falls on both alike.
+            # The phases alternate, so that the machine's other load falls on each alike.
             for _ in range(args.rounds):
-                for name, jobs in (("quiet", normal), ("under attack", normal + attack)):
+                for name, jobs in phases[:names]:
                     for kind, answers in phase(PORT, jobs, args.seconds).items():
                         pooled.setdefault(name, {"normal": [], "attack": []})[kind] += answers
             for name, results in pooled.items():
                 rows.append((f"{limits}, {workers} workers", name, summary(results, args.seconds * args.rounds)))
                 print(rows[-1], flush=True)
-    negations = f"/api/v1/search?mode=keyword&q={quote(NEGATIONS)}"
-    with gunicorn(url, PORT):
-        issue = summary(
-            phase(PORT, normal + [("attack", k, [negations]) for _, k, _ in attack], args.seconds), args.seconds
-        )
-    rows.append(("on (defaults)", "the issue's -red x100", issue))
     return rows
 
 
@@ -206,7 +204,7 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         "all on loopback sharing the cores with the server, PostgreSQL and Redis. Expensive-request limits: "
         "the defaults (total = half the machine's cores, a key half of that) or none (off); keyword queries "
         "rank at most 2,000 matches (RECSYS_SEARCH_MAX_RANKED) in both. Each server's quiet phases are its "
-        "baseline.",
+        "baseline. The attackers' own ten processes run on the same cores (a remote attacker's would not).",
         "",
         "| server: limits | phase | normal req/s | p50 | p99 | max | p99 / quiet p99 | attackers' answers "
         "| attackers' slowest 200 |",
