@@ -97,8 +97,8 @@ def _api_exception_response(exc: exceptions.APIException, response: Response) ->
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         response["Retry-After"] = str(max(1, math.ceil(wait)))
         details = {"retry_after_seconds": max(1, math.ceil(wait))}
-        # DRF's own Throttled is the per-key limit; subclasses (failed key attempts) name themselves.
-        plain = type(exc) is exceptions.Throttled
-        message = "rate limit exceeded for this API key" if plain else str(type(exc).default_detail)
+        # DRF's own Throttled is the per-key limit; subclasses (failed key attempts, too many expensive
+        # requests at once) say what they limit.
+        message = "rate limit exceeded for this API key" if type(exc) is exceptions.Throttled else str(exc.detail)
     response.data = error_body(code, message, details)
     return response

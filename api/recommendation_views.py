@@ -126,6 +126,7 @@ class ItemSimilarView(ApiView):
 
 class PopularItemsView(ApiView):
     scopes = {"GET": "read"}
+    expensive = staticmethod(lambda request: "window" in request.query_params)  # counted on demand
 
     @extend_schema(
         operation_id="items_popular",
@@ -181,6 +182,7 @@ class SessionRecommendationsView(ApiView):
 
 class SearchView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True  # api.limits: concurrent ones are limited per key and in total
 
     @extend_schema(
         operation_id="items_search",
@@ -190,7 +192,11 @@ class SearchView(ApiView):
                 # At least one character that is not white space: a blank query has nothing to match.
                 {"type": "string", "maxLength": settings.RECSYS_SEARCH_MAX_QUERY_CHARS, "pattern": r"\S"},
                 required=True,
-                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters",
+                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters; in keyword and "
+                f"hybrid mode at most {settings.RECSYS_SEARCH_MAX_TERMS} distinct words and "
+                f'{settings.RECSYS_SEARCH_MAX_OPERATORS} operators (-negation, "phrase", OR), with a word to '
+                "look for in each OR branch (400 otherwise). Search is an expensive request: concurrent ones are "
+                "limited per key and in total (429 with Retry-After).",
             ),
             OpenApiParameter("mode", {"type": "string", "enum": list(search.MODES), "default": "hybrid"}),
             *COMMON,
@@ -214,6 +220,7 @@ class SearchView(ApiView):
 
 class ItemDuplicatesView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True
 
     @extend_schema(
         operation_id="item_duplicates",

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from recsys import redis_store
+from recsys.deadline import deadline_lift
 
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
@@ -121,6 +122,7 @@ def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list
     That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
     the answer is cached for a minute, so it runs with a timeout of its own."""
     timeout = f"{settings.RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS}ms"
+    deadline_lift()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):

@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "api.middleware.ApiGuardMiddleware",
+    "api.limits.ExpensiveRequestMiddleware",
     "api.middleware.StatementTimeoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -179,7 +180,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasScope"],
-    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle", "api.limits.ExpensiveRequestThrottle"],
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -354,6 +355,26 @@ RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=
 RECSYS_SERVING_STATEMENT_TIMEOUT_MS = env_int("RECSYS_SERVING_STATEMENT_TIMEOUT_MS", 0, minimum=0)
 if RECSYS_STATEMENT_TIMEOUT_MS:
     DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
+
+# Expensive requests (search, duplicates, popular over a custom window): the work of one query and
+# how many run at once. A keyword query past these bounds is refused with 400 before any SQL runs.
+RECSYS_SEARCH_MAX_TERMS = env_int("RECSYS_SEARCH_MAX_TERMS", 32, minimum=1)
+RECSYS_SEARCH_MAX_OPERATORS = env_int("RECSYS_SEARCH_MAX_OPERATORS", 8, minimum=0)
+# Matches ranked per keyword query (2,000 matches of a 9-word OR query: 0.15 s on the shared 2-core
+# machine; see embeddings/search.py).
+RECSYS_SEARCH_MAX_RANKED = env_int("RECSYS_SEARCH_MAX_RANKED", 2_000, minimum=1)
+# At most this many expensive requests run at once per API key and across all web processes (counted
+# in Redis; per process while Redis is away); past it, 429 with Retry-After. Each keeps a PostgreSQL
+# core busy, so the total defaults to half this machine's cores (bench/attack.py: two at once on 2
+# cores doubled everyone else's latency; set it for the database's cores where that runs elsewhere),
+# below the web workers of all replicas, so cheap requests always find a free worker; a key may use
+# half of it. 0 = no limit.
+RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL", max(1, (os.cpu_count() or 1) // 2), minimum=0
+)
+RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", max(1, RECSYS_EXPENSIVE_CONCURRENCY_TOTAL // 2), minimum=0
+)
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
