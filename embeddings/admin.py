@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from embeddings import maps, operations, services
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
+from recsys.admin_guard import GuardedAdmin
 from recsys.errors import DomainError
 
 VERSION_FIELDS = (
@@ -45,7 +46,7 @@ def _format_metric(value: object) -> str:
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(GuardedAdmin):
     list_display = [
         "version_number",
         "kind",
@@ -294,7 +295,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(ActiveVersion)
-class ActiveVersionAdmin(admin.ModelAdmin):
+class ActiveVersionAdmin(GuardedAdmin):
     """Read-only: serving switches through "Activate" and "Roll back" on the models page."""
 
     list_display = ["kind", "version", "activated_at"]
@@ -310,7 +311,7 @@ class ActiveVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(VectorSpace)
-class VectorSpaceAdmin(admin.ModelAdmin):
+class VectorSpaceAdmin(GuardedAdmin):
     list_display = ["name", "dimensions", "created_at"]
     readonly_fields = ["name", "dimensions", "created_at"]
 
@@ -322,7 +323,7 @@ class VectorSpaceAdmin(admin.ModelAdmin):
 
 
 @admin.register(EmbeddingMap)
-class EmbeddingMapAdmin(admin.ModelAdmin):
+class EmbeddingMapAdmin(GuardedAdmin):
     list_display = ["version", "state", "coloured_by", "sample_size", "requested_at", "computed_at"]
     fields = MAP_FIELDS
     readonly_fields = MAP_FIELDS
