@@ -23,12 +23,12 @@ VERSION_FIELDS = (
     "kind",
     "algorithm",
     "status",
-    "params",
+    "params_table",
     "dimensions",
     "metrics_table",
-    "timings",
-    "counts",
-    "progress",
+    "timings_table",
+    "counts_table",
+    "progress_table",
     "error",
     "task_id",
     "has_tables",
@@ -38,11 +38,66 @@ VERSION_FIELDS = (
     "lease_expires_at",
 )
 MAP_FIELDS = ("version", "state", "coloured_by", "sample_size", "error", "requested_at", "computed_at")
+# The change page of a record nobody edits: no Save buttons, a Close link instead.
+READ_ONLY = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
 METRICS_SHOWN = ("ndcg@10", "recall@10", "precision@10", "coverage@10")
 
 
 def _format_metric(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def readable(value: object) -> str:
+    """A JSON value as the operator reads it: objects as two-column tables, lists of objects as
+    tables with a column per key, numbers with separators, nothing as a dash."""
+    if isinstance(value, dict):
+        if not value:
+            return "—"
+        rows = format_html_join(
+            "", "<tr><th scope='row'>{}</th><td>{}</td></tr>", ((k, readable(v)) for k, v in value.items())
+        )
+        return format_html('<table class="recsys-record">{}</table>', rows)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        columns = list(dict.fromkeys(k for row in value for k in row))
+        head = format_html_join("", "<th>{}</th>", ((c,) for c in columns))
+        body = format_html_join(
+            "",
+            "<tr>{}</tr>",
+            ((format_html_join("", "<td>{}</td>", ((readable(row.get(c)),) for c in columns)),) for row in value),
+        )
+        return format_html('<table class="recsys-record"><tr>{}</tr>{}</table>', head, body)
+    if isinstance(value, list):
+        return ", ".join(readable(v) for v in value) or "—"
+    return _scalar(value)
+
+
+def _scalar(value: object) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def seconds_table(timings: dict[str, Any]) -> str:
+    """Seconds per stage, and their total."""
+    if not timings:
+        return "—"
+    total = sum(v for v in timings.values() if isinstance(v, int | float))
+    rows = format_html_join(
+        "",
+        "<tr><th scope='row'>{}</th><td class='recsys-number'>{} s</td></tr>",
+        ((k, f"{v:,.1f}") for k, v in timings.items()),
+    )
+    return format_html(
+        '<table class="recsys-record">{}<tr><th scope="row">total</th><td class="recsys-number">{} s</td></tr></table>',
+        rows,
+        f"{total:,.1f}",
+    )
 
 
 @admin.register(ModelVersion)
@@ -118,6 +173,28 @@ class ModelVersionAdmin(GuardedAdmin):
         if version.started_at and version.finished_at:
             return f"{(version.finished_at - version.started_at).total_seconds():.1f} s"
         return ""
+
+    @admin.display(description="parameters")
+    def params_table(self, version: ModelVersion) -> str:
+        return readable(version.params)
+
+    @admin.display(description="timings")
+    def timings_table(self, version: ModelVersion) -> str:
+        return seconds_table(version.timings)
+
+    @admin.display(description="trained on")
+    def counts_table(self, version: ModelVersion) -> str:
+        return readable(version.counts)
+
+    @admin.display(description="progress")
+    def progress_table(self, version: ModelVersion) -> str:
+        return readable(version.progress)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # A version is the record of a run: read-only (its actions are the buttons above it).
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **READ_ONLY})
 
     @admin.display(description="offline metrics (model / popularity on the same split)")
     def metrics_table(self, version: ModelVersion) -> str:
@@ -318,6 +395,9 @@ class VectorSpaceAdmin(GuardedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # spaces are created by the first vector sent to them
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the first vector fixed its dimensions; its name is its table's
+
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # deleting the row would leave its vector table behind
 
@@ -333,3 +413,6 @@ class EmbeddingMapAdmin(GuardedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # computed by a worker; "Recompute" on the map page replaces it

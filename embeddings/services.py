@@ -166,6 +166,7 @@ def claimed_run(version_id: int, work: Callable[[ModelVersion], None]) -> ModelV
         logger.exception("%s version %s failed", version.kind, version.pk)
         _fail(version, error)
         raise
+    ModelVersion.objects.filter(pk=version.pk).update(progress={**version.progress, "stage": "done"})
     return version
 
 
@@ -292,6 +293,7 @@ def _progress(version: ModelVersion, **progress: Any) -> None:
 def _fail(version: ModelVersion, error: Exception) -> None:
     ModelVersion.objects.filter(pk=version.pk).update(
         status=Status.FAILED,
+        progress={**version.progress, "stage": "failed"},
         error=f"{type(error).__name__}: {error}"[:2000],
         finished_at=timezone.now(),
         lease_expires_at=None,

@@ -12,6 +12,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils.timezone import localtime
 
 from embeddings.operations import model_versions_by_id
 from embeddings.recommendations import Answer, user_recommendations_list
@@ -119,9 +120,13 @@ def user_panels(user: User) -> dict[str, Any]:
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
     report = dashboard_report()
+    activity = report.activity
     chart = {
-        "labels": [hour.strftime("%d %H:00") for hour, _ in report.per_hour],
-        "values": [n for _, n in report.per_hour],
+        "labels": [localtime(hour).strftime("%d %H:00") for hour in activity.hours],
+        "series": [
+            {"name": "by event time", "values": activity.by_event, "type": "bar"},
+            {"name": "by arrival time", "values": activity.by_arrival, "type": "line", "axis": 1},
+        ],
     }
     counts = [(name, reverse(f"admin:recsys_{model}_changelist"), report.counts[name]) for name, model in COUNTED]
     context = {
@@ -129,7 +134,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "title": "Dashboard",
         "report": report,
         "counts": counts,
-        "per_hour_chart": chart,
+        "activity_chart": chart,
     }
     return render(request, "admin/recsys/dashboard.html", context)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -19,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from embeddings.models import ActiveVersion, ModelVersion
-from recsys.admin_selectors import RowCount, interactions_per_hour, table_row_count
+from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
 from recsys.settings import redis_db_url
 
 logger = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Run:
 @dataclass
 class Dashboard:
     counts: dict[str, RowCount]
-    per_hour: list[tuple[datetime, int]]
+    activity: Activity
     active_models: list[ActiveVersion]
     last_runs: list[Run]
     database: Health
@@ -150,7 +149,7 @@ def dashboard_report() -> Dashboard:
             "items": table_row_count(table="recsys_item"),
             "interactions": table_row_count(table="recsys_interaction"),
         },
-        per_hour=interactions_per_hour(hours=48),
+        activity=interactions_activity(hours=48),
         active_models=list(ActiveVersion.objects.select_related("version").order_by("kind")),
         last_runs=[Run(version, run_outcome(version)) for version in last_runs(limit=10)],
         database=database_health(),

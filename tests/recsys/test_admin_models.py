@@ -11,7 +11,13 @@ import pytest
 
 from embeddings import maps, operations, services, tasks
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, Status
-from tests.recsys.admin_setup import catalogue_store, collaborative_train, interactions_store, models_trained
+from tests.recsys.admin_setup import (
+    catalogue_store,
+    collaborative_train,
+    content_build,
+    interactions_store,
+    models_trained,
+)
 
 pytestmark = pytest.mark.django_db
 MODELS = "/admin/embeddings/modelversion/"
@@ -65,6 +71,52 @@ def test_version_page_shows_parameters_timings_and_each_metric_beside_popularity
     assert f"<td>ndcg@10</td><td>{older.metrics['ndcg@10']:.4f}</td>" in html
     assert "regularization" in html and "fit" in html  # params and timings
     assert 'id="activate-version"' in html  # ready, not active: it can be activated
+
+
+def test_version_page_is_a_read_only_record_with_tables_not_json(admin_client, two_versions):
+    older, _ = two_versions
+
+    html = admin_client.get(f"{MODELS}{older.pk}/change/").content.decode()
+
+    assert 'name="_save"' not in html and 'name="_continue"' not in html and "closelink" in html
+    assert "<th scope='row'>regularization</th><td>10</td>" in html  # parameters
+    assert re.search(r"<th scope='row'>fit</th><td class='recsys-number'>[\d.,]+ s</td>", html)  # timings
+    assert '<th scope="row">total</th>' in html
+    assert f"<th scope='row'>interactions</th><td>{older.counts['interactions']:,}</td>" in html  # counts
+    assert "<th scope='row'>stage</th><td>done</td>" in html  # progress
+    assert "{&quot;" not in html and '{"' not in html.split('id="content-main"')[1].split("</form>")[0]
+
+
+def test_a_finished_run_says_done_and_a_failed_one_says_failed(settings):
+    settings.RECSYS_CF_TUNE = False
+    catalogue_store()  # items, but no interactions to learn from
+    failing = services.collaborative_version_create()
+
+    with pytest.raises(ValueError, match="no interactions"):
+        services.collaborative_model_train(version_id=failing.pk)
+    interactions_store()
+    finished = collaborative_train()
+
+    failing.refresh_from_db()
+    assert failing.status == Status.FAILED and failing.progress["stage"] == "failed"
+    assert finished.status == Status.ACTIVE and finished.progress["stage"] == "done"
+    assert finished.progress["candidates"]  # what the run reported on the way is kept
+
+
+def test_a_built_content_version_says_done(settings):
+    settings.RECSYS_CONTENT_ENCODER = "fake"
+    catalogue_store()
+
+    assert content_build().progress["stage"] == "done"
+
+
+def test_maps_and_vector_spaces_are_read_only_records(admin_client, settings):
+    collaborative, _ = models_trained(settings)
+    emap = maps.embedding_map_compute(version_id=collaborative.pk)
+
+    html = admin_client.get(f"/admin/embeddings/embeddingmap/{emap.pk}/change/").content.decode()
+
+    assert 'name="_save"' not in html and "closelink" in html
 
 
 def test_training_progress_is_shown_and_the_page_refreshes_itself_meanwhile(admin_client, data):

@@ -15,16 +15,29 @@
     });
   }
 
+  // data: {labels, series: [{name, values, type: "bar"|"line", axis: 0|1}]}; a series on axis 1
+  // is read against a second y axis on the right (arrival spikes next to steady event counts).
   function bar(el) {
     var data = source(el);
     var chart = echarts.init(el);
+    var colours = ["#417690", "#e0823d"];
+    var twoAxes = data.series.some(function (s) { return s.axis === 1; });
     chart.setOption({
       animation: false,
-      grid: { left: 50, right: 20, top: 20, bottom: 40 },
+      grid: { left: 60, right: twoAxes ? 60 : 20, top: 40, bottom: 40 },
       tooltip: { trigger: "axis" },
+      legend: { top: 0, right: 10 },
       xAxis: { type: "category", data: data.labels, axisLabel: { interval: 5 } },
-      yAxis: { type: "value", minInterval: 1 },
-      series: [{ name: "interactions", type: "bar", data: data.values, itemStyle: { color: "#417690" } }],
+      yAxis: [
+        { type: "value", minInterval: 1, name: data.series[0].name },
+        { type: "value", minInterval: 1, show: twoAxes, splitLine: { show: false }, name: twoAxes ? data.series[data.series.length - 1].name : "" },
+      ],
+      series: data.series.map(function (s, n) {
+        return {
+          name: s.name, type: s.type || "bar", data: s.values, yAxisIndex: s.axis || 0,
+          itemStyle: { color: colours[n % colours.length] }, symbolSize: 4, step: s.type === "line" ? "middle" : false,
+        };
+      }),
     });
     return chart;
   }
