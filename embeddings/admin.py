@@ -348,7 +348,7 @@ class ModelVersionAdmin(GuardedAdmin):
         """?version=N, else the active collaborative version, else the newest mappable one."""
         by_id = {v.pk: v for v in versions}
         asked = request.GET.get("version", "")
-        if asked.isdigit() and int(asked) in by_id:
+        if asked.isascii() and asked.isdigit() and int(asked) in by_id:  # "²".isdigit() too
             return by_id[int(asked)]
         active = [v for v in versions if v.status == "active"]
         preferred = [v for v in active if v.kind == Kind.COLLABORATIVE] + active + versions

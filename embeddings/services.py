@@ -22,6 +22,7 @@ from embeddings.answer_cache import answers_invalidate_all
 from embeddings.evaluation import holdout_split, popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import InteractionMatrix, bm25_confidence, build_matrix, decay
 from embeddings.learners import Factors, LearnerParams, Svd, fit, gram_matrix
+from embeddings.maps import embedding_map_on_activation
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from embeddings.popularity import popularity_refresh
 from embeddings.selectors import active_version_serving_forget
@@ -335,6 +336,7 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
         version.status = Status.ACTIVE
         version.save(update_fields=["status"])
         transaction.on_commit(_serving_changed)
+        transaction.on_commit(lambda: embedding_map_on_activation(version_id=version.pk))
     _serving_changed()
     model_versions_prune(kind=version.kind, keep=settings.RECSYS_KEEP_VERSIONS)
     return version

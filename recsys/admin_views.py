@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils.timezone import localtime
 
+from embeddings.maps import cluster_names_get
 from embeddings.operations import model_versions_by_id
 from embeddings.recommendations import Answer, user_recommendations_list
 from embeddings.selectors import item_vectors_status
@@ -87,8 +88,15 @@ def item_panels(item: Item) -> dict[str, Any]:
     """The item page's extras: its vectors per space, and similar items in each built-in space."""
     status = item_vectors_status(item_id=item.pk)
     versions = model_versions_by_id(ids=[s["version"] for s in status.values() if s["version"]])
+    names = cluster_names_get(version_id=status["content"]["version"]) if "cluster" in status.get("content", {}) else {}
     vectors = [
-        {"space": space, "version": versions.get(s["version"]), "updated_at": s["updated_at"]}
+        {
+            "space": space,
+            "version": versions.get(s["version"]),
+            "updated_at": s["updated_at"],
+            "cluster": s.get("cluster"),
+            "cluster_name": names.get(s["cluster"], "") if "cluster" in s else "",
+        }
         for space, s in sorted(status.items())
     ]
     similar = [

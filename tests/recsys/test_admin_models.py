@@ -274,7 +274,7 @@ def test_map_of_a_content_version_is_computed_by_the_task_and_coloured_by_cluste
     assert emap.state == EmbeddingMap.State.READY and emap.coloured_by == "cluster" and emap.sample_size == 16
     points = admin_client.get(f"{MODELS}map/{built.pk}/points.json").json()
     assert len(points["x"]) == len(points["y"]) == len(points["item"]) == len(points["title"]) == 16
-    assert all(label.startswith("cluster") for label in points["groups"][:-1])
+    assert points["groups"][-1] == "no cluster" and len(points["colours"]) == len(points["groups"])
     assert "Telescope and comet" in points["title"]
 
 
@@ -302,7 +302,7 @@ def test_map_page_defaults_to_the_active_collaborative_version_and_draws_its_poi
     assert f'<option value="{collaborative.pk}" selected>' in html
     assert f'data-url="{MODELS}map/{collaborative.pk}/points.json"' in html
     assert 'data-item-url="/admin/recsys/item/{id}/change/"' in html
-    assert "16 items, coloured by category" in html
+    assert "16 items, coloured by first category, t-SNE of the 8-d vectors" in html
 
 
 def test_map_page_without_a_map_offers_to_compute_it(admin_client, settings):

@@ -60,37 +60,67 @@
     return chart;
   }
 
+  function median(values) {
+    var sorted = values.slice().sort(function (a, b) { return a - b; });
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+
+  // Each named group's label at the median of its points (catch-all groups stay unlabelled).
+  var UNNAMED = { other: true, uncategorised: true, "no cluster": true };
+  function groupLabels(series) {
+    return series.filter(function (s) { return !UNNAMED[s.name] && s.data.length > 0; }).map(function (s) {
+      return {
+        value: [median(s.data.map(function (d) { return d[0]; })), median(s.data.map(function (d) { return d[1]; }))],
+        name: s.name,
+      };
+    });
+  }
+
   function map(el) {
     var chart = echarts.init(el);
     chart.showLoading();
     fetch(el.dataset.url, { credentials: "same-origin" })
       .then(function (answer) { return answer.json(); })
       .then(function (points) {
-        var series = points.groups.map(function (label) {
-          return { name: label, type: "scatter", symbolSize: 5, data: [], emphasis: { focus: "series" } };
+        var colours = points.colours || [];
+        var series = points.groups.map(function (label, n) {
+          return {
+            name: label, type: "scatter", symbolSize: 6, data: [], emphasis: { focus: "series" },
+            itemStyle: colours[n] ? { color: colours[n], opacity: 0.85 } : { opacity: 0.85 },
+          };
         });
         for (var i = 0; i < points.x.length; i++) {
           series[points.group[i]].data.push([points.x[i], points.y[i], points.item[i], points.title[i]]);
         }
         series = series.filter(function (s) { return s.data.length > 0; });
+        var labels = groupLabels(series);
+        series.push({
+          name: "names", type: "scatter", symbolSize: 0, silent: true, z: 10, data: labels,
+          label: {
+            show: true, formatter: "{b}", fontSize: 12, fontWeight: "bold", color: "#1f2d3a",
+            backgroundColor: "rgba(255,255,255,0.8)", padding: [2, 4], borderRadius: 3,
+          },
+        });
         chart.hideLoading();
         chart.setOption({
           animation: false,
-          legend: { type: "scroll", top: 0 },
-          grid: { left: 40, right: 20, top: 40, bottom: 30 },
+          color: colours,
+          legend: { type: "scroll", top: 0, data: series.slice(0, -1).map(function (s) { return s.name; }) },
+          grid: { left: 20, right: 20, top: 40, bottom: 20 },
           tooltip: {
             trigger: "item",
             formatter: function (p) { return escapeHtml(p.data[3]) + "<br><span style='opacity:.7'>" + escapeHtml(p.seriesName) + "</span>"; },
           },
-          xAxis: { type: "value", scale: true, splitLine: { show: false } },
-          yAxis: { type: "value", scale: true, splitLine: { show: false } },
+          xAxis: { type: "value", scale: true, show: false },
+          yAxis: { type: "value", scale: true, show: false },
           dataZoom: [{ type: "inside", xAxisIndex: 0, filterMode: "none" }, { type: "inside", yAxisIndex: 0, filterMode: "none" }],
           series: series,
         });
         chart.on("click", function (p) {
-          window.location.href = el.dataset.itemUrl.replace("{id}", p.data[2]);
+          if (p.seriesName !== "names") { window.location.href = el.dataset.itemUrl.replace("{id}", p.data[2]); }
         });
-        el.dataset.points = String(points.x.length); // read by the end-to-end test
+        el.dataset.points = String(points.x.length); // read by the end-to-end tests
+        el.dataset.labels = labels.map(function (l) { return l.name; }).join("|");
       })
       .catch(function (error) {
         chart.hideLoading();
