@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from embeddings import maps, operations, services
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
+from recsys.admin_format import moment, timestamps_humanized
 from recsys.admin_guard import GuardedAdmin
 from recsys.errors import DomainError
 
@@ -112,7 +113,7 @@ class ModelVersionAdmin(GuardedAdmin):
         "ndcg_baseline",
         "progress_shown",
         "duration",
-        "created_at",
+        "created",
     ]
     list_display_links = ["version_number"]
     list_filter = ["kind", "status", "algorithm"]
@@ -167,6 +168,10 @@ class ModelVersionAdmin(GuardedAdmin):
         if isinstance(done, int) and isinstance(left, int) and done + left:
             return f"{stage} {done}/{done + left} ({100 * done // (done + left)}%)"
         return stage
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, version: ModelVersion) -> str:
+        return moment(version.created_at)
 
     @admin.display(description="took")
     def duration(self, version: ModelVersion) -> str:
@@ -226,7 +231,7 @@ class ModelVersionAdmin(GuardedAdmin):
         try:
             version = services.model_version_activate(version_id=version_id)
         except DomainError as error:
-            self.message_user(request, f"Not activated: {error.message}", messages.ERROR)
+            self.message_user(request, f"Not activated: {timestamps_humanized(error.message)}", messages.ERROR)
             return
         self.message_user(request, f"Serving {version.kind} version {version.pk} now.", messages.SUCCESS)
 
@@ -276,7 +281,11 @@ class ModelVersionAdmin(GuardedAdmin):
         try:
             version = operations.training_start(kind=kind)
         except DomainError as error:  # TrainingAlreadyRunning (409), ServiceUnavailable (503)
-            self.message_user(request, f"{kind.capitalize()} training not started: {error.message}", messages.ERROR)
+            self.message_user(
+                request,
+                f"{kind.capitalize()} training not started: {timestamps_humanized(error.message)}",
+                messages.ERROR,
+            )
         else:
             self.message_user(
                 request,
@@ -296,7 +305,7 @@ class ModelVersionAdmin(GuardedAdmin):
         try:
             version = operations.model_version_rollback(kind=kind)
         except DomainError as error:
-            self.message_user(request, f"Not rolled back: {error.message}", messages.ERROR)
+            self.message_user(request, f"Not rolled back: {timestamps_humanized(error.message)}", messages.ERROR)
         else:
             self.message_user(request, f"Rolled back: serving {kind} version {version.pk}.", messages.SUCCESS)
         return self._changelist()
@@ -359,7 +368,7 @@ class ModelVersionAdmin(GuardedAdmin):
         try:
             maps.embedding_map_request(version_id=version_id)
         except DomainError as error:
-            self.message_user(request, f"Map not computed: {error.message}", messages.ERROR)
+            self.message_user(request, f"Map not computed: {timestamps_humanized(error.message)}", messages.ERROR)
         else:
             self.message_user(request, f"Computing the map of version {version_id} on a worker.")
         return HttpResponseRedirect(reverse("admin:embeddings_modelversion_map") + f"?version={version_id}")

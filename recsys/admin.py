@@ -16,8 +16,10 @@ from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from recsys import admin_views
+from recsys.admin_format import moment
 from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_create, api_key_revoke
@@ -160,7 +162,7 @@ class ItemAdmin(LargeTableAdmin):
 
 @admin.register(Interaction)
 class InteractionAdmin(LargeTableAdmin):
-    list_display = ["timestamp", "user", "event_type", "item", "value", "weight", "created_at"]
+    list_display = ["happened", "user", "event_type", "item_shown", "value", "weight", "received"]
     # By arrival: created_at has a BRIN index; event time has none of its own (a date hierarchy
     # on it would scan every interaction for its years and months).
     list_filter = [EventTypeFilter, recent_filter("created_at", "received")]
@@ -177,6 +179,20 @@ class InteractionAdmin(LargeTableAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Interaction]:
         return super().get_queryset(request).defer("item__text", "item__search_vector")
+
+    @admin.display(description="when", ordering="timestamp")
+    def happened(self, interaction: Interaction) -> str:
+        return moment(interaction.timestamp)
+
+    @admin.display(description="received", ordering="created_at")
+    def received(self, interaction: Interaction) -> str:
+        return moment(interaction.created_at)
+
+    @admin.display(description="item")
+    def item_shown(self, interaction: Interaction) -> str:
+        # The id and the start of the title: a long title pushed the other columns out of sight.
+        item = interaction.item
+        return f"{item.external_id} · {Truncator(item.title).chars(40)}" if item.title else item.external_id
 
 
 @admin.register(EventType)

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from embeddings.models import ActiveVersion, ModelVersion
+from recsys.admin_format import timestamps_humanized
 from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
 from recsys.settings import redis_db_url
 
@@ -128,7 +129,7 @@ def last_runs(*, limit: int) -> list[ModelVersion]:
 def run_outcome(version: ModelVersion) -> str:
     """One line on how a run ended (or where it is): its error, stage, quality or size."""
     if version.error:
-        return version.error
+        return timestamps_humanized(version.error)
     if version.status == "training":
         return str(version.progress.get("stage", "queued"))
     if "ndcg@10" in version.metrics:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.db import connection
@@ -355,3 +355,78 @@ def test_unknown_scopes_are_refused_in_the_admin_form(admin_client):
     assert response.status_code == 200
     assert "root" in response.content.decode()
     assert not ApiKey.objects.exists()
+
+
+# ---- every page: the operator pages in the sidebar, a favicon; times written for people ----------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/recsys/item/",
+        "/admin/recsys/interaction/",
+        "/admin/recsys/eventtype/view/change/",
+        "/admin/auth/user/",
+        "/admin/embeddings/modelversion/",
+        "/admin/embeddings/modelversion/map/",
+        "/admin/dashboard/",
+        "/admin/preview/",
+    ],
+)
+def test_every_admin_page_links_the_operator_pages_in_its_sidebar_and_has_a_favicon(admin_client, url):
+    html = page(admin_client.get(url))
+
+    sidebar = html.split('id="nav-sidebar"')[1].split("</nav>")[0]
+    operations = sidebar.split('id="nav-operations"')[1].split("</table>")[0]
+    for link in (
+        "/admin/dashboard/",
+        "/admin/embeddings/modelversion/",
+        "/admin/embeddings/modelversion/map/",
+        "/admin/preview/",
+    ):
+        assert f'href="{link}"' in operations
+    assert sidebar.index('id="nav-operations"') < sidebar.index("app-recsys")  # first, above the apps
+    assert re.search(r'<link rel="icon" href="/static/recsys/favicon[^"]*\.svg"', html)
+
+
+def test_the_sidebar_marks_the_operator_page_being_shown(admin_client):
+    operations = page(admin_client.get("/admin/embeddings/modelversion/map/")).split('id="nav-operations"')[1]
+
+    assert re.search(r'<tr class="model-map current-model">', operations)
+    assert '<tr class="model-models">' in operations
+
+
+def test_the_index_lists_the_operator_pages_with_what_they_show(admin_client):
+    html = page(admin_client.get("/admin/"))
+
+    assert 'id="operations-module"' in html and "queues, workers, health" in html
+
+
+def test_raw_timestamps_in_messages_are_written_as_a_time_and_how_far_it_is():
+    from datetime import datetime
+
+    from recsys.admin_format import timestamps_humanized
+
+    now = datetime(2026, 12, 3, 22, 44, 0, tzinfo=UTC)
+
+    assert timestamps_humanized("training until 2026-12-03 22:48:22.116288+00:00", now=now) == (
+        "training until 22:48:22 UTC (in 4 min)"
+    )
+    assert timestamps_humanized("lease ran out at 2026-11-30T10:00:00Z", now=now) == (
+        "lease ran out at 2026-11-30 10:00 UTC (4 days ago)"
+    )
+    assert timestamps_humanized("no time here", now=now) == "no time here"
+
+
+def test_interaction_list_writes_moments_compactly(admin_client):
+    catalogue_store()
+    interactions_store()
+
+    rows = result_list(page(admin_client.get("/admin/recsys/interaction/")))
+
+    assert re.search(r'class="field-happened"><a [^>]+>\d\d:\d\d:\d\d</a>', rows)
+    assert re.search(r'<td class="field-received">\d\d:\d\d:\d\d</td>', rows)
+    assert re.search(r'<td class="field-item_shown">sky\d · ', rows) or re.search(
+        r'field-item_shown">cooking\d · ', rows
+    )
+    assert "+00:00" not in rows

@@ -167,6 +167,7 @@ def test_a_second_run_while_one_trains_becomes_a_message(admin_client, data):
     assert response.status_code == 200
     [message] = messages_of(response)
     assert message.startswith("Collaborative training not started: version") and str(running.pk) in message
+    assert re.search(r"until \d\d:\d\d:\d\d UTC \(in \d+ min\)$", message), message  # not 22:48:22.116288+00:00
     assert ModelVersion.objects.count() == 1
 
 
