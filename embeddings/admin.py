@@ -45,6 +45,8 @@ METRICS_SHOWN = ("ndcg@10", "recall@10", "precision@10", "coverage@10")
 
 
 def _format_metric(value: object) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return f"{value:,.0f}"  # a count among the metrics (users evaluated)
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
@@ -106,11 +108,9 @@ class ModelVersionAdmin(GuardedAdmin):
     list_display = [
         "version_number",
         "kind",
-        "algorithm",
+        "algorithm_shown",
         "status",
-        "dimensions",
-        "ndcg",
-        "ndcg_baseline",
+        "ndcg_against_popularity",
         "progress_shown",
         "duration",
         "created",
@@ -148,15 +148,16 @@ class ModelVersionAdmin(GuardedAdmin):
             return queryset.filter(pk=int(term)), False
         return super().get_search_results(request, queryset, search_term)
 
-    @admin.display(description="NDCG@10")
-    def ndcg(self, version: ModelVersion) -> str:
-        value = version.metrics.get("ndcg@10")
-        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+    @admin.display(description="algorithm", ordering="algorithm")
+    def algorithm_shown(self, version: ModelVersion) -> str:
+        return f"{version.algorithm}, {version.dimensions}-d" if version.dimensions else version.algorithm
 
-    @admin.display(description="popularity")
-    def ndcg_baseline(self, version: ModelVersion) -> str:
-        value = version.baseline_metrics.get("ndcg@10")
-        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+    @admin.display(description="NDCG@10 / popularity's")
+    def ndcg_against_popularity(self, version: ModelVersion) -> str:
+        model, baseline = version.metrics.get("ndcg@10"), version.baseline_metrics.get("ndcg@10")
+        if not isinstance(model, int | float):
+            return "—"
+        return f"{model:.4f} / {baseline:.4f}" if isinstance(baseline, int | float) else f"{model:.4f}"
 
     @admin.display(description="progress")
     def progress_shown(self, version: ModelVersion) -> str:
@@ -193,13 +194,15 @@ class ModelVersionAdmin(GuardedAdmin):
 
     @admin.display(description="progress")
     def progress_table(self, version: ModelVersion) -> str:
-        return readable(version.progress)
+        progress = version.progress or {}
+        return readable({"stage": progress["stage"], **progress} if "stage" in progress else progress)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         # A version is the record of a run: read-only (its actions are the buttons above it).
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **READ_ONLY})
+        context = {"title": "Model version", **(extra_context or {}), **READ_ONLY}
+        return super().change_view(request, object_id, form_url, context)
 
     @admin.display(description="offline metrics (model / popularity on the same split)")
     def metrics_table(self, version: ModelVersion) -> str:

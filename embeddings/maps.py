@@ -24,8 +24,9 @@ from recsys.errors import DomainError, ModelNotReady, NotFound, ServiceUnavailab
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
-# t-SNE's time grows with the points: 2,000 points took 12 s on one core, 5,000 about 35 s, so a
-# map stays under a minute of a worker; 5,000 points also show every neighbourhood of a catalogue.
+# t-SNE's time grows as n log n: 2,000 points of 64-d took 12 s on one idle core (500 iterations),
+# so 5,000 should take about 35 s; the demo's 2,000-item maps took 240 s on a worker sharing two
+# cores with a load of 18. 5,000 points are enough to show every neighbourhood of a catalogue.
 MAX_POINTS = 5_000
 TSNE_MIN_POINTS = 10  # below this a neighbourhood layout means nothing: PCA
 TSNE_INPUT_DIMENSIONS = 50  # PCA to 50 dimensions first, as t-SNE's authors advise
@@ -34,11 +35,12 @@ TITLE_CHARS = 80
 NAME_WORDS = 3  # words in a cluster's name
 WORD_PATTERN = r"(?u)\b[^\W\d_]{3,}\b"  # words of three or more letters: no numbers, no "of"
 TEXT_CHARS = 2_000  # of each item's text read for naming (titles and openings carry the topic)
-# Sasha Trubetskoy's 20 distinct colours, most distinct first; more groups continue on the hue circle.
+# Sasha Trubetskoy's distinct colours, most distinct first, without the greys (kept for "other")
+# and white, plus black and slate blue; more groups continue around the hue circle.
 DISTINCT_COLOURS = [
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
     "#469990", "#dcbeff", "#9a6324", "#ffe119", "#800000", "#aaffc3", "#808000", "#ffd8b1", "#000075",
-    "#a9a9a9", "#e6beff",
+    "#000000", "#6a5acd",
 ]  # fmt: skip
 REST_COLOURS = {"other": "#c8c8c8", "uncategorised": "#e4e4e4", "no cluster": "#e4e4e4"}
 

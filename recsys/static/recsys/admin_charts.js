@@ -65,15 +65,18 @@
     return sorted[Math.floor(sorted.length / 2)];
   }
 
-  // Each named group's label at the median of its points (catch-all groups stay unlabelled).
+  // Each named, compact group's label at the median of its points: a group spread over the whole
+  // map (categories of a collaborative model) would only pile its label onto the others'.
   var UNNAMED = { other: true, uncategorised: true, "no cluster": true };
   function groupLabels(series) {
+    var all = [].concat.apply([], series.map(function (s) { return s.data; }));
+    var centre = [median(all.map(function (d) { return d[0]; })), median(all.map(function (d) { return d[1]; }))];
+    var spread = function (data, m) { return median(data.map(function (d) { return Math.hypot(d[0] - m[0], d[1] - m[1]); })); };
+    var overall = spread(all, centre);
     return series.filter(function (s) { return !UNNAMED[s.name] && s.data.length > 0; }).map(function (s) {
-      return {
-        value: [median(s.data.map(function (d) { return d[0]; })), median(s.data.map(function (d) { return d[1]; }))],
-        name: s.name,
-      };
-    });
+      var m = [median(s.data.map(function (d) { return d[0]; })), median(s.data.map(function (d) { return d[1]; }))];
+      return { value: m, name: s.name, compact: spread(s.data, m) < 0.5 * overall };
+    }).filter(function (label) { return label.compact; });
   }
 
   function map(el) {
@@ -120,6 +123,7 @@
           if (p.seriesName !== "names") { window.location.href = el.dataset.itemUrl.replace("{id}", p.data[2]); }
         });
         el.dataset.points = String(points.x.length); // read by the end-to-end tests
+        el.dataset.groups = series.slice(0, -1).map(function (s) { return s.name; }).join("|");
         el.dataset.labels = labels.map(function (l) { return l.name; }).join("|");
       })
       .catch(function (error) {
