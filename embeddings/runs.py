@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from embeddings.answer_cache import answers_invalidate_all
+from embeddings.maps import embedding_map_on_activation
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version_serving_forget
 from embeddings.vectors import tables
@@ -96,6 +97,7 @@ def run_execute(*, version_id: int, work: Callable[[ModelVersion], None]) -> Mod
         logger.exception("%s version %s failed", version.kind, version.pk)
         _fail(version, error)
         raise
+    ModelVersion.objects.filter(pk=version.pk).update(progress={**version.progress, "stage": "done"})
     return version
 
 
@@ -189,6 +191,7 @@ def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = Fa
         rows = rows.filter(status=Status.TRAINING, lease_expires_at__lte=timezone.now())
     failed = rows.update(
         status=Status.FAILED,
+        progress={**version.progress, "stage": "failed"},
         error=f"{type(error).__name__}: {error}"[:2000],
         finished_at=timezone.now(),
         lease_expires_at=None,
@@ -234,6 +237,7 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
         version.status = Status.ACTIVE
         version.save(update_fields=["status"])
         transaction.on_commit(_serving_changed)
+        transaction.on_commit(lambda: embedding_map_on_activation(version_id=version.pk))
     _serving_changed()
     model_versions_prune(kind=version.kind, keep=settings.RECSYS_KEEP_VERSIONS)
     return version

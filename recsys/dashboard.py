@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -17,7 +16,8 @@ from django.db import connection
 
 from embeddings.models import ActiveVersion, ModelVersion
 from recsys import redis_store
-from recsys.admin_selectors import RowCount, interactions_per_hour, table_row_count
+from recsys.admin_format import timestamps_humanized
+from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
 
 logger = logging.getLogger(__name__)
 QUEUES = ("default", "training", "encoding")
@@ -48,7 +48,7 @@ class Run:
 @dataclass
 class Dashboard:
     counts: dict[str, RowCount]
-    per_hour: list[tuple[datetime, int]]
+    activity: Activity
     active_models: list[ActiveVersion]
     last_runs: list[Run]
     database: Health
@@ -123,7 +123,7 @@ def last_runs(*, limit: int) -> list[ModelVersion]:
 def run_outcome(version: ModelVersion) -> str:
     """One line on how a run ended (or where it is): its error, stage, quality or size."""
     if version.error:
-        return version.error
+        return timestamps_humanized(version.error)
     if version.status == "training":
         return str(version.progress.get("stage", "queued"))
     if "ndcg@10" in version.metrics:
@@ -144,7 +144,7 @@ def dashboard_report() -> Dashboard:
             "items": table_row_count(table="recsys_item"),
             "interactions": table_row_count(table="recsys_interaction"),
         },
-        per_hour=interactions_per_hour(hours=48),
+        activity=interactions_activity(hours=48),
         active_models=list(ActiveVersion.objects.select_related("version").order_by("kind")),
         last_runs=[Run(version, run_outcome(version)) for version in last_runs(limit=10)],
         database=database_health(),

@@ -61,7 +61,8 @@ WSGI_APPLICATION = "recsys.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Before the apps' own: recsys's admin/base_site.html and admin/nav_sidebar.html override Django's.
+        "DIRS": [BASE_DIR / "recsys" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
