@@ -35,6 +35,7 @@ from recsys.validation import INTERACTION_FIELDS, ITEM_FIELDS, is_external_id
 # Items per items_upsert call: the API's batch path, whose one JSON document of up to 100k
 # characters of text per item is bounded to ~100 MB by 1,000 items.
 ITEM_BATCH = 1_000
+VECTOR_BATCH = 1_000  # vectors per transaction
 _FIELDS = {
     "event_type": frozenset({"name", "weight", "uses_value", "description"}),
     "user": frozenset({"id", "attributes"}),
@@ -199,20 +200,28 @@ def _stubs_store(stubs: list[Record], report: ImportReport) -> None:
 
 
 def _vectors(records: Iterable[Record]) -> ImportReport:
-    """One by one through the API's path, which creates each space with its first vector."""
+    """One by one through the API's path (which creates each space with its first vector), a
+    batch per transaction: a commit per vector made it 17 vectors/s."""
     report = ImportReport()
-    for record in _checked(records, report):
-        doc = record.document
-        report.rows += 1
-        try:
-            _, created = item_vector_put(
-                item_external_id=str(doc.get("item")), space=str(doc.get("space")), vector=doc.get("vector")
-            )
-        except DomainError as error:
-            report.reject(record.line, RowError(error.message, doc.get("item")))
-            continue
-        report.count(1, int(created), int(not created))
+    iterator = _checked(records, report)
+    while batch := list(islice(iterator, VECTOR_BATCH)):
+        with transaction.atomic():
+            for record in batch:
+                _vector_put(record, report)
     return report
+
+
+def _vector_put(record: Record, report: ImportReport) -> None:
+    doc = record.document
+    report.rows += 1
+    try:  # item_vector_put's own atomic block is a savepoint here: a refused vector undoes only itself
+        _, created = item_vector_put(
+            item_external_id=str(doc.get("item")), space=str(doc.get("space")), vector=doc.get("vector")
+        )
+    except DomainError as error:
+        report.reject(record.line, RowError(error.message, doc.get("item")))
+        return
+    report.count(1, int(created), int(not created))
 
 
 def _interactions(records: Iterable[Record]) -> ImportReport:

@@ -229,6 +229,8 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
         {"kind": "item", "id": "ok-item", "title": "Fine", "colour": "red"},
         {"kind": "item", "id": "ok-item-2", "title": "Fine"},
         {"kind": "vector", "space": "image", "item": "ghost", "vector": [1, 2]},
+        {"kind": "vector", "space": "image", "item": "ok-item-2", "vector": [1, 2]},
+        {"kind": "vector", "space": "image", "item": "ok-item-2", "vector": [1, 2, 3]},
         {"kind": "interaction", "user": "ok-user", "item": "ok-item-2", "type": "teleport"},
         {"kind": "interaction", "user": "ok-user", "item": "ok-item-2", "type": "view", "timestamp": 5},
         {
@@ -248,6 +250,7 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
     assert list(User.objects.values_list("external_id", flat=True)) == ["ok-user"]
     assert list(Item.objects.values_list("external_id", flat=True)) == ["ok-item-2"]
     assert Interaction.objects.get().event_type == "click"
+    assert VectorSpace.objects.get().dimensions == 2 and "holds 2-dimensional vectors" in output
     for reason in [
         "unknown field(s)",
         "does not exist",

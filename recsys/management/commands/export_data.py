@@ -31,31 +31,33 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.perf_counter()
         if options["path"] == "-":
-            written = _write(sys.stdout.buffer)
+            lines, written = _write(sys.stdout.buffer)
         else:
-            written = _write_file(Path(options["path"]))
+            lines, written = _write_file(Path(options["path"]))
         seconds = time.perf_counter() - started
-        self.stderr.write(f"exported {written:,} bytes in {seconds:.1f} s")
+        rate = lines / seconds if seconds else 0.0
+        self.stderr.write(f"exported {lines:,} lines ({written:,} bytes) in {seconds:.2f} s ({rate:,.0f} lines/s)")
 
 
-def _write(out: IO[bytes]) -> int:
-    written = 0
+def _write(out: IO[bytes]) -> tuple[int, int]:
+    lines = written = 0
     for chunk in dataset_export():
         out.write(chunk)
+        lines += chunk.count(b"\n")
         written += len(chunk)
     out.flush()
-    return written
+    return lines, written
 
 
-def _write_file(path: Path) -> int:
+def _write_file(path: Path) -> tuple[int, int]:
     """Written beside the target and renamed when complete, so a failed export leaves no file that
     looks like a backup."""
     partial = path.with_name(path.name + ".partial")
     try:
         gzipped = path.suffix == ".gz"
         with gzip.open(partial, "wb", compresslevel=GZIP_LEVEL) if gzipped else partial.open("wb") as out:
-            written = _write(out)  # type: ignore[arg-type]
+            counted = _write(out)  # type: ignore[arg-type]
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return written
+    return counted
