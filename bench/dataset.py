@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -23,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, bench_env, drop_database, machine, manage, scratch_database_url, write_section
 
 
-def measured(database_url: str, *args: str) -> tuple[float, float]:
+def measured(database_url: str, *args: str) -> tuple[float, float, float, float]:
     """Run a manage.py command; the seconds of its work (as it reports them: Django's start is
-    left out) and its peak RSS in MiB (sampled every 20 ms)."""
+    left out), its peak RSS in MiB (sampled every 20 ms), its CPU seconds, and the machine's load
+    average when it ended (the VM is shared)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = psutil.Popen(
         [sys.executable, str(ROOT / "manage.py"), *args],
         env=bench_env(database_url),
@@ -46,7 +50,9 @@ def measured(database_url: str, *args: str) -> tuple[float, float]:
         raise SystemExit(f"{' '.join(args)} failed with {process.returncode}: {output}")
     print(output)
     seconds = sum(float(s) for s in re.findall(r" in ([0-9.]+) s", output))
-    return seconds, peak / 2**20
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, peak / 2**20, cpu, os.getloadavg()[0]
 
 
 def end_counts(path: Path) -> dict[str, int]:
@@ -70,15 +76,15 @@ def main() -> None:
         manage(source, "shell", "-c", _VECTORS_PUT.format(items=options.items))
         with tempfile.TemporaryDirectory() as folder:
             plain, packed = Path(folder) / "data.jsonl", Path(folder) / "data.jsonl.gz"
-            rows: list[tuple[str, float, float, int]] = []
-            seconds, peak = measured(source, "export_data", str(plain))
+            rows: list[tuple[str, tuple[float, float, float, float], int]] = []
+            figures = measured(source, "export_data", str(plain))
             counts = end_counts(plain)
             total = sum(counts.values())
-            rows.append(("`export_data data.jsonl`", seconds, peak, plain.stat().st_size))
-            seconds, peak = measured(source, "export_data", str(packed))
-            rows.append(("`export_data data.jsonl.gz` (gzip level 1)", seconds, peak, packed.stat().st_size))
-            seconds, peak = measured(target, "import_data", str(plain), "--no-progress")
-            rows.append(("`import_data data.jsonl` into an empty database", seconds, peak, plain.stat().st_size))
+            rows.append(("`export_data data.jsonl`", figures, plain.stat().st_size))
+            figures = measured(source, "export_data", str(packed))
+            rows.append(("`export_data data.jsonl.gz` (gzip level 1)", figures, packed.stat().st_size))
+            figures = measured(target, "import_data", str(plain), "--no-progress")
+            rows.append(("`import_data data.jsonl` into an empty database", figures, plain.stat().st_size))
         report(options, counts, total, rows)
     finally:
         drop_database(source)
@@ -94,7 +100,10 @@ for k in range(1, {items} + 1, 10):
 
 
 def report(
-    options: argparse.Namespace, counts: dict[str, int], total: int, rows: list[tuple[str, float, float, int]]
+    options: argparse.Namespace,
+    counts: dict[str, int],
+    total: int,
+    rows: list[tuple[str, tuple[float, float, float, float], int]],
 ) -> None:
     lines = [
         "## Data set export and import (`bench/dataset.py`)",
@@ -103,13 +112,18 @@ def report(
         f"`generate_demo_data` set of {counts['interaction']:,} interactions, {counts['user']:,} users, "
         f"{counts['item']:,} items and {counts['vector']:,} custom vectors ({total:,} lines). Peak memory is the "
         "command's own RSS (PostgreSQL's server processes not included), sampled every 20 ms; seconds are the "
-        "commands' own figures, without Django's start.",
+        "commands' own figures, without Django's start; command CPU is the command's user + system time, "
+        "its start included (the rest of an export's work is PostgreSQL's); the load average shows how much "
+        "the shared VM was busy with others' work.",
         "",
-        "| command | seconds | lines/s | peak RSS | file |",
-        "|---|---:|---:|---:|---:|",
+        "| command | seconds | lines/s | peak RSS | command CPU s | load average | file |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, seconds, peak, size in rows:
-        lines.append(f"| {name} | {seconds:.1f} | {total / seconds:,.0f} | {peak:.0f} MiB | {size / 2**20:.0f} MiB |")
+    for name, (seconds, peak, cpu, load), size in rows:
+        lines.append(
+            f"| {name} | {seconds:.1f} | {total / seconds:,.0f} | {peak:.0f} MiB | {cpu:.1f} | {load:.1f} "
+            f"| {size / 2**20:.0f} MiB |"
+        )
     lines += [
         "",
         "The export's memory does not grow with the data: PostgreSQL writes each line (`row_to_json`) and "
