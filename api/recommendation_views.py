@@ -52,7 +52,7 @@ class AnswerSerializer(serializers.Serializer):
     model = ModelRefSerializer(allow_null=True)
     strategy = serializers.CharField(
         help_text="collaborative, collaborative_fold_in, collaborative_session, content, content_profile, "
-        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category"
+        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category, recent"
     )
 
 

@@ -1,7 +1,8 @@
 """Item to item: similar items per space (collaborative, content, hybrid, custom) and near-duplicates.
 
-An item without a vector in the asked space falls back: collaborative → content → popular in
-its categories; ``strategy`` names the path that answered.
+An item without a vector in the asked space falls back: collaborative → content → items sharing
+its words → popular in its categories → popular → newest (``similar_fallback``); ``strategy``
+names the path that answered.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy.typing as npt
 from django.conf import settings
 
 from embeddings.models import Kind, ModelVersion, VectorSpace
-from embeddings.recommendations import popular_items_list
 from embeddings.serving import (
     Answer,
     Recommendation,
@@ -24,6 +24,7 @@ from embeddings.serving import (
     model_ref,
     query_column,
 )
+from embeddings.similar_fallback import item_similar_fallback
 from embeddings.vectors.rows import item_vectors_row, vectors_of
 from embeddings.vectors.search import Filters, Neighbour, nearest_items
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
@@ -87,14 +88,11 @@ def _similar(external_id: str, limit: int, space: str, category: str | None) -> 
     if content and item.content is not None:
         neighbours = nearest_items(content.item_table, item.content, limit=limit, filters=filters)
         return Answer(from_neighbours(neighbours), model_ref(content), "content")
-    return _popular_in_category(item, limit, category)
+    return _fallback(item, limit, category)
 
 
-def _popular_in_category(item: ItemVectors, limit: int, category: str | None) -> Answer:
-    fallback_category = category or (item.categories[0] if item.categories else None)
-    answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item.id,))
-    answer.strategy = "popular_in_category" if fallback_category else "popular"
-    return answer
+def _fallback(item: ItemVectors, limit: int, category: str | None) -> Answer:
+    return item_similar_fallback(item_id=item.id, categories=item.categories, limit=limit, category=category)
 
 
 def _hybrid(
@@ -130,7 +128,7 @@ def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: 
     item = _item_vectors(external_id, None, None)
     found = vectors_of(space.table, "item_id", [item.id])
     if item.id not in found:
-        return _popular_in_category(item, limit, category)
+        return _fallback(item, limit, category)
     neighbours = nearest_items(space.table, found[item.id], limit=limit, filters=Filters((item.id,), category))
     return Answer(from_neighbours(neighbours), None, "custom")
 

@@ -44,7 +44,7 @@ CHUNK_ROWS = 200_000
 
 def batch_events_read(rows: Sequence[object]) -> RawEvents:
     """The rows of an API batch (event objects); ``lines`` are their indexes in the batch."""
-    return _json_rows_events(list(range(len(rows))), rows)
+    return json_rows_events_read(list(range(len(rows))), rows)
 
 
 def csv_events_read(
@@ -88,11 +88,11 @@ def jsonl_events_read(path: Path, *, limit: int | None = None, chunk_rows: int =
         numbered = ((line, text) for line, text in enumerate(handle, 1) if text.strip())
         for batch in batches(islice(numbered, limit), chunk_rows):
             lines = [line for line, _ in batch]
-            yield _json_rows_events(lines, [_json_line(text) for _, text in batch])
+            yield json_rows_events_read(lines, [_json_line(text) for _, text in batch])
 
 
 class _Unreadable:
-    """A line that is not JSON: ``_json_rows_events`` rejects it with its error."""
+    """A line that is not JSON: ``json_rows_events_read`` rejects it with its error."""
 
     def __init__(self, error: RowError) -> None:
         self.error = error
@@ -107,7 +107,9 @@ def _json_line(text: str) -> object:
         return _Unreadable(RowError("invalid JSON", "nested too deeply", problem="invalid JSON"))
 
 
-def _json_rows_events(lines: Sequence[int], rows: Sequence[object]) -> RawEvents:
+def json_rows_events_read(lines: Sequence[int], rows: Sequence[object]) -> RawEvents:
+    """Event objects as the API takes them (from a batch, a JSON Lines file or a data set export);
+    ``lines`` numbers them in reports."""
     events: list[EventTuple] = []
     errors: Rejections = {}
     for k, row in enumerate(rows):

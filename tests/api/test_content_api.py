@@ -85,7 +85,7 @@ def test_hybrid_for_an_item_without_a_collaborative_vector_is_content_alone(read
 
 def test_new_item_is_similar_listable_once_encoded(reader, content_model):
     items_upsert(rows=[{"id": "fresh", "text": "telescope comet planet galaxy", "categories": ["sky"]}])
-    assert reader.get("/api/v1/items/fresh/similar?space=content").json()["strategy"] == "popular_in_category"
+    assert reader.get("/api/v1/items/fresh/similar?space=content").json()["strategy"] == "keyword"
 
     content.content_items_encode()
 
