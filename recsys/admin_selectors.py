@@ -12,8 +12,8 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from recsys.ingestion.rules import MAX_CLOCK_SKEW
 from recsys.models import Interaction, Item, User
-from recsys.validation import MAX_CLOCK_SKEW
 
 logger = logging.getLogger(__name__)
 # Below this many rows an exact COUNT(*) costs under a few milliseconds; above it the planner's
