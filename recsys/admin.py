@@ -8,10 +8,6 @@ from functools import cached_property
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.auth.admin import GroupAdmin
-from django.contrib.auth.admin import UserAdmin as AuthUserAdmin
-from django.contrib.auth.models import Group
-from django.contrib.auth.models import User as AuthUser
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -227,18 +223,3 @@ class ApiKeyAdmin(GuardedAdmin):
         for key in queryset:
             api_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
-
-
-# Django's own pages (staff users, groups) get the same guard on their URLs.
-admin.site.unregister(AuthUser)
-admin.site.unregister(Group)
-
-
-@admin.register(AuthUser)
-class StaffUserAdmin(GuardedAdmin, AuthUserAdmin):
-    pass
-
-
-@admin.register(Group)
-class StaffGroupAdmin(GuardedAdmin, GroupAdmin):
-    pass

@@ -43,3 +43,17 @@ class GuardedAdmin(admin.ModelAdmin):
                 return super().get_object(request, object_id, from_field)
         except REFUSED_BY_DATABASE:  # e.g. a NUL in a text primary key: no such object
             return None
+
+
+def admins_guard(site: admin.AdminSite) -> list[str]:
+    """Give every ModelAdmin registered on ``site`` the guard, whichever app registered it (Django's
+    users and groups, django-axes' logs, ours); returns the models whose admin was re-registered."""
+    guarded = []
+    for model, model_admin in list(site._registry.items()):
+        if isinstance(model_admin, GuardedAdmin):
+            continue
+        base = type(model_admin)
+        site.unregister(model)
+        site.register(model, type(f"Guarded{base.__name__}", (GuardedAdmin, base), {"__module__": base.__module__}))
+        guarded.append(model._meta.label)
+    return guarded

@@ -8,3 +8,11 @@ from django.apps import AppConfig
 class RecsysConfig(AppConfig):
     name = "recsys"
     verbose_name = "Recommendation data"
+
+    def ready(self) -> None:
+        # The admin app (first in INSTALLED_APPS) has registered every app's ModelAdmins by now.
+        from django.contrib import admin
+
+        from recsys.admin_guard import admins_guard
+
+        admins_guard(admin.site)

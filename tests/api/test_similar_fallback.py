@@ -37,7 +37,7 @@ def served(settings):
         if (user + n) % 3
     ]
     interactions_ingest(rows=events)
-    content.content_model_build(version_id=services.content_version_create().pk)
+    content.content_model_build(version_id=content.content_version_create().pk)
     params = LearnerParams(algorithm="als", factors=4, iterations=10, regularization=0.05)
     services.collaborative_model_train(version_id=services.collaborative_version_create(params=params).pk)
     for n in range(3):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings import maps, services, tasks
+from embeddings import maps, runs, tasks
 from embeddings.models import EmbeddingMap
 from recsys.models import Item
 from tests.recsys.admin_setup import COOKING, SKY, collaborative_train, models_trained
@@ -86,7 +86,7 @@ def test_activating_a_version_has_its_map_computed(settings, django_capture_on_c
     EmbeddingMap.objects.all().delete()
 
     with django_capture_on_commit_callbacks(execute=True):  # eager: the task runs at the commit
-        services.model_version_activate(version_id=collaborative.pk)
+        runs.model_version_activate(version_id=collaborative.pk)
 
     emap = EmbeddingMap.objects.get(version=collaborative)
     assert emap.state == EmbeddingMap.State.READY and emap.sample_size == 16
@@ -100,7 +100,7 @@ def test_rolling_back_to_a_version_keeps_its_map(settings, django_capture_on_com
     collaborative_train(regularization=50.0)
 
     with django_capture_on_commit_callbacks(execute=True):
-        services.model_version_activate(version_id=older.pk)
+        runs.model_version_activate(version_id=older.pk)
 
     assert EmbeddingMap.objects.get(version=older).computed_at == kept.computed_at
 
@@ -116,7 +116,7 @@ def test_activation_with_the_broker_down_still_switches_serving(
 
     monkeypatch.setattr(tasks.embedding_map_compute, "delay", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
-        version = services.model_version_activate(version_id=collaborative.pk)
+        version = runs.model_version_activate(version_id=collaborative.pk)
 
     assert version.status == "active"
     assert EmbeddingMap.objects.get(version=collaborative).state == EmbeddingMap.State.FAILED
