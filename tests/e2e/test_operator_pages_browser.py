@@ -14,7 +14,8 @@ from tests.e2e.test_admin_browser import log_in, wait_for
 from tests.recsys.admin_setup import COOKING, SKY, catalogue_store, interactions_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
-OPERATIONS = ["Dashboard", "Models", "Embedding map", "Preview recommendations"]
+# The operator pages of a superuser (the data set export is for superusers only).
+OPERATIONS = ["Dashboard", "Models", "Embedding map", "Preview recommendations", "Export data set"]
 
 
 def train(page, server: str, kind: str) -> int:
