@@ -26,7 +26,15 @@ from embeddings.freshness import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
 from embeddings.selectors import active_version_serving, active_version_serving_forget
-from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
+from embeddings.vector_search import (
+    Filters,
+    Neighbour,
+    as_array,
+    nearest_items,
+    user_nearest_items,
+    vector_connection,
+    vectors_of,
+)
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
@@ -180,9 +188,22 @@ def _user_recommendations(
     diversity: float,
 ) -> Answer:
     collaborative = _active()
+    exclude_ids = _item_ids(exclude)
+    if collaborative is not None and not explain and diversity == 0:
+        # The common case (a user with a stored vector) in one statement; others read their state.
+        found = user_nearest_items(
+            user_table=collaborative.user_table,
+            item_table=collaborative.item_table,
+            user_external_id=user_external_id,
+            limit=limit,
+            filters=Filters(tuple(exclude_ids), category),
+            seen=0 if include_seen else MAX_SEEN,
+        )
+        if found is not None:
+            return Answer(_from_neighbours(found), _model_ref(collaborative), "collaborative")
     user = _user_state(user_external_id, collaborative)
     history = user.history if user else []
-    excluded = set(_item_ids(exclude)) | (set() if include_seen else set(history))
+    excluded = set(exclude_ids) | (set() if include_seen else set(history))
     version, vector, strategy = _user_query(collaborative, user)
     if version is None or vector is None or user is None:
         return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))
