@@ -79,7 +79,8 @@ def database_config(url: str) -> dict[str, object]:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, got {parts.scheme!r}")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        # Django's backend with a health check that costs no round trip (recsys/db_backend).
+        "ENGINE": "recsys.db_backend",
         "NAME": unquote(parts.path.lstrip("/")) or "recsys",
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),
