@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
 
 from embeddings import services
 from embeddings.learners import LearnerParams
@@ -111,3 +112,15 @@ def test_a_known_users_recommendations_cost_one_statement(version, monkeypatch):
 
     assert answer.strategy == "collaborative" and len(answer.items) == 5
     assert len(statements) == 1, statements
+
+
+def test_repeated_searches_are_prepared_statements_with_literal_limits(version):
+    # Prepared, PostgreSQL may skip planning (a generic plan); a LIMIT parameter would rule that out.
+    for _ in range(8):
+        user_recommendations_list(user_external_id="u3", limit=5)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s", ["%WITH u AS%"])
+        statements = [row[0] for row in cursor.fetchall()]
+    assert len(statements) == 1
+    assert "LIMIT 5\n" in statements[0] and "LIMIT 5000)" in statements[0]
