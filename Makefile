@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RECSYS_INSECURE_DEV_KEY ?= true
 
-.PHONY: demo serve test lint typecheck install services-stop bench screenshots clean
+.PHONY: demo serve test lint typecheck install services-start services-status services-stop bench screenshots clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -31,10 +31,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# mypy's Django plugin loads the settings, which start embedded services: run it under the
-# supervisor so that whatever it starts is stopped again.
+# mypy's Django plugin loads the settings, which only read the environment: no service is needed.
 typecheck: install
-	$(PY) -m recsys.run exec -- $(VENV)/bin/mypy recsys embeddings api
+	$(VENV)/bin/mypy recsys embeddings api
 
 ## bench: ingestion, quality, serving, content and soak benchmarks (needs ../shared/data/ml-latest-small) -> BENCHMARKS.md
 bench: install
@@ -47,6 +46,13 @@ bench: install
 ## screenshots: demo data on a real server, Chromium (apt-get install chromium) saves the admin's pages to docs/screenshots/
 screenshots: install
 	$(PY) scripts/screenshots.py
+
+## services-start: start the embedded PostgreSQL and Redis and leave them running (for manage.py, a shell, a debugger)
+services-start: install
+	$(PY) manage.py services start
+
+services-status: install
+	$(PY) manage.py services status
 
 services-stop: install
 	$(PY) manage.py services stop

@@ -23,17 +23,18 @@ os.environ.setdefault("RECSYS_SERVING_STATEMENT_TIMEOUT_MS", "2000")
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    """Load the search query encoder (seconds for MiniLM) before this worker takes requests, so
-    no search waits for it; RECSYS_SEARCH_PRELOAD=false saves its memory (~400 MB more per worker
-    with MiniLM) where semantic search is not used."""
+    """Load the search query encoder (seconds for MiniLM) before this worker takes requests, and
+    again off the request path whenever a new content version becomes active, so no search waits
+    for it; RECSYS_SEARCH_PRELOAD=false saves its memory (~400 MB more per worker with MiniLM)
+    where semantic search is not used (the first search then loads it)."""
     if os.environ.get("RECSYS_SEARCH_PRELOAD", "true").lower() not in {"1", "true", "yes", "on"}:
         return
     try:
         from django.db import close_old_connections
 
-        from embeddings.search import query_encoder_warm
+        from embeddings.query_encoder import query_encoder_watch_start
 
-        query_encoder_warm()
+        query_encoder_watch_start()
         close_old_connections()
     except Exception:  # a missing model or database must not keep the worker from serving
         worker.log.warning("could not preload the search query encoder", exc_info=True)

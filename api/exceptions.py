@@ -13,12 +13,21 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from recsys.errors import Conflict, DomainError, ModelNotReady, NotFound, PayloadTooLarge, ServiceUnavailable
+from recsys.errors import (
+    Conflict,
+    DomainError,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
 _DOMAIN_STATUS: dict[type[DomainError], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
+    PermissionDenied: status.HTTP_403_FORBIDDEN,
     PayloadTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     Conflict: status.HTTP_409_CONFLICT,
     ModelNotReady: status.HTTP_409_CONFLICT,
@@ -88,6 +97,8 @@ def _api_exception_response(exc: exceptions.APIException, response: Response) ->
     if isinstance(exc, exceptions.Throttled) and wait is not None:
         response["Retry-After"] = str(max(1, math.ceil(wait)))
         details = {"retry_after_seconds": max(1, math.ceil(wait))}
-        message = "rate limit exceeded for this API key"
+        # DRF's own Throttled is the per-key limit; subclasses (failed key attempts, too many expensive
+        # requests at once) say what they limit.
+        message = "rate limit exceeded for this API key" if type(exc) is exceptions.Throttled else str(exc.detail)
     response.data = error_body(code, message, details)
     return response

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from api.exceptions import database_error, error_response
 from api.permissions import required_scope
 from recsys.db import statement_timeout_set
+from recsys.deadline import deadline_arm, deadline_begin, deadline_end, deadline_execute
 
 logger = logging.getLogger("api")
 API_PREFIX = "/api/"
@@ -57,16 +58,24 @@ def database_unavailable(exception: Exception) -> HttpResponse:
 
 
 class StatementTimeoutMiddleware:
-    """Bounds the serving path: requests to read-scope API endpoints run their SQL under
-    ``RECSYS_SERVING_STATEMENT_TIMEOUT_MS`` (gunicorn.conf.py sets 2000 for the web process), so a
-    slow query is cut and answered 503 rather than holding a worker. Ingestion, the admin, Celery
-    workers and migrations keep the connection's default (``RECSYS_STATEMENT_TIMEOUT_MS``)."""
+    """Bounds the serving path: a request to a read-scope API endpoint has
+    ``RECSYS_SERVING_STATEMENT_TIMEOUT_MS`` in all (gunicorn.conf.py sets 2000 for the web process),
+    counted from here; each statement runs with the time left (recsys.deadline), and an answer
+    ready only after the limit is a 503, so a slow request is cut rather than holding a worker or
+    answering late. Ingestion, the admin, Celery workers and migrations keep the connection's
+    default (``RECSYS_STATEMENT_TIMEOUT_MS``)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        deadline_begin()
+        try:
+            with connection.execute_wrapper(deadline_execute):
+                response = self.get_response(request)
+        finally:
+            late = deadline_end()
+        return deadline_response() if late and response.status_code < 400 else response
 
     def process_view(self, request: HttpRequest, view: Callable[..., Any], *args: object) -> HttpResponse | None:
         timeout = settings.RECSYS_SERVING_STATEMENT_TIMEOUT_MS
@@ -76,12 +85,27 @@ class StatementTimeoutMiddleware:
         serving = request.path.startswith(API_PREFIX) and required_scope(view_class, request.method or "") == "read"
         try:
             statement_timeout_set(timeout if serving and timeout else None)
+            if serving and timeout:
+                deadline_arm(milliseconds=timeout)
         except (OperationalError, InterfaceError) as exception:
             # PostgreSQL is away. A serving request answers 503 now; any other view goes on, so
             # that health can report the outage (it catches the error itself) and the rest map it
             # to 503 through the exception handler.
             return database_unavailable(exception) if serving else None
         return None
+
+
+def deadline_response() -> HttpResponse:
+    """The answer to a serving request that finished after its time limit (its result is late)."""
+    limit = settings.RECSYS_SERVING_STATEMENT_TIMEOUT_MS
+    response = error_response(
+        503,
+        "service_unavailable",
+        f"the request took longer than the serving time limit of {limit} ms; retry shortly",
+        {"limit_ms": limit},
+    )
+    response["Retry-After"] = "1"
+    return response
 
 
 def api_error_view(status_code: int, code: str, message: str) -> Callable[..., HttpResponse]:

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from api.params import integer_parameter, query_limit
 from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
-from embeddings import selectors, services
+from embeddings import operations, runs, selectors
 from embeddings.models import Kind, ModelVersion
 from recsys.errors import ValidationFailed
 
@@ -85,12 +85,8 @@ class ModelTrainView(ApiView):
                 'send {"kind": "collaborative" | "content"}' + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
                 details={"kind": ["required, collaborative or content"]},
             )
-        if body["kind"] == Kind.CONTENT:
-            version = services.content_version_create()
-        else:
-            version = services.collaborative_version_create()
-        task_id = services.training_enqueue(version_id=version.pk)
-        return Response({"task_id": task_id, "training_run": version.pk}, status=202)
+        version = operations.training_start(kind=body["kind"])
+        return Response({"task_id": version.task_id, "training_run": version.pk}, status=202)
 
 
 class ModelActivateView(ApiView):
@@ -102,4 +98,4 @@ class ModelActivateView(ApiView):
         responses={200: ModelVersionSerializer, **ERRORS, **NOT_FOUND, **CONFLICT},
     )
     def post(self, request: Request, version: int) -> Response:
-        return Response(ModelVersionSerializer(services.model_version_activate(version_id=version)).data)
+        return Response(ModelVersionSerializer(runs.model_version_activate(version_id=version)).data)

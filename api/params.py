@@ -13,11 +13,11 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
 from recsys.errors import ValidationFailed
+from recsys.ids import ID_CHARS
 
 MAX_LIMIT = 200
 MAX_CATEGORY_CHARS = 128
 MAX_QUERY_IDS = 200
-ID_CHARS = r"[A-Za-z0-9_.:@/-]{1,128}"
 # A comma-separated list of ids, as ``query_ids`` accepts it.
 ID_LIST_PATTERN = rf"^(?:{ID_CHARS}(?:,{ID_CHARS}){{0,{MAX_QUERY_IDS - 1}}})?$"
 _ID_LIST_RE = re.compile(ID_LIST_PATTERN)

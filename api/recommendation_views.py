@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -24,14 +25,14 @@ from api.params import (
     query_ids,
     query_limit,
 )
-from api.serializers import ErrorSerializer
+from api.serializers import ErrorSerializer, SessionRequestSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer, Recommendation
+from embeddings.space_admission import custom_space_admit
 from recsys.errors import ValidationFailed
-from recsys.validation import EXTERNAL_ID_PATTERN, SPACE_PATTERN, clean_external_id
-
-MAX_SESSION_ITEMS = 100
+from recsys.models import ApiKey
+from recsys.validation import SPACE_PATTERN
 
 
 class RecommendedItemSerializer(serializers.Serializer):
@@ -51,19 +52,8 @@ class AnswerSerializer(serializers.Serializer):
     model = ModelRefSerializer(allow_null=True)
     strategy = serializers.CharField(
         help_text="collaborative, collaborative_fold_in, collaborative_session, content, content_profile, "
-        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category"
+        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category, recent"
     )
-
-
-class SessionRequestSerializer(serializers.Serializer):
-    items = serializers.ListField(
-        child=serializers.RegexField(EXTERNAL_ID_PATTERN), min_length=1, max_length=MAX_SESSION_ITEMS
-    )
-    negative_items = serializers.ListField(
-        child=serializers.RegexField(EXTERNAL_ID_PATTERN), required=False, max_length=MAX_SESSION_ITEMS
-    )
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=200)
-    category = serializers.CharField(required=False, allow_blank=True, max_length=128)
 
 
 def render(answer: Answer) -> Response:
@@ -145,9 +135,16 @@ class ItemSimilarView(ApiView):
 
 class PopularItemsView(ApiView):
     scopes = {"GET": "read"}
+    expensive = staticmethod(lambda request: "window" in request.query_params)  # counted on demand
 
     @extend_schema(
         operation_id="items_popular",
+        description=(
+            "Most interacted items in the window. `score` is the item's share, in percent, of all "
+            "interaction weight in the window (each event time-decayed, each user's weight on an item "
+            "capped at RECSYS_POPULAR_MAX_USER_WEIGHT), so scores compare across windows; shares are of "
+            "the whole catalogue's activity, also when `category` filters the list."
+        ),
         parameters=[
             *COMMON,
             OpenApiParameter(
@@ -180,36 +177,21 @@ class SessionRecommendationsView(ApiView):
         responses={200: AnswerSerializer, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        body = request.data if isinstance(request.data, dict) else None
-        if body is None or set(body) - {"items", "negative_items", "limit", "category"}:
-            raise ValidationFailed("send {items, negative_items?, limit?, category?}", details={"body": ["invalid"]})
-        positives, negatives = _ids(body.get("items"), "items"), _ids(body.get("negative_items", []), "negative_items")
-        if not positives:
-            raise ValidationFailed("items must name at least one item", details={"items": ["required"]})
-        limit = body.get("limit", 10)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 200:
-            raise ValidationFailed("limit must be an integer from 1 to 200", details={"limit": ["out of range"]})
-        category = body.get("category")
-        if "category" in body and (not isinstance(category, str) or len(category) > 128):
-            raise ValidationFailed("category must be a string", details={"category": ["invalid"]})
-        category = (category or "").replace("\x00", "") or None
+        body = SessionRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         return render(
             recommendations.session_recommendations_list(
-                positives=positives, negatives=negatives, limit=limit, category=category
+                positives=body.validated_data["items"],
+                negatives=body.validated_data.get("negative_items", []),
+                limit=body.validated_data["limit"],
+                category=body.validated_data.get("category") or None,
             )
         )
 
 
-def _ids(value: object, field: str) -> list[str]:
-    if not isinstance(value, list) or len(value) > MAX_SESSION_ITEMS:
-        raise ValidationFailed(
-            f"{field} must be a list of at most {MAX_SESSION_ITEMS} item ids", details={field: ["invalid"]}
-        )
-    return [clean_external_id(v, field) for v in value]
-
-
 class SearchView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True  # api.limits: concurrent ones are limited per key and in total
 
     @extend_schema(
         operation_id="items_search",
@@ -219,7 +201,11 @@ class SearchView(ApiView):
                 # At least one character that is not white space: a blank query has nothing to match.
                 {"type": "string", "maxLength": settings.RECSYS_SEARCH_MAX_QUERY_CHARS, "pattern": r"\S"},
                 required=True,
-                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters",
+                description=f"the query text, 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters; in keyword and "
+                f"hybrid mode at most {settings.RECSYS_SEARCH_MAX_TERMS} distinct words and "
+                f'{settings.RECSYS_SEARCH_MAX_OPERATORS} operators (-negation, "phrase", OR), with a word to '
+                "look for in each OR branch (400 otherwise). Search is an expensive request: concurrent ones are "
+                "limited per key and in total (429 with Retry-After).",
             ),
             OpenApiParameter("mode", {"type": "string", "enum": list(search.MODES), "default": "hybrid"}),
             *COMMON,
@@ -243,6 +229,7 @@ class SearchView(ApiView):
 
 class ItemDuplicatesView(ApiView):
     scopes = {"GET": "read"}
+    expensive = True
 
     @extend_schema(
         operation_id="item_duplicates",
@@ -301,12 +288,19 @@ class ItemVectorView(ApiView):
             400: OpenApiResponse(
                 ErrorSerializer, description="Invalid vector, or a space that holds vectors of other dimensions"
             ),
+            403: OpenApiResponse(
+                ErrorSerializer, description="The key lacks write, or the space is new and the key lacks admin"
+            ),
+            409: OpenApiResponse(ErrorSerializer, description="A new space while RECSYS_MAX_CUSTOM_SPACES exist"),
         },
     )
     def put(self, request: Request, item_id: str, space: str) -> Response:
         body = request.data if isinstance(request.data, dict) else None
         if body is None or set(body) != {"vector"}:
             raise ValidationFailed('send {"vector": [number, ...]}', details={"body": ["invalid"]})
-        vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
+        with transaction.atomic():  # a new space's admission holds its lock until the vector is stored
+            may_create = isinstance(request.auth, ApiKey) and request.auth.has_scope("admin")
+            custom_space_admit(space=space, may_create=may_create)
+            vector_space, created = spaces.item_vector_put(item_external_id=item_id, space=space, vector=body["vector"])
         answer = {"item": item_id, "space": vector_space.name, "dimensions": vector_space.dimensions}
         return Response(answer, status=201 if created else 200)

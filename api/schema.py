@@ -7,7 +7,8 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
-from recsys.validation import CUSTOM_SPACE_PATTERN, EXTERNAL_ID_PATTERN
+from recsys.ids import EXTERNAL_ID_PATTERN
+from recsys.validation import CUSTOM_SPACE_PATTERN
 
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "item_id": {"type": "string", "pattern": EXTERNAL_ID_PATTERN},

@@ -1,5 +1,6 @@
-"""Request and response shapes. Requests are validated by recsys.validation (fast, shared with
-the batch paths); these serializers render answers and document both sides in the OpenAPI schema."""
+"""Request and response shapes. Request bodies of the API's own endpoints are validated by the
+``RequestSerializer``s here; ingestion rows by recsys.validation (fast, shared with the file
+imports), which the ingestion serializers below document in the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -8,7 +9,58 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from recsys.ids import EXTERNAL_ID_PATTERN, ID_RULE, is_external_id
 from recsys.models import Interaction, Item, User
+
+# ---- strict request fields: exactly the JSON types the schema declares ----------------------------
+
+
+@extend_schema_field({"type": "string", "pattern": EXTERNAL_ID_PATTERN})
+class ExternalIdField(serializers.Field):
+    """A client id (recsys.ids's rule); only a JSON string."""
+
+    default_error_messages = {"invalid": f"must be {ID_RULE}"}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not is_external_id(data):
+            self.fail("invalid")
+        return str(data)
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+class StrictCharField(serializers.CharField):
+    """Only a JSON string (DRF's CharField also takes numbers); NUL, which PostgreSQL text cannot
+    hold, is dropped rather than refused, as in every other text the API stores."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data.replace("\x00", "")))
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """Only a JSON integer (DRF's IntegerField also takes "5", 5.0 and true-ish strings)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class RequestSerializer(serializers.Serializer):
+    """A request body: a JSON object whose unknown fields are refused (a typo is never dropped)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+# ---- bodies and answers ----------------------------------------------------------------------------
 
 
 class ErrorDetailSerializer(serializers.Serializer):
@@ -37,10 +89,6 @@ class ItemWriteSerializer(serializers.Serializer):
     published_at = serializers.DateTimeField(required=False, allow_null=True)
 
 
-class ItemBatchRowSerializer(ItemWriteSerializer):
-    id = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
-
-
 # Batch rows are validated one by one and a bad row is reported in the answer's ``errors`` while
 # the others are stored (API.md), so the schema takes any row: a bad row is not a bad request.
 ROW_HELP = "Rows are validated one by one; rows that fail are reported in `errors`, the others stored."
@@ -48,7 +96,7 @@ ROW_HELP = "Rows are validated one by one; rows that fail are reported in `error
 
 class ItemBatchSerializer(serializers.Serializer):
     items = serializers.ListField(
-        child=serializers.JSONField(help_text="An ItemBatchRow: an item upsert body with its id."),
+        child=serializers.JSONField(help_text="An item upsert body with its `id`."),
         max_length=10_000,
         help_text=ROW_HELP,
     )
@@ -120,21 +168,11 @@ class UserSerializer(serializers.ModelSerializer):
         fields = ["id", "attributes", "created_at", "updated_at"]
 
 
-class InteractionWriteSerializer(serializers.Serializer):
-    user = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
-    item = serializers.RegexField(r"^[A-Za-z0-9_.:@/-]{1,128}$")
-    type = serializers.CharField(
-        help_text="A configured event type: view, click, add_to_cart, purchase, like, dislike, rating, ..."
-    )
-    value = serializers.FloatField(required=False, allow_null=True, help_text="Required for rating.")
-    timestamp = serializers.DateTimeField(
-        required=False, help_text="With a zone; defaults to the time received. Send it to make re-sends idempotent."
-    )
-
-
 class InteractionBatchSerializer(serializers.Serializer):
     interactions = serializers.ListField(
-        child=serializers.JSONField(help_text="An InteractionWrite row: user, item, type, value?, timestamp?"),
+        child=serializers.JSONField(
+            help_text="An interaction: user and item ids, type, value (required for rating), timestamp (with a zone)."
+        ),
         max_length=10_000,
         help_text=ROW_HELP,
     )
@@ -158,3 +196,13 @@ class HealthSerializer(serializers.Serializer):
     database = serializers.ChoiceField(choices=["ok", "down"])
     redis = serializers.ChoiceField(choices=["ok", "down"])
     models = serializers.DictField()
+
+
+MAX_SESSION_ITEMS = 100
+
+
+class SessionRequestSerializer(RequestSerializer):
+    items = serializers.ListField(child=ExternalIdField(), min_length=1, max_length=MAX_SESSION_ITEMS)
+    negative_items = serializers.ListField(child=ExternalIdField(), required=False, max_length=MAX_SESSION_ITEMS)
+    limit = StrictIntegerField(default=10, min_value=1, max_value=200)
+    category = StrictCharField(required=False, allow_blank=True, max_length=128)

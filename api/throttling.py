@@ -1,39 +1,24 @@
-"""Per-key rate limits: a fixed-window counter in Redis that fails open when Redis is away."""
+"""Rate limits: per key (a fixed-window counter in Redis that fails open when Redis is away), and
+failed key attempts per client address (checked before the key lookup; counted in this process
+while Redis is away)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from recsys import redis_store
 from recsys.models import ApiKey
+from recsys.rates import InvalidRate, Rate, parse_rate
 
-_PERIODS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hour": 3600,
-    "d": 86400,
-    "day": 86400,
-}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    """``'600/min'`` → (600, 60)."""
-    count, _, period = rate.partition("/")
-    try:
-        return int(count), _PERIODS[period.strip().lower()]
-    except (ValueError, KeyError):
-        raise ImproperlyConfigured(f"rate limit must look like '600/min', got {rate!r}") from None
+logger = logging.getLogger(__name__)
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -44,7 +29,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         key = request.auth
         if not isinstance(key, ApiKey):
             return True  # public endpoints; unauthenticated requests never reach a view
-        limit, period = parse_rate(key.rate_limit or settings.RECSYS_RATE_LIMIT)
+        limit, period = key_rate(key)
         now = time.time()
         window = int(now // period)
         counter = redis_store.key(f"throttle:{key.pk}:{period}:{window}")
@@ -61,6 +46,16 @@ class ApiKeyRateThrottle(BaseThrottle):
         return self.wait_seconds
 
 
+def key_rate(key: ApiKey) -> Rate:
+    """The key's own rate, else RECSYS_RATE_LIMIT. Both were checked when set (key creation, settings
+    load); a row written around those checks gets the default rather than failing its requests."""
+    try:
+        return parse_rate(key.rate_limit or settings.RECSYS_RATE_LIMIT)
+    except InvalidRate:
+        logger.warning("API key %s has an invalid rate limit %r; using the default", key.prefix, key.rate_limit)
+        return parse_rate(settings.RECSYS_RATE_LIMIT)
+
+
 def _count(client: Any, counter: str, period: int) -> int:
     """INCR and EXPIRE in one round trip; the key is the window's own, so re-arming it is harmless."""
     with client.pipeline(transaction=False) as pipe:
@@ -68,3 +63,57 @@ def _count(client: Any, counter: str, period: int) -> int:
         pipe.expire(counter, period + 1)
         count, _ = pipe.execute()
     return int(count)
+
+
+# ---- failed key attempts per client address --------------------------------------------------
+
+
+class TooManyFailedKeys(exceptions.Throttled):
+    default_detail = "too many invalid API keys from this address"
+
+
+def key_attempt_check(*, address: str) -> None:
+    """Raises TooManyFailedKeys (429) while ``address`` is over RECSYS_AUTH_FAILURE_RATE, before any
+    key is looked up: guessing keys then costs the database nothing."""
+    rate = parse_rate(settings.RECSYS_AUTH_FAILURE_RATE)
+    now = time.time()
+    window = int(now // rate.seconds)
+    counter = redis_store.key(f"authfail:{address}:{window}")
+    try:
+        failures = int(redis_store.run(lambda client: client.get(counter)) or 0)
+    except redis_store.RedisUnavailable:
+        failures = _local_failures.get(counter, 0)
+    if failures >= rate.requests:
+        raise TooManyFailedKeys(wait=max(1, (window + 1) * rate.seconds - now))
+
+
+def key_attempt_failed(*, address: str) -> None:
+    """Counts one failed attempt of ``address`` in the current window."""
+    period = parse_rate(settings.RECSYS_AUTH_FAILURE_RATE).seconds
+    counter = redis_store.key(f"authfail:{address}:{int(time.time() // period)}")
+    try:
+        redis_store.run(lambda client: _count(client, counter, period))
+    except redis_store.RedisUnavailable:
+        _local_failures.add(counter)
+
+
+class _LocalCounts:
+    """The fallback while Redis is away: per-process counts (so a limit per process), bounded in size."""
+
+    MAX_KEYS = 10_000  # addresses × windows; past it the oldest counts go (an attacker's own included)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, counter: str, default: int) -> int:
+        return self._counts.get(counter, default)
+
+    def add(self, counter: str) -> None:
+        with self._lock:
+            if counter not in self._counts and len(self._counts) >= self.MAX_KEYS:
+                del self._counts[next(iter(self._counts))]
+            self._counts[counter] = self._counts.get(counter, 0) + 1
+
+
+_local_failures = _LocalCounts()

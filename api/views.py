@@ -23,6 +23,7 @@ from api.permissions import PUBLIC
 from embeddings.selectors import active_versions_summary, item_vectors_status
 from recsys import selectors, services
 from recsys.errors import NotFound
+from recsys.selectors import CURSOR_PATTERN
 from recsys.validation import clean_batch, clean_external_id, clean_user_fields
 
 ERRORS = {
@@ -112,9 +113,18 @@ class UserInteractionsView(ApiView):
         operation_id="user_interactions_list",
         parameters=[
             LIMIT_PARAMETER,
-            OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
+            OpenApiParameter(
+                "cursor",
+                {"type": "string", "pattern": CURSOR_PATTERN},
+                description="next_cursor of the previous page (opaque; absent or empty for the first page)",
+            ),
         ],
-        responses={200: s.HistorySerializer, **ERRORS, **NOT_FOUND},
+        responses={
+            200: s.HistorySerializer,
+            **ERRORS,
+            400: OpenApiResponse(s.ErrorSerializer, description="An invalid limit, or a cursor of another shape"),
+            **NOT_FOUND,
+        },
     )
     def get(self, request: Request, user_id: str) -> Response:
         page = selectors.user_interactions_page(
@@ -159,9 +169,10 @@ def _database_status() -> str:
 def _redis_status() -> str:
     import redis
 
+    from recsys import redis_store
+
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        return "ok" if client.ping() else "down"
+        return "ok" if redis_store.client("broker").ping() else "down"
     except (redis.RedisError, OSError):
         return "down"
 

@@ -14,20 +14,22 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from embeddings import maps, operations, services
+from embeddings import maps, operations, runs
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
+from recsys.admin_format import moment, timestamps_humanized
+from recsys.admin_guard import GuardedAdmin
 from recsys.errors import DomainError
 
 VERSION_FIELDS = (
     "kind",
     "algorithm",
     "status",
-    "params",
+    "params_table",
     "dimensions",
     "metrics_table",
-    "timings",
-    "counts",
-    "progress",
+    "timings_table",
+    "counts_table",
+    "progress_table",
     "error",
     "task_id",
     "has_tables",
@@ -37,26 +39,81 @@ VERSION_FIELDS = (
     "lease_expires_at",
 )
 MAP_FIELDS = ("version", "state", "coloured_by", "sample_size", "error", "requested_at", "computed_at")
+# The change page of a record nobody edits: no Save buttons, a Close link instead.
+READ_ONLY = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
 METRICS_SHOWN = ("ndcg@10", "recall@10", "precision@10", "coverage@10")
 
 
 def _format_metric(value: object) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return f"{value:,.0f}"  # a count among the metrics (users evaluated)
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def readable(value: object) -> str:
+    """A JSON value as the operator reads it: objects as two-column tables, lists of objects as
+    tables with a column per key, numbers with separators, nothing as a dash."""
+    if isinstance(value, dict):
+        if not value:
+            return "—"
+        rows = format_html_join(
+            "", "<tr><th scope='row'>{}</th><td>{}</td></tr>", ((k, readable(v)) for k, v in value.items())
+        )
+        return format_html('<table class="recsys-record">{}</table>', rows)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        columns = list(dict.fromkeys(k for row in value for k in row))
+        head = format_html_join("", "<th>{}</th>", ((c,) for c in columns))
+        body = format_html_join(
+            "",
+            "<tr>{}</tr>",
+            ((format_html_join("", "<td>{}</td>", ((readable(row.get(c)),) for c in columns)),) for row in value),
+        )
+        return format_html('<table class="recsys-record"><tr>{}</tr>{}</table>', head, body)
+    if isinstance(value, list):
+        return ", ".join(readable(v) for v in value) or "—"
+    return _scalar(value)
+
+
+def _scalar(value: object) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def seconds_table(timings: dict[str, Any]) -> str:
+    """Seconds per stage, and their total."""
+    if not timings:
+        return "—"
+    total = sum(v for v in timings.values() if isinstance(v, int | float))
+    rows = format_html_join(
+        "",
+        "<tr><th scope='row'>{}</th><td class='recsys-number'>{} s</td></tr>",
+        ((k, f"{v:,.1f}") for k, v in timings.items()),
+    )
+    return format_html(
+        '<table class="recsys-record">{}<tr><th scope="row">total</th><td class="recsys-number">{} s</td></tr></table>',
+        rows,
+        f"{total:,.1f}",
+    )
+
+
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(GuardedAdmin):
     list_display = [
         "version_number",
         "kind",
-        "algorithm",
+        "algorithm_shown",
         "status",
-        "dimensions",
-        "ndcg",
-        "ndcg_baseline",
+        "ndcg_against_popularity",
         "progress_shown",
         "duration",
-        "created_at",
+        "created",
     ]
     list_display_links = ["version_number"]
     list_filter = ["kind", "status", "algorithm"]
@@ -91,15 +148,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return queryset.filter(pk=int(term)), False
         return super().get_search_results(request, queryset, search_term)
 
-    @admin.display(description="NDCG@10")
-    def ndcg(self, version: ModelVersion) -> str:
-        value = version.metrics.get("ndcg@10")
-        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+    @admin.display(description="algorithm", ordering="algorithm")
+    def algorithm_shown(self, version: ModelVersion) -> str:
+        return f"{version.algorithm}, {version.dimensions}-d" if version.dimensions else version.algorithm
 
-    @admin.display(description="popularity")
-    def ndcg_baseline(self, version: ModelVersion) -> str:
-        value = version.baseline_metrics.get("ndcg@10")
-        return f"{value:.4f}" if isinstance(value, int | float) else "—"
+    @admin.display(description="NDCG@10 / popularity's")
+    def ndcg_against_popularity(self, version: ModelVersion) -> str:
+        model, baseline = version.metrics.get("ndcg@10"), version.baseline_metrics.get("ndcg@10")
+        if not isinstance(model, int | float):
+            return "—"
+        return f"{model:.4f} / {baseline:.4f}" if isinstance(baseline, int | float) else f"{model:.4f}"
 
     @admin.display(description="progress")
     def progress_shown(self, version: ModelVersion) -> str:
@@ -112,11 +170,39 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return f"{stage} {done}/{done + left} ({100 * done // (done + left)}%)"
         return stage
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, version: ModelVersion) -> str:
+        return moment(version.created_at)
+
     @admin.display(description="took")
     def duration(self, version: ModelVersion) -> str:
         if version.started_at and version.finished_at:
             return f"{(version.finished_at - version.started_at).total_seconds():.1f} s"
         return ""
+
+    @admin.display(description="parameters")
+    def params_table(self, version: ModelVersion) -> str:
+        return readable(version.params)
+
+    @admin.display(description="timings")
+    def timings_table(self, version: ModelVersion) -> str:
+        return seconds_table(version.timings)
+
+    @admin.display(description="trained on")
+    def counts_table(self, version: ModelVersion) -> str:
+        return readable(version.counts)
+
+    @admin.display(description="progress")
+    def progress_table(self, version: ModelVersion) -> str:
+        progress = version.progress or {}
+        return readable({"stage": progress["stage"], **progress} if "stage" in progress else progress)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # A version is the record of a run: read-only (its actions are the buttons above it).
+        context = {"title": "Model version", **(extra_context or {}), **READ_ONLY}
+        return super().change_view(request, object_id, form_url, context)
 
     @admin.display(description="offline metrics (model / popularity on the same split)")
     def metrics_table(self, version: ModelVersion) -> str:
@@ -146,9 +232,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def _activate(self, request: HttpRequest, version_id: int) -> None:
         try:
-            version = services.model_version_activate(version_id=version_id)
+            version = runs.model_version_activate(version_id=version_id)
         except DomainError as error:
-            self.message_user(request, f"Not activated: {error.message}", messages.ERROR)
+            self.message_user(request, f"Not activated: {timestamps_humanized(error.message)}", messages.ERROR)
             return
         self.message_user(request, f"Serving {version.kind} version {version.pk} now.", messages.SUCCESS)
 
@@ -198,7 +284,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         try:
             version = operations.training_start(kind=kind)
         except DomainError as error:  # TrainingAlreadyRunning (409), ServiceUnavailable (503)
-            self.message_user(request, f"{kind.capitalize()} training not started: {error.message}", messages.ERROR)
+            self.message_user(
+                request,
+                f"{kind.capitalize()} training not started: {timestamps_humanized(error.message)}",
+                messages.ERROR,
+            )
         else:
             self.message_user(
                 request,
@@ -218,7 +308,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         try:
             version = operations.model_version_rollback(kind=kind)
         except DomainError as error:
-            self.message_user(request, f"Not rolled back: {error.message}", messages.ERROR)
+            self.message_user(request, f"Not rolled back: {timestamps_humanized(error.message)}", messages.ERROR)
         else:
             self.message_user(request, f"Rolled back: serving {kind} version {version.pk}.", messages.SUCCESS)
         return self._changelist()
@@ -233,7 +323,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if keep < 1:
             self.message_user(request, "Keep at least one version.", messages.ERROR)
             return self._changelist()
-        pruned = services.model_versions_prune(kind=kind, keep=keep)
+        pruned = runs.model_versions_prune(kind=kind, keep=keep)
         shown = ", ".join(f"v{pk}" for pk in pruned) or "none"
         self.message_user(request, f"Dropped the vectors of {len(pruned)} {kind} version(s): {shown}.")
         return self._changelist()
@@ -270,7 +360,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         """?version=N, else the active collaborative version, else the newest mappable one."""
         by_id = {v.pk: v for v in versions}
         asked = request.GET.get("version", "")
-        if asked.isdigit() and int(asked) in by_id:
+        if asked.isascii() and asked.isdigit() and int(asked) in by_id:  # "²".isdigit() too
             return by_id[int(asked)]
         active = [v for v in versions if v.status == "active"]
         preferred = [v for v in active if v.kind == Kind.COLLABORATIVE] + active + versions
@@ -281,7 +371,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         try:
             maps.embedding_map_request(version_id=version_id)
         except DomainError as error:
-            self.message_user(request, f"Map not computed: {error.message}", messages.ERROR)
+            self.message_user(request, f"Map not computed: {timestamps_humanized(error.message)}", messages.ERROR)
         else:
             self.message_user(request, f"Computing the map of version {version_id} on a worker.")
         return HttpResponseRedirect(reverse("admin:embeddings_modelversion_map") + f"?version={version_id}")
@@ -294,7 +384,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(ActiveVersion)
-class ActiveVersionAdmin(admin.ModelAdmin):
+class ActiveVersionAdmin(GuardedAdmin):
     """Read-only: serving switches through "Activate" and "Roll back" on the models page."""
 
     list_display = ["kind", "version", "activated_at"]
@@ -310,19 +400,22 @@ class ActiveVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(VectorSpace)
-class VectorSpaceAdmin(admin.ModelAdmin):
+class VectorSpaceAdmin(GuardedAdmin):
     list_display = ["name", "dimensions", "created_at"]
     readonly_fields = ["name", "dimensions", "created_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # spaces are created by the first vector sent to them
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the first vector fixed its dimensions; its name is its table's
+
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # deleting the row would leave its vector table behind
 
 
 @admin.register(EmbeddingMap)
-class EmbeddingMapAdmin(admin.ModelAdmin):
+class EmbeddingMapAdmin(GuardedAdmin):
     list_display = ["version", "state", "coloured_by", "sample_size", "requested_at", "computed_at"]
     fields = MAP_FIELDS
     readonly_fields = MAP_FIELDS
@@ -332,3 +425,6 @@ class EmbeddingMapAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # computed by a worker; "Recompute" on the map page replaces it

@@ -18,13 +18,13 @@ import numpy as np
 import numpy.typing as npt
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
-from psycopg import sql
 
-from embeddings import vector_store
+from embeddings import runs
 from embeddings.answer_cache import answers_invalidate_all
-from embeddings.encoders import TextEncoder, encoder_cached, encoder_create, item_text, nonzero_rows
-from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from embeddings.encoders import TextEncoder, encoder_cached, encoder_create, item_text, l2_normalise, nonzero_rows
+from embeddings.models import ActiveVersion, Kind, ModelVersion
+from embeddings.vectors import rows as vector_rows
+from embeddings.vectors import tables
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ def content_encoder_config() -> dict[str, Any]:
     if settings.RECSYS_CONTENT_ENCODER == "tfidf-svd":
         config["dimensions"] = settings.RECSYS_CONTENT_DIMENSIONS
     return config
+
+
+def content_version_create(*, config: dict[str, Any] | None = None) -> ModelVersion:
+    """Claim a content build with the configured encoder (refused while another build runs)."""
+    config = config or content_encoder_config()
+    return runs.run_claim(kind=Kind.CONTENT, algorithm=config["encoder"], params=config)
 
 
 def _encoder_for(
@@ -99,11 +105,9 @@ def _encode(encoder: TextEncoder, texts: list[str]) -> tuple[npt.NDArray[np.floa
 def content_model_build(*, version_id: int) -> ModelVersion:
     """Build a claimed content version end to end and switch serving to it; a failure leaves
     serving untouched."""
-    from embeddings.services import claimed_run, model_version_activate
-
-    if claimed_run(version_id, _build) is None:
+    if runs.run_execute(version_id=version_id, work=_build) is None:
         return ModelVersion.objects.get(pk=version_id)  # a retry of a run that already finished
-    version = model_version_activate(version_id=version_id)
+    version = runs.model_version_activate(version_id=version_id)
     content_items_encode()  # items whose text changed while the build ran
     return version
 
@@ -129,28 +133,21 @@ def _build(version: ModelVersion) -> None:
     centroids = kmeans_centroids(vectors[present], settings.RECSYS_CONTENT_CLUSTERS)
     clusters = nearest_centroid(vectors, centroids)
     timings["cluster"] = time.perf_counter() - started
-    _progress(version, stage="storing", done=len(items.texts), left=0)
+    runs.run_progress(version, stage="storing", done=len(items.texts), left=0)
     started = time.perf_counter()
-    vector_store.content_table_create(version.pk, encoder.dimensions)
-    version.has_tables = True  # from here on a failure drops the table
-    ModelVersion.objects.filter(pk=version.pk).update(has_tables=True)
-    vector_store.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
-    vector_store.index_build(version.pk, "item")
+    tables.content_table_create(version.pk, encoder.dimensions)
+    runs.run_tables_created(version)
+    tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
+    tables.index_build(version.pk, "item")
     timings["store"] = time.perf_counter() - started
     encoded = int(present.sum())
-    version.refresh_from_db(fields=["has_tables", "status"])
-    if version.status != Status.TRAINING:
-        raise RuntimeError(f"version {version.pk} lost its claim while building")
     version.dimensions = encoder.dimensions
     version.encoder_state = encoder.state()
     version.centroids = centroids.round(6).tolist()
     version.counts = {"items": len(items.texts), "encoded": encoded, "without_text": len(items.texts) - encoded}
     version.timings = {k: round(v, 3) for k, v in timings.items()}
     version.metrics = {"items_per_second": round(len(items.texts) / max(timings["encode"], 1e-9), 1)}
-    version.status = Status.READY
-    version.finished_at = timezone.now()
-    version.lease_expires_at = None
-    version.save()
+    runs.run_finish(version)
 
 
 def _encode_with_progress(
@@ -158,16 +155,11 @@ def _encode_with_progress(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     parts = []
     for start in range(0, len(texts), BUILD_PROGRESS_EVERY):
-        _progress(version, stage="encoding", done=start, left=len(texts) - start)
+        runs.run_progress(version, stage="encoding", done=start, left=len(texts) - start)
         parts.append(_encode(encoder, texts[start : start + BUILD_PROGRESS_EVERY]))
     if not parts:
         return np.zeros((0, encoder.dimensions), np.float32), np.zeros(0, bool)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _progress(version: ModelVersion, **progress: Any) -> None:
-    version.progress = progress
-    ModelVersion.objects.filter(pk=version.pk).update(progress=progress)
 
 
 def kmeans_centroids(vectors: npt.NDArray[np.float32], k: int, *, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -179,9 +171,7 @@ def kmeans_centroids(vectors: npt.NDArray[np.float32], k: int, *, seed: int = 0)
     from sklearn.cluster import KMeans
 
     model = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=50).fit(vectors)
-    centroids = model.cluster_centers_.astype(np.float32)
-    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-    return centroids / np.where(norms == 0, 1.0, norms)
+    return l2_normalise(model.cluster_centers_)
 
 
 def nearest_centroid(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
@@ -192,20 +182,6 @@ def nearest_centroid(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np
 
 
 # ---- keeping the active version current ---------------------------------------------------------
-
-_MARKED = """
-    SELECT i.id, i.title, i.text, i.categories, coalesce(i.content_changed_at, i.created_at)
-    FROM recsys_item i LEFT JOIN {table} v ON v.item_id = i.id
-    WHERE v.item_id IS NULL OR v.source_changed_at < coalesce(i.content_changed_at, i.created_at)
-    ORDER BY coalesce(i.content_changed_at, i.created_at), i.id
-    LIMIT %s
-"""
-
-
-_MARKED_COUNT = """
-    SELECT count(*) FROM recsys_item i LEFT JOIN {table} v ON v.item_id = i.id
-    WHERE v.item_id IS NULL OR v.source_changed_at < coalesce(i.content_changed_at, i.created_at)
-"""
 
 
 def content_items_encode(*, budget_seconds: float | None = None) -> int:
@@ -224,25 +200,16 @@ def content_items_encode(*, budget_seconds: float | None = None) -> int:
         encoder = version_encoder(version)
         centroids = np.asarray(version.centroids or [], dtype=np.float32)
         while time.monotonic() < deadline:
-            rows = _marked(version, settings.RECSYS_CONTENT_BATCH)
-            if not rows:
+            marked = vector_rows.items_unencoded(item_table=version.item_table, limit=settings.RECSYS_CONTENT_BATCH)
+            if not marked:
                 break
-            items = _item_texts(rows, version.params["fields"])
+            items = _item_texts(marked, version.params["fields"])
             vectors, present = _encode(encoder, items.texts)
             clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
-            written += vector_store.content_vectors_write(
-                version.pk, items.ids, vectors, present, items.changed_at, clusters
-            )
+            written += tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
     if written:
         answers_invalidate_all()  # new items belong in similar lists and search results now
     return written
-
-
-def _marked(version: ModelVersion, limit: int) -> list[tuple[Any, ...]]:
-    statement = sql.SQL(_MARKED).format(table=sql.Identifier(version.item_table))
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string(connection.connection), [limit])
-        return cursor.fetchall()
 
 
 def items_awaiting_encoding() -> int | None:
@@ -250,10 +217,7 @@ def items_awaiting_encoding() -> int | None:
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if pointer is None:
         return None
-    statement = sql.SQL(_MARKED_COUNT).format(table=sql.Identifier(pointer.version.item_table))
-    with connection.cursor() as cursor:
-        cursor.execute(statement.as_string(connection.connection))
-        return int(cursor.fetchone()[0])
+    return vector_rows.items_unencoded_count(item_table=pointer.version.item_table)
 
 
 class _advisory_lock:
@@ -295,7 +259,7 @@ def content_encode_schedule() -> bool:
 def content_sweep() -> dict[str, Any]:
     """The beat task: start building a first version, or a new one when the configured encoder
     changed (on the training queue); and encode whatever the active version has not seen."""
-    from embeddings.services import TrainingAlreadyRunning, content_version_create, training_enqueue
+    from embeddings import tasks
 
     active = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if active is None or active.version.params != content_encoder_config():
@@ -303,8 +267,8 @@ def content_sweep() -> dict[str, Any]:
             return {"building": None, "encoded": 0}
         try:
             version = content_version_create()
-        except TrainingAlreadyRunning:
+        except runs.TrainingAlreadyRunning:
             return {"building": None, "encoded": 0}
-        training_enqueue(version_id=version.pk)
+        runs.run_enqueue(version_id=version.pk, task=tasks.content_model_build)
         return {"building": version.pk, "encoded": content_items_encode() if active else 0}
     return {"building": None, "encoded": content_items_encode()}

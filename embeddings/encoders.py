@@ -46,6 +46,11 @@ BATCH_TOKENS = 2048
 # not offered, and onnxruntime (plus onnx to export) would add dependencies for no gain.
 
 
+def encoder_learns(name: str) -> bool:
+    """Whether the encoder ``name`` is fitted on the catalogue (so each content version has its own)."""
+    return name == TFIDF_SVD
+
+
 class EncoderNotFitted(RuntimeError):
     """``encode`` or ``state`` was called on an encoder that learns from the catalog before ``fit``."""
 
@@ -87,9 +92,14 @@ def l2_normalise(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
     -------
     (n, d) float32
     """
-    matrix = np.asarray(vectors)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.asarray(matrix / np.where(norms > 0, norms, 1), dtype=np.float32)
+    from sklearn.preprocessing import normalize
+
+    # In float64: sklearn leaves rows shorter than 10 × the dtype's epsilon as they are (zero
+    # rows), which for float32 input would include real vectors shorter than 1.2e-6.
+    matrix = np.asarray(vectors, dtype=np.float64)
+    if not matrix.size:  # sklearn refuses an empty matrix
+        return matrix.astype(np.float32)
+    return np.asarray(normalize(matrix, norm="l2", axis=1), dtype=np.float32)
 
 
 def nonzero_rows(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:

@@ -23,6 +23,10 @@ class LearnerParams:
     alpha: float = 1.0
     learning_rate: float = 0.01
     random_state: int = 42
+    bm25: bool = False  # BM25-weight the confidences before fitting (implicit learners)
+    # Mean weight of the data the parameters were searched on (embeddings.tuning): informational,
+    # the stored alpha and regularization already apply to raw weights.
+    weight_scale: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,23 +185,13 @@ def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0) -> 
     if matrix.shape[1] <= EXACT_SVD_MAX_ITEMS:
         _, sigma, vt = svds(matrix, k=rank, random_state=seed)
         return Svd(sigma, vt.T)
-    return _randomized_svd(matrix, rank, seed=seed)
+    # Halko, Martinsson & Tropp (2011): a Gaussian sketch refined by QR-normalised power iterations.
+    from sklearn.utils.extmath import randomized_svd
 
-
-def _randomized_svd(
-    matrix: sp.csr_matrix, rank: int, *, seed: int, oversample: int = 20, power_iterations: int = 4
-) -> Svd:
-    """Halko, Martinsson & Tropp (2011), algorithm 4.4: a Gaussian sketch of the row space,
-    refined by orthonormalised power iterations, then an exact SVD of the small projection."""
-    rng = np.random.default_rng(seed)
-    sketch = min(rank + oversample, min(matrix.shape))
-    q, _ = np.linalg.qr(matrix.T @ (matrix @ rng.standard_normal((matrix.shape[1], sketch))))
-    for _ in range(power_iterations):
-        q, _ = np.linalg.qr(matrix @ q)
-        q, _ = np.linalg.qr(matrix.T @ q)
-    # q (n_items, sketch) spans the top right singular vectors; X q = U_s Σ W^T gives V = q W.
-    _, sigma, wt = np.linalg.svd(np.asarray(matrix @ q), full_matrices=False)
-    return Svd(sigma[:rank], q @ wt[:rank].T)
+    _, sigma, vt = randomized_svd(
+        matrix, rank, n_oversamples=20, n_iter=4, power_iteration_normalizer="QR", random_state=seed
+    )
+    return Svd(sigma, vt.T)
 
 
 def fit_ease(user_items: sp.csr_matrix, *, factors: int, regularization: float, svd: Svd | None = None) -> Factors:

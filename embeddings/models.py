@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from embeddings.vectors import tables
+
 
 class Kind(models.TextChoices):
     COLLABORATIVE = "collaborative"
@@ -62,11 +64,11 @@ class ModelVersion(models.Model):
 
     @property
     def item_table(self) -> str:
-        return f"embeddings_v{int(self.pk)}_item"
+        return tables.item_table(self.pk)
 
     @property
     def user_table(self) -> str:
-        return f"embeddings_v{int(self.pk)}_user"
+        return tables.user_table(self.pk)
 
 
 class ActiveVersion(models.Model):
@@ -95,14 +97,15 @@ class VectorSpace(models.Model):
 
     @property
     def table(self) -> str:
-        return f"embeddings_space_{self.name}"
+        return tables.space_table(self.name)
 
 
 class ItemPopularity(models.Model):
     """Each item's popularity score for the default window, rewritten by the refresh task.
 
-    ``score`` is the time-decayed count within RECSYS_POPULAR_WINDOW_DAYS, or the all-time count
-    when that window was too quiet at refresh time (``basis`` says which).
+    ``score`` is the item's share in percent of the time-decayed, per-user capped interaction weight
+    within RECSYS_POPULAR_WINDOW_DAYS, or of all time when that window was too quiet at refresh time
+    (``basis`` says which).
     """
 
     item = models.OneToOneField("recsys.Item", on_delete=models.CASCADE, primary_key=True, db_constraint=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from embeddings import services
+from embeddings import content, runs, services, tasks
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from recsys.errors import ModelNotReady, ValidationFailed
 
@@ -15,15 +15,15 @@ def training_start(*, kind: str) -> ModelVersion:
     """Claim a run of ``kind`` and send it to the training queue, as ``POST /models/train`` does.
 
     Raises TrainingAlreadyRunning while another run holds the lease, ServiceUnavailable when the
-    broker is away (the claim is then released as failed).
+    broker is away (the claim is then released as failed). The one place that tells the kinds apart.
     """
     if kind == Kind.CONTENT:
-        version = services.content_version_create()
+        version, task = content.content_version_create(), tasks.content_model_build
     elif kind == Kind.COLLABORATIVE:
-        version = services.collaborative_version_create()
+        version, task = services.collaborative_version_create(), tasks.collaborative_model_train
     else:
         raise ValidationFailed(f"kind must be one of {', '.join(Kind.values)}")
-    services.training_enqueue(version_id=version.pk)
+    runs.run_enqueue(version_id=version.pk, task=task)
     version.refresh_from_db()
     return version
 
@@ -45,7 +45,7 @@ def model_version_rollback(*, kind: str) -> ModelVersion:
     target = rollback_target(kind=kind)
     if target is None:
         raise ModelNotReady(f"no older {kind} version with vectors to roll back to")
-    return services.model_version_activate(version_id=target.pk)
+    return runs.model_version_activate(version_id=target.pk)
 
 
 def ndcg_history(*, limit: int = 50) -> list[dict[str, Any]]:

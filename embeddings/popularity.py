@@ -1,5 +1,8 @@
 """Popular items: a per-item score table refreshed by a task, and on-demand rankings for other windows.
 
+A score is the item's share, in percent, of the window's interaction weight, each user's weight on
+an item capped (RECSYS_POPULAR_MAX_USER_WEIGHT) and time-decayed.
+
 Counting interactions per request does not scale (10 million rows take seconds), so the default
 window's scores live in ``ItemPopularity``, rewritten set-based by ``popularity_refresh`` on a
 beat schedule. Other windows are computed on demand and cached for a minute.
@@ -14,6 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from recsys import redis_store
+from recsys.deadline import deadline_lift
 
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
@@ -24,19 +28,35 @@ QUIET_WINDOW_ITEMS = DEPTH // 10  # fewer items active in the window than this: 
 # decades old would underflow a double. The all-time fallback counts events undecayed.
 _DECAY = "exp(greatest(-extract(epoch FROM now() - x.timestamp) / %(tau)s, -700))"
 _WINDOW = "AND x.timestamp >= now() - %(window)s * interval '1 day'"
-_ON_DEMAND = """
-    SELECT i.id, i.external_id, sum(greatest(x.weight, 0) * {decay}) AS score
-    FROM recsys_interaction x JOIN recsys_item i ON i.id = x.item_id
-    WHERE NOT i.is_hidden {window} {category}
-    GROUP BY i.id, i.external_id HAVING sum(greatest(x.weight, 0)) > 0
-    ORDER BY score DESC, i.external_id LIMIT %(depth)s
+# Each user's (decayed, positive) weight on an item counts up to RECSYS_POPULAR_MAX_USER_WEIGHT, so
+# one user's outliers (a rating of 1e9, a thousand views) weigh like one enthusiastic user. The
+# score is the item's share of the window's total in percent: comparable across windows and
+# refreshes, whatever the traffic (a raw decayed sum grows with the window and the volume).
+_SCORED = """
+    WITH per_user AS (
+        SELECT x.item_id, least(sum(greatest(x.weight, 0) * {decay}), %(cap)s) AS weight
+        FROM recsys_interaction x WHERE true {window}
+        GROUP BY x.item_id, x.user_id
+    ), scored AS (
+        SELECT item_id, sum(weight) AS score FROM per_user GROUP BY item_id HAVING sum(weight) > 0
+    ), total AS (SELECT sum(score) AS score FROM scored)
 """
-_REFRESH = """
+_ON_DEMAND = (
+    _SCORED
+    + """
+    SELECT i.id, i.external_id, 100 * s.score / total.score AS score
+    FROM scored s CROSS JOIN total JOIN recsys_item i ON i.id = s.item_id
+    WHERE NOT i.is_hidden {category}
+    ORDER BY s.score DESC, i.external_id LIMIT %(depth)s
+"""
+)
+_REFRESH = (
+    _SCORED
+    + """
     INSERT INTO embeddings_itempopularity (item_id, score, basis, refreshed_at)
-    SELECT x.item_id, sum(greatest(x.weight, 0) * {decay}), %(basis)s, now()
-    FROM recsys_interaction x WHERE true {window}
-    GROUP BY x.item_id HAVING sum(greatest(x.weight, 0)) > 0
+    SELECT s.item_id, 100 * s.score / total.score, %(basis)s, now() FROM scored s CROSS JOIN total
 """
+)
 _STORED = """
     SELECT i.id, i.external_id, p.score
     FROM embeddings_itempopularity p JOIN recsys_item i ON i.id = p.item_id
@@ -49,7 +69,7 @@ _CATEGORY = "AND i.categories @> ARRAY[%(category)s]::varchar[]"
 def popularity_refresh() -> int:
     """Rewrite every item's score for the default window in one transaction; returns the rows."""
     window = settings.RECSYS_POPULAR_WINDOW_DAYS
-    params = {"tau": window * 86_400.0, "window": window}
+    params = {"tau": window * 86_400.0, "window": window, "cap": settings.RECSYS_POPULAR_MAX_USER_WEIGHT}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("DELETE FROM embeddings_itempopularity")
         cursor.execute(_REFRESH.format(decay=_DECAY, window=_WINDOW), {**params, "basis": "window"})
@@ -79,7 +99,13 @@ def popular_ranking(*, window_days: float, category: str | None) -> list[tuple[i
 
 
 def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, float]]:
-    params = {"tau": window_days * 86_400.0, "window": window_days, "category": category, "depth": DEPTH}
+    params = {
+        "tau": window_days * 86_400.0,
+        "window": window_days,
+        "category": category,
+        "depth": DEPTH,
+        "cap": settings.RECSYS_POPULAR_MAX_USER_WEIGHT,
+    }
     category_sql = _CATEGORY if category else ""
     with connection.cursor() as cursor:
         if window_days == settings.RECSYS_POPULAR_WINDOW_DAYS:
@@ -96,6 +122,7 @@ def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list
     That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
     the answer is cached for a minute, so it runs with a timeout of its own."""
     timeout = f"{settings.RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS}ms"
+    deadline_lift()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):

@@ -9,86 +9,32 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from django.conf import settings
-from django.db import connection, transaction
-from psycopg import sql
 
-from embeddings.answer_cache import answer_cached
-from embeddings.freshness import user_vector_fold_in
+from embeddings.fold_in import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
-from embeddings.selectors import active_version_serving, active_version_serving_forget
-from embeddings.vector_search import (
-    Filters,
-    Neighbour,
-    as_array,
-    nearest_items,
-    user_nearest_items,
-    vector_connection,
-    vectors_of,
+from embeddings.serving import (
+    Answer,
+    Recommendation,
+    active,
+    answer_through_cache,
+    from_neighbours,
+    item_ids,
+    model_ref,
+    query_column,
 )
+from embeddings.vectors.rows import user_state_row, vectors_of
+from embeddings.vectors.search import Filters, Neighbour, nearest_items, user_nearest_items
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
 MAX_SEEN = 5_000  # a user's most recent items excluded from their recommendations
 EXPLAIN_ITEMS = 3
-
-
-@dataclass
-class Recommendation:
-    id: str
-    score: float
-    reason: dict[str, Any] | None = None
-
-
-@dataclass
-class Answer:
-    items: list[Recommendation]
-    model: dict[str, Any] | None
-    strategy: str
-
-
-def _active(kind: str = Kind.COLLABORATIVE) -> ModelVersion | None:
-    return active_version_serving(kind=kind)
-
-
-def _answer_decode(data: dict[str, Any]) -> Answer:
-    return Answer([Recommendation(**item) for item in data["items"]], data["model"], data["strategy"])
-
-
-def _cached(owner: str, variant: str, compute: Callable[[], Answer]) -> Answer:
-    """``compute()`` through the answer cache; a version pruned under a stale pointer is re-read once."""
-
-    def fresh() -> Answer:
-        try:
-            # Outside a transaction (the serving path) a failed statement costs nothing; inside
-            # one, a savepoint keeps it from poisoning the rest.
-            with transaction.atomic() if connection.in_atomic_block else nullcontext():
-                return compute()
-        except psycopg.errors.UndefinedTable:
-            active_version_serving_forget()
-            return compute()
-
-    # The versions are part of the key too, so a switch this process saw can never be answered
-    # from before it, even if Redis missed the switch's invalidation.
-    versions = [getattr(_active(kind), "pk", None) for kind in Kind.values]
-    return answer_cached(owner=owner, variant=f"{versions}{variant}", compute=fresh, decode=_answer_decode)
-
-
-def _model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
-    return {"kind": version.kind, "version": version.pk} if version else None
-
-
-def _from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:
-    return [Recommendation(n.external_id, round(n.score, 6)) for n in neighbours]
 
 
 # ---- popular -------------------------------------------------------------------------------
@@ -123,38 +69,19 @@ class UserState:
     seen_at: npt.NDArray[np.float64]  # epoch seconds of the latest event per history item
 
 
-_USER_STATE = """
-    SELECT u.id, {vector}, h.items, h.weights, h.seen_at
-    FROM recsys_user u
-    LEFT JOIN LATERAL (
-        SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights,
-               array_agg(extract(epoch FROM last)::float8 ORDER BY last DESC) AS seen_at
-        FROM (SELECT item_id, sum(weight)::float4 AS weight, max(timestamp) AS last
-              FROM recsys_interaction WHERE user_id = u.id
-              GROUP BY item_id ORDER BY last DESC LIMIT %(seen)s) recent
-    ) h ON true
-    WHERE u.external_id = %(user)s
-"""
-
-
 def _user_state(external_id: str, version: ModelVersion | None) -> UserState | None:
-    vector = (
-        sql.SQL("(SELECT embedding FROM {} WHERE user_id = u.id)").format(sql.Identifier(version.user_table))
-        if version
-        else sql.SQL("NULL::vector")
+    row = user_state_row(
+        user_external_id=external_id, user_table=version.user_table if version else None, seen=MAX_SEEN
     )
-    statement = sql.SQL(_USER_STATE).format(vector=vector)
-    with psycopg.Cursor(vector_connection()) as cursor:
-        row = cursor.execute(statement, {"user": external_id, "seen": MAX_SEEN}, binary=True).fetchone()
     if row is None:
         return None
     user_id, stored, items, weights, seen_at = row
     return UserState(
-        id=int(user_id),
-        vector=as_array(stored) if stored is not None else None,
-        history=[int(i) for i in items or []],
-        weights=np.asarray(weights or [], dtype=np.float32),
-        seen_at=np.asarray(seen_at or [], dtype=np.float64),
+        id=user_id,
+        vector=stored,
+        history=[int(i) for i in items],
+        weights=np.asarray(weights, dtype=np.float32),
+        seen_at=np.asarray(seen_at, dtype=np.float64),
     )
 
 
@@ -171,7 +98,7 @@ def user_recommendations_list(
     """Collaborative when the user has a vector (stored, or folded in from their history), else a
     content profile of what they interacted with, else popularity. Hot answers come from the cache."""
     variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity])
-    return _cached(
+    return answer_through_cache(
         f"user:{user_external_id}",
         variant,
         lambda: _user_recommendations(user_external_id, limit, category, exclude, include_seen, explain, diversity),
@@ -187,8 +114,8 @@ def _user_recommendations(
     explain: bool,
     diversity: float,
 ) -> Answer:
-    collaborative = _active()
-    exclude_ids = _item_ids(exclude)
+    collaborative = active()
+    exclude_ids = item_ids(exclude)
     if collaborative is not None and not explain and diversity == 0:
         # The common case (a user with a stored vector) in one statement; others read their state.
         found = user_nearest_items(
@@ -200,7 +127,7 @@ def _user_recommendations(
             seen=0 if include_seen else MAX_SEEN,
         )
         if found is not None:
-            return Answer(_from_neighbours(found), _model_ref(collaborative), "collaborative")
+            return Answer(from_neighbours(found), model_ref(collaborative), "collaborative")
     user = _user_state(user_external_id, collaborative)
     history = user.history if user else []
     excluded = set(exclude_ids) | (set() if include_seen else set(history))
@@ -216,10 +143,10 @@ def _user_recommendations(
             limit=limit,
             diversity=diversity,
         )
-    items = _from_neighbours(neighbours)
+    items = from_neighbours(neighbours)
     if explain:
         _explain(items, neighbours, version, user.history, user.weights)
-    return Answer(items, _model_ref(version), strategy)
+    return Answer(items, model_ref(version), strategy)
 
 
 def _user_query(
@@ -233,7 +160,7 @@ def _user_query(
         vector, strategy = _user_vector(collaborative, user)
         if vector is not None:
             return collaborative, vector, strategy
-    content = _active(Kind.CONTENT)
+    content = active(Kind.CONTENT)
     if content is not None:
         profile = content_profile(content, user)
         if profile is not None:
@@ -314,20 +241,8 @@ def mmr_rerank(
 # ---- item to item and session ------------------------------------------------------------------
 
 
-def _item_ids(external_ids: tuple[str, ...] | list[str]) -> list[int]:
-    if not external_ids:  # the usual case: building an empty ORM query costs 0.1 ms of the hot path
-        return []
-    return list(Item.objects.filter(external_id__in=list(external_ids)).values_list("pk", flat=True))
-
-
-def _query_column(version: ModelVersion) -> str:
-    """The column that stands for items in a query: EASE's input side (what a user who chose the
-    item would be), the item embedding itself for the factorisation models."""
-    return "fold_in" if version.algorithm == "ease" else "embedding"
-
-
 def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.NDArray[np.float32]]:
-    return vectors_of(version.item_table, "item_id", item_ids, column=_query_column(version))
+    return vectors_of(version.item_table, "item_id", item_ids, column=query_column(version))
 
 
 def session_recommendations_list(
@@ -335,14 +250,14 @@ def session_recommendations_list(
 ) -> Answer:
     """Items like the positives and unlike the negatives: mean(positive vectors) - mean(negative
     vectors), in the collaborative space, else the content space (items new to the model)."""
-    positive_ids, negative_ids = _item_ids(positives), _item_ids(negatives)
+    positive_ids, negative_ids = item_ids(positives), item_ids(negatives)
     given = tuple(positive_ids + negative_ids)
     for kind, strategy in ((Kind.COLLABORATIVE, "collaborative_session"), (Kind.CONTENT, "content_session")):
-        version = _active(kind)
+        version = active(kind)
         query = _session_query(version, positive_ids, negative_ids) if version else None
         if version is not None and query is not None:
             neighbours = nearest_items(version.item_table, query, limit=limit, filters=Filters(given, category))
-            return Answer(_from_neighbours(neighbours), _model_ref(version), strategy)
+            return Answer(from_neighbours(neighbours), model_ref(version), strategy)
     return popular_items_list(limit=limit, category=category, exclude_ids=given)
 
 

@@ -7,10 +7,9 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from psycopg import sql
 
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VectorSpace
+from embeddings.vectors.rows import vector_written
 
 
 def active_version(*, kind: str) -> ModelVersion | None:
@@ -81,26 +80,16 @@ def item_vectors_status(*, item_id: int) -> dict[str, dict[str, Any]]:
     """Per space, the active version holding a vector of this item and when it was written (and,
     for content, the item's cluster in that version)."""
     status: dict[str, dict[str, Any]] = {}
-    pointers = ActiveVersion.objects.select_related("version").filter(version__has_tables=True)
-    with connection.cursor() as cursor:
-        for pointer in pointers:
-            # Content rows may record "no text to encode" (a NULL embedding): not a vector.
-            cluster = "cluster" if pointer.kind == Kind.CONTENT else "NULL::int"
-            query = sql.SQL(
-                "SELECT updated_at, {cluster} FROM {table} WHERE item_id = %s AND embedding IS NOT NULL"
-            ).format(cluster=sql.SQL(cluster), table=sql.Identifier(pointer.version.item_table))
-            cursor.execute(query.as_string(connection.connection), [item_id])
-            row = cursor.fetchone()
-            if row:
-                status[pointer.kind] = {"version": pointer.version_id, "updated_at": row[0]}
-                if row[1] is not None:
-                    status[pointer.kind]["cluster"] = row[1]  # the k-means cluster: a hint for filters
-        for space in VectorSpace.objects.all():
-            query = sql.SQL("SELECT updated_at FROM {table} WHERE item_id = %s").format(
-                table=sql.Identifier(space.table)
-            )
-            cursor.execute(query.as_string(connection.connection), [item_id])
-            row = cursor.fetchone()
-            if row:
-                status[space.name] = {"version": None, "updated_at": row[0]}
+    for pointer in ActiveVersion.objects.select_related("version").filter(version__has_tables=True):
+        written = vector_written(
+            table=pointer.version.item_table, item_id=item_id, with_cluster=pointer.kind == Kind.CONTENT
+        )
+        if written:
+            status[pointer.kind] = {"version": pointer.version_id, "updated_at": written[0]}
+            if written[1] is not None:
+                status[pointer.kind]["cluster"] = written[1]  # the k-means cluster: a hint for filters
+    for space in VectorSpace.objects.all():
+        written = vector_written(table=space.table, item_id=item_id, with_cluster=False)
+        if written:
+            status[space.name] = {"version": None, "updated_at": written[0]}
     return status

@@ -1,7 +1,8 @@
 """Item to item: similar items per space (collaborative, content, hybrid, custom) and near-duplicates.
 
-An item without a vector in the asked space falls back: collaborative → content → popular in
-its categories; ``strategy`` names the path that answered.
+An item without a vector in the asked space falls back: collaborative → content → items sharing
+its words → popular in its categories → popular → newest (``similar_fallback``); ``strategy``
+names the path that answered.
 """
 
 from __future__ import annotations
@@ -11,22 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from django.conf import settings
-from psycopg import sql
 
 from embeddings.models import Kind, ModelVersion, VectorSpace
-from embeddings.recommendations import (
+from embeddings.serving import (
     Answer,
     Recommendation,
-    _active,
-    _cached,
-    _from_neighbours,
-    _model_ref,
-    _query_column,
-    popular_items_list,
+    active,
+    answer_through_cache,
+    from_neighbours,
+    model_ref,
+    query_column,
 )
-from embeddings.vector_search import Filters, Neighbour, as_array, nearest_items, vector_connection, vectors_of
+from embeddings.similar_fallback import item_similar_fallback
+from embeddings.vectors.rows import item_vectors_row, vectors_of
+from embeddings.vectors.search import Filters, Neighbour, nearest_items
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
 from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
@@ -47,7 +47,9 @@ def item_similar_list(
     """Nearest items to one item in ``space``; see the module docstring for the fallbacks."""
     if space in BUILT_IN_SPACES:
         variant = json.dumps([space, limit, category])
-        return _cached(f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category))
+        return answer_through_cache(
+            f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category)
+        )
     custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME_RE.fullmatch(space) else None
     if custom is None:  # a well-formed name that no vector was ever put in: 404, like an unknown item
         raise NotFound(
@@ -60,50 +62,37 @@ def item_similar_list(
 def _item_vectors(external_id: str, collaborative: ModelVersion | None, content: ModelVersion | None) -> ItemVectors:
     """The item and its vectors in both active versions, in one round trip."""
 
-    def column(version: ModelVersion | None, name: str) -> sql.Composable:
-        if version is None:
-            return sql.SQL("NULL::vector")
-        return sql.SQL("(SELECT {} FROM {} WHERE item_id = i.id)").format(
-            sql.Identifier(name), sql.Identifier(version.item_table)
-        )
-
-    statement = sql.SQL("SELECT i.id, i.categories, {}, {} FROM recsys_item i WHERE i.external_id = %s").format(
-        column(collaborative, _query_column(collaborative) if collaborative else "embedding"),
-        column(content, "embedding"),
+    row = item_vectors_row(
+        item_external_id=external_id,
+        columns=[
+            (collaborative.item_table, query_column(collaborative)) if collaborative else None,
+            (content.item_table, "embedding") if content else None,
+        ],
     )
-    with psycopg.Cursor(vector_connection()) as cursor:
-        row = cursor.execute(statement, [external_id], binary=True).fetchone()
     if row is None:
         raise ItemNotFound(f"item {external_id!r} does not exist")
-    return ItemVectors(
-        id=int(row[0]),
-        categories=list(row[1] or []),
-        collaborative=as_array(row[2]) if row[2] is not None else None,
-        content=as_array(row[3]) if row[3] is not None else None,
-    )
+    item_id, categories, (collaborative_vector, content_vector) = row
+    return ItemVectors(id=item_id, categories=categories, collaborative=collaborative_vector, content=content_vector)
 
 
 def _similar(external_id: str, limit: int, space: str, category: str | None) -> Answer:
-    collaborative = _active(Kind.COLLABORATIVE) if space != Kind.CONTENT else None
-    content = _active(Kind.CONTENT)
+    collaborative = active(Kind.COLLABORATIVE) if space != Kind.CONTENT else None
+    content = active(Kind.CONTENT)
     item = _item_vectors(external_id, collaborative, content)
     filters = Filters((item.id,), category)
     if space == "hybrid" and collaborative and content and item.collaborative is not None and item.content is not None:
         return _hybrid(item, collaborative, content, limit, filters)
     if space != Kind.CONTENT and collaborative and item.collaborative is not None:
         neighbours = nearest_items(collaborative.item_table, item.collaborative, limit=limit, filters=filters)
-        return Answer(_from_neighbours(neighbours), _model_ref(collaborative), "collaborative")
+        return Answer(from_neighbours(neighbours), model_ref(collaborative), "collaborative")
     if content and item.content is not None:
         neighbours = nearest_items(content.item_table, item.content, limit=limit, filters=filters)
-        return Answer(_from_neighbours(neighbours), _model_ref(content), "content")
-    return _popular_in_category(item, limit, category)
+        return Answer(from_neighbours(neighbours), model_ref(content), "content")
+    return _fallback(item, limit, category)
 
 
-def _popular_in_category(item: ItemVectors, limit: int, category: str | None) -> Answer:
-    fallback_category = category or (item.categories[0] if item.categories else None)
-    answer = popular_items_list(limit=limit, category=fallback_category, exclude_ids=(item.id,))
-    answer.strategy = "popular_in_category" if fallback_category else "popular"
-    return answer
+def _fallback(item: ItemVectors, limit: int, category: str | None) -> Answer:
+    return item_similar_fallback(item_id=item.id, categories=item.categories, limit=limit, category=category)
 
 
 def _hybrid(
@@ -139,21 +128,21 @@ def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: 
     item = _item_vectors(external_id, None, None)
     found = vectors_of(space.table, "item_id", [item.id])
     if item.id not in found:
-        return _popular_in_category(item, limit, category)
+        return _fallback(item, limit, category)
     neighbours = nearest_items(space.table, found[item.id], limit=limit, filters=Filters((item.id,), category))
-    return Answer(_from_neighbours(neighbours), None, "custom")
+    return Answer(from_neighbours(neighbours), None, "custom")
 
 
 def item_duplicates_list(*, item_external_id: str, threshold: float, limit: int) -> Answer:
     """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first."""
-    content = _active(Kind.CONTENT)
+    content = active(Kind.CONTENT)
     if content is None:
         raise ModelNotReady("no content model is active yet: duplicates need item text encodings")
     item = _item_vectors(item_external_id, None, content)
     if item.content is None:
-        return Answer([], _model_ref(content), "content")
+        return Answer([], model_ref(content), "content")
     neighbours: list[Neighbour] = nearest_items(
         content.item_table, item.content, limit=limit, filters=Filters((item.id,), None)
     )
     kept = [n for n in neighbours if n.score >= threshold]
-    return Answer(_from_neighbours(kept), _model_ref(content), "content")
+    return Answer(from_neighbours(kept), model_ref(content), "content")

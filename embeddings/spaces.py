@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
-from pgvector import Vector
-from psycopg import sql
 
 from embeddings.models import VectorSpace
-from embeddings.vector_store import HNSW_EF_CONSTRUCTION, HNSW_M
+from embeddings.vectors import rows, tables
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
 from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
@@ -29,13 +26,7 @@ def item_vector_put(*, item_external_id: str, space: str, vector: object) -> tup
         raise ItemNotFound(f"item {item_external_id!r} does not exist")
     with transaction.atomic():
         vector_space = _space_for(space, len(values))
-        statement = sql.SQL(
-            "INSERT INTO {table} (item_id, embedding) VALUES (%s, %s::vector) ON CONFLICT (item_id) DO UPDATE "
-            "SET embedding = EXCLUDED.embedding, updated_at = now() RETURNING (xmax = 0)"
-        ).format(table=sql.Identifier(vector_space.table))
-        with connection.cursor() as cursor:
-            cursor.execute(statement.as_string(connection.connection), [item_id, Vector(values).to_text()])
-            created = bool(cursor.fetchone()[0])
+        created = rows.custom_vector_upsert(space_table=vector_space.table, item_id=item_id, vector=values)
     return vector_space, created
 
 
@@ -72,34 +63,10 @@ def _space_for(name: str, dimensions: int) -> VectorSpace:
     space = VectorSpace.objects.filter(name=name).first()
     if space is None:
         space = VectorSpace.objects.create(name=name, dimensions=dimensions)
-        _table_create(space)
+        tables.space_table_create(space.name, space.dimensions)
     if space.dimensions != dimensions:
         raise ValidationFailed(  # 400, as issue 4 asks: the vector is wrong for this space
             f"space {name!r} holds {space.dimensions}-dimensional vectors; this one has {dimensions}",
             details={"vector": [f"expected {space.dimensions} dimensions"]},
         )
     return space
-
-
-def _table_create(space: VectorSpace) -> None:
-    # Unlike model versions, custom vectors arrive one by one: the index exists from the start.
-    statements: list[Any] = [
-        sql.SQL(
-            "CREATE TABLE {table} ("
-            " item_id bigint PRIMARY KEY REFERENCES recsys_item (id) ON DELETE CASCADE,"
-            " embedding vector({dims}) NOT NULL,"
-            " updated_at timestamptz NOT NULL DEFAULT now())"
-        ).format(table=sql.Identifier(space.table), dims=sql.Literal(space.dimensions)),
-        sql.SQL(
-            "CREATE INDEX {index} ON {table} USING hnsw (embedding vector_ip_ops)"
-            " WITH (m = {m}, ef_construction = {ef})"
-        ).format(
-            index=sql.Identifier(f"{space.table}_hnsw"),
-            table=sql.Identifier(space.table),
-            m=sql.Literal(HNSW_M),
-            ef=sql.Literal(HNSW_EF_CONSTRUCTION),
-        ),
-    ]
-    with connection.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement.as_string(connection.connection))

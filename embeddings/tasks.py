@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from embeddings import services
+from embeddings import runs, services
 
 # The hard limit stays below the broker's visibility timeout (4 h) so Redis never re-delivers
-# a run that is still going; a killed run's lease expires and the next one proceeds.
+# a run that is still going; a killed run stops its heartbeat, the reaper fails it, the next proceeds.
 TRAIN_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 300}
 
 
@@ -22,9 +22,15 @@ def collaborative_model_retrain() -> dict[str, object] | None:
     """The scheduled run: claims a version (skips quietly while another run holds the lease)."""
     try:
         version = services.collaborative_version_create()
-    except services.TrainingAlreadyRunning:
+    except runs.TrainingAlreadyRunning:
         return None
     return collaborative_model_train(version.pk)
+
+
+@shared_task(queue="default", soft_time_limit=60, time_limit=90)
+def training_runs_reap() -> list[int]:
+    """Beat: runs whose worker stopped sending heartbeats are marked failed. Idempotent."""
+    return runs.runs_reap()
 
 
 @shared_task(queue="default", acks_late=True, soft_time_limit=300, time_limit=360)

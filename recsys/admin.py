@@ -8,12 +8,19 @@ from functools import cached_property
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.admin import UserAdmin as AuthUserAdmin
+from django.contrib.auth.models import Group
+from django.contrib.auth.models import User as AuthUser
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from recsys import admin_views
+from recsys.admin_format import moment
+from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_create, api_key_revoke
 from recsys.models import ApiKey, EventType, Interaction, Item, User
@@ -37,10 +44,11 @@ class EstimatedCountPaginator(Paginator):
         return queryset[:EXACT_COUNT_BELOW].count()
 
 
-class LargeTableAdmin(admin.ModelAdmin):
+class LargeTableAdmin(GuardedAdmin):
     """Tables that reach millions of rows: estimated counts, and searches that use an index."""
 
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # "?_facets" would count the whole table once per filter choice
     list_per_page = 50
     paginator = EstimatedCountPaginator
 
@@ -154,7 +162,7 @@ class ItemAdmin(LargeTableAdmin):
 
 @admin.register(Interaction)
 class InteractionAdmin(LargeTableAdmin):
-    list_display = ["timestamp", "user", "event_type", "item", "value", "weight", "created_at"]
+    list_display = ["happened", "user", "event_type", "item_shown", "value", "weight", "received"]
     # By arrival: created_at has a BRIN index; event time has none of its own (a date hierarchy
     # on it would scan every interaction for its years and months).
     list_filter = [EventTypeFilter, recent_filter("created_at", "received")]
@@ -172,9 +180,23 @@ class InteractionAdmin(LargeTableAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Interaction]:
         return super().get_queryset(request).defer("item__text", "item__search_vector")
 
+    @admin.display(description="when", ordering="timestamp")
+    def happened(self, interaction: Interaction) -> str:
+        return moment(interaction.timestamp)
+
+    @admin.display(description="received", ordering="created_at")
+    def received(self, interaction: Interaction) -> str:
+        return moment(interaction.created_at)
+
+    @admin.display(description="item")
+    def item_shown(self, interaction: Interaction) -> str:
+        # The id and the start of the title: a long title pushed the other columns out of sight.
+        item = interaction.item
+        return f"{item.external_id} · {Truncator(item.title).chars(40)}" if item.title else item.external_id
+
 
 @admin.register(EventType)
-class EventTypeAdmin(admin.ModelAdmin):
+class EventTypeAdmin(GuardedAdmin):
     list_display = ["name", "weight", "uses_value", "description"]
     list_editable = ["weight", "uses_value"]
 
@@ -184,7 +206,7 @@ class EventTypeAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(GuardedAdmin):
     list_display = ["name", "prefix", "scopes", "rate_limit", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix"]
@@ -205,3 +227,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             api_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+# Django's own pages (staff users, groups) get the same guard on their URLs.
+admin.site.unregister(AuthUser)
+admin.site.unregister(Group)
+
+
+@admin.register(AuthUser)
+class StaffUserAdmin(GuardedAdmin, AuthUserAdmin):
+    pass
+
+
+@admin.register(Group)
+class StaffGroupAdmin(GuardedAdmin, GroupAdmin):
+    pass

@@ -12,7 +12,9 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils.timezone import localtime
 
+from embeddings.maps import cluster_names_get
 from embeddings.operations import model_versions_by_id
 from embeddings.recommendations import Answer, user_recommendations_list
 from embeddings.selectors import item_vectors_status
@@ -86,8 +88,15 @@ def item_panels(item: Item) -> dict[str, Any]:
     """The item page's extras: its vectors per space, and similar items in each built-in space."""
     status = item_vectors_status(item_id=item.pk)
     versions = model_versions_by_id(ids=[s["version"] for s in status.values() if s["version"]])
+    names = cluster_names_get(version_id=status["content"]["version"]) if "cluster" in status.get("content", {}) else {}
     vectors = [
-        {"space": space, "version": versions.get(s["version"]), "updated_at": s["updated_at"]}
+        {
+            "space": space,
+            "version": versions.get(s["version"]),
+            "updated_at": s["updated_at"],
+            "cluster": s.get("cluster"),
+            "cluster_name": names.get(s["cluster"], "") if "cluster" in s else "",
+        }
         for space, s in sorted(status.items())
     ]
     similar = [
@@ -119,9 +128,13 @@ def user_panels(user: User) -> dict[str, Any]:
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
     report = dashboard_report()
+    activity = report.activity
     chart = {
-        "labels": [hour.strftime("%d %H:00") for hour, _ in report.per_hour],
-        "values": [n for _, n in report.per_hour],
+        "labels": [localtime(hour).strftime("%d %H:00") for hour in activity.hours],
+        "series": [
+            {"name": "by event time", "values": activity.by_event, "type": "bar"},
+            {"name": "by arrival time", "values": activity.by_arrival, "type": "line", "axis": 1},
+        ],
     }
     counts = [(name, reverse(f"admin:recsys_{model}_changelist"), report.counts[name]) for name, model in COUNTED]
     context = {
@@ -129,7 +142,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "title": "Dashboard",
         "report": report,
         "counts": counts,
-        "per_hour_chart": chart,
+        "activity_chart": chart,
     }
     return render(request, "admin/recsys/dashboard.html", context)
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from recsys.errors import ValidationFailed
 from recsys.models import ApiKey
+from recsys.rates import InvalidRate, parse_rate
 
 KEY_PREFIX = "rsk_"
 # Every column, in the model's field order (what ApiKey.from_db takes).
@@ -31,6 +32,12 @@ def api_key_create(*, name: str, scopes: list[str], rate_limit: str = "") -> tup
         )
     if not name.strip():
         raise ValidationFailed("an API key needs a name")
+    rate_limit = rate_limit.strip()
+    if rate_limit:
+        try:  # checked once here, so that no request with this key can trip over it
+            parse_rate(rate_limit)
+        except InvalidRate as error:
+            raise ValidationFailed(str(error), details={"rate_limit": ["invalid rate"]}) from None
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
         name=name.strip(),

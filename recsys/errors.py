@@ -38,6 +38,12 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this (a scope the operation needs beyond the endpoint's)."""
+
+    code = "permission_denied"
+
+
 class ModelNotReady(DomainError):
     code = "model_not_ready"
 

@@ -13,15 +13,16 @@ from django.db import models
 from django.db.models import ProtectedError
 from django.db.models.functions import Now
 
-EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
-EXTERNAL_ID_MAX_LENGTH = 128
-external_id_validator = RegexValidator(EXTERNAL_ID_PATTERN, "1-128 characters of [A-Za-z0-9_.:@/-]")
+from recsys.ids import ID_MAX_LENGTH, STORED_ID_PATTERN
+from recsys.rates import InvalidRate, parse_rate
+
+external_id_validator = RegexValidator(STORED_ID_PATTERN, "1-128 characters of [A-Za-z0-9_.:@/-]")
 
 
 class User(models.Model):
     """A person the client's product recommends to (not an operator: those are auth users)."""
 
-    external_id = models.CharField("id", max_length=EXTERNAL_ID_MAX_LENGTH, validators=[external_id_validator])
+    external_id = models.CharField("id", max_length=ID_MAX_LENGTH, validators=[external_id_validator])
     attributes = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
     updated_at = models.DateTimeField(auto_now=True, db_default=Now())
@@ -30,7 +31,7 @@ class User(models.Model):
         verbose_name = "end user"
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(external_id__regex=EXTERNAL_ID_PATTERN), name="user_external_id_format"
+                condition=models.Q(external_id__regex=STORED_ID_PATTERN), name="user_external_id_format"
             ),
             # A constraint rather than unique=True: Django would add a second (LIKE) index that
             # nothing uses and every insert pays for.
@@ -44,7 +45,7 @@ class User(models.Model):
 class Item(models.Model):
     """Something to recommend. ``is_stub`` items were created by an interaction and have no text yet."""
 
-    external_id = models.CharField("id", max_length=EXTERNAL_ID_MAX_LENGTH, validators=[external_id_validator])
+    external_id = models.CharField("id", max_length=ID_MAX_LENGTH, validators=[external_id_validator])
     title = models.TextField(blank=True, default="")
     text = models.TextField(blank=True, default="")
     categories = ArrayField(models.CharField(max_length=128), default=list, blank=True)
@@ -66,7 +67,7 @@ class Item(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(external_id__regex=EXTERNAL_ID_PATTERN), name="item_external_id_format"
+                condition=models.Q(external_id__regex=STORED_ID_PATTERN), name="item_external_id_format"
             ),
             # A constraint rather than unique=True: Django would add a second (LIKE) index that
             # nothing uses and every insert pays for.
@@ -101,9 +102,6 @@ class EventType(models.Model):
         if Interaction.objects.filter(event_type=self.name).exists():
             raise ProtectedError(f"interactions of type {self.name!r} exist; change its weight instead", {self})
         return super().delete(*args, **kwargs)
-
-    def weight_of(self, value: float | None) -> float:
-        return self.weight * value if self.uses_value and value is not None else self.weight
 
 
 class Interaction(models.Model):
@@ -164,6 +162,11 @@ class ApiKey(models.Model):
             raise ValidationError(
                 {"scopes": f"choose from {', '.join(self.SCOPES)}; got {', '.join(unknown) or 'none'}"}
             )
+        if self.rate_limit.strip():
+            try:
+                parse_rate(self.rate_limit.strip())
+            except InvalidRate as error:
+                raise ValidationError({"rate_limit": str(error)}) from None
 
     def has_scope(self, scope: str) -> bool:
         # Scopes are independent grants: an ingestion-only key cannot read, and vice versa.

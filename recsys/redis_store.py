@@ -1,7 +1,11 @@
-"""One Redis client per process for the cache database, behind a breaker that skips Redis briefly after a failure.
+"""Every Redis client of the project, one per process and purpose, and a breaker for the cache.
 
-Redis is an accelerator here, never the source of truth: callers catch ``RedisUnavailable`` and
-carry on without it. The breaker keeps a dead Redis from costing every request a connect timeout.
+Purposes: ``cache`` is the cache's database (CACHES, database 1); ``broker`` is REDIS_URL's
+database, where Celery's queues and the fold-in bookkeeping live (database 0 of a Unix-socket
+Redis). Both fail within half a second and never retry: Redis is an accelerator here, never the
+source of truth, so callers catch the error (``RedisUnavailable`` through ``run``) and carry on
+without it. The breaker keeps a dead Redis from costing every request a connect timeout.
+Celery's own connections (broker, results) are configured in settings, not here.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 BREAKER_SECONDS = 5.0  # after a failure, requests skip Redis this long before trying again
@@ -23,18 +29,47 @@ class RedisUnavailable(Exception):
     """Redis failed just now, or recently enough that the breaker is open."""
 
 
+Purpose = Literal["cache", "broker"]
+TIMEOUT_SECONDS = 0.5  # connect and socket timeouts of every client handed out here
+
 _lock = threading.Lock()
-_client: redis.Redis | None = None
+_clients: dict[tuple[str, str], redis.Redis] = {}  # (purpose, url): settings overridden in tests change the url
 _open_until = 0.0
 
 
-def _cache_client() -> redis.Redis:
-    global _client
+def client(purpose: Purpose = "cache") -> redis.Redis:
+    """The process's client for ``purpose`` (redis-py's pool reconnects after a fork or an outage)."""
+    key = (purpose, _url(purpose))
     with _lock:
-        if _client is None:
-            cache_settings: dict[str, Any] = settings.CACHES["default"]
-            _client = redis.Redis.from_url(str(cache_settings["LOCATION"]), **cache_settings.get("OPTIONS", {}))
-        return _client
+        if key not in _clients:
+            _clients[key] = redis.Redis.from_url(key[1], **_options(purpose))
+        return _clients[key]
+
+
+def client_replace(purpose: Purpose, replacement: redis.Redis) -> None:
+    """Hand out ``replacement`` for ``purpose`` from now on (tests: a client of a dead server)."""
+    with _lock:
+        _clients[(purpose, _url(purpose))] = replacement
+
+
+def _url(purpose: Purpose) -> str:
+    if purpose == "cache":
+        return str(settings.CACHES["default"]["LOCATION"])
+    url = str(settings.REDIS_URL)
+    # A Unix socket's URL names no database; Celery's queues are in its database 0.
+    return f"{url.split('?', 1)[0]}?db=0" if url.startswith("unix://") and "db=" not in url else url
+
+
+def _options(purpose: Purpose) -> dict[str, Any]:
+    cache_settings: dict[str, Any] = settings.CACHES["default"]
+    options: dict[str, Any] = dict(cache_settings.get("OPTIONS", {})) if purpose == "cache" else {}
+    # No retries: redis-py's default backoff would make a dead Redis cost each caller seconds.
+    return {
+        "socket_connect_timeout": TIMEOUT_SECONDS,
+        "socket_timeout": TIMEOUT_SECONDS,
+        **options,
+        "retry": Retry(NoBackoff(), 0),
+    }
 
 
 def key(name: str) -> str:
@@ -48,7 +83,7 @@ def run(operation: Any) -> Any:
     if time.monotonic() < _open_until:
         raise RedisUnavailable("redis skipped: it failed moments ago")
     try:
-        return operation(_cache_client())
+        return operation(client("cache"))
     except (redis.RedisError, OSError) as error:
         _open_until = time.monotonic() + BREAKER_SECONDS
         logger.warning("redis unavailable (%s); going on without it for %.0f s", error, BREAKER_SECONDS)

@@ -2,7 +2,8 @@
 
 It starts the embedded PostgreSQL/Redis when DATABASE_URL/REDIS_URL are unset (and stops only
 those it started), passes their URLs to its children, and runs web (gunicorn), Celery worker
-and beat in the foreground until Ctrl-C or SIGTERM, when it stops all of them.
+and beat in the foreground, restarting any of them that exits (with a backoff), until Ctrl-C or
+SIGTERM, when it stops all of them.
 
     python -m recsys.run serve            # web + worker + beat
     python -m recsys.run demo             # migrate, demo data, train, serve, print curl examples
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,31 +102,64 @@ def process_commands(port: str) -> dict[str, list[str]]:
 
 
 class Supervisor:
-    """Runs named processes; when one exits or a signal arrives, stops the rest."""
+    """Runs named processes and restarts one that exits, after a backoff that grows while it keeps
+    failing; only a signal (Ctrl-C, SIGTERM) stops them all. A crashed worker costs background
+    work only: web keeps serving and the services stay up while it comes back."""
+
+    BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+    HEALTHY_AFTER_SECONDS = 60.0  # a child that ran this long starts again from the shortest delay
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
+        self.commands: dict[str, list[str]] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_at: dict[str, float] = {}
+        self.failures: dict[str, int] = {}  # backoff step per child: exits that followed a short run, less one
+        self.restart_at: dict[str, float] = {}
         self.stopping = False
 
     def start(self, commands: dict[str, list[str]]) -> None:
         # Handlers first: a signal that arrives while the children start must still stop them.
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for name, command in commands.items():
-            # Own process groups: Ctrl-C reaches the supervisor, which stops children in order.
-            self.children[name] = subprocess.Popen(command, env=self.env, cwd=BASE_DIR, start_new_session=True)
-            log(f"{name} started (pid {self.children[name].pid})")
+        self.commands = dict(commands)
+        for name in commands:
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        # Own process groups: Ctrl-C reaches the supervisor, which stops children in order.
+        child = subprocess.Popen(self.commands[name], env=self.env, cwd=BASE_DIR, start_new_session=True)
+        self.children[name], self.started_at[name] = child, time.monotonic()
+        log(f"{name} started (pid {child.pid})")
 
     def wait(self) -> int:
+        """Supervise until a signal arrives; returns 0 then."""
         while not self.stopping:
-            for name, child in self.children.items():
-                if child.poll() is not None:
-                    log(f"{name} exited with {child.returncode}; stopping the others")
-                    self.stop()
-                    return child.returncode or 1
+            self.check()
             time.sleep(0.5)
         return 0
+
+    def check(self) -> None:
+        """Schedule a restart for each child that exited; start those whose delay has passed."""
+        now = time.monotonic()
+        for name, child in self.children.items():
+            if child.poll() is not None and name not in self.restart_at:
+                self.restart_at[name] = now + self._backoff(name, ran=now - self.started_at[name])
+                log(
+                    f"{name} exited with {child.returncode} after {now - self.started_at[name]:.0f} s; "
+                    f"restarting it in {self.restart_at[name] - now:.1f} s"
+                )
+                _group_kill(child.pid)  # what it leaves behind (pool processes, gunicorn workers holding the port)
+        for name, when in list(self.restart_at.items()):
+            if now >= when and not self.stopping:
+                del self.restart_at[name]
+                self._spawn(name)
+
+    def _backoff(self, name: str, *, ran: float) -> float:
+        """1 s after the first exit, then twice as long after each exit that follows a short run."""
+        step = 0 if ran >= self.HEALTHY_AFTER_SECONDS else self.failures.get(name, -1) + 1
+        self.failures[name] = step
+        return self.BACKOFF_SECONDS[min(step, len(self.BACKOFF_SECONDS) - 1)]
 
     def _on_signal(self, signum: int, frame: object) -> None:
         log(f"received {signal.Signals(signum).name}; stopping")
@@ -145,6 +180,14 @@ class Supervisor:
                 child.wait()
 
 
+def _group_kill(pgid: int) -> None:
+    """SIGKILL what is left of a dead child's process group (its leader is gone already)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def serve(env: dict[str, str], port: str, on_ready: object = None) -> int:
     manage(env, "migrate", "--no-input", "-v", "0")
     supervisor = Supervisor(env)
@@ -154,9 +197,10 @@ def serve(env: dict[str, str], port: str, on_ready: object = None) -> int:
             interrupted = supervisor.stopping  # a signal while starting is a clean stop
             supervisor.stop()
             return 0 if interrupted else 1
-        if callable(on_ready):
-            on_ready()
         log(f"serving on http://127.0.0.1:{port}/ (API docs: /api/docs/, admin: /admin/); Ctrl-C stops everything")
+        if callable(on_ready):
+            # Beside supervision, not before it: a child that crashes while the demo trains is restarted.
+            threading.Thread(target=on_ready, name="on-ready", daemon=True).start()
         return supervisor.wait()
     finally:
         supervisor.stop()

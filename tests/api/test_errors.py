@@ -102,3 +102,34 @@ def test_limit_out_of_range_is_400(writer, limit):
     response = writer.get(f"/api/v1/users/u1/interactions?limit={limit}")
 
     assert_error(response, 400, "validation_error")
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "template"),
+    [
+        ("post", "/api/v1/interactions", "DEEP"),
+        ("post", "/api/v1/items/batch", '{"items": [{"id": "a", "attributes": {"x": DEEP}}]}'),
+        ("put", "/api/v1/items/deep", '{"attributes": {"x": DEEP}}'),
+        ("post", "/api/v1/recommendations", '{"items": DEEP}'),
+    ],
+)
+@pytest.mark.parametrize("depth", [100, 900, 1000, 100_000])
+def test_deeply_nested_json_is_400_malformed_without_a_logged_traceback(writer, caplog, method, path, template, depth):
+    body = template.replace("DEEP", nested(depth))
+
+    response = getattr(writer, method)(path, data=body, content_type="application/json")
+
+    assert_error(response, 400, "malformed_request")
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_json_nested_within_the_limit_is_accepted(writer):
+    body = '{"attributes": {"x": DEEP}}'.replace("DEEP", nested(20))
+
+    response = writer.put("/api/v1/items/shallow", data=body, content_type="application/json")
+
+    assert response.status_code == 201, response.content

@@ -58,3 +58,34 @@ def test_docs_page_renders_without_a_cdn():
     assert "swagger" in html.lower()
     assert any(a.startswith("/static/drf_spectacular_sidecar/") for a in assets)
     assert not [a for a in assets if a.startswith(("http:", "https:", "//"))]
+
+
+def schema() -> dict:
+    return APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+def id_patterns(node: object, path: str = "") -> dict[str, str]:
+    """Every schema pattern that describes a client id, by where it is (ids in paths, bodies and rows)."""
+    found: dict[str, str] = {}
+    if isinstance(node, dict):
+        if node.get("name") in {"item_id", "user_id"}:
+            found[path] = node["schema"]["pattern"]
+        for key, value in node.items():
+            if key in {"id", "user", "item"} and isinstance(value, dict) and "pattern" in value:
+                found[f"{path}/{key}"] = value["pattern"]
+            if key in {"items", "negative_items"} and isinstance(value, dict) and "pattern" in value.get("items", {}):
+                found[f"{path}/{key}[]"] = value["items"]["pattern"]
+            found.update(id_patterns(value, f"{path}/{key}"))
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            found.update(id_patterns(value, f"{path}/{n}"))
+    return found
+
+
+def test_every_client_id_in_the_schema_follows_the_one_id_rule():
+    from recsys.ids import EXTERNAL_ID_PATTERN
+
+    patterns = id_patterns(schema())
+
+    assert {p for p in patterns if "SessionRequest" in p} and {p for p in patterns if "{item_id}" in p}
+    assert {where: p for where, p in patterns.items() if p != EXTERNAL_ID_PATTERN} == {}

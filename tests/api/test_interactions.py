@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import override_settings
+from rest_framework.test import APIClient
 
 from recsys.models import Interaction, Item, User
+from recsys.selectors import CURSOR_PATTERN
 from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -171,10 +174,33 @@ def test_history_pages_do_not_skip_events_with_equal_timestamps(writer):
     assert sorted(seen) == [f"i{n}" for n in range(5)]
 
 
-def test_tampered_cursor_is_400(writer):
+@pytest.mark.parametrize("cursor", ["!!!", "12-x", "1-2-3", "9" * 17 + "-1", "1-" + "9" * 19, "MjAyNnwx"])
+def test_a_cursor_of_another_shape_is_400(writer, cursor):
     send(writer, event())
 
-    response = writer.get("/api/v1/users/u1/interactions?cursor=!!!")
+    response = writer.get(f"/api/v1/users/u1/interactions?cursor={cursor}")
 
     assert response.status_code == 400
     assert response.json()["error"]["details"] == {"cursor": ["invalid"]}
+
+
+@pytest.mark.parametrize("cursor", ["0-0", "9" * 16 + "-" + "9" * 18, "1767225600000000-5"])
+def test_every_cursor_the_schema_allows_is_a_position_to_page_from(writer, cursor):
+    send(writer, *[event(item=f"i{n}", timestamp=f"2026-01-0{n + 1}T00:00:00Z") for n in range(3)])
+
+    response = writer.get(f"/api/v1/users/u1/interactions?cursor={cursor}")
+
+    assert response.status_code == 200, response.content
+    assert re.fullmatch(CURSOR_PATTERN, cursor)
+
+
+def test_the_schema_states_the_cursor_shape_and_its_400():
+    operation = (
+        APIClient()
+        .get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+        .json()["paths"]["/api/v1/users/{user_id}/interactions"]["get"]
+    )
+
+    cursor = next(p for p in operation["parameters"] if p["name"] == "cursor")
+    assert cursor["schema"]["pattern"] == CURSOR_PATTERN
+    assert "cursor" in operation["responses"]["400"]["description"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from embeddings import answer_cache, services
+from embeddings import answer_cache, runs, services
 from embeddings.learners import LearnerParams
 from embeddings.recommendations import Answer, Recommendation
 from recsys.services import interactions_ingest, item_delete, items_upsert
@@ -89,7 +89,7 @@ def test_model_switch_makes_every_answer_stale(reader, trained, django_capture_o
             params=LearnerParams(algorithm="als", factors=4, iterations=5, regularization=0.05)
         )
         services.collaborative_model_train(version_id=newer.pk)
-        services.model_version_activate(version_id=newer.pk)
+        runs.model_version_activate(version_id=newer.pk)
 
     assert recommend(reader, "u3")["model"]["version"] == newer.pk
 

@@ -174,10 +174,31 @@ def test_a_negative_item_pushes_down_what_resembles_it(reader, trained):
         {"items": ["i1"], "limit": 0},
         {"items": ["i1"], "color": "red"},
         {"items": ["i1"] * 101},
+        {"items": [1]},
+        {"items": ["batch"]},
+        {"items": ["i1"], "negative_items": ["a/similar"]},
+        {"items": ["i1"], "limit": "5"},
+        {"items": ["i1"], "limit": 5.5},
+        {"items": ["i1"], "limit": True},
+        {"items": ["i1"], "category": 5},
+        {"items": ["i1"], "category": "x" * 129},
+        ["i1"],
     ],
 )
 def test_bad_session_bodies_are_400(reader, trained, body):
-    assert reader.post("/api/v1/recommendations", body, format="json").status_code == 400
+    response = reader.post("/api/v1/recommendations", body, format="json")
+
+    assert response.status_code == 400 and response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_session_body_names_its_unknown_and_invalid_fields(reader, trained):
+    body = {"items": ["i1", "bad id"], "colour": "red"}
+
+    details = reader.post("/api/v1/recommendations", body, format="json").json()["error"]["details"]
+
+    assert details == {"colour": ["unknown field"]}
+    details = reader.post("/api/v1/recommendations", {"items": ["i1", "bad id"]}, format="json").json()
+    assert "items" in details["error"]["details"]
 
 
 def test_popular_items_rank_by_interactions_and_filter_by_category(reader, trained):

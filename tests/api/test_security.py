@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
+from embeddings.models import VectorSpace
 from recsys.api_keys import api_key_revoke
 from recsys.models import ApiKey, Interaction, Item, User
 
@@ -64,6 +65,10 @@ def test_endpoint_refuses_no_key_401_and_a_key_without_its_scope_403(make_client
 
 @pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _ in ENDPOINTS])
 def test_endpoint_lets_a_key_with_its_scope_past_the_permission_check(make_client, method, path, scope):
+    if "/vectors/" in path:  # writing into an existing space needs write; creating one needs admin too
+        call(make_client("write", "admin"), "PUT", "/api/v1/items/x", {"title": "t"})
+        call(make_client("write", "admin"), method, path, {"vector": [1.0, 2.0]})
+
     response = call(make_client(scope), method, path)
 
     assert response.status_code not in {401, 403}, response.content
@@ -230,14 +235,40 @@ def test_exclude_list_of_more_than_200_ids_is_refused(reader):
     assert reader.get(f"/api/v1/users/u/recommendations?exclude={exclude}").status_code == 400
 
 
-def test_custom_vectors_are_bounded_by_the_dimension_setting(writer, settings):
+def test_custom_vectors_are_bounded_by_the_dimension_setting(admin_client_api, settings):
     settings.RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS = 4
-    writer.put("/api/v1/items/x", {"title": "t"}, format="json")
+    admin_client_api.put("/api/v1/items/x", {"title": "t"}, format="json")
 
-    too_big = writer.put("/api/v1/items/x/vectors/image", {"vector": [1.0] * 5}, format="json")
-    fits = writer.put("/api/v1/items/x/vectors/image", {"vector": [1.0] * 4}, format="json")
+    too_big = admin_client_api.put("/api/v1/items/x/vectors/image", {"vector": [1.0] * 5}, format="json")
+    fits = admin_client_api.put("/api/v1/items/x/vectors/image", {"vector": [1.0] * 4}, format="json")
 
     assert (too_big.status_code, fits.status_code) == (400, 201)
+
+
+def test_creating_a_custom_space_needs_admin_and_writing_into_one_needs_write(make_client):
+    owner, ingester = make_client("write", "admin"), make_client("write")
+    owner.put("/api/v1/items/x", {"title": "t"}, format="json")
+
+    refused = ingester.put("/api/v1/items/x/vectors/image", {"vector": [1.0, 2.0]}, format="json")
+    created = owner.put("/api/v1/items/x/vectors/image", {"vector": [1.0, 2.0]}, format="json")
+    written = ingester.put("/api/v1/items/x/vectors/image", {"vector": [2.0, 1.0]}, format="json")
+
+    assert refused.status_code == 403 and "admin" in refused.json()["error"]["message"]
+    assert (created.status_code, written.status_code) == (201, 200)
+
+
+def test_custom_spaces_are_capped_by_the_setting(make_client, settings):
+    settings.RECSYS_MAX_CUSTOM_SPACES = 2
+    owner = make_client("write", "admin")
+    owner.put("/api/v1/items/x", {"title": "t"}, format="json")
+
+    statuses = [owner.put(f"/api/v1/items/x/vectors/s{n}", {"vector": [1.0, 2.0]}, format="json") for n in range(3)]
+    again = owner.put("/api/v1/items/x/vectors/s1", {"vector": [2.0, 1.0]}, format="json")
+
+    assert [r.status_code for r in statuses] == [201, 201, 409]
+    assert statuses[2].json()["error"]["details"] == {"max_custom_spaces": 2}
+    assert again.status_code == 200  # existing spaces keep taking vectors
+    assert VectorSpace.objects.count() == 2
 
 
 def test_ingestion_batches_are_bounded_by_rows(writer, settings):
@@ -268,10 +299,10 @@ def staff() -> StaffUser:
 
 @pytest.mark.parametrize("path", ["/admin/", "/admin/dashboard/", "/admin/preview/", "/admin/recsys/apikey/"])
 def test_admin_pages_need_a_staff_login(path):
-    StaffUser.objects.create_user("customer", password="a-long-pass-phrase-1", is_staff=False)
+    user = StaffUser.objects.create_user("customer", password="a-long-pass-phrase-1", is_staff=False)
     anonymous = Client().get(path)
     customer = Client()
-    customer.login(username="customer", password="a-long-pass-phrase-1")
+    customer.force_login(user)  # login() skips the request that django-axes needs to count attempts
 
     assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
     assert customer.get(path).status_code == 302

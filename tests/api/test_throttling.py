@@ -1,8 +1,17 @@
-"""Per-key rate limits answer 429 with Retry-After, and fail open when Redis is unavailable."""
+"""Per-key rate limits answer 429 with Retry-After and fail open when Redis is unavailable; failed
+key attempts are limited per client address before any lookup; rate strings are checked when set."""
 
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
+
+from recsys.api_keys import api_key_create
+from recsys.env import env_rate
+from recsys.errors import ValidationFailed
+from recsys.models import ApiKey
 
 pytestmark = pytest.mark.django_db
 
@@ -32,3 +41,107 @@ def test_rate_limiter_fails_open_when_redis_is_down(make_client, redis_down):
     client = make_client("read", rate_limit="1/min")
 
     assert [client.get("/api/v1/items/x").status_code for _ in range(3)] == [404, 404, 404]
+
+
+# ---- failed key attempts per client address ---------------------------------------------------
+
+
+def guess(address: str = "203.0.113.7", key: str = "rsk_guessed-wrong"):
+    client = APIClient(REMOTE_ADDR=address)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client.get("/api/v1/items/x")
+
+
+@pytest.fixture
+def five_failures_a_minute(settings):
+    settings.RECSYS_AUTH_FAILURE_RATE = "5/min"
+
+
+def test_an_address_past_its_failed_key_budget_gets_429_without_a_key_lookup(
+    five_failures_a_minute, django_assert_num_queries
+):
+    assert [guess().status_code for _ in range(5)] == [401] * 5
+
+    with django_assert_num_queries(0):
+        response = guess()
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert "invalid API keys" in response.json()["error"]["message"]
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_a_blocked_address_is_refused_even_with_a_valid_key_it_had_not_used(five_failures_a_minute, make_client):
+    raw_key = make_client("read").raw_key
+    for _ in range(5):
+        guess()
+
+    assert guess(key=raw_key).status_code == 429
+
+
+def test_other_addresses_and_known_clients_are_not_blocked_by_one_guesser(five_failures_a_minute, make_client):
+    known = make_client("read")
+    assert known.get("/api/v1/items/x", REMOTE_ADDR="203.0.113.7").status_code == 404
+    for _ in range(6):
+        guess()
+
+    assert guess(address="198.51.100.9").status_code == 401
+    assert known.get("/api/v1/items/x", REMOTE_ADDR="203.0.113.7").status_code == 404
+
+
+def test_failed_keys_are_counted_in_process_while_redis_is_down(five_failures_a_minute, redis_down):
+    statuses = [guess().status_code for _ in range(6)]
+
+    assert statuses == [401] * 5 + [429]
+
+
+def forwarded(client_address: str) -> int:
+    client = APIClient(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=f"{client_address}, 10.0.0.9")
+    client.credentials(HTTP_AUTHORIZATION="Bearer rsk_guessed-wrong")
+    return client.get("/api/v1/items/x").status_code
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_count_without_trusted_proxies(five_failures_a_minute):
+    assert [forwarded(f"192.0.2.{n}") for n in range(6)][-1] == 429
+
+
+def test_behind_trusted_proxies_each_forwarded_client_is_counted_apart(five_failures_a_minute, settings):
+    settings.RECSYS_TRUSTED_PROXIES = 2  # the proxy in front appends the peer it saw, 10.0.0.9 ours
+
+    assert [forwarded("192.0.2.1") for _ in range(6)][-1] == 429
+    assert forwarded("192.0.2.2") == 401
+
+
+# ---- rate strings are checked when set, not per request ---------------------------------------
+
+
+@pytest.mark.parametrize("rate", ["fast", "10/fortnight", "0/min", "-3/min", "3"])
+def test_a_key_with_an_invalid_rate_cannot_be_created(rate):
+    with pytest.raises(ValidationFailed):
+        api_key_create(name="shop", scopes=["read"], rate_limit=rate)
+
+
+def test_create_api_key_command_refuses_an_invalid_rate():
+    with pytest.raises(CommandError, match="rate limit"):
+        call_command("create_api_key", "--name", "shop", "--rate-limit", "lots")
+
+
+def test_the_admin_form_refuses_an_invalid_rate(admin_client):
+    response = admin_client.post("/admin/recsys/apikey/add/", {"name": "x", "scopes": "read", "rate_limit": "lots"})
+
+    assert response.status_code == 200 and "rate limit must be" in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
+def test_an_invalid_default_rate_fails_at_settings_load(monkeypatch):
+    monkeypatch.setenv("RECSYS_RATE_LIMIT", "plenty")
+
+    with pytest.raises(ImproperlyConfigured):
+        env_rate("RECSYS_RATE_LIMIT", "6000/min")
+
+
+def test_a_stored_invalid_rate_falls_back_to_the_default_instead_of_failing_requests(make_client):
+    client = make_client("read")
+    ApiKey.objects.update(rate_limit="lots")  # written around the checks, e.g. by hand in SQL
+
+    assert client.get("/api/v1/items/x").status_code == 404

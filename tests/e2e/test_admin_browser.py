@@ -10,7 +10,7 @@ import pytest
 
 from embeddings.models import EmbeddingMap, Kind, ModelVersion, Status
 from recsys.models import Item
-from tests.recsys.admin_setup import catalogue_store, interactions_store
+from tests.recsys.admin_setup import catalogue_store, interactions_store, models_trained
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -87,3 +87,23 @@ def test_operator_trains_a_model_and_sees_similar_items_models_and_the_map(staff
     assert page.inner_text("#redis-state") == "up"
     assert f"v{version_id}" in page.inner_text("#active-models")
     assert ModelVersion.objects.filter(kind=Kind.COLLABORATIVE, status=Status.ACTIVE).count() == 1
+
+
+def test_admin_pages_work_under_their_content_security_policy(staff_user, server, browser_page, settings):
+    page = browser_page
+    collaborative, built = models_trained(settings)
+    refused: list[str] = []
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    log_in(page, server, staff_user)
+
+    page.goto(f"{server}/admin/dashboard/")
+    page.wait_for_selector("[data-chart] canvas", timeout=20_000)  # ECharts drew under the policy
+    page.goto(f"{server}/admin/embeddings/modelversion/")
+    page.goto(f"{server}/admin/embeddings/modelversion/map/?version={collaborative.pk}")
+    with page.expect_navigation():
+        page.select_option("#map-version", str(built.pk))  # the select submits itself (no inline handler)
+
+    assert f"version={built.pk}" in page.url
+    assert refused == []

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from psycopg import sql
 
-from embeddings import content, services
+from embeddings import content
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from recsys.models import Item
 from recsys.services import item_delete, items_upsert
@@ -43,7 +43,7 @@ def built(settings):
     settings.RECSYS_CONTENT_ENCODER = "fake"
     settings.RECSYS_CONTENT_CLUSTERS = 2
     items_upsert(rows=CATALOGUE)
-    version = services.content_version_create()
+    version = content.content_version_create()
     return content.content_model_build(version_id=version.pk)
 
 
@@ -99,6 +99,8 @@ def test_a_second_encoder_run_waits_for_none_while_one_holds_the_lock(built):
         other.execute("SELECT pg_advisory_lock(hashtext(%s))", [content.ENCODE_LOCK])
 
         assert content.content_items_encode() == 0
+        # Released before closing: a closed session's locks go only once its backend has exited.
+        other.execute("SELECT pg_advisory_unlock(hashtext(%s))", [content.ENCODE_LOCK])
 
     assert content.content_items_encode() == 1
 
@@ -127,7 +129,7 @@ def test_a_failed_build_leaves_the_served_version_untouched(built, settings, mon
         raise RuntimeError("encoder exploded")
 
     monkeypatch.setattr(content, "kmeans_centroids", broken)
-    version = services.content_version_create()
+    version = content.content_version_create()
 
     with pytest.raises(RuntimeError):
         content.content_model_build(version_id=version.pk)

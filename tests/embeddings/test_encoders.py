@@ -374,3 +374,11 @@ def test_any_sentence_transformers_path_is_accepted_and_named_by_it(minilm):
     np.testing.assert_allclose(encoder.encode(["a kitten"]), minilm.encode(["a kitten"]), atol=1e-6)
     with pytest.raises(ValueError, match="384"):
         encoder_create(name="minilm", dimensions=256)
+
+
+def test_l2_normalise_scales_rows_to_unit_length_and_keeps_zero_and_empty_inputs():
+    rows = encoders.l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0], [1e-7, 0.0]], dtype=np.float32))
+
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
+    assert rows.dtype == np.float32
+    assert encoders.l2_normalise(np.zeros((0, 3))).shape == (0, 3)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from embeddings import services
+from embeddings.fold_in import user_vector_fold_in
 from embeddings.freshness import PENDING_KEY, _redis, users_fold_in
 from embeddings.learners import LearnerParams
-from embeddings.vector_search import vectors_of
+from embeddings.vectors.rows import vectors_of
 from recsys.models import Interaction, Item, User
 from recsys.services import interactions_ingest
 
@@ -113,7 +114,7 @@ def test_bulk_fold_in_in_batches_gives_each_user_the_vector_of_their_own_history
         weights = [
             sum(Interaction.objects.filter(user_id=pk, item_id=item).values_list("weight", flat=True)) for item in items
         ]
-        alone = freshness.user_vector_fold_in(trained, items, np.array(weights, dtype=np.float32))
+        alone = user_vector_fold_in(trained, items, np.array(weights, dtype=np.float32))
         np.testing.assert_allclose(user_vector(trained, external_id), alone, rtol=1e-5, atol=1e-6)
 
 

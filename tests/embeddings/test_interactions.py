@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from embeddings.interactions import bm25_confidence, build_matrix, decay
+from embeddings.interactions import (
+    COPY_ROW,
+    PG_EPOCH_SECONDS,
+    bm25_confidence,
+    build_matrix,
+    decay,
+    events_from_binary_copy,
+)
 
 
 def test_weights_of_repeated_pairs_are_summed_and_ids_mapped():
@@ -39,3 +47,38 @@ def test_bm25_keeps_dislikes_negative_and_likes_positive():
     weighted = bm25_confidence(built.matrix).toarray()
 
     assert (np.sign(weighted) == np.sign(built.matrix.toarray())).all()
+
+
+def _binary_copy(rows: list[tuple[int, int, float, float]]) -> bytes:
+    table = np.zeros(len(rows), dtype=COPY_ROW)
+    table["fields"] = 4
+    for name in ("user_len", "item_len", "weight_len", "ts_len"):
+        table[name] = 8
+    table["user"] = [r[0] for r in rows]
+    table["item"] = [r[1] for r in rows]
+    table["weight"] = [r[2] for r in rows]
+    table["ts"] = [round((r[3] - PG_EPOCH_SECONDS) * 1e6) for r in rows]
+    return b"PGCOPY\n\xff\r\n\x00" + bytes(4) + (3).to_bytes(4, "big") + b"ext" + table.tobytes() + b"\xff\xff"
+
+
+@pytest.mark.parametrize("block", [1, 7, 50, 10_000])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 1000])
+def test_binary_copy_parses_into_columns_whatever_the_block_boundaries(block: int, chunk_rows: int) -> None:
+    rows = [(1, 10, 1.5, 1_700_000_000.25), (2, 11, -4.0, 946_684_800.0), (3, 12, 8.0, 0.5)]
+    data = _binary_copy(rows)
+
+    columns = events_from_binary_copy([data[i : i + block] for i in range(0, len(data), block)], chunk_rows=chunk_rows)
+
+    assert columns.user_ids.tolist() == [1, 2, 3] and columns.user_ids.dtype == np.int64
+    assert columns.item_ids.tolist() == [10, 11, 12]
+    assert columns.weights.tolist() == [1.5, -4.0, 8.0] and columns.weights.dtype == np.float32
+    assert columns.timestamps == pytest.approx([1_700_000_000.25, 946_684_800.0, 0.5], abs=1e-6)
+
+
+def test_binary_copy_of_nothing_and_truncated_streams() -> None:
+    assert len(events_from_binary_copy([]).user_ids) == 0
+    assert len(events_from_binary_copy([_binary_copy([])]).weights) == 0
+    with pytest.raises(ValueError, match="mid-row"):
+        events_from_binary_copy([_binary_copy([(1, 2, 3.0, 4.0)])[:-5]])
+    with pytest.raises(ValueError, match="not a PostgreSQL binary COPY"):
+        events_from_binary_copy([b"user_id\titem_id\n" * 3])

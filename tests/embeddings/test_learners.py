@@ -99,3 +99,27 @@ def test_low_rank_ease_equals_full_ease_on_unseen_items_when_the_rank_suffices()
     unseen = x == 0
     np.testing.assert_allclose((factors.user @ factors.item.T)[unseen], (x @ b)[unseen], atol=1e-4)
     np.testing.assert_allclose(factors.user, x @ factors.item_in, atol=1e-4)
+
+
+def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatch):
+    """Above EXACT_SVD_MAX_ITEMS the SVD is sklearn's randomised one: same singular values and
+    subspace as ARPACK's on a matrix whose spectrum decays, so EASE scores do not change."""
+    from embeddings import learners
+
+    rng = np.random.default_rng(5)
+    matrix = sp.csr_matrix(rng.random((300, 8)) @ rng.random((8, 120)) + 0.01 * rng.random((300, 120)))
+    exact = learners.truncated_svd(matrix, 6, seed=1)
+    monkeypatch.setattr(learners, "EXACT_SVD_MAX_ITEMS", 0)
+
+    randomised = learners.truncated_svd(matrix, 6, seed=1)
+
+    np.testing.assert_allclose(np.sort(randomised.sigma), np.sort(exact.sigma), rtol=1e-6)
+    projection = lambda v: v @ v.T  # noqa: E731 (the subspace, whatever each vector's sign and order)
+    np.testing.assert_allclose(projection(randomised.v), projection(exact.v), atol=1e-6)
+    ease = {
+        name: learners.fit_ease(matrix, factors=6, regularization=5.0, svd=svd)
+        for name, svd in (("exact", exact), ("randomised", randomised))
+    }
+    np.testing.assert_allclose(
+        ease["randomised"].user @ ease["randomised"].item.T, ease["exact"].user @ ease["exact"].item.T, atol=1e-4
+    )

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from embeddings import services
+from embeddings import runs, services
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version
@@ -86,7 +86,7 @@ def test_training_without_interactions_fails_cleanly():
 def test_a_second_claim_is_refused_until_the_lease_expires():
     running = services.collaborative_version_create(params=PARAMS)
 
-    with pytest.raises(services.TrainingAlreadyRunning):
+    with pytest.raises(runs.TrainingAlreadyRunning):
         services.collaborative_version_create(params=PARAMS)
 
     ModelVersion.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
@@ -99,7 +99,7 @@ def test_rollback_activates_an_older_version(communities):
     first, second = train(), train()
     assert active_version(kind="collaborative").pk == second.pk
 
-    services.model_version_activate(version_id=first.pk)
+    runs.model_version_activate(version_id=first.pk)
 
     assert active_version(kind="collaborative").pk == first.pk
     assert ModelVersion.objects.get(pk=second.pk).status == Status.READY
@@ -111,19 +111,41 @@ def test_old_versions_are_pruned_by_dropping_their_tables(communities):
 
     pruned = ModelVersion.objects.get(pk=first.pk)
     assert pruned.status == Status.RETIRED and not pruned.has_tables
-    with pytest.raises(services.ModelVersionNotReady):
-        services.model_version_activate(version_id=first.pk)
+    with pytest.raises(runs.ModelVersionNotReady):
+        runs.model_version_activate(version_id=first.pk)
     assert active_version(kind="collaborative").pk == third.pk
 
 
-def test_tuning_tries_low_rank_ease_and_keeps_the_best_on_validation(communities, settings):
+def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communities, settings):
     settings.RECSYS_CF_TUNE = True
-    settings.RECSYS_EASE_REGULARIZATION = [1.0, 10.0]
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 4
 
     version = train()
 
     tried = version.progress["candidates"]
     best = max(tried, key=lambda c: c["ndcg@10"])
-    assert [c["algorithm"] for c in tried] == ["als", "ease", "ease"]
+    assert [c["algorithm"] for c in tried] == ["ease"] * 4 + ["als"] * 4
     assert version.algorithm == best["algorithm"]
+    assert version.params["weight_scale"] == pytest.approx(8.0)  # every event is a purchase (weight 8)
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
+
+
+def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communities, monkeypatch):
+    """The binary COPY is decoded a chunk of rows at a time (short GIL holds for the run's heartbeat);
+    chunk boundaries change nothing, and the matrix holds exactly the stored events."""
+    from embeddings import interactions
+    from recsys.models import Interaction
+
+    whole = services.interactions_load(half_life_days=None)
+    decode = interactions.events_from_binary_copy
+    monkeypatch.setattr(services, "events_from_binary_copy", lambda blocks: decode(blocks, chunk_rows=7))
+
+    chunked = services.interactions_load(half_life_days=None)
+
+    assert (chunked.matrix != whole.matrix).nnz == 0 and whole.matrix.nnz == 240
+    assert (chunked.user_ids == whole.user_ids).all() and (chunked.item_ids == whole.item_ids).all()
+    stored = Interaction.objects.order_by("user_id", "item_id").values_list("user_id", "item_id", "weight")
+    coo = whole.matrix.tocoo()
+    rows = {(whole.user_ids[u], whole.item_ids[i]): w for u, i, w in zip(coo.row, coo.col, coo.data, strict=True)}
+    assert sorted(rows) == [(u, i) for u, i, _ in stored]
+    assert all(rows[(u, i)] == pytest.approx(w) for u, i, w in stored)

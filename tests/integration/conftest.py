@@ -41,15 +41,10 @@ def live_env(transactional_db: None) -> Iterator[dict[str, str]]:
     env.update(DATABASE_URL=url, REDIS_URL=settings.REDIS_URL, PORT=str(free_port()), WEB_CONCURRENCY="2")
     yield env
     # Version tables are not Django's: drop them before the test database is flushed.
-    from psycopg import sql
-
-    from embeddings import vector_store
     from embeddings.models import ModelVersion, VectorSpace
+    from embeddings.vectors import tables
 
     for version_id in ModelVersion.objects.values_list("pk", flat=True):
-        vector_store.tables_drop(version_id)
-    with connection.cursor() as cursor:
-        for space in VectorSpace.objects.all():
-            cursor.execute(
-                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(space.table)).as_string(connection.connection)
-            )
+        tables.tables_drop(version_id)
+    for name in VectorSpace.objects.values_list("name", flat=True):
+        tables.space_table_drop(name)

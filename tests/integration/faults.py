@@ -106,21 +106,28 @@ def redis_binary() -> str:
 
 
 class PrivateRedis:
-    """A redis-server on a TCP port of its own, without persistence, that a test can stop and restart."""
+    """A redis-server on a TCP port of its own (or, with ``unix_socket``, on a socket in ``workdir``
+    as the embedded one listens), without persistence, that a test can stop and restart."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, *, unix_socket: bool = False) -> None:
         self.port, self.workdir, self.proc = port, workdir, None
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.socket = workdir / "redis.sock" if unix_socket else None
+        self.url = f"unix://{self.socket}" if self.socket else f"redis://127.0.0.1:{port}/0"
 
     def start(self) -> None:
-        command = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        listen = ["--port", "0", "--unixsocket", str(self.socket)] if self.socket else ["--port", str(self.port)]
+        command = [redis_binary(), *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
             [*command, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        poll(lambda: self._answers(self.client()), 10, "redis to start")
+
+    def client(self) -> Any:
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        poll(lambda: self._answers(client), 10, "redis to start")
+        if self.socket:
+            return redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5)
+        return redis.Redis(port=self.port, socket_connect_timeout=0.5)
 
     @staticmethod
     def _answers(client: Any) -> bool:

@@ -41,7 +41,7 @@ def collaborative_train(regularization: float = 10.0) -> ModelVersion:
 
 
 def content_build() -> ModelVersion:
-    version = services.content_version_create()
+    version = content.content_version_create()
     return content.content_model_build(version_id=version.pk)
 
 

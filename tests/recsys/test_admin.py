@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from recsys import admin_selectors, dashboard
 from recsys.api_keys import hash_key
 from recsys.models import ApiKey, Item, User
-from recsys.services import items_upsert
+from recsys.services import interactions_ingest, items_upsert
 from tests.factories import InteractionFactory, ItemFactory
 from tests.recsys.admin_setup import catalogue_store, interactions_store, models_trained
 
@@ -232,8 +234,10 @@ def test_dashboard_shows_counts_activity_models_runs_and_services(admin_client, 
     assert re.search(r'id="count-items">17<', html) and re.search(r'id="count-users">12<', html)
     assert re.search(r'id="count-interactions">64<', html)
     assert re.search(r'id="awaiting-encoding">1<', html)
-    chart = json.loads(html.split('id="per-hour-data" type="application/json">')[1].split("</script>")[0])
-    assert len(chart["values"]) == 48 and sum(chart["values"]) == 64
+    chart = json.loads(html.split('id="activity-data" type="application/json">')[1].split("</script>")[0])
+    by_event, by_arrival = chart["series"]
+    assert by_event["name"] == "by event time" and by_arrival["name"] == "by arrival time"
+    assert len(chart["labels"]) == len(by_event["values"]) == 48 and sum(by_arrival["values"]) == 64
     models = html.split('id="active-models"')[1].split("</table>")[0]
     assert f"v{collaborative.pk}</a> ease" in models and f"v{built.pk}</a> fake" in models
     runs = html.split('id="last-runs"')[1]
@@ -280,13 +284,44 @@ def test_no_worker_answering_reads_none_answered():
     assert dashboard.workers_state() is None  # no worker runs beside the unit tests
 
 
-def test_interactions_per_hour_fills_quiet_hours_with_zeros():
+def test_activity_fills_quiet_hours_with_zeros():
     catalogue_store()
     interactions_store()
 
-    hours = admin_selectors.interactions_per_hour(hours=48)
+    activity = admin_selectors.interactions_activity(hours=48)
 
-    assert len(hours) == 48 and [n for _, n in hours[:-1]] == [0] * 47 and hours[-1][1] == 64
+    assert len(activity.hours) == len(activity.by_arrival) == len(activity.by_event) == 48
+    assert activity.by_arrival[:-1] == [0] * 47 and activity.by_arrival[-1] == 64
+
+
+def test_an_import_of_older_events_is_charted_when_they_happened_and_when_they_arrived():
+    # Given one import, now, of events spread over the last ten hours (and one from last month)
+    catalogue_store()
+    now = timezone.now()
+    rows = [
+        {"user": f"u{n}", "item": "sky1", "type": "view", "timestamp": (now - timedelta(hours=n)).isoformat()}
+        for n in range(10)
+    ]
+    rows.append({"user": "u0", "item": "sky2", "type": "view", "timestamp": (now - timedelta(days=30)).isoformat()})
+    assert not interactions_ingest(rows=rows).errors
+
+    # When the dashboard charts the last 48 hours
+    activity = admin_selectors.interactions_activity(hours=48, now=now)
+
+    # Then event time shows one event in each of the last ten hours, arrival time one spike of all
+    assert activity.by_event[-10:] == [1] * 10 and sum(activity.by_event) == 10
+    assert activity.by_arrival[-1] == 11 and sum(activity.by_arrival) == 11
+
+
+def test_activity_counts_events_up_to_a_day_ahead_of_their_arrival():
+    catalogue_store()
+    now = timezone.now()
+    ahead = now + timedelta(hours=20)  # within the clock skew ingestion accepts
+
+    interactions_ingest(rows=[{"user": "u0", "item": "sky1", "type": "view", "timestamp": ahead.isoformat()}])
+    activity = admin_selectors.interactions_activity(hours=48, now=ahead)
+
+    assert activity.by_event[-1] == 1 and sum(activity.by_arrival) == 1
 
 
 # ---- API keys ---------------------------------------------------------------------------------
@@ -320,3 +355,78 @@ def test_unknown_scopes_are_refused_in_the_admin_form(admin_client):
     assert response.status_code == 200
     assert "root" in response.content.decode()
     assert not ApiKey.objects.exists()
+
+
+# ---- every page: the operator pages in the sidebar, a favicon; times written for people ----------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/recsys/item/",
+        "/admin/recsys/interaction/",
+        "/admin/recsys/eventtype/view/change/",
+        "/admin/auth/user/",
+        "/admin/embeddings/modelversion/",
+        "/admin/embeddings/modelversion/map/",
+        "/admin/dashboard/",
+        "/admin/preview/",
+    ],
+)
+def test_every_admin_page_links_the_operator_pages_in_its_sidebar_and_has_a_favicon(admin_client, url):
+    html = page(admin_client.get(url))
+
+    sidebar = html.split('id="nav-sidebar"')[1].split("</nav>")[0]
+    operations = sidebar.split('id="nav-operations"')[1].split("</table>")[0]
+    for link in (
+        "/admin/dashboard/",
+        "/admin/embeddings/modelversion/",
+        "/admin/embeddings/modelversion/map/",
+        "/admin/preview/",
+    ):
+        assert f'href="{link}"' in operations
+    assert sidebar.index('id="nav-operations"') < sidebar.index("app-recsys")  # first, above the apps
+    assert re.search(r'<link rel="icon" href="/static/recsys/favicon[^"]*\.svg"', html)
+
+
+def test_the_sidebar_marks_the_operator_page_being_shown(admin_client):
+    operations = page(admin_client.get("/admin/embeddings/modelversion/map/")).split('id="nav-operations"')[1]
+
+    assert re.search(r'<tr class="model-map current-model">', operations)
+    assert '<tr class="model-models">' in operations
+
+
+def test_the_index_lists_the_operator_pages_with_what_they_show(admin_client):
+    html = page(admin_client.get("/admin/"))
+
+    assert 'id="operations-module"' in html and "queues, workers, health" in html
+
+
+def test_raw_timestamps_in_messages_are_written_as_a_time_and_how_far_it_is():
+    from datetime import datetime
+
+    from recsys.admin_format import timestamps_humanized
+
+    now = datetime(2026, 12, 3, 22, 44, 0, tzinfo=UTC)
+
+    assert timestamps_humanized("training until 2026-12-03 22:48:22.116288+00:00", now=now) == (
+        "training until 22:48:22 UTC (in 4 min)"
+    )
+    assert timestamps_humanized("lease ran out at 2026-11-30T10:00:00Z", now=now) == (
+        "lease ran out at 2026-11-30 10:00 UTC (4 days ago)"
+    )
+    assert timestamps_humanized("no time here", now=now) == "no time here"
+
+
+def test_interaction_list_writes_moments_compactly(admin_client):
+    catalogue_store()
+    interactions_store()
+
+    rows = result_list(page(admin_client.get("/admin/recsys/interaction/")))
+
+    assert re.search(r'class="field-happened"><a [^>]+>\d\d:\d\d:\d\d</a>', rows)
+    assert re.search(r'<td class="field-received">\d\d:\d\d:\d\d</td>', rows)
+    assert re.search(r'<td class="field-item_shown">sky\d · ', rows) or re.search(
+        r'field-item_shown">cooking\d · ', rows
+    )
+    assert "+00:00" not in rows

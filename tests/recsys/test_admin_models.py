@@ -9,9 +9,15 @@ import re
 import numpy as np
 import pytest
 
-from embeddings import maps, operations, services, tasks
+from embeddings import content, maps, operations, runs, services, tasks
 from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, Status
-from tests.recsys.admin_setup import catalogue_store, collaborative_train, interactions_store, models_trained
+from tests.recsys.admin_setup import (
+    catalogue_store,
+    collaborative_train,
+    content_build,
+    interactions_store,
+    models_trained,
+)
 
 pytestmark = pytest.mark.django_db
 MODELS = "/admin/embeddings/modelversion/"
@@ -67,8 +73,54 @@ def test_version_page_shows_parameters_timings_and_each_metric_beside_popularity
     assert 'id="activate-version"' in html  # ready, not active: it can be activated
 
 
+def test_version_page_is_a_read_only_record_with_tables_not_json(admin_client, two_versions):
+    older, _ = two_versions
+
+    html = admin_client.get(f"{MODELS}{older.pk}/change/").content.decode()
+
+    assert 'name="_save"' not in html and 'name="_continue"' not in html and "closelink" in html
+    assert "<th scope='row'>regularization</th><td>10</td>" in html  # parameters
+    assert re.search(r"<th scope='row'>fit</th><td class='recsys-number'>[\d.,]+ s</td>", html)  # timings
+    assert '<th scope="row">total</th>' in html
+    assert f"<th scope='row'>interactions</th><td>{older.counts['interactions']:,}</td>" in html  # counts
+    assert "<th scope='row'>stage</th><td>done</td>" in html  # progress
+    assert "{&quot;" not in html and '{"' not in html.split('id="content-main"')[1].split("</form>")[0]
+
+
+def test_a_finished_run_says_done_and_a_failed_one_says_failed(settings):
+    settings.RECSYS_CF_TUNE = False
+    catalogue_store()  # items, but no interactions to learn from
+    failing = services.collaborative_version_create()
+
+    with pytest.raises(ValueError, match="no interactions"):
+        services.collaborative_model_train(version_id=failing.pk)
+    interactions_store()
+    finished = collaborative_train()
+
+    failing.refresh_from_db()
+    assert failing.status == Status.FAILED and failing.progress["stage"] == "failed"
+    assert finished.status == Status.ACTIVE and finished.progress["stage"] == "done"
+    assert finished.progress["candidates"]  # what the run reported on the way is kept
+
+
+def test_a_built_content_version_says_done(settings):
+    settings.RECSYS_CONTENT_ENCODER = "fake"
+    catalogue_store()
+
+    assert content_build().progress["stage"] == "done"
+
+
+def test_maps_and_vector_spaces_are_read_only_records(admin_client, settings):
+    collaborative, _ = models_trained(settings)
+    emap = maps.embedding_map_compute(version_id=collaborative.pk)
+
+    html = admin_client.get(f"/admin/embeddings/embeddingmap/{emap.pk}/change/").content.decode()
+
+    assert 'name="_save"' not in html and "closelink" in html
+
+
 def test_training_progress_is_shown_and_the_page_refreshes_itself_meanwhile(admin_client, data):
-    version = services.content_version_create()
+    version = content.content_version_create()
     ModelVersion.objects.filter(pk=version.pk).update(progress={"stage": "encoding", "done": 2048, "left": 6144})
 
     html = admin_client.get(MODELS).content.decode()
@@ -115,6 +167,7 @@ def test_a_second_run_while_one_trains_becomes_a_message(admin_client, data):
     assert response.status_code == 200
     [message] = messages_of(response)
     assert message.startswith("Collaborative training not started: version") and str(running.pk) in message
+    assert re.search(r"until \d\d:\d\d:\d\d UTC \(in \d+ min\)$", message), message  # not 22:48:22.116288+00:00
     assert ModelVersion.objects.count() == 1
 
 
@@ -222,7 +275,7 @@ def test_map_of_a_content_version_is_computed_by_the_task_and_coloured_by_cluste
     assert emap.state == EmbeddingMap.State.READY and emap.coloured_by == "cluster" and emap.sample_size == 16
     points = admin_client.get(f"{MODELS}map/{built.pk}/points.json").json()
     assert len(points["x"]) == len(points["y"]) == len(points["item"]) == len(points["title"]) == 16
-    assert all(label.startswith("cluster") for label in points["groups"][:-1])
+    assert points["groups"][-1] == "no cluster" and len(points["colours"]) == len(points["groups"])
     assert "Telescope and comet" in points["title"]
 
 
@@ -250,7 +303,7 @@ def test_map_page_defaults_to_the_active_collaborative_version_and_draws_its_poi
     assert f'<option value="{collaborative.pk}" selected>' in html
     assert f'data-url="{MODELS}map/{collaborative.pk}/points.json"' in html
     assert 'data-item-url="/admin/recsys/item/{id}/change/"' in html
-    assert "16 items, coloured by category" in html
+    assert "16 items, coloured by first category, t-SNE of the 8-d vectors" in html
 
 
 def test_map_page_without_a_map_offers_to_compute_it(admin_client, settings):
@@ -274,7 +327,7 @@ def test_a_pending_map_refreshes_its_page(admin_client, settings, monkeypatch):
 
 def test_a_version_without_vectors_cannot_be_mapped(admin_client, two_versions):
     older, _ = two_versions
-    services.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
+    runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
 
     response = admin_client.post(f"{MODELS}map/{older.pk}/compute/", follow=True)
 

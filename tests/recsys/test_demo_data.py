@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from recsys.management.commands.generate_demo_data import EVENT_MIX, GENERAL_WORDS, TOPICS
+from recsys.management.commands.generate_demo_data import EVENT_MIX, GENERAL_WORDS, TITLE_EDITS, TOPICS
 from recsys.models import EventType, Interaction, Item, User
 
 pytestmark = pytest.mark.django_db
@@ -72,7 +72,7 @@ def test_ids_are_zero_padded_and_every_event_is_stored() -> None:
 
     assert Item.objects.filter(external_id="item-000001").exists()
     assert User.objects.filter(external_id="user-000060").exists()
-    assert (Item.objects.count(), User.objects.count()) == (240, 60)
+    assert (Item.objects.count(), User.objects.count()) == (240 + 3, 60)  # 3 re-listings, one per 100
     assert Interaction.objects.count() > 5_990  # a few random draws may repeat one (user, item, type, time)
 
 
@@ -88,11 +88,28 @@ def test_users_mostly_interact_with_items_of_their_preferred_topics() -> None:
 def test_item_text_is_drawn_mostly_from_its_topic_vocabulary() -> None:
     generate()
 
-    for title, text, categories in Item.objects.values_list("title", "text", "categories"):
+    originals = Item.objects.exclude(external_id__endswith="-relisted")
+    for title, text, categories in originals.values_list("title", "text", "categories"):
         words = text.rstrip(".").lower().split()
         assert sum(word in TOPICS[categories[0]] for word in words) / len(words) > 0.4
         assert all(word.lower() in TOPICS[categories[0]] for word in title.split()[:3])
         assert title.split()[-1].lower() in GENERAL_WORDS
+
+
+def test_one_item_in_a_hundred_is_re_listed_with_an_edited_title_and_the_same_text() -> None:
+    generate()
+
+    relisted = Item.objects.filter(external_id__endswith="-relisted").order_by("external_id")
+    assert [item.external_id for item in relisted] == [
+        "item-000001-relisted",
+        "item-000101-relisted",
+        "item-000201-relisted",
+    ]
+    for copy in relisted:
+        original = Item.objects.get(external_id=copy.external_id.removesuffix("-relisted"))
+        assert (copy.text, copy.categories) == (original.text, original.categories)
+        assert copy.title != original.title and copy.title in {edit.format(original.title) for edit in TITLE_EDITS}
+        assert not copy.interactions.exists()
 
 
 def test_popularity_is_skewed_within_a_topic() -> None:
@@ -112,7 +129,8 @@ def test_event_types_are_mixed_and_weighted_and_only_ratings_carry_values() -> N
     assert kinds.most_common(1)[0][0] == "view"
     types = {t.name: t for t in EventType.objects.all()}
     for event in Interaction.objects.iterator():
-        assert event.weight == types[event.event_type].weight_of(event.value)
+        rule = types[event.event_type]
+        assert event.weight == (rule.weight * event.value if rule.uses_value else rule.weight)
         assert (event.value is not None) == (event.event_type == "rating")
         assert event.value is None or 1.0 <= event.value <= 5.0
 

@@ -18,8 +18,8 @@ def test_default_event_types_and_weights_are_seeded():
     weights = dict(EventType.objects.values_list("name", "weight"))
 
     assert weights == {"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8, "like": 4, "dislike": -4, "rating": 1}
-    assert EventType.objects.get(name="rating").weight_of(4.5) == 4.5
-    assert EventType.objects.get(name="click").weight_of(4.5) == 2
+    assert EventType.objects.get(name="rating").uses_value
+    assert not EventType.objects.exclude(name="rating").filter(uses_value=True).exists()
 
 
 @pytest.mark.parametrize("model", [User, Item])

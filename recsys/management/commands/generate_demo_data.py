@@ -11,19 +11,12 @@ import numpy as np
 import numpy.typing as npt
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from recsys.imports import (
-    CHUNK_ROWS,
-    EventArrays,
-    EventRules,
-    ImportReport,
-    ItemRow,
-    UserRow,
-    ids_resolve,
-    interaction_arrays_load,
-    items_load,
-    progress_bar,
-    users_load,
-)
+from recsys.ingestion.documents import ItemRow, UserRow, items_load, users_load
+from recsys.ingestion.events import event_rules_load, interaction_arrays_load
+from recsys.ingestion.readers import CHUNK_ROWS
+from recsys.ingestion.report import ImportReport, progress_bar
+from recsys.ingestion.rules import EventArrays
+from recsys.ingestion.writer import ids_resolve
 from recsys.models import Item, User
 
 Ints = npt.NDArray[np.int64]
@@ -82,6 +75,11 @@ EVENT_MIX: dict[str, tuple[float, float]] = {
     "dislike": (0.01, 0.09),
     "rating": (0.10, 0.05),
 }
+# One item in RELIST_EVERY is listed a second time by its seller under an edited title, with the
+# same description: the near-duplicates that GET /items/{id}/duplicates finds. Re-listings are new
+# items (``item-000001-relisted``) beside the --items originals and have no events yet.
+RELIST_EVERY = 100
+TITLE_EDITS = ("{} (2nd edition)", "{} - like new", "New: {}", "{} + free shipping", "{}, re-listed")
 IN_TOPIC_SHARE = 0.85  # of a user's events fall in their preferred topics
 SECONDARY_TOPIC_SHARE = 0.2  # of items have a second category
 ZIPF_EXPONENT = 1.0  # popularity of the k-th item of a topic ∝ 1/k^s
@@ -143,12 +141,20 @@ class Catalog:
         text = words[topic, rng.integers(0, VOCABULARY_SIZE, (count, TEXT_WORDS))]
         title = words[self.primary[:, None], rng.integers(0, VOCABULARY_SIZE, (count, 3))]
         suffix = words[general, rng.integers(0, VOCABULARY_SIZE, count)]
+        edits = rng.integers(0, len(TITLE_EDITS), count)
+        relisted = []
         for k in range(count):
             categories = [self.topics[self.primary[k]][0]]
             if self.secondary[k] >= 0:
                 categories.append(self.topics[self.secondary[k]][0])
             heading = " ".join(word.capitalize() for word in [*title[k], suffix[k]])
-            yield ItemRow(item_id(k), heading, " ".join(text[k]).capitalize() + ".", categories)
+            row = ItemRow(item_id(k), heading, " ".join(text[k]).capitalize() + ".", categories)
+            if k % RELIST_EVERY == 0:
+                relisted.append(
+                    ItemRow(f"{row.external_id}-relisted", TITLE_EDITS[edits[k]].format(heading), row.text, categories)
+                )
+            yield row
+        yield from relisted
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,7 @@ class Command(BaseCommand):
         items, users, topics, seed = options["items"], options["users"], options["topics"], options["seed"]
         if min(users, topics, options["interactions"] + 1) < 1 or items < topics:
             raise CommandError("need at least one user and one topic, and at least as many items as topics")
-        rules = EventRules.load()
+        rules = event_rules_load()
         codes = rules.codes(list(EVENT_MIX))
         if (codes < 0).any():
             raise CommandError(f"the demo needs the event types {', '.join(EVENT_MIX)}")

@@ -10,7 +10,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recsys.errors import ValidationFailed
-from recsys.imports import RawEvents, csv_events_read, data_lines, interactions_load, jsonl_events_read, progress_bar
+from recsys.ingestion.events import interactions_load
+from recsys.ingestion.readers import csv_events_read, data_lines, jsonl_events_read
+from recsys.ingestion.report import progress_bar
+from recsys.ingestion.rules import RawEvents
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 

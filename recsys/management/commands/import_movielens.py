@@ -11,17 +11,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from recsys.errors import ValidationFailed
-from recsys.imports import (
-    ImportReport,
-    ItemRow,
-    RawEvents,
-    csv_events_read,
-    data_lines,
-    delimited_events_read,
-    interactions_load,
-    items_load,
-    progress_bar,
-)
+from recsys.ingestion.documents import ItemRow, items_load
+from recsys.ingestion.events import interactions_load
+from recsys.ingestion.readers import csv_events_read, data_lines, delimited_events_read
+from recsys.ingestion.report import ImportReport, progress_bar
+from recsys.ingestion.rules import RawEvents
 from recsys.validation import MAX_TEXT_CHARS, MAX_TITLE_CHARS
 
 NO_GENRES = {"(no genres listed)", "unknown"}  # ml-latest and ml-100k spell "no genre" these ways

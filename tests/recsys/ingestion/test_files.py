@@ -12,7 +12,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from recsys.imports import csv_events_read, interactions_load
+from recsys.ingestion.events import interactions_load
+from recsys.ingestion.readers import csv_events_read
 from recsys.models import EventType, Interaction, Item, User
 from tests.factories import ItemFactory
 

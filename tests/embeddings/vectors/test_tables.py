@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from embeddings import vector_store
+from embeddings.vectors import tables
 from tests.factories import ItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -21,10 +21,10 @@ def table_exists(name: str) -> bool:
 def test_vectors_are_copied_indexed_and_searchable_by_inner_product():
     items = [ItemFactory() for _ in range(3)]
     vectors = np.array([[1, 0], [0, 1], [0.7, 0.7]], dtype=np.float32)
-    vector_store.tables_create(9001, 2)
+    tables.tables_create(9001, 2)
 
-    copied = vector_store.vectors_copy(9001, "item", np.array([i.pk for i in items]), vectors)
-    vector_store.index_build(9001, "item")
+    copied = tables.vectors_copy(9001, "item", np.array([i.pk for i in items]), vectors)
+    tables.index_build(9001, "item")
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT item_id FROM embeddings_v9001_item ORDER BY embedding <#> '[1, 0.1]' LIMIT 2")
@@ -38,8 +38,8 @@ def test_vectors_are_copied_indexed_and_searchable_by_inner_product():
 
 def test_deleting_an_item_removes_its_vectors():
     item = ItemFactory()
-    vector_store.tables_create(9002, 2)
-    vector_store.vectors_copy(9002, "item", np.array([item.pk]), np.ones((1, 2), np.float32))
+    tables.tables_create(9002, 2)
+    tables.vectors_copy(9002, "item", np.array([item.pk]), np.ones((1, 2), np.float32))
 
     item.delete()
 
@@ -49,14 +49,14 @@ def test_deleting_an_item_removes_its_vectors():
 
 
 def test_dropping_a_version_drops_its_tables():
-    vector_store.tables_create(9003, 4)
+    tables.tables_create(9003, 4)
     assert table_exists("embeddings_v9003_item") and table_exists("embeddings_v9003_user")
 
-    vector_store.tables_drop(9003)
+    tables.tables_drop(9003)
 
     assert not table_exists("embeddings_v9003_item") and not table_exists("embeddings_v9003_user")
 
 
 def test_mismatched_ids_and_vectors_are_refused():
     with pytest.raises(ValueError):
-        vector_store.vectors_copy(9004, "item", np.array([1, 2]), np.ones((1, 2), np.float32))
+        tables.vectors_copy(9004, "item", np.array([1, 2]), np.ones((1, 2), np.float32))

@@ -1,4 +1,4 @@
-"""Nearest-neighbour queries over a version's item vectors, with filters inside the query.
+"""Nearest-neighbour queries over a vector table's items, with filters inside the query.
 
 pgvector ≥ 0.8 keeps scanning the HNSW graph until ``limit`` rows pass the filters (iterative
 index scans). On older versions the index returns at most ``hnsw.ef_search`` candidates before
@@ -7,7 +7,7 @@ filtering, so the search widens ef_search and, past its ceiling, falls back to a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
-from django.db import connection, transaction
+from django.db import transaction
 from pgvector import Vector
-from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from embeddings.vector_store import pgvector_version
+from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
 
 EF_SEARCH_START = 100
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
@@ -116,12 +114,11 @@ def _rows(
     with a generic plan: LIMITs are literals, as a LIMIT parameter makes PostgreSQL re-plan every
     time (0.7 ms of an uncached recommendation's 2.9 ms in PostgreSQL, bench/serve_profile.py).
     Not under ``local`` planner settings: a cached plan would not see them."""
-    raw = vector_connection()
-    _session_settings(raw, session)
-    with transaction.atomic() if local else nullcontext(), psycopg.Cursor(raw) as cursor:
+    _session_settings(session)
+    with transaction.atomic() if local else nullcontext(), cursor() as cur:
         if local:
-            cursor.execute(_set_config(local, is_local=True))
-        return cursor.execute(statement, params, binary=True, prepare=False if local else None).fetchall()
+            cur.execute(_set_config(local, is_local=True))
+        return cur.execute(statement, params, binary=True, prepare=False if local else None).fetchall()
 
 
 # The hot path in one statement: the user, their stored vector, their seen items and the search.
@@ -180,56 +177,12 @@ def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql
     return sql.SQL("SELECT ") + sql.SQL(", ").join(calls)
 
 
-def _session_settings(raw: Any, settings: tuple[tuple[str, str], ...]) -> None:
+def _session_settings(settings: tuple[tuple[str, str], ...]) -> None:
     """Apply session settings only when they differ from what this connection already has."""
+    raw = raw_connection()
     current = getattr(raw, "_recsys_settings", {})
     wanted = {k: v for k, v in settings if current.get(k) != v}
     if wanted:
-        with psycopg.Cursor(raw) as cursor:
-            cursor.execute(_set_config(tuple(wanted.items()), is_local=False))
+        with cursor() as cur:
+            cur.execute(_set_config(tuple(wanted.items()), is_local=False))
         raw._recsys_settings = {**current, **wanted}
-
-
-def vectors_of(
-    table: str, owner_column: str, ids: list[int], column: str = "embedding"
-) -> dict[int, npt.NDArray[np.float32]]:
-    """Stored vectors (``embedding`` or ``fold_in``) by owner id of one version table."""
-    owners, matrix = vectors_matrix(table, owner_column, ids, column=column)
-    return dict(zip(owners.tolist(), matrix, strict=True))
-
-
-def vectors_matrix(
-    table: str, owner_column: str, ids: Sequence[int] | npt.NDArray[np.int64], column: str = "embedding"
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Stored vectors of these owners as (sorted owner ids, one row each): rows are copied into
-    one matrix as they are read, so many vectors cost no more than their floats."""
-    if not len(ids):
-        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
-    statement = sql.SQL(
-        "SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL ORDER BY {col}"
-    ).format(col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table))
-    with psycopg.Cursor(vector_connection()) as cursor:
-        cursor.execute(statement, [np.asarray(ids, dtype=np.int64).tolist()], binary=True)
-        owners = np.empty(cursor.rowcount, dtype=np.int64)
-        matrix: npt.NDArray[np.float32] | None = None
-        for n, (owner, vector) in enumerate(cursor):
-            row = as_array(vector)
-            if matrix is None:
-                matrix = np.empty((len(owners), len(row)), dtype=np.float32)
-            owners[n], matrix[n] = owner, row
-    return owners, matrix if matrix is not None else np.empty((0, 0), dtype=np.float32)
-
-
-def as_array(value: object) -> npt.NDArray[np.float32]:
-    array = value.to_numpy() if isinstance(value, Vector) else value
-    return np.asarray(array, dtype=np.float32)
-
-
-def vector_connection():  # type: ignore[no-untyped-def]
-    """Django's psycopg connection with pgvector's types registered (once per connection)."""
-    connection.ensure_connection()
-    raw = connection.connection
-    if not getattr(raw, "_recsys_vector_registered", False):
-        register_vector(raw)
-        raw._recsys_vector_registered = True
-    return raw

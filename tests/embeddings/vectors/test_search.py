@@ -14,7 +14,7 @@ from django.db import connection
 from embeddings import services
 from embeddings.learners import LearnerParams
 from embeddings.recommendations import user_recommendations_list
-from embeddings.vector_search import Filters, user_nearest_items
+from embeddings.vectors.search import Filters, user_nearest_items
 from recsys.models import Interaction, Item
 from recsys.services import interactions_ingest, items_upsert
 

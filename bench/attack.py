@@ -1,0 +1,229 @@
+"""The search attack of issue 15: other clients' recommendation latency while ten clients (one read
+key each) hammer the heaviest keyword search the bounds allow, against gunicorn on loopback, with
+the expensive-request limits on and off; each server's own quiet phase is its baseline.
+
+    python -m recsys.run exec -- python bench/attack.py            # 50,000 generated items
+    python -m recsys.run exec -- python bench/attack.py --reuse    # keep the data for the next run
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing as mp
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    api_key,
+    celery_worker,
+    database_url,
+    drop_database,
+    gunicorn,
+    machine,
+    manage,
+    scratch_database_url,
+    write_section,
+)
+from quality import Api, train
+from serve import database_ready, ids
+
+PORT = 8768
+# Nine common words joined by OR: 8 operators (the default bound), and a match in most items, all of
+# which ts_rank_cd must rank: the most work one query within the bounds can ask for.
+HEAVY = "great or new or guide or best or simple or complete or modern or classic or essential"
+# What the issue sent: ~100 negations and no word to look for (now refused with 400).
+NEGATIONS = " ".join(["-red"] * 100)
+KEYS = """
+from recsys.api_keys import api_key_create
+for n in range({count}):
+    print(api_key_create(name=f"attacker-{{n}}", scopes=["read"], rate_limit="1000000/min")[1])
+"""
+
+
+def client(kind: str, port: int, key: str, paths: list[str], seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Requests back to back for ``seconds`` (a new connection each: sync workers close them);
+    a 429 is not waited on, as an attacker would not wait."""
+    headers = {"Authorization": f"Bearer {key}"}
+    answers: list[tuple[int, float]] = []
+    rng = random.Random()
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("GET", rng.choice(paths), headers=headers)
+            answer = conn.getresponse()
+            answer.read()
+            status = answer.status
+        except OSError:
+            status = 0
+        finally:
+            conn.close()
+        answers.append((status, time.perf_counter() - started))
+    out.put((kind, answers))
+
+
+def phase(port: int, jobs: list[tuple[str, str, list[str]]], seconds: float) -> dict[str, list[tuple[int, float]]]:
+    """All clients at once, one process each; (status, seconds) of every answer, by kind of client."""
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [mp.Process(target=client, args=(kind, port, key, paths, seconds, out)) for kind, key, paths in jobs]
+    for proc in procs:
+        proc.start()
+    results: dict[str, list[tuple[int, float]]] = {"normal": [], "attack": []}
+    for _ in procs:
+        kind, answers = out.get()
+        results[kind] += answers
+    for proc in procs:
+        proc.join()
+    return results
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000 if ordered else float("nan")
+
+
+def summary(results: dict[str, list[tuple[int, float]]], seconds: float) -> dict[str, object]:
+    normal = [latency for _, latency in results["normal"]]
+    attack = results["attack"]
+    statuses: dict[int, int] = {}
+    for status, _ in attack:
+        statuses[status] = statuses.get(status, 0) + 1
+    late = [latency for status, latency in attack if status == 200]
+    return {
+        "rps": len(normal) / seconds,
+        "p50": percentile(normal, 0.5),
+        "p99": percentile(normal, 0.99),
+        "max": max(normal, default=0.0) * 1000,
+        "errors": sum(1 for status, _ in results["normal"] if status != 200),
+        "attack": dict(sorted(statuses.items())),
+        "attack_200_max": max(late, default=0.0) * 1000,
+    }
+
+
+def load_data(url: str, items: int, interactions: int) -> None:
+    manage(
+        url,
+        "generate_demo_data",
+        "--items",
+        str(items),
+        "--users",
+        str(max(1000, interactions // 100)),
+        "--interactions",
+        str(interactions),
+        "--no-progress",
+    )
+
+
+def attacker_keys(url: str, count: int) -> list[str]:
+    printed = manage(url, "shell", "-c", KEYS.format(count=count), capture=True).split()
+    return [word for word in printed if word.startswith("rsk_")]  # the shell also says what it imported
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--interactions", type=int, default=500_000)
+    parser.add_argument("--clients", type=int, default=4, help="normal clients asking for recommendations")
+    parser.add_argument("--attackers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="quiet and attack phases, alternating")
+    parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
+    args = parser.parse_args()
+    name = f"recsys_bench_attack_{args.items}_{args.interactions}"
+    url = database_url(name)
+    reused = args.reuse and database_ready(url)
+    if reused:
+        manage(url, "migrate", "--no-input", "-v", "0")
+    else:
+        url = scratch_database_url(name)
+    try:
+        if not reused:
+            load_data(url, args.items, args.interactions)
+        key = api_key(url)
+        with celery_worker(url, "attack"), gunicorn(url, PORT):
+            version = active_model(Api(key, PORT)) if reused else None
+            version = version or train(Api(key, PORT))
+        rows = measure(url, key, args)
+    finally:
+        if not args.reuse:
+            drop_database(url)
+    report(rows, version, args)
+
+
+def active_model(api: Api) -> dict | None:  # type: ignore[type-arg]
+    models = api.call("GET", "/api/v1/models")
+    return next((m for m in models if m["kind"] == "collaborative" and m["status"] == "active"), None)  # type: ignore[union-attr, index]
+
+
+def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str, dict[str, object]]]:
+    users = ids(url, "user")
+    normal = [("normal", key, [f"/api/v1/users/{u}/recommendations?limit=10" for u in users])] * args.clients
+    searches = [f"/api/v1/search?mode=keyword&limit=200&q={quote(HEAVY)}"]
+    negations = [f"/api/v1/search?mode=keyword&q={quote(NEGATIONS)}"]
+    keys = attacker_keys(url, args.attackers)
+    phases = [
+        ("quiet", normal),
+        ("heaviest search allowed", normal + [("attack", k, searches) for k in keys]),
+        ("the issue's -red ×100", normal + [("attack", k, negations) for k in keys]),
+    ]
+    off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0"}
+    rows = []
+    for limits, env, names in (("on (defaults)", {}, 3), ("off", off, 2)):
+        with gunicorn(url, PORT, env=env) as master:
+            workers = len(master.children())
+            pooled: dict[str, dict[str, list[tuple[int, float]]]] = {}
+            # The phases alternate, so that the machine's other load falls on each alike.
+            for _ in range(args.rounds):
+                for name, jobs in phases[:names]:
+                    for kind, answers in phase(PORT, jobs, args.seconds).items():
+                        pooled.setdefault(name, {"normal": [], "attack": []})[kind] += answers
+            for name, results in pooled.items():
+                rows.append((f"{limits}, {workers} workers", name, summary(results, args.seconds * args.rounds)))
+                print(rows[-1], flush=True)
+    return rows
+
+
+def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: argparse.Namespace) -> None:  # type: ignore[type-arg]
+    lines = [
+        "## Search attack: recommendation latency while ten clients hammer search (`bench/attack.py`)",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} (shared with other work: compare rows of one "
+        f"run, not runs); generated catalogue of {args.items:,} items and {args.interactions:,} interactions, "
+        f"model v{version['version']}. {args.clients} normal client processes ask for personalised "
+        f"recommendations of random users (one read key); {args.attackers} attacker processes (a read key "
+        f"each, not waiting on 429) send `GET /search?mode=keyword&limit=200&q={HEAVY}` (the most work "
+        f"one query may ask for within the default bounds: 8 ORs of words found in most items), back to "
+        f"back; {args.rounds} rounds of a quiet and an attack phase of {args.seconds:.0f} s each, pooled; "
+        "all on loopback sharing the cores with the server, PostgreSQL and Redis. Expensive-request limits: "
+        "the defaults (total = half the machine's cores, a key half of that) or none (off); keyword queries "
+        "rank at most 2,000 matches (RECSYS_SEARCH_MAX_RANKED) in both. Each server's quiet phases are its "
+        "baseline. The attackers' own ten processes run on the same cores (a remote attacker's would not).",
+        "",
+        "| server: limits | phase | normal req/s | p50 | p99 | max | p99 / quiet p99 | attackers' answers "
+        "| attackers' slowest 200 |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    quiet: dict[str, float] = {}
+    for server, name, r in rows:
+        if name == "quiet":
+            quiet[server] = float(r["p99"])  # type: ignore[arg-type]
+        base = quiet.get(server) or quiet.get(next(iter(quiet)))
+        ratio = float(r["p99"]) / base if base else float("nan")  # type: ignore[arg-type]
+        answers = ", ".join(f"{status}: {n:,}" for status, n in r["attack"].items()) or "-"  # type: ignore[attr-defined]
+        lines.append(
+            f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['max']:.0f} ms | "
+            f"{ratio:.2f}× | {answers} | {r['attack_200_max']:.0f} ms |"
+        )
+    write_section("search-attack", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

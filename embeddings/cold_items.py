@@ -1,0 +1,74 @@
+"""Cold items in the collaborative space: a ridge map from content vectors to collaborative item vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# Candidate ridge penalties, as multiples of the mean squared singular value of the content matrix
+# (so the grid means the same for any encoder's scale and dimension); the best is picked on held-out items.
+RELATIVE_PENALTIES = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+@dataclass(frozen=True)
+class ContentMap:
+    """``predict(content) = [content, 1] @ weights``: a collaborative item vector from a content one.
+
+    weights : (d_content + 1, d_collaborative) float32, the last row is the bias
+    penalty : the ridge penalty chosen on held-out items; r2 : their coefficient of determination
+    """
+
+    weights: npt.NDArray[np.float32]
+    penalty: float
+    r2: float
+
+    def predict(self, content: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(n, d_content) float32 → (n, d_collaborative) float32."""
+        return np.asarray(_with_bias(content) @ self.weights, dtype=np.float32)
+
+
+def _with_bias(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    return np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
+
+
+def _ridge_path(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], penalties: list[float]
+) -> list[npt.NDArray[np.float64]]:
+    """Ridge solutions for every penalty from one SVD of ``x`` (the bias column is penalised too,
+    which at these penalties and a centred target changes nothing measurable)."""
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    uty = u.T @ y
+    return [vt.T @ ((s / (s**2 + penalty))[:, None] * uty) for penalty in penalties]
+
+
+def content_map_fit(
+    content: npt.NDArray[np.float32],
+    collaborative: npt.NDArray[np.float32],
+    *,
+    holdout: float = 0.1,
+    seed: int = 0,
+) -> ContentMap:
+    """Learn the map on items that have both vectors; the penalty is chosen on ``holdout`` of them.
+
+    Parameters
+    ----------
+    content : (n, d_content) float32 content vectors (rows aligned with ``collaborative``)
+    collaborative : (n, d) float32 collaborative item vectors of the same items
+    """
+    if len(content) != len(collaborative) or len(content) < 10:
+        raise ValueError("need at least 10 items with both a content and a collaborative vector")
+    x, y = _with_bias(content), np.asarray(collaborative, dtype=np.float64)
+    scale = float(np.mean(np.linalg.norm(x, axis=1) ** 2))  # ≈ mean squared singular value × rank / n
+    penalties = [r * scale * len(x) / x.shape[1] for r in RELATIVE_PENALTIES]
+    held = np.random.default_rng(seed).random(len(x)) < holdout
+    if held.sum() < 2 or (~held).sum() < 2:
+        held = np.zeros(len(x), bool)
+        held[:: max(2, len(x) // 5)] = True
+    fits = _ridge_path(x[~held], y[~held], penalties)
+    residual = [float(((x[held] @ w - y[held]) ** 2).sum()) for w in fits]
+    best = int(np.argmin(residual))
+    total = float(((y[held] - y[held].mean(axis=0)) ** 2).sum()) or 1.0
+    weights = _ridge_path(x, y, [penalties[best]])[0]
+    return ContentMap(weights.astype(np.float32), penalties[best], 1.0 - residual[best] / total)

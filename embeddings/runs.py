@@ -1,0 +1,263 @@
+"""Training runs of any kind, one lifecycle: claim, heartbeat lease, progress, finish, activate, prune, reap.
+
+A claim is a ``training`` version row holding a lease. While it waits in the queue the lease
+lasts RECSYS_TRAIN_LEASE_SECONDS; once a worker runs it, a heartbeat thread renews it every few
+seconds for RECSYS_TRAIN_HEARTBEAT_SECONDS, so a worker that dies (``kill -9``, out of memory)
+is noticed within about a minute: the reaper marks its run failed and the next run may start.
+Collaborative training (``services``) and content builds (``content``) supply only their work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from embeddings.answer_cache import answers_invalidate_all
+from embeddings.maps import embedding_map_on_activation
+from embeddings.models import ActiveVersion, ModelVersion, Status
+from embeddings.selectors import active_version_serving_forget
+from embeddings.vectors import tables
+from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+HEARTBEATS_PER_LEASE = 4  # renewals per heartbeat lease: a slow database round trip or two is no death
+
+
+class TrainingAlreadyRunning(Conflict):
+    """Another run of the same kind holds an unexpired lease."""
+
+
+class ModelVersionNotReady(ModelNotReady):
+    """The version cannot be served (failed, still training, or its vectors are gone)."""
+
+
+# ---- claim and enqueue --------------------------------------------------------------------------
+
+
+def run_claim(*, kind: str, algorithm: str, params: dict[str, Any]) -> ModelVersion:
+    """Claim a run of ``kind`` (refused while another one's lease is live)."""
+    with transaction.atomic():
+        # A transaction-scoped advisory lock per kind serialises concurrent claims (it works
+        # before any version exists, unlike a row lock).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recsys:train:{kind}"])
+        runs_reap(kind=kind)
+        running = ModelVersion.objects.filter(
+            kind=kind, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
+        ).first()
+        if running:
+            raise TrainingAlreadyRunning(f"version {running.pk} is training until {running.lease_expires_at}")
+        return ModelVersion.objects.create(
+            kind=kind,
+            algorithm=algorithm,
+            params=params,
+            lease_expires_at=timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_LEASE_SECONDS),
+        )
+
+
+def run_enqueue(*, version_id: int, task: Any) -> str:
+    """Send a claimed run to ``task`` (a Celery task taking the version id); if the broker is away
+    the claim is released as failed."""
+    task_id = str(uuid.uuid4())
+    ModelVersion.objects.filter(pk=version_id).update(task_id=task_id)
+    try:
+        task.apply_async((version_id,), task_id=task_id)
+    except Exception as error:  # kombu raises several connection error types
+        _fail(ModelVersion.objects.get(pk=version_id), error)
+        raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly") from error
+    return task_id
+
+
+# ---- running: heartbeat, progress, finish -------------------------------------------------------
+
+
+def run_execute(*, version_id: int, work: Callable[[ModelVersion], None]) -> ModelVersion | None:
+    """Run ``work`` on a claimed version while a heartbeat keeps its lease; on any failure the
+    version is marked failed (its tables dropped) and serving is untouched. None: the run is no
+    longer claimed (a retry of a finished run, or one reaped while it waited)."""
+    started = ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
+        started_at=timezone.now(), lease_expires_at=_heartbeat_lease()
+    )
+    if not started:
+        return None
+    version = ModelVersion.objects.get(pk=version_id)
+    try:
+        with _heartbeat(version.pk):
+            work(version)
+    except Exception as error:
+        logger.exception("%s version %s failed", version.kind, version.pk)
+        _fail(version, error)
+        raise
+    ModelVersion.objects.filter(pk=version.pk).update(progress={**version.progress, "stage": "done"})
+    return version
+
+
+def run_progress(version: ModelVersion, **progress: Any) -> None:
+    """Record a run's progress (merged into what it reported before) and renew its lease."""
+    version.progress = {**version.progress, **progress}
+    ModelVersion.objects.filter(pk=version.pk, status=Status.TRAINING).update(
+        progress=version.progress, lease_expires_at=_heartbeat_lease()
+    )
+
+
+def run_tables_created(version: ModelVersion) -> None:
+    """The run has created its vector tables: from here on a failure drops them."""
+    version.has_tables = True
+    ModelVersion.objects.filter(pk=version.pk).update(has_tables=True)
+
+
+def run_finish(version: ModelVersion) -> None:
+    """Save a run's results as ``ready``; only a run that still holds its claim may finish (one
+    declared dead meanwhile stays failed)."""
+    with transaction.atomic():
+        status = ModelVersion.objects.select_for_update().values_list("status", flat=True).get(pk=version.pk)
+        if status != Status.TRAINING:
+            raise RuntimeError(f"version {version.pk} lost its claim while training")
+        version.status = Status.READY
+        version.finished_at = timezone.now()
+        version.lease_expires_at = None
+        version.save()
+
+
+def _heartbeat_lease() -> Any:
+    return timezone.now() + timedelta(seconds=settings.RECSYS_TRAIN_HEARTBEAT_SECONDS)
+
+
+@contextmanager
+def _heartbeat(version_id: int) -> Iterator[None]:
+    """Renew the run's lease from a thread while it works: a long stage never looks dead, and a
+    worker killed with -9 stops renewing, so its lease runs out within RECSYS_TRAIN_HEARTBEAT_SECONDS."""
+    stop = threading.Event()
+    interval = settings.RECSYS_TRAIN_HEARTBEAT_SECONDS / HEARTBEATS_PER_LEASE
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval):
+                ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
+                    lease_expires_at=_heartbeat_lease()
+                )
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-v{version_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+# ---- failure and the reaper -----------------------------------------------------------------------
+
+
+def runs_reap(*, kind: str | None = None) -> list[int]:
+    """Mark failed the runs whose lease ran out: a started one lost its worker (no heartbeat), a
+    waiting one was never taken from the queue. Returns their ids; beat calls it every few seconds."""
+    expired = ModelVersion.objects.filter(status=Status.TRAINING, lease_expires_at__lte=timezone.now())
+    if kind is not None:
+        expired = expired.filter(kind=kind)
+    reaped = []
+    for version in expired:
+        if version.started_at is None:
+            error = RuntimeError(
+                f"its lease ran out: no worker took the run from the training queue within "
+                f"{settings.RECSYS_TRAIN_LEASE_SECONDS} s"
+            )
+        else:
+            error = RuntimeError(
+                f"its lease ran out at {version.lease_expires_at:%H:%M:%S} UTC: the worker stopped sending "
+                "heartbeats (killed or crashed)"
+            )
+        if _fail(version, error, only_if_expired=True):
+            logger.warning("%s version %s failed: %s", version.kind, version.pk, error)
+            reaped.append(version.pk)
+    return reaped
+
+
+def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = False) -> bool:
+    """Mark a run failed and drop its tables; ``only_if_expired``: unless its lease was renewed meanwhile."""
+    rows = ModelVersion.objects.filter(pk=version.pk)
+    if only_if_expired:
+        rows = rows.filter(status=Status.TRAINING, lease_expires_at__lte=timezone.now())
+    failed = rows.update(
+        status=Status.FAILED,
+        progress={**version.progress, "stage": "failed"},
+        error=f"{type(error).__name__}: {error}"[:2000],
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+    )
+    if failed and ModelVersion.objects.filter(pk=version.pk, has_tables=True).exists():
+        tables.tables_drop(version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False)
+    return bool(failed)
+
+
+# ---- activation and pruning -----------------------------------------------------------------------
+
+
+def model_version_activate_if_better(*, version_id: int) -> ModelVersion:
+    """Activate a ready version unless its NDCG@10 falls short of the active one's by the margin."""
+    version = ModelVersion.objects.get(pk=version_id)
+    current = ActiveVersion.objects.select_related("version").filter(kind=version.kind).first()
+    if current is not None:
+        floor = current.version.metrics.get("ndcg@10", 0.0) * (1 - settings.RECSYS_QUALITY_MARGIN)
+        if version.metrics.get("ndcg@10", 0.0) < floor:
+            logger.warning(
+                "version %s stays ready: ndcg@10 %.4f below %.4f",
+                version.pk,
+                version.metrics.get("ndcg@10", 0.0),
+                floor,
+            )
+            return version
+    return model_version_activate(version_id=version_id)
+
+
+def model_version_activate(*, version_id: int) -> ModelVersion:
+    """Point serving at a complete version in one transaction (rollback = activate an older one)."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
+        if version is None:
+            raise NotFound(f"model version {version_id} does not exist")
+        if version.status not in {Status.READY, Status.ACTIVE, Status.RETIRED} or not version.has_tables:
+            raise ModelVersionNotReady(f"version {version.pk} is {version.status} and cannot be served")
+        previous = ActiveVersion.objects.select_for_update().filter(kind=version.kind).first()
+        if previous and previous.version_id != version.pk:
+            ModelVersion.objects.filter(pk=previous.version_id).update(status=Status.READY)
+        ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
+        version.status = Status.ACTIVE
+        version.save(update_fields=["status"])
+        transaction.on_commit(_serving_changed)
+        transaction.on_commit(lambda: embedding_map_on_activation(version_id=version.pk))
+    _serving_changed()
+    model_versions_prune(kind=version.kind, keep=settings.RECSYS_KEEP_VERSIONS)
+    return version
+
+
+def _serving_changed() -> None:
+    """Serving moved to another version: this process re-reads the pointer, cached answers go stale."""
+    active_version_serving_forget()
+    answers_invalidate_all()
+
+
+def model_versions_prune(*, kind: str, keep: int) -> list[int]:
+    """Drop the vector tables of all but the newest ``keep`` servable versions (never the active one)."""
+    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
+    active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+    pruned = []
+    for version in servable.order_by("-id")[keep:]:
+        if version.pk == active:
+            continue
+        tables.tables_drop(version.pk)
+        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
+        pruned.append(version.pk)
+    return pruned

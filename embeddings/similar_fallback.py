@@ -1,0 +1,78 @@
+"""Similar items for an item with no vector in the asked space yet: words, then popularity, then recency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+
+from embeddings.recommendations import Answer, Recommendation, popular_items_list
+
+# The item's own lexemes that make its keyword query: title words first, then its most repeated
+# text words. Sixteen keep the OR query cheap on the GIN index and still find shared topics.
+QUERY_TERMS = 16
+
+# The item's lexemes (already stemmed by the 'english' configuration) are quoted into a tsquery
+# literally, so stemming is not applied twice; quotes and backslashes are doubled as tsquery
+# input requires.
+_KEYWORD = """
+    WITH terms AS (
+        SELECT t.lexeme FROM recsys_item source, unnest(source.search_vector) t
+        WHERE source.id = %(item)s
+        ORDER BY ('A' = ANY(t.weights)) DESC, cardinality(t.positions) DESC, t.lexeme
+        LIMIT %(terms)s
+    ), query AS (
+        SELECT string_agg('''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery AS q
+        FROM terms
+    )
+    SELECT i.external_id, ts_rank_cd(i.search_vector, query.q, 32) AS rank
+    FROM recsys_item i, query
+    WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category}
+    ORDER BY rank DESC, i.external_id LIMIT %(limit)s
+"""
+# Newest first, items sharing a category with this one before the rest; the score is 1 / rank.
+_RECENT = """
+    SELECT i.external_id FROM recsys_item i
+    WHERE i.id <> %(item)s AND NOT i.is_hidden {category}
+    ORDER BY i.categories && %(categories)s::varchar[] DESC, coalesce(i.published_at, i.created_at) DESC,
+             i.external_id
+    LIMIT %(limit)s
+"""
+_CATEGORY = "AND i.categories @> ARRAY[%(category)s]::varchar[]"
+
+
+def item_similar_fallback(*, item_id: int, categories: list[str], limit: int, category: str | None) -> Answer:
+    """The first non-empty of: items sharing the item's words (``keyword``), popular items of
+    ``category`` or the item's first category (``popular_in_category``), popular items
+    (``popular``, only without a ``category`` filter), the newest items (``recent``). Every step
+    honours ``category``, so the answer is empty only when no other visible item matches."""
+    params: dict[str, Any] = {
+        "item": item_id,
+        "limit": limit,
+        "category": category,
+        "categories": categories,
+        "terms": QUERY_TERMS,
+    }
+    keyword = _rows(_KEYWORD, params)
+    if keyword:
+        return Answer([Recommendation(str(ext), round(float(rank), 6)) for ext, rank in keyword], None, "keyword")
+    scope = category or (categories[0] if categories else None)
+    popular = popular_items_list(limit=limit, category=scope, exclude_ids=(item_id,))
+    popular.strategy = "popular_in_category" if scope else "popular"
+    if popular.items:
+        return popular
+    if scope and not category:
+        anywhere = popular_items_list(limit=limit, exclude_ids=(item_id,))
+        if anywhere.items:
+            return anywhere
+    recent = _rows(_RECENT, params)
+    if recent:
+        items = [Recommendation(str(ext), round(1 / rank, 6)) for rank, (ext,) in enumerate(recent, 1)]
+        return Answer(items, None, "recent")
+    return popular  # nothing else is visible (and in the category): an empty answer that says so
+
+
+def _rows(statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(statement.format(category=_CATEGORY if params["category"] else ""), params)
+        return cursor.fetchall()

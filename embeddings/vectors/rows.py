@@ -1,0 +1,228 @@
+"""Row reads and writes on vector tables: stored vectors, serving's one-round-trip reads, fold-in
+and custom-vector writes, content rows to (re)encode, the admin's samples and status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from django.db import transaction
+from pgvector import Vector
+from psycopg import sql
+
+from embeddings.vectors.tables import as_array, cursor
+
+# ---- stored vectors -------------------------------------------------------------------------------
+
+
+def vectors_of(
+    table: str, owner_column: str, ids: Sequence[int], column: str = "embedding"
+) -> dict[int, npt.NDArray[np.float32]]:
+    """Stored vectors (``embedding`` or ``fold_in``) by owner id of one vector table."""
+    owners, matrix = vectors_matrix(table, owner_column, ids, column=column)
+    return dict(zip(owners.tolist(), matrix, strict=True))
+
+
+def vectors_matrix(
+    table: str, owner_column: str, ids: Sequence[int] | npt.NDArray[np.int64], column: str = "embedding"
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Stored vectors of these owners as (sorted owner ids, one row each): rows are copied into
+    one matrix as they are read, so many vectors cost no more than their floats."""
+    if not len(ids):
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+    statement = sql.SQL(
+        "SELECT {col}, {vec} FROM {table} WHERE {col} = ANY(%s::int8[]) AND {vec} IS NOT NULL ORDER BY {col}"
+    ).format(col=sql.Identifier(owner_column), vec=sql.Identifier(column), table=sql.Identifier(table))
+    with cursor() as cur:
+        cur.execute(statement, [np.asarray(ids, dtype=np.int64).tolist()], binary=True)
+        owners = np.empty(cur.rowcount, dtype=np.int64)
+        matrix: npt.NDArray[np.float32] | None = None
+        for n, (owner, vector) in enumerate(cur):
+            row = as_array(vector)
+            if matrix is None:
+                matrix = np.empty((len(owners), len(row)), dtype=np.float32)
+            owners[n], matrix[n] = owner, row
+    return owners, matrix if matrix is not None else np.empty((0, 0), dtype=np.float32)
+
+
+# ---- serving reads (one round trip each) --------------------------------------------------------
+
+_USER_STATE = """
+    SELECT u.id, {vector}, h.items, h.weights, h.seen_at
+    FROM recsys_user u
+    LEFT JOIN LATERAL (
+        SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights,
+               array_agg(extract(epoch FROM last)::float8 ORDER BY last DESC) AS seen_at
+        FROM (SELECT item_id, sum(weight)::float4 AS weight, max(timestamp) AS last
+              FROM recsys_interaction WHERE user_id = u.id
+              GROUP BY item_id ORDER BY last DESC LIMIT %(seen)s) recent
+    ) h ON true
+    WHERE u.external_id = %(user)s
+"""
+
+
+def user_state_row(
+    *, user_external_id: str, user_table: str | None, seen: int
+) -> tuple[int, npt.NDArray[np.float32] | None, list[int], list[float], list[float]] | None:
+    """A user's id, stored vector in ``user_table`` (None without a table or a row), and their
+    ``seen`` most recent items with summed weights and latest epoch seconds, most recent first."""
+    vector = (
+        sql.SQL("(SELECT embedding FROM {} WHERE user_id = u.id)").format(sql.Identifier(user_table))
+        if user_table
+        else sql.SQL("NULL::vector")
+    )
+    with cursor() as cur:
+        row = cur.execute(
+            sql.SQL(_USER_STATE).format(vector=vector), {"user": user_external_id, "seen": seen}, binary=True
+        ).fetchone()
+    if row is None:
+        return None
+    user_id, stored, items, weights, seen_at = row
+    return int(user_id), as_array(stored) if stored is not None else None, items or [], weights or [], seen_at or []
+
+
+def item_vectors_row(
+    *, item_external_id: str, columns: Sequence[tuple[str, str] | None]
+) -> tuple[int, list[str], list[npt.NDArray[np.float32] | None]] | None:
+    """An item's id, categories and its vectors in each (table, column) of ``columns`` (None
+    entries and missing rows read as None), in one round trip."""
+
+    def column(source: tuple[str, str] | None) -> sql.Composable:
+        if source is None:
+            return sql.SQL("NULL::vector")
+        table, name = source
+        return sql.SQL("(SELECT {} FROM {} WHERE item_id = i.id)").format(sql.Identifier(name), sql.Identifier(table))
+
+    statement = sql.SQL("SELECT i.id, i.categories{} FROM recsys_item i WHERE i.external_id = %s").format(
+        sql.SQL("").join(sql.SQL(", ") + column(source) for source in columns)
+    )
+    with cursor() as cur:
+        row = cur.execute(statement, [item_external_id], binary=True).fetchone()
+    if row is None:
+        return None
+    return int(row[0]), list(row[1] or []), [as_array(v) if v is not None else None for v in row[2:]]
+
+
+# ---- writes ---------------------------------------------------------------------------------------
+
+
+def user_vectors_upsert(*, user_table: str, vectors: dict[int, npt.NDArray[np.float32]]) -> list[str]:
+    """Write these users' vectors (fold-ins) into a version's user table; returns the external ids
+    of the users written (a user deleted meanwhile is skipped)."""
+    if not vectors:
+        return []
+    statement = sql.SQL(
+        "INSERT INTO {table} (user_id, embedding, updated_at) SELECT u, e::vector, now() "
+        "FROM unnest(%s::int8[], %s::text[]) AS t(u, e) JOIN recsys_user ON recsys_user.id = t.u "
+        "ON CONFLICT (user_id) DO UPDATE SET embedding = EXCLUDED.embedding, updated_at = now() "
+        "RETURNING (SELECT external_id FROM recsys_user WHERE id = user_id)"
+    ).format(table=sql.Identifier(user_table))
+    ids = list(vectors)
+    texts = [Vector(vectors[u]).to_text() for u in ids]
+    with transaction.atomic(), cursor() as cur:
+        cur.execute(statement, [ids, texts])
+        return [row[0] for row in cur.fetchall()]
+
+
+def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[np.float32]) -> bool:
+    """Store an item's vector in a custom space's table; True when it had none before."""
+    statement = sql.SQL(
+        "INSERT INTO {table} (item_id, embedding) VALUES (%s, %s::vector) ON CONFLICT (item_id) DO UPDATE "
+        "SET embedding = EXCLUDED.embedding, updated_at = now() RETURNING (xmax = 0)"
+    ).format(table=sql.Identifier(space_table))
+    with cursor() as cur:
+        row = cur.execute(statement, [item_id, Vector(vector).to_text()]).fetchone()
+    assert row is not None  # INSERT … RETURNING answers one row
+    return bool(row[0])
+
+
+# ---- freshness: what a version has not seen yet ---------------------------------------------------
+
+# Users whose latest interaction is newer than their vector in the version, among those with
+# interactions stored in the lookback window (the BRIN index on created_at keeps it cheap).
+_STALE_USERS = """
+    SELECT x.user_id FROM recsys_interaction x LEFT JOIN {table} v ON v.user_id = x.user_id
+    WHERE x.created_at > now() - %s * interval '1 second'
+    GROUP BY x.user_id, v.updated_at
+    HAVING v.updated_at IS NULL OR max(x.created_at) > v.updated_at
+    LIMIT %s
+"""
+
+
+def users_stale(*, user_table: str, lookback_seconds: float, limit: int) -> list[int]:
+    with cursor() as cur:
+        cur.execute(sql.SQL(_STALE_USERS).format(table=sql.Identifier(user_table)), [lookback_seconds, limit])
+        return [int(row[0]) for row in cur.fetchall()]
+
+
+# Items created or changed since the content version encoded them (or never encoded).
+_UNENCODED = """
+    FROM recsys_item i LEFT JOIN {table} v ON v.item_id = i.id
+    WHERE v.item_id IS NULL OR v.source_changed_at < coalesce(i.content_changed_at, i.created_at)
+"""
+
+
+def items_unencoded(*, item_table: str, limit: int) -> list[tuple[int, str, str, list[str] | None, datetime]]:
+    """(id, title, text, categories, changed at) of the oldest ``limit`` items to (re)encode."""
+    statement = sql.SQL(
+        "SELECT i.id, i.title, i.text, i.categories, coalesce(i.content_changed_at, i.created_at)"
+        + _UNENCODED
+        + "ORDER BY coalesce(i.content_changed_at, i.created_at), i.id LIMIT %s"
+    ).format(table=sql.Identifier(item_table))
+    with cursor() as cur:
+        return cur.execute(statement, [limit]).fetchall()
+
+
+def items_unencoded_count(*, item_table: str) -> int:
+    with cursor() as cur:
+        row = cur.execute(sql.SQL("SELECT count(*)" + _UNENCODED).format(table=sql.Identifier(item_table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+# ---- the admin's reads ----------------------------------------------------------------------------
+
+
+def vector_written(*, table: str, item_id: int, with_cluster: bool) -> tuple[datetime, int | None] | None:
+    """When an item's vector in ``table`` was written, and its cluster (content tables); None
+    when it has none (a content row may record "no text to encode": a NULL embedding)."""
+    statement = sql.SQL(
+        "SELECT updated_at, {cluster} FROM {table} WHERE item_id = %s AND embedding IS NOT NULL"
+    ).format(cluster=sql.SQL("cluster" if with_cluster else "NULL::int"), table=sql.Identifier(table))
+    with cursor() as cur:
+        row = cur.execute(statement, [item_id]).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+# A stable sample (the same items on every recompute, so two maps of one version compare):
+# ordered by a hash of the id. BERNOULLI thins big tables first so the sort stays small.
+_SAMPLE = """
+    SELECT v.item_id, coalesce(nullif(i.title, ''), i.external_id), i.categories, {cluster}
+    FROM {table} AS v {sampling}
+    JOIN recsys_item i ON i.id = v.item_id
+    WHERE v.embedding IS NOT NULL
+    ORDER BY md5(v.item_id::text)
+    LIMIT %s
+"""
+
+
+def items_sample(*, table: str, limit: int, with_cluster: bool) -> list[tuple[Any, ...]]:
+    """About ``limit`` items with vectors in ``table``: (id, title or id, categories, cluster)."""
+    estimate = _row_estimate(table)
+    # Thin to about twice what is kept (the hash order then picks among those).
+    percent = min(100.0, 200.0 * limit / estimate) if estimate > 2 * limit else 100.0
+    statement = sql.SQL(_SAMPLE).format(
+        table=sql.Identifier(table),
+        cluster=sql.SQL("v.cluster" if with_cluster else "NULL::int"),
+        sampling=sql.SQL("TABLESAMPLE BERNOULLI ({})").format(sql.Literal(percent)) if percent < 100 else sql.SQL(""),
+    )
+    with cursor() as cur:
+        return cur.execute(statement, [limit]).fetchall()
+
+
+def _row_estimate(table: str) -> float:
+    with cursor() as cur:
+        row = cur.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [table]).fetchone()
+    return float(row[0]) if row and row[0] and row[0] > 0 else 0.0

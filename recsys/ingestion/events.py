@@ -1,0 +1,187 @@
+"""Interactions: the API's batches and the files' chunks through the same rules and the same writer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import compress
+from typing import cast
+
+import numpy as np
+from django.conf import settings
+
+from recsys.db import atomic_with_retry
+from recsys.ingestion.readers import batch_events_read, read_ahead
+from recsys.ingestion.report import BatchResult, ImportReport
+from recsys.ingestion.rules import (
+    Codes,
+    EventArrays,
+    EventRules,
+    Ints,
+    RawEvents,
+    Rejections,
+    events_check,
+    micros_now,
+    unknown_row_error,
+)
+from recsys.ingestion.writer import events_write, ids_resolve
+from recsys.models import EventType, Item, User
+from recsys.signals import interactions_stored
+
+Progress = Callable[[int], None]
+
+
+def event_rules_load() -> EventRules:
+    """The configured event types and the range of a rating's value (RECSYS_RATING_MIN/MAX)."""
+    types = list(EventType.objects.order_by("name"))
+    return EventRules(
+        names=tuple(t.name for t in types),
+        weights=np.array([t.weight for t in types], dtype=np.float64),
+        uses_value=np.array([t.uses_value for t in types], dtype=bool),
+        value_min=settings.RECSYS_RATING_MIN,
+        value_max=settings.RECSYS_RATING_MAX,
+    )
+
+
+@dataclass
+class _Checked:
+    """A batch or chunk after the rules: each row's type code and the rows rejected."""
+
+    raw: RawEvents
+    codes: Codes
+    rejected: Rejections
+
+
+@dataclass
+class _Resolved:
+    """The accepted events by database id, the id of each of their users, and what was created."""
+
+    events: EventArrays
+    users: dict[str, int]
+    users_created: int
+    items_created: int
+
+
+def _check(raw: RawEvents, rules: EventRules, now_us: int) -> _Checked:
+    """Pure, so that a file's next chunk is checked on the read-ahead thread."""
+    return _Checked(raw, *events_check(raw, rules, now_us))
+
+
+def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
+    """Row ids for the accepted rows' users and items, creating the missing ones (items only when
+    ``create_items``); rows whose item (or, deleted meanwhile, user) has none are rejected."""
+    raw, rejected = checked.raw, checked.rejected
+    items, items_created = ids_resolve(model=Item, external_ids=_kept(raw.items, rejected), create=create_items)
+    _reject_missing(raw.items, items, "item", rejected)
+    users, users_created = ids_resolve(model=User, external_ids=_kept(raw.users, rejected), create=True)
+    _reject_missing(raw.users, users, "user", rejected)
+    keep = np.ones(len(raw.lines), dtype=bool)
+    keep[list(rejected)] = False
+    user_column, item_column = _kept(raw.users, rejected), _kept(raw.items, rejected)
+    events = EventArrays(
+        _ids_map(users, user_column),
+        _ids_map(items, item_column),
+        checked.codes[keep],
+        raw.values[keep],
+        raw.timestamps[keep],
+    )
+    return _Resolved(events, {user: users[user] for user in set(user_column)}, users_created, items_created)
+
+
+def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
+    """A column's values on the accepted rows: never None, rows without a valid id are rejected."""
+    if not rejected:
+        return cast(list[str], list(column))
+    keep = [k not in rejected for k in range(len(column))]
+    return cast(list[str], list(compress(column, keep)))
+
+
+def _reject_missing(column: Sequence[str | None], ids: dict[str, int], what: str, rejected: Rejections) -> None:
+    for k, external_id in enumerate(column):
+        if k not in rejected and external_id not in ids:
+            rejected[k] = unknown_row_error(what, cast(str, external_id))
+
+
+def _ids_map(ids: dict[str, int], external_ids: list[str]) -> Ints:
+    return np.fromiter(map(ids.__getitem__, external_ids), dtype=np.int64, count=len(external_ids))
+
+
+# ---- API batches ---------------------------------------------------------------------------------
+
+
+def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | None = None) -> BatchResult:
+    """Store a batch of events: unknown users are created, unknown items too (as stubs) when allowed.
+
+    Valid rows are stored even when others are rejected; re-sending an event changes nothing.
+    """
+    if auto_create_items is None:
+        auto_create_items = settings.RECSYS_AUTO_CREATE_ITEMS
+    rules = event_rules_load()
+    checked = _check(batch_events_read(rows), rules, micros_now())
+    # New users and stub items commit on their own (idempotent, harmless if the events then fail), so
+    # concurrent batches naming the same new user wait for one small INSERT rather than for each
+    # other's whole transaction: 4 clients went from 13k to 20k+ events/s.
+    resolved = _resolve(checked, create_items=auto_create_items)
+    result = BatchResult()
+    if len(resolved.events):
+        created, updated, distinct = atomic_with_retry(partial(events_write, resolved.events, rules, copy=False))
+        result.created, result.updated, result.unchanged = created, updated, distinct - created - updated
+        if created or updated:
+            users = resolved.users
+            interactions_stored.send(sender=User, user_ids=sorted(users.values()), external_ids=sorted(users))
+    for index in sorted(checked.rejected):
+        result.reject(index, checked.rejected[index].domain_error())
+    return result
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+def interactions_load(
+    *, chunks: Iterable[RawEvents], create_items: bool = True, progress: Progress | None = None
+) -> ImportReport:
+    """Store events from a file chunk by chunk, with the API's rules, creating unknown users (and items
+    unless told not to). Bad rows are rejected and reported, never fatal; re-loading changes nothing."""
+    rules, report, started = event_rules_load(), ImportReport(), time.perf_counter()
+    now_us = micros_now()
+    for checked in read_ahead(_check(raw, rules, now_us) for raw in chunks):
+        _chunk_store(checked, rules, create_items, report)
+        if progress:
+            progress(len(checked.raw.lines))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _chunk_store(checked: _Checked, rules: EventRules, create_items: bool, report: ImportReport) -> None:
+    first_rejected = dict(checked.rejected)
+
+    def work() -> tuple[_Resolved, tuple[int, int, int]]:
+        checked.rejected = dict(first_rejected)  # a retried transaction starts again
+        resolved = _resolve(checked, create_items=create_items)
+        return resolved, events_write(resolved.events, rules, copy=True)
+
+    resolved, (created, updated, _) = atomic_with_retry(work)
+    raw, rejected = checked.raw, checked.rejected
+    report.rows += len(raw.lines)
+    report.users_created += resolved.users_created
+    report.items_created += resolved.items_created
+    report.count(len(raw.lines) - len(rejected), created, updated)
+    for k in sorted(rejected):
+        report.reject(raw.lines[k], rejected[k])
+
+
+def interaction_arrays_load(
+    *, batches: Iterable[EventArrays], rules: EventRules, progress: Progress | None = None
+) -> ImportReport:
+    """Store events that need no checking (generated ones) chunk by chunk."""
+    report, started = ImportReport(), time.perf_counter()
+    for events in read_ahead(batches):
+        created, updated, _ = atomic_with_retry(partial(events_write, events, rules, copy=True))
+        report.rows += len(events)
+        report.count(len(events), created, updated)
+        if progress:
+            progress(len(events))
+    report.seconds = time.perf_counter() - started
+    return report

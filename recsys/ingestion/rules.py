@@ -1,0 +1,256 @@
+"""The rules an event must pass, written once for API batches and file imports; pure (numpy, no database)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
+from recsys.validation import is_external_id, parse_timestamp
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+Codes = npt.NDArray[np.int16]
+
+EVENT_FIELDS = frozenset({"user", "item", "type", "value", "timestamp"})
+REQUIRED_EVENT_FIELDS = ("user", "item", "type")
+# Any value is at most this large; values of the types that weigh by it (ratings) have a tighter,
+# configured range (RECSYS_RATING_MIN/MAX): one huge rating would outweigh every other event.
+MAX_VALUE = 1e9
+# Events from the future would dominate every time decay; allow some client clock skew.
+MAX_CLOCK_SKEW = timedelta(days=1)
+US = 1_000_000  # microseconds per second: timestamps are integer microseconds since 1970
+NO_TIMESTAMP = int(np.iinfo(np.int64).min)  # the row has none: the ingestion's start time stands in
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_SKEW_US = MAX_CLOCK_SKEW // _MICROSECOND
+TIMESTAMP_RANGE = "timestamp must lie between 1970 and one day from now"
+VALUE_RANGE = f"value must lie within ±{MAX_VALUE:g}"
+
+
+class RowError(ValueError):
+    """Why one row is rejected: ``reason`` is counted in import reports, ``detail`` shows the offending
+    text, ``fields`` and ``problem`` make the API's error details (``{field: [problem]}``)."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: object = "",
+        *,
+        fields: Sequence[str] = ("non_field_errors",),
+        problem: str = "",
+        not_found: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = str(detail)[:60]
+        self.fields = tuple(fields)
+        self.problem = problem or reason
+        self.not_found = not_found
+
+    def domain_error(self) -> DomainError:
+        """The error body of a rejected API row."""
+        message = f"{self.reason}: {self.detail}" if self.detail else self.reason
+        details = {name: [self.problem] for name in self.fields}
+        if self.not_found:
+            kind = ItemNotFound if self.fields == ("item",) else UserNotFound
+            return kind(message, details=details)
+        return ValidationFailed(message, details=details)
+
+
+def unknown_row_error(what: str, external_id: str) -> RowError:
+    """A row naming a user or item that does not exist (and is not to be created)."""
+    return RowError(f"unknown {what}", external_id, fields=(what,), problem=f"unknown {what}", not_found=True)
+
+
+Rejections = dict[int, RowError]  # position in a batch or chunk → why the row is rejected
+
+
+@dataclass(frozen=True)
+class EventRules:
+    """The event types as arrays (``codes`` index ``names``, sorted), and the range of a weighing value."""
+
+    names: tuple[str, ...]
+    weights: Floats
+    uses_value: npt.NDArray[np.bool_]
+    value_min: float
+    value_max: float
+
+    def codes(self, names: Sequence[str | None]) -> Codes:
+        """Each name's code, -1 for an unknown type."""
+        index = {name: code for code, name in enumerate(self.names)}
+        return np.array([index.get(name, -1) for name in names], dtype=np.int16)  # type: ignore[arg-type]
+
+    def needs_value(self, codes: Codes) -> npt.NDArray[np.bool_]:
+        return np.append(self.uses_value, False)[codes]  # code -1 (unknown type) lands on the False
+
+    def weights_of(self, codes: Codes, values: Floats) -> Floats:
+        """The type's weight, times the value where the type uses it (a rating of 4 weighs 4 × weight)."""
+        return self.weights[codes] * np.where(self.uses_value[codes], values, 1.0)
+
+
+@dataclass
+class RawEvents:
+    """Events as read (from a file or an API batch), column by column, with the rows found unreadable."""
+
+    lines: Sequence[int]  # where each row came from, for reports: a file line or a batch index
+    users: Sequence[str | None]
+    items: Sequence[str | None]
+    types: Sequence[str | None]
+    values: Floats  # NaN where the row has no value
+    timestamps: Ints  # microseconds since the epoch; NO_TIMESTAMP where the row has none
+    errors: Rejections = field(default_factory=dict)
+
+
+# ---- one event as JSON (an API batch row or a JSON Lines line) ------------------------------------
+
+EventTuple = tuple[str | None, str | None, str | None, float, int]
+EMPTY_EVENT: EventTuple = (None, None, None, math.nan, NO_TIMESTAMP)
+
+
+def event_fields(row: object) -> EventTuple:
+    """(user, item, type, value, timestamp) of one event object; raises RowError on its shape.
+
+    Ids and types are checked on whole columns by ``events_check``; a non-string id reads as None.
+    """
+    if not isinstance(row, dict):
+        raise RowError("not a JSON object", fields=("non_field_errors",), problem="not an object")
+    if not EVENT_FIELDS.issuperset(row):
+        unknown = sorted(set(row) - EVENT_FIELDS)
+        raise RowError("unknown field(s)", ", ".join(unknown), fields=unknown, problem="unknown field")
+    missing = [name for name in REQUIRED_EVENT_FIELDS if name not in row]
+    if missing:
+        raise RowError("missing field(s)", ", ".join(missing), fields=missing, problem="required")
+    stamp = row.get("timestamp")
+    if stamp is not None and not isinstance(stamp, str):
+        raise RowError("timestamp must be an ISO 8601 string", stamp, fields=("timestamp",), problem="not a string")
+    return (
+        _string_or_none(row["user"]),
+        _string_or_none(row["item"]),
+        _string_or_none(row["type"]),
+        value_number(row.get("value")),
+        NO_TIMESTAMP if stamp is None else iso_micros(stamp),
+    )
+
+
+def _string_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def value_number(value: object) -> float:
+    """A JSON value: a finite number, or None (NaN: no value)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RowError("value must be a finite number", value, fields=("value",), problem="not a finite number")
+    return float(value)
+
+
+def iso_micros(text: str) -> int:
+    """An ISO 8601 timestamp with a zone → microseconds since the epoch (exact)."""
+    try:
+        moment = parse_timestamp(text)
+    except ValidationFailed as error:
+        problem = error.details["timestamp"][0]
+        reasons = {"missing time zone": "timestamp needs a time zone", "out of range": TIMESTAMP_RANGE}
+        reason = reasons.get(problem, "invalid timestamp")
+        raise RowError(reason, text, fields=("timestamp",), problem=problem) from None
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def micros_now() -> int:
+    return (datetime.now(UTC) - EPOCH) // _MICROSECOND
+
+
+# ---- the rules on whole columns ------------------------------------------------------------------
+
+
+def events_check(raw: RawEvents, rules: EventRules, now_us: int) -> tuple[Codes, Rejections]:
+    """Apply every event rule to whole columns: each row's type code, and the rows rejected (first reason wins).
+
+    Rows without a timestamp get ``now_us`` (in place).
+    """
+    codes = rules.codes(raw.types)
+    stamps = raw.timestamps
+    stamps[stamps == NO_TIMESTAMP] = now_us
+    given = ~np.isnan(raw.values)
+    weighing = rules.needs_value(codes)
+    low, high = rules.value_min, rules.value_max
+    stamps_outside = (stamps < 0) | (stamps > now_us + _MAX_SKEW_US)
+    checks: list[tuple[npt.NDArray[np.bool_], Any, str, str, str]] = [  # (rows, what to show, reason, field, problem)
+        (_invalid_ids(raw.users), raw.users, "invalid user id", "user", "invalid id"),
+        (_invalid_ids(raw.items), raw.items, "invalid item id", "item", "invalid id"),
+        (codes < 0, raw.types, "unknown event type", "type", "unknown event type"),
+        (given & (np.abs(raw.values) > MAX_VALUE), raw.values, VALUE_RANGE, "value", "out of range"),
+        (
+            weighing & given & ((raw.values < low) | (raw.values > high)),
+            raw.values,
+            f"value of this event type must lie between {low:g} and {high:g}",
+            "value",
+            "out of range",
+        ),
+        (weighing & ~given, raw.types, "this event type needs a value", "value", "required"),
+        (stamps_outside, _MicrosAsText(stamps), TIMESTAMP_RANGE, "timestamp", "out of range"),
+    ]
+    rejected = dict(raw.errors)
+    for mask, column, reason, name, problem in checks:
+        for k in np.flatnonzero(mask):
+            rejected.setdefault(int(k), RowError(reason, column[int(k)], fields=(name,), problem=problem))
+    return codes, rejected
+
+
+@dataclass(frozen=True)
+class _MicrosAsText:
+    micros: Ints
+
+    def __getitem__(self, k: int) -> str:
+        try:
+            return (EPOCH + timedelta(microseconds=int(self.micros[k]))).isoformat()
+        except OverflowError:
+            return f"{self.micros[k] / US:.0f} s since 1970"
+
+
+def _invalid_ids(column: Sequence[str | None]) -> npt.NDArray[np.bool_]:
+    invalid = {value for value in set(column) if not is_external_id(value)}  # ids repeat: check each once
+    if not invalid:
+        return np.zeros(len(column), dtype=bool)
+    return np.fromiter((value in invalid for value in column), dtype=bool, count=len(column))
+
+
+# ---- events ready to store ----------------------------------------------------------------------
+
+
+@dataclass
+class EventArrays:
+    """Events of existing users and items by database id; ``codes`` index ``EventRules.names``."""
+
+    user_ids: Ints
+    item_ids: Ints
+    codes: Codes
+    values: Floats  # NaN: no value
+    timestamps: Ints  # microseconds since the epoch
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def events_deduplicate(events: EventArrays) -> EventArrays:
+    """Sorted by the unique key (index-friendly inserts, locks in one order); of repeated events the last wins."""
+    order = np.lexsort((events.timestamps, events.codes, events.item_ids, events.user_ids))  # stable
+    columns = [column[order] for column in (events.user_ids, events.item_ids, events.codes, events.timestamps)]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = np.logical_or.reduce([column[1:] != column[:-1] for column in columns])
+    order = order[last]
+    return EventArrays(
+        events.user_ids[order],
+        events.item_ids[order],
+        events.codes[order],
+        events.values[order],
+        events.timestamps[order],
+    )

@@ -1,0 +1,297 @@
+"""The one writer: stub users and items, and the upserts of events, items and users.
+
+Each statement is written once and reads its rows from a source: arrays bound as parameters (API
+batches: one round trip, nothing to set up) or a temporary table filled by COPY (files: rows by
+the hundred thousand).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from django.db import connection
+from psycopg.types.json import Jsonb
+
+from recsys.ingestion.rules import US, EventArrays, EventRules, events_deduplicate
+from recsys.models import Item, User
+
+# ---- users and items by id ------------------------------------------------------------------------
+
+# Client ids resolve to row ids with one SELECT; only the missing ones are inserted. Measured per
+# batch of 1,000 at 66k users: joining on external_id inside the INSERT hashed the whole users
+# table (21 ms), INSERT .. ON CONFLICT DO NOTHING of 1,000 existing rows cost 15 ms, this 6 ms.
+_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(%s::varchar[])"
+# A user or item an event names but nobody described yet: a user without attributes, a stub item
+# without text (its first item upsert fills it and clears is_stub).
+_STUBS_CREATE = {
+    User: """
+        INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)
+        SELECT u, '{}', now(), now() FROM unnest(%s::text[]) AS u ORDER BY u
+        ON CONFLICT (external_id) DO NOTHING
+        RETURNING external_id, id
+    """,
+    Item: """
+        INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
+                                 created_at, updated_at)
+        SELECT i, '', '', '{}', '{}', false, true, now(), now() FROM unnest(%s::text[]) AS i ORDER BY i
+        ON CONFLICT (external_id) DO NOTHING
+        RETURNING external_id, id
+    """,
+}
+
+
+@contextmanager
+def _cursor() -> Iterator[psycopg.Cursor[Any]]:
+    """A psycopg cursor with server-side parameter binding (Django's cursors inline parameters into the
+    SQL text): measured 61 -> 35 ms for an API batch of 1,000 events."""
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
+
+def ids_resolve(
+    *, model: type[User] | type[Item], external_ids: Iterable[str], create: bool
+) -> tuple[dict[str, int], int]:
+    """The row id of each external id that exists, or of all after creating the missing ones (users
+    without attributes, stub items); and how many were created."""
+    table = model._meta.db_table
+    wanted = sorted(set(external_ids))  # sorted: concurrent writers take locks in the same order
+    with _cursor() as cursor:
+        cursor.execute(_IDS_SELECT.format(table=table), [wanted])
+        ids = dict(cursor.fetchall())
+        missing = [e for e in wanted if e not in ids]
+        if not (missing and create):
+            return ids, 0
+        cursor.execute(_STUBS_CREATE[model], [missing])
+        created = cursor.fetchall()
+        ids.update(created)
+        # Rows a concurrent writer committed meanwhile were skipped as conflicts: read them now.
+        missing = [e for e in missing if e not in ids]
+        if missing:
+            cursor.execute(_IDS_SELECT.format(table=table), [missing])
+            ids.update(cursor.fetchall())
+        return ids, len(created)
+
+
+# ---- events ---------------------------------------------------------------------------------------
+
+# Re-sending an event is a no-op; re-sending it with another value updates the value and weight.
+# A NOT EXISTS pre-filter against stored rows made re-runs 2x faster but fresh imports slower, and
+# the planner answered it with a hash join over the whole table once that grew past the chunk.
+_EVENTS_UPSERT = """
+    WITH written AS (
+        INSERT INTO recsys_interaction AS old (user_id, item_id, event_type, value, weight, timestamp, created_at)
+        SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts, now()
+        FROM {source}
+        ON CONFLICT (user_id, item_id, event_type, timestamp) DO UPDATE
+            SET value = EXCLUDED.value, weight = EXCLUDED.weight
+            WHERE (old.value, old.weight) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.weight)
+        RETURNING (old.xmax = 0) AS inserted
+    )
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+"""
+_EVENTS_FROM_ARRAYS = """(
+    SELECT r.user_id, r.item_id, r.code, r.value, r.weight,
+           timestamptz 'epoch' + r.micros * interval '1 microsecond' AS ts
+    FROM unnest(%(user_ids)s::int8[], %(item_ids)s::int8[], %(codes)s::int2[], %(values)s::float8[],
+                %(weights)s::float8[], %(micros)s::int8[]) AS r(user_id, item_id, code, value, weight, micros)
+) AS s"""
+_EVENTS_STAGE = "recsys_import_events"
+_EVENTS_STAGE_COLUMNS = "(user_id bigint, item_id bigint, code smallint, value float8, weight float8, ts timestamptz)"
+_EVENTS_STATEMENT = {  # by whether the events come by COPY
+    False: _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_ARRAYS),
+    True: _EVENTS_UPSERT.replace("{source}", f"{_EVENTS_STAGE} AS s"),
+}
+
+
+def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
+    """Upsert events (the last of repeated ones wins); returns (created, updated, distinct events).
+
+    ``copy``: send them by binary COPY into a staging table (files); otherwise as arrays (API batches).
+    """
+    events = events_deduplicate(events)
+    weights = rules.weights_of(events.codes, events.values)
+    with _cursor() as cursor:
+        if copy:
+            _events_copy(cursor, events, weights)
+            cursor.execute(_EVENTS_STATEMENT[True], {"names": list(rules.names)})
+        else:
+            cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
+        created, updated = cursor.fetchone() or (0, 0)  # an aggregate: always one row
+    return created, updated, len(events)
+
+
+def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
+    return {
+        "names": list(rules.names),
+        "user_ids": events.user_ids.tolist(),
+        "item_ids": events.item_ids.tolist(),
+        "codes": events.codes.tolist(),
+        "values": events.values.tolist(),
+        "weights": weights.tolist(),
+        "micros": events.timestamps.tolist(),
+    }
+
+
+# Fixed-width rows of PostgreSQL's binary COPY format, built by numpy without a Python loop.
+# A NaN value stands for NULL (values are checked finite), so every row has the same width.
+_EVENT_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("user_len", ">i4"),
+        ("user", ">i8"),
+        ("item_len", ">i4"),
+        ("item", ">i8"),
+        ("code_len", ">i4"),
+        ("code", ">i2"),
+        ("value_len", ">i4"),
+        ("value", ">f8"),
+        ("weight_len", ">i4"),
+        ("weight", ">f8"),
+        ("ts_len", ">i4"),
+        ("ts", ">i8"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH_US = 946_684_800 * US  # binary COPY counts timestamps from 2000-01-01
+
+
+def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.NDArray[np.float64]) -> None:
+    rows = np.empty(len(events), dtype=_EVENT_ROW)
+    rows["fields"] = 6
+    for name, width in (("user", 8), ("item", 8), ("code", 2), ("value", 8), ("weight", 8), ("ts", 8)):
+        rows[f"{name}_len"] = width
+    rows["user"], rows["item"], rows["code"] = events.user_ids, events.item_ids, events.codes
+    rows["value"], rows["weight"] = events.values, weights
+    rows["ts"] = events.timestamps - _PG_EPOCH_US
+    _stage_create(cursor, _EVENTS_STAGE, _EVENTS_STAGE_COLUMNS)
+    with cursor.copy(f"COPY {_EVENTS_STAGE} FROM STDIN (FORMAT BINARY)") as stream:
+        stream.write(_COPY_HEADER)
+        stream.write(rows.tobytes())
+        stream.write(_COPY_TRAILER)
+
+
+def _stage_create(cursor: psycopg.Cursor[Any], table: str, columns: str) -> None:
+    """This session's temporary ``table``, created on first use and emptied."""
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} {columns}")
+    cursor.execute(f"TRUNCATE {table}")
+
+
+# ---- items and users as documents -------------------------------------------------------------------
+
+# Documents are JSON objects {"id", and the fields to set}. A field absent from a document keeps
+# its stored value; content_changed_at moves when the text an encoder reads (title, text,
+# categories) really changed.
+_ITEM_INSERT = """
+    INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
+                             published_at, content_changed_at, created_at, updated_at)
+    SELECT d->>'id', coalesce(d->>'title', ''), coalesce(d->>'text', ''),
+           coalesce(ARRAY(SELECT jsonb_array_elements_text(d->'categories')), '{}'),
+           coalesce(d->'attributes', '{}'), coalesce((d->>'is_hidden')::boolean, false), false,
+           (d->>'published_at')::timestamptz, clock_timestamp(), now(), now()
+    FROM ({source}) AS input(d)
+    ORDER BY d->>'id'
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id
+"""
+_ITEM_UPDATE = """
+    WITH input AS (SELECT d FROM ({source}) AS input(d)),
+    locked AS (
+        SELECT i.id FROM recsys_item i JOIN input ON i.external_id = input.d->>'id'
+        ORDER BY i.external_id FOR NO KEY UPDATE OF i
+    ),
+    new AS (
+        SELECT i.id,
+               CASE WHEN d ? 'title' THEN d->>'title' ELSE i.title END AS title,
+               CASE WHEN d ? 'text' THEN d->>'text' ELSE i.text END AS text,
+               CASE WHEN d ? 'categories' THEN ARRAY(SELECT jsonb_array_elements_text(d->'categories'))
+                    ELSE i.categories END AS categories,
+               CASE WHEN d ? 'attributes' THEN d->'attributes' ELSE i.attributes END AS attributes,
+               CASE WHEN d ? 'is_hidden' THEN (d->>'is_hidden')::boolean ELSE i.is_hidden END AS is_hidden,
+               CASE WHEN d ? 'published_at' THEN (d->>'published_at')::timestamptz
+                    ELSE i.published_at END AS published_at
+        FROM recsys_item i JOIN input ON i.external_id = d->>'id'
+        WHERE i.id IN (SELECT id FROM locked)
+    )
+    UPDATE recsys_item i
+    SET title = new.title, text = new.text, categories = new.categories, attributes = new.attributes,
+        is_hidden = new.is_hidden, published_at = new.published_at, is_stub = false, updated_at = now(),
+        content_changed_at = CASE
+            WHEN (i.title, i.text, i.categories) IS DISTINCT FROM (new.title, new.text, new.categories)
+            THEN clock_timestamp() ELSE i.content_changed_at END
+    FROM new
+    WHERE i.id = new.id
+      AND (i.is_stub OR (i.title, i.text, i.categories, i.attributes, i.is_hidden, i.published_at)
+           IS DISTINCT FROM (new.title, new.text, new.categories, new.attributes, new.is_hidden,
+                             new.published_at))
+    RETURNING i.external_id
+"""
+_USER_INSERT = """
+    INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)
+    SELECT d->>'id', coalesce(d->'attributes', '{}'), now(), now()
+    FROM ({source}) AS input(d)
+    ORDER BY d->>'id'
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING external_id
+"""
+_USER_UPDATE = """
+    WITH input AS (SELECT d FROM ({source}) AS input(d) WHERE d ? 'attributes'),
+    locked AS (
+        SELECT u.id FROM recsys_user u JOIN input ON u.external_id = input.d->>'id'
+        ORDER BY u.external_id FOR NO KEY UPDATE OF u
+    )
+    UPDATE recsys_user u SET attributes = input.d->'attributes', updated_at = now()
+    FROM input
+    WHERE u.external_id = input.d->>'id' AND u.id IN (SELECT id FROM locked)
+      AND u.attributes IS DISTINCT FROM input.d->'attributes'
+    RETURNING u.external_id
+"""
+_DOCS_FROM_ARRAY = "SELECT jsonb_array_elements(%s::jsonb)"
+_DOCS_STAGE = "recsys_import_documents"
+_DOCS_FROM_STAGE = f"SELECT doc FROM {_DOCS_STAGE}"
+_DOCUMENT_STATEMENTS = {
+    (kind, copy): tuple(
+        statement.replace("{source}", _DOCS_FROM_STAGE if copy else _DOCS_FROM_ARRAY) for statement in statements
+    )
+    for kind, statements in (("item", (_ITEM_INSERT, _ITEM_UPDATE)), ("user", (_USER_INSERT, _USER_UPDATE)))
+    for copy in (False, True)
+}
+
+
+def documents_write(kind: str, documents: Sequence[dict[str, Any]], *, copy: bool) -> tuple[set[str], set[str]]:
+    """Upsert ``kind`` ("item" or "user") documents, unique by id; returns the ids created and the ids changed.
+
+    ``copy``: send them by COPY into a staging table (files); otherwise as one JSON array (API batches).
+    """
+    insert, update = _DOCUMENT_STATEMENTS[(kind, copy)]
+    with _cursor() as cursor:
+        if copy:
+            _stage_create(cursor, _DOCS_STAGE, "(doc jsonb)")
+            with cursor.copy(f"COPY {_DOCS_STAGE} FROM STDIN") as stream:
+                for document in documents:
+                    stream.write_row((Jsonb(document, dumps=_json_dumps),))
+            params: list[str] = []
+        else:
+            params = [_json_dumps(list(documents))]
+        cursor.execute(insert, params)
+        created = {row[0] for row in cursor.fetchall()}
+        cursor.execute(update, params)
+        return created, {row[0] for row in cursor.fetchall()}
+
+
+def _json_dumps(value: object) -> str:
+    return json.dumps(value, default=_iso)
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,146 @@
+"""The hyper-parameter search: interior optima, budgets, and invariance to the scale of weights."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embeddings.evaluation import holdout_split, ranking_metrics, scores_recommender
+from embeddings.learners import LearnerParams, fit
+from embeddings.tuning import (
+    Dimension,
+    TuningSettings,
+    collaborative_search,
+    gram_diagonal_mean,
+    learner_confidences,
+    log_search,
+    weight_scale,
+)
+
+
+def _bowl(center: float):
+    return lambda point: -((math.log(point["x"]) - math.log(center)) ** 2)
+
+
+@pytest.mark.parametrize("start", [1e-3, 0.5, 2e4])
+def test_search_widens_until_the_optimum_is_interior(start: float) -> None:
+    # Given an optimum at 37, far from where the search starts
+    result = log_search(_bowl(37.0), [Dimension("x", start, step=4.0, min_step=1.05)], max_evals=60)
+
+    # Then it walks there and stops with worse points on both sides
+    assert result.best.point["x"] == pytest.approx(37.0, rel=0.1)
+    assert result.bracketed == {"x": True}
+
+
+def test_search_reports_an_optimum_on_a_bound_as_not_bracketed() -> None:
+    result = log_search(_bowl(1e6), [Dimension("x", 1.0, high=100.0)], max_evals=40)
+
+    assert result.best.point["x"] == 100.0
+    assert result.bracketed == {"x": False}
+
+
+def test_search_stops_at_its_evaluation_budget_and_deadline() -> None:
+    calls = []
+
+    def slow(point: dict[str, float]) -> float:
+        calls.append(point)
+        time.sleep(0.02)
+        return -point["x"]
+
+    assert len(log_search(slow, [Dimension("x", 1.0)], max_evals=3).trials) == 3
+    calls.clear()
+    log_search(slow, [Dimension("x", 1.0)], deadline=time.monotonic() + 0.05, max_evals=1000)
+    assert 1 <= len(calls) <= 5
+
+
+def test_search_tries_each_choice() -> None:
+    result = log_search(
+        lambda p: -abs(math.log(p["x"])) + p["flag"], [Dimension("x", 8.0)], choices={"flag": (0.0, 1.0)}
+    )
+
+    assert result.best.point == {"x": 1.0, "flag": 1.0}
+
+
+def _planted(seed: int = 0, users: int = 300, items: int = 60, groups: int = 4) -> sp.csr_matrix:
+    """Users in taste groups, each liking a random half of its group's items and a few others."""
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    group_items = np.array_split(rng.permutation(items), groups)
+    for user in range(users):
+        own = group_items[user % groups]
+        liked = set(rng.choice(own, size=len(own) // 2, replace=False)) | set(rng.choice(items, size=2))
+        rows += [user] * len(liked)
+        cols += sorted(liked)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(users, items))
+
+
+FAST = TuningSettings(budget_seconds=60, max_evals=12, eval_users=300, ease_factors=30)
+
+
+def test_ease_search_lands_at_the_best_lambda_of_a_dense_grid() -> None:
+    # Given a matrix whose best λ we find by brute force on a fine grid
+    split = holdout_split(_planted(), seed=1)
+    unit = gram_diagonal_mean(split.train)
+
+    def ndcg(relative: float) -> float:
+        params = LearnerParams(algorithm="ease", factors=30, regularization=relative * unit)
+        return ranking_metrics(scores_recommender(fit(split.train, params).scores, split.train), split)["ndcg@10"]
+
+    grid = {r: ndcg(r) for r in np.geomspace(1e-3, 1e3, 25)}
+    best_on_grid = max(grid.values())
+
+    # When the search runs from its default start
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=FAST)
+
+    # Then it finds an interior optimum as good as the grid's (within noise of one grid step)
+    assert outcome.bracketed["ease"] == {"lambda": True}
+    assert outcome.score >= best_on_grid - 0.01
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.sampled_from([0.01, 0.2, 5.0, 37.0, 1000.0]))
+def test_tuning_is_invariant_to_scaling_every_weight(factor: float) -> None:
+    # Given the same interactions with every weight multiplied by a constant
+    base = _planted(seed=2)
+    base.data = base.data * np.random.default_rng(0).uniform(1, 3, base.nnz).astype(np.float32)
+    scaled = (base * factor).astype(np.float32).tocsr()
+    options = TuningSettings(budget_seconds=60, max_evals=8, eval_users=300)
+    configured = LearnerParams(algorithm="ease", factors=20)
+
+    # When each is searched
+    plain = collaborative_search(holdout_split(base, seed=3), configured, options=options)
+    other = collaborative_search(holdout_split(scaled, seed=3), configured, options=options)
+
+    # Then the same candidates are tried and score the same, and λ differs only by the scale²
+    assert [t["lambda_relative"] for t in plain.tried] == [t["lambda_relative"] for t in other.tried]
+    assert [t["ndcg@10"] for t in plain.tried] == pytest.approx([t["ndcg@10"] for t in other.tried], abs=1e-4)
+    assert other.params.regularization == pytest.approx(plain.params.regularization * factor**2, rel=1e-4)
+
+
+@pytest.mark.parametrize("factor", [0.1, 5.0])
+def test_als_alpha_found_on_normalised_weights_gives_the_same_confidences_on_raw_ones(factor: float) -> None:
+    # Given ALS parameters found on weights / their mean, restated for the raw weights
+    raw = (_planted(seed=5) * factor).tocsr()
+    options = TuningSettings(budget_seconds=60, max_evals=3, eval_users=100, ease=False)
+    outcome = collaborative_search(holdout_split(raw, seed=1), LearnerParams(factors=4, iterations=2), options=options)
+    relative_alpha = next(t["alpha"] for t in outcome.tried if t["ndcg@10"] == round(outcome.score, 5))
+
+    # Then alpha × raw weight is what the search scored: relative alpha × normalised weight
+    assert outcome.params.alpha * factor == pytest.approx(relative_alpha, rel=1e-4)
+    assert outcome.params.weight_scale == pytest.approx(factor, rel=1e-5)
+
+
+def test_chosen_bm25_learner_sees_the_same_confidences_on_raw_weights() -> None:
+    matrix = _planted(seed=4) * 7.0
+    params = LearnerParams(bm25=True, weight_scale=weight_scale(matrix))
+
+    confidences = learner_confidences(matrix.tocsr(), params)
+    unit = learner_confidences((matrix / 7.0).tocsr(), LearnerParams(bm25=True, weight_scale=1.0))
+
+    assert np.allclose(confidences.toarray(), unit.toarray() * 7.0, rtol=1e-5)
