@@ -29,7 +29,7 @@ from embeddings.serving import (
     query_column,
 )
 from embeddings.vectors.rows import user_state_row, vectors_of
-from embeddings.vectors.search import Filters, Neighbour, nearest_items
+from embeddings.vectors.search import Filters, Neighbour, nearest_items, user_nearest_items
 from recsys.models import Item
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,22 @@ def _user_recommendations(
     diversity: float,
 ) -> Answer:
     collaborative = active()
+    exclude_ids = item_ids(exclude)
+    if collaborative is not None and not explain and diversity == 0:
+        # The common case (a user with a stored vector) in one statement; others read their state.
+        found = user_nearest_items(
+            user_table=collaborative.user_table,
+            item_table=collaborative.item_table,
+            user_external_id=user_external_id,
+            limit=limit,
+            filters=Filters(tuple(exclude_ids), category),
+            seen=0 if include_seen else MAX_SEEN,
+        )
+        if found is not None:
+            return Answer(from_neighbours(found), model_ref(collaborative), "collaborative")
     user = _user_state(user_external_id, collaborative)
     history = user.history if user else []
-    excluded = set(item_ids(exclude)) | (set() if include_seen else set(history))
+    excluded = set(exclude_ids) | (set() if include_seen else set(history))
     version, vector, strategy = _user_query(collaborative, user)
     if version is None or vector is None or user is None:
         return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))

@@ -82,7 +82,8 @@ def database_config(url: str) -> dict[str, object]:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, got {parts.scheme!r}")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        # Django's backend with a health check that costs no round trip (recsys/db_backend).
+        "ENGINE": "recsys.db_backend",
         "NAME": unquote(parts.path.lstrip("/")) or "recsys",
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),
@@ -90,7 +91,14 @@ def database_config(url: str) -> dict[str, object]:
         "PORT": str(parts.port or ""),
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
         "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1), **query},
+        "OPTIONS": {
+            "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1),
+            # psycopg's own default, which Django turns off for transaction-mode poolers (set 0
+            # behind one): a statement run this often on a connection is prepared, so that the
+            # vector searches skip planning (see embeddings.vectors.search._rows).
+            "prepare_threshold": env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None,
+            **query,
+        },
         "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
     }
 

@@ -7,9 +7,11 @@ filtering, so the search widens ef_search and, past its ceiling, falls back to a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,17 +49,25 @@ def nearest_items(
     table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters()
 ) -> list[Neighbour]:
     """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``."""
+    found = _widened(lambda **settings: _search(table, query, limit, filters, **settings), limit)
+    assert found is not None  # _search always answers a list
+    return found
+
+
+def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[Neighbour] | None:
+    """``search(session=..., local=...)`` until it finds ``limit`` rows, widening the HNSW search
+    on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
-        return _search(table, query, limit, filters, session=_ITERATIVE)
+        return search(session=_ITERATIVE)
     ef_search = EF_SEARCH_START
     while True:
-        rows = _search(table, query, limit, filters, session=(("hnsw.ef_search", str(ef_search)),))
-        if len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
+        rows = search(session=(("hnsw.ef_search", str(ef_search)),))
+        if rows is None or len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
             break
         ef_search = min(ef_search * 4, EF_SEARCH_MAX)
-    if len(rows) < limit:  # a very selective filter: an exact scan finds every match
-        rows = _search(table, query, limit, filters, local=(("enable_indexscan", "off"),))
+    if rows is not None and len(rows) < limit:  # a very selective filter: an exact scan finds every match
+        rows = search(local=(("enable_indexscan", "off"),))
     return rows
 
 
@@ -67,7 +77,7 @@ _QUERY = """
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
     WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
     ORDER BY v.embedding <#> %(query)s
-    LIMIT %(limit)s
+    LIMIT {limit}
 """
 
 
@@ -82,20 +92,81 @@ def _search(
 ) -> list[Neighbour]:
     """One search; ``session`` settings persist on the connection, ``local`` ones last one transaction."""
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
-    statement = sql.SQL(_QUERY).format(table=sql.Identifier(table), category=category)
+    statement = sql.SQL(_QUERY).format(table=sql.Identifier(table), category=category, limit=sql.Literal(limit))
     params = {
         "query": Vector(query.astype(np.float32)),
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
-        "limit": limit,
     }
+    rows = _rows(statement, params, session=session, local=local)
+    # relaxed_order may return rows slightly out of order: the answer is always sorted.
+    return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
+
+
+def _rows(
+    statement: sql.Composed,
+    params: dict[str, Any],
+    *,
+    session: tuple[tuple[str, str], ...],
+    local: tuple[tuple[str, str], ...],
+) -> list[tuple[Any, ...]]:
+    """The statement's rows. Searches become prepared statements (DATABASES' prepare_threshold)
+    with a generic plan: LIMITs are literals, as a LIMIT parameter makes PostgreSQL re-plan every
+    time (0.7 ms of an uncached recommendation's 2.9 ms in PostgreSQL, bench/serve_profile.py).
+    Not under ``local`` planner settings: a cached plan would not see them."""
     _session_settings(session)
     with transaction.atomic() if local else nullcontext(), cursor() as cur:
         if local:
             cur.execute(_set_config(local, is_local=True))
-        rows = cur.execute(statement, params, binary=True).fetchall()
-    # relaxed_order may return rows slightly out of order: the answer is always sorted.
-    return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
+        return cur.execute(statement, params, binary=True, prepare=False if local else None).fetchall()
+
+
+# The hot path in one statement: the user, their stored vector, their seen items and the search.
+# Four round trips became one (bench/serve_profile.py); the LATERAL search still uses the HNSW
+# index (the user's vector reaches it as a parameter) and the seen items are one hashed set.
+_USER_QUERY = """
+    WITH u AS MATERIALIZED (
+        SELECT u.id, s.embedding FROM recsys_user u LEFT JOIN {user_table} s ON s.user_id = u.id
+        WHERE u.external_id = %(user)s
+    )
+    SELECT u.embedding IS NOT NULL, n.item_id, n.external_id, n.score
+    FROM u LEFT JOIN LATERAL (
+        SELECT v.item_id, i.external_id, -(v.embedding <#> u.embedding) AS score
+        FROM {table} v JOIN recsys_item i ON i.id = v.item_id
+        WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+          AND v.item_id NOT IN (
+              SELECT item_id FROM recsys_interaction WHERE user_id = (SELECT id FROM u)
+              GROUP BY item_id ORDER BY max(timestamp) DESC LIMIT {seen})
+        ORDER BY v.embedding <#> u.embedding
+        LIMIT {limit}
+    ) n ON u.embedding IS NOT NULL
+"""
+
+
+def user_nearest_items(
+    *, user_table: str, item_table: str, user_external_id: str, limit: int, filters: Filters, seen: int
+) -> list[Neighbour] | None:
+    """Items of ``item_table`` nearest the user's stored vector in ``user_table`` (highest first),
+    skipping the user's ``seen`` most recent items and what ``filters`` exclude; None when the user
+    is unknown or has no stored vector (the caller folds them in or falls back)."""
+    category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
+    statement = sql.SQL(_USER_QUERY).format(
+        user_table=sql.Identifier(user_table),
+        table=sql.Identifier(item_table),
+        category=category,
+        limit=sql.Literal(limit),
+        seen=sql.Literal(seen),
+    )
+    params = {"user": user_external_id, "exclude": list(filters.exclude_ids), "category": filters.category}
+
+    def search(**settings: tuple[tuple[str, str], ...]) -> list[Neighbour] | None:
+        rows = _rows(statement, params, session=settings.get("session", ()), local=settings.get("local", ()))
+        if not rows or not rows[0][0]:
+            return None
+        found = (Neighbour(int(r[1]), r[2], float(r[3])) for r in rows if r[1] is not None)
+        return sorted(found, key=lambda n: -n.score)
+
+    return _widened(search, limit)
 
 
 def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql.Composed:
