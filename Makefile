@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RECSYS_INSECURE_DEV_KEY ?= true
 
-.PHONY: demo serve test lint typecheck install services-start services-status services-stop bench screenshots clean
+.PHONY: demo serve test test-unit lint typecheck install services-start services-status services-stop bench screenshots clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -26,6 +26,10 @@ serve: install
 ## test: the whole suite against the configured services (embedded ones when no URLs are set)
 test: install
 	$(PY) -m recsys.run exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+## test-unit: the pure modules' tests alone (learners, tuning, evaluation, encoders, rules...): seconds, nothing started
+test-unit: install
+	$(PY) -m pytest -m unit -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

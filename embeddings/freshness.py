@@ -34,6 +34,16 @@ def _redis() -> Any:
     return redis_store.client("broker")
 
 
+def fold_ins_pending_clear() -> None:
+    """Forget every queued fold-in (tests start clean; a retrain makes them moot too)."""
+    _redis().delete(PENDING_KEY, SCHEDULED_KEY)
+
+
+def fold_ins_pending() -> set[int]:
+    """The users whose fold-in is queued and not yet done."""
+    return {int(u) for u in _redis().smembers(PENDING_KEY)}
+
+
 def users_fold_in_schedule(*, user_ids: list[int]) -> bool:
     """Queue users for a fold-in; returns False (and logs) when Redis is unavailable."""
     if not user_ids or not ActiveVersion.objects.filter(kind=Kind.COLLABORATIVE).exists():

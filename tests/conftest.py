@@ -1,4 +1,9 @@
-"""Shared fixtures: API clients holding keys of given scopes, and a per-run cache namespace."""
+"""Shared fixtures: API clients holding keys of given scopes, and a per-run cache namespace.
+
+Tests of pure modules carry ``pytestmark = pytest.mark.unit``: they need no service, so the
+fixtures below that reset Redis state skip them, and ``make test-unit`` runs them alone with
+nothing started (pytest-django refuses them the database).
+"""
 
 from __future__ import annotations
 
@@ -23,12 +28,18 @@ def _isolated_cache_namespace() -> None:
     cache.key_prefix = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(autouse=True)
-def _no_pending_fold_ins() -> None:
-    """Fold-in bookkeeping lives in Redis, outside the test database: start each test clean."""
-    from embeddings.freshness import PENDING_KEY, SCHEDULED_KEY, _redis
+def _is_unit(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("unit") is not None
 
-    _redis().delete(PENDING_KEY, SCHEDULED_KEY)
+
+@pytest.fixture(autouse=True)
+def _no_pending_fold_ins(request: pytest.FixtureRequest) -> None:
+    """Fold-in bookkeeping lives in Redis, outside the test database: start each test clean."""
+    if _is_unit(request):
+        return
+    from embeddings.freshness import fold_ins_pending_clear
+
+    fold_ins_pending_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ import pytest
 
 from embeddings.cold_items import content_map_fit
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 def test_map_recovers_a_linear_relation_and_places_unseen_items_near_their_true_vectors() -> None:
     # Given collaborative vectors that are a noisy linear function of the content vectors

@@ -21,6 +21,8 @@ from embeddings.encoders import (
     token_windows,
 )
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 CATALOG = [
     "Toy Story (1995). Genres: Adventure, Animation, Children, Comedy. Tags: pixar, fun",
     "Toy Story 2 (1999). Genres: Adventure, Animation, Children, Comedy. Tags: pixar, sequel",

@@ -8,6 +8,8 @@ import scipy.sparse as sp
 
 from embeddings.evaluation import Split, holdout_split, popularity_recommender, ranking_metrics
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 def test_holdout_moves_a_fraction_of_each_users_positives_to_test():
     matrix = sp.csr_matrix(np.ones((20, 10), dtype=np.float32))

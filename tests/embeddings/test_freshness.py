@@ -7,7 +7,7 @@ import pytest
 
 from embeddings import services
 from embeddings.fold_in import user_vector_fold_in
-from embeddings.freshness import PENDING_KEY, _redis, users_fold_in
+from embeddings.freshness import fold_ins_pending, users_fold_in
 from embeddings.learners import LearnerParams
 from embeddings.vectors.rows import vectors_of
 from recsys.models import Interaction, Item, User
@@ -63,7 +63,7 @@ def test_a_user_unknown_to_the_model_gets_a_stored_vector_after_the_fold_in(
         interactions_ingest(rows=[{"user": "late", "item": "i20", "type": "purchase"}])
 
     assert user_vector(trained, "late") is not None
-    assert not _redis().exists(PENDING_KEY)
+    assert not fold_ins_pending()
 
 
 def test_fold_in_without_an_active_model_writes_nothing(communities):

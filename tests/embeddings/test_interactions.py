@@ -14,6 +14,8 @@ from embeddings.interactions import (
     events_from_binary_copy,
 )
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 def test_weights_of_repeated_pairs_are_summed_and_ids_mapped():
     users = np.array([10, 10, 30, 10], dtype=np.int64)

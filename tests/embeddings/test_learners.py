@@ -8,6 +8,8 @@ import scipy.sparse as sp
 
 from embeddings.learners import LearnerParams, fit, fold_in, gram_matrix
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 def two_communities(users: int = 60, items: int = 40, seed: int = 0) -> sp.csr_matrix:
     """Users 0..29 like items 0..19, users 30..59 like items 20..39 (with a little noise)."""

@@ -7,6 +7,8 @@ import pytest
 from embeddings.search import keyword_query_parse
 from recsys.errors import ValidationFailed
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 @pytest.fixture(autouse=True)
 def bounds(settings):

@@ -23,6 +23,8 @@ from embeddings.tuning import (
     weight_scale,
 )
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 def _bowl(center: float):
     return lambda point: -((math.log(point["x"]) - math.log(center)) ** 2)

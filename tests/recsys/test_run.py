@@ -12,6 +12,8 @@ import pytest
 
 from recsys.run import Supervisor
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 
 @pytest.fixture
 def supervisor() -> Iterator[Supervisor]:

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from recsys.errors import PayloadTooLarge, ValidationFailed
 from recsys.validation import clean_attributes, clean_batch, clean_external_id, is_external_id, parse_timestamp
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 ID_ALPHABET = string.ascii_letters + string.digits + "_.:@-"
 
 

@@ -7,6 +7,7 @@ import json
 import re
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from recsys.validation import (
     is_external_id,
     parse_timestamp,
 )
+
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
 ID_ALPHABET = st.sampled_from("abcXYZ019_.:@/-")
 # What a JSON column can hold: finite numbers only (jsonb has no Infinity or NaN).

@@ -14,6 +14,8 @@ from recsys.ingestion.readers import batch_events_read
 from recsys.ingestion.rules import EPOCH, EventRules, RowError, events_check, unknown_row_error
 from recsys.validation import EXTERNAL_ID_PATTERN
 
+pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
+
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 NOW_US = (NOW - EPOCH) // timedelta(microseconds=1)
 RULES = EventRules(
