@@ -368,7 +368,7 @@ def main() -> None:
             f"| {m['version']['algorithm']} |"
         )
         print("\n".join(section(data, m)), flush=True)
-    lines[5:5] = [*summary, ""]
+    lines[4:4] = [*summary, ""]
     write_section("quality", "\n".join(lines))
     print("\n".join(summary))
 
