@@ -24,6 +24,7 @@ from common import (
     celery_worker,
     database_url,
     drop_database,
+    generated_load,
     gunicorn,
     machine,
     manage,
@@ -108,17 +109,7 @@ def summary(results: dict[str, list[tuple[int, float]]], seconds: float) -> dict
 
 
 def load_data(url: str, items: int, interactions: int) -> None:
-    manage(
-        url,
-        "generate_demo_data",
-        "--items",
-        str(items),
-        "--users",
-        str(max(1000, interactions // 100)),
-        "--interactions",
-        str(interactions),
-        "--no-progress",
-    )
+    generated_load(url, items, interactions)
 
 
 def attacker_keys(url: str, count: int) -> list[str]:

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import MOVIELENS, machine, write_section
-from content import encode, movie_texts, ndcg_at_10, ratings
+from content import cold_users, encode, movie_texts, ndcg_at_10, ratings
 
 from embeddings.cold_items import content_map_fit
 from embeddings.learners import LearnerParams, fit
@@ -68,37 +68,26 @@ def main() -> None:
         maps[name] = content_map
         mapped = content_map.predict(vectors[cold])
         profile_scores(scores, name, vectors, mapped, matrix, stamps, cold, is_cold, user_vectors)
-    baselines(scores, matrix, cold, is_cold, rng)
+    baselines(scores, matrix, stamps, cold, is_cold, rng)
     report({k: float(np.mean(v)) for k, v in scores.items()}, len(scores["random"]), model, train_s, maps, len(cold))
 
 
 def profile_scores(scores, name, vectors, mapped, matrix, stamps, cold, is_cold, user_vectors) -> None:  # type: ignore[no-untyped-def]
     half_life = 30 * 86_400.0
-    for user in range(matrix.shape[0]):
-        items = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
-        when = stamps.data[stamps.indptr[user] : stamps.indptr[user + 1]]
-        liked_cold = set(items[is_cold[items]].tolist())
-        relevant = {k for k, i in enumerate(cold.tolist()) if i in liked_cold}
-        warm = ~is_cold[items]
-        if not relevant or warm.sum() == 0:
-            continue
+    for user in cold_users(matrix, stamps, cold, is_cold):
+        items, when, warm, relevant = user.items, user.when, user.warm, user.relevant
         weights = np.exp2(-(when[warm].max() - when[warm]) / half_life)
         profile = (weights[:, None] * vectors[items[warm]]).sum(axis=0)
         scores[f"content profile ({name})"].append(ndcg_at_10(np.argsort(-(vectors[cold] @ profile)), relevant))
-        scores[f"mapped ({name})"].append(ndcg_at_10(np.argsort(-(mapped @ user_vectors[user])), relevant))
+        scores[f"mapped ({name})"].append(ndcg_at_10(np.argsort(-(mapped @ user_vectors[user.row])), relevant))
 
 
-def baselines(scores, matrix, cold, is_cold, rng) -> None:  # type: ignore[no-untyped-def]
+def baselines(scores, matrix, stamps, cold, is_cold, rng) -> None:  # type: ignore[no-untyped-def]
     cold_counts = np.asarray(matrix[:, cold].sum(axis=0)).ravel()
-    for user in range(matrix.shape[0]):
-        items = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
-        liked_cold = set(items[is_cold[items]].tolist())
-        relevant = {k for k, i in enumerate(cold.tolist()) if i in liked_cold}
-        if not relevant or (~is_cold[items]).sum() == 0:
-            continue
-        own = np.isin(cold, items).astype(float)
-        scores["popularity (oracle)"].append(ndcg_at_10(np.argsort(-(cold_counts - own), kind="stable"), relevant))
-        scores["random"].append(ndcg_at_10(rng.permutation(len(cold)), relevant))
+    for user in cold_users(matrix, stamps, cold, is_cold):
+        own = np.isin(cold, user.items).astype(float)  # leave this user's own ratings out of popularity
+        scores["popularity (oracle)"].append(ndcg_at_10(np.argsort(-(cold_counts - own), kind="stable"), user.relevant))
+        scores["random"].append(ndcg_at_10(rng.permutation(len(cold)), user.relevant))
 
 
 def report(results, users, model, train_s, maps, n_cold) -> None:  # type: ignore[no-untyped-def]

@@ -67,6 +67,21 @@ def manage(database_url: str, *args: str, capture: bool = False) -> str:
     return answer.stdout if capture else ""
 
 
+def generated_load(database_url: str, items: int, interactions: int) -> None:
+    """Generated demo data of that size (a user per 100 interactions, at least 1,000 users)."""
+    manage(
+        database_url,
+        "generate_demo_data",
+        "--items",
+        str(items),
+        "--users",
+        str(max(1000, interactions // 100)),
+        "--interactions",
+        str(interactions),
+        "--no-progress",
+    )
+
+
 def api_key(database_url: str) -> str:
     return manage(
         database_url,

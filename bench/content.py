@@ -24,6 +24,8 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -112,6 +114,32 @@ def ndcg_at_10(ranked: np.ndarray, relevant: set[int]) -> float:
     return float((hits * discounts[: len(hits)]).sum() / ideal)
 
 
+@dataclass(frozen=True)
+class ColdUser:
+    """A user who liked some held-out items: their items, timestamps, which are warm, and the
+    held-out items they liked (as positions in ``cold``)."""
+
+    row: int
+    items: np.ndarray
+    when: np.ndarray
+    warm: np.ndarray
+    relevant: set[int]
+
+
+def cold_users(
+    matrix: sp.csr_matrix, stamps: sp.csr_matrix, cold: np.ndarray, is_cold: np.ndarray
+) -> Iterator[ColdUser]:
+    """The users the cold-start protocol scores: with a held-out positive and a warm one."""
+    for user in range(matrix.shape[0]):
+        items = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
+        liked_cold = set(items[is_cold[items]].tolist())
+        relevant = {k for k, i in enumerate(cold.tolist()) if i in liked_cold}
+        warm = ~is_cold[items]
+        if relevant and warm.any():
+            when = stamps.data[stamps.indptr[user] : stamps.indptr[user + 1]]
+            yield ColdUser(user, items, when, warm, relevant)
+
+
 def cold_start(vectors: dict[str, np.ndarray], matrix: sp.csr_matrix, stamps: sp.csr_matrix) -> dict[str, float]:
     rng = np.random.default_rng(SEED)
     n_items = matrix.shape[1]
@@ -121,14 +149,8 @@ def cold_start(vectors: dict[str, np.ndarray], matrix: sp.csr_matrix, stamps: sp
     half_life = 30 * 86_400.0
     scores: dict[str, list[float]] = defaultdict(list)
     cold_counts = np.asarray(matrix[:, cold].sum(axis=0)).ravel()
-    for user in range(matrix.shape[0]):
-        items = matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
-        when = stamps.data[stamps.indptr[user] : stamps.indptr[user + 1]]
-        liked_cold = set(items[is_cold[items]].tolist())
-        relevant = {k for k, i in enumerate(cold.tolist()) if i in liked_cold}
-        warm = ~is_cold[items]
-        if not relevant or warm.sum() == 0:
-            continue
+    for user in cold_users(matrix, stamps, cold, is_cold):
+        items, when, warm, relevant = user.items, user.when, user.warm, user.relevant
         for name, vecs in vectors.items():
             weights = np.exp2(-(when[warm].max() - when[warm]) / half_life)
             profile = (weights[:, None] * vecs[items[warm]]).sum(axis=0)

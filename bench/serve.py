@@ -27,6 +27,7 @@ from common import (
     celery_worker,
     database_url,
     drop_database,
+    generated_load,
     gunicorn,
     machine,
     manage,
@@ -44,17 +45,7 @@ def load_data(url: str, generated: tuple[int, int] | None) -> str:
         manage(url, "import_movielens", str(MOVIELENS), "--no-progress")
         return f"ml-latest-small ({MOVIELENS.name})"
     items, interactions = generated
-    manage(
-        url,
-        "generate_demo_data",
-        "--items",
-        str(items),
-        "--users",
-        str(max(1000, interactions // 100)),
-        "--interactions",
-        str(interactions),
-        "--no-progress",
-    )
+    generated_load(url, items, interactions)
     return f"generated: {items:,} items, {interactions:,} interactions"
 
 

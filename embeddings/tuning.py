@@ -226,12 +226,13 @@ def collaborative_search(
         )
         report(candidate=len(tried), algorithm=algorithm, tried=list(tried))
 
+    search = _Search(normalised, evaluate, options, deadline, configured, record)
     if options.ease or configured.algorithm == "ease":
-        result, best = _ease_search(normalised, evaluate, options, deadline, configured, record)
+        result, best = _ease_search(search)
         outcomes.append(best)
         bracketed["ease"] = result.bracketed
     if configured.algorithm != "ease":
-        result, best = _implicit_search(normalised, evaluate, options, deadline, configured, record, split)
+        result, best = _implicit_search(search)
         outcomes.append(best)
         bracketed[configured.algorithm] = result.bracketed
     score, params = max(outcomes, key=lambda o: o[0])
@@ -246,15 +247,35 @@ def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) ->
     return evaluate
 
 
-def _ease_search(
-    normalised: sp.csr_matrix,
-    evaluate: Callable[[Any], float],
-    options: TuningSettings,
-    deadline: float,
-    configured: LearnerParams,
-    record: Callable[..., None],
-) -> tuple[SearchResult, tuple[float, LearnerParams]]:
-    unit = gram_diagonal_mean(normalised)
+@dataclass(frozen=True)
+class _Search:
+    """One learner's search: the normalised training matrix, the scorer, the budget and the
+    configured learner, and where each candidate is recorded."""
+
+    normalised: sp.csr_matrix
+    evaluate: Callable[[Any], float]
+    options: TuningSettings
+    deadline: float
+    configured: LearnerParams
+    record: Callable[..., None]
+
+    def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
+        """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
+        score = self.evaluate(fit(matrix, params, svd_cache=svd_cache))
+        self.record(params.algorithm, params, score, **shown)
+        return score
+
+    def run(
+        self, objective: Objective, dimensions: list[Dimension], choices: dict[str, tuple[float, ...]] | None = None
+    ) -> SearchResult:
+        return log_search(
+            objective, dimensions, deadline=self.deadline, max_evals=self.options.max_evals, choices=choices
+        )
+
+
+def _ease_search(search: _Search) -> tuple[SearchResult, tuple[float, LearnerParams]]:
+    unit = gram_diagonal_mean(search.normalised)
+    configured, options = search.configured, search.options
     factors = configured.factors if configured.algorithm == "ease" else options.ease_factors
     svd_cache: dict[int, Svd] = {}
 
@@ -263,35 +284,22 @@ def _ease_search(
             algorithm="ease", factors=factors, regularization=point["lambda"] * unit, random_state=options.seed
         )
 
-    def objective(point: Point) -> float:
-        params = params_at(point)
-        score = evaluate(fit(normalised, params, svd_cache=svd_cache))
-        record("ease", params, score, lambda_relative=point["lambda"], factors=factors)
-        return score
-
-    result = log_search(
-        objective,
+    result = search.run(
+        lambda point: search.score(
+            search.normalised, params_at(point), svd_cache, lambda_relative=point["lambda"], factors=factors
+        ),
         [Dimension("lambda", options.ease_lambda_start, step=4.0, low=1e-4, high=1e6, min_step=1.2)],
-        deadline=deadline,
-        max_evals=options.max_evals,
     )
     return result, (result.best.score, params_at(result.best.point))
 
 
-def _implicit_search(
-    normalised: sp.csr_matrix,
-    evaluate: Callable[[Any], float],
-    options: TuningSettings,
-    deadline: float,
-    configured: LearnerParams,
-    record: Callable[..., None],
-    split: Split,
-) -> tuple[SearchResult, tuple[float, LearnerParams]]:
+def _implicit_search(search: _Search) -> tuple[SearchResult, tuple[float, LearnerParams]]:
+    configured, options = search.configured, search.options
     bm25_cache: dict[bool, sp.csr_matrix] = {}
 
     def confidences(bm25: bool) -> sp.csr_matrix:
         if bm25 not in bm25_cache:
-            bm25_cache[bm25] = bm25_confidence(normalised) if bm25 else normalised
+            bm25_cache[bm25] = bm25_confidence(search.normalised) if bm25 else search.normalised
         return bm25_cache[bm25]
 
     def params_at(point: Point) -> LearnerParams:
@@ -306,9 +314,7 @@ def _implicit_search(
 
     def objective(point: Point) -> float:
         params = params_at(point)
-        score = evaluate(fit(confidences(params.bm25), params))
-        record(configured.algorithm, params, score, **point)
-        return score
+        return search.score(confidences(params.bm25), params, **point)
 
     dimensions = [
         Dimension("factors", configured.factors, step=2.0, low=8, high=512, integer=True, min_step=1.5),
@@ -317,13 +323,7 @@ def _implicit_search(
     ]
     if configured.algorithm == "als":
         dimensions.insert(0, Dimension("alpha", options.als_alpha_start, step=4.0, low=1e-3, high=1e4))
-    result = log_search(
-        objective,
-        dimensions,
-        deadline=deadline,
-        max_evals=options.max_evals,
-        choices={"bm25": (float(configured.bm25), float(not configured.bm25))},
-    )
+    result = search.run(objective, dimensions, choices={"bm25": (float(configured.bm25), float(not configured.bm25))})
     return result, (result.best.score, params_at(result.best.point))
 
 
