@@ -12,8 +12,10 @@ from django.http import HttpRequest
 
 # What a well-formed lookup with a value PostgreSQL cannot take raises when it runs: a malformed
 # array literal (?categories=jazz), a NUL character, an invalid regular expression, a transform
-# whose extension is not installed (?title__unaccent=). Django validates only what it can parse.
+# whose extension is not installed (?title__unaccent=); and a value the field itself refuses when
+# the query is compiled (?ip_address=jazz: ValueError). Django validates only what it can parse.
 REFUSED_BY_DATABASE = (DataError, ProgrammingError)
+REFUSED_LOOKUP = (*REFUSED_BY_DATABASE, ValueError)
 MESSAGE_CHARS = 200
 
 
@@ -31,7 +33,7 @@ class GuardedAdmin(admin.ModelAdmin):
             with transaction.atomic():
                 changelist = super().get_changelist_instance(request)
                 len(changelist.result_list)  # runs and caches the rows the page shows
-        except REFUSED_BY_DATABASE as error:
+        except REFUSED_LOOKUP as error:
             detail = str(error).splitlines()[0][:MESSAGE_CHARS] if str(error) else type(error).__name__
             messages.error(request, f"The list could not be filtered that way ({detail}); showing it unfiltered.")
             raise IncorrectLookupParameters(detail) from error
