@@ -139,8 +139,12 @@ def celery_worker(database_url: str, name: str, env: dict[str, str] | None = Non
     try:
         yield worker
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        worker.terminate()  # a warm shutdown waits for the running task
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a long build: stop it rather than hide why the bench ended
+            worker.kill()
+            worker.wait(timeout=30)
 
 
 def wait_healthy(port: int, seconds: float = 60) -> None:
