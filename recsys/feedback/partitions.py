@@ -122,6 +122,8 @@ def impression_partitions_maintain(
     expired = [m for m in impression_partitions_list() if next_month(m) <= horizon.date()]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+        # Foreign keys are deferred: checks still pending in an enclosing transaction would block the drop.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for month in expired:
             cursor.execute(f'DROP TABLE IF EXISTS "{partition_name(month)}"')
             report.dropped.append(month)
