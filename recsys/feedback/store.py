@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 
 from recsys.ingestion.rules import Floats, Ints
@@ -154,3 +155,25 @@ def _click_params(clicks: ClickArrays) -> dict[str, Any]:
         "experiment_ids": list(clicks.experiment_ids),
         "variants": list(clicks.variants),
     }
+
+
+# ---- training: shown and never used ---------------------------------------------------------------
+
+# Distinct (user, item) pairs shown to a user who has no interaction with that item; the anti-join
+# probes the (user_id, item_id, ...) prefix of the interactions' unique index.
+_UNUSED_COPY = """
+    COPY (
+        SELECT DISTINCT i.user_id, i.item_id FROM recsys_impression i
+        WHERE NOT EXISTS (SELECT 1 FROM recsys_interaction x WHERE x.user_id = i.user_id AND x.item_id = i.item_id)
+    ) TO STDOUT (FORMAT BINARY)
+"""
+_PAIR_ROW = np.dtype([("fields", ">i2"), ("user_len", ">i4"), ("user", ">i8"), ("item_len", ">i4"), ("item", ">i8")])
+_COPY_HEADER_BYTES = 19  # signature, flags, extension length (0)
+
+
+def impressions_unused_read() -> tuple[Ints, Ints]:
+    """(user_ids, item_ids) of every item shown to a user who never interacted with it, one pair each."""
+    with sql_cursor() as cursor, cursor.copy(_UNUSED_COPY) as copy:
+        data = b"".join(bytes(block) for block in copy)
+    rows = np.frombuffer(data[_COPY_HEADER_BYTES:-2], dtype=_PAIR_ROW)
+    return rows["user"].astype(np.int64), rows["item"].astype(np.int64)
