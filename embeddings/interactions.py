@@ -206,11 +206,22 @@ def weak_negatives_build(
     return (unused * np.float32(-weight)).astype(np.float32).tocsr()
 
 
-def with_weak_negatives(confidences: sp.csr_matrix, negatives: sp.csr_matrix | None) -> sp.csr_matrix:
-    """``confidences`` plus weak negatives at pairs it has no entry for (an entry there always wins)."""
+def with_weak_negatives(
+    confidences: sp.csr_matrix, negatives: sp.csr_matrix | None, *, alpha: float = 1.0
+) -> sp.csr_matrix:
+    """``confidences`` plus weak negatives as implicit's ALS reads them, at pairs without an entry.
+
+    ALS gives an unseen item preference 0 with confidence 1, and a stored value s confidence
+    alpha·|s| (preference 0 when s < 0). A weak negative of weight w (an entry -w of ``negatives``)
+    is stored as -(1 + w) / alpha: preference 0 with confidence 1 + w, w surer than an unseen item.
+    (Stored as -w it would be *less* sure than an unseen item for w < 1, and change nothing at w = 1.)
+    """
     if negatives is None or negatives.nnz == 0:
         return confidences
     present = sp.csr_matrix(
         (np.ones(confidences.nnz, dtype=np.float32), confidences.indices, confidences.indptr), confidences.shape
     )
-    return (confidences + (negatives - negatives.multiply(present))).astype(np.float32).tocsr()
+    absent = (negatives - negatives.multiply(present)).tocsr()
+    absent.eliminate_zeros()
+    absent.data = ((absent.data - 1.0) / alpha).astype(np.float32)  # -w → -(1 + w) / alpha
+    return (confidences + absent).astype(np.float32).tocsr()

@@ -135,7 +135,9 @@ def _confidences(matrix: Any, params: LearnerParams, negatives: Any = None) -> A
     if params.algorithm == "ease":
         return matrix
     confidences = learner_confidences(matrix, params)
-    return with_weak_negatives(confidences, negatives) if params.algorithm == "als" else confidences
+    if params.algorithm != "als":
+        return confidences
+    return with_weak_negatives(confidences, negatives, alpha=params.alpha)
 
 
 def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:

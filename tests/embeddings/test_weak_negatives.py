@@ -38,14 +38,15 @@ def test_an_item_unknown_to_the_matrix_is_ignored():
     assert negatives.nnz == 0
 
 
-def test_adding_negatives_never_overrides_an_entry():
+def test_a_weak_negative_is_surer_than_an_unseen_item_by_its_weight_and_never_overrides_an_entry():
     data = _data()
     confidences = data.matrix.copy()
     negatives = sp.csr_matrix(np.array([[-0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32))
 
-    combined = with_weak_negatives(confidences, negatives)
+    combined = with_weak_negatives(confidences, negatives, alpha=2.0)
 
-    assert combined.toarray().tolist() == [[2.0, -0.5, 0.0], [0.0, 1.0, -4.0]]
+    # ALS reads a stored -s as preference 0 with confidence alpha·s = 1.5: an unseen item's 1 plus 0.5.
+    assert combined.toarray().tolist() == [[2.0, -0.75, 0.0], [0.0, 1.0, -4.0]]
     assert with_weak_negatives(confidences, None) is confidences
 
 
