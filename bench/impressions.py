@@ -38,10 +38,10 @@ def impression_bodies(seed: int) -> list[bytes]:
     rng = random.Random(-seed)
     lists = []
     for event in events:
-        others = [f"i{int(rng.paretovariate(1.2)) % 20_000}" for _ in range(SHOWN * 2)]
-        items = list(dict.fromkeys([event["item"], *others]))[:SHOWN]  # distinct, the clicked one first
-        while len(items) < SHOWN:
-            items.append(f"filler{rng.randrange(10**9)}")
+        # The other 9 from the 20,000-item catalogue the events use (recommendations spread wider
+        # than the events' popularity): the first batches create them as stub items, as events do.
+        others = [f"i{n}" for n in rng.sample(range(20_000), SHOWN)]
+        items = list(dict.fromkeys([event["item"], *others]))[:SHOWN]  # distinct, the clicked one among them
         rng.shuffle(items)
         shown_at = datetime.fromisoformat(event["timestamp"]) - BEFORE
         lists.append({"user": event["user"], "items": items, "timestamp": shown_at.isoformat()})
@@ -96,34 +96,39 @@ def run_clients(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, default=60, help="interaction batches of 1,000 per phase")
+    parser.add_argument("--batches", type=int, default=24, help="requests of 1,000 rows per phase and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
     n = args.batches
     url = scratch_database_url("recsys_bench_impressions")
+    rounds: list[dict[str, dict[str, float]]] = []
     try:
         key = api_key(url)
         with gunicorn(url, args.port) as master:
             workers = len(master.children())
             run_clients(args.port, key, "/api/v1/interactions", events_body, list(range(900_000, 900_008)))  # warm
-            phases = {
-                "events_before": run_clients(args.port, key, "/api/v1/interactions", events_body, list(range(n))),
-                "impressions": run_clients(
-                    args.port, key, "/api/v1/impressions", impression_bodies, list(range(10_000, 10_000 + n))
-                ),
-                "events_attributed": run_clients(
-                    args.port, key, "/api/v1/interactions", events_body, list(range(10_000, 10_000 + n))
-                ),
-                "events_after": run_clients(
-                    args.port, key, "/api/v1/interactions", events_body, list(range(20_000, 20_000 + n))
-                ),
-            }
-            for name, figures in phases.items():
-                print(f"{name}: {figures['rows_per_s']:,.0f} rows/s (p50 {figures['p50_ms']:.0f} ms)", flush=True)
+            # Phases interleaved in rounds, so that the machine's load drifts over all of them alike.
+            for r in range(args.rounds):
+                shown, plain = 10_000 + r * n, 50_000 + r * n
+                rounds.append(
+                    {
+                        "events_plain": run_clients(
+                            args.port, key, "/api/v1/interactions", events_body, list(range(plain, plain + n))
+                        ),
+                        "impressions": run_clients(
+                            args.port, key, "/api/v1/impressions", impression_bodies, list(range(shown, shown + n))
+                        ),
+                        "events_attributed": run_clients(
+                            args.port, key, "/api/v1/interactions", events_body, list(range(shown, shown + n))
+                        ),
+                    }
+                )
+                print(json.dumps({k: round(v["rows_per_s"]) for k, v in rounds[-1].items()}), flush=True)
         attributed = _attributions(url)
     finally:
         drop_database(url)
-    report(phases, attributed, workers, n)
+    report(rounds, attributed, workers, n)
 
 
 def _attributions(url: str) -> int:
@@ -134,41 +139,47 @@ def _attributions(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def report(phases: dict[str, dict[str, float]], attributed: int, workers: int, batches: int) -> None:
-    before, after = phases["events_before"]["rows_per_s"], phases["events_after"]["rows_per_s"]
-    plain = (before + after) / 2
-    imp, hit = phases["impressions"], phases["events_attributed"]
+def report(rounds: list[dict[str, dict[str, float]]], attributed: int, workers: int, batches: int) -> None:
+    def median(phase: str, figure: str) -> float:
+        return statistics.median(r[phase][figure] for r in rounds)
 
-    def row(label: str, figures: dict[str, float], target: str = "") -> str:
+    def ratio(phase: str) -> float:
+        return statistics.median(r[phase]["rows_per_s"] / r["events_plain"]["rows_per_s"] for r in rounds)
+
+    def row(label: str, phase: str, target: str = "") -> str:
+        failed = sum(r[phase]["failed_batches"] for r in rounds)
         return (
-            f"| {label} | {figures['rows_per_s']:,.0f} | {figures['p50_ms']:.0f} ms | {figures['p99_ms']:.0f} ms | "
-            f"{figures['failed_batches']} | {target} |"
+            f"| {label} | {median(phase, 'rows_per_s'):,.0f} | {ratio(phase):.2f}× | {median(phase, 'p50_ms'):.0f} ms "
+            f"| {median(phase, 'p99_ms'):.0f} ms | {failed} | {target} |"
         )
 
+    per_round = "; ".join(
+        " / ".join(f"{r[p]['rows_per_s']:,.0f}" for p in ("events_plain", "impressions", "events_attributed"))
+        for r in rounds
+    )
     lines = [
         "## Impressions and attribution (`bench/impressions.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers, 4 client "
-        f"processes on loopback sharing the cores with the server and PostgreSQL, {batches} requests of 1,000 rows "
-        "per phase, phases in the order of the table. **An impression is one shown item**: an impressions request "
-        f"carries {LISTS} display lists of {SHOWN} items = 1,000 impressions. The attributed phase re-uses the "
-        "users, items and times of the impressions (each event a minute after a list that showed its item), so "
-        f"every click-type event in it is attributed ({attributed:,} attributions written); the other two "
-        "interaction phases find no impression of their (user, item) and attribute nothing.",
+        f"processes on loopback sharing the cores with the server and PostgreSQL. {len(rounds)} rounds of three "
+        f"phases of {batches} requests of 1,000 rows each, interleaved so that the machine's load drifts over all "
+        "phases alike; medians over the rounds. **An impression is one shown item**: an impressions request "
+        f"carries {LISTS} display lists of {SHOWN} items = 1,000 impressions (the items from a 20,000-item "
+        "catalogue, created as stubs on first sight, as the interactions do). The attributed phase sends the "
+        "events that the round's impressions led to (each a minute after a list that showed its item), so every "
+        f"click-type event in it is attributed ({attributed:,} attributions in all); the plain phase's events "
+        "match no impression.",
         "",
-        "| phase | rows/s | request p50 | request p99 | failed requests | target |",
-        "|---|---:|---:|---:|---:|---|",
-        row("`POST /api/v1/interactions`, empty impressions table", phases["events_before"]),
-        row("`POST /api/v1/impressions` (impressions/s)", imp, "≥ 20,000"),
-        row("`POST /api/v1/interactions`, every click attributed", hit),
-        row("`POST /api/v1/interactions`, impressions present, none match", phases["events_after"]),
+        "| phase | rows/s (median) | × interactions, same round | request p50 | request p99 | failed requests "
+        "| target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        row("`POST /api/v1/interactions`, no impression matches", "events_plain"),
+        row("`POST /api/v1/impressions` (impressions/s)", "impressions", "≥ 20,000"),
+        row("`POST /api/v1/interactions`, every click attributed", "events_attributed"),
         "",
-        f"Impressions/s against the interactions API of the same run (mean of its two unattributed phases): "
-        f"{imp['rows_per_s'] / plain:.2f}×. Attribution's cost to the interactions API: "
-        f"{hit['rows_per_s'] / plain:.2f}× the throughput when every click is attributed "
-        f"(one INSERT … SELECT with a LATERAL probe per batch); the phase before any impression existed ran at "
-        f"{before:,.0f}/s and the one after at {after:,.0f}/s. Timings on this shared machine vary ±25% between "
-        "runs; the ratios are the figures to compare.",
+        f"Per round (plain / impressions / attributed, rows/s): {per_round}. Attribution is one "
+        "INSERT … SELECT with a LATERAL probe per interactions batch, and each impressions batch runs one more "
+        "statement that credits clicks which arrived before their impression.",
     ]
     write_section("impressions", "\n".join(lines))
     print("\n".join(lines))

@@ -28,7 +28,8 @@ CHUNK_BYTES = 1 << 20
 # Each section is a SELECT whose rows become JSON objects with the columns as keys, in order.
 _SECTIONS: dict[str, str] = {
     "event_type": """
-        SELECT 'event_type' AS kind, name, weight, uses_value, description FROM recsys_eventtype ORDER BY name
+        SELECT 'event_type' AS kind, name, weight, uses_value, description, counts_as_click
+        FROM recsys_eventtype ORDER BY name
     """,
     "user": """
         SELECT 'user' AS kind, external_id AS id, attributes FROM recsys_user ORDER BY external_id

@@ -30,7 +30,7 @@ from recsys.validation import ITEM_FIELDS, is_external_id
 ITEM_BATCH = 1_000
 VECTOR_BATCH = 1_000  # vectors per transaction
 _FIELDS = {
-    "event_type": frozenset({"name", "weight", "uses_value", "description"}),
+    "event_type": frozenset({"name", "weight", "uses_value", "description", "counts_as_click"}),
     "user": frozenset({"id", "attributes"}),
     "item": ITEM_FIELDS | {"id", "stub"},
     "vector": frozenset({"space", "item", "vector"}),
@@ -145,7 +145,9 @@ def _event_types(records: Iterable[Record]) -> ImportReport:
             continue
         description = str(doc.get("description") or "")[:200]
         defaults = {"weight": float(weight), "uses_value": bool(doc.get("uses_value")), "description": description}
-        before = EventType.objects.filter(name=doc["name"]).values("weight", "uses_value", "description").first()
+        if "counts_as_click" in doc:  # files exported before it existed keep the stored flag
+            defaults["counts_as_click"] = bool(doc["counts_as_click"])
+        before = EventType.objects.filter(name=doc["name"]).values(*defaults).first()
         EventType.objects.update_or_create(name=doc["name"], defaults=defaults)
         report.rows += 1
         report.count(1, int(before is None), int(before is not None and before != defaults))

@@ -51,19 +51,20 @@ def impressions_write(impressions: ImpressionArrays) -> int:
     if not len(impressions):
         return 0
     with sql_cursor() as cursor:
-        cursor.execute(
-            _IMPRESSIONS_INSERT,
-            {
-                "user_ids": impressions.user_ids.tolist(),
-                "item_ids": impressions.item_ids.tolist(),
-                "positions": impressions.positions.tolist(),
-                "micros": impressions.shown_at.tolist(),
-                "recommendation_ids": list(impressions.recommendation_ids),
-                "experiment_ids": list(impressions.experiment_ids),
-                "variants": list(impressions.variants),
-            },
-        )
+        cursor.execute(_IMPRESSIONS_INSERT, _impression_params(impressions))
         return max(cursor.rowcount, 0)
+
+
+def _impression_params(impressions: ImpressionArrays) -> dict[str, Any]:
+    return {
+        "user_ids": impressions.user_ids.tolist(),
+        "item_ids": impressions.item_ids.tolist(),
+        "positions": impressions.positions.tolist(),
+        "micros": impressions.shown_at.tolist(),
+        "recommendation_ids": list(impressions.recommendation_ids),
+        "experiment_ids": list(impressions.experiment_ids),
+        "variants": list(impressions.variants),
+    }
 
 
 # ---- attribution -----------------------------------------------------------------------------------
@@ -155,6 +156,51 @@ def _click_params(clicks: ClickArrays) -> dict[str, Any]:
         "experiment_ids": list(clicks.experiment_ids),
         "variants": list(clicks.variants),
     }
+
+
+# Impressions that arrive after the click they led to (clients batch them): a click-type interaction
+# of the same user and item within the window after an impression of this batch, not yet attributed,
+# is credited to the latest such impression. An event attributed by its recommendation id before
+# that id's impression arrived gets the impression's time and position. Nothing else changes: an
+# attribution, once made, is not moved to another impression.
+_LATE_ATTRIBUTIONS = """
+    WITH shown AS (
+        SELECT r.user_id, r.item_id, r.position, timestamptz 'epoch' + r.micros * interval '1 microsecond' AS shown_at,
+               r.recommendation_id, r.experiment_id, r.variant
+        FROM unnest(%(user_ids)s::int8[], %(item_ids)s::int8[], %(positions)s::int4[], %(micros)s::int8[],
+                    %(recommendation_ids)s::text[], %(experiment_ids)s::int8[], %(variants)s::text[])
+             AS r(user_id, item_id, position, micros, recommendation_id, experiment_id, variant)
+    ),
+    led AS (
+        SELECT DISTINCT ON (x.user_id, x.item_id, x.event_type, x.timestamp)
+               x.user_id, x.item_id, x.event_type, x.timestamp, x.value, x.weight,
+               s.recommendation_id, s.experiment_id, s.variant, s.shown_at, s.position
+        FROM shown s
+        JOIN recsys_interaction x ON x.user_id = s.user_id AND x.item_id = s.item_id
+             AND x.timestamp BETWEEN s.shown_at AND s.shown_at + %(window)s * interval '1 second'
+        WHERE x.event_type IN (SELECT name FROM recsys_eventtype WHERE counts_as_click)
+        ORDER BY x.user_id, x.item_id, x.event_type, x.timestamp, s.shown_at DESC
+    )
+    INSERT INTO recsys_attribution AS a (user_id, item_id, event_type, occurred_at, value, weight, recommendation_id,
+                                         experiment_id, variant, shown_at, position, created_at)
+    SELECT user_id, item_id, event_type, timestamp, value, weight, recommendation_id, experiment_id, variant,
+           shown_at, position, now()
+    FROM led
+    ORDER BY user_id, item_id, event_type, timestamp
+    ON CONFLICT (user_id, item_id, event_type, occurred_at) DO UPDATE
+        SET shown_at = EXCLUDED.shown_at, position = EXCLUDED.position
+        WHERE a.shown_at IS NULL AND a.recommendation_id = EXCLUDED.recommendation_id
+"""
+
+
+def late_attributions_write(impressions: ImpressionArrays, *, window_seconds: int | None = None) -> int:
+    """Attribute stored clicks that these impressions led to (see above); returns the rows written."""
+    if not len(impressions):
+        return 0
+    window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
+    with sql_cursor() as cursor:
+        cursor.execute(_LATE_ATTRIBUTIONS, {**_impression_params(impressions), "window": window})
+        return max(cursor.rowcount, 0)
 
 
 # ---- training: shown and never used ---------------------------------------------------------------

@@ -14,7 +14,7 @@ from django.conf import settings
 from recsys.db import atomic_with_retry
 from recsys.errors import DomainError, PayloadTooLarge
 from recsys.feedback.partitions import impression_partitions_ensure, months_of, retention_horizon
-from recsys.feedback.store import ImpressionArrays, impressions_write
+from recsys.feedback.store import ImpressionArrays, impressions_write, late_attributions_write
 from recsys.ingestion.report import BatchResult
 from recsys.ingestion.rules import (
     EPOCH,
@@ -68,10 +68,17 @@ def impressions_ingest(*, rows: Sequence[object], auto_create_items: bool | None
         items, _ = ids_resolve(model=Item, external_ids=flat.items, create=auto_create_items)
         impressions = _resolved(flat, raw, refs, (users, items), item_errors)
         impression_partitions_ensure(months=months_of(impressions.shown_at))
-        result.created = atomic_with_retry(partial(impressions_write, impressions))
+        result.created = atomic_with_retry(partial(_store, impressions))
         result.unchanged = len(impressions) - result.created
     _report(result, rejected, item_errors)
     return result
+
+
+def _store(impressions: ImpressionArrays) -> int:
+    """Insert the impressions, then credit them with stored clicks they led to that arrived first."""
+    created = impressions_write(impressions)
+    late_attributions_write(impressions)
+    return created
 
 
 def _issued_micros(ref: RecommendationRef | None) -> int:

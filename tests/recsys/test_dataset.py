@@ -30,7 +30,7 @@ AWKWARD = 'Quote " backslash \\ newline \n tab \t unicode ☕ \x01'
 @pytest.fixture
 def dataset() -> None:
     """Every kind of record, with the characters that break naive JSON and CSV handling."""
-    EventType.objects.create(name="share", weight=3.0, description="shared a link")
+    EventType.objects.create(name="share", weight=3.0, description="shared a link", counts_as_click=True)
     EventType.objects.filter(name="view").update(weight=0.5)
     user_upsert(external_id="alice", attributes={"tier": "gold", "note": AWKWARD, "nested": {"n": [1, 2.5, None]}})
     user_upsert(external_id="bob@example.com", attributes={})
@@ -73,7 +73,9 @@ def snapshot() -> dict[str, Any]:
             vectors[(space.name, space.dimensions)] = dict(cursor.fetchall())
     return {
         "event_types": list(
-            EventType.objects.order_by("name").values_list("name", "weight", "uses_value", "description")
+            EventType.objects.order_by("name").values_list(
+                "name", "weight", "uses_value", "description", "counts_as_click"
+            )
         ),
         "users": sorted(User.objects.values_list("external_id", "attributes")),
         "items": sorted(

@@ -169,3 +169,55 @@ def test_an_interaction_with_a_malformed_recommendation_id_is_rejected_alone(wri
     assert body["created"] == 1
     assert body["errors"][0]["index"] == 0
     assert body["errors"][0]["error"]["details"] == {"recommendation_id": ["1-80 visible ASCII characters"]}
+
+
+def test_an_impression_sent_after_its_click_still_gets_the_click(writer):
+    rid = recommendation_id_mint(experiment_id=5, variant="b")
+    interact(writer, {"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(minutes=1))})
+    assert attributed() == {}
+
+    show(writer, ["i1", "i2"], recommendation_id=rid)
+
+    click = attributed()[("i2", "click")]
+    assert (click.recommendation_id, click.variant, click.position, click.shown_at) == (rid, "b", 2, T0)
+
+
+def test_a_late_impression_fills_in_where_its_recommendation_was_shown(writer):
+    rid = recommendation_id_mint(experiment_id=5, variant="b")
+    interact(
+        writer,
+        {
+            "user": "u1",
+            "item": "i2",
+            "type": "purchase",
+            "recommendation_id": rid,
+            "timestamp": at(timedelta(minutes=1)),
+        },
+    )
+    assert attributed()[("i2", "purchase")].position is None
+
+    show(writer, ["i2"], recommendation_id=rid)
+
+    purchase = attributed()[("i2", "purchase")]
+    assert (purchase.position, purchase.shown_at, purchase.variant) == (1, T0, "b")
+
+
+def test_a_late_impression_never_moves_an_attribution_or_claims_clicks_outside_the_window(writer):
+    first = recommendation_id_mint(experiment_id=5, variant="a")
+    show(writer, ["i1"], recommendation_id=first, when=T0 - timedelta(minutes=10))
+    interact(
+        writer,
+        {"user": "u1", "item": "i1", "type": "click", "timestamp": at()},
+        {"user": "u1", "item": "i1", "type": "like", "timestamp": at(-timedelta(hours=1))},
+        {"user": "u1", "item": "i1", "type": "view", "timestamp": at(timedelta(seconds=1))},
+    )
+
+    show(
+        writer,
+        ["i1"],
+        recommendation_id=recommendation_id_mint(experiment_id=5, variant="b"),
+        when=T0 - timedelta(minutes=5),
+    )
+
+    assert list(attributed()) == [("i1", "click")]  # the like came before both; a view is no click
+    assert attributed()[("i1", "click")].variant == "a"
