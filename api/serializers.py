@@ -174,7 +174,10 @@ class UserSerializer(serializers.ModelSerializer):
 class InteractionBatchSerializer(serializers.Serializer):
     interactions = serializers.ListField(
         child=serializers.JSONField(
-            help_text="An interaction: user and item ids, type, value (required for rating), timestamp (with a zone)."
+            help_text=(
+                "An interaction: user and item ids, type, value (required for rating), timestamp (with a zone), "
+                "recommendation_id (optional: the answer that led to it; a click-type event is attributed to it)."
+            )
         ),
         max_length=10_000,
         help_text=ROW_HELP,

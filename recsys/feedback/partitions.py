@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from recsys.ingestion.rules import Ints
 
@@ -86,16 +87,15 @@ def impression_partitions_ensure(*, months: Iterable[date]) -> list[date]:
     return created
 
 
-def _partition_create(cursor: object, month: date) -> bool:
+def _partition_create(cursor: CursorWrapper, month: date) -> bool:
     name = partition_name(month)
-    cursor.execute("SELECT to_regclass(%s) IS NULL", [name])  # type: ignore[attr-defined]
-    if not cursor.fetchone()[0]:  # type: ignore[attr-defined]
+    cursor.execute("SELECT to_regclass(%s) IS NULL", [name])
+    row = cursor.fetchone()
+    if not (row and row[0]):
         return False  # a concurrent writer made it while we waited for the lock
     start = datetime(month.year, month.month, 1, tzinfo=UTC)
     end = datetime(next_month(month).year, next_month(month).month, 1, tzinfo=UTC)
-    cursor.execute(  # type: ignore[attr-defined]
-        f'CREATE TABLE "{name}" PARTITION OF {TABLE} FOR VALUES FROM (%s) TO (%s)', [start, end]
-    )
+    cursor.execute(f'CREATE TABLE "{name}" PARTITION OF {TABLE} FOR VALUES FROM (%s) TO (%s)', [start, end])
     return True
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from recsys.env import env_bool, env_int, env_list
+from recsys.env import env_bool, env_duration, env_int, env_list
 from recsys.settings import celery_redis_url, database_config, redis_db_url
 
 
@@ -66,3 +66,22 @@ def test_environment_lists_and_defaults(monkeypatch):
 def test_celery_spells_unix_sockets_its_own_way():
     assert celery_redis_url("unix:///tmp/r.sock", 2) == "redis+socket:///tmp/r.sock?virtual_host=2"
     assert celery_redis_url("redis://h:6379/0", 2) == "redis://h:6379/2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("24h", 86_400), ("30m", 1_800), ("90", 90), ("45s", 45), ("7D", 604_800)]
+)
+def test_durations_take_a_unit_or_seconds(monkeypatch, raw, seconds):
+    monkeypatch.setenv("X_DURATION", raw)
+    assert env_duration("X_DURATION", "1h") == seconds
+
+
+@pytest.mark.parametrize("raw", ["soon", "h", "1.5h", "-5m", "0"])
+def test_bad_durations_fail_loudly(monkeypatch, raw):
+    monkeypatch.setenv("X_DURATION", raw)
+    with pytest.raises(ImproperlyConfigured):
+        env_duration("X_DURATION", "1h")
+
+
+def test_an_unset_duration_takes_its_default():
+    assert env_duration("X_UNSET_DURATION", "24h") == 86_400

@@ -221,3 +221,10 @@ def test_a_late_impression_never_moves_an_attribution_or_claims_clicks_outside_t
 
     assert list(attributed()) == [("i1", "click")]  # the like came before both; a view is no click
     assert attributed()[("i1", "click")].variant == "a"
+
+
+def test_impressions_and_attributions_are_stored_while_redis_is_down(writer, redis_down):
+    show(writer, ["i1", "i2"])
+    interact(writer, {"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(seconds=30))})
+
+    assert attributed()[("i2", "click")].position == 2
