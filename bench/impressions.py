@@ -13,6 +13,7 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
@@ -113,6 +114,7 @@ def main() -> None:
     n = args.batches
     url = scratch_database_url("recsys_bench_impressions")
     rounds: list[dict[str, dict[str, float]]] = []
+    loads = [os.getloadavg()[0]]
     try:
         key = api_key(url)
         with gunicorn(url, args.port) as master:
@@ -127,11 +129,12 @@ def main() -> None:
                     "events_plain": run_clients(args.port, key, "/api/v1/interactions", unmatched_events_body, seeds),
                 }
                 rounds.append(phases)
+                loads.append(os.getloadavg()[0])
                 print(json.dumps({k: round(v["rows_per_s"]) for k, v in rounds[-1].items()}), flush=True)
         attributed = _attributions(url)
     finally:
         drop_database(url)
-    report(rounds, attributed, workers, n)
+    report(rounds, attributed, workers, n, loads)
 
 
 def _attributions(url: str) -> int:
@@ -142,7 +145,9 @@ def _attributions(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def report(rounds: list[dict[str, dict[str, float]]], attributed: int, workers: int, batches: int) -> None:
+def report(
+    rounds: list[dict[str, dict[str, float]]], attributed: int, workers: int, batches: int, loads: list[float]
+) -> None:
     def median(phase: str, figure: str) -> float:
         return statistics.median(r[phase][figure] for r in rounds)
 
@@ -164,7 +169,9 @@ def report(rounds: list[dict[str, dict[str, float]]], attributed: int, workers: 
         "## Impressions and attribution (`bench/impressions.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers, 4 client "
-        f"processes on loopback sharing the cores with the server and PostgreSQL. {len(rounds)} rounds of three "
+        f"processes on loopback sharing the cores with the server and PostgreSQL; the machine's 1-minute load "
+        f"average was {min(loads):.1f}–{max(loads):.1f} during the run (other work included). "
+        f"{len(rounds)} rounds of three "
         f"phases of {batches} requests of 1,000 rows each, interleaved so that the machine's load drifts over all "
         "phases alike; medians over the rounds. **An impression is one shown item**: an impressions request "
         f"carries {LISTS} display lists of {SHOWN} items = 1,000 impressions (the items from a 20,000-item "

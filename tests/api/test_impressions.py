@@ -151,3 +151,33 @@ def test_a_deleted_users_impressions_disappear(writer):
 def test_impressions_need_the_write_scope(reader):
     response = reader.post(URL, {"impressions": [{"user": "u1", "items": ["i1"]}]}, format="json")
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"impressions": [{"user": "u1", "items": [None, 5, {"id": "x"}, ["i1"], "ok"], "timestamp": 17}]},
+        {"impressions": [{"user": None, "items": ["i1"]}, {"user": "u1", "items": ["i1"], "recommendation_id": ""}]},
+        {"impressions": [{"user": "u1", "items": ["i1"], "recommendation_id": "r" + "z" * 100}]},
+        {"impressions": [{"user": "u1", "items": ["i1"], "timestamp": "0001-01-01T00:00:00Z"}]},
+        {"impressions": [{"user": "u1", "items": ["i1"], "timestamp": "9999-12-31T23:59:59Z"}]},
+        {"impressions": [{"user": "u\u00e9", "items": ["\u0000"]}]},
+        {"impressions": [[], 3, None, "x"]},
+        {"impressions": []},
+    ],
+)
+def test_odd_rows_are_answered_row_by_row_never_with_a_server_error(writer, body):
+    response = writer.post(URL, body, format="json")
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    rows = len(body["impressions"])
+    assert {error["index"] for error in answer["errors"]} <= set(range(rows))
+    assert answer["created"] == Impression.objects.count()
+    assert bool(answer["errors"] or answer["created"]) == bool(rows)  # every row is stored or reported
+
+
+@pytest.mark.parametrize("body", [{}, {"impressions": {}}, {"impressions": "x"}, {"impressions": [], "more": 1}, []])
+def test_a_malformed_body_is_a_400(writer, body):
+    response = writer.post(URL, body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "validation_error"
