@@ -193,8 +193,8 @@ class InteractionAdmin(LargeTableAdmin):
 
 @admin.register(EventType)
 class EventTypeAdmin(GuardedAdmin):
-    list_display = ["name", "weight", "uses_value", "description"]
-    list_editable = ["weight", "uses_value"]
+    list_display = ["name", "weight", "uses_value", "counts_as_click", "description"]
+    list_editable = ["weight", "uses_value", "counts_as_click"]
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EventType]) -> None:
         for event_type in queryset:  # one by one: EventType.delete refuses types still in use

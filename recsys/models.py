@@ -91,6 +91,10 @@ class EventType(models.Model):
         default=False, help_text="Weight is the event's value times this weight (ratings)."
     )
     description = models.CharField(max_length=200, blank=True)
+    counts_as_click = models.BooleanField(
+        default=False,
+        help_text="An attributed event of this type counts as a click of the impression (experiments' CTR).",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -133,6 +137,77 @@ class Interaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.event_type} {self.item_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class Impression(models.Model):
+    """One item shown to a user at a position. The table is range-partitioned by ``shown_at`` (monthly,
+    see ``recsys.feedback.partitions``): the database's primary key is (id, shown_at)."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="+")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, related_name="+")
+    position = models.IntegerField(help_text="1-based display order.")
+    shown_at = models.DateTimeField()
+    recommendation_id = models.CharField(max_length=80, null=True, blank=True)
+    # Decoded from the recommendation id: plain integers, an experiment may be deleted later.
+    experiment_id = models.BigIntegerField(null=True, blank=True)
+    variant = models.CharField(max_length=32, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+
+    class Meta:
+        constraints = [
+            # Re-sending an impression is a no-op; its prefix (user, item, shown_at) also serves attribution.
+            models.UniqueConstraint(
+                fields=["user", "item", "shown_at", "recommendation_id"],
+                name="impression_unique_showing",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["experiment_id", "variant", "shown_at"],
+                name="impression_experiment",
+                condition=models.Q(experiment_id__isnull=False),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} saw {self.item_id} at #{self.position} @ {self.shown_at:%Y-%m-%d %H:%M}"
+
+
+class Attribution(models.Model):
+    """A click-type interaction credited to the recommendation (and impression) that led to it.
+    Unique by the interaction's identity, so re-sending the interaction is a no-op."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="+")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, related_name="+")
+    event_type = models.CharField(max_length=32)
+    occurred_at = models.DateTimeField(help_text="The interaction's timestamp.")
+    value = models.FloatField(null=True, blank=True)
+    weight = models.FloatField()
+    recommendation_id = models.CharField(max_length=80, null=True, blank=True)
+    experiment_id = models.BigIntegerField(null=True, blank=True)
+    variant = models.CharField(max_length=32, null=True, blank=True)
+    shown_at = models.DateTimeField(null=True, blank=True, help_text="The attributed impression's time, if any.")
+    position = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "item", "event_type", "occurred_at"], name="attribution_unique_event"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["experiment_id", "variant", "occurred_at"],
+                name="attribution_experiment",
+                condition=models.Q(experiment_id__isnull=False),
+            ),
+            models.Index(fields=["item"], name="attribution_item"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.event_type} {self.item_id} ← {self.recommendation_id or 'impression'}"
 
 
 class ApiKey(models.Model):
