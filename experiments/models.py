@@ -83,3 +83,6 @@ class VariantSnapshot(models.Model):
     class Meta:
         ordering = ["computed_at", "variant_id"]
         indexes = [models.Index(fields=["experiment", "-computed_at"], name="snapshot_experiment_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.variant_id} @ {self.computed_at:%Y-%m-%d %H:%M}"
