@@ -96,7 +96,7 @@ class VariantData:
 def variants_data(*, experiment_id: int) -> dict[str, VariantData]:
     """Every variant's per-user counts, read in three set-based statements."""
     data: dict[str, VariantData] = {}
-    params = {
+    params: dict[str, Any] = {
         "experiment": experiment_id,
         "attribute": settings.RECSYS_REVENUE_ATTRIBUTE or "",
         "revenue_types": list(settings.RECSYS_REVENUE_EVENT_TYPES),
@@ -128,7 +128,7 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
     catalogue = Item.objects.filter(is_hidden=False).count()
     variants = list(experiment.variants.all())
     control = data.get(experiment.control, VariantData())
-    looks = _prior_looks(experiment_id)
+    latest = snapshots_latest(experiment_id=experiment_id)
     snapshots = []
     for variant in variants:
         own = data.get(variant.name, VariantData())
@@ -144,7 +144,7 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
                 coverage=own.items_shown / catalogue if catalogue else None,
                 conversions={t: int(sum(per_user.values())) for t, per_user in sorted(own.conversions.items())},
                 revenue=float(sum(own.revenue.values())) if settings.RECSYS_REVENUE_ATTRIBUTE else None,
-                statistics=_statistics(experiment, variant, own, control, looks.get(variant.pk, [])),
+                statistics=_statistics(experiment, variant, own, control, _prior(latest, variant.pk)),
             )
         )
     with transaction.atomic():
@@ -153,7 +153,7 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
 
 
 def _statistics(
-    experiment: Experiment, variant: Variant, own: VariantData, control: VariantData, looks: list[PriorLook]
+    experiment: Experiment, variant: Variant, own: VariantData, control: VariantData, prior: dict[str, Any]
 ) -> dict[str, Any]:
     """The CTR with its interval; against the control, the always-valid test and the users still
     needed; per event type, conversions per impression with an interval."""
@@ -161,10 +161,17 @@ def _statistics(
     ctr, interval = ctr_estimate(own.counts(), alpha=alpha)
     out: dict[str, Any] = {"ctr": ctr, "ctr_interval": list(interval), "alpha": alpha, "mde": mde}
     if variant.name != experiment.control:
+        # τ (the mixture's spread) stays what the first testable look fixed, so that every look
+        # is of the same test: the p-value's running minimum is only valid across one τ.
+        tau = prior.get("mixture_sd")
+        prior_looks = [prior_look] if (prior_look := _prior_look(prior)) is not None else []
         comparison = variant_compare(
-            control=control.counts(), treatment=own.counts(), alpha=alpha, mde=mde, looks=looks
+            control=control.counts(), treatment=own.counts(), alpha=alpha, mde=mde, looks=prior_looks, mixture_sd=tau
         )
         out.update(_jsonable(asdict(comparison)))
+        if tau is None and comparison.p_value is not None:
+            tau = mde * abs(comparison.control_ctr)
+        out["mixture_sd"] = tau
     out["conversion_rates"] = {}
     for event_type, per_user in sorted(own.conversions.items()):
         totals = own.per_impression(per_user)
@@ -180,6 +187,11 @@ def _statistics(
             entry.update({"difference": compared.difference, "p_value": compared.p_value})
         out["conversion_rates"][event_type] = _jsonable(entry)
     return out
+
+
+def _prior(latest: dict[int, VariantSnapshot], variant_id: int) -> dict[str, Any]:
+    snapshot = latest.get(variant_id)
+    return snapshot.statistics if snapshot is not None else {}
 
 
 def _rate(totals: UserTotals, alpha: float) -> tuple[float, list[float]]:
@@ -200,17 +212,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _prior_looks(experiment_id: int) -> dict[int, list[PriorLook]]:
-    """The previous look per variant. Its p-value and interval are already the running minimum and
-    intersection over every look before it, so it stands for all of them."""
-    looks: dict[int, list[PriorLook]] = {}
-    for variant_id, snapshot in snapshots_latest(experiment_id=experiment_id).items():
-        stats = snapshot.statistics
-        interval = stats.get("difference_interval")
-        if stats.get("p_value") is None or not interval or None in interval:
-            continue
-        looks[variant_id] = [PriorLook(stats["p_value"], (interval[0], interval[1]))]
-    return looks
+def _prior_look(stats: dict[str, Any]) -> PriorLook | None:
+    """The previous look (its p-value and interval are already the running minimum and intersection
+    over every look before it, so it stands for all of them); None before the first testable one."""
+    interval = stats.get("difference_interval")
+    if stats.get("p_value") is None or not interval or None in interval:
+        return None
+    return PriorLook(stats["p_value"], (interval[0], interval[1]))
 
 
 def experiments_metrics_compute(*, experiment_ids: Iterable[int] | None = None) -> list[int]:
