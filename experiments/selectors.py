@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
 
 from embeddings.models import ModelVersion
 from experiments.assignment import variant_assign, weights_cumulative
@@ -138,7 +141,7 @@ def snapshots_latest(*, experiment_id: int) -> dict[int, VariantSnapshot]:
         .order_by("variant_id", "-computed_at")
         .distinct("variant_id")
     )
-    return {s.variant_id: s for s in latest}
+    return {s.variant_id: s for s in latest.select_related("variant")}
 
 
 def snapshots_history(*, experiment_id: int, limit: int = 2_000) -> list[VariantSnapshot]:
@@ -149,3 +152,25 @@ def snapshots_history(*, experiment_id: int, limit: int = 2_000) -> list[Variant
         .order_by("-computed_at")[:limit]
     )
     return rows[::-1]
+
+
+def model_version_ctr() -> list[dict[str, object]]:
+    """CTR per model version from the latest snapshot of each variant of experiments that ran in the
+    last week. A variant that names a model version counts for it; one that names none served the
+    active version of its time, which is not recorded, so it is listed as "active at the time"."""
+    since = timezone.now() - timedelta(days=7)
+    recent = Experiment.objects.filter(Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=since))
+    totals: dict[int | None, list[int]] = {}
+    for experiment_id in recent.values_list("pk", flat=True):
+        for snapshot in snapshots_latest(experiment_id=experiment_id).values():
+            version = snapshot.variant.config.get("model_version")
+            if snapshot.variant.config.get("strategy", "collaborative") in ("popular", "content"):
+                continue  # not a collaborative version's answer
+            row = totals.setdefault(version if isinstance(version, int) else None, [0, 0, 0])
+            row[0] += snapshot.impressions
+            row[1] += snapshot.clicks
+            row[2] += 1
+    return [
+        {"version": version, "impressions": i, "clicks": c, "ctr": c / i if i else None, "variants": n}
+        for version, (i, c, n) in sorted(totals.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    ]
