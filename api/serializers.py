@@ -105,6 +105,9 @@ class ItemBatchSerializer(serializers.Serializer):
 class BatchErrorSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     id = serializers.CharField(required=False, allow_null=True)
+    item = serializers.JSONField(
+        required=False, help_text="Impressions: the shown item rejected (the row's others are kept)."
+    )
     error = ErrorDetailSerializer()
 
 
@@ -175,6 +178,21 @@ class InteractionBatchSerializer(serializers.Serializer):
         ),
         max_length=10_000,
         help_text=ROW_HELP,
+    )
+
+
+class ImpressionBatchSerializer(serializers.Serializer):
+    impressions = serializers.ListField(
+        child=serializers.JSONField(
+            help_text=(
+                "What one user was shown: `user`, `items` (ids in display order, 1 to 1,000; each is one "
+                "impression at its 1-based position), `recommendation_id` of the answer shown (optional) and "
+                "`timestamp` (optional, with a zone; default: when that recommendation id was minted, else now)."
+            )
+        ),
+        max_length=10_000,
+        help_text=ROW_HELP
+        + " An invalid or unknown item is reported alone (with `item`); the row's others are stored.",
     )
 
 

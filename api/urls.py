@@ -36,6 +36,7 @@ v1 = [
     path("users/<id:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
     path("users/<id:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
+    path("impressions", views.ImpressionsView.as_view(), name="impressions"),
     path("recommendations", rec.SessionRecommendationsView.as_view(), name="session-recommendations"),
     path("search", rec.SearchView.as_view(), name="search"),
     path("health", views.HealthView.as_view(), name="health"),

@@ -146,6 +146,26 @@ class InteractionsView(ApiView):
         return Response(services.interactions_ingest(rows=rows).as_dict())
 
 
+class ImpressionsView(ApiView):
+    scopes = {"POST": "write"}
+
+    @extend_schema(
+        operation_id="impressions_ingest",
+        request=s.ImpressionBatchSerializer,
+        responses={
+            200: OpenApiResponse(
+                s.BatchResultSerializer,
+                description="`created`: impressions (shown items) stored; `unchanged`: re-sent ones; `updated`: 0.",
+            ),
+            **ERRORS,
+            413: OpenApiResponse(s.ErrorSerializer, description="Over 10,000 rows, 100,000 shown items or 10 MB"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        rows = clean_batch(request.data, "impressions", max_rows=settings.RECSYS_MAX_BATCH_ROWS)
+        return Response(services.impressions_ingest(rows=rows).as_dict())
+
+
 class HealthView(ApiView):
     scopes = {"GET": PUBLIC}
     authentication_classes: list[type] = []

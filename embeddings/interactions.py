@@ -168,3 +168,49 @@ def _copy_rows(data: bytearray) -> EventColumns:
         rows["weight"].astype(np.float32),
         rows["ts"].astype(np.float64) / 1e6 + PG_EPOCH_SECONDS,
     )
+
+
+def weak_negatives_build(
+    data: InteractionMatrix,
+    user_ids: npt.NDArray[np.int64],
+    item_ids: npt.NDArray[np.int64],
+    *,
+    weight: float,
+) -> sp.csr_matrix:
+    """Shown-but-never-used items as weak negatives, aligned with ``data``'s rows and columns.
+
+    Parameters
+    ----------
+    data : the interactions' matrix and id maps
+    user_ids, item_ids : (n,) int64 database ids of (user, item) pairs that were shown (repeats allowed)
+    weight : confidence of one such pair (> 0); it enters as ``-weight``
+
+    Returns
+    -------
+    (n_users, n_items) float32 CSR holding ``-weight`` at each shown pair whose user and item are in
+    ``data`` and which has no entry there (an interaction always wins); nothing else. Implicit's ALS
+    reads a negative confidence c as preference 0 with confidence |c|.
+    """
+    rows = np.searchsorted(data.user_ids, user_ids)
+    cols = np.searchsorted(data.item_ids, item_ids)
+    known = (rows < len(data.user_ids)) & (cols < len(data.item_ids))
+    known[known] &= (data.user_ids[rows[known]] == user_ids[known]) & (data.item_ids[cols[known]] == item_ids[known])
+    rows, cols = rows[known], cols[known]
+    shape = data.matrix.shape
+    shown = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape, dtype=np.float32)
+    shown.sum_duplicates()
+    shown.data[:] = 1.0
+    used = sp.csr_matrix((np.ones(data.matrix.nnz, dtype=np.float32), data.matrix.indices, data.matrix.indptr), shape)
+    unused = (shown - shown.multiply(used)).tocsr()
+    unused.eliminate_zeros()
+    return (unused * np.float32(-weight)).astype(np.float32).tocsr()
+
+
+def with_weak_negatives(confidences: sp.csr_matrix, negatives: sp.csr_matrix | None) -> sp.csr_matrix:
+    """``confidences`` plus weak negatives at pairs it has no entry for (an entry there always wins)."""
+    if negatives is None or negatives.nnz == 0:
+        return confidences
+    present = sp.csr_matrix(
+        (np.ones(confidences.nnz, dtype=np.float32), confidences.indices, confidences.indptr), confidences.shape
+    )
+    return (confidences + (negatives - negatives.multiply(present))).astype(np.float32).tocsr()

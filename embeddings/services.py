@@ -12,7 +12,14 @@ from django.db import connection
 
 from embeddings import runs
 from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
-from embeddings.interactions import InteractionMatrix, build_matrix, decay, events_from_binary_copy
+from embeddings.interactions import (
+    InteractionMatrix,
+    build_matrix,
+    decay,
+    events_from_binary_copy,
+    weak_negatives_build,
+    with_weak_negatives,
+)
 from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popularity_refresh
@@ -50,6 +57,18 @@ def interactions_load(*, half_life_days: float | None, now: float | None = None)
     return build_matrix(events.user_ids, events.item_ids, weights)
 
 
+def weak_negatives_load(data: InteractionMatrix, *, weight: float | None = None) -> Any:
+    """Items shown to users who never used them, as ``-weight`` entries aligned with ``data``
+    (RECSYS_IMPRESSION_NEGATIVE_WEIGHT unless given; ``None`` when it is 0: impressions unused)."""
+    from recsys.feedback.store import impressions_unused_read
+
+    weight = settings.RECSYS_IMPRESSION_NEGATIVE_WEIGHT if weight is None else weight
+    if not weight:
+        return None
+    user_ids, item_ids = impressions_unused_read()
+    return weak_negatives_build(data, user_ids, item_ids, weight=weight)
+
+
 def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:
     """Claim a collaborative training run (refused while another one's lease is live)."""
     params = params or learner_params_from_settings()
@@ -71,6 +90,7 @@ def _train(version: ModelVersion) -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     data = interactions_load(half_life_days=settings.RECSYS_CF_HALF_LIFE_DAYS)
+    negatives = weak_negatives_load(data)
     timings["load"] = time.perf_counter() - started
     if data.matrix.nnz == 0:
         raise ValueError("there are no interactions to learn from")
@@ -79,6 +99,7 @@ def _train(version: ModelVersion) -> None:
     params, version.metrics, version.baseline_metrics, tried = _select(
         data.matrix,
         LearnerParams(**version.params),
+        negatives,
         lambda **candidate: runs.run_progress(
             version, stage="evaluating", users=data.shape[0], items=data.shape[1], **candidate
         ),
@@ -87,7 +108,7 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(_confidences(data.matrix, params), params)
+    factors = fit(_confidences(data.matrix, params, negatives), params)
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -96,14 +117,25 @@ def _train(version: ModelVersion) -> None:
     version.dimensions = factors.dimensions
     version.item_gram = None if factors.item_in is not None else gram_matrix(factors.item).tolist()
     version.counts = {"users": data.shape[0], "items": data.shape[1], "interactions": int(data.matrix.nnz)}
+    if negatives is not None:
+        version.counts["weak_negatives"] = int(negatives.nnz)
     version.timings = {k: round(v, 3) for k, v in timings.items()}
     runs.run_finish(version)
 
 
-def _confidences(matrix: Any, params: LearnerParams) -> Any:
+def _confidences(matrix: Any, params: LearnerParams, negatives: Any = None) -> Any:
     """The matrix the chosen learner fits on (BM25 when the search picked it); EASE reads the summed
-    weights, which is also what its fold-in sums, so its users fold in exactly."""
-    return learner_confidences(matrix, params) if params.algorithm != "ease" else matrix
+    weights, which is also what its fold-in sums, so its users fold in exactly.
+
+    Weak negatives (shown, never used) join ALS only, after BM25 so that they keep their configured
+    confidence: ALS reads them as preference 0 with that confidence. BPR and LMF learn from which
+    entries are positive, and EASE's Gram matrix would turn two shown-and-ignored items into a
+    similar pair, so those three ignore them.
+    """
+    if params.algorithm == "ease":
+        return matrix
+    confidences = learner_confidences(matrix, params)
+    return with_weak_negatives(confidences, negatives) if params.algorithm == "als" else confidences
 
 
 def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
@@ -121,13 +153,14 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
 
 
 def _select(
-    matrix: Any, configured: LearnerParams, report: Callable[..., None] = lambda **_: None
+    matrix: Any, configured: LearnerParams, negatives: Any = None, report: Callable[..., None] = lambda **_: None
 ) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
     """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
     the configured learner as it is when tuning is off.
 
     Returns the winner, its metrics, popularity's metrics on the same split, and every
-    candidate's score (so operators can see what was tried).
+    candidate's score (so operators can see what was tried). The search itself runs without weak
+    negatives; the winner's metrics are measured with them, as it will be fitted.
     """
     split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
@@ -139,7 +172,7 @@ def _select(
         params, tried = outcome.params, outcome.tried
     else:
         params, tried = configured, []
-    factors = fit(_confidences(split.train, params), params)
+    factors = fit(_confidences(split.train, params, negatives), params)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]

@@ -72,3 +72,21 @@ def env_rate(name: str, default: str) -> str:
     except InvalidRate as error:
         raise ImproperlyConfigured(f"{name}: {error}") from None
     return raw
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def env_duration(name: str, default: str, *, minimum_seconds: int = 1) -> int:
+    """A duration in whole seconds: ``90`` (seconds), ``30s``, ``30m``, ``24h`` or ``7d``."""
+    raw = os.environ.get(name, "").strip() or default
+    text = raw.lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        seconds = int(number) * (unit or 1)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a duration such as 24h, 30m or 3600, got {raw!r}") from None
+    if seconds < minimum_seconds:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum_seconds} s, got {raw!r}")
+    return seconds

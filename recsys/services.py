@@ -5,10 +5,19 @@ from __future__ import annotations
 from recsys.errors import ItemNotFound, UserNotFound
 from recsys.ingestion.documents import item_upsert, items_upsert, user_upsert
 from recsys.ingestion.events import interactions_ingest
+from recsys.ingestion.impressions import impressions_ingest
 from recsys.models import Item, User
 from recsys.signals import item_deleted, user_deleted
 
-__all__ = ["interactions_ingest", "item_delete", "item_upsert", "items_upsert", "user_delete", "user_upsert"]
+__all__ = [
+    "impressions_ingest",
+    "interactions_ingest",
+    "item_delete",
+    "item_upsert",
+    "items_upsert",
+    "user_delete",
+    "user_upsert",
+]
 
 
 def item_delete(*, external_id: str) -> None:

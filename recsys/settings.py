@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
-from recsys.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
+from recsys.env import env_bool, env_duration, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -173,6 +173,16 @@ RECSYS_MAX_BATCH_ROWS = env_int("RECSYS_MAX_BATCH_ROWS", 10_000, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RECSYS_MAX_BODY_BYTES + 1
 
 RECSYS_AUTO_CREATE_ITEMS = env_bool("RECSYS_AUTO_CREATE_ITEMS", True)
+# Feedback (recsys.feedback): a click-type event without a recommendation id is attributed to the latest
+# impression of its item shown to its user at most this long before it.
+RECSYS_ATTRIBUTION_WINDOW = env_duration("RECSYS_ATTRIBUTION_WINDOW", "24h")
+# Impressions older than this many days are dropped a whole monthly partition at a time (0: kept).
+RECSYS_IMPRESSION_RETENTION_DAYS = env_int("RECSYS_IMPRESSION_RETENTION_DAYS", 0, minimum=0)
+# Training: an item shown to a user who never interacted with it enters the matrix as a weak
+# negative of this confidence (0: impressions are not used in training).
+RECSYS_IMPRESSION_NEGATIVE_WEIGHT = env_float("RECSYS_IMPRESSION_NEGATIVE_WEIGHT", 0.0)
+if RECSYS_IMPRESSION_NEGATIVE_WEIGHT < 0:
+    raise ImproperlyConfigured("RECSYS_IMPRESSION_NEGATIVE_WEIGHT is a confidence: 0 or more")
 # The range of a rating's value (of every event type that weighs by its value): one huge rating
 # would otherwise outweigh every other event of its item.
 RECSYS_RATING_MIN = env_float("RECSYS_RATING_MIN", 0.0)
@@ -277,7 +287,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Runs whose worker died are failed within RECSYS_TRAIN_HEARTBEAT_SECONDS plus this.
     "training-runs-reap": {"task": "embeddings.tasks.training_runs_reap", "schedule": 15.0},
+    # Creates the coming months' impression partitions and drops the expired ones.
+    "impression-partitions-maintain": {
+        "task": "recsys.feedback.tasks.impression_partitions_maintain",
+        "schedule": 3600.0,
+    },
 }
+# Tasks of packages inside apps (autodiscovery reads only each app's own ``tasks`` module).
+CELERY_IMPORTS = ["recsys.feedback.tasks"]
 if RECSYS_TRAIN_INTERVAL_MINUTES:
     CELERY_BEAT_SCHEDULE["collaborative-retrain"] = {
         "task": "embeddings.tasks.collaborative_model_retrain",

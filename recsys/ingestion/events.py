@@ -13,6 +13,7 @@ import numpy as np
 from django.conf import settings
 
 from recsys.db import atomic_with_retry
+from recsys.feedback.attribution import clicks_attribute
 from recsys.ingestion.readers import batch_events_read, read_ahead
 from recsys.ingestion.report import BatchResult, ImportReport
 from recsys.ingestion.rules import (
@@ -42,6 +43,7 @@ def event_rules_load() -> EventRules:
         uses_value=np.array([t.uses_value for t in types], dtype=bool),
         value_min=settings.RECSYS_RATING_MIN,
         value_max=settings.RECSYS_RATING_MAX,
+        clicks=np.array([t.counts_as_click for t in types], dtype=bool),
     )
 
 
@@ -62,6 +64,7 @@ class _Resolved:
     users: dict[str, int]
     users_created: int
     items_created: int
+    recommendation_ids: list[str | None] | None  # of the accepted rows, when any row named one
 
 
 def _check(raw: RawEvents, rules: EventRules, now_us: int) -> _Checked:
@@ -87,7 +90,19 @@ def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
         raw.values[keep],
         raw.timestamps[keep],
     )
-    return _Resolved(events, {user: users[user] for user in set(user_column)}, users_created, items_created)
+    recommendation_ids = None
+    if raw.recommendation_ids is not None:
+        recommendation_ids = [r for k, r in enumerate(raw.recommendation_ids) if k not in rejected]
+    return _Resolved(
+        events, {user: users[user] for user in set(user_column)}, users_created, items_created, recommendation_ids
+    )
+
+
+def _stored(resolved: _Resolved, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
+    """Write the events, then attribute their click-type ones (same transaction: both or neither)."""
+    counts = events_write(resolved.events, rules, copy=copy)
+    clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
+    return counts
 
 
 def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
@@ -126,7 +141,7 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
     resolved = _resolve(checked, create_items=auto_create_items)
     result = BatchResult()
     if len(resolved.events):
-        created, updated, distinct = atomic_with_retry(partial(events_write, resolved.events, rules, copy=False))
+        created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
         result.created, result.updated, result.unchanged = created, updated, distinct - created - updated
         if created or updated:
             users = resolved.users
@@ -160,7 +175,7 @@ def _chunk_store(checked: _Checked, rules: EventRules, create_items: bool, repor
     def work() -> tuple[_Resolved, tuple[int, int, int]]:
         checked.rejected = dict(first_rejected)  # a retried transaction starts again
         resolved = _resolve(checked, create_items=create_items)
-        return resolved, events_write(resolved.events, rules, copy=True)
+        return resolved, _stored(resolved, rules, copy=True)
 
     resolved, (created, updated, _) = atomic_with_retry(work)
     raw, rejected = checked.raw, checked.rejected

@@ -31,6 +31,7 @@ from recsys.ingestion.rules import (
     RowError,
     event_fields,
     iso_micros,
+    recommendation_id_field,
 )
 
 T = TypeVar("T")
@@ -111,15 +112,19 @@ def json_rows_events_read(lines: Sequence[int], rows: Sequence[object]) -> RawEv
     """Event objects as the API takes them (from a batch, a JSON Lines file or a data set export);
     ``lines`` numbers them in reports."""
     events: list[EventTuple] = []
+    recommendation_ids: list[str | None] = []
     errors: Rejections = {}
     for k, row in enumerate(rows):
         try:
             if isinstance(row, _Unreadable):
                 raise row.error
-            events.append(event_fields(row))
+            event = event_fields(row)  # checks that row is an object
+            recommendation_id = recommendation_id_field(row)  # type: ignore[arg-type]
         except RowError as error:
             errors[k] = error
-            events.append(EMPTY_EVENT)
+            event, recommendation_id = EMPTY_EVENT, None
+        events.append(event)
+        recommendation_ids.append(recommendation_id)
     users, items, types, values, stamps = zip(*events, strict=True) if events else ((), (), (), (), ())
     return RawEvents(
         lines,
@@ -129,6 +134,7 @@ def json_rows_events_read(lines: Sequence[int], rows: Sequence[object]) -> RawEv
         np.array(values, dtype=np.float64),
         np.array(stamps, dtype=np.int64),
         errors,
+        recommendation_ids if any(recommendation_ids) else None,
     )
 
 
@@ -173,8 +179,25 @@ def _rows_events(
     values, value_errors = values_parse(column("value"))
     timestamps, timestamp_errors = timestamps_parse(column("timestamp"))
     types = [event_type] * len(rows) if event_type else column("type")
+    recommendation_ids = None
+    if "recommendation_id" in positions:
+        recommendation_ids, id_errors = recommendation_ids_parse(column("recommendation_id"))
+        errors = {**id_errors, **errors}
     errors = {**timestamp_errors, **value_errors, **errors}
-    return RawEvents(lines, column("user"), column("item"), types, values, timestamps, errors)
+    return RawEvents(lines, column("user"), column("item"), types, values, timestamps, errors, recommendation_ids)
+
+
+def recommendation_ids_parse(texts: list[str]) -> tuple[list[str | None], Rejections]:
+    """A file's recommendation id column: '' means none."""
+    ids: list[str | None] = []
+    errors: Rejections = {}
+    for k, text in enumerate(texts):
+        try:
+            ids.append(recommendation_id_field({"recommendation_id": text or None}))
+        except RowError as error:
+            errors[k] = error
+            ids.append(None)
+    return ids, errors
 
 
 def values_parse(texts: list[str]) -> tuple[Floats, Rejections]:

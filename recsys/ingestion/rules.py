@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 Codes = npt.NDArray[np.int16]
 
-EVENT_FIELDS = frozenset({"user", "item", "type", "value", "timestamp"})
+EVENT_FIELDS = frozenset({"user", "item", "type", "value", "timestamp", "recommendation_id"})
 REQUIRED_EVENT_FIELDS = ("user", "item", "type")
 # Any value is at most this large; values of the types that weigh by it (ratings) have a tighter,
 # configured range (RECSYS_RATING_MIN/MAX): one huge rating would outweigh every other event.
@@ -81,6 +82,8 @@ class EventRules:
     uses_value: npt.NDArray[np.bool_]
     value_min: float
     value_max: float
+    # Types whose events are attributed to recommendations (EventType.counts_as_click); None: none are.
+    clicks: npt.NDArray[np.bool_] | None = None
 
     def codes(self, names: Sequence[str | None]) -> Codes:
         """Each name's code, -1 for an unknown type."""
@@ -106,6 +109,7 @@ class RawEvents:
     values: Floats  # NaN where the row has no value
     timestamps: Ints  # microseconds since the epoch; NO_TIMESTAMP where the row has none
     errors: Rejections = field(default_factory=dict)
+    recommendation_ids: Sequence[str | None] | None = None  # None: the source has no such column
 
 
 # ---- one event as JSON (an API batch row or a JSON Lines line) ------------------------------------
@@ -254,3 +258,114 @@ def events_deduplicate(events: EventArrays) -> EventArrays:
         events.values[order],
         events.timestamps[order],
     )
+
+
+# ---- impressions: what was shown ------------------------------------------------------------------
+
+IMPRESSION_FIELDS = frozenset({"recommendation_id", "user", "items", "timestamp"})
+# A display list longer than this is not one screen of recommendations.
+MAX_ITEMS_PER_IMPRESSION = 1_000
+# Shown items per request: bounds the memory of one batch (10,000 rows of 10 items is the usual shape).
+MAX_IMPRESSIONS_PER_BATCH = 100_000
+RECOMMENDATION_ID_PATTERN = r"[\x21-\x7e]{1,80}"  # visible ASCII: ids minted here and other systems' ids
+_RECOMMENDATION_ID_RE = re.compile(RECOMMENDATION_ID_PATTERN)
+
+
+def recommendation_id_field(row: dict[str, Any]) -> str | None:
+    """A row's optional ``recommendation_id`` (an interaction's or an impression's); raises RowError."""
+    value = row.get("recommendation_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _RECOMMENDATION_ID_RE.fullmatch(value):
+        raise RowError(
+            "invalid recommendation id", value, fields=("recommendation_id",), problem="1-80 visible ASCII characters"
+        )
+    return value
+
+
+@dataclass
+class RawImpressions:
+    """Impression rows of an API batch, column by column (``items`` in display order), with the rows
+    found unreadable. One row is one display list; each of its items is one impression."""
+
+    users: list[str | None]
+    items: list[list[object]]
+    recommendation_ids: list[str | None]
+    timestamps: Ints  # microseconds since the epoch; NO_TIMESTAMP where the row has none
+    errors: Rejections = field(default_factory=dict)
+
+
+def impression_fields(row: object) -> tuple[str | None, list[object], str | None, int]:
+    """(user, items, recommendation id, timestamp) of one impression object; raises RowError on its shape."""
+    if not isinstance(row, dict):
+        raise RowError("not a JSON object", fields=("non_field_errors",), problem="not an object")
+    if not IMPRESSION_FIELDS.issuperset(row):
+        unknown = sorted(set(row) - IMPRESSION_FIELDS)
+        raise RowError("unknown field(s)", ", ".join(unknown), fields=unknown, problem="unknown field")
+    missing = [name for name in ("user", "items") if name not in row]
+    if missing:
+        raise RowError("missing field(s)", ", ".join(missing), fields=missing, problem="required")
+    items = row["items"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ITEMS_PER_IMPRESSION:
+        raise RowError(
+            f"items must be a list of 1 to {MAX_ITEMS_PER_IMPRESSION:,} item ids",
+            fields=("items",),
+            problem="not a list of 1-1000 ids",
+        )
+    stamp = row.get("timestamp")
+    if stamp is not None and not isinstance(stamp, str):
+        raise RowError("timestamp must be an ISO 8601 string", stamp, fields=("timestamp",), problem="not a string")
+    user = row["user"]
+    return (
+        user if isinstance(user, str) else None,
+        items,
+        recommendation_id_field(row),
+        NO_TIMESTAMP if stamp is None else iso_micros(stamp),
+    )
+
+
+def batch_impressions_read(rows: Sequence[object]) -> RawImpressions:
+    """The rows of an API batch of impressions."""
+    read = RawImpressions([], [], [], np.empty(len(rows), dtype=np.int64))
+    for k, row in enumerate(rows):
+        try:
+            user, items, recommendation_id, micros = impression_fields(row)
+        except RowError as error:
+            read.errors[k] = error
+            user, items, recommendation_id, micros = None, [], None, NO_TIMESTAMP
+        read.users.append(user)
+        read.items.append(items)
+        read.recommendation_ids.append(recommendation_id)
+        read.timestamps[k] = micros
+    return read
+
+
+def impressions_check(raw: RawImpressions, *, now_us: int, issued_us: Ints, oldest_us: int | None) -> Rejections:
+    """The rows rejected (first reason wins). Rows without a timestamp take ``issued_us`` (the time their
+    recommendation id was minted, when it is one of ours: a re-send stays the same impression) or
+    ``now_us`` (in place). ``oldest_us``: the retention horizon, older rows would be dropped at once."""
+    stamps = raw.timestamps
+    missing = stamps == NO_TIMESTAMP
+    stamps[missing] = np.where(issued_us[missing] != NO_TIMESTAMP, issued_us[missing], now_us)
+    too_old = np.zeros(len(stamps), dtype=bool) if oldest_us is None else stamps < oldest_us
+    checks: list[tuple[npt.NDArray[np.bool_], Any, str, str, str]] = [
+        (_invalid_ids(raw.users), raw.users, "invalid user id", "user", "invalid id"),
+        (
+            (stamps < 0) | (stamps > now_us + _MAX_SKEW_US),
+            _MicrosAsText(stamps),
+            TIMESTAMP_RANGE,
+            "timestamp",
+            "out of range",
+        ),
+        (too_old, _MicrosAsText(stamps), "timestamp is older than the impression retention", "timestamp", "expired"),
+    ]
+    rejected = dict(raw.errors)
+    for mask, column, reason, name, problem in checks:
+        for k in np.flatnonzero(mask):
+            rejected.setdefault(int(k), RowError(reason, column[int(k)], fields=(name,), problem=problem))
+    return rejected
+
+
+def invalid_item_error(value: object) -> RowError:
+    """One shown item whose id is not an id: that item is rejected, the row's others are kept."""
+    return RowError("invalid item id", value, fields=("items",), problem="invalid id")

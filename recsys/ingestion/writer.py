@@ -295,3 +295,7 @@ def _iso(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# The writer's cursor for the other modules that store batches the same way (recsys.feedback.store).
+sql_cursor = _cursor

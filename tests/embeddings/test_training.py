@@ -149,3 +149,25 @@ def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communi
     rows = {(whole.user_ids[u], whole.item_ids[i]): w for u, i, w in zip(coo.row, coo.col, coo.data, strict=True)}
     assert sorted(rows) == [(u, i) for u, i, _ in stored]
     assert all(rows[(u, i)] == pytest.approx(w) for u, i, w in stored)
+
+
+def test_impressions_never_used_enter_training_as_weak_negatives_when_configured(communities, settings):
+    from recsys.services import impressions_ingest
+
+    # u0 was shown i0..i29; of those it used 6 (its interactions): 24 weak negatives, plus one for u1.
+    shown = [{"user": "u0", "items": [f"i{n}" for n in range(30)]}, {"user": "u1", "items": ["i29", "ghost"]}]
+    assert not impressions_ingest(rows=shown).errors
+    settings.RECSYS_IMPRESSION_NEGATIVE_WEIGHT = 0.5
+
+    version = train()
+
+    # "ghost" (a stub item created by the impression) has no interaction, so no column: ignored.
+    assert version.counts["weak_negatives"] == 24 + 1
+    assert version.status == Status.ACTIVE
+
+
+def test_weak_negatives_are_off_by_default(communities):
+    from recsys.services import impressions_ingest
+
+    assert not impressions_ingest(rows=[{"user": "u0", "items": ["i29"]}]).errors
+    assert "weak_negatives" not in train().counts
