@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from recsys.run import BASE_DIR, PYTHON, log, manage
 
@@ -91,8 +92,8 @@ def train_on_worker(port: str, key: str, *, kind: str, seconds: float = 600) -> 
 def demo_experiment(port: str, key: str) -> int | None:
     """An experiment between the active collaborative version and the previous one, with a popularity
     baseline; the running one when the demo runs again on the same data."""
-    versions = api_call(port, key, "GET", "/api/v1/models?kind=collaborative")
-    servable = [v for v in versions if v["status"] in {"active", "ready"}]  # type: ignore[union-attr]
+    versions: Any = api_call(port, key, "GET", "/api/v1/models?kind=collaborative")
+    servable = [v for v in versions if v["status"] in {"active", "ready"}]
     active = next((v["version"] for v in servable if v["status"] == "active"), None)
     other = next((v["version"] for v in servable if v["version"] != active), None)
     if active is None or other is None:
@@ -111,8 +112,8 @@ def demo_experiment(port: str, key: str) -> int | None:
         created = api_call(port, key, "POST", "/api/v1/experiments", body)
     except urllib.error.HTTPError as error:  # 409: one is running from an earlier demo
         log(f"experiment not created: {error.read().decode(errors='replace')}")
-        running = api_call(port, key, "GET", "/api/v1/experiments?status=running")
-        return next((e["id"] for e in running if e["scenario"] is None), None)  # type: ignore[union-attr]
+        running: Any = api_call(port, key, "GET", "/api/v1/experiments?status=running")
+        return next((e["id"] for e in running if e["scenario"] is None), None)
     log(f"experiment {created['id']} is running: {body['name']}, with a popularity baseline")  # type: ignore[index]
     return int(created["id"])  # type: ignore[index]
 
@@ -228,7 +229,8 @@ def experiment_examples(base: str, auth: str, json_type: str, experiment: int | 
             "Start an A/B test (admin scope): a model version against a shuffled baseline, 90/10",
             f"curl -s -X POST {auth} {json_type} {base}/api/v1/experiments "
             """-d '{"name": "homepage test", "scenario": "homepage", "control": "model", "variants": ["""
-            """{"name": "model", "weight": 9}, {"name": "shuffled", "weight": 1, "config": {"strategy": "shuffled"}}]}'""",
+            """{"name": "model", "weight": 9}, """
+            """{"name": "shuffled", "weight": 1, "config": {"strategy": "shuffled"}}]}'""",
         ),
         (
             "Stop it, or promote a winner (activates its model version)",
