@@ -99,7 +99,7 @@ def demo_experiment(port: str, key: str) -> int | None:
     if active is None or other is None:
         log("no experiment: two servable collaborative versions are needed")
         return None
-    body = {
+    body: dict[str, object] = {
         "name": f"v{active} against v{other}",
         "control": "active",
         "variants": [
