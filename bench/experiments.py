@@ -52,7 +52,7 @@ def run_arms(key: str, users: list[str], cache_seconds: int, rounds: int) -> dic
     from experiments.selectors import experiments_running_forget
     from experiments.services import experiment_create, experiment_stop
 
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_HOST="127.0.0.1")
     times: dict[str, list[float]] = {"none": [], "experiment": []}
     with override_settings(RECSYS_ANSWER_CACHE_SECONDS=cache_seconds):
         for user in users:  # warm: the cache (when on), the connection, the per-process caches

@@ -275,3 +275,19 @@ def test_pruning_keeps_the_versions_a_running_experiment_serves(admin_client_api
 
     assert pruned == []
     assert ModelVersion.objects.get(pk=versions[0].pk).has_tables
+
+
+def test_an_experiment_id_beyond_any_key_is_404_not_an_error(admin_client_api, db):
+    for path in ("/api/v1/experiments/99999999999999999999", "/api/v1/experiments/99999999999999999999/stop"):
+        response = admin_client_api.post(path) if path.endswith("stop") else admin_client_api.get(path)
+        assert response.status_code == 404, response.content
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[], "x", {"name": ["x"], "control": ["a"], "variants": [{"name": {}, "weight": "1"}, 3]}, {"variants": None}],
+)
+def test_malformed_bodies_are_validation_errors(admin_client_api, db, body):
+    response = admin_client_api.post("/api/v1/experiments", body, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "validation_error"
