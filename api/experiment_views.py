@@ -40,7 +40,7 @@ class VariantConfigSerializer(serializers.Serializer):
 
 class VariantRequestSerializer(serializers.Serializer):
     name = serializers.RegexField(f"^{VARIANT_NAME_PATTERN}$")
-    weight = serializers.FloatField(help_text="Share of the traffic, in any unit (> 0); default 1.")
+    weight = serializers.FloatField(required=False, help_text="Share of the traffic, in any unit (> 0); default 1.")
     config = VariantConfigSerializer(required=False)
 
 
@@ -48,9 +48,16 @@ class ExperimentRequestSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     scenario = serializers.RegexField(f"^{SCENARIO_PATTERN}$", required=False, allow_null=True)
     control = serializers.CharField(help_text="The name of the variant the others are compared against.")
-    variants = VariantRequestSerializer(many=True, help_text="2 to 10 variants.")
-    alpha = serializers.FloatField(required=False, help_text="Significance level, default 0.05.")
-    mde = serializers.FloatField(required=False, help_text="Minimum detectable effect, relative (default 0.1).")
+    variants = VariantRequestSerializer(many=True, min_length=2, max_length=10, help_text="2 to 10 variants.")
+    alpha = serializers.FloatField(
+        required=False, min_value=0, max_value=0.5, help_text="Significance level, above 0 and below 0.5; default 0.05."
+    )
+    mde = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=10,
+        help_text="Minimum detectable effect relative to the control's CTR, above 0 (0.1 = 10%, the default).",
+    )
 
 
 class VariantAnswerSerializer(serializers.Serializer):
