@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import random
 import sys
+import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -32,8 +35,15 @@ class Api:
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (the demo's own server)
-            return json.loads(answer.read())
+        for attempt in range(6):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (the demo's own server)
+                    return json.loads(answer.read())
+            except urllib.error.HTTPError as error:  # the key's rate limit, or a busy moment: wait as told
+                if error.code not in (429, 503) or attempt == 5:
+                    raise
+                time.sleep(float(error.headers.get("Retry-After", "1")))
+        raise AssertionError("unreachable")
 
     def item_categories(self, item: str) -> list[str]:
         if item not in self.categories:
@@ -79,13 +89,20 @@ def main() -> int:
     parser.add_argument("--in-topic", type=float, default=0.25)
     parser.add_argument("--off-topic", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--concurrency", type=int, default=6)
     args = parser.parse_args()
-    api, rng = Api(args.base, args.key), random.Random(args.seed)
+    api = Api(args.base, args.key)
     totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
-    for k in range(args.users):
-        variant, shown, clicked = visit(api, f"user-{k + 1:06d}", rng, args)
-        row = totals[variant]
-        row[0], row[1], row[2] = row[0] + 1, row[1] + shown, row[2] + clicked
+
+    def one(k: int) -> tuple[str, int, int]:
+        # A generator per user: the clicks do not depend on which thread served whom.
+        return visit(api, f"user-{k + 1:06d}", random.Random(args.seed * 1_000_003 + k), args)
+
+    # Several visits at once (the server has several workers); item categories are shared.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for variant, shown, clicked in pool.map(one, range(args.users)):
+            row = totals[variant]
+            row[0], row[1], row[2] = row[0] + 1, row[1] + shown, row[2] + clicked
     for variant, (users, shown, clicked) in sorted(totals.items()):
         print(f"{variant}: {users} users, {shown} impressions, {clicked} clicks (CTR {clicked / max(shown, 1):.3f})")
     return 0
