@@ -48,7 +48,7 @@ class ExperimentRequestSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     scenario = serializers.RegexField(f"^{SCENARIO_PATTERN}$", required=False, allow_null=True)
     control = serializers.CharField(help_text="The name of the variant the others are compared against.")
-    variants = VariantRequestSerializer(many=True, min_length=2, max_length=10, help_text="2 to 10 variants.")
+    variants = VariantRequestSerializer(many=True, min_length=2, max_length=10, help_text="2 to 10 variants.")  # type: ignore[call-arg]
     alpha = serializers.FloatField(
         required=False, min_value=0, max_value=0.5, help_text="Significance level, above 0 and below 0.5; default 0.05."
     )

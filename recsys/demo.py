@@ -193,14 +193,14 @@ def print_examples(port: str, credentials: dict[str, str], experiment: int | Non
             """"timestamp": "2026-01-01T12:00:00Z"}, {"user": "alice", "item": "my-item", "type": "teleport"}]}'""",
         ),
     ]
-    examples += experiment_examples(base, auth, json_type, experiment)
+    examples += experiment_examples(base, auth, json_type, experiment, shown_example(port, credentials["api_key"]))
     lines = ["", "=" * 78, f"recsys demo is up on {base}", ""]
     for title, command in examples:
         lines += [f"# {title}", command, ""]
     lines += [
         f"API docs:  {base}/api/docs/",
         f"Admin:     {base}/admin/  (user {credentials['username']!r}, password {credentials['password']!r})",
-        f"Experiment page: {base}/admin/experiments/{experiment or ''}",
+        f"Experiments: {base}/admin/experiments/{f'{experiment}/' if experiment else ''}",
         "Ctrl-C stops the server, the worker, beat and the embedded services.",
         "=" * 78,
         "",
@@ -208,12 +208,25 @@ def print_examples(port: str, credentials: dict[str, str], experiment: int | Non
     print("\n".join(lines), file=sys.stdout, flush=True)
 
 
-def experiment_examples(base: str, auth: str, json_type: str, experiment: int | None) -> list[tuple[str, str]]:
+def shown_example(port: str, key: str) -> tuple[str, list[str]]:
+    """A real answer for user-000001 (its recommendation id and items), for the feedback examples."""
+    try:
+        answer: Any = api_call(port, key, "GET", "/api/v1/users/user-000001/recommendations?limit=2")
+    except urllib.error.URLError as error:
+        log(f"could not fetch an answer for the feedback examples: {error}")
+        return "RECOMMENDATION_ID", ["item-000010", "item-000011"]
+    return answer["recommendation_id"], [item["id"] for item in answer["items"]] or ["item-000010"]
+
+
+def experiment_examples(
+    base: str, auth: str, json_type: str, experiment: int | None, answer: tuple[str, list[str]]
+) -> list[tuple[str, str]]:
     """The feedback loop: what was shown, what was clicked, and the experiment's numbers."""
-    shown = """-d '{"impressions": [{"recommendation_id": "RECOMMENDATION_ID", "user": "user-000001", """
-    shown += """"items": ["item-000010", "item-000011"]}]}'"""
-    clicked = """-d '{"interactions": [{"user": "user-000001", "item": "item-000010", "type": "click", """
-    clicked += """"recommendation_id": "RECOMMENDATION_ID"}]}'"""
+    recommendation_id, items = answer
+    impression = {"recommendation_id": recommendation_id, "user": "user-000001", "items": items}
+    click = {"user": "user-000001", "item": items[0], "type": "click", "recommendation_id": recommendation_id}
+    shown = f"-d '{json.dumps({'impressions': [impression]})}'"
+    clicked = f"-d '{json.dumps({'interactions': [click]})}'"
     number = experiment or 1
     return [
         (
