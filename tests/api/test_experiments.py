@@ -123,6 +123,19 @@ def test_baseline_variants_serve_their_strategy(admin_client_api, reader, versio
     assert len(body["items"]) == 10
 
 
+@pytest.mark.parametrize(("strategy", "served"), [("ranked", "collaborative"), ("content", "popular")])
+def test_ranked_and_content_variants(admin_client_api, reader, versions, strategy, served):
+    """Until the ranking stage exists a ranked variant is served collaboratively and says so; a content
+    variant starts at the content profile (no content model here: popularity), never collaborative."""
+    create(
+        admin_client_api,
+        name=strategy,
+        control="only",
+        variants=[{"name": "only", "weight": 1, "config": {"strategy": strategy}}, {"name": "x", "weight": 1e-9}],
+    )
+    assert recommend(reader, "u3")["strategy"] == served
+
+
 def test_shuffled_variant_serves_the_collaborative_items_in_another_order(admin_client_api, reader, versions):
     collaborative = recommend(reader, "u3", limit=10)
     create(

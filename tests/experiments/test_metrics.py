@@ -180,3 +180,10 @@ def test_the_task_computes_running_experiments_and_skips_long_stopped_ones(exper
 
     assert experiments_metrics_compute() == [experiment.pk]
     assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
+
+
+def test_the_celery_task_writes_snapshots(experiment, catalogue):
+    from experiments.tasks import experiment_metrics_compute as task
+
+    assert task() == [experiment.pk]  # the beat entry point, run in this process
+    assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
