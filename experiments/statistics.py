@@ -165,7 +165,11 @@ def _z(alpha: float) -> float:
 
 
 def _proportion_interval(moments: _Moments, alpha: float) -> tuple[float, float]:
-    """Wilson score interval at the delta-method effective sample size (a clustered proportion)."""
+    """Wilson score interval at the delta-method effective sample size (a clustered proportion).
+
+    The effective size r(1 − r) / Var is how survey statistics carry a design effect into a
+    binomial interval (Korn & Graubard 1998); for large samples this equals r ± z·√Var.
+    """
     if moments.denominator_total <= 0:
         return (0.0, 1.0)
     rate, variance = moments.rate, moments.variance
