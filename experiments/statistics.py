@@ -384,7 +384,7 @@ def rate_compare(
     p_value: float | None = None
     if reason is None:
         variance = (c.variance or 0.0) + (t.variance or 0.0)
-        p_now = min(1.0, math.exp(-msprt_log_likelihood_ratio(difference, variance, tau * tau)))
+        p_now = math.exp(-max(0.0, msprt_log_likelihood_ratio(difference, variance, tau * tau)))  # 1/Λ, capped at 1
         half = confidence_sequence_half_width(variance, tau * tau, alpha)
         p_value, interval, reason = _running(p_now, (difference - half, difference + half), looks)
     else:
