@@ -11,6 +11,15 @@ the two rates. Its p-value and confidence sequence are valid however often and w
 looked at, so an experiment page that refreshes every minute cannot manufacture a significant result
 by being watched. A fixed-horizon z-test is kept (``fixed_horizon_p_value``) only to show, in the
 simulations, what peeking would do to it.
+
+Each refresh of an experiment's metrics compares every variant with the control, passing what the
+previous refresh reported for that pair, so the p-value and interval carry over as running values::
+
+    previous = PriorLook(p_value=stored.p_value, difference_interval=(stored.low, stored.high))
+    comparison = variant_compare(control=control_counts, treatment=counts, mde=experiment.mde, looks=[previous])
+
+Keep ``alpha`` and ``mde`` fixed for the life of an experiment: the running values combine looks of
+one test, and changing them mid-way starts a different one.
 """
 
 from __future__ import annotations
@@ -48,7 +57,8 @@ class UserTotals:
         numerators, denominators = np.asarray(self.numerators), np.asarray(self.denominators)
         if numerators.ndim != 1 or numerators.shape != denominators.shape:
             raise ValueError("numerators and denominators must be 1-D arrays of the same length (one per user)")
-        if not (np.all(np.isfinite(numerators)) and np.all(np.isfinite(denominators))):
+        floats = [a for a in (numerators, denominators) if a.dtype.kind not in "iub"]  # integers are finite
+        if not all(np.all(np.isfinite(a)) for a in floats):
             raise ValueError("numerators and denominators must be finite")
         if np.any(denominators < 0):
             raise ValueError("denominators must be ≥ 0")
@@ -56,7 +66,10 @@ class UserTotals:
 
 @dataclass(frozen=True)
 class VariantCounts:
-    """One variant's traffic, per user.
+    """One variant's traffic, per user: the users of the variant with at least one impression.
+
+    (A user assigned but never shown anything adds nothing to either sum; counting them only
+    changes the number of users the 100-user floor and ``users_needed`` see.)
 
     Parameters
     ----------
@@ -152,7 +165,11 @@ def _z(alpha: float) -> float:
 
 
 def _proportion_interval(moments: _Moments, alpha: float) -> tuple[float, float]:
-    """Wilson score interval at the delta-method effective sample size (a clustered proportion)."""
+    """Wilson score interval at the delta-method effective sample size (a clustered proportion).
+
+    The effective size r(1 − r) / Var is how survey statistics carry a design effect into a
+    binomial interval (Korn & Graubard 1998); for large samples this equals r ± z·√Var.
+    """
     if moments.denominator_total <= 0:
         return (0.0, 1.0)
     rate, variance = moments.rate, moments.variance
@@ -367,7 +384,7 @@ def rate_compare(
     p_value: float | None = None
     if reason is None:
         variance = (c.variance or 0.0) + (t.variance or 0.0)
-        p_now = min(1.0, math.exp(-msprt_log_likelihood_ratio(difference, variance, tau * tau)))
+        p_now = math.exp(-max(0.0, msprt_log_likelihood_ratio(difference, variance, tau * tau)))  # 1/Λ, capped at 1
         half = confidence_sequence_half_width(variance, tau * tau, alpha)
         p_value, interval, reason = _running(p_now, (difference - half, difference + half), looks)
     else:

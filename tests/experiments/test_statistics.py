@@ -325,3 +325,18 @@ def test_conversions_per_impression_are_compared_like_ctr():
             treatment=control.totals(),
             proportion=True,
         )
+
+
+def test_passing_only_the_latest_look_equals_passing_the_whole_history():
+    control, treatment = simulated(6000, seed=91), simulated(6000, lift=0.2, seed=92)
+    latest_only: list[Comparison] = []
+    whole: list[Comparison] = []
+
+    for users in range(1000, 6001, 1000):
+        c = counts(control.impressions[:users], control.clicks[:users])
+        t = counts(treatment.impressions[:users], treatment.clicks[:users])
+        latest_only.append(variant_compare(control=c, treatment=t, looks=latest_only[-1:]))
+        whole.append(variant_compare(control=c, treatment=t, looks=whole))
+
+    assert latest_only == whole
+    assert [look.p_value for look in whole] == sorted((look.p_value for look in whole), reverse=True)
