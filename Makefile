@@ -37,7 +37,7 @@ lint: install
 
 # mypy's Django plugin loads the settings, which only read the environment: no service is needed.
 typecheck: install
-	$(VENV)/bin/mypy recsys embeddings api
+	$(VENV)/bin/mypy recsys embeddings api experiments
 
 ## bench: ingestion, quality, serving, content and soak benchmarks (needs ../shared/data/ml-latest-small) -> BENCHMARKS.md
 bench: install

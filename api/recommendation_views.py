@@ -30,8 +30,11 @@ from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import recommendations, search, similarity, spaces
 from embeddings.recommendations import Answer, Recommendation
 from embeddings.space_admission import custom_space_admit
+from experiments.selectors import Assignment, experiment_assign
+from experiments.serving import variant_user_recommendations
 from recsys.errors import ValidationFailed
 from recsys.models import ApiKey
+from recsys.recommendation_ids import RECOMMENDATION_ID_MAX_LENGTH, recommendation_id_mint
 from recsys.validation import SPACE_PATTERN
 
 
@@ -47,20 +50,50 @@ class ModelRefSerializer(serializers.Serializer):
     content_version = serializers.IntegerField(required=False, help_text="hybrid answers: the content version")
 
 
+class ExperimentRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    variant = serializers.CharField()
+
+
 class AnswerSerializer(serializers.Serializer):
     items = RecommendedItemSerializer(many=True)
     model = ModelRefSerializer(allow_null=True)
     strategy = serializers.CharField(
         help_text="collaborative, collaborative_fold_in, collaborative_session, content, content_profile, "
-        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category, recent"
+        "content_session, hybrid, custom, semantic, keyword, popular, popular_in_category, recent, shuffled"
+    )
+    recommendation_id = serializers.CharField(
+        max_length=RECOMMENDATION_ID_MAX_LENGTH,
+        help_text="New for every answer: send it with the impressions and interactions this answer led to.",
+    )
+    experiment = ExperimentRefSerializer(
+        allow_null=True, help_text="The experiment and variant that served this answer; null when none did."
     )
 
 
-def render(answer: Answer) -> Response:
+def render(answer: Answer, assignment: Assignment | None = None) -> Response:
     # Plain dicts, not dataclasses.asdict (which deep-copies every field): a tenth of the web
     # process's CPU on an uncached personalised request (bench/serve_profile.py).
     items = [_item(item) for item in answer.items]
-    return Response({"items": items, "model": answer.model, "strategy": answer.strategy})
+    # Minted here, after the answer cache: a cached answer is served under a fresh id.
+    if assignment is None:
+        experiment, recommendation_id = None, recommendation_id_mint()
+    else:
+        experiment = {"id": assignment.experiment_id, "variant": assignment.variant.name}
+        recommendation_id = recommendation_id_mint(**experiment_ref(assignment))
+    return Response(
+        {
+            "items": items,
+            "model": answer.model,
+            "strategy": answer.strategy,
+            "recommendation_id": recommendation_id,
+            "experiment": experiment,
+        }
+    )
+
+
+def experiment_ref(assignment: Assignment) -> dict[str, Any]:
+    return {"experiment_id": assignment.experiment_id, "variant": assignment.variant.name}
 
 
 def _item(item: Recommendation) -> dict[str, Any]:
@@ -71,6 +104,24 @@ def _item(item: Recommendation) -> dict[str, Any]:
 
 
 COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
+SCENARIO_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+SCENARIO_PARAMETER = OpenApiParameter(
+    "scenario",
+    {"type": "string", "pattern": SCENARIO_NAME_PATTERN},
+    description="The placement (e.g. homepage): the experiment running for it assigns a variant by a hash of "
+    "(experiment, user); without one, the experiment running for requests that name no scenario.",
+)
+
+
+def query_scenario(request: Request) -> str | None:
+    scenario = request.query_params.get("scenario")
+    if scenario is None:
+        return None
+    if not re.fullmatch(SCENARIO_NAME_PATTERN, scenario):
+        raise ValidationFailed("scenario must be 1-64 of [A-Za-z0-9_.:-]", details={"scenario": ["invalid"]})
+    return scenario
+
+
 WINDOW_PATTERN = r"^(?:[1-9]|[1-9][0-9]|[12][0-9][0-9]|3[0-5][0-9]|36[0-5])d$"  # 1d to 365d
 
 
@@ -85,12 +136,15 @@ class UserRecommendationsView(ApiView):
             boolean_parameter("include_seen", "also recommend items the user has interacted with"),
             boolean_parameter("explain", "add a reason to each item"),
             number_parameter("diversity", minimum=0.0, maximum=1.0, default=0.0, description="0 (pure relevance) to 1"),
+            SCENARIO_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS},
     )
     def get(self, request: Request, user_id: str) -> Response:
+        assignment = experiment_assign(scenario=query_scenario(request), user_external_id=user_id)
         return render(
-            recommendations.user_recommendations_list(
+            variant_user_recommendations(
+                assignment=assignment,
                 user_external_id=user_id,
                 limit=query_limit(request),
                 category=query_category(request),
@@ -98,7 +152,8 @@ class UserRecommendationsView(ApiView):
                 include_seen=query_bool(request, "include_seen"),
                 explain=query_bool(request, "explain"),
                 diversity=query_float(request, "diversity", default=0.0, minimum=0.0, maximum=1.0),
-            )
+            ),
+            assignment,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from api import experiment_views as exp
 from api import model_views, views
 from api import recommendation_views as rec
 
@@ -42,6 +43,10 @@ v1 = [
     path("models", model_views.ModelListView.as_view(), name="models"),
     path("models/train", model_views.ModelTrainView.as_view(), name="models-train"),
     path("models/<int:version>/activate", model_views.ModelActivateView.as_view(), name="model-activate"),
+    path("experiments", exp.ExperimentListView.as_view(), name="experiments"),
+    path("experiments/<int:experiment_id>", exp.ExperimentDetailView.as_view(), name="experiment-detail"),
+    path("experiments/<int:experiment_id>/stop", exp.ExperimentStopView.as_view(), name="experiment-stop"),
+    path("experiments/<int:experiment_id>/promote", exp.ExperimentPromoteView.as_view(), name="experiment-promote"),
 ]
 
 urlpatterns = [

@@ -35,6 +35,7 @@ from recsys.models import Item
 logger = logging.getLogger(__name__)
 MAX_SEEN = 5_000  # a user's most recent items excluded from their recommendations
 EXPLAIN_ITEMS = 3
+USER_SOURCES = ("auto", "content", "popular")
 
 
 # ---- popular -------------------------------------------------------------------------------
@@ -94,14 +95,31 @@ def user_recommendations_list(
     include_seen: bool = False,
     explain: bool = False,
     diversity: float = 0.0,
+    version: ModelVersion | None = None,
+    source: str = "auto",
+    ranking: bool = False,
+    apply_scenario_rules: bool = True,
 ) -> Answer:
     """Collaborative when the user has a vector (stored, or folded in from their history), else a
-    content profile of what they interacted with, else popularity. Hot answers come from the cache."""
-    variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity])
+    content profile of what they interacted with, else popularity. Hot answers come from the cache.
+
+    An experiment's variant narrows this: ``version`` serves that collaborative version instead of
+    the active one; ``source`` "content" starts at the content profile, "popular" serves popularity
+    (without the user's seen items), "auto" is the chain above.
+    """
+    if source not in USER_SOURCES:
+        raise ValueError(f"source must be one of {USER_SOURCES}")
+    # ranking: the ranking stage, wired by the ranking branch; until then a pass-through no-op flag.
+    # apply_scenario_rules: whether the scenario's saved rules apply, wired by the rules branch.
+    key = [limit, category, sorted(exclude), include_seen, explain, diversity]
+    if version is not None or source != "auto" or ranking or not apply_scenario_rules:
+        key += [getattr(version, "pk", None), source, ranking, apply_scenario_rules]
     return answer_through_cache(
         f"user:{user_external_id}",
-        variant,
-        lambda: _user_recommendations(user_external_id, limit, category, exclude, include_seen, explain, diversity),
+        json.dumps(key),
+        lambda: _user_recommendations(
+            user_external_id, limit, category, exclude, include_seen, explain, diversity, version, source
+        ),
     )
 
 
@@ -113,9 +131,15 @@ def _user_recommendations(
     include_seen: bool,
     explain: bool,
     diversity: float,
+    version: ModelVersion | None = None,
+    source: str = "auto",
 ) -> Answer:
-    collaborative = active()
+    collaborative = (version or active()) if source == "auto" else None
     exclude_ids = item_ids(exclude)
+    if source == "popular":
+        user = _user_state(user_external_id, None)
+        seen = set() if include_seen or user is None else set(user.history)
+        return popular_items_list(limit=limit, category=category, exclude_ids=tuple(set(exclude_ids) | seen))
     if collaborative is not None and not explain and diversity == 0:
         # The common case (a user with a stored vector) in one statement; others read their state.
         found = user_nearest_items(

@@ -249,13 +249,20 @@ def _serving_changed() -> None:
     answers_invalidate_all()
 
 
+# Other apps name the versions they still serve (experiments: their variants' versions); pruning
+# keeps those tables. A list of callables so that this module imports nothing above it.
+prune_guards: list[Callable[[], set[int]]] = []
+
+
 def model_versions_prune(*, kind: str, keep: int) -> list[int]:
-    """Drop the vector tables of all but the newest ``keep`` servable versions (never the active one)."""
+    """Drop the vector tables of all but the newest ``keep`` servable versions (never the active one,
+    nor one that a guard in ``prune_guards`` names)."""
     servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
     active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+    kept = {active}.union(*(guard() for guard in prune_guards))
     pruned = []
     for version in servable.order_by("-id")[keep:]:
-        if version.pk == active:
+        if version.pk in kept:
             continue
         tables.tables_drop(version.pk)
         ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)

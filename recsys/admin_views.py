@@ -19,6 +19,7 @@ from embeddings.operations import model_versions_by_id
 from embeddings.recommendations import Answer, user_recommendations_list
 from embeddings.selectors import item_vectors_status
 from embeddings.similarity import item_similar_list
+from experiments.selectors import model_version_ctr
 from recsys.admin_selectors import items_by_external_id, user_id_get, user_recent_interactions
 from recsys.dashboard import dashboard_report
 from recsys.errors import DomainError
@@ -143,6 +144,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "report": report,
         "counts": counts,
         "activity_chart": chart,
+        "version_ctr": model_version_ctr(),
     }
     return render(request, "admin/recsys/dashboard.html", context)
 

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from recsys.run import BASE_DIR, PYTHON, log, manage
 
@@ -37,9 +38,15 @@ def demo_prepare(env: dict[str, str], port: str, serve: Callable[..., int]) -> i
     credentials = json.loads(answer.stdout)
 
     def on_ready() -> None:
-        train_on_worker(port, credentials["api_key"], kind="content")
-        train_on_worker(port, credentials["api_key"], kind="collaborative")
-        print_examples(port, credentials)
+        key = credentials["api_key"]
+        train_on_worker(port, key, kind="content")
+        train_on_worker(port, key, kind="collaborative")
+        train_on_worker(port, key, kind="collaborative")  # a second version to compare in the experiment
+        experiment = demo_experiment(port, key)
+        if experiment is not None:
+            demo_traffic(env, port, key)
+            manage(env, "experiment_metrics")  # beat recomputes every minute; the page has numbers now
+        print_examples(port, credentials, experiment)
 
     return serve(env, port, on_ready=on_ready)
 
@@ -82,6 +89,42 @@ def train_on_worker(port: str, key: str, *, kind: str, seconds: float = 600) -> 
     log(f"version {version} did not finish within {seconds:.0f} s; see the worker's log")
 
 
+def demo_experiment(port: str, key: str) -> int | None:
+    """An experiment between the active collaborative version and the previous one, with a popularity
+    baseline; the running one when the demo runs again on the same data."""
+    versions: Any = api_call(port, key, "GET", "/api/v1/models?kind=collaborative")
+    servable = [v for v in versions if v["status"] in {"active", "ready"}]
+    active = next((v["version"] for v in servable if v["status"] == "active"), None)
+    other = next((v["version"] for v in servable if v["version"] != active), None)
+    if active is None or other is None:
+        log("no experiment: two servable collaborative versions are needed")
+        return None
+    body: dict[str, object] = {
+        "name": f"v{active} against v{other}",
+        "control": "active",
+        "variants": [
+            {"name": "active", "weight": 2, "config": {"model_version": active}},
+            {"name": "previous", "weight": 2, "config": {"model_version": other}},
+            {"name": "popular", "weight": 1, "config": {"strategy": "popular"}},
+        ],
+    }
+    try:
+        created = api_call(port, key, "POST", "/api/v1/experiments", body)
+    except urllib.error.HTTPError as error:  # 409: one is running from an earlier demo
+        log(f"experiment not created: {error.read().decode(errors='replace')}")
+        running: Any = api_call(port, key, "GET", "/api/v1/experiments?status=running")
+        return next((e["id"] for e in running if e["scenario"] is None), None)
+    log(f"experiment {created['id']} is running: {body['name']}, with a popularity baseline")  # type: ignore[index]
+    return int(created["id"])  # type: ignore[index]
+
+
+def demo_traffic(env: dict[str, str], port: str, key: str) -> None:
+    """The demo client (scripts/demo_traffic.py): users see recommendations, impressions and clicks are sent."""
+    log("demo client: 600 users see recommendations and click what matches their tastes")
+    command = [PYTHON, str(BASE_DIR / "scripts" / "demo_traffic.py"), "--base", f"http://127.0.0.1:{port}"]
+    subprocess.run([*command, "--key", key, "--users", "600"], env=env, cwd=BASE_DIR, check=False)
+
+
 def session_items(port: str, key: str, topic: str = SESSION_TOPIC) -> list[str]:
     """The two most popular items of one topic: a session someone browsing that topic would have."""
     try:
@@ -92,7 +135,7 @@ def session_items(port: str, key: str, topic: str = SESSION_TOPIC) -> list[str]:
     return [item["id"] for item in answer["items"]]  # type: ignore[index]
 
 
-def print_examples(port: str, credentials: dict[str, str]) -> None:
+def print_examples(port: str, credentials: dict[str, str], experiment: int | None = None) -> None:
     base = f"http://127.0.0.1:{port}"
     session = json.dumps({"items": session_items(port, credentials["api_key"]), "limit": 5})
     auth = f'-H "Authorization: Bearer {credentials["api_key"]}"'
@@ -150,14 +193,62 @@ def print_examples(port: str, credentials: dict[str, str]) -> None:
             """"timestamp": "2026-01-01T12:00:00Z"}, {"user": "alice", "item": "my-item", "type": "teleport"}]}'""",
         ),
     ]
+    examples += experiment_examples(base, auth, json_type, experiment, shown_example(port, credentials["api_key"]))
     lines = ["", "=" * 78, f"recsys demo is up on {base}", ""]
     for title, command in examples:
         lines += [f"# {title}", command, ""]
     lines += [
         f"API docs:  {base}/api/docs/",
         f"Admin:     {base}/admin/  (user {credentials['username']!r}, password {credentials['password']!r})",
+        f"Experiments: {base}/admin/experiments/{f'{experiment}/' if experiment else ''}",
         "Ctrl-C stops the server, the worker, beat and the embedded services.",
         "=" * 78,
         "",
     ]
     print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def shown_example(port: str, key: str) -> tuple[str, list[str]]:
+    """A real answer for user-000001 (its recommendation id and items), for the feedback examples."""
+    try:
+        answer: Any = api_call(port, key, "GET", "/api/v1/users/user-000001/recommendations?limit=2")
+    except urllib.error.URLError as error:
+        log(f"could not fetch an answer for the feedback examples: {error}")
+        return "RECOMMENDATION_ID", ["item-000010", "item-000011"]
+    return answer["recommendation_id"], [item["id"] for item in answer["items"]] or ["item-000010"]
+
+
+def experiment_examples(
+    base: str, auth: str, json_type: str, experiment: int | None, answer: tuple[str, list[str]]
+) -> list[tuple[str, str]]:
+    """The feedback loop: what was shown, what was clicked, and the experiment's numbers."""
+    recommendation_id, items = answer
+    impression = {"recommendation_id": recommendation_id, "user": "user-000001", "items": items}
+    click = {"user": "user-000001", "item": items[0], "type": "click", "recommendation_id": recommendation_id}
+    shown = f"-d '{json.dumps({'impressions': [impression]})}'"
+    clicked = f"-d '{json.dumps({'interactions': [click]})}'"
+    number = experiment or 1
+    return [
+        (
+            "Report what was shown (the recommendation_id of the answer that showed it), then a click",
+            f"curl -s -X POST {auth} {json_type} {base}/api/v1/impressions {shown}\n"
+            f"curl -s -X POST {auth} {json_type} {base}/api/v1/interactions {clicked}",
+        ),
+        (
+            "The experiment: per variant users, impressions, clicks, CTR with its interval, the test",
+            f"curl -s {auth} {base}/api/v1/experiments/{number}\ncurl -s {auth} {base}/api/v1/experiments",
+        ),
+        (
+            "Start an A/B test (admin scope): a model version against a shuffled baseline, 90/10",
+            f"curl -s -X POST {auth} {json_type} {base}/api/v1/experiments "
+            """-d '{"name": "homepage test", "scenario": "homepage", "control": "model", "variants": ["""
+            """{"name": "model", "weight": 9}, """
+            """{"name": "shuffled", "weight": 1, "config": {"strategy": "shuffled"}}]}'""",
+        ),
+        (
+            "Stop it, or promote a winner (activates its model version)",
+            f"curl -s -X POST {auth} {base}/api/v1/experiments/{number}/stop\n"
+            f"curl -s -X POST {auth} {json_type} {base}/api/v1/experiments/{number}/promote "
+            """-d '{"variant": "active"}'""",
+        ),
+    ]

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "recsys.apps.RecsysConfig",
     "embeddings.apps.EmbeddingsConfig",
     "api.apps.ApiConfig",
+    "experiments.apps.ExperimentsConfig",
 ]
 
 MIDDLEWARE = [
@@ -280,6 +281,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "embeddings.tasks.content_sweep",
         "schedule": float(env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)),
     },
+    "experiment-metrics": {
+        "task": "experiments.tasks.experiment_metrics_compute",
+        "schedule": float(env_int("RECSYS_EXPERIMENT_METRICS_SECONDS", 60, minimum=5)),
+    },
     # Runs whose worker died are failed within RECSYS_TRAIN_HEARTBEAT_SECONDS plus this.
     "training-runs-reap": {"task": "embeddings.tasks.training_runs_reap", "schedule": 15.0},
     # Creates the coming months' impression partitions and drops the expired ones.
@@ -373,6 +378,13 @@ RECSYS_ANSWER_CACHE_SECONDS = env_int("RECSYS_ANSWER_CACHE_SECONDS", 300, minimu
 # Each web process re-reads which version is active at most this often (a switch in this process
 # is seen at once); a request always reads one version from start to end.
 RECSYS_ACTIVE_VERSION_CACHE_SECONDS = env_float("RECSYS_ACTIVE_VERSION_CACHE_SECONDS", 2.0)
+# Experiments: each web process re-reads the running set at most this often (a change made in
+# the process itself is seen at once); metrics are computed by the beat task above.
+RECSYS_EXPERIMENT_CACHE_SECONDS = env_float("RECSYS_EXPERIMENT_CACHE_SECONDS", 2.0)
+# The item attribute holding a price: revenue = sum of it over attributed purchase-like events.
+RECSYS_REVENUE_ATTRIBUTE = env_str("RECSYS_REVENUE_ATTRIBUTE", "")
+# Event types whose attributed events count as revenue (each at the item's price times the event's count).
+RECSYS_REVENUE_EVENT_TYPES = env_list("RECSYS_REVENUE_EVENT_TYPES", ["purchase"])
 
 # Every connection (web, workers, migrations); 0 = none.
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)

@@ -7,12 +7,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from api.middleware import api_error_view
+from experiments import admin_views as experiments_admin_views
 from recsys import admin_export, admin_views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("admin/", include(admin_views.urlpatterns)),  # the dashboard and the preview, staff only
     path("admin/", include(admin_export.urlpatterns)),  # the data set download, superusers only
+    path("admin/", include(experiments_admin_views.urlpatterns)),  # experiments: staff; stop/promote: change perm
     path("admin/", admin.site.urls),
     path("api/", include("api.urls")),
 ]

@@ -46,8 +46,10 @@ def _no_pending_fold_ins(request: pytest.FixtureRequest) -> None:
 def _no_cached_active_version() -> None:
     """Each web process caches the active version pointer; tests each have their own database."""
     from embeddings.selectors import active_version_serving_forget
+    from experiments.selectors import experiments_running_forget
 
     active_version_serving_forget()
+    experiments_running_forget()  # the running experiments, cached per process the same way
 
 
 @pytest.fixture(autouse=True)

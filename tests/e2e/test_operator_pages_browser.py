@@ -15,7 +15,7 @@ from tests.recsys.admin_setup import COOKING, SKY, catalogue_store, interactions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 # The operator pages of a superuser (the data set export is for superusers only).
-OPERATIONS = ["Dashboard", "Models", "Embedding map", "Preview recommendations", "Export data set"]
+OPERATIONS = ["Dashboard", "Models", "Embedding map", "Experiments", "Preview recommendations", "Export data set"]
 
 
 def train(page, server: str, kind: str) -> int:

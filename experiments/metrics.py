@@ -1,0 +1,235 @@
+"""Per-variant metrics from the feedback tables, computed set-based by a beat task into snapshots.
+
+Definitions (what the experiment page and GET /experiments/{id} report):
+- users: distinct users with an impression in the variant; impressions: impression rows.
+- clicks: impressions (one row = one item shown in one answer) with at least one attributed event of
+  a type marked ``counts_as_click`` — matched on the attribution's user, item, impression time and
+  recommendation id — so clicks ≤ impressions and a user clicking an item twice counts once.
+- conversions: attributed events per event type (each counted, also repeats).
+- revenue (only when RECSYS_REVENUE_ATTRIBUTE names an item attribute): the sum, over attributed
+  events of the types in RECSYS_REVENUE_EVENT_TYPES, of the item's numeric attribute now (events
+  whose item has no such number add nothing).
+- coverage: distinct items shown / items in the catalogue that are not hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from experiments.models import Experiment, ExperimentStatus, Variant, VariantSnapshot
+from experiments.selectors import snapshots_latest
+from experiments.statistics import (
+    PriorLook,
+    UserTotals,
+    VariantCounts,
+    ctr_estimate,
+    rate_compare,
+    rate_estimate,
+    variant_compare,
+)
+from recsys.models import Item
+
+logger = logging.getLogger(__name__)
+# Snapshots of a stopped experiment are still computed this long after it stopped (late clicks).
+SETTLE_SECONDS = 3600
+
+PER_USER_SQL = """
+WITH clicked AS (
+    SELECT DISTINCT a.user_id, a.item_id, a.shown_at, a.recommendation_id
+    FROM recsys_attribution a JOIN recsys_eventtype t ON t.name = a.event_type AND t.counts_as_click
+    WHERE a.experiment_id = %(experiment)s AND a.shown_at IS NOT NULL
+)
+SELECT i.variant, i.user_id, count(*), count(c.user_id)
+FROM recsys_impression i
+LEFT JOIN clicked c
+  ON c.user_id = i.user_id AND c.item_id = i.item_id AND c.shown_at = i.shown_at
+ AND c.recommendation_id IS NOT DISTINCT FROM i.recommendation_id
+WHERE i.experiment_id = %(experiment)s AND i.variant IS NOT NULL
+GROUP BY i.variant, i.user_id
+"""
+ITEMS_SHOWN_SQL = """
+SELECT variant, count(DISTINCT item_id) FROM recsys_impression
+WHERE experiment_id = %(experiment)s AND variant IS NOT NULL GROUP BY variant
+"""
+CONVERSIONS_SQL = """
+SELECT a.variant, a.user_id, a.event_type, count(*),
+       sum(CASE WHEN a.event_type = ANY(%(revenue_types)s) AND jsonb_typeof(it.attributes -> %(attribute)s) = 'number'
+                THEN (it.attributes ->> %(attribute)s)::double precision END)
+FROM recsys_attribution a JOIN recsys_item it ON it.id = a.item_id
+WHERE a.experiment_id = %(experiment)s AND a.variant IS NOT NULL
+GROUP BY a.variant, a.user_id, a.event_type
+"""
+
+
+@dataclass
+class VariantData:
+    """One variant's counts: per-user arrays aligned on ``users`` (for the statistics) and totals."""
+
+    users: list[int] = field(default_factory=list)
+    impressions: list[int] = field(default_factory=list)
+    clicks: list[int] = field(default_factory=list)
+    items_shown: int = 0
+    conversions: dict[str, dict[int, int]] = field(default_factory=dict)  # type → user → events
+    revenue: dict[int, float] = field(default_factory=dict)  # user → revenue
+
+    def counts(self) -> VariantCounts:
+        return VariantCounts(
+            impressions=np.asarray(self.impressions, dtype=np.int64), clicks=np.asarray(self.clicks, dtype=np.int64)
+        )
+
+    def per_impression(self, per_user: dict[int, Any]) -> UserTotals:
+        """A metric per impression as a ratio of per-user sums (users without impressions left out)."""
+        numerators = np.asarray([float(per_user.get(u, 0)) for u in self.users], dtype=np.float64)
+        return UserTotals(numerators=numerators, denominators=np.asarray(self.impressions, dtype=np.float64))
+
+
+def variants_data(*, experiment_id: int) -> dict[str, VariantData]:
+    """Every variant's per-user counts, read in three set-based statements."""
+    data: dict[str, VariantData] = {}
+    params: dict[str, Any] = {
+        "experiment": experiment_id,
+        "attribute": settings.RECSYS_REVENUE_ATTRIBUTE or "",
+        "revenue_types": list(settings.RECSYS_REVENUE_EVENT_TYPES),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(PER_USER_SQL, params)
+        for variant, user, impressions, clicks in cursor.fetchall():
+            row = data.setdefault(variant, VariantData())
+            row.users.append(user)
+            row.impressions.append(impressions)
+            row.clicks.append(clicks)
+        cursor.execute(ITEMS_SHOWN_SQL, params)
+        for variant, items in cursor.fetchall():
+            data.setdefault(variant, VariantData()).items_shown = items
+        cursor.execute(CONVERSIONS_SQL, params)
+        for variant, user, event_type, events, revenue in cursor.fetchall():
+            row = data.setdefault(variant, VariantData())
+            row.conversions.setdefault(event_type, {})[user] = events
+            if revenue is not None:
+                row.revenue[user] = row.revenue.get(user, 0.0) + revenue
+    return data
+
+
+def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = None) -> list[VariantSnapshot]:
+    """One snapshot per variant of the experiment, from the feedback tables as they are now."""
+    experiment = Experiment.objects.prefetch_related("variants").get(pk=experiment_id)
+    now = now or timezone.now()
+    data = variants_data(experiment_id=experiment_id)
+    catalogue = Item.objects.filter(is_hidden=False).count()
+    variants = list(experiment.variants.all())
+    control = data.get(experiment.control, VariantData())
+    latest = snapshots_latest(experiment_id=experiment_id)
+    snapshots = []
+    for variant in variants:
+        own = data.get(variant.name, VariantData())
+        snapshots.append(
+            VariantSnapshot(
+                experiment=experiment,
+                variant=variant,
+                computed_at=now,
+                users=len(own.users),
+                impressions=int(sum(own.impressions)),
+                clicks=int(sum(own.clicks)),
+                items_shown=own.items_shown,
+                coverage=own.items_shown / catalogue if catalogue else None,
+                conversions={t: int(sum(per_user.values())) for t, per_user in sorted(own.conversions.items())},
+                revenue=float(sum(own.revenue.values())) if settings.RECSYS_REVENUE_ATTRIBUTE else None,
+                statistics=_statistics(experiment, variant, own, control, _prior(latest, variant.pk)),
+            )
+        )
+    with transaction.atomic():
+        VariantSnapshot.objects.bulk_create(snapshots)
+    return snapshots
+
+
+def _statistics(
+    experiment: Experiment, variant: Variant, own: VariantData, control: VariantData, prior: dict[str, Any]
+) -> dict[str, Any]:
+    """The CTR with its interval; against the control, the always-valid test and the users still
+    needed; per event type, conversions per impression with an interval."""
+    alpha, mde = experiment.alpha, experiment.mde
+    ctr, interval = ctr_estimate(own.counts(), alpha=alpha)
+    out: dict[str, Any] = {"ctr": ctr, "ctr_interval": list(interval), "alpha": alpha, "mde": mde}
+    if variant.name != experiment.control:
+        # τ (the mixture's spread) stays what the first testable look fixed, so that every look
+        # is of the same test: the p-value's running minimum is only valid across one τ.
+        tau = prior.get("mixture_sd")
+        prior_looks = [prior_look] if (prior_look := _prior_look(prior)) is not None else []
+        comparison = variant_compare(
+            control=control.counts(), treatment=own.counts(), alpha=alpha, mde=mde, looks=prior_looks, mixture_sd=tau
+        )
+        out.update(_jsonable(asdict(comparison)))
+        if tau is None and comparison.p_value is not None:
+            tau = mde * abs(comparison.control_ctr)
+        out["mixture_sd"] = tau
+    out["conversion_rates"] = {}
+    for event_type, per_user in sorted(own.conversions.items()):
+        totals = own.per_impression(per_user)
+        rate, rate_interval = _rate(totals, alpha)
+        entry: dict[str, Any] = {"rate": rate, "interval": rate_interval}
+        if variant.name != experiment.control:
+            compared = rate_compare(
+                control=control.per_impression(control.conversions.get(event_type, {})),
+                treatment=totals,
+                alpha=alpha,
+                mde=mde,
+            )
+            entry.update({"difference": compared.difference, "p_value": compared.p_value})
+        out["conversion_rates"][event_type] = _jsonable(entry)
+    return out
+
+
+def _prior(latest: dict[int, VariantSnapshot], variant_id: int) -> dict[str, Any]:
+    snapshot = latest.get(variant_id)
+    return snapshot.statistics if snapshot is not None else {}
+
+
+def _rate(totals: UserTotals, alpha: float) -> tuple[float, list[float]]:
+    rate, interval = rate_estimate(totals, alpha=alpha)
+    return rate, [float(x) for x in interval]
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, infinities and NaN to None: JSON has neither."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def _prior_look(stats: dict[str, Any]) -> PriorLook | None:
+    """The previous look (its p-value and interval are already the running minimum and intersection
+    over every look before it, so it stands for all of them); None before the first testable one."""
+    interval = stats.get("difference_interval")
+    if stats.get("p_value") is None or not interval or None in interval:
+        return None
+    return PriorLook(stats["p_value"], (interval[0], interval[1]))
+
+
+def experiments_metrics_compute(*, experiment_ids: Iterable[int] | None = None) -> list[int]:
+    """Snapshots for every running experiment (and those stopped within the last hour, whose late
+    clicks still arrive); returns the experiments computed."""
+    if experiment_ids is None:
+        settled = timezone.now() - timedelta(seconds=SETTLE_SECONDS)
+        running_or_recent = Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=settled)
+        experiment_ids = Experiment.objects.filter(running_or_recent).values_list("pk", flat=True)
+    done = []
+    for experiment_id in list(experiment_ids):
+        experiment_metrics_compute(experiment_id=experiment_id)
+        done.append(experiment_id)
+    return done

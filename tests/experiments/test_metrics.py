@@ -1,0 +1,189 @@
+"""Per-variant metrics from impressions and attributions, and the test against the control, as the
+experiment's GET reports them after the metrics task ran."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from experiments.metrics import experiment_metrics_compute, experiments_metrics_compute
+from experiments.models import Experiment, Variant, VariantSnapshot
+from recsys.models import Attribution, Impression, Item, User
+from recsys.recommendation_ids import recommendation_id_mint
+
+pytestmark = pytest.mark.django_db
+START = datetime.now(UTC) - timedelta(hours=2)
+
+
+@pytest.fixture
+def experiment(db) -> Experiment:
+    experiment = Experiment.objects.create(name="ab", control="a", started_at=START)
+    Variant.objects.bulk_create(
+        [Variant(experiment=experiment, name="a", weight=1), Variant(experiment=experiment, name="b", weight=1)]
+    )
+    return experiment
+
+
+@pytest.fixture
+def catalogue(db) -> list[Item]:
+    Item.objects.bulk_create([Item(external_id=f"i{n}", attributes={"price": n + 0.5}) for n in range(40)])
+    Item.objects.bulk_create([Item(external_id="hidden", is_hidden=True)])
+    return list(Item.objects.filter(is_hidden=False).order_by("id"))
+
+
+def traffic(experiment, variant, users, items, *, shown_per_user, click_rate, rng, prefix=None) -> None:
+    """Each user sees ``shown_per_user`` items in one answer; each shown item is clicked with probability
+    ``click_rate`` (a click-type attributed event carrying the impression's time and id)."""
+    people = User.objects.bulk_create([User(external_id=f"{prefix or variant}-{n}") for n in range(users)])
+    impressions, attributions = [], []
+    for k, person in enumerate(people):
+        shown_at = START + timedelta(seconds=k)
+        rid = recommendation_id_mint(experiment_id=experiment.pk, variant=variant)
+        for position, item in enumerate(rng.choice(len(items), size=shown_per_user, replace=False), start=1):
+            impressions.append(
+                Impression(
+                    user=person,
+                    item=items[item],
+                    position=position,
+                    shown_at=shown_at,
+                    recommendation_id=rid,
+                    experiment_id=experiment.pk,
+                    variant=variant,
+                )
+            )
+            if rng.random() < click_rate:
+                attributions.append(attribution(experiment, variant, person, items[item], "click", shown_at, rid))
+    Impression.objects.bulk_create(impressions)
+    Attribution.objects.bulk_create(attributions)
+
+
+def attribution(experiment, variant, user, item, event_type, shown_at, rid, minutes=1) -> Attribution:
+    return Attribution(
+        user=user,
+        item=item,
+        event_type=event_type,
+        occurred_at=shown_at + timedelta(minutes=minutes),
+        weight=1.0,
+        recommendation_id=rid,
+        experiment_id=experiment.pk,
+        variant=variant,
+        shown_at=shown_at,
+        position=1,
+    )
+
+
+def report(admin_client_api, experiment) -> dict[str, dict]:
+    response = admin_client_api.get(f"/api/v1/experiments/{experiment.pk}")
+    assert response.status_code == 200, response.content
+    return {v["name"]: v for v in response.json()["variants"]}
+
+
+def test_counts_clicks_conversions_coverage_and_revenue_per_variant(admin_client_api, experiment, catalogue, settings):
+    settings.RECSYS_REVENUE_ATTRIBUTE = "price"
+    ann, bob, cat = User.objects.bulk_create([User(external_id=n) for n in ("ann", "bob", "cat")])
+    rid = recommendation_id_mint(experiment_id=experiment.pk, variant="a")
+    shown = [
+        Impression(
+            user=ann,
+            item=catalogue[k],
+            position=k + 1,
+            shown_at=START,
+            recommendation_id=rid,
+            experiment_id=experiment.pk,
+            variant="a",
+        )
+        for k in range(4)
+    ]
+    shown += [
+        Impression(user=bob, item=catalogue[0], position=1, shown_at=START, experiment_id=experiment.pk, variant="a")
+    ]
+    shown += [
+        Impression(
+            user=cat, item=catalogue[k], position=k + 1, shown_at=START, experiment_id=experiment.pk, variant="b"
+        )
+        for k in range(3)
+    ]
+    Impression.objects.bulk_create(shown)
+    Attribution.objects.bulk_create(
+        [
+            attribution(experiment, "a", ann, catalogue[0], "click", START, rid),
+            attribution(experiment, "a", ann, catalogue[0], "click", START, rid, minutes=2),  # same impression again
+            attribution(experiment, "a", ann, catalogue[1], "purchase", START, rid),
+            attribution(experiment, "a", ann, catalogue[2], "purchase", START, rid),
+            attribution(experiment, "a", bob, catalogue[0], "add_to_cart", START, None),
+            # A click carrying an answer's id whose impressions never arrived: a conversion, not a clicked impression.
+            attribution(experiment, "b", cat, catalogue[9], "click", START, "r1.unknown", minutes=3),
+        ]
+    )
+    for row in Attribution.objects.filter(recommendation_id="r1.unknown"):
+        Attribution.objects.filter(pk=row.pk).update(shown_at=None)
+
+    experiment_metrics_compute(experiment_id=experiment.pk)
+    variants = report(admin_client_api, experiment)
+
+    a, b = variants["a"], variants["b"]
+    assert (a["users"], a["impressions"], a["clicks"]) == (2, 5, 4)  # ann: 3 clicked items, bob: 1
+    assert a["ctr"] == pytest.approx(4 / 5)
+    assert a["ctr_interval"][0] < 0.8 < a["ctr_interval"][1]
+    assert a["conversions"] == {"add_to_cart": 1, "click": 2, "purchase": 2}
+    assert a["revenue"] == pytest.approx(1.5 + 2.5)  # the two purchases' item prices
+    assert a["items_shown"] == 4 and a["coverage"] == pytest.approx(4 / 40)  # the hidden item is not catalogue
+    assert (b["users"], b["impressions"], b["clicks"], b["conversions"]) == (1, 3, 0, {"click": 1})
+    assert a["p_value"] is None and a["reason"] == "the control"
+    assert b["p_value"] is None  # far too few users for a test
+    assert b["method"] and b["reason"]
+
+
+def test_revenue_is_null_when_no_attribute_carries_a_price(admin_client_api, experiment, catalogue, settings):
+    settings.RECSYS_REVENUE_ATTRIBUTE = ""
+    experiment_metrics_compute(experiment_id=experiment.pk)
+    assert report(admin_client_api, experiment)["a"]["revenue"] is None
+
+
+def test_truly_better_variant_is_reported_significantly_better(admin_client_api, experiment, catalogue):
+    rng = np.random.default_rng(11)
+    traffic(experiment, "a", 1_500, catalogue, shown_per_user=10, click_rate=0.10, rng=rng)
+    traffic(experiment, "b", 1_500, catalogue, shown_per_user=10, click_rate=0.13, rng=rng)
+
+    experiment_metrics_compute(experiment_id=experiment.pk)
+    b = report(admin_client_api, experiment)["b"]
+
+    assert b["difference"] > 0
+    assert b["p_value"] is not None and b["p_value"] < 0.05
+    assert b["significant"] is True
+    assert b["difference_interval"][0] > 0
+    assert "mSPRT" in b["method"]
+
+
+def test_equal_variants_are_not_reported_different(admin_client_api, experiment, catalogue):
+    rng = np.random.default_rng(5)
+    traffic(experiment, "a", 800, catalogue, shown_per_user=10, click_rate=0.10, rng=rng)
+    traffic(experiment, "b", 800, catalogue, shown_per_user=10, click_rate=0.10, rng=rng)
+
+    for _ in range(3):  # the page is looked at repeatedly: the running p-value stays valid
+        experiment_metrics_compute(experiment_id=experiment.pk)
+    b = report(admin_client_api, experiment)["b"]
+
+    assert b["significant"] is False
+    assert b["p_value"] is not None and b["p_value"] > 0.05
+    assert b["users_needed"] is not None and b["users_needed"] > 0
+    assert VariantSnapshot.objects.filter(experiment=experiment).count() == 6
+
+
+def test_the_task_computes_running_experiments_and_skips_long_stopped_ones(experiment, catalogue):
+    old = Experiment.objects.create(
+        name="old", control="a", status="stopped", scenario="x", stopped_at=datetime.now(UTC) - timedelta(days=2)
+    )
+    Variant.objects.create(experiment=old, name="a", weight=1)
+
+    assert experiments_metrics_compute() == [experiment.pk]
+    assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
+
+
+def test_the_celery_task_writes_snapshots(experiment, catalogue):
+    from experiments.tasks import experiment_metrics_compute as task
+
+    assert task() == [experiment.pk]  # the beat entry point, run in this process
+    assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
