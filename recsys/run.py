@@ -88,8 +88,12 @@ WORKERS = {
 def celery_worker_command(
     name: str, *, queues: str = ALL_QUEUES, level: str = "info", concurrency: int = 0
 ) -> list[str]:
-    """The Celery worker command line (``concurrency`` 0 = one process per core)."""
+    """The Celery worker command line (``concurrency`` 0 = one process per core). A worker of the
+    training queue takes a task only when a process is free (--disable-prefetch): a busy one never
+    holds the next run back from an idle training worker on another machine."""
     command = [PYTHON, "-m", "celery", "-A", "recsys", "worker", "-Q", queues, "-l", level, "-n", f"{name}@%h"]
+    if "training" in queues.split(","):
+        command.append("--disable-prefetch")
     return [*command, "-c", str(concurrency)] if concurrency else command
 
 
