@@ -200,9 +200,11 @@ def replica_mark_down(*, alias: str, detail: str) -> None:
 
 
 def replica_health_forget() -> None:
-    """Forget every measure (tests; the next read measures again)."""
+    """Forget every measure and this process's read-your-writes marks (tests; the next read
+    measures again, and only Redis knows who wrote)."""
     with _health_lock:
         _health.clear()
+        _wrote_here.clear()
 
 
 _REPLAY = """

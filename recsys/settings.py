@@ -115,10 +115,12 @@ for _n, _url in enumerate(DATABASE_REPLICA_URLS, start=1):
     _replica = database_config(_url)
     # A replica that is away costs a request at most this long before it is marked down (the
     # request then reads the primary); the URL's own connect_timeout wins.
-    _replica["OPTIONS"] = {
-        "connect_timeout": env_int("RECSYS_REPLICA_CONNECT_TIMEOUT", 1, minimum=1),
-        **_replica["OPTIONS"],
-    }  # type: ignore[dict-item]
+    _replica_query = parse_qs(urlsplit(_url).query)
+    _replica["OPTIONS"]["connect_timeout"] = (  # type: ignore[index]
+        _replica_query["connect_timeout"][-1]
+        if "connect_timeout" in _replica_query
+        else env_int("RECSYS_REPLICA_CONNECT_TIMEOUT", 1, minimum=1)
+    )
     _replica["TEST"] = {"MIRROR": "default"}  # tests: the replica of the test database, never created there
     DATABASES[f"replica_{_n}"] = _replica
 DATABASE_ROUTERS = ["recsys.db_router.ReplicaRouter"]

@@ -77,9 +77,11 @@ def endless_run_started(workers: Callable[..., subprocess.Popen[bytes]]) -> Mode
     workers("training", "training", **ENDLESS)
     app.send_task("embeddings.tasks.collaborative_model_retrain")  # routed to "training" by name
     poll(
-        lambda: ModelVersion.objects.filter(status=Status.TRAINING, progress__stage__in=["fitting", "evaluating"])
-        .exclude(params__iterations=SMALL.iterations)
-        .exists(),
+        lambda: (
+            ModelVersion.objects.filter(status=Status.TRAINING, progress__stage__in=["fitting", "evaluating"])
+            .exclude(params__iterations=SMALL.iterations)
+            .exists()
+        ),
         60,
         "the endless run to start learning",
     )
@@ -120,9 +122,7 @@ def test_two_training_workers_never_train_at_once(live_env, communities, workers
     assert ModelVersion.objects.count() == 1
 
 
-def test_a_realtime_worker_killed_with_a_fold_in_in_hand_loses_nothing(
-    live_env, communities, workers, through_broker
-):
+def test_a_realtime_worker_killed_with_a_fold_in_in_hand_loses_nothing(live_env, communities, workers, through_broker):
     services.collaborative_model_train(version_id=services.collaborative_version_create(params=SMALL).pk)
     realtime = workers("realtime", "realtime")
     broker = redis_store.client("broker")
