@@ -140,10 +140,13 @@ def replica_reads(*, user_argument: str | None = None) -> Callable[[Callable[...
 
 @contextmanager
 def _deadline_on(alias: str) -> Iterator[None]:
-    """The serving time limit (recsys.deadline) bounds the replica's statements as the primary's."""
-    from recsys.deadline import deadline_execute
+    """The serving time limit (recsys.deadline) bounds the replica's statements as the primary's:
+    armed now for the raw psycopg cursors, re-armed per ORM statement as the budget runs down."""
+    from recsys.deadline import deadline_connection_arm, deadline_execute
 
-    with connections[alias].execute_wrapper(deadline_execute):
+    replica = connections[alias]
+    deadline_connection_arm(replica)
+    with replica.execute_wrapper(deadline_execute):
         yield
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -126,3 +127,31 @@ def test_settings_turn_replica_urls_into_database_aliases():
     assert done.stdout.strip() == (
         "['default', 'replica_1', 'replica_2'] 10.0.0.3 5434 -c statement_timeout=9000 1 default 9.0"
     ), done.stderr
+
+
+def test_a_serving_request_bounds_its_replica_statements_by_the_time_it_has_left(add_replica, monkeypatch):
+    from django.db import OperationalError
+
+    from recsys.deadline import deadline_arm, deadline_begin, deadline_end
+
+    alias = add_replica()
+    monkeypatch.setattr(replicas, "replica_health", lambda alias: replicas.ReplicaHealth(alias, "ok", 0.0, 0.0))
+
+    def slow() -> None:
+        with replicas.read_connection().cursor() as cursor:
+            assert cursor.db.alias == alias
+            cursor.execute("SELECT pg_sleep(3)")
+
+    deadline_begin()
+    deadline_arm(milliseconds=300)
+    started = time.monotonic()
+    try:
+        # Then it is cut at the request's limit, and not run again on the primary
+        with pytest.raises(OperationalError, match="statement timeout"):
+            replicas.serving_read(slow)
+    finally:
+        deadline_end()
+    assert time.monotonic() - started < 1.5
+    # And a later read that is not a serving request runs at the connection's default again
+    replicas.serving_read(lambda: None)
+    assert getattr(connections[alias], "recsys_statement_timeout", None) is None
