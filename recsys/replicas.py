@@ -116,7 +116,7 @@ def serving_read(work: Callable[[], T], *, user: str | None = None) -> T:
     try:
         with reading_from(alias), _deadline_on(alias):
             return work()
-    except DatabaseError as error:
+    except (DatabaseError, psycopg.Error) as error:
         if _statement_cancelled(error):
             raise  # the request's own time limit: the primary would not answer in time either
         _replica_failed(alias, error)
@@ -151,11 +151,12 @@ def _deadline_on(alias: str) -> Iterator[None]:
 
 
 def _statement_cancelled(error: BaseException) -> bool:
-    return isinstance(error.__cause__, psycopg.errors.QueryCanceled)
+    return isinstance(error, psycopg.errors.QueryCanceled) or isinstance(error.__cause__, psycopg.errors.QueryCanceled)
 
 
-def _replica_failed(alias: str, error: DatabaseError) -> None:
-    state = getattr(error.__cause__, "sqlstate", None) or ""
+def _replica_failed(alias: str, error: Exception) -> None:
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    state = getattr(cause, "sqlstate", None) or ""
     if not state or state.startswith(CONNECTION_STATES):
         replica_mark_down(alias=alias, detail=f"{type(error).__name__}: {error}".strip())
         _close_quietly(alias)
