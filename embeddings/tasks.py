@@ -27,7 +27,7 @@ def collaborative_model_retrain() -> dict[str, object] | None:
     return collaborative_model_train(version.pk)
 
 
-@shared_task(soft_time_limit=60, time_limit=90)
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def training_runs_reap() -> list[int]:
     """Beat: runs whose worker stopped sending heartbeats are marked failed. Idempotent."""
     return runs.runs_reap()
@@ -51,7 +51,7 @@ def users_fold_in_sweep() -> int:
     return sweep(lookback_seconds=settings.RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS)
 
 
-@shared_task(soft_time_limit=600, time_limit=660)
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
 def popularity_refresh() -> int:
     """Idempotent: rewrites every item's popularity score from the stored interactions."""
     from embeddings.popularity import popularity_refresh as refresh
@@ -83,7 +83,7 @@ def content_sweep() -> dict[str, object]:
     return sweep()
 
 
-@shared_task(soft_time_limit=600, time_limit=660)
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
 def embedding_map_compute(version_id: int) -> dict[str, object]:
     """The admin's embedding map: idempotent (recomputes the version's stored points)."""
     from embeddings.maps import embedding_map_compute as compute
