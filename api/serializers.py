@@ -213,10 +213,17 @@ class HistorySerializer(serializers.Serializer):
     next_cursor = serializers.CharField(allow_null=True)
 
 
+class ReplicaHealthSerializer(serializers.Serializer):
+    alias = serializers.CharField(help_text="replica_1, replica_2, ... in the order of DATABASE_REPLICA_URLS")
+    state = serializers.ChoiceField(choices=["ok", "lagging", "down"])
+    lag_seconds = serializers.FloatField(allow_null=True, help_text="replay lag when last measured; null when down")
+
+
 class HealthSerializer(serializers.Serializer):
     database = serializers.ChoiceField(choices=["ok", "down"])
     redis = serializers.ChoiceField(choices=["ok", "down"])
     models = serializers.DictField()
+    replicas = ReplicaHealthSerializer(many=True, help_text="read replicas (empty without DATABASE_REPLICA_URLS)")
 
 
 MAX_SESSION_ITEMS = 100

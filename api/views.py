@@ -21,7 +21,7 @@ from api import serializers as s
 from api.params import LIMIT_PARAMETER, query_limit
 from api.permissions import PUBLIC
 from embeddings.selectors import active_versions_summary, item_vectors_status
-from recsys import selectors, services
+from recsys import replicas, selectors, services
 from recsys.errors import NotFound
 from recsys.selectors import CURSOR_PATTERN
 from recsys.validation import clean_batch, clean_external_id, clean_user_fields
@@ -173,7 +173,12 @@ class HealthView(ApiView):
 
     @extend_schema(operation_id="health", auth=[], responses={200: s.HealthSerializer, 503: s.HealthSerializer})
     def get(self, request: Request) -> Response:
-        report = {"database": _database_status(), "redis": _redis_status(), "models": _models_status()}
+        report = {
+            "database": _database_status(),
+            "redis": _redis_status(),
+            "models": _models_status(),
+            "replicas": _replicas_status(),
+        }
         return Response(report, status=200 if report["database"] == "ok" else 503)
 
 
@@ -195,6 +200,12 @@ def _redis_status() -> str:
         return "ok" if redis_store.client("broker").ping() else "down"
     except (redis.RedisError, OSError):
         return "down"
+
+
+def _replicas_status() -> list[dict[str, object]]:
+    """Each read replica as this process last measured it (replicas down or lagging are skipped by
+    serving, which then reads the primary: they never make the service unhealthy)."""
+    return [{"alias": h.alias, "state": h.state, "lag_seconds": h.lag_seconds} for h in replicas.replicas_health()]
 
 
 def _models_status() -> dict[str, object]:

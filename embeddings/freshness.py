@@ -20,6 +20,7 @@ from embeddings.answer_cache import answers_invalidate
 from embeddings.fold_in import FoldIn
 from embeddings.models import ActiveVersion, Kind
 from embeddings.vectors import rows
+from recsys.replicas import users_wrote
 
 logger = logging.getLogger(__name__)
 PENDING_KEY = "recsys:foldin:pending"
@@ -108,6 +109,7 @@ def users_fold_in(*, user_ids: list[int]) -> int:
             user_table=pointer.version.user_table, vectors={u: v for u, v in vectors.items() if v is not None}
         )
         answers_invalidate(owners=[f"user:{external_id}" for external_id in stored])
+        users_wrote(external_ids=stored)  # no replica serves them a vector older than this one
         written += len(stored)
     return written
 

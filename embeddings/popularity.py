@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from recsys import redis_store
 from recsys.deadline import deadline_lift
+from recsys.replicas import read_connection
 
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
@@ -107,7 +108,7 @@ def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, f
         "cap": settings.RECSYS_POPULAR_MAX_USER_WEIGHT,
     }
     category_sql = _CATEGORY if category else ""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         if window_days == settings.RECSYS_POPULAR_WINDOW_DAYS:
             cursor.execute(_STORED.format(category=category_sql), params)
             ranked = cursor.fetchall()
@@ -123,7 +124,8 @@ def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list
     the answer is cached for a minute, so it runs with a timeout of its own."""
     timeout = f"{settings.RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS}ms"
     deadline_lift()
-    with transaction.atomic(), connection.cursor() as cursor:
+    reader = read_connection()
+    with transaction.atomic(using=reader.alias), reader.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):
             cursor.execute(_ON_DEMAND.format(decay=decay, window=window, category=category_sql), params)
@@ -146,7 +148,7 @@ def _refresh_soon() -> None:
 
 
 def _refreshed() -> bool:
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute("SELECT EXISTS (SELECT 1 FROM embeddings_itempopularity)")
         return bool(cursor.fetchone()[0])
 

@@ -31,6 +31,7 @@ from embeddings.serving import (
 from embeddings.vectors.rows import user_state_row, vectors_of
 from embeddings.vectors.search import Filters, Neighbour, nearest_items, user_nearest_items
 from recsys.models import Item
+from recsys.replicas import replica_reads
 
 logger = logging.getLogger(__name__)
 MAX_SEEN = 5_000  # a user's most recent items excluded from their recommendations
@@ -41,6 +42,7 @@ USER_SOURCES = ("auto", "content", "popular")
 # ---- popular -------------------------------------------------------------------------------
 
 
+@replica_reads()
 def popular_items_list(
     *,
     limit: int,
@@ -86,6 +88,7 @@ def _user_state(external_id: str, version: ModelVersion | None) -> UserState | N
     )
 
 
+@replica_reads(user_argument="user_external_id")
 def user_recommendations_list(
     *,
     user_external_id: str,
@@ -269,6 +272,7 @@ def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.
     return vectors_of(version.item_table, "item_id", item_ids, column=query_column(version))
 
 
+@replica_reads()
 def session_recommendations_list(
     *, positives: list[str], negatives: list[str], limit: int, category: str | None = None
 ) -> Answer:

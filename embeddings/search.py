@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
 
 from embeddings.content import version_encoder
 from embeddings.query_encoder import content_version_for_queries
 from embeddings.serving import Answer, Recommendation, from_neighbours, model_ref
 from embeddings.vectors.search import Filters, nearest_items
 from recsys.errors import ModelNotReady, ValidationFailed
+from recsys.replicas import read_connection, replica_reads
 
 MODES = ("hybrid", "semantic", "keyword")
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
@@ -93,6 +93,7 @@ def _bounds_check(parsed: KeywordQuery, *, positive: bool) -> None:
         )
 
 
+@replica_reads()
 def items_search(*, query: str, mode: str, limit: int, category: str | None = None) -> Answer:
     """Items matching ``query``; hybrid degrades to keyword while no content model is active.
     Keyword and hybrid queries are bounded first (``keyword_query_parse``); semantic ones are one
@@ -122,7 +123,7 @@ def _semantic(content, query: str, limit: int, category: str | None) -> list[Rec
 
 def _keyword(words: KeywordQuery, limit: int, category: str | None) -> list[Recommendation]:
     category_sql = "AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(_TSQUERY, [words.text])
         tsquery, indexable = cursor.fetchone()
         if indexable == "T":  # e.g. "the -red": the stop word is dropped, a lone negation is left

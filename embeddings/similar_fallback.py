@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection
-
 from embeddings.recommendations import Answer, Recommendation, popular_items_list
+from recsys.replicas import read_connection
 
 # The item's own lexemes that make its keyword query: title words first, then its most repeated
 # text words. Sixteen keep the OR query cheap on the GIN index and still find shared topics.
@@ -73,6 +72,6 @@ def item_similar_fallback(*, item_id: int, categories: list[str], limit: int, ca
 
 
 def _rows(statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
+    with read_connection().cursor() as cursor:
         cursor.execute(statement.format(category=_CATEGORY if params["category"] else ""), params)
         return cursor.fetchall()

@@ -28,6 +28,7 @@ from embeddings.similar_fallback import item_similar_fallback
 from embeddings.vectors.rows import item_vectors_row, vectors_of
 from embeddings.vectors.search import Filters, Neighbour, nearest_items
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
+from recsys.replicas import replica_reads
 from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
 HYBRID_CANDIDATES = 50  # per space, at least; the blend re-scores their union
@@ -41,6 +42,7 @@ class ItemVectors:
     content: npt.NDArray[np.float32] | None
 
 
+@replica_reads()
 def item_similar_list(
     *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
 ) -> Answer:
@@ -133,6 +135,7 @@ def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: 
     return Answer(from_neighbours(neighbours), None, "custom")
 
 
+@replica_reads()
 def item_duplicates_list(*, item_external_id: str, threshold: float, limit: int) -> Answer:
     """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first."""
     content = active(Kind.CONTENT)

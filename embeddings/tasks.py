@@ -11,13 +11,13 @@ from embeddings import runs, services
 TRAIN_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 300}
 
 
-@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+@shared_task(acks_late=False, **TRAIN_LIMITS)
 def collaborative_model_train(version_id: int) -> dict[str, object]:
     version = services.collaborative_model_train(version_id=version_id)
     return {"version": version.pk, "status": version.status}
 
 
-@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+@shared_task(acks_late=False, **TRAIN_LIMITS)
 def collaborative_model_retrain() -> dict[str, object] | None:
     """The scheduled run: claims a version (skips quietly while another run holds the lease)."""
     try:
@@ -27,13 +27,13 @@ def collaborative_model_retrain() -> dict[str, object] | None:
     return collaborative_model_train(version.pk)
 
 
-@shared_task(queue="default", soft_time_limit=60, time_limit=90)
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def training_runs_reap() -> list[int]:
     """Beat: runs whose worker stopped sending heartbeats are marked failed. Idempotent."""
     return runs.runs_reap()
 
 
-@shared_task(queue="default", acks_late=True, soft_time_limit=300, time_limit=360)
+@shared_task(acks_late=True, soft_time_limit=300, time_limit=360)
 def users_fold_in() -> int:
     """Idempotent (recomputes vectors from stored interactions), so late acks are safe."""
     from embeddings.freshness import users_fold_in_pending
@@ -41,7 +41,7 @@ def users_fold_in() -> int:
     return users_fold_in_pending()
 
 
-@shared_task(queue="default", acks_late=True, soft_time_limit=300, time_limit=360)
+@shared_task(acks_late=True, soft_time_limit=300, time_limit=360)
 def users_fold_in_sweep() -> int:
     """Beat: users whose fold-in could not be queued (Redis away) or was lost. Idempotent."""
     from django.conf import settings
@@ -51,7 +51,7 @@ def users_fold_in_sweep() -> int:
     return sweep(lookback_seconds=settings.RECSYS_FOLD_IN_SWEEP_LOOKBACK_SECONDS)
 
 
-@shared_task(queue="default", soft_time_limit=600, time_limit=660)
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
 def popularity_refresh() -> int:
     """Idempotent: rewrites every item's popularity score from the stored interactions."""
     from embeddings.popularity import popularity_refresh as refresh
@@ -59,7 +59,7 @@ def popularity_refresh() -> int:
     return refresh()
 
 
-@shared_task(queue="training", acks_late=False, **TRAIN_LIMITS)
+@shared_task(acks_late=False, **TRAIN_LIMITS)
 def content_model_build(version_id: int) -> dict[str, object]:
     from embeddings.content import content_model_build as build
 
@@ -67,7 +67,7 @@ def content_model_build(version_id: int) -> dict[str, object]:
     return {"version": version.pk, "status": version.status}
 
 
-@shared_task(queue="encoding", acks_late=True, soft_time_limit=600, time_limit=660)
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
 def content_items_encode() -> int:
     """Idempotent (encodes whatever is still marked), so late acks are safe."""
     from embeddings.content import content_items_encode as encode
@@ -75,7 +75,7 @@ def content_items_encode() -> int:
     return encode()
 
 
-@shared_task(queue="encoding", acks_late=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
+@shared_task(acks_late=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
 def content_sweep() -> dict[str, object]:
     """Beat: a first or changed-encoder build, else the items that are still marked."""
     from embeddings.content import content_sweep as sweep
@@ -83,7 +83,7 @@ def content_sweep() -> dict[str, object]:
     return sweep()
 
 
-@shared_task(queue="default", soft_time_limit=600, time_limit=660)
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
 def embedding_map_compute(version_id: int) -> dict[str, object]:
     """The admin's embedding map: idempotent (recomputes the version's stored points)."""
     from embeddings.maps import embedding_map_compute as compute

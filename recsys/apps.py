@@ -16,3 +16,19 @@ class RecsysConfig(AppConfig):
         from recsys.admin_guard import admins_guard
 
         admins_guard(admin.site)
+        self._read_your_writes()
+
+    @staticmethod
+    def _read_your_writes() -> None:
+        """A user who just wrote reads the primary for a while (recsys.replicas)."""
+        from recsys import signals
+        from recsys.replicas import users_wrote
+
+        def interactions_stored(sender: object, external_ids: list[str], **kwargs: object) -> None:
+            users_wrote(external_ids=external_ids)
+
+        def user_deleted(sender: object, external_id: str, **kwargs: object) -> None:
+            users_wrote(external_ids=[external_id])
+
+        signals.interactions_stored.connect(interactions_stored, weak=False, dispatch_uid="replicas-interactions")
+        signals.user_deleted.connect(user_deleted, weak=False, dispatch_uid="replicas-user-deleted")

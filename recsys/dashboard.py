@@ -18,9 +18,10 @@ from embeddings.models import ActiveVersion, ModelVersion
 from recsys import redis_store
 from recsys.admin_format import timestamps_humanized
 from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
+from recsys.replicas import ReplicaHealth, replicas_health
 
 logger = logging.getLogger(__name__)
-QUEUES = ("default", "training", "encoding")
+QUEUES = ("training", "realtime", "maintenance", "default")
 # Kombu's Redis transport keeps a queue's prioritised messages in sibling lists named
 # "<queue>\x06\x16<priority>" (priority steps 3, 6, 9); all of them are waiting work.
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -52,6 +53,7 @@ class Dashboard:
     active_models: list[ActiveVersion]
     last_runs: list[Run]
     database: Health
+    replicas: list[ReplicaHealth]  # each read replica as this process last measured it
     redis: Health
     queues: dict[str, int] | None  # None: the broker did not answer
     workers: list[WorkerState] | None  # None: not asked (broker down) or no answer at all
@@ -148,6 +150,7 @@ def dashboard_report() -> Dashboard:
         active_models=list(ActiveVersion.objects.select_related("version").order_by("kind")),
         last_runs=[Run(version, run_outcome(version)) for version in last_runs(limit=10)],
         database=database_health(),
+        replicas=replicas_health(),
         redis=broker,
         queues=queue_lengths() if broker.ok else None,
         # A broadcast through a dead broker would wait on kombu's connection retries.

@@ -79,6 +79,22 @@ def deadline_execute(execute: Callable[..., Any], sql: str, params: Any, many: b
     return execute(sql, params, many, context)
 
 
+def deadline_connection_arm(connection: Any) -> None:
+    """Bound another connection this request reads from (a read replica) as its primary connection
+    is bounded: by the time left in a serving request, else by the connection's default (a
+    persistent connection may still carry a short timeout from an earlier request)."""
+    deadline = _current.get()
+    with connection.wrap_database_errors:  # a broken connection raises Django's error, as queries do
+        if deadline is not None and _armed(deadline):
+            connection.ensure_connection()
+            _statement_timeout_arm(connection, max(int(deadline.remaining_ms()), 1))
+        elif getattr(connection, "recsys_statement_timeout", None) is not None:
+            connection.ensure_connection()
+            with connection.connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")
+            connection.recsys_statement_timeout = None
+
+
 def _armed(deadline: Deadline) -> bool:
     return bool(deadline.milliseconds) and not deadline.lifted
 

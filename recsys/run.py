@@ -5,7 +5,7 @@ those it started), passes their URLs to its children, and runs web (gunicorn), C
 and beat in the foreground, restarting any of them that exits (with a backoff), until Ctrl-C or
 SIGTERM, when it stops all of them.
 
-    python -m recsys.run serve            # web + worker + beat
+    python -m recsys.run serve            # web + a worker per queue kind (training, realtime, maintenance) + beat
     python -m recsys.run demo             # migrate, demo data, train, serve, print curl examples
     python -m recsys.run exec -- CMD ...  # run CMD with the services up (used by make test)
 """
@@ -72,15 +72,38 @@ def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env, check=True, cwd=BASE_DIR)
 
 
-ALL_QUEUES = "default,training,encoding"
+ALL_QUEUES = "training,realtime,maintenance,default"
+# `make serve` runs one worker per kind of work (settings.CELERY_TASK_ROUTES), so that a training
+# run never delays a fold-in: name → (queues, pool processes). Training is one run at a time per
+# machine; realtime and maintenance are light (one process each keeps a 2-core machine's memory
+# for the web workers; RECSYS_WORKER_<NAME>_CONCURRENCY raises it). "default" holds any task no
+# route names.
+WORKERS = {
+    "training": ("training", 1),
+    "realtime": ("realtime", 1),
+    "maintenance": ("maintenance,default", 1),
+}
 
 
 def celery_worker_command(
     name: str, *, queues: str = ALL_QUEUES, level: str = "info", concurrency: int = 0
 ) -> list[str]:
-    """The Celery worker command line (``concurrency`` 0 = one process per core)."""
+    """The Celery worker command line (``concurrency`` 0 = one process per core). A worker of the
+    training queue takes a task only when a process is free (--disable-prefetch): a busy one never
+    holds the next run back from an idle training worker on another machine."""
     command = [PYTHON, "-m", "celery", "-A", "recsys", "worker", "-Q", queues, "-l", level, "-n", f"{name}@%h"]
+    if "training" in queues.split(","):
+        command.append("--disable-prefetch")
     return [*command, "-c", str(concurrency)] if concurrency else command
+
+
+def worker_commands() -> dict[str, list[str]]:
+    """One Celery worker per kind of work (see WORKERS), named ``<kind>@<host>``."""
+    commands = {}
+    for name, (queues, concurrency) in WORKERS.items():
+        processes = int(os.environ.get(f"RECSYS_WORKER_{name.upper()}_CONCURRENCY") or concurrency)
+        commands[f"worker-{name}"] = celery_worker_command(name, queues=queues, concurrency=processes)
+    return commands
 
 
 def process_commands(port: str) -> dict[str, list[str]]:
@@ -96,7 +119,7 @@ def process_commands(port: str) -> dict[str, list[str]]:
             f"127.0.0.1:{port}",
             "recsys.wsgi:application",
         ],
-        "worker": celery_worker_command("recsys"),
+        **worker_commands(),
         "beat": [*celery, "beat", "-l", "info", "-s", str(data_dir() / "celerybeat-schedule")],
     }
 

@@ -10,6 +10,7 @@ from django.db.models import Q
 
 from recsys.errors import ItemNotFound, UserNotFound, ValidationFailed
 from recsys.models import Interaction, Item, User
+from recsys.replicas import replica_reads
 
 
 def item_get(*, external_id: str) -> Item:
@@ -19,6 +20,7 @@ def item_get(*, external_id: str) -> Item:
         raise ItemNotFound(f"item {external_id!r} does not exist") from None
 
 
+@replica_reads(user_argument="external_id")
 def user_get(*, external_id: str) -> User:
     try:
         return User.objects.get(external_id=external_id)
@@ -53,6 +55,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     return _EPOCH + int(micros) * _MICROSECOND, int(pk)
 
 
+@replica_reads(user_argument="external_id")
 def user_interactions_page(*, external_id: str, limit: int, cursor: str | None = None) -> HistoryPage:
     """A user's events, newest first, keyset-paginated on (timestamp, id)."""
     user = user_get(external_id=external_id)

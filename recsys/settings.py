@@ -109,6 +109,35 @@ def database_config(url: str) -> dict[str, object]:
 DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_address(DATA_DIR)
 REDIS_URL = env_str("REDIS_URL") or embedded.redis_address(DATA_DIR)
 DATABASES = {"default": database_config(DATABASE_URL)}
+# Read replicas (zero or more streaming standbys of DATABASE_URL): serving reads go to a healthy one
+# (recsys/replicas.py), everything else to the primary. Each is an alias replica_1, replica_2, ...
+DATABASE_REPLICA_URLS = env_list("DATABASE_REPLICA_URLS", [])
+for _n, _url in enumerate(DATABASE_REPLICA_URLS, start=1):
+    _replica = database_config(_url)
+    # A replica that is away costs a request at most this long before it is marked down (the
+    # request then reads the primary); the URL's own connect_timeout wins.
+    _replica_query = parse_qs(urlsplit(_url).query)
+    _replica["OPTIONS"]["connect_timeout"] = (  # type: ignore[index]
+        _replica_query["connect_timeout"][-1]
+        if "connect_timeout" in _replica_query
+        else env_int("RECSYS_REPLICA_CONNECT_TIMEOUT", 1, minimum=1)
+    )
+    _replica["TEST"] = {"MIRROR": "default"}  # tests: the replica of the test database, never created there
+    DATABASES[f"replica_{_n}"] = _replica
+DATABASE_ROUTERS = ["recsys.db_router.ReplicaRouter"]
+# A replica whose replay is further behind than this is skipped; each process measures every
+# replica at most every RECSYS_REPLICA_CHECK_SECONDS (never per request).
+RECSYS_REPLICA_MAX_LAG_SECONDS = env_float("RECSYS_REPLICA_MAX_LAG_SECONDS", 5.0)
+RECSYS_REPLICA_CHECK_SECONDS = env_float("RECSYS_REPLICA_CHECK_SECONDS", 2.0)
+# A user who just wrote reads the primary this long; longer than any replica in use can lag (the
+# bound plus a check interval), so nobody reads a replica that has not seen their writes yet.
+RECSYS_READ_YOUR_WRITES_SECONDS = env_float(
+    "RECSYS_READ_YOUR_WRITES_SECONDS", RECSYS_REPLICA_MAX_LAG_SECONDS + 2 * RECSYS_REPLICA_CHECK_SECONDS
+)
+if RECSYS_READ_YOUR_WRITES_SECONDS < RECSYS_REPLICA_MAX_LAG_SECONDS + RECSYS_REPLICA_CHECK_SECONDS:
+    raise ImproperlyConfigured(
+        "RECSYS_READ_YOUR_WRITES_SECONDS must be at least RECSYS_REPLICA_MAX_LAG_SECONDS + RECSYS_REPLICA_CHECK_SECONDS"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -222,7 +251,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"ServiceStatusEnum": ["ok", "down"]},
+    "ENUM_NAME_OVERRIDES": {"ServiceStatusEnum": ["ok", "down"], "ReplicaStateEnum": ["ok", "lagging", "down"]},
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.strict_schema"],
 }
 
@@ -267,6 +296,23 @@ CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1.0
 CELERY_REDIS_SOCKET_TIMEOUT = 5.0
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Queues by kind of work, so that each runs in workers of its own (README "Operations"): training
+# (heavy, one run at a time per worker), realtime (fold-ins, encoding new items: seconds matter),
+# maintenance (sweeps, popularity, maps). A task named nowhere here goes to "default", which the
+# maintenance workers also consume. Routes live here only: a task's own queue= would override them.
+CELERY_TASK_ROUTES = {
+    "embeddings.tasks.collaborative_model_train": {"queue": "training"},
+    "embeddings.tasks.collaborative_model_retrain": {"queue": "training"},
+    "embeddings.tasks.content_model_build": {"queue": "training"},
+    "embeddings.tasks.users_fold_in": {"queue": "realtime"},
+    "embeddings.tasks.content_items_encode": {"queue": "realtime"},
+    # The sweep encodes the items still marked: in the process that holds the encoder already.
+    "embeddings.tasks.content_sweep": {"queue": "realtime"},
+    "embeddings.tasks.training_runs_reap": {"queue": "maintenance"},
+    "embeddings.tasks.users_fold_in_sweep": {"queue": "maintenance"},
+    "embeddings.tasks.popularity_refresh": {"queue": "maintenance"},
+    "embeddings.tasks.embedding_map_compute": {"queue": "maintenance"},
+}
 RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "popularity-refresh": {
@@ -392,7 +438,8 @@ RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=
 # in the web process, so Celery workers and manage.py commands are never cut by it; 0 = none.
 RECSYS_SERVING_STATEMENT_TIMEOUT_MS = env_int("RECSYS_SERVING_STATEMENT_TIMEOUT_MS", 0, minimum=0)
 if RECSYS_STATEMENT_TIMEOUT_MS:
-    DATABASES["default"]["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
+    for _database in DATABASES.values():
+        _database["OPTIONS"]["options"] = f"-c statement_timeout={RECSYS_STATEMENT_TIMEOUT_MS}"  # type: ignore[index]
 
 # Expensive requests (search, duplicates, popular over a custom window): the work of one query and
 # how many run at once. A keyword query past these bounds is refused with 400 before any SQL runs.

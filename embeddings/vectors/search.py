@@ -20,6 +20,7 @@ from pgvector import Vector
 from psycopg import sql
 
 from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
+from recsys.replicas import read_alias
 
 EF_SEARCH_START = 100
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
@@ -115,7 +116,7 @@ def _rows(
     time (0.7 ms of an uncached recommendation's 2.9 ms in PostgreSQL, bench/serve_profile.py).
     Not under ``local`` planner settings: a cached plan would not see them."""
     _session_settings(session)
-    with transaction.atomic() if local else nullcontext(), cursor() as cur:
+    with transaction.atomic(using=read_alias()) if local else nullcontext(), cursor() as cur:
         if local:
             cur.execute(_set_config(local, is_local=True))
         return cur.execute(statement, params, binary=True, prepare=False if local else None).fetchall()

@@ -4,7 +4,9 @@ A model version's vectors live in ``embeddings_v<N>_item`` / ``_user`` (created 
 indexed after the COPY, dropped whole when it is pruned); a custom space's in
 ``embeddings_space_<name>``. Every statement against these tables goes through ``cursor()``:
 a psycopg cursor on Django's own connection (so it shares Django's transactions), with
-pgvector's types registered and errors raised as Django's (the API maps those to 503).
+pgvector's types registered and errors raised as Django's (the API maps those to 503). The
+connection is the one ``recsys.replicas.read_alias`` names: a replica inside a serving read, the
+primary everywhere else.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from django.db import connection, transaction
+from django.db import connections, transaction
 from pgvector.psycopg import register_vector
 from psycopg import sql
+
+from recsys.replicas import read_alias
 
 # HNSW build parameters: pgvector's defaults; ef_construction 64 keeps recall@10 above 0.98 on the
 # MovieLens benchmark while building 100k vectors in seconds.
@@ -54,7 +58,9 @@ def space_table(name: str) -> str:
 
 
 def raw_connection() -> Any:
-    """Django's psycopg connection with pgvector's types registered (once per connection)."""
+    """Django's psycopg connection (of this context's database) with pgvector's types registered
+    (once per connection)."""
+    connection = connections[read_alias()]
     connection.ensure_connection()
     raw = connection.connection
     if not getattr(raw, "_recsys_vector_registered", False):
@@ -66,7 +72,7 @@ def raw_connection() -> Any:
 @contextmanager
 def cursor() -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor for statements on vector tables (see the module docstring)."""
-    with connection.wrap_database_errors:
+    with connections[read_alias()].wrap_database_errors:
         raw = raw_connection()
         with psycopg.Cursor(raw) as cur:
             yield cur

@@ -14,6 +14,7 @@ from recsys.ingestion.report import BatchResult, ImportReport
 from recsys.ingestion.rules import RowError
 from recsys.ingestion.writer import documents_write
 from recsys.models import Item, User
+from recsys.replicas import users_wrote
 from recsys.signals import items_stored
 from recsys.validation import clean_attributes, clean_external_id, clean_item_fields, clean_user_fields
 
@@ -82,6 +83,7 @@ def user_upsert(*, external_id: str, attributes: dict[str, Any] | None) -> tuple
     external_id = clean_external_id(external_id)
     fields = {} if attributes is None else clean_user_fields({"attributes": attributes})
     created, _ = atomic_with_retry(lambda: documents_write("user", [{"id": external_id, **fields}], copy=False))
+    users_wrote(external_ids=[external_id])  # their next reads see this document (recsys.replicas)
     return User.objects.get(external_id=external_id), bool(created)
 
 

@@ -12,7 +12,12 @@ pytestmark = pytest.mark.django_db
 def test_health_reports_database_redis_and_models():
     body = APIClient().get("/api/v1/health").json()
 
-    assert body == {"database": "ok", "redis": "ok", "models": {"collaborative": None, "content": None}}
+    assert body == {
+        "database": "ok",
+        "redis": "ok",
+        "models": {"collaborative": None, "content": None},
+        "replicas": [],  # none configured
+    }
 
 
 def test_health_reports_redis_down_but_stays_200(tmp_path):

@@ -39,7 +39,7 @@ def test_a_killed_worker_is_restarted_and_web_keeps_answering_then_a_killed_web_
     env = {**live_env, "RECSYS_DATA_DIR": str(tmp_path)}
     port = env["PORT"]
     with serving(env, tmp_path / "serve.log"):
-        worker, web = supervised("worker"), supervised("gunicorn")
+        worker, web = supervised("realtime@%h"), supervised("gunicorn")
         assert worker and web
         pool = worker.children()
 
@@ -52,7 +52,7 @@ def test_a_killed_worker_is_restarted_and_web_keeps_answering_then_a_killed_web_
             statuses.append(http(port, "", "GET", "/api/v1/health", timeout=5).status)
             time.sleep(0.25)
         assert set(statuses) == {200}, statuses
-        poll(lambda: (new := supervised("worker")) is not None and new.pid != worker.pid, 20, "a new worker")
+        poll(lambda: (new := supervised("realtime@%h")) is not None and new.pid != worker.pid, 20, "a new worker")
         poll(lambda: bool(app.control.ping(timeout=1.0)), 60, "the new worker to answer a ping")
         assert supervised("gunicorn").pid == web.pid, "web was restarted"
         assert not [p for p in pool if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "orphaned pool"

@@ -34,7 +34,7 @@ def test_redis_outage_with_tasks_in_flight_leaves_the_worker_running_and_train_f
         with serving({**env, "RECSYS_CF_TUNE": "false"}, log):
             ok(http(port, key, "POST", "/api/v1/items/batch", {"items": catalogue()}))
             ok(http(port, key, "POST", "/api/v1/interactions", {"interactions": communities()}))
-            worker = supervised("worker")
+            worker = supervised("maintenance@%h")
             assert worker is not None
             # Given tasks the worker has taken and not acknowledged (held until their countdown)
             with app.connection_for_write(celery_redis_url(redis.url, 0)) as connection:
@@ -56,7 +56,7 @@ def test_redis_outage_with_tasks_in_flight_leaves_the_worker_running_and_train_f
             redis.start()
             poll(lambda: http(port, key, "GET", "/api/v1/health").body.get("redis") == "ok", 10, "redis: ok")
             train(port, key, seconds=120)
-            assert supervised("worker").pid == worker.pid, "the worker died and was restarted"
+            assert supervised("maintenance@%h").pid == worker.pid, "the worker died and was restarted"
     finally:
         redis.stop()
     assert "Unrecoverable error" not in log.read_text(errors="replace")
