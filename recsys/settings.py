@@ -48,11 +48,14 @@ MIDDLEWARE = [
     "api.middleware.ApiGuardMiddleware",
     "api.limits.ExpensiveRequestMiddleware",
     "api.middleware.StatementTimeoutMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # The admin site's layers, passed straight through for /api/v1/ (recsys/site_middleware.py).
+    "recsys.site_middleware.SessionMiddleware",
+    "recsys.site_middleware.CommonMiddleware",
+    # Django's own, as its deploy check looks for it by name; DRF's views are exempt, so it only
+    # reads the (absent) cookie on API requests.
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "recsys.site_middleware.AuthenticationMiddleware",
+    "recsys.site_middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -180,6 +183,9 @@ if not RECSYS_RATING_MIN <= RECSYS_RATING_MAX:
     raise ImproperlyConfigured("RECSYS_RATING_MIN must not exceed RECSYS_RATING_MAX")
 RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
+# Each web process keeps a key it found live this long before looking it up again: a revocation,
+# or a change of scopes or rate, made in another process takes effect within it (0: every request).
+RECSYS_API_KEY_CACHE_SECONDS = env_float("RECSYS_API_KEY_CACHE_SECONDS", 5.0)
 
 RENDERERS = ["rest_framework.renderers.JSONRenderer"]
 if DEBUG:
@@ -192,6 +198,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["api.throttling.ApiKeyRateThrottle", "api.limits.ExpensiveRequestThrottle"],
     "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "api.negotiation.JsonFirstNegotiation",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -356,6 +363,9 @@ RECSYS_ANSWER_CACHE_SECONDS = env_int("RECSYS_ANSWER_CACHE_SECONDS", 300, minimu
 # Each web process re-reads which version is active at most this often (a switch in this process
 # is seen at once); a request always reads one version from start to end.
 RECSYS_ACTIVE_VERSION_CACHE_SECONDS = env_float("RECSYS_ACTIVE_VERSION_CACHE_SECONDS", 2.0)
+# HNSW's ef_search for the vector searches (candidates the index walks; more buys recall and costs
+# PostgreSQL CPU): bench/ann_recall.py measures both on the data; 1-1000.
+RECSYS_HNSW_EF_SEARCH = env_int("RECSYS_HNSW_EF_SEARCH", 100, minimum=1)
 
 # Every connection (web, workers, migrations); 0 = none.
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
@@ -384,6 +394,11 @@ RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int(
 RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int(
     "RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", max(1, RECSYS_EXPENSIVE_CONCURRENCY_TOTAL // 2), minimum=0
 )
+# The penalty box (api.limits): a caller answered 429 on an API path is answered 429 there by the
+# same web process until its Retry-After has passed, before any database or Redis work; so is one
+# refused as malformed (400) on a path this often, per process, until the rate's window ends.
+RECSYS_PENALTY_BOX = env_bool("RECSYS_PENALTY_BOX", True)
+RECSYS_MALFORMED_REQUEST_RATE = env_rate("RECSYS_MALFORMED_REQUEST_RATE", "60/min")
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
