@@ -82,9 +82,9 @@ class ExpensiveRequestThrottle(BaseThrottle):
 
 class ExpensiveRequestMiddleware:
     """Frees the slots a request took, however it ended; and keeps the penalty box: a caller (an
-    Authorization header from an address) answered 429 on an API path, or refused as malformed (400) there more
-    often than RECSYS_MALFORMED_REQUEST_RATE, is answered 429 on that path by this process until
-    its Retry-After has passed, before any database, Redis or DRF work."""
+    Authorization header from an address) answered 429 on an API path, or refused as malformed
+    (400) there more often than RECSYS_MALFORMED_REQUEST_RATE, is answered 429 on that path by
+    this process until its Retry-After has passed, before any database, Redis or DRF work."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -19,10 +20,10 @@ class JsonFirstNegotiation(DefaultContentNegotiation):
     header, and ``?format=``, goes through DRF's own rules (e.g. 406 for ``Accept: text/html``)."""
 
     def select_renderer(
-        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> tuple[BaseRenderer, str]:
         accept = request.META.get("HTTP_ACCEPT", "*/*").strip()
-        first = renderers[0] if renderers else None
+        first = next(iter(renderers), None)
         plain = first is not None and first.media_type == JSON and accept in _PLAIN_ACCEPTS
         if plain and not format_suffix and self.settings.URL_FORMAT_OVERRIDE not in request.query_params:
             return first, JSON  # type: ignore[return-value]
