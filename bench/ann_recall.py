@@ -61,10 +61,10 @@ def main() -> None:
         item_table, user_table = f"embeddings_v{version}_item", f"embeddings_v{version}_user"
         rows = conn.execute(f"SELECT item_id, embedding FROM {item_table} WHERE embedding IS NOT NULL").fetchall()
         ids = np.array([r[0] for r in rows])
-        items = np.stack([r[1] for r in rows]).astype(np.float32)
+        items = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
         queries = np.stack(
             [
-                r[0]
+                r[0].to_numpy()
                 for r in conn.execute(f"SELECT embedding FROM {user_table} ORDER BY random() LIMIT %s", [args.queries])
             ]
         ).astype(np.float32)
