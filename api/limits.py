@@ -210,8 +210,8 @@ def _boxed(wait: float) -> HttpResponse:
     response = error_response(
         429,
         "rate_limited",
-        "this API key was refused on this path moments ago (429, or too many malformed requests); "
-        "retry after Retry-After",
+        "this API key was refused on this path moments ago, from this address (429, or too many "
+        "malformed requests); retry after Retry-After",
         {"retry_after": seconds},
     )
     response["Retry-After"] = str(seconds)
