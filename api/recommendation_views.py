@@ -268,18 +268,30 @@ class SearchView(ApiView):
         responses={200: AnswerSerializer, **ERRORS, **CONFLICT},
     )
     def get(self, request: Request) -> Response:
-        raw = request.query_params.get("q") or ""
-        query = raw.replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
-        if not query or len(raw) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
-            raise ValidationFailed(
-                f"q must be 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters", details={"q": ["invalid"]}
-            )
-        mode = request.query_params.get("mode", "hybrid")
-        if mode not in search.MODES:
-            raise ValidationFailed(f"mode must be one of {', '.join(search.MODES)}", details={"mode": ["invalid"]})
+        query, mode = _search_params(request)
         return render(
             search.items_search(query=query, mode=mode, limit=query_limit(request), category=query_category(request))
         )
+
+    @staticmethod
+    def admit(request: Request) -> None:
+        """api.limits: a query past the bounds is refused before it takes a slot."""
+        query, mode = _search_params(request)
+        if mode != "semantic":
+            search.keyword_query_parse(query=query)
+
+
+def _search_params(request: Request) -> tuple[str, str]:
+    raw = request.query_params.get("q") or ""
+    query = raw.replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
+    if not query or len(raw) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
+        raise ValidationFailed(
+            f"q must be 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters", details={"q": ["invalid"]}
+        )
+    mode = request.query_params.get("mode", "hybrid")
+    if mode not in search.MODES:
+        raise ValidationFailed(f"mode must be one of {', '.join(search.MODES)}", details={"mode": ["invalid"]})
+    return query, mode
 
 
 class ItemDuplicatesView(ApiView):

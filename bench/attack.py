@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing as mp
+import os
 import random
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -47,9 +49,11 @@ for n in range({count}):
 """
 
 
-def client(kind: str, port: int, key: str, paths: list[str], seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def client(kind: str, port: int, key: str, paths: list[str], seconds: float, nice: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     """Requests back to back for ``seconds`` (a new connection each: sync workers close them);
-    a 429 is not waited on, as an attacker would not wait."""
+    a 429 is not waited on, as an attacker would not wait. ``nice``: this process's niceness (an
+    attacker at 19 stands for one on another machine: its own CPU no longer competes)."""
+    os.nice(nice)
     headers = {"Authorization": f"Bearer {key}"}
     answers: list[tuple[int, float]] = []
     rng = random.Random()
@@ -70,10 +74,15 @@ def client(kind: str, port: int, key: str, paths: list[str], seconds: float, out
     out.put((kind, answers))
 
 
-def phase(port: int, jobs: list[tuple[str, str, list[str]]], seconds: float) -> dict[str, list[tuple[int, float]]]:
+Job = tuple[str, str, list[str], int]  # kind of client, its key, its paths, its niceness
+
+
+def phase(port: int, jobs: list[Job], seconds: float) -> dict[str, list[tuple[int, float]]]:
     """All clients at once, one process each; (status, seconds) of every answer, by kind of client."""
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    procs = [mp.Process(target=client, args=(kind, port, key, paths, seconds, out)) for kind, key, paths in jobs]
+    procs = [
+        mp.Process(target=client, args=(kind, port, key, paths, seconds, nice, out)) for kind, key, paths, nice in jobs
+    ]
     for proc in procs:
         proc.start()
     results: dict[str, list[tuple[int, float]]] = {"normal": [], "attack": []}
@@ -124,7 +133,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="normal clients asking for recommendations")
     parser.add_argument("--attackers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10, help="per phase")
-    parser.add_argument("--rounds", type=int, default=3, help="quiet and attack phases, alternating")
+    parser.add_argument("--rounds", type=int, default=5, help="quiet and attack phases, alternating")
     parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
     args = parser.parse_args()
     name = f"recsys_bench_attack_{args.items}_{args.interactions}"
@@ -155,29 +164,42 @@ def active_model(api: Api) -> dict | None:  # type: ignore[type-arg]
 
 def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str, dict[str, object]]]:
     users = ids(url, "user")
-    normal = [("normal", key, [f"/api/v1/users/{u}/recommendations?limit=10" for u in users])] * args.clients
+    normal: list[Job] = [("normal", key, [f"/api/v1/users/{u}/recommendations?limit=10" for u in users], 0)]
+    normal *= args.clients
     searches = [f"/api/v1/search?mode=keyword&limit=200&q={quote(HEAVY)}"]
     negations = [f"/api/v1/search?mode=keyword&q={quote(NEGATIONS)}"]
     keys = attacker_keys(url, args.attackers)
-    phases = [
+    phases: list[tuple[str, list[Job]]] = [
         ("quiet", normal),
-        ("heaviest search allowed", normal + [("attack", k, searches) for k in keys]),
-        ("the issue's -red ×100", normal + [("attack", k, negations) for k in keys]),
+        ("heaviest search allowed", normal + [("attack", k, searches, 0) for k in keys]),
+        ("the issue's -red ×100", normal + [("attack", k, negations, 0) for k in keys]),
+        ("heaviest search, attackers at nice 19", normal + [("attack", k, searches, 19) for k in keys]),
     ]
     off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0"}
     rows = []
-    for limits, env, names in (("on (defaults)", {}, 3), ("off", off, 2)):
+    for limits, env, names in (("on (defaults)", {}, len(phases)), ("off", off, 2)):
         with gunicorn(url, PORT, env=env) as master:
             workers = len(master.children())
             pooled: dict[str, dict[str, list[tuple[int, float]]]] = {}
-            # The phases alternate, so that the machine's other load falls on each alike.
+            ratios: dict[str, list[float]] = {}
+            loads: list[float] = []
+            # The phases alternate, so that the machine's other load falls on each alike; each
+            # attack phase is compared with the quiet phase of its own round.
             for _ in range(args.rounds):
+                quiet_p99 = float("nan")
                 for name, jobs in phases[:names]:
-                    for kind, answers in phase(PORT, jobs, args.seconds).items():
+                    results = phase(PORT, jobs, args.seconds)
+                    loads.append(os.getloadavg()[0])
+                    p99 = percentile([latency for _, latency in results["normal"]], 0.99)
+                    quiet_p99 = p99 if name == "quiet" else quiet_p99
+                    ratios.setdefault(name, []).append(p99 / quiet_p99)
+                    for kind, answers in results.items():
                         pooled.setdefault(name, {"normal": [], "attack": []})[kind] += answers
             for name, results in pooled.items():
-                rows.append((f"{limits}, {workers} workers", name, summary(results, args.seconds * args.rounds)))
-                print(rows[-1], flush=True)
+                figures = summary(results, args.seconds * args.rounds)
+                figures.update(ratios=ratios[name], load=(min(loads), max(loads)))
+                rows.append((f"{limits}, {workers} workers", name, figures))
+                print(rows[-1][:2], {k: v for k, v in figures.items() if k != "attack"}, flush=True)
     return rows
 
 
@@ -191,26 +213,28 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         f"recommendations of random users (one read key); {args.attackers} attacker processes (a read key "
         f"each, not waiting on 429) send `GET /search?mode=keyword&limit=200&q={HEAVY}` (the most work "
         f"one query may ask for within the default bounds: 8 ORs of words found in most items), back to "
-        f"back; {args.rounds} rounds of a quiet and an attack phase of {args.seconds:.0f} s each, pooled; "
+        f"back; {args.rounds} rounds of a quiet phase and the attack phases of {args.seconds:.0f} s each, "
+        "alternating; each attack phase's p99 is divided by the quiet p99 of its own round, and the "
+        "median of those ratios is the figure to read (the other columns pool the rounds); "
         "all on loopback sharing the cores with the server, PostgreSQL and Redis. Expensive-request limits: "
         "the defaults (total = half the machine's cores, a key half of that) or none (off); keyword queries "
         "rank at most 2,000 matches (RECSYS_SEARCH_MAX_RANKED) in both. Each server's quiet phases are its "
-        "baseline. The attackers' own ten processes run on the same cores (a remote attacker's would not).",
+        "baseline. The attackers' own ten processes run on the same cores (a remote attacker's would not); in "
+        "the nice-19 phase they still do, but yield the CPU to everything else, as if they ran elsewhere. "
+        "Load average: the machine's 1-minute figure after each phase (other work on it included).",
         "",
-        "| server: limits | phase | normal req/s | p50 | p99 | max | p99 / quiet p99 | attackers' answers "
-        "| attackers' slowest 200 |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "| server: limits | phase | normal req/s | p50 | p99 (pooled) | max | p99 / its round's quiet p99: "
+        "median (min–max) | attackers' answers | attackers' slowest 200 | load average |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    quiet: dict[str, float] = {}
     for server, name, r in rows:
-        if name == "quiet":
-            quiet[server] = float(r["p99"])  # type: ignore[arg-type]
-        base = quiet.get(server) or quiet.get(next(iter(quiet)))
-        ratio = float(r["p99"]) / base if base else float("nan")  # type: ignore[arg-type]
+        ratios: list[float] = r["ratios"]  # type: ignore[assignment]
+        low, high = r["load"]  # type: ignore[misc]
         answers = ", ".join(f"{status}: {n:,}" for status, n in r["attack"].items()) or "-"  # type: ignore[attr-defined]
         lines.append(
             f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['max']:.0f} ms | "
-            f"{ratio:.2f}× | {answers} | {r['attack_200_max']:.0f} ms |"
+            f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {answers} | "
+            f"{r['attack_200_max']:.0f} ms | {low:.1f}–{high:.1f} |"
         )
     write_section("search-attack", "\n".join(lines))
     print("\n".join(lines))

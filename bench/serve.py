@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
@@ -94,6 +95,7 @@ def load(
         "p99": latencies[int(len(latencies) * 0.99)] * 1000,
         "errors": sum(e for _, e in results),
         "requests": len(latencies),
+        "load": os.getloadavg()[0],
         **{f"cpu_{name}": cpu / len(latencies) * 1000 for name, cpu in spent.items()},
     }
 
@@ -257,15 +259,15 @@ def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> 
         f"{peak_mb:,.0f} MiB.",
         "",
         "| endpoint | clients | answers | req/s | p50 | p99 | errors | p50 / bare SQL p50 "
-        "| CPU per request: web + PostgreSQL | req/s per core |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU per request: web + PostgreSQL | req/s per core | load average |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (endpoint, clients, cache), r in results.items():
         cpu = r["cpu_web"] + r["cpu_pg"]
         lines.append(
             f"| {endpoint} | {clients} | {cache} | {r['rps']:,.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | "
             f"{r['errors']} | {r['p50'] / floor['p50']:.1f}× | {r['cpu_web']:.2f} + {r['cpu_pg']:.2f} = "
-            f"{cpu:.2f} ms | {1000 / cpu:,.0f} |"
+            f"{cpu:.2f} ms | {1000 / cpu:,.0f} | {r['load']:.1f} |"
         )
     lines += [
         "",
@@ -275,7 +277,8 @@ def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> 
         f"uncached personalised request. *uncached*: every request computed (answer cache off); *cached*: "
         f"200 hot users/items answered from Redis. CPU per request: user + system time of the gunicorn tree "
         f"and of the PostgreSQL server's tree (backends and background processes) over the row, divided by "
-        f"its requests (clients and Redis not counted); req/s per core = 1000 / those ms.",
+        f"its requests (clients and Redis not counted); req/s per core = 1000 / those ms. Load average: the "
+        f"machine's 1-minute figure at the end of the row (other engineers' work included).",
     ]
     write_section(name, "\n".join(lines))
     print("\n".join(lines))

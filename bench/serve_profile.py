@@ -69,6 +69,18 @@ class RoundTrips:
         psycopg.Cursor.execute = counted_execute  # type: ignore[method-assign]
         redis.Redis.execute_command = counted_command  # type: ignore[method-assign]
         redis.client.Pipeline.execute = counted_pipeline  # type: ignore[method-assign]
+        self.originals = (execute, command, pipeline)
+
+    def uninstall(self) -> None:
+        """Put the originals back: the counting itself must not be profiled (psycopg's as_string alone
+        cost more than a round trip, and inflated the search's and the throttle's share)."""
+        import psycopg
+        import redis
+
+        execute, command, pipeline = self.originals
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        redis.Redis.execute_command = command  # type: ignore[method-assign]
+        redis.client.Pipeline.execute = pipeline  # type: ignore[method-assign]
 
     def clear(self) -> None:
         self.sql.clear()
@@ -195,6 +207,7 @@ def main() -> None:
     trips = RoundTrips()
     trips.install()
     call(paths[0])
+    trips.uninstall()
     sql_trips, redis_trips = dict(trips.sql), dict(trips.redis)
     profiler = cProfile.Profile(time.process_time)  # CPU time: waits on PostgreSQL and Redis count nothing
     profiler.enable()
@@ -205,7 +218,8 @@ def main() -> None:
 
 
 def report(figures, sql_trips, redis_trips, profiler, args, plans) -> None:  # type: ignore[no-untyped-def]
-    print(f"{args.requests} uncached personalised requests, in-process WSGI, one after another:")
+    load = os.getloadavg()[0]
+    print(f"{args.requests} uncached personalised requests, in-process WSGI, one after another (load {load:.1f}):")
     print(
         f"  wall p50 {figures['p50']:.2f} ms; CPU per request: web {figures['web_cpu']:.2f} ms + "
         f"PostgreSQL backend {figures['pg_cpu']:.2f} ms = {figures['web_cpu'] + figures['pg_cpu']:.2f} ms"

@@ -11,12 +11,12 @@ from experiments import admin_views as experiments_admin_views
 from recsys import admin_export, admin_views
 
 urlpatterns = [
+    path("api/", include("api.urls")),  # first: every API request resolves past one pattern less
     path("", RedirectView.as_view(url="/api/docs/", permanent=False)),
     path("admin/", include(admin_views.urlpatterns)),  # the dashboard and the preview, staff only
     path("admin/", include(admin_export.urlpatterns)),  # the data set download, superusers only
     path("admin/", include(experiments_admin_views.urlpatterns)),  # experiments: staff; stop/promote: change perm
     path("admin/", admin.site.urls),
-    path("api/", include("api.urls")),
 ]
 
 handler400 = api_error_view(400, "bad_request", "the request could not be understood")

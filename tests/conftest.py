@@ -53,6 +53,19 @@ def _no_cached_active_version() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _per_process_request_state_clear(request: pytest.FixtureRequest) -> None:
+    """A web process remembers keys it found live and callers it refused lately (api.limits'
+    penalty box); tests share one process, so each starts with neither."""
+    if _is_unit(request):
+        return
+    from api.limits import penalty_box
+    from recsys.api_keys import api_key_cache_clear
+
+    penalty_box.clear()
+    api_key_cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _redis_breaker_closed() -> Iterator[None]:
     from recsys import redis_store
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from django.conf import settings
 from django.db import transaction
 from pgvector import Vector
 from psycopg import sql
@@ -22,7 +23,6 @@ from psycopg import sql
 from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
 from recsys.replicas import read_alias
 
-EF_SEARCH_START = 100
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
 
 
@@ -60,8 +60,8 @@ def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[
     on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
-        return search(session=_ITERATIVE)
-    ef_search = EF_SEARCH_START
+        return search(session=(("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
+    ef_search = ef_search_start()
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
         if rows is None or len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
@@ -72,7 +72,12 @@ def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[
     return rows
 
 
-_ITERATIVE = (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(EF_SEARCH_START)))
+def ef_search_start() -> int:
+    """The HNSW search's first ef_search (RECSYS_HNSW_EF_SEARCH; bench/ann_recall.py measures the
+    recall each value buys and what it costs)."""
+    return min(int(settings.RECSYS_HNSW_EF_SEARCH), EF_SEARCH_MAX)
+
+
 _QUERY = """
     SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id

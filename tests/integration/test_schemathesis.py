@@ -25,8 +25,14 @@ SCOPES = [["read"], ["write"], ["admin"], ["read", "write", "admin"]]
 
 @pytest.fixture
 def api_server(live_env, tmp_path):
-    # The auth checks send unauthenticated and wrong keys from this one address on purpose.
-    env = {**live_env, "RECSYS_CONTENT_ENCODER": "fake", "RECSYS_AUTH_FAILURE_RATE": "1000000/min"}
+    # The auth checks send unauthenticated and wrong keys from this one address on purpose, and the
+    # negative checks malformed requests from one key (api.limits' penalty box would answer 429).
+    env = {
+        **live_env,
+        "RECSYS_CONTENT_ENCODER": "fake",
+        "RECSYS_AUTH_FAILURE_RATE": "1000000/min",
+        "RECSYS_MALFORMED_REQUEST_RATE": "1000000/min",
+    }
     web_log, worker_log = (tmp_path / "web.log").open("wb"), (tmp_path / "worker.log").open("wb")
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{env['PORT']}", "recsys.wsgi"],
