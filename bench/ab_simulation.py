@@ -11,6 +11,7 @@ no service needed:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -180,7 +181,8 @@ def main() -> None:
         "## Experiment statistics on simulated traffic (`bench/ab_simulation.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} in {time.perf_counter() - started:.0f} s "
-        f"({time.process_time() - cpu:.0f} s CPU), seed {SEED}. Population: mean CTR 5%, click propensity "
+        f"({time.process_time() - cpu:.0f} s CPU; load average {os.getloadavg()[1]:.0f} over the last 5 min, "
+        f"so the CPU time is the comparable figure), seed {SEED}. Population: mean CTR 5%, click propensity "
         "per user Beta(0.5, 9.5), impressions per user 1 + Poisson(Gamma(0.8) of mean 9) — skewed and "
         "clustered. A variant with lift L clicks with min(1, p·(1 + L)). Every figure goes through "
         "`experiments.statistics` as the metrics task calls it (each look given the one before, τ = mde × the "
