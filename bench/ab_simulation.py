@@ -11,6 +11,7 @@ no service needed:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -158,28 +159,34 @@ def wald_half_width(counts: VariantCounts) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer runs, for a smoke check (nothing written)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the runs, for a smoke check (nothing written)")
+    parser.add_argument("--fewer", type=float, default=1.0, help="divide every number of runs by this (default 1)")
     args = parser.parse_args()
-    scale = 10 if args.quick else 1
+    scale = 10 if args.quick else args.fewer
     rng = np.random.default_rng(SEED)
     started, cpu = time.perf_counter(), time.process_time()
 
+    def runs(full: int) -> int:
+        return int(full / scale)
+
     aa = [
-        *aa_false_positives(2000 // scale, 2000, 20, rng),
-        *aa_false_positives(1000 // scale, 10_000, 100, rng),
+        *aa_false_positives(runs(2000), 2000, 20, rng),
+        *aa_false_positives(runs(1000), 10_000, 100, rng),
     ]
-    power_rows = power([0.05, 0.10, 0.15, 0.20], 200 // scale, 50_000, 1_000, rng)
-    coverage_rows = coverage(4000 // scale, [100, 1_000, 10_000], rng)
-    sequence_rows = [*sequence_coverage(1000 // scale, 10_000, 20, 0.10, rng)]
+    power_rows = power([0.05, 0.10, 0.15, 0.20], runs(200), 50_000, 1_000, rng)
+    coverage_rows = coverage(runs(4000), [100, 1_000, 10_000], rng)
+    sequence_rows = [*sequence_coverage(runs(1000), 10_000, 20, 0.10, rng)]
 
     lines = [
         "## Experiment statistics on simulated traffic (`bench/ab_simulation.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} in {time.perf_counter() - started:.0f} s "
-        f"({time.process_time() - cpu:.0f} s CPU), seed {SEED}. Population: mean CTR 5%, click propensity "
+        f"({time.process_time() - cpu:.0f} s CPU; load average {os.getloadavg()[1]:.0f} over the last 5 min, "
+        f"so the CPU time is the comparable figure), seed {SEED}. Population: mean CTR 5%, click propensity "
         "per user Beta(0.5, 9.5), impressions per user 1 + Poisson(Gamma(0.8) of mean 9) — skewed and "
         "clustered. A variant with lift L clicks with min(1, p·(1 + L)). Every figure goes through "
-        "`experiments.statistics` as the metrics task calls it; rates carry their exact 95% interval over the runs.",
+        "`experiments.statistics` as the metrics task calls it (each look given the one before, τ = mde × the "
+        "control CTR fixed at the first tested look); rates carry their exact 95% interval over the runs.",
         "",
         "**False positives in A/A tests watched continuously** (significant at *any* look, α = 0.05). The naive "
         "test is the fixed-horizon z-test on the same delta-method variance, checked at each look:",
@@ -190,7 +197,7 @@ def main() -> None:
         "",
         "**Power**: share of runs where B (truly better) was reported significantly better by that many users per "
         "variant — mSPRT watched every 1,000 users with `mde` = the true lift / a fixed-horizon test looked at "
-        f"once at exactly that size. {200 // scale} runs per lift:",
+        f"once at exactly that size. {runs(200)} runs per lift:",
         "",
         *power_rows,
         "",

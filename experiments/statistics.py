@@ -101,13 +101,17 @@ class Look(Protocol):
     @property
     def difference_interval(self) -> tuple[float, float]: ...
 
+    @property
+    def mixture_sd(self) -> float | None: ...
+
 
 @dataclass(frozen=True)
 class PriorLook:
-    """An earlier look rebuilt from storage: its always-valid p-value and difference interval."""
+    """An earlier look rebuilt from storage: its always-valid p-value, difference interval and τ."""
 
     p_value: float | None
     difference_interval: tuple[float, float]
+    mixture_sd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Comparison:
     method: str
     users_required: int | None = None
     reason: str | None = None
+    mixture_sd: float | None = None  # τ of the test, carried to later looks; None before the first test
 
 
 @dataclass(frozen=True)
@@ -362,8 +367,8 @@ def rate_compare(
     proportion : the metric is a proportion (numerator ≤ denominator, e.g. CTR or conversions per
         impression): per-variant intervals are Wilson intervals at the effective sample size
     mixture_sd : τ, the standard deviation of the normal mixture over the absolute difference; the
-        test is most sensitive to effects near τ. Default mde × |control rate|, the effect the
-        operator wants to detect; set it to a constant when the control rate may drift
+        test is most sensitive to effects near τ. Default: the τ the latest of ``looks`` carries, or
+        at the first test mde × |control rate| (the effect the operator wants to detect)
     min_users : fewer users than this in either variant gives no p-value
     """
     _check_alpha(alpha)
@@ -375,7 +380,11 @@ def rate_compare(
     c, t = _moments(control), _moments(treatment)
     c_interval, t_interval = _interval(c, alpha, proportion), _interval(t, alpha, proportion)
     difference = t.rate - c.rate
-    tau = mixture_sd if mixture_sd is not None else mde * abs(c.rate)
+    # τ is fixed once the first test has run (carried by the looks), so that every look belongs to one
+    # test: a running minimum over tests with different mixtures would not be a valid p-value.
+    carried = next((look.mixture_sd for look in reversed(looks) if look.mixture_sd is not None), None)
+    fixed_tau = mixture_sd if mixture_sd is not None else carried
+    tau = fixed_tau if fixed_tau is not None else mde * abs(c.rate)
     reason = _untestable(c, t, min_users) or (None if tau > 0 else "the mixture τ is 0: set mixture_sd")
     method = (
         f"mSPRT, always valid (normal mixture τ = {tau:.3g}) on the delta-method difference of per-user "
@@ -405,6 +414,7 @@ def rate_compare(
         method=method,
         users_required=required,
         reason=reason,
+        mixture_sd=tau if p_value is not None or fixed_tau is not None else None,
     )
 
 

@@ -340,3 +340,18 @@ def test_passing_only_the_latest_look_equals_passing_the_whole_history():
 
     assert latest_only == whole
     assert [look.p_value for look in whole] == sorted((look.p_value for look in whole), reverse=True)
+
+
+def test_the_mixture_fixed_at_the_first_test_is_carried_to_later_looks():
+    control, treatment = simulated(4000, seed=101), simulated(4000, seed=102)
+    untested = variant_compare(control=control, treatment=counts(treatment.impressions[:50], treatment.clicks[:50]))
+    first = variant_compare(control=control, treatment=treatment, looks=[untested])
+    busier = counts(control.impressions, np.minimum(control.impressions, 2 * control.clicks))  # control CTR doubles
+
+    later = variant_compare(control=busier, treatment=treatment, looks=[first])
+    chosen = variant_compare(control=busier, treatment=treatment, looks=[first], mixture_sd=0.01)
+
+    assert untested.mixture_sd is None
+    assert first.mixture_sd == pytest.approx(0.05 * first.control_ctr)
+    assert later.mixture_sd == first.mixture_sd
+    assert chosen.mixture_sd == 0.01
