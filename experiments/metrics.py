@@ -175,7 +175,7 @@ def _statistics(
     out["conversion_rates"] = {}
     for event_type, per_user in sorted(own.conversions.items()):
         totals = own.per_impression(per_user)
-        rate, rate_interval = _rate(totals, alpha)
+        rate, rate_interval = conversion_rate(totals, alpha)
         entry: dict[str, Any] = {"rate": rate, "interval": rate_interval}
         if variant.name != experiment.control:
             compared = rate_compare(
@@ -194,9 +194,13 @@ def _prior(latest: dict[int, VariantSnapshot], variant_id: int) -> dict[str, Any
     return snapshot.statistics if snapshot is not None else {}
 
 
-def _rate(totals: UserTotals, alpha: float) -> tuple[float, list[float]]:
-    rate, interval = rate_estimate(totals, alpha=alpha)
-    return rate, [float(x) for x in interval]
+def conversion_rate(totals: UserTotals, alpha: float) -> tuple[float, list[float]]:
+    # A rate in [0, 1] (no user converted more often than they were shown items) gets the Wilson
+    # interval, which stays in [0, 1] and is not a point at zero conversions; repeated conversions
+    # make it an unbounded ratio, whose Wald interval is clipped at 0 (a count is never negative).
+    proportion = bool(np.all(totals.numerators <= totals.denominators))
+    rate, (low, high) = rate_estimate(totals, alpha=alpha, proportion=proportion)
+    return rate, [max(0.0, float(low)), float(high)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -355,3 +355,26 @@ def test_the_mixture_fixed_at_the_first_test_is_carried_to_later_looks():
     assert first.mixture_sd == pytest.approx(0.05 * first.control_ctr)
     assert later.mixture_sd == first.mixture_sd
     assert chosen.mixture_sd == 0.01
+
+
+def test_conversion_intervals_stay_at_or_above_zero_with_few_conversions():
+    from experiments.metrics import conversion_rate
+
+    # 150 users shown 10 items each, one conversion in all: a Wald interval would dip below 0.
+    impressions = np.full(150, 10)
+    conversions = np.zeros(150, dtype=int)
+    conversions[0] = 1
+    rate, (low, high) = conversion_rate(UserTotals(conversions, impressions), 0.05)
+    assert rate == pytest.approx(1 / 1500)
+    assert 0.0 <= low < rate < high < 0.01
+
+
+def test_repeated_conversions_fall_back_to_a_ratio_interval_clipped_at_zero():
+    from experiments.metrics import conversion_rate
+
+    impressions = np.ones(200, dtype=int)
+    conversions = np.zeros(200, dtype=int)
+    conversions[:3] = 5  # three users bought the one item they were shown five times
+    rate, (low, high) = conversion_rate(UserTotals(conversions, impressions), 0.05)
+    assert rate == pytest.approx(15 / 200)
+    assert low >= 0.0 and high > rate
