@@ -356,6 +356,9 @@ RECSYS_ANSWER_CACHE_SECONDS = env_int("RECSYS_ANSWER_CACHE_SECONDS", 300, minimu
 # Each web process re-reads which version is active at most this often (a switch in this process
 # is seen at once); a request always reads one version from start to end.
 RECSYS_ACTIVE_VERSION_CACHE_SECONDS = env_float("RECSYS_ACTIVE_VERSION_CACHE_SECONDS", 2.0)
+# Each web process re-reads a scenario's saved rules at most this often (a save in this process is
+# seen at once).
+RECSYS_SCENARIO_CACHE_SECONDS = env_float("RECSYS_SCENARIO_CACHE_SECONDS", 5.0)
 
 # Every connection (web, workers, migrations); 0 = none.
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)
