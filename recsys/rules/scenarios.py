@@ -11,9 +11,12 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from recsys.errors import NotFound, ValidationFailed
-from recsys.models import Item, Scenario
-from recsys.rules.ruleset import NO_RULES, Pin, RuleSet, expression_check, factor_check
+from recsys.ids import STORED_ID_PATTERN
+from recsys.models import HiddenItem, Item, Scenario
+from recsys.rules.ruleset import MAX_BOOSTS, NO_RULES, Pin, RuleSet, expression_check, factor_check
 from recsys.rules.ruleset import Boost as BoostRule
+from recsys.selectors import user_get
+from recsys.signals import user_rules_changed
 
 SCENARIO_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 SCENARIO_NAME_RE = re.compile(SCENARIO_NAME_PATTERN)
@@ -72,8 +75,6 @@ def _list(value: Any, name: str, most: int) -> list[Any]:
 
 
 def _boosts(value: Any) -> list[dict[str, Any]]:
-    from recsys.rules.ruleset import MAX_BOOSTS
-
     boosts = []
     for entry in _list(value, "boost", MAX_BOOSTS):
         if not (isinstance(entry, dict) and set(entry) == {"expression", "factor"}) or not isinstance(
@@ -88,8 +89,6 @@ def _boosts(value: Any) -> list[dict[str, Any]]:
 
 
 def _pins(value: Any) -> list[dict[str, Any]]:
-    from recsys.ids import STORED_ID_PATTERN
-
     pins, seen_items, seen_positions = [], set(), set()
     for entry in _list(value, "pins", MAX_PINS):
         ok = isinstance(entry, dict) and set(entry) == {"item", "position"}
@@ -113,8 +112,6 @@ def _pins(value: Any) -> list[dict[str, Any]]:
 
 
 def _buries(value: Any) -> list[str]:
-    from recsys.ids import STORED_ID_PATTERN
-
     buries = _list(value, "buries", MAX_BURIES)
     if not all(isinstance(b, str) and re.fullmatch(STORED_ID_PATTERN, b) for b in buries):
         raise ValidationFailed("buries is a list of item ids", details={"buries": ["invalid"]})
@@ -191,8 +188,6 @@ _UNHIDE = """
 
 
 def hidden_items_check(body: Any) -> list[str]:
-    from recsys.ids import STORED_ID_PATTERN
-
     items = body.get("items") if isinstance(body, dict) and set(body) == {"items"} else None
     if (
         not isinstance(items, list)
@@ -216,21 +211,16 @@ def hidden_items_remove(*, user_external_id: str, items: list[str]) -> dict[str,
 
 
 def _hidden_change(statement: str, user_external_id: str, items: list[str]) -> dict[str, Any]:
-    from recsys.selectors import user_get
-
     user_get(external_id=user_external_id)  # 404 for an unknown user
     known = set(Item.objects.filter(external_id__in=items).values_list("external_id", flat=True))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(statement, {"user": user_external_id, "items": items})
         changed = cursor.rowcount
-    from recsys.signals import user_rules_changed
-
     user_rules_changed.send(sender=Scenario, external_id=user_external_id)
     return {"changed": changed, "unknown_items": [i for i in items if i not in known]}
 
 
 def hidden_items_list(*, user_external_id: str) -> list[str]:
-    from recsys.models import HiddenItem
-
-    rows = HiddenItem.objects.filter(user__external_id=user_external_id).order_by("-created_at", "-id")
+    user = user_get(external_id=user_external_id)
+    rows = HiddenItem.objects.filter(user=user).order_by("-created_at", "-id")
     return list(rows.values_list("item__external_id", flat=True))
