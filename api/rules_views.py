@@ -26,8 +26,8 @@ class PinSerializer(serializers.Serializer):
 
 class ScenarioWriteSerializer(serializers.Serializer):
     filter = serializers.CharField(required=False, allow_blank=True, max_length=MAX_CHARS)
-    boost = BoostSerializer(many=True, required=False, max_length=MAX_BOOSTS)
-    pins = PinSerializer(many=True, required=False, max_length=scenarios.MAX_PINS)
+    boost = serializers.ListField(child=BoostSerializer(), required=False, max_length=MAX_BOOSTS)
+    pins = serializers.ListField(child=PinSerializer(), required=False, max_length=scenarios.MAX_PINS)
     buries = serializers.ListField(
         child=serializers.CharField(),
         required=False,
