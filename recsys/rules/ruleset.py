@@ -21,8 +21,8 @@ BOOST_DEPTH = 50  # candidates a boost re-sorts, at least (3 × limit when large
 MAX_BOOST_DEPTH = 600
 
 AVAILABLE = (
-    "(i.available_from IS NULL OR i.available_from <= now())"
-    " AND (i.available_until IS NULL OR i.available_until > now())"
+    "(i.available_from IS NULL OR i.available_from <= statement_timestamp())"
+    " AND (i.available_until IS NULL OR i.available_until > statement_timestamp())"
 )
 _HIDDEN = (
     "i.id NOT IN (SELECT h.item_id FROM recsys_hiddenitem h JOIN recsys_user hu ON hu.id = h.user_id"
