@@ -7,6 +7,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.serializers import ExternalIdField
 from api.views import ERRORS, NOT_FOUND, ApiView
 from recsys.models import Scenario
 from recsys.rules import scenarios
@@ -20,7 +21,7 @@ class BoostSerializer(serializers.Serializer):
 
 
 class PinSerializer(serializers.Serializer):
-    item = serializers.CharField()
+    item = ExternalIdField()
     position = serializers.IntegerField(min_value=1, max_value=scenarios.MAX_POSITION, help_text="1-based")
 
 
@@ -29,7 +30,7 @@ class ScenarioWriteSerializer(serializers.Serializer):
     boost = serializers.ListField(child=BoostSerializer(), required=False, max_length=MAX_BOOSTS)
     pins = serializers.ListField(child=PinSerializer(), required=False, max_length=scenarios.MAX_PINS)
     buries = serializers.ListField(
-        child=serializers.CharField(),
+        child=ExternalIdField(),
         required=False,
         max_length=scenarios.MAX_BURIES,
         help_text="items ranked after every other candidate",
@@ -80,9 +81,7 @@ class ScenarioDetailView(ApiView):
 
 
 class HiddenItemsSerializer(serializers.Serializer):
-    items = serializers.ListField(
-        child=serializers.CharField(), min_length=1, max_length=scenarios.MAX_HIDDEN_PER_REQUEST
-    )
+    items = serializers.ListField(child=ExternalIdField(), min_length=1, max_length=scenarios.MAX_HIDDEN_PER_REQUEST)
 
 
 class HiddenChangeSerializer(serializers.Serializer):

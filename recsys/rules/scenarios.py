@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from recsys.errors import NotFound, ValidationFailed
-from recsys.ids import STORED_ID_PATTERN
+from recsys.ids import is_external_id
 from recsys.models import HiddenItem, Item, Scenario
 from recsys.rules.ruleset import MAX_BOOSTS, NO_RULES, Pin, RuleSet, expression_check, factor_check
 from recsys.rules.ruleset import Boost as BoostRule
@@ -94,8 +94,7 @@ def _pins(value: Any) -> list[dict[str, Any]]:
         ok = isinstance(entry, dict) and set(entry) == {"item", "position"}
         item, position = (entry.get("item"), entry.get("position")) if ok else (None, None)
         if not (
-            isinstance(item, str)
-            and re.fullmatch(STORED_ID_PATTERN, item)
+            is_external_id(item)
             and isinstance(position, int)
             and not isinstance(position, bool)
             and 1 <= position <= MAX_POSITION
@@ -113,7 +112,7 @@ def _pins(value: Any) -> list[dict[str, Any]]:
 
 def _buries(value: Any) -> list[str]:
     buries = _list(value, "buries", MAX_BURIES)
-    if not all(isinstance(b, str) and re.fullmatch(STORED_ID_PATTERN, b) for b in buries):
+    if not all(is_external_id(b) for b in buries):
         raise ValidationFailed("buries is a list of item ids", details={"buries": ["invalid"]})
     return list(dict.fromkeys(buries))
 
@@ -193,7 +192,7 @@ def hidden_items_check(body: Any) -> list[str]:
         not isinstance(items, list)
         or not items
         or len(items) > MAX_HIDDEN_PER_REQUEST
-        or not all(isinstance(i, str) and re.fullmatch(STORED_ID_PATTERN, i) for i in items)
+        or not all(is_external_id(i) for i in items)
     ):
         raise ValidationFailed(
             f'send {{"items": [id, ...]}} with 1 to {MAX_HIDDEN_PER_REQUEST} item ids', details={"items": ["invalid"]}

@@ -68,7 +68,7 @@ def id_patterns(node: object, path: str = "") -> dict[str, str]:
     """Every schema pattern that describes a client id, by where it is (ids in paths, bodies and rows)."""
     found: dict[str, str] = {}
     if isinstance(node, dict):
-        if node.get("name") in {"item_id", "user_id"}:
+        if isinstance(node.get("name"), str) and node["name"] in {"item_id", "user_id"}:
             found[path] = node["schema"]["pattern"]
         for key, value in node.items():
             if key in {"id", "user", "item"} and isinstance(value, dict) and "pattern" in value:
