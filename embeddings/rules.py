@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection
-
 from embeddings.serving import Answer, Recommendation
-from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
+from embeddings.vectors.tables import cursor
+from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 from recsys.rules.scenarios import scenario_rules_serving
 
 __all__ = ["NO_RULES", "RuleSet", "answer_rules_apply", "rules_resolve"]
@@ -23,7 +22,7 @@ def rules_resolve(*, rules: RuleSet, scenario: str | None, apply_scenario_rules:
 
 
 _CHECK = """
-    SELECT i.external_id, extract(epoch FROM i.available_until), {pinnable} {boosts}
+    SELECT i.external_id, extract(epoch FROM i.available_until), {pinnable} AS pinnable {boosts}
     FROM recsys_item i WHERE i.external_id = ANY(%(rule_ids)s)
 """
 _PINNABLE = """(i.external_id = ANY(%(rule_pins)s) AND NOT i.is_hidden
@@ -41,29 +40,29 @@ def answer_rules_apply(
     exclude_ids: tuple[int, ...] = (),
 ) -> Answer:
     """Boosts multiply the scores of matching candidates (a positive score is multiplied, a
-        negative one divided, so a factor above 1 always lifts), buried items go after all others,
-        pinned items take their positions when they pass the filters and are not excluded (``exclude``:
-    client ids, ``exclude_ids``: database ids), and the answer is cut to ``limit``."""
+    negative one divided, so a factor above 1 always lifts), buried items go after all others,
+    pinned items take their positions when they pass the filters and are not excluded (``exclude``:
+    client ids, ``exclude_ids``: database ids), and the answer is cut to ``limit``. Candidates from
+    a vector query carry their boost matches; others, and the pins, are checked in one query."""
     if not rules.reorders or (not answer.items and not rules.pins):
         answer.items = answer.items[:limit]
         return answer
-    rows = _checked(answer.items, rules, (list(exclude), list(exclude_ids)), category)
-    items = _boosted(answer.items, rows, [factor for _, factor in rules.boost_conditions()])
-    buried = set(rules.buries)
-    items = [i for i in items if i.id not in buried] + [i for i in items if i.id in buried]
+    unread = [i.id for i in answer.items if i.boosts is None] if rules.boosts else []
+    rows = _checked(unread, rules, (list(exclude), list(exclude_ids)), category) if unread or rules.pins else {}
+    items = _boosted(answer.items, rows, [b.factor for b in rules.boosts])
+    if rules.buries:
+        buried = set(rules.buries)
+        items = [i for i in items if i.id not in buried] + [i for i in items if i.id in buried]
     answer.items = _pinned(items, rules, rows, limit)
     return answer
 
 
 def _checked(
-    items: list[Recommendation], rules: RuleSet, excluded: tuple[list[str], list[int]], category: str | None
+    ids: list[str], rules: RuleSet, excluded: tuple[list[str], list[int]], category: str | None
 ) -> dict[str, tuple[Any, ...]]:
-    """Per candidate and pinned item: (until, pinnable, boost matches...), in one round trip."""
-    boosts = rules.boost_conditions()
-    params: dict[str, Any] = {"rule_ids": [i.id for i in items] + [p.item for p in rules.pins]}
-    boost_sql = "".join(f", {compiled.sql}" for compiled, _ in boosts)
-    for compiled, _ in boosts:
-        params.update(compiled.params)
+    """Per item of ``ids`` and per pinned item: (until, pinnable, boost matches...), in one round trip."""
+    boosts, params = boost_columns(rules)
+    params["rule_ids"] = ids + [p.item for p in rules.pins]
     pinnable = "false"
     if rules.pins:
         conditions, condition_params = item_conditions(rules)
@@ -71,27 +70,29 @@ def _checked(
             category="AND i.categories @> ARRAY[%(rule_category)s]::varchar[]" if category else "",
             conditions=conditions,
         )
-        params.update(condition_params, rule_pins=[p.item for p in rules.pins])
+        params.update(condition_params, rule_pins=[p.item for p in rules.pins], rule_category=category)
         params.update(rule_exclude=excluded[0], rule_exclude_ids=excluded[1])
-        params["rule_category"] = category
-    with connection.cursor() as cursor:
-        cursor.execute(_CHECK.format(pinnable=pinnable, boosts=boost_sql), params)
-        return {row[0]: row[1:] for row in cursor.fetchall()}
+    with cursor() as cur:  # a prepared statement, like the vector searches
+        cur.execute(_CHECK.format(pinnable=pinnable, boosts=boosts), params)
+        return {row[0]: row[1:] for row in cur.fetchall()}
 
 
 def _boosted(
     items: list[Recommendation], rows: dict[str, tuple[Any, ...]], factors: list[float]
 ) -> list[Recommendation]:
     if not factors:
-        return list(items)
+        return [Recommendation(i.id, i.score, i.reason, i.until) for i in items]
     boosted = []
     for item in items:
+        matches = item.boosts if item.boosts is not None else rows.get(item.id, (None, False))[2:]
         factor = 1.0
-        for matches, f in zip(rows.get(item.id, (None, False))[2:], factors, strict=False):
-            factor *= f if matches else 1.0
+        for matched, f in zip(matches, factors, strict=False):
+            if matched:
+                factor *= f
         score = item.score * factor if item.score >= 0 else item.score / factor
         boosted.append(Recommendation(item.id, round(score, 6), item.reason, item.until))
-    return sorted(boosted, key=lambda i: -i.score)  # stable: equal scores keep their order
+    boosted.sort(key=lambda i: -i.score)  # stable: equal scores keep their order
+    return boosted
 
 
 def _pinned(

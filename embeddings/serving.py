@@ -25,6 +25,7 @@ class Recommendation:
     score: float
     reason: dict[str, Any] | None = None
     until: float | None = None  # the end of the item's availability window (epoch seconds); not rendered
+    boosts: tuple[bool, ...] | None = None  # matches of the rules' boosts, read with it (None: not read)
 
 
 @dataclass
@@ -73,7 +74,9 @@ def model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
 
 
 def from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:
-    return [Recommendation(n.external_id, round(n.score, 6), until=n.until) for n in neighbours]
+    return [
+        Recommendation(n.external_id, round(n.score, 6), until=n.until, boosts=n.boosts or None) for n in neighbours
+    ]
 
 
 def query_column(version: ModelVersion) -> str:

@@ -20,7 +20,7 @@ from pgvector import Vector
 from psycopg import sql
 
 from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
-from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
+from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
 EF_SEARCH_START = 100
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
@@ -32,6 +32,7 @@ class Neighbour:
     external_id: str
     score: float
     until: float | None = None  # the end of the item's availability window, epoch seconds
+    boosts: tuple[bool, ...] = ()  # whether it matches each of the rules' boosts, in order
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[
 _ITERATIVE = (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(EF_SEARCH_START)))
 _QUERY = """
     SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score, extract(epoch FROM i.available_until)
+           {boosts}
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
     WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
       {conditions}
@@ -98,14 +100,20 @@ def _search(
     """One search; ``session`` settings persist on the connection, ``local`` ones last one transaction."""
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
     conditions, condition_params = item_conditions(filters.rules)
+    boosts, boost_params = boost_columns(filters.rules)
     statement = sql.SQL(_QUERY).format(
-        table=sql.Identifier(table), category=category, conditions=sql.SQL(conditions), limit=sql.Literal(limit)
+        table=sql.Identifier(table),
+        category=category,
+        conditions=sql.SQL(conditions),
+        boosts=sql.SQL(boosts),
+        limit=sql.Literal(limit),
     )
     params = {
         "query": Vector(query.astype(np.float32)),
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
         **condition_params,
+        **boost_params,
     }
     rows = _rows(statement, params, session=session, local=local)
     # relaxed_order may return rows slightly out of order: the answer is always sorted.
@@ -113,7 +121,7 @@ def _search(
 
 
 def _neighbour(row: tuple[Any, ...]) -> Neighbour:
-    return Neighbour(int(row[0]), row[1], float(row[2]), None if row[3] is None else float(row[3]))
+    return Neighbour(int(row[0]), row[1], float(row[2]), None if row[3] is None else float(row[3]), tuple(row[4:]))
 
 
 def _rows(
@@ -142,10 +150,10 @@ _USER_QUERY = """
         SELECT u.id, s.embedding FROM recsys_user u LEFT JOIN {user_table} s ON s.user_id = u.id
         WHERE u.external_id = %(user)s
     )
-    SELECT u.embedding IS NOT NULL, n.item_id, n.external_id, n.score, n.until
+    SELECT u.embedding IS NOT NULL, n.item_id, n.external_id, n.score, n.until {outer_boosts}
     FROM u LEFT JOIN LATERAL (
         SELECT v.item_id, i.external_id, -(v.embedding <#> u.embedding) AS score,
-               extract(epoch FROM i.available_until) AS until
+               extract(epoch FROM i.available_until) AS until {boosts}
         FROM {table} v JOIN recsys_item i ON i.id = v.item_id
         WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
           {conditions}
@@ -168,11 +176,15 @@ def user_nearest_items(
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
     # The user's own hidden items are read through u, in the same statement.
     conditions, condition_params = item_conditions(replace(filters.rules, hidden_for=None))
+    boosts, boost_params = boost_columns(filters.rules)
+    outer = "".join(f", n.boost_{k}" for k in range(len(filters.rules.boosts)))
     statement = sql.SQL(_USER_QUERY).format(
         user_table=sql.Identifier(user_table),
         table=sql.Identifier(item_table),
         category=category,
         conditions=sql.SQL(conditions),
+        boosts=sql.SQL(boosts),
+        outer_boosts=sql.SQL(outer),
         limit=sql.Literal(limit),
         seen=sql.Literal(seen),
     )
@@ -181,6 +193,7 @@ def user_nearest_items(
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
         **condition_params,
+        **boost_params,
     }
 
     def search(**settings: tuple[tuple[str, str], ...]) -> list[Neighbour] | None:

@@ -17,7 +17,10 @@ from recsys.rules.expressions import Compiled, ExpressionError, expression_compi
 
 MAX_BOOSTS = 8
 MIN_FACTOR, MAX_FACTOR = 0.01, 100.0
-BOOST_DEPTH = 50  # candidates a boost re-sorts, at least (3 × limit when larger, at most MAX_BOOST_DEPTH)
+# Boosts and buries re-sort the best 3 × limit candidates (at most MAX_BOOST_DEPTH): a boost lifts
+# items from that deep. Deeper costs more on pgvector < 0.8, whose index returns at most ef_search
+# candidates per pass (bench/rules.py).
+BOOST_DEPTH_FACTOR = 3
 MAX_BOOST_DEPTH = 600
 
 AVAILABLE = (
@@ -82,7 +85,7 @@ class RuleSet:
         pins displace items."""
         wanted = limit + len(self.pins)
         if self.boosts or self.buries:
-            wanted = max(wanted, min(max(3 * limit, BOOST_DEPTH), MAX_BOOST_DEPTH))
+            wanted = max(wanted, min(BOOST_DEPTH_FACTOR * limit, MAX_BOOST_DEPTH))
         return wanted
 
     def merged(self, other: RuleSet) -> RuleSet:
@@ -128,6 +131,16 @@ def item_conditions(rules: RuleSet) -> tuple[str, dict[str, Any]]:
     if rules.hidden_for:
         sql += f" AND {_HIDDEN}"
         params["rule_hidden_for"] = rules.hidden_for
+    return sql, params
+
+
+def boost_columns(rules: RuleSet) -> tuple[str, dict[str, Any]]:
+    """``, <match> AS boost_<k>`` select columns, one per boost: whether a candidate matches it is
+    read by the query that finds the candidate, so boosting costs no round trip of its own."""
+    sql, params = "", {}
+    for k, (compiled, _) in enumerate(rules.boost_conditions()):
+        sql += f", {compiled.sql} AS boost_{k}"
+        params.update(compiled.params)
     return sql, params
 
 
