@@ -137,15 +137,16 @@ def measure_all(requests: int) -> tuple[dict[str, dict[str, dict[str, float]]], 
             for path in paths[name][:50]:
                 call(path)
         results[endpoint] = run(paths, call)
-    dataset = (
-        f"{Item.objects.count():,} items, {Interaction.objects.count():,} interactions, {len(users):,} users asked"
-    )
-    return results, dataset
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('server_version'), extversion FROM pg_extension WHERE extname='vector'")
+        server, pgvector = cursor.fetchone()
+    engine = f"PostgreSQL {server.split()[0]} with pgvector {pgvector}"
+    return results, f"{engine}; {Item.objects.count():,} items, {Interaction.objects.count():,} interactions"
 
 
 def report(results, dataset, args) -> None:  # type: ignore[no-untyped-def]
     lines = [
-        "## Business rules: what a filter, a boost and a scenario add (`bench/rules.py`)",
+        f"## Business rules: what a filter, a boost and a scenario add, {dataset.split(';')[0]} (`bench/rules.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} (shared with other work: read the ratios and the "
         f"differences, not the absolute times); {dataset}; uncached answers (RECSYS_ANSWER_CACHE_SECONDS=0), "
@@ -167,7 +168,7 @@ def report(results, dataset, args) -> None:  # type: ignore[no-untyped-def]
             )
     body = "\n".join(lines)
     print(body)
-    write_section("rules", body)
+    write_section("rules-" + dataset.split(";")[0].split()[-1], body)  # one section per pgvector version
 
 
 if __name__ == "__main__":
