@@ -41,14 +41,14 @@ def scenario_name_check(name: str) -> str:
 def scenario_put(*, name: str, body: Any) -> tuple[Scenario, bool]:
     """Create or replace a scenario from the API's body; every expression is checked first."""
     scenario_name_check(name)
-    fields = _scenario_fields(body)
+    fields = scenario_fields_clean(body)
     with transaction.atomic():
         scenario, created = Scenario.objects.update_or_create(name=name, defaults=fields)
     scenario_cache_forget()
     return scenario, created
 
 
-def _scenario_fields(body: Any) -> dict[str, Any]:
+def scenario_fields_clean(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or set(body) - {"filter", "boost", "pins", "buries"}:
         raise ValidationFailed(
             'send {"filter": str?, "boost": [{"expression": str, "factor": number}]?, '
