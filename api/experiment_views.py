@@ -14,10 +14,10 @@ from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from experiments import selectors, services
 from experiments.models import Experiment, ExperimentStatus, VariantSnapshot
-from experiments.services import SCENARIO_PATTERN
 from experiments.variants import STRATEGIES
 from recsys.errors import ValidationFailed
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
+from recsys.rules.scenarios import SCENARIO_NAME_PATTERN
 
 CONFLICT = {409: OpenApiResponse(ErrorSerializer, description="Not in a state that allows this")}
 
@@ -46,7 +46,7 @@ class VariantRequestSerializer(serializers.Serializer):
 
 class ExperimentRequestSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    scenario = serializers.RegexField(f"^{SCENARIO_PATTERN}$", required=False, allow_null=True)
+    scenario = serializers.RegexField(SCENARIO_NAME_PATTERN, required=False, allow_null=True)
     control = serializers.CharField(help_text="The name of the variant the others are compared against.")
     variants = VariantRequestSerializer(many=True, min_length=2, max_length=10, help_text="2 to 10 variants.")  # type: ignore[call-arg]
     alpha = serializers.FloatField(

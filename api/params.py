@@ -13,7 +13,10 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
 from recsys.errors import ValidationFailed
-from recsys.ids import ID_CHARS
+from recsys.ids import EXTERNAL_ID_PATTERN, ID_CHARS, clean_external_id
+from recsys.rules.expressions import MAX_CHARS
+from recsys.rules.ruleset import MAX_BOOSTS, MAX_FACTOR, MIN_FACTOR, RuleSet, request_rules_parse
+from recsys.rules.scenarios import SCENARIO_NAME_PATTERN, scenario_name_check
 
 MAX_LIMIT = 200
 MAX_CATEGORY_CHARS = 128
@@ -112,3 +115,47 @@ def query_category(request: Request) -> str | None:
     if len(category) > MAX_CATEGORY_CHARS:
         raise ValidationFailed("category is at most 128 characters", details={"category": ["too long"]})
     return category.strip().replace("\x00", "") or None
+
+
+# ---- business rules (recsys.rules; the grammar is in the README) -------------------------------------
+
+FILTER_PARAMETER = OpenApiParameter(
+    "filter",
+    {"type": "string", "maxLength": MAX_CHARS},
+    description='only items matching this expression, e.g. attributes.in_stock = true AND categories CONTAINS "sale" '
+    "(grammar in the README; 400 with the position of a fault)",
+)
+BOOST_PARAMETER = OpenApiParameter(
+    "boost",
+    {"type": "array", "items": {"type": "string", "maxLength": MAX_CHARS + 20}, "maxItems": MAX_BOOSTS},
+    explode=True,
+    description=f'<expression>:<factor> (factor {MIN_FACTOR}-{MAX_FACTOR}), e.g. categories CONTAINS "sale":2; '
+    f"repeat for up to {MAX_BOOSTS}: the scores of matching items are multiplied (divided when negative)",
+)
+SCENARIO_PARAMETER = OpenApiParameter(
+    "scenario",
+    {"type": "string", "pattern": SCENARIO_NAME_PATTERN},
+    description="apply this saved scenario's rules too (PUT /api/v1/scenarios/{name}); a name without saved "
+    "rules applies none",
+)
+USER_PARAMETER = OpenApiParameter(
+    "user", {"type": "string", "pattern": EXTERNAL_ID_PATTERN}, description="never recommend this user's hidden items"
+)
+RULE_PARAMETERS = [FILTER_PARAMETER, BOOST_PARAMETER, SCENARIO_PARAMETER]
+
+
+def query_rules(request: Request, *, with_user: bool = False) -> RuleSet:
+    """The request's own ``filter=``, ``boost=`` (repeated) and, where asked, ``user=`` (hidden items)."""
+    user = request.query_params.get("user") if with_user else None
+    if user is not None:
+        clean_external_id(user, "user")
+    return request_rules_parse(
+        filter_text=request.query_params.get("filter") or None,
+        boosts=request.query_params.getlist("boost"),
+        hidden_for=user,
+    )
+
+
+def query_scenario(request: Request) -> str | None:
+    name = request.query_params.get("scenario")
+    return scenario_name_check(name) if name is not None else None

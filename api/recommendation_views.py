@@ -17,6 +17,8 @@ from api.params import (
     CATEGORY_PARAMETER,
     EXCLUDE_PARAMETER,
     LIMIT_PARAMETER,
+    RULE_PARAMETERS,
+    USER_PARAMETER,
     boolean_parameter,
     number_parameter,
     query_bool,
@@ -24,6 +26,8 @@ from api.params import (
     query_float,
     query_ids,
     query_limit,
+    query_rules,
+    query_scenario,
 )
 from api.serializers import ErrorSerializer, SessionRequestSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
@@ -35,6 +39,8 @@ from experiments.serving import variant_user_recommendations
 from recsys.errors import ValidationFailed
 from recsys.models import ApiKey
 from recsys.recommendation_ids import RECOMMENDATION_ID_MAX_LENGTH, recommendation_id_mint
+from recsys.rules.ruleset import request_rules_parse
+from recsys.rules.scenarios import scenario_name_check
 from recsys.validation import SPACE_PATTERN
 
 
@@ -104,22 +110,6 @@ def _item(item: Recommendation) -> dict[str, Any]:
 
 
 COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
-SCENARIO_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-SCENARIO_PARAMETER = OpenApiParameter(
-    "scenario",
-    {"type": "string", "pattern": SCENARIO_NAME_PATTERN},
-    description="The placement (e.g. homepage): the experiment running for it assigns a variant by a hash of "
-    "(experiment, user); without one, the experiment running for requests that name no scenario.",
-)
-
-
-def query_scenario(request: Request) -> str | None:
-    scenario = request.query_params.get("scenario")
-    if scenario is None:
-        return None
-    if not re.fullmatch(SCENARIO_NAME_PATTERN, scenario):
-        raise ValidationFailed("scenario must be 1-64 of [A-Za-z0-9_.:-]", details={"scenario": ["invalid"]})
-    return scenario
 
 
 WINDOW_PATTERN = r"^(?:[1-9]|[1-9][0-9]|[12][0-9][0-9]|3[0-5][0-9]|36[0-5])d$"  # 1d to 365d
@@ -136,7 +126,7 @@ class UserRecommendationsView(ApiView):
             boolean_parameter("include_seen", "also recommend items the user has interacted with"),
             boolean_parameter("explain", "add a reason to each item"),
             number_parameter("diversity", minimum=0.0, maximum=1.0, default=0.0, description="0 (pure relevance) to 1"),
-            SCENARIO_PARAMETER,
+            *RULE_PARAMETERS,
         ],
         responses={200: AnswerSerializer, **ERRORS},
     )
@@ -152,6 +142,8 @@ class UserRecommendationsView(ApiView):
                 include_seen=query_bool(request, "include_seen"),
                 explain=query_bool(request, "explain"),
                 diversity=query_float(request, "diversity", default=0.0, minimum=0.0, maximum=1.0),
+                rules=query_rules(request),
+                scenario=query_scenario(request),
             ),
             assignment,
         )
@@ -169,6 +161,8 @@ class ItemSimilarView(ApiView):
                 {"type": "string", "pattern": SPACE_PATTERN, "default": "collaborative"},
                 description="collaborative (default), content, hybrid, or the name of a custom space (404 if unknown)",
             ),
+            *RULE_PARAMETERS,
+            USER_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND},
     )
@@ -184,6 +178,8 @@ class ItemSimilarView(ApiView):
                 limit=query_limit(request),
                 space=space,
                 category=query_category(request),
+                rules=query_rules(request, with_user=True),
+                scenario=query_scenario(request),
             )
         )
 
@@ -207,6 +203,8 @@ class PopularItemsView(ApiView):
                 {"type": "string", "pattern": WINDOW_PATTERN},
                 description="e.g. 30d (1-365 days); default 7d (RECSYS_POPULAR_WINDOW_DAYS)",
             ),
+            *RULE_PARAMETERS,
+            USER_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS},
     )
@@ -219,6 +217,8 @@ class PopularItemsView(ApiView):
                 limit=query_limit(request),
                 category=query_category(request),
                 window_days=int(window[:-1]) if window else None,
+                rules=query_rules(request, with_user=True),
+                scenario=query_scenario(request),
             )
         )
 
@@ -234,12 +234,18 @@ class SessionRecommendationsView(ApiView):
     def post(self, request: Request) -> Response:
         body = SessionRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        data = body.validated_data
+        rules = request_rules_parse(
+            filter_text=data.get("filter") or None, boosts=data.get("boost", []), hidden_for=data.get("user")
+        )
         return render(
             recommendations.session_recommendations_list(
-                positives=body.validated_data["items"],
-                negatives=body.validated_data.get("negative_items", []),
-                limit=body.validated_data["limit"],
-                category=body.validated_data.get("category") or None,
+                positives=data["items"],
+                negatives=data.get("negative_items", []),
+                limit=data["limit"],
+                category=data.get("category") or None,
+                rules=rules,
+                scenario=scenario_name_check(data["scenario"]) if data.get("scenario") is not None else None,
             )
         )
 
@@ -264,13 +270,22 @@ class SearchView(ApiView):
             ),
             OpenApiParameter("mode", {"type": "string", "enum": list(search.MODES), "default": "hybrid"}),
             *COMMON,
+            *RULE_PARAMETERS,
+            USER_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS, **CONFLICT},
     )
     def get(self, request: Request) -> Response:
         query, mode = _search_params(request)
         return render(
-            search.items_search(query=query, mode=mode, limit=query_limit(request), category=query_category(request))
+            search.items_search(
+                query=query,
+                mode=mode,
+                limit=query_limit(request),
+                category=query_category(request),
+                rules=query_rules(request, with_user=True),
+                scenario=query_scenario(request),
+            )
         )
 
     @staticmethod

@@ -11,6 +11,8 @@ from rest_framework import serializers
 
 from recsys.ids import EXTERNAL_ID_PATTERN, ID_RULE, is_external_id
 from recsys.models import Interaction, Item, User
+from recsys.rules.expressions import MAX_CHARS as MAX_EXPRESSION_CHARS
+from recsys.rules.ruleset import MAX_BOOSTS
 
 # ---- strict request fields: exactly the JSON types the schema declares ----------------------------
 
@@ -87,6 +89,12 @@ class ItemWriteSerializer(serializers.Serializer):
     attributes = serializers.DictField(required=False)
     is_hidden = serializers.BooleanField(required=False)
     published_at = serializers.DateTimeField(required=False, allow_null=True)
+    available_from = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Never recommended before this time (null: no start)."
+    )
+    available_until = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Never recommended from this time on (null: no end)."
+    )
 
 
 # Batch rows are validated one by one and a bad row is reported in the answer's ``errors`` while
@@ -141,6 +149,8 @@ class ItemSerializer(serializers.ModelSerializer):
             "is_hidden",
             "is_stub",
             "published_at",
+            "available_from",
+            "available_until",
             "created_at",
             "updated_at",
             "vectors",
@@ -234,3 +244,14 @@ class SessionRequestSerializer(RequestSerializer):
     negative_items = serializers.ListField(child=ExternalIdField(), required=False, max_length=MAX_SESSION_ITEMS)
     limit = StrictIntegerField(default=10, min_value=1, max_value=200)
     category = StrictCharField(required=False, allow_blank=True, max_length=128)
+    filter = StrictCharField(
+        required=False, allow_blank=True, max_length=MAX_EXPRESSION_CHARS, help_text="a filter expression (README)"
+    )
+    boost = serializers.ListField(
+        child=StrictCharField(max_length=MAX_EXPRESSION_CHARS + 20),
+        required=False,
+        max_length=MAX_BOOSTS,
+        help_text='"<expression>:<factor>" each',
+    )
+    scenario = StrictCharField(required=False, max_length=64, help_text="apply this saved scenario's rules")
+    user = ExternalIdField(required=False, help_text="never recommend this user's hidden items")

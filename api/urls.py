@@ -6,7 +6,7 @@ from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from api import experiment_views as exp
-from api import model_views, views
+from api import model_views, rules_views, views
 from api import recommendation_views as rec
 
 
@@ -33,6 +33,7 @@ v1 = [
     path("items/<id:item_id>/vectors/<str:space>", rec.ItemVectorView.as_view(), name="item-vector"),
     path("items/<id:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
     path("users/<id:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
+    path("users/<id:user_id>/hidden", rules_views.UserHiddenView.as_view(), name="user-hidden"),
     path("users/<id:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
     path("users/<id:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
@@ -40,6 +41,8 @@ v1 = [
     path("recommendations", rec.SessionRecommendationsView.as_view(), name="session-recommendations"),
     path("search", rec.SearchView.as_view(), name="search"),
     path("health", views.HealthView.as_view(), name="health"),
+    path("scenarios", rules_views.ScenarioListView.as_view(), name="scenarios"),
+    path("scenarios/<str:name>", rules_views.ScenarioDetailView.as_view(), name="scenario-detail"),
     path("models", model_views.ModelListView.as_view(), name="models"),
     path("models/train", model_views.ModelTrainView.as_view(), name="models-train"),
     path("models/<int:version>/activate", model_views.ModelActivateView.as_view(), name="model-activate"),

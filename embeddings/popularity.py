@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -19,6 +21,7 @@ from django.db import connection, transaction
 from recsys import redis_store
 from recsys.deadline import deadline_lift
 from recsys.replicas import read_connection
+from recsys.rules.ruleset import AVAILABLE, NO_RULES, RuleSet, item_conditions
 
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
@@ -45,9 +48,10 @@ _SCORED = """
 _ON_DEMAND = (
     _SCORED
     + """
-    SELECT i.id, i.external_id, 100 * s.score / total.score AS score
+    SELECT i.id, i.external_id, 100 * s.score / total.score AS score,
+           extract(epoch FROM i.available_from), extract(epoch FROM i.available_until)
     FROM scored s CROSS JOIN total JOIN recsys_item i ON i.id = s.item_id
-    WHERE NOT i.is_hidden {category}
+    WHERE NOT i.is_hidden {category} {conditions}
     ORDER BY s.score DESC, i.external_id LIMIT %(depth)s
 """
 )
@@ -59,12 +63,16 @@ _REFRESH = (
 """
 )
 _STORED = """
-    SELECT i.id, i.external_id, p.score
+    SELECT i.id, i.external_id, p.score, extract(epoch FROM i.available_from), extract(epoch FROM i.available_until)
     FROM embeddings_itempopularity p JOIN recsys_item i ON i.id = p.item_id
-    WHERE NOT i.is_hidden {category}
+    WHERE NOT i.is_hidden {category} {conditions}
     ORDER BY p.score DESC, i.external_id LIMIT %(depth)s
 """
 _CATEGORY = "AND i.categories @> ARRAY[%(category)s]::varchar[]"
+_PASSING = "SELECT i.id FROM recsys_item i WHERE i.id = ANY(%(ids)s::int8[]) {conditions}"
+# (item id, client id, score, available from, available until): the window's ends as epoch seconds,
+# so a ranking cached for a minute still never offers an item outside its window.
+Ranked = tuple[int, str, float, float | None, float | None]
 
 
 def popularity_refresh() -> int:
@@ -82,8 +90,32 @@ def popularity_refresh() -> int:
     return rows
 
 
-def popular_ranking(*, window_days: float, category: str | None) -> list[tuple[int, str, float]]:
-    """(item id, client id, score) best first, hidden items left out, at most DEPTH of them."""
+def popular_ranking(
+    *, window_days: float, category: str | None, rules: RuleSet = NO_RULES, wanted: int = DEPTH
+) -> list[Ranked]:
+    """(item id, client id, score, available from, until) best first, hidden items and items
+    outside their window left out, at most DEPTH of them. With a filter or a user's hidden items
+    in ``rules``, the cached ranking is filtered in one query; when fewer than ``wanted`` of a full
+    ranking pass, the ranking is computed again with the rules inside the query."""
+    now = time.time()
+    ranked = [r for r in _ranking_cached(window_days, category) if _available(r, now)]
+    if not (rules.filters or rules.hidden_for):
+        return ranked
+    conditions, params = item_conditions(rules)
+    with read_connection().cursor() as cursor:
+        cursor.execute(_PASSING.format(conditions=conditions), {**params, "ids": [r[0] for r in ranked]})
+        passing = {row[0] for row in cursor.fetchall()}
+    kept = [r for r in ranked if r[0] in passing]
+    if len(kept) < wanted and len(ranked) >= DEPTH - DEPTH // 10:
+        return _ranking(window_days, category, (conditions, params))
+    return kept
+
+
+def _available(row: Ranked, now: float) -> bool:
+    return (row[3] is None or row[3] <= now) and (row[4] is None or row[4] > now)
+
+
+def _ranking_cached(window_days: float, category: str | None) -> list[Ranked]:
     key = redis_store.key(f"popular:{window_days}:{category or ''}")
     try:
         cached = redis_store.run(lambda client: client.get(key))
@@ -99,8 +131,10 @@ def popular_ranking(*, window_days: float, category: str | None) -> list[tuple[i
     return ranked
 
 
-def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, float]]:
-    params = {
+def _ranking(
+    window_days: float, category: str | None, rules: tuple[str, dict[str, Any]] = (f"AND {AVAILABLE}", {})
+) -> list[Ranked]:
+    params: dict[str, Any] = {
         "tau": window_days * 86_400.0,
         "window": window_days,
         "category": category,
@@ -108,17 +142,24 @@ def _ranking(window_days: float, category: str | None) -> list[tuple[int, str, f
         "cap": settings.RECSYS_POPULAR_MAX_USER_WEIGHT,
     }
     category_sql = _CATEGORY if category else ""
+    conditions, condition_params = rules
+    params.update(condition_params)
     with read_connection().cursor() as cursor:
         if window_days == settings.RECSYS_POPULAR_WINDOW_DAYS:
-            cursor.execute(_STORED.format(category=category_sql), params)
+            cursor.execute(_STORED.format(category=category_sql, conditions=conditions), params)
             ranked = cursor.fetchall()
             if ranked or _refreshed():
-                return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
+                return [_row(row) for row in ranked]
             _refresh_soon()
-    return _on_demand(params, category_sql)
+    return _on_demand(params, category_sql, conditions)
 
 
-def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list[tuple[int, str, float]]:
+def _row(row: tuple[Any, ...]) -> Ranked:
+    pk, ext, score, start, until = row
+    return int(pk), ext, float(score), None if start is None else float(start), None if until is None else float(until)
+
+
+def _on_demand(params: dict[str, Any], category_sql: str, conditions: str) -> list[Ranked]:
     """Another window than the stored one, or scores never refreshed: count the interactions now.
     That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
     the answer is cached for a minute, so it runs with a timeout of its own."""
@@ -128,11 +169,12 @@ def _on_demand(params: dict[str, float | str | None], category_sql: str) -> list
     with transaction.atomic(using=reader.alias), reader.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):
-            cursor.execute(_ON_DEMAND.format(decay=decay, window=window, category=category_sql), params)
+            statement = _ON_DEMAND.format(decay=decay, window=window, category=category_sql, conditions=conditions)
+            cursor.execute(statement, params)
             ranked = cursor.fetchall()
             if len(ranked) >= QUIET_WINDOW_ITEMS:
                 break
-    return [(int(pk), ext, float(score)) for pk, ext, score in ranked]
+    return [_row(row) for row in ranked]
 
 
 def _refresh_soon() -> None:

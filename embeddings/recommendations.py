@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,7 @@ from django.conf import settings
 from embeddings.fold_in import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
+from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
 from embeddings.serving import (
     Answer,
     Recommendation,
@@ -49,12 +50,36 @@ def popular_items_list(
     category: str | None = None,
     window_days: float | None = None,
     exclude_ids: tuple[int, ...] = (),
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
+    apply_scenario_rules: bool = True,
 ) -> Answer:
     """Most interacted items (time-decayed within the window, all time when the window is too
-    quiet); ``exclude_ids`` are skipped."""
+    quiet); ``exclude_ids`` are skipped; ``rules`` and the scenario's filter, boost and pin them."""
+    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=apply_scenario_rules)
+    answer = popular_candidates(
+        limit=rules.depth(limit), category=category, window_days=window_days, exclude_ids=exclude_ids, rules=rules
+    )
+    return answer_rules_apply(answer, rules, limit=limit, exclude_ids=exclude_ids, category=category)
+
+
+def popular_candidates(
+    *,
+    limit: int,
+    category: str | None = None,
+    window_days: float | None = None,
+    exclude_ids: tuple[int, ...] = (),
+    rules: RuleSet = NO_RULES,
+) -> Answer:
+    """The popular ranking under ``rules``' filters, not re-ordered (the serving paths' fallback)."""
     excluded = set(exclude_ids)
-    ranked = popular_ranking(window_days=window_days or settings.RECSYS_POPULAR_WINDOW_DAYS, category=category)
-    items = [Recommendation(ext, round(score, 6)) for pk, ext, score in ranked if pk not in excluded][:limit]
+    ranked = popular_ranking(
+        window_days=window_days or settings.RECSYS_POPULAR_WINDOW_DAYS,
+        category=category,
+        rules=rules,
+        wanted=limit + len(excluded),
+    )
+    items = [Recommendation(r[1], round(r[2], 6), until=r[4]) for r in ranked if r[0] not in excluded][:limit]
     return Answer(items, None, "popular")
 
 
@@ -101,6 +126,8 @@ def user_recommendations_list(
     version: ModelVersion | None = None,
     source: str = "auto",
     ranking: bool = False,
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
     apply_scenario_rules: bool = True,
 ) -> Answer:
     """Collaborative when the user has a vector (stored, or folded in from their history), else a
@@ -108,22 +135,37 @@ def user_recommendations_list(
 
     An experiment's variant narrows this: ``version`` serves that collaborative version instead of
     the active one; ``source`` "content" starts at the content profile, "popular" serves popularity
-    (without the user's seen items), "auto" is the chain above.
+    (without the user's seen items), "auto" is the chain above. The user's hidden items are never
+    recommended; ``rules`` apply, and the scenario's saved rules unless ``apply_scenario_rules`` is
+    false.
     """
     if source not in USER_SOURCES:
         raise ValueError(f"source must be one of {USER_SOURCES}")
     # ranking: the ranking stage, wired by the ranking branch; until then a pass-through no-op flag.
-    # apply_scenario_rules: whether the scenario's saved rules apply, wired by the rules branch.
-    key = [limit, category, sorted(exclude), include_seen, explain, diversity]
-    if version is not None or source != "auto" or ranking or not apply_scenario_rules:
-        key += [getattr(version, "pk", None), source, ranking, apply_scenario_rules]
-    return answer_through_cache(
-        f"user:{user_external_id}",
-        json.dumps(key),
-        lambda: _user_recommendations(
-            user_external_id, limit, category, exclude, include_seen, explain, diversity, version, source
-        ),
+    rules = rules_resolve(
+        rules=replace(rules, hidden_for=user_external_id), scenario=scenario, apply_scenario_rules=apply_scenario_rules
     )
+    key = [limit, category, sorted(exclude), include_seen, explain, diversity]
+    if version is not None or source != "auto" or ranking:
+        key += [getattr(version, "pk", None), source, ranking]
+    variant = json.dumps(key) + rules.key()
+
+    def compute() -> Answer:
+        found = _user_recommendations(
+            user_external_id,
+            rules.depth(limit),
+            category,
+            exclude,
+            include_seen,
+            explain,
+            diversity,
+            rules,
+            version,
+            source,
+        )
+        return answer_rules_apply(found, rules, limit=limit, exclude=exclude, category=category)
+
+    return answer_through_cache(f"user:{user_external_id}", variant, compute)
 
 
 def _user_recommendations(
@@ -134,6 +176,7 @@ def _user_recommendations(
     include_seen: bool,
     explain: bool,
     diversity: float,
+    rules: RuleSet,
     version: ModelVersion | None = None,
     source: str = "auto",
 ) -> Answer:
@@ -142,7 +185,8 @@ def _user_recommendations(
     if source == "popular":
         user = _user_state(user_external_id, None)
         seen = set() if include_seen or user is None else set(user.history)
-        return popular_items_list(limit=limit, category=category, exclude_ids=tuple(set(exclude_ids) | seen))
+        unwanted = tuple(set(exclude_ids) | seen)
+        return popular_candidates(limit=limit, category=category, exclude_ids=unwanted, rules=rules)
     if collaborative is not None and not explain and diversity == 0:
         # The common case (a user with a stored vector) in one statement; others read their state.
         found = user_nearest_items(
@@ -150,7 +194,7 @@ def _user_recommendations(
             item_table=collaborative.item_table,
             user_external_id=user_external_id,
             limit=limit,
-            filters=Filters(tuple(exclude_ids), category),
+            filters=Filters(tuple(exclude_ids), category, rules),
             seen=0 if include_seen else MAX_SEEN,
         )
         if found is not None:
@@ -160,9 +204,10 @@ def _user_recommendations(
     excluded = set(exclude_ids) | (set() if include_seen else set(history))
     version, vector, strategy = _user_query(collaborative, user)
     if version is None or vector is None or user is None:
-        return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))
+        return popular_candidates(limit=limit, category=category, exclude_ids=tuple(excluded), rules=rules)
     wanted = min(limit * 4, 200) if diversity > 0 else limit
-    neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=Filters(tuple(excluded), category))
+    filters = Filters(tuple(excluded), category, rules)
+    neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=filters)
     if diversity > 0:
         neighbours = mmr_rerank(
             neighbours,
@@ -274,19 +319,34 @@ def _query_vectors(version: ModelVersion, item_ids: list[int]) -> dict[int, npt.
 
 @replica_reads()
 def session_recommendations_list(
-    *, positives: list[str], negatives: list[str], limit: int, category: str | None = None
+    *,
+    positives: list[str],
+    negatives: list[str],
+    limit: int,
+    category: str | None = None,
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
+    apply_scenario_rules: bool = True,
 ) -> Answer:
     """Items like the positives and unlike the negatives: mean(positive vectors) - mean(negative
     vectors), in the collaborative space, else the content space (items new to the model)."""
+    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=apply_scenario_rules)
     positive_ids, negative_ids = item_ids(positives), item_ids(negatives)
+    answer = _session(positive_ids, negative_ids, rules.depth(limit), category, rules)
+    return answer_rules_apply(answer, rules, limit=limit, exclude=(*positives, *negatives), category=category)
+
+
+def _session(
+    positive_ids: list[int], negative_ids: list[int], limit: int, category: str | None, rules: RuleSet
+) -> Answer:
     given = tuple(positive_ids + negative_ids)
     for kind, strategy in ((Kind.COLLABORATIVE, "collaborative_session"), (Kind.CONTENT, "content_session")):
         version = active(kind)
         query = _session_query(version, positive_ids, negative_ids) if version else None
         if version is not None and query is not None:
-            neighbours = nearest_items(version.item_table, query, limit=limit, filters=Filters(given, category))
+            neighbours = nearest_items(version.item_table, query, limit=limit, filters=Filters(given, category, rules))
             return Answer(from_neighbours(neighbours), model_ref(version), strategy)
-    return popular_items_list(limit=limit, category=category, exclude_ids=given)
+    return popular_candidates(limit=limit, category=category, exclude_ids=given, rules=rules)
 
 
 def _session_query(

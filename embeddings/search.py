@@ -10,10 +10,12 @@ from django.conf import settings
 
 from embeddings.content import version_encoder
 from embeddings.query_encoder import content_version_for_queries
+from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
 from embeddings.serving import Answer, Recommendation, from_neighbours, model_ref
 from embeddings.vectors.search import Filters, nearest_items
 from recsys.errors import ModelNotReady, ValidationFailed
 from recsys.replicas import read_connection, replica_reads
+from recsys.rules.ruleset import item_conditions
 
 MODES = ("hybrid", "semantic", "keyword")
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
@@ -27,7 +29,7 @@ _KEYWORD = """
     SELECT m.id, m.external_id, ts_rank_cd(m.search_vector, q, 32) AS rank
     FROM (
         SELECT i.id, i.external_id, i.search_vector FROM recsys_item i
-        WHERE i.search_vector @@ CAST(%(q)s AS tsquery) AND NOT i.is_hidden {category}
+        WHERE i.search_vector @@ CAST(%(q)s AS tsquery) AND NOT i.is_hidden {category} {conditions}
         LIMIT %(ranked)s
     ) m, CAST(%(q)s AS tsquery) q
     ORDER BY rank DESC, m.external_id LIMIT %(limit)s
@@ -94,35 +96,53 @@ def _bounds_check(parsed: KeywordQuery, *, positive: bool) -> None:
 
 
 @replica_reads()
-def items_search(*, query: str, mode: str, limit: int, category: str | None = None) -> Answer:
+def items_search(
+    *,
+    query: str,
+    mode: str,
+    limit: int,
+    category: str | None = None,
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
+    apply_scenario_rules: bool = True,
+) -> Answer:
     """Items matching ``query``; hybrid degrades to keyword while no content model is active.
     Keyword and hybrid queries are bounded first (``keyword_query_parse``); semantic ones are one
-    vector query whatever they say."""
+    vector query whatever they say. ``rules`` and the scenario's filter (inside each query), boost
+    and pin the matches."""
+    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=apply_scenario_rules)
+    answer = _search(query, mode, rules.depth(limit), category, rules)
+    return answer_rules_apply(answer, rules, limit=limit, category=category)
+
+
+def _search(query: str, mode: str, limit: int, category: str | None, rules: RuleSet) -> Answer:
     words = keyword_query_parse(query=query) if mode != "semantic" else None
     content = content_version_for_queries()
     if words is not None and (mode == "keyword" or content is None):
-        return Answer(_keyword(words, limit, category), None, "keyword")
+        return Answer(_keyword(words, limit, category, rules), None, "keyword")
     if content is None:
         raise ModelNotReady("semantic search needs a content model, and none is active yet")
     if words is None:
-        return Answer(_semantic(content, query, limit, category), model_ref(content), "semantic")
+        return Answer(_semantic(content, query, limit, category, rules), model_ref(content), "semantic")
     depth = max(limit * 2, FUSION_DEPTH)
     return Answer(
-        _fused([_semantic(content, query, depth, category), _keyword(words, depth, category)], limit),
+        _fused([_semantic(content, query, depth, category, rules), _keyword(words, depth, category, rules)], limit),
         model_ref(content),
         "hybrid",
     )
 
 
-def _semantic(content, query: str, limit: int, category: str | None) -> list[Recommendation]:  # type: ignore[no-untyped-def]
+def _semantic(content, query: str, limit: int, category: str | None, rules: RuleSet) -> list[Recommendation]:  # type: ignore[no-untyped-def]
     vector = version_encoder(content, for_queries=True).encode([query])[0]
     if not vector.any():  # no known word (TF-IDF): nothing is near it
         return []
-    return from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=Filters((), category)))
+    filters = Filters((), category, rules)
+    return from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=filters))
 
 
-def _keyword(words: KeywordQuery, limit: int, category: str | None) -> list[Recommendation]:
+def _keyword(words: KeywordQuery, limit: int, category: str | None, rules: RuleSet) -> list[Recommendation]:
     category_sql = "AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""
+    conditions, condition_params = item_conditions(rules)
     with read_connection().cursor() as cursor:
         cursor.execute(_TSQUERY, [words.text])
         tsquery, indexable = cursor.fetchone()
@@ -135,7 +155,7 @@ def _keyword(words: KeywordQuery, limit: int, category: str | None) -> list[Reco
         if not indexable:  # only stop words: nothing to find
             return []
         params = {"q": tsquery, "limit": limit, "category": category, "ranked": settings.RECSYS_SEARCH_MAX_RANKED}
-        cursor.execute(_KEYWORD.format(category=category_sql), params)
+        cursor.execute(_KEYWORD.format(category=category_sql, conditions=conditions), {**params, **condition_params})
         return [Recommendation(external_id, round(float(rank), 6)) for _, external_id, rank in cursor.fetchall()]
 
 

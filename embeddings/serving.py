@@ -3,6 +3,7 @@ computation, and how neighbours and versions are written into an answer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ class Recommendation:
     id: str
     score: float
     reason: dict[str, Any] | None = None
+    until: float | None = None  # the end of the item's availability window (epoch seconds); not rendered
+    boosts: tuple[bool, ...] | None = None  # matches of the rules' boosts, read with it (None: not read)
 
 
 @dataclass
@@ -59,7 +62,11 @@ def answer_through_cache(owner: str, variant: str, compute: Callable[[], Answer]
     # The versions are part of the key too, so a switch this process saw can never be answered
     # from before it, even if Redis missed the switch's invalidation.
     versions = [getattr(active(kind), "pk", None) for kind in Kind.values]
-    return answer_cached(owner=owner, variant=f"{versions}{variant}", compute=fresh, decode=answer_decode)
+    answer: Answer = answer_cached(owner=owner, variant=f"{versions}{variant}", compute=fresh, decode=answer_decode)
+    now = time.time()
+    if any(item.until is not None and item.until <= now for item in answer.items):
+        return fresh()  # an item's availability window closed since the answer was cached
+    return answer
 
 
 def model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
@@ -67,7 +74,9 @@ def model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
 
 
 def from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:
-    return [Recommendation(n.external_id, round(n.score, 6)) for n in neighbours]
+    return [
+        Recommendation(n.external_id, round(n.score, 6), until=n.until, boosts=n.boosts or None) for n in neighbours
+    ]
 
 
 def query_column(version: ModelVersion) -> str:

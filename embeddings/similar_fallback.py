@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from embeddings.recommendations import Answer, Recommendation, popular_items_list
+from embeddings.recommendations import Answer, Recommendation, popular_candidates
 from recsys.replicas import read_connection
+from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
 
 # The item's own lexemes that make its keyword query: title words first, then its most repeated
 # text words. Sixteen keep the OR query cheap on the GIN index and still find shared topics.
@@ -26,13 +27,13 @@ _KEYWORD = """
     )
     SELECT i.external_id, ts_rank_cd(i.search_vector, query.q, 32) AS rank
     FROM recsys_item i, query
-    WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category}
+    WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
     ORDER BY rank DESC, i.external_id LIMIT %(limit)s
 """
 # Newest first, items sharing a category with this one before the rest; the score is 1 / rank.
 _RECENT = """
     SELECT i.external_id FROM recsys_item i
-    WHERE i.id <> %(item)s AND NOT i.is_hidden {category}
+    WHERE i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
     ORDER BY i.categories && %(categories)s::varchar[] DESC, coalesce(i.published_at, i.created_at) DESC,
              i.external_id
     LIMIT %(limit)s
@@ -40,7 +41,9 @@ _RECENT = """
 _CATEGORY = "AND i.categories @> ARRAY[%(category)s]::varchar[]"
 
 
-def item_similar_fallback(*, item_id: int, categories: list[str], limit: int, category: str | None) -> Answer:
+def item_similar_fallback(
+    *, item_id: int, categories: list[str], limit: int, category: str | None, rules: RuleSet = NO_RULES
+) -> Answer:
     """The first non-empty of: items sharing the item's words (``keyword``), popular items of
     ``category`` or the item's first category (``popular_in_category``), popular items
     (``popular``, only without a ``category`` filter), the newest items (``recent``). Every step
@@ -52,26 +55,29 @@ def item_similar_fallback(*, item_id: int, categories: list[str], limit: int, ca
         "categories": categories,
         "terms": QUERY_TERMS,
     }
-    keyword = _rows(_KEYWORD, params)
+    conditions, condition_params = item_conditions(rules)
+    params.update(condition_params)
+    keyword = _rows(_KEYWORD, params, conditions)
     if keyword:
         return Answer([Recommendation(str(ext), round(float(rank), 6)) for ext, rank in keyword], None, "keyword")
     scope = category or (categories[0] if categories else None)
-    popular = popular_items_list(limit=limit, category=scope, exclude_ids=(item_id,))
+    popular = popular_candidates(limit=limit, category=scope, exclude_ids=(item_id,), rules=rules)
     popular.strategy = "popular_in_category" if scope else "popular"
     if popular.items:
         return popular
     if scope and not category:
-        anywhere = popular_items_list(limit=limit, exclude_ids=(item_id,))
+        anywhere = popular_candidates(limit=limit, exclude_ids=(item_id,), rules=rules)
         if anywhere.items:
             return anywhere
-    recent = _rows(_RECENT, params)
+    recent = _rows(_RECENT, params, conditions)
     if recent:
         items = [Recommendation(str(ext), round(1 / rank, 6)) for rank, (ext,) in enumerate(recent, 1)]
         return Answer(items, None, "recent")
     return popular  # nothing else is visible (and in the category): an empty answer that says so
 
 
-def _rows(statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _rows(statement: str, params: dict[str, Any], conditions: str) -> list[tuple[Any, ...]]:
     with read_connection().cursor() as cursor:
-        cursor.execute(statement.format(category=_CATEGORY if params["category"] else ""), params)
+        category = _CATEGORY if params["category"] else ""
+        cursor.execute(statement.format(category=category, conditions=conditions), params)
         return cursor.fetchall()

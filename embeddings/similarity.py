@@ -15,6 +15,7 @@ import numpy.typing as npt
 from django.conf import settings
 
 from embeddings.models import Kind, ModelVersion, VectorSpace
+from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
 from embeddings.serving import (
     Answer,
     Recommendation,
@@ -44,13 +45,32 @@ class ItemVectors:
 
 @replica_reads()
 def item_similar_list(
-    *, item_external_id: str, limit: int, space: str = Kind.COLLABORATIVE, category: str | None = None
+    *,
+    item_external_id: str,
+    limit: int,
+    space: str = Kind.COLLABORATIVE,
+    category: str | None = None,
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
+    apply_scenario_rules: bool = True,
 ) -> Answer:
-    """Nearest items to one item in ``space``; see the module docstring for the fallbacks."""
+    """Nearest items to one item in ``space``; see the module docstring for the fallbacks. ``rules``
+    and the scenario's filter, boost and pin them; with a user (``rules.hidden_for``) their hidden
+    items are skipped and the answer is not cached (hiding must take effect at once)."""
+    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=apply_scenario_rules)
+
+    def compute(answer: Answer) -> Answer:
+        return answer_rules_apply(answer, rules, limit=limit, category=category, exclude=(item_external_id,))
+
+    depth = rules.depth(limit)
     if space in BUILT_IN_SPACES:
-        variant = json.dumps([space, limit, category])
+        if rules.hidden_for:
+            return compute(_similar(item_external_id, depth, space, category, rules))
+        variant = json.dumps([space, limit, category]) + rules.key()
         return answer_through_cache(
-            f"item:{item_external_id}", variant, lambda: _similar(item_external_id, limit, space, category)
+            f"item:{item_external_id}",
+            variant,
+            lambda: compute(_similar(item_external_id, depth, space, category, rules)),
         )
     custom = VectorSpace.objects.filter(name=space).first() if SPACE_NAME_RE.fullmatch(space) else None
     if custom is None:  # a well-formed name that no vector was ever put in: 404, like an unknown item
@@ -58,7 +78,7 @@ def item_similar_list(
             f"space must be collaborative, content, hybrid or a custom space; {space!r} has no vectors",
             details={"space": ["unknown space"]},
         )
-    return _custom_similar(item_external_id, custom, limit, category)
+    return compute(_custom_similar(item_external_id, custom, depth, category, rules))
 
 
 def _item_vectors(external_id: str, collaborative: ModelVersion | None, content: ModelVersion | None) -> ItemVectors:
@@ -77,11 +97,11 @@ def _item_vectors(external_id: str, collaborative: ModelVersion | None, content:
     return ItemVectors(id=item_id, categories=categories, collaborative=collaborative_vector, content=content_vector)
 
 
-def _similar(external_id: str, limit: int, space: str, category: str | None) -> Answer:
+def _similar(external_id: str, limit: int, space: str, category: str | None, rules: RuleSet) -> Answer:
     collaborative = active(Kind.COLLABORATIVE) if space != Kind.CONTENT else None
     content = active(Kind.CONTENT)
     item = _item_vectors(external_id, collaborative, content)
-    filters = Filters((item.id,), category)
+    filters = Filters((item.id,), category, rules)
     if space == "hybrid" and collaborative and content and item.collaborative is not None and item.content is not None:
         return _hybrid(item, collaborative, content, limit, filters)
     if space != Kind.CONTENT and collaborative and item.collaborative is not None:
@@ -90,11 +110,13 @@ def _similar(external_id: str, limit: int, space: str, category: str | None) -> 
     if content and item.content is not None:
         neighbours = nearest_items(content.item_table, item.content, limit=limit, filters=filters)
         return Answer(from_neighbours(neighbours), model_ref(content), "content")
-    return _fallback(item, limit, category)
+    return _fallback(item, limit, category, rules)
 
 
-def _fallback(item: ItemVectors, limit: int, category: str | None) -> Answer:
-    return item_similar_fallback(item_id=item.id, categories=item.categories, limit=limit, category=category)
+def _fallback(item: ItemVectors, limit: int, category: str | None, rules: RuleSet) -> Answer:
+    return item_similar_fallback(
+        item_id=item.id, categories=item.categories, limit=limit, category=category, rules=rules
+    )
 
 
 def _hybrid(
@@ -126,12 +148,13 @@ def _scores(version: ModelVersion, ids: list[int], query: npt.NDArray[np.float32
     return {i: float(vector @ query) for i, vector in vectors_of(version.item_table, "item_id", ids).items()}
 
 
-def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: str | None) -> Answer:
+def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: str | None, rules: RuleSet) -> Answer:
     item = _item_vectors(external_id, None, None)
     found = vectors_of(space.table, "item_id", [item.id])
     if item.id not in found:
-        return _fallback(item, limit, category)
-    neighbours = nearest_items(space.table, found[item.id], limit=limit, filters=Filters((item.id,), category))
+        return _fallback(item, limit, category, rules)
+    filters = Filters((item.id,), category, rules)
+    neighbours = nearest_items(space.table, found[item.id], limit=limit, filters=filters)
     return Answer(from_neighbours(neighbours), None, "custom")
 
 

@@ -22,8 +22,8 @@ from experiments.variants import (
 )
 from recsys.errors import Conflict, NotFound, ValidationFailed
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
+from recsys.rules.scenarios import SCENARIO_NAME_PATTERN
 
-SCENARIO_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
 SERVABLE = (Status.READY, Status.ACTIVE, Status.RETIRED)
 CREATE_KEYS = ("name", "scenario", "control", "variants", "alpha", "mde")
 
@@ -63,8 +63,8 @@ def _body_clean(body: object) -> tuple[str, str | None, str, list[tuple[str, flo
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
         errors["name"] = ["required, 1-200 characters"]
     scenario = body.get("scenario")
-    if scenario is not None and (not isinstance(scenario, str) or not re.fullmatch(SCENARIO_PATTERN, scenario)):
-        errors["scenario"] = [f"null or {SCENARIO_PATTERN}"]
+    if scenario is not None and (not isinstance(scenario, str) or not re.fullmatch(SCENARIO_NAME_PATTERN, scenario)):
+        errors["scenario"] = [f"null or {SCENARIO_NAME_PATTERN}"]
     alpha = _number(body, "alpha", 0.05, lambda x: 0 < x < 0.5, "a number between 0 and 0.5", errors)
     mde = _number(body, "mde", 0.1, lambda x: 0 < x <= 10, "a relative effect above 0 (0.1 = 10%)", errors)
     variants = _variants_clean(body.get("variants"), errors)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
@@ -19,7 +20,9 @@ from recsys.admin_format import moment
 from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_cache_clear, api_key_create, api_key_revoke
-from recsys.models import ApiKey, EventType, Interaction, Item, User
+from recsys.errors import ValidationFailed
+from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
+from recsys.rules.scenarios import scenario_cache_forget, scenario_fields_clean
 
 admin.site.site_header = "recsys operator admin"
 admin.site.site_title = "recsys admin"
@@ -224,3 +227,47 @@ class ApiKeyAdmin(GuardedAdmin):
         for key in queryset:
             api_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+class ScenarioForm(forms.ModelForm):
+    """The API's checks, once: every expression parses, boosts, pins and buries have their shape."""
+
+    class Meta:
+        model = Scenario
+        fields = ["name", "filter", "boosts", "pins", "buries"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        body = {"filter": cleaned.get("filter") or "", "boost": cleaned.get("boosts") or []}
+        body |= {"pins": cleaned.get("pins") or [], "buries": cleaned.get("buries") or []}
+        try:
+            fields = scenario_fields_clean(body)
+        except ValidationFailed as error:
+            raise forms.ValidationError(error.message) from None
+        cleaned.update(filter=fields["filter"], boosts=fields["boosts"], pins=fields["pins"], buries=fields["buries"])
+        return cleaned
+
+
+@admin.register(Scenario)
+class ScenarioAdmin(GuardedAdmin):
+    form = ScenarioForm
+    list_display = ["name", "filter", "updated_at"]
+    search_fields = ["name"]
+
+    def save_model(self, request: HttpRequest, obj: Scenario, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        scenario_cache_forget()
+
+    def delete_model(self, request: HttpRequest, obj: Scenario) -> None:
+        super().delete_model(request, obj)
+        scenario_cache_forget()
+
+
+@admin.register(HiddenItem)
+class HiddenItemAdmin(LargeTableAdmin):
+    list_display = ["user", "item", "created_at"]
+    raw_id_fields = ["user", "item"]
+    list_select_related = ["user", "item"]
+
+    def search_condition(self, term: str) -> Q:
+        return Q(user__external_id=term) | Q(item__external_id=term)

@@ -27,8 +27,10 @@ class RecsysConfig(AppConfig):
         def interactions_stored(sender: object, external_ids: list[str], **kwargs: object) -> None:
             users_wrote(external_ids=external_ids)
 
-        def user_deleted(sender: object, external_id: str, **kwargs: object) -> None:
+        def one_user_wrote(sender: object, external_id: str, **kwargs: object) -> None:
             users_wrote(external_ids=[external_id])
 
         signals.interactions_stored.connect(interactions_stored, weak=False, dispatch_uid="replicas-interactions")
-        signals.user_deleted.connect(user_deleted, weak=False, dispatch_uid="replicas-user-deleted")
+        signals.user_deleted.connect(one_user_wrote, weak=False, dispatch_uid="replicas-user-deleted")
+        # Hidden items change what the user may be shown: their next answers come from the primary.
+        signals.user_rules_changed.connect(one_user_wrote, weak=False, dispatch_uid="replicas-user-rules")

@@ -36,7 +36,8 @@ _SECTIONS: dict[str, str] = {
     """,
     # Stub items (created by an interaction, never described) are only their id and the flag.
     "item": """
-        SELECT 'item' AS kind, external_id AS id, title, text, categories, attributes, is_hidden, published_at
+        SELECT 'item' AS kind, external_id AS id, title, text, categories, attributes, is_hidden, published_at,
+               available_from, available_until
         FROM recsys_item WHERE NOT is_stub ORDER BY external_id
     """,
     "stub": """

@@ -16,11 +16,13 @@ STORED_ID_PATTERN = f"^{ID_CHARS}$"
 # Ids may contain "/", so an id shaped like an endpoint path could never be addressed by it, nor
 # could one with a "." or ".." path segment (HTTP clients resolve those before sending).
 RESERVED_IDS = frozenset({"batch", "popular"})
-RESERVED_ID_RE = re.compile(r".*/(similar|duplicates|interactions|recommendations)|.*/vectors/.*|(?:.*/)?\.\.?(?:/.*)?")
+RESERVED_ID_RE = re.compile(
+    r".*/(similar|duplicates|interactions|recommendations|hidden)|.*/vectors/.*|(?:.*/)?\.\.?(?:/.*)?"
+)
 # The whole rule as one regular expression, for the OpenAPI schema and serializers (ECMA-262 and
 # Python agree on it; tests/recsys/test_validation_properties.py holds it equal to is_external_id).
 EXTERNAL_ID_PATTERN = (
-    r"^(?!(?:batch|popular)$)(?!.*/(?:similar|duplicates|interactions|recommendations)$)(?!.*/vectors/)"
+    r"^(?!(?:batch|popular)$)(?!.*/(?:similar|duplicates|interactions|recommendations|hidden)$)(?!.*/vectors/)"
     rf"(?!(?:.*/)?\.\.?(?:/|$)){ID_CHARS}$"
 )
 ID_RULE = f"1-{ID_MAX_LENGTH} characters of [A-Za-z0-9_.:@/-], not shaped like an endpoint path"

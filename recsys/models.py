@@ -53,6 +53,9 @@ class Item(models.Model):
     is_hidden = models.BooleanField(default=False)
     is_stub = models.BooleanField(default=False)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Never recommended outside [available_from, available_until); either end may be open.
+    available_from = models.DateTimeField(null=True, blank=True)
+    available_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
     updated_at = models.DateTimeField(auto_now=True, db_default=Now())
     # Set whenever title, text or categories change: the content encoder picks these items up.
@@ -246,3 +249,39 @@ class ApiKey(models.Model):
     def has_scope(self, scope: str) -> bool:
         # Scopes are independent grants: an ingestion-only key cannot read, and vice versa.
         return scope in self.scopes
+
+
+class Scenario(models.Model):
+    """Saved business rules that requests apply by name (``scenario=``): a filter, boosts, pins, buries.
+
+    Expressions are validated when saved (``recsys.rules.expressions``); ``boosts`` is a list of
+    ``{"expression", "factor"}``, ``pins`` of ``{"item", "position"}`` (1-based), ``buries`` of item ids.
+    """
+
+    name = models.SlugField(max_length=64, unique=True)
+    filter = models.TextField(blank=True, default="")
+    boosts = models.JSONField(default=list, blank=True)
+    pins = models.JSONField(default=list, blank=True)
+    buries = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class HiddenItem(models.Model):
+    """An item a user asked never to be recommended again."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="hidden_items")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="hidden_by")
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "item"], name="hidden_item_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} hides {self.item_id}"

@@ -443,6 +443,9 @@ RECSYS_REVENUE_EVENT_TYPES = env_list("RECSYS_REVENUE_EVENT_TYPES", ["purchase"]
 # at 64, 0.9990 at 100, with 1.12, 1.34 and 2.26 ms of PostgreSQL CPU per search: 64 keeps all but
 # 0.06 points of 100's recall for 60% of its cost.
 RECSYS_HNSW_EF_SEARCH = env_int("RECSYS_HNSW_EF_SEARCH", 64, minimum=1)
+# Each web process re-reads a scenario's saved rules at most this often (a save in this process is
+# seen at once).
+RECSYS_SCENARIO_CACHE_SECONDS = env_float("RECSYS_SCENARIO_CACHE_SECONDS", 5.0)
 
 # Every connection (web, workers, migrations); 0 = none.
 RECSYS_STATEMENT_TIMEOUT_MS = env_int("RECSYS_STATEMENT_TIMEOUT_MS", 0, minimum=0)

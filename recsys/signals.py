@@ -12,3 +12,5 @@ items_stored = Signal()
 # Sent after an item or a user is deleted; ``external_id``: the client id.
 item_deleted = Signal()
 user_deleted = Signal()
+# Sent after a user's hidden items change; ``external_id``: the user's client id.
+user_rules_changed = Signal()

@@ -22,7 +22,9 @@ MAX_CATEGORIES = 100
 MAX_CATEGORY_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 
-ITEM_FIELDS = frozenset({"title", "text", "categories", "attributes", "is_hidden", "published_at"})
+ITEM_FIELDS = frozenset(
+    {"title", "text", "categories", "attributes", "is_hidden", "published_at", "available_from", "available_until"}
+)
 USER_FIELDS = frozenset({"attributes"})
 
 
@@ -150,6 +152,14 @@ def clean_item_fields(data: object) -> dict[str, Any]:
     if "published_at" in body:
         published = body["published_at"]
         cleaned["published_at"] = None if published is None else parse_timestamp(published, "published_at")
+    for field in ("available_from", "available_until"):  # the window outside which it is never recommended
+        if field in body:
+            cleaned[field] = None if body[field] is None else parse_timestamp(body[field], field)
+    start, end = cleaned.get("available_from"), cleaned.get("available_until")
+    if start is not None and end is not None and start >= end:
+        raise ValidationFailed(
+            "available_until must be after available_from", details={"available_until": ["before available_from"]}
+        )
     return cleaned
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +22,7 @@ from psycopg import sql
 
 from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
 from recsys.replicas import read_alias
+from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
 
@@ -31,14 +32,18 @@ class Neighbour:
     item_id: int
     external_id: str
     score: float
+    until: float | None = None  # the end of the item's availability window, epoch seconds
+    boosts: tuple[bool, ...] = ()  # whether it matches each of the rules' boosts, in order
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Rows a query must skip or keep: hidden items are always skipped."""
+    """Rows a query must skip or keep: hidden items and items outside their availability window
+    are always skipped; ``rules`` add a filter expression and a user's hidden items."""
 
     exclude_ids: tuple[int, ...] = ()
     category: str | None = None
+    rules: RuleSet = NO_RULES
 
 
 @lru_cache(maxsize=1)
@@ -79,9 +84,11 @@ def ef_search_start() -> int:
 
 
 _QUERY = """
-    SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score
+    SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score, extract(epoch FROM i.available_until)
+           {boosts}
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
     WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+      {conditions}
     ORDER BY v.embedding <#> %(query)s
     LIMIT {limit}
 """
@@ -98,15 +105,29 @@ def _search(
 ) -> list[Neighbour]:
     """One search; ``session`` settings persist on the connection, ``local`` ones last one transaction."""
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
-    statement = sql.SQL(_QUERY).format(table=sql.Identifier(table), category=category, limit=sql.Literal(limit))
+    conditions, condition_params = item_conditions(filters.rules)
+    boosts, boost_params = boost_columns(filters.rules)
+    statement = sql.SQL(_QUERY).format(
+        table=sql.Identifier(table),
+        category=category,
+        conditions=sql.SQL(conditions),
+        boosts=sql.SQL(boosts),
+        limit=sql.Literal(limit),
+    )
     params = {
         "query": Vector(query.astype(np.float32)),
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
+        **condition_params,
+        **boost_params,
     }
     rows = _rows(statement, params, session=session, local=local)
     # relaxed_order may return rows slightly out of order: the answer is always sorted.
-    return sorted((Neighbour(int(r[0]), r[1], float(r[2])) for r in rows), key=lambda n: -n.score)
+    return sorted((_neighbour(r) for r in rows), key=lambda n: -n.score)
+
+
+def _neighbour(row: tuple[Any, ...]) -> Neighbour:
+    return Neighbour(int(row[0]), row[1], float(row[2]), None if row[3] is None else float(row[3]), tuple(row[4:]))
 
 
 def _rows(
@@ -135,11 +156,14 @@ _USER_QUERY = """
         SELECT u.id, s.embedding FROM recsys_user u LEFT JOIN {user_table} s ON s.user_id = u.id
         WHERE u.external_id = %(user)s
     )
-    SELECT u.embedding IS NOT NULL, n.item_id, n.external_id, n.score
+    SELECT u.embedding IS NOT NULL, n.item_id, n.external_id, n.score, n.until {outer_boosts}
     FROM u LEFT JOIN LATERAL (
-        SELECT v.item_id, i.external_id, -(v.embedding <#> u.embedding) AS score
+        SELECT v.item_id, i.external_id, -(v.embedding <#> u.embedding) AS score,
+               extract(epoch FROM i.available_until) AS until {boosts}
         FROM {table} v JOIN recsys_item i ON i.id = v.item_id
         WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+          {conditions}
+          AND v.item_id NOT IN (SELECT item_id FROM recsys_hiddenitem WHERE user_id = (SELECT id FROM u))
           AND v.item_id NOT IN (
               SELECT item_id FROM recsys_interaction WHERE user_id = (SELECT id FROM u)
               GROUP BY item_id ORDER BY max(timestamp) DESC LIMIT {seen})
@@ -153,23 +177,36 @@ def user_nearest_items(
     *, user_table: str, item_table: str, user_external_id: str, limit: int, filters: Filters, seen: int
 ) -> list[Neighbour] | None:
     """Items of ``item_table`` nearest the user's stored vector in ``user_table`` (highest first),
-    skipping the user's ``seen`` most recent items and what ``filters`` exclude; None when the user
-    is unknown or has no stored vector (the caller folds them in or falls back)."""
+    skipping the user's ``seen`` most recent items, their hidden items and what ``filters`` exclude;
+    None when the user is unknown or has no stored vector (the caller folds them in or falls back)."""
     category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
+    # The user's own hidden items are read through u, in the same statement.
+    conditions, condition_params = item_conditions(replace(filters.rules, hidden_for=None))
+    boosts, boost_params = boost_columns(filters.rules)
+    outer = "".join(f", n.boost_{k}" for k in range(len(filters.rules.boosts)))
     statement = sql.SQL(_USER_QUERY).format(
         user_table=sql.Identifier(user_table),
         table=sql.Identifier(item_table),
         category=category,
+        conditions=sql.SQL(conditions),
+        boosts=sql.SQL(boosts),
+        outer_boosts=sql.SQL(outer),
         limit=sql.Literal(limit),
         seen=sql.Literal(seen),
     )
-    params = {"user": user_external_id, "exclude": list(filters.exclude_ids), "category": filters.category}
+    params = {
+        "user": user_external_id,
+        "exclude": list(filters.exclude_ids),
+        "category": filters.category,
+        **condition_params,
+        **boost_params,
+    }
 
     def search(**settings: tuple[tuple[str, str], ...]) -> list[Neighbour] | None:
         rows = _rows(statement, params, session=settings.get("session", ()), local=settings.get("local", ()))
         if not rows or not rows[0][0]:
             return None
-        found = (Neighbour(int(r[1]), r[2], float(r[3])) for r in rows if r[1] is not None)
+        found = (_neighbour(r[1:]) for r in rows if r[1] is not None)
         return sorted(found, key=lambda n: -n.score)
 
     return _widened(search, limit)

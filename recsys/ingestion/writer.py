@@ -192,11 +192,13 @@ def _stage_create(cursor: psycopg.Cursor[Any], table: str, columns: str) -> None
 # categories) really changed.
 _ITEM_INSERT = """
     INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
-                             published_at, content_changed_at, created_at, updated_at)
+                             published_at, available_from, available_until, content_changed_at, created_at,
+                             updated_at)
     SELECT d->>'id', coalesce(d->>'title', ''), coalesce(d->>'text', ''),
            coalesce(ARRAY(SELECT jsonb_array_elements_text(d->'categories')), '{}'),
            coalesce(d->'attributes', '{}'), coalesce((d->>'is_hidden')::boolean, false), false,
-           (d->>'published_at')::timestamptz, clock_timestamp(), now(), now()
+           (d->>'published_at')::timestamptz, (d->>'available_from')::timestamptz,
+           (d->>'available_until')::timestamptz, clock_timestamp(), now(), now()
     FROM ({source}) AS input(d)
     ORDER BY d->>'id'
     ON CONFLICT (external_id) DO NOTHING
@@ -217,21 +219,27 @@ _ITEM_UPDATE = """
                CASE WHEN d ? 'attributes' THEN d->'attributes' ELSE i.attributes END AS attributes,
                CASE WHEN d ? 'is_hidden' THEN (d->>'is_hidden')::boolean ELSE i.is_hidden END AS is_hidden,
                CASE WHEN d ? 'published_at' THEN (d->>'published_at')::timestamptz
-                    ELSE i.published_at END AS published_at
+                    ELSE i.published_at END AS published_at,
+               CASE WHEN d ? 'available_from' THEN (d->>'available_from')::timestamptz
+                    ELSE i.available_from END AS available_from,
+               CASE WHEN d ? 'available_until' THEN (d->>'available_until')::timestamptz
+                    ELSE i.available_until END AS available_until
         FROM recsys_item i JOIN input ON i.external_id = d->>'id'
         WHERE i.id IN (SELECT id FROM locked)
     )
     UPDATE recsys_item i
     SET title = new.title, text = new.text, categories = new.categories, attributes = new.attributes,
-        is_hidden = new.is_hidden, published_at = new.published_at, is_stub = false, updated_at = now(),
+        is_hidden = new.is_hidden, published_at = new.published_at, available_from = new.available_from,
+        available_until = new.available_until, is_stub = false, updated_at = now(),
         content_changed_at = CASE
             WHEN (i.title, i.text, i.categories) IS DISTINCT FROM (new.title, new.text, new.categories)
             THEN clock_timestamp() ELSE i.content_changed_at END
     FROM new
     WHERE i.id = new.id
-      AND (i.is_stub OR (i.title, i.text, i.categories, i.attributes, i.is_hidden, i.published_at)
+      AND (i.is_stub OR (i.title, i.text, i.categories, i.attributes, i.is_hidden, i.published_at,
+                         i.available_from, i.available_until)
            IS DISTINCT FROM (new.title, new.text, new.categories, new.attributes, new.is_hidden,
-                             new.published_at))
+                             new.published_at, new.available_from, new.available_until))
     RETURNING i.external_id
 """
 _USER_INSERT = """

@@ -171,6 +171,8 @@ def test_records_carry_every_field_in_the_documented_shape(dataset, tmp_path):
         "attributes": {"price": 89.9, "sizes": [40, 41]},
         "is_hidden": False,
         "published_at": "2026-03-01T08:15:30.123456+00:00",
+        "available_from": None,
+        "available_until": None,
     }
     assert by_id["stub-item"] == {"kind": "item", "id": "stub-item", "stub": True}
     assert by_id["alice"]["attributes"]["note"] == AWKWARD

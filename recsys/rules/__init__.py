@@ -1,0 +1,1 @@
+"""Business rules: filter and boost expressions, scenarios, per-user hidden items."""
