@@ -27,20 +27,23 @@ from recsys.models import Item, User
 # Client ids resolve to row ids with one SELECT; only the missing ones are inserted. Measured per
 # batch of 1,000 at 66k users: joining on external_id inside the INSERT hashed the whole users
 # table (21 ms), INSERT .. ON CONFLICT DO NOTHING of 1,000 existing rows cost 15 ms, this 6 ms.
-_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(%s::varchar[])"
+# The ids travel as one comma-joined text (the id rule allows no comma): psycopg's dump of a list of
+# 200,000 strings cost more than the query.
+_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(string_to_array(%s::text, ','))"
 # A user or item an event names but nobody described yet: a user without attributes, a stub item
 # without text (its first item upsert fills it and clears is_stub).
 _STUBS_CREATE = {
     User: """
         INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)
-        SELECT u, '{}', now(), now() FROM unnest(%s::text[]) AS u ORDER BY u
+        SELECT u, '{}', now(), now() FROM unnest(string_to_array(%s::text, ',')) AS u ORDER BY u
         ON CONFLICT (external_id) DO NOTHING
         RETURNING external_id, id
     """,
     Item: """
         INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
                                  created_at, updated_at)
-        SELECT i, '', '', '{}', '{}', false, true, now(), now() FROM unnest(%s::text[]) AS i ORDER BY i
+        SELECT i, '', '', '{}', '{}', false, true, now(), now()
+        FROM unnest(string_to_array(%s::text, ',')) AS i ORDER BY i
         ON CONFLICT (external_id) DO NOTHING
         RETURNING external_id, id
     """,
@@ -64,36 +67,45 @@ def ids_resolve(
     table = model._meta.db_table
     wanted = sorted(set(external_ids))  # sorted: concurrent writers take locks in the same order
     with _cursor() as cursor:
-        cursor.execute(_IDS_SELECT.format(table=table), [wanted])
+        cursor.execute(_IDS_SELECT.format(table=table), [_joined(wanted)])
         ids = dict(cursor.fetchall())
         missing = [e for e in wanted if e not in ids]
         if not (missing and create):
             return ids, 0
-        cursor.execute(_STUBS_CREATE[model], [missing])
+        cursor.execute(_STUBS_CREATE[model], [_joined(missing)])
         created = cursor.fetchall()
         ids.update(created)
         # Rows a concurrent writer committed meanwhile were skipped as conflicts: read them now.
         missing = [e for e in missing if e not in ids]
         if missing:
-            cursor.execute(_IDS_SELECT.format(table=table), [missing])
+            cursor.execute(_IDS_SELECT.format(table=table), [_joined(missing)])
             ids.update(cursor.fetchall())
         return ids, len(created)
+
+
+def _joined(external_ids: list[str]) -> str:
+    if any("," in e for e in external_ids):
+        raise ValueError("an external id with a comma reached the writer: the id rule refuses those")
+    return ",".join(external_ids)
 
 
 # ---- events ---------------------------------------------------------------------------------------
 
 # Re-sending an event is a no-op; re-sending it with another value updates the value and weight.
+# A row this statement inserted carries its statement_timestamp() as created_at (an updated one keeps its
+# earlier arrival): on a partitioned table RETURNING cannot read the system column xmax.
 # A NOT EXISTS pre-filter against stored rows made re-runs 2x faster but fresh imports slower, and
 # the planner answered it with a hash join over the whole table once that grew past the chunk.
 _EVENTS_UPSERT = """
     WITH written AS (
         INSERT INTO recsys_interaction AS old (user_id, item_id, event_type, value, weight, timestamp, created_at)
-        SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts, now()
+        SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts,
+               statement_timestamp()
         FROM {source}
         ON CONFLICT (user_id, item_id, event_type, timestamp) DO UPDATE
             SET value = EXCLUDED.value, weight = EXCLUDED.weight
             WHERE (old.value, old.weight) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.weight)
-        RETURNING (old.xmax = 0) AS inserted
+        RETURNING (old.created_at = statement_timestamp()) AS inserted
     )
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
@@ -109,6 +121,13 @@ _EVENTS_STATEMENT = {  # by whether the events come by COPY
     False: _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_ARRAYS),
     True: _EVENTS_UPSERT.replace("{source}", f"{_EVENTS_STAGE} AS s"),
 }
+# A month's load table whose month got rows meanwhile: its events (the last of repeated ones) by upsert.
+_EVENTS_FROM_LOAD = """(
+    SELECT DISTINCT ON (user_id, item_id, event_type, timestamp)
+           user_id, item_id, array_position(%(names)s::text[], event_type::text) - 1 AS code, value, weight,
+           timestamp AS ts
+    FROM {table} ORDER BY user_id, item_id, event_type, timestamp, id DESC
+) AS s"""
 
 
 def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
@@ -126,6 +145,15 @@ def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple
             cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
         created, updated = cursor.fetchone() or (0, 0)  # an aggregate: always one row
     return created, updated, len(events)
+
+
+def events_merge(table: str, rules: EventRules) -> tuple[int, int]:
+    """Upsert the events of a load table into the interactions; returns (created, updated)."""
+    with _cursor() as cursor:
+        statement = _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_LOAD.replace("{table}", table))
+        cursor.execute(statement, {"names": list(rules.names)})
+        created, updated = cursor.fetchone() or (0, 0)
+    return created, updated
 
 
 def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
@@ -177,6 +205,71 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
         stream.write(_COPY_HEADER)
         stream.write(rows.tobytes())
         stream.write(_COPY_TRAILER)
+
+
+# ---- events into a fresh month (a standalone table attached as a partition afterwards) ---------------
+
+# Rows of binary COPY without a fixed width (a NULL value, the type's name as text) are laid out by
+# numpy: each row's start from a cumulative sum, each field scattered there. The id and created_at
+# come from the table's defaults, in row order, so the later of two repeated events has the higher id.
+_LOAD_PREFIX = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("user_len", ">i4"),
+        ("user", ">i8"),
+        ("item_len", ">i4"),
+        ("item", ">i8"),
+        ("weight_len", ">i4"),
+        ("weight", ">f8"),
+        ("ts_len", ">i4"),
+        ("ts", ">i8"),
+        ("value_len", ">i4"),
+    ]
+)
+_LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
+
+
+def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
+    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many."""
+    events = events_deduplicate(events)
+    with _cursor() as cursor, cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
+        stream.write(_COPY_HEADER)
+        stream.write(load_rows(events, rules.weights_of(events.codes, events.values), rules.names).tobytes())
+        stream.write(_COPY_TRAILER)
+    return len(events)
+
+
+def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> npt.NDArray[np.uint8]:
+    """The rows of a binary COPY of ``_LOAD_COLUMNS`` as one byte array (no Python object per row)."""
+    n = len(events)
+    has_value = ~np.isnan(events.values)
+    encoded = [name.encode() for name in names]
+    name_lengths = np.array([len(name) for name in encoded], dtype=np.int64)
+    sizes = _LOAD_PREFIX.itemsize + 8 * has_value + 4 + name_lengths[events.codes]
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    prefix = np.empty(n, dtype=_LOAD_PREFIX)
+    prefix["fields"] = 6
+    prefix["user_len"], prefix["item_len"], prefix["weight_len"], prefix["ts_len"] = 8, 8, 8, 8
+    prefix["user"], prefix["item"], prefix["weight"] = events.user_ids, events.item_ids, weights
+    prefix["ts"] = events.timestamps - _PG_EPOCH_US
+    prefix["value_len"] = np.where(has_value, 8, -1)
+    _scatter(out, starts, prefix.view(np.uint8).reshape(n, _LOAD_PREFIX.itemsize))
+    after_prefix = starts + _LOAD_PREFIX.itemsize
+    _scatter(out, after_prefix[has_value], events.values[has_value].astype(">f8").view(np.uint8).reshape(-1, 8))
+    name_starts = after_prefix + 8 * has_value
+    for code, name in enumerate(encoded):
+        rows = events.codes == code
+        field = np.frombuffer(len(name).to_bytes(4, "big") + name, dtype=np.uint8)
+        _scatter(out, name_starts[rows], np.broadcast_to(field, (int(rows.sum()), len(field))))
+    return out
+
+
+def _scatter(out: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]) -> None:
+    """``out[starts[k] : starts[k] + width] = rows[k]`` for every k, in one fancy assignment."""
+    if len(starts):
+        out[starts[:, None] + np.arange(rows.shape[1])] = rows
 
 
 def _stage_create(cursor: psycopg.Cursor[Any], table: str, columns: str) -> None:
