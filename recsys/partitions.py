@@ -14,11 +14,13 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 PARENT = "recsys_interaction"
 DEFAULT = "recsys_interaction_default"
@@ -146,6 +148,16 @@ def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
     cursor.execute("SET CONSTRAINTS ALL DEFERRED")  # Django's foreign keys are all DEFERRABLE INITIALLY DEFERRED
 
 
+def partitions_maintain() -> dict[str, list[str]]:
+    """Create the months ahead (and those DEFAULT holds rows of), drop expired ones, drop crashed loads' tables."""
+    now = timezone.now()
+    created = partitions_ensure(now=now, ahead=settings.RECSYS_PARTITIONS_AHEAD)
+    dropped: list[str] = []
+    if settings.RECSYS_INTERACTION_RETENTION_DAYS:
+        dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
+    return {"created": created, "dropped": dropped, "loads_swept": partition_loads_sweep()}
+
+
 # ---- bulk loads into fresh months ---------------------------------------------------------------------
 
 
@@ -177,12 +189,15 @@ def partition_load_create(*, month: date) -> str:
     return table
 
 
-def partition_load_attach(*, table: str, month: date) -> bool:
-    """Index a loaded month table and attach it as the month's partition (dropping an empty one). Returns
-    False, leaving the table as it is, when the month got rows meanwhile (the caller merges them instead)."""
+def partition_load_attach(*, table: str, month: date) -> int | None:
+    """Index a loaded month table and attach it as the month's partition (dropping an empty one); returns
+    how many events it brought. None, leaving the table as it is, when the month got rows meanwhile (the
+    caller merges them instead)."""
     lower, upper = _bounds(month)
     with transaction.atomic(), _cursor() as cursor:
         _load_keys_add(cursor, table)
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        loaded = int(cursor.fetchone()[0])  # type: ignore[index]
         for statement in _LOAD_INDEXES:
             cursor.execute(statement.format(t=table))
         # A validated CHECK of the range lets ATTACH skip its own scan of the table under the parent's lock.
@@ -196,7 +211,7 @@ def partition_load_attach(*, table: str, month: date) -> bool:
             cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {existing})")
             if cursor.fetchone()[0]:  # type: ignore[index]
                 transaction.set_rollback(True)
-                return False
+                return None
             _drop(cursor, existing)
         # Rows the API stored for this month meanwhile went to DEFAULT: they join the loaded ones.
         cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
@@ -210,7 +225,7 @@ def partition_load_attach(*, table: str, month: date) -> bool:
         cursor.execute(f"ALTER TABLE {table} RENAME TO {existing}")
         for suffix in _LOAD_INDEX_SUFFIXES:
             cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {existing}_{suffix}")
-    return True
+    return loaded
 
 
 def _load_keys_add(cursor: psycopg.Cursor[Any], table: str) -> None:
@@ -223,12 +238,6 @@ def _load_keys_add(cursor: psycopg.Cursor[Any], table: str) -> None:
         cursor.execute(_LOAD_DEDUPLICATE.format(t=table))
         cursor.execute(_LOAD_KEYS[0].format(t=table))
     cursor.execute(_LOAD_KEYS[1].format(t=table))
-
-
-def partition_load_rows(*, table: str) -> int:
-    with _cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {table}")
-        return int(cursor.fetchone()[0])  # type: ignore[index]
 
 
 def partition_load_drop(*, table: str) -> None:

@@ -278,6 +278,14 @@ if RECSYS_TRAIN_INTERVAL_MINUTES:
         "task": "embeddings.tasks.collaborative_model_retrain",
         "schedule": RECSYS_TRAIN_INTERVAL_MINUTES * 60.0,
     }
+# Interactions are range-partitioned by month (recsys.partitions): beat keeps this many months ahead
+# created and, when RECSYS_INTERACTION_RETENTION_DAYS > 0, drops whole months older than that (0: never).
+RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
+RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
+CELERY_BEAT_SCHEDULE["interaction-partitions"] = {
+    "task": "recsys.tasks.interaction_partitions_maintain",
+    "schedule": 3600.0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 LOG_LEVEL = env_str("RECSYS_LOG_LEVEL", "INFO").upper()

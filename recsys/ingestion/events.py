@@ -34,7 +34,6 @@ from recsys.partitions import (
     partition_load_attach,
     partition_load_create,
     partition_load_drop,
-    partition_load_rows,
 )
 from recsys.signals import interactions_stored
 
@@ -95,7 +94,7 @@ def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
         raw.values[keep],
         raw.timestamps[keep],
     )
-    return _Resolved(events, {user: users[user] for user in set(user_column)}, users_created, items_created)
+    return _Resolved(events, users, users_created, items_created)
 
 
 def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
@@ -107,8 +106,11 @@ def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
 
 
 def _reject_missing(column: Sequence[str | None], ids: dict[str, int], what: str, rejected: Rejections) -> None:
+    absent = set(column) - ids.keys() - {None}
+    if not absent:  # the common case, without a Python step per row
+        return
     for k, external_id in enumerate(column):
-        if k not in rejected and external_id not in ids:
+        if k not in rejected and external_id in absent:
             rejected[k] = unknown_row_error(what, cast(str, external_id))
 
 
@@ -184,9 +186,9 @@ class _MonthLoads:
         created = updated = 0
         try:
             for month, table in sorted(self.tables.items()):
-                rows = partition_load_rows(table=table)
-                if atomic_with_retry(partial(partition_load_attach, table=table, month=month)):
-                    created += rows
+                loaded = atomic_with_retry(partial(partition_load_attach, table=table, month=month))
+                if loaded is not None:
+                    created += loaded
                     continue
                 merged = atomic_with_retry(partial(events_merge, table, self.rules))
                 created, updated = created + merged[0], updated + merged[1]

@@ -19,7 +19,7 @@ import psycopg
 from django.db import connection
 from psycopg.types.json import Jsonb
 
-from recsys.ingestion.rules import US, EventArrays, EventRules, events_deduplicate
+from recsys.ingestion.rules import US, EventArrays, EventRules, Ints, events_deduplicate
 from recsys.models import Item, User
 
 # ---- users and items by id ------------------------------------------------------------------------
@@ -65,28 +65,30 @@ def ids_resolve(
     """The row id of each external id that exists, or of all after creating the missing ones (users
     without attributes, stub items); and how many were created."""
     table = model._meta.db_table
-    wanted = sorted(set(external_ids))  # sorted: concurrent writers take locks in the same order
+    wanted = set(external_ids)
     with _cursor() as cursor:
         cursor.execute(_IDS_SELECT.format(table=table), [_joined(wanted)])
         ids = dict(cursor.fetchall())
-        missing = [e for e in wanted if e not in ids]
+        missing = sorted(wanted - ids.keys())  # sorted: concurrent writers take locks in the same order
         if not (missing and create):
             return ids, 0
         cursor.execute(_STUBS_CREATE[model], [_joined(missing)])
         created = cursor.fetchall()
         ids.update(created)
         # Rows a concurrent writer committed meanwhile were skipped as conflicts: read them now.
-        missing = [e for e in missing if e not in ids]
+        missing = sorted(set(missing) - ids.keys())
         if missing:
             cursor.execute(_IDS_SELECT.format(table=table), [_joined(missing)])
             ids.update(cursor.fetchall())
         return ids, len(created)
 
 
-def _joined(external_ids: list[str]) -> str:
-    if any("," in e for e in external_ids):
+def _joined(external_ids: Iterable[str]) -> str:
+    external_ids = list(external_ids)
+    joined = ",".join(external_ids)
+    if joined.count(",") != max(len(external_ids) - 1, 0):
         raise ValueError("an external id with a comma reached the writer: the id rule refuses those")
-    return ",".join(external_ids)
+    return joined
 
 
 # ---- events ---------------------------------------------------------------------------------------
@@ -209,67 +211,53 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
 
 # ---- events into a fresh month (a standalone table attached as a partition afterwards) ---------------
 
-# Rows of binary COPY without a fixed width (a NULL value, the type's name as text) are laid out by
-# numpy: each row's start from a cumulative sum, each field scattered there. The id and created_at
-# come from the table's defaults, in row order, so the later of two repeated events has the higher id.
-_LOAD_PREFIX = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("user_len", ">i4"),
-        ("user", ">i8"),
-        ("item_len", ">i4"),
-        ("item", ">i8"),
-        ("weight_len", ">i4"),
-        ("weight", ">f8"),
-        ("ts_len", ">i4"),
-        ("ts", ">i8"),
-        ("value_len", ">i4"),
-    ]
-)
+# Rows of binary COPY have a fixed width within a group of events of one type with or without a value
+# (NULL has no bytes, the type's name is text): each group is one numpy structured array. The id and
+# created_at come from the table's defaults; a chunk's events are unique, and a later chunk's rows get
+# higher ids, so of an event repeated across chunks the later row wins (``partitions``' dedupe).
 _LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
 
 
 def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
     """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many."""
     events = events_deduplicate(events)
+    weights = rules.weights_of(events.codes, events.values)
     with _cursor() as cursor, cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
         stream.write(_COPY_HEADER)
-        stream.write(load_rows(events, rules.weights_of(events.codes, events.values), rules.names).tobytes())
+        for block in load_rows(events, weights, rules.names):
+            stream.write(block)
         stream.write(_COPY_TRAILER)
     return len(events)
 
 
-def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> npt.NDArray[np.uint8]:
-    """The rows of a binary COPY of ``_LOAD_COLUMNS`` as one byte array (no Python object per row)."""
-    n = len(events)
+def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> Iterator[bytes]:
+    """The rows of a binary COPY of ``_LOAD_COLUMNS``, a block per (type, has a value) group."""
     has_value = ~np.isnan(events.values)
-    encoded = [name.encode() for name in names]
-    name_lengths = np.array([len(name) for name in encoded], dtype=np.int64)
-    sizes = _LOAD_PREFIX.itemsize + 8 * has_value + 4 + name_lengths[events.codes]
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    out = np.empty(int(sizes.sum()), dtype=np.uint8)
-    prefix = np.empty(n, dtype=_LOAD_PREFIX)
-    prefix["fields"] = 6
-    prefix["user_len"], prefix["item_len"], prefix["weight_len"], prefix["ts_len"] = 8, 8, 8, 8
-    prefix["user"], prefix["item"], prefix["weight"] = events.user_ids, events.item_ids, weights
-    prefix["ts"] = events.timestamps - _PG_EPOCH_US
-    prefix["value_len"] = np.where(has_value, 8, -1)
-    _scatter(out, starts, prefix.view(np.uint8).reshape(n, _LOAD_PREFIX.itemsize))
-    after_prefix = starts + _LOAD_PREFIX.itemsize
-    _scatter(out, after_prefix[has_value], events.values[has_value].astype(">f8").view(np.uint8).reshape(-1, 8))
-    name_starts = after_prefix + 8 * has_value
-    for code, name in enumerate(encoded):
-        rows = events.codes == code
-        field = np.frombuffer(len(name).to_bytes(4, "big") + name, dtype=np.uint8)
-        _scatter(out, name_starts[rows], np.broadcast_to(field, (int(rows.sum()), len(field))))
+    for code, name in enumerate(names):
+        of_type = events.codes == code
+        for valued in (False, True):
+            rows = np.flatnonzero(of_type & (has_value if valued else ~has_value))
+            if len(rows):
+                yield _load_group(events, weights, rows, name.encode(), valued).tobytes()
+
+
+def _load_group(
+    events: EventArrays, weights: npt.NDArray[np.float64], rows: Ints, name: bytes, valued: bool
+) -> npt.NDArray[np.void]:
+    fields = [("fields", ">i2"), ("user_len", ">i4"), ("user", ">i8"), ("item_len", ">i4"), ("item", ">i8")]
+    fields += [("weight_len", ">i4"), ("weight", ">f8"), ("ts_len", ">i4"), ("ts", ">i8"), ("value_len", ">i4")]
+    fields += [("value", ">f8")] if valued else []
+    fields += [("name_len", ">i4"), ("name", f"S{len(name)}")]
+    out = np.empty(len(rows), dtype=np.dtype(fields))
+    out["fields"] = 6
+    out["user_len"], out["item_len"], out["weight_len"], out["ts_len"] = 8, 8, 8, 8
+    out["user"], out["item"], out["weight"] = events.user_ids[rows], events.item_ids[rows], weights[rows]
+    out["ts"] = events.timestamps[rows] - _PG_EPOCH_US
+    out["value_len"] = 8 if valued else -1
+    if valued:
+        out["value"] = events.values[rows]
+    out["name_len"], out["name"] = len(name), name
     return out
-
-
-def _scatter(out: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]) -> None:
-    """``out[starts[k] : starts[k] + width] = rows[k]`` for every k, in one fancy assignment."""
-    if len(starts):
-        out[starts[:, None] + np.arange(rows.shape[1])] = rows
 
 
 def _stage_create(cursor: psycopg.Cursor[Any], table: str, columns: str) -> None:
