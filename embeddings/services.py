@@ -41,13 +41,31 @@ def learner_params_from_settings(**overrides: Any) -> LearnerParams:
     return LearnerParams(**{**defaults, **overrides})
 
 
+# The planner's row count of every partition: the columns' preallocation (a short hint only costs a grow).
+_INTERACTIONS_ESTIMATE = (
+    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits i"
+    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'recsys_interaction'::regclass"
+)
+
+
 def interactions_load(*, half_life_days: float | None, now: float | None = None) -> InteractionMatrix:
-    """All interactions as a weighted CSR matrix, streamed with one binary COPY into numpy columns."""
+    """All interactions as a weighted CSR matrix, streamed with one binary COPY into numpy columns.
+
+    Memory: 12 bytes an event while reading (int32 ids, float32 decayed weights; timestamps are used per
+    chunk and dropped), then the CSR (8 bytes a distinct pair) — measured in BENCHMARKS.md (bench/scale.py).
+    """
+    at = now or time.time()
+
+    def weigh(weights: Any, timestamps: Any) -> Any:
+        return weights * decay(timestamps, now=at, half_life_days=half_life_days)
+
     connection.ensure_connection()
-    with connection.connection.cursor() as cursor, cursor.copy(_INTERACTIONS_COPY) as copy:
-        events = events_from_binary_copy(bytes(block) for block in copy)
-    weights = events.weights * decay(events.timestamps, now=now or time.time(), half_life_days=half_life_days)
-    return build_matrix(events.user_ids, events.item_ids, weights)
+    with connection.connection.cursor() as cursor:
+        cursor.execute(_INTERACTIONS_ESTIMATE)
+        expected = int(cursor.fetchone()[0] * 1.05)
+        with cursor.copy(_INTERACTIONS_COPY) as copy:
+            events = events_from_binary_copy(copy, expected_rows=expected, weigh=weigh, timestamps=False)
+    return build_matrix(events.user_ids, events.item_ids, events.weights)
 
 
 def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:

@@ -10,6 +10,7 @@ from embeddings.interactions import (
     PG_EPOCH_SECONDS,
     bm25_confidence,
     build_matrix,
+    compact_ids,
     decay,
     events_from_binary_copy,
 )
@@ -71,10 +72,40 @@ def test_binary_copy_parses_into_columns_whatever_the_block_boundaries(block: in
 
     columns = events_from_binary_copy([data[i : i + block] for i in range(0, len(data), block)], chunk_rows=chunk_rows)
 
-    assert columns.user_ids.tolist() == [1, 2, 3] and columns.user_ids.dtype == np.int64
+    assert columns.user_ids.tolist() == [1, 2, 3] and columns.user_ids.dtype == np.int32  # ids that fit
     assert columns.item_ids.tolist() == [10, 11, 12]
     assert columns.weights.tolist() == [1.5, -4.0, 8.0] and columns.weights.dtype == np.float32
     assert columns.timestamps == pytest.approx([1_700_000_000.25, 946_684_800.0, 0.5], abs=1e-6)
+
+
+@pytest.mark.parametrize("expected_rows", [0, 2, 3, 100])
+def test_binary_copy_grows_or_trims_its_columns_to_the_rows_read(expected_rows: int) -> None:
+    rows = [(k, 2**40 + k if k == 4 else k, 1.0, 1_000.0 * k) for k in range(1, 6)]
+
+    columns = events_from_binary_copy([_binary_copy(rows)], chunk_rows=2, expected_rows=expected_rows)
+
+    assert columns.user_ids.tolist() == [1, 2, 3, 4, 5] and columns.user_ids.dtype == np.int32
+    assert columns.item_ids.tolist() == [1, 2, 3, 2**40 + 4, 5] and columns.item_ids.dtype == np.int64
+    assert len(columns.weights) == len(columns.timestamps) == 5
+
+
+def test_binary_copy_weighs_each_chunk_and_can_keep_no_timestamps() -> None:
+    rows = [(1, 1, 2.0, 10.0), (2, 2, 3.0, 20.0), (3, 3, 4.0, 30.0)]
+
+    columns = events_from_binary_copy(
+        [_binary_copy(rows)], chunk_rows=2, weigh=lambda w, ts: (w * ts).astype(np.float32), timestamps=False
+    )
+
+    assert columns.weights.tolist() == [20.0, 60.0, 120.0]
+    assert len(columns.timestamps) == 0
+
+
+def test_compact_ids_matches_numpy_unique_for_dense_and_sparse_ids() -> None:
+    rng = np.random.default_rng(3)
+    for ids in (rng.integers(0, 50, 200), rng.integers(0, 2**40, 200), np.array([7, 7, 7])):
+        unique, position = compact_ids(ids)
+        expected_unique, expected_position = np.unique(ids, return_inverse=True)
+        assert unique.tolist() == expected_unique.tolist() and position.tolist() == expected_position.tolist()
 
 
 def test_binary_copy_of_nothing_and_truncated_streams() -> None:

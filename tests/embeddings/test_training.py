@@ -138,7 +138,9 @@ def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communi
 
     whole = services.interactions_load(half_life_days=None)
     decode = interactions.events_from_binary_copy
-    monkeypatch.setattr(services, "events_from_binary_copy", lambda blocks: decode(blocks, chunk_rows=7))
+    monkeypatch.setattr(
+        services, "events_from_binary_copy", lambda blocks, **kw: decode(blocks, **{**kw, "chunk_rows": 7})
+    )
 
     chunked = services.interactions_load(half_life_days=None)
 
