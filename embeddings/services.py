@@ -13,7 +13,7 @@ from django.db import connection
 from embeddings import runs
 from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import InteractionMatrix, build_matrix, decay, events_from_binary_copy
-from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
+from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popularity_refresh
 from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 _INTERACTIONS_COPY = (
     "COPY (SELECT user_id, item_id, weight, timestamp FROM recsys_interaction) TO STDOUT (FORMAT BINARY)"
 )
+
+
+def use_gpu_setting() -> bool | None:
+    """RECSYS_USE_GPU as ``fit`` takes it: None lets implicit's CUDA build decide (auto)."""
+    if settings.RECSYS_USE_GPU == "auto":
+        return None
+    if settings.RECSYS_USE_GPU == "true" and not cuda_available():
+        raise RuntimeError("RECSYS_USE_GPU=true, but implicit was built without CUDA or sees no GPU")
+    return settings.RECSYS_USE_GPU == "true"
 
 
 def learner_params_from_settings(**overrides: Any) -> LearnerParams:
@@ -105,7 +114,7 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(_confidences(data.matrix, params), params)
+    factors = fit(_confidences(data.matrix, params), params, use_gpu=use_gpu_setting())
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -157,7 +166,7 @@ def _select(
         params, tried = outcome.params, outcome.tried
     else:
         params, tried = configured, []
-    factors = fit(_confidences(split.train, params), params)
+    factors = fit(_confidences(split.train, params), params, use_gpu=use_gpu_setting())
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]

@@ -300,6 +300,11 @@ LOGGING = {
 
 # Collaborative learning (implicit). Defaults measured on ml-latest-small: see BENCHMARKS.md.
 RECSYS_CF_ALGORITHM = env_str("RECSYS_CF_ALGORITHM", "als")
+# implicit's CUDA ALS/BPR: auto uses it where implicit.gpu.HAS_CUDA; true requires it (training fails
+# loudly without it); false keeps training on the CPU.
+RECSYS_USE_GPU = env_str("RECSYS_USE_GPU", "auto").strip().lower()
+if RECSYS_USE_GPU not in {"auto", "true", "false"}:
+    raise ImproperlyConfigured(f"RECSYS_USE_GPU must be auto, true or false, got {RECSYS_USE_GPU!r}")
 RECSYS_CF_FACTORS = env_int("RECSYS_CF_FACTORS", 64, minimum=1)
 RECSYS_CF_REGULARIZATION = env_float("RECSYS_CF_REGULARIZATION", 0.05)
 RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)
