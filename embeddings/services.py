@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from embeddings import runs
 from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
-from embeddings.interactions import InteractionMatrix, build_matrix, decay, events_from_binary_copy
+from embeddings.interactions import InteractionMatrix, build_matrix, decay, events_from_array_copy
 from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popularity_refresh
@@ -21,11 +21,13 @@ from embeddings.vectors import tables
 
 logger = logging.getLogger(__name__)
 
-# Binary: fixed-width rows parsed by numpy (embeddings.interactions.events_from_binary_copy), no
-# text round trip and no Python object per row; each chunk of a million rows is decoded in one
-# np.frombuffer (~0.1 s), so the run's heartbeat thread never waits long for the GIL.
+# Binary COPYs of id ranges (the primary key (id, timestamp) of every partition serves them), each one
+# row of arrays (embeddings.interactions.events_from_array_copy): a Python step per million events, not
+# per event. One REPEATABLE READ snapshot for all ranges.
+_INTERACTIONS_RANGE_ROWS = 1 << 20
 _INTERACTIONS_COPY = (
-    "COPY (SELECT user_id, item_id, weight, timestamp FROM recsys_interaction) TO STDOUT (FORMAT BINARY)"
+    "COPY (SELECT array_agg(user_id), array_agg(item_id), array_agg(weight){timestamps} FROM recsys_interaction"
+    " WHERE id >= {low} AND id < {high} HAVING count(*) > 0) TO STDOUT (FORMAT BINARY)"
 )
 
 
@@ -58,23 +60,41 @@ _INTERACTIONS_ESTIMATE = (
 
 
 def interactions_load(*, half_life_days: float | None, now: float | None = None) -> InteractionMatrix:
-    """All interactions as a weighted CSR matrix, streamed with one binary COPY into numpy columns.
+    """All interactions as a weighted CSR matrix, streamed by binary COPY into numpy columns.
 
     Memory: 12 bytes an event while reading (int32 ids, float32 decayed weights; timestamps are used per
-    chunk and dropped), then the CSR (8 bytes a distinct pair) — measured in BENCHMARKS.md (bench/scale.py).
+    group and dropped), then the CSR (8 bytes a distinct pair) — measured in BENCHMARKS.md (bench/scale.py).
     """
     at = now or time.time()
 
     def weigh(weights: Any, timestamps: Any) -> Any:
         return weights * decay(timestamps, now=at, half_life_days=half_life_days)
 
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor:
-        cursor.execute(_INTERACTIONS_ESTIMATE)
-        expected = int(cursor.fetchone()[0] * 1.05)
-        with cursor.copy(_INTERACTIONS_COPY) as copy:
-            events = events_from_binary_copy(copy, expected_rows=expected, weigh=weigh, timestamps=False)
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            if outermost:  # one snapshot for every range (inside a caller's transaction, the caller's)
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute(_INTERACTIONS_ESTIMATE)
+            expected = int(cursor.fetchone()[0] * 1.05)  # type: ignore[index]
+            cursor.execute("SELECT coalesce(min(id), 0), coalesce(max(id), -1) FROM recsys_interaction")
+            low, high = cursor.fetchone()  # type: ignore[misc]
+            events = events_from_array_copy(
+                _range_copies(cursor, low, high, decayed=bool(half_life_days)),
+                expected_rows=expected,
+                weigh=weigh if half_life_days else None,
+                timestamps=False,
+            )
     return build_matrix(events.user_ids, events.item_ids, events.weights)
+
+
+def _range_copies(cursor: Any, low: int, high: int, *, decayed: bool) -> Iterator[Iterator[bytes]]:
+    timestamps = ", array_agg(date_part('epoch', timestamp))" if decayed else ""
+    for start in range(low, high + 1, _INTERACTIONS_RANGE_ROWS):
+        statement = _INTERACTIONS_COPY.format(timestamps=timestamps, low=start, high=start + _INTERACTIONS_RANGE_ROWS)
+        with cursor.copy(statement) as copy:
+            yield iter(copy)
 
 
 def collaborative_version_create(*, params: LearnerParams | None = None) -> ModelVersion:
