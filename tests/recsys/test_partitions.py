@@ -204,3 +204,17 @@ def test_load_tables_of_sessions_that_are_gone_are_swept() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [live])
         assert cursor.fetchone()[0]
+
+
+def test_the_dashboard_estimate_of_interactions_sums_the_analysed_partitions(monkeypatch: Any) -> None:
+    from recsys import admin_selectors
+
+    InteractionFactory.create_batch(4, timestamp=at(2015, 5, 5))
+    InteractionFactory.create_batch(2, timestamp=at(2015, 6, 5))
+    for month in (date(2015, 5, 1), date(2015, 6, 1)):
+        partitions.partition_create(month=month)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE recsys_interaction_p201505, recsys_interaction_p201506")
+    monkeypatch.setattr(admin_selectors, "EXACT_COUNT_BELOW", 3)
+
+    assert admin_selectors.table_row_count(table="recsys_interaction") == admin_selectors.RowCount(6, exact=False)
