@@ -36,8 +36,8 @@ from common import (
 )
 
 IMPORT_NOTE = """Imports into months that hold nothing yet COPY into a standalone table per month and build its
-indexes after (then ATTACH PARTITION): PostgreSQL's CPU per new row fell from ~31 µs (the upsert into
-an indexed table, still the path for months that have rows) to ~7.6 µs, 4x less. The 200,000 rows/s
+indexes after (then ATTACH PARTITION): PostgreSQL's CPU per new row fell from ~29 µs (the upsert into
+an indexed table, still the path for months that have rows) to ~6.4 µs, 4.5x less. The 200,000 rows/s
 target is not met on this 2-core machine: the command's own CPU is now the limit, ~10 s per million
 rows (1.8 s starting Django, ~4.6 s reading, parsing and checking the CSV, the rest resolving new
 users and items and building the COPY), so one core caps the path near 100,000 rows/s; see
