@@ -158,6 +158,24 @@ def wait_healthy(port: int, seconds: float = 60) -> None:
     raise RuntimeError("server did not start")
 
 
+def postgres_cpu_seconds(database_url: str) -> float:
+    """CPU seconds (user + system) the PostgreSQL server has used so far: the postmaster, its live processes
+    and the backends it has reaped. On this shared machine CPU time is the figure that load does not bend."""
+    with psycopg.connect(database_url) as conn:
+        backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+        postmaster = backend.parent()
+        assert postmaster is not None
+        own = postmaster.cpu_times()
+        total = own.user + own.system + own.children_user + own.children_system
+        for child in postmaster.children():
+            try:
+                times = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
 def tree_rss_mb(master: psutil.Process) -> float:
     processes = [master, *master.children(recursive=True)]
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20

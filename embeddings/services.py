@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from embeddings import runs
 from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
@@ -16,11 +16,11 @@ from embeddings.interactions import (
     InteractionMatrix,
     build_matrix,
     decay,
-    events_from_binary_copy,
+    events_from_array_copy,
     weak_negatives_build,
     with_weak_negatives,
 )
-from embeddings.learners import Factors, LearnerParams, fit, gram_matrix
+from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popularity_refresh
 from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
@@ -28,12 +28,23 @@ from embeddings.vectors import tables
 
 logger = logging.getLogger(__name__)
 
-# Binary: fixed-width rows parsed by numpy (embeddings.interactions.events_from_binary_copy), no
-# text round trip and no Python object per row; each chunk of a million rows is decoded in one
-# np.frombuffer (~0.1 s), so the run's heartbeat thread never waits long for the GIL.
+# Binary COPYs of id ranges (the primary key (id, timestamp) of every partition serves them), each one
+# row of arrays (embeddings.interactions.events_from_array_copy): a Python step per million events, not
+# per event. One REPEATABLE READ snapshot for all ranges.
+_INTERACTIONS_RANGE_ROWS = 1 << 20
 _INTERACTIONS_COPY = (
-    "COPY (SELECT user_id, item_id, weight, timestamp FROM recsys_interaction) TO STDOUT (FORMAT BINARY)"
+    "COPY (SELECT array_agg(user_id), array_agg(item_id), array_agg(weight){timestamps} FROM recsys_interaction"
+    " WHERE id >= {low} AND id < {high} HAVING count(*) > 0) TO STDOUT (FORMAT BINARY)"
 )
+
+
+def use_gpu_setting() -> bool | None:
+    """RECSYS_USE_GPU as ``fit`` takes it: None lets implicit's CUDA build decide (auto)."""
+    if settings.RECSYS_USE_GPU == "auto":
+        return None
+    if settings.RECSYS_USE_GPU == "true" and not cuda_available():
+        raise RuntimeError("RECSYS_USE_GPU=true, but implicit was built without CUDA or sees no GPU")
+    return settings.RECSYS_USE_GPU == "true"
 
 
 def learner_params_from_settings(**overrides: Any) -> LearnerParams:
@@ -48,13 +59,49 @@ def learner_params_from_settings(**overrides: Any) -> LearnerParams:
     return LearnerParams(**{**defaults, **overrides})
 
 
+# The planner's row count of every partition: the columns' preallocation (a short hint only costs a grow).
+_INTERACTIONS_ESTIMATE = (
+    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits i"
+    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'recsys_interaction'::regclass"
+)
+
+
 def interactions_load(*, half_life_days: float | None, now: float | None = None) -> InteractionMatrix:
-    """All interactions as a weighted CSR matrix, streamed with one binary COPY into numpy columns."""
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor, cursor.copy(_INTERACTIONS_COPY) as copy:
-        events = events_from_binary_copy(bytes(block) for block in copy)
-    weights = events.weights * decay(events.timestamps, now=now or time.time(), half_life_days=half_life_days)
-    return build_matrix(events.user_ids, events.item_ids, weights)
+    """All interactions as a weighted CSR matrix, streamed by binary COPY into numpy columns.
+
+    Memory: 12 bytes an event while reading (int32 ids, float32 decayed weights; timestamps are used per
+    group and dropped), then the CSR (8 bytes a distinct pair) — measured in BENCHMARKS.md (bench/scale.py).
+    """
+    at = now or time.time()
+
+    def weigh(weights: Any, timestamps: Any) -> Any:
+        return weights * decay(timestamps, now=at, half_life_days=half_life_days)
+
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            if outermost:  # one snapshot for every range (inside a caller's transaction, the caller's)
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute(_INTERACTIONS_ESTIMATE)
+            expected = int(cursor.fetchone()[0] * 1.05)  # type: ignore[index]
+            cursor.execute("SELECT coalesce(min(id), 0), coalesce(max(id), -1) FROM recsys_interaction")
+            low, high = cursor.fetchone()  # type: ignore[misc]
+            events = events_from_array_copy(
+                _range_copies(cursor, low, high, decayed=bool(half_life_days)),
+                expected_rows=expected,
+                weigh=weigh if half_life_days else None,
+                timestamps=False,
+            )
+    return build_matrix(events.user_ids, events.item_ids, events.weights)
+
+
+def _range_copies(cursor: Any, low: int, high: int, *, decayed: bool) -> Iterator[Iterator[bytes]]:
+    timestamps = ", array_agg(date_part('epoch', timestamp))" if decayed else ""
+    for start in range(low, high + 1, _INTERACTIONS_RANGE_ROWS):
+        statement = _INTERACTIONS_COPY.format(timestamps=timestamps, low=start, high=start + _INTERACTIONS_RANGE_ROWS)
+        with cursor.copy(statement) as copy:
+            yield iter(copy)
 
 
 def weak_negatives_load(data: InteractionMatrix, *, weight: float | None = None) -> Any:
@@ -108,7 +155,7 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(_confidences(data.matrix, params, negatives), params)
+    factors = fit(_confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting())
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -174,7 +221,7 @@ def _select(
         params, tried = outcome.params, outcome.tried
     else:
         params, tried = configured, []
-    factors = fit(_confidences(split.train, params, negatives), params)
+    factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]

@@ -31,7 +31,13 @@ class RowCount:
 def table_row_count(*, table: str) -> RowCount:
     """Rows of ``table``: the planner's estimate for big tables, an exact count of small ones."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [table])
+        # A partitioned table has no rows of its own (reltuples -1): its estimate is its partitions' sum.
+        cursor.execute(
+            "SELECT CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)"
+            " FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)"
+            " ELSE c.reltuples END::bigint FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            [table],
+        )
         row = cursor.fetchone()
         estimate = int(row[0]) if row else -1
         if estimate >= EXACT_COUNT_BELOW:

@@ -353,6 +353,14 @@ if RECSYS_TRAIN_INTERVAL_MINUTES:
         "task": "embeddings.tasks.collaborative_model_retrain",
         "schedule": RECSYS_TRAIN_INTERVAL_MINUTES * 60.0,
     }
+# Interactions are range-partitioned by month (recsys.partitions): beat keeps this many months ahead
+# created and, when RECSYS_INTERACTION_RETENTION_DAYS > 0, drops whole months older than that (0: never).
+RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
+RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
+CELERY_BEAT_SCHEDULE["interaction-partitions"] = {
+    "task": "recsys.tasks.interaction_partitions_maintain",
+    "schedule": 3600.0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 LOG_LEVEL = env_str("RECSYS_LOG_LEVEL", "INFO").upper()
@@ -367,6 +375,11 @@ LOGGING = {
 
 # Collaborative learning (implicit). Defaults measured on ml-latest-small: see BENCHMARKS.md.
 RECSYS_CF_ALGORITHM = env_str("RECSYS_CF_ALGORITHM", "als")
+# implicit's CUDA ALS/BPR: auto uses it where implicit.gpu.HAS_CUDA; true requires it (training fails
+# loudly without it); false keeps training on the CPU.
+RECSYS_USE_GPU = env_str("RECSYS_USE_GPU", "auto").strip().lower()
+if RECSYS_USE_GPU not in {"auto", "true", "false"}:
+    raise ImproperlyConfigured(f"RECSYS_USE_GPU must be auto, true or false, got {RECSYS_USE_GPU!r}")
 RECSYS_CF_FACTORS = env_int("RECSYS_CF_FACTORS", 64, minimum=1)
 RECSYS_CF_REGULARIZATION = env_float("RECSYS_CF_REGULARIZATION", 0.05)
 RECSYS_CF_ITERATIONS = env_int("RECSYS_CF_ITERATIONS", 15, minimum=1)

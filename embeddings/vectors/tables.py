@@ -205,15 +205,34 @@ def vectors_copy(
         table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id"), columns=columns
     )
     with cursor() as cur, cur.copy(statement) as copy:
-        if fold_in is None:
-            copy.set_types(["int8", "vector"])
-            for row_id, vector in zip(ids.tolist(), vectors, strict=True):
-                copy.write_row((row_id, vector))
+        if fold_in is None:  # binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row
+            copy.write(vector_rows_binary(ids, vectors))
         else:
             copy.set_types(["int8", "vector", "vector"])
             for row_id, vector, extra in zip(ids.tolist(), vectors, fold_in, strict=True):
                 copy.write_row((row_id, vector, extra))
     return len(ids)
+
+
+def vector_rows_binary(ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> bytes:
+    """A whole binary COPY of (int8, vector) rows; pgvector's binary vector is int16 dimensions, int16
+    unused, then big-endian float4s."""
+    dims = vectors.shape[1] if vectors.ndim == 2 else 0
+    row = np.dtype(
+        [
+            ("fields", ">i2"),
+            ("id_len", ">i4"),
+            ("id", ">i8"),
+            ("vec_len", ">i4"),
+            ("dims", ">i2"),
+            ("unused", ">i2"),
+            ("values", ">f4", (dims,)),
+        ]
+    )
+    rows = np.zeros(len(ids), dtype=row)
+    rows["fields"], rows["id_len"], rows["vec_len"], rows["dims"] = 2, 8, 4 + 4 * dims, dims
+    rows["id"], rows["values"] = ids, vectors
+    return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
 
 
 def content_vectors_write(

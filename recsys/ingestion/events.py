@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from itertools import compress
 from typing import cast
@@ -27,8 +28,14 @@ from recsys.ingestion.rules import (
     micros_now,
     unknown_row_error,
 )
-from recsys.ingestion.writer import events_write, ids_resolve
+from recsys.ingestion.writer import events_load, events_merge, events_write, ids_resolve
 from recsys.models import EventType, Item, User
+from recsys.partitions import (
+    month_is_fresh,
+    partition_load_attach,
+    partition_load_create,
+    partition_load_drop,
+)
 from recsys.signals import interactions_stored
 
 Progress = Callable[[int], None]
@@ -93,14 +100,19 @@ def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
     recommendation_ids = None
     if raw.recommendation_ids is not None:
         recommendation_ids = [r for k, r in enumerate(raw.recommendation_ids) if k not in rejected]
-    return _Resolved(
-        events, {user: users[user] for user in set(user_column)}, users_created, items_created, recommendation_ids
-    )
+    return _Resolved(events, users, users_created, items_created, recommendation_ids)
 
 
-def _stored(resolved: _Resolved, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
-    """Write the events, then attribute their click-type ones (same transaction: both or neither)."""
-    counts = events_write(resolved.events, rules, copy=copy)
+def _stored(
+    resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None
+) -> tuple[int, int, int]:
+    """Write the events (a file's fresh months by the month load), then attribute their click-type
+    ones in the same transaction. Attribution reads the events' arrays, not the table, so events
+    whose month is attached only at the end of a file are attributed with their chunk."""
+    if loads is not None:
+        counts = _events_store(resolved.events, rules, loads)
+    else:
+        counts = events_write(resolved.events, rules, copy=copy)
     clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
     return counts
 
@@ -114,8 +126,11 @@ def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
 
 
 def _reject_missing(column: Sequence[str | None], ids: dict[str, int], what: str, rejected: Rejections) -> None:
+    absent = set(column) - ids.keys() - {None}
+    if not absent:  # the common case, without a Python step per row
+        return
     for k, external_id in enumerate(column):
-        if k not in rejected and external_id not in ids:
+        if k not in rejected and external_id in absent:
             rejected[k] = unknown_row_error(what, cast(str, external_id))
 
 
@@ -154,6 +169,73 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
 # ---- files ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class _MonthLoads:
+    """A file's months that held nothing when it first named them: their events are COPYed into a standalone
+    table per month (no index to maintain per row), indexed and attached as the month's partition at the end
+    (measured in BENCHMARKS.md). Events of other months take the idempotent upsert."""
+
+    rules: EventRules
+    tables: dict[date, str] = field(default_factory=dict)
+    upserted: set[date] = field(default_factory=set)
+
+    def prepare(self, timestamps: Ints) -> None:
+        """Decide the months of a chunk's timestamps not seen before; outside the chunk's transaction, so a
+        retried chunk keeps its month tables."""
+        for month in map(_as_date, np.unique(_months(timestamps))):
+            if month in self.tables or month in self.upserted:
+                continue
+            if month_is_fresh(month=month):
+                self.tables[month] = partition_load_create(month=month)
+            else:
+                self.upserted.add(month)
+
+    def split(self, events: EventArrays) -> EventArrays:
+        """COPY the events of loading months; returns the others."""
+        months = _months(events.timestamps)
+        rest = np.ones(len(events), dtype=bool)
+        for month, table in self.tables.items():
+            mask = months == np.datetime64(month, "M")
+            if mask.any():
+                events_load(table, _take(events, mask), self.rules)
+                rest &= ~mask
+        return events if rest.all() else _take(events, rest)
+
+    def finish(self) -> tuple[int, int]:
+        """Attach every month table (merge it by upsert where its month got rows meanwhile); (created, updated)."""
+        created = updated = 0
+        try:
+            for month, table in sorted(self.tables.items()):
+                loaded = atomic_with_retry(partial(partition_load_attach, table=table, month=month))
+                if loaded is not None:
+                    created += loaded
+                    continue
+                merged = atomic_with_retry(partial(events_merge, table, self.rules))
+                created, updated = created + merged[0], updated + merged[1]
+        finally:
+            self.abandon()
+        return created, updated
+
+    def abandon(self) -> None:
+        for table in self.tables.values():
+            partition_load_drop(table=table)  # a no-op for the attached ones (renamed)
+        self.tables.clear()
+
+
+def _months(timestamps: Ints) -> np.ndarray:
+    return timestamps.astype("datetime64[us]").astype("datetime64[M]")
+
+
+def _as_date(month: np.datetime64) -> date:
+    return cast(date, month.astype("datetime64[D]").item())
+
+
+def _take(events: EventArrays, mask: np.ndarray) -> EventArrays:
+    return EventArrays(
+        events.user_ids[mask], events.item_ids[mask], events.codes[mask], events.values[mask], events.timestamps[mask]
+    )
+
+
 def interactions_load(
     *, chunks: Iterable[RawEvents], create_items: bool = True, progress: Progress | None = None
 ) -> ImportReport:
@@ -161,24 +243,41 @@ def interactions_load(
     unless told not to). Bad rows are rejected and reported, never fatal; re-loading changes nothing."""
     rules, report, started = event_rules_load(), ImportReport(), time.perf_counter()
     now_us = micros_now()
-    for checked in read_ahead(_check(raw, rules, now_us) for raw in chunks):
-        _chunk_store(checked, rules, create_items, report)
-        if progress:
-            progress(len(checked.raw.lines))
+    loads = _MonthLoads(rules)
+    try:
+        for checked in read_ahead(_check(raw, rules, now_us) for raw in chunks):
+            _chunk_store(checked, rules, create_items, report, loads)
+            if progress:
+                progress(len(checked.raw.lines))
+        _loads_finish(loads, report)
+    finally:
+        loads.abandon()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _chunk_store(checked: _Checked, rules: EventRules, create_items: bool, report: ImportReport) -> None:
+def _loads_finish(loads: _MonthLoads, report: ImportReport) -> None:
+    """The loaded rows were counted unchanged per chunk; the attach knows how many were new."""
+    created, updated = loads.finish()
+    report.created += created
+    report.updated += updated
+    report.unchanged -= created + updated
+
+
+def _chunk_store(
+    checked: _Checked, rules: EventRules, create_items: bool, report: ImportReport, loads: _MonthLoads
+) -> None:
     first_rejected = dict(checked.rejected)
+    raw = checked.raw
+    loads.prepare(np.delete(raw.timestamps, list(first_rejected)) if first_rejected else raw.timestamps)
 
     def work() -> tuple[_Resolved, tuple[int, int, int]]:
         checked.rejected = dict(first_rejected)  # a retried transaction starts again
         resolved = _resolve(checked, create_items=create_items)
-        return resolved, _stored(resolved, rules, copy=True)
+        return resolved, _stored(resolved, rules, copy=True, loads=loads)
 
     resolved, (created, updated, _) = atomic_with_retry(work)
-    raw, rejected = checked.raw, checked.rejected
+    rejected = checked.rejected
     report.rows += len(raw.lines)
     report.users_created += resolved.users_created
     report.items_created += resolved.items_created
@@ -187,16 +286,28 @@ def _chunk_store(checked: _Checked, rules: EventRules, create_items: bool, repor
         report.reject(raw.lines[k], rejected[k])
 
 
+def _events_store(events: EventArrays, rules: EventRules, loads: _MonthLoads) -> tuple[int, int, int]:
+    """Loading months' events by COPY (counted when attached), the others by upsert: (created, updated, distinct)."""
+    rest = loads.split(events)
+    return events_write(rest, rules, copy=True) if len(rest) else (0, 0, 0)
+
+
 def interaction_arrays_load(
     *, batches: Iterable[EventArrays], rules: EventRules, progress: Progress | None = None
 ) -> ImportReport:
-    """Store events that need no checking (generated ones) chunk by chunk."""
+    """Store events that need no checking (generated ones) chunk by chunk, fresh months by the load path."""
     report, started = ImportReport(), time.perf_counter()
-    for events in read_ahead(batches):
-        created, updated, _ = atomic_with_retry(partial(events_write, events, rules, copy=True))
-        report.rows += len(events)
-        report.count(len(events), created, updated)
-        if progress:
-            progress(len(events))
+    loads = _MonthLoads(rules)
+    try:
+        for events in read_ahead(batches):
+            loads.prepare(events.timestamps)
+            created, updated, _ = atomic_with_retry(partial(_events_store, events, rules, loads))
+            report.rows += len(events)
+            report.count(len(events), created, updated)
+            if progress:
+                progress(len(events))
+        _loads_finish(loads, report)
+    finally:
+        loads.abandon()
     report.seconds = time.perf_counter() - started
     return report

@@ -19,7 +19,7 @@ import psycopg
 from django.db import connection
 from psycopg.types.json import Jsonb
 
-from recsys.ingestion.rules import US, EventArrays, EventRules, events_deduplicate
+from recsys.ingestion.rules import US, EventArrays, EventRules, Ints, events_deduplicate
 from recsys.models import Item, User
 
 # ---- users and items by id ------------------------------------------------------------------------
@@ -27,20 +27,23 @@ from recsys.models import Item, User
 # Client ids resolve to row ids with one SELECT; only the missing ones are inserted. Measured per
 # batch of 1,000 at 66k users: joining on external_id inside the INSERT hashed the whole users
 # table (21 ms), INSERT .. ON CONFLICT DO NOTHING of 1,000 existing rows cost 15 ms, this 6 ms.
-_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(%s::varchar[])"
+# The ids travel as one comma-joined text (the id rule allows no comma): psycopg's dump of a list of
+# 200,000 strings cost more than the query.
+_IDS_SELECT = "SELECT external_id, id FROM {table} WHERE external_id = ANY(string_to_array(%s::text, ','))"
 # A user or item an event names but nobody described yet: a user without attributes, a stub item
 # without text (its first item upsert fills it and clears is_stub).
 _STUBS_CREATE = {
     User: """
         INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)
-        SELECT u, '{}', now(), now() FROM unnest(%s::text[]) AS u ORDER BY u
+        SELECT u, '{}', now(), now() FROM unnest(string_to_array(%s::text, ',')) AS u ORDER BY u
         ON CONFLICT (external_id) DO NOTHING
         RETURNING external_id, id
     """,
     Item: """
         INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,
                                  created_at, updated_at)
-        SELECT i, '', '', '{}', '{}', false, true, now(), now() FROM unnest(%s::text[]) AS i ORDER BY i
+        SELECT i, '', '', '{}', '{}', false, true, now(), now()
+        FROM unnest(string_to_array(%s::text, ',')) AS i ORDER BY i
         ON CONFLICT (external_id) DO NOTHING
         RETURNING external_id, id
     """,
@@ -62,38 +65,49 @@ def ids_resolve(
     """The row id of each external id that exists, or of all after creating the missing ones (users
     without attributes, stub items); and how many were created."""
     table = model._meta.db_table
-    wanted = sorted(set(external_ids))  # sorted: concurrent writers take locks in the same order
+    wanted = set(external_ids)
     with _cursor() as cursor:
-        cursor.execute(_IDS_SELECT.format(table=table), [wanted])
+        cursor.execute(_IDS_SELECT.format(table=table), [_joined(wanted)])
         ids = dict(cursor.fetchall())
-        missing = [e for e in wanted if e not in ids]
+        missing = sorted(wanted - ids.keys())  # sorted: concurrent writers take locks in the same order
         if not (missing and create):
             return ids, 0
-        cursor.execute(_STUBS_CREATE[model], [missing])
+        cursor.execute(_STUBS_CREATE[model], [_joined(missing)])
         created = cursor.fetchall()
         ids.update(created)
         # Rows a concurrent writer committed meanwhile were skipped as conflicts: read them now.
-        missing = [e for e in missing if e not in ids]
+        missing = sorted(set(missing) - ids.keys())
         if missing:
-            cursor.execute(_IDS_SELECT.format(table=table), [missing])
+            cursor.execute(_IDS_SELECT.format(table=table), [_joined(missing)])
             ids.update(cursor.fetchall())
         return ids, len(created)
+
+
+def _joined(external_ids: Iterable[str]) -> str:
+    external_ids = list(external_ids)
+    joined = ",".join(external_ids)
+    if joined.count(",") != max(len(external_ids) - 1, 0):
+        raise ValueError("an external id with a comma reached the writer: the id rule refuses those")
+    return joined
 
 
 # ---- events ---------------------------------------------------------------------------------------
 
 # Re-sending an event is a no-op; re-sending it with another value updates the value and weight.
+# A row this statement inserted carries its statement_timestamp() as created_at (an updated one keeps its
+# earlier arrival): on a partitioned table RETURNING cannot read the system column xmax.
 # A NOT EXISTS pre-filter against stored rows made re-runs 2x faster but fresh imports slower, and
 # the planner answered it with a hash join over the whole table once that grew past the chunk.
 _EVENTS_UPSERT = """
     WITH written AS (
         INSERT INTO recsys_interaction AS old (user_id, item_id, event_type, value, weight, timestamp, created_at)
-        SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts, now()
+        SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts,
+               statement_timestamp()
         FROM {source}
         ON CONFLICT (user_id, item_id, event_type, timestamp) DO UPDATE
             SET value = EXCLUDED.value, weight = EXCLUDED.weight
             WHERE (old.value, old.weight) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.weight)
-        RETURNING (old.xmax = 0) AS inserted
+        RETURNING (old.created_at = statement_timestamp()) AS inserted
     )
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
@@ -109,6 +123,13 @@ _EVENTS_STATEMENT = {  # by whether the events come by COPY
     False: _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_ARRAYS),
     True: _EVENTS_UPSERT.replace("{source}", f"{_EVENTS_STAGE} AS s"),
 }
+# A month's load table whose month got rows meanwhile: its events (the last of repeated ones) by upsert.
+_EVENTS_FROM_LOAD = """(
+    SELECT DISTINCT ON (user_id, item_id, event_type, timestamp)
+           user_id, item_id, array_position(%(names)s::text[], event_type::text) - 1 AS code, value, weight,
+           timestamp AS ts
+    FROM {table} ORDER BY user_id, item_id, event_type, timestamp, id DESC
+) AS s"""
 
 
 def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
@@ -126,6 +147,15 @@ def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple
             cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
         created, updated = cursor.fetchone() or (0, 0)  # an aggregate: always one row
     return created, updated, len(events)
+
+
+def events_merge(table: str, rules: EventRules) -> tuple[int, int]:
+    """Upsert the events of a load table into the interactions; returns (created, updated)."""
+    with _cursor() as cursor:
+        statement = _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_LOAD.replace("{table}", table))
+        cursor.execute(statement, {"names": list(rules.names)})
+        created, updated = cursor.fetchone() or (0, 0)
+    return created, updated
 
 
 def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
@@ -177,6 +207,57 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
         stream.write(_COPY_HEADER)
         stream.write(rows.tobytes())
         stream.write(_COPY_TRAILER)
+
+
+# ---- events into a fresh month (a standalone table attached as a partition afterwards) ---------------
+
+# Rows of binary COPY have a fixed width within a group of events of one type with or without a value
+# (NULL has no bytes, the type's name is text): each group is one numpy structured array. The id and
+# created_at come from the table's defaults; a chunk's events are unique, and a later chunk's rows get
+# higher ids, so of an event repeated across chunks the later row wins (``partitions``' dedupe).
+_LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
+
+
+def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
+    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many."""
+    events = events_deduplicate(events)
+    weights = rules.weights_of(events.codes, events.values)
+    with _cursor() as cursor, cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
+        stream.write(_COPY_HEADER)
+        for block in load_rows(events, weights, rules.names):
+            stream.write(block)
+        stream.write(_COPY_TRAILER)
+    return len(events)
+
+
+def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> Iterator[bytes]:
+    """The rows of a binary COPY of ``_LOAD_COLUMNS``, a block per (type, has a value) group."""
+    has_value = ~np.isnan(events.values)
+    for code, name in enumerate(names):
+        of_type = events.codes == code
+        for valued in (False, True):
+            rows = np.flatnonzero(of_type & (has_value if valued else ~has_value))
+            if len(rows):
+                yield _load_group(events, weights, rows, name.encode(), valued).tobytes()
+
+
+def _load_group(
+    events: EventArrays, weights: npt.NDArray[np.float64], rows: Ints, name: bytes, valued: bool
+) -> npt.NDArray[np.void]:
+    fields = [("fields", ">i2"), ("user_len", ">i4"), ("user", ">i8"), ("item_len", ">i4"), ("item", ">i8")]
+    fields += [("weight_len", ">i4"), ("weight", ">f8"), ("ts_len", ">i4"), ("ts", ">i8"), ("value_len", ">i4")]
+    fields += [("value", ">f8")] if valued else []
+    fields += [("name_len", ">i4"), ("name", f"S{len(name)}")]
+    out = np.empty(len(rows), dtype=np.dtype(fields))
+    out["fields"] = 6
+    out["user_len"], out["item_len"], out["weight_len"], out["ts_len"] = 8, 8, 8, 8
+    out["user"], out["item"], out["weight"] = events.user_ids[rows], events.item_ids[rows], weights[rows]
+    out["ts"] = events.timestamps[rows] - _PG_EPOCH_US
+    out["value_len"] = 8 if valued else -1
+    if valued:
+        out["value"] = events.values[rows]
+    out["name_len"], out["name"] = len(name), name
+    return out
 
 
 def _stage_create(cursor: psycopg.Cursor[Any], table: str, columns: str) -> None:

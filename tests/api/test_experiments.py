@@ -102,7 +102,7 @@ def test_scenario_experiment_applies_only_to_requests_naming_the_scenario(admin_
 def test_invalid_scenario_name_is_a_validation_error(reader, versions):
     response = reader.get("/api/v1/users/u1/recommendations?scenario=no%20spaces")
     assert response.status_code == 400
-    assert response.json()["error"]["details"] == {"scenario": ["invalid"]}
+    assert response.json()["error"]["details"] == {"scenario": ["invalid name"]}
 
 
 @pytest.mark.parametrize(

@@ -131,18 +131,19 @@ def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communiti
 
 
 def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communities, monkeypatch):
-    """The binary COPY is decoded a chunk of rows at a time (short GIL holds for the run's heartbeat);
-    chunk boundaries change nothing, and the matrix holds exactly the stored events."""
-    from embeddings import interactions
+    """The binary COPYs of id ranges, each one row of arrays, are decoded a range at a time (short GIL
+    holds for the run's heartbeat); range boundaries change nothing, and the matrix holds exactly the
+    stored events, with or without time decay."""
     from recsys.models import Interaction
 
     whole = services.interactions_load(half_life_days=None)
-    decode = interactions.events_from_binary_copy
-    monkeypatch.setattr(services, "events_from_binary_copy", lambda blocks: decode(blocks, chunk_rows=7))
+    monkeypatch.setattr(services, "_INTERACTIONS_RANGE_ROWS", 7)
 
     chunked = services.interactions_load(half_life_days=None)
+    decayed = services.interactions_load(half_life_days=1e9, now=0.0)  # the timestamps' arrays come too
 
     assert (chunked.matrix != whole.matrix).nnz == 0 and whole.matrix.nnz == 240
+    assert abs(decayed.matrix - whole.matrix).max() < 1e-3
     assert (chunked.user_ids == whole.user_ids).all() and (chunked.item_ids == whole.item_ids).all()
     stored = Interaction.objects.order_by("user_id", "item_id").values_list("user_id", "item_id", "weight")
     coo = whole.matrix.tocoo()

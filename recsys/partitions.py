@@ -1,0 +1,259 @@
+"""Monthly range partitions of recsys_interaction: create ahead, split the DEFAULT partition, drop old, bulk-load.
+
+The one module that speaks DDL to the interaction partitions. A partition covers one calendar month
+(UTC) and is named ``recsys_interaction_pYYYYMM``; rows outside every partition land in
+``recsys_interaction_default`` (a safety net) until a partition for their month is created, which
+moves them. Bulk imports fill a standalone table per fresh month, build its indexes after the COPY
+and attach it (``partition_load_*``).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+PARENT = "recsys_interaction"
+DEFAULT = "recsys_interaction_default"
+LOAD_PREFIX = "recsys_interaction_load_"
+_NAME = re.compile(r"^recsys_interaction_p(\d{4})(\d{2})$")
+_BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+# The parent's indexes and constraints as a loaded month table gets them before it is attached:
+# ATTACH PARTITION adopts an equivalent index or constraint instead of building it again.
+_LOAD_KEYS = (
+    "ALTER TABLE {t} ADD CONSTRAINT {t}_event UNIQUE (user_id, item_id, event_type, timestamp)",
+    "ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (id, timestamp)",
+)
+_LOAD_INDEX_SUFFIXES = ("event", "pkey", "history", "item_time", "created")
+_LOAD_INDEXES = (
+    "CREATE INDEX {t}_history ON {t} (user_id, timestamp DESC, id DESC)",
+    "CREATE INDEX {t}_item_time ON {t} (item_id, timestamp)",
+    "CREATE INDEX {t}_created ON {t} USING brin (created_at)",
+)
+# Of repeated events (one key in two chunks of a file), the later row (higher id) wins.
+_LOAD_DEDUPLICATE = """
+    DELETE FROM {t} a USING {t} b
+    WHERE (a.user_id, a.item_id, a.event_type, a.timestamp) = (b.user_id, b.item_id, b.event_type, b.timestamp)
+      AND a.id < b.id
+"""
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    month: date  # the first day of the month it holds
+
+
+def month_of(moment: datetime) -> date:
+    moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def month_add(month: date, months: int) -> date:
+    index = month.year * 12 + month.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def partition_name(month: date) -> str:
+    return f"{PARENT}_p{month.year:04d}{month.month:02d}"
+
+
+def _bounds(month: date) -> tuple[str, str]:
+    return f"{month.isoformat()} 00:00:00+00", f"{month_add(month, 1).isoformat()} 00:00:00+00"
+
+
+@contextmanager
+def _cursor() -> Iterator[psycopg.Cursor[Any]]:
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
+
+def partitions_list() -> list[Partition]:
+    """The monthly partitions attached now, oldest first (the DEFAULT partition is not one)."""
+    with _cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            [PARENT],
+        )
+        rows = cursor.fetchall()
+    found = []
+    for name, bound in rows:
+        match = _BOUND.search(bound or "")
+        if match:
+            lower = datetime.fromisoformat(match.group(1))
+            found.append(Partition(name, month_of(lower)))
+    return sorted(found, key=lambda p: p.month)
+
+
+def partition_create(*, month: date) -> bool:
+    """Create the partition of ``month`` unless it exists, moving its rows out of DEFAULT (PostgreSQL refuses
+    to create a partition whose range has rows there). Returns whether it was created."""
+    lower, upper = _bounds(month)
+    name = partition_name(month)
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        if cursor.fetchone()[0]:  # type: ignore[index]
+            return False
+        cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.recsys_partition_moving")
+        cursor.execute(
+            f"CREATE TEMP TABLE recsys_partition_moving ON COMMIT DROP AS WITH moved AS ("
+            f" DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *) SELECT * FROM moved",
+            [lower, upper],
+        )
+        cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES FROM ('{lower}') TO ('{upper}')")
+        cursor.execute(f"INSERT INTO {name} SELECT * FROM recsys_partition_moving")
+    return True
+
+
+def partitions_ensure(*, now: datetime, ahead: int) -> list[str]:
+    """Partitions from this month to ``ahead`` months on, and for every month that has rows in DEFAULT."""
+    with _cursor() as cursor:
+        cursor.execute(f"SELECT DISTINCT date_trunc('month', timestamp AT TIME ZONE 'UTC')::date FROM {DEFAULT}")
+        months = {row[0] for row in cursor.fetchall()}
+    this_month = month_of(now)
+    months.update(month_add(this_month, k) for k in range(ahead + 1))
+    return [partition_name(month) for month in sorted(months) if partition_create(month=month)]
+
+
+def partitions_drop_before(*, cutoff: datetime) -> list[str]:
+    """Drop the partitions that hold nothing at or after ``cutoff`` (whole tables: no DELETE, no vacuum) and
+    delete DEFAULT's rows older than it. Returns the names of the partitions dropped."""
+    dropped = []
+    for partition in partitions_list():
+        if datetime.combine(month_add(partition.month, 1), datetime.min.time(), UTC) <= cutoff:
+            with transaction.atomic(), _cursor() as cursor:
+                _drop(cursor, partition.name)
+            dropped.append(partition.name)
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(f"DELETE FROM {DEFAULT} WHERE timestamp < %s", [cutoff])
+    return dropped
+
+
+def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
+    """DROP refuses a table with foreign-key checks still deferred in this transaction: run them first."""
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    cursor.execute(f"DROP TABLE {table}")
+    cursor.execute("SET CONSTRAINTS ALL DEFERRED")  # Django's foreign keys are all DEFERRABLE INITIALLY DEFERRED
+
+
+def partitions_maintain() -> dict[str, list[str]]:
+    """Create the months ahead (and those DEFAULT holds rows of), drop expired ones, drop crashed loads' tables."""
+    now = timezone.now()
+    created = partitions_ensure(now=now, ahead=settings.RECSYS_PARTITIONS_AHEAD)
+    dropped: list[str] = []
+    if settings.RECSYS_INTERACTION_RETENTION_DAYS:
+        dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
+    return {"created": created, "dropped": dropped, "loads_swept": partition_loads_sweep()}
+
+
+# ---- bulk loads into fresh months ---------------------------------------------------------------------
+
+
+def month_is_fresh(*, month: date) -> bool:
+    """Whether ``month`` holds no interaction yet: no partition or an empty one, and no row in DEFAULT."""
+    lower, upper = _bounds(month)
+    with _cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(month)])
+        if cursor.fetchone()[0]:  # type: ignore[index]
+            cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {partition_name(month)})")
+            if not cursor.fetchone()[0]:  # type: ignore[index]
+                return False
+        cursor.execute(
+            f"SELECT NOT EXISTS (SELECT 1 FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s)", [lower, upper]
+        )
+        return bool(cursor.fetchone()[0])  # type: ignore[index]
+
+
+def partition_load_create(*, month: date) -> str:
+    """A standalone table shaped like the interactions, without indexes, to COPY one month into; committed
+    at once so that a chunk's retried transaction keeps it. Named after this session, so that a crashed
+    load's table is found and dropped (``partition_loads_sweep``)."""
+    partition_loads_sweep()
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]  # type: ignore[index]
+        table = f"{LOAD_PREFIX}{pid}_{month.year:04d}{month.month:02d}_{secrets.token_hex(3)}"
+        cursor.execute(f"CREATE TABLE {table} (LIKE {PARENT} INCLUDING DEFAULTS)")
+    return table
+
+
+def partition_load_attach(*, table: str, month: date) -> int | None:
+    """Index a loaded month table and attach it as the month's partition (dropping an empty one); returns
+    how many events it brought. None, leaving the table as it is, when the month got rows meanwhile (the
+    caller merges them instead)."""
+    lower, upper = _bounds(month)
+    with transaction.atomic(), _cursor() as cursor:
+        _load_keys_add(cursor, table)
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        loaded = int(cursor.fetchone()[0])  # type: ignore[index]
+        for statement in _LOAD_INDEXES:
+            cursor.execute(statement.format(t=table))
+        # A validated CHECK of the range lets ATTACH skip its own scan of the table under the parent's lock.
+        cursor.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT {table}_range CHECK (timestamp >= '{lower}' AND timestamp < '{upper}')"
+        )
+        existing = partition_name(month)
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [existing])
+        if cursor.fetchone()[0]:  # type: ignore[index]
+            cursor.execute(f"LOCK TABLE {existing} IN ACCESS EXCLUSIVE MODE")
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {existing})")
+            if cursor.fetchone()[0]:  # type: ignore[index]
+                transaction.set_rollback(True)
+                return None
+            _drop(cursor, existing)
+        # Rows the API stored for this month meanwhile went to DEFAULT: they join the loaded ones.
+        cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(
+            f"WITH moved AS (DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *)"
+            f" INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING",
+            [lower, upper],
+        )
+        cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {table} FOR VALUES FROM ('{lower}') TO ('{upper}')")
+        cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_range")
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {existing}")
+        for suffix in _LOAD_INDEX_SUFFIXES:
+            cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {existing}_{suffix}")
+    return loaded
+
+
+def _load_keys_add(cursor: psycopg.Cursor[Any], table: str) -> None:
+    """The unique key, removing repeated events first only when adding it finds some (rare: a key repeated
+    across chunks of one file), so the common load pays one index build and no self-join."""
+    try:
+        with transaction.atomic():
+            cursor.execute(_LOAD_KEYS[0].format(t=table))
+    except psycopg.errors.UniqueViolation:
+        cursor.execute(_LOAD_DEDUPLICATE.format(t=table))
+        cursor.execute(_LOAD_KEYS[0].format(t=table))
+    cursor.execute(_LOAD_KEYS[1].format(t=table))
+
+
+def partition_load_drop(*, table: str) -> None:
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def partition_loads_sweep() -> list[str]:
+    """Drop load tables left by sessions that are gone (a crashed or killed import)."""
+    with _cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.relname LIKE %s AND NOT c.relispartition"
+            " AND split_part(substr(c.relname, %s), '_', 1)::int NOT IN (SELECT pid FROM pg_stat_activity)",
+            [LOAD_PREFIX.replace("_", r"\_") + "%", len(LOAD_PREFIX) + 1],
+        )
+        stale = [row[0] for row in cursor.fetchall()]
+    for table in stale:
+        partition_load_drop(table=table)
+    return stale

@@ -1,0 +1,220 @@
+"""Interactions by month: the migration keeps every row, partitions split DEFAULT, retention, bulk loads."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from recsys import partitions
+from recsys.ingestion.events import interactions_load
+from recsys.ingestion.readers import csv_events_read
+from recsys.models import Interaction
+from tests.factories import InteractionFactory, ItemFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def rows_by_partition() -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tableoid::regclass::text, count(*) FROM recsys_interaction GROUP BY 1")
+        return dict(cursor.fetchall())
+
+
+def stored() -> list[tuple[Any, ...]]:
+    return list(
+        Interaction.objects.order_by("user__external_id", "item__external_id", "event_type", "timestamp").values_list(
+            "user__external_id", "item__external_id", "event_type", "value", "weight", "timestamp"
+        )
+    )
+
+
+def at(year: int, month: int, day: int = 1, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_an_existing_table_keeps_every_row_and_id() -> None:
+    # Given the unpartitioned table (the migration before 0007) with rows across three months and a gap
+    executor = MigrationExecutor(connection)
+    executor.migrate([("recsys", "0006_rules")])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO recsys_user (external_id, attributes, created_at, updated_at)"
+            " SELECT 'u' || g, '{}', now(), now() FROM generate_series(1, 30) g"
+        )
+        cursor.execute(
+            "INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub,"
+            " created_at, updated_at) SELECT 'i' || g, '', '', '{}', '{}', false, false, now(), now()"
+            " FROM generate_series(1, 20) g"
+        )
+        cursor.execute(
+            "INSERT INTO recsys_interaction (user_id, item_id, event_type, value, weight, timestamp)"
+            " SELECT u.id, i.id, CASE WHEN i.id % 2 = 0 THEN 'rating' ELSE 'view' END,"
+            " CASE WHEN i.id % 2 = 0 THEN 4.5 END, 1.5, timestamptz '2021-01-20'"
+            " + (substr(u.external_id, 2)::int * 20 + substr(i.external_id, 2)::int) * interval '3 hours'"
+            " FROM recsys_user u, recsys_item i"
+        )
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        before = cursor.fetchall()
+
+    # When migrating forward
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    # Then every row is there with its id, spread over monthly partitions, and new ids follow on
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        assert cursor.fetchall() == before
+        cursor.execute("SELECT relkind FROM pg_class WHERE relname = 'recsys_interaction'")
+        assert cursor.fetchone()[0] == "p"
+    assert len(before) == 600
+    assert {"recsys_interaction_p202101", "recsys_interaction_p202102"} <= set(rows_by_partition())
+    assert sum(rows_by_partition().values()) == 600
+    newest = InteractionFactory(timestamp=at(2021, 2, 3))
+    assert newest.pk > max(row[0] for row in before)
+
+
+def test_a_partition_created_for_a_month_with_rows_in_default_moves_them() -> None:
+    # Given events of a month without a partition (they land in DEFAULT)
+    InteractionFactory.create_batch(3, timestamp=at(2015, 3, 10))
+    InteractionFactory(timestamp=at(2015, 4, 1))
+    assert rows_by_partition() == {"recsys_interaction_default": 4}
+
+    # When the month's partition is created
+    assert partitions.partition_create(month=date(2015, 3, 1))
+
+    # Then its rows moved there; the other month's stay in DEFAULT; a second create changes nothing
+    assert rows_by_partition() == {"recsys_interaction_p201503": 3, "recsys_interaction_default": 1}
+    assert not partitions.partition_create(month=date(2015, 3, 1))
+    assert Interaction.objects.count() == 4
+
+
+def test_maintenance_creates_months_ahead_and_splits_default(settings: Any) -> None:
+    settings.RECSYS_PARTITIONS_AHEAD = 5
+    InteractionFactory(timestamp=at(2014, 7, 4))
+
+    result = partitions.partitions_maintain()
+
+    months = {p.month for p in partitions.partitions_list()}
+    this_month = partitions.month_of(datetime.now(UTC))
+    assert {partitions.month_add(this_month, k) for k in range(6)} <= months
+    assert date(2014, 7, 1) in months
+    assert "recsys_interaction_p201407" in result["created"]
+    assert rows_by_partition() == {"recsys_interaction_p201407": 1}
+    assert result["dropped"] == []  # retention is off by default
+
+
+def test_retention_drops_whole_months_older_than_the_setting(settings: Any) -> None:
+    # Given events of two old months, of a recent one and one in DEFAULT
+    for month in (date(2016, 1, 1), date(2016, 2, 1)):
+        partitions.partition_create(month=month)
+    recent = datetime.now(UTC) - timedelta(days=1)
+    InteractionFactory(timestamp=at(2016, 1, 5))
+    InteractionFactory(timestamp=at(2016, 2, 5))
+    InteractionFactory(timestamp=recent)
+    settings.RECSYS_INTERACTION_RETENTION_DAYS = 30
+
+    # When maintenance runs with a retention of 30 days
+    result = partitions.partitions_maintain()
+
+    # Then the old months are gone as tables, the recent event stays
+    assert {"recsys_interaction_p201601", "recsys_interaction_p201602"} <= set(result["dropped"])
+    assert list(Interaction.objects.values_list("timestamp", flat=True)) == [recent]
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
+    path.write_text("user,item,type,value,timestamp\n" + "".join(",".join(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_file_of_fresh_months_is_attached_as_partitions_and_a_rerun_changes_nothing(tmp_path: Path) -> None:
+    # Given a file over two months nobody sent events for, one event repeated in a later chunk with another value
+    rows = [(f"u{k % 4}", f"i{k % 5}", "view", "", f"2019-05-{1 + k:02d}T10:00:00+00:00") for k in range(7)]
+    rows += [("u9", "i9", "rating", "2", "2019-06-02T00:00:00+00:00"), ("u1", "i1", "like", "", "2019-06-03T00:00:00Z")]
+    rows += [("u9", "i9", "rating", "5", "2019-06-02T00:00:00+00:00")]
+    path = write_csv(tmp_path / "events.csv", rows)
+
+    # When it is imported in chunks of three rows
+    report = interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+
+    # Then both months are partitions of their own, the repeat stored once with its last value
+    assert rows_by_partition() == {"recsys_interaction_p201905": 7, "recsys_interaction_p201906": 2}
+    assert (report.rows, report.created, report.updated, report.unchanged) == (10, 9, 0, 1)
+    assert Interaction.objects.get(user__external_id="u9").value == 5.0
+    first = stored()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'recsys_interaction_load%%'")
+        assert cursor.fetchone()[0] == 0  # no load table left behind, indexes renamed with their partition
+
+    # And importing the same file again stores nothing new through the upsert path (the repeat is applied
+    # again in file order, 2 then 5, and ends as it was)
+    again = interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+    assert (again.created, again.updated, again.unchanged) == (0, 2, 8)
+    assert stored() == first
+    assert rows_by_partition() == {"recsys_interaction_p201905": 7, "recsys_interaction_p201906": 2}
+
+
+def test_a_file_into_a_month_with_rows_goes_through_the_upsert(tmp_path: Path) -> None:
+    user, item = UserFactory(external_id="old"), ItemFactory(external_id="kept")
+    InteractionFactory(user=user, item=item, event_type="view", timestamp=at(2018, 8, 1))
+    path = write_csv(
+        tmp_path / "events.csv",
+        [("old", "kept", "view", "", "2018-08-01T00:00:00Z"), ("new", "kept", "view", "", "2018-08-09T00:00:00Z")],
+    )
+
+    report = interactions_load(chunks=csv_events_read(path))
+
+    assert (report.created, report.unchanged) == (1, 1)
+    assert rows_by_partition() == {"recsys_interaction_default": 2}
+
+
+def test_events_sent_to_a_loading_month_meanwhile_join_the_attached_partition() -> None:
+    # Given a load table for a fresh month, and an API event of that month that arrived in DEFAULT meanwhile
+    month = date(2017, 9, 1)
+    table = partitions.partition_load_create(month=month)
+    user, item = UserFactory(), ItemFactory()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (user_id, item_id, event_type, weight, timestamp) VALUES (%s, %s, 'view', 1, %s)",
+            [user.pk, item.pk, at(2017, 9, 2)],
+        )
+    InteractionFactory(user=user, item=item, event_type="like", timestamp=at(2017, 9, 3))
+
+    # When the load is attached
+    assert partitions.partition_load_attach(table=table, month=month) == 1
+
+    # Then the month's partition holds both
+    assert rows_by_partition() == {"recsys_interaction_p201709": 2}
+
+
+def test_load_tables_of_sessions_that_are_gone_are_swept() -> None:
+    live = partitions.partition_load_create(month=date(2019, 1, 1))
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {partitions.LOAD_PREFIX}99999999_201901_abcdef (LIKE recsys_interaction)")
+
+    swept = partitions.partition_loads_sweep()
+
+    assert swept == [f"{partitions.LOAD_PREFIX}99999999_201901_abcdef"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [live])
+        assert cursor.fetchone()[0]
+
+
+def test_the_dashboard_estimate_of_interactions_sums_the_analysed_partitions(monkeypatch: Any) -> None:
+    from recsys import admin_selectors
+
+    InteractionFactory.create_batch(4, timestamp=at(2015, 5, 5))
+    InteractionFactory.create_batch(2, timestamp=at(2015, 6, 5))
+    for month in (date(2015, 5, 1), date(2015, 6, 1)):
+        partitions.partition_create(month=month)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE recsys_interaction_p201505, recsys_interaction_p201506")
+    monkeypatch.setattr(admin_selectors, "EXACT_COUNT_BELOW", 3)
+
+    assert admin_selectors.table_row_count(table="recsys_interaction") == admin_selectors.RowCount(6, exact=False)
