@@ -139,6 +139,61 @@ def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[
     return bool(row[0])
 
 
+# ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------
+
+# Items with a content vector and no collaborative row, or a mapped row older than their content
+# vector (the text changed since it was mapped); trained rows are never candidates.
+_UNMAPPED = """
+    SELECT c.item_id, c.embedding FROM {content} c LEFT JOIN {table} v ON v.item_id = c.item_id
+    WHERE c.embedding IS NOT NULL AND (v.item_id IS NULL OR (v.mapped AND v.updated_at < c.updated_at))
+    ORDER BY c.updated_at, c.item_id
+    LIMIT %s
+"""
+
+
+def items_unmapped(
+    *, item_table: str, content_table: str, limit: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(ids, content vectors) of at most ``limit`` items to place in ``item_table`` by the map."""
+    statement = sql.SQL(_UNMAPPED).format(table=sql.Identifier(item_table), content=sql.Identifier(content_table))
+    with cursor() as cur:
+        rows = cur.execute(statement, [limit], binary=True).fetchall()
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+    return np.array([r[0] for r in rows], dtype=np.int64), np.stack([as_array(r[1]) for r in rows])
+
+
+def mapped_vectors_upsert(
+    *,
+    item_table: str,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None = None,
+) -> int:
+    """Write mapped item rows (``mapped`` = true); a trained row of the same item is never
+    overwritten, and an item deleted meanwhile is skipped. Returns the rows written."""
+    if not len(ids):
+        return 0
+    statement = sql.SQL(
+        "INSERT INTO {table} AS t (item_id, embedding, fold_in, mapped, updated_at) "
+        "SELECT x.i, x.e::vector, x.f::vector, true, clock_timestamp() "
+        "FROM unnest(%s::int8[], %s::text[], %s::text[]) AS x(i, e, f) JOIN recsys_item ON recsys_item.id = x.i "
+        "ON CONFLICT (item_id) DO UPDATE SET embedding = EXCLUDED.embedding, fold_in = EXCLUDED.fold_in, "
+        "updated_at = EXCLUDED.updated_at WHERE t.mapped"
+    ).format(table=sql.Identifier(item_table))
+    texts = [Vector(v).to_text() for v in vectors]
+    extra = [Vector(v).to_text() for v in fold_in] if fold_in is not None else [None] * len(ids)
+    with transaction.atomic(), cursor() as cur:
+        cur.execute(statement, [np.asarray(ids).tolist(), texts, extra])
+        return int(cur.rowcount)
+
+
+def mapped_items_count(*, item_table: str) -> int:
+    with cursor() as cur:
+        row = cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE mapped").format(sql.Identifier(item_table))).fetchone()
+    return int(row[0]) if row else 0
+
+
 # ---- freshness: what a version has not seen yet ---------------------------------------------------
 
 # Users whose latest interaction is newer than their vector in the version, among those with
