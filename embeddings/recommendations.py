@@ -18,6 +18,7 @@ from django.conf import settings
 from embeddings.fold_in import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
+from embeddings.ranking.serving import RankingRequest, Stage, ranked_list, ranking_wanted
 from embeddings.serving import (
     Answer,
     Recommendation,
@@ -94,29 +95,39 @@ def user_recommendations_list(
     include_seen: bool = False,
     explain: bool = False,
     diversity: float = 0.0,
+    ranking: bool | None = None,
 ) -> Answer:
     """Collaborative when the user has a vector (stored, or folded in from their history), else a
-    content profile of what they interacted with, else popularity. Hot answers come from the cache."""
-    variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity])
-    return answer_through_cache(
-        f"user:{user_external_id}",
-        variant,
-        lambda: _user_recommendations(user_external_id, limit, category, exclude, include_seen, explain, diversity),
-    )
+    content profile of what they interacted with, else popularity. Hot answers come from the cache.
+
+    ``ranking``: the learned ranking stage over several candidate sources (strategy "ranked") —
+    None uses it when the active version's validation says it beats the best single source, True
+    whenever the version has one, False never.
+    """
+    variant = json.dumps([limit, category, sorted(exclude), include_seen, explain, diversity, ranking])
+    request = _UserRequest(user_external_id, limit, category, exclude, include_seen, explain, diversity, ranking)
+    return answer_through_cache(f"user:{user_external_id}", variant, lambda: _user_recommendations(request))
 
 
-def _user_recommendations(
-    user_external_id: str,
-    limit: int,
-    category: str | None,
-    exclude: tuple[str, ...],
-    include_seen: bool,
-    explain: bool,
-    diversity: float,
-) -> Answer:
+@dataclass(frozen=True)
+class _UserRequest:
+    user_external_id: str
+    limit: int
+    category: str | None
+    exclude: tuple[str, ...]
+    include_seen: bool
+    explain: bool
+    diversity: float
+    ranking: bool | None
+
+
+def _user_recommendations(request: _UserRequest) -> Answer:
+    user_external_id, limit, category = request.user_external_id, request.limit, request.category
+    include_seen, explain, diversity = request.include_seen, request.explain, request.diversity
     collaborative = active()
-    exclude_ids = item_ids(exclude)
-    if collaborative is not None and not explain and diversity == 0:
+    exclude_ids = item_ids(request.exclude)
+    stage = ranking_wanted(collaborative, request.ranking) if collaborative is not None else None
+    if collaborative is not None and stage is None and not explain and diversity == 0:
         # The common case (a user with a stored vector) in one statement; others read their state.
         found = user_nearest_items(
             user_table=collaborative.user_table,
@@ -135,6 +146,8 @@ def _user_recommendations(
     if version is None or vector is None or user is None:
         return popular_items_list(limit=limit, category=category, exclude_ids=tuple(excluded))
     wanted = min(limit * 4, 200) if diversity > 0 else limit
+    if stage is not None and version is collaborative:
+        return _ranked(stage, collaborative, vector, user, excluded, request, wanted)
     neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=Filters(tuple(excluded), category))
     if diversity > 0:
         neighbours = mmr_rerank(
@@ -147,6 +160,47 @@ def _user_recommendations(
     if explain:
         _explain(items, neighbours, version, user.history, user.weights)
     return Answer(items, model_ref(version), strategy)
+
+
+def _ranked(
+    stage: Stage,
+    version: ModelVersion,
+    vector: npt.NDArray[np.float32],
+    user: UserState,
+    excluded: set[int],
+    request: _UserRequest,
+    wanted: int,
+) -> Answer:
+    """The ranking stage's answer (``explain`` adds each item's top feature contributions)."""
+    content = active(Kind.CONTENT)
+    profile = content_profile(content, user) if content is not None else None
+    ranked = ranked_list(
+        stage,
+        RankingRequest(
+            version=version,
+            vector=vector,
+            content=(content, profile) if content is not None and profile is not None else None,
+            history=user.history,
+            seen_at=user.seen_at,
+            excluded=frozenset(excluded),
+            category=request.category,
+            limit=wanted,
+        ),
+        explain=request.explain,
+    )
+    neighbours = ranked.neighbours
+    if request.diversity > 0:
+        vectors = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
+        neighbours = mmr_rerank(
+            [n for n in neighbours if n.item_id in vectors], vectors, limit=request.limit, diversity=request.diversity
+        )
+    items = from_neighbours(neighbours)
+    if request.explain and ranked.features is not None:
+        _explain(items, neighbours, version, user.history, user.weights)
+        by_id = {n.item_id: f for n, f in zip(ranked.neighbours, ranked.features, strict=True)}
+        for item, neighbour in zip(items, neighbours, strict=True):
+            item.reason = {**(item.reason or {}), "features": by_id[neighbour.item_id]}
+    return Answer(items, model_ref(version), "ranked")
 
 
 def _user_query(
@@ -209,6 +263,9 @@ def _explain(
     names = dict(Item.objects.filter(pk__in=past_ids).values_list("pk", "external_id"))
     candidates = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
     for item, neighbour in zip(items, neighbours, strict=True):
+        if neighbour.item_id not in candidates:  # a ranked candidate the model has no vector for
+            item.reason = {"because": []}
+            continue
         contributions = (past_matrix @ candidates[neighbour.item_id]) * np.maximum(past_weights, 0)
         top = np.argsort(-contributions)[:EXPLAIN_ITEMS]
         item.reason = {

@@ -139,6 +139,77 @@ def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[
     return bool(row[0])
 
 
+# ---- the ranking stage's reads ---------------------------------------------------------------------
+
+# What the ranker needs of each candidate, hidden items and other categories left out: its client id,
+# categories, age in days, attributes, and its vectors in the collaborative and content versions.
+_CANDIDATES = """
+    SELECT i.id, i.external_id, i.categories,
+           extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400,
+           {attributes}, {collaborative}, {content}
+    FROM recsys_item i
+    WHERE i.id = ANY(%(ids)s::int8[]) AND NOT i.is_hidden {category}
+"""
+
+# The shares of the user's recent items per category, and the newest items of their favourite ones.
+_CATEGORY_RECENT = """
+    WITH shares AS (
+        SELECT c, count(DISTINCT i.id)::float8 AS n FROM recsys_item i, unnest(i.categories) c
+        WHERE i.id = ANY(%(recent)s::int8[]) GROUP BY c
+    ), favourites AS (SELECT c FROM shares ORDER BY n DESC, c LIMIT {favourites})
+    SELECT s.c, s.n, NULL::int8, NULL::float8 FROM shares s
+    UNION ALL
+    SELECT f.c, NULL, x.id, x.age FROM favourites f CROSS JOIN LATERAL (
+        SELECT i.id, extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400 AS age
+        FROM recsys_item i
+        WHERE i.categories @> ARRAY[f.c]::varchar[] AND NOT i.is_hidden AND i.id <> ALL(%(exclude)s::int8[])
+        ORDER BY coalesce(i.published_at, i.created_at) DESC LIMIT {depth}
+    ) x
+"""
+
+
+def category_recent_rows(
+    *, recent: Sequence[int], exclude: Sequence[int], favourites: int, depth: int
+) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+    """(items per category among ``recent``, [(favourite category, item id, age in days)] newest
+    first per category) in one round trip."""
+    statement = sql.SQL(_CATEGORY_RECENT).format(favourites=sql.Literal(favourites), depth=sql.Literal(depth))
+    with cursor() as cur:
+        rows = cur.execute(statement, {"recent": list(recent), "exclude": list(exclude)}).fetchall()
+    counts = {r[0]: float(r[1]) for r in rows if r[2] is None}
+    return counts, [(r[0], int(r[2]), float(r[3])) for r in rows if r[2] is not None]
+
+
+def candidate_rows(
+    *,
+    ids: Sequence[int],
+    item_table: str,
+    content_table: str | None,
+    category: str | None,
+    attributes: bool,
+) -> list[tuple[Any, ...]]:
+    """(id, external id, categories, age days, attributes or None, collaborative vector or None,
+    content vector or None) of the visible candidates among ``ids`` (in no particular order)."""
+
+    def vector(table: str | None) -> sql.Composable:
+        if table is None:
+            return sql.SQL("NULL::vector")
+        return sql.SQL("(SELECT embedding FROM {} WHERE item_id = i.id)").format(sql.Identifier(table))
+
+    statement = sql.SQL(_CANDIDATES).format(
+        attributes=sql.SQL("i.attributes" if attributes else "NULL::jsonb"),
+        collaborative=vector(item_table),
+        content=vector(content_table),
+        category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
+    )
+    with cursor() as cur:
+        rows = cur.execute(statement, {"ids": list(ids), "category": category}, binary=True).fetchall()
+    return [
+        (*r[:5], as_array(r[5]) if r[5] is not None else None, as_array(r[6]) if r[6] is not None else None)
+        for r in rows
+    ]
+
+
 # ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------
 
 # Items with a content vector and no collaborative row, or a mapped row older than their content
