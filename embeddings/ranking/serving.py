@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -187,7 +188,7 @@ def _features(
     stage: Stage,
     request: RankingRequest,
     candidates: Candidates,
-    rows: list[tuple[object, ...]],
+    rows: list[tuple[Any, ...]],
     shares: dict[str, float],
 ) -> npt.NDArray[np.float32]:
     state = stage.state
@@ -203,16 +204,16 @@ def _features(
         trend=np.where(known, state.trend[clipped], unknown),
         age_days=np.array([r[3] for r in rows], np.float32),
         category_affinity=category_affinity([list(r[2] or []) for r in rows], shares),
-        attributes=numeric_attributes([r[4] for r in rows], stage.attributes),  # type: ignore[misc]
+        attributes=numeric_attributes([r[4] for r in rows], stage.attributes),
     )
     recency = (time.time() - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
     return features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
 
 
-def _dot(query: npt.NDArray[np.float32] | None, vector: object) -> float:
+def _dot(query: npt.NDArray[np.float32] | None, vector: npt.NDArray[np.float32] | None) -> float:
     if query is None or vector is None:
         return float("nan")
-    return float(np.dot(query, vector))  # type: ignore[call-overload]
+    return float(np.dot(query, vector))
 
 
 def _contributions(stage: Stage, features: npt.NDArray[np.float32]) -> list[list[dict[str, float | str]]]:

@@ -4,6 +4,7 @@ served when it wins (or when forced), explained with feature contributions."""
 from __future__ import annotations
 
 import pytest
+from django.urls import reverse
 
 from embeddings import content, services
 from embeddings.learners import LearnerParams
@@ -89,3 +90,11 @@ def test_ranking_respects_the_category_filter_and_exclusions(trained):
 
     assert answer.items and all(int(item.id[1:]) % 3 == 1 for item in answer.items)
     assert "i1" not in {item.id for item in answer.items}
+
+
+def test_the_admin_version_page_shows_the_stage_against_the_best_source(trained, admin_client):
+    page = admin_client.get(reverse("admin:embeddings_modelversion_change", args=[trained.pk]))
+
+    assert page.status_code == 200
+    text = page.content.decode().lower()
+    assert "ranking stage" in text and "vs the best source" in text and "top features by gain" in text
