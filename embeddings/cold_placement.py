@@ -4,10 +4,8 @@ mapped vector in the active version (marked ``mapped``; the next retrain replace
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -15,21 +13,13 @@ from django.conf import settings
 from django.db import transaction
 
 from embeddings.answer_cache import answers_invalidate_all
-from embeddings.cold_items import ContentMap, content_map_fit
+from embeddings.cold_items import StoredMap, map_bytes, map_load, mapped_vectors, stored_map_fit
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
 from embeddings.vectors import rows as vector_rows
 
 logger = logging.getLogger(__name__)
 MAX_FIT_ITEMS = 50_000  # a ridge fit on 50k × 385 takes ~2 s; more items change the map little
 BATCH = 1_000  # items mapped per statement
-
-
-@dataclass(frozen=True)
-class StoredMap:
-    """A fitted map and how its output splits into the item table's columns."""
-
-    content_map: ContentMap
-    dimensions: int  # the first ``dimensions`` outputs are ``embedding``, the rest (EASE) ``fold_in``
 
 
 def content_map_learn(
@@ -52,9 +42,8 @@ def content_map_learn(
     if len(rows) > MAX_FIT_ITEMS:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_FIT_ITEMS, replace=False))
         rows, content = rows[keep], content[keep]
-    target = item_vectors[rows] if fold_in is None else np.hstack([item_vectors[rows], fold_in[rows]])
-    fitted = content_map_fit(content, target, seed=seed)
-    stored = StoredMap(fitted, int(item_vectors.shape[1]))
+    stored = stored_map_fit(content, item_vectors[rows], None if fold_in is None else fold_in[rows], seed=seed)
+    fitted = stored.content_map
     report = {"items": float(len(rows)), "penalty": fitted.penalty, "r2": round(fitted.r2, 4)}
     return pointer.version, map_bytes(stored), report
 
@@ -66,19 +55,6 @@ def _sorted(ids: npt.NDArray[np.int64]) -> bool:
 def _positions(ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     order = np.argsort(ids)
     return np.asarray(order[np.searchsorted(ids, wanted, sorter=order)], dtype=np.int64)
-
-
-def map_bytes(stored: StoredMap) -> bytes:
-    buffer = io.BytesIO()
-    m = stored.content_map
-    np.savez(buffer, weights=m.weights, penalty=m.penalty, r2=m.r2, dimensions=stored.dimensions)
-    return buffer.getvalue()
-
-
-def map_load(data: bytes) -> StoredMap:
-    with np.load(io.BytesIO(data)) as arrays:
-        content_map = ContentMap(arrays["weights"], float(arrays["penalty"]), float(arrays["r2"]))
-        return StoredMap(content_map, int(arrays["dimensions"]))
 
 
 _maps_lock = threading.Lock()
@@ -127,9 +103,7 @@ def cold_items_place(*, limit: int | None = None) -> int:
 
 
 def _place(table: str, stored: StoredMap, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> int:
-    predicted = stored.content_map.predict(vectors)
-    embedding, rest = predicted[:, : stored.dimensions], predicted[:, stored.dimensions :]
-    fold_in = rest if rest.shape[1] else None
+    embedding, fold_in = mapped_vectors(stored, vectors)
     return vector_rows.mapped_vectors_upsert(item_table=table, ids=ids, vectors=embedding, fold_in=fold_in)
 
 
