@@ -342,6 +342,8 @@ RECSYS_RANKING = env_bool("RECSYS_RANKING", True)
 RECSYS_RANKING_DEPTH = env_int("RECSYS_RANKING_DEPTH", 100, minimum=10)  # candidates per source
 RECSYS_RANKING_TRAIN_USERS = env_int("RECSYS_RANKING_TRAIN_USERS", 3_000, minimum=50)
 RECSYS_RANKING_MIN_GAIN = env_float("RECSYS_RANKING_MIN_GAIN", 0.0)
+# Fewer validation users than this judge the ranker on noise: it is then not served by default.
+RECSYS_RANKING_MIN_USERS = env_int("RECSYS_RANKING_MIN_USERS", 300, minimum=0)
 # Item attributes (numeric values of Item.attributes) the ranker reads as features.
 RECSYS_RANKING_ATTRIBUTES = env_list("RECSYS_RANKING_ATTRIBUTES", [])
 RECSYS_CONTENT_ENCODE_BUDGET_SECONDS = env_float("RECSYS_CONTENT_ENCODE_BUDGET_SECONDS", 240.0)

@@ -241,12 +241,19 @@ class StageOutcome:
 
 
 def ranking_stage_train(
-    ctx: OfflineContext, *, attributes: list[str], max_users: int, min_gain: float = 0.0, seed: int = 42
+    ctx: OfflineContext,
+    *,
+    attributes: list[str],
+    max_users: int,
+    min_gain: float = 0.0,
+    min_users: int = 0,
+    seed: int = 42,
 ) -> StageOutcome:
     """Judge the ranker by 2-fold cross-fitting over (up to ``max_users``) validation users: fit on
     one half, score NDCG@10 on the other, against each single source on the same users (a source
     ranks only what it retrieved). It is used only when it beats the best source by more than
-    ``min_gain`` (relative); the ranker kept is then fitted on all of them."""
+    ``min_gain`` (relative) on at least ``min_users`` users (fewer judge nothing but noise); the
+    ranker kept is then fitted on all of them."""
     test = ctx.split.test
     users = np.flatnonzero(np.diff(test.indptr))
     rng = np.random.default_rng(seed)
@@ -284,7 +291,8 @@ def ranking_stage_train(
         "best_source": best,
         "best_source_ndcg@10": per_source[best],
         "gain": round(gain, 4),
-        "used": bool(final is not None and ranked > 0 and gain > min_gain),
+        "used": bool(final is not None and ranked > 0 and gain > min_gain and len(groups) >= min_users),
+        "min_users": min_users,
         "sources_ndcg@10": per_source,
         "depth": ctx.depth,
         "recall@depth": {

@@ -87,6 +87,7 @@ def ranking_stage_learn(
         attributes=attributes,
         max_users=settings.RECSYS_RANKING_TRAIN_USERS,
         min_gain=settings.RECSYS_RANKING_MIN_GAIN,
+        min_users=settings.RECSYS_RANKING_MIN_USERS,
         seed=seed,
     )
     state = ranking_state_build(data.matrix, times, data.item_ids, reference=reference)
