@@ -228,12 +228,12 @@ class ModelVersionAdmin(GuardedAdmin):
     def ranking_table(self, version: ModelVersion) -> str:
         """The learned ranker against each single source on the run's validation users, whether it is
         served by default, per-source recall of the held-out items, and its top features."""
-        artifacts = VersionArtifacts.objects.filter(version=version).values("ranking", "ranking_used").first()
-        report = (artifacts or {}).get("ranking") or {}
+        artifacts = VersionArtifacts.objects.filter(version=version).only("version", "ranking", "ranking_used").first()
+        report: dict[str, Any] = artifacts.ranking if artifacts is not None else {}
         if not report:
             return "—"
         gain = report.get("gain", 0.0)
-        verdict = "served by default" if artifacts and artifacts["ranking_used"] else "not served by default"
+        verdict = "served by default" if artifacts and artifacts.ranking_used else "not served by default"
         importances = sorted(report.get("importances", {}).items(), key=lambda kv: -kv[1])[:5]
         depth = report.get("depth", "")
         rows = format_html_join(
