@@ -386,6 +386,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="data set names to run (default: all)")
     args = parser.parse_args()
+    os.environ.setdefault("RECSYS_RANKING", "true")  # the worker trains the ranking stage (off by default)
     if not (MOVIELENS / "ratings.csv").exists():
         sys.exit(f"{MOVIELENS} not found: the quality benchmark needs ml-latest-small")
     sets = [*movielens_sets(), generated_set()]

@@ -31,6 +31,7 @@ def setup(url: str) -> None:
         RECSYS_INSECURE_DEV_KEY="true",
         RECSYS_ANSWER_CACHE_SECONDS="0",
         RECSYS_CF_TUNE="false",
+        RECSYS_RANKING="true",
         RECSYS_SERVING_STATEMENT_TIMEOUT_MS="5000",
         DJANGO_SETTINGS_MODULE="recsys.settings",
     )

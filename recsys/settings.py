@@ -338,7 +338,9 @@ RECSYS_COLD_ITEMS_MAX_PER_RUN = env_int("RECSYS_COLD_ITEMS_MAX_PER_RUN", 100_000
 # The ranking stage (embeddings/ranking/): candidates from several sources, a LightGBM lambdarank
 # ranker trained in the collaborative run on the validation split and used only when it beats the
 # best single source there by RECSYS_RANKING_MIN_GAIN (relative NDCG@10).
-RECSYS_RANKING = env_bool("RECSYS_RANKING", True)
+# Off by default until its serving cost is cut (+116 ms p50 at 100k items, BENCHMARKS.md) and its
+# training time fits the run's budget (842 s of a loaded 1M-interaction run).
+RECSYS_RANKING = env_bool("RECSYS_RANKING", False)
 RECSYS_RANKING_DEPTH = env_int("RECSYS_RANKING_DEPTH", 100, minimum=10)  # candidates per source
 RECSYS_RANKING_TRAIN_USERS = env_int("RECSYS_RANKING_TRAIN_USERS", 3_000, minimum=50)
 RECSYS_RANKING_MIN_GAIN = env_float("RECSYS_RANKING_MIN_GAIN", 0.0)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def trained(communities, settings):
     settings.RECSYS_CF_TUNE = False
+    settings.RECSYS_RANKING = True
     settings.RECSYS_CONTENT_ENCODER = "fake"
     items_upsert(
         rows=[
