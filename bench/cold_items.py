@@ -3,7 +3,8 @@
 10% of the movies are held out of training (the same ones as bench/content.py's cold start). A
 collaborative model is trained on the rest as a run would (the tuning search, then a fit), a ridge
 map from content vectors to collaborative item vectors is learnt on the warm movies
-(embeddings/cold_items.py), and the held-out movies get mapped vectors. Each user who liked some
+(embeddings/cold_items.py, fitted as a training run stores it: embeddings/cold_placement.py), and
+the held-out movies get mapped vectors. Each user who liked some
 of them ranks the held-out movies by their collaborative user vector · mapped vector, scored by
 NDCG@10; beside it, the content profile of bench/content.py, popularity as an oracle (counts of
 the held-out movies over the other users) and random, on the same users and candidates.
@@ -27,21 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import MOVIELENS, machine, write_section
 from content import cold_users, encode, movie_texts, ndcg_at_10, ratings
 
-from embeddings.cold_items import content_map_fit
-from embeddings.learners import LearnerParams, fit
+from embeddings.cold_items import mapped_vectors, stored_map_fit
+from embeddings.learners import Factors, LearnerParams, fit
 from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
 
 SEED = 42
 ENCODERS = ("tfidf-svd", "minilm")
 
 
-def collaborative(warm: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, str]:
-    """User and item vectors of the model a training run would choose on the warm matrix."""
+def collaborative(warm: sp.csr_matrix) -> tuple[Factors, str]:
+    """The factors of the model a training run would choose on the warm matrix."""
     outcome = collaborative_search(
         validation_split(warm, seed=SEED), LearnerParams(), options=TuningSettings(budget_seconds=60, seed=SEED)
     )
     factors = fit(learner_confidences(warm, outcome.params), outcome.params)
-    return factors.user, factors.item, f"{outcome.params.algorithm}, {factors.dimensions}-d"
+    return factors, f"{outcome.params.algorithm}, {factors.dimensions}-d"
 
 
 def main() -> None:
@@ -57,16 +58,25 @@ def main() -> None:
     warm_columns = np.flatnonzero(~is_cold)
     warm = matrix[:, warm_columns].tocsr()
     started = time.perf_counter()
-    user_vectors, item_vectors, model = collaborative(warm)
+    factors, model = collaborative(warm)
+    user_vectors, item_vectors = factors.user, factors.item
+    fold_in = factors.item_in
     train_s = time.perf_counter() - started
     rated = np.asarray((warm > 0).sum(axis=0)).ravel() > 0  # items the model has seen a positive of
     scores: dict[str, list[float]] = defaultdict(list)
     maps = {}
     for name in ENCODERS:
         vectors, _ = encode(name, texts)
-        content_map = content_map_fit(vectors[warm_columns][rated], item_vectors[rated], seed=SEED)
-        maps[name] = content_map
-        mapped = content_map.predict(vectors[cold])
+        # The product path: the map a training run stores (embeddings.cold_placement), targets the
+        # item table's columns (EASE's fold-in side too); user scores read the embedding column.
+        stored = stored_map_fit(
+            vectors[warm_columns][rated],
+            item_vectors[rated],
+            fold_in[rated] if fold_in is not None else None,
+            seed=SEED,
+        )
+        maps[name] = stored.content_map
+        mapped, _ = mapped_vectors(stored, vectors[cold])
         profile_scores(scores, name, vectors, mapped, matrix, stamps, cold, is_cold, user_vectors)
     baselines(scores, matrix, stamps, cold, is_cold, rng)
     report({k: float(np.mean(v)) for k, v in scores.items()}, len(scores["random"]), model, train_s, maps, len(cold))

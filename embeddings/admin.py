@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from embeddings import maps, operations, runs
-from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace
+from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, VectorSpace, VersionArtifacts
 from recsys.admin_format import moment, timestamps_humanized
 from recsys.admin_guard import GuardedAdmin
 from recsys.errors import DomainError
@@ -27,6 +27,7 @@ VERSION_FIELDS = (
     "params_table",
     "dimensions",
     "metrics_table",
+    "ranking_table",
     "timings_table",
     "counts_table",
     "progress_table",
@@ -222,6 +223,44 @@ class ModelVersionAdmin(GuardedAdmin):
             ),
         )
         return format_html("<table><tr><th>metric</th><th>model</th><th>popularity</th></tr>{}</table>", rows)
+
+    @admin.display(description="ranking stage (validation users, NDCG@10)")
+    def ranking_table(self, version: ModelVersion) -> str:
+        """The learned ranker against each single source on the run's validation users, whether it is
+        served by default, per-source recall of the held-out items, and its top features."""
+        artifacts = VersionArtifacts.objects.filter(version=version).only("version", "ranking", "ranking_used").first()
+        report: dict[str, Any] = artifacts.ranking if artifacts is not None else {}
+        if not report:
+            return "—"
+        gain = report.get("gain", 0.0)
+        verdict = "served by default" if artifacts and artifacts.ranking_used else "not served by default"
+        importances = sorted(report.get("importances", {}).items(), key=lambda kv: -kv[1])[:5]
+        depth = report.get("depth", "")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            [
+                ("ranked", _format_metric(report["ndcg@10"]), _format_metric(report["recall@depth"].get("union"))),
+                *(
+                    (name, _format_metric(value), _format_metric(report["recall@depth"].get(name)))
+                    for name, value in sorted(report.get("sources_ndcg@10", {}).items(), key=lambda kv: -kv[1])
+                ),
+            ],
+        )
+        return format_html(
+            "<p>{} vs the best source ({}): {}, {}; {} users, {} candidates each.</p>"
+            "<table><tr><th>ranking</th><th>NDCG@10</th><th>recall@{} (union for ranked)</th></tr>{}</table>"
+            "<p>Top features by gain: {}</p>",
+            _format_metric(report["ndcg@10"]),
+            report.get("best_source", "—"),
+            f"{gain:+.1%}",
+            verdict,
+            report.get("users", 0),
+            report.get("candidates_per_user", 0),
+            depth,
+            rows,
+            ", ".join(f"{name} {share:.0%}" for name, share in importances) or "—",
+        )
 
     @admin.action(description="Activate the selected version (serve it now)")
     def activate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,3 +73,46 @@ def content_map_fit(
     total = float(((y[held] - y[held].mean(axis=0)) ** 2).sum()) or 1.0
     weights = _ridge_path(x, y, [penalties[best]])[0]
     return ContentMap(weights.astype(np.float32), penalties[best], 1.0 - residual[best] / total)
+
+
+@dataclass(frozen=True)
+class StoredMap:
+    """A fitted map and how its output splits into the item table's columns."""
+
+    content_map: ContentMap
+    dimensions: int  # the first ``dimensions`` outputs are ``embedding``, the rest (EASE) ``fold_in``
+
+
+def stored_map_fit(
+    content: npt.NDArray[np.float32],
+    item_vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None,
+    *,
+    seed: int = 0,
+) -> StoredMap:
+    """The map a run stores: content (n, d_c) → the item table's columns, ``embedding`` (n, d) and,
+    for EASE, ``fold_in`` (n, d) side by side (rows of all three aligned)."""
+    target = item_vectors if fold_in is None else np.hstack([item_vectors, fold_in])
+    return StoredMap(content_map_fit(content, target, seed=seed), int(item_vectors.shape[1]))
+
+
+def mapped_vectors(
+    stored: StoredMap, content: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """(embedding, fold_in or None) of items placed from their content vectors."""
+    predicted = stored.content_map.predict(content)
+    rest = predicted[:, stored.dimensions :]
+    return predicted[:, : stored.dimensions], rest if rest.shape[1] else None
+
+
+def map_bytes(stored: StoredMap) -> bytes:
+    buffer = io.BytesIO()
+    m = stored.content_map
+    np.savez(buffer, weights=m.weights, penalty=m.penalty, r2=m.r2, dimensions=stored.dimensions)
+    return buffer.getvalue()
+
+
+def map_load(data: bytes) -> StoredMap:
+    with np.load(io.BytesIO(data)) as arrays:
+        content_map = ContentMap(arrays["weights"], float(arrays["penalty"]), float(arrays["r2"]))
+        return StoredMap(content_map, int(arrays["dimensions"]))

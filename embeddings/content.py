@@ -209,6 +209,10 @@ def content_items_encode(*, budget_seconds: float | None = None) -> int:
             written += tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
     if written:
         answers_invalidate_all()  # new items belong in similar lists and search results now
+        if settings.RECSYS_COLD_ITEMS:
+            from embeddings.cold_placement import cold_items_place_schedule
+
+            cold_items_place_schedule()  # and, mapped, in the collaborative space
     return written
 
 
@@ -271,4 +275,10 @@ def content_sweep() -> dict[str, Any]:
             return {"building": None, "encoded": 0}
         runs.run_enqueue(version_id=version.pk, task=tasks.content_model_build)
         return {"building": version.pk, "encoded": content_items_encode() if active else 0}
-    return {"building": None, "encoded": content_items_encode()}
+    encoded = content_items_encode()
+    placed = 0
+    if settings.RECSYS_COLD_ITEMS:
+        from embeddings.cold_placement import cold_items_place
+
+        placed = cold_items_place()  # items whose placement task was lost (broker away)
+    return {"building": None, "encoded": encoded, "placed": placed}

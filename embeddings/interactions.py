@@ -308,3 +308,23 @@ def with_weak_negatives(
     absent.eliminate_zeros()
     absent.data = ((absent.data - 1.0) / alpha).astype(np.float32)  # -w → -(1 + w) / alpha
     return (confidences + absent).astype(np.float32).tocsr()
+
+
+def latest_times(
+    data: InteractionMatrix,
+    user_ids: npt.NDArray[np.int64],
+    item_ids: npt.NDArray[np.int64],
+    timestamps: npt.NDArray[np.float64],
+) -> sp.csr_matrix:
+    """(n_users, n_items) float64 CSR over ``data``'s rows and columns: the latest epoch second of
+    each (user, item) pair's events (the events are the ones ``data`` was built from)."""
+    rows = np.searchsorted(data.user_ids, user_ids)
+    cols = np.searchsorted(data.item_ids, item_ids)
+    keys = rows.astype(np.int64) * data.shape[1] + cols
+    order = np.lexsort((timestamps, keys))
+    ordered = keys[order]
+    last = np.append(ordered[1:] != ordered[:-1], True) if len(ordered) else np.zeros(0, bool)
+    picked = order[last]
+    return sp.csr_matrix(
+        (np.asarray(timestamps, np.float64)[picked], (rows[picked], cols[picked])), shape=data.shape, dtype=np.float64
+    )

@@ -144,3 +144,28 @@ class EmbeddingMap(models.Model):
 
     def __str__(self) -> str:
         return f"map of v{self.version_id} ({self.state}, {self.sample_size} points)"
+
+
+class VersionArtifacts(models.Model):
+    """What a collaborative run learns besides its vectors, loaded once per process by version.
+
+    ``content_map``: the content → collaborative ridge map (``embeddings.cold_items``) as .npz
+    bytes, with the content version it was fitted on; new items get mapped vectors with it.
+    ``ranker``: the LightGBM ranking stage's model text (empty when it was not trained), and
+    ``ranking_state``: the per-item arrays its sources and features read (.npz bytes).
+    ``ranking``: the stage's validation report (NDCG@10 ranked vs each source, whether it is
+    used, feature importances, per-source recall@depth).
+    """
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, primary_key=True, related_name="artifacts")
+    content_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    content_map = models.BinaryField(null=True, blank=True, editable=False)
+    ranker = models.TextField(blank=True, editable=False)
+    ranking_state = models.BinaryField(null=True, blank=True, editable=False)
+    ranking = models.JSONField(default=dict, blank=True)
+    ranking_used = models.BooleanField(default=False, help_text="The ranker beat the best single source.")
+
+    def __str__(self) -> str:
+        return f"artifacts of v{self.version_id}"

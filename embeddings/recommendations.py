@@ -18,6 +18,7 @@ from django.conf import settings
 from embeddings.fold_in import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
+from embeddings.ranking.serving import RankingRequest, Stage, ranked_list, ranking_wanted
 from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
 from embeddings.serving import (
     Answer,
@@ -125,7 +126,7 @@ def user_recommendations_list(
     diversity: float = 0.0,
     version: ModelVersion | None = None,
     source: str = "auto",
-    ranking: bool = False,
+    ranking: bool | None = None,
     rules: RuleSet = NO_RULES,
     scenario: str | None = None,
     apply_scenario_rules: bool = True,
@@ -135,59 +136,68 @@ def user_recommendations_list(
 
     An experiment's variant narrows this: ``version`` serves that collaborative version instead of
     the active one; ``source`` "content" starts at the content profile, "popular" serves popularity
-    (without the user's seen items), "auto" is the chain above. The user's hidden items are never
-    recommended; ``rules`` apply, and the scenario's saved rules unless ``apply_scenario_rules`` is
-    false.
+    (without the user's seen items), "auto" is the chain above. ``ranking``: the learned ranking
+    stage over several candidate sources (strategy "ranked") — None uses it when the version's
+    validation says it beats the best single source, True whenever the version has one, False
+    never. The user's hidden items are never recommended; ``rules`` apply, and the scenario's saved
+    rules unless ``apply_scenario_rules`` is false.
     """
     if source not in USER_SOURCES:
         raise ValueError(f"source must be one of {USER_SOURCES}")
-    # ranking: the ranking stage, wired by the ranking branch; until then a pass-through no-op flag.
     rules = rules_resolve(
         rules=replace(rules, hidden_for=user_external_id), scenario=scenario, apply_scenario_rules=apply_scenario_rules
     )
-    key = [limit, category, sorted(exclude), include_seen, explain, diversity]
-    if version is not None or source != "auto" or ranking:
-        key += [getattr(version, "pk", None), source, ranking]
-    variant = json.dumps(key) + rules.key()
+    key = [limit, category, sorted(exclude), include_seen, explain, diversity, ranking]
+    if version is not None or source != "auto":
+        key += [getattr(version, "pk", None), source]
+    request = _UserRequest(
+        user_external_id,
+        rules.depth(limit),
+        category,
+        exclude,
+        include_seen,
+        explain,
+        diversity,
+        ranking,
+        rules,
+        version,
+        source,
+    )
 
     def compute() -> Answer:
-        found = _user_recommendations(
-            user_external_id,
-            rules.depth(limit),
-            category,
-            exclude,
-            include_seen,
-            explain,
-            diversity,
-            rules,
-            version,
-            source,
-        )
+        found = _user_recommendations(request)
         return answer_rules_apply(found, rules, limit=limit, exclude=exclude, category=category)
 
-    return answer_through_cache(f"user:{user_external_id}", variant, compute)
+    return answer_through_cache(f"user:{user_external_id}", json.dumps(key) + rules.key(), compute)
 
 
-def _user_recommendations(
-    user_external_id: str,
-    limit: int,
-    category: str | None,
-    exclude: tuple[str, ...],
-    include_seen: bool,
-    explain: bool,
-    diversity: float,
-    rules: RuleSet,
-    version: ModelVersion | None = None,
-    source: str = "auto",
-) -> Answer:
-    collaborative = (version or active()) if source == "auto" else None
-    exclude_ids = item_ids(exclude)
-    if source == "popular":
+@dataclass(frozen=True)
+class _UserRequest:
+    user_external_id: str
+    limit: int  # the candidates wanted before the rules cut the answer to the client's limit
+    category: str | None
+    exclude: tuple[str, ...]
+    include_seen: bool
+    explain: bool
+    diversity: float
+    ranking: bool | None
+    rules: RuleSet
+    version: ModelVersion | None
+    source: str
+
+
+def _user_recommendations(request: _UserRequest) -> Answer:
+    user_external_id, limit, category = request.user_external_id, request.limit, request.category
+    include_seen, explain, diversity, rules = request.include_seen, request.explain, request.diversity, request.rules
+    collaborative = (request.version or active()) if request.source == "auto" else None
+    exclude_ids = item_ids(request.exclude)
+    if request.source == "popular":
         user = _user_state(user_external_id, None)
         seen = set() if include_seen or user is None else set(user.history)
         unwanted = tuple(set(exclude_ids) | seen)
         return popular_candidates(limit=limit, category=category, exclude_ids=unwanted, rules=rules)
-    if collaborative is not None and not explain and diversity == 0:
+    stage = ranking_wanted(collaborative, request.ranking) if collaborative is not None else None
+    if collaborative is not None and stage is None and not explain and diversity == 0:
         # The common case (a user with a stored vector) in one statement; others read their state.
         found = user_nearest_items(
             user_table=collaborative.user_table,
@@ -207,6 +217,8 @@ def _user_recommendations(
         return popular_candidates(limit=limit, category=category, exclude_ids=tuple(excluded), rules=rules)
     wanted = min(limit * 4, 200) if diversity > 0 else limit
     filters = Filters(tuple(excluded), category, rules)
+    if stage is not None and version is collaborative:
+        return _ranked(stage, collaborative, vector, user, excluded, request, wanted)
     neighbours = nearest_items(version.item_table, vector, limit=wanted, filters=filters)
     if diversity > 0:
         neighbours = mmr_rerank(
@@ -219,6 +231,48 @@ def _user_recommendations(
     if explain:
         _explain(items, neighbours, version, user.history, user.weights)
     return Answer(items, model_ref(version), strategy)
+
+
+def _ranked(
+    stage: Stage,
+    version: ModelVersion,
+    vector: npt.NDArray[np.float32],
+    user: UserState,
+    excluded: set[int],
+    request: _UserRequest,
+    wanted: int,
+) -> Answer:
+    """The ranking stage's answer (``explain`` adds each item's top feature contributions)."""
+    content = active(Kind.CONTENT)
+    profile = content_profile(content, user) if content is not None else None
+    ranked = ranked_list(
+        stage,
+        RankingRequest(
+            version=version,
+            vector=vector,
+            content=(content, profile) if content is not None and profile is not None else None,
+            history=user.history,
+            seen_at=user.seen_at,
+            excluded=frozenset(excluded),
+            category=request.category,
+            limit=wanted,
+            rules=request.rules,
+        ),
+        explain=request.explain,
+    )
+    neighbours = ranked.neighbours
+    if request.diversity > 0:
+        vectors = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
+        neighbours = mmr_rerank(
+            [n for n in neighbours if n.item_id in vectors], vectors, limit=request.limit, diversity=request.diversity
+        )
+    items = from_neighbours(neighbours)
+    if request.explain and ranked.features is not None:
+        _explain(items, neighbours, version, user.history, user.weights)
+        by_id = {n.item_id: f for n, f in zip(ranked.neighbours, ranked.features, strict=True)}
+        for item, neighbour in zip(items, neighbours, strict=True):
+            item.reason = {**(item.reason or {}), "features": by_id[neighbour.item_id]}
+    return Answer(items, model_ref(version), "ranked")
 
 
 def _user_query(
@@ -281,6 +335,9 @@ def _explain(
     names = dict(Item.objects.filter(pk__in=past_ids).values_list("pk", "external_id"))
     candidates = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
     for item, neighbour in zip(items, neighbours, strict=True):
+        if neighbour.item_id not in candidates:  # a ranked candidate the model has no vector for
+            item.reason = {"because": []}
+            continue
         contributions = (past_matrix @ candidates[neighbour.item_id]) * np.maximum(past_weights, 0)
         top = np.argsort(-contributions)[:EXPLAIN_ITEMS]
         item.reason = {

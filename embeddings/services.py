@@ -5,24 +5,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 from django.conf import settings
 from django.db import connection, transaction
 
 from embeddings import runs
-from embeddings.evaluation import popularity_recommender, ranking_metrics, scores_recommender
+from embeddings.cold_placement import cold_items_place, content_map_learn
+from embeddings.evaluation import Split, popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import (
     InteractionMatrix,
     build_matrix,
     decay,
     events_from_array_copy,
+    latest_times,
     weak_negatives_build,
     with_weak_negatives,
 )
 from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gram_matrix
-from embeddings.models import Kind, ModelVersion
+from embeddings.models import Kind, ModelVersion, Status, VersionArtifacts
 from embeddings.popularity import popularity_refresh
+from embeddings.ranking.training import ranking_stage_learn
 from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
 from embeddings.vectors import tables
 
@@ -72,6 +78,14 @@ def interactions_load(*, half_life_days: float | None, now: float | None = None)
     Memory: 12 bytes an event while reading (int32 ids, float32 decayed weights; timestamps are used per
     group and dropped), then the CSR (8 bytes a distinct pair) — measured in BENCHMARKS.md (bench/scale.py).
     """
+    return interactions_load_timed(half_life_days=half_life_days, now=now, with_times=False)[0]
+
+
+def interactions_load_timed(
+    *, half_life_days: float | None, now: float | None = None, with_times: bool = True
+) -> tuple[InteractionMatrix, sp.csr_matrix | None]:
+    """The weighted matrix and, with ``with_times`` (the ranking stage's input; 8 more bytes an event
+    while reading), each pair's latest event time over the same rows and columns."""
     at = now or time.time()
 
     def weigh(weights: Any, timestamps: Any) -> Any:
@@ -88,16 +102,19 @@ def interactions_load(*, half_life_days: float | None, now: float | None = None)
             cursor.execute("SELECT coalesce(min(id), 0), coalesce(max(id), -1) FROM recsys_interaction")
             low, high = cursor.fetchone()  # type: ignore[misc]
             events = events_from_array_copy(
-                _range_copies(cursor, low, high, decayed=bool(half_life_days)),
+                _range_copies(cursor, low, high, with_timestamps=bool(half_life_days) or with_times),
                 expected_rows=expected,
                 weigh=weigh if half_life_days else None,
-                timestamps=False,
+                timestamps=with_times,
             )
-    return build_matrix(events.user_ids, events.item_ids, events.weights)
+    data = build_matrix(events.user_ids, events.item_ids, events.weights)
+    if not with_times:
+        return data, None
+    return data, latest_times(data, events.user_ids, events.item_ids, events.timestamps)
 
 
-def _range_copies(cursor: Any, low: int, high: int, *, decayed: bool) -> Iterator[Iterator[bytes]]:
-    timestamps = ", array_agg(date_part('epoch', timestamp))" if decayed else ""
+def _range_copies(cursor: Any, low: int, high: int, *, with_timestamps: bool) -> Iterator[Iterator[bytes]]:
+    timestamps = ", array_agg(date_part('epoch', timestamp))" if with_timestamps else ""
     for start in range(low, high + 1, _INTERACTIONS_RANGE_ROWS):
         statement = _INTERACTIONS_COPY.format(timestamps=timestamps, low=start, high=start + _INTERACTIONS_RANGE_ROWS)
         with cursor.copy(statement) as copy:
@@ -130,20 +147,24 @@ def collaborative_model_train(*, version_id: int) -> ModelVersion:
     # Popular items answer cold users next to this model: rescore them from the same data now
     # rather than wait for beat (seconds, against minutes of training).
     popularity_refresh()
+    if settings.RECSYS_COLD_ITEMS and version.status == Status.ACTIVE:
+        cold_items_place()  # items with text the new version has no interactions for
     return version
 
 
 def _train(version: ModelVersion) -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    data = interactions_load(half_life_days=settings.RECSYS_CF_HALF_LIFE_DAYS)
+    data, times = interactions_load_timed(
+        half_life_days=settings.RECSYS_CF_HALF_LIFE_DAYS, with_times=settings.RECSYS_RANKING
+    )
     negatives = weak_negatives_load(data)
     timings["load"] = time.perf_counter() - started
     if data.matrix.nnz == 0:
         raise ValueError("there are no interactions to learn from")
     runs.run_progress(version, stage="evaluating", users=data.shape[0], items=data.shape[1])
     started = time.perf_counter()
-    params, version.metrics, version.baseline_metrics, tried = _select(
+    selection = _select(
         data.matrix,
         LearnerParams(**version.params),
         negatives,
@@ -151,7 +172,28 @@ def _train(version: ModelVersion) -> None:
             version, stage="evaluating", users=data.shape[0], items=data.shape[1], **candidate
         ),
     )
+    params, version.metrics, version.baseline_metrics, tried = (
+        selection.params,
+        selection.metrics,
+        selection.baseline,
+        selection.tried,
+    )
     timings["evaluate"] = time.perf_counter() - started
+    artifacts = VersionArtifacts(version=version)
+    if settings.RECSYS_RANKING:
+        runs.run_progress(version, stage="ranking", candidates=tried)
+        outcome, state, timings["ranking"] = ranking_stage_learn(
+            split=selection.split,
+            user_scores=lambda row: selection.factors.scores(np.array([row]))[0],
+            data=data,
+            times=times,
+            seed=params.random_state,
+        )
+        artifacts.ranking, artifacts.ranking_used = outcome.report, outcome.wins
+        artifacts.ranker = outcome.ranker.model_text() if outcome.ranker is not None else ""
+        artifacts.ranking_state = state.to_bytes() if outcome.ranker is not None else None
+        version.metrics["ranking_ndcg@10"] = outcome.report["ndcg@10"]
+        version.metrics["best_source_ndcg@10"] = outcome.report["best_source_ndcg@10"]
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
@@ -161,6 +203,16 @@ def _train(version: ModelVersion) -> None:
     started = time.perf_counter()
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
+    if settings.RECSYS_COLD_ITEMS:
+        started = time.perf_counter()
+        learned = content_map_learn(
+            item_ids=data.item_ids, item_vectors=factors.item, fold_in=factors.item_in, seed=params.random_state
+        )
+        if learned is not None:
+            artifacts.content_version, artifacts.content_map, report = learned
+            version.metrics["content_map_r2"] = report["r2"]
+        timings["content_map"] = time.perf_counter() - started
+    artifacts.save()
     version.dimensions = factors.dimensions
     version.item_gram = None if factors.item_in is not None else gram_matrix(factors.item).tolist()
     version.counts = {"users": data.shape[0], "items": data.shape[1], "interactions": int(data.matrix.nnz)}
@@ -201,16 +253,25 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
     )
 
 
+@dataclass
+class Selection:
+    """The chosen learner, its metrics and popularity's on the validation split, every candidate's
+    score, and the split with the chosen learner fitted on its train part (the ranking stage's input)."""
+
+    params: LearnerParams
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    tried: list[dict[str, Any]]
+    split: Split
+    factors: Factors
+
+
 def _select(
     matrix: Any, configured: LearnerParams, negatives: Any = None, report: Callable[..., None] = lambda **_: None
-) -> tuple[LearnerParams, dict[str, float], dict[str, float], list[dict[str, Any]]]:
+) -> Selection:
     """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
-    the configured learner as it is when tuning is off.
-
-    Returns the winner, its metrics, popularity's metrics on the same split, and every
-    candidate's score (so operators can see what was tried). The search itself runs without weak
-    negatives; the winner's metrics are measured with them, as it will be fitted.
-    """
+    the configured learner as it is when tuning is off. The search itself runs without weak
+    negatives; the winner's metrics are measured with them, as it will be fitted."""
     split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
@@ -225,7 +286,7 @@ def _select(
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
-    return params, metrics, baseline, tried
+    return Selection(params, metrics, baseline, tried, split, factors)
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

@@ -90,3 +90,11 @@ def embedding_map_compute(version_id: int) -> dict[str, object]:
 
     emap = compute(version_id=version_id)
     return {"version": version_id, "state": emap.state, "points": emap.sample_size}
+
+
+@shared_task(acks_late=True, soft_time_limit=300, time_limit=360)
+def cold_items_place() -> int:
+    """Idempotent (maps whatever the active version still lacks), so late acks are safe."""
+    from embeddings.cold_placement import cold_items_place as place
+
+    return place()

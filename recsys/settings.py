@@ -319,6 +319,11 @@ CELERY_TASK_ROUTES = {
     "embeddings.tasks.users_fold_in_sweep": {"queue": "maintenance"},
     "embeddings.tasks.popularity_refresh": {"queue": "maintenance"},
     "embeddings.tasks.embedding_map_compute": {"queue": "maintenance"},
+    # New items' mapped collaborative vectors: seconds after their encoding, like a fold-in.
+    "embeddings.tasks.cold_items_place": {"queue": "realtime"},
+    "recsys.tasks.interaction_partitions_maintain": {"queue": "maintenance"},
+    "recsys.feedback.tasks.impression_partitions_maintain": {"queue": "maintenance"},
+    "experiments.tasks.experiment_metrics_compute": {"queue": "maintenance"},
 }
 RECSYS_TRAIN_INTERVAL_MINUTES = env_int("RECSYS_TRAIN_INTERVAL_MINUTES", 360, minimum=0)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -416,6 +421,26 @@ RECSYS_CONTENT_ENCODER = env_str("RECSYS_CONTENT_ENCODER", "minilm")
 RECSYS_CONTENT_DIMENSIONS = env_int("RECSYS_CONTENT_DIMENSIONS", 256, minimum=2)  # tfidf-svd only
 RECSYS_CONTENT_FIELDS = env_list("RECSYS_CONTENT_FIELDS", ["title", "text", "categories"])
 RECSYS_CONTENT_BATCH = env_int("RECSYS_CONTENT_BATCH", 256, minimum=1)  # items per incremental batch
+
+# Cold items in the collaborative space: each collaborative run fits a ridge map from content
+# vectors to item vectors; items with text but no collaborative vector get a mapped one in the
+# active version seconds after they are encoded (at most this many per placement task).
+RECSYS_COLD_ITEMS = env_bool("RECSYS_COLD_ITEMS", True)
+RECSYS_COLD_ITEMS_MAX_PER_RUN = env_int("RECSYS_COLD_ITEMS_MAX_PER_RUN", 100_000, minimum=1)
+
+# The ranking stage (embeddings/ranking/): candidates from several sources, a LightGBM lambdarank
+# ranker trained in the collaborative run on the validation split and used only when it beats the
+# best single source there by RECSYS_RANKING_MIN_GAIN (relative NDCG@10).
+# Off by default until its serving cost is cut (+116 ms p50 at 100k items, BENCHMARKS.md) and its
+# training time fits the run's budget (842 s of a loaded 1M-interaction run).
+RECSYS_RANKING = env_bool("RECSYS_RANKING", False)
+RECSYS_RANKING_DEPTH = env_int("RECSYS_RANKING_DEPTH", 100, minimum=10)  # candidates per source
+RECSYS_RANKING_TRAIN_USERS = env_int("RECSYS_RANKING_TRAIN_USERS", 3_000, minimum=50)
+RECSYS_RANKING_MIN_GAIN = env_float("RECSYS_RANKING_MIN_GAIN", 0.0)
+# Fewer validation users than this judge the ranker on noise: it is then not served by default.
+RECSYS_RANKING_MIN_USERS = env_int("RECSYS_RANKING_MIN_USERS", 300, minimum=0)
+# Item attributes (numeric values of Item.attributes) the ranker reads as features.
+RECSYS_RANKING_ATTRIBUTES = env_list("RECSYS_RANKING_ATTRIBUTES", [])
 RECSYS_CONTENT_ENCODE_BUDGET_SECONDS = env_float("RECSYS_CONTENT_ENCODE_BUDGET_SECONDS", 240.0)
 RECSYS_CONTENT_CLUSTERS = env_int("RECSYS_CONTENT_CLUSTERS", 20, minimum=1)
 RECSYS_CONTENT_SWEEP_SECONDS = env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)

@@ -139,6 +139,136 @@ def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[
     return bool(row[0])
 
 
+# ---- the ranking stage's reads ---------------------------------------------------------------------
+
+# What the ranker needs of each candidate, hidden items and other categories left out: its client id,
+# categories, age in days, attributes, and its vectors in the collaborative and content versions.
+_CANDIDATES = """
+    SELECT i.id, i.external_id, i.categories,
+           extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400,
+           {attributes}, {collaborative}, {content}
+    FROM recsys_item i
+    WHERE i.id = ANY(%(ids)s::int8[]) AND NOT i.is_hidden {category} {conditions}
+"""
+
+# The shares of the user's recent items per category, and the newest items of their favourite ones.
+_CATEGORY_RECENT = """
+    WITH shares AS (
+        SELECT c, count(DISTINCT i.id)::float8 AS n FROM recsys_item i, unnest(i.categories) c
+        WHERE i.id = ANY(%(recent)s::int8[]) GROUP BY c
+    ), favourites AS (SELECT c FROM shares ORDER BY n DESC, c LIMIT {favourites})
+    SELECT s.c, s.n, NULL::int8, NULL::float8 FROM shares s
+    UNION ALL
+    SELECT f.c, NULL, x.id, x.age FROM favourites f CROSS JOIN LATERAL (
+        SELECT i.id, extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400 AS age
+        FROM recsys_item i
+        WHERE i.categories @> ARRAY[f.c]::varchar[] AND NOT i.is_hidden AND i.id <> ALL(%(exclude)s::int8[])
+        ORDER BY coalesce(i.published_at, i.created_at) DESC LIMIT {depth}
+    ) x
+"""
+
+
+def category_recent_rows(
+    *, recent: Sequence[int], exclude: Sequence[int], favourites: int, depth: int
+) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+    """(items per category among ``recent``, [(favourite category, item id, age in days)] newest
+    first per category) in one round trip."""
+    statement = sql.SQL(_CATEGORY_RECENT).format(favourites=sql.Literal(favourites), depth=sql.Literal(depth))
+    with cursor() as cur:
+        rows = cur.execute(statement, {"recent": list(recent), "exclude": list(exclude)}).fetchall()
+    counts = {r[0]: float(r[1]) for r in rows if r[2] is None}
+    return counts, [(r[0], int(r[2]), float(r[3])) for r in rows if r[2] is not None]
+
+
+def candidate_rows(
+    *,
+    ids: Sequence[int],
+    item_table: str,
+    content_table: str | None,
+    category: str | None,
+    attributes: bool,
+    conditions: tuple[str, dict[str, Any]] = ("", {}),
+) -> list[tuple[Any, ...]]:
+    """(id, external id, categories, age days, attributes or None, collaborative vector or None,
+    content vector or None) of the visible candidates among ``ids`` (in no particular order) that
+    pass ``conditions`` (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden)."""
+
+    def vector(table: str | None) -> sql.Composable:
+        if table is None:
+            return sql.SQL("NULL::vector")
+        return sql.SQL("(SELECT embedding FROM {} WHERE item_id = i.id)").format(sql.Identifier(table))
+
+    statement = sql.SQL(_CANDIDATES).format(
+        attributes=sql.SQL("i.attributes" if attributes else "NULL::jsonb"),
+        collaborative=vector(item_table),
+        content=vector(content_table),
+        category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
+        conditions=sql.SQL(conditions[0]),  # type: ignore[arg-type]  # built from a whitelist, values are parameters
+    )
+    params = {"ids": list(ids), "category": category, **conditions[1]}
+    with cursor() as cur:
+        rows = cur.execute(statement, params, binary=True).fetchall()
+    return [
+        (*r[:5], as_array(r[5]) if r[5] is not None else None, as_array(r[6]) if r[6] is not None else None)
+        for r in rows
+    ]
+
+
+# ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------
+
+# Items with a content vector and no collaborative row, or a mapped row older than their content
+# vector (the text changed since it was mapped); trained rows are never candidates.
+_UNMAPPED = """
+    SELECT c.item_id, c.embedding FROM {content} c LEFT JOIN {table} v ON v.item_id = c.item_id
+    WHERE c.embedding IS NOT NULL AND (v.item_id IS NULL OR (v.mapped AND v.updated_at < c.updated_at))
+    ORDER BY c.updated_at, c.item_id
+    LIMIT %s
+"""
+
+
+def items_unmapped(
+    *, item_table: str, content_table: str, limit: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(ids, content vectors) of at most ``limit`` items to place in ``item_table`` by the map."""
+    statement = sql.SQL(_UNMAPPED).format(table=sql.Identifier(item_table), content=sql.Identifier(content_table))
+    with cursor() as cur:
+        rows = cur.execute(statement, [limit], binary=True).fetchall()
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+    return np.array([r[0] for r in rows], dtype=np.int64), np.stack([as_array(r[1]) for r in rows])
+
+
+def mapped_vectors_upsert(
+    *,
+    item_table: str,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None = None,
+) -> int:
+    """Write mapped item rows (``mapped`` = true); a trained row of the same item is never
+    overwritten, and an item deleted meanwhile is skipped. Returns the rows written."""
+    if not len(ids):
+        return 0
+    statement = sql.SQL(
+        "INSERT INTO {table} AS t (item_id, embedding, fold_in, mapped, updated_at) "
+        "SELECT x.i, x.e::vector, x.f::vector, true, clock_timestamp() "
+        "FROM unnest(%s::int8[], %s::text[], %s::text[]) AS x(i, e, f) JOIN recsys_item ON recsys_item.id = x.i "
+        "ON CONFLICT (item_id) DO UPDATE SET embedding = EXCLUDED.embedding, fold_in = EXCLUDED.fold_in, "
+        "updated_at = EXCLUDED.updated_at WHERE t.mapped"
+    ).format(table=sql.Identifier(item_table))
+    texts = [Vector(v).to_text() for v in vectors]
+    extra = [Vector(v).to_text() for v in fold_in] if fold_in is not None else [None] * len(ids)
+    with transaction.atomic(), cursor() as cur:
+        cur.execute(statement, [np.asarray(ids).tolist(), texts, extra])
+        return int(cur.rowcount)
+
+
+def mapped_items_count(*, item_table: str) -> int:
+    with cursor() as cur:
+        row = cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE mapped").format(sql.Identifier(item_table))).fetchone()
+    return int(row[0]) if row else 0
+
+
 # ---- freshness: what a version has not seen yet ---------------------------------------------------
 
 # Users whose latest interaction is newer than their vector in the version, among those with

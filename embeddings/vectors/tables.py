@@ -89,7 +89,8 @@ def as_array(value: object) -> npt.NDArray[np.float32]:
 
 def tables_create(version_id: int, dimensions: int) -> None:
     """A collaborative version's tables, one per owner; a deleted item or user takes its vectors
-    with it (ON DELETE CASCADE). ``fold_in`` holds EASE's item input vectors."""
+    with it (ON DELETE CASCADE). ``fold_in`` holds EASE's item input vectors; ``mapped`` marks an
+    item row placed from its content vector (a new item, until the next retrain learns it)."""
     with cursor() as cur:
         for owner, target in OWNERS.items():
             cur.execute(
@@ -97,15 +98,27 @@ def tables_create(version_id: int, dimensions: int) -> None:
                     "CREATE TABLE IF NOT EXISTS {table} ("
                     " {fk} bigint PRIMARY KEY REFERENCES {target} (id) ON DELETE CASCADE,"
                     " embedding vector({dims}) NOT NULL,"
-                    " fold_in vector({dims}),"
+                    " fold_in vector({dims}),{mapped}"
                     " updated_at timestamptz NOT NULL DEFAULT now())"
                 ).format(
                     table=sql.Identifier(table_name(version_id, owner)),
                     fk=sql.Identifier(f"{owner}_id"),
                     target=sql.Identifier(target),
                     dims=sql.Literal(int(dimensions)),
+                    mapped=sql.SQL(" mapped boolean NOT NULL DEFAULT false," if owner == "item" else ""),
                 )
             )
+
+
+def mapped_column_add(version_id: int) -> None:
+    """Give a version's item table created before mapped rows existed its ``mapped`` column (a
+    constant default: no table rewrite)."""
+    with cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "ALTER TABLE IF EXISTS {table} ADD COLUMN IF NOT EXISTS mapped boolean NOT NULL DEFAULT false"
+            ).format(table=sql.Identifier(item_table(version_id)))
+        )
 
 
 def content_table_create(version_id: int, dimensions: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings.cold_items import content_map_fit
+from embeddings.cold_items import content_map_fit, map_bytes, map_load, mapped_vectors, stored_map_fit
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
@@ -47,3 +47,18 @@ def test_map_of_unrelated_vectors_shrinks_towards_the_mean() -> None:
 def test_map_needs_enough_items() -> None:
     with pytest.raises(ValueError, match="at least 10"):
         content_map_fit(np.zeros((5, 3), np.float32), np.zeros((5, 2), np.float32))
+
+
+def test_the_stored_map_places_both_columns_of_an_ease_table_and_survives_storage():
+    rng = np.random.default_rng(5)
+    content = rng.normal(size=(200, 12)).astype(np.float32)
+    embedding = (content @ rng.normal(size=(12, 4))).astype(np.float32)
+    fold_in = (content @ rng.normal(size=(12, 4))).astype(np.float32)
+
+    stored = map_load(map_bytes(stored_map_fit(content, embedding, fold_in)))
+    placed, placed_fold_in = mapped_vectors(stored, content[:5])
+
+    assert placed.shape == (5, 4) and placed_fold_in is not None and placed_fold_in.shape == (5, 4)
+    assert placed == pytest.approx(embedding[:5], abs=0.05)
+    assert placed_fold_in == pytest.approx(fold_in[:5], abs=0.05)
+    assert mapped_vectors(stored_map_fit(content, embedding, None), content[:2])[1] is None

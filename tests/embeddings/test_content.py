@@ -120,7 +120,7 @@ def test_changing_the_encoder_builds_a_new_version_that_serving_switches_to(buil
 def test_sweep_with_an_unchanged_encoder_only_encodes_marked_items(built):
     items_upsert(rows=[{"id": "soup", "text": "cold tomato soup"}])
 
-    assert content.content_sweep() == {"building": None, "encoded": 1}
+    assert content.content_sweep() == {"building": None, "encoded": 1, "placed": 0}
     assert ModelVersion.objects.filter(kind=Kind.CONTENT).count() == 1
 
 

@@ -1,0 +1,120 @@
+"""Cold items in the collaborative space: each collaborative run fits the content → collaborative
+map (``embeddings.cold_items``), and items that have a content vector but no collaborative one get a
+mapped vector in the active version (marked ``mapped``; the next retrain replaces them)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import numpy.typing as npt
+from django.conf import settings
+from django.db import transaction
+
+from embeddings.answer_cache import answers_invalidate_all
+from embeddings.cold_items import StoredMap, map_bytes, map_load, mapped_vectors, stored_map_fit
+from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
+from embeddings.vectors import rows as vector_rows
+
+logger = logging.getLogger(__name__)
+MAX_FIT_ITEMS = 50_000  # a ridge fit on 50k × 385 takes ~2 s; more items change the map little
+BATCH = 1_000  # items mapped per statement
+
+
+def content_map_learn(
+    *,
+    item_ids: npt.NDArray[np.int64],
+    item_vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None,
+    seed: int = 0,
+) -> tuple[ModelVersion, bytes, dict[str, float]] | None:
+    """Fit the map from the active content version's vectors of these items to their learned
+    vectors (rows aligned with ``item_ids``); None without a content version or enough overlap.
+    Returns the content version, the map's bytes and its report (items, penalty, R² on held-out)."""
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    if pointer is None or not pointer.version.has_tables:
+        return None
+    owners, content = vector_rows.vectors_matrix(pointer.version.item_table, "item_id", item_ids)
+    if len(owners) < 10:
+        return None
+    rows = np.searchsorted(item_ids, owners) if _sorted(item_ids) else _positions(item_ids, owners)
+    if len(rows) > MAX_FIT_ITEMS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_FIT_ITEMS, replace=False))
+        rows, content = rows[keep], content[keep]
+    stored = stored_map_fit(content, item_vectors[rows], None if fold_in is None else fold_in[rows], seed=seed)
+    fitted = stored.content_map
+    report = {"items": float(len(rows)), "penalty": fitted.penalty, "r2": round(fitted.r2, 4)}
+    return pointer.version, map_bytes(stored), report
+
+
+def _sorted(ids: npt.NDArray[np.int64]) -> bool:
+    return bool(np.all(ids[1:] >= ids[:-1]))
+
+
+def _positions(ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    order = np.argsort(ids)
+    return np.asarray(order[np.searchsorted(ids, wanted, sorter=order)], dtype=np.int64)
+
+
+_maps_lock = threading.Lock()
+_maps: dict[int, tuple[int | None, StoredMap | None]] = {}
+
+
+def stored_map(version_id: int) -> tuple[int | None, StoredMap | None]:
+    """(content version id, map) of a collaborative version, read once per process."""
+    with _maps_lock:
+        if version_id in _maps:
+            return _maps[version_id]
+    row = (
+        VersionArtifacts.objects.filter(version_id=version_id).values_list("content_version_id", "content_map").first()
+    )
+    found = (row[0], map_load(bytes(row[1]))) if row and row[1] else (None, None)
+    with _maps_lock:
+        _maps[version_id] = found
+    return found
+
+
+def cold_items_place(*, limit: int | None = None) -> int:
+    """Map the items the active collaborative version has no vector for (or whose text changed
+    since they were mapped) from the active content version; returns the rows written. Nothing
+    happens when either version is missing or the map was fitted on another content version."""
+    versions = {p.kind: p.version for p in ActiveVersion.objects.select_related("version") if p.version.has_tables}
+    collaborative, content = versions.get(Kind.COLLABORATIVE), versions.get(Kind.CONTENT)
+    if collaborative is None or content is None:
+        return 0
+    content_version_id, stored = stored_map(collaborative.pk)
+    if stored is None or content_version_id != content.pk:
+        return 0
+    written = seen = 0
+    budget = limit or settings.RECSYS_COLD_ITEMS_MAX_PER_RUN
+    while seen < budget:
+        ids, vectors = vector_rows.items_unmapped(
+            item_table=collaborative.item_table, content_table=content.item_table, limit=min(BATCH, budget - seen)
+        )
+        if not len(ids):
+            break
+        seen += len(ids)
+        written += _place(collaborative.item_table, stored, ids, vectors)
+    if written:
+        logger.info("placed %d cold items in collaborative v%s", written, collaborative.pk)
+        answers_invalidate_all()  # mapped items belong in personalised and similar lists now
+    return written
+
+
+def _place(table: str, stored: StoredMap, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> int:
+    embedding, fold_in = mapped_vectors(stored, vectors)
+    return vector_rows.mapped_vectors_upsert(item_table=table, ids=ids, vectors=embedding, fold_in=fold_in)
+
+
+def cold_items_place_schedule() -> bool:
+    """Ask a worker to place newly encoded items (after this transaction); False when the broker
+    is away (the content sweep places them on its next beat)."""
+    from embeddings import tasks
+
+    try:
+        transaction.on_commit(tasks.cold_items_place.delay)
+    except Exception:  # Redis or the broker away
+        logger.warning("could not schedule cold item placement", exc_info=True)
+        return False
+    return True

@@ -1,0 +1,143 @@
+"""The ranking stage's pure parts: candidate merging, features, the ranker and its judgement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from embeddings.evaluation import Split
+from embeddings.ranking.features import CandidateFacts, feature_names, features_build
+from embeddings.ranking.offline import ItemFacts, OfflineContext, ranking_stage_train, ranking_state_build
+from embeddings.ranking.ranker import Group, mean_ndcg, ranker_fit, ranker_load
+from embeddings.ranking.sources import (
+    MISSING_RANK,
+    SOURCES,
+    candidates_merge,
+    cooccurrence_neighbours,
+    cooccurrence_scores,
+    top_scores,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_merged_candidates_carry_each_sources_score_and_rank_with_a_sentinel_when_missing():
+    found = {
+        "collaborative": (np.array([7, 3]), np.array([0.9, 0.5], np.float32)),
+        "popular": (np.array([3, 11]), np.array([2.0, 5.0], np.float32)),
+    }
+
+    merged = candidates_merge(found)
+
+    assert merged.items.tolist() == [7, 3, 11]
+    c, p = SOURCES.index("collaborative"), SOURCES.index("popular")
+    assert merged.ranks[:, c].tolist() == [1, 2, MISSING_RANK]
+    assert merged.ranks[:, p].tolist() == [MISSING_RANK, 2, 1]  # popular ranks by its own score
+    assert np.isnan(merged.scores[2, c]) and merged.scores[2, p] == 5.0
+
+
+def test_top_scores_skips_excluded_items():
+    items, scores = top_scores(np.array([0.1, 0.9, 0.5, 0.7]), 2, excluded=np.array([1]))
+
+    assert items.tolist() == [3, 2] and scores.tolist() == pytest.approx([0.7, 0.5])
+
+
+def test_cooccurrence_finds_items_liked_by_the_same_users():
+    matrix = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 1]], np.float32))
+
+    neighbours = cooccurrence_neighbours(matrix, k=2)
+    items, _ = cooccurrence_scores(neighbours, np.array([1]))
+
+    assert items[0] == 0  # item 1 co-occurs with item 0 for two users
+    assert 1 not in neighbours[1].indices  # never its own neighbour
+
+
+def test_features_line_up_with_their_names():
+    merged = candidates_merge({"collaborative": (np.array([1, 2]), np.array([0.3, 0.2], np.float32))})
+    n = len(merged)
+    facts = CandidateFacts(*(np.arange(n, dtype=np.float32) for _ in range(6)), attributes=np.ones((n, 1), np.float32))
+
+    features = features_build(merged, facts, activity=9.0, recency_days=2.0)
+
+    names = feature_names(["price"])
+    assert features.shape == (2, len(names))
+    assert features[:, names.index("user_recency_days")].tolist() == [2.0, 2.0]
+    assert features[:, names.index("user_activity")][0] == pytest.approx(np.log1p(9.0))
+    assert features[:, names.index("attribute_price")].tolist() == [1.0, 1.0]
+
+
+def planted_groups(n_users: int, seed: int) -> list[Group]:
+    """Candidates whose relevance follows feature 2 (a noisy signal); feature 0 is a source's rank
+    that knows nothing."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(n_users):
+        n = 60
+        signal = rng.normal(size=n)
+        labels = (signal + 0.3 * rng.normal(size=n) > 1.5).astype(np.float32)
+        features = np.column_stack([rng.permutation(n) + 1.0, rng.normal(size=n), signal]).astype(np.float32)
+        groups.append(Group(features, labels, max(int(labels.sum()), 1)))
+    return groups
+
+
+def test_the_ranker_learns_the_feature_that_decides_relevance():
+    names = ["source_rank", "noise", "signal"]
+    fit, judged = planted_groups(300, seed=1), planted_groups(100, seed=2)
+
+    ranker = ranker_fit(fit, names)
+
+    assert ranker is not None
+    ranked = mean_ndcg(judged, lambda g: ranker.predict(g.features))
+    by_source = mean_ndcg(judged, lambda g: -g.features[:, 0])
+    assert ranked > by_source + 0.3
+    assert max(ranker.importances(), key=ranker.importances().get) == "signal"
+
+
+def test_contributions_explain_the_score_and_survive_a_reload():
+    names = ["source_rank", "noise", "signal"]
+    ranker = ranker_fit(planted_groups(200, seed=3), names)
+    rows = planted_groups(1, seed=4)[0].features
+
+    contributions = ranker.contributions(rows)
+    reloaded = ranker_load(ranker.model_text(), names)
+
+    assert contributions.shape == (len(rows), len(names) + 1)
+    assert contributions.sum(axis=1) == pytest.approx(ranker.predict(rows), abs=1e-6)
+    assert reloaded.predict(rows) == pytest.approx(ranker.predict(rows))
+    top = np.abs(contributions[:, :-1]).mean(axis=0).argmax()
+    assert names[top] == "signal"
+
+
+def oracle_context(n_users: int = 120, n_items: int = 80, seed: int = 0) -> OfflineContext:
+    """Users with random train items; the collaborative source scores each user's test items
+    highest (an oracle), so nothing can beat it."""
+    rng = np.random.default_rng(seed)
+    train = sp.lil_matrix((n_users, n_items), dtype=np.float32)
+    test = sp.lil_matrix((n_users, n_items), dtype=np.float32)
+    for user in range(n_users):
+        items = rng.choice(n_items, 12, replace=False)
+        for item in items[:9]:
+            train[user, item] = 1.0
+        for item in items[9:]:
+            test[user, item] = 1.0
+    split = Split(train.tocsr(), test.tocsr())
+    oracle = split.test.toarray() + 0.01 * rng.random((n_users, n_items))
+    items = ItemFacts(
+        rng.random(n_items).astype(np.float32) * 100,
+        [[f"c{i % 4}"] for i in range(n_items)],
+        np.zeros((n_items, 0), np.float32),
+        None,
+    )
+    state = ranking_state_build(split.train, None, np.arange(n_items), reference=0.0)
+    return OfflineContext(split, None, lambda u: oracle[u].astype(np.float32), state, items, 0.0, 30.0, 40)
+
+
+def test_the_stage_is_off_when_it_does_not_beat_the_best_source():
+    outcome = ranking_stage_train(oracle_context(), attributes=[], max_users=500)
+
+    report = outcome.report
+    assert report["best_source"] == "collaborative" and report["best_source_ndcg@10"] > 0.95
+    assert report["ndcg@10"] <= report["best_source_ndcg@10"]
+    assert not outcome.wins and report["used"] is False
+    assert report["recall@depth"]["collaborative"] == 1.0
