@@ -36,8 +36,14 @@ def content_model(settings):
 
 @pytest.fixture
 def both_models(content_model, settings):
-    """A collaborative model that knows cooking0..5 and sky0..5 only (6 and 7 are new)."""
+    """A collaborative model that knows cooking0..5 and sky0..5 only (6 and 7 are new, and stay
+    without a collaborative vector: cold items are not placed)."""
+    return train_both(settings, cold_items=False)
+
+
+def train_both(settings, *, cold_items: bool):
     settings.RECSYS_CF_TUNE = False
+    settings.RECSYS_COLD_ITEMS = cold_items
     rows = []
     for user in range(12):
         topic = "cooking" if user < 6 else "sky"
@@ -66,6 +72,17 @@ def test_item_new_to_the_collaborative_model_falls_back_to_content(reader, both_
 
     assert body["strategy"] == "content"
     assert all(i.startswith("sky") for i in ids(body))
+
+
+def test_a_new_item_with_text_is_placed_in_the_collaborative_space_by_the_content_map(reader, content_model, settings):
+    # Given cold items on: the run maps content vectors into its space and places sky6, sky7
+    train_both(settings, cold_items=True)
+
+    body = reader.get("/api/v1/items/sky7/similar?limit=4").json()
+
+    assert body["strategy"] == "collaborative"
+    # twelve trained items are little to learn a map from: its nearest neighbours are of its topic
+    assert all(i.startswith("sky") for i in ids(body)[:2])
 
 
 def test_hybrid_blends_both_spaces(reader, both_models):

@@ -42,6 +42,19 @@ ENDPOINTS = [
     ("GET", "/api/v1/models", "admin"),
     ("POST", "/api/v1/models/train", "admin"),
     ("POST", "/api/v1/models/1/activate", "admin"),
+    ("POST", "/api/v1/impressions", "write"),
+    ("GET", "/api/v1/users/u/hidden", "read"),
+    ("POST", "/api/v1/users/u/hidden", "write"),
+    ("DELETE", "/api/v1/users/u/hidden", "write"),
+    ("GET", "/api/v1/scenarios", "admin"),
+    ("GET", "/api/v1/scenarios/home", "admin"),
+    ("PUT", "/api/v1/scenarios/home", "admin"),
+    ("DELETE", "/api/v1/scenarios/home", "admin"),
+    ("GET", "/api/v1/experiments", "admin"),
+    ("POST", "/api/v1/experiments", "admin"),
+    ("GET", "/api/v1/experiments/1", "admin"),
+    ("POST", "/api/v1/experiments/1/stop", "admin"),
+    ("POST", "/api/v1/experiments/1/promote", "admin"),
 ]
 
 
@@ -173,7 +186,7 @@ def test_a_stored_interaction_weighs_what_its_event_type_says(writer):
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/api/v1/recommendations", {"items": ["a"], "user": "someone-else"}),
+        ("POST", "/api/v1/recommendations", {"items": ["a"], "owner": "someone-else"}),
         ("PUT", "/api/v1/items/x/vectors/image", {"vector": [1.0, 2.0], "dimensions": 2}),
         ("POST", "/api/v1/models/train", {"kind": "collaborative", "status": "active"}),
         ("POST", "/api/v1/models/train", {"kind": "collaborative", "version": 1}),

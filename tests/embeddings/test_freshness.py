@@ -80,6 +80,9 @@ def test_sweep_folds_in_users_whose_fold_in_was_never_queued(trained):
     # u3's vector is an hour old; then u3 bought the other community's items and the
     # fold-in could not be queued (on-commit hooks do not run in this test: as if Redis was away).
     with connection.cursor() as cursor:
+        # The training data arrived before training (in this one test transaction, a row's arrival,
+        # its statement's timestamp, would otherwise be later than the vectors' transaction time).
+        cursor.execute("UPDATE recsys_interaction SET created_at = now() - interval '2 hours'")
         cursor.execute(
             sql.SQL(
                 "UPDATE {} SET updated_at = now() - interval '1 hour' "
@@ -89,6 +92,10 @@ def test_sweep_folds_in_users_whose_fold_in_was_never_queued(trained):
             .as_string(connection.connection)
         )
     interactions_ingest(rows=[{"user": "u3", "item": f"i{n}", "type": "purchase"} for n in range(15, 30)])
+    with connection.cursor() as cursor:  # they arrived before the sweep's transaction began
+        cursor.execute(
+            "UPDATE recsys_interaction SET created_at = now() - interval '30 minutes' WHERE created_at >= now()"
+        )
 
     written = users_fold_in_sweep(lookback_seconds=3600)
 
