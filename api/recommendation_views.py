@@ -109,6 +109,10 @@ def _item(item: Recommendation) -> dict[str, Any]:
     return rendered
 
 
+# gunicorn refuses a request line over 8,190 bytes before the application sees it: long filter=
+# or boost= expressions of non-ASCII text can get there once percent-encoded (up to 12 bytes a character).
+URL_TOO_LONG = {414: OpenApiResponse(description="The URL is over 8,190 bytes (the web server's limit)")}
+
 COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
 
 
@@ -128,7 +132,7 @@ class UserRecommendationsView(ApiView):
             number_parameter("diversity", minimum=0.0, maximum=1.0, default=0.0, description="0 (pure relevance) to 1"),
             *RULE_PARAMETERS,
         ],
-        responses={200: AnswerSerializer, **ERRORS},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def get(self, request: Request, user_id: str) -> Response:
         assignment = experiment_assign(scenario=query_scenario(request), user_external_id=user_id)
@@ -164,7 +168,7 @@ class ItemSimilarView(ApiView):
             *RULE_PARAMETERS,
             USER_PARAMETER,
         ],
-        responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG, **NOT_FOUND},
     )
     def get(self, request: Request, item_id: str) -> Response:
         space = request.query_params.get("space", "collaborative")
@@ -206,7 +210,7 @@ class PopularItemsView(ApiView):
             *RULE_PARAMETERS,
             USER_PARAMETER,
         ],
-        responses={200: AnswerSerializer, **ERRORS},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def get(self, request: Request) -> Response:
         window = request.query_params.get("window")
@@ -229,7 +233,7 @@ class SessionRecommendationsView(ApiView):
     @extend_schema(
         operation_id="session_recommendations",
         request=SessionRequestSerializer,
-        responses={200: AnswerSerializer, **ERRORS},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def post(self, request: Request) -> Response:
         body = SessionRequestSerializer(data=request.data)
@@ -273,7 +277,7 @@ class SearchView(ApiView):
             *RULE_PARAMETERS,
             USER_PARAMETER,
         ],
-        responses={200: AnswerSerializer, **ERRORS, **CONFLICT},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG, **CONFLICT},
     )
     def get(self, request: Request) -> Response:
         query, mode = _search_params(request)
@@ -321,7 +325,7 @@ class ItemDuplicatesView(ApiView):
             ),
             LIMIT_PARAMETER,
         ],
-        responses={200: AnswerSerializer, **ERRORS, **NOT_FOUND, **CONFLICT},
+        responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG, **NOT_FOUND, **CONFLICT},
     )
     def get(self, request: Request, item_id: str) -> Response:
         return render(
@@ -366,6 +370,7 @@ class ItemVectorView(ApiView):
             200: ItemVectorAnswerSerializer,
             201: ItemVectorAnswerSerializer,
             **ERRORS,
+            **URL_TOO_LONG,
             **NOT_FOUND,
             400: OpenApiResponse(
                 ErrorSerializer, description="Invalid vector, or a space that holds vectors of other dimensions"

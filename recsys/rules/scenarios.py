@@ -55,16 +55,17 @@ def scenario_fields_clean(body: Any) -> dict[str, Any]:
             '"pins": [{"item": id, "position": int}]?, "buries": [id]?}',
             details={"body": ["invalid"]},
         )
-    filter_text = body.get("filter") or ""
+    # Absent means empty; a present field must have its type (``or`` would let {} or false pass as empty).
+    filter_text = body.get("filter", "")
     if not isinstance(filter_text, str):
         raise ValidationFailed("filter must be a string", details={"filter": ["not a string"]})
     if filter_text:
         expression_check(filter_text, name="filter")
     return {
         "filter": filter_text,
-        "boosts": _boosts(body.get("boost") or []),
-        "pins": _pins(body.get("pins") or []),
-        "buries": _buries(body.get("buries") or []),
+        "boosts": _boosts(body.get("boost", [])),
+        "pins": _pins(body.get("pins", [])),
+        "buries": _buries(body.get("buries", [])),
     }
 
 

@@ -176,6 +176,14 @@ def test_a_scenario_with_a_bad_expression_is_refused_at_save_with_its_position(a
     assert admin_client_api.get("/api/v1/scenarios/sale").status_code == 404
 
 
+@pytest.mark.parametrize("body", [{"buries": {}}, {"pins": {}}, {"boost": False}, {"filter": 0}, {"buries": None}])
+def test_a_scenario_field_of_the_wrong_type_is_refused_even_when_empty(admin_client_api, body):
+    response = admin_client_api.put("/api/v1/scenarios/typed", body, format="json")
+
+    assert response.status_code == 400, response.content
+    assert admin_client_api.get("/api/v1/scenarios/typed").status_code == 404
+
+
 def test_a_scenario_applies_by_name_with_the_requests_own_rules(reader, trained):
     scenario_put(name="cheap", body={"filter": "attributes.price < 20"})
 

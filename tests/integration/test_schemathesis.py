@@ -88,7 +88,11 @@ def test_schemathesis_finds_nothing_with_a_key_of_each_scope(api_server, tmp_pat
         ]
         answer = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         if answer.returncode != 0:
-            failures.append(f"--- key with scopes {scopes}:\n{answer.stdout[-6000:]}\n{answer.stderr[-2000:]}")
+            report = tmp_path / f"schemathesis-{'-'.join(scopes)}.txt"  # the whole report: its tail may be one curl
+            report.write_text(answer.stdout + answer.stderr)
+            failures.append(
+                f"--- key with scopes {scopes} ({report}):\n{answer.stdout[-6000:]}\n{answer.stderr[-2000:]}"
+            )
         print(f"scopes {scopes}: {answer.stdout.strip().splitlines()[-1]}")
 
     assert not failures, "\n".join(failures)
