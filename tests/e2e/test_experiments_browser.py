@@ -42,7 +42,7 @@ def test_operator_reads_stops_and_promotes_an_experiment(staff_user, server, bro
     experiment = experiment_with_metrics()
     log_in(page, server, staff_user)
 
-    page.click("#nav-operations >> text=Experiments")
+    page.click("#operations-module >> text=Experiments")  # the index lists the operator pages
     page.click(f"a[href='/admin/experiments/{experiment.pk}/'] >> nth=0")
     assert page.inner_text("#experiment-status") == "running"
     assert "0.1200 [0.1100, 0.1300]" in page.inner_text("#variant-a")
