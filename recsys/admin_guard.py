@@ -15,7 +15,9 @@ from django.http import HttpRequest
 # whose extension is not installed (?title__unaccent=); and a value the field itself refuses when
 # the query is compiled (?ip_address=jazz: ValueError). Django validates only what it can parse.
 REFUSED_BY_DATABASE = (DataError, ProgrammingError)
-REFUSED_LOOKUP = (*REFUSED_BY_DATABASE, ValueError)
+# A value the driver cannot send as the column's type (?encoder_state=x: text for a bytea column)
+# fails as a TypeError while the query is executed.
+REFUSED_LOOKUP = (*REFUSED_BY_DATABASE, ValueError, TypeError)
 MESSAGE_CHARS = 200
 
 
