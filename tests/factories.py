@@ -38,3 +38,13 @@ class InteractionFactory(DjangoModelFactory):
     event_type = "view"
     weight = 1.0
     timestamp = factory.Faker("date_time_this_year", tzinfo=UTC)
+
+
+class FakeClock:
+    """A ``time.monotonic`` stand-in that moves only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -14,6 +14,7 @@ from recsys import redis_store
 from recsys.api_keys import hash_key
 from recsys.models import ApiKey
 from recsys.services import items_upsert
+from tests.factories import FakeClock
 
 pytestmark = pytest.mark.django_db
 NEGATIONS = " ".join(["-red"] * 100)
@@ -30,17 +31,9 @@ def one_at_a_time(settings):
     settings.RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = 2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch):
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(limits.time, "monotonic", clock)
     return clock
 

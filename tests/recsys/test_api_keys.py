@@ -10,21 +10,14 @@ from django.utils import timezone
 from recsys import api_keys
 from recsys.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from recsys.models import ApiKey
+from tests.factories import FakeClock
 
 pytestmark = pytest.mark.django_db
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch):
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(api_keys.time, "monotonic", clock)
     return clock
 
