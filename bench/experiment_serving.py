@@ -8,7 +8,7 @@ socket), requests alternate between three arms on the same users, so machine loa
 and the added work alone (assignment + id mint) is timed apart. Run with the answer cache on (the
 hot path, where fixed costs matter most) and off (every answer computed).
 
-    python -m recsys.run exec -- python bench/experiments.py
+    python -m recsys.run exec -- python bench/experiment_serving.py
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main() -> None:
     micro = added_work(users)
     body = "\n".join(
         [
-            "## Experiments: serving cost (bench/experiments.py)",
+            "## Experiments: serving cost (bench/experiment_serving.py)",
             "",
             f"ml-latest-small, ALS; {machine()}, load average {os.getloadavg()[0]:.1f} at the end (a shared, busy",
             "machine). One process, Django's test client (whole view, middleware, database; no socket). The",
