@@ -1,4 +1,5 @@
-"""Concurrent expensive requests per API key and in total: slots in Redis, per process while Redis is away."""
+"""Expensive requests per API key and in total: how many run at once (slots) and how much of the
+machine's time they take (a budget of seconds per second); in Redis, per process while Redis is away."""
 
 from __future__ import annotations
 
@@ -27,31 +28,71 @@ RETRY_AFTER_SECONDS = 1  # expensive requests end within the serving time limit 
 LEASE_WITHOUT_DEADLINE_SECONDS = 60
 _SLOTS_ATTRIBUTE = "recsys_expensive_slots"
 
-# Takes a slot in the key's set and the global one, or neither: 0 taken, 1 key full, 2 all full.
-# Members score their expiry (Redis' own clock, so web hosts' clocks do not matter).
-_ACQUIRE = """
+# Debt of a time budget (a hash: debt, at) after it has drained at ``rate`` seconds per second.
+_DEBT = """
+local function debt(name, rate, now)
+    local v = redis.call('HMGET', name, 'debt', 'at')
+    if rate <= 0 or not v[1] then return 0 end
+    return math.max(0, tonumber(v[1]) - (now - tonumber(v[2])) * rate)
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+# KEYS: the key's slots, all slots, the key's budget, the global budget. ARGV: token, lease, the
+# two concurrency limits, the two budget rates, the burst. Takes a slot in both sets, or neither:
+# {0} taken, {1} key full, {2} all full, {3, wait ms} key's budget spent, {4, wait ms} all spent.
+# Slot members score their expiry (Redis' own clock, so web hosts' clocks do not matter).
+_ACQUIRE = (
+    _DEBT
+    + """
 local lease = tonumber(ARGV[2])
-for _, name in ipairs(KEYS) do redis.call('ZREMRANGEBYSCORE', name, '-inf', now) end
+local burst = tonumber(ARGV[7])
+for i = 1, 2 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 local limits = {tonumber(ARGV[3]), tonumber(ARGV[4])}
-for i, name in ipairs(KEYS) do
-    if limits[i] > 0 and redis.call('ZCARD', name) >= limits[i] then return i end
+for i = 1, 2 do
+    if limits[i] > 0 and redis.call('ZCARD', KEYS[i]) >= limits[i] then return {i} end
 end
-for _, name in ipairs(KEYS) do
-    redis.call('ZADD', name, now + lease, ARGV[1])
-    redis.call('EXPIRE', name, math.ceil(lease) + 1)
+local rates = {tonumber(ARGV[5]), tonumber(ARGV[6])}
+for i = 1, 2 do
+    local owed = debt(KEYS[2 + i], rates[i], now)
+    if rates[i] > 0 and owed >= burst then
+        return {2 + i, math.ceil((owed - burst) / rates[i] * 1000)}
+    end
+end
+for i = 1, 2 do
+    redis.call('ZADD', KEYS[i], now + lease, ARGV[1])
+    redis.call('EXPIRE', KEYS[i], math.ceil(lease) + 1)
+end
+return {0}
+"""
+)
+# KEYS as above. ARGV: token, the seconds the request held its slot, the two rates. Frees the slot
+# and charges both budgets.
+_RELEASE = (
+    _DEBT
+    + """
+local spent = tonumber(ARGV[2])
+local rates = {tonumber(ARGV[3]), tonumber(ARGV[4])}
+for i = 1, 2 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 1, 2 do
+    if rates[i] > 0 then
+        local owed = debt(KEYS[2 + i], rates[i], now) + spent
+        redis.call('HSET', KEYS[2 + i], 'debt', tostring(owed), 'at', tostring(now))
+        redis.call('EXPIRE', KEYS[2 + i], math.ceil(owed / rates[i]) + 1)
+    end
 end
 return 0
 """
+)
 
 
 class ExpensiveRequestsLimited(Throttled):
-    """429: this key, or all keys together, already run as many expensive requests as allowed."""
+    """429: this key, or all keys together, already run as many expensive requests as allowed, or
+    have spent their time budget."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, wait: float = RETRY_AFTER_SECONDS) -> None:
         super().__init__(detail=detail)
-        self.wait: float | None = RETRY_AFTER_SECONDS  # Throttled would add its wait to the message
+        self.wait: float | None = max(RETRY_AFTER_SECONDS, wait)  # Throttled would add its wait to the message
 
 
 @dataclass(frozen=True)
@@ -59,6 +100,7 @@ class Slot:
     token: str
     key_id: int
     in_redis: bool
+    started: float  # time.monotonic() when taken: the time it is held is charged to the budgets
 
 
 class ExpensiveRequestThrottle(BaseThrottle):
@@ -107,40 +149,60 @@ class ExpensiveRequestMiddleware:
 
 def slot_acquire(*, key_id: int) -> Slot:
     """A slot for one expensive request of this key; raises ExpensiveRequestsLimited when the key's
-    or the global limit is reached."""
-    per_key, total = settings.RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY, settings.RECSYS_EXPENSIVE_CONCURRENCY_TOTAL
+    or the global limit is reached, or the key's or everyone's time budget is spent."""
+    limits = _Limits.now()
     token = uuid.uuid4().hex
-    arguments = (*_names(key_id), token, _lease(), per_key, total)
+    arguments = (*_names(key_id), token, _lease(), limits.per_key, limits.total, *limits.rates, limits.burst)
     try:
-        full = redis_store.run(lambda client: client.eval(_ACQUIRE, 2, *arguments))
+        code, *wait_ms = redis_store.run(lambda client: client.eval(_ACQUIRE, 4, *arguments))
         in_redis = True
     except redis_store.RedisUnavailable:  # limit this process alone rather than not at all
-        full = _local.acquire(key_id, per_key, total)
+        code, *wait_ms = _local.acquire(key_id, limits)
         in_redis = False
-    if full:
-        raise _limited(per_key if full == 1 else total, "this API key" if full == 1 else "all API keys together")
-    return Slot(token, key_id, in_redis)
+    if code:
+        raise _limited(code, limits, wait_ms[0] / 1000 if wait_ms else RETRY_AFTER_SECONDS)
+    return Slot(token, key_id, in_redis, time.monotonic())
 
 
 def slot_release(*, slot: Slot) -> None:
+    """Frees the slot and charges the time it was held to the key's and the global budget."""
+    spent = time.monotonic() - slot.started
+    rates = _Limits.now().rates
     if not slot.in_redis:
-        _local.release(slot.key_id)
+        _local.release(slot.key_id, spent, rates)
         return
+    arguments = (*_names(slot.key_id), slot.token, spent, *rates)
     try:
-        redis_store.run(lambda client: _remove(client, slot))
+        redis_store.run(lambda client: client.eval(_RELEASE, 4, *arguments))
     except redis_store.RedisUnavailable:
-        pass  # the slot's lease frees it
+        pass  # the slot's lease frees it; the time goes uncharged
 
 
-def _remove(client: Any, slot: Slot) -> None:
-    with client.pipeline(transaction=False) as pipe:
-        for name in _names(slot.key_id):
-            pipe.zrem(name, slot.token)
-        pipe.execute()
+@dataclass(frozen=True)
+class _Limits:
+    per_key: int  # requests at once; 0: no limit
+    total: int
+    rates: tuple[float, float]  # budget: seconds of expensive work per second, per key and in total; 0: none
+    burst: float  # seconds that may be spent at once before the rates apply
+
+    @classmethod
+    def now(cls) -> _Limits:
+        return cls(
+            settings.RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY,
+            settings.RECSYS_EXPENSIVE_CONCURRENCY_TOTAL,
+            (settings.RECSYS_EXPENSIVE_SHARE_PER_KEY, settings.RECSYS_EXPENSIVE_SHARE_TOTAL),
+            settings.RECSYS_EXPENSIVE_BURST_SECONDS,
+        )
 
 
-def _names(key_id: int) -> tuple[str, str]:
-    return redis_store.key(f"expensive:key:{key_id}"), redis_store.key("expensive:all")
+def _names(key_id: int) -> tuple[str, str, str, str]:
+    """The key's slots, all slots, the key's budget, the global budget."""
+    return (
+        redis_store.key(f"expensive:key:{key_id}"),
+        redis_store.key("expensive:all"),
+        redis_store.key(f"expensive:spent:key:{key_id}"),
+        redis_store.key("expensive:spent:all"),
+    )
 
 
 def _lease() -> float:
@@ -153,37 +215,68 @@ def _expensive(view: Any, request: Request) -> bool:
     return bool(expensive(request) if callable(expensive) else expensive)
 
 
-def _limited(limit: int, whom: str) -> ExpensiveRequestsLimited:
+def _limited(code: int, limits: _Limits, wait: float) -> ExpensiveRequestsLimited:
+    whom = "this API key" if code in (1, 3) else "all API keys together"
+    if code in (1, 2):
+        return ExpensiveRequestsLimited(
+            f"at most {limits.per_key if code == 1 else limits.total} expensive requests (search, duplicates, "
+            f"popular over a custom window) run at once for {whom}; retry after the ones in flight finish"
+        )
+    rate = limits.rates[0 if code == 3 else 1]
     return ExpensiveRequestsLimited(
-        f"at most {limit} expensive requests (search, duplicates, popular over a custom window) run at "
-        f"once for {whom}; retry after the ones in flight finish"
+        f"expensive requests (search, duplicates, popular over a custom window) of {whom} have used their "
+        f"time budget ({rate:g} s per second); retry after Retry-After",
+        wait,
     )
 
 
 class _LocalSlots:
-    """The same limits counted in this process alone, while Redis is away."""
+    """The same limits and budgets counted in this process alone, while Redis is away."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: Counter[int | None] = Counter()  # per key id; None counts them all
+        self._debt: dict[int | None, tuple[float, float]] = {}  # per key id, None for all: (debt, at)
 
-    def acquire(self, key_id: int, per_key: int, total: int) -> int:
+    def acquire(self, key_id: int, limits: _Limits) -> tuple[int, ...]:
         with self._lock:
-            if per_key and self._held[key_id] >= per_key:
-                return 1
-            if total and self._held[None] >= total:
-                return 2
+            if limits.per_key and self._held[key_id] >= limits.per_key:
+                return (1,)
+            if limits.total and self._held[None] >= limits.total:
+                return (2,)
+            for code, (whom, rate) in enumerate(zip((key_id, None), limits.rates, strict=True), start=3):
+                owed = self._owed(whom, rate)
+                if rate > 0 and owed >= limits.burst:
+                    return code, math.ceil((owed - limits.burst) / rate * 1000)
             self._held[key_id] += 1
             self._held[None] += 1
-            return 0
+            return (0,)
 
-    def release(self, key_id: int) -> None:
+    def release(self, key_id: int, spent: float, rates: tuple[float, float]) -> None:
         with self._lock:
             self._held[key_id] -= 1
             self._held[None] -= 1
+            if len(self._debt) >= PenaltyBox.MAX_PLACES:
+                self._debt.clear()  # forgets debts: refuses less, never more
+            for whom, rate in zip((key_id, None), rates, strict=True):
+                if rate > 0:
+                    self._debt[whom] = (self._owed(whom, rate) + spent, time.monotonic())
+
+    def budgets_clear(self) -> None:
+        with self._lock:
+            self._debt.clear()
+
+    def _owed(self, whom: int | None, rate: float) -> float:
+        debt, at = self._debt.get(whom, (0.0, 0.0))
+        return max(0.0, debt - (time.monotonic() - at) * rate) if rate > 0 else 0.0
 
 
 _local = _LocalSlots()
+
+
+def local_budgets_clear() -> None:
+    """Forget the time this process charged while Redis was away (tests share one process)."""
+    _local.budgets_clear()
 
 
 # ---- the penalty box ----------------------------------------------------------------------------

@@ -513,6 +513,17 @@ RECSYS_EXPENSIVE_CONCURRENCY_TOTAL = env_int(
 RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY = env_int(
     "RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY", max(1, RECSYS_EXPENSIVE_CONCURRENCY_TOTAL // 2), minimum=0
 )
+# And how much time they take: each one's time holding its slot is charged to its key's and a global
+# budget that drains at these rates (seconds of expensive work per second of wall time, across all
+# web processes); past RECSYS_EXPENSIVE_BURST_SECONDS of debt, 429 with the Retry-After that drains
+# it. One slot used back to back keeps a core busy all the time (bench/attack.py: the heaviest allowed
+# search then raised other clients' p99 2.6x); the default total is a quarter of this machine's cores,
+# a key half of that. Set it for the database's cores where that runs elsewhere. 0 = no budget.
+RECSYS_EXPENSIVE_SHARE_TOTAL = env_float("RECSYS_EXPENSIVE_SHARE_TOTAL", (os.cpu_count() or 1) / 4, minimum=0.0)
+RECSYS_EXPENSIVE_SHARE_PER_KEY = env_float(
+    "RECSYS_EXPENSIVE_SHARE_PER_KEY", RECSYS_EXPENSIVE_SHARE_TOTAL / 2, minimum=0.0
+)
+RECSYS_EXPENSIVE_BURST_SECONDS = env_float("RECSYS_EXPENSIVE_BURST_SECONDS", 2.0, minimum=0.0)
 # The penalty box (api.limits): a caller answered 429 on an API path is answered 429 there by the
 # same web process until its Retry-After has passed, before any database or Redis work; so is one
 # refused as malformed (400) on a path this often, per process, until the rate's window ends.

@@ -54,14 +54,16 @@ def _no_cached_active_version() -> None:
 
 @pytest.fixture(autouse=True)
 def _per_process_request_state_clear(request: pytest.FixtureRequest) -> None:
-    """A web process remembers keys it found live and callers it refused lately (api.limits'
-    penalty box); tests share one process, so each starts with neither."""
+    """A web process remembers keys it found live, callers it refused lately (api.limits'
+    penalty box) and, while Redis is away, the time its expensive requests took; tests share one
+    process, so each starts with none of them."""
     if _is_unit(request):
         return
-    from api.limits import penalty_box
+    from api.limits import local_budgets_clear, penalty_box
     from recsys.api_keys import api_key_cache_clear
 
     penalty_box.clear()
+    local_budgets_clear()
     api_key_cache_clear()
 
 

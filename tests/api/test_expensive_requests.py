@@ -3,11 +3,13 @@ concurrent expensive requests past the per-key or global limit are 429 with Retr
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
 
-from api.limits import penalty_box, slot_acquire, slot_release
+from api.limits import ExpensiveRequestsLimited, penalty_box, slot_acquire, slot_release
 from recsys.api_keys import hash_key
 from recsys.models import ApiKey
 from recsys.services import items_upsert
@@ -137,3 +139,68 @@ def test_a_broad_keyword_query_ranks_at_most_the_configured_matches(reader, shoe
     settings.RECSYS_SEARCH_MAX_RANKED = 1
 
     assert len(search(reader, "shoes").json()["items"]) == 1
+
+
+# ---- the time budget: seconds of expensive work per second, per key and in total ----------------
+
+
+@pytest.fixture
+def budget(settings):
+    """A budget that a request held for half a second overdraws: 0.01 s of burst, draining at
+    0.1 s per second per key and 1 s per second in total (tests change either)."""
+    settings.RECSYS_EXPENSIVE_SHARE_PER_KEY = 0.1
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 1.0
+    settings.RECSYS_EXPENSIVE_BURST_SECONDS = 0.01
+
+
+def held_for(seconds: float, client) -> None:
+    """An expensive request of ``client``'s key that held its slot this long."""
+    slot = slot_acquire(key_id=key_of(client).pk)
+    slot_release(slot=replace(slot, started=slot.started - seconds))
+
+
+@pytest.mark.parametrize("redis", ["up", "down"])
+def test_a_key_that_spent_its_time_budget_waits_until_it_drains(request, make_client, shoes, budget, redis, settings):
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 100.0  # all keys' debt of 0.5 s drains in 5 ms
+    if redis == "down":
+        request.getfixturevalue("redis_down")
+    spender, other = make_client("read"), make_client("read")
+    held_for(0.5, spender)
+
+    refused = search(spender, "shoes")
+
+    assert refused.status_code == 429
+    message = refused.json()["error"]["message"]
+    assert "of this API key have used their time budget (0.1 s per second)" in message
+    assert 4 <= int(refused["Retry-After"]) <= 5  # (0.5 - 0.01) / 0.1 s
+    assert search(other, "shoes").status_code == 200  # the global budget had room
+
+
+def test_all_keys_together_have_a_time_budget(make_client, shoes, budget, settings):
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 0.2
+    first, second = make_client("read"), make_client("read")
+    held_for(0.3, first)
+
+    refused = search(second, "shoes")
+
+    assert refused.status_code == 429
+    assert "all API keys together" in refused.json()["error"]["message"]
+    assert int(refused["Retry-After"]) == 2  # ceil((0.3 - 0.01) / 0.2)
+
+
+def test_a_spent_budget_drains_at_its_rate(reader, shoes, budget, settings):
+    settings.RECSYS_EXPENSIVE_SHARE_PER_KEY = settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 10.0
+    held_for(0.5, reader)  # 0.49 s over: drained in 49 ms
+    with pytest.raises(ExpensiveRequestsLimited):
+        slot_acquire(key_id=key_of(reader).pk)
+
+    time.sleep(0.1)
+
+    slot_release(slot=slot_acquire(key_id=key_of(reader).pk))
+
+
+def test_no_budget_when_its_rate_is_zero(reader, shoes, budget, settings):
+    settings.RECSYS_EXPENSIVE_SHARE_PER_KEY = settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 0.0
+    held_for(100.0, reader)
+
+    assert search(reader, "shoes").status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from recsys.env import env_bool, env_duration, env_int, env_list
+from recsys.env import env_bool, env_duration, env_float, env_int, env_list
 from recsys.settings import celery_redis_url, database_config, redis_db_url
 
 
@@ -54,6 +54,20 @@ def test_bad_environment_values_fail_loudly(monkeypatch):
         env_int("X_INT", 1)
     with pytest.raises(ImproperlyConfigured):
         env_int("X_SMALL", 1, minimum=1)
+
+
+@pytest.mark.parametrize("raw", ["half", "nan", "inf", "-0.5"])
+def test_bad_numbers_fail_loudly(monkeypatch, raw):
+    monkeypatch.setenv("X_SHARE", raw)
+
+    with pytest.raises(ImproperlyConfigured, match="X_SHARE"):
+        env_float("X_SHARE", 1.0, minimum=0.0)
+
+
+def test_a_number_within_its_bounds_is_read(monkeypatch):
+    monkeypatch.setenv("X_SHARE", "0.25")
+
+    assert env_float("X_SHARE", 1.0, minimum=0.0) == 0.25
 
 
 def test_environment_lists_and_defaults(monkeypatch):
