@@ -1,6 +1,7 @@
 """The search attack of issue 15: other clients' recommendation latency while ten clients (one read
 key each) hammer the heaviest keyword search the bounds allow, against gunicorn on loopback, with
-the expensive-request limits on and off; each server's own quiet phase is its baseline.
+the expensive-request limits on (at once and the time budget), at once only, and off; each server's
+own quiet phase is its baseline.
 
     python -m recsys.run exec -- python bench/attack.py            # 50,000 generated items
     python -m recsys.run exec -- python bench/attack.py --reuse    # keep the data for the next run
@@ -175,9 +176,11 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
         ("the issue's -red ×100", normal + [("attack", k, negations, 0) for k in keys]),
         ("heaviest search, attackers at nice 19", normal + [("attack", k, searches, 19) for k in keys]),
     ]
-    off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0"}
+    no_budget = {"RECSYS_EXPENSIVE_SHARE_PER_KEY": "0", "RECSYS_EXPENSIVE_SHARE_TOTAL": "0"}
+    off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0", **no_budget}
+    servers = (("on (defaults)", {}, len(phases)), ("concurrency only, no time budget", no_budget, 2), ("off", off, 2))
     rows = []
-    for limits, env, names in (("on (defaults)", {}, len(phases)), ("off", off, 2)):
+    for limits, env, names in servers:
         with gunicorn(url, PORT, env=env) as master:
             workers = len(master.children())
             pooled: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -217,7 +220,9 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         "alternating; each attack phase's p99 is divided by the quiet p99 of its own round, and the "
         "median of those ratios is the figure to read (the other columns pool the rounds); "
         "all on loopback sharing the cores with the server, PostgreSQL and Redis. Expensive-request limits: "
-        "the defaults (total = half the machine's cores, a key half of that) or none (off); keyword queries "
+        "the defaults (at once: half the machine's cores in total, a key half of that; time budget: a quarter "
+        "of the cores' seconds per second in total, a key half of that, 2 s of burst), the concurrency limits "
+        "without the time budget, or none (off); keyword queries "
         "rank at most 2,000 matches (RECSYS_SEARCH_MAX_RANKED) in both. Each server's quiet phases are its "
         "baseline. The attackers' own ten processes run on the same cores (a remote attacker's would not); in "
         "the nice-19 phase they still do, but yield the CPU to everything else, as if they ran elsewhere. "
