@@ -1,4 +1,4 @@
-"""Online experiments (scope admin): create, list, read with metrics, stop, promote."""
+"""Online experiments (scope admin): create, list, read with metrics, stop, promote, withdraw."""
 
 from __future__ import annotations
 
@@ -90,6 +90,10 @@ class ExperimentAnswerSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ExperimentStatus.values)
     control = serializers.CharField()
     winner = serializers.CharField(allow_null=True)
+    serves_placement = serializers.BooleanField(
+        help_text="The winner's configuration serves the scenario (or requests naming none) while no "
+        "experiment runs there."
+    )
     alpha = serializers.FloatField()
     mde = serializers.FloatField()
     created_at = serializers.DateTimeField()
@@ -114,6 +118,7 @@ def experiment_render(experiment: Experiment) -> dict[str, Any]:
         "status": experiment.status,
         "control": experiment.control,
         "winner": experiment.winner or None,
+        "serves_placement": experiment.serves_placement,
         "alpha": experiment.alpha,
         "mde": experiment.mde,
         "created_at": experiment.created_at,
@@ -204,7 +209,10 @@ class ExperimentStopView(ApiView):
 
 
 class PromoteRequestSerializer(serializers.Serializer):
-    variant = serializers.CharField(help_text="The winner: its model version (if any) is activated.")
+    variant = serializers.CharField(
+        help_text="The winner: its model version (if any) is activated, and its strategy, diversity and "
+        "scenario rules serve the placement while no experiment runs there."
+    )
 
 
 class ExperimentPromoteView(ApiView):
@@ -220,4 +228,17 @@ class ExperimentPromoteView(ApiView):
         if set(body) != {"variant"}:
             raise ValidationFailed('send {"variant": name}', details={"variant": ["required"]})
         services.experiment_promote(experiment_id=experiment_id, variant=body["variant"])
+        return Response(experiment_render(selectors.experiment_get(experiment_id=experiment_id)))
+
+
+class ExperimentWithdrawView(ApiView):
+    scopes = {"POST": "admin"}
+
+    @extend_schema(
+        operation_id="experiment_withdraw",
+        request=None,
+        responses={200: ExperimentAnswerSerializer, **ERRORS, **NOT_FOUND, **CONFLICT},
+    )
+    def post(self, request: Request, experiment_id: int) -> Response:
+        services.experiment_withdraw(experiment_id=experiment_id)
         return Response(experiment_render(selectors.experiment_get(experiment_id=experiment_id)))

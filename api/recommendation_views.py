@@ -82,7 +82,7 @@ def render(answer: Answer, assignment: Assignment | None = None) -> Response:
     # process's CPU on an uncached personalised request (bench/serve_profile.py).
     items = [_item(item) for item in answer.items]
     # Minted here, after the answer cache: a cached answer is served under a fresh id.
-    if assignment is None:
+    if assignment is None or assignment.experiment_id is None:  # none, or a promoted configuration
         experiment, recommendation_id = None, recommendation_id_mint()
     else:
         experiment = {"id": assignment.experiment_id, "variant": assignment.variant.name}

@@ -50,6 +50,7 @@ v1 = [
     path("experiments/<int:experiment_id>", exp.ExperimentDetailView.as_view(), name="experiment-detail"),
     path("experiments/<int:experiment_id>/stop", exp.ExperimentStopView.as_view(), name="experiment-stop"),
     path("experiments/<int:experiment_id>/promote", exp.ExperimentPromoteView.as_view(), name="experiment-promote"),
+    path("experiments/<int:experiment_id>/withdraw", exp.ExperimentWithdrawView.as_view(), name="experiment-withdraw"),
 ]
 
 urlpatterns = [

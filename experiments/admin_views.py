@@ -1,5 +1,5 @@
 """The operators' Experiments pages: the list, and one experiment with its variants' metrics, a CTR
-chart over time, and stop and promote buttons (staff who may change experiments, CSRF-protected)."""
+chart over time, and stop, promote and withdraw buttons (staff who may change experiments, CSRF-protected)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,18 @@ def experiment_promote_view(request: HttpRequest, experiment_id: int) -> HttpRes
         request,
         experiment_id,
         lambda: services.experiment_promote(experiment_id=experiment_id, variant=variant),
-        f"Variant {variant} promoted: its model version (if it names one) now serves everyone.",
+        f"Variant {variant} promoted: its model version (if it names one) now serves everyone, and its "
+        "configuration serves this experiment's placement while no experiment runs there.",
+    )
+
+
+@require_POST
+def experiment_withdraw_view(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    return _act(
+        request,
+        experiment_id,
+        lambda: services.experiment_withdraw(experiment_id=experiment_id),
+        "The promoted configuration no longer serves the placement: it is back to the defaults.",
     )
 
 
@@ -113,5 +124,10 @@ urlpatterns = [
         "experiments/<int:experiment_id>/promote/",
         admin.site.admin_view(experiment_promote_view),
         name="experiments_admin_promote",
+    ),
+    path(
+        "experiments/<int:experiment_id>/withdraw/",
+        admin.site.admin_view(experiment_withdraw_view),
+        name="experiments_admin_withdraw",
     ),
 ]

@@ -25,6 +25,11 @@ class Experiment(models.Model):
     alpha = models.FloatField(default=0.05, help_text="Two-sided significance level.")
     mde = models.FloatField(default=0.1, help_text="Minimum detectable effect: relative change of CTR.")
     winner = models.CharField(max_length=32, blank=True, default="")
+    serves_placement = models.BooleanField(
+        default=False,
+        help_text="The promoted winner's configuration serves this experiment's scenario (or requests naming "
+        "none) while no experiment runs there, until withdrawn or another winner is promoted there.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
@@ -37,6 +42,12 @@ class Experiment(models.Model):
                 Coalesce("scenario", Value("")),
                 condition=Q(status="running"),
                 name="experiment_one_running_per_scenario",
+            ),
+            # One promoted configuration per placement.
+            models.UniqueConstraint(
+                Coalesce("scenario", Value("")),
+                condition=Q(serves_placement=True),
+                name="experiment_one_promoted_per_scenario",
             ),
             models.CheckConstraint(condition=Q(alpha__gt=0, alpha__lt=0.5), name="experiment_alpha_range"),
             models.CheckConstraint(condition=Q(mde__gt=0), name="experiment_mde_positive"),

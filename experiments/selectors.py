@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from embeddings.models import ModelVersion
@@ -40,37 +40,52 @@ class RunningExperiment:
 
 @dataclass(frozen=True)
 class Assignment:
-    """The experiment and variant that serve one request."""
+    """The experiment and variant that serve one request; ``experiment_id`` None: no experiment
+    runs there, and a promoted winner's configuration serves it."""
 
-    experiment_id: int
+    experiment_id: int | None
     variant: ServedVariant
 
 
+@dataclass(frozen=True)
+class Placements:
+    """Per placement (scenario, "" for requests that name none): the running experiment, and the
+    configuration promoted there (used while no experiment runs)."""
+
+    running: dict[str, RunningExperiment]
+    promoted: dict[str, ServedVariant]
+
+
 _lock = threading.Lock()
-_running: tuple[float, dict[str, RunningExperiment]] | None = None
+_placements: tuple[float, Placements] | None = None
 
 
 def experiments_running() -> dict[str, RunningExperiment]:
-    """Running experiments by scenario ("" for requests that name none), re-read from the database at
-    most every RECSYS_EXPERIMENT_CACHE_SECONDS: a request starts with a dictionary lookup, not a query."""
-    global _running
+    """Running experiments by scenario ("" for requests that name none)."""
+    return _placements_cached().running
+
+
+def _placements_cached() -> Placements:
+    """Re-read from the database at most every RECSYS_EXPERIMENT_CACHE_SECONDS: a request starts
+    with a dictionary lookup, not a query."""
+    global _placements
     now = time.monotonic()
     with _lock:
-        cached = _running
+        cached = _placements
     if cached is not None and now - cached[0] < settings.RECSYS_EXPERIMENT_CACHE_SECONDS:
         return cached[1]
-    running = _running_read()
+    placements = Placements(_running_read(), _promoted_read())
     with _lock:
-        _running = (now, running)
-    return running
+        _placements = (now, placements)
+    return placements
 
 
 def experiments_running_forget() -> None:
     """Forget the running set in this process (after a change made here); others re-read it within
     RECSYS_EXPERIMENT_CACHE_SECONDS, as they do the active model version."""
-    global _running
+    global _placements
     with _lock:
-        _running = None
+        _placements = None
 
 
 def _running_read() -> dict[str, RunningExperiment]:
@@ -100,14 +115,31 @@ def _running_read() -> dict[str, RunningExperiment]:
     return running
 
 
+def _promoted_read() -> dict[str, ServedVariant]:
+    """The winners' configurations serving their placements. Without the model version: promoting
+    activated it, and later versions replace it as usual."""
+    winners = Variant.objects.filter(experiment__serves_placement=True, name=F("experiment__winner")).select_related(
+        "experiment"
+    )
+    promoted = {}
+    for variant in winners:
+        config, _ = variant_config_parse(variant.config)
+        config = replace(config or VariantConfig(), model_version=None)
+        promoted[variant.experiment.scenario or ""] = ServedVariant(variant.name, config, None)
+    return promoted
+
+
 def experiment_assign(*, scenario: str | None, user_external_id: str | None) -> Assignment | None:
-    """The variant serving this user in the experiment running for the scenario; None without a
-    user (anonymous requests take part in no experiment) or without a running experiment."""
+    """The variant serving this user in the experiment running for the scenario; else the winner
+    promoted there (``experiment_id`` None); None without a user (anonymous requests take part in
+    no experiment) or when neither exists."""
     if not user_external_id:
         return None
-    experiment = experiments_running().get(scenario or "")
+    placements = _placements_cached()
+    experiment = placements.running.get(scenario or "")
     if experiment is None:
-        return None
+        promoted = placements.promoted.get(scenario or "")
+        return None if promoted is None else Assignment(None, promoted)
     name = variant_assign(
         experiment_id=experiment.id, user_id=user_external_id, names=experiment.names, cumulative=experiment.cumulative
     )

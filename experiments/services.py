@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from embeddings.models import Kind, ModelVersion, Status
@@ -148,8 +149,10 @@ def experiment_stop(*, experiment_id: int) -> Experiment:
 
 
 def experiment_promote(*, experiment_id: int, variant: object) -> Experiment:
-    """Record the winner, activate its model version (if it names one) and stop the experiment.
-    A running or stopped experiment can be promoted once (409 after)."""
+    """Record the winner, activate its model version (if it names one), stop the experiment, and
+    let the winner's configuration (strategy, diversity, scenario rules) serve the experiment's
+    placement while no experiment runs there, in place of any earlier winner's. A running or
+    stopped experiment can be promoted once (409 after)."""
     with transaction.atomic():
         experiment = _locked(experiment_id)
         names = {v.name: v for v in experiment.variants.all()}
@@ -162,12 +165,34 @@ def experiment_promote(*, experiment_id: int, variant: object) -> Experiment:
         version = names[variant].config.get("model_version")
         if isinstance(version, int):
             model_version_activate(version_id=version)  # 409 model_not_ready if its vectors are gone
+        _placement(experiment).filter(serves_placement=True).update(serves_placement=False)
         experiment.winner = variant
         experiment.status = ExperimentStatus.COMPLETED
+        experiment.serves_placement = True
         experiment.stopped_at = experiment.stopped_at or timezone.now()
-        experiment.save(update_fields=["winner", "status", "stopped_at"])
+        experiment.save(update_fields=["winner", "status", "serves_placement", "stopped_at"])
         _running_changed()
     return experiment
+
+
+def experiment_withdraw(*, experiment_id: int) -> Experiment:
+    """The promoted winner's configuration stops serving the placement, which returns to the
+    defaults (the model version it activated stays active). 409 unless it serves."""
+    with transaction.atomic():
+        experiment = _locked(experiment_id)
+        if not experiment.serves_placement:
+            raise Conflict(f"experiment {experiment_id} has no promoted configuration serving its placement")
+        experiment.serves_placement = False
+        experiment.save(update_fields=["serves_placement"])
+        _running_changed()
+    return experiment
+
+
+def _placement(experiment: Experiment) -> QuerySet[Experiment]:
+    """The experiments of the same placement: the same scenario, or all that name none."""
+    if experiment.scenario:
+        return Experiment.objects.filter(scenario=experiment.scenario)
+    return Experiment.objects.filter(Q(scenario__isnull=True) | Q(scenario=""))
 
 
 def _running_changed() -> None:

@@ -304,3 +304,65 @@ def test_malformed_bodies_are_validation_errors(admin_client_api, db, body):
     response = admin_client_api.post("/api/v1/experiments", body, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "validation_error"
+
+
+def popular_against_collaborative(scenario: str | None = None) -> dict:
+    return {
+        "name": "popular against collaborative",
+        "scenario": scenario,
+        "control": "collaborative",
+        "variants": [{"name": "collaborative", "weight": 1}, {"name": "popular", "config": {"strategy": "popular"}}],
+    }
+
+
+def test_a_promoted_winners_configuration_serves_its_placement(admin_client_api, reader, versions):
+    experiment_id = create(admin_client_api, **popular_against_collaborative()).json()["id"]
+
+    promoted = admin_client_api.post(
+        f"/api/v1/experiments/{experiment_id}/promote", {"variant": "popular"}, format="json"
+    )
+
+    assert promoted.status_code == 200 and promoted.json()["serves_placement"] is True
+    answers = [recommend(reader, user) for user in ("u1", "u2", "u3")]
+    assert {a["strategy"] for a in answers} == {"popular"}  # every user now, not only the variant's
+    assert all(a["experiment"] is None for a in answers)  # no experiment runs
+    assert recommend(reader, "u1", scenario="elsewhere")["strategy"] == "collaborative"  # another placement
+
+
+def test_a_running_experiment_takes_its_placement_back_from_the_promoted_configuration(
+    admin_client_api, reader, versions
+):
+    first = create(admin_client_api, **popular_against_collaborative("home")).json()["id"]
+    admin_client_api.post(f"/api/v1/experiments/{first}/promote", {"variant": "popular"}, format="json")
+    assert recommend(reader, "u1", scenario="home")["strategy"] == "popular"
+
+    second = create(admin_client_api, **{**two_versions(*versions), "scenario": "home"}).json()["id"]
+
+    body = recommend(reader, "u1", scenario="home")
+    assert body["experiment"]["id"] == second and body["strategy"] == "collaborative"
+    admin_client_api.post(f"/api/v1/experiments/{second}/promote", {"variant": "new"}, format="json")
+    body = recommend(reader, "u1", scenario="home")
+    assert body["strategy"] == "collaborative" and body["model"]["version"] == versions[1].pk  # the new winner's
+    assert Experiment.objects.get(pk=first).serves_placement is False
+
+
+def test_withdrawing_a_promoted_configuration_returns_its_placement_to_the_defaults(admin_client_api, reader, versions):
+    experiment_id = create(admin_client_api, **popular_against_collaborative()).json()["id"]
+    admin_client_api.post(f"/api/v1/experiments/{experiment_id}/promote", {"variant": "popular"}, format="json")
+
+    withdrawn = admin_client_api.post(f"/api/v1/experiments/{experiment_id}/withdraw")
+
+    assert withdrawn.status_code == 200 and withdrawn.json()["serves_placement"] is False
+    assert recommend(reader, "u1")["strategy"] == "collaborative"
+    assert admin_client_api.post(f"/api/v1/experiments/{experiment_id}/withdraw").status_code == 409
+
+
+def test_a_promoted_configuration_does_not_pin_the_model_version(admin_client_api, reader, versions):
+    """Promoting activates the winner's version; a later activation replaces it as usual."""
+    experiment_id = create(admin_client_api, **two_versions(*versions)).json()["id"]
+    admin_client_api.post(f"/api/v1/experiments/{experiment_id}/promote", {"variant": "old"}, format="json")
+    assert recommend(reader, "u1")["model"]["version"] == versions[0].pk
+
+    runs.model_version_activate(version_id=versions[1].pk)
+
+    assert recommend(reader, "u1")["model"]["version"] == versions[1].pk

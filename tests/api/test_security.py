@@ -55,6 +55,7 @@ ENDPOINTS = [
     ("GET", "/api/v1/experiments/1", "admin"),
     ("POST", "/api/v1/experiments/1/stop", "admin"),
     ("POST", "/api/v1/experiments/1/promote", "admin"),
+    ("POST", "/api/v1/experiments/1/withdraw", "admin"),
 ]
 
 

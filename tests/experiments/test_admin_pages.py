@@ -1,5 +1,5 @@
-"""The Experiments pages of the operator admin: list, detail with metrics and chart, stop and promote
-with CSRF and the change permission; the dashboard's CTR per model version."""
+"""The Experiments pages of the operator admin: list, detail with metrics and chart, stop, promote and
+withdraw with CSRF and the change permission; the dashboard's CTR per model version."""
 
 from __future__ import annotations
 
@@ -92,7 +92,20 @@ def test_stop_then_promote_from_the_page(admin_client, experiment):
     response = admin_client.post(f"/admin/experiments/{experiment.pk}/promote/", {"variant": "a"}, follow=True)
     experiment.refresh_from_db()
     assert experiment.status == ExperimentStatus.COMPLETED and experiment.winner == "a"
-    assert 'id="experiment-winner"' in response.content.decode()
+    html = response.content.decode()
+    assert 'id="experiment-winner"' in html
+    assert "its configuration serves requests naming no scenario" in html and 'id="withdraw-experiment"' in html
+
+
+def test_withdraw_from_the_page(admin_client, experiment):
+    admin_client.post(f"/admin/experiments/{experiment.pk}/promote/", {"variant": "a"})
+
+    response = admin_client.post(f"/admin/experiments/{experiment.pk}/withdraw/", follow=True)
+
+    experiment.refresh_from_db()
+    assert experiment.serves_placement is False
+    html = response.content.decode()
+    assert "back to the defaults" in html and 'id="withdraw-experiment"' not in html
 
 
 def test_a_refused_action_is_a_message_not_an_error_page(admin_client, experiment):
