@@ -32,6 +32,7 @@ from experiments.statistics import (
     PriorLook,
     UserTotals,
     VariantCounts,
+    comparison_alpha,
     ctr_estimate,
     rate_compare,
     rate_estimate,
@@ -144,7 +145,9 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
                 coverage=own.items_shown / catalogue if catalogue else None,
                 conversions={t: int(sum(per_user.values())) for t, per_user in sorted(own.conversions.items())},
                 revenue=float(sum(own.revenue.values())) if settings.RECSYS_REVENUE_ATTRIBUTE else None,
-                statistics=_statistics(experiment, variant, own, control, _prior(latest, variant.pk)),
+                statistics=_statistics(
+                    experiment, variant, own, control, _prior(latest, variant.pk), treatments=len(variants) - 1
+                ),
             )
         )
     with transaction.atomic():
@@ -153,22 +156,38 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
 
 
 def _statistics(
-    experiment: Experiment, variant: Variant, own: VariantData, control: VariantData, prior: dict[str, Any]
+    experiment: Experiment,
+    variant: Variant,
+    own: VariantData,
+    control: VariantData,
+    prior: dict[str, Any],
+    *,
+    treatments: int,
 ) -> dict[str, Any]:
-    """The CTR with its interval; against the control, the always-valid test and the users still
-    needed; per event type, conversions per impression with an interval."""
+    """The CTR with its interval; against the control, the always-valid test at the experiment's
+    alpha shared among its ``treatments`` (Bonferroni) and the users still needed; per event type,
+    conversions per impression with an interval."""
     alpha, mde = experiment.alpha, experiment.mde
     ctr, interval = ctr_estimate(own.counts(), alpha=alpha)
-    out: dict[str, Any] = {"ctr": ctr, "ctr_interval": list(interval), "alpha": alpha, "mde": mde}
+    each = comparison_alpha(alpha=alpha, treatments=max(1, treatments))
+    out: dict[str, Any] = {
+        "ctr": ctr,
+        "ctr_interval": list(interval),
+        "alpha": alpha,
+        "comparison_alpha": each,
+        "mde": mde,
+    }
     if variant.name != experiment.control:
         # τ (the mixture's spread) stays what the first testable look fixed, so that every look
         # is of the same test: the p-value's running minimum is only valid across one τ.
         tau = prior.get("mixture_sd")
         prior_looks = [prior_look] if (prior_look := _prior_look(prior)) is not None else []
         comparison = variant_compare(
-            control=control.counts(), treatment=own.counts(), alpha=alpha, mde=mde, looks=prior_looks, mixture_sd=tau
+            control=control.counts(), treatment=own.counts(), alpha=each, mde=mde, looks=prior_looks, mixture_sd=tau
         )
         out.update(_jsonable(asdict(comparison)))
+        if treatments > 1:
+            out["method"] += f"; {treatments} treatments, each tested at alpha / {treatments} = {each:.3g} (Bonferroni)"
         if tau is None and comparison.p_value is not None:
             tau = mde * abs(comparison.control_ctr)
         out["mixture_sd"] = tau
@@ -181,7 +200,7 @@ def _statistics(
             compared = rate_compare(
                 control=control.per_impression(control.conversions.get(event_type, {})),
                 treatment=totals,
-                alpha=alpha,
+                alpha=each,
                 mde=mde,
             )
             entry.update({"difference": compared.difference, "p_value": compared.p_value})

@@ -20,6 +20,10 @@ previous refresh reported for that pair, so the p-value and interval carry over 
 
 Keep ``alpha`` and ``mde`` fixed for the life of an experiment: the running values combine looks of
 one test, and changing them mid-way starts a different one.
+
+An experiment with several treatments tests each against the control at ``comparison_alpha``
+(Bonferroni: alpha divided by the number of treatments), so that the chance of declaring any
+treatment different when none is stays at most alpha.
 """
 
 from __future__ import annotations
@@ -428,6 +432,17 @@ def _users_required(c: _Moments, t: _Moments, *, mde: float, tau: float, alpha: 
     user_variance = c.users * c.variance + treatment_user_variance
     effect = mde * abs(c.rate)
     return users_required(user_variance=user_variance, effect=effect, mixture_variance=tau * tau, alpha=alpha)
+
+
+def comparison_alpha(*, alpha: float, treatments: int) -> float:
+    """The level each of ``treatments`` comparisons with the control is tested at, so that the chance
+    of any false positive among them stays at most ``alpha``: Bonferroni's alpha / treatments, valid
+    whatever the dependence between the comparisons (they share the control), and compatible with the
+    always-valid test (each comparison's own error bound holds at every look, so does their union)."""
+    _check_alpha(alpha)
+    if treatments < 1:
+        raise ValueError(f"treatments must be >= 1, got {treatments}")
+    return alpha / treatments
 
 
 def variant_compare(

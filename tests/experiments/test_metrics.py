@@ -187,3 +187,21 @@ def test_the_celery_task_writes_snapshots(experiment, catalogue):
 
     assert task() == [experiment.pk]  # the beat entry point, run in this process
     assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
+
+
+def test_with_two_treatments_each_is_tested_at_half_the_alpha(admin_client_api, experiment, catalogue):
+    Variant.objects.create(experiment=experiment, name="c", weight=1)
+    rng = np.random.default_rng(11)
+    traffic(experiment, "a", 1_500, catalogue, shown_per_user=10, click_rate=0.10, rng=rng)
+    traffic(experiment, "b", 1_500, catalogue, shown_per_user=10, click_rate=0.13, rng=rng)
+    traffic(experiment, "c", 1_500, catalogue, shown_per_user=10, click_rate=0.10, rng=rng)
+
+    experiment_metrics_compute(experiment_id=experiment.pk)
+    variants = report(admin_client_api, experiment)
+
+    for name in ("b", "c"):
+        snapshot = VariantSnapshot.objects.get(experiment=experiment, variant__name=name)
+        assert snapshot.statistics["comparison_alpha"] == 0.025
+        assert "each tested at alpha / 2 = 0.025 (Bonferroni)" in variants[name]["method"]
+        assert variants[name]["significant"] == (variants[name]["p_value"] <= 0.025)
+    assert variants["b"]["significant"] is True

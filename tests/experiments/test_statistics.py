@@ -14,6 +14,7 @@ from experiments.statistics import (
     PriorLook,
     UserTotals,
     VariantCounts,
+    comparison_alpha,
     ctr_estimate,
     fixed_horizon_p_value,
     msprt_power,
@@ -378,3 +379,33 @@ def test_repeated_conversions_fall_back_to_a_ratio_interval_clipped_at_zero():
     rate, (low, high) = conversion_rate(UserTotals(conversions, impressions), 0.05)
     assert rate == pytest.approx(15 / 200)
     assert low >= 0.0 and high > rate
+
+
+# Several treatments against one control
+
+
+def test_each_of_several_treatments_is_tested_at_alpha_shared_among_them():
+    assert comparison_alpha(alpha=0.05, treatments=1) == 0.05
+    assert comparison_alpha(alpha=0.05, treatments=4) == pytest.approx(0.0125)
+    with pytest.raises(ValueError):
+        comparison_alpha(alpha=0.05, treatments=0)
+
+
+def test_aaaa_experiments_declare_any_treatment_different_at_most_alpha_of_the_time():
+    # 300 experiments of a control and three treatments, all equal, 2,000 users each, checked at 10
+    # looks: a false positive is any treatment significant at any look (the family-wise error).
+    runs, users, looks, treatments = 300, 2000, 10, 3
+    rng = np.random.default_rng(77)
+    impressions, clicks = POPULATION.traffic((runs, treatments + 1, users), rng=rng)
+    each = comparison_alpha(alpha=0.05, treatments=treatments)
+
+    family = 0
+    for run in range(runs):
+        control = counts(impressions[run, 0], clicks[run, 0])
+        family += any(
+            look.significant
+            for k in range(1, treatments + 1)
+            for look in monitored(control, counts(impressions[run, k], clicks[run, k]), looks=looks, alpha=each)
+        )
+
+    assert family <= stats.binom.ppf(0.99, runs, 0.05)
