@@ -39,6 +39,14 @@ def is_external_id(value: object) -> bool:
     )
 
 
+def external_id_validate(value: object) -> None:
+    """The id rule as a Django field validator (the admin's forms): the same rule as the API's."""
+    from django.core.exceptions import ValidationError
+
+    if not is_external_id(value):
+        raise ValidationError(f"An id is {ID_RULE} (not batch, popular, nor ending in /similar, /hidden, ...).")
+
+
 def clean_external_id(value: object, field: str = "id") -> str:
     if not is_external_id(value):
         raise ValidationFailed(f"{field} must be {ID_RULE}", details={field: ["invalid id"]})

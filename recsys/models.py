@@ -8,15 +8,16 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import ProtectedError
 from django.db.models.functions import Now
 
-from recsys.ids import ID_MAX_LENGTH, STORED_ID_PATTERN
+from recsys.ids import ID_MAX_LENGTH, STORED_ID_PATTERN, external_id_validate
 from recsys.rates import InvalidRate, parse_rate
 
-external_id_validator = RegexValidator(STORED_ID_PATTERN, "1-128 characters of [A-Za-z0-9_.:@/-]")
+# The whole id rule for forms (the admin); the database's check constraint holds its characters and
+# length (recsys.ids.STORED_ID_PATTERN), the API and importers refuse the reserved shapes first.
+external_id_validator = external_id_validate
 
 
 class User(models.Model):

@@ -430,3 +430,15 @@ def test_interaction_list_writes_moments_compactly(admin_client):
         r'field-item_shown">cooking\d · ', rows
     )
     assert "+00:00" not in rows
+
+
+@pytest.mark.parametrize("reserved", ["popular", "batch", "shoe/similar", "a/../b"])
+def test_the_admin_refuses_ids_the_api_could_never_address(admin_client, reserved):
+    """The same id rule as the API's (recsys.ids): not only the characters and length."""
+    response = admin_client.post("/admin/recsys/user/add/", {"external_id": reserved, "attributes": "{}"})
+
+    assert response.status_code == 200  # the form again, with its error
+    assert "not shaped like an endpoint path" in response.content.decode()
+    assert not User.objects.filter(external_id=reserved).exists()
+    admin_client.post("/admin/recsys/user/add/", {"external_id": "shopper-1", "attributes": "{}"})
+    assert User.objects.filter(external_id="shopper-1").exists()
