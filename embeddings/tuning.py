@@ -267,14 +267,16 @@ def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
     at most ``max_interactions`` (the whole split when it already fits, or when it is 0).
 
     Users are taken in a random order while the running total fits, so the sample keeps the
-    users' activity distribution; every column is kept (items unseen in the sample stay, empty).
-    The same split and seed always give the same sample.
+    users' activity distribution (less any user who alone has more than ``max_interactions``);
+    every column is kept (items unseen in the sample stay, empty). The same split and seed always
+    give the same sample.
     """
     if not max_interactions or split.train.nnz <= max_interactions:
         return split
+    counts = np.diff(split.train.indptr)
     order = np.random.default_rng(seed).permutation(split.train.shape[0])
-    counts = np.diff(split.train.indptr)[order]
-    users = np.sort(order[np.cumsum(counts) <= max_interactions])
+    order = order[counts[order] <= max_interactions]
+    users = np.sort(order[np.cumsum(counts[order]) <= max_interactions])
     return Split(split.train[users].tocsr(), split.test[users].tocsr())
 
 
