@@ -5,7 +5,8 @@ part, once on everything (sample off) and once on a user sample (`--sample` inte
 winner is fitted on the whole training part as a run fits it and scored on the held-out 20%
 (NDCG@10 over every test user: what serving would give, less the ANN). Then grids on the same
 validation split check the restating of regularisation from a sample to the whole: EASE's λ by
-the ratio of the Gram traces, ALS's by √(1 / fraction of interactions). In-process, no service.
+the ratio of the Gram traces; ALS's kept as found, against dividing it by √(fraction of
+interactions). In-process, no service.
 
     nice -n 19 .venv/bin/python bench/tuning_sample.py [--users 30000] [--items 5000] [--sample 150000]
 """
