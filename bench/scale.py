@@ -50,6 +50,7 @@ def phase(name: str, figures: dict[str, dict[str, float]], url: str, work: Calla
         "cpu": time.process_time() - cpu,
         "pg_cpu": postgres_cpu_seconds(url) - server,
         "rss_peak_mib": rss_peak_mib(),
+        "load_average": os.getloadavg()[0],  # 1-minute, at the phase's end: how shared the 2 cores were
     }
     print(f"{name}: {figures[name]}", flush=True)
     return result
@@ -150,6 +151,17 @@ def train(url: str, args: argparse.Namespace, figures: dict[str, dict[str, float
     if args.whole_run:
         version = phase("whole training run (services, with the tuning search)", figures, url, whole_run)
         metrics["whole_run_timings"] = version.timings  # type: ignore[assignment]
+        candidates = version.progress.get("candidates") or []
+        metrics["whole_run_search"] = {  # type: ignore[assignment]
+            "chosen": f"{version.algorithm} {version.params.get('factors')}-d",
+            "candidates": len(candidates),
+            "by_algorithm": {
+                a: sum(c["algorithm"] == a for c in candidates) for a in {c["algorithm"] for c in candidates}
+            },
+            "skipped": version.progress.get("tuning_skipped"),
+            "sample": version.progress.get("tuning_sample"),
+            "ndcg@10": version.metrics.get("ndcg@10"),
+        }
     return metrics
 
 
@@ -228,16 +240,17 @@ def report(args: argparse.Namespace, figures: dict[str, dict[str, float]], metri
         f"over {MONTHS} months; {metrics['matrix_nnz']:,.0f} distinct user-item pairs. No GPU on this machine: "
         "ALS ran on the CPU (`RECSYS_USE_GPU=auto` picks implicit's CUDA ALS where `implicit.gpu.HAS_CUDA`).",
         "",
-        "| phase | wall | CPU (this process) | PostgreSQL CPU | peak RSS of the process |",
-        "|---|---:|---:|---:|---:|",
+        "| phase | wall | CPU (this process) | PostgreSQL CPU | peak RSS of the process | load average at its end |",
+        "|---|---:|---:|---:|---:|---:|",
         *[
-            f"| {name} | {f['wall']:.1f} s | {f['cpu']:.1f} s | {f['pg_cpu']:.1f} s | {f['rss_peak_mib']:,.0f} MiB |"
+            f"| {name} | {f['wall']:.1f} s | {f['cpu']:.1f} s | {f['pg_cpu']:.1f} s | {f['rss_peak_mib']:,.0f} MiB "
+            f"| {f['load_average']:.1f} |"
             for name, f in figures.items()
         ],
         f"| **training path** (the phases from the load to the store) | "
         f"{sum(figures[n]['wall'] for n in training):.1f} s | {sum(figures[n]['cpu'] for n in training):.1f} s | "
         f"{sum(figures[n]['pg_cpu'] for n in training):.1f} s | "
-        f"{max(figures[n]['rss_peak_mib'] for n in training):,.0f} MiB |",
+        f"{max(figures[n]['rss_peak_mib'] for n in training):,.0f} MiB | |",
         "",
         f"Load into PostgreSQL: {rows / figures['load into PostgreSQL']['wall']:,.0f} rows/s wall, "
         f"{rows / max(figures['load into PostgreSQL']['pg_cpu'], 1e-9):,.0f} rows per PostgreSQL CPU-second "
@@ -250,7 +263,8 @@ def report(args: argparse.Namespace, figures: dict[str, dict[str, float]], metri
             "",
             f"The whole run as a worker runs it (`collaborative_model_train`: load, the tuning search within "
             f"`RECSYS_CF_TUNE_BUDGET_SECONDS`, final fit, store, activate): its own timings "
-            f"{metrics['whole_run_timings']} (seconds, wall on this loaded machine).",
+            f"{metrics['whole_run_timings']} (seconds, wall on this loaded machine); the search: "
+            f"{metrics['whole_run_search']}.",
         ]
     write_section(f"scale-{args.interactions // 1_000_000}m", "\n".join(lines))
     print("\n".join(lines))

@@ -178,7 +178,9 @@ def _train(version: ModelVersion) -> None:
         selection.baseline,
         selection.tried,
     )
-    timings["evaluate"] = time.perf_counter() - started
+    if selection.search_seconds is not None:  # the candidates; evaluate is the split, the winner's refit and metrics
+        timings["search"] = selection.search_seconds
+    timings["evaluate"] = time.perf_counter() - started - (selection.search_seconds or 0.0)
     artifacts = VersionArtifacts(version=version)
     if settings.RECSYS_RANKING:
         runs.run_progress(version, stage="ranking", candidates=tried)
@@ -245,6 +247,7 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
         budget_seconds=settings.RECSYS_CF_TUNE_BUDGET_SECONDS,
         max_evals=settings.RECSYS_CF_TUNE_MAX_EVALS,
         eval_users=settings.RECSYS_CF_TUNE_EVAL_USERS,
+        sample_interactions=settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS,
         ease=n_items <= settings.RECSYS_EASE_MAX_ITEMS,
         ease_factors=settings.RECSYS_EASE_FACTORS,
         ease_lambda_start=settings.RECSYS_EASE_LAMBDA,
@@ -264,6 +267,7 @@ class Selection:
     tried: list[dict[str, Any]]
     split: Split
     factors: Factors
+    search_seconds: float | None = None
 
 
 def _select(
@@ -275,18 +279,21 @@ def _select(
     split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
+    search_seconds = None
     if settings.RECSYS_CF_TUNE:
+        started = time.perf_counter()
         outcome = collaborative_search(
             split, configured, options=tuning_settings(configured, matrix.shape[1]), report=report
         )
-        params, tried = outcome.params, outcome.tried
+        params, tried, search_seconds = outcome.params, outcome.tried, time.perf_counter() - started
+        report(tuning_sample=outcome.sample, tuning_skipped=outcome.skipped)
     else:
         params, tried = configured, []
     factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
-    return Selection(params, metrics, baseline, tried, split, factors)
+    return Selection(params, metrics, baseline, tried, split, factors, search_seconds)
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

@@ -6,6 +6,13 @@ diagonal of XᵀX, and ALS's alpha multiplies the normalised weights. Scaling ev
 constant therefore changes neither the search nor the model it picks. The search itself is a
 compass search in log space that keeps stepping while it improves (so a range widens until the
 best point is interior) and halves its steps once both neighbours of the best point are worse.
+
+The budget is a deadline, not a start line: each candidate's seconds are estimated from the
+candidates already run (seconds per unit of work, its work from the data's size and the
+candidate's rank and iterations), and one that cannot finish before the deadline is not started.
+On data past ``sample_interactions``, candidates are fitted and scored on a seeded user sample
+of the split, and the winner's parameters are restated for the whole split (EASE's λ by the ratio
+of the Gram matrices' traces; ALS's regularization as found: measured in BENCHMARKS.md, tuning-sample).
 """
 
 from __future__ import annotations
@@ -53,11 +60,13 @@ class Trial:
 
 @dataclass
 class SearchResult:
-    """Every evaluated point, the best one, and whether each dimension's best value is bracketed
-    by worse neighbours (False when the budget or the bounds ended the search first)."""
+    """Every evaluated point, the best one, whether each dimension's best value is bracketed by
+    worse neighbours (False when the budget or the bounds ended the search first), and the points
+    not started because their estimated time did not fit in what was left of the budget."""
 
     trials: list[Trial] = field(default_factory=list)
     bracketed: dict[str, bool] = field(default_factory=dict)
+    skipped: list[Point] = field(default_factory=list)
 
     @property
     def best(self) -> Trial:
@@ -72,6 +81,27 @@ class _Budget:
         return self.used >= self.max_evals or time.monotonic() >= self.deadline
 
 
+class CostModel:
+    """Seconds per unit of work, learnt from the candidates already run: the slowest rate seen for
+    a kind of candidate (a loaded machine only makes later ones slower), and for a kind not run
+    yet the slowest rate of any kind times ``margin`` (their work units are only comparable)."""
+
+    def __init__(self, margin: float = 2.0) -> None:
+        self.margin = margin
+        self.rates: dict[str, float] = {}
+
+    def observe(self, kind: str, work: float, seconds: float) -> None:
+        self.rates[kind] = max(self.rates.get(kind, 0.0), seconds / max(work, 1e-12))
+
+    def seconds(self, kind: str, work: float) -> float | None:
+        """Estimated seconds of ``work`` units of ``kind``; None before any candidate ran."""
+        if kind in self.rates:
+            return self.rates[kind] * work
+        if self.rates:
+            return max(self.rates.values()) * work * self.margin
+        return None
+
+
 def log_search(
     objective: Objective,
     dimensions: list[Dimension],
@@ -79,32 +109,51 @@ def log_search(
     deadline: float = math.inf,
     max_evals: int = 40,
     choices: dict[str, tuple[float, ...]] | None = None,
+    work: Callable[[Point], float] | None = None,
+    costs: CostModel | None = None,
+    kind: str = "candidate",
+    always_start: bool = True,
 ) -> SearchResult:
     """Maximise ``objective`` over ``dimensions`` (log scale) and ``choices`` (a few fixed values).
 
-    The start point is always evaluated; the search stops at ``deadline`` (``time.monotonic()``),
-    after ``max_evals`` evaluations, or when every step is below its ``min_step``.
+    The search stops at ``deadline`` (``time.monotonic()``), after ``max_evals`` evaluations, or
+    when every step is below its ``min_step``. A point is started only if its estimated seconds
+    (``costs`` × ``work(point)``, 1 unit a point without ``work``) end before the deadline; the
+    start point runs regardless when ``always_start`` and nothing tells its cost yet. Without a
+    start point the result has no trials.
     """
     result = SearchResult()
     seen: dict[tuple[tuple[str, float], ...], float] = {}
     budget = _Budget(deadline, max_evals)
+    costs = costs or CostModel()
 
     def evaluate(point: Point) -> float | None:
         key = tuple(sorted((k, round(v, 9)) for k, v in point.items()))
         if key in seen:
             return seen[key]
-        if budget.spent() and result.trials:
+        if budget.used >= budget.max_evals:
+            return None
+        units = work(point) if work is not None else 1.0
+        estimate = costs.seconds(kind, units)
+        unknown_start = always_start and not result.trials and estimate is None
+        if not unknown_start and time.monotonic() + (estimate or 0.0) > budget.deadline:
+            if point not in result.skipped:
+                result.skipped.append(dict(point))
             return None
         started = time.monotonic()
         score = float(objective(dict(point)))
+        seconds = time.monotonic() - started
+        costs.observe(kind, units, seconds)
         budget.used += 1
         seen[key] = score
-        result.trials.append(Trial(dict(point), score, time.monotonic() - started))
+        result.trials.append(Trial(dict(point), score, seconds))
         return score
 
     best = {d.name: d.clip(d.start) for d in dimensions} | {k: v[0] for k, v in (choices or {}).items()}
     best_score = evaluate(best)
-    assert best_score is not None
+    if best_score is None:
+        result.bracketed = {d.name: False for d in dimensions}
+        return result
     steps = {d.name: d.step for d in dimensions}
     while not budget.spent() and any(steps[d.name] >= d.min_step for d in dimensions):
         moved = False
@@ -176,27 +225,59 @@ def gram_diagonal_mean(matrix: sp.csr_matrix) -> float:
 @dataclass(frozen=True)
 class TuningSettings:
     """The search's knobs; defaults chosen on ml-latest-small and checked on its rescaled, binarised
-    and generated variants (bench/quality.py)."""
+    and generated variants (bench/quality.py), and at 10M interactions (bench/scale.py)."""
 
     budget_seconds: float = 90.0
     max_evals: int = 30
     eval_users: int = 2_000  # users scored per candidate; the winner is re-scored on more
+    # Past this many training interactions, candidates fit on a seeded user sample of about this
+    # many (0: never sample). BENCHMARKS.md "tuning-sample" compares it with tuning on everything.
+    sample_interactions: int = 1_000_000
     ease: bool = True
     ease_factors: int = 400
     ease_lambda_start: float = 30.0  # × mean diag(XᵀX); the best on ml-latest-small lies near 30-70
+    # EASE goes first and may use this share of the budget; the configured learner gets the rest.
+    ease_budget_share: float = 0.5
     als_alpha_start: float = 10.0  # × 1 / mean weight
     als_regularization_start: float = 0.05
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
+            raise ValueError("budget_seconds, sample_interactions ≥ 0 and max_evals, eval_users ≥ 1 are required")
+        if not 0.0 < self.ease_budget_share <= 1.0:
+            raise ValueError(f"ease_budget_share must be in (0, 1], got {self.ease_budget_share}")
+
 
 @dataclass
 class TuningOutcome:
-    """The chosen learner (absolute parameters, ready to fit on the full matrix) and what was tried."""
+    """The chosen learner (absolute parameters, ready to fit on the full matrix) and what was tried:
+    the candidates run, those not started for lack of budget, and the sample they were run on."""
 
     params: LearnerParams
     score: float
     tried: list[dict[str, Any]]
     bracketed: dict[str, dict[str, bool]]
+    skipped: int = 0
+    sample: dict[str, float] = field(default_factory=dict)
+
+
+def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
+    """The split restricted to a seeded random set of users whose training interactions add up to
+    at most ``max_interactions`` (the whole split when it already fits, or when it is 0).
+
+    Users are taken in a random order while the running total fits, so the sample keeps the
+    users' activity distribution (less any user who alone has more than ``max_interactions``);
+    every column is kept (items unseen in the sample stay, empty). The same split and seed always
+    give the same sample.
+    """
+    if not max_interactions or split.train.nnz <= max_interactions:
+        return split
+    counts = np.diff(split.train.indptr)
+    order = np.random.default_rng(seed).permutation(split.train.shape[0])
+    order = order[counts[order] <= max_interactions]
+    users = np.sort(order[np.cumsum(counts[order]) <= max_interactions])
+    return Split(split.train[users].tocsr(), split.test[users].tocsr())
 
 
 def collaborative_search(
@@ -209,16 +290,17 @@ def collaborative_search(
     """Search EASE's λ and the configured learner's parameters on ``split``; return the best.
 
     ``split.train`` is what candidates fit on and ``split.test`` what they are scored on
-    (NDCG@10 over at most ``options.eval_users`` users, the same sample for every candidate).
-    The time budget is shared: EASE (one SVD, then a cheap step per λ) goes first.
+    (NDCG@10 over at most ``options.eval_users`` users, the same sample for every candidate);
+    past ``options.sample_interactions`` both are a user sample (``user_sample``) and the winner
+    is restated for the whole split. The time budget is shared: EASE (one SVD, then a cheap step
+    per λ) goes first, with up to ``options.ease_budget_share`` of it.
     """
-    deadline = time.monotonic() + options.budget_seconds
+    started = time.monotonic()
     scale = weight_scale(split.train)
-    normalised = (split.train / scale).tocsr().astype(np.float32)
-    evaluate = _scorer(normalised, split, options)
+    sample = user_sample(split, options.sample_interactions, seed=options.seed)
+    normalised = (sample.train / scale).tocsr().astype(np.float32)
+    transfer = _Transfer.between(split.train, sample.train, scale)
     tried: list[dict[str, Any]] = []
-    outcomes: list[tuple[float, LearnerParams]] = []
-    bracketed: dict[str, dict[str, bool]] = {}
 
     def record(algorithm: str, params: LearnerParams, score: float, **relative: float) -> None:
         tried.append(
@@ -226,17 +308,65 @@ def collaborative_search(
         )
         report(candidate=len(tried), algorithm=algorithm, tried=list(tried))
 
-    search = _Search(normalised, evaluate, options, deadline, configured, record)
+    search = _Search(
+        normalised, _scorer(normalised, sample, options), options, started + options.budget_seconds, configured, record
+    )
+    runs: dict[str, tuple[SearchResult, Callable[[Point], LearnerParams]]] = {}
     if options.ease or configured.algorithm == "ease":
-        result, best = _ease_search(search)
-        outcomes.append(best)
-        bracketed["ease"] = result.bracketed
+        share = 1.0 if configured.algorithm == "ease" else options.ease_budget_share
+        runs["ease"] = _ease_search(search, deadline=started + options.budget_seconds * share)
     if configured.algorithm != "ease":
-        result, best = _implicit_search(search)
-        outcomes.append(best)
-        bracketed[configured.algorithm] = result.bracketed
-    score, params = max(outcomes, key=lambda o: o[0])
-    return TuningOutcome(_absolute(params, scale), score, tried, bracketed)
+        runs[configured.algorithm] = _implicit_search(search, first=not runs or not runs["ease"][0].trials)
+    finished = [
+        (result.best.score, params_at(result.best.point)) for result, params_at in runs.values() if result.trials
+    ]
+    score, params = max(finished, key=lambda o: o[0])
+    return TuningOutcome(
+        transfer.absolute(params),
+        score,
+        tried,
+        {name: result.bracketed for name, (result, _) in runs.items()},
+        skipped=sum(len(result.skipped) for result, _ in runs.values()),
+        sample={
+            "users": float(sample.train.shape[0]),
+            "interactions": float(sample.train.nnz),
+            "fraction": round(transfer.fraction, 6),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    """Restates parameters found on a user sample of the normalised weights for the raw weights of
+    the whole split. EASE's λ grows with XᵀX, which a user sample shrinks by the ratio of the traces
+    (Σ w²). ALS's regularization is kept as found: on the generated set of BENCHMARKS.md
+    (tuning-sample) the best value was the same on a 19% sample and on everything, and dividing it
+    by √fraction (what the singular values of a user sample would suggest) scored 1.9% lower."""
+
+    scale: float
+    gram_ratio: float  # trace of XᵀX, whole / sample
+    fraction: float  # interactions, sample / whole
+
+    @classmethod
+    def between(cls, whole: sp.csr_matrix, sample: sp.csr_matrix, scale: float) -> _Transfer:
+        if sample is whole:
+            return cls(scale, 1.0, 1.0)
+        return cls(scale, _squares(whole) / _squares(sample), sample.nnz / max(whole.nnz, 1))
+
+    def absolute(self, params: LearnerParams) -> LearnerParams:
+        """ALS's confidence is alpha × weight, EASE's λ is in units of weight²."""
+        if params.algorithm == "ease":
+            regularization = params.regularization * self.gram_ratio * self.scale * self.scale
+            return replace(params, regularization=regularization, weight_scale=self.scale)
+        if params.algorithm == "als":
+            return replace(params, alpha=params.alpha / self.scale, weight_scale=self.scale)
+        return replace(params, weight_scale=self.scale)
+
+
+def _squares(matrix: sp.csr_matrix) -> float:
+    """Σ w², the trace of XᵀX."""
+    weights = matrix.data.astype(np.float64)
+    return float(weights @ weights)
 
 
 def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) -> Callable[[Any], float]:
@@ -249,8 +379,9 @@ def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) ->
 
 @dataclass(frozen=True)
 class _Search:
-    """One learner's search: the normalised training matrix, the scorer, the budget and the
-    configured learner, and where each candidate is recorded."""
+    """One run's search: the normalised training matrix (or its user sample), the scorer, the
+    deadline, the configured learner, where each candidate is recorded, and the cost model the
+    learners' searches share."""
 
     normalised: sp.csr_matrix
     evaluate: Callable[[Any], float]
@@ -258,6 +389,7 @@ class _Search:
     deadline: float
     configured: LearnerParams
     record: Callable[..., None]
+    costs: CostModel = field(default_factory=CostModel)
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
@@ -266,16 +398,53 @@ class _Search:
         return score
 
     def run(
-        self, objective: Objective, dimensions: list[Dimension], choices: dict[str, tuple[float, ...]] | None = None
+        self,
+        objective: Objective,
+        dimensions: list[Dimension],
+        *,
+        kind: str,
+        work: Callable[[Point], float],
+        choices: dict[str, tuple[float, ...]] | None = None,
+        deadline: float | None = None,
+        first: bool = True,
     ) -> SearchResult:
         return log_search(
-            objective, dimensions, deadline=self.deadline, max_evals=self.options.max_evals, choices=choices
+            objective,
+            dimensions,
+            deadline=min(self.deadline, deadline if deadline is not None else math.inf),
+            max_evals=self.options.max_evals,
+            choices=choices,
+            work=work,
+            costs=self.costs,
+            kind=kind,
+            always_start=first,
         )
 
+    def size(self) -> tuple[int, int, int]:
+        """Users, items and non-zeros of the matrix candidates fit on."""
+        return int(self.normalised.shape[0]), int(self.normalised.shape[1]), int(self.normalised.nnz)
 
-def _ease_search(search: _Search) -> tuple[SearchResult, tuple[float, LearnerParams]]:
+    def scored_users(self) -> int:
+        return min(self.options.eval_users, self.normalised.shape[0])
+
+
+def ease_work(n_users: int, n_items: int, nnz: int, rank: int, scored_users: int, *, with_svd: bool) -> float:
+    """Multiply-adds of one EASE candidate: the SVD (≈ 10 passes over the non-zeros and the
+    orthogonalisations, when not cached), the user vectors, and scoring the validation users."""
+    work = nnz * rank + n_items * rank + scored_users * n_items * rank
+    return work + (10.0 * (nnz * rank + (n_users + n_items) * rank * rank) if with_svd else 0.0)
+
+
+def als_work(n_users: int, n_items: int, nnz: int, factors: int, iterations: int, scored_users: int) -> float:
+    """Multiply-adds of one ALS candidate: per iteration, implicit's conjugate-gradient steps (3)
+    over the non-zeros and the Gram matrices, then scoring the validation users."""
+    per_iteration = 6.0 * nnz * factors + 2.0 * (n_users + n_items) * factors * factors
+    return iterations * per_iteration + scored_users * n_items * factors
+
+
+def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:
     unit = gram_diagonal_mean(search.normalised)
-    configured, options = search.configured, search.options
+    configured, options, matrix = search.configured, search.options, search.normalised
     factors = configured.factors if configured.algorithm == "ease" else options.ease_factors
     svd_cache: dict[int, Svd] = {}
 
@@ -284,22 +453,26 @@ def _ease_search(search: _Search) -> tuple[SearchResult, tuple[float, LearnerPar
             algorithm="ease", factors=factors, regularization=point["lambda"] * unit, random_state=options.seed
         )
 
+    rank = max(1, min(factors, min(matrix.shape) - 1))
     result = search.run(
         lambda point: search.score(
-            search.normalised, params_at(point), svd_cache, lambda_relative=point["lambda"], factors=factors
+            matrix, params_at(point), svd_cache, lambda_relative=point["lambda"], factors=factors
         ),
         [Dimension("lambda", options.ease_lambda_start, step=4.0, low=1e-4, high=1e6, min_step=1.2)],
+        kind="ease",
+        work=lambda _: ease_work(*search.size(), rank, search.scored_users(), with_svd=not svd_cache),
+        deadline=deadline,
     )
-    return result, (result.best.score, params_at(result.best.point))
+    return result, params_at
 
 
-def _implicit_search(search: _Search) -> tuple[SearchResult, tuple[float, LearnerParams]]:
-    configured, options = search.configured, search.options
+def _implicit_search(search: _Search, *, first: bool) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:
+    configured, options, matrix = search.configured, search.options, search.normalised
     bm25_cache: dict[bool, sp.csr_matrix] = {}
 
     def confidences(bm25: bool) -> sp.csr_matrix:
         if bm25 not in bm25_cache:
-            bm25_cache[bm25] = bm25_confidence(search.normalised) if bm25 else search.normalised
+            bm25_cache[bm25] = bm25_confidence(matrix) if bm25 else matrix
         return bm25_cache[bm25]
 
     def params_at(point: Point) -> LearnerParams:
@@ -316,6 +489,10 @@ def _implicit_search(search: _Search) -> tuple[SearchResult, tuple[float, Learne
         params = params_at(point)
         return search.score(confidences(params.bm25), params, **point)
 
+    def work(point: Point) -> float:
+        factors, iterations = int(point["factors"]), int(point["iterations"])
+        return als_work(*search.size(), factors, iterations, search.scored_users())
+
     dimensions = [
         Dimension("factors", configured.factors, step=2.0, low=8, high=512, integer=True, min_step=1.5),
         Dimension("regularization", options.als_regularization_start, step=10.0, low=1e-5, high=1e3),
@@ -323,18 +500,15 @@ def _implicit_search(search: _Search) -> tuple[SearchResult, tuple[float, Learne
     ]
     if configured.algorithm == "als":
         dimensions.insert(0, Dimension("alpha", options.als_alpha_start, step=4.0, low=1e-3, high=1e4))
-    result = search.run(objective, dimensions, choices={"bm25": (float(configured.bm25), float(not configured.bm25))})
-    return result, (result.best.score, params_at(result.best.point))
-
-
-def _absolute(params: LearnerParams, scale: float) -> LearnerParams:
-    """Parameters found on weights / ``scale`` restated for the raw weights the version is fitted
-    and folded in on: ALS's confidence is alpha × weight, EASE's λ is in units of weight²."""
-    if params.algorithm == "ease":
-        return replace(params, regularization=params.regularization * scale * scale, weight_scale=scale)
-    if params.algorithm == "als":
-        return replace(params, alpha=params.alpha / scale, weight_scale=scale)
-    return replace(params, weight_scale=scale)
+    result = search.run(
+        objective,
+        dimensions,
+        kind=configured.algorithm,
+        work=work,
+        choices={"bm25": (float(configured.bm25), float(not configured.bm25))},
+        first=first,
+    )
+    return result, params_at
 
 
 def validation_split(matrix: sp.csr_matrix, *, seed: int) -> Split:

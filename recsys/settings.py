@@ -399,6 +399,14 @@ RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
 RECSYS_CF_TUNE_BUDGET_SECONDS = env_float("RECSYS_CF_TUNE_BUDGET_SECONDS", 90.0)
 RECSYS_CF_TUNE_MAX_EVALS = env_int("RECSYS_CF_TUNE_MAX_EVALS", 30, minimum=1)
 RECSYS_CF_TUNE_EVAL_USERS = env_int("RECSYS_CF_TUNE_EVAL_USERS", 2_000, minimum=100)
+# Past this many training interactions the search fits its candidates on a seeded user sample of
+# about this many (0: always on everything); the winner is restated for, and fitted on, all of them.
+RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = env_int("RECSYS_CF_TUNE_SAMPLE_INTERACTIONS", 1_000_000, minimum=0)
+if 0 < RECSYS_CF_TUNE_SAMPLE_INTERACTIONS < 10_000:
+    raise ImproperlyConfigured(
+        "RECSYS_CF_TUNE_SAMPLE_INTERACTIONS must be 0 (never sample) or at least 10000 (a smaller sample"
+        f" tunes on noise), got {RECSYS_CF_TUNE_SAMPLE_INTERACTIONS}"
+    )
 RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
 # EASE's first λ, as a multiple of the mean diagonal of XᵀX (the search moves it from there).
 RECSYS_EASE_LAMBDA = env_float("RECSYS_EASE_LAMBDA", 30.0)

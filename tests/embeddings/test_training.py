@@ -128,6 +128,22 @@ def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communiti
     assert version.algorithm == best["algorithm"]
     assert version.params["weight_scale"] == pytest.approx(8.0)  # every event is a purchase (weight 8)
     assert version.metrics["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-5)
+    assert version.progress["tuning_sample"]["fraction"] == 1.0  # 240 interactions: no sample
+    assert 0 < version.timings["search"] and "evaluate" in version.timings
+
+
+def test_past_the_sample_size_the_search_runs_on_a_user_sample_and_the_winner_on_everything(communities, settings):
+    # Given a sample size below the data's (the setting refuses < 10,000 from the environment; tests go lower)
+    settings.RECSYS_CF_TUNE = True
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 3
+    settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = 100
+
+    version = train()
+
+    # Then the candidates saw part of the users, and the version holds vectors for all of them
+    sample = version.progress["tuning_sample"]
+    assert sample["interactions"] <= 100 and 0 < sample["fraction"] < 0.6
+    assert sample["users"] < version.counts["users"] == count(version.user_table)
 
 
 def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communities, monkeypatch):

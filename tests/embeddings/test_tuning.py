@@ -11,15 +11,17 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embeddings.evaluation import holdout_split, ranking_metrics, scores_recommender
+from embeddings.evaluation import Split, holdout_split, ranking_metrics, scores_recommender
 from embeddings.learners import LearnerParams, fit
 from embeddings.tuning import (
+    CostModel,
     Dimension,
     TuningSettings,
     collaborative_search,
     gram_diagonal_mean,
     learner_confidences,
     log_search,
+    user_sample,
     weight_scale,
 )
 
@@ -59,6 +61,37 @@ def test_search_stops_at_its_evaluation_budget_and_deadline() -> None:
     calls.clear()
     log_search(slow, [Dimension("x", 1.0)], deadline=time.monotonic() + 0.05, max_evals=1000)
     assert 1 <= len(calls) <= 5
+
+
+def test_search_does_not_start_a_candidate_that_cannot_finish_before_the_deadline() -> None:
+    # Given candidates whose time grows with x (0.03 s a unit) and a score that keeps rewarding larger x
+    def slow(point: dict[str, float]) -> float:
+        time.sleep(0.03 * point["x"])
+        return point["x"]
+
+    budget = 1.0
+    dimension = Dimension("x", 4.0, step=2.0, low=1, high=64, integer=True, min_step=1.5)
+
+    # When the search runs with a cost estimate learnt from the candidates it ran
+    started = time.monotonic()
+    result = log_search(slow, [dimension], deadline=started + budget, work=lambda point: point["x"])
+    elapsed = time.monotonic() - started
+
+    # Then x = 32 (0.96 s, due to end at ~1.8 s) is never started, and the budget holds
+    assert [t.point["x"] for t in result.trials] == [4.0, 8.0, 16.0]
+    assert result.skipped == [{"x": 32.0}]
+    assert elapsed <= budget + 0.1
+
+
+def test_a_kind_of_candidate_not_run_yet_is_estimated_from_the_others_with_a_margin() -> None:
+    costs = CostModel(margin=2.0)
+    assert costs.seconds("als", 100.0) is None
+
+    costs.observe("ease", work=10.0, seconds=1.0)
+    costs.observe("ease", work=10.0, seconds=3.0)  # the slowest rate seen is kept
+
+    assert costs.seconds("ease", 20.0) == pytest.approx(6.0)
+    assert costs.seconds("als", 20.0) == pytest.approx(12.0)
 
 
 def test_search_tries_each_choice() -> None:
@@ -146,3 +179,104 @@ def test_chosen_bm25_learner_sees_the_same_confidences_on_raw_weights() -> None:
     unit = learner_confidences((matrix / 7.0).tocsr(), LearnerParams(bm25=True, weight_scale=1.0))
 
     assert np.allclose(confidences.toarray(), unit.toarray() * 7.0, rtol=1e-5)
+
+
+def test_a_zero_budget_runs_one_candidate_and_starts_no_other() -> None:
+    # Given no time at all for the search
+    split = holdout_split(_planted(seed=6), seed=1)
+    options = TuningSettings(budget_seconds=0, ease_factors=20, eval_users=100)
+
+    # When EASE and the configured ALS are searched
+    outcome = collaborative_search(split, LearnerParams(factors=8, iterations=3), options=options)
+
+    # Then only the very first candidate ran (something must be chosen), and ALS was not started
+    assert [t["algorithm"] for t in outcome.tried] == ["ease"]
+    assert outcome.params.algorithm == "ease"
+    assert outcome.skipped >= 1  # ALS's first point, estimated from EASE's
+    assert outcome.bracketed["als"] == {"alpha": False, "factors": False, "regularization": False, "iterations": False}
+
+
+def _split_of(matrix: sp.csr_matrix) -> Split:
+    return holdout_split(matrix, seed=1)
+
+
+def test_user_sample_is_deterministic_and_capped_by_interactions() -> None:
+    split = _split_of(_planted(seed=7, users=400))
+    cap = split.train.nnz // 3
+
+    first, again = user_sample(split, cap, seed=5), user_sample(split, cap, seed=5)
+
+    assert first.train.nnz <= cap and first.train.nnz > cap * 0.9  # users are taken until the next one overflows
+    assert (first.train != again.train).nnz == 0 and (first.test != again.test).nnz == 0
+    assert first.train.shape[1] == split.train.shape[1]  # every item column is kept
+    # the sampled users' rows, train and test, are their rows in the split
+    rows = {tuple(r.indices) for r in first.train}
+    assert rows <= {tuple(r.indices) for r in split.train}
+    assert first.test.nnz == sum(split.test[u].nnz for u in _rows_in(split.train, first.train))
+    assert user_sample(split, split.train.nnz, seed=5) is split
+    assert user_sample(split, 0, seed=5) is split
+
+
+def _rows_in(whole: sp.csr_matrix, sample: sp.csr_matrix) -> list[int]:
+    """The row of ``whole`` each row of ``sample`` came from (rows are distinct in these matrices)."""
+    index = {(tuple(r.indices), tuple(np.round(r.data, 5))): u for u, r in enumerate(whole)}
+    return [index[(tuple(r.indices), tuple(np.round(r.data, 5)))] for r in sample]
+
+
+def test_a_different_seed_samples_different_users() -> None:
+    split = _split_of(_planted(seed=7, users=400))
+    cap = split.train.nnz // 3
+
+    one, other = user_sample(split, cap, seed=5), user_sample(split, cap, seed=6)
+
+    assert set(_rows_in(split.train, one.train)) != set(_rows_in(split.train, other.train))
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.sampled_from([0.1, 5.0, 300.0]))
+def test_tuning_on_a_sample_is_invariant_to_scaling_every_weight(factor: float) -> None:
+    # Given the same interactions with every weight multiplied by a constant, searched on a user sample
+    base = _planted(seed=8, users=600)
+    base.data = base.data * np.random.default_rng(1).uniform(1, 3, base.nnz).astype(np.float32)
+    scaled = (base * factor).astype(np.float32).tocsr()
+    options = TuningSettings(budget_seconds=60, max_evals=8, eval_users=200, sample_interactions=base.nnz // 3)
+    configured = LearnerParams(algorithm="ease", factors=20)  # ALS's float32 fits differ in the last bits
+
+    plain = collaborative_search(holdout_split(base, seed=3), configured, options=options)
+    other = collaborative_search(holdout_split(scaled, seed=3), configured, options=options)
+
+    # Then the sample, the candidates and their scores are the same, and the restated λ differs by the scale²
+    assert plain.sample == other.sample and plain.sample["fraction"] < 0.4
+    assert [t["lambda_relative"] for t in plain.tried] == [t["lambda_relative"] for t in other.tried]
+    assert [t["ndcg@10"] for t in plain.tried] == pytest.approx([t["ndcg@10"] for t in other.tried], abs=1e-4)
+    assert other.params.regularization == pytest.approx(plain.params.regularization * factor**2, rel=1e-4)
+
+
+def test_parameters_found_on_a_sample_are_restated_for_the_whole_split() -> None:
+    # Given a search of EASE alone on a third of the users
+    split = holdout_split(_planted(seed=9, users=900), seed=2)
+    options = TuningSettings(budget_seconds=60, max_evals=6, eval_users=200, sample_interactions=split.train.nnz // 3)
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=20), options=options)
+
+    # Then its λ is the best relative λ × the sample's unit, grown by how much larger the whole Gram matrix is
+    sample = user_sample(split, options.sample_interactions, seed=options.seed)
+    traces = (split.train.data @ split.train.data) / (sample.train.data @ sample.train.data)
+    relative = outcome.params.regularization / (gram_diagonal_mean(sample.train) * traces)
+    best = max(t["ndcg@10"] for t in outcome.tried)
+    assert 2.5 < traces < 3.5
+    assert any(
+        t["ndcg@10"] == best and t["lambda_relative"] == pytest.approx(relative, rel=1e-3) for t in outcome.tried
+    )
+
+
+def test_a_user_with_more_interactions_than_the_sample_never_empties_it() -> None:
+    # Given one user who used every item, more than the whole sample may hold
+    matrix = _planted(seed=10, users=200).tolil()
+    matrix[0, :] = 1.0
+    split = _split_of(matrix.tocsr())
+    cap = 40
+
+    for seed in range(20):  # whichever place the random order gives that user
+        sample = user_sample(split, cap, seed=seed)
+        assert 0 < sample.train.nnz <= cap
+        assert sample.train.getnnz(axis=1).max() < split.train[0].nnz

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -99,3 +103,18 @@ def test_bad_durations_fail_loudly(monkeypatch, raw):
 
 def test_an_unset_duration_takes_its_default():
     assert env_duration("X_UNSET_DURATION", "24h") == 86_400
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("0", True), ("20000", True), ("500", False), ("-1", False)])
+def test_the_tuning_sample_is_off_or_large_enough(raw, ok):
+    env = {**os.environ, "RECSYS_CF_TUNE_SAMPLE_INTERACTIONS": raw, "RECSYS_INSECURE_DEV_KEY": "true"}
+    answer = subprocess.run(
+        [sys.executable, "-c", "import recsys.settings as s; print(s.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert (answer.returncode == 0) is ok, answer.stderr
+    assert (answer.stdout.strip() == raw) if ok else "RECSYS_CF_TUNE_SAMPLE_INTERACTIONS" in answer.stderr
