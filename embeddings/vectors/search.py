@@ -66,7 +66,9 @@ def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
         return search(session=(("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
-    ef_search = ef_search_start()
+    # The index answers at most ef_search rows: starting below ``limit`` would only search twice
+    # (the ranking stage's 100-deep retrieval did, at ef_search 64).
+    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
         if rows is None or len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
