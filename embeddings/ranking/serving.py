@@ -140,14 +140,18 @@ def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[s
     depth, state = stage.depth, stage.state
     excluded = np.fromiter(request.excluded, np.int64, len(request.excluded))
     filters = Filters(tuple(request.excluded), request.category)
+    # One search per ANN source: the 9 or so of 100 rows the filters drop (seen, hidden) made
+    # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
     found = {
         "collaborative": _from_neighbours(
-            nearest_items(request.version.item_table, request.vector, limit=depth, filters=filters)
+            nearest_items(request.version.item_table, request.vector, limit=depth, filters=filters, widen=False)
         )
     }
     if request.content is not None:
         content, profile = request.content
-        found["content"] = _from_neighbours(nearest_items(content.item_table, profile, limit=depth, filters=filters))
+        found["content"] = _from_neighbours(
+            nearest_items(content.item_table, profile, limit=depth, filters=filters, widen=False)
+        )
     recent = np.asarray(request.history[:RECENT_ITEMS], np.int64)
     rows = state.rows_of(recent)
     rows = rows[rows >= 0]
