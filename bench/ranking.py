@@ -4,25 +4,39 @@ A generated catalogue (``generate_demo_data``: 100,000 items in topics, with cat
 interactions in a scratch database; a collaborative run in this process (what the worker does:
 the ranking stage is trained in it; tuning off to keep the run short); then the same users asked
 for 10 recommendations with the stage off and forced on, interleaved, the answer cache off. Wall
-time per request (p50, p90) and this process's CPU time, both arms in the same run: the ratio is
-what the stage costs, whatever the machine's load.
+time per request (p50, p90), this process's and PostgreSQL's CPU time, both arms in the same run:
+the ratio is what the stage costs, whatever the machine's load. ``--profile`` adds where a ranked
+request's time goes: each statement it sends under EXPLAIN ANALYZE, and a cProfile of the stage.
 
     python -m recsys.run exec -- python bench/ranking.py [--items 100000] [--interactions 1000000]
+        [--keep] [--reuse] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_database, machine, manage, scratch_database_url, write_section
+from common import (
+    database_url,
+    drop_database,
+    machine,
+    manage,
+    postgres_cpu_seconds,
+    scratch_database_url,
+    write_section,
+)
 
 
 def setup(url: str) -> None:
@@ -57,13 +71,18 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--reuse", action="store_true", help="use the data a --keep run of the same size left")
+    parser.add_argument("--no-train", action="store_true", help="with --reuse: serve the version it trained")
+    parser.add_argument("--profile", action="store_true", help="statements under EXPLAIN ANALYZE, cProfile")
     args = parser.parse_args()
-    url = scratch_database_url(f"recsys_bench_ranking_{args.items}")
+    name = f"recsys_bench_ranking_{args.items}_{args.interactions}"
+    url = database_url(name) if args.reuse else scratch_database_url(name)
     try:
         started = time.perf_counter()
-        users = max(1000, args.interactions // 100)
-        manage(url, "generate_demo_data", "--items", str(args.items), "--users", str(users),
-               "--interactions", str(args.interactions), "--no-progress")  # fmt: skip
+        if not args.reuse:
+            users = max(1000, args.interactions // 100)
+            manage(url, "generate_demo_data", "--items", str(args.items), "--users", str(users),
+                   "--interactions", str(args.interactions), "--no-progress")  # fmt: skip
         load_s = time.perf_counter() - started
         setup(url)
         from embeddings import services
@@ -72,27 +91,41 @@ def main() -> None:
         from recsys.models import User
 
         started = time.perf_counter()
-        version = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
-        train_s = time.perf_counter() - started
+        if args.no_train:
+            from embeddings.models import Kind
+            from embeddings.selectors import active_version
+
+            version = active_version(kind=Kind.COLLABORATIVE)
+            assert version is not None, "--no-train needs the version a --keep run trained"
+        else:
+            version = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
+        train_s = sum(version.timings.values()) if args.no_train else time.perf_counter() - started
         report = VersionArtifacts.objects.get(version=version).ranking
-        ids = list(User.objects.order_by("?").values_list("external_id", flat=True)[: args.requests])
+        everyone = sorted(User.objects.values_list("external_id", flat=True))
+        ids = random.Random(1).sample(everyone, min(args.requests, len(everyone)))  # the same users every run
         for user in ids[:20]:  # warm: the stage's state, prepared statements, the HNSW pages
             user_recommendations_list(user_external_id=user, limit=10, ranking=True)
             user_recommendations_list(user_external_id=user, limit=10, ranking=False)
         seen: dict[bool, set[str]] = {True: set(), False: set()}
         walls: dict[bool, list[float]] = {True: [], False: []}
         cpus: dict[bool, float] = {True: 0.0, False: 0.0}
+        postgres: dict[bool, float] = {True: 0.0, False: 0.0}
         random.Random(0).shuffle(ids)
         for chunk in range(0, len(ids), 25):  # interleaved, so both arms see the same load
             for ranking in (False, True):
+                before = postgres_cpu_seconds(url)
                 wall, cpu, strategies = timed(
                     lambda u, r=ranking: user_recommendations_list(user_external_id=u, limit=10, ranking=r),
                     ids[chunk : chunk + 25],
                 )
+                postgres[ranking] += (postgres_cpu_seconds(url) - before) * 1000
                 walls[ranking] += wall
                 cpus[ranking] += cpu * len(wall)
                 seen[ranking] |= strategies
-        lines = report_lines(args, version, report, walls, cpus, seen, load_s, train_s)
+        lines = report_lines(args, version, report, walls, cpus, postgres, seen, load_s, train_s)
+        if args.profile:
+            ask = lambda u: user_recommendations_list(user_external_id=u, limit=10, ranking=True)  # noqa: E731
+            lines += statement_lines(ask, ids[0]) + profile_lines(ask, ids[:100])
     finally:
         if not args.keep:
             drop_database(url)
@@ -100,28 +133,111 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def report_lines(args, version, report, walls, cpus, seen, load_s, train_s) -> list[str]:  # type: ignore[no-untyped-def]
+def statements_sent(call: Callable[[], object]) -> list[tuple[Any, Any]]:
+    """The (query, params) of every statement ``call`` sends (psycopg's execute, recorded)."""
+    import psycopg
+
+    sent: list[tuple[Any, Any]] = []
+    execute = psycopg.Cursor.execute
+
+    def recording(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append((query, params))
+        return execute(self, query, params, **kwargs)
+
+    psycopg.Cursor.execute = recording  # type: ignore[method-assign]
+    try:
+        call()
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    return sent
+
+
+def statement_lines(ask: Callable[[str], object], user: str) -> list[str]:
+    """Each statement of one ranked request, run again under EXPLAIN ANALYZE."""
+    from psycopg import sql
+
+    from embeddings.vectors.tables import cursor
+
+    lines = [
+        f"Statements of one ranked request (user {user}), each run again under `EXPLAIN (ANALYZE, BUFFERS)`:",
+        "",
+        "| statement | plan (top node) | planning ms | execution ms |",
+        "|---|---|---:|---:|",
+    ]
+    for query, params in statements_sent(lambda: ask(user)):
+        with cursor() as cur:
+            text = query.as_string(cur) if isinstance(query, sql.Composable) else str(query)
+            if "set_config" in text:
+                continue
+            plan = [r[0] for r in cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params).fetchall()]
+        print(f"---- {' '.join(text.split())[:300]}\n" + "\n".join(plan))
+        timing = {p.split(":")[0].strip(): p.split(":")[1].strip() for p in plan if p.endswith(" ms")}
+        planning, execution = (timing.get(k, "?").removesuffix(" ms") for k in ("Planning Time", "Execution Time"))
+        top = plan[0].split("  (")[0].strip()[:60]
+        lines.append(f"| `{' '.join(text.split())[:70]}…` | {top} | {planning} | {execution} |")
+    return [*lines, ""]
+
+
+# The stage's parts as cProfile names them: (module file suffix, function).
+PARTS = (
+    ("embeddings/recommendations.py", "_user_state", "the user's state (history, vector)"),
+    ("embeddings/ranking/serving.py", "ranked_list", "the stage, all of it"),
+    ("embeddings/vectors/search.py", "nearest_items", "collaborative ANN (SQL)"),
+    ("embeddings/vectors/rows.py", "candidate_rows", "candidates' facts and scores (SQL)"),
+    ("embeddings/ranking/sources.py", "cooccurrence_scores", "co-occurrence source"),
+    ("embeddings/ranking/sources.py", "newest", "category_recent source"),
+    ("embeddings/ranking/sources.py", "candidates_merge", "merging the sources"),
+    ("embeddings/ranking/serving.py", "_features", "features"),
+    ("embeddings/ranking/ranker.py", "predict", "LightGBM predict"),
+)
+
+
+def profile_lines(ask: Callable[[str], object], users: list[str]) -> list[str]:
+    """Wall milliseconds per request in each part of the stage, under cProfile (which adds its own)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for user in users:
+        ask(user)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    lines = [
+        f"Where a ranked request's time goes: cProfile over {len(users)} ranked requests (wall ms per request, "
+        "cumulative: a part includes what it calls; cProfile's own overhead inflates Python-heavy parts).",
+        "",
+        "| part | function | ms / request |",
+        "|---|---|---:|",
+    ]
+    for suffix, function, label in PARTS:
+        total = sum(v[3] for k, v in stats.items() if k[0].endswith(suffix) and k[2] == function)
+        lines.append(f"| {label} | `{function}` | {total * 1000 / len(users):.2f} |")
+    return [*lines, ""]
+
+
+def report_lines(args, version, report, walls, cpus, postgres, seen, load_s, train_s) -> list[str]:  # type: ignore[no-untyped-def]
     def row(name: str, ranking: bool) -> str:
         values = sorted(walls[ranking])
         p50, p90 = statistics.median(values), values[int(0.9 * (len(values) - 1))]
-        cpu = cpus[ranking] / len(values)
-        return f"| {name} | {p50:.2f} | {p90:.2f} | {cpu:.2f} | {', '.join(sorted(seen[ranking]))} |"
+        cpu, pg = cpus[ranking] / len(values), postgres[ranking] / len(values)
+        return f"| {name} | {p50:.2f} | {p90:.2f} | {cpu:.2f} | {pg:.2f} | {', '.join(sorted(seen[ranking]))} |"
 
     off, on = statistics.median(walls[False]), statistics.median(walls[True])
     load = os.getloadavg()
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in report.get("seconds", {}).items())
     return [
         "## The ranking stage's serving cost (`bench/ranking.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} (load average {load[0]:.1f} at the end: the machine "
         f"is shared); generated data, {args.items:,} items, {args.interactions:,} interactions "
-        f"(loaded in {load_s:.0f} s), "
-        f"collaborative v{version.pk} ({version.algorithm}, {version.dimensions}-d, tuning off) trained in-process in "
-        f"{train_s:.0f} s (ranking stage {version.timings.get('ranking', 0):.0f} s of it). No content version (MiniLM "
-        "over 100k items is hours here), so the content source is absent. "
+        + ("(reused from a `--keep` run), " if args.reuse else f"(loaded in {load_s:.0f} s), ")
+        + f"collaborative v{version.pk} ({version.algorithm}, {version.dimensions}-d, tuning off) trained "
+        f"in-process in {train_s:.0f} s (ranking stage "
+        f"{version.timings.get('ranking', 0):.1f} s of it: {seconds}). "
+        "No content version (MiniLM over 100k items is hours here), so the content source is absent. "
+        f"Depth {report.get('depth')} candidates per source. "
         f"{len(walls[False])} uncached requests per arm, interleaved in chunks of 25, limit 10.",
         "",
-        "| arm | p50 ms | p90 ms | CPU ms / request (this process) | strategies |",
-        "|---|---:|---:|---:|---|",
+        "| arm | p50 ms | p90 ms | CPU ms / request (this process) | PostgreSQL CPU ms / request | strategies |",
+        "|---|---:|---:|---:|---:|---|",
         row("stage off (`ranking=False`)", False),
         row("stage forced (`ranking=True`)", True),
         "",

@@ -69,6 +69,8 @@ def numeric_attributes(
     rows: list[dict[str, object] | None], names: tuple[str, ...] | list[str]
 ) -> npt.NDArray[np.float32]:
     """(n, len(names)) the named attributes as floats; absent or non-numeric values are NaN."""
+    if not len(names):
+        return np.empty((len(rows), 0), np.float32)
     out = np.full((len(rows), len(names)), np.nan, dtype=np.float32)
     for r, attributes in enumerate(rows):
         for c, name in enumerate(names):

@@ -21,6 +21,7 @@ from embeddings.ranking.sources import (
     RECENT_ITEMS,
     SOURCES,
     Candidates,
+    CategoryIndex,
     candidates_merge,
     category_recent_scores,
     category_shares,
@@ -33,13 +34,21 @@ TREND_DAYS = 14.0
 DAY = 86_400.0
 
 
+STATE_FORMAT = 2  # 2: the categories and each category's newest items are stored with the state
+
+
+class StateOutdated(ValueError):
+    """A state stored by an older run than this code serves from (its version needs a new run)."""
+
+
 @dataclass
 class RankingState:
     """Per-item arrays a version serves the stage from, rows aligned with ``item_ids`` (sorted).
 
     popularity : share of users with a positive entry, percent; recent : the same within the last
     TREND_DAYS of the data; trend : recent share / overall share (smoothed); neighbours : each
-    item's strongest co-occurring items (CSR over the same rows)
+    item's strongest co-occurring items (CSR over the same rows); categories : the items'
+    categories and each category's newest items (the category_recent source, no SQL at serving)
     """
 
     item_ids: npt.NDArray[np.int64]
@@ -47,6 +56,7 @@ class RankingState:
     recent: npt.NDArray[np.float32]
     trend: npt.NDArray[np.float32]
     neighbours: sp.csr_matrix
+    categories: CategoryIndex | None = None
     popular_order: npt.NDArray[np.int64] = field(init=False)
     recent_order: npt.NDArray[np.int64] = field(init=False)
 
@@ -54,12 +64,23 @@ class RankingState:
         self.popular_order = np.argsort(-self.popularity, kind="stable")[:1000]
         self.recent_order = np.argsort(-self.recent, kind="stable")[:1000]
         self.recent_order = self.recent_order[self.recent[self.recent_order] > 0]
+        if self.categories is None:
+            self.categories = CategoryIndex.empty(len(self.item_ids))
+
+    def rows_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """(n,) each id's row, -1 for an id the state does not hold."""
+        at = np.searchsorted(self.item_ids, ids)
+        clipped = np.minimum(at, max(len(self.item_ids) - 1, 0))
+        known = (at < len(self.item_ids)) & (self.item_ids[clipped] == ids) if len(self.item_ids) else at < 0
+        return np.where(known, clipped, -1).astype(np.int64)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        n = self.neighbours
+        n, c = self.neighbours, self.categories
+        assert c is not None  # set by __post_init__
         np.savez(
             buffer,
+            format=np.array(STATE_FORMAT),
             item_ids=self.item_ids,
             popularity=self.popularity,
             recent=self.recent,
@@ -67,21 +88,43 @@ class RankingState:
             indptr=n.indptr,
             indices=n.indices,
             data=n.data,
+            category_names=c.names,
+            category_indptr=c.of_items.indptr,
+            category_indices=c.of_items.indices,
+            newest_indptr=c.newest_indptr,
+            newest_ids=c.newest_ids,
+            newest_at=c.newest_at,
         )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RankingState:
+        """The stored state; StateOutdated for one an older run stored."""
         with np.load(io.BytesIO(data)) as a:
+            if "format" not in a.files or int(a["format"]) < STATE_FORMAT:
+                raise StateOutdated("the ranking state predates this code: the version needs a new run")
             n = len(a["item_ids"])
             neighbours = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n, n))
-            return cls(a["item_ids"], a["popularity"], a["recent"], a["trend"], neighbours)
+            names = a["category_names"]
+            indices = a["category_indices"]
+            of_items = sp.csr_matrix(
+                (np.ones(len(indices), np.float32), indices, a["category_indptr"]), shape=(n, len(names))
+            )
+            categories = CategoryIndex(names, of_items, a["newest_indptr"], a["newest_ids"], a["newest_at"])
+            return cls(a["item_ids"], a["popularity"], a["recent"], a["trend"], neighbours, categories)
 
 
 def ranking_state_build(
-    matrix: sp.csr_matrix, times: sp.csr_matrix | None, item_ids: npt.NDArray[np.int64], *, reference: float
+    matrix: sp.csr_matrix,
+    times: sp.csr_matrix | None,
+    item_ids: npt.NDArray[np.int64],
+    *,
+    reference: float,
+    categories: CategoryIndex | None = None,
 ) -> RankingState:
-    """Popularity, trend and co-occurrence of ``matrix`` (``times``: each entry's latest epoch second)."""
+    """Popularity, trend and co-occurrence of ``matrix`` (``times``: each entry's latest epoch
+    second); ``categories`` are kept as given (serving needs them, the offline sources read
+    ItemFacts)."""
     positive = (matrix > 0).astype(np.float32)
     counts = np.asarray(positive.sum(axis=0)).ravel()
     users = max(matrix.shape[0], 1)
@@ -98,6 +141,7 @@ def ranking_state_build(
         recent=(100.0 * recent_counts / users).astype(np.float32),
         trend=trend.astype(np.float32),
         neighbours=cooccurrence_neighbours(matrix),
+        categories=categories,
     )
 
 

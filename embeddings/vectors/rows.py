@@ -142,7 +142,10 @@ def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[
 # ---- the ranking stage's reads ---------------------------------------------------------------------
 
 # What the ranker needs of each candidate, hidden items and other categories left out: its client id,
-# categories, age in days, attributes, and its vectors in the collaborative and content versions.
+# categories, age in days, attributes, and its scores against the user's vectors in the
+# collaborative and content versions. The scores are inner products computed by PostgreSQL (one
+# index lookup per candidate and table, no vector leaves the server): shipping and decoding ~500
+# vectors per request cost more than the lookups.
 _CANDIDATES = """
     SELECT i.id, i.external_id, i.categories,
            extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400,
@@ -151,67 +154,66 @@ _CANDIDATES = """
     WHERE i.id = ANY(%(ids)s::int8[]) AND NOT i.is_hidden {category} {conditions}
 """
 
-# The shares of the user's recent items per category, and the newest items of their favourite ones.
-_CATEGORY_RECENT = """
-    WITH shares AS (
-        SELECT c, count(DISTINCT i.id)::float8 AS n FROM recsys_item i, unnest(i.categories) c
-        WHERE i.id = ANY(%(recent)s::int8[]) GROUP BY c
-    ), favourites AS (SELECT c FROM shares ORDER BY n DESC, c LIMIT {favourites})
-    SELECT s.c, s.n, NULL::int8, NULL::float8 FROM shares s
-    UNION ALL
-    SELECT f.c, NULL, x.id, x.age FROM favourites f CROSS JOIN LATERAL (
-        SELECT i.id, extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400 AS age
-        FROM recsys_item i
-        WHERE i.categories @> ARRAY[f.c]::varchar[] AND NOT i.is_hidden AND i.id <> ALL(%(exclude)s::int8[])
-        ORDER BY coalesce(i.published_at, i.created_at) DESC LIMIT {depth}
+# Each category's newest visible items, newest first (ties: the lower id first, as offline).
+_CATEGORY_NEWEST = """
+    SELECT c, id, extract(epoch FROM at)::float8 FROM (
+        SELECT c, i.id, coalesce(i.published_at, i.created_at) AS at,
+               row_number() OVER (PARTITION BY c ORDER BY coalesce(i.published_at, i.created_at) DESC, i.id) AS r
+        FROM recsys_item i, unnest(i.categories) c
+        WHERE NOT i.is_hidden
     ) x
+    WHERE r <= %s
+    ORDER BY c, r
 """
 
 
-def category_recent_rows(
-    *, recent: Sequence[int], exclude: Sequence[int], favourites: int, depth: int
-) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
-    """(items per category among ``recent``, [(favourite category, item id, age in days)] newest
-    first per category) in one round trip."""
-    statement = sql.SQL(_CATEGORY_RECENT).format(favourites=sql.Literal(favourites), depth=sql.Literal(depth))
+def category_newest_rows(*, per_category: int) -> list[tuple[str, int, float]]:
+    """(category, item id, publication or creation epoch seconds) of each category's
+    ``per_category`` newest visible items, newest first within a category (read once per run)."""
     with cursor() as cur:
-        rows = cur.execute(statement, {"recent": list(recent), "exclude": list(exclude)}).fetchall()
-    counts = {r[0]: float(r[1]) for r in rows if r[2] is None}
-    return counts, [(r[0], int(r[2]), float(r[3])) for r in rows if r[2] is not None]
+        rows = cur.execute(_CATEGORY_NEWEST, [per_category]).fetchall()
+    return [(r[0], int(r[1]), float(r[2])) for r in rows]
 
 
 def candidate_rows(
     *,
     ids: Sequence[int],
     item_table: str,
-    content_table: str | None,
+    vector: npt.NDArray[np.float32],
+    content: tuple[str, npt.NDArray[np.float32]] | None,
     category: str | None,
     attributes: bool,
     conditions: tuple[str, dict[str, Any]] = ("", {}),
 ) -> list[tuple[Any, ...]]:
-    """(id, external id, categories, age days, attributes or None, collaborative vector or None,
-    content vector or None) of the visible candidates among ``ids`` (in no particular order) that
-    pass ``conditions`` (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden)."""
+    """(id, external id, categories, age days, attributes or None, ``vector`` · the item's vector
+    in ``item_table``, the content profile · its vector in the content table, each None without
+    a row) of the visible candidates among ``ids`` (in no particular order) that pass
+    ``conditions`` (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden); one
+    round trip. ``content``: (content table, the user's profile) or None."""
 
-    def vector(table: str | None) -> sql.Composable:
+    def score(table: str | None, name: str) -> sql.Composable:
         if table is None:
-            return sql.SQL("NULL::vector")
-        return sql.SQL("(SELECT embedding FROM {} WHERE item_id = i.id)").format(sql.Identifier(table))
+            return sql.SQL("NULL::float8")
+        return sql.SQL("(SELECT -(embedding <#> %({})s) FROM {} WHERE item_id = i.id)").format(
+            sql.SQL(name), sql.Identifier(table)
+        )
 
     statement = sql.SQL(_CANDIDATES).format(
         attributes=sql.SQL("i.attributes" if attributes else "NULL::jsonb"),
-        collaborative=vector(item_table),
-        content=vector(content_table),
+        collaborative=score(item_table, "vector"),
+        content=score(content[0] if content else None, "profile"),
         category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
         conditions=sql.SQL(conditions[0]),  # type: ignore[arg-type]  # built from a whitelist, values are parameters
     )
-    params = {"ids": list(ids), "category": category, **conditions[1]}
+    params = {
+        "ids": list(ids),
+        "category": category,
+        "vector": Vector(np.asarray(vector, np.float32)),
+        "profile": Vector(np.asarray(content[1], np.float32)) if content else None,
+        **conditions[1],
+    }
     with cursor() as cur:
-        rows = cur.execute(statement, params, binary=True).fetchall()
-    return [
-        (*r[:5], as_array(r[5]) if r[5] is not None else None, as_array(r[6]) if r[6] is not None else None)
-        for r in rows
-    ]
+        return cur.execute(statement, params, binary=True).fetchall()
 
 
 # ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------

@@ -52,23 +52,31 @@ def iterative_scans_available() -> bool:
 
 
 def nearest_items(
-    table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters()
+    table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters(), widen: bool = True
 ) -> list[Neighbour]:
-    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``."""
-    found = _widened(lambda **settings: _search(table, query, limit, filters, **settings), limit)
+    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``.
+    ``widen=False``: one search, whatever it finds (on pgvector < 0.8, the filters may leave
+    fewer than ``limit``; a candidate source accepts that rather than search again)."""
+    found = _widened(lambda **settings: _search(table, query, limit, filters, **settings), limit, widen=widen)
     assert found is not None  # _search always answers a list
     return found
 
 
-def _widened(search: Callable[..., list[Neighbour] | None], limit: int) -> list[Neighbour] | None:
+def _widened(
+    search: Callable[..., list[Neighbour] | None], limit: int, *, widen: bool = True
+) -> list[Neighbour] | None:
     """``search(session=..., local=...)`` until it finds ``limit`` rows, widening the HNSW search
     on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
         return search(session=(("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
-    ef_search = ef_search_start()
+    # The index answers at most ef_search rows: starting below ``limit`` would only search twice
+    # (the ranking stage's 100-deep retrieval did, at ef_search 64).
+    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
+        if not widen:
+            return rows
         if rows is None or len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
             break
         ef_search = min(ef_search * 4, EF_SEARCH_MAX)

@@ -3,14 +3,22 @@ served when it wins (or when forced), explained with feature contributions."""
 
 from __future__ import annotations
 
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
 import pytest
 from django.urls import reverse
+from psycopg import sql
 
 from embeddings import content, services
 from embeddings.learners import LearnerParams
-from embeddings.models import VersionArtifacts
+from embeddings.models import ActiveVersion, Kind, VersionArtifacts
 from embeddings.recommendations import user_recommendations_list
-from recsys.models import Interaction
+from embeddings.vectors.rows import candidate_rows, category_newest_rows, vectors_of
+from recsys.models import Interaction, Item, User
 from recsys.services import items_upsert
 
 pytestmark = pytest.mark.django_db
@@ -18,6 +26,17 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def trained(communities, settings):
+    return train(settings)
+
+
+@pytest.fixture
+def shallow(communities, settings):
+    """The stage at depth 20: below the 24 items a user has not seen, so no search is widened."""
+    settings.RECSYS_RANKING_DEPTH = 20
+    return train(settings)
+
+
+def train(settings):
     settings.RECSYS_CF_TUNE = False
     settings.RECSYS_RANKING = True
     settings.RECSYS_CONTENT_ENCODER = "fake"
@@ -99,3 +118,84 @@ def test_the_admin_version_page_shows_the_stage_against_the_best_source(trained,
     assert page.status_code == 200
     text = page.content.decode().lower()
     assert "ranking stage" in text and "vs the best source" in text and "top features by gain" in text
+
+
+def test_candidate_scores_are_the_inner_products_of_the_stored_vectors(trained):
+    # The facts statement computes the scores in PostgreSQL: the same numbers as the vectors it
+    # used to ship (the user's vector and a profile against every item's rows).
+    ids = list(Item.objects.values_list("pk", flat=True))
+    user = User.objects.get(external_id="u1").pk
+    vector = vectors_of(trained.user_table, "user_id", [user])[user]
+    content_table = ActiveVersion.objects.get(kind=Kind.CONTENT).version.item_table
+    profile = np.linspace(-1.0, 1.0, len(next(iter(vectors_of(content_table, "item_id", ids).values()))))
+    hidden = Item.objects.get(external_id="i4")
+    Item.objects.filter(pk=hidden.pk).update(is_hidden=True)
+    items_upsert(rows=[{"id": "late", "categories": ["c0"]}])  # no vector in either version yet
+
+    rows = candidate_rows(
+        ids=[*ids, Item.objects.get(external_id="late").pk],
+        item_table=trained.item_table,
+        vector=vector,
+        content=(content_table, profile.astype(np.float32)),
+        category=None,
+        attributes=False,
+    )
+
+    collaborative, encoded = vectors_of(trained.item_table, "item_id", ids), vectors_of(content_table, "item_id", ids)
+    by_id = {r[0]: r for r in rows}
+    assert set(by_id) == (set(ids) - {hidden.pk}) | {Item.objects.get(external_id="late").pk}
+    for item in set(ids) - {hidden.pk}:
+        assert by_id[item][5] == pytest.approx(float(np.dot(vector, collaborative[item])), rel=1e-5, abs=1e-6)
+        assert by_id[item][6] == pytest.approx(float(np.dot(profile, encoded[item])), rel=1e-5, abs=1e-6)
+    late = by_id[Item.objects.get(external_id="late").pk]
+    assert late[1] == "late" and late[2] == ["c0"] and late[5] is None and late[6] is None
+
+
+def test_each_categorys_newest_visible_items_are_read_newest_first(trained):
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(30):
+        Item.objects.filter(external_id=f"i{n}").update(published_at=base + timedelta(days=n))
+    Item.objects.filter(external_id="i27").update(is_hidden=True)
+
+    rows = category_newest_rows(per_category=2)
+
+    by_category: dict[str, list[str]] = {}
+    names = dict(Item.objects.values_list("pk", "external_id"))
+    for category, item, at in rows:
+        by_category.setdefault(category, []).append(names[item])
+        assert at == (base + timedelta(days=int(names[item][1:]))).timestamp()
+    assert by_category == {"c0": ["i24", "i21"], "c1": ["i28", "i25"], "c2": ["i29", "i26"]}
+
+
+def test_a_ranked_request_searches_once_and_reads_every_candidate_in_one_statement(shallow, monkeypatch, settings):
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    statements: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recorded(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query.as_string(cursor) if isinstance(query, sql.Composable) else str(query)
+        if "SAVEPOINT" not in text:
+            statements.append(text)
+        return execute(cursor, query, *args, **kwargs)
+
+    user_recommendations_list(user_external_id="u1", limit=5, ranking=True)  # the stage, the versions, settings
+    monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
+    answer = user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
+
+    assert answer.strategy == "ranked" and len(answer.items) == 5
+    searches = [s for s in statements if f'"{shallow.item_table}" v' in s and "ORDER BY v.embedding" in s]
+    facts = [s for s in statements if "i.id = ANY(" in s]
+    assert len(searches) == 1 and len(facts) == 1, statements
+    assert not [s for s in statements if "unnest(i.categories)" in s]  # the categories come from the state
+    # the user's state, the content profile's vectors, the content search, the collaborative one, the facts
+    assert len(statements) == 5, statements
+
+
+def test_a_version_whose_state_predates_this_code_is_served_without_the_stage(trained):
+    old = io.BytesIO()
+    np.savez(old, item_ids=np.arange(3))  # no format key: stored by an earlier run
+    VersionArtifacts.objects.filter(version=trained).update(ranking_state=old.getvalue())
+
+    answer = user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
+
+    assert answer.strategy == "collaborative" and len(answer.items) == 5

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from embeddings.evaluation import Split
 from embeddings.ranking.features import CandidateFacts, feature_names, features_build
-from embeddings.ranking.offline import ItemFacts, OfflineContext, ranking_stage_train, ranking_state_build
+from embeddings.ranking.offline import (
+    ItemFacts,
+    OfflineContext,
+    RankingState,
+    StateOutdated,
+    ranking_stage_train,
+    ranking_state_build,
+)
 from embeddings.ranking.ranker import Group, mean_ndcg, ranker_fit, ranker_load
 from embeddings.ranking.sources import (
     MISSING_RANK,
     SOURCES,
+    CategoryIndex,
     candidates_merge,
+    category_index_build,
     cooccurrence_neighbours,
     cooccurrence_scores,
     top_scores,
@@ -141,3 +152,88 @@ def test_the_stage_is_off_when_it_does_not_beat_the_best_source():
     assert report["ndcg@10"] <= report["best_source_ndcg@10"]
     assert not outcome.wins and report["used"] is False
     assert report["recall@depth"]["collaborative"] == 1.0
+
+
+def dense_neighbours(matrix: sp.csr_matrix, k: int) -> list[dict[int, float]]:
+    """The reference: every pair's cosine of binary user columns, each item's k best (self excluded)."""
+    binary = (matrix.toarray() > 0).astype(np.float64)
+    norms = np.sqrt(np.maximum(binary.sum(axis=0), 1.0))
+    cosine = (binary.T @ binary) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, 0.0)
+    best = []
+    for row in cosine:
+        order = sorted(np.flatnonzero(row > 0), key=lambda j: (-row[j], j))[:k]
+        best.append({int(j): float(row[j]) for j in order})
+    return best
+
+
+@pytest.mark.parametrize("block", [1, 37, 1e9])  # one item per block, a few blocks, one block
+def test_sparse_cooccurrence_keeps_the_same_neighbours_as_the_dense_reference(block):
+    rng = np.random.default_rng(5)
+    matrix = sp.random(60, 40, density=0.15, format="csr", random_state=rng, dtype=np.float32)
+    matrix.data = rng.choice([-1.0, 1.0, 3.0], size=matrix.nnz).astype(np.float32)  # negatives do not count
+
+    neighbours = cooccurrence_neighbours(matrix, k=5, block=block)
+
+    for item, expected in enumerate(dense_neighbours(matrix, 5)):
+        row = neighbours[item]
+        assert dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) == pytest.approx(expected)
+
+
+def category_index() -> CategoryIndex:
+    # State items 0..3 (rows); the catalogue's newest items per category include item 99, which has
+    # no interactions (not a state row).
+    return category_index_build(
+        [["drama"], ["drama", "comedy"], ["news"], []],
+        [
+            ("comedy", 99, 5_000.0),
+            ("comedy", 1, 1_000.0),
+            ("drama", 99, 5_000.0),
+            ("drama", 7, 4_000.0),
+            ("drama", 0, 2_000.0),
+            ("news", 2, 3_000.0),
+        ],
+    )
+
+
+def test_category_index_ranks_the_users_categories_and_reads_their_newest_items():
+    index = category_index()
+
+    shares = index.shares(np.array([0, 1]), total=4)
+    favourites = index.favourites(shares, n=2)
+    items, scores = index.newest(favourites, excluded=np.array([7]), depth=2, now=5_000.0 + 86_400.0)
+
+    assert dict(zip(index.names.tolist(), shares.tolist(), strict=True)) == {"comedy": 0.25, "drama": 0.5, "news": 0.0}
+    assert index.names[favourites].tolist() == ["drama", "comedy"]
+    assert items.tolist() == [99, 0, 1]  # drama's two newest but the excluded 7, then comedy's new one
+    assert scores[0] == pytest.approx(0.5)  # one day old
+
+
+def test_ties_between_categories_go_to_the_first_name():
+    index = category_index()
+
+    favourites = index.favourites(index.shares(np.array([1, 2]), total=2), n=3)
+
+    assert index.names[favourites].tolist() == ["comedy", "drama", "news"]
+
+
+def test_the_state_round_trips_with_its_categories_and_an_older_state_is_refused():
+    state = ranking_state_build(
+        sp.csr_matrix(np.eye(4, dtype=np.float32)),
+        None,
+        np.array([3, 5, 8, 13]),
+        reference=0.0,
+        categories=category_index(),
+    )
+
+    loaded = RankingState.from_bytes(state.to_bytes())
+
+    assert loaded.item_ids.tolist() == [3, 5, 8, 13]
+    assert loaded.rows_of(np.array([5, 6, 13])).tolist() == [1, -1, 3]
+    assert loaded.categories.names.tolist() == ["comedy", "drama", "news"]
+    assert (loaded.categories.of_items != state.categories.of_items).nnz == 0
+    assert loaded.categories.newest_ids.tolist() == state.categories.newest_ids.tolist()
+    old = io.BytesIO()
+    np.savez(old, item_ids=state.item_ids)  # what a run before the format key stored
+    with pytest.raises(StateOutdated):
+        RankingState.from_bytes(old.getvalue())
