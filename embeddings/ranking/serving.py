@@ -140,12 +140,20 @@ def _retrieve(
     filters = Filters(tuple(excluded), request.category)
     found = {
         "collaborative": _from_neighbours(
-            nearest_items(request.version.item_table, request.vector, limit=depth, filters=filters)
+            nearest_items(
+                request.version.item_table,
+                request.vector,
+                vector_type=request.version.vector_type,
+                limit=depth,
+                filters=filters,
+            )
         )
     }
     if request.content is not None:
         content, profile = request.content
-        found["content"] = _from_neighbours(nearest_items(content.item_table, profile, limit=depth, filters=filters))
+        found["content"] = _from_neighbours(
+            nearest_items(content.item_table, profile, vector_type=content.vector_type, limit=depth, filters=filters)
+        )
     state = stage.state
     recent = np.asarray(request.history[:RECENT_ITEMS], np.int64)
     rows = np.searchsorted(state.item_ids, recent)

@@ -17,10 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from django.conf import settings
 from django.db import transaction
-from pgvector import Vector
 from psycopg import sql
 
-from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
+from embeddings.vectors.tables import cursor, pgvector_version, query_vector, raw_connection
 from recsys.replicas import read_alias
 from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
@@ -52,10 +51,11 @@ def iterative_scans_available() -> bool:
 
 
 def nearest_items(
-    table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters()
+    table: str, query: npt.NDArray[np.float32], *, vector_type: str, limit: int, filters: Filters = Filters()
 ) -> list[Neighbour]:
-    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``."""
-    found = _widened(lambda **settings: _search(table, query, limit, filters, **settings), limit)
+    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``;
+    ``vector_type`` is the table's column type (``ModelVersion.vector_type``; ``vector`` for spaces)."""
+    found = _widened(lambda **settings: _search(table, query, vector_type, limit, filters, **settings), limit)
     assert found is not None  # _search always answers a list
     return found
 
@@ -97,6 +97,7 @@ _QUERY = """
 def _search(
     table: str,
     query: npt.NDArray[np.float32],
+    vector_type: str,
     limit: int,
     filters: Filters,
     *,
@@ -115,7 +116,7 @@ def _search(
         limit=sql.Literal(limit),
     )
     params = {
-        "query": Vector(query.astype(np.float32)),
+        "query": query_vector(query, vector_type),  # halfvec for a halfvec table: its index's operator
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
         **condition_params,
