@@ -169,7 +169,7 @@ def report(
     mib = 2**20
     vector, half = sizes["vector"], sizes["halfvec"]
     lines = [
-        "## halfvec against vector (`bench/halfvec.py`)",
+        f"## halfvec against vector, {args.dims} dimensions (`bench/halfvec.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()} (load average {os.getloadavg()[0]:.1f}), PostgreSQL "
         f"with pgvector {version}: {args.items:,} generated item vectors of {args.dims} dimensions (around 1,000 "
@@ -198,7 +198,8 @@ def report(
         f"{quantised:.4f}. The table holds the item row's `fold_in` column too (empty here: ALS versions), "
         f"so its ratio is above the vectors' own 0.5; the index stores only the vectors. ({seconds:.0f} s)",
     ]
-    write_section("halfvec", "\n".join(lines))
+    # One section per dimension count: 64 (collaborative factors) and e.g. 384 (a MiniLM content model).
+    write_section("halfvec" if args.dims == 64 else f"halfvec-{args.dims}d", "\n".join(lines))
     print("\n".join(lines))
 
 

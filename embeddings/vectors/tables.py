@@ -4,8 +4,9 @@ A model version's vectors live in ``embeddings_v<N>_item`` / ``_user`` (created 
 indexed after the COPY, dropped whole when it is pruned); a custom space's in
 ``embeddings_space_<name>``. A version's tables store ``vector`` (float32) or, for catalogues of
 ``RECSYS_HALFVEC_MIN_ITEMS`` items or more on pgvector ≥ 0.7, ``halfvec`` (float16: half the
-table and half the HNSW index); the version records which (``ModelVersion.vector_type``), and the
-DDL, the index's operator class, the COPY format and the searches' query parameters follow it.
+bytes of each vector; the HNSW index's neighbour lists stay); the version records which
+(``ModelVersion.vector_type``), and the DDL, the index's operator class, the COPY format and the
+searches' query parameters follow it.
 Every statement against these tables goes through ``cursor()``: a psycopg cursor on Django's own
 connection (so it shares Django's transactions), with pgvector's types registered and errors
 raised as Django's (the API maps those to 503). The connection is the one
