@@ -26,6 +26,7 @@ VERSION_FIELDS = (
     "status",
     "params_table",
     "dimensions",
+    "vector_type",
     "metrics_table",
     "ranking_table",
     "timings_table",

@@ -135,10 +135,11 @@ def _build(version: ModelVersion) -> None:
     timings["cluster"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing", done=len(items.texts), left=0)
     started = time.perf_counter()
-    tables.content_table_create(version.pk, encoder.dimensions)
+    version.vector_type = kind = tables.vector_type_choose(items=len(items.texts), values=[vectors])
+    tables.content_table_create(version.pk, encoder.dimensions, kind)
     runs.run_tables_created(version)
     tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
-    tables.index_build(version.pk, "item")
+    tables.index_build(version.pk, "item", kind)
     timings["store"] = time.perf_counter() - started
     encoded = int(present.sum())
     version.dimensions = encoder.dimensions

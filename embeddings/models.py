@@ -41,6 +41,12 @@ class ModelVersion(models.Model):
     error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     has_tables = models.BooleanField(default=False)
+    # The column type of the version's tables: "halfvec" (float16) for catalogues of
+    # RECSYS_HALFVEC_MIN_ITEMS items or more on pgvector >= 0.7, else "vector"; searches send their
+    # query vector as this type so the HNSW index serves them.
+    vector_type = models.CharField(
+        max_length=10, choices=[(t, t) for t in tables.VECTOR_TYPES], default=tables.VECTOR, editable=False
+    )
     # YᵀY of the item factors (d × d), so that a user vector can be folded in from their items alone.
     item_gram = models.JSONField(null=True, blank=True)
     # Content versions: what a fitted encoder needs to encode a search query in another process

@@ -110,9 +110,10 @@ def run_progress(version: ModelVersion, **progress: Any) -> None:
 
 
 def run_tables_created(version: ModelVersion) -> None:
-    """The run has created its vector tables: from here on a failure drops them."""
+    """The run has created its vector tables (of ``version.vector_type``): from here on a failure
+    drops them."""
     version.has_tables = True
-    ModelVersion.objects.filter(pk=version.pk).update(has_tables=True)
+    ModelVersion.objects.filter(pk=version.pk).update(has_tables=True, vector_type=version.vector_type)
 
 
 def run_finish(version: ModelVersion) -> None:

@@ -137,7 +137,9 @@ def _semantic(content, query: str, limit: int, category: str | None, rules: Rule
     if not vector.any():  # no known word (TF-IDF): nothing is near it
         return []
     filters = Filters((), category, rules)
-    return from_neighbours(nearest_items(content.item_table, vector, limit=limit, filters=filters))
+    return from_neighbours(
+        nearest_items(content.item_table, vector, vector_type=content.vector_type, limit=limit, filters=filters)
+    )
 
 
 def _keyword(words: KeywordQuery, limit: int, category: str | None, rules: RuleSet) -> list[Recommendation]:

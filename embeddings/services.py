@@ -297,8 +297,10 @@ def _select(
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:
-    tables.tables_create(version.pk, factors.dimensions)
+    stored = [a for a in (factors.item, factors.item_in, factors.user) if a is not None]
+    version.vector_type = kind = tables.vector_type_choose(items=len(data.item_ids), values=stored)
+    tables.tables_create(version.pk, factors.dimensions, kind)
     runs.run_tables_created(version)
-    tables.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in)
-    tables.vectors_copy(version.pk, "user", data.user_ids, factors.user)
-    tables.index_build(version.pk, "item")
+    tables.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in, vector_type=kind)
+    tables.vectors_copy(version.pk, "user", data.user_ids, factors.user, vector_type=kind)
+    tables.index_build(version.pk, "item", kind)

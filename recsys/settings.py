@@ -489,6 +489,11 @@ RECSYS_REVENUE_EVENT_TYPES = env_list("RECSYS_REVENUE_EVENT_TYPES", ["purchase"]
 # at 64, 0.9990 at 100, with 1.12, 1.34 and 2.26 ms of PostgreSQL CPU per search: 64 keeps all but
 # 0.06 points of 100's recall for 60% of its cost.
 RECSYS_HNSW_EF_SEARCH = env_int("RECSYS_HNSW_EF_SEARCH", 64, minimum=1)
+# A model version of this many items or more stores its vectors as halfvec (float16: half the bytes
+# of each vector) where the server's pgvector has it (0.7+; the embedded 0.6 keeps vector); 0 = never.
+# bench/halfvec.py at 200,000 items x 64 dims: HNSW index 0.76x, table 0.58x, recall@10 at ef_search
+# 64 0.9746 against vector's 0.9771.
+RECSYS_HALFVEC_MIN_ITEMS = env_int("RECSYS_HALFVEC_MIN_ITEMS", 1_000_000, minimum=0)
 # Each web process re-reads a scenario's saved rules at most this often (a save in this process is
 # seen at once).
 RECSYS_SCENARIO_CACHE_SECONDS = env_float("RECSYS_SCENARIO_CACHE_SECONDS", 5.0)

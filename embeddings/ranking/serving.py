@@ -144,13 +144,22 @@ def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[s
     # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
     found = {
         "collaborative": _from_neighbours(
-            nearest_items(request.version.item_table, request.vector, limit=depth, filters=filters, widen=False)
+            nearest_items(
+                request.version.item_table,
+                request.vector,
+                vector_type=request.version.vector_type,
+                limit=depth,
+                filters=filters,
+                widen=False,
+            )
         )
     }
     if request.content is not None:
         content, profile = request.content
         found["content"] = _from_neighbours(
-            nearest_items(content.item_table, profile, limit=depth, filters=filters, widen=False)
+            nearest_items(
+                content.item_table, profile, vector_type=content.vector_type, limit=depth, filters=filters, widen=False
+            )
         )
     recent = np.asarray(request.history[:RECENT_ITEMS], np.int64)
     rows = state.rows_of(recent)

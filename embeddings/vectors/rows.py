@@ -1,5 +1,10 @@
 """Row reads and writes on vector tables: stored vectors, serving's one-round-trip reads, fold-in
-and custom-vector writes, content rows to (re)encode, the admin's samples and status."""
+and custom-vector writes, content rows to (re)encode, the admin's samples and status.
+
+Each works on ``vector`` and ``halfvec`` tables alike: reads come back as pgvector's Vector or
+HalfVector and leave as float32 (``as_array``), and writes send float32 ``vector`` values that
+PostgreSQL casts to a halfvec column on assignment (pgvector's cast; float16's range is checked
+when a version chooses halfvec, ``tables.vector_type_choose``)."""
 
 from __future__ import annotations
 

@@ -17,10 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from django.conf import settings
 from django.db import transaction
-from pgvector import Vector
 from psycopg import sql
 
-from embeddings.vectors.tables import cursor, pgvector_version, raw_connection
+from embeddings.vectors.tables import cursor, pgvector_version, query_vector, raw_connection
 from recsys.replicas import read_alias
 from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
@@ -52,12 +51,21 @@ def iterative_scans_available() -> bool:
 
 
 def nearest_items(
-    table: str, query: npt.NDArray[np.float32], *, limit: int, filters: Filters = Filters(), widen: bool = True
+    table: str,
+    query: npt.NDArray[np.float32],
+    *,
+    vector_type: str,
+    limit: int,
+    filters: Filters = Filters(),
+    widen: bool = True,
 ) -> list[Neighbour]:
-    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``.
+    """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``;
+    ``vector_type`` is the table's column type (``ModelVersion.vector_type``; ``vector`` for spaces).
     ``widen=False``: one search, whatever it finds (on pgvector < 0.8, the filters may leave
     fewer than ``limit``; a candidate source accepts that rather than search again)."""
-    found = _widened(lambda **settings: _search(table, query, limit, filters, **settings), limit, widen=widen)
+    found = _widened(
+        lambda **settings: _search(table, query, vector_type, limit, filters, **settings), limit, widen=widen
+    )
     assert found is not None  # _search always answers a list
     return found
 
@@ -105,6 +113,7 @@ _QUERY = """
 def _search(
     table: str,
     query: npt.NDArray[np.float32],
+    vector_type: str,
     limit: int,
     filters: Filters,
     *,
@@ -123,7 +132,7 @@ def _search(
         limit=sql.Literal(limit),
     )
     params = {
-        "query": Vector(query.astype(np.float32)),
+        "query": query_vector(query, vector_type),  # halfvec for a halfvec table: its index's operator
         "exclude": list(filters.exclude_ids),
         "category": filters.category,
         **condition_params,

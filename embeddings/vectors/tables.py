@@ -2,16 +2,21 @@
 
 A model version's vectors live in ``embeddings_v<N>_item`` / ``_user`` (created by its run,
 indexed after the COPY, dropped whole when it is pruned); a custom space's in
-``embeddings_space_<name>``. Every statement against these tables goes through ``cursor()``:
-a psycopg cursor on Django's own connection (so it shares Django's transactions), with
-pgvector's types registered and errors raised as Django's (the API maps those to 503). The
-connection is the one ``recsys.replicas.read_alias`` names: a replica inside a serving read, the
-primary everywhere else.
+``embeddings_space_<name>``. A version's tables store ``vector`` (float32) or, for catalogues of
+``RECSYS_HALFVEC_MIN_ITEMS`` items or more on pgvector ≥ 0.7, ``halfvec`` (float16: half the
+bytes of each vector; the HNSW index's neighbour lists stay); the version records which
+(``ModelVersion.vector_type``), and the DDL, the index's operator class, the COPY format and the
+searches' query parameters follow it.
+Every statement against these tables goes through ``cursor()``: a psycopg cursor on Django's own
+connection (so it shares Django's transactions), with pgvector's types registered and errors
+raised as Django's (the API maps those to 503). The connection is the one
+``recsys.replicas.read_alias`` names: a replica inside a serving read, the primary everywhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -19,17 +24,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from django.conf import settings
 from django.db import connections, transaction
+from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from recsys.replicas import read_alias
+
+logger = logging.getLogger(__name__)
 
 # HNSW build parameters: pgvector's defaults; ef_construction 64 keeps recall@10 above 0.98 on the
 # MovieLens benchmark while building 100k vectors in seconds.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 OWNERS = {"item": "recsys_item", "user": "recsys_user"}
+# The column types a version's tables may use; custom spaces are always ``vector``.
+VECTOR = "vector"
+HALFVEC = "halfvec"
+VECTOR_TYPES = (VECTOR, HALFVEC)
+HALFVEC_SINCE = (0, 7)  # the pgvector release that added halfvec
+HALF_MAX = 65504.0  # the largest finite float16
 
 
 # ---- names ----------------------------------------------------------------------------------------
@@ -84,26 +99,72 @@ def as_array(value: object) -> npt.NDArray[np.float32]:
     return np.asarray(array, dtype=np.float32)
 
 
+# ---- vector or halfvec ----------------------------------------------------------------------------
+
+
+def halfvec_available() -> bool:
+    """Whether this database's pgvector has ``halfvec`` (0.7 and later; the embedded server has 0.6)."""
+    return pgvector_version() >= HALFVEC_SINCE
+
+
+def vector_type_choose(*, items: int, values: Sequence[npt.NDArray[np.float32]] = ()) -> str:
+    """``halfvec`` for a version of ``items`` items at or past ``RECSYS_HALFVEC_MIN_ITEMS`` (0: never)
+    when the server has it and every one of ``values`` fits a float16; ``vector`` otherwise.
+
+    float16 keeps 11 significant bits: recall@10 of the HNSW search barely moves (BENCHMARKS.md,
+    "halfvec"), but a value past ±65,504 would not be stored at all, so such a version stays float32.
+    """
+    threshold = int(settings.RECSYS_HALFVEC_MIN_ITEMS)
+    if threshold <= 0 or items < threshold or not halfvec_available():
+        return VECTOR
+    if not all(fits_half(array) for array in values):
+        logger.warning("vectors of %s items exceed float16's range: stored as vector, not halfvec", items)
+        return VECTOR
+    return HALFVEC
+
+
+def fits_half(array: npt.NDArray[np.float32]) -> bool:
+    """Whether every value is finite and within float16's range."""
+    return bool(np.isfinite(array).all()) and float(np.abs(array).max(initial=0.0)) <= HALF_MAX
+
+
+def vector_type_checked(vector_type: str) -> str:
+    if vector_type not in VECTOR_TYPES:
+        raise ValueError(f"vector_type must be one of {', '.join(VECTOR_TYPES)}, not {vector_type!r}")
+    return vector_type
+
+
+def query_vector(vector: npt.NDArray[np.float32], vector_type: str) -> Vector | HalfVector:
+    """A query vector as a parameter of the column's own type: ``halfvec <#> halfvec`` is the
+    operator the halfvec HNSW index serves (the server would otherwise have to pick a cast)."""
+    if vector_type_checked(vector_type) == HALFVEC:
+        return HalfVector(np.asarray(vector, dtype=np.float32))
+    return Vector(np.asarray(vector, dtype=np.float32))
+
+
 # ---- DDL ------------------------------------------------------------------------------------------
 
 
-def tables_create(version_id: int, dimensions: int) -> None:
-    """A collaborative version's tables, one per owner; a deleted item or user takes its vectors
-    with it (ON DELETE CASCADE). ``fold_in`` holds EASE's item input vectors; ``mapped`` marks an
-    item row placed from its content vector (a new item, until the next retrain learns it)."""
+def tables_create(version_id: int, dimensions: int, vector_type: str = VECTOR) -> None:
+    """A collaborative version's tables, one per owner, of ``vector_type`` columns; a deleted item or
+    user takes its vectors with it (ON DELETE CASCADE). ``fold_in`` holds EASE's item input vectors;
+    ``mapped`` marks an item row placed from its content vector (a new item, until the next retrain
+    learns it)."""
+    column = sql.SQL(vector_type_checked(vector_type))
     with cursor() as cur:
         for owner, target in OWNERS.items():
             cur.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {table} ("
                     " {fk} bigint PRIMARY KEY REFERENCES {target} (id) ON DELETE CASCADE,"
-                    " embedding vector({dims}) NOT NULL,"
-                    " fold_in vector({dims}),{mapped}"
+                    " embedding {type}({dims}) NOT NULL,"
+                    " fold_in {type}({dims}),{mapped}"
                     " updated_at timestamptz NOT NULL DEFAULT now())"
                 ).format(
                     table=sql.Identifier(table_name(version_id, owner)),
                     fk=sql.Identifier(f"{owner}_id"),
                     target=sql.Identifier(target),
+                    type=column,
                     dims=sql.Literal(int(dimensions)),
                     mapped=sql.SQL(" mapped boolean NOT NULL DEFAULT false," if owner == "item" else ""),
                 )
@@ -121,7 +182,7 @@ def mapped_column_add(version_id: int) -> None:
         )
 
 
-def content_table_create(version_id: int, dimensions: int) -> None:
+def content_table_create(version_id: int, dimensions: int, vector_type: str = VECTOR) -> None:
     """A content version's item table: a NULL embedding records an item with no text to encode,
     ``source_changed_at`` the item's ``content_changed_at`` that was encoded (newer means stale)."""
     with cursor() as cur:
@@ -129,11 +190,15 @@ def content_table_create(version_id: int, dimensions: int) -> None:
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {table} ("
                 " item_id bigint PRIMARY KEY REFERENCES recsys_item (id) ON DELETE CASCADE,"
-                " embedding vector({dims}),"
+                " embedding {type}({dims}),"
                 " source_changed_at timestamptz NOT NULL,"
                 " cluster integer,"
                 " updated_at timestamptz NOT NULL DEFAULT now())"
-            ).format(table=sql.Identifier(item_table(version_id)), dims=sql.Literal(int(dimensions)))
+            ).format(
+                table=sql.Identifier(item_table(version_id)),
+                type=sql.SQL(vector_type_checked(vector_type)),
+                dims=sql.Literal(int(dimensions)),
+            )
         )
 
 
@@ -150,23 +215,25 @@ def space_table_create(name: str, dimensions: int) -> None:
                 " updated_at timestamptz NOT NULL DEFAULT now())"
             ).format(table=sql.Identifier(table), dims=sql.Literal(int(dimensions)))
         )
-        cur.execute(_hnsw(table))
+        cur.execute(_hnsw(table, VECTOR))
 
 
-def index_build(version_id: int, owner: str) -> None:
-    """HNSW for inner product, built after the COPY (far faster than maintaining it row by row)."""
+def index_build(version_id: int, owner: str, vector_type: str = VECTOR) -> None:
+    """HNSW for inner product on the table's ``vector_type`` column, built after the COPY (far
+    faster than maintaining it row by row)."""
     table = table_name(version_id, owner)
     with cursor() as cur:
-        cur.execute(_hnsw(table, if_not_exists=True))
+        cur.execute(_hnsw(table, vector_type, if_not_exists=True))
         cur.execute(sql.SQL("ANALYZE {table}").format(table=sql.Identifier(table)))
 
 
-def _hnsw(table: str, *, if_not_exists: bool = False) -> sql.Composed:
+def _hnsw(table: str, vector_type: str, *, if_not_exists: bool = False) -> sql.Composed:
     return sql.SQL(
-        "CREATE INDEX {exists} {index} ON {table} USING hnsw (embedding vector_ip_ops)"
+        "CREATE INDEX {exists} {index} ON {table} USING hnsw (embedding {opclass})"
         " WITH (m = {m}, ef_construction = {ef})"
     ).format(
         exists=sql.SQL("IF NOT EXISTS" if if_not_exists else ""),
+        opclass=sql.SQL(f"{vector_type_checked(vector_type)}_ip_ops"),
         index=sql.Identifier(f"{table}_hnsw"),
         table=sql.Identifier(table),
         m=sql.Literal(HNSW_M),
@@ -202,6 +269,7 @@ def vectors_copy(
     ids: npt.NDArray[np.int64],
     vectors: npt.NDArray[np.float32],
     fold_in: npt.NDArray[np.float32] | None = None,
+    vector_type: str = VECTOR,
 ) -> int:
     """Bulk-load (id, vector[, fold-in vector]) rows with binary COPY; ids must exist in the owner table.
 
@@ -210,42 +278,58 @@ def vectors_copy(
     ids : (n,) int64 database ids of the items or users
     vectors : (n, d) float32
     fold_in : (n, d) float32 item input vectors of models that fold users in as a weighted sum
+    vector_type : the tables' column type (``vector`` or ``halfvec``: sent as float16)
     """
     if len(ids) != len(vectors) or (fold_in is not None and len(fold_in) != len(ids)):
         raise ValueError("ids and vectors differ in length")
+    if vector_type_checked(vector_type) == HALFVEC and not all(
+        fits_half(a) for a in (vectors, fold_in) if a is not None
+    ):
+        raise ValueError("vectors outside float16's range cannot be stored as halfvec")
     columns = sql.SQL(", fold_in" if fold_in is not None else "")
     statement = sql.SQL("COPY {table} ({fk}, embedding{columns}) FROM STDIN WITH (FORMAT BINARY)").format(
         table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id"), columns=columns
     )
     with cursor() as cur, cur.copy(statement) as copy:
-        if fold_in is None:  # binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row
-            copy.write(vector_rows_binary(ids, vectors))
-        else:
-            copy.set_types(["int8", "vector", "vector"])
-            for row_id, vector, extra in zip(ids.tolist(), vectors, fold_in, strict=True):
-                copy.write_row((row_id, vector, extra))
+        # Binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row.
+        for first in range(0, max(len(ids), 1), COPY_ROWS):
+            rows = slice(first, first + COPY_ROWS)
+            extra = fold_in[rows] if fold_in is not None else None
+            copy.write(vector_rows_binary(ids[rows], vectors[rows], extra, vector_type=vector_type, header=first == 0))
+        copy.write(b"\xff\xff")
     return len(ids)
 
 
-def vector_rows_binary(ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> bytes:
-    """A whole binary COPY of (int8, vector) rows; pgvector's binary vector is int16 dimensions, int16
-    unused, then big-endian float4s."""
+# Rows per COPY buffer: 100,000 rows of 64 float32 dimensions are ~27 MB, so storing 1M users' vectors
+# never holds a second copy of the whole matrix.
+COPY_ROWS = 100_000
+
+
+def vector_rows_binary(
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None = None,
+    *,
+    vector_type: str = VECTOR,
+    header: bool = True,
+) -> bytes:
+    """Binary COPY rows of (int8, vector[, vector]) or the same with halfvec, preceded by COPY's
+    header when ``header`` (the caller writes the trailer, ``\\xff\\xff``). pgvector's binary
+    ``vector`` is int16 dimensions, int16 unused, then big-endian float4s; ``halfvec`` the same with
+    big-endian float2s."""
     dims = vectors.shape[1] if vectors.ndim == 2 else 0
-    row = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("id_len", ">i4"),
-            ("id", ">i8"),
-            ("vec_len", ">i4"),
-            ("dims", ">i2"),
-            ("unused", ">i2"),
-            ("values", ">f4", (dims,)),
-        ]
-    )
-    rows = np.zeros(len(ids), dtype=row)
-    rows["fields"], rows["id_len"], rows["vec_len"], rows["dims"] = 2, 8, 4 + 4 * dims, dims
-    rows["id"], rows["values"] = ids, vectors
-    return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
+    value = ">f2" if vector_type_checked(vector_type) == HALFVEC else ">f4"
+    size = np.dtype(value).itemsize
+    fields: list[tuple[Any, ...]] = [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8")]
+    for column in ("values", "fold_in") if fold_in is not None else ("values",):
+        fields += [(f"{column}_len", ">i4"), (f"{column}_dims", ">i2"), (f"{column}_unused", ">i2")]
+        fields += [(column, value, (dims,))]
+    rows = np.zeros(len(ids), dtype=np.dtype(fields))
+    rows["fields"], rows["id_len"], rows["id"] = 3 if fold_in is not None else 2, 8, ids
+    rows["values_len"], rows["values_dims"], rows["values"] = 4 + size * dims, dims, vectors
+    if fold_in is not None:
+        rows["fold_in_len"], rows["fold_in_dims"], rows["fold_in"] = 4 + size * dims, dims, fold_in
+    return (b"PGCOPY\n\xff\r\n\x00" + bytes(8) if header else b"") + rows.tobytes()
 
 
 def content_vectors_write(
@@ -270,10 +354,11 @@ def content_vectors_write(
     with transaction.atomic(), cursor() as cur:
         # Dropped first as well as on commit: inside an outer transaction (tests) commit is later.
         cur.execute("DROP TABLE IF EXISTS content_rows")
+        # float32 ``vector`` here whatever the version's column is: the INSERT below casts to a
+        # halfvec column (pgvector's assignment cast), so one COPY format serves both.
         cur.execute(
-            sql.SQL("CREATE TEMPORARY TABLE content_rows (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-                table=table
-            )
+            "CREATE TEMPORARY TABLE content_rows (item_id bigint, embedding vector, source_changed_at timestamptz,"
+            " cluster integer) ON COMMIT DROP"
         )
         with cur.copy(
             "COPY content_rows (item_id, embedding, source_changed_at, cluster) FROM STDIN WITH (FORMAT BINARY)"
