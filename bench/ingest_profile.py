@@ -24,9 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import drop_database, scratch_database_url
+from common import ROOT, drop_database, scratch_database_url
 from impressions import events_body, impression_bodies, unmatched_events_body
 from serve_profile import RoundTrips, backend_process, cpu
+
+sys.path.insert(0, str(ROOT))  # serve_profile put bench/ first: its experiments.py would hide the app
 
 PHASES: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
     "impressions": ("/api/v1/impressions", impression_bodies),
@@ -106,9 +108,16 @@ def explain(path: str, body: bytes) -> str:
 
     from api.views import clean_batch
     from recsys import services
+    from recsys.ingestion.writer import ids_resolve
+    from recsys.models import Item, User
 
     rows = clean_batch(json.loads(body), path.rsplit("/", 1)[1], max_rows=10_000)
-    service = services.impressions_ingest if path.endswith("impressions") else services.interactions_ingest
+    impressions = path.endswith("impressions")
+    service = services.impressions_ingest if impressions else services.interactions_ingest
+    # Users and items exist beforehand (committed), so that the replay's ids are the captured ones.
+    ids_resolve(model=User, external_ids={row["user"] for row in rows}, create=True)
+    items = {item for row in rows for item in row["items"]} if impressions else {row["item"] for row in rows}
+    ids_resolve(model=Item, external_ids=items, create=True)
     captured: list[tuple[Any, Any]] = []
     execute = psycopg.Cursor.execute
 
