@@ -38,7 +38,12 @@ PHASES: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
 
 
 def setup(url: str) -> None:
-    os.environ.update(DATABASE_URL=url, RECSYS_INSECURE_DEV_KEY="true", DJANGO_SETTINGS_MODULE="recsys.settings")
+    os.environ.update(
+        DATABASE_URL=url,
+        RECSYS_INSECURE_DEV_KEY="true",
+        DJANGO_SETTINGS_MODULE="recsys.settings",
+        DATABASE_CONN_MAX_AGE="3600",  # one backend throughout: its CPU is what is measured
+    )
     import django
 
     django.setup()
@@ -99,6 +104,49 @@ def measure(call: Callable[[str, bytes], tuple[int, bytes]], path: str, bodies: 
         "pg_ms": (cpu(backend) - pg) * 1000 * per,
         "wall_ms": (time.perf_counter() - started) * 1000 * per,
     }
+
+
+def _on_cpu_ns(pid: int | None = None) -> int:
+    """Nanoseconds of CPU a process (None: this thread) has used: Linux's per-process CPU clock, exact where
+    cpu_times() counts 10 ms ticks (a statement takes a few ms)."""
+    if pid is None:
+        return time.thread_time_ns()
+    return time.clock_gettime_ns(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+
+
+def statement_cpu(call: Callable[[str, bytes], tuple[int, bytes]], path: str, bodies: list[bytes]) -> dict:
+    """CPU of PostgreSQL's backend and of this process per statement (and per commit), ms per 1,000 rows."""
+    import psycopg
+    from django.db import connection
+
+    backend = backend_process().pid
+    spent: dict[str, list[float]] = {}
+    execute = psycopg.Cursor.execute
+
+    def timed(label: str, work: Callable[[], Any]) -> Any:
+        web, pg = _on_cpu_ns(), _on_cpu_ns(backend)
+        try:
+            return work()
+        finally:
+            entry = spent.setdefault(label, [0.0, 0.0])
+            entry[0] += _on_cpu_ns() - web
+            entry[1] += _on_cpu_ns(backend) - pg
+
+    def counted(cursor: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        text = query.as_string(cursor.connection) if hasattr(query, "as_string") else str(query)
+        return timed(" ".join(text.split())[:90], lambda: execute(cursor, query, params, **kwargs))
+
+    commit = connection._commit
+    connection._commit = lambda: timed("COMMIT", commit)  # type: ignore[method-assign]
+    psycopg.Cursor.execute = counted  # type: ignore[method-assign]
+    try:
+        for body in bodies:
+            checked(*call(path, body))
+    finally:
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+        del connection._commit
+    per = 1e6 * len(bodies)  # ns -> ms per 1,000 rows (a body is 1,000 rows)
+    return {label: (web / per, pg / per) for label, (web, pg) in spent.items()}
 
 
 def explain(path: str, body: bytes) -> str:
@@ -177,17 +225,19 @@ def run(args: argparse.Namespace) -> None:
     bodies = {phase: [b for seed in seeds for b in make(seed)] for phase, (_, make) in PHASES.items()}
     n = args.batches
     figures, profiles, trips = {}, {}, {}
+    breakdowns = {}
     for phase, (path, _) in PHASES.items():
-        half = bodies[phase][: n // 2]
-        figures[phase] = measure(call, path, half)
+        third = len(bodies[phase]) // 3
+        figures[phase] = measure(call, path, bodies[phase][:third])
         counter = RoundTrips()
         counter.install()
-        checked(*call(path, bodies[phase][n // 2]))
+        checked(*call(path, bodies[phase][third]))
         counter.uninstall()
         trips[phase] = (dict(counter.sql), dict(counter.redis))
+        breakdowns[phase] = statement_cpu(call, path, bodies[phase][third + 1 : 2 * third])
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
-        for body in bodies[phase][n // 2 + 1 :]:
+        for body in bodies[phase][2 * third :]:
             checked(*call(path, body))
         profiler.disable()
         profiles[phase] = profiler
@@ -198,6 +248,10 @@ def run(args: argparse.Namespace) -> None:
             f"  {phase:18} CPU per 1,000 rows: web {f['web_ms']:.1f} ms + PostgreSQL {f['pg_ms']:.1f} ms "
             f"= {f['web_ms'] + f['pg_ms']:.1f} ms (wall {f['wall_ms']:.1f} ms)"
         )
+    for phase, rows in breakdowns.items():
+        print(f"\n{phase}: CPU per 1,000 rows by statement (ms; the commit runs the deferred foreign-key checks)")
+        for label, (web, pg) in sorted(rows.items(), key=lambda item: -item[1][1]):
+            print(f"    PostgreSQL {pg:6.2f}  web {web:6.2f}  {label}")
     for phase, (sql, redis) in trips.items():
         print(f"\n{phase}: {sum(sql.values())} PostgreSQL round trips, {sum(redis.values())} Redis")
         for text, count in sql.items():
