@@ -34,7 +34,7 @@ class JSONParser(parsers.JSONParser):
 def nesting_exceeds(value: object, limit: int) -> bool:
     """Whether ``value`` nests lists and objects more than ``limit`` deep: level by level, without recursion
     (and without a Python frame per node: a batch of 1,000 rows in ~1.4 ms where a stack walk took ~3.3)."""
-    level = [value]
+    level: list[Any] = [value]
     depth = 0
     while True:
         level = [node for node in level if isinstance(node, dict | list)]

@@ -171,7 +171,7 @@ def _shown_bounds(clicks: ClickArrays, window: int) -> tuple[datetime | None, da
     named = np.array([r is not None for r in clicks.recommendation_ids], dtype=bool)
     lows = clicks.timestamps - window * 1_000_000
     if named.any():
-        issued = [clicks.issued_at[k] for k in np.flatnonzero(named)]
+        issued = [clicks.issued_at[k] for k in np.flatnonzero(named).tolist()]
         if any(i is None for i in issued):
             return None, None
         lows = np.append(lows[~named], np.array(issued, dtype=np.int64) - _ISSUED_SLACK_US)
