@@ -176,9 +176,46 @@ def postgres_cpu_seconds(database_url: str) -> float:
         return total
 
 
+def tree_cpu_seconds(master: psutil.Process) -> float:
+    """CPU seconds (user + system) of a process tree so far: the master, its live descendants, and the
+    children it has reaped (a recycled gunicorn worker)."""
+    own = master.cpu_times()
+    total = own.user + own.system + own.children_user + own.children_system
+    for child in master.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def redis_cpu_seconds() -> float:
+    """CPU seconds the Redis server of REDIS_URL has used so far (its INFO); 0 without REDIS_URL."""
+    import redis
+
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return 0.0
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def tree_rss_mb(master: psutil.Process) -> float:
     processes = [master, *master.children(recursive=True)]
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
+
+def section_read(name: str) -> str | None:
+    """The body between the markers named ``name`` in BENCHMARKS.md, or None."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
+    match = re.search(re.escape(start) + "\n?(.*?)" + re.escape(end), text, re.S)
+    return match.group(1) if match else None
 
 
 def write_section(name: str, body: str) -> None:

@@ -20,10 +20,21 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import api_key, drop_database, gunicorn, machine, scratch_database_url, write_section
+from common import (
+    api_key,
+    drop_database,
+    gunicorn,
+    machine,
+    postgres_cpu_seconds,
+    redis_cpu_seconds,
+    scratch_database_url,
+    tree_cpu_seconds,
+    write_section,
+)
 from ingest import BATCH, make_body
 
 LISTS = 100  # display lists per impressions request
@@ -69,6 +80,7 @@ def client(port: int, key: str, path: str, bodies: list[bytes], out: mp.Queue, r
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     latencies, errors = [], 0
     ready.wait()
+    cpu = time.process_time()
     for body in bodies:
         started = time.perf_counter()
         conn.request("POST", path, body=body, headers=headers)
@@ -77,7 +89,7 @@ def client(port: int, key: str, path: str, bodies: list[bytes], out: mp.Queue, r
         latencies.append(time.perf_counter() - started)
         if answer.status != 200 or payload["errors"] or payload["created"] != BATCH:
             errors += 1
-    out.put((latencies, errors))
+    out.put((latencies, errors, time.process_time() - cpu))
 
 
 def run_clients(
@@ -96,13 +108,33 @@ def run_clients(
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join()
-    latencies = sorted(lat for lats, _ in results for lat in lats)
+    latencies = sorted(lat for lats, _, _ in results for lat in lats)
     return {
         "rows_per_s": len(latencies) * BATCH / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "failed_batches": sum(e for _, e in results),
+        "failed_batches": sum(e for _, e, _ in results),
+        "rows": len(latencies) * BATCH,
+        "client_cpu_s": sum(c for _, _, c in results),
     }
+
+
+CPU_SIDES = ("web", "pg", "redis", "clients")
+
+
+def cpu_phase(url: str, master, run: Callable[[], dict[str, float]]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``run`` with the CPU it cost each side, in ms per 1,000 rows: the web server (gunicorn's tree),
+    PostgreSQL, Redis, and the clients (from their start signal); and the machine's load average after."""
+    before = tree_cpu_seconds(master), postgres_cpu_seconds(url), redis_cpu_seconds()
+    figure = run()
+    after = tree_cpu_seconds(master), postgres_cpu_seconds(url), redis_cpu_seconds()
+    per_thousand = 1e6 / figure["rows"]  # seconds -> ms per 1,000 rows
+    for side, start, end in zip(CPU_SIDES, before, after, strict=False):
+        figure[f"{side}_cpu_ms"] = (end - start) * per_thousand
+    figure["clients_cpu_ms"] = figure["client_cpu_s"] * per_thousand
+    figure["cpu_ms"] = sum(figure[f"{side}_cpu_ms"] for side in CPU_SIDES)
+    figure["load"] = os.getloadavg()[0]
+    return figure
 
 
 def main() -> None:
@@ -119,22 +151,34 @@ def main() -> None:
         key = api_key(url)
         with gunicorn(url, args.port) as master:
             workers = len(master.children())
-            run_clients(args.port, key, "/api/v1/interactions", events_body, list(range(900_000, 900_008)))  # warm
+            run_clients(
+                args.port, key, "/api/v1/interactions", events_body, list(range(9_000, 9_008))
+            )  # warm (2020: seeds past ~1.8M would be in the future)
             # Phases interleaved in rounds, so that the machine's load drifts over all of them alike.
             for r in range(args.rounds):
                 seeds = list(range(10_000 + r * n, 10_000 + (r + 1) * n))
                 phases = {
-                    "impressions": run_clients(args.port, key, "/api/v1/impressions", impression_bodies, seeds),
-                    "events_attributed": run_clients(args.port, key, "/api/v1/interactions", events_body, seeds),
-                    "events_plain": run_clients(args.port, key, "/api/v1/interactions", unmatched_events_body, seeds),
+                    name: cpu_phase(url, master, partial(run_clients, args.port, key, path, make, seeds))
+                    for name, path, make in (
+                        ("impressions", "/api/v1/impressions", impression_bodies),
+                        ("events_attributed", "/api/v1/interactions", events_body),
+                        ("events_plain", "/api/v1/interactions", unmatched_events_body),
+                    )
                 }
                 rounds.append(phases)
                 loads.append(os.getloadavg()[0])
-                print(json.dumps({k: round(v["rows_per_s"]) for k, v in rounds[-1].items()}), flush=True)
+                print(json.dumps({k: _brief(v) for k, v in rounds[-1].items()}), flush=True)
         attributed = _attributions(url)
     finally:
         drop_database(url)
     report(rounds, attributed, workers, n, loads)
+
+
+def _brief(figure: dict[str, float]) -> str:
+    sides = " + ".join(f"{figure[f'{side}_cpu_ms']:.0f}" for side in CPU_SIDES)
+    return (
+        f"{figure['rows_per_s']:,.0f} rows/s, CPU/1000 {sides} = {figure['cpu_ms']:.0f} ms, load {figure['load']:.1f}"
+    )
 
 
 def _attributions(url: str) -> int:
@@ -156,9 +200,12 @@ def report(
 
     def row(label: str, phase: str, target: str = "") -> str:
         failed = sum(r[phase]["failed_batches"] for r in rounds)
+        sides = " + ".join(f"{median(phase, f'{side}_cpu_ms'):.0f}" for side in CPU_SIDES)
+        total = median(phase, "cpu_ms")
         return (
             f"| {label} | {median(phase, 'rows_per_s'):,.0f} | {ratio(phase):.2f}× | {median(phase, 'p50_ms'):.0f} ms "
-            f"| {median(phase, 'p99_ms'):.0f} ms | {failed} | {target} |"
+            f"| {median(phase, 'p99_ms'):.0f} ms | {failed} | {sides} = {total:.0f} ms | {2e6 / total:,.0f} "
+            f"| {target} |"
         )
 
     per_round = "; ".join(
@@ -183,13 +230,17 @@ def report(
         "attributed, plain in each round.",
         "",
         "| phase | rows/s (median) | × interactions, same round | request p50 | request p99 | failed requests "
-        "| target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| CPU per 1,000 rows: web + PostgreSQL + Redis + clients | CPU capacity of 2 cores, rows/s | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         row("`POST /api/v1/impressions` (impressions/s)", "impressions", "≥ 20,000"),
         row("`POST /api/v1/interactions`, every click attributed", "events_attributed"),
         row("`POST /api/v1/interactions`, no impression matches", "events_plain"),
         "",
-        f"Per round (impressions / attributed / plain, rows/s): {per_round}. Attribution is one "
+        f"Per round (impressions / attributed / plain, rows/s): {per_round}. CPU is counted per side over each "
+        "phase (gunicorn's process tree, PostgreSQL's server processes, Redis's INFO, the client processes from "
+        "their start signal) and divided by the rows; the capacity column is what 2 cores would ingest if that "
+        "CPU were all there was to do (2,000 ms of CPU per second / CPU per 1,000 rows), the figure that the "
+        "machine's other load does not bend. Attribution is one "
         "INSERT … SELECT with a LATERAL probe per interactions batch, and each impressions batch runs one more "
         "statement that credits clicks which arrived before their impression.",
     ]

@@ -12,6 +12,7 @@ import csv
 import http.client
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
 import statistics
@@ -30,7 +31,10 @@ from common import (
     machine,
     manage,
     postgres_cpu_seconds,
+    redis_cpu_seconds,
     scratch_database_url,
+    section_read,
+    tree_cpu_seconds,
     tree_rss_mb,
     write_section,
 )
@@ -73,6 +77,7 @@ def client(port: int, key: str, seeds: list[int], out: mp.Queue, ready) -> None:
     latencies, errors = [], 0
     bodies = [make_body(seed) for seed in seeds] if len(seeds) <= 200 else None  # measure the server only
     ready.wait()
+    cpu = time.process_time()
     for n, seed in enumerate(seeds):
         body = bodies[n] if bodies else make_body(seed)
         started = time.perf_counter()
@@ -82,7 +87,7 @@ def client(port: int, key: str, seeds: list[int], out: mp.Queue, ready) -> None:
         latencies.append(time.perf_counter() - started)
         if answer.status != 200 or payload["errors"] or payload["created"] != BATCH:
             errors += 1
-    out.put((latencies, errors))
+    out.put((latencies, errors, time.process_time() - cpu))
 
 
 def run_clients(port: int, key: str, clients: int, batches: int, first_seed: int) -> dict[str, float]:
@@ -98,13 +103,14 @@ def run_clients(port: int, key: str, clients: int, batches: int, first_seed: int
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join()
-    latencies = sorted(lat for lats, _ in results for lat in lats)
+    latencies = sorted(lat for lats, _, _ in results for lat in lats)
     return {
         "events_per_s": batches * BATCH / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "failed_batches": sum(e for _, e in results),
+        "failed_batches": sum(e for _, e, _ in results),
         "seconds": elapsed,
+        "client_cpu_s": sum(c for _, _, c in results),
     }
 
 
@@ -182,134 +188,178 @@ def _import_line(figure: dict[str, float]) -> str:
 
 
 def unpartitioned_database(name: str) -> str:
-    """A migrated scratch database with the interactions put back unpartitioned (migration 0004's shape):
-    the API's figure before partitioning, measured in the same run."""
+    """A migrated scratch database with the interactions put back unpartitioned (migration 0006's shape:
+    the feedback tables that ingest writes exist, 0007 partitions the interactions): the API's figure
+    without partitioning, measured in the same run."""
     url = scratch_database_url(name)
-    manage(url, "migrate", "recsys", "0004", "--no-input", "-v", "0")
+    manage(url, "migrate", "recsys", "0006", "--no-input", "-v", "0")
     return url
 
 
-def api_phase(url: str, port: int, key: str, first_seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """4 clients against one server, with PostgreSQL's CPU seconds per 1,000 events."""
-    before = postgres_cpu_seconds(url)
+def api_phase(url: str, server, port: int, key: str, first_seed: int, args: argparse.Namespace) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """4 clients against one server, with the CPU each side spent per 1,000 events (ms): the web server
+    (gunicorn's tree), PostgreSQL (the whole server: both scratch databases share it), Redis, the clients."""
+    before = tree_cpu_seconds(server), postgres_cpu_seconds(url), redis_cpu_seconds()
     figure = run_clients(port, key, 4, args.batches, first_seed)
-    figure["pg_cpu_ms_per_1000"] = (postgres_cpu_seconds(url) - before) * 1000 / args.batches
+    after = tree_cpu_seconds(server), postgres_cpu_seconds(url), redis_cpu_seconds()
+    for name, start, end in zip(("web", "pg", "redis"), before, after, strict=True):
+        figure[f"{name}_cpu_ms_per_1000"] = (end - start) * 1000 / args.batches
+    figure["clients_cpu_ms_per_1000"] = figure["client_cpu_s"] * 1000 / args.batches
+    figure["cpu_ms_per_1000"] = sum(figure[f"{name}_cpu_ms_per_1000"] for name in CPU_SIDES)
+    figure["load"] = os.getloadavg()[0]
     return figure
+
+
+CPU_SIDES = ("web", "pg", "redis", "clients")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=80, help="batches of 1,000 per API phase")
-    parser.add_argument("--memory-rows", type=int, default=5_000_000)
-    parser.add_argument("--csv-rows", type=int, default=1_000_000)
+    parser.add_argument("--memory-rows", type=int, default=5_000_000, help="0: skip the memory run")
+    parser.add_argument("--csv-rows", type=int, default=1_000_000, help="0: skip the CSV imports")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-api", action="store_true", help="the imports only")
     args = parser.parse_args()
 
     url = scratch_database_url("recsys_bench_ingest")
-    old_url = unpartitioned_database("recsys_bench_ingest_old")
+    old_url = unpartitioned_database("recsys_bench_ingest_old") if not args.no_api else ""
     one: dict[str, float] = {}
     fours: dict[str, list[dict[str, float]]] = {"partitioned": [], "unpartitioned": []}
     memory: list[tuple[int, float]] = []
     workers = 0
+    loads = [os.getloadavg()[0]]
     try:
         if not args.no_api:
             key, old_key = api_key(url), api_key(old_url)
-            with gunicorn(url, args.port) as master, gunicorn(old_url, args.port + 1):
+            with gunicorn(url, args.port) as master, gunicorn(old_url, args.port + 1) as old_master:
                 workers = len(master.children())
                 one = run_clients(args.port, key, 1, args.batches, 0)
                 print(f"API, 1 client:  {one['events_per_s']:,.0f} events/s (p50 {one['p50_ms']:.0f} ms)", flush=True)
                 # Alternated, so that the machine's load falls on both alike.
                 for round_ in range(2):
-                    for name, (port, k) in (
-                        ("partitioned", (args.port, key)),
-                        ("unpartitioned", (args.port + 1, old_key)),
+                    for name, (db, server, port, k) in (
+                        ("partitioned", (url, master, args.port, key)),
+                        ("unpartitioned", (old_url, old_master, args.port + 1, old_key)),
                     ):
-                        fours[name].append(
-                            api_phase(url if port == args.port else old_url, port, k, 10_000 + 1000 * round_, args)
-                        )
-                        print(f"API, 4 clients, {name}: {fours[name][-1]['events_per_s']:,.0f} events/s", flush=True)
+                        fours[name].append(api_phase(db, server, port, k, 10_000 + 1000 * round_, args))
+                        loads.append(fours[name][-1]["load"])
+                        print(f"API, 4 clients, {name}: {_brief(fours[name][-1])}", flush=True)
                 if args.memory_rows:
                     memory = memory_run(args.port, key, master, args.memory_rows, 100_000)
         imports = import_figures(url, args.csv_rows) if args.csv_rows else {}
         print(json.dumps(imports, indent=1))
     finally:
         drop_database(url)
-        drop_database(old_url)
-    report(one, fours, memory, imports, workers, args)
+        if old_url:
+            drop_database(old_url)
+    report(one, fours, memory, imports, workers, args, loads)
 
 
 def _mean(figures: list[dict[str, float]], key: str) -> float:
     return statistics.fmean(f[key] for f in figures)
 
 
-def report(one, fours, memory, imports, workers, args) -> None:  # type: ignore[no-untyped-def]
-    lines = [
-        "## Ingestion (`bench/ingest.py`)",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers "
-        "(as deployed, `gunicorn.conf.py`), clients in separate processes on loopback, batches of 1,000 new "
-        "events into an empty database; the clients share the 2 cores with the server and PostgreSQL.",
-        "",
-    ]
-    if one:
-        part, old = fours["partitioned"], fours["unpartitioned"]
-        lines += [
-            "| path | events/s | batch p50 | batch p99 | failed batches | PostgreSQL CPU per 1,000 | target |",
-            "|---|---:|---:|---:|---:|---:|---|",
-            f"| `POST /api/v1/interactions`, 1 client | {one['events_per_s']:,.0f} | {one['p50_ms']:.0f} ms | "
-            f"{one['p99_ms']:.0f} ms | {one['failed_batches']} | | |",
-            *[
-                f"| `POST /api/v1/interactions`, 4 clients, {name} (mean of {len(figs)} alternated runs) | "
-                f"{_mean(figs, 'events_per_s'):,.0f} | {_mean(figs, 'p50_ms'):.0f} ms | "
-                f"{_mean(figs, 'p99_ms'):.0f} ms | "
-                f"{sum(f['failed_batches'] for f in figs)} | {_mean(figs, 'pg_cpu_ms_per_1000'):.0f} ms | ≥ 20,000 |"
-                for name, figs in (("partitioned (now)", part), ("unpartitioned (before, migration 0004)", old))
-            ],
-            "",
-            f"Partitioned / unpartitioned, 4 clients: {_mean(part, 'events_per_s') / _mean(old, 'events_per_s'):.2f}× "
-            f"the events/s, {_mean(part, 'pg_cpu_ms_per_1000') / _mean(old, 'pg_cpu_ms_per_1000'):.2f}× PostgreSQL's "
-            "CPU per event (routing each row to its month's partition).",
-            "",
-        ]
-    if imports:
-        lines += [
-            f"Imports of {args.csv_rows:,}-row CSVs (`import_interactions`; 100,000 users and 20,000 items named, "
-            "created on the way), CPU seconds of the command and of PostgreSQL measured beside wall time:",
-            "",
-            "| import | rows/s (wall) | command CPU | PostgreSQL CPU | rows per CPU-second, busier side | target |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        labels = {
-            "fresh": "a month with no rows yet: COPY into a standalone table, indexes after, ATTACH PARTITION",
-            "rerun": "the same file again (all duplicates: the idempotent upsert)",
-            "existing": "new rows into that month, which now has rows (the upsert path)",
-            "movielens": "`import_movielens` ml-latest-small ratings + movies + tags",
-        }
-        for name, label in labels.items():
-            if name in imports:
-                f = imports[name]
-                busier = max(f["client_cpu"], f["server_cpu"])
-                lines.append(
-                    f"| {label} | {f['rows'] / f['wall']:,.0f} | {f['client_cpu']:.1f} s | {f['server_cpu']:.1f} s | "
-                    f"{f['rows'] / busier:,.0f} | {'≥ 200,000' if name == 'fresh' else ''} |"
-                )
-    if memory:
-        first, warm, last = memory[0][1], memory[1][1], memory[-1][1]
-        lines += [
-            "",
-            f"Server memory (gunicorn master + workers, RSS) while ingesting {memory[-1][0]:,} events through "
-            f"the API with 4 clients: {first:.0f} MiB at start, {warm:.0f} MiB after the first "
-            f"{memory[1][0]:,} (workers that had not yet served a request load their code), {last:.0f} MiB at "
-            f"the end: {(last - warm) / warm:+.1%} over the last {memory[-1][0] - memory[1][0]:,} events.",
-            "",
-            "| events ingested | server RSS |",
-            "|---:|---:|",
-            *[f"| {rows:,} | {rss:.0f} MiB |" for rows, rss in memory],
-        ]
-    lines += ["", IMPORT_NOTE]
+def _brief(figure: dict[str, float]) -> str:
+    sides = " + ".join(f"{figure[f'{side}_cpu_ms_per_1000']:.0f}" for side in CPU_SIDES)
+    return (
+        f"{figure['events_per_s']:,.0f} events/s; CPU per 1,000 web + PostgreSQL + Redis + clients = {sides} = "
+        f"{figure['cpu_ms_per_1000']:.0f} ms; load {figure['load']:.1f}"
+    )
+
+
+def report(one, fours, memory, imports, workers, args, loads) -> None:  # type: ignore[no-untyped-def]
+    """The section's three parts, each between markers of its own: a part this run did not measure
+    (``--no-api``, ``--csv-rows 0``, ``--memory-rows 0``) keeps the figures BENCHMARKS.md has."""
+    parts = {
+        "ingest-api": api_lines(one, fours, workers, loads) if one else None,
+        "ingest-imports": import_lines(imports, args) if imports else None,
+        "ingest-memory": memory_lines(memory) if memory else None,
+    }
+    lines = ["## Ingestion (`bench/ingest.py`)", ""]
+    for name, part in parts.items():
+        body = "\n".join(part) if part is not None else section_read(name)
+        if body is not None:
+            lines += [f"<!-- {name}:start -->", body.strip("\n"), f"<!-- {name}:end -->", ""]
+    lines += [IMPORT_NOTE]
     write_section("ingest", "\n".join(lines))
     print("\n".join(lines))
+
+
+def api_lines(one, fours, workers, loads) -> list[str]:  # type: ignore[no-untyped-def]
+    part, old = fours["partitioned"], fours["unpartitioned"]
+
+    def row(label: str, figs: list[dict[str, float]]) -> str:
+        sides = " + ".join(f"{_mean(figs, f'{side}_cpu_ms_per_1000'):.0f}" for side in CPU_SIDES)
+        total = _mean(figs, "cpu_ms_per_1000")
+        return (
+            f"| `POST /api/v1/interactions`, 4 clients, {label} (mean of {len(figs)} alternated runs) | "
+            f"{_mean(figs, 'events_per_s'):,.0f} | {_mean(figs, 'p50_ms'):.0f} ms | {_mean(figs, 'p99_ms'):.0f} ms | "
+            f"{sum(f['failed_batches'] for f in figs)} | {sides} = {total:.0f} ms | {2e6 / total:,.0f} | ≥ 20,000 |"
+        )
+
+    return [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; gunicorn with {workers} sync workers "
+        "(as deployed, `gunicorn.conf.py`), clients in separate processes on loopback, batches of 1,000 new "
+        "events into an empty database; the clients share the 2 cores with the server and PostgreSQL. The "
+        f"machine's 1-minute load average was {min(loads):.1f}–{max(loads):.1f} during the run (other work "
+        "included). CPU per 1,000 events is counted per side over each phase (gunicorn's process tree, "
+        "PostgreSQL's server processes, Redis's INFO, the client processes from their start signal); the "
+        "capacity column is what 2 cores would ingest if that CPU were all there was to do (2,000 ms of CPU "
+        "per second / CPU per 1,000 events), the figure the machine's other load does not bend.",
+        "",
+        "| path | events/s | batch p50 | batch p99 | failed batches | CPU per 1,000: web + PostgreSQL + Redis + "
+        "clients | CPU capacity of 2 cores, events/s | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| `POST /api/v1/interactions`, 1 client | {one['events_per_s']:,.0f} | {one['p50_ms']:.0f} ms | "
+        f"{one['p99_ms']:.0f} ms | {one['failed_batches']} | | | |",
+        row("partitioned (now)", part),
+        row("unpartitioned (migration 0006)", old),
+        "",
+        f"Partitioned / unpartitioned, 4 clients: {_mean(part, 'events_per_s') / _mean(old, 'events_per_s'):.2f}× "
+        f"the events/s, {_mean(part, 'pg_cpu_ms_per_1000') / _mean(old, 'pg_cpu_ms_per_1000'):.2f}× PostgreSQL's "
+        f"CPU and {_mean(part, 'cpu_ms_per_1000') / _mean(old, 'cpu_ms_per_1000'):.2f}× the total CPU per event.",
+    ]
+
+
+def import_lines(imports, args) -> list[str]:  # type: ignore[no-untyped-def]
+    lines = [
+        f"Imports of {args.csv_rows:,}-row CSVs (`import_interactions`; 100,000 users and 20,000 items named, "
+        f"created on the way), measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (load average "
+        f"{os.getloadavg()[0]:.1f} at the end); CPU seconds of the command and of PostgreSQL beside wall time:",
+        "",
+        "| import | rows/s (wall) | command CPU | PostgreSQL CPU | rows per CPU-second, busier side | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    labels = {
+        "fresh": "a month with no rows yet: COPY into a standalone table, indexes after, ATTACH PARTITION",
+        "rerun": "the same file again (all duplicates: the idempotent upsert)",
+        "existing": "new rows into that month, which now has rows (the upsert path)",
+        "movielens": "`import_movielens` ml-latest-small ratings + movies + tags",
+    }
+    for name, label in labels.items():
+        if name in imports:
+            f = imports[name]
+            busier = max(f["client_cpu"], f["server_cpu"])
+            lines.append(
+                f"| {label} | {f['rows'] / f['wall']:,.0f} | {f['client_cpu']:.1f} s | {f['server_cpu']:.1f} s | "
+                f"{f['rows'] / busier:,.0f} | {'≥ 200,000' if name == 'fresh' else ''} |"
+            )
+    return lines
+
+
+def memory_lines(memory) -> list[str]:  # type: ignore[no-untyped-def]
+    first, warm, last = memory[0][1], memory[1][1], memory[-1][1]
+    return [
+        f"Server memory (gunicorn master + workers, RSS) while ingesting {memory[-1][0]:,} events through "
+        f"the API with 4 clients: {first:.0f} MiB at start, {warm:.0f} MiB after the first "
+        f"{memory[1][0]:,} (workers that had not yet served a request load their code), {last:.0f} MiB at "
+        f"the end: {(last - warm) / warm:+.1%} over the last {memory[-1][0] - memory[1][0]:,} events.",
+        "",
+        "| events ingested | server RSS |",
+        "|---:|---:|",
+        *[f"| {rows:,} | {rss:.0f} MiB |" for rows, rss in memory],
+    ]
 
 
 if __name__ == "__main__":

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 
-from recsys.ingestion.rules import Floats, Ints
-from recsys.ingestion.writer import sql_cursor
+from recsys.ingestion.rules import EPOCH, Floats, Ints
+from recsys.ingestion.writer import (
+    floats_literal,
+    ints_literal,
+    ints_or_nulls_literal,
+    sql_cursor,
+    texts_literal,
+)
 
 
 @dataclass
@@ -57,14 +64,18 @@ def impressions_write(impressions: ImpressionArrays) -> int:
 
 def _impression_params(impressions: ImpressionArrays) -> dict[str, Any]:
     return {
-        "user_ids": impressions.user_ids.tolist(),
-        "item_ids": impressions.item_ids.tolist(),
-        "positions": impressions.positions.tolist(),
-        "micros": impressions.shown_at.tolist(),
-        "recommendation_ids": list(impressions.recommendation_ids),
-        "experiment_ids": list(impressions.experiment_ids),
-        "variants": list(impressions.variants),
+        "user_ids": ints_literal(impressions.user_ids),
+        "item_ids": ints_literal(impressions.item_ids),
+        "positions": ints_literal(impressions.positions),
+        "micros": ints_literal(impressions.shown_at),
+        "recommendation_ids": texts_literal(impressions.recommendation_ids),
+        "experiment_ids": ints_or_nulls_literal(impressions.experiment_ids),
+        "variants": texts_literal(impressions.variants),
     }
+
+
+def _moment(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
 
 
 # ---- attribution -----------------------------------------------------------------------------------
@@ -94,7 +105,8 @@ class ClickArrays:
 # (clients' clocks) so that only recent partitions are probed. Without one: credited to the latest
 # impression of the item shown to the user within the window before the event, found by the
 # (user, item, shown_at) prefix of the unique index, newest first (run-time partition pruning keeps
-# the probe to the window's partitions). Neither: not attributed. Re-sends are no-ops.
+# the probe to the window's partitions). Neither: not attributed. Re-sends are no-ops. The bounds of
+# the whole batch's windows are parameters as well, so that only their months' partitions are planned.
 _ATTRIBUTIONS_INSERT = """
     INSERT INTO recsys_attribution (user_id, item_id, event_type, occurred_at, value, weight, recommendation_id,
                                     experiment_id, variant, shown_at, position, created_at)
@@ -120,6 +132,8 @@ _ATTRIBUTIONS_INSERT = """
         FROM recsys_impression i
         WHERE i.user_id = e.user_id AND i.item_id = e.item_id
           AND i.shown_at BETWEEN e.shown_from AND e.shown_until
+          AND i.shown_at >= coalesce(%(since)s::timestamptz, '-infinity')
+          AND i.shown_at <= coalesce(%(until)s::timestamptz, 'infinity')
           AND (e.recommendation_id IS NULL OR i.recommendation_id = e.recommendation_id)
         ORDER BY i.shown_at DESC
         LIMIT 1
@@ -138,23 +152,45 @@ def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None
     if not len(clicks):
         return 0
     window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
+    since, until = _shown_bounds(clicks, window)
     with sql_cursor() as cursor:
-        cursor.execute(_ATTRIBUTIONS_INSERT, {**_click_params(clicks), "window": window})
+        cursor.execute(
+            _ATTRIBUTIONS_INSERT, {**_click_params(clicks), "window": window, "since": since, "until": until}
+        )
         return max(cursor.rowcount, 0)
+
+
+_ISSUED_SLACK_US = 86_400 * 1_000_000  # an id's impressions are looked for from a day before it was minted
+
+
+def _shown_bounds(clicks: ClickArrays, window: int) -> tuple[datetime | None, datetime | None]:
+    """When the impressions the statement looks for can have been shown, over the whole batch (None: unbounded).
+
+    A click without an id: its window before it; with one of our ids: from a day before it was minted,
+    with no upper bound (as in the statement); with another system's id: any time."""
+    named = np.array([r is not None for r in clicks.recommendation_ids], dtype=bool)
+    lows = clicks.timestamps - window * 1_000_000
+    if named.any():
+        issued = [clicks.issued_at[k] for k in np.flatnonzero(named).tolist()]
+        if any(i is None for i in issued):
+            return None, None
+        lows = np.append(lows[~named], np.array(issued, dtype=np.int64) - _ISSUED_SLACK_US)
+        return _moment(int(lows.min())), None
+    return _moment(int(lows.min())), _moment(int(clicks.timestamps.max()))
 
 
 def _click_params(clicks: ClickArrays) -> dict[str, Any]:
     return {
-        "user_ids": clicks.user_ids.tolist(),
-        "item_ids": clicks.item_ids.tolist(),
-        "event_types": list(clicks.event_types),
-        "values": clicks.values.tolist(),
-        "weights": clicks.weights.tolist(),
-        "micros": clicks.timestamps.tolist(),
-        "recommendation_ids": list(clicks.recommendation_ids),
-        "issued": list(clicks.issued_at),
-        "experiment_ids": list(clicks.experiment_ids),
-        "variants": list(clicks.variants),
+        "user_ids": ints_literal(clicks.user_ids),
+        "item_ids": ints_literal(clicks.item_ids),
+        "event_types": texts_literal(clicks.event_types),
+        "values": floats_literal(clicks.values),
+        "weights": floats_literal(clicks.weights),
+        "micros": ints_literal(clicks.timestamps),
+        "recommendation_ids": texts_literal(clicks.recommendation_ids),
+        "issued": ints_or_nulls_literal(clicks.issued_at),
+        "experiment_ids": ints_or_nulls_literal(clicks.experiment_ids),
+        "variants": texts_literal(clicks.variants),
     }
 
 
@@ -163,6 +199,14 @@ def _click_params(clicks: ClickArrays) -> dict[str, Any]:
 # is credited to the latest such impression. An event attributed by its recommendation id before
 # that id's impression arrived gets the impression's time and position. Nothing else changes: an
 # attribution, once made, is not moved to another impression.
+#
+# Most batches have nothing to credit (impressions usually arrive before their clicks), so the
+# statement first asks, per user of the batch, whether any click-type interaction lies in the batch's
+# window (one probe of the user's history index each, a tenth of the shown items), and probes the
+# (user, item) pairs of those users only. Both probes are LATERAL subqueries, so that PostgreSQL
+# drives them from the batch's rows rather than hashing the interactions table (it did, by size
+# estimate, and the statement's cost grew with the table); the window's bounds are parameters, so
+# only its months' partitions are planned.
 _LATE_ATTRIBUTIONS = """
     WITH shown AS (
         SELECT r.user_id, r.item_id, r.position, timestamptz 'epoch' + r.micros * interval '1 microsecond' AS shown_at,
@@ -171,14 +215,32 @@ _LATE_ATTRIBUTIONS = """
                     %(recommendation_ids)s::text[], %(experiment_ids)s::int8[], %(variants)s::text[])
              AS r(user_id, item_id, position, micros, recommendation_id, experiment_id, variant)
     ),
+    click_types AS MATERIALIZED (
+        SELECT ARRAY(SELECT name::text FROM recsys_eventtype WHERE counts_as_click) AS names
+    ),
+    clicked AS (
+        SELECT u.user_id
+        FROM (SELECT DISTINCT user_id FROM shown) AS u, click_types
+        CROSS JOIN LATERAL (
+            SELECT 1 FROM recsys_interaction x
+            WHERE x.user_id = u.user_id AND x.timestamp BETWEEN %(since)s AND %(until)s
+              AND x.event_type = ANY(click_types.names)
+            LIMIT 1
+        ) AS any_click
+    ),
     led AS (
         SELECT DISTINCT ON (x.user_id, x.item_id, x.event_type, x.timestamp)
                x.user_id, x.item_id, x.event_type, x.timestamp, x.value, x.weight,
                s.recommendation_id, s.experiment_id, s.variant, s.shown_at, s.position
         FROM shown s
-        JOIN recsys_interaction x ON x.user_id = s.user_id AND x.item_id = s.item_id
-             AND x.timestamp BETWEEN s.shown_at AND s.shown_at + %(window)s * interval '1 second'
-        WHERE x.event_type IN (SELECT name FROM recsys_eventtype WHERE counts_as_click)
+        JOIN clicked USING (user_id)
+        CROSS JOIN click_types
+        CROSS JOIN LATERAL (
+            SELECT x.user_id, x.item_id, x.event_type, x.timestamp, x.value, x.weight FROM recsys_interaction x
+            WHERE x.user_id = s.user_id AND x.item_id = s.item_id AND x.event_type = ANY(click_types.names)
+              AND x.timestamp BETWEEN s.shown_at AND s.shown_at + %(window)s * interval '1 second'
+              AND x.timestamp BETWEEN %(since)s AND %(until)s
+        ) AS x
         ORDER BY x.user_id, x.item_id, x.event_type, x.timestamp, s.shown_at DESC
     )
     INSERT INTO recsys_attribution AS a (user_id, item_id, event_type, occurred_at, value, weight, recommendation_id,
@@ -198,8 +260,11 @@ def late_attributions_write(impressions: ImpressionArrays, *, window_seconds: in
     if not len(impressions):
         return 0
     window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
+    since = _moment(int(impressions.shown_at.min()))
+    until = _moment(int(impressions.shown_at.max())) + timedelta(seconds=window)
+    params = {**_impression_params(impressions), "window": window, "since": since, "until": until}
     with sql_cursor() as cursor:
-        cursor.execute(_LATE_ATTRIBUTIONS, {**_impression_params(impressions), "window": window})
+        cursor.execute(_LATE_ATTRIBUTIONS, params)
         return max(cursor.rowcount, 0)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import compress
+from itertools import chain, compress
+from typing import cast
 
 import numpy as np
 from django.conf import settings
@@ -21,6 +22,7 @@ from recsys.ingestion.rules import (
     MAX_IMPRESSIONS_PER_BATCH,
     NO_TIMESTAMP,
     US,
+    Ints,
     RawImpressions,
     Rejections,
     batch_impressions_read,
@@ -64,7 +66,7 @@ def impressions_ingest(*, rows: Sequence[object], auto_create_items: bool | None
     flat = _flatten(raw, rejected, item_errors)
     result = BatchResult()
     if flat:
-        users, _ = ids_resolve(model=User, external_ids=flat.users, create=True)
+        users, _ = ids_resolve(model=User, external_ids=flat.users(raw), create=True)
         items, _ = ids_resolve(model=Item, external_ids=flat.items, create=auto_create_items)
         impressions = _resolved(flat, raw, refs, (users, items), item_errors)
         impression_partitions_ensure(months=months_of(impressions.shown_at))
@@ -86,32 +88,42 @@ def _issued_micros(ref: RecommendationRef | None) -> int:
 
 
 class _Flat:
-    """The accepted rows' items, one entry per shown item with valid ids."""
+    """The accepted rows' items, one entry per shown item with a valid id: its row, id and 1-based position."""
 
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-        self.users: list[str] = []
-        self.items: list[str] = []
-        self.positions: list[int] = []
+    def __init__(self, rows: Ints, items: list[str], positions: Ints) -> None:
+        self.rows, self.items, self.positions = rows, items, positions
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def users(self, raw: RawImpressions) -> set[str]:
+        return {cast(str, raw.users[k]) for k in np.unique(self.rows).tolist()}
+
 
 def _flatten(raw: RawImpressions, rejected: Rejections, item_errors: list[ItemError]) -> _Flat:
-    flat = _Flat()
-    for k, (user, items) in enumerate(zip(raw.users, raw.items, strict=True)):
-        if k in rejected:
-            continue
-        for position, item in enumerate(items, 1):
+    """The shown items of the accepted rows; an item whose id is not an id is rejected alone (in ``item_errors``).
+    When every item is a valid id (each distinct one checked once), numpy lays them out without a step per item."""
+    kept = [k for k in range(len(raw.items)) if k not in rejected]
+    lists = [raw.items[k] for k in kept]
+    shown = list(chain.from_iterable(lists))
+    if set(map(type, shown)) <= {str} and all(map(is_external_id, set(shown))):
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return _Flat(
+            np.repeat(np.array(kept, dtype=np.int64), lengths),
+            cast(list[str], shown),
+            np.arange(len(shown), dtype=np.int64) - starts + 1,
+        )
+    rows, items, positions = [], [], []
+    for k in kept:
+        for position, item in enumerate(raw.items[k], 1):
             if isinstance(item, str) and is_external_id(item):
-                flat.rows.append(k)
-                flat.users.append(user)  # type: ignore[arg-type]  # checked: rejected otherwise
-                flat.items.append(item)
-                flat.positions.append(position)
+                rows.append(k)
+                items.append(item)
+                positions.append(position)
             else:
                 item_errors.append((k, item, invalid_item_error(item).domain_error()))
-    return flat
+    return _Flat(np.array(rows, dtype=np.int64), items, np.array(positions, dtype=np.int64))
 
 
 def _resolved(
@@ -123,22 +135,32 @@ def _resolved(
 ) -> ImpressionArrays:
     """Database ids of the shown items; an unknown item (not to be created) is rejected alone."""
     users, items = ids
+    row_users = [users.get(cast(str, user), 0) for user in raw.users]  # 0: rejected row, or a deleted user
     keep = np.ones(len(flat), dtype=bool)
-    for n, (k, user, item) in enumerate(zip(flat.rows, flat.users, flat.items, strict=True)):
-        if item not in items or user not in users:  # a user only when deleted meanwhile
-            what, value = ("item", item) if item not in items else ("user", user)
-            item_errors.append((k, item, unknown_row_error(what, value).domain_error()))
-            keep[n] = False
-    rows = np.array(flat.rows, dtype=np.int64)[keep]
-    kept_refs = [refs[k] for k in rows]
+    if not items.keys() >= set(flat.items) or not users.keys() >= flat.users(raw):
+        for n, (k, item) in enumerate(zip(flat.rows.tolist(), flat.items, strict=True)):
+            user = cast(str, raw.users[k])
+            if item not in items or user not in users:  # a user only when deleted meanwhile
+                what, value = ("item", item) if item not in items else ("user", user)
+                item_errors.append((k, item, unknown_row_error(what, value).domain_error()))
+                keep[n] = False
+    rows = flat.rows[keep]
+    kept_items = flat.items if keep.all() else list(compress(flat.items, keep))
+    per_row = np.array(
+        [
+            (rid, ref.experiment_id if ref else None, ref.variant if ref else None)
+            for rid, ref in zip(raw.recommendation_ids, refs, strict=True)
+        ],
+        dtype=object,
+    ).reshape(len(refs), 3)[rows]
     return ImpressionArrays(
-        user_ids=np.array([users[u] for u in compress(flat.users, keep)], dtype=np.int64),
-        item_ids=np.array([items[i] for i in compress(flat.items, keep)], dtype=np.int64),
-        positions=np.array(flat.positions, dtype=np.int64)[keep],
+        user_ids=np.array(row_users, dtype=np.int64)[rows],
+        item_ids=np.fromiter(map(items.__getitem__, kept_items), dtype=np.int64, count=len(kept_items)),
+        positions=flat.positions[keep],
         shown_at=raw.timestamps[rows],
-        recommendation_ids=[raw.recommendation_ids[k] for k in rows],
-        experiment_ids=[ref.experiment_id if ref else None for ref in kept_refs],
-        variants=[ref.variant if ref else None for ref in kept_refs],
+        recommendation_ids=per_row[:, 0].tolist(),
+        experiment_ids=per_row[:, 1].tolist(),
+        variants=per_row[:, 2].tolist(),
     )
 
 

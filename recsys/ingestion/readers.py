@@ -31,6 +31,7 @@ from recsys.ingestion.rules import (
     RowError,
     event_fields,
     iso_micros,
+    plain_events_columns,
     recommendation_id_field,
 )
 
@@ -110,7 +111,16 @@ def _json_line(text: str) -> object:
 
 def json_rows_events_read(lines: Sequence[int], rows: Sequence[object]) -> RawEvents:
     """Event objects as the API takes them (from a batch, a JSON Lines file or a data set export);
-    ``lines`` numbers them in reports."""
+    ``lines`` numbers them in reports. A batch of well-formed objects is read a column at a time."""
+    columns = plain_events_columns(rows)
+    if columns is not None:
+        users, items, types, values, stamps, recommendation_ids = columns
+        return RawEvents(lines, users, items, types, values, stamps, {}, recommendation_ids)
+    return json_rows_events_read_each(lines, rows)
+
+
+def json_rows_events_read_each(lines: Sequence[int], rows: Sequence[object]) -> RawEvents:
+    """``json_rows_events_read`` a row at a time, each row's problem found (any batch)."""
     events: list[EventTuple] = []
     recommendation_ids: list[str | None] = []
     errors: Rejections = {}

@@ -7,7 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import repeat
+from operator import attrgetter, floordiv, sub
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -143,6 +145,80 @@ def event_fields(row: object) -> EventTuple:
     )
 
 
+# ---- a whole batch of well-formed event objects, column by column ---------------------------------
+
+EventColumns = tuple[list[str], list[str], list[str], Floats, Ints, list[str | None] | None]
+_NONE = type(None)
+_VALUE_TYPES = frozenset({int, float, _NONE})  # bool is refused: type(True) is bool
+_TEXT_OR_NONE = frozenset({str, _NONE})
+# Conversions to UTC that may overflow (years 1 and 9999): left to ``iso_micros``, which words the error.
+_SAFE_MICROS = (
+    (datetime(2, 1, 1, tzinfo=UTC) - EPOCH) // _MICROSECOND,
+    (datetime(9998, 12, 31, tzinfo=UTC) - EPOCH) // _MICROSECOND,
+)
+
+
+def plain_events_columns(rows: Sequence[object]) -> EventColumns | None:
+    """(users, items, types, values, timestamps, recommendation ids or None) of a batch whose every row
+    is a well-formed event object, read a column at a time (a batch of 1,000: ~3x cheaper than row by row);
+    None when any row is not, and ``event_fields`` must read them one by one to say why. Where it answers,
+    the columns are exactly those that ``event_fields`` and ``recommendation_id_field`` give.
+    """
+    if not rows or set(map(type, rows)) != {dict}:
+        return None
+    dicts = cast(Sequence[dict[str, Any]], rows)
+    if not EVENT_FIELDS.issuperset(set().union(*dicts)):
+        return None
+    if not all(all(map(dict.__contains__, dicts, repeat(name))) for name in REQUIRED_EVENT_FIELDS):
+        return None
+    users, items, types = ([row[name] for row in dicts] for name in REQUIRED_EVENT_FIELDS)
+    if any(set(map(type, column)) != {str} for column in (users, items, types)):
+        return None  # a non-string id or type: read as None, rejected row by row
+    values = _plain_values([row.get("value") for row in dicts])
+    stamps = _plain_timestamps([row.get("timestamp") for row in dicts])
+    ids = [row.get("recommendation_id") for row in dicts]
+    if values is None or stamps is None or not set(map(type, ids)) <= _TEXT_OR_NONE:
+        return None
+    named = [value for value in ids if value is not None]
+    if not all(map(_RECOMMENDATION_ID_RE.fullmatch, named)):
+        return None
+    return users, items, types, values, stamps, ids if named else None
+
+
+def _plain_values(values: list[object]) -> Floats | None:
+    if not set(map(type, values)) <= _VALUE_TYPES:
+        return None
+    try:
+        numbers = np.array(values, dtype=np.float64)  # None -> NaN
+    except OverflowError:
+        return None
+    finite = np.isfinite(numbers)
+    return numbers if np.count_nonzero(~finite) == values.count(None) else None  # NaN only where no value
+
+
+def _plain_timestamps(stamps: list[object]) -> Ints | None:
+    kinds = set(map(type, stamps))
+    if not kinds <= _TEXT_OR_NONE:
+        return None
+    given = stamps if _NONE not in kinds else [s for s in stamps if s is not None]
+    try:
+        moments = list(map(datetime.fromisoformat, cast(list[str], given)))
+    except ValueError:
+        return None
+    if None in set(map(attrgetter("tzinfo"), moments)):
+        return None
+    micros = np.fromiter(
+        map(floordiv, map(sub, moments, repeat(EPOCH)), repeat(_MICROSECOND)), dtype=np.int64, count=len(moments)
+    )
+    if len(micros) and (micros.min() < _SAFE_MICROS[0] or micros.max() > _SAFE_MICROS[1]):
+        return None
+    if len(given) == len(stamps):
+        return micros
+    out = np.full(len(stamps), NO_TIMESTAMP, dtype=np.int64)
+    out[[k for k, s in enumerate(stamps) if s is not None]] = micros
+    return out
+
+
 def _string_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -151,9 +227,16 @@ def value_number(value: object) -> float:
     """A JSON value: a finite number, or None (NaN: no value)."""
     if value is None:
         return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise RowError("value must be a finite number", value, fields=("value",), problem="not a finite number")
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range (JSON allows any number of digits)
+        return False
 
 
 def iso_micros(text: str) -> int:

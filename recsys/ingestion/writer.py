@@ -83,6 +83,37 @@ def ids_resolve(
         return ids, len(created)
 
 
+# ---- arrays as parameters --------------------------------------------------------------------------
+
+# Arrays travel as PostgreSQL array literals ('{1, 2, 3}', cast in the statement): psycopg dumps a
+# Python list element by element in Python (~1.4 ms per 1,000 integers, ~3.3 ms per 1,000 floats on
+# this machine, ~12 ms of an impressions batch's 23); the list's own repr, built in C, is 4-5x cheaper.
+
+
+def ints_literal(values: npt.NDArray[np.integer[Any]]) -> str:
+    """An integer array's literal ('{1, 2}')."""
+    return "{" + str(values.tolist())[1:-1] + "}"
+
+
+def floats_literal(values: npt.NDArray[np.floating[Any]]) -> str:
+    """A float array's literal; NaN stays NaN (a nullif in the statement makes it NULL where it means none)."""
+    return "{" + str(values.tolist())[1:-1] + "}"
+
+
+def texts_literal(values: Iterable[str | None]) -> str:
+    """A text array's literal: each string quoted (backslash and double quote escaped), None as NULL."""
+    return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
+
+
+def ints_or_nulls_literal(values: Iterable[int | None]) -> str:
+    """An integer array's literal with None as NULL."""
+    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _joined(external_ids: Iterable[str]) -> str:
     external_ids = list(external_ids)
     joined = ",".join(external_ids)
@@ -161,12 +192,12 @@ def events_merge(table: str, rules: EventRules) -> tuple[int, int]:
 def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
     return {
         "names": list(rules.names),
-        "user_ids": events.user_ids.tolist(),
-        "item_ids": events.item_ids.tolist(),
-        "codes": events.codes.tolist(),
-        "values": events.values.tolist(),
-        "weights": weights.tolist(),
-        "micros": events.timestamps.tolist(),
+        "user_ids": ints_literal(events.user_ids),
+        "item_ids": ints_literal(events.item_ids),
+        "codes": ints_literal(events.codes),
+        "values": floats_literal(events.values),
+        "weights": floats_literal(weights),
+        "micros": ints_literal(events.timestamps),
     }
 
 

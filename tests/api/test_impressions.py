@@ -68,6 +68,19 @@ def test_a_foreign_recommendation_id_is_stored_without_experiment(writer):
     assert (stored.recommendation_id, stored.experiment_id) == ("other-system:42", None)
 
 
+def test_ids_with_the_characters_of_an_array_literal_are_stored_as_sent(writer):
+    odd = 'a"b\\c{d},NULL'  # quotes, a backslash, braces, a comma: visible ASCII that ids may hold
+
+    body = send(
+        writer,
+        {"recommendation_id": odd, "user": "u1", "items": ["i1", "i2"], "timestamp": "2026-11-20T10:00:00Z"},
+        {"recommendation_id": "NULL", "user": "u2", "items": ["i1"], "timestamp": "2026-11-20T10:00:00Z"},
+    )
+
+    assert body["created"] == 3
+    assert sorted(Impression.objects.values_list("recommendation_id", flat=True)) == ["NULL", odd, odd]
+
+
 def test_bad_rows_and_bad_items_are_reported_alone_and_the_rest_is_stored(writer):
     future = (datetime.now(UTC) + timedelta(days=3)).isoformat()
     body = send(

@@ -140,3 +140,29 @@ def test_answer_computed_while_data_changed_is_never_served(settings, django_cap
     ask()
 
     assert len(calls) == 2  # the first answer was stored under the old token and never served
+
+
+def test_a_batch_renews_each_of_its_users_tokens_with_an_expiry_and_the_global_token_never_expires(
+    settings, django_capture_on_commit_callbacks
+):
+    from recsys import redis_store
+
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 300
+    owners = [f"user:u{n}" for n in range(2_000)]
+    keys = redis_store.keys(f"answers-token:{owner}" for owner in owners)
+    redis = redis_store.client("cache")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer_cache.answers_invalidate(owners=owners)
+    first = redis.mget(keys)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer_cache.answers_invalidate(owners=owners[:1_500])
+    second = redis.mget(keys)
+
+    assert all(first)
+    assert all(old != new for old, new in zip(first[:1_500], second[:1_500], strict=True))
+    assert first[1_500:] == second[1_500:]
+    assert {0 < redis.ttl(key) <= 360 for key in (keys[0], keys[-1])} == {True}
+    with django_capture_on_commit_callbacks(execute=True):
+        answer_cache.answers_invalidate_all()
+    assert redis.get(redis_store.key(answer_cache.GLOBAL)) and redis.ttl(redis_store.key(answer_cache.GLOBAL)) == -1

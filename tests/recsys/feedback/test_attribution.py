@@ -223,6 +223,93 @@ def test_a_late_impression_never_moves_an_attribution_or_claims_clicks_outside_t
     assert attributed()[("i1", "click")].variant == "a"
 
 
+def show_many(client, *rows):
+    response = client.post("/api/v1/impressions", {"impressions": list(rows)}, format="json")
+    assert response.status_code == 200 and not response.json()["errors"], response.content
+
+
+def attributed_pairs():
+    return sorted(
+        (a.user.external_id, a.item.external_id, a.event_type)
+        for a in Attribution.objects.select_related("user", "item")
+    )
+
+
+@override_settings(RECSYS_ATTRIBUTION_WINDOW=3600)
+def test_a_late_impression_batch_credits_only_clicks_of_its_own_users_and_items_in_the_window(writer):
+    # Clicks that arrived first (u1's is the only one a list of the batch led to), then the batch.
+    interact(
+        writer,
+        {"user": "u1", "item": "i1", "type": "click", "timestamp": at(timedelta(minutes=1))},
+        {"user": "u2", "item": "i1", "type": "view", "timestamp": at(timedelta(minutes=1))},  # no click
+        {"user": "u3", "item": "i9", "type": "click", "timestamp": at(timedelta(minutes=1))},  # not in u3's list
+        {"user": "u4", "item": "i1", "type": "click", "timestamp": at(timedelta(hours=1, seconds=1))},  # too late
+        {"user": "u5", "item": "i1", "type": "click", "timestamp": at(timedelta(minutes=1))},  # u5 is not shown it
+    )
+    assert Attribution.objects.count() == 0
+
+    show_many(
+        writer,
+        *({"user": user, "items": ["i1", "i2"], "timestamp": at()} for user in ("u1", "u2", "u3", "u4")),
+        {"user": "u5", "items": ["i2"], "timestamp": at()},
+    )
+
+    assert attributed_pairs() == [("u1", "i1", "click")]
+
+
+def test_an_impression_batch_whose_users_clicked_nothing_credits_nothing_and_stores_every_impression(writer):
+    interact(writer, {"user": "u1", "item": "i1", "type": "view", "timestamp": at(timedelta(minutes=1))})
+
+    body = writer.post(
+        "/api/v1/impressions",
+        {"impressions": [{"user": "u1", "items": ["i1", "i2"], "timestamp": at()}]},
+        format="json",
+    ).json()
+
+    assert (body["created"], Attribution.objects.count()) == (2, 0)
+
+
+@override_settings(RECSYS_ATTRIBUTION_WINDOW=3600)
+def test_one_batch_mixing_our_ids_other_ids_and_none_attributes_each_click_by_its_own_rule(writer):
+    ours = recommendation_id_mint(experiment_id=7, variant="a")  # minted now: its impressions from a day before
+    show(writer, ["i1"], recommendation_id=ours, when=T0 - timedelta(hours=20))  # far outside the 1 h window
+    show(writer, ["i2"], recommendation_id="partner-42", when=T0 - timedelta(days=40))  # another system's id
+    show(writer, ["i3"], when=T0 - timedelta(minutes=30))
+    show(writer, ["i4"], when=T0 - timedelta(hours=2))  # before the window of the click without id
+
+    interact(
+        writer,
+        {"user": "u1", "item": "i1", "type": "click", "recommendation_id": ours, "timestamp": at()},
+        {"user": "u1", "item": "i2", "type": "click", "recommendation_id": "partner-42", "timestamp": at()},
+        {"user": "u1", "item": "i3", "type": "click", "timestamp": at()},
+        {"user": "u1", "item": "i4", "type": "click", "timestamp": at()},
+    )
+
+    clicks = attributed()
+    assert sorted(clicks) == [("i1", "click"), ("i2", "click"), ("i3", "click")]
+    assert clicks[("i1", "click")].shown_at == T0 - timedelta(hours=20)
+    assert clicks[("i2", "click")].shown_at == T0 - timedelta(days=40)
+    assert clicks[("i3", "click")].shown_at == T0 - timedelta(minutes=30)
+
+
+def test_a_batch_without_click_type_events_writes_no_attribution_and_one_with_clicks_does(writer):
+    show(writer, ["i1", "i2"])
+
+    interact(
+        writer,
+        {"user": "u1", "item": "i1", "type": "view", "timestamp": at(timedelta(seconds=1))},
+        {"user": "u1", "item": "i2", "type": "dislike", "timestamp": at(timedelta(seconds=2))},
+    )
+    assert Attribution.objects.count() == 0
+
+    interact(
+        writer,
+        {"user": "u1", "item": "i1", "type": "view", "timestamp": at(timedelta(seconds=3))},
+        {"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(seconds=4))},
+    )
+    assert attributed_pairs() == [("u1", "i2", "click")]
+
+
 def test_impressions_and_attributions_are_stored_while_redis_is_down(writer, redis_down):
     show(writer, ["i1", "i2"])
     interact(writer, {"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(seconds=30))})

@@ -54,7 +54,7 @@ def test_a_ratings_weight_is_its_value(value):
     assert error is None and stored["weight"] == value == stored["value"]
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "4", [4], True])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "4", [4], True, 10**400])
 def test_non_finite_or_non_numeric_values_are_rejected(value):
     _, error = check(event(type="rating", value=value))
     assert error is not None and error.fields == ("value",) and error.reason == "value must be a finite number"
@@ -147,3 +147,80 @@ def test_a_valid_event_weighs_its_types_weight_times_its_value(user, item, kind,
     weight = {"dislike": -4.0, "purchase": 8.0, "rating": 1.0, "view": 1.0}[kind]
     assert stored["weight"] == (weight * value if kind == "rating" else weight)  # type: ignore[operator]
     assert stored["timestamp"] == NOW - age
+
+
+# A batch of well-formed event objects is read a column at a time; any other batch row by row. Both
+# readings give the same columns and the same errors, whatever the rows.
+WELL_FORMED = st.fixed_dictionaries(
+    {
+        "user": st.sampled_from(["u1", "u2", "user/7", "batch"]),
+        "item": st.sampled_from(["i1", "i2", "x:y"]),
+        "type": st.sampled_from(["view", "rating", "nope"]),
+    },
+    optional={
+        "value": st.none() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False, allow_infinity=False),
+        "timestamp": st.none()
+        | st.sampled_from(
+            [
+                "2026-05-31T10:00:00Z",
+                "2026-05-31T10:00:00.123456+05:30",
+                "2026-05-31T10:00:00",  # no zone
+                "0001-01-01T00:00:00+05:00",  # before year 1 in UTC
+                "9999-12-31T23:59:59-05:00",  # after year 9999 in UTC
+                "1969-12-31T23:59:59Z",
+                "2999-01-01T00:00:00Z",
+                "not a time",
+            ]
+        ),
+        "recommendation_id": st.none() | st.sampled_from(["r1", "r.kx2.AbCdEfGhIjKl", "", "x" * 81, 'a"{b}\\']),
+    },
+)
+ODD = st.one_of(
+    JSON,
+    WELL_FORMED.map(lambda row: {**row, "user": 5}),
+    WELL_FORMED.map(lambda row: {**row, "value": True}),
+    WELL_FORMED.map(lambda row: {**row, "timestamp": 1_700_000_000}),
+    WELL_FORMED.map(lambda row: {**row, "extra": 1}),
+    WELL_FORMED.map(lambda row: {k: v for k, v in row.items() if k != "item"}),
+    WELL_FORMED.map(lambda row: {**row, "value": 10**400}),
+)
+
+
+def _same_reading(rows: list[object]) -> None:
+    from recsys.ingestion.readers import json_rows_events_read, json_rows_events_read_each
+
+    lines = list(range(len(rows)))
+    expected = json_rows_events_read_each(lines, rows)
+    got = json_rows_events_read(lines, rows)
+    assert (got.users, got.items, got.types) == (expected.users, expected.items, expected.types)
+    assert np.array_equal(got.values, expected.values, equal_nan=True)
+    assert np.array_equal(got.timestamps, expected.timestamps)
+    assert got.recommendation_ids == expected.recommendation_ids
+    assert {k: (e.reason, e.detail, e.fields) for k, e in got.errors.items()} == {
+        k: (e.reason, e.detail, e.fields) for k, e in expected.errors.items()
+    }
+
+
+@given(st.lists(WELL_FORMED, max_size=8))
+def test_well_formed_batches_read_by_columns_as_row_by_row(rows):
+    _same_reading(rows)
+
+
+@given(st.lists(st.one_of(WELL_FORMED, ODD), max_size=8))
+def test_any_batch_reads_the_same_by_either_path(rows):
+    _same_reading(rows)
+
+
+def test_a_batch_of_well_formed_rows_takes_the_column_reading():
+    from recsys.ingestion.rules import plain_events_columns
+
+    rows = [
+        {"user": "u1", "item": "i1", "type": "view", "timestamp": "2026-05-31T10:00:00Z"},
+        {"user": "u2", "item": "i2", "type": "rating", "value": 4, "recommendation_id": "r1"},
+    ]
+    users, items, types, values, stamps, ids = plain_events_columns(rows)
+
+    assert (users, items, types, ids) == (["u1", "u2"], ["i1", "i2"], ["view", "rating"], [None, "r1"])
+    assert np.isnan(values[0]) and values[1] == 4.0
+    assert stamps[0] == (datetime(2026, 5, 31, 10, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+    assert plain_events_columns([*rows, {"user": "u3", "item": "i3"}]) is None  # a row missing its type
