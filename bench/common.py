@@ -181,6 +181,14 @@ def tree_rss_mb(master: psutil.Process) -> float:
     return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
 
 
+def section_read(name: str) -> str | None:
+    """The body between the markers named ``name`` in BENCHMARKS.md, or None."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
+    match = re.search(re.escape(start) + "\n?(.*?)" + re.escape(end), text, re.S)
+    return match.group(1) if match else None
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between markers named ``name`` in BENCHMARKS.md."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

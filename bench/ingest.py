@@ -12,6 +12,7 @@ import csv
 import http.client
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
 import statistics
@@ -20,6 +21,9 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import numpy as np
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -31,6 +35,7 @@ from common import (
     manage,
     postgres_cpu_seconds,
     scratch_database_url,
+    section_read,
     tree_rss_mb,
     write_section,
 )
@@ -140,7 +145,8 @@ def write_csv(path: Path, rows: int, *, start: datetime = EPOCH) -> None:
 
 
 def timed_import(database_url: str, *args: str) -> dict[str, float]:
-    """Wall seconds of a manage.py import, with the CPU seconds of the command and of PostgreSQL meanwhile."""
+    """Wall seconds of a manage.py import, with the CPU seconds of the command and of PostgreSQL meanwhile
+    and the machine's 1-minute load average at the end."""
     server, client = postgres_cpu_seconds(database_url), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     manage(database_url, *args, "--no-progress")
@@ -150,12 +156,14 @@ def timed_import(database_url: str, *args: str) -> dict[str, float]:
         "wall": wall,
         "client_cpu": after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime,
         "server_cpu": postgres_cpu_seconds(database_url) - server,
+        "load": os.getloadavg()[0],
     }
 
 
 def import_figures(database_url: str, csv_rows: int) -> dict[str, dict[str, float]]:
     """A fresh month (COPY into a standalone table, indexed and attached), the same file again (all
-    duplicates: the upsert path), and new rows into the month that now has rows (the upsert path)."""
+    duplicates: the upsert path), and new rows into the month that now has rows (the upsert path); and
+    the bare COPY of as many rows, the server's floor."""
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         path, later = Path(folder) / "events.csv", Path(folder) / "later.csv"
@@ -165,6 +173,8 @@ def import_figures(database_url: str, csv_rows: int) -> dict[str, dict[str, floa
             figures[name] = timed_import(database_url, "import_interactions", str(file))
             figures[name]["rows"] = csv_rows
             print(f"  import {name}: {_import_line(figures[name])}", flush=True)
+    figures["floor"] = copy_floor(database_url, csv_rows)
+    print(f"  bare COPY: {figures['floor']['server_cpu']:.1f} s PostgreSQL CPU", flush=True)
     if (MOVIELENS / "ratings.csv").exists():
         ratings = sum(1 for _ in (MOVIELENS / "ratings.csv").open()) - 1
         figures["movielens"] = timed_import(database_url, "import_movielens", str(MOVIELENS))
@@ -172,12 +182,54 @@ def import_figures(database_url: str, csv_rows: int) -> dict[str, dict[str, floa
     return figures
 
 
+def copy_floor(database_url: str, rows: int) -> dict[str, float]:
+    """PostgreSQL's CPU for a bare binary COPY of ``rows`` generated events (the import's shape: 100,000 users,
+    20,000 items, a second apart, no value, a block per type as the loader sends them) into an unindexed table
+    shaped like the interactions: the least the server spends per row whatever the importer does."""
+    rng = np.random.default_rng(7)
+    kinds = rng.integers(0, len(TYPES), rows)
+    first = int((EPOCH - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds())  # binary COPY counts from 2000
+    blocks = []
+    for name in sorted(set(TYPES)):
+        mine = np.flatnonzero(np.array(TYPES)[kinds] == name)
+        row = np.dtype(
+            [("fields", ">i2"), ("user_len", ">i4"), ("user", ">i8"), ("item_len", ">i4"), ("item", ">i8"),
+             ("weight_len", ">i4"), ("weight", ">f8"), ("ts_len", ">i4"), ("ts", ">i8"), ("value_len", ">i4"),
+             ("name_len", ">i4"), ("name", f"S{len(name)}")]
+        )  # fmt: skip
+        out = np.zeros(len(mine), dtype=row)
+        out["fields"], out["user_len"], out["item_len"], out["weight_len"], out["ts_len"] = 6, 8, 8, 8, 8
+        out["user"], out["item"] = rng.integers(1, 100_001, len(mine)), rng.integers(1, 20_001, len(mine))
+        out["weight"], out["value_len"], out["ts"] = 1.0, -1, (first + mine) * 1_000_000
+        out["name_len"], out["name"] = len(name), name.encode()
+        blocks.append(out.tobytes())
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_copy_floor (LIKE recsys_interaction INCLUDING DEFAULTS)")
+        try:
+            before, started = postgres_cpu_seconds(database_url), time.perf_counter()
+            with (
+                conn.cursor() as cursor,
+                cursor.copy(
+                    "COPY bench_copy_floor (user_id, item_id, weight, timestamp, value, event_type)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as stream,
+            ):
+                stream.write(b"PGCOPY\n\xff\r\n\x00" + bytes(8))
+                for block in blocks:
+                    stream.write(block)
+                stream.write(b"\xff\xff")
+            wall = time.perf_counter() - started
+            return {"rows": rows, "server_cpu": postgres_cpu_seconds(database_url) - before, "wall": wall}
+        finally:
+            conn.execute("DROP TABLE bench_copy_floor")
+
+
 def _import_line(figure: dict[str, float]) -> str:
     rows = figure["rows"]
     return (
         f"{rows / figure['wall']:,.0f} rows/s wall; CPU {figure['client_cpu']:.1f} s command + "
         f"{figure['server_cpu']:.1f} s PostgreSQL ({rows / max(figure['client_cpu'], figure['server_cpu']):,.0f} "
-        "rows per CPU-second of the busier side)"
+        f"rows per CPU-second of the busier side); load average {figure['load']:.1f}"
     )
 
 
@@ -207,7 +259,7 @@ def main() -> None:
     args = parser.parse_args()
 
     url = scratch_database_url("recsys_bench_ingest")
-    old_url = unpartitioned_database("recsys_bench_ingest_old")
+    old_url = unpartitioned_database("recsys_bench_ingest_old") if not args.no_api else ""
     one: dict[str, float] = {}
     fours: dict[str, list[dict[str, float]]] = {"partitioned": [], "unpartitioned": []}
     memory: list[tuple[int, float]] = []
@@ -235,7 +287,8 @@ def main() -> None:
         print(json.dumps(imports, indent=1))
     finally:
         drop_database(url)
-        drop_database(old_url)
+        if old_url:
+            drop_database(old_url)
     report(one, fours, memory, imports, workers, args)
 
 
@@ -244,72 +297,97 @@ def _mean(figures: list[dict[str, float]], key: str) -> float:
 
 
 def report(one, fours, memory, imports, workers, args) -> None:  # type: ignore[no-untyped-def]
-    lines = [
-        "## Ingestion (`bench/ingest.py`)",
-        "",
+    """The section's three parts, each between markers of its own: a part this run did not measure
+    (``--no-api``, ``--csv-rows 0``, ``--memory-rows 0``) keeps the figures BENCHMARKS.md has."""
+    parts = {
+        "ingest-api": api_lines(one, fours, workers) if one else None,
+        "ingest-imports": import_lines(imports, args) if imports else None,
+        "ingest-memory": memory_lines(memory) if memory else None,
+    }
+    lines = ["## Ingestion (`bench/ingest.py`)", ""]
+    for name, part in parts.items():
+        body = "\n".join(part) if part is not None else section_read(name)
+        if body is not None:
+            lines += [f"<!-- {name}:start -->", body.strip("\n"), f"<!-- {name}:end -->", ""]
+    write_section("ingest", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def api_lines(one, fours, workers) -> list[str]:  # type: ignore[no-untyped-def]
+    part, old = fours["partitioned"], fours["unpartitioned"]
+    return [
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers "
         "(as deployed, `gunicorn.conf.py`), clients in separate processes on loopback, batches of 1,000 new "
         "events into an empty database; the clients share the 2 cores with the server and PostgreSQL.",
         "",
+        "| path | events/s | batch p50 | batch p99 | failed batches | PostgreSQL CPU per 1,000 | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        f"| `POST /api/v1/interactions`, 1 client | {one['events_per_s']:,.0f} | {one['p50_ms']:.0f} ms | "
+        f"{one['p99_ms']:.0f} ms | {one['failed_batches']} | | |",
+        *[
+            f"| `POST /api/v1/interactions`, 4 clients, {name} (mean of {len(figs)} alternated runs) | "
+            f"{_mean(figs, 'events_per_s'):,.0f} | {_mean(figs, 'p50_ms'):.0f} ms | "
+            f"{_mean(figs, 'p99_ms'):.0f} ms | "
+            f"{sum(f['failed_batches'] for f in figs)} | {_mean(figs, 'pg_cpu_ms_per_1000'):.0f} ms | ≥ 20,000 |"
+            for name, figs in (("partitioned (now)", part), ("unpartitioned (before, migration 0004)", old))
+        ],
+        "",
+        f"Partitioned / unpartitioned, 4 clients: {_mean(part, 'events_per_s') / _mean(old, 'events_per_s'):.2f}× "
+        f"the events/s, {_mean(part, 'pg_cpu_ms_per_1000') / _mean(old, 'pg_cpu_ms_per_1000'):.2f}× PostgreSQL's "
+        "CPU per event (routing each row to its month's partition).",
     ]
-    if one:
-        part, old = fours["partitioned"], fours["unpartitioned"]
-        lines += [
-            "| path | events/s | batch p50 | batch p99 | failed batches | PostgreSQL CPU per 1,000 | target |",
-            "|---|---:|---:|---:|---:|---:|---|",
-            f"| `POST /api/v1/interactions`, 1 client | {one['events_per_s']:,.0f} | {one['p50_ms']:.0f} ms | "
-            f"{one['p99_ms']:.0f} ms | {one['failed_batches']} | | |",
-            *[
-                f"| `POST /api/v1/interactions`, 4 clients, {name} (mean of {len(figs)} alternated runs) | "
-                f"{_mean(figs, 'events_per_s'):,.0f} | {_mean(figs, 'p50_ms'):.0f} ms | "
-                f"{_mean(figs, 'p99_ms'):.0f} ms | "
-                f"{sum(f['failed_batches'] for f in figs)} | {_mean(figs, 'pg_cpu_ms_per_1000'):.0f} ms | ≥ 20,000 |"
-                for name, figs in (("partitioned (now)", part), ("unpartitioned (before, migration 0004)", old))
-            ],
-            "",
-            f"Partitioned / unpartitioned, 4 clients: {_mean(part, 'events_per_s') / _mean(old, 'events_per_s'):.2f}× "
-            f"the events/s, {_mean(part, 'pg_cpu_ms_per_1000') / _mean(old, 'pg_cpu_ms_per_1000'):.2f}× PostgreSQL's "
-            "CPU per event (routing each row to its month's partition).",
-            "",
-        ]
-    if imports:
-        lines += [
-            f"Imports of {args.csv_rows:,}-row CSVs (`import_interactions`; 100,000 users and 20,000 items named, "
-            "created on the way), CPU seconds of the command and of PostgreSQL measured beside wall time:",
-            "",
-            "| import | rows/s (wall) | command CPU | PostgreSQL CPU | rows per CPU-second, busier side | target |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        labels = {
-            "fresh": "a month with no rows yet: COPY into a standalone table, indexes after, ATTACH PARTITION",
-            "rerun": "the same file again (all duplicates: the idempotent upsert)",
-            "existing": "new rows into that month, which now has rows (the upsert path)",
-            "movielens": "`import_movielens` ml-latest-small ratings + movies + tags",
-        }
-        for name, label in labels.items():
-            if name in imports:
-                f = imports[name]
-                busier = max(f["client_cpu"], f["server_cpu"])
-                lines.append(
-                    f"| {label} | {f['rows'] / f['wall']:,.0f} | {f['client_cpu']:.1f} s | {f['server_cpu']:.1f} s | "
-                    f"{f['rows'] / busier:,.0f} | {'≥ 200,000' if name == 'fresh' else ''} |"
-                )
-    if memory:
-        first, warm, last = memory[0][1], memory[1][1], memory[-1][1]
+
+
+def import_lines(imports, args) -> list[str]:  # type: ignore[no-untyped-def]
+    loads = [f["load"] for f in imports.values() if "load" in f]
+    lines = [
+        f"Imports of {args.csv_rows:,}-row CSVs (`import_interactions`; 100,000 users and 20,000 items named, "
+        f"created on the way), measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}, the machine's "
+        f"1-minute load average {min(loads):.1f}–{max(loads):.1f} at the ends of the imports (other engineers' "
+        "work included); CPU seconds of the command (Django's start included) and of PostgreSQL beside wall time:",
+        "",
+        "| import | rows/s (wall) | command CPU | PostgreSQL CPU | rows per CPU-second, busier side | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    labels = {
+        "fresh": "a month with no rows yet: COPY into a standalone table, indexes after, ATTACH PARTITION",
+        "rerun": "the same file again (all duplicates: the idempotent upsert)",
+        "existing": "new rows into that month, which now has rows (the upsert path)",
+        "movielens": "`import_movielens` ml-latest-small ratings + movies + tags",
+    }
+    for name, label in labels.items():
+        if name in imports:
+            f = imports[name]
+            busier = max(f["client_cpu"], f["server_cpu"])
+            lines.append(
+                f"| {label} | {f['rows'] / f['wall']:,.0f} | {f['client_cpu']:.1f} s | {f['server_cpu']:.1f} s | "
+                f"{f['rows'] / busier:,.0f} | {'≥ 200,000' if name == 'fresh' else ''} |"
+            )
+    if "floor" in imports:
+        floor = imports["floor"]
         lines += [
             "",
-            f"Server memory (gunicorn master + workers, RSS) while ingesting {memory[-1][0]:,} events through "
-            f"the API with 4 clients: {first:.0f} MiB at start, {warm:.0f} MiB after the first "
-            f"{memory[1][0]:,} (workers that had not yet served a request load their code), {last:.0f} MiB at "
-            f"the end: {(last - warm) / warm:+.1%} over the last {memory[-1][0] - memory[1][0]:,} events.",
-            "",
-            "| events ingested | server RSS |",
-            "|---:|---:|",
-            *[f"| {rows:,} | {rss:.0f} MiB |" for rows, rss in memory],
+            f"The server's floor, measured in the same run: a bare binary COPY of {floor['rows']:,} such events "
+            f"into an unindexed table shaped like the interactions cost {floor['server_cpu']:.1f} s of PostgreSQL "
+            f"CPU ({floor['server_cpu'] * 1e6 / floor['rows']:.1f} µs a row), "
+            f"{imports['fresh']['server_cpu'] / floor['server_cpu']:.1f}× less than the whole fresh-month import "
+            "(which adds the users and items, the index builds, the foreign-key checks of ATTACH).",
         ]
-    lines += ["", IMPORT_NOTE]
-    write_section("ingest", "\n".join(lines))
-    print("\n".join(lines))
+    return [*lines, "", IMPORT_NOTE]
+
+
+def memory_lines(memory) -> list[str]:  # type: ignore[no-untyped-def]
+    first, warm, last = memory[0][1], memory[1][1], memory[-1][1]
+    return [
+        f"Server memory (gunicorn master + workers, RSS) while ingesting {memory[-1][0]:,} events through "
+        f"the API with 4 clients: {first:.0f} MiB at start, {warm:.0f} MiB after the first "
+        f"{memory[1][0]:,} (workers that had not yet served a request load their code), {last:.0f} MiB at "
+        f"the end: {(last - warm) / warm:+.1%} over the last {memory[-1][0] - memory[1][0]:,} events.",
+        "",
+        "| events ingested | server RSS |",
+        "|---:|---:|",
+        *[f"| {rows:,} | {rss:.0f} MiB |" for rows, rss in memory],
+    ]
 
 
 if __name__ == "__main__":

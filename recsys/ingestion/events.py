@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
-from itertools import compress
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from django.conf import settings
 
 from recsys.db import atomic_with_retry
@@ -22,6 +22,7 @@ from recsys.ingestion.rules import (
     EventArrays,
     EventRules,
     Ints,
+    Labels,
     RawEvents,
     Rejections,
     events_check,
@@ -83,24 +84,36 @@ def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
     """Row ids for the accepted rows' users and items, creating the missing ones (items only when
     ``create_items``); rows whose item (or, deleted meanwhile, user) has none are rejected."""
     raw, rejected = checked.raw, checked.rejected
-    items, items_created = ids_resolve(model=Item, external_ids=_kept(raw.items, rejected), create=create_items)
-    _reject_missing(raw.items, items, "item", rejected)
-    users, users_created = ids_resolve(model=User, external_ids=_kept(raw.users, rejected), create=True)
-    _reject_missing(raw.users, users, "user", rejected)
-    keep = np.ones(len(raw.lines), dtype=bool)
-    keep[list(rejected)] = False
-    user_column, item_column = _kept(raw.users, rejected), _kept(raw.items, rejected)
-    events = EventArrays(
-        _ids_map(users, user_column),
-        _ids_map(items, item_column),
-        checked.codes[keep],
-        raw.values[keep],
-        raw.timestamps[keep],
-    )
+    item_ids, _, items_created = _row_ids(raw.items, rejected, "item", model=Item, create=create_items)
+    user_ids, users, users_created = _row_ids(raw.users, rejected, "user", model=User, create=True)
+    keep = _accepted(len(raw.lines), rejected)
+    events = EventArrays(user_ids[keep], item_ids[keep], checked.codes[keep], raw.values[keep], raw.timestamps[keep])
     recommendation_ids = None
     if raw.recommendation_ids is not None:
         recommendation_ids = [r for k, r in enumerate(raw.recommendation_ids) if k not in rejected]
     return _Resolved(events, users, users_created, items_created, recommendation_ids)
+
+
+def _row_ids(
+    column: Labels, rejected: Rejections, what: str, *, model: type[User] | type[Item], create: bool
+) -> tuple[Ints, dict[str, int], int]:
+    """Each row's database id (-1 on rejected rows), resolved once per distinct id of the accepted rows;
+    rows whose id has none are rejected (in place). Also the ids by name, and how many were created."""
+    named = column.present(_accepted(len(column), rejected))
+    names = cast(list[str], [name for name, wanted in zip(column.names, named, strict=True) if wanted])
+    ids, created = ids_resolve(model=model, external_ids=names, create=create)
+    per_name = np.array([ids.get(name, -1) if name is not None else -1 for name in column.names], dtype=np.int64)
+    row_ids = column.of_names(per_name)
+    for k in np.flatnonzero(row_ids < 0).tolist():
+        if k not in rejected:
+            rejected[k] = unknown_row_error(what, cast(str, column[k]))
+    return row_ids, ids, created
+
+
+def _accepted(size: int, rejected: Rejections) -> npt.NDArray[np.bool_]:
+    keep = np.ones(size, dtype=bool)
+    keep[list(rejected)] = False
+    return keep
 
 
 def _stored(
@@ -115,27 +128,6 @@ def _stored(
         counts = events_write(resolved.events, rules, copy=copy)
     clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
     return counts
-
-
-def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
-    """A column's values on the accepted rows: never None, rows without a valid id are rejected."""
-    if not rejected:
-        return cast(list[str], list(column))
-    keep = [k not in rejected for k in range(len(column))]
-    return cast(list[str], list(compress(column, keep)))
-
-
-def _reject_missing(column: Sequence[str | None], ids: dict[str, int], what: str, rejected: Rejections) -> None:
-    absent = set(column) - ids.keys() - {None}
-    if not absent:  # the common case, without a Python step per row
-        return
-    for k, external_id in enumerate(column):
-        if k not in rejected and external_id in absent:
-            rejected[k] = unknown_row_error(what, cast(str, external_id))
-
-
-def _ids_map(ids: dict[str, int], external_ids: list[str]) -> Ints:
-    return np.fromiter(map(ids.__getitem__, external_ids), dtype=np.int64, count=len(external_ids))
 
 
 # ---- API batches ---------------------------------------------------------------------------------

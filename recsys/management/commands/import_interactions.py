@@ -56,7 +56,8 @@ class Command(BaseCommand):
             raise CommandError(f"{path} is not a file")
         form = file_format(path, options["format"])
         create_items = settings.RECSYS_AUTO_CREATE_ITEMS and not options["no_create_items"]
-        total = options["limit"] or data_lines(path) - (form == "csv")
+        # Counting the lines reads the whole file once more: only for a bar that is shown.
+        total = None if options["no_progress"] else options["limit"] or data_lines(path) - (form == "csv")
         try:
             with progress_bar(total, disabled=options["no_progress"]) as bar:
                 report = interactions_load(
