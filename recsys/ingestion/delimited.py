@@ -203,7 +203,8 @@ _MICROS_UTC = pa.timestamp("us", tz="UTC")
 def values_parse(texts: pa.Array) -> tuple[Floats, Rejections]:
     """Text → float64; '' means no value (NaN); anything else must be a finite number."""
     values = np.full(len(texts), np.nan)
-    slow = pc.binary_length(texts).to_numpy(zero_copy_only=False) > 0
+    given = pc.binary_length(texts).to_numpy(zero_copy_only=False) > 0
+    slow = given.copy()
     fast = pc.match_substring_regex(texts, _DECIMAL).to_numpy(zero_copy_only=False)
     if fast.any():
         try:
@@ -214,12 +215,10 @@ def values_parse(texts: pa.Array) -> tuple[Floats, Rejections]:
     others = np.flatnonzero(slow)
     if len(others):
         values[others] = [_float_or_nan(text) for text in texts.take(others).to_pylist()]
+    bad = np.flatnonzero(given & ~np.isfinite(values))
     errors = {
-        int(k): RowError(
-            "value must be a finite number", texts[k].as_py(), fields=("value",), problem="not a finite number"
-        )
-        for k in np.flatnonzero(~np.isfinite(values))
-        if texts[k].as_py()
+        k: RowError("value must be a finite number", text, fields=("value",), problem="not a finite number")
+        for k, text in zip(bad.tolist(), texts.take(bad).to_pylist(), strict=True)
     }
     return values, errors
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -85,11 +86,12 @@ class EventRules:
     # Types whose events are attributed to recommendations (EventType.counts_as_click); None: none are.
     clicks: npt.NDArray[np.bool_] | None = None
 
-    def codes(self, types: Labels) -> Codes:
+    def codes(self, types: Labels | Sequence[str | None]) -> Codes:
         """Each row's type code, -1 for an unknown type."""
+        labels = types if isinstance(types, Labels) else Labels.of(types)
         index = {name: code for code, name in enumerate(self.names)}
-        per_name = np.array([index.get(name, -1) for name in types.names], dtype=np.int16)  # type: ignore[arg-type]
-        return types.of_names(per_name)
+        per_name = np.array([index.get(name, -1) for name in labels.names], dtype=np.int16)  # type: ignore[arg-type]
+        return labels.of_names(per_name)
 
     def needs_value(self, codes: Codes) -> npt.NDArray[np.bool_]:
         return np.append(self.uses_value, False)[codes]  # code -1 (unknown type) lands on the False
@@ -206,10 +208,13 @@ def micros_now() -> int:
 # ---- the rules on whole columns ------------------------------------------------------------------
 
 
-def events_check(raw: RawEvents, rules: EventRules, now_us: int) -> tuple[Codes, Rejections]:
+def events_check(
+    raw: RawEvents, rules: EventRules, now_us: int, *, valid_ids: set[str] | None = None
+) -> tuple[Codes, Rejections]:
     """Apply every event rule to whole columns: each row's type code, and the rows rejected (first reason wins).
 
-    Rows without a timestamp get ``now_us`` (in place).
+    Rows without a timestamp get ``now_us`` (in place). ``valid_ids``: ids found valid by earlier chunks of the
+    same file, not checked again (and added to, up to ``KNOWN_IDS_MAX``).
     """
     codes = rules.codes(raw.types)
     stamps = raw.timestamps
@@ -219,8 +224,8 @@ def events_check(raw: RawEvents, rules: EventRules, now_us: int) -> tuple[Codes,
     low, high = rules.value_min, rules.value_max
     stamps_outside = (stamps < 0) | (stamps > now_us + _MAX_SKEW_US)
     checks: list[tuple[npt.NDArray[np.bool_], Any, str, str, str]] = [  # (rows, what to show, reason, field, problem)
-        (_invalid_ids(raw.users), raw.users, "invalid user id", "user", "invalid id"),
-        (_invalid_ids(raw.items), raw.items, "invalid item id", "item", "invalid id"),
+        (_invalid_ids(raw.users, valid_ids), raw.users, "invalid user id", "user", "invalid id"),
+        (_invalid_ids(raw.items, valid_ids), raw.items, "invalid item id", "item", "invalid id"),
         (codes < 0, raw.types, "unknown event type", "type", "unknown event type"),
         (given & (np.abs(raw.values) > MAX_VALUE), raw.values, VALUE_RANGE, "value", "out of range"),
         (
@@ -251,10 +256,25 @@ class _MicrosAsText:
             return f"{self.micros[k] / US:.0f} s since 1970"
 
 
-def _invalid_ids(column: Labels | Sequence[str | None]) -> npt.NDArray[np.bool_]:
+def _invalid_ids(column: Labels | Sequence[str | None], known: set[str] | None = None) -> npt.NDArray[np.bool_]:
     labels = column if isinstance(column, Labels) else Labels.of(column)
-    valid = np.fromiter(map(is_external_id, labels.names), dtype=bool, count=len(labels.names))  # each id once
+    check = is_external_id if known is None else partial(_known_or_valid, known)
+    valid = np.fromiter(map(check, labels.names), dtype=bool, count=len(labels.names))  # each id once
     return ~labels.of_names(valid)
+
+
+# Ids a file import remembers across its chunks (valid ones, row ids by name), per kind: ~100 bytes each.
+KNOWN_IDS_MAX = 1_000_000
+
+
+def _known_or_valid(known: set[str], value: str | None) -> bool:
+    if value in known:
+        return True
+    if not is_external_id(value):
+        return False
+    if len(known) < KNOWN_IDS_MAX:
+        known.add(value)  # type: ignore[arg-type]  # valid: a string
+    return True
 
 
 # ---- events ready to store ----------------------------------------------------------------------

@@ -36,6 +36,8 @@ def events_read(path: Path, form: str, limit: int | None) -> Iterator[RawEvents]
 
 
 class Command(BaseCommand):
+    # The system checks import every URL, view and schema module (~1 s of CPU) and judge nothing an import uses.
+    requires_system_checks: list[str] = []
     help = (
         "Import interactions from CSV (header: user,item,type[,value][,timestamp]; timestamps ISO 8601 with a "
         "zone or unix seconds) or JSON Lines (objects as in POST /interactions). Unknown users are created, "
