@@ -40,14 +40,15 @@ from common import (
     write_section,
 )
 
-IMPORT_NOTE = """Imports into months that hold nothing yet COPY into a standalone table per month and build its
-indexes after (then ATTACH PARTITION): PostgreSQL's CPU per new row fell from ~29 µs (the upsert into
-an indexed table, still the path for months that have rows) to ~6.4 µs, 4.5x less. The 200,000 rows/s
-target is not met on this 2-core machine: the command's own CPU is now the limit, ~10 s per million
-rows (1.8 s starting Django, ~4.6 s reading, parsing and checking the CSV, the rest resolving new
-users and items and building the COPY), so one core caps the path near 100,000 rows/s; see
-docs/scaling.md for what would close the gap. Wall figures on this shared VM (load average 16-24
-while measuring) are several times the CPU figures: read the CPU columns."""
+IMPORT_NOTE = """Imports into months that hold nothing yet COPY into a standalone table per month (created with its
+month's range as a CHECK), build its indexes after and ATTACH it as the partition; the CSV is read by
+Arrow's C++ reader, the rules run on whole columns and once per distinct id, and a file's chunks
+remember the ids earlier chunks resolved (docs/scaling.md, Bulk imports). The 200,000 rows/s target
+is not met on this shared 2-core machine: PostgreSQL is now the busier side, and of its CPU per new
+event the bare COPY above is the floor; the rest is creating the new users and items (their id CHECK's
+regular expression, `{1,128}`, costs ~8 µs per new id in PostgreSQL 16), the four B-tree builds and
+ATTACH's two foreign-key checks. Wall figures on this shared VM are several times the CPU figures:
+read the CPU columns."""
 BATCH = 1000
 TYPES = ["view"] * 6 + ["click"] * 2 + ["add_to_cart", "purchase", "like", "dislike"]
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)  # + seed x 1,000 s stays in the past
