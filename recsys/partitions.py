@@ -179,13 +179,20 @@ def month_is_fresh(*, month: date) -> bool:
 def partition_load_create(*, month: date) -> str:
     """A standalone table shaped like the interactions, without indexes, to COPY one month into; committed
     at once so that a chunk's retried transaction keeps it. Named after this session, so that a crashed
-    load's table is found and dropped (``partition_loads_sweep``)."""
+    load's table is found and dropped (``partition_loads_sweep``).
+
+    It holds the month's range as a CHECK from the start: each COPYed row is checked as it arrives (no
+    scan of its own), and ATTACH, finding the constraint valid, skips its scan of the table."""
     partition_loads_sweep()
+    lower, upper = _bounds(month)
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pid = cursor.fetchone()[0]  # type: ignore[index]
         table = f"{LOAD_PREFIX}{pid}_{month.year:04d}{month.month:02d}_{secrets.token_hex(3)}"
-        cursor.execute(f"CREATE TABLE {table} (LIKE {PARENT} INCLUDING DEFAULTS)")
+        cursor.execute(
+            f"CREATE TABLE {table} (LIKE {PARENT} INCLUDING DEFAULTS,"
+            f" CONSTRAINT {table}_range CHECK (timestamp >= '{lower}' AND timestamp < '{upper}'))"
+        )
     return table
 
 
@@ -195,15 +202,14 @@ def partition_load_attach(*, table: str, month: date) -> int | None:
     caller merges them instead)."""
     lower, upper = _bounds(month)
     with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
+        )
         _load_keys_add(cursor, table)
         cursor.execute(f"SELECT count(*) FROM {table}")
         loaded = int(cursor.fetchone()[0])  # type: ignore[index]
         for statement in _LOAD_INDEXES:
             cursor.execute(statement.format(t=table))
-        # A validated CHECK of the range lets ATTACH skip its own scan of the table under the parent's lock.
-        cursor.execute(
-            f"ALTER TABLE {table} ADD CONSTRAINT {table}_range CHECK (timestamp >= '{lower}' AND timestamp < '{upper}')"
-        )
         existing = partition_name(month)
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [existing])
         if cursor.fetchone()[0]:  # type: ignore[index]

@@ -362,6 +362,10 @@ if RECSYS_TRAIN_INTERVAL_MINUTES:
 # created and, when RECSYS_INTERACTION_RETENTION_DAYS > 0, drops whole months older than that (0: never).
 RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
 RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
+# Memory of each index build of a bulk import's month table and of ATTACH's foreign-key checks
+# (PostgreSQL's maintenance_work_mem, set for that transaction only): a build whose sort does not fit
+# spills to disk: a month of 1M events needs ~100 MB for its unique key's sort, over PostgreSQL's default 64 MB.
+RECSYS_IMPORT_INDEX_MEMORY_MB = env_int("RECSYS_IMPORT_INDEX_MEMORY_MB", 256, minimum=1)
 CELERY_BEAT_SCHEDULE["interaction-partitions"] = {
     "task": "recsys.tasks.interaction_partitions_maintain",
     "schedule": 3600.0,

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from recsys.feedback.store import ClickArrays, attributions_write
+from recsys.feedback.store import ClickArrays, attributions_write, impressions_within
 from recsys.ingestion.rules import EPOCH, EventArrays, EventRules
 from recsys.recommendation_ids import recommendation_id_read
 
@@ -27,6 +27,8 @@ def clicks_attribute(*, events: EventArrays, rules: EventRules, recommendation_i
     ids: list[str | None] = (
         [None] * len(positions) if recommendation_ids is None else [recommendation_ids[int(k)] for k in positions]
     )
+    if not any(ids) and not impressions_within(events.timestamps[positions]):
+        return 0  # no id to credit and no impression the window reaches (a bulk import of history)
     refs = [recommendation_id_read(value) if value else None for value in ids]
     codes, values = events.codes[positions], events.values[positions]
     return attributions_write(

@@ -144,6 +144,28 @@ _ATTRIBUTIONS_INSERT = """
 """
 
 
+_IMPRESSIONS_WITHIN = """
+    SELECT EXISTS (
+        SELECT 1 FROM recsys_impression
+        WHERE shown_at BETWEEN timestamptz 'epoch' + %(first)s * interval '1 microsecond'
+                                   - %(window)s * interval '1 second'
+                           AND timestamptz 'epoch' + %(last)s * interval '1 microsecond'
+    )
+"""
+
+
+def impressions_within(timestamps: Ints, *, window_seconds: int | None = None) -> bool:
+    """Whether any impression was shown within the attribution window before the clicks at ``timestamps``
+    (µs): without one, clicks that name no recommendation id have nothing to be credited to. Partition
+    pruning makes this free for months without impressions (an import of history)."""
+    window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
+    with sql_cursor() as cursor:
+        cursor.execute(
+            _IMPRESSIONS_WITHIN, {"first": int(timestamps.min()), "last": int(timestamps.max()), "window": window}
+        )
+        return bool(cursor.fetchone()[0])  # type: ignore[index]
+
+
 def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None) -> int:
     """Attribute click-type events (one statement per batch); returns how many attributions are new.
 

@@ -7,21 +7,24 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
-from itertools import compress
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from django.conf import settings
+from django.db import IntegrityError
 
 from recsys.db import atomic_with_retry
 from recsys.feedback.attribution import clicks_attribute
 from recsys.ingestion.readers import batch_events_read, read_ahead
 from recsys.ingestion.report import BatchResult, ImportReport
 from recsys.ingestion.rules import (
+    KNOWN_IDS_MAX,
     Codes,
     EventArrays,
     EventRules,
     Ints,
+    Labels,
     RawEvents,
     Rejections,
     events_check,
@@ -68,39 +71,83 @@ class _Resolved:
     """The accepted events by database id, the id of each of their users, and what was created."""
 
     events: EventArrays
-    users: dict[str, int]
+    users: dict[str, int]  # the row ids of the users asked of the database (not known from earlier chunks)
     users_created: int
     items_created: int
     recommendation_ids: list[str | None] | None  # of the accepted rows, when any row named one
+    items: dict[str, int] = field(default_factory=dict)  # as ``users``: the ids asked of the database
 
 
-def _check(raw: RawEvents, rules: EventRules, now_us: int) -> _Checked:
-    """Pure, so that a file's next chunk is checked on the read-ahead thread."""
-    return _Checked(raw, *events_check(raw, rules, now_us))
+@dataclass
+class _Known:
+    """What a file's earlier chunks established about its ids, so that a chunk checks and asks the database
+    only about ids it has not met (at most ``KNOWN_IDS_MAX`` of each kind are kept): the valid ones, and the
+    row ids of users and items. A user or item deleted meanwhile makes a chunk fail its foreign key at
+    commit: the chunk is then redone with the row ids forgotten."""
+
+    valid: set[str] = field(default_factory=set)
+    users: dict[str, int] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        self.users.clear()
+        self.items.clear()
 
 
-def _resolve(checked: _Checked, *, create_items: bool) -> _Resolved:
+def _check(raw: RawEvents, rules: EventRules, now_us: int, known: _Known | None = None) -> _Checked:
+    """Pure but for ``known``'s memo, so that a file's next chunk is checked on the read-ahead thread."""
+    return _Checked(raw, *events_check(raw, rules, now_us, valid_ids=None if known is None else known.valid))
+
+
+def _resolve(checked: _Checked, *, create_items: bool, known: _Known | None = None) -> _Resolved:
     """Row ids for the accepted rows' users and items, creating the missing ones (items only when
     ``create_items``); rows whose item (or, deleted meanwhile, user) has none are rejected."""
     raw, rejected = checked.raw, checked.rejected
-    items, items_created = ids_resolve(model=Item, external_ids=_kept(raw.items, rejected), create=create_items)
-    _reject_missing(raw.items, items, "item", rejected)
-    users, users_created = ids_resolve(model=User, external_ids=_kept(raw.users, rejected), create=True)
-    _reject_missing(raw.users, users, "user", rejected)
-    keep = np.ones(len(raw.lines), dtype=bool)
-    keep[list(rejected)] = False
-    user_column, item_column = _kept(raw.users, rejected), _kept(raw.items, rejected)
-    events = EventArrays(
-        _ids_map(users, user_column),
-        _ids_map(items, item_column),
-        checked.codes[keep],
-        raw.values[keep],
-        raw.timestamps[keep],
+    item_ids, items, items_created = _row_ids(
+        raw.items, rejected, "item", model=Item, create=create_items, known=None if known is None else known.items
     )
+    user_ids, users, users_created = _row_ids(
+        raw.users, rejected, "user", model=User, create=True, known=None if known is None else known.users
+    )
+    keep = _accepted(len(raw.lines), rejected)
+    events = EventArrays(user_ids[keep], item_ids[keep], checked.codes[keep], raw.values[keep], raw.timestamps[keep])
     recommendation_ids = None
     if raw.recommendation_ids is not None:
         recommendation_ids = [r for k, r in enumerate(raw.recommendation_ids) if k not in rejected]
-    return _Resolved(events, users, users_created, items_created, recommendation_ids)
+    return _Resolved(events, users, users_created, items_created, recommendation_ids, items)
+
+
+def _row_ids(
+    column: Labels,
+    rejected: Rejections,
+    what: str,
+    *,
+    model: type[User] | type[Item],
+    create: bool,
+    known: dict[str, int] | None = None,
+) -> tuple[Ints, dict[str, int], int]:
+    """Each row's database id (-1 on rejected rows), resolved once per distinct id of the accepted rows (those
+    not ``known`` already); rows whose id has none are rejected (in place). Also the ids asked of the database
+    by name, and how many were created."""
+    named = column.present(_accepted(len(column), rejected))
+    names = cast(list[str], [name for name, wanted in zip(column.names, named, strict=True) if wanted])
+    known = {} if known is None else known
+    asked = [name for name in names if name not in known] if known else names
+    ids, created = ids_resolve(model=model, external_ids=asked, create=create) if asked else ({}, 0)
+    per_name = np.array(
+        [ids.get(name, known.get(name, -1)) if name is not None else -1 for name in column.names], dtype=np.int64
+    )
+    row_ids = column.of_names(per_name)
+    for k in np.flatnonzero(row_ids < 0).tolist():
+        if k not in rejected:
+            rejected[k] = unknown_row_error(what, cast(str, column[k]))
+    return row_ids, ids, created
+
+
+def _accepted(size: int, rejected: Rejections) -> npt.NDArray[np.bool_]:
+    keep = np.ones(size, dtype=bool)
+    keep[list(rejected)] = False
+    return keep
 
 
 def _stored(
@@ -115,27 +162,6 @@ def _stored(
         counts = events_write(resolved.events, rules, copy=copy)
     clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
     return counts
-
-
-def _kept(column: Sequence[str | None], rejected: Rejections) -> list[str]:
-    """A column's values on the accepted rows: never None, rows without a valid id are rejected."""
-    if not rejected:
-        return cast(list[str], list(column))
-    keep = [k not in rejected for k in range(len(column))]
-    return cast(list[str], list(compress(column, keep)))
-
-
-def _reject_missing(column: Sequence[str | None], ids: dict[str, int], what: str, rejected: Rejections) -> None:
-    absent = set(column) - ids.keys() - {None}
-    if not absent:  # the common case, without a Python step per row
-        return
-    for k, external_id in enumerate(column):
-        if k not in rejected and external_id in absent:
-            rejected[k] = unknown_row_error(what, cast(str, external_id))
-
-
-def _ids_map(ids: dict[str, int], external_ids: list[str]) -> Ints:
-    return np.fromiter(map(ids.__getitem__, external_ids), dtype=np.int64, count=len(external_ids))
 
 
 # ---- API batches ---------------------------------------------------------------------------------
@@ -242,11 +268,11 @@ def interactions_load(
     """Store events from a file chunk by chunk, with the API's rules, creating unknown users (and items
     unless told not to). Bad rows are rejected and reported, never fatal; re-loading changes nothing."""
     rules, report, started = event_rules_load(), ImportReport(), time.perf_counter()
-    now_us = micros_now()
+    now_us, known = micros_now(), _Known()
     loads = _MonthLoads(rules)
     try:
-        for checked in read_ahead(_check(raw, rules, now_us) for raw in chunks):
-            _chunk_store(checked, rules, create_items, report, loads)
+        for checked in read_ahead(_check(raw, rules, now_us, known) for raw in chunks):
+            _chunk_store(checked, rules, create_items, report, loads, known)
             if progress:
                 progress(len(checked.raw.lines))
         _loads_finish(loads, report)
@@ -265,7 +291,7 @@ def _loads_finish(loads: _MonthLoads, report: ImportReport) -> None:
 
 
 def _chunk_store(
-    checked: _Checked, rules: EventRules, create_items: bool, report: ImportReport, loads: _MonthLoads
+    checked: _Checked, rules: EventRules, create_items: bool, report: ImportReport, loads: _MonthLoads, known: _Known
 ) -> None:
     first_rejected = dict(checked.rejected)
     raw = checked.raw
@@ -273,10 +299,19 @@ def _chunk_store(
 
     def work() -> tuple[_Resolved, tuple[int, int, int]]:
         checked.rejected = dict(first_rejected)  # a retried transaction starts again
-        resolved = _resolve(checked, create_items=create_items)
+        resolved = _resolve(checked, create_items=create_items, known=known)
         return resolved, _stored(resolved, rules, copy=True, loads=loads)
 
-    resolved, (created, updated, _) = atomic_with_retry(work)
+    try:
+        resolved, (created, updated, _) = atomic_with_retry(work)
+    except IntegrityError:  # a known user or item was deleted meanwhile: resolve (or create) them again
+        if not (known.users or known.items):
+            raise
+        known.forget()
+        resolved, (created, updated, _) = atomic_with_retry(work)
+    for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
+        if len(mine) < KNOWN_IDS_MAX:
+            mine.update(found)  # committed: safe for the next chunks
     rejected = checked.rejected
     report.rows += len(raw.lines)
     report.users_created += resolved.users_created

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from itertools import islice
-from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,18 +16,13 @@ from recsys.errors import ValidationFailed
 from recsys.ingestion.rules import (
     EMPTY_EVENT,
     EVENT_FIELDS,
-    NO_TIMESTAMP,
     REQUIRED_EVENT_FIELDS,
-    TIMESTAMP_RANGE,
-    US,
     EventTuple,
-    Floats,
-    Ints,
+    Labels,
     RawEvents,
     Rejections,
     RowError,
     event_fields,
-    iso_micros,
     plain_events_columns,
     recommendation_id_field,
 )
@@ -61,11 +53,14 @@ def csv_events_read(
 
     ``rename`` maps other header names onto those; ``event_type`` stands in for a missing type column.
     """
+    from recsys.ingestion import delimited  # pyarrow: loaded by file imports only (0.3 s, ~60 MB)
+
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [(rename or {}).get(name.strip(), name.strip().lower()) for name in next(reader, [])]
-        positions = _header_positions(header, has_type=event_type is not None)
-        yield from _delimited_chunks(reader, positions, len(header), 2, event_type, limit, chunk_rows)
+        names = next(csv.reader(handle), [])
+    header = [(rename or {}).get(name.strip(), name.strip().lower()) for name in names]
+    positions = _header_positions(header, has_type=event_type is not None)
+    layout = delimited.Layout(path, positions, len(header), ",", "utf-8-sig", header_rows=1)
+    yield from delimited.delimited_read(layout, event_type=event_type, limit=limit, chunk_rows=chunk_rows)
 
 
 def delimited_events_read(
@@ -78,10 +73,13 @@ def delimited_events_read(
     chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[RawEvents]:
     """Chunks of a header-less delimited file whose columns are at known ``positions``."""
+    from recsys.ingestion import delimited  # pyarrow: loaded by file imports only
+
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        width = max(positions.values()) + 1
-        yield from _delimited_chunks(reader, positions, width, 1, event_type, limit, chunk_rows)
+        first = next(csv.reader(handle, delimiter=delimiter), [])
+    width = max(positions.values()) + 1
+    layout = delimited.Layout(path, positions, width, delimiter, "utf-8", header_rows=0, fields=max(width, len(first)))
+    yield from delimited.delimited_read(layout, event_type=event_type, limit=limit, chunk_rows=chunk_rows)
 
 
 def jsonl_events_read(path: Path, *, limit: int | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[RawEvents]:
@@ -138,9 +136,9 @@ def json_rows_events_read_each(lines: Sequence[int], rows: Sequence[object]) -> 
     users, items, types, values, stamps = zip(*events, strict=True) if events else ((), (), (), (), ())
     return RawEvents(
         lines,
-        list(users),
-        list(items),
-        list(types),
+        Labels.of(users),
+        Labels.of(items),
+        Labels.of(types),
         np.array(values, dtype=np.float64),
         np.array(stamps, dtype=np.int64),
         errors,
@@ -159,123 +157,6 @@ def _header_positions(header: list[str], *, has_type: bool) -> dict[str, int]:
     if missing:
         raise ValidationFailed(f"the CSV header needs column(s): {', '.join(missing)}")
     return {name: header.index(name) for name in header}
-
-
-def _delimited_chunks(
-    reader: Iterator[list[str]],
-    positions: dict[str, int],
-    width: int,
-    first_line: int,
-    event_type: str | None,
-    limit: int | None,
-    chunk_rows: int,
-) -> Iterator[RawEvents]:
-    for rows in batches(islice(reader, limit), chunk_rows):
-        yield _rows_events(rows, positions, width, range(first_line, first_line + len(rows)), event_type)
-        first_line += len(rows)
-
-
-def _rows_events(
-    rows: list[list[str]], positions: dict[str, int], width: int, lines: range, event_type: str | None
-) -> RawEvents:
-    errors: Rejections = {}
-    for position in [k for k, row in enumerate(rows) if len(row) < width]:
-        errors[position] = RowError(f"expected {width} fields", f"got {len(rows[position])}", problem="too few fields")
-        rows[position] = [""] * width
-
-    def column(name: str) -> list[str]:
-        return list(map(itemgetter(positions[name]), rows)) if name in positions else [""] * len(rows)
-
-    values, value_errors = values_parse(column("value"))
-    timestamps, timestamp_errors = timestamps_parse(column("timestamp"))
-    types = [event_type] * len(rows) if event_type else column("type")
-    recommendation_ids = None
-    if "recommendation_id" in positions:
-        recommendation_ids, id_errors = recommendation_ids_parse(column("recommendation_id"))
-        errors = {**id_errors, **errors}
-    errors = {**timestamp_errors, **value_errors, **errors}
-    return RawEvents(lines, column("user"), column("item"), types, values, timestamps, errors, recommendation_ids)
-
-
-def recommendation_ids_parse(texts: list[str]) -> tuple[list[str | None], Rejections]:
-    """A file's recommendation id column: '' means none."""
-    ids: list[str | None] = []
-    errors: Rejections = {}
-    for k, text in enumerate(texts):
-        try:
-            ids.append(recommendation_id_field({"recommendation_id": text or None}))
-        except RowError as error:
-            errors[k] = error
-            ids.append(None)
-    return ids, errors
-
-
-def values_parse(texts: list[str]) -> tuple[Floats, Rejections]:
-    """Text → float64; '' means no value (NaN); anything else must be a finite number."""
-    try:
-        values = np.array(texts, dtype=np.float64)  # all rows have a value: parsed in C
-    except ValueError:
-        values = np.array([_float_or_nan(text) for text in texts], dtype=np.float64)
-    errors = {
-        int(k): RowError("value must be a finite number", texts[k], fields=("value",), problem="not a finite number")
-        for k in np.flatnonzero(~np.isfinite(values))
-        if texts[k]
-    }
-    return values, errors
-
-
-def _float_or_nan(text: str) -> float:
-    try:
-        return float(text) if text else math.nan
-    except ValueError:
-        return math.inf  # reported as not a finite number
-
-
-def timestamps_parse(texts: list[str]) -> tuple[Ints, Rejections]:
-    """Unix seconds or ISO 8601 with a zone → microseconds since the epoch; '' → NO_TIMESTAMP."""
-    try:
-        seconds = np.array(texts, dtype=np.int64)  # whole unix seconds: parsed in C
-        return np.clip(seconds, -(10**12), 10**12) * US, {}  # clipped: out of range stays out of range
-    except (ValueError, OverflowError):
-        pass
-    try:
-        return _iso_column_micros(texts), {}
-    except (ValueError, OverflowError):
-        return _timestamps_parse_each(texts)
-
-
-def _iso_column_micros(texts: list[str]) -> Ints:
-    """All ISO 8601 with a zone (raises ValueError or OverflowError otherwise): 3x faster than row by row."""
-    moments = list(map(datetime.fromisoformat, texts))
-    if any(moment.tzinfo is None for moment in moments):
-        raise ValueError("a timestamp without a zone")
-    seconds = np.fromiter(map(datetime.timestamp, moments), dtype=np.float64, count=len(moments))
-    return np.round(seconds * US).astype(np.int64)  # exact: the float's error is far below 0.5 µs
-
-
-def _timestamps_parse_each(texts: list[str]) -> tuple[Ints, Rejections]:
-    micros: list[int] = []
-    errors: Rejections = {}
-    for k, text in enumerate(texts):
-        try:
-            micros.append(timestamp_micros(text))
-        except RowError as error:
-            errors[k] = error
-            micros.append(NO_TIMESTAMP)
-    return np.array(micros, dtype=np.int64), errors
-
-
-def timestamp_micros(text: str) -> int:
-    """One timestamp as unix seconds or ISO 8601 with a zone → microseconds since the epoch."""
-    if not text:
-        return NO_TIMESTAMP
-    try:
-        seconds = float(text)
-    except ValueError:
-        return iso_micros(text)
-    if not math.isfinite(seconds) or abs(seconds) > 1e12:
-        raise RowError(TIMESTAMP_RANGE, text, fields=("timestamp",), problem="out of range")
-    return round(seconds * US)
 
 
 # ---- chunking ------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import repeat
 from operator import attrgetter, floordiv, sub
 from typing import Any, cast
@@ -87,10 +88,12 @@ class EventRules:
     # Types whose events are attributed to recommendations (EventType.counts_as_click); None: none are.
     clicks: npt.NDArray[np.bool_] | None = None
 
-    def codes(self, names: Sequence[str | None]) -> Codes:
-        """Each name's code, -1 for an unknown type."""
+    def codes(self, types: Labels | Sequence[str | None]) -> Codes:
+        """Each row's type code, -1 for an unknown type."""
+        labels = types if isinstance(types, Labels) else Labels.of(types)
         index = {name: code for code, name in enumerate(self.names)}
-        return np.array([index.get(name, -1) for name in names], dtype=np.int16)  # type: ignore[arg-type]
+        per_name = np.array([index.get(name, -1) for name in labels.names], dtype=np.int16)  # type: ignore[arg-type]
+        return labels.of_names(per_name)
 
     def needs_value(self, codes: Codes) -> npt.NDArray[np.bool_]:
         return np.append(self.uses_value, False)[codes]  # code -1 (unknown type) lands on the False
@@ -100,14 +103,44 @@ class EventRules:
         return self.weights[codes] * np.where(self.uses_value[codes], values, 1.0)
 
 
+class Labels:
+    """A column of strings as its distinct values and each row's position among them (a dictionary
+    encoding): the rules check each distinct id once and ids resolve once per distinct value, never a
+    Python step per row. Indexing a row gives its value, as a list would."""
+
+    def __init__(self, names: Sequence[str | None], index: npt.NDArray[np.int32]) -> None:
+        self.names = list(names)
+        self.index = index
+
+    @classmethod
+    def of(cls, column: Iterable[str | None]) -> Labels:
+        positions: dict[str | None, int] = {}
+        index = np.fromiter((positions.setdefault(value, len(positions)) for value in column), dtype=np.int32)
+        return cls(list(positions), index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> str | None:
+        return self.names[self.index[k]]
+
+    def of_names(self, per_name: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """A value per distinct name → that value on every row."""
+        return per_name[self.index]
+
+    def present(self, rows: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """Which distinct names occur on ``rows`` (a mask over the rows)."""
+        return np.bincount(self.index[rows], minlength=len(self.names)) > 0
+
+
 @dataclass
 class RawEvents:
     """Events as read (from a file or an API batch), column by column, with the rows found unreadable."""
 
     lines: Sequence[int]  # where each row came from, for reports: a file line or a batch index
-    users: Sequence[str | None]
-    items: Sequence[str | None]
-    types: Sequence[str | None]
+    users: Labels
+    items: Labels
+    types: Labels
     values: Floats  # NaN where the row has no value
     timestamps: Ints  # microseconds since the epoch; NO_TIMESTAMP where the row has none
     errors: Rejections = field(default_factory=dict)
@@ -258,10 +291,13 @@ def micros_now() -> int:
 # ---- the rules on whole columns ------------------------------------------------------------------
 
 
-def events_check(raw: RawEvents, rules: EventRules, now_us: int) -> tuple[Codes, Rejections]:
+def events_check(
+    raw: RawEvents, rules: EventRules, now_us: int, *, valid_ids: set[str] | None = None
+) -> tuple[Codes, Rejections]:
     """Apply every event rule to whole columns: each row's type code, and the rows rejected (first reason wins).
 
-    Rows without a timestamp get ``now_us`` (in place).
+    Rows without a timestamp get ``now_us`` (in place). ``valid_ids``: ids found valid by earlier chunks of the
+    same file, not checked again (and added to, up to ``KNOWN_IDS_MAX``).
     """
     codes = rules.codes(raw.types)
     stamps = raw.timestamps
@@ -271,8 +307,8 @@ def events_check(raw: RawEvents, rules: EventRules, now_us: int) -> tuple[Codes,
     low, high = rules.value_min, rules.value_max
     stamps_outside = (stamps < 0) | (stamps > now_us + _MAX_SKEW_US)
     checks: list[tuple[npt.NDArray[np.bool_], Any, str, str, str]] = [  # (rows, what to show, reason, field, problem)
-        (_invalid_ids(raw.users), raw.users, "invalid user id", "user", "invalid id"),
-        (_invalid_ids(raw.items), raw.items, "invalid item id", "item", "invalid id"),
+        (_invalid_ids(raw.users, valid_ids), raw.users, "invalid user id", "user", "invalid id"),
+        (_invalid_ids(raw.items, valid_ids), raw.items, "invalid item id", "item", "invalid id"),
         (codes < 0, raw.types, "unknown event type", "type", "unknown event type"),
         (given & (np.abs(raw.values) > MAX_VALUE), raw.values, VALUE_RANGE, "value", "out of range"),
         (
@@ -303,11 +339,25 @@ class _MicrosAsText:
             return f"{self.micros[k] / US:.0f} s since 1970"
 
 
-def _invalid_ids(column: Sequence[str | None]) -> npt.NDArray[np.bool_]:
-    invalid = {value for value in set(column) if not is_external_id(value)}  # ids repeat: check each once
-    if not invalid:
-        return np.zeros(len(column), dtype=bool)
-    return np.fromiter((value in invalid for value in column), dtype=bool, count=len(column))
+def _invalid_ids(column: Labels | Sequence[str | None], known: set[str] | None = None) -> npt.NDArray[np.bool_]:
+    labels = column if isinstance(column, Labels) else Labels.of(column)
+    check = is_external_id if known is None else partial(_known_or_valid, known)
+    valid = np.fromiter(map(check, labels.names), dtype=bool, count=len(labels.names))  # each id once
+    return ~labels.of_names(valid)
+
+
+# Ids a file import remembers across its chunks (valid ones, row ids by name), per kind: ~100 bytes each.
+KNOWN_IDS_MAX = 1_000_000
+
+
+def _known_or_valid(known: set[str], value: str | None) -> bool:
+    if value in known:
+        return True
+    if not is_external_id(value):
+        return False
+    if len(known) < KNOWN_IDS_MAX:
+        known.add(value)  # type: ignore[arg-type]  # valid: a string
+    return True
 
 
 # ---- events ready to store ----------------------------------------------------------------------

@@ -36,6 +36,8 @@ def events_read(path: Path, form: str, limit: int | None) -> Iterator[RawEvents]
 
 
 class Command(BaseCommand):
+    # The system checks import every URL, view and schema module (~1 s of CPU) and judge nothing an import uses.
+    requires_system_checks: list[str] = []
     help = (
         "Import interactions from CSV (header: user,item,type[,value][,timestamp]; timestamps ISO 8601 with a "
         "zone or unix seconds) or JSON Lines (objects as in POST /interactions). Unknown users are created, "
@@ -56,7 +58,8 @@ class Command(BaseCommand):
             raise CommandError(f"{path} is not a file")
         form = file_format(path, options["format"])
         create_items = settings.RECSYS_AUTO_CREATE_ITEMS and not options["no_create_items"]
-        total = options["limit"] or data_lines(path) - (form == "csv")
+        # Counting the lines reads the whole file once more: only for a bar that is shown.
+        total = None if options["no_progress"] else options["limit"] or data_lines(path) - (form == "csv")
         try:
             with progress_bar(total, disabled=options["no_progress"]) as bar:
                 report = interactions_load(

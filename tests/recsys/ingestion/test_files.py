@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from recsys.ingestion.events import interactions_load
-from recsys.ingestion.readers import csv_events_read
+from recsys.ingestion.events import interactions_ingest, interactions_load
+from recsys.ingestion.readers import csv_events_read, json_rows_events_read
+from recsys.ingestion.rules import RawEvents
 from recsys.models import EventType, Interaction, Item, User
 from tests.factories import ItemFactory
 
@@ -292,3 +294,23 @@ def test_chunks_report_rejected_rows_by_their_file_line(tmp_path: Path) -> None:
         "line 5: unknown event type ('teleport')",
         "line 8: unknown event type ('teleport')",
     ]
+
+
+@pytest.mark.django_db(transaction=True)  # the reader thread deletes through a connection of its own
+def test_a_user_deleted_while_their_file_is_imported_is_created_again_for_the_later_chunks() -> None:
+    interactions_ingest(rows=[{"user": "carol", "item": "book-1", "type": "view", "timestamp": "2024-03-05T10:00:00Z"}])
+
+    def event(user: str, day: int) -> dict[str, str]:
+        return {"user": user, "item": "book-1", "type": "view", "timestamp": f"2024-03-{day:02d}T10:00:00Z"}
+
+    def chunks() -> Iterator[RawEvents]:
+        yield json_rows_events_read([1], [event("alice", 1)])
+        yield json_rows_events_read([2], [event("bob", 2)])
+        User.objects.filter(external_id="alice").delete()  # after chunk 1 stored, before chunk 3 is
+        yield json_rows_events_read([3], [event("alice", 3)])
+
+    report = interactions_load(chunks=chunks())
+
+    assert (report.created, report.rejected) == (3, 0)  # alice (cascaded away with her), bob, alice again
+    assert [row[:2] for row in stored_events()] == [("alice", "book-1"), ("bob", "book-1"), ("carol", "book-1")]
+    assert Interaction.objects.get(user__external_id="alice").timestamp == datetime(2024, 3, 3, 10, tzinfo=UTC)
