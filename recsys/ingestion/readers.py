@@ -113,7 +113,9 @@ def json_rows_events_read(lines: Sequence[int], rows: Sequence[object]) -> RawEv
     columns = plain_events_columns(rows)
     if columns is not None:
         users, items, types, values, stamps, recommendation_ids = columns
-        return RawEvents(lines, users, items, types, values, stamps, {}, recommendation_ids)
+        return RawEvents(
+            lines, Labels.of(users), Labels.of(items), Labels.of(types), values, stamps, {}, recommendation_ids
+        )
     return json_rows_events_read_each(lines, rows)
 
 

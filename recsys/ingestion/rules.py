@@ -124,6 +124,14 @@ class Labels:
     def __getitem__(self, k: int) -> str | None:
         return self.names[self.index[k]]
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when every row has the same value (however the distinct values are numbered)."""
+        if not isinstance(other, Labels):
+            return NotImplemented
+        return len(self) == len(other) and all(self[k] == other[k] for k in range(len(self)))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
     def of_names(self, per_name: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """A value per distinct name → that value on every row."""
         return per_name[self.index]
