@@ -319,6 +319,8 @@ def test_a_user_deleted_while_their_file_is_imported_is_created_again_for_the_la
 
     report = interactions_load(chunks=chunks())
 
-    assert (report.created, report.rejected) == (3, 0), report.errors  # alice (cascaded away with her), bob, alice again
+    assert (report.created, report.rejected) == (3, 0), (
+        report.errors
+    )  # alice (cascaded away with her), bob, alice again
     assert [row[:2] for row in stored_events()] == [("alice", "book-1"), ("bob", "book-1"), ("carol", "book-1")]
     assert Interaction.objects.get(user__external_id="alice").timestamp == datetime(2024, 3, 3, 10, tzinfo=UTC)
