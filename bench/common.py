@@ -165,15 +165,7 @@ def postgres_cpu_seconds(database_url: str) -> float:
         backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
         postmaster = backend.parent()
         assert postmaster is not None
-        own = postmaster.cpu_times()
-        total = own.user + own.system + own.children_user + own.children_system
-        for child in postmaster.children():
-            try:
-                times = child.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
+        return tree_cpu_seconds(postmaster)  # its backends and background processes have no children
 
 
 def tree_cpu_seconds(master: psutil.Process) -> float:
