@@ -23,9 +23,11 @@ demo: install
 serve: install
 	$(PY) -m recsys.run serve
 
-## test: the whole suite against the configured services (embedded ones when no URLs are set)
+## test: the whole suite against the configured services (embedded ones when no URLs are set), in
+## TEST_WORKERS pytest-xdist processes (each with its own test database and Redis databases)
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m recsys.run exec -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m recsys.run exec -- $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## test-unit: the pure modules' tests alone (learners, tuning, evaluation, encoders, rules...): seconds, nothing started
 test-unit: install

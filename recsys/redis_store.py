@@ -1,11 +1,11 @@
 """Every Redis client of the project, one per process and purpose, and a breaker for the cache.
 
-Purposes: ``cache`` is the cache's database (CACHES, database 1); ``broker`` is REDIS_URL's
-database, where Celery's queues and the fold-in bookkeeping live (database 0 of a Unix-socket
-Redis). Both fail within half a second and never retry: Redis is an accelerator here, never the
-source of truth, so callers catch the error (``RedisUnavailable`` through ``run``) and carry on
-without it. The breaker keeps a dead Redis from costing every request a connect timeout.
-Celery's own connections (broker, results) are configured in settings, not here.
+Purposes: ``cache`` is the cache's database (CACHES: the one after REDIS_URL's); ``broker`` is
+REDIS_URL's database, where Celery's queues and the fold-in bookkeeping live (database 0 of a
+Unix-socket Redis whose URL names none). Both fail within half a second and never retry: Redis is
+an accelerator here, never the source of truth, so callers catch the error (``RedisUnavailable``
+through ``run``) and carry on without it. The breaker keeps a dead Redis from costing every request
+a connect timeout. Celery's own connections (broker, results) are configured in settings, not here.
 """
 
 from __future__ import annotations

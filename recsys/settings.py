@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from recsys import embedded
 from recsys.env import env_bool, env_duration, env_float, env_int, env_list, env_path, env_rate, env_str
+from recsys.redis_urls import CACHE_OFFSET, RESULTS_OFFSET, celery_redis_url, redis_base_db, redis_db_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env_path("RECSYS_DATA_DIR", BASE_DIR / ".data")
@@ -111,6 +112,8 @@ def database_config(url: str) -> dict[str, object]:
 # never start them (the supervisor `python -m recsys.run` does; manage.py says so when they are down).
 DATABASE_URL = env_str("DATABASE_URL") or embedded.postgres_address(DATA_DIR)
 REDIS_URL = env_str("REDIS_URL") or embedded.redis_address(DATA_DIR)
+# REDIS_URL's database holds the queues, the next two the cache and the task results (recsys.redis_urls).
+REDIS_DB = redis_base_db(REDIS_URL)
 DATABASES = {"default": database_config(DATABASE_URL)}
 # Read replicas (zero or more streaming standbys of DATABASE_URL): serving reads go to a healthy one
 # (recsys/replicas.py), everything else to the primary. Each is an alias replica_1, replica_2, ...
@@ -144,25 +147,10 @@ if RECSYS_READ_YOUR_WRITES_SECONDS < RECSYS_REPLICA_MAX_LAG_SECONDS + RECSYS_REP
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def redis_db_url(url: str, db: int) -> str:
-    """The same Redis server, another logical database (cache apart from the Celery queues)."""
-    if url.startswith("unix://"):
-        return f"{url.split('?', 1)[0]}?db={db}"
-    parts = urlsplit(url)
-    return parts._replace(path=f"/{db}").geturl()
-
-
-def celery_redis_url(url: str, db: int, *, scheme: str = "redis") -> str:
-    """Kombu and Celery spell a Unix socket ``<scheme>+socket://`` with the database as virtual_host."""
-    if url.startswith("unix://"):
-        return f"{scheme}+socket://{url.removeprefix('unix://').split('?', 1)[0]}?virtual_host={db}"
-    return redis_db_url(url, db)
-
-
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": redis_db_url(REDIS_URL, 1),
+        "LOCATION": redis_db_url(REDIS_URL, REDIS_DB + CACHE_OFFSET),
         "KEY_PREFIX": "recsys",
         "TIMEOUT": 300,
         # Fail fast when Redis is away: serving goes on uncached, throttling fails open.
@@ -262,14 +250,15 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.strict_schema"],
 }
 
-# Logical databases of one Redis: 0 queues (or whatever REDIS_URL names), 1 cache, 2 task results.
+# Logical databases of one Redis: REDIS_URL's own (0 if it names none) the queues, the next the cache,
+# the one after the task results (recsys.redis_urls).
 # The broker is recsys.broker's transport (kombu's Redis transport made to survive an outage with
 # tasks in flight): named by the URL's scheme for a Unix socket, by broker_transport otherwise.
 CELERY_BROKER_URL = (
-    celery_redis_url(REDIS_URL, 0, scheme="recsysredis") if REDIS_URL.startswith("unix://") else REDIS_URL
+    celery_redis_url(REDIS_URL, REDIS_DB, scheme="recsysredis") if REDIS_URL.startswith("unix://") else REDIS_URL
 )
 CELERY_BROKER_TRANSPORT = "recsysredis" if REDIS_URL.startswith(("redis://", "unix://")) else None
-CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL, 2)
+CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL, REDIS_DB + RESULTS_OFFSET)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

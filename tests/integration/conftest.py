@@ -18,8 +18,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def live_env(transactional_db: None) -> Iterator[dict[str, str]]:
-    """Environment for child processes: the test database and Redis, a free port, eager mode off."""
+def live_env(transactional_db: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for child processes: the test database and Redis, a free port, eager mode off, and
+    a data folder of their own (beat's schedule file: tests on other xdist workers run their own beat)."""
     db = connection.settings_dict
     host = db["HOST"] or "localhost"
     auth = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
@@ -38,7 +39,13 @@ def live_env(transactional_db: None) -> Iterator[dict[str, str]]:
         EventType.objects.get_or_create(
             name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
         )
-    env.update(DATABASE_URL=url, REDIS_URL=settings.REDIS_URL, PORT=str(free_port()), WEB_CONCURRENCY="2")
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        PORT=str(free_port()),
+        WEB_CONCURRENCY="2",
+        RECSYS_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+    )
     yield env
     # Version tables are not Django's: drop them before the test database is flushed.
     from embeddings.models import ModelVersion, VectorSpace

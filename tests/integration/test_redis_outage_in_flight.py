@@ -13,7 +13,7 @@ import pytest
 from embeddings import tasks
 from recsys.api_keys import api_key_create
 from recsys.celery import app
-from recsys.settings import celery_redis_url
+from recsys.redis_urls import celery_redis_url
 from tests.integration.faults import PrivateRedis, http, ok, poll, serving, train
 from tests.integration.test_process_crash import supervised
 from tests.integration.test_redis_outage import catalogue, communities

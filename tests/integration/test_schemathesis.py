@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 EXAMPLES = int(os.environ.get("RECSYS_SCHEMATHESIS_EXAMPLES", "10"))  # per operation and mode
-SCOPES = [["read"], ["write"], ["admin"], ["read", "write", "admin"]]
+# The key of every scope reaches every operation's code: it gets the examples. A key of one scope is
+# refused (403) on the operations of the others and sees the same code on its own: fewer do.
+SCOPES = [(["read", "write", "admin"], EXAMPLES), (["read"], 4), (["write"], 4), (["admin"], 4)]
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def api_server(live_env, tmp_path):
 
 def test_schemathesis_finds_nothing_with_a_key_of_each_scope(api_server, tmp_path):
     failures = []
-    for scopes in SCOPES:
+    for scopes, examples in SCOPES:
         _, key = api_key_create(name=f"schemathesis-{'-'.join(scopes)}", scopes=scopes, rate_limit="1000000/min")
         command = [
             str(SCHEMATHESIS),
@@ -75,7 +77,7 @@ def test_schemathesis_finds_nothing_with_a_key_of_each_scope(api_server, tmp_pat
             "--checks",
             "all",
             "--max-examples",
-            str(EXAMPLES),
+            str(examples),
             "--seed",
             "1",
             "--workers",

@@ -27,11 +27,12 @@ def test_each_purpose_gets_one_client_per_process(fresh_clients):
     assert redis_store.client("cache") is not redis_store.client("broker")
 
 
-def test_the_cache_and_the_queues_are_different_databases_of_one_server(fresh_clients):
+def test_the_cache_and_the_queues_are_different_databases_of_one_server(fresh_clients, settings):
     cache, broker = redis_store.client("cache"), redis_store.client("broker")
 
-    assert cache.connection_pool.connection_kwargs["db"] == 1
-    assert broker.connection_pool.connection_kwargs["db"] == 0
+    # REDIS_URL's database (0 unless it names one; each pytest-xdist worker's is 3 further on) and the next.
+    assert broker.connection_pool.connection_kwargs["db"] == settings.REDIS_DB
+    assert cache.connection_pool.connection_kwargs["db"] == settings.REDIS_DB + 1
     broker.set("redis-store-test", "queues", ex=5)
     assert broker.get("redis-store-test") == b"queues" and cache.get("redis-store-test") is None
 

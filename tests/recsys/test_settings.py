@@ -10,7 +10,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from recsys.env import env_bool, env_duration, env_float, env_int, env_list
-from recsys.settings import celery_redis_url, database_config, redis_db_url
+from recsys.redis_urls import celery_redis_url, redis_base_db, redis_db_url
+from recsys.settings import database_config
 
 
 def test_database_url_with_socket_host_in_query():
@@ -45,6 +46,32 @@ def test_database_url_of_another_engine_fails_loudly():
 )
 def test_redis_database_is_swapped_for_the_cache(url, expected):
     assert redis_db_url(url, 1) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "db"),
+    [
+        ("redis://h:6379/4", 4),
+        ("redis://h:6379", 0),
+        ("redis://h:6379/", 0),
+        ("unix:///r.sock?db=7", 7),
+        ("unix:///r.sock", 0),
+    ],
+)
+def test_the_database_redis_url_names_is_read(url, db):
+    assert redis_base_db(url) == db
+
+
+def test_the_cache_and_results_take_the_two_databases_after_redis_urls():
+    # Two deployments (or two pytest-xdist workers) share one Redis by naming databases three apart.
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:6379/4", "RECSYS_INSECURE_DEV_KEY": "true"}
+    code = (
+        "import recsys.settings as s; "
+        "print(s.CACHES['default']['LOCATION'], s.CELERY_BROKER_URL, s.CELERY_RESULT_BACKEND)"
+    )
+    answer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+    assert answer.stdout.split() == ["redis://127.0.0.1:6379/5", "redis://127.0.0.1:6379/4", "redis://127.0.0.1:6379/6"]
 
 
 def test_bad_environment_values_fail_loudly(monkeypatch):
