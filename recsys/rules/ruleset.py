@@ -98,10 +98,6 @@ class RuleSet:
             version=self.version + other.version,
         )
 
-    def where(self) -> Compiled | None:
-        """Every filter of the set as one SQL condition, or None without filters."""
-        return filters_compile(self.filters) if self.filters else None
-
 
 NO_RULES = RuleSet()
 
