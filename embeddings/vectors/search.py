@@ -24,6 +24,12 @@ from recsys.replicas import read_alias
 from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
+# A user's seen items are among their nearest candidates and are skipped after the index, so on
+# pgvector < 0.8 their search starts at ef_search >= 4 × limit. Measured on ml-latest-small
+# (bench/rules.py, the depth 30 of a boost at limit 10): at ef_search 64, 58% of users kept fewer
+# than 30 candidates and searched again (1.7 statements a request); from 256, 1.1, and 609 of 610
+# users' 30 candidates equal an exact search's (582 at 64). A limit of 10 still starts at 64.
+SEEN_MARGIN = 4
 
 
 @dataclass(frozen=True)
@@ -71,16 +77,15 @@ def nearest_items(
 
 
 def _widened(
-    search: Callable[..., list[Neighbour] | None], limit: int, *, widen: bool = True
+    search: Callable[..., list[Neighbour] | None], limit: int, *, widen: bool = True, margin: int = 1
 ) -> list[Neighbour] | None:
     """``search(session=..., local=...)`` until it finds ``limit`` rows, widening the HNSW search
-    on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated."""
+    on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated.
+    ``margin``: the first search asks the index for at least ``margin`` × ``limit`` candidates."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
         return search(session=(("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
-    # The index answers at most ef_search rows: starting below ``limit`` would only search twice
-    # (the ranking stage's 100-deep retrieval did, at ef_search 64).
-    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
+    ef_search = ef_search_first(limit, margin)
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
         if not widen:
@@ -91,6 +96,17 @@ def _widened(
     if rows is not None and len(rows) < limit:  # a very selective filter: an exact scan finds every match
         rows = search(local=(("enable_indexscan", "off"),))
     return rows
+
+
+def ef_search_first(limit: int, margin: int = 1) -> int:
+    """The first ef_search of a widening search on pgvector < 0.8: the index answers at most
+    ef_search rows, so starting below ``limit`` would only search twice (the ranking stage's
+    100-deep retrieval did, at ef_search 64); below ``margin`` × ``limit``, the first rung of the
+    ×4 ladder from ef_search_start that reaches it."""
+    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
+    while ef_search < min(margin * limit, EF_SEARCH_MAX):
+        ef_search = min(ef_search * 4, EF_SEARCH_MAX)
+    return ef_search
 
 
 def ef_search_start() -> int:
@@ -226,7 +242,7 @@ def user_nearest_items(
         found = (_neighbour(r[1:]) for r in rows if r[1] is not None)
         return sorted(found, key=lambda n: -n.score)
 
-    return _widened(search, limit)
+    return _widened(search, limit, margin=SEEN_MARGIN)
 
 
 def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql.Composed:

@@ -98,19 +98,6 @@ class RuleSet:
             version=self.version + other.version,
         )
 
-    def where(self) -> Compiled | None:
-        """Every filter of the set as one SQL condition, or None without filters."""
-        if not self.filters:
-            return None
-        compiled = [filter_compile(text, prefix=f"rule_f{n}_") for n, text in enumerate(self.filters)]
-        params: dict[str, Any] = {}
-        for c in compiled:
-            params.update(c.params)
-        return Compiled(" AND ".join(c.sql for c in compiled), params)
-
-    def boost_conditions(self) -> list[tuple[Compiled, float]]:
-        return [(filter_compile(b.expression, prefix=f"rule_b{n}_"), b.factor) for n, b in enumerate(self.boosts)]
-
 
 NO_RULES = RuleSet()
 
@@ -121,27 +108,53 @@ def filter_compile(text: str, *, prefix: str) -> Compiled:
     return expression_compile(text, prefix=prefix)
 
 
-def item_conditions(rules: RuleSet) -> tuple[str, dict[str, Any]]:
-    """``AND ...`` conditions on ``recsys_item i`` for a serving query, and their parameters."""
+@lru_cache(maxsize=512)
+def filters_compile(filters: tuple[str, ...]) -> Compiled:
+    """The filters as one condition (cached per process like their expressions: a request that
+    repeats a filter, or a scenario's, costs no compiling)."""
+    compiled = [filter_compile(text, prefix=f"rule_f{n}_") for n, text in enumerate(filters)]
+    params: dict[str, Any] = {}
+    for c in compiled:
+        params.update(c.params)
+    return Compiled(" AND ".join(c.sql for c in compiled), params)
+
+
+@lru_cache(maxsize=512)
+def _conditions(filters: tuple[str, ...], hidden: bool) -> Compiled:
     sql, params = f"AND {AVAILABLE}", {}
-    where = rules.where()
-    if where is not None:
+    if filters:
+        where = filters_compile(filters)
         sql += f" AND {where.sql}"
         params.update(where.params)
-    if rules.hidden_for:
+    if hidden:
         sql += f" AND {_HIDDEN}"
+    return Compiled(sql, params)
+
+
+def item_conditions(rules: RuleSet) -> tuple[str, dict[str, Any]]:
+    """``AND ...`` conditions on ``recsys_item i`` for a serving query, and their parameters."""
+    conditions = _conditions(rules.filters, bool(rules.hidden_for))
+    params = dict(conditions.params)  # a copy: callers add their own parameters to it
+    if rules.hidden_for:
         params["rule_hidden_for"] = rules.hidden_for
-    return sql, params
+    return conditions.sql, params
+
+
+@lru_cache(maxsize=512)
+def _boost_columns(expressions: tuple[str, ...]) -> Compiled:
+    sql, params = "", {}
+    for k, text in enumerate(expressions):
+        compiled = filter_compile(text, prefix=f"rule_b{k}_")
+        sql += f", {compiled.sql} AS boost_{k}"
+        params.update(compiled.params)
+    return Compiled(sql, params)
 
 
 def boost_columns(rules: RuleSet) -> tuple[str, dict[str, Any]]:
     """``, <match> AS boost_<k>`` select columns, one per boost: whether a candidate matches it is
     read by the query that finds the candidate, so boosting costs no round trip of its own."""
-    sql, params = "", {}
-    for k, (compiled, _) in enumerate(rules.boost_conditions()):
-        sql += f", {compiled.sql} AS boost_{k}"
-        params.update(compiled.params)
-    return sql, params
+    columns = _boost_columns(tuple(b.expression for b in rules.boosts))
+    return columns.sql, dict(columns.params)
 
 
 # ---- validation (the API's door and the scenario's save) -------------------------------------------

@@ -16,9 +16,11 @@ from embeddings import services
 from embeddings.learners import LearnerParams
 from embeddings.popularity import popularity_refresh
 from embeddings.recommendations import user_recommendations_list
+from embeddings.serving import active
 from embeddings.spaces import item_vector_put
 from embeddings.vectors import search
-from recsys.models import HiddenItem, Item
+from embeddings.vectors.rows import vectors_of
+from recsys.models import HiddenItem, Interaction, Item, User
 from recsys.rules.scenarios import scenario_put
 from recsys.services import items_upsert, user_delete
 
@@ -368,3 +370,50 @@ def test_a_window_that_ends_before_it_starts_is_refused(writer, db):
 
     assert response.status_code == 400
     assert "available_until" in response.json()["error"]["details"]
+
+
+# ---- boosted answers against a straightforward reference ---------------------------------------------
+
+
+def reference_answer(user: str, *, limit: int, keep, boosts) -> list[str]:
+    """Exact inner products with the stored vectors, the user's seen items and what ``keep`` refuses
+    skipped, the best 3 × limit boosted (positive scores multiplied) and re-sorted, cut to ``limit``."""
+    version = active()
+    items = {i.pk: i for i in Item.objects.all()}
+    user_pk = User.objects.get(external_id=user).pk
+    query = vectors_of(version.user_table, "user_id", [user_pk])[user_pk]
+    seen = set(Interaction.objects.filter(user_id=user_pk).values_list("item_id", flat=True))
+    vectors = vectors_of(version.item_table, "item_id", list(items))
+    scored = sorted(
+        ((float(vector @ query), items[pk]) for pk, vector in vectors.items() if pk not in seen and keep(items[pk])),
+        key=lambda pair: -pair[0],
+    )[: 3 * limit]
+    factor = lambda item: np.prod([f for matches, f in boosts if matches(item)])  # noqa: E731
+    boosted = [(s * factor(i) if s >= 0 else s / factor(i), i.external_id) for s, i in scored]
+    return [external_id for _, external_id in sorted(boosted, key=lambda pair: -pair[0])][:limit]
+
+
+@pytest.mark.parametrize("user", ["u3", "u25"])
+def test_boosted_answers_equal_the_straightforward_reference(reader, trained, vector_path, settings, user):
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    scenario_put(
+        name="shop",
+        body={
+            "filter": "attributes.price >= 3",
+            "boost": [{"expression": "attributes.in_stock = true", "factor": 1.3}],
+        },
+    )
+    query = 'limit=5&scenario=shop&filter=NOT attributes.price = 20&boost=categories CONTAINS "second":1.6'
+
+    found = ids(reader.get(f"/api/v1/users/{user}/recommendations?{query}"))
+
+    expected = reference_answer(
+        user,
+        limit=5,
+        keep=lambda item: item.attributes["price"] >= 3 and item.attributes["price"] != 20,
+        boosts=[
+            (lambda item: "second" in item.categories, 1.6),
+            (lambda item: item.attributes["in_stock"] is True, 1.3),
+        ],
+    )
+    assert found == expected

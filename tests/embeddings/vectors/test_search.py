@@ -14,6 +14,7 @@ from django.db import connection
 from embeddings import services
 from embeddings.learners import LearnerParams
 from embeddings.recommendations import user_recommendations_list
+from embeddings.vectors import search
 from embeddings.vectors.search import Filters, user_nearest_items
 from recsys.models import Interaction, Item
 from recsys.services import interactions_ingest, items_upsert
@@ -124,3 +125,24 @@ def test_repeated_searches_are_prepared_statements_with_literal_limits(version):
         statements = [row[0] for row in cursor.fetchall()]
     assert len(statements) == 1
     assert "LIMIT 5\n" in statements[0] and "LIMIT 5000)" in statements[0]
+
+
+@pytest.mark.parametrize(("limit", "first"), [(5, 64), (16, 64), (20, 256), (30, 256), (300, 1000)])
+def test_without_iterative_scans_a_users_search_starts_wide_enough_for_their_seen_items(
+    version, monkeypatch, limit, first
+):
+    # pgvector < 0.8: the index answers at most ef_search candidates and the user's seen items are
+    # skipped after it, so the first search asks for >= 4 x limit (on the ×4 ladder from 64).
+    monkeypatch.setattr(search, "iterative_scans_available", lambda: False)
+    asked: list[str] = []
+    rows = search._rows
+
+    def recorded(statement: Any, params: Any, *, session: Any, local: Any) -> Any:
+        asked.append(dict(session).get("hnsw.ef_search", "exact"))
+        return rows(statement, params, session=session, local=local)
+
+    monkeypatch.setattr(search, "_rows", recorded)
+    found = nearest(version, "u3", limit=limit)
+
+    assert asked[0] == str(first)
+    assert [n.external_id for n in found] == [n.external_id for n in nearest(version, "u3", limit=30)][:limit]
