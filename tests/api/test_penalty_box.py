@@ -94,13 +94,13 @@ def test_a_key_over_its_rate_is_boxed_for_at_most_a_minute(make_client, clock):
 
 
 def test_a_flood_of_malformed_requests_is_boxed_until_the_window_ends(reader, make_client, shoes, settings):
-    settings.RECSYS_MALFORMED_REQUEST_RATE = "3/min"
+    settings.RECSYS_MALFORMED_REQUEST_RATE = "3/hour"  # a fixed window these requests never straddle in practice
 
     statuses = [search(reader, NEGATIONS).status_code for _ in range(4)]
 
     assert statuses == [400, 400, 400, 429]
     boxed = search(reader)  # a valid query from the same key, on the same path
-    assert boxed.status_code == 429 and 1 <= int(boxed["Retry-After"]) <= 60
+    assert boxed.status_code == 429 and 1 <= int(boxed["Retry-After"]) <= 3600
     assert reader.get("/api/v1/items/shoe0").status_code == 200
     assert search(make_client("read")).status_code == 200
 
