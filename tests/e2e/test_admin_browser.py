@@ -44,6 +44,7 @@ def test_operator_trains_a_model_and_sees_similar_items_models_and_the_map(staff
     page.click("#train-collaborative")
     message = page.inner_text("ul.messagelist")
     version_id = int(re.search(r"Collaborative training started: version (\d+)", message).group(1))
+    page.goto("about:blank")  # the list reloads itself while training: a reload could abort the next goto
     wait_for(
         lambda: ModelVersion.objects.get(pk=version_id).status == Status.ACTIVE, what=f"version {version_id} active"
     )

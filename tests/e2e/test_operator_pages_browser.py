@@ -23,6 +23,9 @@ def train(page, server: str, kind: str) -> int:
     page.click(f"#train-{kind}")
     message = page.inner_text("ul.messagelist")
     version_id = int(re.search(rf"{kind.capitalize()} training started: version (\d+)", message).group(1))
+    # The list reloads itself every 5 s while a run trains: a reload landing during the next page's
+    # navigation would abort it (net::ERR_ABORTED). A blank page has no timer.
+    page.goto("about:blank")
     wait_for(lambda: active_version(kind) == version_id, what=f"v{version_id} active")
     return version_id
 
