@@ -24,8 +24,8 @@ serve: install
 	$(PY) -m recsys.run serve
 
 ## test: the whole suite against the configured services (embedded ones when no URLs are set), in
-## TEST_WORKERS pytest-xdist processes (each with its own test database and Redis databases)
-TEST_WORKERS ?= 2
+## TEST_WORKERS pytest-xdist processes (the cores, at most 4; each with its own test database and Redis databases)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: install
 	$(PY) -m recsys.run exec -- $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 

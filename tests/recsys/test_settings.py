@@ -145,3 +145,14 @@ def test_the_tuning_sample_is_off_or_large_enough(raw, ok):
 
     assert (answer.returncode == 0) is ok, answer.stderr
     assert (answer.stdout.strip() == raw) if ok else "RECSYS_CF_TUNE_SAMPLE_INTERACTIONS" in answer.stderr
+
+
+@pytest.mark.unit
+def test_each_xdist_worker_gets_three_redis_databases_of_its_own():
+    from tests.xdist_workers import worker_redis_url
+
+    assert worker_redis_url("redis://h:6379/0", "gw0") == "redis://h:6379/0"
+    assert worker_redis_url("redis://h:6379/0", "gw2") == "redis://h:6379/6"
+    assert worker_redis_url("unix:///r.sock", "gw1") == "unix:///r.sock?db=3"
+    with pytest.raises(RuntimeError, match="fewer workers"):
+        worker_redis_url("redis://h:6379/0", "gw5")
