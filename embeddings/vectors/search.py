@@ -126,7 +126,7 @@ def _search(
     boosts, boost_params = boost_columns(filters.rules)
     statement = sql.SQL(_QUERY).format(
         table=sql.Identifier(table),
-        exclude=_exclusion(filters),
+        exclude=_exclusion(bool(filters.exclude_ids)),
         category=category,
         conditions=sql.SQL(conditions),
         boosts=sql.SQL(boosts),
@@ -144,12 +144,12 @@ def _search(
     return sorted((_neighbour(r) for r in rows), key=lambda n: -n.score)
 
 
-def _exclusion(filters: Filters) -> sql.SQL:
+def _exclusion(exclude: bool) -> sql.SQL:
     """The excluded items' condition, only when there are some: an array parameter, even an empty
     one, makes PostgreSQL's generic plan look dearer than a custom one (its selectivity is a guess),
     so a prepared search was planned again on every request (~0.6 ms of the backend's CPU,
     bench/serve_profile.py: ``custom_plans`` in ``pg_prepared_statements``)."""
-    return sql.SQL("AND v.item_id <> ALL(%(exclude)s::int8[])" if filters.exclude_ids else "")
+    return sql.SQL("AND v.item_id <> ALL(%(exclude)s::int8[])" if exclude else "")
 
 
 def _neighbour(row: tuple[Any, ...]) -> Neighbour:
@@ -157,7 +157,7 @@ def _neighbour(row: tuple[Any, ...]) -> Neighbour:
 
 
 def _rows(
-    statement: sql.Composed,
+    statement: sql.Composed | str,
     params: dict[str, Any],
     *,
     session: tuple[tuple[str, str], ...],
@@ -205,22 +205,11 @@ def user_nearest_items(
     """Items of ``item_table`` nearest the user's stored vector in ``user_table`` (highest first),
     skipping the user's ``seen`` most recent items, their hidden items and what ``filters`` exclude;
     None when the user is unknown or has no stored vector (the caller folds them in or falls back)."""
-    category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
     # The user's own hidden items are read through u, in the same statement.
     conditions, condition_params = item_conditions(replace(filters.rules, hidden_for=None))
     boosts, boost_params = boost_columns(filters.rules)
-    outer = "".join(f", n.boost_{k}" for k in range(len(filters.rules.boosts)))
-    statement = sql.SQL(_USER_QUERY).format(
-        user_table=sql.Identifier(user_table),
-        table=sql.Identifier(item_table),
-        exclude=_exclusion(filters),
-        category=category,
-        conditions=sql.SQL(conditions),
-        boosts=sql.SQL(boosts),
-        outer_boosts=sql.SQL(outer),
-        limit=sql.Literal(limit),
-        seen=sql.Literal(seen),
-    )
+    shape = (bool(filters.exclude_ids), bool(filters.category), conditions, boosts, len(filters.rules.boosts))
+    statement = _user_statement(user_table, item_table, *shape, limit, seen)
     params = {
         "user": user_external_id,
         "exclude": list(filters.exclude_ids),
@@ -237,6 +226,38 @@ def user_nearest_items(
         return sorted(found, key=lambda n: -n.score)
 
     return _widened(search, limit)
+
+
+@lru_cache(maxsize=256)
+def _user_statement(
+    user_table: str,
+    item_table: str,
+    exclude: bool,
+    category: bool,
+    conditions: str,
+    boosts: str,
+    boost_count: int,
+    limit: int,
+    seen: int,
+) -> str:
+    """``_USER_QUERY``'s text for one shape of request, composed once: psycopg's composition of it
+    was ~10% of the hot path's Python calls (bench/serve_profile.py)."""
+    outer = "".join(f", n.boost_{k}" for k in range(boost_count))
+    return (
+        sql.SQL(_USER_QUERY)
+        .format(
+            user_table=sql.Identifier(user_table),
+            table=sql.Identifier(item_table),
+            exclude=_exclusion(exclude),
+            category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
+            conditions=sql.SQL(conditions),
+            boosts=sql.SQL(boosts),
+            outer_boosts=sql.SQL(outer),
+            limit=sql.Literal(limit),
+            seen=sql.Literal(seen),
+        )
+        .as_string(None)
+    )
 
 
 def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql.Composed:
