@@ -183,7 +183,10 @@ def explain(user: str) -> str:
         if not text.lstrip().upper().startswith(("SELECT", "WITH")) or "set_config" in text:
             continue
         with psycopg.Cursor(conn) as cursor:
-            plan = cursor.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + query, params).fetchall()
+            statement = (
+                query if hasattr(query, "as_string") else psycopg.sql.SQL(query)
+            )  # a composed statement, or text
+            plan = cursor.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + statement, params).fetchall()
         out.append(" ".join(text.split())[:100] + "\n" + "\n".join("    " + r[0] for r in plan))
     return "\n\n".join(out)
 
