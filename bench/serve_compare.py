@@ -20,6 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import database_url, vacuum_analyze
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Run inside the checkout measured: its own serve_profile (setup, caller, measure) and its own code.
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
+    vacuum_analyze(database_url(args.database))  # as autovacuum would have; quick once done
     trees = {"before": args.before.resolve(), "after": ROOT}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for n in range(args.rounds):

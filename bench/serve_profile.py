@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import database_url
+from common import database_url, vacuum_analyze
 
 TRIPS_SAMPLE = 100  # requests whose round trips are counted
 
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
+    vacuum_analyze(database_url(args.database))  # as autovacuum would have; quick once done
     setup(args.database)
     from recsys.api_keys import api_key_create
     from recsys.models import User
