@@ -52,6 +52,18 @@ def test_each_process_claims_a_keys_requests_from_redis_in_batches(make_client, 
     assert int(redis_store.client().get(counter)) == 10  # two claims of 5, not six increments
 
 
+def test_one_process_claiming_in_batches_serves_exactly_the_limit_then_the_same_429(make_client, settings):
+    settings.RECSYS_THROTTLE_BATCH = 2
+    client = make_client("read", rate_limit="200/hour")  # batches of 2
+
+    statuses = [client.get("/api/v1/items/x").status_code for _ in range(201)]
+
+    assert statuses == [404] * 200 + [429]
+    response = client.get("/api/v1/items/x")
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 3600
+
+
 def test_processes_claiming_in_batches_never_let_more_than_the_limit_through(settings):
     settings.RECSYS_THROTTLE_BATCH = 5
     counter = redis_store.key(f"throttle:test-{uuid.uuid4().hex}")
