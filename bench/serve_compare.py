@@ -74,13 +74,13 @@ def main() -> None:
             runs[name].append(figures)
             print(f"round {n + 1} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
     print(f"\nmedians of {args.rounds} rounds, {args.requests} requests each (CPU ms per request):")
-    for name, figures in runs.items():
-        web, pg = (statistics.median(f[k] for f in figures) for k in ("web_cpu", "pg_cpu"))
-        loads = [f["load"] for f in figures]
+    for name, rounds in runs.items():
+        web, pg = (statistics.median(f[k] for f in rounds) for k in ("web_cpu", "pg_cpu"))
+        loads = [f["load"] for f in rounds]
         total = web + pg
         print(
             f"  {name}: web {web:.2f} + PostgreSQL {pg:.2f} = {total:.2f} ms ({1000 / total:.0f} req/s per core); "
-            f"wall p50 {statistics.median(f['p50'] for f in figures):.1f} ms; load {min(loads):.1f}-{max(loads):.1f}"
+            f"wall p50 {statistics.median(f['p50'] for f in rounds):.1f} ms; load {min(loads):.1f}-{max(loads):.1f}"
         )
 
 
