@@ -5,6 +5,7 @@ while Redis is away)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -22,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class ApiKeyRateThrottle(BaseThrottle):
-    """Counts requests per key per window; a window's count lives in one Redis key (INCR)."""
+    """Counts requests per key per window; a window's count lives in one Redis key (INCRBY), which
+    each process claims from in batches (``Allowances``)."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
         self.wait_seconds: float | None = None
@@ -34,16 +36,65 @@ class ApiKeyRateThrottle(BaseThrottle):
         window = int(now // period)
         counter = redis_store.key(f"throttle:{key.pk}:{period}:{window}")
         try:
-            count = redis_store.run(lambda client: _count(client, counter, period))
+            position = allowances.take(counter, limit=limit, period=period)
         except redis_store.RedisUnavailable:  # serving matters more than metering
             return True
-        if count > limit:
+        if position > limit:
             self.wait_seconds = (window + 1) * period - now
             return False
         return True
 
     def wait(self) -> float | None:
         return self.wait_seconds
+
+
+def throttle_batch(limit: int) -> int:
+    """How many of a window's requests a process claims from Redis at once: RECSYS_THROTTLE_BATCH,
+    at most 1% of the limit (so 1 for small limits: every request counted in Redis, as before)."""
+    return max(1, min(settings.RECSYS_THROTTLE_BATCH, limit // 100))
+
+
+class Allowances:
+    """This process's unused claims on each window's count. A claim is ``INCRBY batch``: the answer
+    T makes positions T-batch+1 … T this process's own, so the processes together never let more
+    than the limit through, and a process refuses on its own, without Redis, once its positions pass
+    the limit (a window's count only grows). The cost: positions a process claimed but did not use
+    by the window's end are lost, so a key at its limit may be refused up to (batch - 1) requests
+    per process early. Saves each request but one per batch a Redis round trip (~0.3 ms of the web
+    process's CPU on the loaded 2-core machine, bench/serve_profile.py)."""
+
+    MAX_COUNTERS = 10_000  # keys × windows; past it they start over (a claim is then made again)
+
+    def __init__(self) -> None:
+        self._left: dict[str, tuple[int, int, int]] = {}  # counter: (next position, last claimed, pid)
+        self._lock = threading.Lock()
+
+    def take(self, counter: str, *, limit: int, period: int) -> int:
+        """This request's position in the window's count (over ``limit``: refuse it)."""
+        with self._lock:
+            position, last, pid = self._left.get(counter, (1, 0, 0))
+            if pid == os.getpid() and (position <= last or last > limit):
+                self._left[counter] = (position + 1, last, pid)
+                return position if position <= last else last + 1
+        batch = throttle_batch(limit)
+        last = redis_store.run(lambda client: _count(client, counter, period, batch))
+        with self._lock:  # a forked process claims its own (pid)
+            if len(self._left) >= self.MAX_COUNTERS:
+                self._left.clear()
+            self._left[counter] = (last - batch + 2, last, os.getpid())
+        return last - batch + 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._left.clear()
+
+
+allowances = Allowances()
+
+
+def throttle_allowances_clear() -> None:
+    """Forget this process's claims (tests: each starts with none)."""
+    allowances.clear()
 
 
 def key_rate(key: ApiKey) -> Rate:
@@ -56,10 +107,10 @@ def key_rate(key: ApiKey) -> Rate:
         return parse_rate(settings.RECSYS_RATE_LIMIT)
 
 
-def _count(client: Any, counter: str, period: int) -> int:
-    """INCR and EXPIRE in one round trip; the key is the window's own, so re-arming it is harmless."""
+def _count(client: Any, counter: str, period: int, by: int = 1) -> int:
+    """INCRBY and EXPIRE in one round trip; the key is the window's own, so re-arming it is harmless."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.incr(counter)
+        pipe.incrby(counter, by)
         pipe.expire(counter, period + 1)
         count, _ = pipe.execute()
     return int(count)

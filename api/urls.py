@@ -26,15 +26,17 @@ class IdConverter:
 register_converter(IdConverter, "id")
 
 v1 = [
+    # The hot reads first: each pattern ends in its own literal suffix, so none of the routes below
+    # can match their paths (or they theirs), and resolving tries ~10 patterns fewer.
+    path("users/<id:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
+    path("items/<id:item_id>/similar", rec.ItemSimilarView.as_view(), name="item-similar"),
     path("items/batch", views.ItemBatchView.as_view(), name="items-batch"),
     path("items/popular", rec.PopularItemsView.as_view(), name="items-popular"),
-    path("items/<id:item_id>/similar", rec.ItemSimilarView.as_view(), name="item-similar"),
     path("items/<id:item_id>/duplicates", rec.ItemDuplicatesView.as_view(), name="item-duplicates"),
     path("items/<id:item_id>/vectors/<str:space>", rec.ItemVectorView.as_view(), name="item-vector"),
     path("items/<id:item_id>", views.ItemDetailView.as_view(), name="item-detail"),
     path("users/<id:user_id>/interactions", views.UserInteractionsView.as_view(), name="user-interactions"),
     path("users/<id:user_id>/hidden", rules_views.UserHiddenView.as_view(), name="user-hidden"),
-    path("users/<id:user_id>/recommendations", rec.UserRecommendationsView.as_view(), name="user-recommendations"),
     path("users/<id:user_id>", views.UserDetailView.as_view(), name="user-detail"),
     path("interactions", views.InteractionsView.as_view(), name="interactions"),
     path("impressions", views.ImpressionsView.as_view(), name="impressions"),

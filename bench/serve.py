@@ -34,6 +34,7 @@ from common import (
     manage,
     scratch_database_url,
     tree_rss_mb,
+    vacuum_analyze,
     write_section,
 )
 from quality import Api, train
@@ -206,6 +207,7 @@ def main() -> None:
             key = api_key(url)
             with gunicorn(url, PORT) as master, PeakMemory(worker.pid) as memory:
                 version = (reused and active_model(Api(key, PORT))) or train(Api(key, PORT))
+            vacuum_analyze(url)  # as autovacuum would after the load and the training (off on the shared server)
             database = postmaster(url)
             users, items = ids(url, "user"), ids(url, "item")
             paths = {

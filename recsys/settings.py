@@ -210,6 +210,10 @@ RECSYS_RATING_MAX = env_float("RECSYS_RATING_MAX", 10.0)
 if not RECSYS_RATING_MIN <= RECSYS_RATING_MAX:
     raise ImproperlyConfigured("RECSYS_RATING_MIN must not exceed RECSYS_RATING_MAX")
 RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
+# Each web process claims this many of a key's requests per window from Redis at once (at most 1% of
+# the key's limit): a key at its limit may be refused up to that many requests per process early;
+# 1 counts every request in Redis (api.throttling.Allowances).
+RECSYS_THROTTLE_BATCH = env_int("RECSYS_THROTTLE_BATCH", 50, minimum=1)
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
 # Each web process keeps a key it found live this long before looking it up again: a revocation,
 # or a change of scopes or rate, made in another process takes effect within it (0: every request).

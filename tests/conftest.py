@@ -55,16 +55,18 @@ def _no_cached_active_version() -> None:
 @pytest.fixture(autouse=True)
 def _per_process_request_state_clear(request: pytest.FixtureRequest) -> None:
     """A web process remembers keys it found live, callers it refused lately (api.limits'
-    penalty box) and, while Redis is away, the time its expensive requests took; tests share one
-    process, so each starts with none of them."""
+    penalty box), the rate-limit positions it claimed and, while Redis is away, the time its
+    expensive requests took; tests share one process, so each starts with none of them."""
     if _is_unit(request):
         return
     from api.limits import local_budgets_clear, penalty_box
+    from api.throttling import throttle_allowances_clear
     from recsys.api_keys import api_key_cache_clear
 
     penalty_box.clear()
     local_budgets_clear()
     api_key_cache_clear()
+    throttle_allowances_clear()
 
 
 @pytest.fixture(autouse=True)

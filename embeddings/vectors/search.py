@@ -119,7 +119,7 @@ _QUERY = """
     SELECT v.item_id, i.external_id, -(v.embedding <#> %(query)s) AS score, extract(epoch FROM i.available_until)
            {boosts}
     FROM {table} v JOIN recsys_item i ON i.id = v.item_id
-    WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+    WHERE NOT i.is_hidden AND v.embedding IS NOT NULL {exclude} {category}
       {conditions}
     ORDER BY v.embedding <#> %(query)s
     LIMIT {limit}
@@ -142,6 +142,7 @@ def _search(
     boosts, boost_params = boost_columns(filters.rules)
     statement = sql.SQL(_QUERY).format(
         table=sql.Identifier(table),
+        exclude=_exclusion(bool(filters.exclude_ids)),
         category=category,
         conditions=sql.SQL(conditions),
         boosts=sql.SQL(boosts),
@@ -159,12 +160,20 @@ def _search(
     return sorted((_neighbour(r) for r in rows), key=lambda n: -n.score)
 
 
+def _exclusion(exclude: bool) -> sql.SQL:
+    """The excluded items' condition, only when there are some: an array parameter, even an empty
+    one, makes PostgreSQL's generic plan look dearer than a custom one (its selectivity is a guess),
+    so a prepared search was planned again on every request (~0.6 ms of the backend's CPU,
+    bench/serve_profile.py: ``custom_plans`` in ``pg_prepared_statements``)."""
+    return sql.SQL("AND v.item_id <> ALL(%(exclude)s::int8[])" if exclude else "")
+
+
 def _neighbour(row: tuple[Any, ...]) -> Neighbour:
     return Neighbour(int(row[0]), row[1], float(row[2]), None if row[3] is None else float(row[3]), tuple(row[4:]))
 
 
 def _rows(
-    statement: sql.Composed,
+    statement: sql.Composed | str,
     params: dict[str, Any],
     *,
     session: tuple[tuple[str, str], ...],
@@ -194,7 +203,7 @@ _USER_QUERY = """
         SELECT v.item_id, i.external_id, -(v.embedding <#> u.embedding) AS score,
                extract(epoch FROM i.available_until) AS until {boosts}
         FROM {table} v JOIN recsys_item i ON i.id = v.item_id
-        WHERE NOT i.is_hidden AND v.embedding IS NOT NULL AND v.item_id <> ALL(%(exclude)s::int8[]) {category}
+        WHERE NOT i.is_hidden AND v.embedding IS NOT NULL {exclude} {category}
           {conditions}
           AND v.item_id NOT IN (SELECT item_id FROM recsys_hiddenitem WHERE user_id = (SELECT id FROM u))
           AND v.item_id NOT IN (
@@ -212,21 +221,11 @@ def user_nearest_items(
     """Items of ``item_table`` nearest the user's stored vector in ``user_table`` (highest first),
     skipping the user's ``seen`` most recent items, their hidden items and what ``filters`` exclude;
     None when the user is unknown or has no stored vector (the caller folds them in or falls back)."""
-    category = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if filters.category else "")
     # The user's own hidden items are read through u, in the same statement.
     conditions, condition_params = item_conditions(replace(filters.rules, hidden_for=None))
     boosts, boost_params = boost_columns(filters.rules)
-    outer = "".join(f", n.boost_{k}" for k in range(len(filters.rules.boosts)))
-    statement = sql.SQL(_USER_QUERY).format(
-        user_table=sql.Identifier(user_table),
-        table=sql.Identifier(item_table),
-        category=category,
-        conditions=sql.SQL(conditions),
-        boosts=sql.SQL(boosts),
-        outer_boosts=sql.SQL(outer),
-        limit=sql.Literal(limit),
-        seen=sql.Literal(seen),
-    )
+    shape = (bool(filters.exclude_ids), bool(filters.category), conditions, boosts, len(filters.rules.boosts))
+    statement = _user_statement(user_table, item_table, *shape, limit, seen)
     params = {
         "user": user_external_id,
         "exclude": list(filters.exclude_ids),
@@ -243,6 +242,38 @@ def user_nearest_items(
         return sorted(found, key=lambda n: -n.score)
 
     return _widened(search, limit, margin=SEEN_MARGIN)
+
+
+@lru_cache(maxsize=256)
+def _user_statement(
+    user_table: str,
+    item_table: str,
+    exclude: bool,
+    category: bool,
+    conditions: str,
+    boosts: str,
+    boost_count: int,
+    limit: int,
+    seen: int,
+) -> str:
+    """``_USER_QUERY``'s text for one shape of request, composed once: psycopg's composition of it
+    was ~10% of the hot path's Python calls (bench/serve_profile.py)."""
+    outer = "".join(f", n.boost_{k}" for k in range(boost_count))
+    return (
+        sql.SQL(_USER_QUERY)
+        .format(
+            user_table=sql.Identifier(user_table),
+            table=sql.Identifier(item_table),
+            exclude=_exclusion(exclude),
+            category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
+            conditions=sql.SQL(conditions),
+            boosts=sql.SQL(boosts),
+            outer_boosts=sql.SQL(outer),
+            limit=sql.Literal(limit),
+            seen=sql.Literal(seen),
+        )
+        .as_string(None)
+    )
 
 
 def _set_config(settings: tuple[tuple[str, str], ...], *, is_local: bool) -> sql.Composed:

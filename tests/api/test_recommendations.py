@@ -245,3 +245,18 @@ def test_popular_items_before_any_refresh_are_counted_on_demand(reader, communit
     body = reader.get("/api/v1/items/popular?limit=1").json()
 
     assert body["items"][0]["id"] == "i4" and body["strategy"] == "popular"
+
+
+def test_ids_holding_slashes_and_route_words_reach_the_route_their_path_ends_in():
+    # The hot routes are tried first; every route ends in its own suffix, so the order cannot steal a path.
+    from django.urls import resolve
+
+    assert (
+        resolve("/api/v1/users/a/hidden/recommendations").url_name,
+        resolve("/api/v1/users/a/hidden/recommendations").kwargs,
+    ) == ("user-recommendations", {"user_id": "a/hidden"})
+    assert resolve("/api/v1/users/a/recommendations/hidden").url_name == "user-hidden"
+    assert resolve("/api/v1/users/a/recommendations/x").url_name == "user-detail"
+    assert resolve("/api/v1/items/popular/similar").kwargs == {"item_id": "popular"}
+    assert resolve("/api/v1/items/popular").url_name == "items-popular"
+    assert resolve("/api/v1/items/a/similar/vectors/text").url_name == "item-vector"

@@ -3,11 +3,15 @@ key attempts are limited per client address before any lookup; rate strings are 
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from api.throttling import Allowances, throttle_batch
+from recsys import redis_store
 from recsys.api_keys import api_key_create
 from recsys.env import env_rate
 from recsys.errors import ValidationFailed
@@ -35,6 +39,56 @@ def test_limits_are_per_key(make_client):
 
     assert busy.get("/api/v1/items/x").status_code == 429
     assert other.get("/api/v1/items/x").status_code == 404
+
+
+def test_each_process_claims_a_keys_requests_from_redis_in_batches(make_client, settings):
+    settings.RECSYS_THROTTLE_BATCH = 5
+    client = make_client("read", rate_limit="1000/hour")  # 1% of the limit is 10: batches of 5
+
+    for _ in range(6):
+        assert client.get("/api/v1/items/x").status_code == 404
+
+    (counter,) = redis_store.client().keys(redis_store.key("throttle:*"))
+    assert int(redis_store.client().get(counter)) == 10  # two claims of 5, not six increments
+
+
+def test_one_process_claiming_in_batches_serves_exactly_the_limit_then_the_same_429(make_client, settings):
+    settings.RECSYS_THROTTLE_BATCH = 2
+    client = make_client("read", rate_limit="200/hour")  # batches of 2
+
+    statuses = [client.get("/api/v1/items/x").status_code for _ in range(201)]
+
+    assert statuses == [404] * 200 + [429]
+    response = client.get("/api/v1/items/x")
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 3600
+
+
+def test_processes_claiming_in_batches_never_let_more_than_the_limit_through(settings):
+    settings.RECSYS_THROTTLE_BATCH = 5
+    counter = redis_store.key(f"throttle:test-{uuid.uuid4().hex}")
+    processes = [Allowances(), Allowances(), Allowances()]  # each web process has its own
+
+    positions = [processes[n % 3].take(counter, limit=1000, period=3600) for n in range(1100)]
+
+    allowed = [p for p in positions if p <= 1000]
+    assert len(allowed) == len(set(allowed))  # no position is handed out twice
+    assert 1000 - 3 * 4 <= len(allowed) <= 1000  # at most batch - 1 lost per process
+    assert int(redis_store.client().get(counter)) % 5 == 0
+
+
+def test_a_window_past_its_limit_is_refused_in_process_without_redis(make_client, settings):
+    client = make_client("read", rate_limit="2/hour")
+    for _ in range(3):
+        client.get("/api/v1/items/x")
+    (counter,) = redis_store.client().keys(redis_store.key("throttle:*"))
+
+    assert client.get("/api/v1/items/x").status_code == 429
+    assert int(redis_store.client().get(counter)) == 3  # the count only grows within a window
+
+
+def test_small_limits_count_every_request_in_redis():
+    assert [throttle_batch(limit) for limit in (3, 99, 100, 250, 10_000, 1_000_000)] == [1, 1, 1, 2, 50, 50]
 
 
 def test_rate_limiter_fails_open_when_redis_is_down(make_client, redis_down):

@@ -146,3 +146,43 @@ def test_without_iterative_scans_a_users_search_starts_wide_enough_for_their_see
 
     assert asked[0] == str(first)
     assert [n.external_id for n in found] == [n.external_id for n in nearest(version, "u3", limit=30)][:limit]
+
+
+def test_repeated_searches_run_a_generic_plan_without_planning_each_time(version):
+    # An exclusion array parameter, even an empty one, made the generic plan look dearer than a
+    # custom one at 100k items, so PostgreSQL planned the prepared search again on every request:
+    # with nothing excluded the user is the statement's one parameter.
+    def prepared() -> tuple[str, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT parameter_types::text, generic_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                ["%WITH u AS%"],
+            )
+            (types, count), *others = cursor.fetchall()
+        assert not others
+        return types, int(count)
+
+    for _ in range(12):  # prepared at the 6th run, then 5 custom plans (PostgreSQL's rule), then generic
+        user_recommendations_list(user_external_id="u3", limit=5)
+    types, settled = prepared()
+    for user in ("u3", "u25", "u3"):
+        user_recommendations_list(user_external_id=user, limit=5)
+
+    assert types in ("{text}", '{"character varying"}')
+    assert settled >= 1
+    assert prepared()[1] == settled + 3
+
+
+def test_excluded_items_are_skipped_by_both_searches(version):
+    kept = user_recommendations_list(user_external_id="u3", limit=5)
+    dropped = kept.items[0].id
+
+    fast = user_recommendations_list(user_external_id="u3", limit=5, exclude=(dropped,))
+    general = user_recommendations_list(user_external_id="u3", limit=5, exclude=(dropped,), explain=True)
+
+    assert dropped not in [i.id for i in fast.items] and dropped not in [i.id for i in general.items]
+    assert (
+        [i.id for i in fast.items]
+        == [i.id for i in general.items]
+        == [i.id for i in kept.items[1:]] + [fast.items[-1].id]
+    )
