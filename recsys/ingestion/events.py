@@ -12,7 +12,6 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
-from django.db import IntegrityError
 
 from recsys.db import atomic_with_retry
 from recsys.feedback.attribution import clicks_attribute
@@ -31,7 +30,14 @@ from recsys.ingestion.rules import (
     micros_now,
     unknown_row_error,
 )
-from recsys.ingestion.writer import events_load, events_merge, events_write, ids_resolve
+from recsys.ingestion.writer import (
+    ReferencesGone,
+    events_load,
+    events_merge,
+    events_write,
+    ids_resolve,
+    load_orphans_remove,
+)
 from recsys.models import EventType, Item, User
 from recsys.partitions import (
     month_is_fresh,
@@ -82,8 +88,8 @@ class _Resolved:
 class _Known:
     """What a file's earlier chunks established about its ids, so that a chunk checks and asks the database
     only about ids it has not met (at most ``KNOWN_IDS_MAX`` of each kind are kept): the valid ones, and the
-    row ids of users and items. A user or item deleted meanwhile makes a chunk fail its foreign key at
-    commit: the chunk is then redone with the row ids forgotten."""
+    row ids of users and items. A user or item deleted meanwhile makes a chunk's write fail its check of
+    them (``ReferencesGone``): the chunk is then redone with the row ids forgotten."""
 
     valid: set[str] = field(default_factory=set)
     users: dict[str, int] = field(default_factory=dict)
@@ -182,7 +188,11 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
     resolved = _resolve(checked, create_items=auto_create_items)
     result = BatchResult()
     if len(resolved.events):
-        created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
+        try:
+            created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
+        except ReferencesGone:  # a user or item deleted since it was resolved: created again, as a new one
+            resolved = _resolve(checked, create_items=auto_create_items)
+            created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
         result.created, result.updated, result.unchanged = created, updated, distinct - created - updated
         if created or updated:
             users = resolved.users
@@ -232,7 +242,7 @@ class _MonthLoads:
         created = updated = 0
         try:
             for month, table in sorted(self.tables.items()):
-                loaded = atomic_with_retry(partial(partition_load_attach, table=table, month=month))
+                loaded = atomic_with_retry(partial(_load_attach, table, month))
                 if loaded is not None:
                     created += loaded
                     continue
@@ -246,6 +256,12 @@ class _MonthLoads:
         for table in self.tables.values():
             partition_load_drop(table=table)  # a no-op for the attached ones (renamed)
         self.tables.clear()
+
+
+def _load_attach(table: str, month: date) -> int | None:
+    """Attach a month's load table, without the events of users and items deleted since they were loaded."""
+    load_orphans_remove(table)
+    return partition_load_attach(table=table, month=month)
 
 
 def _months(timestamps: Ints) -> np.ndarray:
@@ -304,9 +320,7 @@ def _chunk_store(
 
     try:
         resolved, (created, updated, _) = atomic_with_retry(work)
-    except IntegrityError:  # a known user or item was deleted meanwhile: resolve (or create) them again
-        if not (known.users or known.items):
-            raise
+    except ReferencesGone:  # a user or item was deleted meanwhile: resolve (or create) them again
         known.forget()
         resolved, (created, updated, _) = atomic_with_retry(work)
     for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
