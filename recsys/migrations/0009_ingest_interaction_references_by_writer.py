@@ -1,6 +1,6 @@
 """The interactions' references to users and items are kept by the writer and by delete triggers instead of
 two foreign keys, the id CHECK constraint takes the `+` form of the id rule (keeping every row), and the
-impressions get a BRIN index on shown_at (attribution's "any impression in the window?").
+impressions get an index on shown_at (attribution's "any impression in the window?").
 
 Why: the foreign keys were checked row by row at commit, two probes and two row locks per stored event,
 ~40% of PostgreSQL's CPU for an API batch (BENCHMARKS.md, Ingestion). The guarantee they gave is kept:
@@ -25,7 +25,6 @@ cascades through them.
 
 from __future__ import annotations
 
-import django.contrib.postgres.indexes
 from django.db import migrations, models
 
 # The lock that orders events transactions (shared) against deletes of users and items (exclusive).
@@ -144,6 +143,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="impression",
-            index=django.contrib.postgres.indexes.BrinIndex(fields=["shown_at"], name="impression_shown_brin"),
+            index=models.Index(fields=["shown_at"], name="impression_shown_at"),
         ),
     ]
