@@ -131,13 +131,17 @@ def _joined(external_ids: Iterable[str]) -> str:
 # the planner answered it with a hash join over the whole table once that grew past the chunk.
 # ``gone`` counts the batch's distinct users and items that no longer exist (see ``references_hold``):
 # it replaces the foreign keys' check of every row at commit (~10 ms of PostgreSQL CPU per 1,000 events).
-_EVENTS_UPSERT = """
-    WITH gone AS (
-        SELECT (SELECT count(*) FROM unnest({user_set}) AS u(id)
-                WHERE NOT EXISTS (SELECT 1 FROM recsys_user x WHERE x.id = u.id))
-             + (SELECT count(*) FROM unnest({item_set}) AS i(id)
-                WHERE NOT EXISTS (SELECT 1 FROM recsys_item x WHERE x.id = i.id)) AS n
-    ),
+_GONE = """
+    SELECT (SELECT count(*) FROM unnest({user_set}) AS u(id)
+            WHERE NOT EXISTS (SELECT 1 FROM recsys_user x WHERE x.id = u.id))
+         + (SELECT count(*) FROM unnest({item_set}) AS i(id)
+            WHERE NOT EXISTS (SELECT 1 FROM recsys_item x WHERE x.id = i.id)) AS n
+"""
+_EVENTS_UPSERT = (
+    """
+    WITH gone AS ("""
+    + _GONE
+    + """),
     written AS (
         INSERT INTO recsys_interaction AS old (user_id, item_id, event_type, value, weight, timestamp, created_at)
         SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts,
@@ -150,6 +154,7 @@ _EVENTS_UPSERT = """
     )
     SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), (SELECT n FROM gone) FROM written
 """
+)
 _SETS_FROM_ARRAYS = {"{user_set}": "%(user_set)s::int8[]", "{item_set}": "%(item_set)s::int8[]"}
 
 
@@ -158,7 +163,10 @@ def _sets_from(table: str) -> dict[str, str]:
 
 
 def _statement(source: str, sets: dict[str, str]) -> str:
-    statement = _EVENTS_UPSERT.replace("{source}", source)
+    return _with_sets(_EVENTS_UPSERT.replace("{source}", source), sets)
+
+
+def _with_sets(statement: str, sets: dict[str, str]) -> str:
     for placeholder, expression in sets.items():
         statement = statement.replace(placeholder, expression)
     return statement
@@ -172,6 +180,7 @@ _EVENTS_FROM_ARRAYS = """(
 ) AS s"""
 _EVENTS_STAGE = "recsys_import_events"
 _EVENTS_STAGE_COLUMNS = "(user_id bigint, item_id bigint, code smallint, value float8, weight float8, ts timestamptz)"
+_GONE_FROM_ARRAYS = _with_sets(_GONE, _SETS_FROM_ARRAYS)
 _EVENTS_STATEMENT = {  # by whether the events come by COPY
     False: _statement(_EVENTS_FROM_ARRAYS, _SETS_FROM_ARRAYS),
     True: _statement(f"{_EVENTS_STAGE} AS s", _sets_from(_EVENTS_STAGE)),
@@ -215,8 +224,10 @@ def events_merge(table: str, rules: EventRules) -> tuple[int, int]:
         return _written(cursor)
 
 
-def _written(cursor: psycopg.Cursor[Any]) -> tuple[int, int]:
-    created, updated, gone = cursor.fetchone() or (0, 0, 0)  # an aggregate: always one row
+def _written(cursor: psycopg.Cursor[Any], *, gone_only: bool = False) -> tuple[int, int]:
+    """(created, updated) of the upsert; raises ``ReferencesGone`` if its check found users or items gone."""
+    row = cursor.fetchone()  # aggregates: always one row
+    created, updated, gone = (0, 0, row[0]) if gone_only else row  # type: ignore[index,misc]
     if gone:
         raise ReferencesGone(f"{gone} users or items of these events were deleted since they were resolved")
     return created, updated
@@ -268,8 +279,7 @@ def load_orphans_remove(table: str) -> int:
 def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
     return {
         "names": list(rules.names),
-        "user_set": ints_literal(np.unique(events.user_ids)),
-        "item_set": ints_literal(np.unique(events.item_ids)),
+        **_sets(events),
         "user_ids": ints_literal(events.user_ids),
         "item_ids": ints_literal(events.item_ids),
         "codes": ints_literal(events.codes),
@@ -277,6 +287,11 @@ def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules:
         "weights": floats_literal(weights),
         "micros": ints_literal(events.timestamps),
     }
+
+
+def _sets(events: EventArrays) -> dict[str, str]:
+    """The distinct users and items of ``events``, for the check that they exist."""
+    return {"user_set": ints_literal(np.unique(events.user_ids)), "item_set": ints_literal(np.unique(events.item_ids))}
 
 
 # Fixed-width rows of PostgreSQL's binary COPY format, built by numpy without a Python loop.
@@ -328,15 +343,26 @@ _LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
 
 
 def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
-    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many."""
+    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many.
+    Raises ``ReferencesGone`` as ``events_write`` does."""
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
-    with _cursor() as cursor, cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
+    with _cursor() as cursor:
+        references_hold(cursor)
+        cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
+        _written(cursor, gone_only=True)
+        _events_copy_load(cursor, table, events, weights, rules)
+    return len(events)
+
+
+def _events_copy_load(
+    cursor: psycopg.Cursor[Any], table: str, events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules
+) -> None:
+    with cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
         stream.write(_COPY_HEADER)
         for block in load_rows(events, weights, rules.names):
             stream.write(block)
         stream.write(_COPY_TRAILER)
-    return len(events)
 
 
 def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> Iterator[bytes]:

@@ -238,3 +238,25 @@ def constraints(table: str, kind: str) -> list[str]:
             [table, kind],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_fresh_month_loaded_by_a_file_leaves_out_the_events_of_a_user_deleted_meanwhile() -> None:
+    from recsys.ingestion.events import interactions_load
+    from recsys.ingestion.readers import json_rows_events_read
+    from recsys.ingestion.rules import RawEvents
+
+    # Given a file of a month that holds nothing yet (loaded into a table of its own, attached at the end)
+    def chunks() -> Iterator[RawEvents]:
+        yield json_rows_events_read([1], [event("ivy", day=1)])
+        yield json_rows_events_read([2], [event("jon", day=2)])
+        # When the user of the first chunk is deleted (through a connection of the reader thread's own)
+        User.objects.filter(external_id="ivy").delete()
+        yield json_rows_events_read([3], [event("ivy", day=3)])
+
+    report = interactions_load(chunks=chunks())
+
+    # Then her first event went with her, as a cascade would have taken it, and the later ones are kept
+    assert (report.created, report.rejected) == (2, 0), report
+    stored = sorted(Interaction.objects.values_list("user__external_id", "timestamp__day"))
+    assert stored == [("ivy", 3), ("jon", 2)]
+    assert orphans() == 0
