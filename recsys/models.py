@@ -194,8 +194,10 @@ class Attribution(models.Model):
     """A click-type interaction credited to the recommendation (and impression) that led to it.
     Unique by the interaction's identity, so re-sending the interaction is a no-op."""
 
-    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, related_name="+")
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, related_name="+")
+    # No database foreign keys, as the interactions' (migration 0009): written in the same transactions, under
+    # the same lock; the delete triggers remove them too.
+    user = models.ForeignKey(User, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="+")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, db_index=False, db_constraint=False, related_name="+")
     event_type = models.CharField(max_length=32)
     occurred_at = models.DateTimeField(help_text="The interaction's timestamp.")
     value = models.FloatField(null=True, blank=True)

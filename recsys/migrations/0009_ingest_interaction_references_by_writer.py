@@ -1,5 +1,5 @@
-"""The interactions' references to users and items are kept by the writer and by delete triggers instead of
-two foreign keys, the id CHECK constraint takes the `+` form of the id rule (keeping every row), and the
+"""The references of interactions and attributions to users and items are kept by the writer and by delete
+triggers instead of foreign keys, the id CHECK constraint takes the `+` form of the id rule (keeping every row), and the
 impressions get an index on shown_at (attribution's "any impression in the window?").
 
 Why: the foreign keys were checked row by row at commit, two probes and two row locks per stored event,
@@ -10,16 +10,19 @@ Why: the foreign keys were checked row by row at commit, two probes and two row 
   then, in its next statement, checks that every distinct user and item of the batch exists; if one
   does not (deleted since its id was resolved), the transaction is rolled back and the batch is resolved
   again (``ReferencesGone``).
-* **A delete removes the interactions.** A DELETE on recsys_user or recsys_item first takes the same
+* **Attributions** are written in the same transactions: the interactions' (their users and items were
+  checked under the lock), and the impressions' late attributions, which take the lock before they read
+  the interactions they credit (a deleted user's are gone from that snapshot).
+* **A delete removes the interactions and attributions.** A DELETE on recsys_user or recsys_item first takes the same
   lock exclusively (BEFORE … FOR EACH STATEMENT), so it waits for every events transaction in flight and
   holds off new ones until it commits; an AFTER … FOR EACH STATEMENT trigger then deletes the deleted
-  rows' interactions with a fresh snapshot (READ COMMITTED), which sees every events transaction that
+  rows' interactions and attributions with a fresh snapshot (READ COMMITTED), which sees every events transaction that
   committed before the lock was granted. A writer that was waiting for the lock checks after it is
   granted, so it sees the delete. Deletes under REPEATABLE READ or SERIALIZABLE are refused: their
   snapshot could predate a writer that committed meanwhile (the foreign keys' cross-check snapshot has
   no plpgsql equivalent). Changing a user's or item's row id is refused as a foreign key refused it.
 
-Django's state keeps both fields as foreign keys (``db_constraint=False``), so the ORM still joins and
+Django's state keeps the fields as foreign keys (``db_constraint=False``), so the ORM still joins and
 cascades through them.
 """
 
@@ -52,12 +55,14 @@ END $$;
 CREATE FUNCTION recsys_user_interactions_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM recsys_interaction x USING gone WHERE x.user_id = gone.id;
+    DELETE FROM recsys_attribution a USING gone WHERE a.user_id = gone.id;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION recsys_item_interactions_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM recsys_interaction x USING gone WHERE x.item_id = gone.id;
+    DELETE FROM recsys_attribution a USING gone WHERE a.item_id = gone.id;
     RETURN NULL;
 END $$;
 
@@ -75,16 +80,18 @@ CREATE TRIGGER {table}_interactions_delete AFTER DELETE ON {table} REFERENCING O
 CREATE TRIGGER {table}_id_keep BEFORE UPDATE OF id ON {table}
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION recsys_row_id_keep();
 """
-FOREIGN_KEYS = {  # 0007's names
-    "user": "recsys_interaction_user_id_a93ccf36_fk_recsys_user_id",
-    "item": "recsys_interaction_item_id_32611a0e_fk_recsys_item_id",
+FOREIGN_KEYS = {  # (table, column): the names 0007 and 0005 gave them
+    ("recsys_interaction", "user"): "recsys_interaction_user_id_a93ccf36_fk_recsys_user_id",
+    ("recsys_interaction", "item"): "recsys_interaction_item_id_32611a0e_fk_recsys_item_id",
+    ("recsys_attribution", "user"): "recsys_attribution_user_id_fk",
+    ("recsys_attribution", "item"): "recsys_attribution_item_id_fk",
 }
 
 FORWARD = (
-    "".join(f"ALTER TABLE recsys_interaction DROP CONSTRAINT {name};\n" for name in FOREIGN_KEYS.values())
+    "".join(f"ALTER TABLE {table} DROP CONSTRAINT {name};\n" for (table, _), name in FOREIGN_KEYS.items())
     + FUNCTIONS
     + "".join(
-        TRIGGERS.format(table=f"recsys_{kind}", function=f"recsys_{kind}_interactions_delete") for kind in FOREIGN_KEYS
+        TRIGGERS.format(table=f"recsys_{kind}", function=f"recsys_{kind}_interactions_delete") for kind in ("user", "item")
     )
 )
 BACKWARD = (
@@ -96,9 +103,9 @@ BACKWARD = (
     + "DROP FUNCTION recsys_references_share(), recsys_references_take(), recsys_references_delete_begin(), recsys_user_interactions_delete(), "
     "recsys_item_interactions_delete(), recsys_row_id_keep();\n"
     + "".join(
-        f"ALTER TABLE recsys_interaction ADD CONSTRAINT {name} FOREIGN KEY ({kind}_id) REFERENCES recsys_{kind} (id) "
+        f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY ({kind}_id) REFERENCES recsys_{kind} (id) "
         "ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;\n"
-        for kind, name in FOREIGN_KEYS.items()
+        for (table, kind), name in FOREIGN_KEYS.items()
     )
 )
 
@@ -120,16 +127,17 @@ class Migration(migrations.Migration):
             database_operations=[migrations.RunSQL(FORWARD, BACKWARD)],
             state_operations=[
                 migrations.AlterField(
-                    model_name="interaction",
+                    model_name=model,
                     name=field,
                     field=models.ForeignKey(
                         db_constraint=False,
                         db_index=False,
                         on_delete=models.deletion.CASCADE,
-                        related_name="interactions",
+                        related_name=related_name,
                         to=f"recsys.{field}",
                     ),
                 )
+                for model, related_name in (("interaction", "interactions"), ("attribution", "+"))
                 for field in ("user", "item")
             ],
         ),

@@ -1,4 +1,4 @@
-"""Interactions never name a user or item that is gone: the writer's check under the references lock and the
+"""Interactions and attributions never name a user or item that is gone: the writer's check under the references lock and the
 delete triggers (migration 0009), exercised with two connections; the migration keeps every row."""
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from django.db.migrations.executor import MigrationExecutor
 from recsys.ingestion.events import event_rules_load, interactions_ingest
 from recsys.ingestion.rules import EventArrays
 from recsys.ingestion.writer import events_write
-from recsys.models import EventType, Interaction, Item, User
+from recsys.models import Attribution, EventType, Interaction, Item, User
 
 pytestmark = pytest.mark.django_db(transaction=True)  # a second connection must see committed rows
 
-ORPHANS = """
-    SELECT count(*) FROM recsys_interaction x
-    WHERE NOT EXISTS (SELECT 1 FROM recsys_user u WHERE u.id = x.user_id)
-       OR NOT EXISTS (SELECT 1 FROM recsys_item i WHERE i.id = x.item_id)
-"""
+ORPHANS = " + ".join(
+    f"""(SELECT count(*) FROM {table} x
+         WHERE NOT EXISTS (SELECT 1 FROM recsys_user u WHERE u.id = x.user_id)
+            OR NOT EXISTS (SELECT 1 FROM recsys_item i WHERE i.id = x.item_id))"""
+    for table in ("recsys_interaction", "recsys_attribution")
+)
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +58,7 @@ def other() -> Iterator[psycopg.Connection[Any]]:
 
 def orphans() -> int:
     with connection.cursor() as cursor:
-        cursor.execute(ORPHANS)
+        cursor.execute(f"SELECT {ORPHANS}")
         return int(cursor.fetchone()[0])
 
 
@@ -144,15 +145,21 @@ def test_events_of_a_user_deleted_while_they_wait_are_stored_for_the_user_create
 
 
 @pytest.mark.parametrize(("table", "column"), [("recsys_user", "user_id"), ("recsys_item", "item_id")])
-def test_a_plain_sql_delete_removes_the_interactions(table: str, column: str) -> None:
-    interactions_ingest(rows=[event("cat", "pen"), event("cat", "ink"), event("dan", "pen")])
+def test_a_plain_sql_delete_removes_the_interactions_and_attributions(table: str, column: str) -> None:
+    interactions_ingest(rows=[event("cat", "pen"), event("cat", "ink"), event("dan", "ink")])
+    with connection.cursor() as cursor:  # an attribution of each event
+        cursor.execute(
+            "INSERT INTO recsys_attribution (user_id, item_id, event_type, occurred_at, weight, recommendation_id)"
+            " SELECT user_id, item_id, event_type, timestamp, weight, 'r' FROM recsys_interaction"
+        )
     gone = (User.objects.get(external_id="cat") if table == "recsys_user" else Item.objects.get(external_id="pen")).pk
 
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE id = %s", [gone])
 
+    kept = 1 if table == "recsys_user" else 2
     assert not Interaction.objects.filter(**{column: gone}).exists()
-    assert Interaction.objects.count() == 1
+    assert Interaction.objects.count() == Attribution.objects.count() == kept
     assert orphans() == 0
 
 
@@ -217,13 +224,13 @@ def test_migrating_keeps_every_row_and_moves_the_references_to_the_writer() -> N
     assert sorted(Interaction.objects.values_list("id", "user_id", "item_id", "timestamp")) == before
     assert sorted(User.objects.values_list("id", "external_id")) == users
     assert len(before) == 18
-    assert constraints("recsys_interaction", "f") == []
+    assert constraints("recsys_interaction", "f") == constraints("recsys_attribution", "f") == []
     assert constraints("recsys_user", "c") == ["CHECK (((external_id)::text ~ '^[A-Za-z0-9_.:@/-]+$'::text))"]
 
     # and the way back restores the foreign keys over the same rows
     executor = MigrationExecutor(connection)
     executor.migrate([("recsys", "0008_admin_id_rule")])
-    assert len(constraints("recsys_interaction", "f")) == 2
+    assert len(constraints("recsys_interaction", "f")) == len(constraints("recsys_attribution", "f")) == 2
     assert sorted(Interaction.objects.values_list("id", "user_id", "item_id", "timestamp")) == before
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
