@@ -37,6 +37,7 @@ from recsys.ingestion.writer import (
     events_write,
     ids_resolve,
     load_orphans_remove,
+    references_hold,
 )
 from recsys.models import EventType, Item, User
 from recsys.partitions import (
@@ -94,10 +95,12 @@ class _Known:
     valid: set[str] = field(default_factory=set)
     users: dict[str, int] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
+    epoch: int | None = None  # ``references_hold``'s value when all of them were last known to exist
 
     def forget(self) -> None:
         self.users.clear()
         self.items.clear()
+        self.epoch = None
 
 
 def _check(raw: RawEvents, rules: EventRules, now_us: int, known: _Known | None = None) -> _Checked:
@@ -157,15 +160,16 @@ def _accepted(size: int, rejected: Rejections) -> npt.NDArray[np.bool_]:
 
 
 def _stored(
-    resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None
+    resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None, check: bool = True
 ) -> tuple[int, int, int]:
     """Write the events (a file's fresh months by the month load), then attribute their click-type
     ones in the same transaction. Attribution reads the events' arrays, not the table, so events
-    whose month is attached only at the end of a file are attributed with their chunk."""
+    whose month is attached only at the end of a file are attributed with their chunk. ``check``: whether
+    the writer checks that their users and items exist (``events_write``)."""
     if loads is not None:
-        counts = _events_store(resolved.events, rules, loads)
+        counts = _events_store(resolved.events, rules, loads, check=check)
     else:
-        counts = events_write(resolved.events, rules, copy=copy)
+        counts = events_write(resolved.events, rules, copy=copy, check=check)
     clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
     return counts
 
@@ -226,14 +230,14 @@ class _MonthLoads:
             else:
                 self.upserted.add(month)
 
-    def split(self, events: EventArrays) -> EventArrays:
+    def split(self, events: EventArrays, *, check: bool = True) -> EventArrays:
         """COPY the events of loading months; returns the others."""
         months = _months(events.timestamps)
         rest = np.ones(len(events), dtype=bool)
         for month, table in self.tables.items():
             mask = months == np.datetime64(month, "M")
             if mask.any():
-                events_load(table, _take(events, mask), self.rules)
+                events_load(table, _take(events, mask), self.rules, check=check)
                 rest &= ~mask
         return events if rest.all() else _take(events, rest)
 
@@ -313,16 +317,20 @@ def _chunk_store(
     raw = checked.raw
     loads.prepare(np.delete(raw.timestamps, list(first_rejected)) if first_rejected else raw.timestamps)
 
-    def work() -> tuple[_Resolved, tuple[int, int, int]]:
+    def work() -> tuple[_Resolved, tuple[int, int, int], int]:
         checked.rejected = dict(first_rejected)  # a retried transaction starts again
+        # The references lock first: the ids resolved below exist until the commit, and the remembered ones
+        # need no check if no delete ran since they were known to exist (see ``references_hold``).
+        epoch = references_hold()
         resolved = _resolve(checked, create_items=create_items, known=known)
-        return resolved, _stored(resolved, rules, copy=True, loads=loads)
+        return resolved, _stored(resolved, rules, copy=True, loads=loads, check=known.epoch != epoch), epoch
 
     try:
-        resolved, (created, updated, _) = atomic_with_retry(work)
+        resolved, (created, updated, _), epoch = atomic_with_retry(work)
     except ReferencesGone:  # a user or item was deleted meanwhile: resolve (or create) them again
         known.forget()
-        resolved, (created, updated, _) = atomic_with_retry(work)
+        resolved, (created, updated, _), epoch = atomic_with_retry(work)
+    known.epoch = epoch  # committed: every id remembered existed then
     for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
         if len(mine) < KNOWN_IDS_MAX:
             mine.update(found)  # committed: safe for the next chunks
@@ -335,10 +343,12 @@ def _chunk_store(
         report.reject(raw.lines[k], rejected[k])
 
 
-def _events_store(events: EventArrays, rules: EventRules, loads: _MonthLoads) -> tuple[int, int, int]:
+def _events_store(
+    events: EventArrays, rules: EventRules, loads: _MonthLoads, *, check: bool = True
+) -> tuple[int, int, int]:
     """Loading months' events by COPY (counted when attached), the others by upsert: (created, updated, distinct)."""
-    rest = loads.split(events)
-    return events_write(rest, rules, copy=True) if len(rest) else (0, 0, 0)
+    rest = loads.split(events, check=check)
+    return events_write(rest, rules, copy=True, check=check) if len(rest) else (0, 0, 0)
 
 
 def interaction_arrays_load(

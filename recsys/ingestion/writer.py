@@ -181,9 +181,12 @@ _EVENTS_FROM_ARRAYS = """(
 _EVENTS_STAGE = "recsys_import_events"
 _EVENTS_STAGE_COLUMNS = "(user_id bigint, item_id bigint, code smallint, value float8, weight float8, ts timestamptz)"
 _GONE_FROM_ARRAYS = _with_sets(_GONE, _SETS_FROM_ARRAYS)
-_EVENTS_STATEMENT = {  # by whether the events come by COPY
-    False: _statement(_EVENTS_FROM_ARRAYS, _SETS_FROM_ARRAYS),
-    True: _statement(f"{_EVENTS_STAGE} AS s", _sets_from(_EVENTS_STAGE)),
+_NO_SETS = {"{user_set}": "'{}'::int8[]", "{item_set}": "'{}'::int8[]"}
+_EVENTS_STATEMENT = {  # by whether the events come by COPY, and whether their users and items are checked
+    (False, True): _statement(_EVENTS_FROM_ARRAYS, _SETS_FROM_ARRAYS),
+    (True, True): _statement(f"{_EVENTS_STAGE} AS s", _sets_from(_EVENTS_STAGE)),
+    (False, False): _statement(_EVENTS_FROM_ARRAYS, _NO_SETS),
+    (True, False): _statement(f"{_EVENTS_STAGE} AS s", _NO_SETS),
 }
 # A month's load table whose month got rows meanwhile: its events (the last of repeated ones) by upsert.
 _EVENTS_FROM_LOAD = """(
@@ -194,12 +197,12 @@ _EVENTS_FROM_LOAD = """(
 ) AS s"""
 
 
-def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
+def events_write(events: EventArrays, rules: EventRules, *, copy: bool, check: bool = True) -> tuple[int, int, int]:
     """Upsert events (the last of repeated ones wins); returns (created, updated, distinct events).
 
     ``copy``: send them by binary COPY into a staging table (files); otherwise as arrays (API batches).
     Raises ``ReferencesGone`` (the caller's transaction must roll back) when a user or item was deleted
-    since its id was resolved.
+    since its id was resolved. ``check=False``: the caller knows they exist (see ``references_hold``).
     """
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
@@ -207,9 +210,9 @@ def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple
         references_hold(cursor)
         if copy:
             _events_copy(cursor, events, weights)
-            cursor.execute(_EVENTS_STATEMENT[True], {"names": list(rules.names)})
+            cursor.execute(_EVENTS_STATEMENT[(True, check)], {"names": list(rules.names)})
         else:
-            cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
+            cursor.execute(_EVENTS_STATEMENT[(False, check)], _events_arrays(events, weights, rules, check))
         created, updated = _written(cursor)
     return created, updated, len(events)
 
@@ -245,10 +248,18 @@ class ReferencesGone(IntegrityError):
     """A user or item that events name was deleted after its id was resolved: resolve the batch again."""
 
 
-def references_hold(cursor: psycopg.Cursor[Any]) -> None:
+def references_hold(cursor: psycopg.Cursor[Any] | None = None) -> int:
     """Hold off deletes of users and items until this transaction ends (a statement of its own, so that
-    the next statement's snapshot sees every delete that committed before the lock was granted)."""
+    the next statement's snapshot sees every delete that committed before the lock was granted).
+
+    Returns how many deletes of users or items have begun so far: ids known to exist when it returned a
+    value still exist while it returns the same one (each delete counts itself while it holds the lock).
+    """
+    if cursor is None:
+        with _cursor() as own:
+            return references_hold(own)
     cursor.execute("SELECT recsys_references_share()")
+    return int(cursor.fetchone()[0])  # type: ignore[index]
 
 
 def references_delete_begin() -> None:
@@ -276,10 +287,12 @@ def load_orphans_remove(table: str) -> int:
         return max(cursor.rowcount, 0)
 
 
-def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
+def _events_arrays(
+    events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules, check: bool
+) -> dict[str, Any]:
     return {
         "names": list(rules.names),
-        **_sets(events),
+        **(_sets(events) if check else {}),
         "user_ids": ints_literal(events.user_ids),
         "item_ids": ints_literal(events.item_ids),
         "codes": ints_literal(events.codes),
@@ -342,15 +355,16 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
 _LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
 
 
-def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
+def events_load(table: str, events: EventArrays, rules: EventRules, *, check: bool = True) -> int:
     """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many.
-    Raises ``ReferencesGone`` as ``events_write`` does."""
+    Raises ``ReferencesGone`` as ``events_write`` does (``check`` as there)."""
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
     with _cursor() as cursor:
         references_hold(cursor)
-        cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
-        _written(cursor, gone_only=True)
+        if check:
+            cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
+            _written(cursor, gone_only=True)
         _events_copy_load(cursor, table, events, weights, rules)
     return len(events)
 

@@ -9,7 +9,10 @@ Why: the foreign keys were checked row by row at commit, two probes and two row 
   events' transaction it first takes ``recsys_references_share()`` (a shared transaction advisory lock),
   then, in its next statement, checks that every distinct user and item of the batch exists; if one
   does not (deleted since its id was resolved), the transaction is rolled back and the batch is resolved
-  again (``ReferencesGone``).
+  again (``ReferencesGone``). A file import takes the lock before it resolves a chunk's ids, and skips the
+  check when no delete ran since the ids it remembers were known to exist: every delete draws from
+  ``recsys_references_deletes`` while it holds the lock exclusively, and ``recsys_references_share()``
+  returns the sequence's value (read under the shared lock, so no delete is in progress).
 * **Attributions** are written in the same transactions: the interactions' (their users and items were
   checked under the lock), and the impressions' late attributions, which take the lock before they read
   the interactions they credit (a deleted user's are gone from that snapshot).
@@ -34,8 +37,13 @@ from django.db import migrations, models
 REFERENCES_LOCK_KEY = 7_265_637_379_735_372  # any constant: 'recsys' references
 
 FUNCTIONS = f"""
-CREATE FUNCTION recsys_references_share() RETURNS void LANGUAGE sql VOLATILE AS
-$$ SELECT pg_advisory_xact_lock_shared({REFERENCES_LOCK_KEY}) $$;
+CREATE SEQUENCE recsys_references_deletes;
+
+CREATE FUNCTION recsys_references_share() RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    SELECT pg_advisory_xact_lock_shared({REFERENCES_LOCK_KEY});
+    SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM recsys_references_deletes;  -- 1 both before and
+    -- after the first nextval otherwise
+$$;
 
 CREATE FUNCTION recsys_references_take() RETURNS void LANGUAGE sql VOLATILE AS
 $$ SELECT pg_advisory_xact_lock({REFERENCES_LOCK_KEY}) $$;
@@ -49,6 +57,7 @@ BEGIN
                   HINT = 'their interactions are removed by a trigger that needs a fresh snapshot';
     END IF;
     PERFORM recsys_references_take();
+    PERFORM nextval('recsys_references_deletes');
     RETURN NULL;
 END $$;
 
@@ -91,7 +100,8 @@ FORWARD = (
     "".join(f"ALTER TABLE {table} DROP CONSTRAINT {name};\n" for (table, _), name in FOREIGN_KEYS.items())
     + FUNCTIONS
     + "".join(
-        TRIGGERS.format(table=f"recsys_{kind}", function=f"recsys_{kind}_interactions_delete") for kind in ("user", "item")
+        TRIGGERS.format(table=f"recsys_{kind}", function=f"recsys_{kind}_interactions_delete")
+        for kind in ("user", "item")
     )
 )
 BACKWARD = (
@@ -101,7 +111,7 @@ BACKWARD = (
         for t in ("recsys_user", "recsys_item")
     )
     + "DROP FUNCTION recsys_references_share(), recsys_references_take(), recsys_references_delete_begin(), recsys_user_interactions_delete(), "
-    "recsys_item_interactions_delete(), recsys_row_id_keep();\n"
+    "recsys_item_interactions_delete(), recsys_row_id_keep();\nDROP SEQUENCE recsys_references_deletes;\n"
     + "".join(
         f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY ({kind}_id) REFERENCES recsys_{kind} (id) "
         "ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;\n"
