@@ -218,6 +218,12 @@ class _MonthLoads:
     rules: EventRules
     tables: dict[date, str] = field(default_factory=dict)
     upserted: set[date] = field(default_factory=set)
+    since: int | None = None  # ``references_hold``'s value when the first chunk was stored (see ``loaded``)
+
+    def loaded(self, epoch: int) -> None:
+        """A chunk committed with its users and items existing at ``epoch`` (``references_hold``)."""
+        if self.since is None:
+            self.since = epoch
 
     def prepare(self, timestamps: Ints) -> None:
         """Decide the months of a chunk's timestamps not seen before; outside the chunk's transaction, so a
@@ -246,11 +252,11 @@ class _MonthLoads:
         created = updated = 0
         try:
             for month, table in sorted(self.tables.items()):
-                loaded = atomic_with_retry(partial(_load_attach, table, month))
+                loaded = atomic_with_retry(partial(_load_attach, table, month, self.since))
                 if loaded is not None:
                     created += loaded
                     continue
-                merged = atomic_with_retry(partial(events_merge, table, self.rules))
+                merged = atomic_with_retry(partial(events_merge, table, self.rules, since=self.since))
                 created, updated = created + merged[0], updated + merged[1]
         finally:
             self.abandon()
@@ -262,9 +268,9 @@ class _MonthLoads:
         self.tables.clear()
 
 
-def _load_attach(table: str, month: date) -> int | None:
+def _load_attach(table: str, month: date, since: int | None) -> int | None:
     """Attach a month's load table, without the events of users and items deleted since they were loaded."""
-    load_orphans_remove(table)
+    load_orphans_remove(table, since=since)
     return partition_load_attach(table=table, month=month)
 
 
@@ -331,6 +337,7 @@ def _chunk_store(
         known.forget()
         resolved, (created, updated, _), epoch = atomic_with_retry(work)
     known.epoch = epoch  # committed: every id remembered existed then
+    loads.loaded(epoch)
     for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
         if len(mine) < KNOWN_IDS_MAX:
             mine.update(found)  # committed: safe for the next chunks
