@@ -238,10 +238,11 @@ def _written(cursor: psycopg.Cursor[Any], *, gone_only: bool = False) -> tuple[i
 
 # ---- references: users and items that events name ------------------------------------------------
 
-# No foreign key checks recsys_interaction's user_id and item_id (migration 0009 explains the protocol):
-# every transaction that writes events holds this shared lock from before it checks that its users and
-# items exist until it commits; a DELETE of users or items takes it exclusively, then deletes their
-# interactions (triggers). A check made under the lock therefore stays true until the commit.
+# No foreign key checks the user_id and item_id of recsys_interaction and recsys_attribution (migration 0009
+# explains the protocol): every transaction that writes them holds this shared lock from before it checks
+# that its users and items exist until it commits; a DELETE of users or items takes it exclusively, then
+# deletes their interactions and attributions (triggers). A check made under the lock stays true until
+# the commit.
 
 
 class ReferencesGone(IntegrityError):
