@@ -19,6 +19,7 @@ from recsys.ingestion.writer import (
     floats_literal,
     ints_literal,
     ints_or_nulls_literal,
+    references_hold,
     sql_cursor,
     texts_literal,
 )
@@ -169,6 +170,9 @@ def impressions_within(timestamps: Ints, *, window_seconds: int | None = None) -
 def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None) -> int:
     """Attribute click-type events (one statement per batch); returns how many attributions are new.
 
+    In the transaction that wrote the events (``events_write``), whose check of their users and items under
+    the references lock covers the attributions too (they have no foreign keys, migration 0009).
+
     ``window_seconds``: RECSYS_ATTRIBUTION_WINDOW unless given.
     """
     if not len(clicks):
@@ -286,6 +290,9 @@ def late_attributions_write(impressions: ImpressionArrays, *, window_seconds: in
     until = _moment(int(impressions.shown_at.max())) + timedelta(seconds=window)
     params = {**_impression_params(impressions), "window": window, "since": since, "until": until}
     with sql_cursor() as cursor:
+        # Attributions have no foreign keys (migration 0009): under the references lock, taken before the
+        # statement reads the interactions it credits, a deleted user's or item's are gone from its snapshot.
+        references_hold(cursor)
         cursor.execute(_LATE_ATTRIBUTIONS, params)
         return max(cursor.rowcount, 0)
 

@@ -12,7 +12,6 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
-from django.db import IntegrityError
 
 from recsys.db import atomic_with_retry
 from recsys.feedback.attribution import clicks_attribute
@@ -31,7 +30,15 @@ from recsys.ingestion.rules import (
     micros_now,
     unknown_row_error,
 )
-from recsys.ingestion.writer import events_load, events_merge, events_write, ids_resolve
+from recsys.ingestion.writer import (
+    ReferencesGone,
+    events_load,
+    events_merge,
+    events_write,
+    ids_resolve,
+    load_orphans_remove,
+    references_hold,
+)
 from recsys.models import EventType, Item, User
 from recsys.partitions import (
     month_is_fresh,
@@ -82,16 +89,18 @@ class _Resolved:
 class _Known:
     """What a file's earlier chunks established about its ids, so that a chunk checks and asks the database
     only about ids it has not met (at most ``KNOWN_IDS_MAX`` of each kind are kept): the valid ones, and the
-    row ids of users and items. A user or item deleted meanwhile makes a chunk fail its foreign key at
-    commit: the chunk is then redone with the row ids forgotten."""
+    row ids of users and items. A user or item deleted meanwhile makes a chunk's write fail its check of
+    them (``ReferencesGone``): the chunk is then redone with the row ids forgotten."""
 
     valid: set[str] = field(default_factory=set)
     users: dict[str, int] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
+    epoch: int | None = None  # ``references_hold``'s value when all of them were last known to exist
 
     def forget(self) -> None:
         self.users.clear()
         self.items.clear()
+        self.epoch = None
 
 
 def _check(raw: RawEvents, rules: EventRules, now_us: int, known: _Known | None = None) -> _Checked:
@@ -151,15 +160,16 @@ def _accepted(size: int, rejected: Rejections) -> npt.NDArray[np.bool_]:
 
 
 def _stored(
-    resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None
+    resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None, check: bool = True
 ) -> tuple[int, int, int]:
     """Write the events (a file's fresh months by the month load), then attribute their click-type
     ones in the same transaction. Attribution reads the events' arrays, not the table, so events
-    whose month is attached only at the end of a file are attributed with their chunk."""
+    whose month is attached only at the end of a file are attributed with their chunk. ``check``: whether
+    the writer checks that their users and items exist (``events_write``)."""
     if loads is not None:
-        counts = _events_store(resolved.events, rules, loads)
+        counts = _events_store(resolved.events, rules, loads, check=check)
     else:
-        counts = events_write(resolved.events, rules, copy=copy)
+        counts = events_write(resolved.events, rules, copy=copy, check=check)
     clicks_attribute(events=resolved.events, rules=rules, recommendation_ids=resolved.recommendation_ids)
     return counts
 
@@ -182,7 +192,11 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
     resolved = _resolve(checked, create_items=auto_create_items)
     result = BatchResult()
     if len(resolved.events):
-        created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
+        try:
+            created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
+        except ReferencesGone:  # a user or item deleted since it was resolved: created again, as a new one
+            resolved = _resolve(checked, create_items=auto_create_items)
+            created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
         result.created, result.updated, result.unchanged = created, updated, distinct - created - updated
         if created or updated:
             users = resolved.users
@@ -204,6 +218,12 @@ class _MonthLoads:
     rules: EventRules
     tables: dict[date, str] = field(default_factory=dict)
     upserted: set[date] = field(default_factory=set)
+    since: int | None = None  # ``references_hold``'s value when the first chunk was stored (see ``loaded``)
+
+    def loaded(self, epoch: int) -> None:
+        """A chunk committed with its users and items existing at ``epoch`` (``references_hold``)."""
+        if self.since is None:
+            self.since = epoch
 
     def prepare(self, timestamps: Ints) -> None:
         """Decide the months of a chunk's timestamps not seen before; outside the chunk's transaction, so a
@@ -216,14 +236,14 @@ class _MonthLoads:
             else:
                 self.upserted.add(month)
 
-    def split(self, events: EventArrays) -> EventArrays:
+    def split(self, events: EventArrays, *, check: bool = True) -> EventArrays:
         """COPY the events of loading months; returns the others."""
         months = _months(events.timestamps)
         rest = np.ones(len(events), dtype=bool)
         for month, table in self.tables.items():
             mask = months == np.datetime64(month, "M")
             if mask.any():
-                events_load(table, _take(events, mask), self.rules)
+                events_load(table, _take(events, mask), self.rules, check=check)
                 rest &= ~mask
         return events if rest.all() else _take(events, rest)
 
@@ -232,11 +252,11 @@ class _MonthLoads:
         created = updated = 0
         try:
             for month, table in sorted(self.tables.items()):
-                loaded = atomic_with_retry(partial(partition_load_attach, table=table, month=month))
+                loaded = atomic_with_retry(partial(_load_attach, table, month, self.since))
                 if loaded is not None:
                     created += loaded
                     continue
-                merged = atomic_with_retry(partial(events_merge, table, self.rules))
+                merged = atomic_with_retry(partial(events_merge, table, self.rules, since=self.since))
                 created, updated = created + merged[0], updated + merged[1]
         finally:
             self.abandon()
@@ -246,6 +266,12 @@ class _MonthLoads:
         for table in self.tables.values():
             partition_load_drop(table=table)  # a no-op for the attached ones (renamed)
         self.tables.clear()
+
+
+def _load_attach(table: str, month: date, since: int | None) -> int | None:
+    """Attach a month's load table, without the events of users and items deleted since they were loaded."""
+    load_orphans_remove(table, since=since)
+    return partition_load_attach(table=table, month=month)
 
 
 def _months(timestamps: Ints) -> np.ndarray:
@@ -297,18 +323,21 @@ def _chunk_store(
     raw = checked.raw
     loads.prepare(np.delete(raw.timestamps, list(first_rejected)) if first_rejected else raw.timestamps)
 
-    def work() -> tuple[_Resolved, tuple[int, int, int]]:
+    def work() -> tuple[_Resolved, tuple[int, int, int], int]:
         checked.rejected = dict(first_rejected)  # a retried transaction starts again
+        # The references lock first: the ids resolved below exist until the commit, and the remembered ones
+        # need no check if no delete ran since they were known to exist (see ``references_hold``).
+        epoch = references_hold()
         resolved = _resolve(checked, create_items=create_items, known=known)
-        return resolved, _stored(resolved, rules, copy=True, loads=loads)
+        return resolved, _stored(resolved, rules, copy=True, loads=loads, check=known.epoch != epoch), epoch
 
     try:
-        resolved, (created, updated, _) = atomic_with_retry(work)
-    except IntegrityError:  # a known user or item was deleted meanwhile: resolve (or create) them again
-        if not (known.users or known.items):
-            raise
+        resolved, (created, updated, _), epoch = atomic_with_retry(work)
+    except ReferencesGone:  # a user or item was deleted meanwhile: resolve (or create) them again
         known.forget()
-        resolved, (created, updated, _) = atomic_with_retry(work)
+        resolved, (created, updated, _), epoch = atomic_with_retry(work)
+    known.epoch = epoch  # committed: every id remembered existed then
+    loads.loaded(epoch)
     for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
         if len(mine) < KNOWN_IDS_MAX:
             mine.update(found)  # committed: safe for the next chunks
@@ -321,10 +350,12 @@ def _chunk_store(
         report.reject(raw.lines[k], rejected[k])
 
 
-def _events_store(events: EventArrays, rules: EventRules, loads: _MonthLoads) -> tuple[int, int, int]:
+def _events_store(
+    events: EventArrays, rules: EventRules, loads: _MonthLoads, *, check: bool = True
+) -> tuple[int, int, int]:
     """Loading months' events by COPY (counted when attached), the others by upsert: (created, updated, distinct)."""
-    rest = loads.split(events)
-    return events_write(rest, rules, copy=True) if len(rest) else (0, 0, 0)
+    rest = loads.split(events, check=check)
+    return events_write(rest, rules, copy=True, check=check) if len(rest) else (0, 0, 0)
 
 
 def interaction_arrays_load(

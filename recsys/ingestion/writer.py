@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
-from django.db import connection
+from django.db import IntegrityError, connection
 from psycopg.types.json import Jsonb
 
 from recsys.ingestion.rules import US, EventArrays, EventRules, Ints, events_deduplicate
@@ -129,8 +129,20 @@ def _joined(external_ids: Iterable[str]) -> str:
 # earlier arrival): on a partitioned table RETURNING cannot read the system column xmax.
 # A NOT EXISTS pre-filter against stored rows made re-runs 2x faster but fresh imports slower, and
 # the planner answered it with a hash join over the whole table once that grew past the chunk.
-_EVENTS_UPSERT = """
-    WITH written AS (
+# ``gone`` counts the batch's distinct users and items that no longer exist (see ``references_hold``):
+# it replaces the foreign keys' check of every row at commit (~10 ms of PostgreSQL CPU per 1,000 events).
+_GONE = """
+    SELECT (SELECT count(*) FROM unnest({user_set}) AS u(id)
+            WHERE NOT EXISTS (SELECT 1 FROM recsys_user x WHERE x.id = u.id))
+         + (SELECT count(*) FROM unnest({item_set}) AS i(id)
+            WHERE NOT EXISTS (SELECT 1 FROM recsys_item x WHERE x.id = i.id)) AS n
+"""
+_EVENTS_UPSERT = (
+    """
+    WITH gone AS ("""
+    + _GONE
+    + """),
+    written AS (
         INSERT INTO recsys_interaction AS old (user_id, item_id, event_type, value, weight, timestamp, created_at)
         SELECT s.user_id, s.item_id, (%(names)s::text[])[s.code + 1], nullif(s.value, 'NaN'), s.weight, s.ts,
                statement_timestamp()
@@ -140,8 +152,26 @@ _EVENTS_UPSERT = """
             WHERE (old.value, old.weight) IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.weight)
         RETURNING (old.created_at = statement_timestamp()) AS inserted
     )
-    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+    SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), (SELECT n FROM gone) FROM written
 """
+)
+_SETS_FROM_ARRAYS = {"{user_set}": "%(user_set)s::int8[]", "{item_set}": "%(item_set)s::int8[]"}
+
+
+def _sets_from(table: str) -> dict[str, str]:
+    return {f"{{{kind}_set}}": f"ARRAY(SELECT DISTINCT {kind}_id FROM {table})" for kind in ("user", "item")}
+
+
+def _statement(source: str, sets: dict[str, str]) -> str:
+    return _with_sets(_EVENTS_UPSERT.replace("{source}", source), sets)
+
+
+def _with_sets(statement: str, sets: dict[str, str]) -> str:
+    for placeholder, expression in sets.items():
+        statement = statement.replace(placeholder, expression)
+    return statement
+
+
 _EVENTS_FROM_ARRAYS = """(
     SELECT r.user_id, r.item_id, r.code, r.value, r.weight,
            timestamptz 'epoch' + r.micros * interval '1 microsecond' AS ts
@@ -150,9 +180,13 @@ _EVENTS_FROM_ARRAYS = """(
 ) AS s"""
 _EVENTS_STAGE = "recsys_import_events"
 _EVENTS_STAGE_COLUMNS = "(user_id bigint, item_id bigint, code smallint, value float8, weight float8, ts timestamptz)"
-_EVENTS_STATEMENT = {  # by whether the events come by COPY
-    False: _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_ARRAYS),
-    True: _EVENTS_UPSERT.replace("{source}", f"{_EVENTS_STAGE} AS s"),
+_GONE_FROM_ARRAYS = _with_sets(_GONE, _SETS_FROM_ARRAYS)
+_NO_SETS = {"{user_set}": "'{}'::int8[]", "{item_set}": "'{}'::int8[]"}
+_EVENTS_STATEMENT = {  # by whether the events come by COPY, and whether their users and items are checked
+    (False, True): _statement(_EVENTS_FROM_ARRAYS, _SETS_FROM_ARRAYS),
+    (True, True): _statement(f"{_EVENTS_STAGE} AS s", _sets_from(_EVENTS_STAGE)),
+    (False, False): _statement(_EVENTS_FROM_ARRAYS, _NO_SETS),
+    (True, False): _statement(f"{_EVENTS_STAGE} AS s", _NO_SETS),
 }
 # A month's load table whose month got rows meanwhile: its events (the last of repeated ones) by upsert.
 _EVENTS_FROM_LOAD = """(
@@ -163,35 +197,109 @@ _EVENTS_FROM_LOAD = """(
 ) AS s"""
 
 
-def events_write(events: EventArrays, rules: EventRules, *, copy: bool) -> tuple[int, int, int]:
+def events_write(events: EventArrays, rules: EventRules, *, copy: bool, check: bool = True) -> tuple[int, int, int]:
     """Upsert events (the last of repeated ones wins); returns (created, updated, distinct events).
 
     ``copy``: send them by binary COPY into a staging table (files); otherwise as arrays (API batches).
+    Raises ``ReferencesGone`` (the caller's transaction must roll back) when a user or item was deleted
+    since its id was resolved. ``check=False``: the caller knows they exist (see ``references_hold``).
     """
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
     with _cursor() as cursor:
+        references_hold(cursor)
         if copy:
             _events_copy(cursor, events, weights)
-            cursor.execute(_EVENTS_STATEMENT[True], {"names": list(rules.names)})
+            cursor.execute(_EVENTS_STATEMENT[(True, check)], {"names": list(rules.names)})
         else:
-            cursor.execute(_EVENTS_STATEMENT[False], _events_arrays(events, weights, rules))
-        created, updated = cursor.fetchone() or (0, 0)  # an aggregate: always one row
+            cursor.execute(_EVENTS_STATEMENT[(False, check)], _events_arrays(events, weights, rules, check))
+        created, updated = _written(cursor)
     return created, updated, len(events)
 
 
-def events_merge(table: str, rules: EventRules) -> tuple[int, int]:
-    """Upsert the events of a load table into the interactions; returns (created, updated)."""
+def events_merge(table: str, rules: EventRules, *, since: int | None = None) -> tuple[int, int]:
+    """Upsert the events of a load table into the interactions (its orphans removed first, see
+    ``load_orphans_remove``, which makes the writer's check needless); returns (created, updated)."""
+    load_orphans_remove(table, since=since)
     with _cursor() as cursor:
-        statement = _EVENTS_UPSERT.replace("{source}", _EVENTS_FROM_LOAD.replace("{table}", table))
+        statement = _statement(_EVENTS_FROM_LOAD.replace("{table}", table), _NO_SETS)
         cursor.execute(statement, {"names": list(rules.names)})
-        created, updated = cursor.fetchone() or (0, 0)
+        return _written(cursor)
+
+
+def _written(cursor: psycopg.Cursor[Any], *, gone_only: bool = False) -> tuple[int, int]:
+    """(created, updated) of the upsert; raises ``ReferencesGone`` if its check found users or items gone."""
+    row = cursor.fetchone()  # aggregates: always one row
+    created, updated, gone = (0, 0, row[0]) if gone_only else row  # type: ignore[index,misc]
+    if gone:
+        raise ReferencesGone(f"{gone} users or items of these events were deleted since they were resolved")
     return created, updated
 
 
-def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules) -> dict[str, Any]:
+# ---- references: users and items that events name ------------------------------------------------
+
+# No foreign key checks the user_id and item_id of recsys_interaction and recsys_attribution (migration 0009
+# explains the protocol): every transaction that writes them holds this shared lock from before it checks
+# that its users and items exist until it commits; a DELETE of users or items takes it exclusively, then
+# deletes their interactions and attributions (triggers). A check made under the lock stays true until
+# the commit.
+
+
+class ReferencesGone(IntegrityError):
+    """A user or item that events name was deleted after its id was resolved: resolve the batch again."""
+
+
+def references_hold(cursor: psycopg.Cursor[Any] | None = None) -> int:
+    """Hold off deletes of users and items until this transaction ends (a statement of its own, so that
+    the next statement's snapshot sees every delete that committed before the lock was granted).
+
+    Returns how many deletes of users or items have begun so far: ids known to exist when it returned a
+    value still exist while it returns the same one (each delete counts itself while it holds the lock).
+    """
+    if cursor is None:
+        with _cursor() as own:
+            return references_hold(own)
+    cursor.execute("SELECT recsys_references_share()")
+    return int(cursor.fetchone()[0])  # type: ignore[index]
+
+
+def references_delete_begin() -> None:
+    """Before deleting users or items in this transaction: wait for the events transactions in flight and hold
+    off new ones (the DELETE's trigger takes the same lock; taking it first keeps the ORM's deletes of
+    related rows, which come before the DELETE, from deadlocking with a writer)."""
+    with _cursor() as cursor:
+        cursor.execute("SELECT recsys_references_take()")
+
+
+# Each distinct id probed once (a NOT EXISTS per row, OR-ed, probed both indexes for every one of a month's
+# million rows: ~3 s of PostgreSQL CPU).
+_LOAD_ORPHANS_DELETE = """
+    DELETE FROM {table} t
+    WHERE t.user_id = ANY(ARRAY(SELECT d.id FROM (SELECT DISTINCT user_id AS id FROM {table}) AS d
+                                WHERE NOT EXISTS (SELECT 1 FROM recsys_user u WHERE u.id = d.id)))
+       OR t.item_id = ANY(ARRAY(SELECT d.id FROM (SELECT DISTINCT item_id AS id FROM {table}) AS d
+                                WHERE NOT EXISTS (SELECT 1 FROM recsys_item i WHERE i.id = d.id)))
+"""
+
+
+def load_orphans_remove(table: str, *, since: int | None = None) -> int:
+    """Before a month's load table joins the interactions (attached or merged, in the same transaction):
+    delete its events of users and items deleted since they were loaded, as the delete's cascade would
+    have; returns how many. ``since``: ``references_hold``'s value when its first rows were loaded (their
+    users and items existing then): if no delete ran since, nothing is looked at."""
+    with _cursor() as cursor:
+        if references_hold(cursor) == since:
+            return 0
+        cursor.execute(_LOAD_ORPHANS_DELETE.format(table=table))
+        return max(cursor.rowcount, 0)
+
+
+def _events_arrays(
+    events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules, check: bool
+) -> dict[str, Any]:
     return {
         "names": list(rules.names),
+        **(_sets(events) if check else {}),
         "user_ids": ints_literal(events.user_ids),
         "item_ids": ints_literal(events.item_ids),
         "codes": ints_literal(events.codes),
@@ -199,6 +307,11 @@ def _events_arrays(events: EventArrays, weights: npt.NDArray[np.float64], rules:
         "weights": floats_literal(weights),
         "micros": ints_literal(events.timestamps),
     }
+
+
+def _sets(events: EventArrays) -> dict[str, str]:
+    """The distinct users and items of ``events``, for the check that they exist."""
+    return {"user_set": ints_literal(np.unique(events.user_ids)), "item_set": ints_literal(np.unique(events.item_ids))}
 
 
 # Fixed-width rows of PostgreSQL's binary COPY format, built by numpy without a Python loop.
@@ -249,16 +362,28 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
 _LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
 
 
-def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
-    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many."""
+def events_load(table: str, events: EventArrays, rules: EventRules, *, check: bool = True) -> int:
+    """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many.
+    Raises ``ReferencesGone`` as ``events_write`` does (``check`` as there)."""
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
-    with _cursor() as cursor, cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
+    with _cursor() as cursor:
+        references_hold(cursor)
+        if check:
+            cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
+            _written(cursor, gone_only=True)
+        _events_copy_load(cursor, table, events, weights, rules)
+    return len(events)
+
+
+def _events_copy_load(
+    cursor: psycopg.Cursor[Any], table: str, events: EventArrays, weights: npt.NDArray[np.float64], rules: EventRules
+) -> None:
+    with cursor.copy(f"COPY {table} {_LOAD_COLUMNS} FROM STDIN (FORMAT BINARY)") as stream:
         stream.write(_COPY_HEADER)
         for block in load_rows(events, weights, rules.names):
             stream.write(block)
         stream.write(_COPY_TRAILER)
-    return len(events)
 
 
 def load_rows(events: EventArrays, weights: npt.NDArray[np.float64], names: Sequence[str]) -> Iterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import ProtectedError
 
 from recsys.models import EventType, Interaction, Item, User
@@ -30,12 +30,28 @@ def test_external_ids_are_unique(model):
         model.objects.create(external_id="same")
 
 
-@pytest.mark.parametrize("bad", ["", "with space", "x" * 129])
-def test_database_rejects_malformed_external_ids(bad):
-    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("INSERT INTO recsys_user (external_id, attributes) VALUES (%s, '{}')", [bad[:128] or bad])
-        if len(bad) > 128:
-            raise IntegrityError("varchar(128) truncation guard")
+ROW_INSERT = {
+    "user": "INSERT INTO recsys_user (external_id, attributes) VALUES (%s, '{}')",
+    "item": "INSERT INTO recsys_item (external_id, title, text, categories, attributes, is_hidden, is_stub)"
+    " VALUES (%s, '', '', '{}', '{}', false, true)",
+}
+
+
+@pytest.mark.parametrize("model", ["user", "item"])
+@pytest.mark.parametrize("bad", ["", "with space", "a,b", "é"])
+def test_database_rejects_malformed_external_ids(model, bad):
+    with pytest.raises(IntegrityError, match="external_id_format"), transaction.atomic(), connection.cursor() as c:
+        c.execute(ROW_INSERT[model], [bad])
+
+
+@pytest.mark.parametrize("model", ["user", "item"])
+def test_database_holds_ids_to_128_characters(model):
+    """The CHECK's `+` leaves the length to the column (recsys.ids.STORED_ID_PATTERN)."""
+    with connection.cursor() as cursor:
+        cursor.execute(ROW_INSERT[model], ["x" * 128])
+
+    with pytest.raises(DataError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(ROW_INSERT[model], ["x" * 129])
 
 
 def test_same_event_twice_violates_the_unique_key():
