@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -21,6 +22,7 @@ from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_cache_clear, api_key_create, api_key_revoke
 from recsys.errors import ValidationFailed
+from recsys.ingestion.writer import references_delete_begin
 from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
 from recsys.rules.scenarios import scenario_cache_forget, scenario_fields_clean
 
@@ -108,8 +110,24 @@ class EventTypeFilter(admin.SimpleListFilter):
         return queryset.filter(event_type=self.value()) if self.value() else queryset
 
 
+class ReferencedRowsAdmin(LargeTableAdmin):
+    """Users and items: interactions refer to them without foreign keys (recsys migration 0009), so a
+    delete first waits for the events transactions in flight, as the API's deletes do, instead of
+    deadlocking with one over the related rows Django deletes before the users or items."""
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            references_delete_begin()
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            references_delete_begin()
+            super().delete_queryset(request, queryset)
+
+
 @admin.register(User)
-class UserAdmin(LargeTableAdmin):
+class UserAdmin(ReferencedRowsAdmin):
     list_display = ["external_id", "created_at", "updated_at"]
     list_filter = [recent_filter("created_at", "created")]
     search_fields = ["external_id"]
@@ -127,7 +145,7 @@ class UserAdmin(LargeTableAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(LargeTableAdmin):
+class ItemAdmin(ReferencedRowsAdmin):
     list_display = ["external_id", "title", "first_categories", "is_hidden", "is_stub", "updated_at"]
     list_filter = [CategoryFilter, "is_hidden", "is_stub", recent_filter("updated_at", "updated")]
     search_fields = ["external_id", "title"]

@@ -267,3 +267,42 @@ def test_a_fresh_month_loaded_by_a_file_leaves_out_the_events_of_a_user_deleted_
     stored = sorted(Interaction.objects.values_list("user__external_id", "timestamp__day"))
     assert stored == [("ivy", 3), ("jon", 2)]
     assert orphans() == 0
+
+
+def test_the_admins_deletes_wait_for_events_in_flight_and_leave_no_orphan(admin_user: Any) -> None:
+    from django.test import Client
+
+    # Given two users with events, and a batch of one of them written but not committed
+    interactions_ingest(rows=[event("cat"), event("dan"), event("dan", item="pen")])
+    cat, dan = User.objects.get(external_id="cat"), User.objects.get(external_id="dan")
+    client = Client()
+    client.force_login(admin_user)
+    with transaction.atomic():
+        events_write(arrays(cat, Item.objects.get(external_id="book"), 3), event_rules_load(), copy=False)
+
+        # When an operator deletes both from the users' list (the bulk action) meanwhile
+        thread, out = in_thread(
+            lambda: (
+                client.post(
+                    "/admin/recsys/user/",
+                    {"action": "delete_selected", "_selected_action": [cat.pk, dan.pk], "post": "yes"},
+                ).status_code
+            )
+        )
+        time.sleep(0.5)
+
+        # Then the delete waits for the events' transaction
+        assert thread.is_alive()
+    thread.join(20)
+
+    # and then removes every event of both: nothing refers to a deleted user
+    assert out == [302]
+    assert not User.objects.filter(pk__in=[cat.pk, dan.pk]).exists()
+    assert not Interaction.objects.filter(user_id__in=[cat.pk, dan.pk]).exists()
+    assert orphans() == 0
+
+    # and an item deleted from its own page takes its events with it too
+    pen = Item.objects.get(external_id="pen")
+    interactions_ingest(rows=[event("eve", item="pen")])
+    assert client.post(f"/admin/recsys/item/{pen.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not Interaction.objects.filter(item_id=pen.pk).exists() and orphans() == 0
