@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Q, QuerySet
+from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.text import Truncator
@@ -25,6 +26,7 @@ from recsys.errors import ValidationFailed
 from recsys.ingestion.writer import references_delete_begin
 from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
 from recsys.rules.scenarios import scenario_cache_forget, scenario_fields_clean
+from recsys.signals import item_deleted, user_deleted
 
 admin.site.site_header = "recsys operator admin"
 admin.site.site_title = "recsys admin"
@@ -111,23 +113,31 @@ class EventTypeFilter(admin.SimpleListFilter):
 
 
 class ReferencedRowsAdmin(LargeTableAdmin):
-    """Users and items: interactions refer to them without foreign keys (recsys migration 0009), so a
-    delete first waits for the events transactions in flight, as the API's deletes do, instead of
-    deadlocking with one over the related rows Django deletes before the users or items."""
+    """Users and items, deleted as the API deletes them: interactions refer to them without foreign keys
+    (recsys migration 0009), so a delete first waits for the events transactions in flight instead of
+    deadlocking with one over the related rows Django deletes first; afterwards the deletion is
+    announced (``deleted_signal``), so cached answers naming the user or item go too."""
+
+    deleted_signal: Signal
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
             references_delete_begin()
             super().delete_model(request, obj)
+        self.deleted_signal.send(sender=self.model, external_id=obj.external_id)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
             references_delete_begin()
+            external_ids = list(queryset.values_list("external_id", flat=True))
             super().delete_queryset(request, queryset)
+        for external_id in external_ids:
+            self.deleted_signal.send(sender=self.model, external_id=external_id)
 
 
 @admin.register(User)
 class UserAdmin(ReferencedRowsAdmin):
+    deleted_signal = user_deleted
     list_display = ["external_id", "created_at", "updated_at"]
     list_filter = [recent_filter("created_at", "created")]
     search_fields = ["external_id"]
@@ -146,6 +156,7 @@ class UserAdmin(ReferencedRowsAdmin):
 
 @admin.register(Item)
 class ItemAdmin(ReferencedRowsAdmin):
+    deleted_signal = item_deleted
     list_display = ["external_id", "title", "first_categories", "is_hidden", "is_stub", "updated_at"]
     list_filter = [CategoryFilter, "is_hidden", "is_stub", recent_filter("updated_at", "updated")]
     search_fields = ["external_id", "title"]

@@ -272,6 +272,16 @@ def test_a_fresh_month_loaded_by_a_file_leaves_out_the_events_of_a_user_deleted_
 def test_the_admins_deletes_wait_for_events_in_flight_and_leave_no_orphan(admin_user: Any) -> None:
     from django.test import Client
 
+    from recsys.signals import item_deleted, user_deleted
+
+    announced: list[str] = []  # what serving hears (its cached answers naming them go)
+
+    def heard(sender: Any, external_id: str, **kwargs: Any) -> None:
+        announced.append(external_id)
+
+    user_deleted.connect(heard, dispatch_uid="test-admin-deletes")
+    item_deleted.connect(heard, dispatch_uid="test-admin-deletes-items")
+
     # Given two users with events, and a batch of one of them written but not committed
     interactions_ingest(rows=[event("cat"), event("dan"), event("dan", item="pen")])
     cat, dan = User.objects.get(external_id="cat"), User.objects.get(external_id="dan")
@@ -297,6 +307,7 @@ def test_the_admins_deletes_wait_for_events_in_flight_and_leave_no_orphan(admin_
 
     # and then removes every event of both: nothing refers to a deleted user
     assert out == [302]
+    assert sorted(announced) == ["cat", "dan"]
     assert not User.objects.filter(pk__in=[cat.pk, dan.pk]).exists()
     assert not Interaction.objects.filter(user_id__in=[cat.pk, dan.pk]).exists()
     assert orphans() == 0
@@ -306,3 +317,6 @@ def test_the_admins_deletes_wait_for_events_in_flight_and_leave_no_orphan(admin_
     interactions_ingest(rows=[event("eve", item="pen")])
     assert client.post(f"/admin/recsys/item/{pen.pk}/delete/", {"post": "yes"}).status_code == 302
     assert not Interaction.objects.filter(item_id=pen.pk).exists() and orphans() == 0
+    assert announced[-1] == "pen"
+    user_deleted.disconnect(dispatch_uid="test-admin-deletes")
+    item_deleted.disconnect(dispatch_uid="test-admin-deletes-items")
