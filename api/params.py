@@ -13,7 +13,7 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
 from recsys.errors import ValidationFailed
-from recsys.ids import EXTERNAL_ID_PATTERN, ID_CHARS, clean_external_id
+from recsys.ids import EXTERNAL_ID_PATTERN, ID_CHAR, ID_CHARS, clean_external_id
 from recsys.rules.expressions import MAX_CHARS
 from recsys.rules.ruleset import MAX_BOOSTS, MAX_FACTOR, MIN_FACTOR, RuleSet, request_rules_parse
 from recsys.rules.scenarios import SCENARIO_NAME_PATTERN, scenario_name_check
@@ -104,7 +104,7 @@ def query_ids(request: Request, name: str) -> tuple[str, ...]:
     raw = request.query_params.get(name) or ""
     if not _ID_LIST_RE.fullmatch(raw):
         raise ValidationFailed(
-            f"{name} must be at most {MAX_QUERY_IDS} comma-separated ids of [A-Za-z0-9_.:@/-]",
+            f"{name} must be at most {MAX_QUERY_IDS} comma-separated ids of {ID_CHAR}",
             details={name: ["invalid id list"]},
         )
     return tuple(raw.split(",")) if raw else ()

@@ -12,6 +12,13 @@ from django.db import close_old_connections, connection
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_connection() -> None:
+    """A connection opened now: one an earlier test opened may be past CONN_MAX_AGE, and the request's
+    end (close_old_connections) would close it on purpose, which these tests must not mistake."""
+    connection.close()
+
+
 def backend_pid() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
