@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +87,28 @@ def profiled(url: str, requests: int) -> dict[str, float]:
     }
 
 
+SEEN = (
+    "SELECT item_id FROM recsys_interaction WHERE user_id = %s GROUP BY item_id ORDER BY max(timestamp) DESC LIMIT 500"
+)
+
+
+def seen_statement(url: str, passes: int = 3) -> dict[str, float]:
+    """The serving statement's seen-items part alone (embeddings/vectors/search.py), for every user: its
+    backend's CPU per execution as a prepared statement (as serving sends it) and unprepared (planned each time)."""
+    figures = {}
+    with psycopg.connect(url) as conn:
+        backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+        users = [row[0] for row in conn.execute("SELECT id FROM recsys_user")]
+        for name, prepare in (("seen_prepared", True), ("seen_unprepared", False)):
+            conn.execute(SEEN, [users[0]], prepare=prepare).fetchall()  # warm
+            before = sum(backend.cpu_times()[:2])
+            for _ in range(passes):
+                for user in users:
+                    conn.execute(SEEN, [user], prepare=prepare).fetchall()
+            figures[name] = (sum(backend.cpu_times()[:2]) - before) / (passes * len(users)) * 1000
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="imports and profiles per layout, alternated")
@@ -106,7 +129,7 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for layout in LAYOUTS if round_ % 2 == 0 else reversed(LAYOUTS):
-                profiles[layout].append(profiled(urls[layout], args.requests))
+                profiles[layout].append(profiled(urls[layout], args.requests) | seen_statement(urls[layout]))
                 print(f"profile {layout}: {profiles[layout][-1]}", flush=True)
     finally:
         if not args.keep:
@@ -127,7 +150,7 @@ def report(imports, profiles, args) -> None:  # type: ignore[no-untyped-def]
         f"`bench/partitions.py`, {machine()}, embedded PostgreSQL (its CPU is this run's alone), "
         f"{args.rounds} imports (after one not counted) and {args.rounds} profiles per layout, alternated; "
         "load average "
-        f"{min(f['load'] for fs in imports.values() for f in fs):.1f}–"
+        f"{min(f['load'] for fs in (*imports.values(), *profiles.values()) for f in fs):.1f}–"
         f"{max(f['load'] for fs in (*imports.values(), *profiles.values()) for f in fs):.1f}. "
         "Monthly: a partition for every month with rows (the layout before; here "
         "`RECSYS_PARTITIONS_MONTHLY_MONTHS=100000`). Variable: a month each for the last 12 months, "
@@ -135,15 +158,17 @@ def report(imports, profiles, args) -> None:  # type: ignore[no-untyped-def]
         "",
         "| layout | partitions (with DEFAULT and the months ahead) | import CPU: command + PostgreSQL | import wall "
         "| PostgreSQL CPU per uncached personalised request | web CPU per request | planning of the user statement "
-        "(unprepared) | its execution |",
-        "|---|---|---|---|---|---|---|---|",
+        "(unprepared, once) | its execution (once) "
+        "| seen-items statement alone, PostgreSQL CPU: prepared / unprepared |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for layout in LAYOUTS:
         i, p = imports[layout], profiles[layout]
         lines.append(
             f"| {layout} | {i[0]['partitions']:.0f} | {_mean(i, 'command'):.1f} s + {_mean(i, 'postgres'):.1f} s "
             f"| {_mean(i, 'wall'):.1f} s | {_mean(p, 'pg'):.2f} ms | {_mean(p, 'web'):.2f} ms "
-            f"| {_mean(p, 'planning'):.1f} ms | {_mean(p, 'execution'):.2f} ms |"
+            f"| {_mean(p, 'planning'):.1f} ms | {_mean(p, 'execution'):.2f} ms "
+            f"| {_mean(p, 'seen_prepared'):.2f} ms / {_mean(p, 'seen_unprepared'):.2f} ms |"
         )
     ratio = {key: _mean(imports["monthly"], key) / _mean(imports["variable"], key) for key in ("command", "postgres")}
     pg = _mean(profiles["monthly"], "pg") / _mean(profiles["variable"], "pg")
