@@ -100,8 +100,11 @@ def month_add(month: date, months: int) -> date:
 
 
 def monthly_from(*, now: datetime) -> date:
-    """The first month that gets a partition of its own: ``RECSYS_PARTITIONS_MONTHLY_MONTHS`` before now's."""
-    return month_add(month_of(now), -settings.RECSYS_PARTITIONS_MONTHLY_MONTHS)
+    """The first month that gets a partition of its own: ``RECSYS_PARTITIONS_MONTHLY_MONTHS`` before now's
+    (January of year 1 at the earliest: a window longer than the calendar makes every month monthly)."""
+    this_month = month_of(now)
+    to_year_one = (this_month.year - 1) * 12 + this_month.month - 1
+    return month_add(this_month, -min(settings.RECSYS_PARTITIONS_MONTHLY_MONTHS, to_year_one))
 
 
 def span_for(month: date, *, taken: Iterable[Span], recent_from: date) -> Span:
