@@ -214,6 +214,43 @@ def partitions_drop_before(*, cutoff: datetime) -> list[str]:
     return dropped
 
 
+def partitions_roll_up(*, now: datetime) -> list[str]:
+    """Merge the oldest calendar year that lies wholly before ``monthly_from`` and is split over several
+    partitions (months of the layout before, or months that aged out of the monthly window) into one
+    partition of the year, keeping every row and id; one year a run bounds a run's work. Writes to that
+    year wait while its rows are copied and indexed; reads wait only for the swap. Returns the name of the
+    partition made, if any."""
+    recent_from, found = monthly_from(now=now), partitions_list()
+    years: dict[int, list[Partition]] = {}
+    for partition in found:
+        year = partition.span.lower.year
+        if partition.span.upper <= min(date(year + 1, 1, 1), recent_from):
+            years.setdefault(year, []).append(partition)
+    split = [
+        y
+        for y, parts in sorted(years.items())
+        if len(parts) > 1
+        and date(y + 1, 1, 1) <= recent_from
+        and all(p in parts for p in found if p.span.overlaps(Span(date(y, 1, 1), date(y + 1, 1, 1))))
+    ]
+    if not split:
+        return []
+    span, parts = Span(date(split[0], 1, 1), date(split[0] + 1, 1, 1)), years[split[0]]
+    table = partition_load_create(span=span)
+    try:
+        with transaction.atomic(), _cursor() as cursor:
+            for partition in parts:
+                cursor.execute(f"LOCK TABLE {partition.name} IN EXCLUSIVE MODE")
+                cursor.execute(f"INSERT INTO {table} SELECT * FROM {partition.name}")
+            _load_index(cursor, table)
+            for partition in parts:
+                _drop(cursor, partition.name)
+            _load_attach(cursor, table, span)
+    finally:
+        partition_load_drop(table=table)  # a no-op once attached (renamed)
+    return [span.name]
+
+
 def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
     """DROP refuses a table with foreign-key checks still deferred in this transaction: run them first."""
     cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -222,13 +259,15 @@ def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
 
 
 def partitions_maintain() -> dict[str, list[str]]:
-    """Create the months ahead (and partitions for DEFAULT's rows), drop expired ones, drop crashed loads' tables."""
+    """Create the months ahead (and partitions for DEFAULT's rows), drop expired ones, merge an old year split
+    over several partitions into one, drop crashed loads' tables."""
     now = timezone.now()
     created = partitions_ensure(now=now, ahead=settings.RECSYS_PARTITIONS_AHEAD)
     dropped: list[str] = []
     if settings.RECSYS_INTERACTION_RETENTION_DAYS:
         dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
-    return {"created": created, "dropped": dropped, "loads_swept": partition_loads_sweep()}
+    rolled_up = partitions_roll_up(now=now)  # after retention: what is dropped is not copied first
+    return {"created": created, "dropped": dropped, "rolled_up": rolled_up, "loads_swept": partition_loads_sweep()}
 
 
 # ---- bulk loads into fresh spans ----------------------------------------------------------------------
@@ -273,32 +312,43 @@ def partition_load_attach(*, table: str, span: Span) -> int | None:
     """Index a loaded span's table and attach it as the span's partition (dropping an empty one of the
     same span); returns how many events it brought. None, leaving the table as it is, when the span got
     rows or another partition overlaps it meanwhile (the caller merges them instead)."""
-    lower, upper = span.bounds()
     with transaction.atomic(), _cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
-        )
-        _load_keys_add(cursor, table)
-        cursor.execute(f"SELECT count(*) FROM {table}")
-        loaded = int(cursor.fetchone()[0])  # type: ignore[index]
-        for statement in _LOAD_INDEXES:
-            cursor.execute(statement.format(t=table))
+        loaded = _load_index(cursor, table)
         if not _span_cleared(cursor, span):
             transaction.set_rollback(True)
             return None
-        # Rows the API stored for this span meanwhile went to DEFAULT: they join the loaded ones.
-        cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
-        cursor.execute(
-            f"WITH moved AS (DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *)"
-            f" INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING",
-            [lower, upper],
-        )
-        cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {table} FOR VALUES FROM ('{lower}') TO ('{upper}')")
-        cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_range")
-        cursor.execute(f"ALTER TABLE {table} RENAME TO {span.name}")
-        for suffix in _LOAD_INDEX_SUFFIXES:
-            cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {span.name}_{suffix}")
+        _load_attach(cursor, table, span)
     return loaded
+
+
+def _load_index(cursor: psycopg.Cursor[Any], table: str) -> int:
+    """Build a load table's keys and indexes; returns its row count."""
+    cursor.execute(
+        "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
+    )
+    _load_keys_add(cursor, table)
+    cursor.execute(f"SELECT count(*) FROM {table}")
+    loaded = int(cursor.fetchone()[0])  # type: ignore[index]
+    for statement in _LOAD_INDEXES:
+        cursor.execute(statement.format(t=table))
+    return loaded
+
+
+def _load_attach(cursor: psycopg.Cursor[Any], table: str, span: Span) -> None:
+    """Attach an indexed load table as ``span``'s partition, with the rows the API stored for that span
+    meanwhile (they went to DEFAULT)."""
+    lower, upper = span.bounds()
+    cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *)"
+        f" INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING",
+        [lower, upper],
+    )
+    cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {table} FOR VALUES FROM ('{lower}') TO ('{upper}')")
+    cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_range")
+    cursor.execute(f"ALTER TABLE {table} RENAME TO {span.name}")
+    for suffix in _LOAD_INDEX_SUFFIXES:
+        cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {span.name}_{suffix}")
 
 
 def _span_cleared(cursor: psycopg.Cursor[Any], span: Span) -> bool:

@@ -314,3 +314,39 @@ def test_retention_drops_a_year_only_once_all_of_it_is_past_the_cutoff() -> None
     assert dropped == ["recsys_interaction_p2015"]
     assert rows_by_partition() == {"recsys_interaction_p2016": 1}
     assert partitions.partitions_drop_before(cutoff=at(2017, 1, 1)) == ["recsys_interaction_p2016"]
+
+
+def test_maintenance_merges_an_old_year_split_over_months_into_one_partition_keeping_every_row(settings: Any) -> None:
+    # Given 2016 and 2017 partitioned by month as before (2016: three months with rows, one empty, a row in
+    # DEFAULT in a month without a partition), and 2010 as one year's partition
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12
+    for month in (date(2016, 2, 1), date(2016, 3, 1), date(2016, 9, 1), date(2016, 12, 1), date(2017, 1, 1)):
+        partitions.partition_create(span=partitions.Span.month(month))
+    partitions.partition_create(span=partitions.Span(date(2017, 4, 1), date(2018, 1, 1)))
+    partitions.partition_create(span=partitions.Span(date(2010, 1, 1), date(2011, 1, 1)))
+    for moment in (at(2016, 2, 3), at(2016, 3, 31, 23), at(2016, 9, 1), at(2016, 7, 4), at(2017, 1, 5), at(2010, 5, 5)):
+        InteractionFactory(timestamp=moment)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        before = cursor.fetchall()
+    assert rows_by_partition()["recsys_interaction_default"] == 1
+
+    # When maintenance runs twice
+    first = partitions.partitions_maintain()
+    second = partitions.partitions_maintain()
+
+    # Then 2016, then 2017, became one partition each, every row kept with its id; 2010 is left alone
+    assert (first["rolled_up"], second["rolled_up"]) == (["recsys_interaction_p2016"], ["recsys_interaction_p2017"])
+    assert partitions.partitions_maintain()["rolled_up"] == []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        assert cursor.fetchall() == before
+    assert rows_by_partition() == {
+        "recsys_interaction_p2016": 4,
+        "recsys_interaction_p2017": 1,
+        "recsys_interaction_p2010": 1,
+    }
+    old = [p.name for p in partitions.partitions_list() if p.span.lower.year < 2018]
+    assert old == ["recsys_interaction_p2010", "recsys_interaction_p2016", "recsys_interaction_p2017"]
+    InteractionFactory(timestamp=at(2016, 6, 6))  # the merged year takes new rows
+    assert rows_by_partition()["recsys_interaction_p2016"] == 5
