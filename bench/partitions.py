@@ -109,6 +109,33 @@ def seen_statement(url: str, passes: int = 3) -> dict[str, float]:
     return figures
 
 
+ROLL_UP = "from recsys.partitions import partitions_maintain as m\nn = 0\nwhile m()['rolled_up']: n += 1\nprint(n)"
+
+
+def rolled_up() -> dict[str, float]:
+    """The monthly layout imported, then maintenance run until no year is left to merge (one a run): its CPU,
+    the years merged, and the partitions and rows before and after."""
+    url, figures = imported("monthly")
+    server, client = postgres_cpu_seconds(url), resource.getrusage(resource.RUSAGE_CHILDREN)
+    years = int(manage(url, "shell", "-c", ROLL_UP, capture=True).strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with psycopg.connect(url) as conn:
+        count = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'recsys_interaction'::regclass")
+        partitions = count.fetchone()[0]  # type: ignore[index]
+        rows = conn.execute("SELECT count(*) FROM recsys_interaction").fetchone()[0]  # type: ignore[index]
+    postgres = postgres_cpu_seconds(url) - server
+    drop_database(url)
+    return {
+        "years": years,
+        "command": after.ru_utime + after.ru_stime - client.ru_utime - client.ru_stime,
+        "postgres": postgres,
+        "before": figures["partitions"],
+        "after": partitions,
+        "rows": rows,
+        "load": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="imports and profiles per layout, alternated")
@@ -135,14 +162,14 @@ def main() -> None:
         if not args.keep:
             for url in urls.values():
                 drop_database(url)
-    report(imports, profiles, args)
+    report(imports, profiles, rolled_up(), args)
 
 
 def _mean(figures: list[dict[str, float]], key: str) -> float:
     return statistics.mean(f[key] for f in figures)
 
 
-def report(imports, profiles, args) -> None:  # type: ignore[no-untyped-def]
+def report(imports, profiles, merged, args) -> None:  # type: ignore[no-untyped-def]
     rows = sum(1 for _ in (MOVIELENS / "ratings.csv").open()) - 1
     lines = [
         f"### Partition layout on ml-latest-small ({rows:,} ratings, 1996–2018): monthly vs months + years",
@@ -176,6 +203,11 @@ def report(imports, profiles, args) -> None:  # type: ignore[no-untyped-def]
         "",
         f"Monthly / variable, same run: import CPU {ratio['command']:.2f}× (command), {ratio['postgres']:.2f}× "
         f"(PostgreSQL); PostgreSQL CPU per personalised request {pg:.2f}×.",
+        "",
+        f"A database of the monthly layout merged by maintenance (one year a run, {merged['years']} runs): "
+        f"{merged['command']:.1f} s command + {merged['postgres']:.1f} s PostgreSQL CPU, partitions "
+        f"{merged['before']} → {merged['after']}, {merged['rows']:,} rows kept of {rows:,} "
+        f"(load {merged['load']:.1f}).",
     ]
     print("\n".join(lines))
     section_write("partitions-layout", "\n".join(lines))
