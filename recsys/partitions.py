@@ -1,4 +1,4 @@
-"""Partitions of recsys_interaction, by month when recent and by year before: create, split DEFAULT, drop, bulk-load.
+"""Partitions of recsys_interaction, by month when recent and by year before: create, split DEFAULT, drop, load.
 
 The one module that speaks DDL to the interaction partitions. A partition covers a ``Span`` of whole
 calendar months (UTC): one month from ``RECSYS_PARTITIONS_MONTHLY_MONTHS`` months ago on (and the months
@@ -7,7 +7,8 @@ holds part of it. It is named after its span (``recsys_interaction_pYYYYMM`` for
 ``recsys_interaction_pYYYY`` for a year, ``recsys_interaction_pYYYYMM_YYYYMM`` otherwise); rows outside
 every partition land in ``recsys_interaction_default`` (a safety net) until a partition for their span is
 created, which moves them. Bulk imports fill a standalone table per fresh span, build its indexes after
-the COPY and attach it (``partition_load_*``).
+the COPY and attach it (``partition_load_*``); maintenance merges an old year split over several
+partitions into one the same way (``partitions_roll_up``).
 """
 
 from __future__ import annotations

@@ -363,7 +363,8 @@ if RECSYS_TRAIN_INTERVAL_MINUTES:
 RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
 # Events from this many months before the current one on get a partition per month; older history gets
 # one per calendar year, so that queries that cannot prune by time (a user's seen items) probe ~40
-# partitions for 22 years of history, not 272 (docs/scaling.md). 12 keeps the time-bounded reads
+# partitions for 22 years of history, not 272; beat merges a year split over several partitions once it
+# is wholly older than that (docs/scaling.md). 12 keeps the time-bounded reads
 # (popularity's window) and a retention of up to a year month-precise.
 RECSYS_PARTITIONS_MONTHLY_MONTHS = env_int("RECSYS_PARTITIONS_MONTHLY_MONTHS", 12, minimum=0)
 RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
