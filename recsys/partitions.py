@@ -1,17 +1,21 @@
-"""Monthly range partitions of recsys_interaction: create ahead, split the DEFAULT partition, drop old, bulk-load.
+"""Partitions of recsys_interaction, by month when recent and by year before: create, split DEFAULT, drop, load.
 
-The one module that speaks DDL to the interaction partitions. A partition covers one calendar month
-(UTC) and is named ``recsys_interaction_pYYYYMM``; rows outside every partition land in
-``recsys_interaction_default`` (a safety net) until a partition for their month is created, which
-moves them. Bulk imports fill a standalone table per fresh month, build its indexes after the COPY
-and attach it (``partition_load_*``).
+The one module that speaks DDL to the interaction partitions. A partition covers a ``Span`` of whole
+calendar months (UTC): one month from ``RECSYS_PARTITIONS_MONTHLY_MONTHS`` months ago on (and the months
+ahead that beat creates), one calendar year before that, cut short where another partition already
+holds part of it. It is named after its span (``recsys_interaction_pYYYYMM`` for a month,
+``recsys_interaction_pYYYY`` for a year, ``recsys_interaction_pYYYYMM_YYYYMM`` otherwise); rows outside
+every partition land in ``recsys_interaction_default`` (a safety net) until a partition for their span is
+created, which moves them. Bulk imports fill a standalone table per fresh span, build its indexes after
+the COPY and attach it (``partition_load_*``); maintenance merges an old year split over several
+partitions into one the same way (``partitions_roll_up``).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +29,6 @@ from django.utils import timezone
 PARENT = "recsys_interaction"
 DEFAULT = "recsys_interaction_default"
 LOAD_PREFIX = "recsys_interaction_load_"
-_NAME = re.compile(r"^recsys_interaction_p(\d{4})(\d{2})$")
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 # The parent's indexes and constraints as a loaded month table gets them before it is attached:
 # ATTACH PARTITION adopts an equivalent index or constraint instead of building it again.
@@ -47,10 +50,44 @@ _LOAD_DEDUPLICATE = """
 """
 
 
+@dataclass(frozen=True, order=True)
+class Span:
+    """A partition's range of timestamps, from the first day of ``lower``'s month (included) to the first
+    day of ``upper``'s (excluded), UTC."""
+
+    lower: date
+    upper: date
+
+    @classmethod
+    def month(cls, month: date) -> Span:
+        return cls(month, month_add(month, 1))
+
+    @property
+    def name(self) -> str:
+        lower, upper = self.lower, self.upper
+        if upper == month_add(lower, 1):
+            return f"{PARENT}_p{lower.year:04d}{lower.month:02d}"
+        if lower.month == 1 and upper == date(lower.year + 1, 1, 1):
+            return f"{PARENT}_p{lower.year:04d}"
+        return f"{PARENT}_p{lower.year:04d}{lower.month:02d}_{upper.year:04d}{upper.month:02d}"
+
+    def bounds(self) -> tuple[str, str]:
+        return f"{self.lower.isoformat()} 00:00:00+00", f"{self.upper.isoformat()} 00:00:00+00"
+
+    def ends(self) -> datetime:
+        return datetime.combine(self.upper, datetime.min.time(), UTC)
+
+    def holds(self, month: date) -> bool:
+        return self.lower <= month < self.upper
+
+    def overlaps(self, other: Span) -> bool:
+        return self.lower < other.upper and other.lower < self.upper
+
+
 @dataclass(frozen=True)
 class Partition:
     name: str
-    month: date  # the first day of the month it holds
+    span: Span
 
 
 def month_of(moment: datetime) -> date:
@@ -63,12 +100,32 @@ def month_add(month: date, months: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def partition_name(month: date) -> str:
-    return f"{PARENT}_p{month.year:04d}{month.month:02d}"
+def monthly_from(*, now: datetime) -> date:
+    """The first month that gets a partition of its own: ``RECSYS_PARTITIONS_MONTHLY_MONTHS`` before now's
+    (January of year 1 at the earliest: a window longer than the calendar makes every month monthly)."""
+    this_month = month_of(now)
+    to_year_one = (this_month.year - 1) * 12 + this_month.month - 1
+    return month_add(this_month, -min(settings.RECSYS_PARTITIONS_MONTHLY_MONTHS, to_year_one))
 
 
-def _bounds(month: date) -> tuple[str, str]:
-    return f"{month.isoformat()} 00:00:00+00", f"{month_add(month, 1).isoformat()} 00:00:00+00"
+def span_for(month: date, *, taken: Iterable[Span], recent_from: date) -> Span:
+    """The span of a new partition for ``month`` (which no span in ``taken`` holds): the month itself from
+    ``recent_from`` on; before it the month's calendar year, ending at ``recent_from`` at the latest. Either
+    is cut short by the spans ``taken`` (the partitions there now) on both sides, so they never overlap: a
+    database partitioned by month before keeps its months, and a year's gaps between them become one
+    partition each."""
+    if month >= recent_from:
+        lower, upper = month, month_add(month, 1)
+    else:
+        lower, upper = date(month.year, 1, 1), min(date(month.year + 1, 1, 1), recent_from)
+    for span in taken:
+        if span.holds(month):
+            raise ValueError(f"{month} is already in {span.name}")
+        if span.upper <= month:
+            lower = max(lower, span.upper)
+        elif span.lower > month:
+            upper = min(upper, span.lower)
+    return Span(lower, upper)
 
 
 @contextmanager
@@ -79,7 +136,7 @@ def _cursor() -> Iterator[psycopg.Cursor[Any]]:
 
 
 def partitions_list() -> list[Partition]:
-    """The monthly partitions attached now, oldest first (the DEFAULT partition is not one)."""
+    """The range partitions attached now, oldest first (the DEFAULT partition is not one)."""
     with _cursor() as cursor:
         cursor.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
@@ -91,54 +148,108 @@ def partitions_list() -> list[Partition]:
     for name, bound in rows:
         match = _BOUND.search(bound or "")
         if match:
-            lower = datetime.fromisoformat(match.group(1))
-            found.append(Partition(name, month_of(lower)))
-    return sorted(found, key=lambda p: p.month)
+            lower, upper = (month_of(datetime.fromisoformat(match.group(k))) for k in (1, 2))
+            found.append(Partition(name, Span(lower, upper)))
+    return sorted(found, key=lambda p: p.span)
 
 
-def partition_create(*, month: date) -> bool:
-    """Create the partition of ``month`` unless it exists, moving its rows out of DEFAULT (PostgreSQL refuses
-    to create a partition whose range has rows there). Returns whether it was created."""
-    lower, upper = _bounds(month)
-    name = partition_name(month)
+def partition_span(*, month: date, recent_from: date) -> Span:
+    """The span of the partition that holds ``month``: the one attached now, else the one that
+    ``span_for`` would create."""
+    taken = [p.span for p in partitions_list()]
+    return next((span for span in taken if span.holds(month)), None) or span_for(
+        month, taken=taken, recent_from=recent_from
+    )
+
+
+def partition_create(*, span: Span) -> bool:
+    """Create the partition of ``span`` unless a partition overlaps it, moving its rows out of DEFAULT
+    (PostgreSQL refuses to create a partition whose range has rows there). Returns whether it was created."""
+    lower, upper = span.bounds()
     with transaction.atomic(), _cursor() as cursor:
-        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
-        if cursor.fetchone()[0]:  # type: ignore[index]
-            return False
         cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+        if any(p.span.overlaps(span) for p in partitions_list()):
+            return False
         cursor.execute("DROP TABLE IF EXISTS pg_temp.recsys_partition_moving")
         cursor.execute(
             f"CREATE TEMP TABLE recsys_partition_moving ON COMMIT DROP AS WITH moved AS ("
             f" DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *) SELECT * FROM moved",
             [lower, upper],
         )
-        cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES FROM ('{lower}') TO ('{upper}')")
-        cursor.execute(f"INSERT INTO {name} SELECT * FROM recsys_partition_moving")
+        cursor.execute(f"CREATE TABLE {span.name} PARTITION OF {PARENT} FOR VALUES FROM ('{lower}') TO ('{upper}')")
+        cursor.execute(f"INSERT INTO {span.name} SELECT * FROM recsys_partition_moving")
     return True
 
 
 def partitions_ensure(*, now: datetime, ahead: int) -> list[str]:
-    """Partitions from this month to ``ahead`` months on, and for every month that has rows in DEFAULT."""
+    """Partitions from this month to ``ahead`` months on, and for every month that has rows in DEFAULT
+    (a year's partition for those before ``monthly_from``, see ``span_for``)."""
     with _cursor() as cursor:
         cursor.execute(f"SELECT DISTINCT date_trunc('month', timestamp AT TIME ZONE 'UTC')::date FROM {DEFAULT}")
         months = {row[0] for row in cursor.fetchall()}
     this_month = month_of(now)
     months.update(month_add(this_month, k) for k in range(ahead + 1))
-    return [partition_name(month) for month in sorted(months) if partition_create(month=month)]
+    recent_from, taken, created = monthly_from(now=now), [p.span for p in partitions_list()], []
+    for month in sorted(months):
+        if any(span.holds(month) for span in taken):
+            continue
+        span = span_for(month, taken=taken, recent_from=recent_from)
+        taken.append(span)
+        if partition_create(span=span):
+            created.append(span.name)
+    return created
 
 
 def partitions_drop_before(*, cutoff: datetime) -> list[str]:
-    """Drop the partitions that hold nothing at or after ``cutoff`` (whole tables: no DELETE, no vacuum) and
-    delete DEFAULT's rows older than it. Returns the names of the partitions dropped."""
+    """Drop the partitions that hold nothing at or after ``cutoff`` (whole tables: no DELETE, no vacuum; a
+    year's partition therefore goes only once its whole year is past the cutoff) and delete DEFAULT's rows
+    older than it. Returns the names of the partitions dropped."""
     dropped = []
     for partition in partitions_list():
-        if datetime.combine(month_add(partition.month, 1), datetime.min.time(), UTC) <= cutoff:
+        if partition.span.ends() <= cutoff:
             with transaction.atomic(), _cursor() as cursor:
                 _drop(cursor, partition.name)
             dropped.append(partition.name)
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute(f"DELETE FROM {DEFAULT} WHERE timestamp < %s", [cutoff])
     return dropped
+
+
+def partitions_roll_up(*, now: datetime) -> list[str]:
+    """Merge the oldest calendar year that lies wholly before ``monthly_from`` and is split over several
+    partitions (months of the layout before, or months that aged out of the monthly window) into one
+    partition of the year, keeping every row and id; one year a run bounds a run's work. Writes to that
+    year wait while its rows are copied and indexed; reads wait only for the swap. Returns the name of the
+    partition made, if any."""
+    recent_from, found = monthly_from(now=now), partitions_list()
+    years: dict[int, list[Partition]] = {}
+    for partition in found:
+        year = partition.span.lower.year
+        if partition.span.upper <= min(date(year + 1, 1, 1), recent_from):
+            years.setdefault(year, []).append(partition)
+    split = [
+        y
+        for y, parts in sorted(years.items())
+        if len(parts) > 1
+        and date(y + 1, 1, 1) <= recent_from
+        and all(p in parts for p in found if p.span.overlaps(Span(date(y, 1, 1), date(y + 1, 1, 1))))
+    ]
+    if not split:
+        return []
+    span, parts = Span(date(split[0], 1, 1), date(split[0] + 1, 1, 1)), years[split[0]]
+    table = partition_load_create(span=span)
+    try:
+        with transaction.atomic(), _cursor() as cursor:
+            for partition in parts:
+                cursor.execute(f"LOCK TABLE {partition.name} IN EXCLUSIVE MODE")
+                cursor.execute(f"INSERT INTO {table} SELECT * FROM {partition.name}")
+            _load_index(cursor, table)
+            for partition in parts:
+                _drop(cursor, partition.name)
+            _load_attach(cursor, table, span)
+    finally:
+        partition_load_drop(table=table)  # a no-op once attached (renamed)
+    return [span.name]
 
 
 def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
@@ -149,25 +260,27 @@ def _drop(cursor: psycopg.Cursor[Any], table: str) -> None:
 
 
 def partitions_maintain() -> dict[str, list[str]]:
-    """Create the months ahead (and those DEFAULT holds rows of), drop expired ones, drop crashed loads' tables."""
+    """Create the months ahead (and partitions for DEFAULT's rows), drop expired ones, merge an old year split
+    over several partitions into one, drop crashed loads' tables."""
     now = timezone.now()
     created = partitions_ensure(now=now, ahead=settings.RECSYS_PARTITIONS_AHEAD)
     dropped: list[str] = []
     if settings.RECSYS_INTERACTION_RETENTION_DAYS:
         dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
-    return {"created": created, "dropped": dropped, "loads_swept": partition_loads_sweep()}
+    rolled_up = partitions_roll_up(now=now)  # after retention: what is dropped is not copied first
+    return {"created": created, "dropped": dropped, "rolled_up": rolled_up, "loads_swept": partition_loads_sweep()}
 
 
-# ---- bulk loads into fresh months ---------------------------------------------------------------------
+# ---- bulk loads into fresh spans ----------------------------------------------------------------------
 
 
-def month_is_fresh(*, month: date) -> bool:
-    """Whether ``month`` holds no interaction yet: no partition or an empty one, and no row in DEFAULT."""
-    lower, upper = _bounds(month)
+def span_is_fresh(*, span: Span) -> bool:
+    """Whether ``span`` holds no interaction yet: no partition or an empty one, and no row in DEFAULT."""
+    lower, upper = span.bounds()
     with _cursor() as cursor:
-        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(month)])
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [span.name])
         if cursor.fetchone()[0]:  # type: ignore[index]
-            cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {partition_name(month)})")
+            cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {span.name})")
             if not cursor.fetchone()[0]:  # type: ignore[index]
                 return False
         cursor.execute(
@@ -176,19 +289,19 @@ def month_is_fresh(*, month: date) -> bool:
         return bool(cursor.fetchone()[0])  # type: ignore[index]
 
 
-def partition_load_create(*, month: date) -> str:
-    """A standalone table shaped like the interactions, without indexes, to COPY one month into; committed
+def partition_load_create(*, span: Span) -> str:
+    """A standalone table shaped like the interactions, without indexes, to COPY one span into; committed
     at once so that a chunk's retried transaction keeps it. Named after this session, so that a crashed
     load's table is found and dropped (``partition_loads_sweep``).
 
-    It holds the month's range as a CHECK from the start: each COPYed row is checked as it arrives (no
+    It holds the span's range as a CHECK from the start: each COPYed row is checked as it arrives (no
     scan of its own), and ATTACH, finding the constraint valid, skips its scan of the table."""
     partition_loads_sweep()
-    lower, upper = _bounds(month)
+    lower, upper = span.bounds()
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pid = cursor.fetchone()[0]  # type: ignore[index]
-        table = f"{LOAD_PREFIX}{pid}_{month.year:04d}{month.month:02d}_{secrets.token_hex(3)}"
+        table = f"{LOAD_PREFIX}{pid}_{span.lower.year:04d}{span.lower.month:02d}_{secrets.token_hex(3)}"
         cursor.execute(
             f"CREATE TABLE {table} (LIKE {PARENT} INCLUDING DEFAULTS,"
             f" CONSTRAINT {table}_range CHECK (timestamp >= '{lower}' AND timestamp < '{upper}'))"
@@ -196,42 +309,63 @@ def partition_load_create(*, month: date) -> str:
     return table
 
 
-def partition_load_attach(*, table: str, month: date) -> int | None:
-    """Index a loaded month table and attach it as the month's partition (dropping an empty one); returns
-    how many events it brought. None, leaving the table as it is, when the month got rows meanwhile (the
-    caller merges them instead)."""
-    lower, upper = _bounds(month)
+def partition_load_attach(*, table: str, span: Span) -> int | None:
+    """Index a loaded span's table and attach it as the span's partition (dropping an empty one of the
+    same span); returns how many events it brought. None, leaving the table as it is, when the span got
+    rows or another partition overlaps it meanwhile (the caller merges them instead)."""
     with transaction.atomic(), _cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
-        )
-        _load_keys_add(cursor, table)
-        cursor.execute(f"SELECT count(*) FROM {table}")
-        loaded = int(cursor.fetchone()[0])  # type: ignore[index]
-        for statement in _LOAD_INDEXES:
-            cursor.execute(statement.format(t=table))
-        existing = partition_name(month)
-        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [existing])
-        if cursor.fetchone()[0]:  # type: ignore[index]
-            cursor.execute(f"LOCK TABLE {existing} IN ACCESS EXCLUSIVE MODE")
-            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {existing})")
-            if cursor.fetchone()[0]:  # type: ignore[index]
-                transaction.set_rollback(True)
-                return None
-            _drop(cursor, existing)
-        # Rows the API stored for this month meanwhile went to DEFAULT: they join the loaded ones.
-        cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
-        cursor.execute(
-            f"WITH moved AS (DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *)"
-            f" INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING",
-            [lower, upper],
-        )
-        cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {table} FOR VALUES FROM ('{lower}') TO ('{upper}')")
-        cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_range")
-        cursor.execute(f"ALTER TABLE {table} RENAME TO {existing}")
-        for suffix in _LOAD_INDEX_SUFFIXES:
-            cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {existing}_{suffix}")
+        loaded = _load_index(cursor, table)
+        if not _span_cleared(cursor, span):
+            transaction.set_rollback(True)
+            return None
+        _load_attach(cursor, table, span)
     return loaded
+
+
+def _load_index(cursor: psycopg.Cursor[Any], table: str) -> int:
+    """Build a load table's keys and indexes; returns its row count."""
+    cursor.execute(
+        "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
+    )
+    _load_keys_add(cursor, table)
+    cursor.execute(f"SELECT count(*) FROM {table}")
+    loaded = int(cursor.fetchone()[0])  # type: ignore[index]
+    for statement in _LOAD_INDEXES:
+        cursor.execute(statement.format(t=table))
+    return loaded
+
+
+def _load_attach(cursor: psycopg.Cursor[Any], table: str, span: Span) -> None:
+    """Attach an indexed load table as ``span``'s partition, with the rows the API stored for that span
+    meanwhile (they went to DEFAULT)."""
+    lower, upper = span.bounds()
+    cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {DEFAULT} WHERE timestamp >= %s AND timestamp < %s RETURNING *)"
+        f" INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING",
+        [lower, upper],
+    )
+    cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {table} FOR VALUES FROM ('{lower}') TO ('{upper}')")
+    cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_range")
+    cursor.execute(f"ALTER TABLE {table} RENAME TO {span.name}")
+    for suffix in _LOAD_INDEX_SUFFIXES:
+        cursor.execute(f"ALTER INDEX {table}_{suffix} RENAME TO {span.name}_{suffix}")
+
+
+def _span_cleared(cursor: psycopg.Cursor[Any], span: Span) -> bool:
+    """Drop the empty partition of exactly ``span`` (beat's month ahead, say); False when a partition
+    overlapping it holds rows or covers another span."""
+    for partition in partitions_list():
+        if not partition.span.overlaps(span):
+            continue
+        if partition.span != span:
+            return False
+        cursor.execute(f"LOCK TABLE {partition.name} IN ACCESS EXCLUSIVE MODE")
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {partition.name})")
+        if cursor.fetchone()[0]:  # type: ignore[index]
+            return False
+        _drop(cursor, partition.name)
+    return True
 
 
 def _load_keys_add(cursor: psycopg.Cursor[Any], table: str) -> None:

@@ -351,9 +351,15 @@ if RECSYS_TRAIN_INTERVAL_MINUTES:
         "task": "embeddings.tasks.collaborative_model_retrain",
         "schedule": RECSYS_TRAIN_INTERVAL_MINUTES * 60.0,
     }
-# Interactions are range-partitioned by month (recsys.partitions): beat keeps this many months ahead
-# created and, when RECSYS_INTERACTION_RETENTION_DAYS > 0, drops whole months older than that (0: never).
+# Interactions are range-partitioned by time (recsys.partitions): beat keeps this many months ahead
+# created and, when RECSYS_INTERACTION_RETENTION_DAYS > 0, drops whole partitions older than that (0: never).
 RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
+# Events from this many months before the current one on get a partition per month; older history gets
+# one per calendar year, so that queries that cannot prune by time (a user's seen items) probe ~40
+# partitions for 22 years of history, not 272; beat merges a year split over several partitions once it
+# is wholly older than that (docs/scaling.md). 12 keeps the time-bounded reads
+# (popularity's window) and a retention of up to a year month-precise.
+RECSYS_PARTITIONS_MONTHLY_MONTHS = env_int("RECSYS_PARTITIONS_MONTHLY_MONTHS", 12, minimum=0)
 RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
 # Memory of each index build of a bulk import's month table and of ATTACH's foreign-key checks
 # (PostgreSQL's maintenance_work_mem, set for that transaction only): a build whose sort does not fit

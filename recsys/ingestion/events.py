@@ -12,6 +12,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
+from django.utils import timezone
 
 from recsys.db import atomic_with_retry
 from recsys.feedback.attribution import clicks_attribute
@@ -41,10 +42,13 @@ from recsys.ingestion.writer import (
 )
 from recsys.models import EventType, Item, User
 from recsys.partitions import (
-    month_is_fresh,
+    Span,
+    monthly_from,
     partition_load_attach,
     partition_load_create,
     partition_load_drop,
+    partition_span,
+    span_is_fresh,
 )
 from recsys.signals import interactions_stored
 
@@ -162,7 +166,7 @@ def _accepted(size: int, rejected: Rejections) -> npt.NDArray[np.bool_]:
 def _stored(
     resolved: _Resolved, rules: EventRules, *, copy: bool, loads: _MonthLoads | None = None, check: bool = True
 ) -> tuple[int, int, int]:
-    """Write the events (a file's fresh months by the month load), then attribute their click-type
+    """Write the events (a file's fresh spans by the span load), then attribute their click-type
     ones in the same transaction. Attribution reads the events' arrays, not the table, so events
     whose month is attached only at the end of a file are attributed with their chunk. ``check``: whether
     the writer checks that their users and items exist (``events_write``)."""
@@ -211,13 +215,15 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
 
 @dataclass
 class _MonthLoads:
-    """A file's months that held nothing when it first named them: their events are COPYed into a standalone
-    table per month (no index to maintain per row), indexed and attached as the month's partition at the end
-    (measured in BENCHMARKS.md). Events of other months take the idempotent upsert."""
+    """A file's partition spans (a month, or a year of older history: ``recsys.partitions.span_for``) that
+    held nothing when it first named them: their events are COPYed into a standalone table per span (no
+    index to maintain per row), indexed and attached as the span's partition at the end (measured in
+    BENCHMARKS.md). Events of other spans take the idempotent upsert."""
 
     rules: EventRules
-    tables: dict[date, str] = field(default_factory=dict)
-    upserted: set[date] = field(default_factory=set)
+    tables: dict[Span, str] = field(default_factory=dict)
+    upserted: set[Span] = field(default_factory=set)
+    recent_from: date = field(default_factory=lambda: monthly_from(now=timezone.now()))  # one for the whole file
     since: int | None = None  # ``references_hold``'s value when the first chunk was stored (see ``loaded``)
 
     def loaded(self, epoch: int) -> None:
@@ -226,33 +232,34 @@ class _MonthLoads:
             self.since = epoch
 
     def prepare(self, timestamps: Ints) -> None:
-        """Decide the months of a chunk's timestamps not seen before; outside the chunk's transaction, so a
-        retried chunk keeps its month tables."""
+        """Decide the spans of a chunk's months not seen before; outside the chunk's transaction, so a
+        retried chunk keeps its span tables."""
         for month in map(_as_date, np.unique(_months(timestamps))):
-            if month in self.tables or month in self.upserted:
+            if any(span.holds(month) for span in (*self.tables, *self.upserted)):
                 continue
-            if month_is_fresh(month=month):
-                self.tables[month] = partition_load_create(month=month)
+            span = partition_span(month=month, recent_from=self.recent_from)
+            if span_is_fresh(span=span):
+                self.tables[span] = partition_load_create(span=span)
             else:
-                self.upserted.add(month)
+                self.upserted.add(span)
 
     def split(self, events: EventArrays, *, check: bool = True) -> EventArrays:
-        """COPY the events of loading months; returns the others."""
+        """COPY the events of loading spans; returns the others."""
         months = _months(events.timestamps)
         rest = np.ones(len(events), dtype=bool)
-        for month, table in self.tables.items():
-            mask = months == np.datetime64(month, "M")
+        for span, table in self.tables.items():
+            mask = (months >= np.datetime64(span.lower, "M")) & (months < np.datetime64(span.upper, "M"))
             if mask.any():
                 events_load(table, _take(events, mask), self.rules, check=check)
                 rest &= ~mask
         return events if rest.all() else _take(events, rest)
 
     def finish(self) -> tuple[int, int]:
-        """Attach every month table (merge it by upsert where its month got rows meanwhile); (created, updated)."""
+        """Attach every span's table (merge it by upsert where its span got rows meanwhile); (created, updated)."""
         created = updated = 0
         try:
-            for month, table in sorted(self.tables.items()):
-                loaded = atomic_with_retry(partial(_load_attach, table, month, self.since))
+            for span, table in sorted(self.tables.items()):
+                loaded = atomic_with_retry(partial(_load_attach, table, span, self.since))
                 if loaded is not None:
                     created += loaded
                     continue
@@ -268,10 +275,10 @@ class _MonthLoads:
         self.tables.clear()
 
 
-def _load_attach(table: str, month: date, since: int | None) -> int | None:
-    """Attach a month's load table, without the events of users and items deleted since they were loaded."""
+def _load_attach(table: str, span: Span, since: int | None) -> int | None:
+    """Attach a span's load table, without the events of users and items deleted since they were loaded."""
     load_orphans_remove(table, since=since)
-    return partition_load_attach(table=table, month=month)
+    return partition_load_attach(table=table, span=span)
 
 
 def _months(timestamps: Ints) -> np.ndarray:
@@ -353,7 +360,7 @@ def _chunk_store(
 def _events_store(
     events: EventArrays, rules: EventRules, loads: _MonthLoads, *, check: bool = True
 ) -> tuple[int, int, int]:
-    """Loading months' events by COPY (counted when attached), the others by upsert: (created, updated, distinct)."""
+    """Loading spans' events by COPY (counted when attached), the others by upsert: (created, updated, distinct)."""
     rest = loads.split(events, check=check)
     return events_write(rest, rules, copy=True, check=check) if len(rest) else (0, 0, 0)
 
@@ -361,7 +368,7 @@ def _events_store(
 def interaction_arrays_load(
     *, batches: Iterable[EventArrays], rules: EventRules, progress: Progress | None = None
 ) -> ImportReport:
-    """Store events that need no checking (generated ones) chunk by chunk, fresh months by the load path."""
+    """Store events that need no checking (generated ones) chunk by chunk, fresh spans by the load path."""
     report, started = ImportReport(), time.perf_counter()
     loads = _MonthLoads(rules)
     try:

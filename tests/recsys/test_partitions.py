@@ -1,4 +1,5 @@
-"""Interactions by month: the migration keeps every row, partitions split DEFAULT, retention, bulk loads."""
+"""Interactions by time: the migration keeps every row, monthly and yearly spans, partitions split DEFAULT, retention,
+bulk loads."""
 
 from __future__ import annotations
 
@@ -87,33 +88,51 @@ def test_a_partition_created_for_a_month_with_rows_in_default_moves_them() -> No
     assert rows_by_partition() == {"recsys_interaction_default": 4}
 
     # When the month's partition is created
-    assert partitions.partition_create(month=date(2015, 3, 1))
+    assert partitions.partition_create(span=partitions.Span.month(date(2015, 3, 1)))
 
-    # Then its rows moved there; the other month's stay in DEFAULT; a second create changes nothing
+    # Then its rows moved there; the other month's stay in DEFAULT; a second create, or one of an overlapping
+    # span, changes nothing
     assert rows_by_partition() == {"recsys_interaction_p201503": 3, "recsys_interaction_default": 1}
-    assert not partitions.partition_create(month=date(2015, 3, 1))
+    assert not partitions.partition_create(span=partitions.Span.month(date(2015, 3, 1)))
+    assert not partitions.partition_create(span=partitions.Span(date(2015, 1, 1), date(2016, 1, 1)))
     assert Interaction.objects.count() == 4
 
 
-def test_maintenance_creates_months_ahead_and_splits_default(settings: Any) -> None:
+def test_maintenance_creates_months_ahead_and_moves_default_rows_into_years_and_recent_months(settings: Any) -> None:
+    # Given events in DEFAULT: two months of an old year, another old year, and last month
     settings.RECSYS_PARTITIONS_AHEAD = 5
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12
+    this_month = partitions.month_of(datetime.now(UTC))
+    last_month = partitions.month_add(this_month, -1)
     InteractionFactory(timestamp=at(2014, 7, 4))
+    InteractionFactory(timestamp=at(2014, 11, 30, 23))
+    InteractionFactory(timestamp=at(2013, 2, 1))
+    InteractionFactory(timestamp=at(last_month.year, last_month.month, 2))
 
+    # When maintenance runs
     result = partitions.partitions_maintain()
 
-    months = {p.month for p in partitions.partitions_list()}
-    this_month = partitions.month_of(datetime.now(UTC))
-    assert {partitions.month_add(this_month, k) for k in range(6)} <= months
-    assert date(2014, 7, 1) in months
-    assert "recsys_interaction_p201407" in result["created"]
-    assert rows_by_partition() == {"recsys_interaction_p201407": 1}
+    # Then the months ahead exist, the old rows moved to their year's partition, last month's to its month's
+    spans = {p.span for p in partitions.partitions_list()}
+    assert {partitions.Span.month(partitions.month_add(this_month, k)) for k in range(-1, 6)} <= spans
+    assert {
+        partitions.Span(date(2013, 1, 1), date(2014, 1, 1)),
+        partitions.Span(date(2014, 1, 1), date(2015, 1, 1)),
+    } <= spans
+    assert {"recsys_interaction_p2013", "recsys_interaction_p2014"} <= set(result["created"])
+    assert rows_by_partition() == {
+        "recsys_interaction_p2014": 2,
+        "recsys_interaction_p2013": 1,
+        partitions.Span.month(last_month).name: 1,
+    }
     assert result["dropped"] == []  # retention is off by default
+    assert partitions.partitions_maintain()["created"] == []
 
 
 def test_retention_drops_whole_months_older_than_the_setting(settings: Any) -> None:
     # Given events of two old months, of a recent one and one in DEFAULT
     for month in (date(2016, 1, 1), date(2016, 2, 1)):
-        partitions.partition_create(month=month)
+        partitions.partition_create(span=partitions.Span.month(month))
     recent = datetime.now(UTC) - timedelta(days=1)
     InteractionFactory(timestamp=at(2016, 1, 5))
     InteractionFactory(timestamp=at(2016, 2, 5))
@@ -133,8 +152,12 @@ def write_csv(path: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
     return path
 
 
-def test_a_file_of_fresh_months_is_attached_as_partitions_and_a_rerun_changes_nothing(tmp_path: Path) -> None:
-    # Given a file over two months nobody sent events for, one event repeated in a later chunk with another value
+def test_a_file_of_fresh_months_is_attached_as_partitions_and_a_rerun_changes_nothing(
+    tmp_path: Path, settings: Any
+) -> None:
+    # Given a file over two months nobody sent events for, one event repeated in a later chunk with another value,
+    # and months kept monthly back to then
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12 * 100
     rows = [(f"u{k % 4}", f"i{k % 5}", "view", "", f"2019-05-{1 + k:02d}T10:00:00+00:00") for k in range(7)]
     rows += [("u9", "i9", "rating", "2", "2019-06-02T00:00:00+00:00"), ("u1", "i1", "like", "", "2019-06-03T00:00:00Z")]
     rows += [("u9", "i9", "rating", "5", "2019-06-02T00:00:00+00:00")]
@@ -177,7 +200,7 @@ def test_a_file_into_a_month_with_rows_goes_through_the_upsert(tmp_path: Path) -
 def test_events_sent_to_a_loading_month_meanwhile_join_the_attached_partition() -> None:
     # Given a load table for a fresh month, and an API event of that month that arrived in DEFAULT meanwhile
     month = date(2017, 9, 1)
-    table = partitions.partition_load_create(month=month)
+    table = partitions.partition_load_create(span=partitions.Span.month(month))
     user, item = UserFactory(), ItemFactory()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -187,14 +210,14 @@ def test_events_sent_to_a_loading_month_meanwhile_join_the_attached_partition() 
     InteractionFactory(user=user, item=item, event_type="like", timestamp=at(2017, 9, 3))
 
     # When the load is attached
-    assert partitions.partition_load_attach(table=table, month=month) == 1
+    assert partitions.partition_load_attach(table=table, span=partitions.Span.month(month)) == 1
 
     # Then the month's partition holds both
     assert rows_by_partition() == {"recsys_interaction_p201709": 2}
 
 
 def test_load_tables_of_sessions_that_are_gone_are_swept() -> None:
-    live = partitions.partition_load_create(month=date(2019, 1, 1))
+    live = partitions.partition_load_create(span=partitions.Span.month(date(2019, 1, 1)))
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TABLE {partitions.LOAD_PREFIX}99999999_201901_abcdef (LIKE recsys_interaction)")
 
@@ -212,9 +235,118 @@ def test_the_dashboard_estimate_of_interactions_sums_the_analysed_partitions(mon
     InteractionFactory.create_batch(4, timestamp=at(2015, 5, 5))
     InteractionFactory.create_batch(2, timestamp=at(2015, 6, 5))
     for month in (date(2015, 5, 1), date(2015, 6, 1)):
-        partitions.partition_create(month=month)
+        partitions.partition_create(span=partitions.Span.month(month))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE recsys_interaction_p201505, recsys_interaction_p201506")
     monkeypatch.setattr(admin_selectors, "EXACT_COUNT_BELOW", 3)
 
     assert admin_selectors.table_row_count(table="recsys_interaction") == admin_selectors.RowCount(6, exact=False)
+
+
+def recent_month(back: int) -> date:
+    return partitions.month_add(partitions.month_of(datetime.now(UTC)), -back)
+
+
+def test_a_file_spanning_many_years_lands_every_row_in_years_and_recent_months(tmp_path: Path, settings: Any) -> None:
+    # Given a file of events from 2003 to last month, three per month in 2003–2012, and two recent months
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12
+    rows = [
+        (f"u{k}", f"i{year % 7}", "view", "", f"{year}-{month:02d}-{3 + 9 * k:02d}T12:00:00Z")
+        for year in range(2003, 2013)
+        for month in range(1, 13)
+        for k in range(3)
+    ]
+    recent = [recent_month(2), recent_month(1)]
+    rows += [("u1", f"r{n}", "like", "", f"{m.isoformat()}T08:00:00Z") for n, m in enumerate(recent)]
+    path = write_csv(tmp_path / "events.csv", rows)
+
+    # When it is imported in chunks of 50 rows
+    report = interactions_load(chunks=csv_events_read(path, chunk_rows=50))
+
+    # Then every row is stored, in one partition per old year and one per recent month
+    assert (report.rows, report.created, report.rejected) == (362, 362, 0)
+    expected = {f"recsys_interaction_p{year}": 36 for year in range(2003, 2013)}
+    expected |= {partitions.Span.month(m).name: 1 for m in recent}
+    assert rows_by_partition() == expected
+    assert Interaction.objects.count() == 362
+
+    # And importing it again changes nothing
+    again = interactions_load(chunks=csv_events_read(path, chunk_rows=50))
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 362)
+    assert rows_by_partition() == expected
+
+
+def test_a_file_into_a_database_partitioned_by_month_before_keeps_its_months(tmp_path: Path) -> None:
+    # Given the monthly layout of before: 2016-03 has rows, 2016-06 is an empty partition
+    user, item = UserFactory(external_id="u"), ItemFactory(external_id="i")
+    for month in (date(2016, 3, 1), date(2016, 6, 1)):
+        partitions.partition_create(span=partitions.Span.month(month))
+    InteractionFactory(user=user, item=item, event_type="view", timestamp=at(2016, 3, 9))
+    path = write_csv(
+        tmp_path / "events.csv",
+        [("u", "i", "view", "", f"2016-{month:02d}-09T00:00:00Z") for month in (1, 3, 4, 6, 11)],
+    )
+
+    # When a file of 2016 is imported
+    report = interactions_load(chunks=csv_events_read(path))
+
+    # Then March took the upsert, the gaps and the empty June became partitions of their own, every row landed
+    assert (report.created, report.unchanged) == (4, 1)
+    assert rows_by_partition() == {
+        "recsys_interaction_p201601_201603": 1,
+        "recsys_interaction_p201603": 1,
+        "recsys_interaction_p201604_201606": 1,
+        "recsys_interaction_p201606": 1,
+        "recsys_interaction_p201607_201701": 1,
+    }
+
+
+def test_retention_drops_a_year_only_once_all_of_it_is_past_the_cutoff() -> None:
+    # Given the years 2015 and 2016 as partitions, with rows at their ends
+    for year in (2015, 2016):
+        partitions.partition_create(span=partitions.Span(date(year, 1, 1), date(year + 1, 1, 1)))
+        InteractionFactory(timestamp=at(year, 12, 31, 23))
+
+    # When retention keeps what is newer than mid-2016
+    dropped = partitions.partitions_drop_before(cutoff=at(2016, 7, 1))
+
+    # Then 2015 is gone; 2016, holding rows inside the window (and older ones), stays whole
+    assert dropped == ["recsys_interaction_p2015"]
+    assert rows_by_partition() == {"recsys_interaction_p2016": 1}
+    assert partitions.partitions_drop_before(cutoff=at(2017, 1, 1)) == ["recsys_interaction_p2016"]
+
+
+def test_maintenance_merges_an_old_year_split_over_months_into_one_partition_keeping_every_row(settings: Any) -> None:
+    # Given 2016 and 2017 partitioned by month as before (2016: three months with rows, one empty, a row in
+    # DEFAULT in a month without a partition), and 2010 as one year's partition
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12
+    for month in (date(2016, 2, 1), date(2016, 3, 1), date(2016, 9, 1), date(2016, 12, 1), date(2017, 1, 1)):
+        partitions.partition_create(span=partitions.Span.month(month))
+    partitions.partition_create(span=partitions.Span(date(2017, 4, 1), date(2018, 1, 1)))
+    partitions.partition_create(span=partitions.Span(date(2010, 1, 1), date(2011, 1, 1)))
+    for moment in (at(2016, 2, 3), at(2016, 3, 31, 23), at(2016, 9, 1), at(2016, 7, 4), at(2017, 1, 5), at(2010, 5, 5)):
+        InteractionFactory(timestamp=moment)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        before = cursor.fetchall()
+    assert rows_by_partition()["recsys_interaction_default"] == 1
+
+    # When maintenance runs twice
+    first = partitions.partitions_maintain()
+    second = partitions.partitions_maintain()
+
+    # Then 2016, then 2017, became one partition each, every row kept with its id; 2010 is left alone
+    assert (first["rolled_up"], second["rolled_up"]) == (["recsys_interaction_p2016"], ["recsys_interaction_p2017"])
+    assert partitions.partitions_maintain()["rolled_up"] == []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM recsys_interaction ORDER BY id")
+        assert cursor.fetchall() == before
+    assert rows_by_partition() == {
+        "recsys_interaction_p2016": 4,
+        "recsys_interaction_p2017": 1,
+        "recsys_interaction_p2010": 1,
+    }
+    old = [p.name for p in partitions.partitions_list() if p.span.lower.year < 2018]
+    assert old == ["recsys_interaction_p2010", "recsys_interaction_p2016", "recsys_interaction_p2017"]
+    InteractionFactory(timestamp=at(2016, 6, 6))  # the merged year takes new rows
+    assert rows_by_partition()["recsys_interaction_p2016"] == 5
