@@ -15,7 +15,7 @@ from psycopg import sql
 
 from embeddings import content, services
 from embeddings.learners import LearnerParams
-from embeddings.models import ActiveVersion, Kind, VersionArtifacts
+from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
 from embeddings.recommendations import user_recommendations_list
 from embeddings.vectors.rows import candidate_rows, category_newest_rows, vectors_of
 from recsys.models import Interaction, Item, User
@@ -120,13 +120,20 @@ def test_the_admin_version_page_shows_the_stage_against_the_best_source(trained,
     assert "ranking stage" in text and "vs the best source" in text and "top features by gain" in text
 
 
+def as_compared(query: np.ndarray, version: ModelVersion) -> np.ndarray:
+    """A query vector as PostgreSQL compares it with ``version``'s rows: a halfvec table casts it to
+    float16 first (CI runs these tests again with every version stored as halfvec)."""
+    return query.astype(np.float16).astype(np.float64) if version.vector_type == "halfvec" else query
+
+
 def test_candidate_scores_are_the_inner_products_of_the_stored_vectors(trained):
     # The facts statement computes the scores in PostgreSQL: the same numbers as the vectors it
     # used to ship (the user's vector and a profile against every item's rows).
     ids = list(Item.objects.values_list("pk", flat=True))
     user = User.objects.get(external_id="u1").pk
     vector = vectors_of(trained.user_table, "user_id", [user])[user]
-    content_table = ActiveVersion.objects.get(kind=Kind.CONTENT).version.item_table
+    content_version = ActiveVersion.objects.get(kind=Kind.CONTENT).version
+    content_table = content_version.item_table
     profile = np.linspace(-1.0, 1.0, len(next(iter(vectors_of(content_table, "item_id", ids).values()))))
     hidden = Item.objects.get(external_id="i4")
     Item.objects.filter(pk=hidden.pk).update(is_hidden=True)
@@ -145,8 +152,9 @@ def test_candidate_scores_are_the_inner_products_of_the_stored_vectors(trained):
     by_id = {r[0]: r for r in rows}
     assert set(by_id) == (set(ids) - {hidden.pk}) | {Item.objects.get(external_id="late").pk}
     for item in set(ids) - {hidden.pk}:
-        assert by_id[item][5] == pytest.approx(float(np.dot(vector, collaborative[item])), rel=1e-5, abs=1e-6)
-        assert by_id[item][6] == pytest.approx(float(np.dot(profile, encoded[item])), rel=1e-5, abs=1e-6)
+        served_vector, served_profile = as_compared(vector, trained), as_compared(profile, content_version)
+        assert by_id[item][5] == pytest.approx(float(np.dot(served_vector, collaborative[item])), rel=1e-5, abs=1e-6)
+        assert by_id[item][6] == pytest.approx(float(np.dot(served_profile, encoded[item])), rel=1e-5, abs=1e-6)
     late = by_id[Item.objects.get(external_id="late").pk]
     assert late[1] == "late" and late[2] == ["c0"] and late[5] is None and late[6] is None
 
