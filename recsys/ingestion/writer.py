@@ -263,12 +263,18 @@ def references_hold(cursor: psycopg.Cursor[Any] | None = None) -> int:
     return int(cursor.fetchone()[0])  # type: ignore[index]
 
 
-def references_delete_begin() -> None:
+def references_delete_begin(*, lock_timeout: float | None = None) -> None:
     """Before deleting users or items in this transaction: wait for the events transactions in flight and hold
     off new ones (the DELETE's trigger takes the same lock; taking it first keeps the ORM's deletes of
-    related rows, which come before the DELETE, from deadlocking with a writer)."""
+    related rows, which come before the DELETE, from deadlocking with a writer).
+
+    ``lock_timeout`` (seconds): once the lock is held, and every ingest batch waits behind it, the rest of
+    the transaction waits at most this long for any other lock (a year's roll-up holds its partitions for
+    the whole copy) before it fails with PostgreSQL's lock_not_available, releasing the lock."""
     with _cursor() as cursor:
         cursor.execute("SELECT recsys_references_take()")
+        if lock_timeout:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{round(lock_timeout * 1000)}ms"])
 
 
 # Each distinct id probed once (a NOT EXISTS per row, OR-ed, probed both indexes for every one of a month's

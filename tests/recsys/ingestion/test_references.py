@@ -320,3 +320,29 @@ def test_the_admins_deletes_wait_for_events_in_flight_and_leave_no_orphan(admin_
     assert announced[-1] == "pen"
     user_deleted.disconnect(dispatch_uid="test-admin-deletes")
     item_deleted.disconnect(dispatch_uid="test-admin-deletes-items")
+
+
+def test_an_api_delete_behind_a_roll_up_gives_up_soon_instead_of_holding_ingestion(
+    other: psycopg.Connection[Any], writer: Any, settings: Any
+) -> None:
+    # Given a user with events, and another session holding the interactions as a year's roll-up does
+    settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS = 0.5
+    interactions_ingest(rows=[event("fay")])
+    other.execute("BEGIN")
+    other.execute("LOCK TABLE recsys_interaction IN EXCLUSIVE MODE")
+
+    # When the API is asked to delete the user
+    started = time.monotonic()
+    response = writer.delete("/api/v1/users/fay")
+    waited = time.monotonic() - started
+
+    # Then it answers 503 within about the timeout (releasing the references lock that every ingest
+    # batch waits for), and the user is kept
+    assert response.status_code == 503 and "retry" in response.json()["error"]["message"]
+    assert waited < 5
+    assert User.objects.filter(external_id="fay").exists()
+
+    # and once the roll-up ends, the same request deletes the user and their events
+    other.execute("COMMIT")
+    assert writer.delete("/api/v1/users/fay").status_code == 204
+    assert not User.objects.filter(external_id="fay").exists() and orphans() == 0
