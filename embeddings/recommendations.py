@@ -29,9 +29,10 @@ from embeddings.serving import (
     item_ids,
     model_ref,
     query_column,
+    version_nearest_items,
 )
 from embeddings.vectors.rows import user_state_row, vectors_of
-from embeddings.vectors.search import Filters, Neighbour, nearest_items, user_nearest_items
+from embeddings.vectors.search import Filters, Neighbour, user_nearest_items
 from recsys.models import Item
 from recsys.replicas import replica_reads
 
@@ -219,9 +220,7 @@ def _user_recommendations(request: _UserRequest) -> Answer:
     filters = Filters(tuple(excluded), category, rules)
     if stage is not None and version is collaborative:
         return _ranked(stage, collaborative, vector, user, excluded, request, wanted)
-    neighbours = nearest_items(
-        version.item_table, vector, vector_type=version.vector_type, limit=wanted, filters=filters
-    )
+    neighbours = version_nearest_items(version, vector, limit=wanted, filters=filters)
     if diversity > 0:
         neighbours = mmr_rerank(
             neighbours,
@@ -403,13 +402,7 @@ def _session(
         version = active(kind)
         query = _session_query(version, positive_ids, negative_ids) if version else None
         if version is not None and query is not None:
-            neighbours = nearest_items(
-                version.item_table,
-                query,
-                vector_type=version.vector_type,
-                limit=limit,
-                filters=Filters(given, category, rules),
-            )
+            neighbours = version_nearest_items(version, query, limit=limit, filters=Filters(given, category, rules))
             return Answer(from_neighbours(neighbours), model_ref(version), strategy)
     return popular_candidates(limit=limit, category=category, exclude_ids=given, rules=rules)
 

@@ -11,8 +11,8 @@ from django.conf import settings
 from embeddings.content import version_encoder
 from embeddings.query_encoder import content_version_for_queries
 from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
-from embeddings.serving import Answer, Recommendation, from_neighbours, model_ref
-from embeddings.vectors.search import Filters, nearest_items
+from embeddings.serving import Answer, Recommendation, from_neighbours, model_ref, version_nearest_items
+from embeddings.vectors.search import Filters
 from recsys.errors import ModelNotReady, ValidationFailed
 from recsys.replicas import read_connection, replica_reads
 from recsys.rules.ruleset import item_conditions
@@ -137,9 +137,7 @@ def _semantic(content, query: str, limit: int, category: str | None, rules: Rule
     if not vector.any():  # no known word (TF-IDF): nothing is near it
         return []
     filters = Filters((), category, rules)
-    return from_neighbours(
-        nearest_items(content.item_table, vector, vector_type=content.vector_type, limit=limit, filters=filters)
-    )
+    return from_neighbours(version_nearest_items(content, vector, limit=limit, filters=filters))
 
 
 def _keyword(words: KeywordQuery, limit: int, category: str | None, rules: RuleSet) -> list[Recommendation]:

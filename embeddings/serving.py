@@ -9,13 +9,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from django.db import ProgrammingError, connection, transaction
 
 from embeddings.answer_cache import answer_cached
 from embeddings.models import Kind, ModelVersion
 from embeddings.selectors import active_version_serving, active_version_serving_forget
-from embeddings.vectors.search import Neighbour
+from embeddings.vectors.search import Filters, Neighbour, nearest_items
 from recsys.models import Item
 
 
@@ -71,6 +73,21 @@ def answer_through_cache(owner: str, variant: str, compute: Callable[[], Answer]
 
 def model_ref(version: ModelVersion | None) -> dict[str, Any] | None:
     return {"kind": version.kind, "version": version.pk} if version else None
+
+
+def version_nearest_items(
+    version: ModelVersion,
+    query: npt.NDArray[np.float32],
+    *,
+    limit: int,
+    filters: Filters,
+    widen: bool = True,
+) -> list[Neighbour]:
+    """``nearest_items`` over a model version's item table, in that version's vector type (the two
+    always go together: a table searched as another type would miss its HNSW index)."""
+    return nearest_items(
+        version.item_table, query, vector_type=version.vector_type, limit=limit, filters=filters, widen=widen
+    )
 
 
 def from_neighbours(neighbours: list[Neighbour]) -> list[Recommendation]:

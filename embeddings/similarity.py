@@ -24,10 +24,11 @@ from embeddings.serving import (
     from_neighbours,
     model_ref,
     query_column,
+    version_nearest_items,
 )
 from embeddings.similar_fallback import item_similar_fallback
 from embeddings.vectors.rows import item_vectors_row, vectors_of
-from embeddings.vectors.search import Filters, Neighbour, nearest_items
+from embeddings.vectors.search import Filters, nearest_items
 from embeddings.vectors.tables import VECTOR
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
 from recsys.replicas import replica_reads
@@ -106,18 +107,10 @@ def _similar(external_id: str, limit: int, space: str, category: str | None, rul
     if space == "hybrid" and collaborative and content and item.collaborative is not None and item.content is not None:
         return _hybrid(item, collaborative, content, limit, filters)
     if space != Kind.CONTENT and collaborative and item.collaborative is not None:
-        neighbours = nearest_items(
-            collaborative.item_table,
-            item.collaborative,
-            vector_type=collaborative.vector_type,
-            limit=limit,
-            filters=filters,
-        )
+        neighbours = version_nearest_items(collaborative, item.collaborative, limit=limit, filters=filters)
         return Answer(from_neighbours(neighbours), model_ref(collaborative), "collaborative")
     if content and item.content is not None:
-        neighbours = nearest_items(
-            content.item_table, item.content, vector_type=content.vector_type, limit=limit, filters=filters
-        )
+        neighbours = version_nearest_items(content, item.content, limit=limit, filters=filters)
         return Answer(from_neighbours(neighbours), model_ref(content), "content")
     return _fallback(item, limit, category, rules)
 
@@ -136,16 +129,8 @@ def _hybrid(
     only its content share."""
     assert item.collaborative is not None and item.content is not None
     depth = max(limit * 4, HYBRID_CANDIDATES)
-    by_collaborative = nearest_items(
-        collaborative.item_table,
-        item.collaborative,
-        vector_type=collaborative.vector_type,
-        limit=depth,
-        filters=filters,
-    )
-    by_content = nearest_items(
-        content.item_table, item.content, vector_type=content.vector_type, limit=depth, filters=filters
-    )
+    by_collaborative = version_nearest_items(collaborative, item.collaborative, limit=depth, filters=filters)
+    by_content = version_nearest_items(content, item.content, limit=depth, filters=filters)
     names = {n.item_id: n.external_id for n in by_collaborative + by_content}
     ids = list(names)
     collaborative_scores = _scores(collaborative, ids, item.collaborative)
@@ -184,12 +169,6 @@ def item_duplicates_list(*, item_external_id: str, threshold: float, limit: int)
     item = _item_vectors(item_external_id, None, content)
     if item.content is None:
         return Answer([], model_ref(content), "content")
-    neighbours: list[Neighbour] = nearest_items(
-        content.item_table,
-        item.content,
-        vector_type=content.vector_type,
-        limit=limit,
-        filters=Filters((item.id,), None),
-    )
+    neighbours = version_nearest_items(content, item.content, limit=limit, filters=Filters((item.id,), None))
     kept = [n for n in neighbours if n.score >= threshold]
     return Answer(from_neighbours(kept), model_ref(content), "content")

@@ -23,8 +23,9 @@ from embeddings.ranking.features import CandidateFacts, category_affinity, featu
 from embeddings.ranking.offline import DAY, RankingState, StateOutdated
 from embeddings.ranking.ranker import Ranker, ranker_load
 from embeddings.ranking.sources import RECENT_ITEMS, Candidates, Found, candidates_merge, cooccurrence_scores
+from embeddings.serving import version_nearest_items
 from embeddings.vectors.rows import candidate_rows
-from embeddings.vectors.search import Filters, Neighbour, nearest_items
+from embeddings.vectors.search import Filters, Neighbour
 from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
 
 EXPLAIN_FEATURES = 3
@@ -144,22 +145,13 @@ def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[s
     # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
     found = {
         "collaborative": _from_neighbours(
-            nearest_items(
-                request.version.item_table,
-                request.vector,
-                vector_type=request.version.vector_type,
-                limit=depth,
-                filters=filters,
-                widen=False,
-            )
+            version_nearest_items(request.version, request.vector, limit=depth, filters=filters, widen=False)
         )
     }
     if request.content is not None:
         content, profile = request.content
         found["content"] = _from_neighbours(
-            nearest_items(
-                content.item_table, profile, vector_type=content.vector_type, limit=depth, filters=filters, widen=False
-            )
+            version_nearest_items(content, profile, limit=depth, filters=filters, widen=False)
         )
     recent = np.asarray(request.history[:RECENT_ITEMS], np.int64)
     rows = state.rows_of(recent)
