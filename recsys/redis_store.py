@@ -22,6 +22,8 @@ from django.core.cache import cache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from recsys.redis_urls import redis_base_db, redis_db_url
+
 logger = logging.getLogger(__name__)
 BREAKER_SECONDS = 5.0  # after a failure, requests skip Redis this long before trying again
 
@@ -57,8 +59,8 @@ def _url(purpose: Purpose) -> str:
     if purpose == "cache":
         return str(settings.CACHES["default"]["LOCATION"])
     url = str(settings.REDIS_URL)
-    # A Unix socket's URL names no database; Celery's queues are in its database 0.
-    return f"{url.split('?', 1)[0]}?db=0" if url.startswith("unix://") and "db=" not in url else url
+    # Celery's queues are in the database REDIS_URL names (0 where a Unix socket's URL names none).
+    return redis_db_url(url, redis_base_db(url))
 
 
 def _options(purpose: Purpose) -> dict[str, Any]:
