@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="per phase")
     parser.add_argument("--rounds", type=int, default=5, help="quiet and attack phases, alternating")
     parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
+    parser.add_argument(
+        "--defaults-only", action="store_true", help="only the server with the default limits (no peers without them)"
+    )
     args = parser.parse_args()
     name = f"recsys_bench_attack_{args.items}_{args.interactions}"
     url = database_url(name)
@@ -179,6 +182,8 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
     no_budget = {"RECSYS_EXPENSIVE_SHARE_PER_KEY": "0", "RECSYS_EXPENSIVE_SHARE_TOTAL": "0"}
     off = {"RECSYS_EXPENSIVE_CONCURRENCY_PER_KEY": "0", "RECSYS_EXPENSIVE_CONCURRENCY_TOTAL": "0", **no_budget}
     servers = (("on (defaults)", {}, len(phases)), ("concurrency only, no time budget", no_budget, 2), ("off", off, 2))
+    if args.defaults_only:
+        servers = servers[:1]
     rows = []
     for limits, env, names in servers:
         with gunicorn(url, PORT, env=env) as master:
