@@ -13,6 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from recsys.db import lock_not_available
 from recsys.errors import (
     Conflict,
     DomainError,
@@ -56,7 +57,6 @@ def error_response(status_code: int, code: str, message: str, details: dict[str,
 
 
 QUERY_CANCELED = "57014"  # statement_timeout ran out
-LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
 
 
 def database_error(exc: Exception) -> tuple[str, str]:
@@ -64,7 +64,7 @@ def database_error(exc: Exception) -> tuple[str, str]:
     if getattr(exc.__cause__, "sqlstate", None) == QUERY_CANCELED:
         logger.warning("statement timeout: %s", exc)
         return "service_unavailable", "the query took longer than the serving time limit; retry shortly"
-    if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+    if lock_not_available(exc):
         logger.warning("lock timeout: %s", exc)
         return "service_unavailable", "the data is being reorganised (a partition roll-up); retry shortly"
     logger.error("database unavailable: %s", exc)

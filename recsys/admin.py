@@ -8,12 +8,13 @@ from functools import cached_property
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q, QuerySet
 from django.dispatch import Signal
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -22,6 +23,7 @@ from recsys.admin_format import moment
 from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
 from recsys.api_keys import api_key_cache_clear, api_key_create, api_key_revoke
+from recsys.db import lock_not_available
 from recsys.errors import ValidationFailed
 from recsys.ingestion.writer import references_delete_begin
 from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
@@ -115,24 +117,49 @@ class EventTypeFilter(admin.SimpleListFilter):
 class ReferencedRowsAdmin(LargeTableAdmin):
     """Users and items, deleted as the API deletes them: interactions refer to them without foreign keys
     (recsys migration 0009), so a delete first waits for the events transactions in flight instead of
-    deadlocking with one over the related rows Django deletes first; afterwards the deletion is
-    announced (``deleted_signal``), so cached answers naming the user or item go too."""
+    deadlocking with one over the related rows Django deletes first; then it waits at most
+    ``RECSYS_DELETE_LOCK_TIMEOUT_SECONDS`` for other locks (a year's roll-up), so it never holds every
+    ingest batch behind it, and says "retry shortly" instead; afterwards the deletion is announced
+    (``deleted_signal``), so cached answers naming the user or item go too."""
 
     deleted_signal: Signal
+    REORGANISING = "Not deleted: the data is being reorganised (a partition roll-up). Retry in a minute."
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
-            references_delete_begin()
+            references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
             super().delete_model(request, obj)
         self.deleted_signal.send(sender=self.model, external_id=obj.external_id)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
-            references_delete_begin()
+            references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
             external_ids = list(queryset.values_list("external_id", flat=True))
             super().delete_queryset(request, queryset)
         for external_id in external_ids:
             self.deleted_signal.send(sender=self.model, external_id=external_id)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except OperationalError as error:
+            return self._retry_later(request, error)
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        try:
+            return super().response_action(request, queryset, *args, **kwargs)
+        except OperationalError as error:
+            return self._retry_later(request, error)
+
+    def _retry_later(self, request: HttpRequest, error: OperationalError) -> HttpResponse:
+        if not lock_not_available(error):
+            raise error
+        self.message_user(request, self.REORGANISING, messages.ERROR)
+        return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(User)

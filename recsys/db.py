@@ -11,6 +11,12 @@ from django.db import OperationalError, connection, transaction
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+
+
+def lock_not_available(error: Exception) -> bool:
+    """Whether a database error is a ``lock_timeout`` that ran out (a delete's bound behind a roll-up)."""
+    return getattr(error.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 def atomic_with_retry(work: Callable[[], T], attempts: int = 3) -> T:

@@ -346,3 +346,42 @@ def test_an_api_delete_behind_a_roll_up_gives_up_soon_instead_of_holding_ingesti
     other.execute("COMMIT")
     assert writer.delete("/api/v1/users/fay").status_code == 204
     assert not User.objects.filter(external_id="fay").exists() and orphans() == 0
+
+
+def test_an_admin_delete_behind_a_roll_up_gives_up_soon_and_says_to_retry(
+    other: psycopg.Connection[Any], admin_user: Any, settings: Any
+) -> None:
+    from django.test import Client
+
+    # Given a user and an item with events, and another session holding the interactions as a year's
+    # roll-up does
+    settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS = 0.5
+    interactions_ingest(rows=[event("gus", item="cup")])
+    gus, cup = User.objects.get(external_id="gus"), Item.objects.get(external_id="cup")
+    client = Client()
+    client.force_login(admin_user)
+    other.execute("BEGIN")
+    other.execute("LOCK TABLE recsys_interaction IN EXCLUSIVE MODE")
+
+    # When the operator deletes the user from its page, and the item by the list's bulk action
+    started = time.monotonic()
+    page = client.post(f"/admin/recsys/user/{gus.pk}/delete/", {"post": "yes"}, follow=True)
+    action = client.post(
+        "/admin/recsys/item/",
+        {"action": "delete_selected", "_selected_action": [cup.pk], "post": "yes"},
+        follow=True,
+    )
+    waited = time.monotonic() - started
+
+    # Then each gives up within about the timeout (no 500, not holding ingestion behind it), says why,
+    # and keeps the rows
+    for response in (page, action):
+        assert response.status_code == 200
+        assert "being reorganised" in " ".join(str(m) for m in response.context["messages"])
+    assert waited < 8
+    assert User.objects.filter(pk=gus.pk).exists() and Item.objects.filter(pk=cup.pk).exists()
+
+    # and once the roll-up ends, the same delete goes through
+    other.execute("COMMIT")
+    assert client.post(f"/admin/recsys/user/{gus.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not User.objects.filter(pk=gus.pk).exists() and orphans() == 0
