@@ -40,14 +40,12 @@ from common import (
     write_section,
 )
 
-IMPORT_NOTE = """Imports into months that hold nothing yet COPY into a standalone table per month and build its
-indexes after (then ATTACH PARTITION): PostgreSQL's CPU per new row fell from ~29 µs (the upsert into
-an indexed table, still the path for months that have rows) to ~6.4 µs, 4.5x less. The 200,000 rows/s
-target is not met on this 2-core machine: the command's own CPU is now the limit, ~10 s per million
-rows (1.8 s starting Django, ~4.6 s reading, parsing and checking the CSV, the rest resolving new
-users and items and building the COPY), so one core caps the path near 100,000 rows/s; see
-docs/scaling.md for what would close the gap. Wall figures on this shared VM (load average 16-24
-while measuring) are several times the CPU figures: read the CPU columns."""
+IMPORT_NOTE = """Imports into months that hold nothing yet COPY into a standalone table per month (on a thread with a
+connection of its own, while the command resolves the next chunk's users and items and reads the one after),
+build its five indexes at once on a connection each, then ATTACH PARTITION. "The import itself" is the
+command's own report (`interactions_load`), without the interpreter's and Django's start (~1.5-1.8 s of the
+command's CPU). Wall figures on this shared 2-core VM depend on the other work running: read the CPU columns
+and the interleaved before/after runs; docs/scaling.md, Bulk imports, has the method and what limits the path."""
 BATCH = 1000
 TYPES = ["view"] * 6 + ["click"] * 2 + ["add_to_cart", "purchase", "like", "dislike"]
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)  # + seed x 1,000 s stays in the past
@@ -220,9 +218,10 @@ def main() -> None:
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="0: skip the CSV imports")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-api", action="store_true", help="the imports only")
+    parser.add_argument("--database", default="recsys_bench_ingest", help="the scratch database (dropped after)")
     args = parser.parse_args()
 
-    url = scratch_database_url("recsys_bench_ingest")
+    url = scratch_database_url(args.database)
     one: dict[str, float] = {}
     # (The unpartitioned comparison, migration 0006's schema, ran until migration 0009: the writer now needs
     # 0009's references lock, so this code no longer runs against 0006. Its last figures are in git history.)
