@@ -318,9 +318,9 @@ def partition_load_create(*, span: Span) -> str:
 def partition_load_index(*, table: str) -> None:
     """Build a loaded span's indexes all at once, each on a connection of its own that commits it, before
     ``partition_load_attach(indexed=True)``: the import's command is idle by then, and one connection
-    sorting index after index leaves the other cores to the parallel workers PostgreSQL gives each build
-    (measured in BENCHMARKS.md, Ingestion). The table must be committed (a caller inside a transaction
-    indexes in ``partition_load_attach`` instead). A table that repeats an event keeps no unique index
+    building index after index leaves cores idle whenever a build gets no parallel worker (measured in
+    BENCHMARKS.md, Ingestion). The table must be committed (a caller inside a transaction indexes in
+    ``partition_load_attach`` instead). A table that repeats an event keeps no unique index
     here: the attach removes the repeats and builds it."""
     with ThreadPoolExecutor(max_workers=len(_LOAD_INDEXES), thread_name_prefix="import-index") as pool:
         for built in [pool.submit(_index_build_alone, statement.format(t=table)) for statement in _LOAD_INDEXES]:
