@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -31,17 +32,22 @@ DEFAULT = "recsys_interaction_default"
 LOAD_PREFIX = "recsys_interaction_load_"
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 # The parent's indexes and constraints as a loaded month table gets them before it is attached:
-# ATTACH PARTITION adopts an equivalent index or constraint instead of building it again.
-_LOAD_KEYS = (
-    "ALTER TABLE {t} ADD CONSTRAINT {t}_event UNIQUE (user_id, item_id, event_type, timestamp)",
-    "ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (id, timestamp)",
-)
-_LOAD_INDEX_SUFFIXES = ("event", "pkey", "history", "item_time", "created")
+# ATTACH PARTITION adopts an equivalent index or constraint instead of building it again. Each index is a
+# statement of its own (the keys' indexes become their constraints after), so that an import can build them
+# at once on connections of their own (``partition_load_index``).
 _LOAD_INDEXES = (
+    "CREATE UNIQUE INDEX {t}_event ON {t} (user_id, item_id, event_type, timestamp)",
+    "CREATE UNIQUE INDEX {t}_pkey ON {t} (id, timestamp)",
     "CREATE INDEX {t}_history ON {t} (user_id, timestamp DESC, id DESC)",
     "CREATE INDEX {t}_item_time ON {t} (item_id, timestamp)",
     "CREATE INDEX {t}_created ON {t} USING brin (created_at)",
 )
+_LOAD_EVENT_INDEX = _LOAD_INDEXES[0]
+_LOAD_KEYS = (
+    "ALTER TABLE {t} ADD CONSTRAINT {t}_event UNIQUE USING INDEX {t}_event",
+    "ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY USING INDEX {t}_pkey",
+)
+_LOAD_INDEX_SUFFIXES = ("event", "pkey", "history", "item_time", "created")
 # Of repeated events (one key in two chunks of a file), the later row (higher id) wins.
 _LOAD_DEDUPLICATE = """
     DELETE FROM {t} a USING {t} b
@@ -309,12 +315,37 @@ def partition_load_create(*, span: Span) -> str:
     return table
 
 
-def partition_load_attach(*, table: str, span: Span) -> int | None:
-    """Index a loaded span's table and attach it as the span's partition (dropping an empty one of the
+def partition_load_index(*, table: str) -> None:
+    """Build a loaded span's indexes all at once, each on a connection of its own that commits it, before
+    ``partition_load_attach(indexed=True)``: the import's command is idle by then, and one connection
+    building index after index leaves cores idle whenever a build gets no parallel worker (measured in
+    BENCHMARKS.md, Ingestion). The table must be committed (a caller inside a transaction indexes in
+    ``partition_load_attach`` instead). A table that repeats an event keeps no unique index
+    here: the attach removes the repeats and builds it."""
+    with ThreadPoolExecutor(max_workers=len(_LOAD_INDEXES), thread_name_prefix="import-index") as pool:
+        for built in [pool.submit(_index_build_alone, statement.format(t=table)) for statement in _LOAD_INDEXES]:
+            built.result()
+
+
+def _index_build_alone(statement: str) -> None:
+    """One index build in a transaction of this thread's own connection, closed after."""
+    try:
+        with transaction.atomic(), _cursor() as cursor:
+            _index_memory_raise(cursor)
+            cursor.execute(statement)
+    except psycopg.errors.UniqueViolation:
+        pass  # repeated events: ``_load_index`` removes them, then builds it
+    finally:
+        connection.close()
+
+
+def partition_load_attach(*, table: str, span: Span, indexed: bool = False) -> int | None:
+    """Index a loaded span's table (``indexed``: its indexes were built by ``partition_load_index``), make
+    the keys' indexes its constraints and attach it as the span's partition (dropping an empty one of the
     same span); returns how many events it brought. None, leaving the table as it is, when the span got
     rows or another partition overlaps it meanwhile (the caller merges them instead)."""
     with transaction.atomic(), _cursor() as cursor:
-        loaded = _load_index(cursor, table)
+        loaded = _load_index(cursor, table, built=indexed)
         if not _span_cleared(cursor, span):
             transaction.set_rollback(True)
             return None
@@ -322,17 +353,31 @@ def partition_load_attach(*, table: str, span: Span) -> int | None:
     return loaded
 
 
-def _load_index(cursor: psycopg.Cursor[Any], table: str) -> int:
-    """Build a load table's keys and indexes; returns its row count."""
+def _load_index(cursor: psycopg.Cursor[Any], table: str, *, built: bool = False) -> int:
+    """Build a load table's indexes (only the unique one if missing when the others are ``built``), make the
+    keys' indexes its constraints; returns its row count."""
+    _index_memory_raise(cursor)
+    if not built or not _relation_exists(cursor, f"{table}_event"):
+        _event_index_build(cursor, table)
+    if not built:
+        for statement in _LOAD_INDEXES[1:]:
+            cursor.execute(statement.format(t=table))
+    for statement in _LOAD_KEYS:
+        cursor.execute(statement.format(t=table))
+    cursor.execute(f"SELECT count(*) FROM {table}")
+    return int(cursor.fetchone()[0])  # type: ignore[index]
+
+
+def _index_memory_raise(cursor: psycopg.Cursor[Any]) -> None:
+    """``maintenance_work_mem`` for this transaction's index builds: a span's sorts stay in memory."""
     cursor.execute(
         "SELECT set_config('maintenance_work_mem', %s, true)", [f"{settings.RECSYS_IMPORT_INDEX_MEMORY_MB}MB"]
     )
-    _load_keys_add(cursor, table)
-    cursor.execute(f"SELECT count(*) FROM {table}")
-    loaded = int(cursor.fetchone()[0])  # type: ignore[index]
-    for statement in _LOAD_INDEXES:
-        cursor.execute(statement.format(t=table))
-    return loaded
+
+
+def _relation_exists(cursor: psycopg.Cursor[Any], name: str) -> bool:
+    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+    return bool(cursor.fetchone()[0])  # type: ignore[index]
 
 
 def _load_attach(cursor: psycopg.Cursor[Any], table: str, span: Span) -> None:
@@ -368,16 +413,15 @@ def _span_cleared(cursor: psycopg.Cursor[Any], span: Span) -> bool:
     return True
 
 
-def _load_keys_add(cursor: psycopg.Cursor[Any], table: str) -> None:
-    """The unique key, removing repeated events first only when adding it finds some (rare: a key repeated
-    across chunks of one file), so the common load pays one index build and no self-join."""
+def _event_index_build(cursor: psycopg.Cursor[Any], table: str) -> None:
+    """The unique index of the event key, removing repeated events first only when building it finds some
+    (rare: a key repeated across chunks of one file), so the common load pays one build and no self-join."""
     try:
         with transaction.atomic():
-            cursor.execute(_LOAD_KEYS[0].format(t=table))
+            cursor.execute(_LOAD_EVENT_INDEX.format(t=table))
     except psycopg.errors.UniqueViolation:
         cursor.execute(_LOAD_DEDUPLICATE.format(t=table))
-        cursor.execute(_LOAD_KEYS[0].format(t=table))
-    cursor.execute(_LOAD_KEYS[1].format(t=table))
+        cursor.execute(_LOAD_EVENT_INDEX.format(t=table))
 
 
 def partition_load_drop(*, table: str) -> None:

@@ -365,8 +365,8 @@ RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS",
 # it), waits at most this long for any other lock (a year's roll-up holds its partitions for its whole
 # copy), then answers 503 and lets ingestion go on; 0: wait as long as it takes.
 RECSYS_DELETE_LOCK_TIMEOUT_SECONDS = env_float("RECSYS_DELETE_LOCK_TIMEOUT_SECONDS", 5.0, minimum=0.0)
-# Memory of each index build of a bulk import's month table and of ATTACH's foreign-key checks
-# (PostgreSQL's maintenance_work_mem, set for that transaction only): a build whose sort does not fit
+# Memory of each index build of a bulk import's span table (five run at once, each on its own connection)
+# and of ATTACH (PostgreSQL's maintenance_work_mem, set for that transaction only): a build whose sort does not fit
 # spills to disk: a month of 1M events needs ~100 MB for its unique key's sort, over PostgreSQL's default 64 MB.
 RECSYS_IMPORT_INDEX_MEMORY_MB = env_int("RECSYS_IMPORT_INDEX_MEMORY_MB", 256, minimum=1)
 CELERY_BEAT_SCHEDULE["interaction-partitions"] = {

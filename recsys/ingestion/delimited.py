@@ -51,13 +51,14 @@ class Layout:
 
 
 def delimited_read(
-    layout: Layout, *, event_type: str | None, limit: int | None, chunk_rows: int
+    layout: Layout, *, event_type: str | None, limit: int | None, chunk_rows: int, first_rows: int | None = None
 ) -> Iterator[RawEvents]:
     """Arrow's C++ reader while the file is regular (every row ``fields`` wide, no blank line); from the first
-    row it refuses on, the csv module, which reads the rest as it always did (short rows are rejected)."""
+    row it refuses on, the csv module, which reads the rest as it always did (short rows are rejected).
+    Chunks of ``chunk_rows`` rows, the first of ``first_rows`` (default: the same)."""
     done = 0
     try:
-        for table in _arrow_tables(layout, limit, chunk_rows):
+        for table in _arrow_tables(layout, limit, chunk_rows, first_rows or chunk_rows):
             first_line = layout.header_rows + 1 + done
             yield _columns_events(table, layout.positions, range(first_line, first_line + table.num_rows), event_type)
             done += table.num_rows
@@ -74,8 +75,9 @@ def delimited_read(
                 first_line += len(rows)
 
 
-def _arrow_tables(layout: Layout, limit: int | None, chunk_rows: int) -> Iterator[pa.Table]:
-    """Tables of ``chunk_rows`` rows (the last one shorter) of the file's needed columns, as text."""
+def _arrow_tables(layout: Layout, limit: int | None, chunk_rows: int, first_rows: int) -> Iterator[pa.Table]:
+    """Tables of ``chunk_rows`` rows (the first of ``first_rows``, the last one shorter) of the file's needed
+    columns, as text."""
     fields = layout.fields or layout.width
     names = [f"f{k}" for k in range(fields)]
     wanted = [f"f{k}" for k in sorted(set(layout.positions.values()))]
@@ -93,7 +95,7 @@ def _arrow_tables(layout: Layout, limit: int | None, chunk_rows: int) -> Iterato
         ),
     )
     pending: list[pa.RecordBatch] = []
-    held = 0
+    held, size = 0, first_rows
     remaining = limit
     for batch in reader:
         if _blank_rows(batch):
@@ -103,11 +105,12 @@ def _arrow_tables(layout: Layout, limit: int | None, chunk_rows: int) -> Iterato
             remaining -= batch.num_rows
         pending.append(batch)
         held += batch.num_rows
-        while held >= chunk_rows:
+        while held >= size:
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_rows)
-            pending = table.slice(chunk_rows).to_batches()
-            held -= chunk_rows
+            yield table.slice(0, size)
+            pending = table.slice(size).to_batches()
+            held -= size
+            size = chunk_rows
         if remaining == 0:
             break
     if held:

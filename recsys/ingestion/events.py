@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from recsys.db import atomic_with_retry
@@ -38,6 +41,7 @@ from recsys.ingestion.writer import (
     events_write,
     ids_resolve,
     load_orphans_remove,
+    references_check,
     references_hold,
 )
 from recsys.models import EventType, Item, User
@@ -47,6 +51,7 @@ from recsys.partitions import (
     partition_load_attach,
     partition_load_create,
     partition_load_drop,
+    partition_load_index,
     partition_span,
     span_is_fresh,
 )
@@ -213,18 +218,83 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
 # ---- files ---------------------------------------------------------------------------------------
 
 
+class _Copier:
+    """COPYs a file's loading spans' events on a thread with a connection of its own, committing each chunk,
+    while the main thread resolves the next chunk and the read-ahead thread reads the one after: PostgreSQL
+    stores one chunk while the command prepares the next (measured in BENCHMARKS.md, Ingestion). At most one
+    chunk waits, so memory stays bounded. A caller inside a transaction (a test's, a wrapping ``atomic``)
+    cannot hand its rows to another connection: there a chunk is COPYed in its own connection at once."""
+
+    def __init__(self, rules: EventRules) -> None:
+        self.rules = rules
+        self.alone = not connection.in_atomic_block  # whether other connections see what this one commits
+        self._jobs: queue.Queue[tuple[str, EventArrays] | None] = queue.Queue(maxsize=1)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stopping = False
+
+    def send(self, table: str, events: EventArrays) -> None:
+        if not self.alone:
+            atomic_with_retry(partial(events_load, table, events, self.rules))
+            return
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="import-copy", daemon=True)
+            self._thread.start()
+        self._jobs.put((table, events))
+
+    def wait(self) -> None:
+        """Return once every chunk sent is committed; raise the error of one that failed."""
+        self._end()
+        self._raise()
+
+    def stop(self) -> None:
+        """Drop the chunks not COPYed yet and end the thread (an import that failed)."""
+        self._stopping = True
+        self._end()
+
+    def _end(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                if self._error is None and not self._stopping:
+                    try:
+                        atomic_with_retry(partial(events_load, *job, self.rules))
+                    except BaseException as error:  # raised in the main thread, at its next send or wait
+                        self._error = error
+        finally:
+            connection.close()  # this thread's own
+
+
 @dataclass
 class _MonthLoads:
     """A file's partition spans (a month, or a year of older history: ``recsys.partitions.span_for``) that
     held nothing when it first named them: their events are COPYed into a standalone table per span (no
     index to maintain per row), indexed and attached as the span's partition at the end (measured in
-    BENCHMARKS.md). Events of other spans take the idempotent upsert."""
+    BENCHMARKS.md). Events of other spans take the idempotent upsert. A chunk's transaction checks its
+    loading events' users and items and leaves them ``pending``; once it commits, ``send`` hands them to the
+    ``_Copier``."""
 
     rules: EventRules
     tables: dict[Span, str] = field(default_factory=dict)
     upserted: set[Span] = field(default_factory=set)
     recent_from: date = field(default_factory=lambda: monthly_from(now=timezone.now()))  # one for the whole file
     since: int | None = None  # ``references_hold``'s value when the first chunk was stored (see ``loaded``)
+    pending: list[tuple[str, EventArrays]] = field(default_factory=list)
+    copier: _Copier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.copier = _Copier(self.rules)
 
     def loaded(self, epoch: int) -> None:
         """A chunk committed with its users and items existing at ``epoch`` (``references_hold``)."""
@@ -244,22 +314,35 @@ class _MonthLoads:
                 self.upserted.add(span)
 
     def split(self, events: EventArrays, *, check: bool = True) -> EventArrays:
-        """COPY the events of loading spans; returns the others."""
+        """Keep the events of loading spans ``pending`` (a retried transaction starts again), their users and
+        items checked in this transaction when ``check``; returns the others."""
         months = _months(events.timestamps)
         rest = np.ones(len(events), dtype=bool)
+        self.pending = []
         for span, table in self.tables.items():
             mask = (months >= np.datetime64(span.lower, "M")) & (months < np.datetime64(span.upper, "M"))
             if mask.any():
-                events_load(table, _take(events, mask), self.rules, check=check)
+                self.pending.append((table, _take(events, mask)))
                 rest &= ~mask
+        if check and self.pending:
+            references_check(_take(events, ~rest))
         return events if rest.all() else _take(events, rest)
+
+    def send(self) -> None:
+        """After the chunk's commit: its loading events to the COPY."""
+        for table, events in self.pending:
+            self.copier.send(table, events)
+        self.pending = []
 
     def finish(self) -> tuple[int, int]:
         """Attach every span's table (merge it by upsert where its span got rows meanwhile); (created, updated)."""
         created = updated = 0
         try:
+            self.copier.wait()
             for span, table in sorted(self.tables.items()):
-                loaded = atomic_with_retry(partial(_load_attach, table, span, self.since))
+                if self.copier.alone:
+                    partition_load_index(table=table)
+                loaded = atomic_with_retry(partial(_load_attach, table, span, self.since, self.copier.alone))
                 if loaded is not None:
                     created += loaded
                     continue
@@ -270,15 +353,16 @@ class _MonthLoads:
         return created, updated
 
     def abandon(self) -> None:
+        self.copier.stop()
         for table in self.tables.values():
             partition_load_drop(table=table)  # a no-op for the attached ones (renamed)
         self.tables.clear()
 
 
-def _load_attach(table: str, span: Span, since: int | None) -> int | None:
+def _load_attach(table: str, span: Span, since: int | None, indexed: bool) -> int | None:
     """Attach a span's load table, without the events of users and items deleted since they were loaded."""
     load_orphans_remove(table, since=since)
-    return partition_load_attach(table=table, span=span)
+    return partition_load_attach(table=table, span=span, indexed=indexed)
 
 
 def _months(timestamps: Ints) -> np.ndarray:
@@ -345,6 +429,7 @@ def _chunk_store(
         resolved, (created, updated, _), epoch = atomic_with_retry(work)
     known.epoch = epoch  # committed: every id remembered existed then
     loads.loaded(epoch)
+    loads.send()
     for mine, found in ((known.users, resolved.users), (known.items, resolved.items)):
         if len(mine) < KNOWN_IDS_MAX:
             mine.update(found)  # committed: safe for the next chunks
@@ -375,6 +460,7 @@ def interaction_arrays_load(
         for events in read_ahead(batches):
             loads.prepare(events.timestamps)
             created, updated, _ = atomic_with_retry(partial(_events_store, events, rules, loads))
+            loads.send()
             report.rows += len(events)
             report.count(len(events), created, updated)
             if progress:

@@ -368,18 +368,23 @@ def _events_copy(cursor: psycopg.Cursor[Any], events: EventArrays, weights: npt.
 _LOAD_COLUMNS = "(user_id, item_id, weight, timestamp, value, event_type)"
 
 
-def events_load(table: str, events: EventArrays, rules: EventRules, *, check: bool = True) -> int:
+def events_load(table: str, events: EventArrays, rules: EventRules) -> int:
     """Append events (repeats removed, the last wins) to a month's load table by binary COPY; returns how many.
-    Raises ``ReferencesGone`` as ``events_write`` does (``check`` as there)."""
+    Their users and items are not checked here: the load's attach removes the events of those deleted since
+    (``load_orphans_remove``), and a file's chunk checks its remembered ones first (``references_check``)."""
     events = events_deduplicate(events)
     weights = rules.weights_of(events.codes, events.values)
     with _cursor() as cursor:
-        references_hold(cursor)
-        if check:
-            cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
-            _written(cursor, gone_only=True)
         _events_copy_load(cursor, table, events, weights, rules)
     return len(events)
+
+
+def references_check(events: EventArrays) -> None:
+    """Raise ``ReferencesGone`` (the caller's transaction must roll back) when a user or item of ``events``
+    no longer exists; the caller holds ``references_hold``, so the answer stays true until it commits."""
+    with _cursor() as cursor:
+        cursor.execute(_GONE_FROM_ARRAYS, _sets(events))
+        _written(cursor, gone_only=True)
 
 
 def _events_copy_load(

@@ -3,6 +3,7 @@ bulk loads."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from recsys import partitions
+from recsys.ingestion import events
 from recsys.ingestion.events import interactions_load
 from recsys.ingestion.readers import csv_events_read
 from recsys.models import Interaction
@@ -350,3 +352,145 @@ def test_maintenance_merges_an_old_year_split_over_months_into_one_partition_kee
     assert old == ["recsys_interaction_p2010", "recsys_interaction_p2016", "recsys_interaction_p2017"]
     InteractionFactory(timestamp=at(2016, 6, 6))  # the merged year takes new rows
     assert rows_by_partition()["recsys_interaction_p2016"] == 5
+
+
+# ---- a fresh span loaded on connections of its own (an import outside any transaction) ----------------
+
+
+def event_types_seed() -> None:
+    """An earlier transactional test's flush empties the seeded event types: put them back."""
+    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.models import EventType
+
+    for name, weight, uses_value, description in DEFAULTS:
+        EventType.objects.get_or_create(
+            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
+        )
+
+
+def may_2019_rows() -> list[tuple[str, str, str, str, str]]:
+    """Nine events of May 2019, the third chunk of three rows repeating the first row with a value."""
+    rows = [(f"u{k % 4}", f"i{k % 5}", "view", "", f"2019-05-{1 + k:02d}T10:00:00+00:00") for k in range(8)]
+    return [*rows, ("u0", "i0", "view", "3", "2019-05-01T10:00:00+00:00")]
+
+
+def load_tables() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'recsys_interaction_load%%'")
+        return int(cursor.fetchone()[0])
+
+
+def thread_names(monkeypatch: Any, module: Any, name: str) -> list[str]:
+    """Record the thread that runs each call of ``module.name``."""
+    names: list[str] = []
+    original = getattr(module, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        names.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recorded)
+    return names
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fresh_month_imported_outside_a_transaction_is_copied_and_indexed_on_connections_of_its_own(
+    tmp_path: Path, settings: Any, monkeypatch: Any
+) -> None:
+    # Given a file of a month nobody sent events for, one event repeated in its last chunk with a value
+    event_types_seed()
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12 * 100
+    path = write_csv(tmp_path / "events.csv", may_2019_rows())
+    copies = thread_names(monkeypatch, events, "events_load")
+    builds = thread_names(monkeypatch, partitions, "_index_build_alone")
+
+    # When a caller outside any transaction (a management command) imports it in chunks of three rows
+    report = interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+
+    # Then the chunks were COPYed on the copy thread and the five indexes built on threads of their own
+    assert copies == ["import-copy"] * 3
+    assert len(builds) == 5 and all(name.startswith("import-index") for name in builds)
+    # And the month is a partition whose indexes and keys are those ATTACH adopted, the repeat stored once
+    # with its last value (the unique index's build found the repeat; the attach removed it, then built it)
+    assert (report.created, report.unchanged, report.rejected) == (8, 1, 0)
+    assert rows_by_partition() == {"recsys_interaction_p201905": 8}
+    assert Interaction.objects.get(user__external_id="u0", item__external_id="i0").value == 3.0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'recsys_interaction_p201905'::regclass"
+            " AND contype IN ('p', 'u')"
+        )
+        assert sorted(cursor.fetchall()) == [
+            ("recsys_interaction_p201905_event", "u"),
+            ("recsys_interaction_p201905_pkey", "p"),
+        ]
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'recsys_interaction_p201905'")
+        suffixes = sorted(name.removeprefix("recsys_interaction_p201905_") for (name,) in cursor.fetchall())
+    assert suffixes == ["created", "event", "history", "item_time", "pkey"]
+    assert load_tables() == 0
+
+    # And the same file again changes nothing
+    again = interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+    assert (again.created, again.updated, again.unchanged) == (0, 2, 7)  # the repeat: none then 3, in file order
+    assert rows_by_partition() == {"recsys_interaction_p201905": 8}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_copy_that_fails_on_its_thread_fails_the_import_and_leaves_the_month_fresh(
+    tmp_path: Path, settings: Any, monkeypatch: Any
+) -> None:
+    # Given a fresh month's file whose second chunk's COPY fails on the copy thread
+    event_types_seed()
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12 * 100
+    path = write_csv(tmp_path / "events.csv", may_2019_rows())
+    original, calls = events.events_load, []
+
+    def failing(*args: Any, **kwargs: Any) -> int:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            raise RuntimeError("no space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(events, "events_load", failing)
+
+    # When it is imported, the import fails with that error
+    with pytest.raises(RuntimeError, match="no space left"):
+        interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+
+    # Then no event is stored, no load table is left and the month is still fresh
+    assert calls[:2] == ["import-copy", "import-copy"]
+    assert rows_by_partition() == {}
+    assert load_tables() == 0
+    assert partitions.span_is_fresh(span=partitions.Span.month(date(2019, 5, 1)))
+
+    # And importing it again stores it whole
+    monkeypatch.setattr(events, "events_load", original)
+    report = interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+    assert (report.created, report.rejected) == (8, 0)
+    assert rows_by_partition() == {"recsys_interaction_p201905": 8}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_that_fails_while_attaching_leaves_no_partition_half_attached(
+    tmp_path: Path, settings: Any, monkeypatch: Any
+) -> None:
+    # Given a fresh month's file, indexed on connections of their own, whose attach fails after ATTACH PARTITION ran
+    event_types_seed()
+    settings.RECSYS_PARTITIONS_MONTHLY_MONTHS = 12 * 100
+    path = write_csv(tmp_path / "events.csv", may_2019_rows())
+    attach = partitions._load_attach
+
+    def attach_then_fail(*args: Any) -> None:
+        attach(*args)
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(partitions, "_load_attach", attach_then_fail)
+
+    # When it is imported, the import fails
+    with pytest.raises(RuntimeError, match="connection lost"):
+        interactions_load(chunks=csv_events_read(path, chunk_rows=3))
+
+    # Then the attach was undone whole: no partition of the month, no load table (nor its indexes) left
+    assert rows_by_partition() == {}
+    assert load_tables() == 0
+    assert partitions.span_is_fresh(span=partitions.Span.month(date(2019, 5, 1)))

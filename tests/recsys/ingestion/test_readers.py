@@ -169,6 +169,16 @@ def test_limit_stops_after_that_many_rows(tmp_path):
     assert chunks[-1].lines[-1] == 251
 
 
+def test_the_first_chunk_is_smaller_and_every_line_keeps_its_number(tmp_path):
+    path = tmp_path / "events.csv"
+    regular_csv(path, 1_000)
+
+    chunks = list(csv_events_read(path, chunk_rows=300, first_chunk_rows=100))
+
+    assert [len(raw.lines) for raw in chunks] == [100, 300, 300, 300]
+    assert [row for raw in chunks for row in as_rows(raw)] == by_the_csv_module(path, 1_000)
+
+
 def test_a_tab_separated_file_without_header_is_read_by_position(tmp_path):
     path = tmp_path / "u.data"
     path.write_text("196\t242\t3\t881250949\n186\t302\t3.5\t891717742\textra\n")
