@@ -190,9 +190,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
+    parser.add_argument("--database", help="the scratch database's name (on a shared server, a name of your own)")
     args = parser.parse_args()
     generated = tuple(args.generated) if args.generated else None
-    name = "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
+    name = args.database or "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
     url = database_url(name)
     reused = args.reuse and database_ready(url)
     if reused:

@@ -46,10 +46,10 @@ print(json.dumps({**figures, "load": os.getloadavg()[0]}))
 """
 
 
-def measure_round(tree: Path, database: str, requests: int) -> dict[str, float]:
+def measure_round(tree: Path, database: str, requests: int, env: dict[str, str]) -> dict[str, float]:
     answer = subprocess.run(
         [sys.executable, "-c", ROUND, str(tree), database, str(requests)],
-        env=dict(os.environ, RECSYS_INSECURE_DEV_KEY="true"),
+        env=dict(os.environ, RECSYS_INSECURE_DEV_KEY="true", **env),
         capture_output=True,
         text=True,
         check=True,
@@ -63,14 +63,18 @@ def main() -> None:
     parser.add_argument("--before", required=True, type=Path, help="a checkout of the code to compare with")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--after-env", nargs="*", default=[], metavar="NAME=VALUE", help="settings for the after side alone"
+    )
     args = parser.parse_args()
+    envs = {"before": {}, "after": dict(pair.split("=", 1) for pair in args.after_env)}
     vacuum_analyze(database_url(args.database))  # as autovacuum would have; quick once done
     trees = {"before": args.before.resolve(), "after": ROOT}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for n in range(args.rounds):
         order = list(trees) if n % 2 == 0 else list(reversed(trees))
         for name in order:
-            figures = measure_round(trees[name], args.database, args.requests)
+            figures = measure_round(trees[name], args.database, args.requests, envs[name])
             runs[name].append(figures)
             print(f"round {n + 1} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
     print(f"\nmedians of {args.rounds} rounds, {args.requests} requests each (CPU ms per request):")
