@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 from embeddings.recommendations import Answer, Recommendation, popular_candidates
 from recsys.replicas import read_connection
 from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
@@ -14,7 +16,10 @@ QUERY_TERMS = 16
 
 # The item's lexemes (already stemmed by the 'english' configuration) are quoted into a tsquery
 # literally, so stemming is not applied twice; quotes and backslashes are doubled as tsquery
-# input requires.
+# input requires. As in keyword search (embeddings/search.py), at most RECSYS_SEARCH_MAX_RANKED
+# matches are ranked: sixteen words OR-ed, some of them common, matched 49,346 of 100,000 generated
+# items, and ranking them all took 2.2 s, past the serving limit, so such an item's similar items
+# were a 503 on every request.
 _KEYWORD = """
     WITH terms AS (
         SELECT t.lexeme FROM recsys_item source, unnest(source.search_vector) t
@@ -25,10 +30,13 @@ _KEYWORD = """
         SELECT string_agg('''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery AS q
         FROM terms
     )
-    SELECT i.external_id, ts_rank_cd(i.search_vector, query.q, 32) AS rank
-    FROM recsys_item i, query
-    WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
-    ORDER BY rank DESC, i.external_id LIMIT %(limit)s
+    SELECT m.external_id, ts_rank_cd(m.search_vector, query.q, 32) AS rank
+    FROM (
+        SELECT i.external_id, i.search_vector FROM recsys_item i, query
+        WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
+        LIMIT %(ranked)s
+    ) m, query
+    ORDER BY rank DESC, m.external_id LIMIT %(limit)s
 """
 # Newest first, items sharing a category with this one before the rest; the score is 1 / rank.
 _RECENT = """
@@ -54,6 +62,7 @@ def item_similar_fallback(
         "category": category,
         "categories": categories,
         "terms": QUERY_TERMS,
+        "ranked": settings.RECSYS_SEARCH_MAX_RANKED,
     }
     conditions, condition_params = item_conditions(rules)
     params.update(condition_params)

@@ -129,3 +129,16 @@ def test_words_with_quotes_and_backslashes_make_a_valid_query(writer, served):
     body = similar(writer, "fresh")
 
     assert body["strategy"] == "keyword" and all(i.startswith("sky") for i in ids(body))
+
+
+def test_the_words_fallback_ranks_at_most_the_search_bound_of_matches(writer, served, settings):
+    # Given a new item whose words match all eight sky items, and a bound of three ranked matches
+    # (a broad item's words matched half of 100,000 items, and ranking them all ran past the limit)
+    settings.RECSYS_SEARCH_MAX_RANKED = 3
+    put(writer, "fresh", title="Telescope and comet", text="planet galaxy orbit nebula lunar eclipse")
+
+    body = similar(writer, "fresh", "&space=content")
+
+    # Then the words still answer, from at most three ranked matches
+    assert body["strategy"] == "keyword"
+    assert 1 <= len(body["items"]) <= 3 and all(i.startswith("sky") for i in ids(body))
