@@ -29,7 +29,13 @@ from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gra
 from embeddings.models import Kind, ModelVersion, Status, VersionArtifacts
 from embeddings.popularity import popularity_refresh
 from embeddings.ranking.training import ranking_stage_learn
-from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
+from embeddings.tuning import (
+    TuningOutcome,
+    TuningSettings,
+    collaborative_search,
+    learner_confidences,
+    validation_split,
+)
 from embeddings.vectors import tables
 
 logger = logging.getLogger(__name__)
@@ -275,11 +281,17 @@ def _select(
 ) -> Selection:
     """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
     the configured learner as it is when tuning is off. The search itself runs without weak
-    negatives; the winner's metrics are measured with them, as it will be fitted."""
+    negatives; the winner's metrics are measured with them, as it will be fitted.
+
+    Past RECSYS_CF_TUNE_SAMPLE_INTERACTIONS the search ran on a user sample of the split, and (with
+    RECSYS_CF_METRICS_FROM_SAMPLE) the version's metrics and popularity's are measured on that
+    sample's validation split with the winner as the search fitted it (no weak negatives), instead
+    of refitting it on the whole split: at 10M interactions that refit cost as much as the final fit
+    (BENCHMARKS.md, scale-10m). The ranking stage needs the winner on the whole split: it keeps the refit.
+    """
     split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
-    baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
-    search_seconds = None
+    search_seconds, outcome = None, None
     if settings.RECSYS_CF_TUNE:
         started = time.perf_counter()
         outcome = collaborative_search(
@@ -289,11 +301,26 @@ def _select(
         report(tuning_sample=outcome.sample, tuning_skipped=outcome.skipped)
     else:
         params, tried = configured, []
-    factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
+    if outcome is not None and _metrics_from_sample(outcome):
+        split, factors = outcome.split, outcome.factors  # type: ignore[assignment]
+    else:
+        factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
+    baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
     return Selection(params, metrics, baseline, tried, split, factors, search_seconds)
+
+
+def _metrics_from_sample(outcome: TuningOutcome) -> bool:
+    """The version's metrics are the search winner's on its user sample (see ``_select``)."""
+    return (
+        settings.RECSYS_CF_METRICS_FROM_SAMPLE
+        and not settings.RECSYS_RANKING
+        and outcome.sampled
+        and outcome.split is not None
+        and outcome.factors is not None
+    )
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

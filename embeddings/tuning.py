@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from embeddings.evaluation import Split, holdout_split, ranking_metrics, scores_recommender
 from embeddings.interactions import bm25_confidence
-from embeddings.learners import LearnerParams, Svd, fit
+from embeddings.learners import Factors, LearnerParams, Svd, fit
 
 Point = dict[str, float]
 Objective = Callable[[Point], float]
@@ -252,7 +252,11 @@ class TuningSettings:
 @dataclass
 class TuningOutcome:
     """The chosen learner (absolute parameters, ready to fit on the full matrix) and what was tried:
-    the candidates run, those not started for lack of budget, and the sample they were run on."""
+    the candidates run, those not started for lack of budget, and the sample they were run on.
+
+    ``split`` is what the candidates were fitted and scored on (a user sample of the split past
+    ``sample_interactions``, raw weights), and ``factors`` the winner as fitted there (on the
+    normalised weights: the same ranking); None when no candidate ran."""
 
     params: LearnerParams
     score: float
@@ -260,6 +264,13 @@ class TuningOutcome:
     bracketed: dict[str, dict[str, bool]]
     skipped: int = 0
     sample: dict[str, float] = field(default_factory=dict)
+    split: Split | None = None
+    factors: Factors | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """The candidates saw a user sample, not the whole split."""
+        return self.sample.get("fraction", 1.0) < 1.0
 
 
 def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
@@ -332,6 +343,8 @@ def collaborative_search(
             "interactions": float(sample.train.nnz),
             "fraction": round(transfer.fraction, 6),
         },
+        split=sample,
+        factors=search.best.factors,
     )
 
 
@@ -377,6 +390,18 @@ def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) ->
     return evaluate
 
 
+@dataclass
+class _Best:
+    """The best-scoring candidate's factors so far (the first of equal scores, as the choice is)."""
+
+    score: float = -math.inf
+    factors: Factors | None = None
+
+    def offer(self, score: float, factors: Factors) -> None:
+        if score > self.score:
+            self.score, self.factors = score, factors
+
+
 @dataclass(frozen=True)
 class _Search:
     """One run's search: the normalised training matrix (or its user sample), the scorer, the
@@ -390,10 +415,13 @@ class _Search:
     configured: LearnerParams
     record: Callable[..., None]
     costs: CostModel = field(default_factory=CostModel)
+    best: _Best = field(default_factory=_Best)
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
-        score = self.evaluate(fit(matrix, params, svd_cache=svd_cache))
+        factors = fit(matrix, params, svd_cache=svd_cache)
+        score = self.evaluate(factors)
+        self.best.offer(score, factors)
         self.record(params.algorithm, params, score, **shown)
         return score
 
