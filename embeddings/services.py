@@ -301,8 +301,9 @@ def _select(
         report(tuning_sample=outcome.sample, tuning_skipped=outcome.skipped)
     else:
         params, tried = configured, []
-    if outcome is not None and _metrics_from_sample(outcome):
-        split, factors = outcome.split, outcome.factors  # type: ignore[assignment]
+    if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
+        split = outcome.split
+        factors = outcome.factors or fit(_confidences(split.train, params), params, use_gpu=use_gpu_setting())
     else:
         factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
@@ -314,13 +315,7 @@ def _select(
 
 def _metrics_from_sample(outcome: TuningOutcome) -> bool:
     """The version's metrics are the search winner's on its user sample (see ``_select``)."""
-    return (
-        settings.RECSYS_CF_METRICS_FROM_SAMPLE
-        and not settings.RECSYS_RANKING
-        and outcome.sampled
-        and outcome.split is not None
-        and outcome.factors is not None
-    )
+    return settings.RECSYS_CF_METRICS_FROM_SAMPLE and not settings.RECSYS_RANKING and outcome.sampled
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

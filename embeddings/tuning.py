@@ -83,23 +83,30 @@ class _Budget:
 
 class CostModel:
     """Seconds per unit of work, learnt from the candidates already run: the slowest rate seen for
-    a kind of candidate (a loaded machine only makes later ones slower), and for a kind not run
-    yet the slowest rate of any kind times ``margin`` (their work units are only comparable)."""
+    a kind of candidate (a loaded machine only makes later ones slower); for a kind not run yet its
+    prior (``prior``: measured beforehand, scaled to this machine), else the slowest rate of any kind
+    times ``margin`` (their work units are only comparable)."""
 
     def __init__(self, margin: float = 2.0) -> None:
         self.margin = margin
         self.rates: dict[str, float] = {}
+        self.priors: dict[str, float] = {}
 
     def observe(self, kind: str, work: float, seconds: float) -> None:
         self.rates[kind] = max(self.rates.get(kind, 0.0), seconds / max(work, 1e-12))
 
+    def prior(self, kind: str, rate: float) -> None:
+        """Seconds per unit of ``kind`` until one of its candidates has run."""
+        self.priors[kind] = rate
+
     def seconds(self, kind: str, work: float) -> float | None:
-        """Estimated seconds of ``work`` units of ``kind``; None before any candidate ran."""
+        """Estimated seconds of ``work`` units of ``kind``; None when nothing tells."""
         if kind in self.rates:
             return self.rates[kind] * work
-        if self.rates:
-            return max(self.rates.values()) * work * self.margin
-        return None
+        if kind in self.priors:
+            return self.priors[kind] * work
+        known = list(self.rates.values()) or list(self.priors.values())
+        return max(known) * work * self.margin if known else None
 
 
 def log_search(
@@ -241,6 +248,14 @@ class TuningSettings:
     als_alpha_start: float = 10.0  # × 1 / mean weight
     als_regularization_start: float = 0.05
     seed: int = 42
+    # Seconds per unit of work (ease_work, als_work) of each kind's first candidate, before any has run:
+    # CPU-seconds measured on the 2-core reference machine (one BLAS thread) on ml-latest-small and on a
+    # 1M-interaction sample of bench/scale.py's data (EASE rank 400: 0.076 and 0.097 ns; ALS 64
+    # factors, 15 iterations: 0.67 and 0.56 ns), doubled, then × ``machine_slowdown()`` at the
+    # search's start. So the first candidate is estimated from its size like every other one.
+    first_rates: tuple[tuple[str, float], ...] = (("ease", 2.0e-10), ("als", 1.3e-9))
+    # EASE's rank is halved (not below this) until its first candidate is estimated to end in its share.
+    ease_min_factors: int = 50
 
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
@@ -291,6 +306,26 @@ def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
     return Split(split.train[users].tocsr(), split.test[users].tocsr())
 
 
+# A reference workload (a sparse product and a QR, the EASE candidates' two kinds of work) and its wall
+# seconds on the reference machine (the 2-core one of BENCHMARKS.md, one BLAS thread: the median CPU
+# time of 30 runs, which is its wall time when the machine is quiet).
+_REFERENCE_SECONDS = 0.008
+
+
+def machine_slowdown() -> float:
+    """How much slower than the reference machine this one runs now (wall time of a ~10 ms workload,
+    median of 3: load counts, since the budget is a deadline), at least 0.25."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(2_000, 2_000, density=0.01, format="csr", random_state=rng, dtype=np.float64)
+    block = rng.standard_normal((2_000, 64))
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        np.linalg.qr(matrix.T @ (matrix @ block))
+        seconds.append(time.perf_counter() - started)
+    return max(float(np.median(seconds)) / _REFERENCE_SECONDS, 0.25)
+
+
 def collaborative_search(
     split: Split,
     configured: LearnerParams,
@@ -322,6 +357,9 @@ def collaborative_search(
     search = _Search(
         normalised, _scorer(normalised, sample, options), options, started + options.budget_seconds, configured, record
     )
+    slowdown = machine_slowdown()
+    for kind, rate in options.first_rates:
+        search.costs.prior(kind, rate * slowdown)
     runs: dict[str, tuple[SearchResult, Callable[[Point], LearnerParams]]] = {}
     if options.ease or configured.algorithm == "ease":
         share = 1.0 if configured.algorithm == "ease" else options.ease_budget_share
@@ -331,9 +369,10 @@ def collaborative_search(
     finished = [
         (result.best.score, params_at(result.best.point)) for result, params_at in runs.values() if result.trials
     ]
-    score, params = max(finished, key=lambda o: o[0])
+    # No candidate could end in the budget: the configured learner as it is (its parameters are absolute).
+    score, params = max(finished, key=lambda o: o[0]) if finished else (math.nan, configured)
     return TuningOutcome(
-        transfer.absolute(params),
+        transfer.absolute(params) if finished else configured,
         score,
         tried,
         {name: result.bracketed for name, (result, _) in runs.items()},
@@ -473,7 +512,8 @@ def als_work(n_users: int, n_items: int, nnz: int, factors: int, iterations: int
 def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:
     unit = gram_diagonal_mean(search.normalised)
     configured, options, matrix = search.configured, search.options, search.normalised
-    factors = configured.factors if configured.algorithm == "ease" else options.ease_factors
+    wanted = configured.factors if configured.algorithm == "ease" else options.ease_factors
+    factors = _ease_rank(search, wanted, deadline=min(deadline, search.deadline))
     svd_cache: dict[int, Svd] = {}
 
     def params_at(point: Point) -> LearnerParams:
@@ -492,6 +532,20 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
         deadline=deadline,
     )
     return result, params_at
+
+
+def _ease_rank(search: _Search, wanted: int, *, deadline: float) -> int:
+    """``wanted``, halved while EASE's first candidate (its SVD) is estimated to end past ``deadline``,
+    down to ``ease_min_factors`` (then the search itself declines to start it if it still does not fit)."""
+    floor = min(wanted, search.options.ease_min_factors)
+    factors = wanted
+    while factors // 2 >= floor:
+        rank = max(1, min(factors, min(search.normalised.shape) - 1))
+        seconds = search.costs.seconds("ease", ease_work(*search.size(), rank, search.scored_users(), with_svd=True))
+        if seconds is None or time.monotonic() + seconds <= deadline:
+            break
+        factors //= 2
+    return factors
 
 
 def _implicit_search(search: _Search, *, first: bool) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:

@@ -104,7 +104,7 @@ def test_low_rank_ease_equals_full_ease_on_unseen_items_when_the_rank_suffices()
 
 
 def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatch):
-    """Above EXACT_SVD_MAX_ITEMS the SVD is sklearn's randomised one: same singular values and
+    """Above EXACT_SVD_MAX_ITEMS the SVD is a randomised subspace iteration: same singular values and
     subspace as ARPACK's on a matrix whose spectrum decays, so EASE scores do not change."""
     from embeddings import learners
 
@@ -125,3 +125,20 @@ def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatc
     np.testing.assert_allclose(
         ease["randomised"].user @ ease["randomised"].item.T, ease["exact"].user @ ease["exact"].item.T, atol=1e-4
     )
+
+
+def test_the_randomised_svd_orthonormalises_blocks_of_items_never_of_users(monkeypatch):
+    """At 100,000 users an (users × rank) QR a step cost more than the sparse products: the
+    subspace iteration runs on XᵀX, whose blocks have a row per item."""
+    from embeddings import learners
+
+    rng = np.random.default_rng(5)
+    matrix = sp.csr_matrix(rng.random((300, 8)) @ rng.random((8, 120)))
+    shapes = []
+    qr = np.linalg.qr
+    monkeypatch.setattr(np.linalg, "qr", lambda a, *args, **kwargs: shapes.append(a.shape) or qr(a, *args, **kwargs))
+    monkeypatch.setattr(learners, "EXACT_SVD_MAX_ITEMS", 0)
+
+    learners.truncated_svd(matrix, 6, seed=1)
+
+    assert shapes and {rows for rows, _ in shapes} == {120}
