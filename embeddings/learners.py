@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,22 +101,26 @@ def fit(
     *,
     use_gpu: bool | None = None,
     svd_cache: dict[int, Svd] | None = None,
+    threads: int = 1,
 ) -> Factors:
     """Learn user and item factors from a (n_users, n_items) float32 CSR confidence matrix.
 
     BPR and LMF read only which entries are positive; ALS uses the confidences (negative
     values are dislikes). EASE candidates that differ only in λ share one SVD through
-    ``svd_cache`` (rank → SVD of this matrix).
+    ``svd_cache`` (rank → SVD of this matrix); its sparse products run on ``threads`` blocks of
+    users (implicit's learners use every core on their own).
     """
     from threadpoolctl import threadpool_limits
 
     if params.algorithm == "ease":
         svd = svd_cache.get(params.factors) if svd_cache is not None else None
         if svd is None:
-            svd = truncated_svd(user_items, params.factors, seed=params.random_state)
+            svd = truncated_svd(user_items, params.factors, seed=params.random_state, threads=threads)
             if svd_cache is not None:
                 svd_cache[params.factors] = svd
-        return fit_ease(user_items, factors=params.factors, regularization=params.regularization, svd=svd)
+        return fit_ease(
+            user_items, factors=params.factors, regularization=params.regularization, svd=svd, threads=threads
+        )
     model = make_model(params, use_gpu=use_gpu)
     matrix = user_items if params.algorithm == "als" else (user_items > 0).astype(np.float32).tocsr()
     with threadpool_limits(1, "blas"):  # implicit is ~10x slower when BLAS threads fight its own
@@ -182,7 +190,7 @@ SVD_ITERATIONS = 2
 SVD_OVERSAMPLES = 20
 
 
-def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0) -> Svd:
+def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0, threads: int = 1) -> Svd:
     """Top singular values and right singular vectors of (n_users, n_items) ``user_items``."""
     from scipy.sparse.linalg import svds
 
@@ -191,11 +199,17 @@ def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0) -> 
     if matrix.shape[1] <= EXACT_SVD_MAX_ITEMS:
         _, sigma, vt = svds(matrix, k=rank, random_state=seed)
         return Svd(sigma, vt.T)
-    return gram_subspace_svd(matrix, rank, iterations=SVD_ITERATIONS, seed=seed)
+    return gram_subspace_svd(matrix, rank, iterations=SVD_ITERATIONS, seed=seed, threads=threads)
 
 
 def gram_subspace_svd(
-    matrix: sp.csr_matrix, rank: int, *, iterations: int, oversamples: int = SVD_OVERSAMPLES, seed: int = 0
+    matrix: sp.csr_matrix,
+    rank: int,
+    *,
+    iterations: int,
+    oversamples: int = SVD_OVERSAMPLES,
+    seed: int = 0,
+    threads: int = 1,
 ) -> Svd:
     """Rank-``rank`` right singular vectors and values of ``matrix`` by randomised subspace iteration
     on G = XᵀX (Halko, Martinsson & Tropp 2011, algorithm 4.4 applied to G).
@@ -203,7 +217,8 @@ def gram_subspace_svd(
     Every step is Q ← qr(Xᵀ(X Q)) on an (n_items × (rank + oversamples)) block, so no QR ever runs over
     the users (sklearn's randomized_svd orthonormalises an (n_users × l) block at every step, which at
     100,000 users cost more than the sparse products). The Rayleigh-Ritz step ends it: the eigen-
-    decomposition of Qᵀ G Q = (XQ)ᵀ(XQ), whose eigenvalues are σ².
+    decomposition of Qᵀ G Q = (XQ)ᵀ(XQ), whose eigenvalues are σ². Both products are sums over blocks
+    of users, Σ X_bᵀ(X_b Q), computed on ``threads`` threads (scipy's sparse kernels release the GIL).
 
     Parameters
     ----------
@@ -217,15 +232,51 @@ def gram_subspace_svd(
     width = min(rank + oversamples, matrix.shape[1])
     rng = np.random.default_rng(seed)
     q = np.linalg.qr(rng.standard_normal((matrix.shape[1], width)))[0]
-    for _ in range(iterations):
-        q = np.linalg.qr(matrix.T @ (matrix @ q))[0]
-    sketch = matrix @ q
-    values, vectors = np.linalg.eigh(sketch.T @ sketch)
+    blocks = row_blocks(matrix, threads)
+    with ThreadPoolExecutor(len(blocks)) as pool:
+
+        def summed(product: Callable[..., npt.NDArray[np.float64]], q: npt.NDArray[np.float64]) -> Any:
+            return np.sum(list(pool.map(functools.partial(product, q=q), blocks)), axis=0)
+
+        for _ in range(iterations):
+            q = np.linalg.qr(summed(_gram_times, q))[0]
+        values, vectors = np.linalg.eigh(summed(_projected_gram, q))
     top = np.argsort(values)[::-1][:rank]
     return Svd(np.sqrt(np.maximum(values[top], 0.0)), q @ vectors[:, top])
 
 
-def fit_ease(user_items: sp.csr_matrix, *, factors: int, regularization: float, svd: Svd | None = None) -> Factors:
+def _gram_times(block: sp.csr_matrix, *, q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A block of users' share of XᵀX Q."""
+    return np.asarray(block.T @ (block @ q))
+
+
+def _projected_gram(block: sp.csr_matrix, *, q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A block of users' share of Qᵀ XᵀX Q."""
+    sketch = np.asarray(block @ q)
+    return sketch.T @ sketch
+
+
+def row_blocks(matrix: sp.csr_matrix, parts: int) -> list[sp.csr_matrix]:
+    """``matrix`` cut into at most ``parts`` row blocks of about equal non-zeros."""
+    if parts <= 1 or matrix.shape[0] < 2:
+        return [matrix]
+    cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, parts + 1)[1:-1])
+    edges = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
+    return [matrix[start:end] for start, end in itertools.pairwise(edges)]
+
+
+def rows_product(matrix: sp.csr_matrix, dense: npt.NDArray[np.float64], *, threads: int = 1) -> npt.NDArray[np.float64]:
+    """``matrix @ dense``, its row blocks on ``threads`` threads (the same numbers as one product)."""
+    blocks = row_blocks(matrix, threads)
+    if len(blocks) == 1:
+        return np.asarray(matrix @ dense)
+    with ThreadPoolExecutor(len(blocks)) as pool:
+        return np.vstack(list(pool.map(lambda block: block @ dense, blocks)))
+
+
+def fit_ease(
+    user_items: sp.csr_matrix, *, factors: int, regularization: float, svd: Svd | None = None, threads: int = 1
+) -> Factors:
     """Low-rank EASE (Steck 2019) as embeddings, from a truncated SVD of the user-item matrix.
 
     With X ≈ U Σ Vᵀ (rank k), G = XᵀX ≈ V Σ² Vᵀ and P = (G + λI)⁻¹ = (I - V diag(w) Vᵀ) / λ with
@@ -240,19 +291,20 @@ def fit_ease(user_items: sp.csr_matrix, *, factors: int, regularization: float, 
     factors : rank k, clipped below min(n_users, n_items)
     regularization : λ of EASE's ridge penalty
     svd : a truncated SVD of ``user_items`` already computed (candidates differing in λ share one)
+    threads : the user vectors' sparse product runs on this many row blocks
 
     Returns
     -------
     Factors with user (n_users, k), item (n_items, k) and item_in (n_items, k), all float32.
     """
     matrix = user_items.astype(np.float64).tocsr()
-    svd = svd or truncated_svd(matrix, factors)
+    svd = svd or truncated_svd(matrix, factors, threads=threads)
     sigma, v = svd.sigma, svd.v
     w = sigma**2 / (sigma**2 + regularization)
     diag_p = (1.0 - (v**2) @ w) / regularization
     item_in = v * (w / regularization)
     return Factors(
-        user=np.ascontiguousarray(matrix @ item_in, dtype=np.float32),
+        user=np.ascontiguousarray(rows_product(matrix, item_in, threads=threads), dtype=np.float32),
         item=np.ascontiguousarray(v / diag_p[:, None], dtype=np.float32),
         item_in=np.ascontiguousarray(item_in, dtype=np.float32),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -205,7 +206,9 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(_confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting())
+    factors = fit(
+        _confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
+    )
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -259,7 +262,13 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
         ease_lambda_start=settings.RECSYS_EASE_LAMBDA,
         als_regularization_start=configured.regularization,
         seed=configured.random_state,
+        threads=training_threads(),
     )
+
+
+def training_threads() -> int:
+    """RECSYS_TRAIN_THREADS, 0 meaning every core."""
+    return settings.RECSYS_TRAIN_THREADS or os.cpu_count() or 1
 
 
 @dataclass
@@ -303,9 +312,13 @@ def _select(
         params, tried = configured, []
     if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
         split = outcome.split
-        factors = outcome.factors or fit(_confidences(split.train, params), params, use_gpu=use_gpu_setting())
+        factors = outcome.factors or fit(
+            _confidences(split.train, params), params, use_gpu=use_gpu_setting(), threads=training_threads()
+        )
     else:
-        factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
+        factors = fit(
+            _confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
+        )
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:

@@ -256,6 +256,7 @@ class TuningSettings:
     first_rates: tuple[tuple[str, float], ...] = (("ease", 2.0e-10), ("als", 1.3e-9))
     # EASE's rank is halved (not below this) until its first candidate is estimated to end in its share.
     ease_min_factors: int = 50
+    threads: int = 1  # EASE's sparse products run on this many blocks of users (learners.fit)
 
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
@@ -458,7 +459,7 @@ class _Search:
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
-        factors = fit(matrix, params, svd_cache=svd_cache)
+        factors = fit(matrix, params, svd_cache=svd_cache, threads=self.options.threads)
         score = self.evaluate(factors)
         self.best.offer(score, factors)
         self.record(params.algorithm, params, score, **shown)

@@ -142,3 +142,17 @@ def test_the_randomised_svd_orthonormalises_blocks_of_items_never_of_users(monke
     learners.truncated_svd(matrix, 6, seed=1)
 
     assert shapes and {rows for rows, _ in shapes} == {120}
+
+
+def test_threads_cut_the_users_into_blocks_and_give_the_same_factors(monkeypatch):
+    from embeddings import learners
+
+    rng = np.random.default_rng(6)
+    matrix = sp.random(400, 150, density=0.05, format="csr", random_state=rng, dtype=np.float32)
+    monkeypatch.setattr(learners, "EXACT_SVD_MAX_ITEMS", 0)
+    params = LearnerParams(algorithm="ease", factors=12, regularization=3.0)
+
+    one, two = fit(matrix, params, threads=1), fit(matrix, params, threads=2)
+
+    assert [block.shape[0] for block in learners.row_blocks(matrix, 2)] != [400]
+    np.testing.assert_allclose(two.user @ two.item.T, one.user @ one.item.T, atol=1e-4)
