@@ -11,6 +11,7 @@ time and each phase's peak RSS. Writes its section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -184,9 +185,46 @@ def whole_run_measure(url: str, figures: dict[str, dict[str, float]]) -> dict[st
         cursor.execute("SELECT count(*) FROM recsys_interaction")
         nnz = cursor.fetchone()[0]
     before = os.getloadavg()[0]
-    version = phase("whole training run (services, with the tuning search)", figures, url, whole_run)
+    with phases_cpu() as cpu:
+        version = phase("whole training run (services, with the tuning search)", figures, url, whole_run)
     figures["whole training run (services, with the tuning search)"]["load_average_before"] = before
-    return {"events": float(nnz), **whole_run_summary(version)}
+    return {"events": float(nnz), **whole_run_summary(version), "whole_run_cpu": cpu}
+
+
+@contextlib.contextmanager
+def phases_cpu() -> Iterator[dict[str, float]]:
+    """This process's CPU seconds in the run's costly steps (the search, each fit the run itself makes,
+    the metrics, the store), read by wrapping the services' calls for the duration."""
+    from embeddings import services
+
+    cpu: dict[str, float] = {}
+    names = {
+        "collaborative_search": "search",
+        "fit": "fits (winner for metrics and/or final)",
+        "ranking_metrics": "metrics (version and popularity)",
+        "validation_split": "validation split",
+        "interactions_load_timed": "load",
+        "_store": "store",
+    }
+    originals = {name: getattr(services, name) for name in names}
+
+    def timed(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                cpu[names[name]] = cpu.get(names[name], 0.0) + time.process_time() - started
+
+        return call
+
+    for name in names:
+        setattr(services, name, timed(name))
+    try:
+        yield cpu
+    finally:
+        for name, original in originals.items():
+            setattr(services, name, original)
 
 
 def whole_run_summary(version: Any) -> dict[str, Any]:
