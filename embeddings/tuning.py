@@ -10,6 +10,9 @@ best point is interior) and halves its steps once both neighbours of the best po
 The budget is a deadline, not a start line: each candidate's seconds are estimated from the
 candidates already run (seconds per unit of work, its work from the data's size and the
 candidate's rank and iterations), and one that cannot finish before the deadline is not started.
+The first candidate of each learner is estimated the same way, from a rate measured beforehand and
+scaled by how fast this machine runs a reference workload now (``first_rates``,
+``machine_slowdown``); EASE's rank is halved until its first candidate fits its share.
 On data past ``sample_interactions``, candidates are fitted and scored on a seeded user sample
 of the split, and the winner's parameters are restated for the whole split (EASE's λ by the ratio
 of the Gram matrices' traces; ALS's regularization as found: measured in BENCHMARKS.md, tuning-sample).
