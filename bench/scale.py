@@ -4,11 +4,15 @@ time and each phase's peak RSS. Writes its section of BENCHMARKS.md.
 
     python -m recsys.run exec -- python bench/scale.py --interactions 10000000
     python -m recsys.run exec -- python bench/scale.py --interactions 100000000 --users 1000000 --items 200000
+    # load once, keep it, then measure only the worker's whole run (as often as needed)
+    python -m recsys.run exec -- python bench/scale.py --reuse --whole-run-only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import resource
 import sys
@@ -19,9 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import drop_database, machine, postgres_cpu_seconds, scratch_database_url, write_section
+from common import database_url, drop_database, machine, postgres_cpu_seconds, scratch_database_url, write_section
 
 T = TypeVar("T")
 CHUNK = 1_000_000
@@ -153,9 +158,80 @@ def train(url: str, args: argparse.Namespace, figures: dict[str, dict[str, float
     metrics["matrix_nnz"] = float(data.matrix.nnz)
     if args.whole_run:
         version = phase("whole training run (services, with the tuning search)", figures, url, whole_run)
-        metrics["whole_run_timings"] = version.timings  # type: ignore[assignment]
-        candidates = version.progress.get("candidates") or []
-        metrics["whole_run_search"] = {  # type: ignore[assignment]
+        metrics.update(whole_run_summary(version))  # type: ignore[arg-type]
+    return metrics
+
+
+def scratch_or_reused(args: argparse.Namespace) -> tuple[str, bool]:
+    """The database's URL, and whether it already holds the interactions (``--reuse``: then it is not
+    re-created, and the versions earlier runs left in it stay, as a worker finds them)."""
+    if args.reuse:
+        url = database_url(args.database)
+        try:
+            with psycopg.connect(url) as conn:
+                count = conn.execute("SELECT count(*) FROM (SELECT 1 FROM recsys_interaction LIMIT 1) t").fetchone()
+                if count and count[0]:
+                    return url, True
+        except psycopg.OperationalError:
+            pass  # no such database yet
+    return scratch_database_url(args.database), False
+
+
+def whole_run_measure(url: str, figures: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Only the worker's whole run (``--whole-run-only``), with the load average before it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM recsys_interaction")
+        nnz = cursor.fetchone()[0]
+    before = os.getloadavg()[0]
+    with phases_cpu() as cpu:
+        version = phase("whole training run (services, with the tuning search)", figures, url, whole_run)
+    figures["whole training run (services, with the tuning search)"]["load_average_before"] = before
+    return {"events": float(nnz), **whole_run_summary(version), "whole_run_cpu": cpu}
+
+
+@contextlib.contextmanager
+def phases_cpu() -> Iterator[dict[str, float]]:
+    """This process's CPU seconds in the run's costly steps (the search, each fit the run itself makes,
+    the metrics, the store), read by wrapping the services' calls for the duration."""
+    from embeddings import services
+
+    cpu: dict[str, float] = {}
+    names = {
+        "collaborative_search": "search",
+        "fit": "fits (winner for metrics and/or final)",
+        "ranking_metrics": "metrics (version and popularity)",
+        "validation_split": "validation split",
+        "interactions_load_timed": "load",
+        "_store": "store",
+    }
+    originals = {name: getattr(services, name) for name in names}
+
+    def timed(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                cpu[names[name]] = cpu.get(names[name], 0.0) + time.process_time() - started
+
+        return call
+
+    for name in names:
+        setattr(services, name, timed(name))
+    try:
+        yield cpu
+    finally:
+        for name, original in originals.items():
+            setattr(services, name, original)
+
+
+def whole_run_summary(version: Any) -> dict[str, Any]:
+    candidates = version.progress.get("candidates") or []
+    return {
+        "whole_run_timings": version.timings,
+        "whole_run_search": {
             "chosen": f"{version.algorithm} {version.params.get('factors')}-d",
             "candidates": len(candidates),
             "by_algorithm": {
@@ -163,9 +239,10 @@ def train(url: str, args: argparse.Namespace, figures: dict[str, dict[str, float
             },
             "skipped": version.progress.get("tuning_skipped"),
             "sample": version.progress.get("tuning_sample"),
-            "ndcg@10": version.metrics.get("ndcg@10"),
-        }
-    return metrics
+            "metrics": version.metrics,
+            "status": version.status,
+        },
+    }
 
 
 def whole_run() -> Any:
@@ -207,11 +284,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--whole-run", action="store_true", help="then the whole training run as a worker runs it")
+    parser.add_argument("--database", default="recsys_bench_scale", help="the scratch database's name")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the database, and skip the load when it already holds interactions"
+    )
+    parser.add_argument("--whole-run-only", action="store_true", help="only the whole run (no training-path phases)")
     args = parser.parse_args()
     args.users = args.users or args.interactions // 100
     args.items = args.items or args.interactions // 500
 
-    url = scratch_database_url("recsys_bench_scale")
+    url, loaded = scratch_or_reused(args)
+    args.keep = args.keep or args.reuse
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings")
     os.environ.setdefault("RECSYS_INSECURE_DEV_KEY", "true")
@@ -220,14 +303,18 @@ def main() -> None:
     django.setup()
     figures: dict[str, dict[str, float]] = {}
     try:
-        load(url, args, figures)
-        metrics = train(url, args, figures)
+        if not loaded:
+            load(url, args, figures)
+        metrics = whole_run_measure(url, figures) if args.whole_run_only else train(url, args, figures)
     finally:
         if not args.keep:
             from django.db import connection
 
             connection.close()
             drop_database(url)
+    if loaded or args.whole_run_only:  # no load or no training path measured: the figures, not the section
+        print(json.dumps({"figures": figures, "metrics": metrics}, indent=1, default=str))
+        return
     report(args, figures, metrics)
 
 

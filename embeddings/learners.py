@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,22 +101,26 @@ def fit(
     *,
     use_gpu: bool | None = None,
     svd_cache: dict[int, Svd] | None = None,
+    threads: int = 1,
 ) -> Factors:
     """Learn user and item factors from a (n_users, n_items) float32 CSR confidence matrix.
 
     BPR and LMF read only which entries are positive; ALS uses the confidences (negative
     values are dislikes). EASE candidates that differ only in λ share one SVD through
-    ``svd_cache`` (rank → SVD of this matrix).
+    ``svd_cache`` (rank → SVD of this matrix); its sparse products run on ``threads`` blocks of
+    users (implicit's learners use every core on their own).
     """
     from threadpoolctl import threadpool_limits
 
     if params.algorithm == "ease":
         svd = svd_cache.get(params.factors) if svd_cache is not None else None
         if svd is None:
-            svd = truncated_svd(user_items, params.factors, seed=params.random_state)
+            svd = truncated_svd(user_items, params.factors, seed=params.random_state, threads=threads)
             if svd_cache is not None:
                 svd_cache[params.factors] = svd
-        return fit_ease(user_items, factors=params.factors, regularization=params.regularization, svd=svd)
+        return fit_ease(
+            user_items, factors=params.factors, regularization=params.regularization, svd=svd, threads=threads
+        )
     model = make_model(params, use_gpu=use_gpu)
     matrix = user_items if params.algorithm == "als" else (user_items > 0).astype(np.float32).tocsr()
     with threadpool_limits(1, "blas"):  # implicit is ~10x slower when BLAS threads fight its own
@@ -169,14 +177,20 @@ class Svd:
     v: npt.NDArray[np.float64]
 
 
-# ARPACK (exact) up to this many items; above it a randomised SVD, whose cost is a fixed number
-# of passes over the non-zeros instead of ARPACK's restarted Lanczos iterations. Measured on
-# ml-latest-small (9.7k items, rank 400): ARPACK 0.9 s, randomised 2.0 s, EASE NDCG@10 0.3686
-# and 0.3692 on the same validation split; the 100k-item figures are in BENCHMARKS.md.
-EXACT_SVD_MAX_ITEMS = 20_000
+# ARPACK (exact) up to this many items; above it a randomised subspace iteration on XᵀX
+# (``gram_subspace_svd``), whose cost is a fixed number of sparse passes and QRs of an
+# (items × (rank + 20)) block. ARPACK's cost at rank 400 is its Lanczos basis (items × 801), not the
+# non-zeros: on a 1M-interaction user sample with 20,000 items (bench/scale.py's data) ARPACK took
+# 30.2 CPU-s and the subspace iteration 4.3 (2 steps), EASE NDCG@10 0.1344 and 0.1346 on the same
+# validation users. ml-latest-small (9.7k items at most, 610 users: 0.9 s) stays on ARPACK.
+EXACT_SVD_MAX_ITEMS = 10_000
+# Subspace steps (each multiplies by XᵀX): 1 / 2 / 3 / 5 on that sample scored NDCG@10 0.1336 /
+# 0.1346 / 0.1348 / 0.1345 against ARPACK's 0.1344 (2,000 validation users).
+SVD_ITERATIONS = 2
+SVD_OVERSAMPLES = 20
 
 
-def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0) -> Svd:
+def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0, threads: int = 1) -> Svd:
     """Top singular values and right singular vectors of (n_users, n_items) ``user_items``."""
     from scipy.sparse.linalg import svds
 
@@ -185,16 +199,84 @@ def truncated_svd(user_items: sp.csr_matrix, factors: int, *, seed: int = 0) -> 
     if matrix.shape[1] <= EXACT_SVD_MAX_ITEMS:
         _, sigma, vt = svds(matrix, k=rank, random_state=seed)
         return Svd(sigma, vt.T)
-    # Halko, Martinsson & Tropp (2011): a Gaussian sketch refined by QR-normalised power iterations.
-    from sklearn.utils.extmath import randomized_svd
-
-    _, sigma, vt = randomized_svd(
-        matrix, rank, n_oversamples=20, n_iter=4, power_iteration_normalizer="QR", random_state=seed
-    )
-    return Svd(sigma, vt.T)
+    return gram_subspace_svd(matrix, rank, iterations=SVD_ITERATIONS, seed=seed, threads=threads)
 
 
-def fit_ease(user_items: sp.csr_matrix, *, factors: int, regularization: float, svd: Svd | None = None) -> Factors:
+def gram_subspace_svd(
+    matrix: sp.csr_matrix,
+    rank: int,
+    *,
+    iterations: int,
+    oversamples: int = SVD_OVERSAMPLES,
+    seed: int = 0,
+    threads: int = 1,
+) -> Svd:
+    """Rank-``rank`` right singular vectors and values of ``matrix`` by randomised subspace iteration
+    on G = XᵀX (Halko, Martinsson & Tropp 2011, algorithm 4.4 applied to G).
+
+    Every step is Q ← qr(Xᵀ(X Q)) on an (n_items × (rank + oversamples)) block, so no QR ever runs over
+    the users (sklearn's randomized_svd orthonormalises an (n_users × l) block at every step, which at
+    100,000 users cost more than the sparse products). The Rayleigh-Ritz step ends it: the eigen-
+    decomposition of Qᵀ G Q = (XQ)ᵀ(XQ), whose eigenvalues are σ². Both products are sums over blocks
+    of users, Σ X_bᵀ(X_b Q), computed on ``threads`` threads (scipy's sparse kernels release the GIL).
+
+    Parameters
+    ----------
+    matrix : (n_users, n_items) float64 CSR
+    rank : k, at most min(n_users, n_items) - 1
+
+    Returns
+    -------
+    Svd with sigma (k,) float64, largest first, and v (n_items, k) float64.
+    """
+    width = min(rank + oversamples, matrix.shape[1])
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(rng.standard_normal((matrix.shape[1], width)))[0]
+    blocks = row_blocks(matrix, threads)
+    with ThreadPoolExecutor(len(blocks)) as pool:
+
+        def summed(product: Callable[..., npt.NDArray[np.float64]], q: npt.NDArray[np.float64]) -> Any:
+            return np.sum(list(pool.map(functools.partial(product, q=q), blocks)), axis=0)
+
+        for _ in range(iterations):
+            q = np.linalg.qr(summed(_gram_times, q))[0]
+        values, vectors = np.linalg.eigh(summed(_projected_gram, q))
+    top = np.argsort(values)[::-1][:rank]
+    return Svd(np.sqrt(np.maximum(values[top], 0.0)), q @ vectors[:, top])
+
+
+def _gram_times(block: sp.csr_matrix, *, q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A block of users' share of XᵀX Q."""
+    return np.asarray(block.T @ (block @ q))
+
+
+def _projected_gram(block: sp.csr_matrix, *, q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """A block of users' share of Qᵀ XᵀX Q."""
+    sketch = np.asarray(block @ q)
+    return sketch.T @ sketch
+
+
+def row_blocks(matrix: sp.csr_matrix, parts: int) -> list[sp.csr_matrix]:
+    """``matrix`` cut into at most ``parts`` row blocks of about equal non-zeros."""
+    if parts <= 1 or matrix.shape[0] < 2:
+        return [matrix]
+    cuts = np.searchsorted(matrix.indptr, np.linspace(0, matrix.nnz, parts + 1)[1:-1])
+    edges = np.unique(np.concatenate([[0], cuts, [matrix.shape[0]]]))
+    return [matrix[start:end] for start, end in itertools.pairwise(edges)]
+
+
+def rows_product(matrix: sp.csr_matrix, dense: npt.NDArray[np.float64], *, threads: int = 1) -> npt.NDArray[np.float64]:
+    """``matrix @ dense``, its row blocks on ``threads`` threads (the same numbers as one product)."""
+    blocks = row_blocks(matrix, threads)
+    if len(blocks) == 1:
+        return np.asarray(matrix @ dense)
+    with ThreadPoolExecutor(len(blocks)) as pool:
+        return np.vstack(list(pool.map(lambda block: block @ dense, blocks)))
+
+
+def fit_ease(
+    user_items: sp.csr_matrix, *, factors: int, regularization: float, svd: Svd | None = None, threads: int = 1
+) -> Factors:
     """Low-rank EASE (Steck 2019) as embeddings, from a truncated SVD of the user-item matrix.
 
     With X ≈ U Σ Vᵀ (rank k), G = XᵀX ≈ V Σ² Vᵀ and P = (G + λI)⁻¹ = (I - V diag(w) Vᵀ) / λ with
@@ -209,19 +291,20 @@ def fit_ease(user_items: sp.csr_matrix, *, factors: int, regularization: float, 
     factors : rank k, clipped below min(n_users, n_items)
     regularization : λ of EASE's ridge penalty
     svd : a truncated SVD of ``user_items`` already computed (candidates differing in λ share one)
+    threads : the user vectors' sparse product runs on this many row blocks
 
     Returns
     -------
     Factors with user (n_users, k), item (n_items, k) and item_in (n_items, k), all float32.
     """
     matrix = user_items.astype(np.float64).tocsr()
-    svd = svd or truncated_svd(matrix, factors)
+    svd = svd or truncated_svd(matrix, factors, threads=threads)
     sigma, v = svd.sigma, svd.v
     w = sigma**2 / (sigma**2 + regularization)
     diag_p = (1.0 - (v**2) @ w) / regularization
     item_in = v * (w / regularization)
     return Factors(
-        user=np.ascontiguousarray(matrix @ item_in, dtype=np.float32),
+        user=np.ascontiguousarray(rows_product(matrix, item_in, threads=threads), dtype=np.float32),
         item=np.ascontiguousarray(v / diag_p[:, None], dtype=np.float32),
         item_in=np.ascontiguousarray(item_in, dtype=np.float32),
     )

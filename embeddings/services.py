@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,13 @@ from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gra
 from embeddings.models import Kind, ModelVersion, Status, VersionArtifacts
 from embeddings.popularity import popularity_refresh
 from embeddings.ranking.training import ranking_stage_learn
-from embeddings.tuning import TuningSettings, collaborative_search, learner_confidences, validation_split
+from embeddings.tuning import (
+    TuningOutcome,
+    TuningSettings,
+    collaborative_search,
+    learner_confidences,
+    validation_split,
+)
 from embeddings.vectors import tables
 
 logger = logging.getLogger(__name__)
@@ -199,7 +206,9 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(_confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting())
+    factors = fit(
+        _confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
+    )
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -253,7 +262,13 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
         ease_lambda_start=settings.RECSYS_EASE_LAMBDA,
         als_regularization_start=configured.regularization,
         seed=configured.random_state,
+        threads=training_threads(),
     )
+
+
+def training_threads() -> int:
+    """RECSYS_TRAIN_THREADS, 0 meaning every core."""
+    return settings.RECSYS_TRAIN_THREADS or os.cpu_count() or 1
 
 
 @dataclass
@@ -275,11 +290,17 @@ def _select(
 ) -> Selection:
     """Search the learners' parameters on a per-user 80/20 split (``embeddings.tuning``), or take
     the configured learner as it is when tuning is off. The search itself runs without weak
-    negatives; the winner's metrics are measured with them, as it will be fitted."""
+    negatives; the winner's metrics are measured with them, as it will be fitted.
+
+    Past RECSYS_CF_TUNE_SAMPLE_INTERACTIONS the search ran on a user sample of the split, and (with
+    RECSYS_CF_METRICS_FROM_SAMPLE) the version's metrics and popularity's are measured on that
+    sample's validation split with the winner as the search fitted it (no weak negatives), instead
+    of refitting it on the whole split: at 10M interactions that refit cost as much as the final fit
+    (BENCHMARKS.md, scale-10m). The ranking stage needs the winner on the whole split: it keeps the refit.
+    """
     split = validation_split(matrix, seed=configured.random_state)
     evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": configured.random_state}
-    baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
-    search_seconds = None
+    search_seconds, outcome = None, None
     if settings.RECSYS_CF_TUNE:
         started = time.perf_counter()
         outcome = collaborative_search(
@@ -289,11 +310,25 @@ def _select(
         report(tuning_sample=outcome.sample, tuning_skipped=outcome.skipped)
     else:
         params, tried = configured, []
-    factors = fit(_confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting())
+    if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
+        split = outcome.split
+        factors = outcome.factors or fit(
+            _confidences(split.train, params), params, use_gpu=use_gpu_setting(), threads=training_threads()
+        )
+    else:
+        factors = fit(
+            _confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
+        )
+    baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
     return Selection(params, metrics, baseline, tried, split, factors, search_seconds)
+
+
+def _metrics_from_sample(outcome: TuningOutcome) -> bool:
+    """The version's metrics are the search winner's on its user sample (see ``_select``)."""
+    return settings.RECSYS_CF_METRICS_FROM_SAMPLE and not settings.RECSYS_RANKING and outcome.sampled
 
 
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:

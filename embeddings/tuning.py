@@ -10,6 +10,9 @@ best point is interior) and halves its steps once both neighbours of the best po
 The budget is a deadline, not a start line: each candidate's seconds are estimated from the
 candidates already run (seconds per unit of work, its work from the data's size and the
 candidate's rank and iterations), and one that cannot finish before the deadline is not started.
+The first candidate of each learner is estimated the same way, from a rate measured beforehand and
+scaled by how fast this machine runs a reference workload now (``first_rates``,
+``machine_slowdown``); EASE's rank is halved until its first candidate fits its share.
 On data past ``sample_interactions``, candidates are fitted and scored on a seeded user sample
 of the split, and the winner's parameters are restated for the whole split (EASE's λ by the ratio
 of the Gram matrices' traces; ALS's regularization as found: measured in BENCHMARKS.md, tuning-sample).
@@ -28,7 +31,7 @@ import scipy.sparse as sp
 
 from embeddings.evaluation import Split, holdout_split, ranking_metrics, scores_recommender
 from embeddings.interactions import bm25_confidence
-from embeddings.learners import LearnerParams, Svd, fit
+from embeddings.learners import Factors, LearnerParams, Svd, fit
 
 Point = dict[str, float]
 Objective = Callable[[Point], float]
@@ -83,23 +86,30 @@ class _Budget:
 
 class CostModel:
     """Seconds per unit of work, learnt from the candidates already run: the slowest rate seen for
-    a kind of candidate (a loaded machine only makes later ones slower), and for a kind not run
-    yet the slowest rate of any kind times ``margin`` (their work units are only comparable)."""
+    a kind of candidate (a loaded machine only makes later ones slower); for a kind not run yet its
+    prior (``prior``: measured beforehand, scaled to this machine), else the slowest rate of any kind
+    times ``margin`` (their work units are only comparable)."""
 
     def __init__(self, margin: float = 2.0) -> None:
         self.margin = margin
         self.rates: dict[str, float] = {}
+        self.priors: dict[str, float] = {}
 
     def observe(self, kind: str, work: float, seconds: float) -> None:
         self.rates[kind] = max(self.rates.get(kind, 0.0), seconds / max(work, 1e-12))
 
+    def prior(self, kind: str, rate: float) -> None:
+        """Seconds per unit of ``kind`` until one of its candidates has run."""
+        self.priors[kind] = rate
+
     def seconds(self, kind: str, work: float) -> float | None:
-        """Estimated seconds of ``work`` units of ``kind``; None before any candidate ran."""
+        """Estimated seconds of ``work`` units of ``kind``; None when nothing tells."""
         if kind in self.rates:
             return self.rates[kind] * work
-        if self.rates:
-            return max(self.rates.values()) * work * self.margin
-        return None
+        if kind in self.priors:
+            return self.priors[kind] * work
+        known = list(self.rates.values()) or list(self.priors.values())
+        return max(known) * work * self.margin if known else None
 
 
 def log_search(
@@ -241,6 +251,15 @@ class TuningSettings:
     als_alpha_start: float = 10.0  # × 1 / mean weight
     als_regularization_start: float = 0.05
     seed: int = 42
+    # Seconds per unit of work (ease_work, als_work) of each kind's first candidate, before any has run:
+    # CPU-seconds measured on the 2-core reference machine (one BLAS thread) on ml-latest-small and on a
+    # 1M-interaction sample of bench/scale.py's data (EASE rank 400: 0.076 and 0.097 ns; ALS 64
+    # factors, 15 iterations: 0.67 and 0.56 ns), doubled, then × ``machine_slowdown()`` at the
+    # search's start. So the first candidate is estimated from its size like every other one.
+    first_rates: tuple[tuple[str, float], ...] = (("ease", 2.0e-10), ("als", 1.3e-9))
+    # EASE's rank is halved (not below this) until its first candidate is estimated to end in its share.
+    ease_min_factors: int = 50
+    threads: int = 1  # EASE's sparse products run on this many blocks of users (learners.fit)
 
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
@@ -252,7 +271,11 @@ class TuningSettings:
 @dataclass
 class TuningOutcome:
     """The chosen learner (absolute parameters, ready to fit on the full matrix) and what was tried:
-    the candidates run, those not started for lack of budget, and the sample they were run on."""
+    the candidates run, those not started for lack of budget, and the sample they were run on.
+
+    ``split`` is what the candidates were fitted and scored on (a user sample of the split past
+    ``sample_interactions``, raw weights), and ``factors`` the winner as fitted there (on the
+    normalised weights: the same ranking); None when no candidate ran."""
 
     params: LearnerParams
     score: float
@@ -260,6 +283,13 @@ class TuningOutcome:
     bracketed: dict[str, dict[str, bool]]
     skipped: int = 0
     sample: dict[str, float] = field(default_factory=dict)
+    split: Split | None = None
+    factors: Factors | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """The candidates saw a user sample, not the whole split."""
+        return self.sample.get("fraction", 1.0) < 1.0
 
 
 def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
@@ -278,6 +308,26 @@ def user_sample(split: Split, max_interactions: int, *, seed: int) -> Split:
     order = order[counts[order] <= max_interactions]
     users = np.sort(order[np.cumsum(counts[order]) <= max_interactions])
     return Split(split.train[users].tocsr(), split.test[users].tocsr())
+
+
+# A reference workload (a sparse product and a QR, the EASE candidates' two kinds of work) and its wall
+# seconds on the reference machine (the 2-core one of BENCHMARKS.md, one BLAS thread: the median CPU
+# time of 30 runs, which is its wall time when the machine is quiet).
+_REFERENCE_SECONDS = 0.008
+
+
+def machine_slowdown() -> float:
+    """How much slower than the reference machine this one runs now (wall time of a ~10 ms workload,
+    median of 3: load counts, since the budget is a deadline), at least 0.25."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(2_000, 2_000, density=0.01, format="csr", random_state=rng, dtype=np.float64)
+    block = rng.standard_normal((2_000, 64))
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        np.linalg.qr(matrix.T @ (matrix @ block))
+        seconds.append(time.perf_counter() - started)
+    return max(float(np.median(seconds)) / _REFERENCE_SECONDS, 0.25)
 
 
 def collaborative_search(
@@ -311,6 +361,9 @@ def collaborative_search(
     search = _Search(
         normalised, _scorer(normalised, sample, options), options, started + options.budget_seconds, configured, record
     )
+    slowdown = machine_slowdown()
+    for kind, rate in options.first_rates:
+        search.costs.prior(kind, rate * slowdown)
     runs: dict[str, tuple[SearchResult, Callable[[Point], LearnerParams]]] = {}
     if options.ease or configured.algorithm == "ease":
         share = 1.0 if configured.algorithm == "ease" else options.ease_budget_share
@@ -320,9 +373,10 @@ def collaborative_search(
     finished = [
         (result.best.score, params_at(result.best.point)) for result, params_at in runs.values() if result.trials
     ]
-    score, params = max(finished, key=lambda o: o[0])
+    # No candidate could end in the budget: the configured learner as it is (its parameters are absolute).
+    score, params = max(finished, key=lambda o: o[0]) if finished else (math.nan, configured)
     return TuningOutcome(
-        transfer.absolute(params),
+        transfer.absolute(params) if finished else configured,
         score,
         tried,
         {name: result.bracketed for name, (result, _) in runs.items()},
@@ -332,6 +386,8 @@ def collaborative_search(
             "interactions": float(sample.train.nnz),
             "fraction": round(transfer.fraction, 6),
         },
+        split=sample,
+        factors=search.best.factors,
     )
 
 
@@ -377,6 +433,18 @@ def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) ->
     return evaluate
 
 
+@dataclass
+class _Best:
+    """The best-scoring candidate's factors so far (the first of equal scores, as the choice is)."""
+
+    score: float = -math.inf
+    factors: Factors | None = None
+
+    def offer(self, score: float, factors: Factors) -> None:
+        if score > self.score:
+            self.score, self.factors = score, factors
+
+
 @dataclass(frozen=True)
 class _Search:
     """One run's search: the normalised training matrix (or its user sample), the scorer, the
@@ -390,10 +458,13 @@ class _Search:
     configured: LearnerParams
     record: Callable[..., None]
     costs: CostModel = field(default_factory=CostModel)
+    best: _Best = field(default_factory=_Best)
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
-        score = self.evaluate(fit(matrix, params, svd_cache=svd_cache))
+        factors = fit(matrix, params, svd_cache=svd_cache, threads=self.options.threads)
+        score = self.evaluate(factors)
+        self.best.offer(score, factors)
         self.record(params.algorithm, params, score, **shown)
         return score
 
@@ -445,7 +516,8 @@ def als_work(n_users: int, n_items: int, nnz: int, factors: int, iterations: int
 def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:
     unit = gram_diagonal_mean(search.normalised)
     configured, options, matrix = search.configured, search.options, search.normalised
-    factors = configured.factors if configured.algorithm == "ease" else options.ease_factors
+    wanted = configured.factors if configured.algorithm == "ease" else options.ease_factors
+    factors = _ease_rank(search, wanted, deadline=min(deadline, search.deadline))
     svd_cache: dict[int, Svd] = {}
 
     def params_at(point: Point) -> LearnerParams:
@@ -464,6 +536,20 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
         deadline=deadline,
     )
     return result, params_at
+
+
+def _ease_rank(search: _Search, wanted: int, *, deadline: float) -> int:
+    """``wanted``, halved while EASE's first candidate (its SVD) is estimated to end past ``deadline``,
+    down to ``ease_min_factors`` (then the search itself declines to start it if it still does not fit)."""
+    floor = min(wanted, search.options.ease_min_factors)
+    factors = wanted
+    while factors // 2 >= floor:
+        rank = max(1, min(factors, min(search.normalised.shape) - 1))
+        seconds = search.costs.seconds("ease", ease_work(*search.size(), rank, search.scored_users(), with_svd=True))
+        if seconds is None or time.monotonic() + seconds <= deadline:
+            break
+        factors //= 2
+    return factors
 
 
 def _implicit_search(search: _Search, *, first: bool) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:

@@ -414,6 +414,13 @@ if 0 < RECSYS_CF_TUNE_SAMPLE_INTERACTIONS < 10_000:
         "RECSYS_CF_TUNE_SAMPLE_INTERACTIONS must be 0 (never sample) or at least 10000 (a smaller sample"
         f" tunes on noise), got {RECSYS_CF_TUNE_SAMPLE_INTERACTIONS}"
     )
+# Past that sample size, the version's metrics (and the activation check) are the search winner's on
+# the sample's validation split, fitted on the sample; false refits the winner on the whole 80% split
+# for them (at 10M interactions that refit cost as much as the final fit: BENCHMARKS.md, scale-10m).
+RECSYS_CF_METRICS_FROM_SAMPLE = env_bool("RECSYS_CF_METRICS_FROM_SAMPLE", True)
+# EASE's sparse products (its randomised SVD above 10,000 items, the user vectors) run on this many
+# threads over blocks of users; 0 = every core (implicit's learners use every core on their own).
+RECSYS_TRAIN_THREADS = env_int("RECSYS_TRAIN_THREADS", 0, minimum=0)
 RECSYS_EASE_FACTORS = env_int("RECSYS_EASE_FACTORS", 400, minimum=2)
 # EASE's first λ, as a multiple of the mean diagonal of XᵀX (the search moves it from there).
 RECSYS_EASE_LAMBDA = env_float("RECSYS_EASE_LAMBDA", 30.0)

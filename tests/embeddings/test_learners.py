@@ -104,7 +104,7 @@ def test_low_rank_ease_equals_full_ease_on_unseen_items_when_the_rank_suffices()
 
 
 def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatch):
-    """Above EXACT_SVD_MAX_ITEMS the SVD is sklearn's randomised one: same singular values and
+    """Above EXACT_SVD_MAX_ITEMS the SVD is a randomised subspace iteration: same singular values and
     subspace as ARPACK's on a matrix whose spectrum decays, so EASE scores do not change."""
     from embeddings import learners
 
@@ -125,3 +125,34 @@ def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatc
     np.testing.assert_allclose(
         ease["randomised"].user @ ease["randomised"].item.T, ease["exact"].user @ ease["exact"].item.T, atol=1e-4
     )
+
+
+def test_the_randomised_svd_orthonormalises_blocks_of_items_never_of_users(monkeypatch):
+    """At 100,000 users an (users × rank) QR a step cost more than the sparse products: the
+    subspace iteration runs on XᵀX, whose blocks have a row per item."""
+    from embeddings import learners
+
+    rng = np.random.default_rng(5)
+    matrix = sp.csr_matrix(rng.random((300, 8)) @ rng.random((8, 120)))
+    shapes = []
+    qr = np.linalg.qr
+    monkeypatch.setattr(np.linalg, "qr", lambda a, *args, **kwargs: shapes.append(a.shape) or qr(a, *args, **kwargs))
+    monkeypatch.setattr(learners, "EXACT_SVD_MAX_ITEMS", 0)
+
+    learners.truncated_svd(matrix, 6, seed=1)
+
+    assert shapes and {rows for rows, _ in shapes} == {120}
+
+
+def test_threads_cut_the_users_into_blocks_and_give_the_same_factors(monkeypatch):
+    from embeddings import learners
+
+    rng = np.random.default_rng(6)
+    matrix = sp.random(400, 150, density=0.05, format="csr", random_state=rng, dtype=np.float32)
+    monkeypatch.setattr(learners, "EXACT_SVD_MAX_ITEMS", 0)
+    params = LearnerParams(algorithm="ease", factors=12, regularization=3.0)
+
+    one, two = fit(matrix, params, threads=1), fit(matrix, params, threads=2)
+
+    assert [block.shape[0] for block in learners.row_blocks(matrix, 2)] != [400]
+    np.testing.assert_allclose(two.user @ two.item.T, one.user @ one.item.T, atol=1e-4)

@@ -146,6 +146,52 @@ def test_past_the_sample_size_the_search_runs_on_a_user_sample_and_the_winner_on
     assert sample["users"] < version.counts["users"] == count(version.user_table)
 
 
+def test_past_the_sample_size_the_winner_is_not_refitted_on_the_whole_split_for_its_metrics(
+    communities, settings, monkeypatch
+):
+    # Given a run whose search sees a user sample (below the data's size)
+    settings.RECSYS_CF_TUNE = True
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 3
+    settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = 100
+    fitted = _fits_recorded(monkeypatch)
+
+    version = train()
+
+    # Then the run's own fits are the final one on everything only, and the metrics are the sample's
+    assert fitted == [version.counts["interactions"]]
+    assert version.metrics["users"] <= version.progress["tuning_sample"]["users"]
+    assert version.baseline_metrics["users"] == version.metrics["users"]
+    best = max(version.progress["candidates"], key=lambda c: c["ndcg@10"])
+    assert version.algorithm == best["algorithm"]
+
+
+def test_metrics_from_a_refit_on_the_whole_split_when_configured(communities, settings, monkeypatch):
+    settings.RECSYS_CF_TUNE = True
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 3
+    settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = 100
+    settings.RECSYS_CF_METRICS_FROM_SAMPLE = False
+    fitted = _fits_recorded(monkeypatch)
+
+    version = train()
+
+    # the winner on the 80% split (all but the test fifth), then on everything
+    assert len(fitted) == 2 and fitted[0] < fitted[1] == version.counts["interactions"]
+    assert version.metrics["users"] > version.progress["tuning_sample"]["users"]
+
+
+def _fits_recorded(monkeypatch) -> list[int]:
+    """The non-zeros of every matrix the run itself fits on (the search's candidates fit elsewhere)."""
+    fitted: list[int] = []
+    real = services.fit
+
+    def recording(matrix, params, **kwargs):
+        fitted.append(int(matrix.nnz))
+        return real(matrix, params, **kwargs)
+
+    monkeypatch.setattr(services, "fit", recording)
+    return fitted
+
+
 def test_interactions_load_reads_every_stored_event_from_the_binary_copy(communities, monkeypatch):
     """The binary COPYs of id ranges, each one row of arrays, are decoded a range at a time (short GIL
     holds for the run's heartbeat); range boundaries change nothing, and the matrix holds exactly the

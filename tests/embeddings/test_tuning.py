@@ -18,6 +18,7 @@ from embeddings.tuning import (
     Dimension,
     TuningSettings,
     collaborative_search,
+    ease_work,
     gram_diagonal_mean,
     learner_confidences,
     log_search,
@@ -181,19 +182,103 @@ def test_chosen_bm25_learner_sees_the_same_confidences_on_raw_weights() -> None:
     assert np.allclose(confidences.toarray(), unit.toarray() * 7.0, rtol=1e-5)
 
 
-def test_a_zero_budget_runs_one_candidate_and_starts_no_other() -> None:
+def test_a_zero_budget_starts_no_candidate_and_keeps_the_configured_learner() -> None:
     # Given no time at all for the search
     split = holdout_split(_planted(seed=6), seed=1)
     options = TuningSettings(budget_seconds=0, ease_factors=20, eval_users=100)
+    configured = LearnerParams(factors=8, iterations=3)
 
     # When EASE and the configured ALS are searched
+    outcome = collaborative_search(split, configured, options=options)
+
+    # Then not even the first candidate started (its time is estimated from its size), and the
+    # configured learner is chosen as it is
+    assert outcome.tried == [] and outcome.factors is None
+    assert outcome.params == configured
+    assert outcome.skipped >= 2  # EASE's first point and ALS's
+    assert outcome.bracketed["als"] == {"alpha": False, "factors": False, "regularization": False, "iterations": False}
+
+
+class _FakeClock:
+    """time.monotonic for the search, advanced only by the fake candidates' seconds."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed_by_their_size(monkeypatch, rates: dict[str, float]) -> _FakeClock:
+    """Candidates take exactly ``rates[kind]`` × their work (ease_work / als_work) on a fake clock,
+    the machine runs at the reference speed, and the search's first estimates are those rates."""
+    from embeddings import tuning
+
+    clock = _FakeClock()
+    real_fit = tuning.fit
+
+    def fit(matrix, params, *, svd_cache=None, **kwargs):
+        users, items = matrix.shape
+        if params.algorithm == "ease":
+            rank = min(params.factors, min(matrix.shape) - 1)
+            fresh = svd_cache is None or params.factors not in svd_cache
+            work = tuning.ease_work(users, items, matrix.nnz, rank, min(100, users), with_svd=fresh)
+        else:
+            work = tuning.als_work(users, items, matrix.nnz, params.factors, params.iterations, min(100, users))
+        clock.now += rates[params.algorithm] * work
+        return real_fit(matrix, params, svd_cache=svd_cache, **kwargs)
+
+    monkeypatch.setattr(tuning, "fit", fit)
+    monkeypatch.setattr(tuning.time, "monotonic", clock)
+    monkeypatch.setattr(tuning, "machine_slowdown", lambda: 1.0)
+    return clock
+
+
+def test_no_candidate_ends_past_the_budget_on_a_fake_clock_the_first_one_included(monkeypatch) -> None:
+    # Given candidates whose seconds follow their size, and a budget in which EASE's first one
+    # (its SVD: 1.5x its share of the budget) cannot end
+    split = holdout_split(_planted(seed=6), seed=1)
+    users, items = split.train.shape
+    first = ease_work(users, items, split.train.nnz, 20, 100, with_svd=True)
+    rates = {"ease": 15.0 / first, "als": 2e-6}
+    clock = _timed_by_their_size(monkeypatch, rates)
+    options = TuningSettings(
+        budget_seconds=20, ease_factors=20, ease_min_factors=20, eval_users=100, first_rates=tuple(rates.items())
+    )
+    started = clock.now
+
     outcome = collaborative_search(split, LearnerParams(factors=8, iterations=3), options=options)
 
-    # Then only the very first candidate ran (something must be chosen), and ALS was not started
-    assert [t["algorithm"] for t in outcome.tried] == ["ease"]
-    assert outcome.params.algorithm == "ease"
-    assert outcome.skipped >= 1  # ALS's first point, estimated from EASE's
-    assert outcome.bracketed["als"] == {"alpha": False, "factors": False, "regularization": False, "iterations": False}
+    # Then EASE never started, ALS's candidates ran, and the last one ended within the budget
+    assert [t["algorithm"] for t in outcome.tried][:1] == ["als"] and {"ease"} - {t["algorithm"] for t in outcome.tried}
+    assert outcome.skipped >= 1 and outcome.params.algorithm == "als"
+    assert clock.now - started <= options.budget_seconds
+
+
+def test_the_ease_rank_is_halved_until_its_first_candidate_fits_its_share(monkeypatch) -> None:
+    # Given an EASE share of 10 s in which the first candidate fits at rank 10 but not at 40 or 20
+    split = holdout_split(_planted(seed=6), seed=1)
+    users, items = split.train.shape
+    work = {rank: ease_work(users, items, split.train.nnz, rank, 100, with_svd=True) for rank in (10, 20, 40)}
+    rate = 10.0 / (work[10] + work[20]) * 2  # rank 20's estimate is above 10 s, rank 10's below
+    assert rate * work[20] > 10.0 >= rate * work[10]
+    clock = _timed_by_their_size(monkeypatch, {"ease": rate})
+    options = TuningSettings(
+        budget_seconds=10,
+        max_evals=3,
+        ease_factors=40,
+        ease_min_factors=5,
+        eval_users=100,
+        first_rates=(("ease", rate),),
+    )
+    started = clock.now
+
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=40), options=options)
+
+    # Then EASE ran at rank 10, and the budget held
+    assert {t["factors"] for t in outcome.tried} == {10}
+    assert outcome.params.factors == 10
+    assert clock.now - started <= options.budget_seconds
 
 
 def _split_of(matrix: sp.csr_matrix) -> Split:
