@@ -2,7 +2,8 @@
 
 Parameters are searched in units of the data, so that the same search works on any weighting:
 weights are divided by their mean magnitude (``weight_scale``), EASE's λ is a multiple of the mean
-diagonal of XᵀX, and ALS's alpha multiplies the normalised weights. Scaling every weight by a
+diagonal of XᵀX, EASE's popularity exponent β is a power of counts of users (no weights in it), and
+ALS's alpha multiplies the normalised weights. Scaling every weight by a
 constant therefore changes neither the search nor the model it picks. The search itself is a
 compass search in log space that keeps stepping while it improves (so a range widens until the
 best point is interior) and halves its steps once both neighbours of the best point are worse.
