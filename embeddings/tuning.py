@@ -2,7 +2,8 @@
 
 Parameters are searched in units of the data, so that the same search works on any weighting:
 weights are divided by their mean magnitude (``weight_scale``), EASE's λ is a multiple of the mean
-diagonal of XᵀX, and ALS's alpha multiplies the normalised weights. Scaling every weight by a
+diagonal of XᵀX, EASE's popularity exponent β is a power of counts of users (no weights in it), and
+ALS's alpha multiplies the normalised weights. Scaling every weight by a
 constant therefore changes neither the search nor the model it picks. The search itself is a
 compass search in log space that keeps stepping while it improves (so a range widens until the
 best point is interior) and halves its steps once both neighbours of the best point are worse.
@@ -246,6 +247,8 @@ class TuningSettings:
     ease: bool = True
     ease_factors: int = 400
     ease_lambda_start: float = 30.0  # × mean diag(XᵀX); the best on ml-latest-small lies near 30-70
+    # Search EASE's item popularity exponent β (``LearnerParams.popularity``) between -2 and 2.
+    ease_popularity: bool = True
     # EASE goes first and may use this share of the budget; the configured learner gets the rest.
     ease_budget_share: float = 0.5
     als_alpha_start: float = 10.0  # × 1 / mean weight
@@ -522,15 +525,23 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
 
     def params_at(point: Point) -> LearnerParams:
         return LearnerParams(
-            algorithm="ease", factors=factors, regularization=point["lambda"] * unit, random_state=options.seed
+            algorithm="ease",
+            factors=factors,
+            regularization=point["lambda"] * unit,
+            popularity=popularity_exponent(point),
+            random_state=options.seed,
         )
 
     rank = max(1, min(factors, min(matrix.shape) - 1))
+    dimensions = [Dimension("lambda", options.ease_lambda_start, step=4.0, low=1e-4, high=1e6, min_step=1.2)]
+    if options.ease_popularity:
+        # The factor a twice as popular item's scores get (2^β): log steps of it are steps of β by 0.2.
+        dimensions.append(Dimension("popularity", 1.0, step=2**0.2, low=0.25, high=4.0, min_step=2**0.05))
     result = search.run(
         lambda point: search.score(
-            matrix, params_at(point), svd_cache, lambda_relative=point["lambda"], factors=factors
+            matrix, params_at(point), svd_cache, lambda_relative=point["lambda"], factors=factors, **_shown(point)
         ),
-        [Dimension("lambda", options.ease_lambda_start, step=4.0, low=1e-4, high=1e6, min_step=1.2)],
+        dimensions,
         kind="ease",
         work=lambda _: ease_work(*search.size(), rank, search.scored_users(), with_svd=not svd_cache),
         deadline=deadline,
@@ -550,6 +561,15 @@ def _ease_rank(search: _Search, wanted: int, *, deadline: float) -> int:
             break
         factors //= 2
     return factors
+
+
+def popularity_exponent(point: Point) -> float:
+    """β of EASE's item popularity factor from the searched factor per doubling of popularity."""
+    return math.log2(point["popularity"]) if "popularity" in point else 0.0
+
+
+def _shown(point: Point) -> dict[str, float]:
+    return {"popularity": round(popularity_exponent(point), 4)} if "popularity" in point else {}
 
 
 def _implicit_search(search: _Search, *, first: bool) -> tuple[SearchResult, Callable[[Point], LearnerParams]]:

@@ -103,6 +103,22 @@ def test_low_rank_ease_equals_full_ease_on_unseen_items_when_the_rank_suffices()
     np.testing.assert_allclose(factors.user, x @ factors.item_in, atol=1e-4)
 
 
+@pytest.mark.parametrize("beta", [-0.5, 0.7])
+def test_ease_popularity_exponent_multiplies_each_items_scores_and_keeps_the_fold_in(beta):
+    # Given EASE fitted without and with a popularity exponent β on the same matrix
+    matrix = two_communities()
+    plain = fit(matrix, LearnerParams(algorithm="ease", factors=10, regularization=20.0))
+    tilted = fit(matrix, LearnerParams(algorithm="ease", factors=10, regularization=20.0, popularity=beta))
+
+    # Then every score of item j is multiplied by (1 + users who liked j)^β
+    users = np.diff(matrix.tocsc().indptr)
+    expected = (plain.user @ plain.item.T) * (1.0 + users) ** beta
+    np.testing.assert_allclose(tilted.user @ tilted.item.T, expected, rtol=1e-4, atol=1e-6)
+    # And users still fold in as the sum of their weights times item_in
+    np.testing.assert_allclose(tilted.user, matrix.toarray() @ tilted.item_in, atol=1e-5)
+    np.testing.assert_allclose(tilted.item_in, plain.item_in)
+
+
 def test_the_randomised_svd_of_large_catalogues_matches_the_exact_one(monkeypatch):
     """Above EXACT_SVD_MAX_ITEMS the SVD is a randomised subspace iteration: same singular values and
     subspace as ARPACK's on a matrix whose spectrum decays, so EASE scores do not change."""

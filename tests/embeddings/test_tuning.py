@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,12 +132,54 @@ def test_ease_search_lands_at_the_best_lambda_of_a_dense_grid() -> None:
     grid = {r: ndcg(r) for r in np.geomspace(1e-3, 1e3, 25)}
     best_on_grid = max(grid.values())
 
-    # When the search runs from its default start
-    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=FAST)
+    # When the search runs from its default start (λ alone, as the grid)
+    options = replace(FAST, ease_popularity=False)
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=options)
 
     # Then it finds an interior optimum as good as the grid's (within noise of one grid step)
     assert outcome.bracketed["ease"] == {"lambda": True}
     assert outcome.score >= best_on_grid - 0.01
+
+
+def _skewed(seed: int, users: int = 600, items: int = 240, groups: int = 6) -> sp.csr_matrix:
+    """Taste groups whose items differ in appeal (Pareto): each user likes 3-8 of their group's
+    items, drawn in proportion to appeal, so an unseen popular item is the likelier test item."""
+    rng = np.random.default_rng(seed)
+    group, appeal = rng.integers(0, groups, items), rng.pareto(1.5, items) + 1.0
+    rows, cols = [], []
+    for user in range(users):
+        own = np.flatnonzero(group == user % groups)
+        size = min(len(own), int(rng.integers(3, 9)))
+        liked = rng.choice(own, size=size, replace=False, p=appeal[own] / appeal[own].sum())
+        rows += [user] * size
+        cols += sorted(liked)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(users, items))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ease_search_raises_popular_items_where_appeal_decides_the_held_out_items(seed: int) -> None:
+    # Given groups whose liked items are drawn by appeal, and a small profile per user
+    split = holdout_split(_skewed(seed), seed=1)
+    options = TuningSettings(budget_seconds=60, max_evals=20, eval_users=300, ease_factors=30)
+
+    # When EASE is searched
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=options)
+
+    # Then it picks a popularity factor above 1 (β > 0), and that beats every candidate without one
+    without = max(t["ndcg@10"] for t in outcome.tried if t["popularity"] == 0.0)
+    assert outcome.params.popularity > 0.2
+    assert outcome.score > without + 0.005
+
+
+def test_ease_search_keeps_popularity_neutral_where_every_item_of_a_group_is_alike() -> None:
+    # Given groups whose members like a uniformly random half of the group's items
+    split = holdout_split(_planted(), seed=1)
+
+    # When EASE is searched
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=FAST)
+
+    # Then the chosen popularity exponent stays near 0
+    assert abs(outcome.params.popularity) <= 0.2
 
 
 @settings(max_examples=5, deadline=None)
@@ -155,6 +198,8 @@ def test_tuning_is_invariant_to_scaling_every_weight(factor: float) -> None:
 
     # Then the same candidates are tried and score the same, and λ differs only by the scale²
     assert [t["lambda_relative"] for t in plain.tried] == [t["lambda_relative"] for t in other.tried]
+    assert [t["popularity"] for t in plain.tried] == [t["popularity"] for t in other.tried]
+    assert other.params.popularity == plain.params.popularity
     assert [t["ndcg@10"] for t in plain.tried] == pytest.approx([t["ndcg@10"] for t in other.tried], abs=1e-4)
     assert other.params.regularization == pytest.approx(plain.params.regularization * factor**2, rel=1e-4)
 
@@ -333,6 +378,8 @@ def test_tuning_on_a_sample_is_invariant_to_scaling_every_weight(factor: float) 
     # Then the sample, the candidates and their scores are the same, and the restated λ differs by the scale²
     assert plain.sample == other.sample and plain.sample["fraction"] < 0.4
     assert [t["lambda_relative"] for t in plain.tried] == [t["lambda_relative"] for t in other.tried]
+    assert [t["popularity"] for t in plain.tried] == [t["popularity"] for t in other.tried]
+    assert other.params.popularity == plain.params.popularity
     assert [t["ndcg@10"] for t in plain.tried] == pytest.approx([t["ndcg@10"] for t in other.tried], abs=1e-4)
     assert other.params.regularization == pytest.approx(plain.params.regularization * factor**2, rel=1e-4)
 
