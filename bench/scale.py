@@ -324,8 +324,8 @@ def report(args: argparse.Namespace, figures: dict[str, dict[str, float]], metri
     lines = [
         f"## Training at scale (`bench/scale.py`, {args.interactions:,} interactions)",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, shared with seven other engineers' test runs "
-        f"(load average ~{os.getloadavg()[0]:.0f} on 2 cores: compare CPU seconds, not wall). Generated: "
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}, with whatever else ran on it (load average "
+        f"~{os.getloadavg()[0]:.0f} on 2 cores at the end: compare CPU seconds, not wall). Generated: "
         f"{args.interactions:,} events of {args.users:,} users on {args.items:,} items (power-law popularity), "
         f"over {MONTHS} months; {metrics['matrix_nnz']:,.0f} distinct user-item pairs. No GPU on this machine: "
         "ALS ran on the CPU (`RECSYS_USE_GPU=auto` picks implicit's CUDA ALS where `implicit.gpu.HAS_CUDA`).",
