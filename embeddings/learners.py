@@ -323,7 +323,7 @@ def fit_ease(
     diag_p = (1.0 - (v**2) @ w) / regularization
     item_in, item = v * (w / regularization), v / diag_p[:, None]
     if popularity:
-        users = np.diff((matrix > 0).tocsc().indptr).astype(np.float64)
+        users = np.asarray((matrix > 0).sum(axis=0), dtype=np.float64).ravel()  # as popularity counts them
         item = item * ((1.0 + users) ** popularity)[:, None]
     return Factors(
         user=np.ascontiguousarray(rows_product(matrix, item_in, threads=threads), dtype=np.float32),
