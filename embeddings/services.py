@@ -206,9 +206,7 @@ def _train(version: ModelVersion) -> None:
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = fit(
-        _confidences(data.matrix, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
-    )
+    factors = _fit(data.matrix, params, negatives)
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -231,6 +229,11 @@ def _train(version: ModelVersion) -> None:
         version.counts["weak_negatives"] = int(negatives.nnz)
     version.timings = {k: round(v, 3) for k, v in timings.items()}
     runs.run_finish(version)
+
+
+def _fit(matrix: Any, params: LearnerParams, negatives: Any = None) -> Factors:
+    """The chosen learner fitted as a run fits it: on its confidences, the GPU and threads as configured."""
+    return fit(_confidences(matrix, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads())
 
 
 def _confidences(matrix: Any, params: LearnerParams, negatives: Any = None) -> Any:
@@ -312,13 +315,9 @@ def _select(
         params, tried = configured, []
     if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
         split = outcome.split
-        factors = outcome.factors or fit(
-            _confidences(split.train, params), params, use_gpu=use_gpu_setting(), threads=training_threads()
-        )
+        factors = outcome.factors or _fit(split.train, params)
     else:
-        factors = fit(
-            _confidences(split.train, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads()
-        )
+        factors = _fit(split.train, params, negatives)
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
