@@ -8,7 +8,6 @@ from functools import cached_property
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import OperationalError, transaction
@@ -127,13 +126,13 @@ class ReferencedRowsAdmin(LargeTableAdmin):
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
-            references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
+            references_delete_begin()
             super().delete_model(request, obj)
         self.deleted_signal.send(sender=self.model, external_id=obj.external_id)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
-            references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
+            references_delete_begin()
             external_ids = list(queryset.values_list("external_id", flat=True))
             super().delete_queryset(request, queryset)
         for external_id in external_ids:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import transaction
 
 from recsys.errors import ItemNotFound, UserNotFound
@@ -26,7 +25,7 @@ __all__ = [
 
 def item_delete(*, external_id: str) -> None:
     with transaction.atomic():
-        references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
+        references_delete_begin()
         deleted, _ = Item.objects.filter(external_id=external_id).delete()
     if not deleted:
         raise ItemNotFound(f"item {external_id!r} does not exist")
@@ -36,7 +35,7 @@ def item_delete(*, external_id: str) -> None:
 def user_delete(*, external_id: str) -> None:
     """Delete a user with all their interactions (the right to be forgotten)."""
     with transaction.atomic():
-        references_delete_begin(lock_timeout=settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS)
+        references_delete_begin()
         deleted, _ = User.objects.filter(external_id=external_id).delete()
     if not deleted:
         raise UserNotFound(f"user {external_id!r} does not exist")

@@ -361,7 +361,7 @@ RECSYS_PARTITIONS_AHEAD = env_int("RECSYS_PARTITIONS_AHEAD", 3, minimum=1)
 # (popularity's window) and a retention of up to a year month-precise.
 RECSYS_PARTITIONS_MONTHLY_MONTHS = env_int("RECSYS_PARTITIONS_MONTHLY_MONTHS", 12, minimum=0)
 RECSYS_INTERACTION_RETENTION_DAYS = env_int("RECSYS_INTERACTION_RETENTION_DAYS", 0, minimum=0)
-# An API delete of a user or item, once it holds the references lock (every ingest batch waits behind
+# A delete of a user or item (API or admin), once it holds the references lock (every ingest batch waits behind
 # it), waits at most this long for any other lock (a year's roll-up holds its partitions for its whole
 # copy), then answers 503 and lets ingestion go on; 0: wait as long as it takes.
 RECSYS_DELETE_LOCK_TIMEOUT_SECONDS = env_float("RECSYS_DELETE_LOCK_TIMEOUT_SECONDS", 5.0, minimum=0.0)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from django.conf import settings
 from django.db import IntegrityError, connection
 from psycopg.types.json import Jsonb
 
@@ -263,14 +264,15 @@ def references_hold(cursor: psycopg.Cursor[Any] | None = None) -> int:
     return int(cursor.fetchone()[0])  # type: ignore[index]
 
 
-def references_delete_begin(*, lock_timeout: float | None = None) -> None:
+def references_delete_begin() -> None:
     """Before deleting users or items in this transaction: wait for the events transactions in flight and hold
     off new ones (the DELETE's trigger takes the same lock; taking it first keeps the ORM's deletes of
     related rows, which come before the DELETE, from deadlocking with a writer).
 
-    ``lock_timeout`` (seconds): once the lock is held, and every ingest batch waits behind it, the rest of
-    the transaction waits at most this long for any other lock (a year's roll-up holds its partitions for
-    the whole copy) before it fails with PostgreSQL's lock_not_available, releasing the lock."""
+    Once the lock is held, and every ingest batch waits behind it, the rest of the transaction waits at most
+    ``RECSYS_DELETE_LOCK_TIMEOUT_SECONDS`` for any other lock (a year's roll-up holds its partitions for the
+    whole copy) before it fails with PostgreSQL's lock_not_available, releasing the lock (0: no bound)."""
+    lock_timeout = settings.RECSYS_DELETE_LOCK_TIMEOUT_SECONDS
     with _cursor() as cursor:
         cursor.execute("SELECT recsys_references_take()")
         if lock_timeout:
