@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -50,10 +50,11 @@ def run_claim(*, kind: str, algorithm: str, params: dict[str, Any]) -> ModelVers
         # before any version exists, unlike a row lock).
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"recsys:train:{kind}"])
-        runs_reap(kind=kind)
-        running = ModelVersion.objects.filter(
-            kind=kind, status=Status.TRAINING, lease_expires_at__gt=timezone.now()
-        ).first()
+        # One instant for both: a lease running out between the reaper's look and this one would let the
+        # claim through with the dead run left unreaped.
+        now = timezone.now()
+        runs_reap(kind=kind, now=now)
+        running = ModelVersion.objects.filter(kind=kind, status=Status.TRAINING, lease_expires_at__gt=now).first()
         if running:
             raise TrainingAlreadyRunning(f"version {running.pk} is training until {running.lease_expires_at}")
         return ModelVersion.objects.create(
@@ -161,10 +162,11 @@ def _heartbeat(version_id: int) -> Iterator[None]:
 # ---- failure and the reaper -----------------------------------------------------------------------
 
 
-def runs_reap(*, kind: str | None = None) -> list[int]:
-    """Mark failed the runs whose lease ran out: a started one lost its worker (no heartbeat), a
-    waiting one was never taken from the queue. Returns their ids; beat calls it every few seconds."""
-    expired = ModelVersion.objects.filter(status=Status.TRAINING, lease_expires_at__lte=timezone.now())
+def runs_reap(*, kind: str | None = None, now: datetime | None = None) -> list[int]:
+    """Mark failed the runs whose lease ran out by ``now`` (default: the present): a started one lost its
+    worker (no heartbeat), a waiting one was never taken from the queue. Returns their ids; beat calls it
+    every few seconds."""
+    expired = ModelVersion.objects.filter(status=Status.TRAINING, lease_expires_at__lte=now or timezone.now())
     if kind is not None:
         expired = expired.filter(kind=kind)
     reaped = []

@@ -104,3 +104,22 @@ def test_the_heartbeat_thread_renews_the_lease_while_a_stage_runs_without_progre
     assert runs.run_execute(version_id=version.pk, work=long_stage) is not None
     assert len(set(leases)) >= 3  # renewed between the stage's reads, by the thread alone
     assert ModelVersion.objects.get(pk=version.pk).status == Status.READY
+
+
+def test_a_claim_judges_a_lease_running_out_at_one_instant(monkeypatch):
+    # Given a started run whose heartbeat lease runs out half a second from now, and a clock that moves on
+    # a second each time it is read (the reaper's look and the claim's check are apart in time)
+    version = claims()[Kind.COLLABORATIVE]
+    started(version, lease_left=0.5)
+    ModelVersion.objects.filter(kind=Kind.CONTENT).update(status=Status.FAILED, lease_expires_at=None)
+    start = timezone.now()
+    ticks = iter(range(1000))
+    monkeypatch.setattr(runs.timezone, "now", lambda: start + timedelta(seconds=next(ticks)))
+
+    # When another run is claimed
+    with pytest.raises(runs.TrainingAlreadyRunning):
+        services.collaborative_version_create(params=LearnerParams(factors=4, iterations=2))
+
+    # Then the claim is refused while the lease was live at its instant, and the run is left to the reaper:
+    # never a new claim beside a dead run that is still marked training
+    assert ModelVersion.objects.get(pk=version.pk).status == Status.TRAINING
