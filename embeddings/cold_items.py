@@ -7,10 +7,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
+
+from embeddings.evaluation import Split, ranking_metrics, scores_recommender
 
 # Candidate ridge penalties, as multiples of the mean squared singular value of the content matrix
 # (so the grid means the same for any encoder's scale and dimension); the best is picked on held-out items.
 RELATIVE_PENALTIES = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+# Users whose ranking of the held-out items judges each penalty (a seeded sample of those with one).
+JUDGE_USERS = 2_000
+
+
+@dataclass(frozen=True)
+class Judges:
+    """The users who judge a map by how they would rank held-out items with it.
+
+    vectors : (m, d) float32 user vectors; a user's score of an item is ``vectors[u] @ item[:d]``
+    liked : (m, n) sparse, the users' positive interactions with the items being mapped (columns
+        aligned with their rows)
+    """
+
+    vectors: npt.NDArray[np.float32]
+    liked: sp.csr_matrix
 
 
 @dataclass(frozen=True)
@@ -18,12 +36,14 @@ class ContentMap:
     """``predict(content) = [content, 1] @ weights``: a collaborative item vector from a content one.
 
     weights : (d_content + 1, d_collaborative) float32, the last row is the bias
-    penalty : the ridge penalty chosen on held-out items; r2 : their coefficient of determination
+    penalty : the ridge penalty chosen on held-out items; r2 : their coefficient of determination;
+    ndcg : NDCG@10 of the judges' rankings of the held-out items (None: chosen by squared error)
     """
 
     weights: npt.NDArray[np.float32]
     penalty: float
     r2: float
+    ndcg: float | None = None
 
     def predict(self, content: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(n, d_content) float32 → (n, d_collaborative) float32."""
@@ -48,10 +68,16 @@ def content_map_fit(
     content: npt.NDArray[np.float32],
     collaborative: npt.NDArray[np.float32],
     *,
+    judges: Judges | None = None,
     holdout: float = 0.1,
     seed: int = 0,
 ) -> ContentMap:
     """Learn the map on items that have both vectors; the penalty is chosen on ``holdout`` of them.
+
+    With ``judges`` the penalty is the one whose mapped held-out items the judges rank best (NDCG@10
+    against what they liked among them): what a mapped item is for is being ranked for the users who
+    will like it, and squared error spends its effort on the vector coordinates no score reads.
+    Without judges, or when none of them liked a held-out item, the smallest squared error decides.
 
     Parameters
     ----------
@@ -69,10 +95,36 @@ def content_map_fit(
         held[:: max(2, len(x) // 5)] = True
     fits = _ridge_path(x[~held], y[~held], penalties)
     residual = [float(((x[held] @ w - y[held]) ** 2).sum()) for w in fits]
-    best = int(np.argmin(residual))
+    ndcg = _judged(judges, x[held] @ np.stack(fits), np.flatnonzero(held), seed) if judges is not None else None
+    best = int(np.argmax(ndcg)) if ndcg is not None else int(np.argmin(residual))
     total = float(((y[held] - y[held].mean(axis=0)) ** 2).sum()) or 1.0
     weights = _ridge_path(x, y, [penalties[best]])[0]
-    return ContentMap(weights.astype(np.float32), penalties[best], 1.0 - residual[best] / total)
+    return ContentMap(
+        weights.astype(np.float32),
+        penalties[best],
+        1.0 - residual[best] / total,
+        None if ndcg is None else float(ndcg[best]),
+    )
+
+
+def _judged(
+    judges: Judges, predicted: npt.NDArray[np.float64], held: npt.NDArray[np.int64], seed: int
+) -> npt.NDArray[np.float64] | None:
+    """NDCG@10 per candidate map of the judges ranking the held-out items (``predicted``: one
+    (len(held), d) block per penalty); None when no judge liked any of them."""
+    liked = judges.liked.tocsc()[:, held].tocsr()
+    if not liked.nnz:
+        return None
+    d = judges.vectors.shape[1]
+    nothing_seen = sp.csr_matrix(liked.shape, dtype=np.float32)
+    split = Split(nothing_seen, liked)
+    users = np.asarray(judges.vectors, dtype=np.float32)
+
+    def ndcg(items: npt.NDArray[np.float64]) -> float:
+        scores = scores_recommender(lambda rows: users[rows] @ items[:, :d].T.astype(np.float32), nothing_seen)
+        return ranking_metrics(scores, split, max_users=JUDGE_USERS, seed=seed)["ndcg@10"]
+
+    return np.array([ndcg(block) for block in predicted])
 
 
 @dataclass(frozen=True)
@@ -88,12 +140,14 @@ def stored_map_fit(
     item_vectors: npt.NDArray[np.float32],
     fold_in: npt.NDArray[np.float32] | None,
     *,
+    judges: Judges | None = None,
     seed: int = 0,
 ) -> StoredMap:
     """The map a run stores: content (n, d_c) → the item table's columns, ``embedding`` (n, d) and,
-    for EASE, ``fold_in`` (n, d) side by side (rows of all three aligned)."""
+    for EASE, ``fold_in`` (n, d) side by side (rows of all three aligned); ``judges`` score the
+    ``embedding`` side."""
     target = item_vectors if fold_in is None else np.hstack([item_vectors, fold_in])
-    return StoredMap(content_map_fit(content, target, seed=seed), int(item_vectors.shape[1]))
+    return StoredMap(content_map_fit(content, target, judges=judges, seed=seed), int(item_vectors.shape[1]))
 
 
 def mapped_vectors(
@@ -108,11 +162,15 @@ def mapped_vectors(
 def map_bytes(stored: StoredMap) -> bytes:
     buffer = io.BytesIO()
     m = stored.content_map
-    np.savez(buffer, weights=m.weights, penalty=m.penalty, r2=m.r2, dimensions=stored.dimensions)
+    ndcg = np.nan if m.ndcg is None else m.ndcg
+    np.savez(buffer, weights=m.weights, penalty=m.penalty, r2=m.r2, ndcg=ndcg, dimensions=stored.dimensions)
     return buffer.getvalue()
 
 
 def map_load(data: bytes) -> StoredMap:
     with np.load(io.BytesIO(data)) as arrays:
-        content_map = ContentMap(arrays["weights"], float(arrays["penalty"]), float(arrays["r2"]))
+        ndcg = float(arrays["ndcg"]) if "ndcg" in arrays.files else np.nan  # maps stored before judges
+        content_map = ContentMap(
+            arrays["weights"], float(arrays["penalty"]), float(arrays["r2"]), None if np.isnan(ndcg) else ndcg
+        )
         return StoredMap(content_map, int(arrays["dimensions"]))

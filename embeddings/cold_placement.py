@@ -9,11 +9,12 @@ import threading
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 from django.conf import settings
 from django.db import transaction
 
 from embeddings.answer_cache import answers_invalidate_all
-from embeddings.cold_items import StoredMap, map_bytes, map_load, mapped_vectors, stored_map_fit
+from embeddings.cold_items import Judges, StoredMap, map_bytes, map_load, mapped_vectors, stored_map_fit
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
 from embeddings.vectors import rows as vector_rows
 
@@ -27,11 +28,16 @@ def content_map_learn(
     item_ids: npt.NDArray[np.int64],
     item_vectors: npt.NDArray[np.float32],
     fold_in: npt.NDArray[np.float32] | None,
+    user_vectors: npt.NDArray[np.float32] | None = None,
+    interactions: sp.csr_matrix | None = None,
     seed: int = 0,
 ) -> tuple[ModelVersion, bytes, dict[str, float]] | None:
     """Fit the map from the active content version's vectors of these items to their learned
     vectors (rows aligned with ``item_ids``); None without a content version or enough overlap.
-    Returns the content version, the map's bytes and its report (items, penalty, R² on held-out)."""
+    With ``user_vectors`` and ``interactions`` (users × the same items), the users judge the map by
+    how they rank held-out items (``cold_items.content_map_fit``).
+    Returns the content version, the map's bytes and its report (items, penalty, R² and the judges'
+    NDCG@10 on held-out items)."""
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if pointer is None or not pointer.version.has_tables:
         return None
@@ -42,9 +48,16 @@ def content_map_learn(
     if len(rows) > MAX_FIT_ITEMS:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_FIT_ITEMS, replace=False))
         rows, content = rows[keep], content[keep]
-    stored = stored_map_fit(content, item_vectors[rows], None if fold_in is None else fold_in[rows], seed=seed)
+    judges = None
+    if user_vectors is not None and interactions is not None:
+        judges = Judges(user_vectors, (interactions[:, rows] > 0).astype(np.float32).tocsr())
+    stored = stored_map_fit(
+        content, item_vectors[rows], None if fold_in is None else fold_in[rows], judges=judges, seed=seed
+    )
     fitted = stored.content_map
     report = {"items": float(len(rows)), "penalty": fitted.penalty, "r2": round(fitted.r2, 4)}
+    if fitted.ndcg is not None:
+        report["ndcg@10"] = round(fitted.ndcg, 4)
     return pointer.version, map_bytes(stored), report
 
 

@@ -77,7 +77,7 @@ def ranking_metrics(
             totals["precision"] += hits.sum() / k
             totals["recall"] += hits.sum() / min(len(relevant), k)
             ideal = discounts[: min(len(relevant), k)].sum()
-            totals["ndcg"] += float((hits * discounts).sum() / ideal)
+            totals["ndcg"] += float((hits * discounts[: len(hits)]).sum() / ideal)  # fewer than k items
     n = max(len(users), 1)
     return {
         f"precision@{k}": totals["precision"] / n,

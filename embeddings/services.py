@@ -215,11 +215,18 @@ def _train(version: ModelVersion) -> None:
     if settings.RECSYS_COLD_ITEMS:
         started = time.perf_counter()
         learned = content_map_learn(
-            item_ids=data.item_ids, item_vectors=factors.item, fold_in=factors.item_in, seed=params.random_state
+            item_ids=data.item_ids,
+            item_vectors=factors.item,
+            fold_in=factors.item_in,
+            user_vectors=factors.user,
+            interactions=data.matrix,
+            seed=params.random_state,
         )
         if learned is not None:
             artifacts.content_version, artifacts.content_map, report = learned
             version.metrics["content_map_r2"] = report["r2"]
+            if "ndcg@10" in report:
+                version.metrics["content_map_ndcg@10"] = report["ndcg@10"]
         timings["content_map"] = time.perf_counter() - started
     artifacts.save()
     version.dimensions = factors.dimensions

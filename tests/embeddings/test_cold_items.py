@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from embeddings.cold_items import content_map_fit, map_bytes, map_load, mapped_vectors, stored_map_fit
+from embeddings.cold_items import Judges, content_map_fit, map_bytes, map_load, mapped_vectors, stored_map_fit
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
@@ -62,3 +65,64 @@ def test_the_stored_map_places_both_columns_of_an_ease_table_and_survives_storag
     assert placed == pytest.approx(embedding[:5], abs=0.05)
     assert placed_fold_in == pytest.approx(fold_in[:5], abs=0.05)
     assert mapped_vectors(stored_map_fit(content, embedding, None), content[:2])[1] is None
+
+
+def _read_and_unread_coordinates(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items whose first coordinate (the one users score) follows three of 60 content dimensions,
+    beside eight large coordinates unrelated to content that no user reads."""
+    content = rng.normal(size=(n, 60)).astype(np.float32)
+    signal = content[:, :3] @ np.array([1.0, -1.0, 0.5])
+    items = np.column_stack([0.3 * signal, 5.0 * rng.normal(size=(n, 8))]).astype(np.float32)
+    return content, items, signal
+
+
+def test_judges_choose_the_penalty_that_ranks_held_out_items_best() -> None:
+    # Given items whose read coordinate is a function of content, hidden under unread noise
+    rng = np.random.default_rng(3)
+    content, items, signal = _read_and_unread_coordinates(rng, 400)
+    users = np.zeros((300, 9), np.float32)
+    users[:, 0] = 1 + rng.random(300)
+    liked = np.zeros((300, 400), np.float32)
+    for user in range(300):  # each liked the 8 items of highest signal among 80 it came across
+        pool = rng.choice(400, 80, replace=False)
+        liked[user, pool[np.argsort(-signal[pool])[:8]]] = 1
+
+    # When one map is chosen by squared error and one by the users' rankings of held-out items
+    by_error = content_map_fit(content, items, seed=1)
+    judged = content_map_fit(content, items, judges=Judges(users, sp.csr_matrix(liked)), seed=1)
+
+    # Then squared error, spent on the unread noise, shrinks the map hard and blurs what users read;
+    # the judged map keeps it, on items neither map has seen
+    fresh = rng.normal(size=(500, 60)).astype(np.float32)
+    truth = fresh[:, :3] @ np.array([1.0, -1.0, 0.5])
+    agreement = {
+        name: np.corrcoef(m.predict(fresh)[:, 0], truth)[0, 1] for name, m in [("error", by_error), ("judged", judged)]
+    }
+    assert judged.penalty < by_error.penalty
+    assert agreement["judged"] > 0.98 > 0.96 > agreement["error"]
+    assert by_error.ndcg is None and judged.ndcg is not None and 0.5 < judged.ndcg <= 1.0
+
+
+def test_judges_who_liked_no_held_out_item_leave_the_choice_to_squared_error() -> None:
+    rng = np.random.default_rng(4)
+    content, items, _ = _read_and_unread_coordinates(rng, 200)
+    nobody = Judges(np.ones((5, 9), np.float32), sp.csr_matrix((5, 200), dtype=np.float32))
+
+    judged = content_map_fit(content, items, judges=nobody, seed=1)
+
+    assert judged.ndcg is None and judged.penalty == content_map_fit(content, items, seed=1).penalty
+
+
+def test_a_stored_map_keeps_its_judges_score_and_maps_stored_before_it_still_load() -> None:
+    rng = np.random.default_rng(6)
+    content = rng.normal(size=(100, 6)).astype(np.float32)
+    embedding = (content @ rng.normal(size=(6, 3))).astype(np.float32)
+    users = rng.normal(size=(20, 3)).astype(np.float32)
+    liked = sp.csr_matrix((rng.random((20, 100)) < 0.2).astype(np.float32))
+    stored = stored_map_fit(content, embedding, None, judges=Judges(users, liked))
+
+    assert map_load(map_bytes(stored)).content_map.ndcg == pytest.approx(stored.content_map.ndcg)
+    m = stored.content_map
+    old = io.BytesIO()  # the format before judges: no ndcg entry
+    np.savez(old, weights=m.weights, penalty=m.penalty, r2=m.r2, dimensions=stored.dimensions)
+    assert map_load(old.getvalue()).content_map.ndcg is None

@@ -54,6 +54,8 @@ def test_the_run_stores_a_content_map_fitted_on_the_active_content_version(train
 
     assert artifacts.content_map and artifacts.content_version is not None
     assert "content_map_r2" in trained.metrics
+    # its penalty was chosen by the users' rankings of held-out items (the run's own users judge it)
+    assert 0.0 <= trained.metrics["content_map_ndcg@10"] <= 1.0
     assert not any(mapped_rows(trained.item_table).values())  # trained rows are not mapped
 
 

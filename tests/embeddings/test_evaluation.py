@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from embeddings.evaluation import Split, holdout_split, popularity_recommender, ranking_metrics
+from embeddings.evaluation import Split, holdout_split, popularity_recommender, ranking_metrics, scores_recommender
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
@@ -40,6 +40,15 @@ def test_ndcg_discounts_a_hit_at_rank_two():
     metrics = ranking_metrics(lambda users, k: np.array([[0, 1]]), split, k=2)
 
     assert metrics["ndcg@2"] == pytest.approx(1 / np.log2(3))
+
+
+def test_a_catalogue_smaller_than_k_is_ranked_whole():
+    split = Split(sp.csr_matrix((1, 3), dtype=np.float32), sp.csr_matrix(np.array([[0, 0, 1]], np.float32)))
+    scores = scores_recommender(lambda users: np.array([[0.1, 0.3, 0.2]]), split.train)
+
+    metrics = ranking_metrics(scores, split, k=10)
+
+    assert metrics["ndcg@10"] == pytest.approx(1 / np.log2(3))
 
 
 def test_popularity_excludes_train_items_and_ranks_by_count():
