@@ -321,15 +321,22 @@ _REFERENCE_SECONDS = 0.008
 
 def machine_slowdown() -> float:
     """How much slower than the reference machine this one runs now (wall time of a ~10 ms workload,
-    median of 3: load counts, since the budget is a deadline), at least 0.25."""
+    median of 3: load counts, since the budget is a deadline), at least 0.25.
+
+    One BLAS thread, as the reference and the worker run (``OPENBLAS_NUM_THREADS=1``): a process
+    left with OpenBLAS' default threads measured 6-175× under load 12 on 2 cores (threads spinning
+    against each other), against a steady 2.5-5× with one, and so halved EASE's rank to its floor."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     matrix = sp.random(2_000, 2_000, density=0.01, format="csr", random_state=rng, dtype=np.float64)
     block = rng.standard_normal((2_000, 64))
     seconds = []
-    for _ in range(3):
-        started = time.perf_counter()
-        np.linalg.qr(matrix.T @ (matrix @ block))
-        seconds.append(time.perf_counter() - started)
+    with threadpool_limits(1, "blas"):
+        for _ in range(3):
+            started = time.perf_counter()
+            np.linalg.qr(matrix.T @ (matrix @ block))
+            seconds.append(time.perf_counter() - started)
     return max(float(np.median(seconds)) / _REFERENCE_SECONDS, 0.25)
 
 

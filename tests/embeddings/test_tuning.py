@@ -412,3 +412,23 @@ def test_a_user_with_more_interactions_than_the_sample_never_empties_it() -> Non
         sample = user_sample(split, cap, seed=seed)
         assert 0 < sample.train.nnz <= cap
         assert sample.train.getnnz(axis=1).max() < split.train[0].nnz
+
+
+def test_the_speed_probe_runs_on_one_blas_thread_as_the_worker_does(monkeypatch) -> None:
+    # A process with OpenBLAS' default threads read 6-175x under load on 2 cores (threads spinning
+    # against each other) and halved EASE's rank to its floor; the worker runs one BLAS thread.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threads: list[int] = []
+    qr = np.linalg.qr
+
+    def recording_qr(a):  # type: ignore[no-untyped-def]
+        threads.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return qr(a)
+
+    monkeypatch.setattr(np.linalg, "qr", recording_qr)
+    from embeddings import tuning
+
+    with threadpool_limits(2, "blas"):  # a process left with more than one
+        assert tuning.machine_slowdown() >= 0.25
+    assert threads and set(threads) == {1}
