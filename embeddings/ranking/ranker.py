@@ -10,11 +10,13 @@ import numpy.typing as npt
 
 # Compared on ml-latest-small's validation users (2-fold): 7 leaves and 50 rows per leaf scored
 # NDCG@10 0.258 against 0.241 for 31 leaves / 20 rows and 0.252 for a binary objective; a few
-# hundred users per fold over-fit bigger trees.
+# hundred users per fold over-fit bigger trees. 100 trees at twice the learning rate instead of
+# 200: predict's cost is rows × trees (2.3× less CPU), and validation NDCG@10 held (100k generated
+# items: 0.2893 vs 0.2885; ml-latest-small, four seeds: -0.001 on average, within their spread).
 PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
-    "n_estimators": 200,
-    "learning_rate": 0.05,
+    "n_estimators": 100,
+    "learning_rate": 0.1,
     "num_leaves": 7,
     "min_child_samples": 50,
     "subsample": 0.8,

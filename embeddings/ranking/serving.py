@@ -22,7 +22,14 @@ from embeddings.models import ModelVersion, VersionArtifacts
 from embeddings.ranking.features import CandidateFacts, category_affinity, features_build, numeric_attributes
 from embeddings.ranking.offline import DAY, RankingState, StateOutdated
 from embeddings.ranking.ranker import Ranker, ranker_load
-from embeddings.ranking.sources import RECENT_ITEMS, Candidates, Found, candidates_merge, cooccurrence_scores
+from embeddings.ranking.sources import (
+    RECENT_ITEMS,
+    Candidates,
+    Found,
+    candidates_merge,
+    cooccurrence_scores,
+    members,
+)
 from embeddings.serving import version_nearest_items
 from embeddings.vectors.rows import candidate_rows
 from embeddings.vectors.search import Filters, Neighbour
@@ -115,7 +122,7 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
     found, shares = _retrieve(stage, request, now)
     candidates = candidates_merge(found)
     rows = candidate_rows(
-        ids=candidates.items.tolist(),
+        ids=candidates.items,
         item_table=request.version.item_table,
         vector=request.vector,
         content=(request.content[0].item_table, request.content[1]) if request.content else None,
@@ -125,21 +132,19 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
     )
     if not rows:
         return Ranked([], [] if explain else None)
-    by_id = {r[0]: r for r in rows}
-    keep = np.isin(candidates.items, np.fromiter(by_id, np.int64, len(by_id)))
-    candidates = Candidates(candidates.items[keep], candidates.scores[keep], candidates.ranks[keep])
-    ordered = [by_id[i] for i in candidates.items.tolist()]
-    features = _features(stage, request, candidates, ordered, shares, now)
+    candidates, external_ids, facts = facts_from_rows(stage.state, stage.attributes, candidates, rows, shares)
+    recency = (now - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
+    features = features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
     scores = stage.ranker.predict(features)
     top = np.argsort(-scores, kind="stable")[: request.limit]
-    neighbours = [Neighbour(int(candidates.items[k]), ordered[k][1], float(scores[k])) for k in top]
+    neighbours = [Neighbour(int(candidates.items[k]), external_ids[k], float(scores[k])) for k in top.tolist()]
     return Ranked(neighbours, _contributions(stage, features[top]) if explain else None)
 
 
 def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[str, Found], dict[str, float]]:
     """Each source's (item ids, scores); and the user's category shares (for the features)."""
     depth, state = stage.depth, stage.state
-    excluded = np.fromiter(request.excluded, np.int64, len(request.excluded))
+    excluded = np.sort(np.fromiter(request.excluded, np.int64, len(request.excluded)))
     filters = Filters(tuple(request.excluded), request.category)
     # One search per ANN source: the 9 or so of 100 rows the filters drop (seen, hidden) made
     # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
@@ -181,35 +186,41 @@ def _from_neighbours(neighbours: list[Neighbour]) -> Found:
 def _state_items(
     ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], excluded: npt.NDArray[np.int64], depth: int
 ) -> Found:
-    """The first ``depth`` of a source's (ids, scores), ``excluded`` ids skipped."""
-    keep = ~np.isin(ids, excluded)
+    """The first ``depth`` of a source's (ids, scores), ``excluded`` ids (ascending) skipped."""
+    keep = ~members(ids, excluded)
     return ids[keep][:depth], np.asarray(scores, np.float32)[keep][:depth]
 
 
-def _features(
-    stage: Stage,
-    request: RankingRequest,
+def facts_from_rows(
+    state: RankingState,
+    attributes: tuple[str, ...],
     candidates: Candidates,
     rows: list[tuple[Any, ...]],
     shares: dict[str, float],
-    now: float,
-) -> npt.NDArray[np.float32]:
-    state = stage.state
+) -> tuple[Candidates, list[str], CandidateFacts]:
+    """The candidates that ``candidate_rows`` answered (``rows``, in any order), kept in candidate
+    order, with their external ids and facts (``shares``: the user's category shares). Columns are
+    taken whole from the rows and put in candidate order by one permutation, not a Python loop
+    over the candidates per column."""
+    ids, external, categories, ages, attribute_rows, model, content = zip(*rows, strict=True)
+    by_item = np.argsort(candidates.items, kind="stable")
+    position = by_item[np.searchsorted(candidates.items, np.array(ids, np.int64), sorter=by_item)]
+    order = np.argsort(position)  # rows in candidate order
+    keep = position[order]
+    candidates = Candidates(candidates.items[keep], candidates.scores[keep], candidates.ranks[keep])
     at = state.rows_of(candidates.items)
     known = at >= 0
     unknown = np.float32(np.nan)
-    n = len(rows)
     facts = CandidateFacts(
-        model_score=np.fromiter((np.nan if r[5] is None else r[5] for r in rows), np.float32, n),
-        content_similarity=np.fromiter((np.nan if r[6] is None else r[6] for r in rows), np.float32, n),
+        model_score=np.array(model, np.float32)[order],  # None (no vector) becomes NaN
+        content_similarity=np.array(content, np.float32)[order],
         popularity=np.where(known, state.popularity[at], unknown),
         trend=np.where(known, state.trend[at], unknown),
-        age_days=np.fromiter((r[3] for r in rows), np.float32, n),
-        category_affinity=category_affinity([r[2] or [] for r in rows], shares),
-        attributes=numeric_attributes([r[4] for r in rows], stage.attributes),
+        age_days=np.array(ages, np.float32)[order],
+        category_affinity=category_affinity([c or () for c in categories], shares)[order],
+        attributes=numeric_attributes(list(attribute_rows), attributes)[order],
     )
-    recency = (now - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
-    return features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
+    return candidates, [external[k] for k in order.tolist()], facts
 
 
 def _contributions(stage: Stage, features: npt.NDArray[np.float32]) -> list[list[dict[str, float | str]]]:

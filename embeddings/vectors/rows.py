@@ -19,6 +19,7 @@ from pgvector import Vector
 from psycopg import sql
 
 from embeddings.vectors.tables import as_array, cursor
+from recsys.ingestion.writer import ints_literal
 
 # ---- stored vectors -------------------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ def category_newest_rows(*, per_category: int) -> list[tuple[str, int, float]]:
 
 def candidate_rows(
     *,
-    ids: Sequence[int],
+    ids: Sequence[int] | npt.NDArray[np.int64],
     item_table: str,
     vector: npt.NDArray[np.float32],
     content: tuple[str, npt.NDArray[np.float32]] | None,
@@ -211,7 +212,8 @@ def candidate_rows(
         conditions=sql.SQL(conditions[0]),  # type: ignore[arg-type]  # built from a whitelist, values are parameters
     )
     params = {
-        "ids": list(ids),
+        # A literal built in C: psycopg dumps a list's ~550 ids one by one (~1 ms of a ranked request).
+        "ids": ints_literal(np.asarray(ids, np.int64)),
         "category": category,
         "vector": Vector(np.asarray(vector, np.float32)),
         "profile": Vector(np.asarray(content[1], np.float32)) if content else None,

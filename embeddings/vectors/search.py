@@ -20,6 +20,7 @@ from django.db import transaction
 from psycopg import sql
 
 from embeddings.vectors.tables import cursor, pgvector_version, query_vector, raw_connection
+from recsys.ingestion.writer import ints_literal
 from recsys.replicas import read_alias
 from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
@@ -150,7 +151,7 @@ def _search(
     )
     params = {
         "query": query_vector(query, vector_type),  # halfvec for a halfvec table: its index's operator
-        "exclude": list(filters.exclude_ids),
+        "exclude": ints_literal(np.asarray(filters.exclude_ids, np.int64)),  # built in C, not dumped id by id
         "category": filters.category,
         **condition_params,
         **boost_params,
@@ -228,7 +229,7 @@ def user_nearest_items(
     statement = _user_statement(user_table, item_table, *shape, limit, seen)
     params = {
         "user": user_external_id,
-        "exclude": list(filters.exclude_ids),
+        "exclude": ints_literal(np.asarray(filters.exclude_ids, np.int64)),  # built in C, not dumped id by id
         "category": filters.category,
         **condition_params,
         **boost_params,

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from embeddings.evaluation import Split
-from embeddings.ranking.features import CandidateFacts, feature_names, features_build
+from embeddings.ranking.features import CandidateFacts, category_affinity, feature_names, features_build
 from embeddings.ranking.offline import (
     ItemFacts,
     OfflineContext,
@@ -19,6 +19,7 @@ from embeddings.ranking.offline import (
     ranking_state_build,
 )
 from embeddings.ranking.ranker import Group, mean_ndcg, ranker_fit, ranker_load
+from embeddings.ranking.serving import facts_from_rows
 from embeddings.ranking.sources import (
     MISSING_RANK,
     SOURCES,
@@ -27,6 +28,7 @@ from embeddings.ranking.sources import (
     category_index_build,
     cooccurrence_neighbours,
     cooccurrence_scores,
+    members,
     top_scores,
 )
 
@@ -237,3 +239,57 @@ def test_the_state_round_trips_with_its_categories_and_an_older_state_is_refused
     np.savez(old, item_ids=state.item_ids)  # what a run before the format key stored
     with pytest.raises(StateOutdated):
         RankingState.from_bytes(old.getvalue())
+
+
+def test_category_affinity_is_each_candidates_largest_share_and_zero_without_one():
+    shares = {"drama": 0.5, "comedy": 0.25}
+
+    affinity = category_affinity([["news", "comedy"], [], ["drama", "comedy", "drama"], ["news"], ["comedy"]], shares)
+
+    assert affinity.dtype == np.float32
+    assert affinity.tolist() == [0.25, 0.0, 0.5, 0.0, 0.25]
+    assert category_affinity([], shares).tolist() == [] and category_affinity([[], []], {}).tolist() == [0.0, 0.0]
+
+
+def test_cooccurrence_scores_sum_the_recent_items_rows_best_first_ties_to_the_lower_item():
+    rng = np.random.default_rng(8)
+    neighbours = sp.random(50, 50, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    neighbours.data = rng.integers(1, 5, size=neighbours.nnz).astype(np.float32) / 4  # exact sums: real ties
+    recent = np.array([3, 17, 17, 40, -1, 99])  # a row twice counts twice; rows outside are skipped
+
+    items, scores = cooccurrence_scores(neighbours, recent)
+
+    expected = np.asarray(neighbours[[3, 17, 17, 40]].sum(axis=0)).ravel()
+    order = sorted(np.flatnonzero(expected), key=lambda j: (-expected[j], j))
+    assert items.tolist() == order
+    assert scores.tolist() == expected[order].tolist()
+    weighted, _ = cooccurrence_scores(neighbours, np.array([3, 99, 17]), np.array([0.0, 5.0, 1.0], np.float32))
+    assert set(weighted.tolist()) == set(np.flatnonzero(np.asarray(neighbours[[3, 17]].sum(axis=0)).ravel()))
+
+
+def test_members_finds_ids_in_a_sorted_array():
+    assert members(np.array([5, 1, 9, 7]), np.array([1, 7, 8])).tolist() == [False, True, False, True]
+    assert members(np.array([5]), np.empty(0, np.int64)).tolist() == [False]
+
+
+def test_serving_facts_follow_the_candidates_whatever_order_the_statement_answers_in():
+    state = ranking_state_build(
+        sp.csr_matrix(np.eye(4, dtype=np.float32)), None, np.array([3, 5, 8, 13]), reference=0.0
+    )
+    candidates = candidates_merge({"collaborative": (np.array([13, 40, 5, 3]), np.array([4, 3, 2, 1], np.float32))})
+    rows = [  # (id, external id, categories, age days, attributes, model score, content similarity); 40 is hidden
+        (3, "c", None, 3.0, {"price": 7}, 0.3, None),
+        (13, "a", ["drama"], 1.0, None, 0.1, 0.5),
+        (5, "b", ["news", "comedy"], 2.0, {"price": "x"}, None, 0.7),
+    ]
+
+    kept, external_ids, facts = facts_from_rows(state, ("price",), candidates, rows, {"comedy": 0.25, "drama": 0.5})
+
+    assert kept.items.tolist() == [13, 5, 3] and external_ids == ["a", "b", "c"]
+    assert kept.ranks[:, SOURCES.index("collaborative")].tolist() == [1, 3, 4]
+    assert facts.age_days.tolist() == [1.0, 2.0, 3.0]
+    assert facts.model_score.tolist()[::2] == pytest.approx([0.1, 0.3]) and np.isnan(facts.model_score[1])
+    assert facts.content_similarity.tolist()[:2] == pytest.approx([0.5, 0.7]) and np.isnan(facts.content_similarity[2])
+    assert facts.category_affinity.tolist() == [0.5, 0.25, 0.0]
+    assert facts.popularity.tolist() == pytest.approx(state.popularity[[3, 1, 0]].tolist())
+    assert np.isnan(facts.attributes[:2, 0]).all() and facts.attributes[2, 0] == 7.0
