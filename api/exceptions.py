@@ -13,7 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from recsys.db import lock_not_available
+from recsys.db import lock_not_available, query_canceled
 from recsys.errors import (
     Conflict,
     DomainError,
@@ -56,12 +56,9 @@ def error_response(status_code: int, code: str, message: str, details: dict[str,
     return JsonResponse(error_body(code, message, details), status=status_code)
 
 
-QUERY_CANCELED = "57014"  # statement_timeout ran out
-
-
 def database_error(exc: Exception) -> tuple[str, str]:
     """The error code and message for a database that is away or a statement that took too long."""
-    if getattr(exc.__cause__, "sqlstate", None) == QUERY_CANCELED:
+    if query_canceled(exc):
         logger.warning("statement timeout: %s", exc)
         return "service_unavailable", "the query took longer than the serving time limit; retry shortly"
     if lock_not_available(exc):

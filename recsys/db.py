@@ -12,11 +12,22 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+QUERY_CANCELED = "57014"  # statement_timeout ran out
+
+
+def sqlstate(error: Exception) -> str | None:
+    """The SQLSTATE of a database error Django raised (psycopg's error is its cause), if any."""
+    return getattr(error.__cause__, "sqlstate", None)
 
 
 def lock_not_available(error: Exception) -> bool:
     """Whether a database error is a ``lock_timeout`` that ran out (a delete's bound behind a roll-up)."""
-    return getattr(error.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE
+    return sqlstate(error) == LOCK_NOT_AVAILABLE
+
+
+def query_canceled(error: Exception) -> bool:
+    """Whether a database error is a ``statement_timeout`` that ran out (the serving time limit)."""
+    return sqlstate(error) == QUERY_CANCELED
 
 
 def atomic_with_retry(work: Callable[[], T], attempts: int = 3) -> T:
@@ -29,10 +40,10 @@ def atomic_with_retry(work: Callable[[], T], attempts: int = 3) -> T:
             with transaction.atomic():
                 return work()
         except OperationalError as exc:
-            sqlstate = getattr(exc.__cause__, "sqlstate", None)
-            if sqlstate not in RETRYABLE or attempt == attempts - 1:
+            state = sqlstate(exc)
+            if state not in RETRYABLE or attempt == attempts - 1:
                 raise
-            logger.warning("retrying a transaction after %s (attempt %d)", sqlstate, attempt + 1)
+            logger.warning("retrying a transaction after %s (attempt %d)", state, attempt + 1)
     raise AssertionError("unreachable")
 
 
