@@ -41,7 +41,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         address = client_address(request)
         if not _recently_accepted.holds(raw_key):
             key_attempt_check(address=address)
-        key = api_key_authenticate(raw_key=raw_key)  # always: revocation takes effect at once
+        key = api_key_authenticate(raw_key=raw_key)  # always: a revoked key is refused on its next request
         if key is None:
             key_attempt_failed(address=address)
             raise exceptions.AuthenticationFailed("invalid or revoked API key")
@@ -56,7 +56,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 class _RecentKeys:
     """Hashes of keys this process accepted within a minute. Their requests skip the failed-attempt
     check (whoever holds a valid key is not guessing one), which saves every ordinary request a
-    Redis round trip; they are still looked up, so a revoked key is refused on its next request."""
+    Redis round trip; they are still authenticated, so a revoked key is refused on its next request."""
 
     SECONDS = 60.0
     MAX_KEYS = 10_000
