@@ -1,7 +1,7 @@
-"""Key lookups are cached per process under the keys' generation in Redis: a key revoked, edited or
-deleted through the app (in any process) is looked up again on the next request once the change
-commits; a change made outside the app (SQL) applies within RECSYS_API_KEY_CACHE_SECONDS; while Redis
-is away every request is looked up."""
+"""Key lookups are cached per process until a change of a key is announced on Redis: a key revoked,
+edited or deleted through the app (in any process) is looked up again on the next request once the
+change commits; a change made outside the app (SQL) applies within RECSYS_API_KEY_CACHE_SECONDS; while
+Redis is away every request is looked up."""
 
 from __future__ import annotations
 
@@ -48,8 +48,20 @@ def revoke_with_sql(key: ApiKey) -> None:
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
 
 
-def generation() -> bytes | None:
-    return redis_store.client("cache").get(redis_store.key(api_keys.GENERATION))  # type: ignore[no-any-return]
+@contextmanager
+def listening() -> Iterator[list[dict]]:
+    """The announcements of key changes made meanwhile, as a subscriber of their channel receives them."""
+    client = redis_store.client("cache")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(api_keys.changes_channel(client))
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    heard: list[dict] = []
+    try:
+        yield heard
+    finally:
+        while (message := pubsub.get_message(timeout=0.2)) is not None:
+            heard.append(message)
+        pubsub.close()
 
 
 def test_a_live_key_is_looked_up_once_per_cache_time_while_no_key_changes(
@@ -78,17 +90,16 @@ def test_a_key_revoked_in_another_process_is_refused_on_the_next_request(
 
 
 def test_other_processes_are_told_of_a_change_only_once_it_commits(five_seconds, django_capture_on_commit_callbacks):
-    key, raw = api_key_create(name="k", scopes=["read"])
-    api_key_authenticate(raw_key=raw)
-    before = generation()
+    key, _ = api_key_create(name="k", scopes=["read"])
 
-    with another_process(), django_capture_on_commit_callbacks() as committed:
+    with listening() as before_commit, django_capture_on_commit_callbacks() as on_commit:
         api_key_revoke(key=key)
-        assert generation() == before  # a process looking up now still sees the key live, under `before`
-    for callback in committed:
-        callback()
+    with listening() as after_commit:
+        for callback in on_commit:
+            callback()
 
-    assert generation() not in (before, None)
+    assert before_commit == []  # a process looking the key up before the commit still sees it live
+    assert len(after_commit) == 1
 
 
 def test_a_key_revoked_in_this_process_is_refused_at_once(clock, five_seconds):
@@ -150,12 +161,12 @@ def test_a_key_revoked_with_sql_is_refused_once_the_cache_time_has_passed(clock,
     assert api_key_authenticate(raw_key=raw) is None
 
 
-def test_keys_cached_before_redis_lost_the_generation_are_looked_up_again(clock, five_seconds):
+def test_keys_cached_before_the_subscription_broke_are_looked_up_again(clock, five_seconds):
     key, raw = api_key_create(name="k", scopes=["read"])
     assert api_key_authenticate(raw_key=raw) == key
-    revoke_with_sql(key)
+    revoke_with_sql(key)  # as if its announcement had been lost
 
-    redis_store.client("cache").delete(redis_store.key(api_keys.GENERATION))  # a restarted Redis
+    redis_store.client("cache").client_kill_filter(_type="pubsub")  # as a restarted Redis would
 
     assert api_key_authenticate(raw_key=raw) is None
 
