@@ -126,8 +126,9 @@ def _announce() -> None:
 
 def _publish(client: Any) -> None:
     client.publish(changes_channel(client), b"")
-    # Redis writes a message to its subscribers before it reads its next command: once PING answers,
-    # every process has it in its socket, and polls it at the start of its next request.
+    # Redis writes a message to its subscribers' sockets before it answers the publisher's next command:
+    # once PING answers, every process has it (on another host, a network transit later) and polls it
+    # at the start of its next request.
     client.ping()
 
 
