@@ -173,9 +173,13 @@ class Changes:
         pool = client.connection_pool
         # RESP2: a subscription's messages are plain replies (RESP3 hands them to a push handler).
         connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
-        connection.connect()
-        connection.send_command("SUBSCRIBE", changes_channel(client))
-        connection.read_response()  # subscribed: from here on every announcement reaches this process
+        try:
+            connection.connect()
+            connection.send_command("SUBSCRIBE", changes_channel(client))
+            connection.read_response()  # subscribed: from here on every announcement reaches this process
+        except BaseException:
+            connection.disconnect()
+            raise
         self._connection, self._pid = connection, os.getpid()
         self._epoch += 1  # keys cached before may have missed announcements
 
