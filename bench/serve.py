@@ -119,9 +119,9 @@ def postmaster(url: str) -> psutil.Process:
     """The PostgreSQL server's main process (the parent of every backend)."""
     import psycopg
 
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url) as conn:  # the backend exits with its connection: ask while it lives
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    return psutil.Process(backend).parent()
+        return psutil.Process(backend).parent()
 
 
 def sql_floor(url: str, version: int, samples: int = 500) -> dict[str, float]:

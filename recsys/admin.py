@@ -21,7 +21,7 @@ from recsys import admin_views
 from recsys.admin_format import moment
 from recsys.admin_guard import GuardedAdmin
 from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
-from recsys.api_keys import api_key_cache_clear, api_key_create, api_key_revoke
+from recsys.api_keys import api_key_create, api_key_revoke
 from recsys.db import lock_not_available
 from recsys.errors import ValidationFailed
 from recsys.ingestion.writer import references_delete_begin
@@ -269,15 +269,14 @@ class ApiKeyAdmin(GuardedAdmin):
     actions = ["revoke"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
-        if change:
+        if change:  # new scopes or rate: every web process looks the key up again (post_save)
             super().save_model(request, obj, form, change)
-            api_key_cache_clear()  # new scopes or rate: at once here, within the cache time elsewhere
             return
         key, raw_key = api_key_create(name=obj.name, scopes=list(obj.scopes), rate_limit=obj.rate_limit)
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         messages.warning(request, f"API key created. Copy it now, it is not shown again: {raw_key}")
 
-    @admin.action(description="Revoke the selected keys (refused within seconds)")
+    @admin.action(description="Revoke the selected keys (refused from the next request)")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             api_key_revoke(key=key)

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
 import threading
 import time
+from typing import Any
 
+import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
+from recsys import redis_store
 from recsys.errors import ValidationFailed
 from recsys.models import ApiKey
 from recsys.rates import InvalidRate, parse_rate
 
+logger = logging.getLogger(__name__)
+
 KEY_PREFIX = "rsk_"
+# The Redis channel announcing every committed change of a key (recsys.api_keys.Changes).
+CHANGES = "api-keys:changed"
 # Every column, in the model's field order (what ApiKey.from_db takes).
 _FIELDS = [f.attname for f in ApiKey._meta.concrete_fields]
 _LOOKUP = f"SELECT {', '.join(_FIELDS)} FROM recsys_apikey WHERE key_hash = %s AND revoked_at IS NULL LIMIT 1"
@@ -53,17 +62,20 @@ def api_key_create(*, name: str, scopes: list[str], rate_limit: str = "") -> tup
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
-    """The live key matching ``raw_key``, or None. A key this process found live within the last
-    ``RECSYS_API_KEY_CACHE_SECONDS`` is not looked up again, so a revocation (or a change of scopes
-    or rate) made elsewhere takes effect within that time; in this process, at once."""
+    """The live key matching ``raw_key``, or None. A key this process found live is not looked up again
+    while no change of a key has been announced since (``api_key_cache_invalidate``: revocations,
+    edits, deletes through the app, in any process) and for at most ``RECSYS_API_KEY_CACHE_SECONDS``,
+    so a revoked key is refused on its next request; a change made outside the app (SQL) applies
+    within the cache time. While Redis is away every request is looked up."""
     if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 128:
         return None
     digest = hash_key(raw_key)
-    key = _accepted.get(digest)
+    epoch = changes.epoch() if settings.RECSYS_API_KEY_CACHE_SECONDS > 0 else None
+    key = _accepted.get(digest, epoch=epoch) if epoch is not None else None
     if key is None:
         key = _lookup(digest)
-        if key is not None:
-            _accepted.put(digest, key, seconds=settings.RECSYS_API_KEY_CACHE_SECONDS)
+        if key is not None and epoch is not None:
+            _accepted.put(digest, key, epoch=epoch, seconds=settings.RECSYS_API_KEY_CACHE_SECONDS)
     return key
 
 
@@ -90,38 +102,126 @@ def api_key_touch(*, key: ApiKey, every_seconds: int) -> None:
 
 
 def api_key_revoke(*, key: ApiKey) -> None:
-    """Revoke ``key``: refused at once by this process, within RECSYS_API_KEY_CACHE_SECONDS by others."""
+    """Revoke ``key``: every web process refuses it on its next request once this commits."""
     ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    api_key_cache_clear()
+    api_key_cache_invalidate()  # an update() sends no post_save
+
+
+def api_key_cache_invalidate() -> None:
+    """Keys changed (revoked, edited, deleted: ApiKey's post_save and post_delete call this): this
+    process forgets the keys it cached now, and once the change commits every process is told."""
+    _accepted.clear()
+    transaction.on_commit(_announce)
+
+
+def _announce() -> None:
+    try:
+        redis_store.run(_publish)
+    except redis_store.RedisUnavailable:
+        logger.warning(
+            "API keys changed while Redis was away: other web processes apply it within %.0f s",
+            settings.RECSYS_API_KEY_CACHE_SECONDS,
+        )
+
+
+def _publish(client: Any) -> None:
+    client.publish(changes_channel(client), b"")
+    # Redis writes a message to its subscribers' sockets before it answers the publisher's next command:
+    # once PING answers, every process has it (on another host, a network transit later) and polls it
+    # at the start of its next request.
+    client.ping()
+
+
+def changes_channel(client: Any) -> str:
+    """The channel announcing changes of keys; channels are not per Redis database, so it names its own."""
+    return f"{redis_store.key(CHANGES)}:db{client.connection_pool.connection_kwargs.get('db', 0)}"
+
+
+class Changes:
+    """This process's subscription to the channel that announces every committed change of a key: a
+    connection of its own, polled (no round trip) at the start of each request. ``epoch`` counts the
+    announcements received; a key found live is used again only under the epoch it was found under.
+    Any error drops the subscription (the cached keys with it: announcements may have been missed);
+    the next request subscribes afresh, through redis_store's breaker."""
+
+    def __init__(self) -> None:
+        self._connection: Any = None
+        self._pid = 0
+        self._epoch = 0
+        self._lock = threading.Lock()
+
+    def epoch(self) -> int | None:
+        """The current epoch, or None while this process cannot be told of changes (Redis away)."""
+        with self._lock:
+            try:
+                if self._connection is None or self._pid != os.getpid():
+                    redis_store.run(self._subscribe)
+                while self._connection.can_read(timeout=0):
+                    self._connection.read_response()
+                    self._epoch += 1
+                return self._epoch
+            except (redis_store.RedisUnavailable, redis.RedisError, OSError):
+                self._drop()
+                return None
+
+    def drop(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _subscribe(self, client: Any) -> None:
+        self._drop()
+        pool = client.connection_pool
+        # RESP2: a subscription's messages are plain replies (RESP3 hands them to a push handler).
+        connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        try:
+            connection.connect()
+            connection.send_command("SUBSCRIBE", changes_channel(client))
+            connection.read_response()  # subscribed: from here on every announcement reaches this process
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._connection, self._pid = connection, os.getpid()
+        self._epoch += 1  # keys cached before may have missed announcements
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        self._epoch += 1
+        if connection is not None and self._pid == os.getpid():
+            try:
+                connection.disconnect()
+            except (redis.RedisError, OSError):
+                pass
+
+
+changes = Changes()
 
 
 def api_key_cache_clear() -> None:
-    """Forget the keys this process found live (after a key is revoked or edited here)."""
+    """Forget the keys this process found live, and its subscription (tests: each starts with none)."""
     _accepted.clear()
+    changes.drop()
 
 
 class _AcceptedKeys:
-    """Live keys by hash, each until a deadline: the lookup was 16% of an uncached recommendation's
-    web CPU and a round trip (bench/serve_profile.py). Only keys found live are kept, so guessing
-    cannot fill it; past MAX_KEYS it starts over."""
+    """Live keys by hash, each with the epoch it was found under and a deadline: the lookup was
+    16% of an uncached recommendation's web CPU and a round trip (bench/serve_profile.py). Only keys
+    found live are kept, so guessing cannot fill it; past MAX_KEYS it starts over."""
 
     MAX_KEYS = 10_000
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._keys: dict[str, tuple[int, float, ApiKey]] = {}
         self._lock = threading.Lock()
 
-    def get(self, digest: str) -> ApiKey | None:
-        until, key = self._keys.get(digest, (0.0, None))
-        return key if until > time.monotonic() else None
+    def get(self, digest: str, *, epoch: int) -> ApiKey | None:
+        found, until, key = self._keys.get(digest, (-1, 0.0, None))
+        return key if found == epoch and until > time.monotonic() else None
 
-    def put(self, digest: str, key: ApiKey, *, seconds: float) -> None:
-        if seconds <= 0:
-            return
+    def put(self, digest: str, key: ApiKey, *, epoch: int, seconds: float) -> None:
         with self._lock:
             if len(self._keys) >= self.MAX_KEYS:
                 self._keys.clear()
-            self._keys[digest] = (time.monotonic() + seconds, key)
+            self._keys[digest] = (epoch, time.monotonic() + seconds, key)
 
     def clear(self) -> None:
         with self._lock:

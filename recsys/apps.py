@@ -17,6 +17,26 @@ class RecsysConfig(AppConfig):
 
         admins_guard(admin.site)
         self._read_your_writes()
+        self._api_key_changes()
+
+    @staticmethod
+    def _api_key_changes() -> None:
+        """A key saved (the admin's edits) or deleted makes every web process look its keys up again
+        (recsys.api_keys); a new key makes no cached one stale."""
+        from django.db.models.signals import post_delete, post_save
+
+        from recsys.api_keys import api_key_cache_invalidate
+        from recsys.models import ApiKey
+
+        def saved(sender: object, created: bool, **kwargs: object) -> None:
+            if not created:
+                api_key_cache_invalidate()
+
+        def deleted(sender: object, **kwargs: object) -> None:
+            api_key_cache_invalidate()
+
+        post_save.connect(saved, sender=ApiKey, weak=False, dispatch_uid="api-key-saved")
+        post_delete.connect(deleted, sender=ApiKey, weak=False, dispatch_uid="api-key-deleted")
 
     @staticmethod
     def _read_your_writes() -> None:

@@ -215,8 +215,10 @@ RECSYS_RATE_LIMIT = env_rate("RECSYS_RATE_LIMIT", "6000/min")
 # 1 counts every request in Redis (api.throttling.Allowances).
 RECSYS_THROTTLE_BATCH = env_int("RECSYS_THROTTLE_BATCH", 50, minimum=1)
 RECSYS_API_KEY_TOUCH_SECONDS = env_int("RECSYS_API_KEY_TOUCH_SECONDS", 60, minimum=0)
-# Each web process keeps a key it found live this long before looking it up again: a revocation,
-# or a change of scopes or rate, made in another process takes effect within it (0: every request).
+# Each web process keeps a key it found live at most this long before looking it up again. Changes
+# made through the app (revoke, edit, delete) apply on every process's next request anyway (announced
+# on Redis, recsys.api_keys.Changes); this bounds the rest: SQL edits, changes while Redis was away
+# (0: every request).
 RECSYS_API_KEY_CACHE_SECONDS = env_float("RECSYS_API_KEY_CACHE_SECONDS", 5.0)
 
 RENDERERS = ["rest_framework.renderers.JSONRenderer"]

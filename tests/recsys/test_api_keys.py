@@ -1,13 +1,17 @@
-"""Key lookups are cached per process for RECSYS_API_KEY_CACHE_SECONDS: a revocation or a change of
-scopes made elsewhere (another web process, SQL) takes effect within that time, one made in this
-process at once."""
+"""Key lookups are cached per process until a change of a key is announced on Redis: a key revoked,
+edited or deleted through the app (in any process) is looked up again on the next request once the
+change commits; a change made outside the app (SQL) applies within RECSYS_API_KEY_CACHE_SECONDS; while
+Redis is away every request is looked up."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.utils import timezone
 
-from recsys import api_keys
+from recsys import api_keys, redis_store
 from recsys.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from recsys.models import ApiKey
 from tests.factories import FakeClock
@@ -27,12 +31,42 @@ def five_seconds(settings):
     settings.RECSYS_API_KEY_CACHE_SECONDS = 5
 
 
-def revoke_elsewhere(key: ApiKey) -> None:
-    """As another web process (or SQL) would: this process's cache is not told."""
+@contextmanager
+def another_process() -> Iterator[None]:
+    """Code run here has a key cache of its own, as another web process has: whatever it does to its
+    cache leaves this process's alone; only Redis and the database are shared."""
+    ours = api_keys._accepted
+    api_keys._accepted = api_keys._AcceptedKeys()
+    try:
+        yield
+    finally:
+        api_keys._accepted = ours
+
+
+def revoke_with_sql(key: ApiKey) -> None:
+    """As an UPDATE outside the app would: nobody is told."""
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
 
 
-def test_a_live_key_is_looked_up_once_per_cache_time(clock, five_seconds, django_assert_num_queries):
+@contextmanager
+def listening() -> Iterator[list[dict]]:
+    """The announcements of key changes made meanwhile, as a subscriber of their channel receives them."""
+    client = redis_store.client("cache")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(api_keys.changes_channel(client))
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    heard: list[dict] = []
+    try:
+        yield heard
+    finally:
+        while (message := pubsub.get_message(timeout=0.2)) is not None:
+            heard.append(message)
+        pubsub.close()
+
+
+def test_a_live_key_is_looked_up_once_per_cache_time_while_no_key_changes(
+    clock, five_seconds, django_assert_num_queries
+):
     key, raw = api_key_create(name="k", scopes=["read"])
     with django_assert_num_queries(1):
         assert api_key_authenticate(raw_key=raw) == key
@@ -43,15 +77,29 @@ def test_a_live_key_is_looked_up_once_per_cache_time(clock, five_seconds, django
         assert api_key_authenticate(raw_key=raw) == key
 
 
-def test_a_key_revoked_elsewhere_is_refused_once_the_cache_time_has_passed(clock, five_seconds):
+def test_a_key_revoked_in_another_process_is_refused_on_the_next_request(
+    clock, five_seconds, django_capture_on_commit_callbacks
+):
     key, raw = api_key_create(name="k", scopes=["read"])
     assert api_key_authenticate(raw_key=raw) == key
 
-    revoke_elsewhere(key)
+    with another_process(), django_capture_on_commit_callbacks(execute=True):
+        api_key_revoke(key=key)
 
-    assert api_key_authenticate(raw_key=raw) == key  # within the stated 5 s
-    clock.now += 5.01
     assert api_key_authenticate(raw_key=raw) is None
+
+
+def test_other_processes_are_told_of_a_change_only_once_it_commits(five_seconds, django_capture_on_commit_callbacks):
+    key, _ = api_key_create(name="k", scopes=["read"])
+
+    with listening() as before_commit, django_capture_on_commit_callbacks() as on_commit:
+        api_key_revoke(key=key)
+    with listening() as after_commit:
+        for callback in on_commit:
+            callback()
+
+    assert before_commit == []  # a process looking the key up before the commit still sees it live
+    assert len(after_commit) == 1
 
 
 def test_a_key_revoked_in_this_process_is_refused_at_once(clock, five_seconds):
@@ -63,25 +111,85 @@ def test_a_key_revoked_in_this_process_is_refused_at_once(clock, five_seconds):
     assert api_key_authenticate(raw_key=raw) is None
 
 
+def test_scopes_changed_in_another_process_apply_on_the_next_request(
+    clock, five_seconds, make_client, django_capture_on_commit_callbacks
+):
+    client = make_client("read", "write")
+    assert client.get("/api/v1/items/x").status_code == 404
+
+    with another_process(), django_capture_on_commit_callbacks(execute=True):
+        key = ApiKey.objects.get()
+        key.scopes = ["write"]
+        key.save()  # as the admin's change form does
+
+    assert client.get("/api/v1/items/x").status_code == 403
+
+
+def test_a_key_deleted_in_another_process_is_refused_on_the_next_request(
+    clock, five_seconds, django_capture_on_commit_callbacks
+):
+    key, raw = api_key_create(name="k", scopes=["read"])
+    assert api_key_authenticate(raw_key=raw) == key
+
+    with another_process(), django_capture_on_commit_callbacks(execute=True):
+        ApiKey.objects.filter(pk=key.pk).delete()
+
+    assert api_key_authenticate(raw_key=raw) is None
+
+
+def test_a_new_key_leaves_the_keys_cached_elsewhere_cached(
+    clock, five_seconds, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    key, raw = api_key_create(name="k", scopes=["read"])
+    assert api_key_authenticate(raw_key=raw) == key
+
+    with another_process(), django_capture_on_commit_callbacks(execute=True):
+        api_key_create(name="other", scopes=["read"])
+
+    with django_assert_num_queries(0):
+        assert api_key_authenticate(raw_key=raw) == key
+
+
+def test_a_key_revoked_with_sql_is_refused_once_the_cache_time_has_passed(clock, five_seconds):
+    key, raw = api_key_create(name="k", scopes=["read"])
+    assert api_key_authenticate(raw_key=raw) == key
+
+    revoke_with_sql(key)
+
+    assert api_key_authenticate(raw_key=raw) == key  # nobody renewed the generation: within the stated 5 s
+    clock.now += 5.01
+    assert api_key_authenticate(raw_key=raw) is None
+
+
+def test_keys_cached_before_the_subscription_broke_are_looked_up_again(clock, five_seconds):
+    key, raw = api_key_create(name="k", scopes=["read"])
+    assert api_key_authenticate(raw_key=raw) == key
+    revoke_with_sql(key)  # as if its announcement had been lost
+
+    redis_store.client("cache").client_kill_filter(_type="pubsub")  # as a restarted Redis would
+
+    assert api_key_authenticate(raw_key=raw) is None
+
+
+def test_while_redis_is_away_every_request_is_looked_up(clock, five_seconds, redis_down, django_assert_num_queries):
+    key, raw = api_key_create(name="k", scopes=["read"])
+    with django_assert_num_queries(2):
+        assert api_key_authenticate(raw_key=raw) == key
+        assert api_key_authenticate(raw_key=raw) == key
+
+    revoke_with_sql(key)
+
+    assert api_key_authenticate(raw_key=raw) is None
+
+
 def test_without_a_cache_time_every_request_is_looked_up(clock, settings):
     settings.RECSYS_API_KEY_CACHE_SECONDS = 0
     key, raw = api_key_create(name="k", scopes=["read"])
     assert api_key_authenticate(raw_key=raw) == key
 
-    revoke_elsewhere(key)
+    revoke_with_sql(key)
 
     assert api_key_authenticate(raw_key=raw) is None
-
-
-def test_scopes_changed_elsewhere_apply_after_the_cache_time(clock, five_seconds, make_client):
-    client = make_client("read", "write")
-    assert client.get("/api/v1/items/x").status_code == 404
-
-    ApiKey.objects.update(scopes=["write"])
-
-    assert client.get("/api/v1/items/x").status_code == 404
-    clock.now += 5.01
-    assert client.get("/api/v1/items/x").status_code == 403
 
 
 def test_unknown_keys_are_not_cached(clock, five_seconds, django_assert_num_queries):
