@@ -14,6 +14,7 @@ import http.client
 import multiprocessing as mp
 import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
+import psycopg
 from common import (
     api_key,
     celery_worker,
@@ -86,29 +89,59 @@ def client(kind: str, port: int, key: str, paths: list[str], seconds: float, pri
         finally:
             conn.close()
         answers.append((status, time.perf_counter() - started, started - began))
-    out.put((kind, answers))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((kind, answers, used.ru_utime + used.ru_stime))
 
 
 Job = tuple[str, str, list[str], Priority]  # kind of client, its key, its paths, its CPU priority
 Answers = list[tuple[int, float, float]]  # (status, seconds, when sent)
 
 
-def phase(port: int, jobs: list[Job], seconds: float) -> dict[str, Answers]:
-    """All clients at once, one process each; (status, seconds) of every answer, by kind of client."""
+def phase(
+    port: int, jobs: list[Job], seconds: float, servers: dict[str, psutil.Process]
+) -> tuple[dict[str, Answers], dict[str, float]]:
+    """All clients at once, one process each: every answer by kind of client, and the CPU seconds
+    that each kind of client and each server (a process tree: gunicorn, PostgreSQL) used."""
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     procs = [
         mp.Process(target=client, args=(kind, port, key, paths, seconds, priority, out))
         for kind, key, paths, priority in jobs
     ]
+    before = {name: tree_cpu(root) for name, root in servers.items()}
     for proc in procs:
         proc.start()
     results: dict[str, Answers] = {"normal": [], "attack": []}
+    cpu = {"normal": 0.0, "attack": 0.0}
     for _ in procs:
-        kind, answers = out.get()
+        kind, answers, used = out.get()
         results[kind] += answers
+        cpu[kind] += used
     for proc in procs:
         proc.join()
-    return results
+    cpu.update({name: tree_cpu(root) - before[name] for name, root in servers.items()})
+    return results, cpu
+
+
+def tree_cpu(root: psutil.Process) -> float:
+    """CPU seconds of a process, its descendants, and those of its children that have ended."""
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def postmaster(url: str) -> psutil.Process | None:
+    """PostgreSQL's postmaster when it runs on this machine (the parent of a backend)."""
+    try:
+        with psycopg.connect(url) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            return psutil.Process(backend).parent()  # while the backend lives
+    except (psutil.Error, psycopg.Error):
+        return None
 
 
 def halves(results: dict[str, Answers], seconds: float) -> str:
@@ -208,6 +241,7 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
     searches = [f"/api/v1/search?mode=keyword&limit=200&q={quote(HEAVY)}"]
     negations = [f"/api/v1/search?mode=keyword&q={quote(NEGATIONS)}"]
     keys = attacker_keys(url, args.attackers)
+    database = postmaster(url)
     phases: list[tuple[str, list[Job]]] = [
         ("quiet", normal),
         ("heaviest search allowed", normal + [("attack", k, searches, "normal") for k in keys]),
@@ -225,7 +259,9 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
     for limits, env, names in servers:
         with gunicorn(url, PORT, env={**env, **extra}) as master:
             workers = len(master.children())
-            pooled: dict[str, dict[str, list[tuple[int, float]]]] = {}
+            servers = {"web": master, **({"postgres": database} if database else {})}
+            pooled: dict[str, dict[str, Answers]] = {}
+            cpu: dict[str, dict[str, float]] = {}
             ratios: dict[str, list[float]] = {}
             loads: list[float] = []
             # The phases alternate, so that the machine's other load falls on each alike; each
@@ -233,20 +269,26 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
             for round_ in range(args.rounds):
                 quiet_p99 = float("nan")
                 for name, jobs in phases[:names]:
-                    results = phase(PORT, jobs, args.seconds)
+                    results, used = phase(PORT, jobs, args.seconds, servers)
+                    for part, seconds in used.items():
+                        cpu.setdefault(name, {}).setdefault(part, 0.0)
+                        cpu[name][part] += seconds
                     loads.append(os.getloadavg()[0])
                     p99 = percentile([latency for _, latency, _ in results["normal"]], 0.99)
                     quiet_p99 = p99 if name == "quiet" else quiet_p99
                     ratios.setdefault(name, []).append(p99 / quiet_p99)
+                    shares = ", ".join(f"{part} {seconds / args.seconds:.2f}" for part, seconds in used.items())
                     print(
-                        f"round {round_ + 1}, {name}: {p99 / quiet_p99:.2f}×, {halves(results, args.seconds)}",
+                        f"round {round_ + 1}, {name}: {p99 / quiet_p99:.2f}×, {halves(results, args.seconds)}; "
+                        f"cores: {shares}",
                         flush=True,
                     )
                     for kind, answers in results.items():
                         pooled.setdefault(name, {"normal": [], "attack": []})[kind] += answers
             for name, results in pooled.items():
                 figures = summary(results, args.seconds * args.rounds)
-                figures.update(ratios=ratios[name], load=(min(loads), max(loads)))
+                cores = {part: seconds / (args.seconds * args.rounds) for part, seconds in cpu[name].items()}
+                figures.update(ratios=ratios[name], load=(min(loads), max(loads)), cores=cores)
                 rows.append((f"{limits}, {workers} workers", name, figures))
                 print(rows[-1][:2], {k: v for k, v in figures.items() if k != "attack"}, flush=True)
     return rows
@@ -280,20 +322,28 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         "*attackers SCHED_IDLE*, the same processes run only when a core has nothing else to do, so their "
         "own CPU never delays the server or PostgreSQL (an attacker elsewhere), but they can then send only "
         "as fast as idle CPU lets them: the attackers' req/s column is the pressure that phase applied. "
+        "CPU, cores: CPU seconds per second of the phase taken by gunicorn (master and workers), PostgreSQL "
+        "(all its processes), the attacker processes and the normal client processes (of the machine's cores, the rest "
+        "is Redis, the kernel's own work and other work on the machine). "
         "Load average: the machine's 1-minute figure after each phase (other work on it included).",
         "",
         "| server: limits | phase | normal req/s | p50 | p99 (pooled) | max | p99 / its round's quiet p99: "
-        "median (min–max) | attackers' req/s | attackers' answers | attackers' slowest 200 | load average |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "median (min–max) | attackers' req/s | attackers' answers | attackers' slowest 200 | CPU, cores: web / "
+        "PostgreSQL / attackers / normal clients | load average |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for server, name, r in rows:
         ratios: list[float] = r["ratios"]  # type: ignore[assignment]
         low, high = r["load"]  # type: ignore[misc]
         answers = ", ".join(f"{status}: {n:,}" for status, n in r["attack"].items()) or "-"  # type: ignore[attr-defined]
+        used: dict[str, float] = r["cores"]  # type: ignore[assignment]
+        cores = " / ".join(
+            f"{used[part]:.2f}" if part in used else "-" for part in ("web", "postgres", "attack", "normal")
+        )
         lines.append(
             f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['max']:.0f} ms | "
             f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {r['attack_rps']:,.0f} | "
-            f"{answers} | {r['attack_200_max']:.0f} ms | {low:.1f}–{high:.1f} |"
+            f"{answers} | {r['attack_200_max']:.0f} ms | {cores} | {low:.1f}–{high:.1f} |"
         )
     write_section("search-attack", "\n".join(lines))
     print("\n".join(lines))
