@@ -266,10 +266,17 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
             loads: list[float] = []
             # The phases alternate, so that the machine's other load falls on each alike; each
             # attack phase is compared with the quiet phase of its own round.
+            # gunicorn replaces a worker after max_requests (gunicorn.conf.py), which a flood of
+            # refusals reaches within a minute or two: each new worker's start costs CPU.
+            seen = {worker.pid for worker in master.children()}
+            restarts: dict[str, int] = {}
             for round_ in range(args.rounds):
                 quiet_p99 = float("nan")
                 for name, jobs in phases[:names]:
                     results, used = phase(PORT, jobs, args.seconds, servers)
+                    started = {worker.pid for worker in master.children()} - seen
+                    seen |= started
+                    restarts[name] = restarts.get(name, 0) + len(started)
                     for part, seconds in used.items():
                         cpu.setdefault(name, {}).setdefault(part, 0.0)
                         cpu[name][part] += seconds
@@ -280,7 +287,7 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
                     shares = ", ".join(f"{part} {seconds / args.seconds:.2f}" for part, seconds in used.items())
                     print(
                         f"round {round_ + 1}, {name}: {p99 / quiet_p99:.2f}×, {halves(results, args.seconds)}; "
-                        f"cores: {shares}",
+                        f"cores: {shares}; workers started: {len(started)}",
                         flush=True,
                     )
                     for kind, answers in results.items():
@@ -288,7 +295,7 @@ def measure(url: str, key: str, args: argparse.Namespace) -> list[tuple[str, str
             for name, results in pooled.items():
                 figures = summary(results, args.seconds * args.rounds)
                 cores = {part: seconds / (args.seconds * args.rounds) for part, seconds in cpu[name].items()}
-                figures.update(ratios=ratios[name], load=(min(loads), max(loads)), cores=cores)
+                figures.update(ratios=ratios[name], load=(min(loads), max(loads)), cores=cores, restarts=restarts[name])
                 rows.append((f"{limits}, {workers} workers", name, figures))
                 print(rows[-1][:2], {k: v for k, v in figures.items() if k != "attack"}, flush=True)
     return rows
@@ -324,13 +331,15 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         "as fast as idle CPU lets them: the attackers' req/s column is the pressure that phase applied. "
         "CPU, cores: CPU seconds per second of the phase taken by gunicorn (master and workers), PostgreSQL "
         "(all its processes), the attacker processes and the normal client processes (of the machine's cores, the rest "
-        "is Redis, the kernel's own work and other work on the machine). "
+        "is Redis, the kernel's own work and other work on the machine). Web workers replaced: new gunicorn "
+        "workers seen after the phases of that row (gunicorn replaces a worker after `max_requests`, "
+        "20,000 plus up to 10%, refusals included, and a new worker's start costs CPU). "
         "Load average: the machine's 1-minute figure after each phase (other work on it included).",
         "",
         "| server: limits | phase | normal req/s | p50 | p99 (pooled) | max | p99 / its round's quiet p99: "
         "median (min–max) | attackers' req/s | attackers' answers | attackers' slowest 200 | CPU, cores: web / "
-        "PostgreSQL / attackers / normal clients | load average |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "PostgreSQL / attackers / normal clients | web workers replaced | load average |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for server, name, r in rows:
         ratios: list[float] = r["ratios"]  # type: ignore[assignment]
@@ -343,7 +352,7 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         lines.append(
             f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.0f} ms | {r['p99']:.0f} ms | {r['max']:.0f} ms | "
             f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {r['attack_rps']:,.0f} | "
-            f"{answers} | {r['attack_200_max']:.0f} ms | {cores} | {low:.1f}–{high:.1f} |"
+            f"{answers} | {r['attack_200_max']:.0f} ms | {cores} | {r['restarts']} | {low:.1f}–{high:.1f} |"
         )
     write_section("search-attack", "\n".join(lines))
     print("\n".join(lines))
