@@ -18,6 +18,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -58,12 +60,26 @@ Priority = str  # "normal", "nice 19" or "idle" (SCHED_IDLE)
 
 def priority_set(priority: Priority) -> None:
     """This process's CPU priority. At nice 19 a process still gets a share of a busy core (a weight
-    of 15 against a nice-0 process's 1,024) and is woken onto it promptly; under SCHED_IDLE it runs
-    only when a core has nothing else to do."""
-    if priority == "nice 19":
-        os.nice(19)
-    elif priority == "idle":
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    of 15 against a nice-0 process's 1,024); under SCHED_IDLE it runs only when a core has nothing
+    else to do."""
+    policy = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
+    os.sched_setscheduler(0, policy, os.sched_param(0))
+    os.setpriority(os.PRIO_PROCESS, 0, 19 if priority == "nice 19" else 0)
+
+
+@contextmanager
+def sending(priority: Priority) -> Iterator[None]:
+    """Normal priority while a request is connected and sent: a low-priority client descheduled
+    between its connect and its request would hold a sync worker waiting for the request line,
+    which a remote client sending at full speed does not do (that is slowloris, another attack)."""
+    if priority == "normal":
+        yield
+        return
+    priority_set("normal")
+    try:
+        yield
+    finally:
+        priority_set(priority)
 
 
 def client(kind: str, port: int, key: str, paths: list[str], seconds: float, priority: Priority, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -80,7 +96,8 @@ def client(kind: str, port: int, key: str, paths: list[str], seconds: float, pri
         started = time.perf_counter()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
-            conn.request("GET", rng.choice(paths), headers=headers)
+            with sending(priority):
+                conn.request("GET", rng.choice(paths), headers=headers)
             answer = conn.getresponse()
             answer.read()
             status = answer.status
@@ -325,10 +342,12 @@ def report(rows: list[tuple[str, str, dict[str, object]]], version: dict, args: 
         "priority on the server's own cores, so the server pays for their requests and also loses the CPU "
         "of ten Python clients opening a connection per request, which an attacker on another machine "
         "would not take from it (an upper bound); *attackers at nice 19*, the same processes at the lowest "
-        "niceness, which still take a small share of a busy core and are woken onto it promptly; "
+        "niceness, which still take a small share of a busy core; "
         "*attackers SCHED_IDLE*, the same processes run only when a core has nothing else to do, so their "
         "own CPU never delays the server or PostgreSQL (an attacker elsewhere), but they can then send only "
-        "as fast as idle CPU lets them: the attackers' req/s column is the pressure that phase applied. "
+        "as fast as idle CPU lets them: the attackers' req/s column is the pressure that phase applied. In "
+        "both, an attacker connects and sends each request at normal priority (a client descheduled between "
+        "the two would hold a sync worker, a slowloris attack this benchmark does not model). "
         "CPU, cores: CPU seconds per second of the phase taken by gunicorn (master and workers), PostgreSQL "
         "(all its processes), the attacker processes and the normal client processes (of the machine's cores, the rest "
         "is Redis, the kernel's own work and other work on the machine). Web workers replaced: new gunicorn "
