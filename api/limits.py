@@ -149,8 +149,14 @@ class ExpensiveRequestMiddleware:
 
 def slot_acquire(*, key_id: int) -> Slot:
     """A slot for one expensive request of this key; raises ExpensiveRequestsLimited when the key's
-    or the global limit is reached, or the key's or everyone's time budget is spent."""
+    or the global limit is reached, or the key's or everyone's time budget is spent. A budget that
+    Redis said is spent is refused by this process, without Redis, for as long as Redis said."""
     limits = _Limits.now()
+    asked = time.monotonic()
+    spent = _spent.refused(key_id, asked)
+    if spent is not None:
+        code, wait = spent
+        raise _limited(code, limits, wait)
     token = uuid.uuid4().hex
     arguments = (*_names(key_id), token, _lease(), limits.per_key, limits.total, *limits.rates, limits.burst)
     try:
@@ -160,7 +166,10 @@ def slot_acquire(*, key_id: int) -> Slot:
         code, *wait_ms = _local.acquire(key_id, limits)
         in_redis = False
     if code:
-        raise _limited(code, limits, wait_ms[0] / 1000 if wait_ms else RETRY_AFTER_SECONDS)
+        wait = wait_ms[0] / 1000 if wait_ms else RETRY_AFTER_SECONDS
+        if in_redis and code in (3, 4):
+            _spent.remember(code, key_id, asked + wait)
+        raise _limited(code, limits, wait)
     return Slot(token, key_id, in_redis, time.monotonic())
 
 
@@ -274,9 +283,43 @@ class _LocalSlots:
 _local = _LocalSlots()
 
 
+class _SpentBudgets:
+    """Budgets Redis said are spent, each until the instant it said they drain, so that a key
+    flooding expensive requests past its budget (or everyone's) costs this process no Redis round
+    trip per refusal. Exact, not a guess: a budget's debt only drains with time, and requests
+    that end meanwhile add to it, so Redis would refuse it all that time too (unless it lost the
+    debt). Slots are not remembered: one frees whenever a request ends. Bounded like the penalty
+    box."""
+
+    def __init__(self) -> None:
+        self._until: dict[int | None, float] = {}  # key id, or None for all keys: time.monotonic()
+
+    def refused(self, key_id: int, now: float) -> tuple[int, float] | None:
+        """(code, seconds left) of a budget of this key's known to be spent now, the key's first as
+        in _ACQUIRE; None: ask Redis."""
+        for code, whom in ((3, key_id), (4, None)):
+            left = self._until.get(whom, 0.0) - now
+            if left > 0:
+                return code, left
+        return None
+
+    def remember(self, code: int, key_id: int, until: float) -> None:
+        if len(self._until) >= PenaltyBox.MAX_PLACES:
+            self._until.clear()  # forgets: asks Redis sooner, never refuses longer
+        self._until[None if code == 4 else key_id] = until
+
+    def clear(self) -> None:
+        self._until.clear()
+
+
+_spent = _SpentBudgets()
+
+
 def local_budgets_clear() -> None:
-    """Forget the time this process charged while Redis was away (tests share one process)."""
+    """Forget the time this process charged while Redis was away, and the budgets it knows are
+    spent (tests share one process)."""
     _local.budgets_clear()
+    _spent.clear()
 
 
 # ---- the penalty box ----------------------------------------------------------------------------
@@ -308,6 +351,9 @@ def _boxed(wait: float) -> HttpResponse:
         {"retry_after": seconds},
     )
     response["Retry-After"] = str(seconds)
+    # Django's "Too Many Requests" warning was logged for the refusal that boxed the caller; one
+    # per boxed request as well would make a flood cost a log line each (a fifth of its CPU here).
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 

@@ -9,10 +9,13 @@ from urllib.parse import quote
 
 import pytest
 
+from api import limits
 from api.limits import ExpensiveRequestsLimited, penalty_box, slot_acquire, slot_release
+from recsys import redis_store
 from recsys.api_keys import hash_key
 from recsys.models import ApiKey
 from recsys.services import items_upsert
+from tests.factories import FakeClock
 
 pytestmark = pytest.mark.django_db
 
@@ -204,3 +207,97 @@ def test_no_budget_when_its_rate_is_zero(reader, shoes, budget, settings):
     held_for(100.0, reader)
 
     assert search(reader, "shoes").status_code == 200
+
+
+# ---- a budget Redis said is spent is refused in this process until it drains, without Redis ----
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(limits.time, "monotonic", clock)
+    return clock
+
+
+@pytest.fixture
+def redis_asked(monkeypatch) -> list[int]:
+    """Counts the expensive-request limits' round trips to Redis (and still makes them)."""
+    asked: list[int] = []
+    run = redis_store.run
+
+    def counted(operation):
+        asked.append(1)
+        return run(operation)
+
+    monkeypatch.setattr(redis_store, "run", counted)
+    return asked
+
+
+def refusal(client) -> ExpensiveRequestsLimited:
+    with pytest.raises(ExpensiveRequestsLimited) as refused:
+        slot_acquire(key_id=key_of(client).pk)
+    return refused.value
+
+
+def test_a_key_past_its_budget_is_refused_again_without_redis_until_it_drains(
+    reader, shoes, budget, settings, clock, redis_asked
+):
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 100.0
+    held_for(0.5, reader)  # the key owes 0.49 s past its burst: 4.9 s at 0.1 s per second
+    assert refusal(reader).wait == pytest.approx(4.9, abs=0.01)
+    redis_asked.clear()
+
+    clock.now += 3.0
+    again = refusal(reader)
+
+    assert redis_asked == []
+    assert again.wait == pytest.approx(1.9, abs=0.01)  # Retry-After counts down: ceil(1.9) = 2
+    assert "of this API key have used their time budget" in str(again.detail)
+    clock.now += 2.0
+    refusal(reader)  # Redis's own clock has not moved: it still refuses, but was asked
+    assert redis_asked == [1]
+
+
+def test_one_keys_spent_budget_does_not_refuse_other_keys(make_client, shoes, budget, settings, clock, redis_asked):
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 100.0
+    spender, other = make_client("read"), make_client("read")
+    held_for(0.5, spender)
+    refusal(spender)
+
+    slot_release(slot=slot_acquire(key_id=key_of(other).pk))
+
+    assert search(other, "shoes").status_code == 200
+
+
+def test_a_spent_global_budget_refuses_every_key_without_redis_until_it_drains(
+    make_client, shoes, budget, settings, clock, redis_asked
+):
+    settings.RECSYS_EXPENSIVE_SHARE_PER_KEY = 100.0
+    settings.RECSYS_EXPENSIVE_SHARE_TOTAL = 0.2
+    first, second, third = make_client("read"), make_client("read"), make_client("read")
+    held_for(0.3, first)
+    assert "all API keys together" in str(refusal(second).detail)
+    redis_asked.clear()
+
+    clock.now += 1.0
+    refusal(third)
+    assert redis_asked == []
+    refused = search(third, "shoes")
+
+    assert refused.status_code == 429 and "all API keys together" in refused.json()["error"]["message"]
+    assert refused["Retry-After"] == "1"  # 0.45 s left; never under a second
+    redis_asked.clear()
+    clock.now += 0.5
+    refusal(third)
+    assert redis_asked == [1]
+
+
+def test_full_slots_are_asked_again_each_time(reader, shoes, one_at_a_time, redis_asked):
+    held = slot_acquire(key_id=key_of(reader).pk)
+    refusal(reader)
+    redis_asked.clear()
+
+    slot_release(slot=held)
+
+    slot_release(slot=slot_acquire(key_id=key_of(reader).pk))  # the slot freed: admitted at once
+    assert len(redis_asked) == 3  # the release, the acquisition, its release

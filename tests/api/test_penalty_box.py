@@ -139,3 +139,13 @@ def test_a_shared_key_is_boxed_only_at_the_address_that_was_refused(make_client,
     assert with_the_box.status_code == elsewhere.status_code == 429  # the key is over its rate either way
     assert "moments ago" in with_the_box.json()["error"]["message"]
     assert "moments ago" not in elsewhere.json()["error"]["message"]
+
+
+def test_a_boxed_refusal_is_not_logged_again(reader, shoes, one_at_a_time, clock, caplog):
+    refused_once(reader)  # Django logs that 429 ("Too Many Requests")
+    caplog.clear()
+
+    for _ in range(3):
+        assert search(reader).status_code == 429
+
+    assert [r for r in caplog.records if r.name == "django.request"] == []
