@@ -12,6 +12,13 @@ graceful_timeout = 20
 # Recycle workers now and then so that a slow leak cannot grow without bound.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
+# Load Django once in the master and fork workers from it: a replaced worker (max_requests, or a
+# crash) then starts in ~0.01 s of CPU instead of 0.7-1.3 s of imports and app loading, which under
+# a flood of cheap requests (the search attack's refusals recycle each worker every minute or two)
+# was the slowest rounds' extra cost (bench/attack.py). Nothing connects at import (connections,
+# Redis clients and the key-change subscription are opened per process, after the fork). A HUP
+# then restarts workers with the code the master loaded: restart the master to deploy new code.
+preload_app = os.environ.get("GUNICORN_PRELOAD", "true").lower() in {"1", "true", "yes", "on"}
 # gunicorn's largest request line (default 4094): long exclude= lists fit, and a longer line is
 # refused by gunicorn itself (414, not JSON) before it costs the application anything.
 limit_request_line = 8190
