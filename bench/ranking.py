@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
-    parser.add_argument("--reuse", action="store_true", help="use the data a --keep run of the same size left")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the data a --keep run of the same size left (and keep it)"
+    )
     parser.add_argument("--no-train", action="store_true", help="with --reuse: serve the version it trained")
     parser.add_argument("--profile", action="store_true", help="statements under EXPLAIN ANALYZE, cProfile")
     parser.add_argument("--movielens", action="store_true", help="validation NDCG on ml-latest-small, in-process")
@@ -138,7 +140,7 @@ def main() -> None:
             ask = lambda u: user_recommendations_list(user_external_id=u, limit=10, ranking=True)  # noqa: E731
             lines += statement_lines(ask, ids[0]) + profile_lines(ask, ids[:100])
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):  # a reused database is the --keep run's: never dropped here
             drop_database(url)
     write_section("ranking-serve", "\n".join(lines))
     print("\n".join(lines))
@@ -329,8 +331,8 @@ def movielens_lines() -> list[str]:
 PARTS = (
     ("embeddings/recommendations.py", "_user_state", "the user's state (history, vector)"),
     ("embeddings/ranking/serving.py", "ranked_list", "the stage, all of it"),
-    ("embeddings/vectors/search.py", "nearest_items", "collaborative ANN (SQL)"),
-    ("embeddings/vectors/rows.py", "candidate_rows", "candidates' facts and scores (SQL)"),
+    ("embeddings/vectors/search.py", "nearest_items", "content ANN (SQL)"),
+    ("embeddings/vectors/rows.py", "candidate_rows", "collaborative ANN, candidates' facts and scores (SQL)"),
     ("embeddings/ranking/sources.py", "cooccurrence_scores", "co-occurrence source"),
     ("embeddings/ranking/sources.py", "newest", "category_recent source"),
     ("embeddings/ranking/sources.py", "candidates_merge", "merging the sources"),

@@ -455,8 +455,8 @@ RECSYS_COLD_ITEMS_MAX_PER_RUN = env_int("RECSYS_COLD_ITEMS_MAX_PER_RUN", 100_000
 # The ranking stage (embeddings/ranking/): candidates from several sources, a LightGBM lambdarank
 # ranker trained in the collaborative run on the validation split and used only when it beats the
 # best single source there by RECSYS_RANKING_MIN_GAIN (relative NDCG@10).
-# Off by default until its serving cost meets its target (+6.1 ms p50 at 100k items on a quiet
-# machine against ≤ 5 ms, BENCHMARKS.md ranking-serve) and its training time fits the run's budget
+# Off by default until its serving cost meets its target (+5.3-5.5 ms p50 at 100k items at load
+# 1.4-3.4 against ≤ 5 ms, BENCHMARKS.md ranking-serve) and its training time fits the run's budget
 # (842 s of a loaded 1M-interaction run, measured at depth 100 and 200 trees).
 RECSYS_RANKING = env_bool("RECSYS_RANKING", False)
 # Candidates per source. 50 halves what a ranked request reads, features and predicts (~270

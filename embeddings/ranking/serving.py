@@ -1,9 +1,9 @@
 """The ranking stage at request time: candidates from every source, features, one LightGBM predict.
 
-Round trips: the collaborative ANN, the content ANN (when the user has a content profile), and one
-read of every candidate's facts and scores (inner products computed by PostgreSQL); popular,
-trending, co-occurring items and the favourite categories' newest items come from the version's
-per-item state, loaded once per process.
+Round trips: the content ANN (when the user has a content profile), and one statement that runs the
+collaborative ANN and reads every candidate's facts and scores (inner products computed by
+PostgreSQL); popular, trending, co-occurring items and the favourite categories' newest items
+come from the version's per-item state, loaded once per process.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from embeddings.ranking.sources import (
     members,
 )
 from embeddings.serving import version_nearest_items
-from embeddings.vectors.rows import candidate_rows
+from embeddings.vectors.rows import Nearest, candidate_rows
 from embeddings.vectors.search import Filters, Neighbour
 from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
 
@@ -119,20 +119,25 @@ class RankingRequest:
 def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False) -> Ranked:
     """Retrieve from every source, build features, rank with one predict; the best ``limit``."""
     now = time.time()
-    found, shares = _retrieve(stage, request, now)
-    candidates = candidates_merge(found)
-    rows = candidate_rows(
-        ids=candidates.items,
+    found, shares, excluded = _retrieve(stage, request, now)
+    read = candidate_rows(
+        ids=np.unique(np.concatenate([ids for ids, _ in found.values()])),
         item_table=request.version.item_table,
+        vector_type=request.version.vector_type,
         vector=request.vector,
         content=(request.content[0].item_table, request.content[1]) if request.content else None,
         category=request.category,
         attributes=bool(stage.attributes),
         conditions=item_conditions(request.rules),
+        # One search per ANN source: the 9 or so of 100 rows the filters drop (seen, hidden) made
+        # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
+        nearest=Nearest(stage.depth, excluded),
     )
-    if not rows:
+    found["collaborative"] = read.nearest
+    candidates = candidates_merge(found)
+    if not read.rows:
         return Ranked([], [] if explain else None)
-    candidates, external_ids, facts = facts_from_rows(stage.state, stage.attributes, candidates, rows, shares)
+    candidates, external_ids, facts = facts_from_rows(stage.state, stage.attributes, candidates, read.rows, shares)
     recency = (now - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
     features = features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
     scores = stage.ranker.predict(features)
@@ -141,20 +146,17 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
     return Ranked(neighbours, _contributions(stage, features[top]) if explain else None)
 
 
-def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[str, Found], dict[str, float]]:
-    """Each source's (item ids, scores); and the user's category shares (for the features)."""
+def _retrieve(
+    stage: Stage, request: RankingRequest, now: float
+) -> tuple[dict[str, Found], dict[str, float], npt.NDArray[np.int64]]:
+    """Each source's (item ids, scores) but the collaborative search's (it runs with the facts
+    statement); the user's category shares (for the features); the excluded ids, ascending."""
     depth, state = stage.depth, stage.state
     excluded = np.sort(np.fromiter(request.excluded, np.int64, len(request.excluded)))
-    filters = Filters(tuple(request.excluded), request.category)
-    # One search per ANN source: the 9 or so of 100 rows the filters drop (seen, hidden) made
-    # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
-    found = {
-        "collaborative": _from_neighbours(
-            version_nearest_items(request.version, request.vector, limit=depth, filters=filters, widen=False)
-        )
-    }
+    found: dict[str, Found] = {}
     if request.content is not None:
         content, profile = request.content
+        filters = Filters(tuple(request.excluded), request.category)
         found["content"] = _from_neighbours(
             version_nearest_items(content, profile, limit=depth, filters=filters, widen=False)
         )
@@ -173,7 +175,7 @@ def _retrieve(stage: Stage, request: RankingRequest, now: float) -> tuple[dict[s
     assert index is not None  # RankingState sets it
     share = index.shares(rows, len(recent))
     found["category_recent"] = index.newest(index.favourites(share), excluded=excluded, depth=depth, now=now)
-    return found, {str(index.names[c]): float(share[c]) for c in np.flatnonzero(share)}
+    return found, {str(index.names[c]): float(share[c]) for c in np.flatnonzero(share)}, excluded
 
 
 def _from_neighbours(neighbours: list[Neighbour]) -> Found:

@@ -9,7 +9,9 @@ when a version chooses halfvec, ``tables.vector_type_choose``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,10 @@ from django.db import transaction
 from pgvector import Vector
 from psycopg import sql
 
-from embeddings.vectors.tables import as_array, cursor
+from embeddings.vectors.search import exclusion_condition, one_search_settings
+from embeddings.vectors.tables import as_array, cursor, query_vector
 from recsys.ingestion.writer import ints_literal
+from recsys.rules.ruleset import NO_RULES, item_conditions
 
 # ---- stored vectors -------------------------------------------------------------------------------
 
@@ -151,14 +155,30 @@ def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[
 # categories, age in days, attributes, and its scores against the user's vectors in the
 # collaborative and content versions. The scores are inner products computed by PostgreSQL (one
 # index lookup per candidate and table, no vector leaves the server): shipping and decoding ~500
-# vectors per request cost more than the lookups.
+# vectors per request cost more than the lookups. The collaborative search runs in the same
+# statement (``nearest``): its items join the candidates with the score the search computed, so
+# they cost no lookup of their own and the request one round trip less. The search skips what the
+# separate search skipped (hidden, excluded, other categories, unavailable) and nothing else: an
+# item the rules' conditions reject still takes its place in the search's ranks, and only its
+# facts row is dropped.
 _CANDIDATES = """
+    WITH nearest AS MATERIALIZED ({search})
     SELECT i.id, i.external_id, i.categories,
            extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400,
-           {attributes}, {collaborative}, {content}
-    FROM recsys_item i
-    WHERE i.id = ANY(%(ids)s::int8[]) AND NOT i.is_hidden {category} {conditions}
+           {attributes},
+           coalesce(n.score, (SELECT -(embedding <#> %(vector)s) FROM {table} WHERE item_id = i.id)),
+           {content}, n.score, coalesce(true {conditions}, false)
+    FROM recsys_item i LEFT JOIN nearest n ON n.item_id = i.id
+    WHERE i.id = ANY(%(ids)s::int8[] || ARRAY(SELECT item_id FROM nearest)) AND NOT i.is_hidden {category}
 """
+_NEAREST = """
+    SELECT v.item_id, -(v.embedding <#> %(vector)s) AS score
+    FROM {table} v JOIN recsys_item i ON i.id = v.item_id
+    WHERE NOT i.is_hidden AND v.embedding IS NOT NULL {exclude} {category} {available}
+    ORDER BY v.embedding <#> %(vector)s
+    LIMIT {limit}
+"""
+_NOTHING_NEAREST = "SELECT NULL::int8 AS item_id, NULL::float8 AS score WHERE false"
 
 # Each category's newest visible items, newest first (ties: the lower id first, as offline).
 _CATEGORY_NEWEST = """
@@ -181,46 +201,114 @@ def category_newest_rows(*, per_category: int) -> list[tuple[str, int, float]]:
     return [(r[0], int(r[1]), float(r[2])) for r in rows]
 
 
+@dataclass(frozen=True)
+class Nearest:
+    """The collaborative search that ``candidate_rows`` runs with the facts: the ``limit`` items
+    of the item table nearest the user's vector, ``exclude`` (ascending ids) skipped, one search
+    as ``nearest_items(widen=False)`` makes it."""
+
+    limit: int
+    exclude: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class CandidateRows:
+    """The search's (item ids, scores), in no particular order, and the candidates' facts rows."""
+
+    nearest: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
+    rows: list[tuple[Any, ...]]
+
+
 def candidate_rows(
     *,
     ids: Sequence[int] | npt.NDArray[np.int64],
     item_table: str,
+    vector_type: str,
     vector: npt.NDArray[np.float32],
     content: tuple[str, npt.NDArray[np.float32]] | None,
     category: str | None,
     attributes: bool,
     conditions: tuple[str, dict[str, Any]] = ("", {}),
-) -> list[tuple[Any, ...]]:
-    """(id, external id, categories, age days, attributes or None, ``vector`` · the item's vector
-    in ``item_table``, the content profile · its vector in the content table, each None without
-    a row) of the visible candidates among ``ids`` (in no particular order) that pass
-    ``conditions`` (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden); one
-    round trip. ``content``: (content table, the user's profile) or None."""
-
-    def score(table: str | None, name: str) -> sql.Composable:
-        if table is None:
-            return sql.SQL("NULL::float8")
-        return sql.SQL("(SELECT -(embedding <#> %({})s) FROM {} WHERE item_id = i.id)").format(
-            sql.SQL(name), sql.Identifier(table)
-        )
-
-    statement = sql.SQL(_CANDIDATES).format(
-        attributes=sql.SQL("i.attributes" if attributes else "NULL::jsonb"),
-        collaborative=score(item_table, "vector"),
-        content=score(content[0] if content else None, "profile"),
-        category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
-        conditions=sql.SQL(conditions[0]),  # type: ignore[arg-type]  # built from a whitelist, values are parameters
+    nearest: Nearest | None = None,
+) -> CandidateRows:
+    """The ``nearest`` search's items, and (id, external id, categories, age days, attributes or
+    None, ``vector`` · the item's vector in ``item_table``, the content profile · its vector in the
+    content table, each None without a row) of the visible candidates among ``ids`` and the
+    search's items (in no particular order) that pass ``conditions``
+    (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden); one round trip.
+    ``vector_type``: the item table's (``ModelVersion.vector_type``). ``content``: (content table,
+    the user's profile) or None."""
+    statement = _candidates_statement(
+        item_table,
+        content[0] if content else None,
+        bool(category),
+        attributes,
+        conditions[0],
+        nearest.limit if nearest else 0,
+        bool(nearest and len(nearest.exclude)),
     )
+    if nearest is not None:
+        one_search_settings(nearest.limit)
     params = {
         # A literal built in C: psycopg dumps a list's ~550 ids one by one (~1 ms of a ranked request).
         "ids": ints_literal(np.asarray(ids, np.int64)),
+        "exclude": ints_literal(nearest.exclude) if nearest else None,
         "category": category,
-        "vector": Vector(np.asarray(vector, np.float32)),
+        "vector": query_vector(vector, vector_type),  # the HNSW index's operator; scores alike
         "profile": Vector(np.asarray(content[1], np.float32)) if content else None,
         **conditions[1],
     }
     with cursor() as cur:
-        return cur.execute(statement, params, binary=True).fetchall()
+        rows = cur.execute(statement, params, binary=True).fetchall()
+    searched = [r for r in rows if r[7] is not None]
+    return CandidateRows(
+        (np.array([r[0] for r in searched], np.int64), np.array([r[7] for r in searched], np.float32)),
+        [r[:7] for r in rows if r[8]],
+    )
+
+
+@lru_cache(maxsize=256)
+def _candidates_statement(
+    item_table: str,
+    content_table: str | None,
+    category: bool,
+    attributes: bool,
+    conditions: str,
+    limit: int,
+    exclude: bool,
+) -> str:
+    """``_CANDIDATES``' text for one shape of request, composed once (as the user search's is)."""
+    category_condition = sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else "")
+    search = (
+        sql.SQL(_NEAREST).format(
+            table=sql.Identifier(item_table),
+            exclude=exclusion_condition(exclude),
+            category=category_condition,
+            available=sql.SQL(item_conditions(NO_RULES)[0]),  # what nearest_items always applies
+            limit=sql.Literal(limit),
+        )
+        if limit
+        else sql.SQL(_NOTHING_NEAREST)
+    )
+    content = (
+        sql.SQL("(SELECT -(embedding <#> %(profile)s) FROM {} WHERE item_id = i.id)").format(
+            sql.Identifier(content_table)
+        )
+        if content_table
+        else sql.SQL("NULL::float8")
+    )
+    return (
+        sql.SQL(_CANDIDATES)
+        .format(
+            search=search,
+            attributes=sql.SQL("i.attributes" if attributes else "NULL::jsonb"),
+            table=sql.Identifier(item_table),
+            content=content,
+            category=category_condition,
+            conditions=sql.SQL(conditions),  # type: ignore[arg-type]  # built from a whitelist, values are parameters
+        )
+        .as_string(None)
+    )
 
 
 # ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------

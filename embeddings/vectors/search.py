@@ -99,6 +99,15 @@ def _widened(
     return rows
 
 
+def one_search_settings(limit: int) -> None:
+    """The connection's settings for one search of ``limit`` rows that is not widened, as
+    ``nearest_items(widen=False)`` makes it: for a search inside another module's statement."""
+    if iterative_scans_available():
+        _session_settings((("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
+    else:
+        _session_settings((("hnsw.ef_search", str(ef_search_first(limit))),))
+
+
 def ef_search_first(limit: int, margin: int = 1) -> int:
     """The first ef_search of a widening search on pgvector < 0.8: the index answers at most
     ef_search rows, so starting below ``limit`` would only search twice (the ranking stage's
@@ -143,7 +152,7 @@ def _search(
     boosts, boost_params = boost_columns(filters.rules)
     statement = sql.SQL(_QUERY).format(
         table=sql.Identifier(table),
-        exclude=_exclusion(bool(filters.exclude_ids)),
+        exclude=exclusion_condition(bool(filters.exclude_ids)),
         category=category,
         conditions=sql.SQL(conditions),
         boosts=sql.SQL(boosts),
@@ -161,7 +170,7 @@ def _search(
     return sorted((_neighbour(r) for r in rows), key=lambda n: -n.score)
 
 
-def _exclusion(exclude: bool) -> sql.SQL:
+def exclusion_condition(exclude: bool) -> sql.SQL:
     """The excluded items' condition, only when there are some: an array parameter, even an empty
     one, makes PostgreSQL's generic plan look dearer than a custom one (its selectivity is a guess),
     so a prepared search was planned again on every request (~0.6 ms of the backend's CPU,
@@ -265,7 +274,7 @@ def _user_statement(
         .format(
             user_table=sql.Identifier(user_table),
             table=sql.Identifier(item_table),
-            exclude=_exclusion(exclude),
+            exclude=exclusion_condition(exclude),
             category=sql.SQL("AND i.categories @> ARRAY[%(category)s]::varchar[]" if category else ""),
             conditions=sql.SQL(conditions),
             boosts=sql.SQL(boosts),

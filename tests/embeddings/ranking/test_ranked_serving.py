@@ -17,8 +17,11 @@ from embeddings import content, services
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
 from embeddings.recommendations import user_recommendations_list
-from embeddings.vectors.rows import candidate_rows, category_newest_rows, vectors_of
-from recsys.models import Interaction, Item, User
+from embeddings.serving import version_nearest_items
+from embeddings.vectors.rows import Nearest, candidate_rows, category_newest_rows, vectors_of
+from embeddings.vectors.search import Filters
+from recsys.models import HiddenItem, Interaction, Item, User
+from recsys.rules.ruleset import RuleSet, item_conditions
 from recsys.services import items_upsert
 
 pytestmark = pytest.mark.django_db
@@ -142,11 +145,12 @@ def test_candidate_scores_are_the_inner_products_of_the_stored_vectors(trained):
     rows = candidate_rows(
         ids=[*ids, Item.objects.get(external_id="late").pk],
         item_table=trained.item_table,
+        vector_type=trained.vector_type,
         vector=vector,
         content=(content_table, profile.astype(np.float32)),
         category=None,
         attributes=False,
-    )
+    ).rows
 
     collaborative, encoded = vectors_of(trained.item_table, "item_id", ids), vectors_of(content_table, "item_id", ids)
     by_id = {r[0]: r for r in rows}
@@ -157,6 +161,44 @@ def test_candidate_scores_are_the_inner_products_of_the_stored_vectors(trained):
         assert by_id[item][6] == pytest.approx(float(np.dot(served_profile, encoded[item])), rel=1e-5, abs=1e-6)
     late = by_id[Item.objects.get(external_id="late").pk]
     assert late[1] == "late" and late[2] == ["c0"] and late[5] is None and late[6] is None
+
+
+def test_the_facts_statements_search_finds_and_reads_what_a_separate_search_and_read_do(trained):
+    # Given a user who excludes two items and hid their nearest other one, and an unavailable item
+    user = User.objects.get(external_id="u1")
+    vector = vectors_of(trained.user_table, "user_id", [user.pk])[user.pk]
+    ids = dict(Item.objects.values_list("external_id", "pk"))
+    excluded = np.array(sorted([ids["i0"], ids["i3"]]), np.int64)
+    Item.objects.filter(external_id="i6").update(available_until=datetime(2020, 1, 1, tzinfo=UTC))
+    hidden = version_nearest_items(trained, vector, limit=1, filters=Filters(tuple(excluded.tolist())))[0].item_id
+    HiddenItem.objects.create(user=user, item_id=hidden)
+    others = [ids["i1"], ids["i2"], ids["i9"]]  # what the other sources found
+    for category in (None, "c0"):
+        searched = version_nearest_items(
+            trained, vector, limit=12, filters=Filters(tuple(excluded.tolist()), category), widen=False
+        )
+        read: dict[str, Any] = {
+            "item_table": trained.item_table,
+            "vector_type": trained.vector_type,
+            "vector": vector,
+            "content": None,
+            "category": category,
+            "attributes": True,
+            "conditions": item_conditions(RuleSet(hidden_for="u1")),
+        }
+
+        # When the search runs inside the facts statement, and when it runs on its own
+        merged = candidate_rows(ids=others, **read, nearest=Nearest(12, excluded))
+        apart = candidate_rows(ids=[*others, *(n.item_id for n in searched)], **read)
+
+        # Then it finds the same items with the same scores, and the facts are the same rows
+        assert searched
+        assert dict(zip(*merged.nearest, strict=True)) == {n.item_id: np.float32(n.score) for n in searched}
+        assert not {ids["i0"], ids["i3"], ids["i6"]} & set(merged.nearest[0].tolist())
+        assert sorted(merged.rows, key=lambda r: r[0]) == sorted(apart.rows, key=lambda r: r[0])
+        assert hidden not in {r[0] for r in merged.rows}  # the rules drop its facts, not its search rank
+        assert hidden in merged.nearest[0] or category is not None
+        assert len(apart.nearest[0]) == 0
 
 
 def test_each_categorys_newest_visible_items_are_read_newest_first(trained):
@@ -193,10 +235,10 @@ def test_a_ranked_request_searches_once_and_reads_every_candidate_in_one_stateme
     assert answer.strategy == "ranked" and len(answer.items) == 5
     searches = [s for s in statements if f'"{shallow.item_table}" v' in s and "ORDER BY v.embedding" in s]
     facts = [s for s in statements if "i.id = ANY(" in s]
-    assert len(searches) == 1 and len(facts) == 1, statements
+    assert len(searches) == 1 and facts == searches, statements  # the search runs in the facts statement
     assert not [s for s in statements if "unnest(i.categories)" in s]  # the categories come from the state
-    # the user's state, the content profile's vectors, the content search, the collaborative one, the facts
-    assert len(statements) == 5, statements
+    # the user's state, the content profile's vectors, the content search, the collaborative search and facts
+    assert len(statements) == 4, statements
 
 
 def test_a_version_whose_state_predates_this_code_is_served_without_the_stage(trained):
