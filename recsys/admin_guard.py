@@ -16,8 +16,9 @@ from django.http import HttpRequest
 # the query is compiled (?ip_address=jazz: ValueError). Django validates only what it can parse.
 REFUSED_BY_DATABASE = (DataError, ProgrammingError)
 # A value the driver cannot send as the column's type (?encoder_state=x: text for a bytea column)
-# fails as a TypeError while the query is executed.
-REFUSED_LOOKUP = (*REFUSED_BY_DATABASE, ValueError, TypeError)
+# fails as a TypeError while the query is executed; a year past what a date can hold
+# (?created_at__year=99999999999999999999) as an OverflowError while it is compiled.
+REFUSED_LOOKUP = (*REFUSED_BY_DATABASE, ValueError, TypeError, OverflowError)
 MESSAGE_CHARS = 200
 
 

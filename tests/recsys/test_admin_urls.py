@@ -79,6 +79,7 @@ def stored(db):
         "/admin/auth/user/?username=%00",
         "/admin/axes/accessattempt/?ip_address=jazz",  # a value the field refuses (ValueError) on django-axes' page
         "/admin/embeddings/modelversion/?encoder_state=jazz",  # text for a bytea column: the driver's TypeError
+        "/admin/embeddings/modelversion/?created_at__year=99999999999999999999",  # no such date: OverflowError
     ],
 )
 def test_a_value_the_database_refuses_redirects_to_the_list_with_a_message(admin_client, stored, url):
