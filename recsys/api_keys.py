@@ -171,8 +171,7 @@ class Changes:
     def _subscribe(self, client: Any) -> None:
         self._drop()
         pool = client.connection_pool
-        # RESP2: a subscription's messages are plain replies (RESP3 hands them to a push handler).
-        connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        connection = pool.connection_class(**_subscription_options(pool.connection_kwargs))
         try:
             connection.connect()
             connection.send_command("SUBSCRIBE", changes_channel(client))
@@ -191,6 +190,17 @@ class Changes:
                 connection.disconnect()
             except (redis.RedisError, OSError):
                 pass
+
+
+def _subscription_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The pool's connection options for a subscription of its own: RESP2, whose messages are plain
+    replies (RESP3 hands them to a push handler), and so without redis-py's maintenance
+    notifications, which a TCP pool turns on and which refuse to run on a RESP2 parser ("only
+    supported with hiredis and RESP3 parsers": raised at connect, it opened the breaker)."""
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    kept = {k: v for k, v in options.items() if not k.startswith("maint_notifications")}
+    return {**kept, "protocol": 2, "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 changes = Changes()

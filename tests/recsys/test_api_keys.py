@@ -196,3 +196,19 @@ def test_unknown_keys_are_not_cached(clock, five_seconds, django_assert_num_quer
     with django_assert_num_queries(2):
         assert api_key_authenticate(raw_key="rsk_not-a-key") is None
         assert api_key_authenticate(raw_key="rsk_not-a-key") is None
+
+
+@pytest.mark.parametrize("protocol", [None, 2, 3])
+def test_the_subscription_connection_can_be_made_for_a_tcp_redis(protocol) -> None:
+    # A TCP pool turns on redis-py's maintenance notifications, which refuse a RESP2 connection when
+    # it is made: every subscription failed against a TCP Redis (CI's second pass) and opened the
+    # breaker, so the cache, throttles and limits ran as if Redis were away. No server is needed:
+    # the refusal came from building the connection.
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=1, **({"protocol": protocol} if protocol else {}))
+    pool = client.connection_pool
+
+    connection = pool.connection_class(**api_keys._subscription_options(pool.connection_kwargs))
+
+    assert connection.protocol in (2, "2")
