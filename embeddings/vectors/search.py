@@ -85,7 +85,7 @@ def _widened(
     ``margin``: the first search asks the index for at least ``margin`` × ``limit`` candidates."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
-        return search(session=(("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
+        return search(session=_first_search_session(limit, margin))
     ef_search = ef_search_first(limit, margin)
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
@@ -102,10 +102,14 @@ def _widened(
 def one_search_settings(limit: int) -> None:
     """The connection's settings for one search of ``limit`` rows that is not widened, as
     ``nearest_items(widen=False)`` makes it: for a search inside another module's statement."""
+    _session_settings(_first_search_session(limit))
+
+
+def _first_search_session(limit: int, margin: int = 1) -> tuple[tuple[str, str], ...]:
+    """The session settings of a search's first (on pgvector ≥ 0.8, only) HNSW pass."""
     if iterative_scans_available():
-        _session_settings((("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start()))))
-    else:
-        _session_settings((("hnsw.ef_search", str(ef_search_first(limit))),))
+        return (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start())))
+    return (("hnsw.ef_search", str(ef_search_first(limit, margin))),)
 
 
 def ef_search_first(limit: int, margin: int = 1) -> int:
