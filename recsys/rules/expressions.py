@@ -34,6 +34,7 @@ MAX_DEPTH = 12  # nested NOTs and parentheses
 MAX_PREDICATES = 32
 MAX_LIST_VALUES = 100
 MAX_STRING_CHARS = 256
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 FIELDS = ("id", "title", "categories", "published_at", "created_at")
 _KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -124,8 +125,11 @@ def _token(kind: str, text: str, position: int) -> Token:
         return Token(kind, text, position, int(value) if value.is_integer() and abs(value) < 2**53 else value)
     if kind == "string":
         string = re.sub(r"\\(.)", r"\1", text[1:-1], flags=re.DOTALL)
-        if len(string) > MAX_STRING_CHARS or "\x00" in string:
-            raise ExpressionError(f"a string is at most {MAX_STRING_CHARS} characters, without NUL", position)
+        # A lone surrogate has no UTF-8 form: PostgreSQL's JSON refuses it ("Unicode low surrogate").
+        if len(string) > MAX_STRING_CHARS or "\x00" in string or _SURROGATE.search(string):
+            raise ExpressionError(
+                f"a string is at most {MAX_STRING_CHARS} characters, without NUL or lone surrogates", position
+            )
         return Token(kind, text, position, string)
     if kind == "word" and text.lower() in _KEYWORDS:
         return Token("keyword", text.lower(), position)

@@ -126,3 +126,10 @@ def test_arbitrary_unicode_never_raises_anything_else(text):
         parse(text)
     except ExpressionError:
         pass
+
+
+def test_a_string_with_a_lone_surrogate_is_refused_where_it_stands() -> None:
+    # found by the SQL property test: PostgreSQL's JSON refuses "\udae4" (no UTF-8 form)
+    with pytest.raises(ExpressionError, match="lone surrogates") as refused:
+        parse('attributes.colour = "es\udae4"')
+    assert refused.value.position == 20  # the string's opening quote
