@@ -47,6 +47,10 @@ class ModelVersion(models.Model):
     vector_type = models.CharField(
         max_length=10, choices=[(t, t) for t in tables.VECTOR_TYPES], default=tables.VECTOR, editable=False
     )
+    # The HNSW search's ef_search for this version's item table, chosen when it was trained: the
+    # smallest that reaches RECSYS_HNSW_TARGET_RECALL on a sample of its own queries
+    # (embeddings/ann_tuning.py); None: RECSYS_HNSW_EF_SEARCH.
+    ef_search = models.PositiveIntegerField(null=True, blank=True, editable=False)
     # YᵀY of the item factors (d × d), so that a user vector can be folded in from their items alone.
     item_gram = models.JSONField(null=True, blank=True)
     # Content versions: what a fitted encoder needs to encode a search query in another process
