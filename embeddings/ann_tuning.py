@@ -142,3 +142,26 @@ class _ExactAnswers:
             columns = [self.columns[int(i)] for i in ids[: self.k] if int(i) in self.columns]
             right += int(np.count_nonzero(self.scores[row, columns] >= self.threshold[row]))
         return right / (self.k * len(found)) if len(found) else 1.0
+
+
+def stored_version_ef_search_tune(version: ModelVersion) -> None:
+    """Choose (again) the ef_search of a version already stored, from the vectors in its tables: a
+    version trained before versions chose their own, or after RECSYS_HNSW_TARGET_RECALL changed.
+    Saves the version; serving processes see it when they next re-read the active version."""
+    from embeddings.models import Kind
+    from embeddings.vectors.rows import vectors_matrix
+    from recsys.models import Item, User
+
+    item_ids, item_vectors = vectors_matrix(
+        version.item_table, "item_id", list(Item.objects.values_list("pk", flat=True))
+    )
+    if version.kind == Kind.CONTENT:
+        query_vectors = item_vectors  # similar items by content search with items' own vectors
+    else:
+        users = np.array(User.objects.values_list("pk", flat=True), np.int64)
+        sample = np.random.default_rng(version.pk).choice(users, size=min(len(users), 4 * QUERIES), replace=False)
+        query_vectors = vectors_matrix(version.user_table, "user_id", np.sort(sample))[1]
+    version_ef_search_tune(
+        version, item_ids=item_ids, item_vectors=item_vectors, query_vectors=query_vectors, seed=version.pk
+    )
+    version.save(update_fields=["ef_search", "metrics"])
