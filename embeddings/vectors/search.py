@@ -142,10 +142,16 @@ def ef_search_first(limit: int, margin: int = 1, ef_search: int | None = None) -
     """The first ef_search of a widening search on pgvector < 0.8: the index answers at most
     ef_search rows, so starting below ``limit`` would only search twice (the ranking stage's
     100-deep retrieval did, at ef_search 64); below ``margin`` × ``limit``, the first rung of the
-    ×4 ladder from ef_search_start (or the table's own ``ef_search``) that reaches it."""
-    start = min(ef_search, EF_SEARCH_MAX) if ef_search else ef_search_start()
-    ef_search = max(start, min(limit, EF_SEARCH_MAX))
-    while ef_search < min(margin * limit, EF_SEARCH_MAX):
+    ×4 ladder from ef_search_start that reaches it. A table's own ``ef_search`` (tuned for 10
+    rows) starts the search when it already reaches ``margin`` × ``limit``; below that the ladder
+    is the setting's, as for a table without one."""
+    wanted = min(margin * limit, EF_SEARCH_MAX)
+    if ef_search is not None:
+        tuned = max(min(ef_search, EF_SEARCH_MAX), min(limit, EF_SEARCH_MAX))
+        if tuned >= wanted:
+            return tuned
+    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
+    while ef_search < wanted:
         ef_search = min(ef_search * 4, EF_SEARCH_MAX)
     return ef_search
 

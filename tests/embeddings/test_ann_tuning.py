@@ -13,7 +13,7 @@ from embeddings.models import ModelVersion
 from embeddings.recommendations import user_recommendations_list
 from embeddings.selectors import active_version_serving_forget
 from embeddings.vectors import tables
-from embeddings.vectors.search import ef_search_iterative
+from embeddings.vectors.search import ef_search_first, ef_search_iterative
 from recsys.models import Item
 
 
@@ -63,6 +63,17 @@ def test_a_tuned_ef_search_is_raised_to_a_deeper_limit_only_up_to_the_setting(se
     assert ef_search_iterative(50, 24) == 50  # the ranking stage's depth keeps its breadth
     assert ef_search_iterative(200, 24) == 64
     assert ef_search_iterative(10, 160) == 160  # vectors that need more get more
+
+
+@pytest.mark.unit
+def test_on_pgvector_before_0_8_a_tuned_ef_search_never_starts_a_seen_items_search_narrower_than_before(settings):
+    settings.RECSYS_HNSW_EF_SEARCH = 64
+
+    assert ef_search_first(10, 1, 24) == 24  # no margin: the tuned value
+    assert ef_search_first(10, 4, None) == 64
+    assert ef_search_first(10, 4, 24) == 64  # below 4 x 10: the setting's ladder, not 24 x 4
+    assert ef_search_first(10, 4, 48) == 48
+    assert ef_search_first(30, 4, 24) == ef_search_first(30, 4, None) == 256
 
 
 @pytest.fixture
