@@ -360,11 +360,15 @@ def index_search_ids(
     product first, as far as the index finds them): what ``embeddings.ann_tuning`` checks against
     the exact answer."""
     statement = sql.SQL(_INDEX_QUERY).format(table=sql.Identifier(table), limit=sql.Literal(limit))
-    session = _first_search_session(limit, ef_search=ef_search)
-    return [
-        np.array(
-            [r[0] for r in _rows(statement, {"query": query_vector(q, vector_type)}, session=session, local=())],
-            np.int64,
-        )
-        for q in queries
-    ]
+    # The index itself, even where the planner would scan a small table (an exact answer: recall 1).
+    session = (*_first_search_session(limit, ef_search=ef_search), ("enable_seqscan", "off"))
+    try:
+        return [
+            np.array(
+                [r[0] for r in _rows(statement, {"query": query_vector(q, vector_type)}, session=session, local=())],
+                np.int64,
+            )
+            for q in queries
+        ]
+    finally:
+        _session_settings((("enable_seqscan", "on"),))
