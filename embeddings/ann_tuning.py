@@ -49,19 +49,24 @@ def version_ef_search_tune(
     item_vectors: npt.NDArray[np.float32],
     query_vectors: npt.NDArray[np.float32],
     seed: int,
+    queries_are_items: bool = False,
 ) -> None:
     """Set ``version.ef_search`` (and its ``ann_recall@10`` metric) from its item table, whose rows
     are ``item_ids`` with ``item_vectors``, searched with a sample of ``query_vectors``; with
-    RECSYS_HNSW_TARGET_RECALL 0, or nothing to measure, the version keeps the setting's."""
+    RECSYS_HNSW_TARGET_RECALL 0, or nothing to measure, the version keeps the setting's.
+    ``queries_are_items``: the queries are rows of ``item_vectors`` (similar items), and each
+    query's own item, which similar items never answer, is left out of both answers."""
     target = settings.RECSYS_HNSW_TARGET_RECALL
-    if not target or not len(item_ids) or not len(query_vectors):
+    rows = queries_sample(query_vectors, seed=seed)
+    if not target or not len(item_ids) or not len(rows):
         return
     choice = ef_search_choose(
         table=version.item_table,
         vector_type=version.vector_type,
         item_ids=item_ids,
         item_vectors=item_vectors,
-        queries=queries_sample(query_vectors, seed=seed),
+        queries=np.ascontiguousarray(query_vectors[rows], dtype=np.float32),
+        query_items=np.asarray(item_ids)[rows] if queries_are_items else None,
         target=target,
     )
     version.ef_search = choice.ef_search
@@ -76,16 +81,21 @@ def ef_search_choose(
     item_vectors: npt.NDArray[np.float32],
     queries: npt.NDArray[np.float32],
     target: float,
+    query_items: npt.NDArray[np.int64] | None = None,
 ) -> AnnChoice:
     """The smallest ef_search of the ladder whose recall@10 on ``queries`` reaches ``target`` in
     ``table`` (whose rows are ``item_ids`` with ``item_vectors``); the ladder's largest when none
-    does."""
+    does. ``query_items``: each query's own item, left out of both answers (the index is asked for
+    one more)."""
     if vector_type == HALFVEC:  # the exact answer of what the table holds and the query it is sent
         item_vectors, queries = item_vectors.astype(np.float16), queries.astype(np.float16)
-    exact = _ExactAnswers(item_ids, item_vectors.astype(np.float32), queries.astype(np.float32))
+    exact = _ExactAnswers(item_ids, item_vectors.astype(np.float32), queries.astype(np.float32), skip=query_items)
+    asked = K + (1 if query_items is not None else 0)
 
     def recall(ef_search: int) -> float:
-        found = index_search_ids(table, queries, vector_type=vector_type, limit=K, ef_search=ef_search)
+        found = index_search_ids(table, queries, vector_type=vector_type, limit=asked, ef_search=ef_search)
+        if query_items is not None:
+            found = [ids[ids != own] for ids, own in zip(found, query_items, strict=True)]
         return exact.recall(found)
 
     value, measured = smallest_reaching(EF_SEARCH_LADDER, recall, target)
@@ -111,15 +121,18 @@ def smallest_reaching(
     return ladder[low], measured
 
 
-def queries_sample(vectors: npt.NDArray[np.float32], *, seed: int, size: int = QUERIES) -> npt.NDArray[np.float32]:
-    """Up to ``size`` rows of ``vectors`` that are not all zero, drawn without replacement."""
+def queries_sample(vectors: npt.NDArray[np.float32], *, seed: int, size: int = QUERIES) -> npt.NDArray[np.int64]:
+    """Up to ``size`` row numbers of ``vectors`` that are not all zero, drawn without replacement, ascending."""
     usable = np.flatnonzero(np.any(vectors != 0, axis=1))
     rows = np.random.default_rng(seed).choice(usable, size=min(size, len(usable)), replace=False)
-    return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
+    return np.sort(rows)
 
 
 class _ExactAnswers:
-    """Each query's exact scores, and the k-th best of them: what an index answer is judged by."""
+    """Each query's k-th best exact score, what an index answer is judged by; item columns are
+    scored in chunks, so a large catalogue never needs a queries × items matrix at once."""
+
+    CHUNK = 50_000  # item columns scored at a time: 300 queries × 50,000 float32 = 60 MB
 
     def __init__(
         self,
@@ -127,21 +140,35 @@ class _ExactAnswers:
         item_vectors: npt.NDArray[np.float32],
         queries: npt.NDArray[np.float32],
         k: int = K,
+        skip: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        self.scores = queries @ np.asarray(item_vectors, np.float32).T
-        k = min(k, self.scores.shape[1])
-        kth = -np.partition(-self.scores, k - 1, axis=1)[:, k - 1]
-        self.threshold = kth - 1e-4 * np.maximum(np.abs(kth), 1.0)  # float32 (halfvec: float16) rounding
+        self.items = np.asarray(item_vectors, np.float32)
+        self.queries = np.asarray(queries, np.float32)
         self.columns = {int(item): column for column, item in enumerate(np.asarray(item_ids).tolist())}
-        self.k = k
+        skipped = None if skip is None else np.array([self.columns.get(int(i), -1) for i in skip])
+        self.k = k = min(k, len(self.items) - (1 if skip is not None else 0))
+        best = np.full((len(self.queries), 0), -np.inf, np.float32)
+        for start in range(0, len(self.items), self.CHUNK):
+            scores = self.queries @ self.items[start : start + self.CHUNK].T
+            if skipped is not None:  # a query's own item is not among its answers
+                own = (skipped >= start) & (skipped < start + self.CHUNK)
+                scores[np.flatnonzero(own), skipped[own] - start] = -np.inf
+            merged = np.concatenate([best, scores], axis=1)
+            keep = min(k, merged.shape[1])
+            best = -np.partition(-merged, keep - 1, axis=1)[:, :keep]
+        kth = best.min(axis=1) if k > 0 else np.full(len(self.queries), np.inf, np.float32)
+        self.threshold = kth - 1e-4 * np.maximum(np.abs(kth), 1.0)  # float32 (halfvec: float16) rounding
 
     def recall(self, found: Sequence[npt.NDArray[np.int64]]) -> float:
         """The share of the k answers each query should have that ``found`` holds."""
+        if not len(found) or self.k <= 0:
+            return 1.0
         right = 0
         for row, ids in enumerate(found):
             columns = [self.columns[int(i)] for i in ids[: self.k] if int(i) in self.columns]
-            right += int(np.count_nonzero(self.scores[row, columns] >= self.threshold[row]))
-        return right / (self.k * len(found)) if len(found) else 1.0
+            scores = self.items[columns] @ self.queries[row]
+            right += int(np.count_nonzero(scores >= self.threshold[row]))
+        return right / (self.k * len(found))
 
 
 def stored_version_ef_search_tune(version: ModelVersion) -> None:
@@ -162,6 +189,11 @@ def stored_version_ef_search_tune(version: ModelVersion) -> None:
         sample = np.random.default_rng(version.pk).choice(users, size=min(len(users), 4 * QUERIES), replace=False)
         query_vectors = vectors_matrix(version.user_table, "user_id", np.sort(sample))[1]
     version_ef_search_tune(
-        version, item_ids=item_ids, item_vectors=item_vectors, query_vectors=query_vectors, seed=version.pk
+        version,
+        item_ids=item_ids,
+        item_vectors=item_vectors,
+        query_vectors=query_vectors,
+        seed=version.pk,
+        queries_are_items=version.kind == Kind.CONTENT,
     )
     version.save(update_fields=["ef_search", "metrics"])

@@ -147,7 +147,12 @@ def _build(version: ModelVersion) -> None:
     # Items' own vectors are what similar items by content search with.
     stored = vectors[present]
     version_ef_search_tune(
-        version, item_ids=np.asarray(items.ids)[present], item_vectors=stored, query_vectors=stored, seed=version.pk
+        version,
+        item_ids=np.asarray(items.ids)[present],
+        item_vectors=stored,
+        query_vectors=stored,
+        seed=version.pk,
+        queries_are_items=True,
     )
     timings["ann"] = time.perf_counter() - started
     encoded = int(present.sum())

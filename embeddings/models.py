@@ -7,6 +7,7 @@ deleting millions of rows from an HNSW-indexed table instead leaves hours of vac
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from embeddings.vectors import tables
@@ -71,6 +72,12 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} v{self.pk} ({self.algorithm}, {self.status})"
+
+    @property
+    def served_ef_search(self) -> int | None:
+        """The ef_search its searches run at: its own, or None (RECSYS_HNSW_EF_SEARCH) when it has
+        none or the tuning is off (RECSYS_HNSW_TARGET_RECALL=0 switches tuned versions back too)."""
+        return self.ef_search if settings.RECSYS_HNSW_TARGET_RECALL else None
 
     @property
     def item_table(self) -> str:

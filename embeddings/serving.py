@@ -93,7 +93,7 @@ def version_nearest_items(
         limit=limit,
         filters=filters,
         widen=widen,
-        ef_search=version.ef_search,
+        ef_search=version.served_ef_search,
     )
 
 

@@ -7,13 +7,19 @@ import pytest
 from django.db import connection
 
 from embeddings import services
-from embeddings.ann_tuning import EF_SEARCH_LADDER, _ExactAnswers, ef_search_choose, smallest_reaching
+from embeddings.ann_tuning import (
+    EF_SEARCH_LADDER,
+    _ExactAnswers,
+    ef_search_choose,
+    smallest_reaching,
+    version_ef_search_tune,
+)
 from embeddings.learners import LearnerParams
 from embeddings.models import ModelVersion
 from embeddings.recommendations import user_recommendations_list
 from embeddings.selectors import active_version_serving_forget
 from embeddings.vectors import tables
-from embeddings.vectors.search import ef_search_first, ef_search_iterative
+from embeddings.vectors.search import ef_search_first, ef_search_iterative, iterative_scans_available
 from recsys.models import Item
 
 
@@ -55,6 +61,28 @@ def test_recall_counts_a_tie_at_the_boundary_as_right_and_a_worse_item_as_a_miss
 
 
 @pytest.mark.unit
+def test_exact_answers_scored_in_chunks_equal_the_whole_matrix_and_leave_a_query_s_own_item_out(monkeypatch):
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((1000, 8)).astype(np.float32)
+    ids = np.arange(5000, 6000)
+    queries = items[[4, 500, 999]]
+    whole = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+    monkeypatch.setattr(_ExactAnswers, "CHUNK", 97)
+    chunked = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+
+    np.testing.assert_allclose(chunked.threshold, whole.threshold)
+    scores = queries @ items.T
+    scores[[0, 1, 2], [4, 500, 999]] = -np.inf
+    best = [ids[np.argsort(-row)[:10]] for row in scores]
+    assert chunked.recall(best) == 1.0
+    with_worst = [
+        np.concatenate([b[:9], [ids[np.argmin(np.where(np.isinf(row), np.inf, row))]]])
+        for b, row in zip(best, scores, strict=True)
+    ]
+    assert chunked.recall(with_worst) == pytest.approx(0.9)
+
+
+@pytest.mark.unit
 def test_a_tuned_ef_search_is_raised_to_a_deeper_limit_only_up_to_the_setting(settings):
     settings.RECSYS_HNSW_EF_SEARCH = 64
 
@@ -66,14 +94,15 @@ def test_a_tuned_ef_search_is_raised_to_a_deeper_limit_only_up_to_the_setting(se
 
 
 @pytest.mark.unit
-def test_on_pgvector_before_0_8_a_tuned_ef_search_never_starts_a_seen_items_search_narrower_than_before(settings):
+def test_on_pgvector_before_0_8_a_tuned_ef_search_only_ever_widens_the_first_search(settings):
+    # Filters apply after the index there: a narrower start returns fewer rows or searches again.
     settings.RECSYS_HNSW_EF_SEARCH = 64
 
-    assert ef_search_first(10, 1, 24) == 24  # no margin: the tuned value
-    assert ef_search_first(10, 4, None) == 64
-    assert ef_search_first(10, 4, 24) == 64  # below 4 x 10: the setting's ladder, not 24 x 4
-    assert ef_search_first(10, 4, 48) == 48
+    assert ef_search_first(10, 1, 24) == ef_search_first(10, 1, None) == 64
+    assert ef_search_first(10, 4, 24) == 64
+    assert ef_search_first(50, 1, 24) == 64  # the ranking stage's candidates
     assert ef_search_first(30, 4, 24) == ef_search_first(30, 4, None) == 256
+    assert ef_search_first(10, 1, 160) == 160  # vectors that need more get more
 
 
 @pytest.fixture
@@ -120,12 +149,34 @@ def test_a_trained_version_records_its_ef_search_and_serving_uses_it(trained):
     assert trained.ef_search in EF_SEARCH_LADDER
     assert trained.metrics["ann_recall@10"] >= 0.99
     assert "ann" in trained.timings
-    ModelVersion.objects.filter(pk=trained.pk).update(ef_search=24)
-    active_version_serving_forget()
+    # Wider than the setting: every pgvector; narrower: only where iterative scans make it safe.
+    for tuned, served in ((160, "160"), (24, "24" if iterative_scans_available() else "64")):
+        ModelVersion.objects.filter(pk=trained.pk).update(ef_search=tuned)
+        active_version_serving_forget()
 
-    user_recommendations_list(user_external_id="u3", limit=5)
+        user_recommendations_list(user_external_id="u3", limit=5)
 
-    assert getattr(connection.connection, "_recsys_settings", {}).get("hnsw.ef_search") == "24"
+        assert getattr(connection.connection, "_recsys_settings", {}).get("hnsw.ef_search") == served
+
+
+def test_tuning_off_serves_the_setting_even_for_a_tuned_version(trained, settings):
+    assert trained.served_ef_search == trained.ef_search
+    settings.RECSYS_HNSW_TARGET_RECALL = 0
+
+    assert trained.ef_search is not None and trained.served_ef_search is None
+
+
+def test_all_zero_query_vectors_leave_the_version_untuned(trained):
+    trained.ef_search, trained.metrics = None, {}
+    version_ef_search_tune(
+        trained,
+        item_ids=np.array([1, 2], np.int64),
+        item_vectors=np.ones((2, 8), np.float32),
+        query_vectors=np.zeros((5, 8), np.float32),
+        seed=0,
+    )
+
+    assert trained.ef_search is None and "ann_recall@10" not in trained.metrics
 
 
 def test_tuning_off_keeps_the_setting(communities, settings):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from embeddings.ann_tuning import stored_version_ef_search_tune
-from embeddings.models import ActiveVersion, ModelVersion
+from embeddings.models import ActiveVersion, ModelVersion, Status
 
 
 class Command(BaseCommand):
@@ -18,11 +19,18 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--model-version", dest="model_version", type=int, action="append", help="a version number (repeatable)")
+        parser.add_argument(
+            "--model-version", dest="model_version", type=int, action="append", help="a version number (repeatable)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.RECSYS_HNSW_TARGET_RECALL:
+            raise CommandError("RECSYS_HNSW_TARGET_RECALL is 0: every version searches at RECSYS_HNSW_EF_SEARCH")
         if options["model_version"]:
-            versions = list(ModelVersion.objects.filter(pk__in=options["model_version"], has_tables=True))
+            stored = ModelVersion.objects.filter(has_tables=True).exclude(
+                status=Status.TRAINING
+            )  # a run still writes it
+            versions = list(stored.filter(pk__in=options["model_version"]))
             missing = set(options["model_version"]) - {v.pk for v in versions}
             if missing:
                 raise CommandError(f"no stored version {', '.join(map(str, sorted(missing)))}")
