@@ -27,6 +27,7 @@ VERSION_FIELDS = (
     "params_table",
     "dimensions",
     "vector_type",
+    "ef_search",
     "metrics_table",
     "ranking_table",
     "timings_table",

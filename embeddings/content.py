@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from embeddings import runs
+from embeddings.ann_tuning import version_ef_search_tune
 from embeddings.answer_cache import answers_invalidate_all
 from embeddings.encoders import TextEncoder, encoder_cached, encoder_create, item_text, l2_normalise, nonzero_rows
 from embeddings.models import ActiveVersion, Kind, ModelVersion
@@ -141,13 +142,25 @@ def _build(version: ModelVersion) -> None:
     tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
     tables.index_build(version.pk, "item", kind)
     timings["store"] = time.perf_counter() - started
+    started = time.perf_counter()
+    version.metrics = {"items_per_second": round(len(items.texts) / max(timings["encode"], 1e-9), 1)}
+    # Items' own vectors are what similar items by content search with.
+    stored = vectors[present]
+    version_ef_search_tune(
+        version,
+        item_ids=np.asarray(items.ids)[present],
+        item_vectors=stored,
+        query_vectors=stored,
+        seed=version.pk,
+        queries_are_items=True,
+    )
+    timings["ann"] = time.perf_counter() - started
     encoded = int(present.sum())
     version.dimensions = encoder.dimensions
     version.encoder_state = encoder.state()
     version.centroids = centroids.round(6).tolist()
     version.counts = {"items": len(items.texts), "encoded": encoded, "without_text": len(items.texts) - encoded}
     version.timings = {k: round(v, 3) for k, v in timings.items()}
-    version.metrics = {"items_per_second": round(len(items.texts) / max(timings["encode"], 1e-9), 1)}
     runs.run_finish(version)
 
 

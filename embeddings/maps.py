@@ -248,9 +248,13 @@ def embedding_map_request(*, version_id: int) -> EmbeddingMap:
     return emap
 
 
-def embedding_map_compute(*, version_id: int) -> EmbeddingMap:
-    """Compute and store a version's map (the worker's side); a failure is recorded on the row."""
-    version = ModelVersion.objects.get(pk=version_id)
+def embedding_map_compute(*, version_id: int) -> EmbeddingMap | None:
+    """Compute and store a version's map (the worker's side); a failure is recorded on the row.
+    None when the version was deleted after the map was asked for (its map row went with it)."""
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        logger.info("embedding map of version %s skipped: the version was deleted", version_id)
+        return None
     emap, _ = EmbeddingMap.objects.get_or_create(version=version, defaults={"requested_at": timezone.now()})
     try:
         if not version.has_tables:

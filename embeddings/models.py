@@ -7,6 +7,7 @@ deleting millions of rows from an HNSW-indexed table instead leaves hours of vac
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from embeddings.vectors import tables
@@ -47,6 +48,10 @@ class ModelVersion(models.Model):
     vector_type = models.CharField(
         max_length=10, choices=[(t, t) for t in tables.VECTOR_TYPES], default=tables.VECTOR, editable=False
     )
+    # The HNSW search's ef_search for this version's item table, chosen when it was trained: the
+    # smallest that reaches RECSYS_HNSW_TARGET_RECALL on a sample of its own queries
+    # (embeddings/ann_tuning.py); None: RECSYS_HNSW_EF_SEARCH.
+    ef_search = models.PositiveIntegerField(null=True, blank=True, editable=False)
     # YᵀY of the item factors (d × d), so that a user vector can be folded in from their items alone.
     item_gram = models.JSONField(null=True, blank=True)
     # Content versions: what a fitted encoder needs to encode a search query in another process
@@ -67,6 +72,12 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} v{self.pk} ({self.algorithm}, {self.status})"
+
+    @property
+    def served_ef_search(self) -> int | None:
+        """The ef_search its searches run at: its own, or None (RECSYS_HNSW_EF_SEARCH) when it has
+        none or the tuning is off (RECSYS_HNSW_TARGET_RECALL=0 switches tuned versions back too)."""
+        return self.ef_search if settings.RECSYS_HNSW_TARGET_RECALL else None
 
     @property
     def item_table(self) -> str:

@@ -207,6 +207,7 @@ def _user_recommendations(request: _UserRequest) -> Answer:
             limit=limit,
             filters=Filters(tuple(exclude_ids), category, rules),
             seen=0 if include_seen else MAX_SEEN,
+            ef_search=collaborative.served_ef_search,
         )
         if found is not None:
             return Answer(from_neighbours(found), model_ref(collaborative), "collaborative")

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from embeddings import runs
+from embeddings.ann_tuning import version_ef_search_tune
 from embeddings.cold_placement import cold_items_place, content_map_learn
 from embeddings.evaluation import Split, popularity_recommender, ranking_metrics, scores_recommender
 from embeddings.interactions import (
@@ -212,6 +213,16 @@ def _train(version: ModelVersion) -> None:
     started = time.perf_counter()
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
+    started = time.perf_counter()
+    # The users' vectors are what a personalised request searches with.
+    version_ef_search_tune(
+        version,
+        item_ids=data.item_ids,
+        item_vectors=factors.item,
+        query_vectors=factors.user,
+        seed=params.random_state,
+    )
+    timings["ann"] = time.perf_counter() - started
     if settings.RECSYS_COLD_ITEMS:
         started = time.perf_counter()
         learned = content_map_learn(

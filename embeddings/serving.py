@@ -84,9 +84,16 @@ def version_nearest_items(
     widen: bool = True,
 ) -> list[Neighbour]:
     """``nearest_items`` over a model version's item table, in that version's vector type (the two
-    always go together: a table searched as another type would miss its HNSW index)."""
+    always go together: a table searched as another type would miss its HNSW index) and at its own
+    ef_search."""
     return nearest_items(
-        version.item_table, query, vector_type=version.vector_type, limit=limit, filters=filters, widen=widen
+        version.item_table,
+        query,
+        vector_type=version.vector_type,
+        limit=limit,
+        filters=filters,
+        widen=widen,
+        ef_search=version.served_ef_search,
     )
 
 

@@ -89,6 +89,8 @@ def embedding_map_compute(version_id: int) -> dict[str, object]:
     from embeddings.maps import embedding_map_compute as compute
 
     emap = compute(version_id=version_id)
+    if emap is None:
+        return {"version": version_id, "state": "deleted", "points": 0}
     return {"version": version_id, "state": emap.state, "points": emap.sample_size}
 
 

@@ -509,6 +509,11 @@ RECSYS_REVENUE_EVENT_TYPES = env_list("RECSYS_REVENUE_EVENT_TYPES", ["purchase"]
 # at 64, 0.9990 at 100, with 1.12, 1.34 and 2.26 ms of PostgreSQL CPU per search: 64 keeps all but
 # 0.06 points of 100's recall for 60% of its cost.
 RECSYS_HNSW_EF_SEARCH = env_int("RECSYS_HNSW_EF_SEARCH", 64, minimum=1)
+# Each collaborative and content version chooses its own ef_search when it is trained: the smallest
+# whose recall@10 of the index search, against the exact answer for a sample of the version's own
+# queries (users' vectors; items' for content), reaches this; RECSYS_HNSW_EF_SEARCH serves custom
+# spaces and versions trained before. 0 turns the tuning off (every version uses the setting).
+RECSYS_HNSW_TARGET_RECALL = env_float("RECSYS_HNSW_TARGET_RECALL", 0.99, minimum=0.0)
 # A model version of this many items or more stores its vectors as halfvec (float16: half the bytes
 # of each vector) where the server's pgvector has it (0.7+; the embedded 0.6 keeps vector); 0 = never.
 # bench/halfvec.py at 200,000 items x 64 dims: HNSW index 0.76x, table 0.58x, recall@10 at ef_search

@@ -28,6 +28,28 @@ def _isolated_cache_namespace() -> None:
     cache.key_prefix = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _event_types_survive_flushes() -> None:
+    """A transactional test ends with a flush, which empties the event types the migrations seeded;
+    the flush's post_migrate puts them back, so a later test in the same process (xdist's worksteal
+    mixes the two kinds) can still ingest a "purchase"."""
+    from django.db.models.signals import post_migrate
+
+    from recsys.migrations._event_type_defaults import DEFAULTS
+
+    def seed(sender: object, using: str = "default", **kwargs: object) -> None:
+        from recsys.models import EventType
+
+        if getattr(sender, "name", None) != "recsys" or EventType.objects.using(using).exists():
+            return
+        EventType.objects.using(using).bulk_create(
+            EventType(name=name, weight=weight, uses_value=uses_value, description=description)
+            for name, weight, uses_value, description in DEFAULTS
+        )
+
+    post_migrate.connect(seed, weak=False, dispatch_uid="tests-event-types-after-flush")
+
+
 def _is_unit(request: pytest.FixtureRequest) -> bool:
     return request.node.get_closest_marker("unit") is not None
 

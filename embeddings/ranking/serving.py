@@ -131,7 +131,7 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
         conditions=item_conditions(request.rules),
         # One search per ANN source: the 9 or so of 100 rows the filters drop (seen, hidden) made
         # pgvector 0.6 search again at 4× ef_search, 20 ms of PostgreSQL at 100k items.
-        nearest=Nearest(stage.depth, excluded),
+        nearest=Nearest(stage.depth, excluded, request.version.served_ef_search),
     )
     found["collaborative"] = read.nearest
     candidates = candidates_merge(found)

@@ -209,6 +209,7 @@ class Nearest:
 
     limit: int
     exclude: npt.NDArray[np.int64]
+    ef_search: int | None = None  # the version's own (ModelVersion.ef_search), None: the setting's
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def candidate_rows(
         bool(nearest and len(nearest.exclude)),
     )
     if nearest is not None:
-        one_search_settings(nearest.limit)
+        one_search_settings(nearest.limit, nearest.ef_search)
     params = {
         # A literal built in C: psycopg dumps a list's ~550 ids one by one (~1 ms of a ranked request).
         "ids": ints_literal(np.asarray(ids, np.int64)),

@@ -65,28 +65,40 @@ def nearest_items(
     limit: int,
     filters: Filters = Filters(),
     widen: bool = True,
+    ef_search: int | None = None,
 ) -> list[Neighbour]:
     """Items of ``table`` by inner product with ``query`` (highest first) that pass ``filters``;
     ``vector_type`` is the table's column type (``ModelVersion.vector_type``; ``vector`` for spaces).
     ``widen=False``: one search, whatever it finds (on pgvector < 0.8, the filters may leave
-    fewer than ``limit``; a candidate source accepts that rather than search again)."""
+    fewer than ``limit``; a candidate source accepts that rather than search again).
+    ``ef_search``: the table's own (``ModelVersion.ef_search``, tuned when it was trained), or None
+    for RECSYS_HNSW_EF_SEARCH."""
     found = _widened(
-        lambda **settings: _search(table, query, vector_type, limit, filters, **settings), limit, widen=widen
+        lambda **settings: _search(table, query, vector_type, limit, filters, **settings),
+        limit,
+        widen=widen,
+        ef_search=ef_search,
     )
     assert found is not None  # _search always answers a list
     return found
 
 
 def _widened(
-    search: Callable[..., list[Neighbour] | None], limit: int, *, widen: bool = True, margin: int = 1
+    search: Callable[..., list[Neighbour] | None],
+    limit: int,
+    *,
+    widen: bool = True,
+    margin: int = 1,
+    ef_search: int | None = None,
 ) -> list[Neighbour] | None:
     """``search(session=..., local=...)`` until it finds ``limit`` rows, widening the HNSW search
     on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated.
-    ``margin``: the first search asks the index for at least ``margin`` × ``limit`` candidates."""
+    ``margin``: the first search asks the index for at least ``margin`` × ``limit`` candidates.
+    ``ef_search``: the table's own first ef_search, or None for the setting's."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
-        return search(session=_first_search_session(limit, margin))
-    ef_search = ef_search_first(limit, margin)
+        return search(session=_first_search_session(limit, margin, ef_search))
+    ef_search = ef_search_first(limit, margin, ef_search)
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
         if not widen:
@@ -99,33 +111,53 @@ def _widened(
     return rows
 
 
-def one_search_settings(limit: int) -> None:
+def one_search_settings(limit: int, ef_search: int | None = None) -> None:
     """The connection's settings for one search of ``limit`` rows that is not widened, as
     ``nearest_items(widen=False)`` makes it: for a search inside another module's statement."""
-    _session_settings(_first_search_session(limit))
+    _session_settings(_first_search_session(limit, ef_search=ef_search))
 
 
-def _first_search_session(limit: int, margin: int = 1) -> tuple[tuple[str, str], ...]:
+def _first_search_session(limit: int, margin: int = 1, ef_search: int | None = None) -> tuple[tuple[str, str], ...]:
     """The session settings of a search's first (on pgvector ≥ 0.8, only) HNSW pass."""
     if iterative_scans_available():
-        return (("hnsw.iterative_scan", "relaxed_order"), ("hnsw.ef_search", str(ef_search_start())))
-    return (("hnsw.ef_search", str(ef_search_first(limit, margin))),)
+        return (
+            ("hnsw.iterative_scan", "relaxed_order"),
+            ("hnsw.ef_search", str(ef_search_iterative(limit, ef_search))),
+        )
+    return (("hnsw.ef_search", str(ef_search_first(limit, margin, ef_search))),)
 
 
-def ef_search_first(limit: int, margin: int = 1) -> int:
+def ef_search_iterative(limit: int, ef_search: int | None = None) -> int:
+    """The ef_search of an iterative scan (pgvector ≥ 0.8), which goes on past it until ``limit``
+    rows pass the filters, so a narrower start costs no rows. A table's tuned value below the
+    setting's is raised to ``limit`` (up to the setting's): its recall was measured for 10 rows, and
+    a deeper search (the ranking stage's candidates) keeps at least the breadth it had before.
+    A personalised search skips the user's seen items inside the scan: measured as served, its
+    recall@10 is at least the bare index's at the same ef_search (0.9924 against 0.9885 at 20,
+    0.9986 against 0.9974-0.9982 at 40; BENCHMARKS.md, Hot path, fourth pass)."""
+    setting = ef_search_start()
+    if ef_search is None:
+        return setting
+    return max(min(ef_search, EF_SEARCH_MAX), min(limit, setting))
+
+
+def ef_search_first(limit: int, margin: int = 1, ef_search: int | None = None) -> int:
     """The first ef_search of a widening search on pgvector < 0.8: the index answers at most
     ef_search rows, so starting below ``limit`` would only search twice (the ranking stage's
     100-deep retrieval did, at ef_search 64); below ``margin`` × ``limit``, the first rung of the
-    ×4 ladder from ef_search_start that reaches it."""
-    ef_search = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
-    while ef_search < min(margin * limit, EF_SEARCH_MAX):
-        ef_search = min(ef_search * 4, EF_SEARCH_MAX)
-    return ef_search
+    ×4 ladder from ef_search_start that reaches it. There the filters (seen items, categories,
+    rules) apply after the index, so a table's own ``ef_search`` only ever widens this: a narrower
+    start would return fewer rows or search again."""
+    wanted = min(margin * limit, EF_SEARCH_MAX)
+    first = max(ef_search_start(), min(limit, EF_SEARCH_MAX))
+    while first < wanted:
+        first = min(first * 4, EF_SEARCH_MAX)
+    return max(first, min(ef_search, EF_SEARCH_MAX)) if ef_search is not None else first
 
 
 def ef_search_start() -> int:
-    """The HNSW search's first ef_search (RECSYS_HNSW_EF_SEARCH; bench/ann_recall.py measures the
-    recall each value buys and what it costs)."""
+    """The HNSW search's first ef_search for a table without a tuned one (RECSYS_HNSW_EF_SEARCH;
+    bench/ann_recall.py measures the recall each value buys and what it costs)."""
     return min(int(settings.RECSYS_HNSW_EF_SEARCH), EF_SEARCH_MAX)
 
 
@@ -230,7 +262,14 @@ _USER_QUERY = """
 
 
 def user_nearest_items(
-    *, user_table: str, item_table: str, user_external_id: str, limit: int, filters: Filters, seen: int
+    *,
+    user_table: str,
+    item_table: str,
+    user_external_id: str,
+    limit: int,
+    filters: Filters,
+    seen: int,
+    ef_search: int | None = None,
 ) -> list[Neighbour] | None:
     """Items of ``item_table`` nearest the user's stored vector in ``user_table`` (highest first),
     skipping the user's ``seen`` most recent items, their hidden items and what ``filters`` exclude;
@@ -255,7 +294,7 @@ def user_nearest_items(
         found = (_neighbour(r[1:]) for r in rows if r[1] is not None)
         return sorted(found, key=lambda n: -n.score)
 
-    return _widened(search, limit, margin=SEEN_MARGIN)
+    return _widened(search, limit, margin=SEEN_MARGIN, ef_search=ef_search)
 
 
 @lru_cache(maxsize=256)
@@ -307,3 +346,29 @@ def _session_settings(settings: tuple[tuple[str, str], ...]) -> None:
         with cursor() as cur:
             cur.execute(_set_config(tuple(wanted.items()), is_local=False))
         raw._recsys_settings = {**current, **wanted}
+
+
+# The index alone, as ef_search tuning measures it: no join, no filters, the served session settings.
+_INDEX_QUERY = "SELECT item_id FROM {table} WHERE embedding IS NOT NULL ORDER BY embedding <#> %(query)s LIMIT {limit}"
+
+
+def index_search_ids(
+    table: str, queries: npt.NDArray[np.float32], *, vector_type: str, limit: int, ef_search: int
+) -> list[npt.NDArray[np.int64]]:
+    """Each query's ``limit`` item ids from ``table``'s HNSW index at ``ef_search`` (highest inner
+    product first, as far as the index finds them): what ``embeddings.ann_tuning`` checks against
+    the exact answer."""
+    statement = sql.SQL(_INDEX_QUERY).format(table=sql.Identifier(table), limit=sql.Literal(limit))
+    # The index itself, even where the planner would scan a small table (an exact answer: recall 1).
+    breadth = (("hnsw.iterative_scan", "relaxed_order"),) if iterative_scans_available() else ()
+    session = (*breadth, ("hnsw.ef_search", str(ef_search)), ("enable_seqscan", "off"))
+    try:
+        return [
+            np.array(
+                [r[0] for r in _rows(statement, {"query": query_vector(q, vector_type)}, session=session, local=())],
+                np.int64,
+            )
+            for q in queries
+        ]
+    finally:
+        _session_settings((("enable_seqscan", "on"),))

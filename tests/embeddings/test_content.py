@@ -55,7 +55,8 @@ def test_build_encodes_every_item_with_text_and_switches_serving(built):
     assert {k for k, (has_vector, *_) in stored.items() if has_vector} == {"pasta", "soup", "scope", "comet"}
     assert stored["blank"][0] is False  # recorded as "nothing to encode", not a zero vector
     assert built.params["encoder"] == "fake" and built.dimensions > 0
-    assert set(built.timings) == {"load", "fit", "encode", "cluster", "store"}
+    assert set(built.timings) == {"load", "fit", "encode", "cluster", "store", "ann"}
+    assert built.ef_search is not None and built.metrics["ann_recall@10"] >= 0.99
 
 
 def test_clusters_group_items_by_topic(built):

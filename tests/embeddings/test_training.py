@@ -43,7 +43,7 @@ def test_a_run_stores_vectors_metrics_and_becomes_active(communities):
     assert (count(version.item_table), count(version.user_table)) == (30, 40)
     assert version.dimensions == 8 and version.counts["interactions"] == 240
     assert version.metrics["ndcg@10"] > version.baseline_metrics["ndcg@10"]
-    assert set(version.timings) == {"load", "evaluate", "fit", "store", "content_map"}
+    assert set(version.timings) == {"load", "evaluate", "fit", "store", "ann", "content_map"}
 
 
 def test_a_worse_version_stays_ready_and_serving_is_unchanged(communities):

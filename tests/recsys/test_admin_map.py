@@ -171,3 +171,11 @@ def test_a_collaborative_map_is_coloured_by_category_with_distinct_colours(setti
         colour for label, colour in zip(points["groups"], points["colours"], strict=True) if label in {"cooking", "sky"}
     ]
     assert len(set(shown)) == 2
+
+
+def test_a_map_asked_for_a_version_deleted_since_is_skipped_without_a_failure(caplog):
+    # The task was queued, then the version was deleted (the admin, or pruning) before it ran.
+    answer = tasks.embedding_map_compute.run(version_id=987654)
+
+    assert answer == {"version": 987654, "state": "deleted", "points": 0}
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]

@@ -1,0 +1,199 @@
+"""Each version's HNSW ef_search, chosen when it is trained, on its own vectors.
+
+ef_search is how many candidates the index walks: more buys recall and costs PostgreSQL CPU on every
+search. What a value buys depends on the vectors (their dimension, how their norms spread, how
+clustered they are): on 100k generated items with ALS 64-d, recall@10 was 0.9885 at 20 and 0.9993 at
+64; 200,000 factor-shaped vectors measured 0.9771 at 64 (BENCHMARKS.md, HNSW ef_search). So a fixed
+setting is too dear for some catalogues and too loose for others. After a version's index is
+built, the run measures recall@10 of the index search against the exact answer for a sample of the
+version's own queries and keeps the smallest ef_search of a ladder that reaches
+RECSYS_HNSW_TARGET_RECALL (a binary search over the ladder: recall grows with ef_search).
+
+Recall counts a found item as right when its exact score is at least the k-th best exact score
+(less a rounding tolerance), so ties at the boundary do not count as misses; for a halfvec table the
+exact scores are those of the float16 vectors it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from django.conf import settings
+
+from embeddings.vectors.search import index_search_ids
+from embeddings.vectors.tables import HALFVEC
+
+if TYPE_CHECKING:
+    from embeddings.models import ModelVersion
+
+EF_SEARCH_LADDER = (16, 20, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400)
+QUERIES = 300  # queries sampled: recall's standard error ~0.002 at 0.99 over 3,000 answers
+K = 10
+
+
+@dataclass(frozen=True)
+class AnnChoice:
+    ef_search: int
+    recall: float  # recall@10 at that ef_search
+    measured: dict[int, float]  # every ef_search measured and its recall
+
+
+def version_ef_search_tune(
+    version: ModelVersion,
+    *,
+    item_ids: npt.NDArray[np.int64],
+    item_vectors: npt.NDArray[np.float32],
+    query_vectors: npt.NDArray[np.float32],
+    seed: int,
+    queries_are_items: bool = False,
+) -> None:
+    """Set ``version.ef_search`` (and its ``ann_recall@10`` metric) from its item table, whose rows
+    are ``item_ids`` with ``item_vectors``, searched with a sample of ``query_vectors``; with
+    RECSYS_HNSW_TARGET_RECALL 0, or nothing to measure, the version keeps the setting's.
+    ``queries_are_items``: the queries are rows of ``item_vectors`` (similar items), and each
+    query's own item, which similar items never answer, is left out of both answers."""
+    target = settings.RECSYS_HNSW_TARGET_RECALL
+    rows = queries_sample(query_vectors, seed=seed)
+    if not target or not len(item_ids) or not len(rows):
+        return
+    choice = ef_search_choose(
+        table=version.item_table,
+        vector_type=version.vector_type,
+        item_ids=item_ids,
+        item_vectors=item_vectors,
+        queries=np.ascontiguousarray(query_vectors[rows], dtype=np.float32),
+        query_items=np.asarray(item_ids)[rows] if queries_are_items else None,
+        target=target,
+    )
+    version.ef_search = choice.ef_search
+    version.metrics["ann_recall@10"] = round(choice.recall, 5)
+
+
+def ef_search_choose(
+    *,
+    table: str,
+    vector_type: str,
+    item_ids: npt.NDArray[np.int64],
+    item_vectors: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    target: float,
+    query_items: npt.NDArray[np.int64] | None = None,
+) -> AnnChoice:
+    """The smallest ef_search of the ladder whose recall@10 on ``queries`` reaches ``target`` in
+    ``table`` (whose rows are ``item_ids`` with ``item_vectors``); the ladder's largest when none
+    does. ``query_items``: each query's own item, left out of both answers (the index is asked for
+    one more)."""
+    if vector_type == HALFVEC:  # the exact answer of what the table holds and the query it is sent
+        item_vectors, queries = item_vectors.astype(np.float16), queries.astype(np.float16)
+    exact = _ExactAnswers(item_ids, item_vectors.astype(np.float32), queries.astype(np.float32), skip=query_items)
+    asked = K + (1 if query_items is not None else 0)
+
+    def recall(ef_search: int) -> float:
+        found = index_search_ids(table, queries, vector_type=vector_type, limit=asked, ef_search=ef_search)
+        if query_items is not None:
+            found = [ids[ids != own] for ids, own in zip(found, query_items, strict=True)]
+        return exact.recall(found)
+
+    value, measured = smallest_reaching(EF_SEARCH_LADDER, recall, target)
+    return AnnChoice(value, measured[value], measured)
+
+
+def smallest_reaching(
+    ladder: Sequence[int], measure: Callable[[int], float], target: float
+) -> tuple[int, dict[int, float]]:
+    """The smallest rung whose ``measure`` reaches ``target`` (the measure non-decreasing along the
+    ladder), by binary search; the largest rung when none does. Also every rung measured."""
+    measured: dict[int, float] = {}
+    low, high = 0, len(ladder) - 1
+    while low < high:
+        middle = (low + high) // 2
+        measured[ladder[middle]] = measure(ladder[middle])
+        if measured[ladder[middle]] >= target:
+            high = middle
+        else:
+            low = middle + 1
+    if ladder[low] not in measured:
+        measured[ladder[low]] = measure(ladder[low])
+    return ladder[low], measured
+
+
+def queries_sample(vectors: npt.NDArray[np.float32], *, seed: int, size: int = QUERIES) -> npt.NDArray[np.int64]:
+    """Up to ``size`` row numbers of ``vectors`` that are not all zero, drawn without replacement, ascending."""
+    usable = np.flatnonzero(np.any(vectors != 0, axis=1))
+    rows = np.random.default_rng(seed).choice(usable, size=min(size, len(usable)), replace=False)
+    return np.sort(rows)
+
+
+class _ExactAnswers:
+    """Each query's k-th best exact score, what an index answer is judged by; item columns are
+    scored in chunks, so a large catalogue never needs a queries × items matrix at once."""
+
+    CHUNK = 50_000  # item columns scored at a time: 300 queries × 50,000 float32 = 60 MB
+
+    def __init__(
+        self,
+        item_ids: npt.NDArray[np.int64],
+        item_vectors: npt.NDArray[np.float32],
+        queries: npt.NDArray[np.float32],
+        k: int = K,
+        skip: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self.items = np.asarray(item_vectors, np.float32)
+        self.queries = np.asarray(queries, np.float32)
+        self.columns = {int(item): column for column, item in enumerate(np.asarray(item_ids).tolist())}
+        skipped = None if skip is None else np.array([self.columns.get(int(i), -1) for i in skip])
+        self.k = k = min(k, len(self.items) - (1 if skip is not None else 0))
+        best = np.full((len(self.queries), 0), -np.inf, np.float32)
+        for start in range(0, len(self.items), self.CHUNK):
+            scores = self.queries @ self.items[start : start + self.CHUNK].T
+            if skipped is not None:  # a query's own item is not among its answers
+                own = (skipped >= start) & (skipped < start + self.CHUNK)
+                scores[np.flatnonzero(own), skipped[own] - start] = -np.inf
+            merged = np.concatenate([best, scores], axis=1)
+            keep = min(k, merged.shape[1])
+            best = -np.partition(-merged, keep - 1, axis=1)[:, :keep]
+        kth = best.min(axis=1) if k > 0 else np.full(len(self.queries), np.inf, np.float32)
+        self.threshold = kth - 1e-4 * np.maximum(np.abs(kth), 1.0)  # float32 (halfvec: float16) rounding
+
+    def recall(self, found: Sequence[npt.NDArray[np.int64]]) -> float:
+        """The share of the k answers each query should have that ``found`` holds."""
+        if not len(found) or self.k <= 0:
+            return 1.0
+        right = 0
+        for row, ids in enumerate(found):
+            columns = [self.columns[int(i)] for i in ids[: self.k] if int(i) in self.columns]
+            scores = self.items[columns] @ self.queries[row]
+            right += int(np.count_nonzero(scores >= self.threshold[row]))
+        return right / (self.k * len(found))
+
+
+def stored_version_ef_search_tune(version: ModelVersion) -> None:
+    """Choose (again) the ef_search of a version already stored, from the vectors in its tables: a
+    version trained before versions chose their own, or after RECSYS_HNSW_TARGET_RECALL changed.
+    Saves the version; serving processes see it when they next re-read the active version."""
+    from embeddings.models import Kind
+    from embeddings.vectors.rows import vectors_matrix
+    from recsys.models import Item, User
+
+    item_ids, item_vectors = vectors_matrix(
+        version.item_table, "item_id", list(Item.objects.values_list("pk", flat=True))
+    )
+    if version.kind == Kind.CONTENT:
+        query_vectors = item_vectors  # similar items by content search with items' own vectors
+    else:
+        users = np.array(User.objects.values_list("pk", flat=True), np.int64)
+        sample = np.random.default_rng(version.pk).choice(users, size=min(len(users), 4 * QUERIES), replace=False)
+        query_vectors = vectors_matrix(version.user_table, "user_id", np.sort(sample))[1]
+    version_ef_search_tune(
+        version,
+        item_ids=item_ids,
+        item_vectors=item_vectors,
+        query_vectors=query_vectors,
+        seed=version.pk,
+        queries_are_items=version.kind == Kind.CONTENT,
+    )
+    version.save(update_fields=["ef_search", "metrics"])

@@ -1,0 +1,189 @@
+"""Each version's HNSW ef_search, chosen when it is trained (embeddings/ann_tuning.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from embeddings import services
+from embeddings.ann_tuning import (
+    EF_SEARCH_LADDER,
+    _ExactAnswers,
+    ef_search_choose,
+    smallest_reaching,
+    version_ef_search_tune,
+)
+from embeddings.learners import LearnerParams
+from embeddings.models import ModelVersion
+from embeddings.recommendations import user_recommendations_list
+from embeddings.selectors import active_version_serving_forget
+from embeddings.vectors import tables
+from embeddings.vectors.search import ef_search_first, ef_search_iterative, iterative_scans_available
+from recsys.models import Item
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("first_passing", range(len(EF_SEARCH_LADDER)))
+def test_the_smallest_rung_that_reaches_the_target_is_found_in_few_measurements(first_passing):
+    measured = []
+
+    def measure(ef: int) -> float:
+        measured.append(ef)
+        return 0.995 if ef >= EF_SEARCH_LADDER[first_passing] else 0.9
+
+    value, recalls = smallest_reaching(EF_SEARCH_LADDER, measure, 0.99)
+
+    assert value == EF_SEARCH_LADDER[first_passing]
+    assert recalls[value] == 0.995
+    assert len(measured) <= 5  # a binary search over 15 rungs, not a walk along them
+    assert len(set(measured)) == len(measured)
+
+
+@pytest.mark.unit
+def test_no_rung_reaching_the_target_gives_the_largest():
+    value, recalls = smallest_reaching(EF_SEARCH_LADDER, lambda ef: ef / 1000, 0.99)
+
+    assert value == EF_SEARCH_LADDER[-1]
+    assert recalls[value] == EF_SEARCH_LADDER[-1] / 1000
+
+
+@pytest.mark.unit
+def test_recall_counts_a_tie_at_the_boundary_as_right_and_a_worse_item_as_a_miss():
+    items = np.array([[3.0], [2.0], [2.0], [1.0]] + [[0.5]] * 20, np.float32)
+    ids = np.arange(100, 124)
+    exact = _ExactAnswers(ids, items, np.array([[1.0]], np.float32), k=3)  # 3.0 and both tied 2.0s
+
+    assert exact.recall([np.array([100, 102, 101])]) == 1.0
+    assert exact.recall([np.array([100, 101, 102])]) == 1.0
+    assert exact.recall([np.array([100, 101, 103])]) == pytest.approx(2 / 3)
+    assert exact.recall([np.array([100, 101])]) == pytest.approx(2 / 3)  # a short answer misses too
+
+
+@pytest.mark.unit
+def test_exact_answers_scored_in_chunks_equal_the_whole_matrix_and_leave_a_query_s_own_item_out(monkeypatch):
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((1000, 8)).astype(np.float32)
+    ids = np.arange(5000, 6000)
+    queries = items[[4, 500, 999]]
+    whole = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+    monkeypatch.setattr(_ExactAnswers, "CHUNK", 97)
+    chunked = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+
+    np.testing.assert_allclose(chunked.threshold, whole.threshold)
+    scores = queries @ items.T
+    scores[[0, 1, 2], [4, 500, 999]] = -np.inf
+    best = [ids[np.argsort(-row)[:10]] for row in scores]
+    assert chunked.recall(best) == 1.0
+    with_worst = [
+        np.concatenate([b[:9], [ids[np.argmin(np.where(np.isinf(row), np.inf, row))]]])
+        for b, row in zip(best, scores, strict=True)
+    ]
+    assert chunked.recall(with_worst) == pytest.approx(0.9)
+
+
+@pytest.mark.unit
+def test_a_tuned_ef_search_is_raised_to_a_deeper_limit_only_up_to_the_setting(settings):
+    settings.RECSYS_HNSW_EF_SEARCH = 64
+
+    assert ef_search_iterative(10, None) == 64
+    assert ef_search_iterative(10, 24) == 24
+    assert ef_search_iterative(50, 24) == 50  # the ranking stage's depth keeps its breadth
+    assert ef_search_iterative(200, 24) == 64
+    assert ef_search_iterative(10, 160) == 160  # vectors that need more get more
+
+
+@pytest.mark.unit
+def test_on_pgvector_before_0_8_a_tuned_ef_search_only_ever_widens_the_first_search(settings):
+    # Filters apply after the index there: a narrower start returns fewer rows or searches again.
+    settings.RECSYS_HNSW_EF_SEARCH = 64
+
+    assert ef_search_first(10, 1, 24) == ef_search_first(10, 1, None) == 64
+    assert ef_search_first(10, 4, 24) == 64
+    assert ef_search_first(50, 1, 24) == 64  # the ranking stage's candidates
+    assert ef_search_first(30, 4, 24) == ef_search_first(30, 4, None) == 256
+    assert ef_search_first(10, 1, 160) == 160  # vectors that need more get more
+
+
+@pytest.fixture
+def random_table(db):
+    """2,000 items of random 32-d vectors in a version's item table with its HNSW index: vectors
+    without structure, which the index needs a wide search for."""
+    rng = np.random.default_rng(7)
+    Item.objects.bulk_create(Item(external_id=f"r{n}") for n in range(2000))
+    ids = np.array(sorted(Item.objects.values_list("id", flat=True)), np.int64)
+    vectors = rng.standard_normal((len(ids), 32)).astype(np.float32)
+    tables.tables_create(990001, 32)
+    tables.vectors_copy(990001, "item", ids, vectors)
+    tables.index_build(990001, "item")
+    yield tables.item_table(990001), ids, vectors, rng.standard_normal((100, 32)).astype(np.float32)
+    tables.tables_drop(990001)
+
+
+def test_the_choice_reaches_the_target_on_the_table_itself(random_table):
+    table, ids, vectors, queries = random_table
+
+    loose = ef_search_choose(
+        table=table, vector_type="vector", item_ids=ids, item_vectors=vectors, queries=queries, target=0.3
+    )
+    strict = ef_search_choose(
+        table=table, vector_type="vector", item_ids=ids, item_vectors=vectors, queries=queries, target=0.99
+    )
+
+    assert loose.ef_search == EF_SEARCH_LADDER[0]
+    assert strict.ef_search > EF_SEARCH_LADDER[0]  # random 32-d vectors: the narrowest search misses
+    assert strict.recall >= 0.99 or strict.ef_search == EF_SEARCH_LADDER[-1]
+    smaller = [ef for ef in strict.measured if ef < strict.ef_search]
+    assert all(strict.measured[ef] < 0.99 for ef in smaller)
+
+
+@pytest.fixture
+def trained(communities, settings):
+    settings.RECSYS_CF_TUNE = False
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    params = LearnerParams(algorithm="als", factors=8, iterations=10, regularization=0.05)
+    return services.collaborative_model_train(version_id=services.collaborative_version_create(params=params).pk)
+
+
+def test_a_trained_version_records_its_ef_search_and_serving_uses_it(trained):
+    assert trained.ef_search in EF_SEARCH_LADDER
+    assert trained.metrics["ann_recall@10"] >= 0.99
+    assert "ann" in trained.timings
+    # Wider than the setting: every pgvector; narrower: only where iterative scans make it safe.
+    for tuned, served in ((160, "160"), (24, "24" if iterative_scans_available() else "64")):
+        ModelVersion.objects.filter(pk=trained.pk).update(ef_search=tuned)
+        active_version_serving_forget()
+
+        user_recommendations_list(user_external_id="u3", limit=5)
+
+        assert getattr(connection.connection, "_recsys_settings", {}).get("hnsw.ef_search") == served
+
+
+def test_tuning_off_serves_the_setting_even_for_a_tuned_version(trained, settings):
+    assert trained.served_ef_search == trained.ef_search
+    settings.RECSYS_HNSW_TARGET_RECALL = 0
+
+    assert trained.ef_search is not None and trained.served_ef_search is None
+
+
+def test_all_zero_query_vectors_leave_the_version_untuned(trained):
+    trained.ef_search, trained.metrics = None, {}
+    version_ef_search_tune(
+        trained,
+        item_ids=np.array([1, 2], np.int64),
+        item_vectors=np.ones((2, 8), np.float32),
+        query_vectors=np.zeros((5, 8), np.float32),
+        seed=0,
+    )
+
+    assert trained.ef_search is None and "ann_recall@10" not in trained.metrics
+
+
+def test_tuning_off_keeps_the_setting(communities, settings):
+    settings.RECSYS_CF_TUNE = False
+    settings.RECSYS_HNSW_TARGET_RECALL = 0
+    params = LearnerParams(algorithm="als", factors=8, iterations=10, regularization=0.05)
+    version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=params).pk)
+
+    assert version.ef_search is None
+    assert "ann_recall@10" not in version.metrics
