@@ -35,17 +35,13 @@ def _event_types_survive_flushes() -> None:
     mixes the two kinds) can still ingest a "purchase"."""
     from django.db.models.signals import post_migrate
 
-    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.migrations._event_type_defaults import event_types_seed
 
     def seed(sender: object, using: str = "default", **kwargs: object) -> None:
         from recsys.models import EventType
 
-        if getattr(sender, "name", None) != "recsys" or EventType.objects.using(using).exists():
-            return
-        EventType.objects.using(using).bulk_create(
-            EventType(name=name, weight=weight, uses_value=uses_value, description=description)
-            for name, weight, uses_value, description in DEFAULTS
-        )
+        if getattr(sender, "name", None) == "recsys":
+            event_types_seed(EventType, using)
 
     post_migrate.connect(seed, weak=False, dispatch_uid="tests-event-types-after-flush")
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from django.db import migrations
 
-from recsys.migrations._event_type_defaults import DEFAULTS
+from recsys.migrations._event_type_defaults import event_types_seed
 
 
 def seed(apps, schema_editor):  # type: ignore[no-untyped-def]
-    EventType = apps.get_model("recsys", "EventType")
-    for name, weight, uses_value, description in DEFAULTS:
-        EventType.objects.get_or_create(
-            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
-        )
+    event_types_seed(apps.get_model("recsys", "EventType"), schema_editor.connection.alias)
 
 
 class Migration(migrations.Migration):

@@ -32,13 +32,10 @@ def live_env(transactional_db: None, tmp_path_factory: pytest.TempPathFactory) -
 
     env = {k: v for k, v in os.environ.items() if k != "CELERY_TASK_ALWAYS_EAGER"}
     # A flush after an earlier transactional test empties the seeded event types: put them back.
-    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.migrations._event_type_defaults import event_types_seed
     from recsys.models import EventType
 
-    for name, weight, uses_value, description in DEFAULTS:
-        EventType.objects.get_or_create(
-            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
-        )
+    event_types_seed(EventType)
     env.update(
         DATABASE_URL=url,
         REDIS_URL=settings.REDIS_URL,

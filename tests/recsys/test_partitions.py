@@ -359,13 +359,10 @@ def test_maintenance_merges_an_old_year_split_over_months_into_one_partition_kee
 
 def event_types_seed() -> None:
     """An earlier transactional test's flush empties the seeded event types: put them back."""
-    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.migrations._event_type_defaults import event_types_seed as seed
     from recsys.models import EventType
 
-    for name, weight, uses_value, description in DEFAULTS:
-        EventType.objects.get_or_create(
-            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
-        )
+    seed(EventType)
 
 
 def may_2019_rows() -> list[tuple[str, str, str, str, str]]:

@@ -298,14 +298,10 @@ def test_chunks_report_rejected_rows_by_their_file_line(tmp_path: Path) -> None:
 
 @pytest.mark.django_db(transaction=True)  # the reader thread deletes through a connection of its own
 def test_a_user_deleted_while_their_file_is_imported_is_created_again_for_the_later_chunks() -> None:
-    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.migrations._event_type_defaults import event_types_seed
     from recsys.models import EventType
 
-    # An earlier transactional test's flush empties the seeded event types: put them back.
-    for name, weight, uses_value, description in DEFAULTS:
-        EventType.objects.get_or_create(
-            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
-        )
+    event_types_seed(EventType)  # an earlier transactional test's flush emptied them
     interactions_ingest(rows=[{"user": "carol", "item": "book-1", "type": "view", "timestamp": "2024-03-05T10:00:00Z"}])
 
     def event(user: str, day: int) -> dict[str, str]:

@@ -32,12 +32,9 @@ ORPHANS = " + ".join(
 @pytest.fixture(autouse=True)
 def event_types() -> None:
     """An earlier transactional test's flush empties the seeded event types: put them back."""
-    from recsys.migrations._event_type_defaults import DEFAULTS
+    from recsys.migrations._event_type_defaults import event_types_seed
 
-    for name, weight, uses_value, description in DEFAULTS:
-        EventType.objects.get_or_create(
-            name=name, defaults={"weight": weight, "uses_value": uses_value, "description": description}
-        )
+    event_types_seed(EventType)
 
 
 @pytest.fixture
