@@ -88,8 +88,9 @@ def ef_search_choose(
     does. ``query_items``: each query's own item, left out of both answers (the index is asked for
     one more)."""
     if vector_type == HALFVEC:  # the exact answer of what the table holds and the query it is sent
-        item_vectors, queries = item_vectors.astype(np.float16), queries.astype(np.float16)
-    exact = _ExactAnswers(item_ids, item_vectors.astype(np.float32), queries.astype(np.float32), skip=query_items)
+        item_vectors = item_vectors.astype(np.float16).astype(np.float32)
+        queries = queries.astype(np.float16).astype(np.float32)
+    exact = _ExactAnswers(item_ids, item_vectors, queries, skip=query_items)
     asked = K + (1 if query_items is not None else 0)
 
     def recall(ef_search: int) -> float:
