@@ -25,6 +25,7 @@ from recsys.replicas import read_alias
 from recsys.rules.ruleset import NO_RULES, RuleSet, boost_columns, item_conditions
 
 EF_SEARCH_MAX = 1000  # pgvector's ceiling for hnsw.ef_search
+ITERATIVE_SCAN = ("hnsw.iterative_scan", "relaxed_order")  # pgvector >= 0.8: scan on until LIMIT rows pass
 # A user's seen items are among their nearest candidates and are skipped after the index, so on
 # pgvector < 0.8 their search starts at ef_search >= 4 × limit. Measured on ml-latest-small
 # (bench/rules.py, the depth 30 of a boost at limit 10): at ef_search 64, 58% of users kept fewer
@@ -120,10 +121,7 @@ def one_search_settings(limit: int, ef_search: int | None = None) -> None:
 def _first_search_session(limit: int, margin: int = 1, ef_search: int | None = None) -> tuple[tuple[str, str], ...]:
     """The session settings of a search's first (on pgvector ≥ 0.8, only) HNSW pass."""
     if iterative_scans_available():
-        return (
-            ("hnsw.iterative_scan", "relaxed_order"),
-            ("hnsw.ef_search", str(ef_search_iterative(limit, ef_search))),
-        )
+        return (ITERATIVE_SCAN, ("hnsw.ef_search", str(ef_search_iterative(limit, ef_search))))
     return (("hnsw.ef_search", str(ef_search_first(limit, margin, ef_search))),)
 
 
@@ -360,7 +358,7 @@ def index_search_ids(
     the exact answer."""
     statement = sql.SQL(_INDEX_QUERY).format(table=sql.Identifier(table), limit=sql.Literal(limit))
     # The index itself, even where the planner would scan a small table (an exact answer: recall 1).
-    breadth = (("hnsw.iterative_scan", "relaxed_order"),) if iterative_scans_available() else ()
+    breadth = (ITERATIVE_SCAN,) if iterative_scans_available() else ()
     session = (*breadth, ("hnsw.ef_search", str(ef_search)), ("enable_seqscan", "off"))
     try:
         return [

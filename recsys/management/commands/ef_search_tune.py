@@ -27,9 +27,8 @@ class Command(BaseCommand):
         if not settings.RECSYS_HNSW_TARGET_RECALL:
             raise CommandError("RECSYS_HNSW_TARGET_RECALL is 0: every version searches at RECSYS_HNSW_EF_SEARCH")
         if options["model_version"]:
-            stored = ModelVersion.objects.filter(has_tables=True).exclude(
-                status=Status.TRAINING
-            )  # a run still writes it
+            # A version still training is left to its run, which writes it.
+            stored = ModelVersion.objects.filter(has_tables=True).exclude(status=Status.TRAINING)
             versions = list(stored.filter(pk__in=options["model_version"]))
             missing = set(options["model_version"]) - {v.pk for v in versions}
             if missing:
