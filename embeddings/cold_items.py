@@ -16,6 +16,11 @@ from embeddings.evaluation import Split, ranking_metrics, scores_recommender
 RELATIVE_PENALTIES = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 # Users whose ranking of the held-out items judges each penalty (a seeded sample of those with one).
 JUDGE_USERS = 2_000
+# Factors on mapped vectors' scores, chosen by how a run's validation users rank the whole catalogue
+# with the items that were cold in that split placed at each (``shrinkage_choose``). A map regresses
+# towards the average item, so a placed item can outscore warm ones it should not; every factor here
+# still places it (its order among other mapped items, and its similar items, do not change).
+SHRINKAGES = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -129,10 +134,12 @@ def _judged(
 
 @dataclass(frozen=True)
 class StoredMap:
-    """A fitted map and how its output splits into the item table's columns."""
+    """A fitted map and how its output splits into the item table's columns; ``shrinkage`` scales the
+    ``embedding`` part (what users' scores read), the ``fold_in`` part is placed as predicted."""
 
     content_map: ContentMap
     dimensions: int  # the first ``dimensions`` outputs are ``embedding``, the rest (EASE) ``fold_in``
+    shrinkage: float = 1.0
 
 
 def stored_map_fit(
@@ -156,14 +163,94 @@ def mapped_vectors(
     """(embedding, fold_in or None) of items placed from their content vectors."""
     predicted = stored.content_map.predict(content)
     rest = predicted[:, stored.dimensions :]
-    return predicted[:, : stored.dimensions], rest if rest.shape[1] else None
+    return stored.shrinkage * predicted[:, : stored.dimensions], rest if rest.shape[1] else None
+
+
+@dataclass(frozen=True)
+class ShrinkageChoice:
+    """The chosen factor and the validation NDCG@10 at each one tried (None: the split had no
+    evidence, the factor stays 1), with the counts it was judged on."""
+
+    shrinkage: float
+    ndcg: dict[float, float] | None
+    cold_items: int
+    cold_test_entries: int
+
+
+def shrinkage_choose(
+    split: Split,
+    user_vectors: npt.NDArray[np.float32],
+    item_vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None,
+    content: npt.NDArray[np.float32],
+    content_columns: npt.NDArray[np.int64],
+    *,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> ShrinkageChoice:
+    """The factor on mapped scores under which the split's users rank the whole catalogue best.
+
+    The model (``user_vectors``, ``item_vectors``: fitted on ``split.train``) has no interactions of
+    the items that had none in ``split.train``; those with a content vector are placed from a map
+    fitted on the others, exactly as a run places new items, at each of ``SHRINKAGES``, and every
+    user ranks warm and placed items together (train items excluded) against ``split.test``. The
+    judgement is on full rankings, so a placed item that outscores warm items it should not costs
+    what it costs when served. Items without a content vector and no train interaction rank nowhere.
+
+    Parameters
+    ----------
+    content : (len(content_columns), d_content) float32, the content vectors of those columns
+    """
+    n_items = split.train.shape[1]
+    seen = np.diff(split.train.tocsc().indptr) > 0
+    placed = np.zeros(n_items, bool)
+    placed[content_columns] = True
+    warm_rows, cold_rows = np.flatnonzero(seen[content_columns]), np.flatnonzero(~seen[content_columns])
+    cold_columns = content_columns[cold_rows]
+    cold_test = int(np.isin(split.test.indices, cold_columns).sum())
+    if not cold_test or len(warm_rows) < 10:
+        return ShrinkageChoice(1.0, None, len(cold_rows), cold_test)
+    warm_columns = content_columns[warm_rows]
+    judges = Judges(user_vectors, (split.train[:, warm_columns] > 0).astype(np.float32).tocsr())
+    stored = stored_map_fit(
+        content[warm_rows],
+        item_vectors[warm_columns],
+        None if fold_in is None else fold_in[warm_columns],
+        judges=judges,
+        seed=seed,
+    )
+    mapped, _ = mapped_vectors(stored, content[cold_rows])
+    unranked = ~seen & ~placed
+    users = np.asarray(user_vectors, dtype=np.float32)
+    ndcg: dict[float, float] = {}
+    for factor in SHRINKAGES:
+        items = np.array(item_vectors, dtype=np.float32)
+        items[cold_columns] = factor * mapped
+
+        def score(rows: npt.NDArray[np.int64], items: npt.NDArray[np.float32] = items) -> npt.NDArray[np.float32]:
+            scores = users[rows] @ items.T
+            scores[:, unranked] = -np.inf
+            return scores
+
+        recommend = scores_recommender(score, split.train)
+        ndcg[factor] = ranking_metrics(recommend, split, max_users=max_users, seed=seed)["ndcg@10"]
+    best = max(SHRINKAGES, key=lambda factor: (round(ndcg[factor], 6), factor))  # a tie keeps the larger
+    return ShrinkageChoice(best, ndcg, len(cold_rows), cold_test)
 
 
 def map_bytes(stored: StoredMap) -> bytes:
     buffer = io.BytesIO()
     m = stored.content_map
     ndcg = np.nan if m.ndcg is None else m.ndcg
-    np.savez(buffer, weights=m.weights, penalty=m.penalty, r2=m.r2, ndcg=ndcg, dimensions=stored.dimensions)
+    np.savez(
+        buffer,
+        weights=m.weights,
+        penalty=m.penalty,
+        r2=m.r2,
+        ndcg=ndcg,
+        dimensions=stored.dimensions,
+        shrinkage=stored.shrinkage,
+    )
     return buffer.getvalue()
 
 
@@ -173,4 +260,5 @@ def map_load(data: bytes) -> StoredMap:
         content_map = ContentMap(
             arrays["weights"], float(arrays["penalty"]), float(arrays["r2"]), None if np.isnan(ndcg) else ndcg
         )
-        return StoredMap(content_map, int(arrays["dimensions"]))
+        shrinkage = float(arrays["shrinkage"]) if "shrinkage" in arrays.files else 1.0  # maps stored before it
+        return StoredMap(content_map, int(arrays["dimensions"]), shrinkage)

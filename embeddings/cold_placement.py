@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +15,17 @@ from django.conf import settings
 from django.db import transaction
 
 from embeddings.answer_cache import answers_invalidate_all
-from embeddings.cold_items import Judges, StoredMap, map_bytes, map_load, mapped_vectors, stored_map_fit
+from embeddings.cold_items import (
+    Judges,
+    StoredMap,
+    map_bytes,
+    map_load,
+    mapped_vectors,
+    shrinkage_choose,
+    stored_map_fit,
+)
+from embeddings.evaluation import Split
+from embeddings.learners import Factors
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
 from embeddings.vectors import rows as vector_rows
 
@@ -30,14 +41,19 @@ def content_map_learn(
     fold_in: npt.NDArray[np.float32] | None,
     user_vectors: npt.NDArray[np.float32] | None = None,
     interactions: sp.csr_matrix | None = None,
+    validation: tuple[Split, Factors] | None = None,
+    max_users: int | None = None,
     seed: int = 0,
 ) -> tuple[ModelVersion, bytes, dict[str, float]] | None:
     """Fit the map from the active content version's vectors of these items to their learned
     vectors (rows aligned with ``item_ids``); None without a content version or enough overlap.
     With ``user_vectors`` and ``interactions`` (users × the same items), the users judge the map by
-    how they rank held-out items (``cold_items.content_map_fit``).
-    Returns the content version, the map's bytes and its report (items, penalty, R² and the judges'
-    NDCG@10 on held-out items)."""
+    how they rank held-out items (``cold_items.content_map_fit``). With ``validation`` (the run's
+    validation split over the same items and the chosen learner fitted on its train part), the
+    factor on mapped scores is the one under which its users rank the whole catalogue best with that
+    split's cold items placed (``cold_items.shrinkage_choose``; ``max_users`` of them judge).
+    Returns the content version, the map's bytes and its report (items, penalty, R², the judges'
+    NDCG@10 on held-out items, the shrinkage and the validation NDCG@10 at each factor tried)."""
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if pointer is None or not pointer.version.has_tables:
         return None
@@ -58,6 +74,16 @@ def content_map_learn(
     report = {"items": float(len(rows)), "penalty": fitted.penalty, "r2": round(fitted.r2, 4)}
     if fitted.ndcg is not None:
         report["ndcg@10"] = round(fitted.ndcg, 4)
+    if validation is not None:
+        split, factors = validation
+        choice = shrinkage_choose(
+            split, factors.user, factors.item, factors.item_in, content, rows, max_users=max_users, seed=seed
+        )
+        stored = replace(stored, shrinkage=choice.shrinkage)
+        report["shrinkage"] = choice.shrinkage
+        report["shrinkage_cold_items"] = float(choice.cold_items)
+        for factor, ndcg in (choice.ndcg or {}).items():
+            report[f"shrinkage_ndcg@10[{factor:g}]"] = round(ndcg, 4)
     return pointer.version, map_bytes(stored), report
 
 

@@ -231,6 +231,8 @@ def _train(version: ModelVersion) -> None:
             fold_in=factors.item_in,
             user_vectors=factors.user,
             interactions=data.matrix,
+            validation=(selection.split, selection.factors),
+            max_users=settings.RECSYS_EVAL_MAX_USERS,
             seed=params.random_state,
         )
         if learned is not None:
@@ -238,6 +240,7 @@ def _train(version: ModelVersion) -> None:
             version.metrics["content_map_r2"] = report["r2"]
             if "ndcg@10" in report:
                 version.metrics["content_map_ndcg@10"] = report["ndcg@10"]
+            version.metrics.update({f"content_map_{k}": v for k, v in report.items() if k.startswith("shrinkage")})
         timings["content_map"] = time.perf_counter() - started
     artifacts.save()
     version.dimensions = factors.dimensions

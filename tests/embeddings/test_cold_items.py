@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from embeddings.cold_items import Judges, content_map_fit, map_bytes, map_load, mapped_vectors, stored_map_fit
+from embeddings.cold_items import (
+    Judges,
+    content_map_fit,
+    map_bytes,
+    map_load,
+    mapped_vectors,
+    shrinkage_choose,
+    stored_map_fit,
+)
+from embeddings.evaluation import Split
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
@@ -126,3 +136,72 @@ def test_a_stored_map_keeps_its_judges_score_and_maps_stored_before_it_still_loa
     old = io.BytesIO()  # the format before judges: no ndcg entry
     np.savez(old, weights=m.weights, penalty=m.penalty, r2=m.r2, dimensions=stored.dimensions)
     assert map_load(old.getvalue()).content_map.ndcg is None
+
+
+def _catalogue_with_cold_items(rng: np.random.Generator, *, cold_liked: bool) -> tuple:
+    """300 users who each liked 5 of 200 warm items in train and, held out, the best warm item they
+    had not liked; 40 further items had no train interaction, and their content predicts their
+    vector. With ``cold_liked`` every user also liked the cold item their vector scores highest;
+    else only every tenth user liked a cold item, one at random, and the cold items' vectors sit
+    where every user scores them above the warm items."""
+    n_users, warm, cold, d = 300, 200, 40, 6
+    items = rng.normal(size=(warm + cold, d)).astype(np.float32)
+    users = rng.normal(size=(n_users, d)).astype(np.float32)
+    if not cold_liked:
+        direction = users.mean(axis=0) / np.linalg.norm(users.mean(axis=0))
+        items[warm:] = 4.0 * direction + 0.1 * items[warm:]
+    content = np.hstack([items, 0.01 * rng.normal(size=(warm + cold, 4))]).astype(np.float32)
+    scores = users @ items.T
+    train, test = np.zeros((n_users, warm + cold), np.float32), np.zeros((n_users, warm + cold), np.float32)
+    for u in range(n_users):
+        ranked = np.argsort(-scores[u, :warm])
+        train[u, ranked[1:6]] = 1
+        test[u, ranked[0]] = 1
+        if cold_liked:
+            test[u, warm + int(np.argmax(scores[u, warm:]))] = 1
+        elif u % 10 == 0:
+            test[u, warm + int(rng.integers(cold))] = 1
+    return Split(sp.csr_matrix(train), sp.csr_matrix(test)), users, items, content
+
+
+@pytest.mark.parametrize(("cold_liked", "expected"), [(True, {1.0}), (False, {0.1, 0.25})])
+def test_shrinkage_is_the_factor_under_which_users_rank_the_whole_catalogue_best(cold_liked, expected):
+    # Given a model with no interactions of (at least) 40 items, whose content predicts their vectors
+    split, users, items, content = _catalogue_with_cold_items(np.random.default_rng(7), cold_liked=cold_liked)
+
+    # When the factor on their mapped scores is chosen on the held-out interactions
+    choice = shrinkage_choose(split, users, items, None, content, np.arange(len(items)), seed=1)
+
+    # Then full scores win where users later like the cold items their vectors agree with, and a
+    # small factor where placed items would push out the warm items users liked (of tied factors,
+    # the larger)
+    assert choice.shrinkage in expected
+    assert choice.cold_items >= 40 and choice.cold_test_entries >= 30
+    assert choice.ndcg is not None and choice.ndcg[choice.shrinkage] == max(choice.ndcg.values())
+    assert choice.ndcg[choice.shrinkage] > min(choice.ndcg.values()) + 0.05
+
+
+def test_without_a_cold_item_in_the_held_out_interactions_the_factor_stays_one():
+    split, users, items, content = _catalogue_with_cold_items(np.random.default_rng(8), cold_liked=False)
+    split = Split(split.train, sp.csr_matrix(split.test.shape, dtype=np.float32))  # nobody liked a cold item
+    choice = shrinkage_choose(split, users, items, None, content, np.arange(len(items)))
+    assert choice.shrinkage == 1.0 and choice.ndcg is None
+
+
+def test_the_shrinkage_scales_what_users_score_and_is_stored_with_the_map():
+    rng = np.random.default_rng(9)
+    content = rng.normal(size=(100, 6)).astype(np.float32)
+    embedding = (content @ rng.normal(size=(6, 3))).astype(np.float32)
+    fold_in = (content @ rng.normal(size=(6, 3))).astype(np.float32)
+    full = stored_map_fit(content, embedding, fold_in)
+    shrunk = map_load(map_bytes(replace(full, shrinkage=0.25)))
+
+    placed, placed_fold_in = mapped_vectors(shrunk, content[:4])
+    full_placed, full_fold_in = mapped_vectors(full, content[:4])
+    assert shrunk.shrinkage == 0.25
+    assert placed == pytest.approx(0.25 * full_placed, rel=1e-5)
+    assert placed_fold_in == pytest.approx(full_fold_in)  # a user's fold-in reads it as predicted
+    old = io.BytesIO()  # the format before the shrinkage: placed at full scale
+    m = full.content_map
+    np.savez(old, weights=m.weights, penalty=m.penalty, r2=m.r2, ndcg=np.nan, dimensions=full.dimensions)
+    assert map_load(old.getvalue()).shrinkage == 1.0

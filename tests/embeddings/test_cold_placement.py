@@ -8,6 +8,7 @@ from django.db import connection
 from psycopg import sql
 
 from embeddings import content, services
+from embeddings.cold_items import SHRINKAGES
 from embeddings.cold_placement import cold_items_place
 from embeddings.learners import LearnerParams
 from embeddings.models import VersionArtifacts
@@ -56,6 +57,8 @@ def test_the_run_stores_a_content_map_fitted_on_the_active_content_version(train
     assert "content_map_r2" in trained.metrics
     # its penalty was chosen by the users' rankings of held-out items (the run's own users judge it)
     assert 0.0 <= trained.metrics["content_map_ndcg@10"] <= 1.0
+    # and the factor on mapped scores by the validation users' full rankings (1 without evidence)
+    assert trained.metrics["content_map_shrinkage"] in SHRINKAGES
     assert not any(mapped_rows(trained.item_table).values())  # trained rows are not mapped
 
 
