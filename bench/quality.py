@@ -378,6 +378,8 @@ def section(data: DataSet, m: dict[str, Any]) -> list[str]:
 
     version, served = m["version"], m["served"]
     params = version.get("params", {})
+    prefix = "content_map_"
+    content_map = {k.removeprefix(prefix): v for k, v in version["metrics"].items() if k.startswith(prefix)}
     seconds = m["seconds"]
     return [
         f"### {data.name}: {data.description}",
@@ -398,7 +400,8 @@ def section(data: DataSet, m: dict[str, Any]) -> list[str]:
         f"Served NDCG@10 = **{served['ndcg@10'] / m['ease']['ndcg@10']:.3f}× EASE** (target ≥ 1.03) and "
         f"**{served['ndcg@10'] / m['als']['ndcg@10']:.2f}× default ALS** (target ≥ 1.10); ANN fidelity "
         f"**{m['fidelity']:.1%}**; strategies {m['strategies']}. Chosen parameters: {params}. Candidates tried on "
-        f"the run's validation split: {len(version['progress'].get('candidates') or [])}.",
+        f"the run's validation split: {len(version['progress'].get('candidates') or [])}. Content map: "
+        f"{content_map}.",
         "",
         *ranking_lines(m["ranking"]),
     ]
