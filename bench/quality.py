@@ -265,6 +265,7 @@ def stored_exact(
         user_rows = {
             k: e.to_numpy() for k, e in conn.execute(query.format(v=int(version), t="user", extra="")).fetchall()
         }
+        ef_search = conn.execute("SELECT ef_search FROM embeddings_modelversion WHERE id = %s", [version]).fetchone()[0]
     column = {m: k for k, m in enumerate(data.items)}
     n_items = len(data.items)
     d = len(item_rows[0][1].to_numpy())
@@ -289,13 +290,28 @@ def stored_exact(
     with_mapped = scores_recommender(exact(stored), split.train)
     rows = np.array(sorted(served))
     top = with_mapped(rows, 10)
-    matching = sum(
-        len({data.items[j] for j in ranked if j >= 0} & set(served[int(row)]))
-        for row, ranked in zip(rows, top, strict=True)
+    matches = np.array(
+        [
+            len({data.items[j] for j in ranked if j >= 0} & set(served[int(row)]))
+            for row, ranked in zip(rows, top, strict=True)
+        ]
     )
     total = int((top >= 0).sum())
+    # by how many train items the user has (quartiles): what a search that skips seen items misses
+    history = np.diff(split.train.indptr)[rows]
+    edges = np.quantile(history, [0.25, 0.5, 0.75])
+    quartile = np.searchsorted(edges, history, side="right")
+    by_history = {
+        f"{int(history[quartile == q].min())}-{int(history[quartile == q].max())}": float(
+            matches[quartile == q].sum() / max(int((top[quartile == q] >= 0).sum()), 1)
+        )
+        for q in range(4)
+        if (quartile == q).any()
+    }
     return {
-        "fidelity": matching / max(total, 1),
+        "fidelity": float(matches.sum()) / max(total, 1),
+        "fidelity_by_history": by_history,
+        "ef_search": ef_search,
         "exact": ranking_metrics(with_mapped, split),
         "exact_unmapped": ranking_metrics(scores_recommender(exact(stored & ~mapped), split.train), split),
         "mapped": int(mapped.sum()),
@@ -399,7 +415,9 @@ def section(data: DataSet, m: dict[str, Any]) -> list[str]:
         "",
         f"Served NDCG@10 = **{served['ndcg@10'] / m['ease']['ndcg@10']:.3f}× EASE** (target ≥ 1.03) and "
         f"**{served['ndcg@10'] / m['als']['ndcg@10']:.2f}× default ALS** (target ≥ 1.10); ANN fidelity "
-        f"**{m['fidelity']:.1%}**; strategies {m['strategies']}. Chosen parameters: {params}. Candidates tried on "
+        f"**{m['fidelity']:.1%}** at the version's ef_search {m['ef_search']} (by users' train items: "
+        + ", ".join(f"{k}: {v:.1%}" for k, v in m["fidelity_by_history"].items())
+        + f"); strategies {m['strategies']}. Chosen parameters: {params}. Candidates tried on "
         f"the run's validation split: {len(version['progress'].get('candidates') or [])}. Content map: "
         f"{content_map}.",
         "",

@@ -186,3 +186,40 @@ def test_excluded_items_are_skipped_by_both_searches(version):
         == [i.id for i in general.items]
         == [i.id for i in kept.items[1:]] + [fast.items[-1].id]
     )
+
+
+def _index_answering(rows_at: dict[int, int], asked: list[str]):
+    """A search whose index leaves ``rows_at[ef_search]`` rows after the filters (every row when
+    searched exactly), recording what it was asked."""
+
+    def search(session: Any = (), local: Any = ()) -> list[str]:
+        setting = dict(session).get("hnsw.ef_search") or ("exact" if dict(local).get("enable_indexscan") else "?")
+        asked.append(setting)
+        found = 10 if setting == "exact" else rows_at[int(setting)]
+        return [f"row{n}" for n in range(found)]
+
+    return search
+
+
+@pytest.mark.parametrize(
+    ("rows_at", "expected"),
+    [
+        ({64: 10}, ["64"]),  # enough at the first breadth: one search
+        ({64: 3, 256: 10, 1000: 10}, ["64", "256", "1000"]),  # found at the tail of 256: once more at 1000
+        ({64: 0, 256: 4, 1000: 10}, ["64", "256", "1000", "exact"]),  # the tail of the widest: exactly
+        ({64: 1, 256: 2, 1000: 3}, ["64", "256", "1000", "exact"]),  # too selective for the index
+    ],
+)
+def test_without_iterative_scans_a_widened_search_does_not_answer_from_the_tail_of_the_index(
+    monkeypatch, settings, rows_at, expected
+):
+    # pgvector < 0.8: the filters apply after the index, so rows found only after widening are the
+    # last of the index's candidates, where its recall is lowest
+    monkeypatch.setattr(search, "iterative_scans_available", lambda: False)
+    settings.RECSYS_HNSW_EF_SEARCH = 64
+    asked: list[str] = []
+
+    found = search._widened(_index_answering(rows_at, asked), 10)
+
+    assert asked == expected
+    assert len(found) == 10
