@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from embeddings.evaluation import Split, ranking_metrics, scores_recommender
+from embeddings.evaluation import Split, ranking_metrics, ranking_metrics_by_user, scores_recommender
 
 # Candidate ridge penalties, as multiples of the mean squared singular value of the content matrix
 # (so the grid means the same for any encoder's scale and dimension); the best is picked on held-out items.
@@ -19,7 +19,7 @@ JUDGE_USERS = 2_000
 # Factors on mapped vectors' scores, chosen by how a run's validation users rank the whole catalogue
 # with the items that were cold in that split placed at each (``shrinkage_choose``). A map regresses
 # towards the average item, so a placed item can outscore warm ones it should not; every factor here
-# still places it (its order among other mapped items, and its similar items, do not change).
+# still places it (its order among other mapped items, and the items similar to it, do not change).
 SHRINKAGES = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -222,7 +222,7 @@ def shrinkage_choose(
     mapped, _ = mapped_vectors(stored, content[cold_rows])
     unranked = ~seen & ~placed
     users = np.asarray(user_vectors, dtype=np.float32)
-    ndcg: dict[float, float] = {}
+    per_user: dict[float, npt.NDArray[np.float64]] = {}
     for factor in SHRINKAGES:
         items = np.array(item_vectors, dtype=np.float32)
         items[cold_columns] = factor * mapped
@@ -233,9 +233,25 @@ def shrinkage_choose(
             return scores
 
         recommend = scores_recommender(score, split.train)
-        ndcg[factor] = ranking_metrics(recommend, split, max_users=max_users, seed=seed)["ndcg@10"]
-    best = max(SHRINKAGES, key=lambda factor: (round(ndcg[factor], 6), factor))  # a tie keeps the larger
-    return ShrinkageChoice(best, ndcg, len(cold_rows), cold_test)
+        per_user[factor] = ranking_metrics_by_user(recommend, split, max_users=max_users, seed=seed).ndcg
+    ndcg = {factor: float(values.mean()) for factor, values in per_user.items()}
+    return ShrinkageChoice(_earned(per_user), ndcg, len(cold_rows), cold_test)
+
+
+def _earned(per_user: dict[float, npt.NDArray[np.float64]]) -> float:
+    """From the smallest factor up, a larger one replaces the one chosen so far only when its mean
+    per-user NDCG is higher by more than the standard error of the paired differences: a placed
+    item must earn the warm items it pushes out, and a gain within the noise of the validation
+    users does not (on ml-latest-small the factors differed by 0.0004-0.0007 on validation and
+    by -0.5% to +0.2% of NDCG@10 on the test split, either way)."""
+    factors = sorted(per_user)
+    chosen = factors[0]
+    for factor in factors[1:]:
+        difference = per_user[factor] - per_user[chosen]
+        error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.inf
+        if difference.mean() > error:
+            chosen = factor
+    return chosen
 
 
 def map_bytes(stored: StoredMap) -> bytes:

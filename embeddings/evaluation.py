@@ -60,32 +60,52 @@ def ranking_metrics(
     ``max_users``, a seeded random sample of that many test users is scored (the same sample for
     every recommender evaluated with the same seed).
     """
+    per_user = ranking_metrics_by_user(recommend, split, k=k, max_users=max_users, seed=seed)
+    n = max(len(per_user.ndcg), 1)
+    return {
+        f"precision@{k}": float(per_user.precision.sum()) / n,
+        f"recall@{k}": float(per_user.recall.sum()) / n,
+        f"ndcg@{k}": float(per_user.ndcg.sum()) / n,
+        f"coverage@{k}": len(per_user.recommended) / max(split.train.shape[1], 1),
+        "users": float(len(per_user.ndcg)),
+    }
+
+
+@dataclass(frozen=True)
+class UserMetrics:
+    """Each scored user's precision@k, recall@k and NDCG@k (rows of ``users``), and every item
+    recommended to any of them."""
+
+    users: npt.NDArray[np.int64]
+    precision: npt.NDArray[np.float64]
+    recall: npt.NDArray[np.float64]
+    ndcg: npt.NDArray[np.float64]
+    recommended: set[int]
+
+
+def ranking_metrics_by_user(
+    recommend: Recommender, split: Split, *, k: int = 10, max_users: int | None = None, seed: int = 42
+) -> UserMetrics:
+    """``ranking_metrics`` per user, for paired comparisons of two recommenders on the same users."""
     users = np.flatnonzero(np.diff(split.test.indptr))
     if max_users is not None and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
     batch = max(1, min(1000, BATCH_CELLS // max(split.train.shape[1], 1)))
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    totals = {"precision": 0.0, "recall": 0.0, "ndcg": 0.0}
+    precision, recall, ndcg = (np.zeros(len(users)) for _ in range(3))
     recommended: set[int] = set()
     for start in range(0, len(users), batch):
         chunk = users[start : start + batch]
         top = recommend(chunk, k)
-        for user, ranked in zip(chunk, top, strict=True):
+        for n, (user, ranked) in enumerate(zip(chunk, top, strict=True), start=start):
             relevant = split.test.indices[split.test.indptr[user] : split.test.indptr[user + 1]]
             hits = np.isin(ranked, relevant)
             recommended.update(int(i) for i in ranked if i >= 0)
-            totals["precision"] += hits.sum() / k
-            totals["recall"] += hits.sum() / min(len(relevant), k)
+            precision[n] = hits.sum() / k
+            recall[n] = hits.sum() / min(len(relevant), k)
             ideal = discounts[: min(len(relevant), k)].sum()
-            totals["ndcg"] += float((hits * discounts[: len(hits)]).sum() / ideal)  # fewer than k items
-    n = max(len(users), 1)
-    return {
-        f"precision@{k}": totals["precision"] / n,
-        f"recall@{k}": totals["recall"] / n,
-        f"ndcg@{k}": totals["ndcg"] / n,
-        f"coverage@{k}": len(recommended) / max(split.train.shape[1], 1),
-        "users": float(len(users)),
-    }
+            ndcg[n] = float((hits * discounts[: len(hits)]).sum() / ideal)  # fewer than k items
+    return UserMetrics(users, precision, recall, ndcg, recommended)
 
 
 def popularity_recommender(train: sp.csr_matrix) -> Recommender:
