@@ -214,13 +214,14 @@ def _train(version: ModelVersion) -> None:
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
     started = time.perf_counter()
-    # The users' vectors are what a personalised request searches with.
+    # The users' vectors are what a personalised request searches with, skipping their own items.
     version_ef_search_tune(
         version,
         item_ids=data.item_ids,
         item_vectors=factors.item,
         query_vectors=factors.user,
         seed=params.random_state,
+        seen=data.matrix,
     )
     timings["ann"] = time.perf_counter() - started
     if settings.RECSYS_COLD_ITEMS:

@@ -358,27 +358,47 @@ def _session_settings(settings: tuple[tuple[str, str], ...]) -> None:
         raw._recsys_settings = {**current, **wanted}
 
 
-# The index alone, as ef_search tuning measures it: no join, no filters, the served session settings.
-_INDEX_QUERY = "SELECT item_id FROM {table} WHERE embedding IS NOT NULL ORDER BY embedding <#> %(query)s LIMIT {limit}"
+# The index alone, as ef_search tuning measures it: no join, the served session settings, and the
+# items the served search would skip for that query (a user's seen items, a similar item's own).
+_INDEX_QUERY = (
+    "SELECT item_id FROM {table} WHERE embedding IS NOT NULL AND item_id <> ALL(%(skip)s::bigint[]) "
+    "ORDER BY embedding <#> %(query)s LIMIT {limit}"
+)
 
 
 def index_search_ids(
-    table: str, queries: npt.NDArray[np.float32], *, vector_type: str, limit: int, ef_search: int
+    table: str,
+    queries: npt.NDArray[np.float32],
+    *,
+    vector_type: str,
+    limit: int,
+    ef_search: int,
+    skip: list[npt.NDArray[np.int64]] | None = None,
 ) -> list[npt.NDArray[np.int64]]:
     """Each query's ``limit`` item ids from ``table``'s HNSW index at ``ef_search`` (highest inner
-    product first, as far as the index finds them): what ``embeddings.ann_tuning`` checks against
-    the exact answer."""
+    product first, as far as the index finds them), leaving out the query's ``skip`` ids as the
+    served search does (inside the scan on pgvector ≥ 0.8, after it before): what
+    ``embeddings.ann_tuning`` checks against the exact answer."""
     statement = sql.SQL(_INDEX_QUERY).format(table=sql.Identifier(table), limit=sql.Literal(limit))
+    skipped = skip if skip is not None else [np.zeros(0, np.int64)] * len(queries)
     # The index itself, even where the planner would scan a small table (an exact answer: recall 1).
     breadth = (ITERATIVE_SCAN,) if iterative_scans_available() else ()
     session = (*breadth, ("hnsw.ef_search", str(ef_search)), ("enable_seqscan", "off"))
     try:
         return [
             np.array(
-                [r[0] for r in _rows(statement, {"query": query_vector(q, vector_type)}, session=session, local=())],
+                [
+                    r[0]
+                    for r in _rows(
+                        statement,
+                        {"query": query_vector(q, vector_type), "skip": ints_literal(np.asarray(ids, np.int64))},
+                        session=session,
+                        local=(),
+                    )
+                ],
                 np.int64,
             )
-            for q in queries
+            for q, ids in zip(queries, skipped, strict=True)
         ]
     finally:
         _session_settings((("enable_seqscan", "on"),))

@@ -19,7 +19,12 @@ from embeddings.models import ModelVersion
 from embeddings.recommendations import user_recommendations_list
 from embeddings.selectors import active_version_serving_forget
 from embeddings.vectors import tables
-from embeddings.vectors.search import ef_search_first, ef_search_iterative, iterative_scans_available
+from embeddings.vectors.search import (
+    ef_search_first,
+    ef_search_iterative,
+    index_search_ids,
+    iterative_scans_available,
+)
 from recsys.models import Item
 
 
@@ -66,9 +71,9 @@ def test_exact_answers_scored_in_chunks_equal_the_whole_matrix_and_leave_a_query
     items = rng.standard_normal((1000, 8)).astype(np.float32)
     ids = np.arange(5000, 6000)
     queries = items[[4, 500, 999]]
-    whole = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+    whole = _ExactAnswers(ids, items, queries, skip=[ids[[4]], ids[[500]], ids[[999]]])
     monkeypatch.setattr(_ExactAnswers, "CHUNK", 97)
-    chunked = _ExactAnswers(ids, items, queries, skip=ids[[4, 500, 999]])
+    chunked = _ExactAnswers(ids, items, queries, skip=[ids[[4]], ids[[500]], ids[[999]]])
 
     np.testing.assert_allclose(chunked.threshold, whole.threshold)
     scores = queries @ items.T
@@ -187,3 +192,62 @@ def test_tuning_off_keeps_the_setting(communities, settings):
 
     assert version.ef_search is None
     assert "ann_recall@10" not in version.metrics
+
+
+@pytest.mark.unit
+def test_exact_answers_leave_out_each_query_s_skipped_items():
+    # a user's seen items fill the top of their raw answer; the served top 10 is the next 10
+    rng = np.random.default_rng(11)
+    items = rng.standard_normal((500, 8)).astype(np.float32)
+    ids = np.arange(100, 600)
+    queries = rng.standard_normal((4, 8)).astype(np.float32)
+    ranked = [ids[np.argsort(-(items @ q))] for q in queries]
+    exact = _ExactAnswers(ids, items, queries, skip=[r[:5] for r in ranked])
+
+    assert exact.recall([r[5:15] for r in ranked]) == 1.0
+    assert exact.recall([r[6:16] for r in ranked]) == pytest.approx(0.9)  # the 16th is not in the served 10
+
+
+@pytest.mark.unit
+def test_before_pgvector_0_8_answers_the_served_search_widens_for_are_not_counted(monkeypatch):
+    # The index drops skipped items after it answers ef_search candidates: a query left with fewer
+    # than 10 is widened when served; a breadth at which no query is answered is not chosen.
+    rng = np.random.default_rng(12)
+    items = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = np.arange(300)
+    queries = rng.standard_normal((2, 8)).astype(np.float32)
+    best = [ids[np.argsort(-(items @ q))][:10] for q in queries]
+    monkeypatch.setattr("embeddings.ann_tuning.iterative_scans_available", lambda: False)
+
+    worst = ids[np.argsort(items @ queries[1])][:10]
+
+    def index(table, queries, *, vector_type, limit, ef_search, skip):
+        # the first query is short below 64; the second is answered exactly from 32, wrongly below
+        return [best[0] if ef_search >= 64 else best[0][:3], best[1] if ef_search >= 32 else worst]
+
+    monkeypatch.setattr("embeddings.ann_tuning.index_search_ids", index)
+    choice = ef_search_choose(
+        table="t", vector_type="vector", item_ids=ids, item_vectors=items, queries=queries, target=0.99, skip=[]
+    )
+
+    assert choice.ef_search == 32 and choice.measured[32] == 1.0  # judged on the second query alone
+    assert all(choice.measured[ef] == 0.0 for ef in choice.measured if ef < 32)
+
+
+def test_the_index_search_skips_each_query_s_items_as_the_served_search_does(random_table):
+    table, ids, vectors, queries = random_table
+    top = [ids[np.argsort(-(vectors @ q))][:20] for q in queries[:20]]
+
+    found = index_search_ids(table, queries[:20], vector_type="vector", limit=10, ef_search=400, skip=top)
+    choice = ef_search_choose(
+        table=table,
+        vector_type="vector",
+        item_ids=ids,
+        item_vectors=vectors,
+        queries=queries[:20],
+        target=0.95,
+        skip=top,
+    )
+
+    assert all(len(f) == 10 and not set(f) & set(t) for f, t in zip(found, top, strict=True))
+    assert choice.recall >= 0.95 or choice.ef_search == EF_SEARCH_LADDER[-1]
