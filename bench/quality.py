@@ -290,12 +290,8 @@ def stored_exact(
     with_mapped = scores_recommender(exact(stored), split.train)
     rows = np.array(sorted(served))
     top = with_mapped(rows, 10)
-    matches = np.array(
-        [
-            len({data.items[j] for j in ranked if j >= 0} & set(served[int(row)]))
-            for row, ranked in zip(rows, top, strict=True)
-        ]
-    )
+    exact_ids = [{data.items[j] for j in ranked if j >= 0} for ranked in top]
+    matches = np.array([len(ids & set(served[int(row)])) for row, ids in zip(rows, exact_ids, strict=True)])
     total = int((top >= 0).sum())
     # by how many train items the user has (quartiles): what a search that skips seen items misses
     history = np.diff(split.train.indptr)[rows]
