@@ -32,7 +32,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from django.conf import settings
 
-from embeddings.vectors.search import index_search_ids, iterative_scans_available
+from embeddings.vectors.search import ef_search_first, index_search_ids, iterative_scans_available
 from embeddings.vectors.tables import HALFVEC
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ def version_ef_search_tune(
     if queries_are_items:
         skip = [ids[[row]] for row in rows]
     elif seen is not None:
+        counts = np.diff(seen.indptr)[rows]
+        rows = rows[counts <= len(ids) - K]  # a user who has seen all but a few items has no top 10 to find
+        if not len(rows):
+            return
         skip = [ids[seen.indices[seen.indptr[row] : seen.indptr[row + 1]]] for row in rows]
     choice = ef_search_choose(
         table=version.item_table,
@@ -106,8 +110,9 @@ def ef_search_choose(
     item's own), left out of both answers.
 
     On pgvector < 0.8 the index answers at most ef_search candidates before the skipped ones are
-    dropped; a query left with fewer than 10 is one the served search widens for
-    (``embeddings.vectors.search``), not one this ef_search answers, and is not counted."""
+    dropped, and the served search starts at ``ef_search_first`` of a rung (never below the
+    setting's), so each rung is measured at that breadth; a query left with fewer than 10 there is
+    one the served search widens for (``embeddings.vectors.search``), and is not counted."""
     if vector_type == HALFVEC:  # the exact answer of what the table holds and the query it is sent
         item_vectors = item_vectors.astype(np.float16).astype(np.float32)
         queries = queries.astype(np.float16).astype(np.float32)
@@ -115,7 +120,8 @@ def ef_search_choose(
     widens = not iterative_scans_available()
 
     def recall(ef_search: int) -> float:
-        found = index_search_ids(table, queries, vector_type=vector_type, limit=K, ef_search=ef_search, skip=skip)
+        served = ef_search_first(K, 1, ef_search) if widens else ef_search
+        found = index_search_ids(table, queries, vector_type=vector_type, limit=K, ef_search=served, skip=skip)
         counted = [row for row, ids in enumerate(found) if not widens or len(ids) >= exact.k]
         return exact.recall(found, rows=counted) if counted else 0.0  # no query answered: not this breadth
 
@@ -232,6 +238,8 @@ def _seen_matrix(user_ids: npt.NDArray[np.int64], item_ids: npt.NDArray[np.int64
     """(users × items) 1 where the user has an interaction with the item: what their served search skips."""
     from recsys.models import Interaction
 
+    if not len(user_ids) or not len(item_ids):
+        return sp.csr_matrix((len(user_ids), len(item_ids)), dtype=np.float32)
     pairs = np.array(
         list(Interaction.objects.filter(user_id__in=user_ids.tolist()).values_list("user_id", "item_id").distinct()),
         np.int64,

@@ -135,7 +135,9 @@ def _judged(
 @dataclass(frozen=True)
 class StoredMap:
     """A fitted map and how its output splits into the item table's columns; ``shrinkage`` scales the
-    ``embedding`` part (what users' scores read), the ``fold_in`` part is placed as predicted."""
+    ``embedding`` part (what users' scores read), EASE's ``fold_in`` part is placed as predicted.
+    ALS/BPR/LMF fold users in against ``embedding``, so there a user's interactions with mapped
+    items weigh less in a folded-in vector until the retrain trains those items."""
 
     content_map: ContentMap
     dimensions: int  # the first ``dimensions`` outputs are ``embedding``, the rest (EASE) ``fold_in``
@@ -186,6 +188,7 @@ def shrinkage_choose(
     content_columns: npt.NDArray[np.int64],
     *,
     max_users: int | None = None,
+    max_fit: int = 50_000,
     seed: int = 0,
 ) -> ShrinkageChoice:
     """The factor on mapped scores under which the split's users rank the whole catalogue best.
@@ -210,6 +213,8 @@ def shrinkage_choose(
     cold_test = int(np.isin(split.test.indices, cold_columns).sum())
     if not cold_test or len(warm_rows) < 10:
         return ShrinkageChoice(1.0, None, len(cold_rows), cold_test)
+    if len(warm_rows) > max_fit:  # as a run fits its map (cold_placement.MAX_FIT_ITEMS)
+        warm_rows = np.sort(np.random.default_rng(seed).choice(warm_rows, max_fit, replace=False))
     warm_columns = content_columns[warm_rows]
     judges = Judges(user_vectors, (split.train[:, warm_columns] > 0).astype(np.float32).tocsr())
     stored = stored_map_fit(

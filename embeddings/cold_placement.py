@@ -61,6 +61,7 @@ def content_map_learn(
     if len(owners) < 10:
         return None
     rows = np.searchsorted(item_ids, owners) if _sorted(item_ids) else _positions(item_ids, owners)
+    every_row, every_content = rows, content  # the shrinkage judges every item, and samples its own fit
     if len(rows) > MAX_FIT_ITEMS:
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_FIT_ITEMS, replace=False))
         rows, content = rows[keep], content[keep]
@@ -77,7 +78,15 @@ def content_map_learn(
     if validation is not None:
         split, factors = validation
         choice = shrinkage_choose(
-            split, factors.user, factors.item, factors.item_in, content, rows, max_users=max_users, seed=seed
+            split,
+            factors.user,
+            factors.item,
+            factors.item_in,
+            every_content,
+            every_row,
+            max_users=max_users,
+            max_fit=MAX_FIT_ITEMS,
+            seed=seed,
         )
         stored = replace(stored, shrinkage=choice.shrinkage)
         report["shrinkage"] = choice.shrinkage

@@ -95,32 +95,20 @@ def _widened(
     """``search(session=..., local=...)`` until it finds ``limit`` rows, widening the HNSW search
     on pgvector < 0.8; a search that answers None has nothing to search for and is not repeated.
     ``margin``: the first search asks the index for at least ``margin`` × ``limit`` candidates.
-    ``ef_search``: the table's own first ef_search, or None for the setting's.
-
-    A search that had to widen found its rows at the tail of the index's answer (the filters
-    dropped the candidates before them), where an HNSW search's recall is lowest: it searches once
-    more a rung wider, or exactly past the ceiling. On ml-latest-small's EASE vectors the served
-    top 10 matched the exact one in 98.9-99.5% of slots without this (99.6% with a 0.998 recall
-    target), costing 0.4-0.9% of NDCG@10; with iterative scans (pgvector 0.8), 100%."""
+    ``ef_search``: the table's own first ef_search, or None for the setting's."""
     if iterative_scans_available():
         # Session settings, set once per connection: no transaction and no extra round trips.
         return search(session=_first_search_session(limit, margin, ef_search))
     ef_search = ef_search_first(limit, margin, ef_search)
-    widened = False
     while True:
         rows = search(session=(("hnsw.ef_search", str(ef_search)),))
         if not widen:
             return rows
         if rows is None or len(rows) >= limit or ef_search >= EF_SEARCH_MAX:
             break
-        ef_search, widened = min(ef_search * 4, EF_SEARCH_MAX), True
-    if rows is None:
-        return rows
-    if len(rows) < limit or (widened and ef_search >= EF_SEARCH_MAX):
-        # a very selective filter, or the tail of the widest search: an exact scan finds every match
-        return search(local=(("enable_indexscan", "off"),))
-    if widened:
-        return search(session=(("hnsw.ef_search", str(min(ef_search * 4, EF_SEARCH_MAX))),))
+        ef_search = min(ef_search * 4, EF_SEARCH_MAX)
+    if rows is not None and len(rows) < limit:  # a very selective filter: an exact scan finds every match
+        rows = search(local=(("enable_indexscan", "off"),))
     return rows
 
 

@@ -136,7 +136,8 @@ def test_the_choice_reaches_the_target_on_the_table_itself(random_table):
     )
 
     assert loose.ef_search == EF_SEARCH_LADDER[0]
-    assert strict.ef_search > EF_SEARCH_LADDER[0]  # random 32-d vectors: the narrowest search misses
+    if iterative_scans_available():  # before 0.8 a rung is measured at the served breadth (>= the setting's)
+        assert strict.ef_search > EF_SEARCH_LADDER[0]  # random 32-d vectors: the narrowest search misses
     assert strict.recall >= 0.99 or strict.ef_search == EF_SEARCH_LADDER[-1]
     smaller = [ef for ef in strict.measured if ef < strict.ef_search]
     assert all(strict.measured[ef] < 0.99 for ef in smaller)
@@ -209,29 +210,61 @@ def test_exact_answers_leave_out_each_query_s_skipped_items():
 
 
 @pytest.mark.unit
-def test_before_pgvector_0_8_answers_the_served_search_widens_for_are_not_counted(monkeypatch):
-    # The index drops skipped items after it answers ef_search candidates: a query left with fewer
-    # than 10 is widened when served; a breadth at which no query is answered is not chosen.
+def test_before_pgvector_0_8_each_rung_is_measured_as_served_and_widened_queries_are_not_counted(monkeypatch, settings):
+    # The served search starts at the setting's breadth at least, and the index drops skipped
+    # items after it answers: a query left with fewer than 10 is widened when served.
+    settings.RECSYS_HNSW_EF_SEARCH = 64
     rng = np.random.default_rng(12)
     items = rng.standard_normal((300, 8)).astype(np.float32)
     ids = np.arange(300)
     queries = rng.standard_normal((2, 8)).astype(np.float32)
     best = [ids[np.argsort(-(items @ q))][:10] for q in queries]
-    monkeypatch.setattr("embeddings.ann_tuning.iterative_scans_available", lambda: False)
-
     worst = ids[np.argsort(items @ queries[1])][:10]
+    monkeypatch.setattr("embeddings.ann_tuning.iterative_scans_available", lambda: False)
+    asked: list[int] = []
 
     def index(table, queries, *, vector_type, limit, ef_search, skip):
-        # the first query is short below 64; the second is answered exactly from 32, wrongly below
-        return [best[0] if ef_search >= 64 else best[0][:3], best[1] if ef_search >= 32 else worst]
+        asked.append(ef_search)
+        # the first query is short below 256; the second is answered exactly from 128, wrongly below
+        return [best[0] if ef_search >= 256 else best[0][:3], best[1] if ef_search >= 128 else worst]
 
     monkeypatch.setattr("embeddings.ann_tuning.index_search_ids", index)
     choice = ef_search_choose(
         table="t", vector_type="vector", item_ids=ids, item_vectors=items, queries=queries, target=0.99, skip=[]
     )
 
-    assert choice.ef_search == 32 and choice.measured[32] == 1.0  # judged on the second query alone
-    assert all(choice.measured[ef] == 0.0 for ef in choice.measured if ef < 32)
+    assert min(asked) >= 64  # a rung below the setting is served at the setting's breadth
+    assert choice.ef_search == 128 and choice.measured[128] == 1.0  # judged on the second query alone
+    assert all(choice.measured[ef] == 0.0 for ef in choice.measured if ef < 128)
+
+
+@pytest.mark.unit
+def test_users_who_have_seen_all_but_a_few_items_are_not_asked_for_a_top_10(monkeypatch):
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    asked = {}
+
+    def choose(**kwargs):
+        asked.update(kwargs)
+        return SimpleNamespace(ef_search=40, recall=0.999)
+
+    monkeypatch.setattr("embeddings.ann_tuning.ef_search_choose", choose)
+    seen = sp.csr_matrix(np.array([[1] * 15 + [0] * 5, [1, 1] + [0] * 18, [1] * 11 + [0] * 9], np.float32))
+    version = SimpleNamespace(item_table="t", vector_type="vector", ef_search=None, metrics={})
+
+    version_ef_search_tune(
+        version,
+        item_ids=np.arange(100, 120),
+        item_vectors=np.ones((20, 4), np.float32),
+        query_vectors=np.ones((3, 4), np.float32),
+        seed=0,
+        seen=seen,
+    )
+
+    assert [list(s) for s in asked["skip"]] == [[100, 101]]  # 15 and 11 of 20 seen leave no top 10
+    assert len(asked["queries"]) == 1 and version.ef_search == 40
 
 
 def test_the_index_search_skips_each_query_s_items_as_the_served_search_does(random_table):
