@@ -22,6 +22,14 @@ preload_app = os.environ.get("GUNICORN_PRELOAD", "true").lower() in {"1", "true"
 # gunicorn's largest request line (default 4094): long exclude= lists fit, and a longer line is
 # refused by gunicorn itself (414, not JSON) before it costs the application anything.
 limit_request_line = 8190
+# gunicorn 25.1+ opens a control socket for `gunicornc` at one path per user ($XDG_RUNTIME_DIR or
+# ~/.gunicorn/gunicorn.ctl), which every master on the host then takes from the one before (tests,
+# benchmarks, a second deployment), and the first to stop removes it for all. Off unless a path of
+# the deployment's own is given.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 # The web process bounds its serving queries (read-scope API requests; see

@@ -184,6 +184,12 @@ class Svd:
     sigma: npt.NDArray[np.float64]
     v: npt.NDArray[np.float64]
 
+    def leading(self, rank: int) -> Svd:
+        """The rank-``rank`` truncation: the largest singular values (in whatever order they are
+        held) and their vectors, which is what a rank-``rank`` SVD of the same matrix computes."""
+        top = np.argsort(self.sigma)[::-1][:rank]
+        return Svd(self.sigma[top], self.v[:, top])
+
 
 # ARPACK (exact) up to this many items; above it a randomised subspace iteration on XᵀX
 # (``gram_subspace_svd``), whose cost is a fixed number of sparse passes and QRs of an

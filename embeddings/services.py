@@ -281,6 +281,7 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
         budget_seconds=settings.RECSYS_CF_TUNE_BUDGET_SECONDS,
         max_evals=settings.RECSYS_CF_TUNE_MAX_EVALS,
         eval_users=settings.RECSYS_CF_TUNE_EVAL_USERS,
+        serving_tolerance=settings.RECSYS_CF_SERVING_TOLERANCE,
         sample_interactions=settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS,
         ease=n_items <= settings.RECSYS_EASE_MAX_ITEMS,
         ease_factors=settings.RECSYS_EASE_FACTORS,
@@ -344,6 +345,8 @@ def _select(
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
+    if outcome is not None:  # a smaller candidate served in place of the best-scoring one
+        metrics.update({f"tuning_{name}": value for name, value in outcome.cheaper.items()})
     return Selection(params, metrics, baseline, tried, split, factors, search_seconds)
 
 

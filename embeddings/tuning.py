@@ -17,6 +17,16 @@ scaled by how fast this machine runs a reference workload now (``first_rates``,
 On data past ``sample_interactions``, candidates are fitted and scored on a seeded user sample
 of the split, and the winner's parameters are restated for the whole split (EASE's λ by the ratio
 of the Gram matrices' traces; ALS's regularization as found: measured in BENCHMARKS.md, tuning-sample).
+
+The choice weighs what a candidate costs to serve: every search of its HNSW index computes inner
+products of its dimension, and a high-dimensional model also needs a wider search for the same
+recall (100k generated items: EASE 400-d needed ef_search 400 for recall@10 0.99, 5.5 ms of PostgreSQL
+CPU per request). Among the candidates whose validation NDCG@10 is within ``serving_tolerance``
+standard errors of the best (of the per-user paired differences, the one-standard-error rule of
+model selection), the one with the fewest dimensions is served (``serving_choose``). EASE's
+searched λ and β are also tried at half its rank, a quarter, ... from the leading components of the
+same SVD, so no new SVD (``_ease_rank_probes``): a strongly regularised EASE puts little weight on
+its trailing components, and on the 100k-item set above rank 32 scored as well as rank 400.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
-from embeddings.evaluation import Split, holdout_split, ranking_metrics, scores_recommender
+from embeddings.evaluation import Split, holdout_split, ranking_metrics_by_user, scores_recommender
 from embeddings.interactions import bm25_confidence
 from embeddings.learners import Factors, LearnerParams, Svd, fit
 
@@ -262,11 +273,18 @@ class TuningSettings:
     first_rates: tuple[tuple[str, float], ...] = (("ease", 2.0e-10), ("als", 1.3e-9))
     # EASE's rank is halved (not below this) until its first candidate is estimated to end in its share.
     ease_min_factors: int = 50
+    # EASE's searched λ and β are tried at half its rank, a quarter, ... down to this (``_ease_rank_probes``).
+    ease_min_serving_factors: int = 16
     threads: int = 1  # EASE's sparse products run on this many blocks of users (learners.fit)
+    # A candidate with fewer dimensions is served instead of the best when its validation NDCG@10 is
+    # within this many standard errors of the paired per-user differences (``serving_choose``).
+    serving_tolerance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
             raise ValueError("budget_seconds, sample_interactions ≥ 0 and max_evals, eval_users ≥ 1 are required")
+        if self.serving_tolerance < 0:
+            raise ValueError(f"serving_tolerance must be ≥ 0, got {self.serving_tolerance}")
         if not 0.0 < self.ease_budget_share <= 1.0:
             raise ValueError(f"ease_budget_share must be in (0, 1], got {self.ease_budget_share}")
 
@@ -288,6 +306,9 @@ class TuningOutcome:
     sample: dict[str, float] = field(default_factory=dict)
     split: Split | None = None
     factors: Factors | None = None
+    # When a candidate with fewer dimensions was chosen over the best-scoring one: the best's NDCG@10
+    # and dimensions, the chosen one's dimensions, and the standard error of their difference.
+    cheaper: dict[str, float] = field(default_factory=dict)
 
     @property
     def sampled(self) -> bool:
@@ -380,14 +401,11 @@ def collaborative_search(
         runs["ease"] = _ease_search(search, deadline=started + options.budget_seconds * share)
     if configured.algorithm != "ease":
         runs[configured.algorithm] = _implicit_search(search, first=not runs or not runs["ease"][0].trials)
-    finished = [
-        (result.best.score, params_at(result.best.point)) for result, params_at in runs.values() if result.trials
-    ]
+    chosen = serving_choose(search.candidates.all, tolerance=options.serving_tolerance)
     # No candidate could end in the budget: the configured learner as it is (its parameters are absolute).
-    score, params = max(finished, key=lambda o: o[0]) if finished else (math.nan, configured)
     return TuningOutcome(
-        transfer.absolute(params) if finished else configured,
-        score,
+        transfer.absolute(chosen.params) if chosen else configured,
+        chosen.score if chosen else math.nan,
         tried,
         {name: result.bracketed for name, (result, _) in runs.items()},
         skipped=sum(len(result.skipped) for result, _ in runs.values()),
@@ -397,7 +415,8 @@ def collaborative_search(
             "fraction": round(transfer.fraction, 6),
         },
         split=sample,
-        factors=search.best.factors,
+        factors=search.candidates.factors_of(chosen) if chosen else None,
+        cheaper=search.candidates.cheaper(chosen) if chosen else {},
     )
 
 
@@ -435,24 +454,84 @@ def _squares(matrix: sp.csr_matrix) -> float:
     return float(weights @ weights)
 
 
-def _scorer(normalised: sp.csr_matrix, split: Split, options: TuningSettings) -> Callable[[Any], float]:
-    def evaluate(factors: Any) -> float:
+def _scorer(
+    normalised: sp.csr_matrix, split: Split, options: TuningSettings
+) -> Callable[[Any], npt.NDArray[np.float64]]:
+    """NDCG@10 of each validation user scored (the same seeded sample for every candidate)."""
+
+    def evaluate(factors: Any) -> npt.NDArray[np.float64]:
         recommend = scores_recommender(factors.scores, normalised)
-        return ranking_metrics(recommend, split, max_users=options.eval_users, seed=options.seed)["ndcg@10"]
+        return ranking_metrics_by_user(recommend, split, max_users=options.eval_users, seed=options.seed).ndcg
 
     return evaluate
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated candidate: its parameters (relative to the normalised weights), its serving
+    dimensions, its mean validation NDCG@10 and each scored user's (the same users for all)."""
+
+    params: LearnerParams
+    dimensions: int
+    score: float
+    per_user: npt.NDArray[np.float64]
+
+
+def serving_choose(candidates: list[Candidate], *, tolerance: float) -> Candidate | None:
+    """The candidate to serve: the best-scoring one (the first of equal scores), unless candidates
+    with fewer dimensions score within ``tolerance`` standard errors of it, the standard error
+    being that of the mean of their paired per-user differences; then the one with the fewest
+    dimensions of those (the better-scoring of equal dimensions). None when there are none."""
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda c: c.score)
+    within = [c for c in candidates if c.dimensions < best.dimensions and _within(best, c, tolerance)]
+    return min(within, key=lambda c: (c.dimensions, -c.score)) if within else best
+
+
+def _within(best: Candidate, other: Candidate, tolerance: float) -> bool:
+    return best.score - other.score <= tolerance * paired_standard_error(best.per_user, other.per_user)
+
+
+def paired_standard_error(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
+    """The standard error of mean(a - b) over paired observations (0 for fewer than two)."""
+    if len(a) < 2:
+        return 0.0
+    return float(np.std(a - b, ddof=1) / math.sqrt(len(a)))
+
+
 @dataclass
-class _Best:
-    """The best-scoring candidate's factors so far (the first of equal scores, as the choice is)."""
+class _Candidates:
+    """Every candidate scored, and the fitted factors of the best-scoring candidate of each
+    dimension count (one of them is served: ``serving_choose`` picks among those)."""
 
-    score: float = -math.inf
-    factors: Factors | None = None
+    all: list[Candidate] = field(default_factory=list)
+    _factors: dict[int, tuple[float, Factors]] = field(default_factory=dict)
 
-    def offer(self, score: float, factors: Factors) -> None:
-        if score > self.score:
-            self.score, self.factors = score, factors
+    def offer(self, params: LearnerParams, per_user: npt.NDArray[np.float64], factors: Factors) -> float:
+        score = float(per_user.mean()) if len(per_user) else 0.0
+        self.all.append(Candidate(params, factors.dimensions, score, per_user))
+        if score > self._factors.get(factors.dimensions, (-math.inf, None))[0]:
+            self._factors[factors.dimensions] = (score, factors)
+        return score
+
+    def within_tolerance(self, candidate: Candidate, tolerance: float) -> bool:
+        """Whether ``candidate`` scores within ``tolerance`` standard errors of the best so far."""
+        return _within(max(self.all, key=lambda c: c.score), candidate, tolerance)
+
+    def factors_of(self, candidate: Candidate) -> Factors:
+        return self._factors[candidate.dimensions][1]
+
+    def cheaper(self, chosen: Candidate) -> dict[str, float]:
+        best = max(self.all, key=lambda c: c.score)
+        if chosen is best:
+            return {}
+        return {
+            "best_ndcg@10": round(best.score, 5),
+            "best_dimensions": float(best.dimensions),
+            "chosen_dimensions": float(chosen.dimensions),
+            "standard_error": round(paired_standard_error(best.per_user, chosen.per_user), 5),
+        }
 
 
 @dataclass(frozen=True)
@@ -462,19 +541,18 @@ class _Search:
     learners' searches share."""
 
     normalised: sp.csr_matrix
-    evaluate: Callable[[Any], float]
+    evaluate: Callable[[Any], npt.NDArray[np.float64]]
     options: TuningSettings
     deadline: float
     configured: LearnerParams
     record: Callable[..., None]
     costs: CostModel = field(default_factory=CostModel)
-    best: _Best = field(default_factory=_Best)
+    candidates: _Candidates = field(default_factory=_Candidates)
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
         factors = fit(matrix, params, svd_cache=svd_cache, threads=self.options.threads)
-        score = self.evaluate(factors)
-        self.best.offer(score, factors)
+        score = self.candidates.offer(params, self.evaluate(factors), factors)
         self.record(params.algorithm, params, score, **shown)
         return score
 
@@ -553,7 +631,37 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
         work=lambda _: ease_work(*search.size(), rank, search.scored_users(), with_svd=not svd_cache),
         deadline=deadline,
     )
+    if result.trials:
+        _ease_rank_probes(search, result.best.point, params_at(result.best.point), svd_cache[factors], rank)
     return result, params_at
+
+
+def _ease_rank_probes(search: _Search, point: Point, best: LearnerParams, svd: Svd, rank: int) -> None:
+    """The searched λ and β at half ``rank``, a quarter, ... (down to ``ease_min_serving_factors``),
+    from the leading components of ``svd``, for the serving choice (``serving_choose``) to weigh:
+    fewer dimensions are cheaper to search. Each is started only if it can end before the search's
+    deadline, and the halving stops at the first that scores outside the serving tolerance of the
+    best candidate so far (a smaller rank keeps less of the model)."""
+    smaller = rank // 2
+    while smaller >= search.options.ease_min_serving_factors:
+        work = ease_work(*search.size(), smaller, search.scored_users(), with_svd=False)
+        estimate = search.costs.seconds("ease", work)
+        if estimate is not None and time.monotonic() + estimate > search.deadline:
+            return
+        params = replace(best, factors=smaller)
+        started = time.monotonic()
+        search.score(
+            search.normalised,
+            params,
+            {smaller: svd.leading(smaller)},
+            lambda_relative=point["lambda"],
+            factors=smaller,
+            **_shown(point),
+        )
+        search.costs.observe("ease", work, time.monotonic() - started)
+        if not search.candidates.within_tolerance(search.candidates.all[-1], search.options.serving_tolerance):
+            return
+        smaller //= 2
 
 
 def _ease_rank(search: _Search, wanted: int, *, deadline: float) -> int:

@@ -403,11 +403,17 @@ RECSYS_CF_BM25 = env_bool("RECSYS_CF_BM25", False)
 # Each run searches the learners' parameters on a validation split (embeddings/tuning.py): low-rank
 # EASE's λ (on catalogues up to RECSYS_EASE_MAX_ITEMS) and the configured learner's factors,
 # regularization, alpha, iterations and BM25, all relative to the data's mean weight, within a time
-# budget; the best by NDCG@10 is trained on everything. Off: the configured learner as it is.
+# budget; the best by NDCG@10 (or a smaller one as good: below) is trained on everything. Off: the
+# configured learner as it is.
 RECSYS_CF_TUNE = env_bool("RECSYS_CF_TUNE", True)
 RECSYS_CF_TUNE_BUDGET_SECONDS = env_float("RECSYS_CF_TUNE_BUDGET_SECONDS", 90.0)
 RECSYS_CF_TUNE_MAX_EVALS = env_int("RECSYS_CF_TUNE_MAX_EVALS", 30, minimum=1)
 RECSYS_CF_TUNE_EVAL_USERS = env_int("RECSYS_CF_TUNE_EVAL_USERS", 2_000, minimum=100)
+# Serving cost in the choice: a candidate with fewer dimensions (cheaper HNSW searches, and usually a
+# narrower ef_search for the same recall) is served instead of the best-scoring one when its
+# validation NDCG@10 is within this many standard errors of the paired per-user differences (the
+# one-standard-error rule); 0 serves the best-scoring one unless a smaller one scores as well.
+RECSYS_CF_SERVING_TOLERANCE = env_float("RECSYS_CF_SERVING_TOLERANCE", 1.0, minimum=0.0)
 # Past this many training interactions the search fits its candidates on a seeded user sample of
 # about this many (0: always on everything); the winner is restated for, and fitted on, all of them.
 RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = env_int("RECSYS_CF_TUNE_SAMPLE_INTERACTIONS", 1_000_000, minimum=0)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from embeddings.evaluation import Split, holdout_split, ranking_metrics, scores_recommender
 from embeddings.learners import LearnerParams, fit
 from embeddings.tuning import (
+    Candidate,
     CostModel,
     Dimension,
     TuningSettings,
@@ -23,6 +24,8 @@ from embeddings.tuning import (
     gram_diagonal_mean,
     learner_confidences,
     log_search,
+    paired_standard_error,
+    serving_choose,
     user_sample,
     weight_scale,
 )
@@ -432,3 +435,93 @@ def test_the_speed_probe_runs_on_one_blas_thread_as_the_worker_does(monkeypatch)
     with threadpool_limits(2, "blas"):  # a process left with more than one
         assert tuning.machine_slowdown() >= 0.25
     assert threads and set(threads) == {1}
+
+
+def _candidate(dimensions: int, per_user: np.ndarray) -> Candidate:
+    return Candidate(LearnerParams(factors=dimensions), dimensions, float(per_user.mean()), per_user)
+
+
+def test_a_smaller_candidate_within_one_standard_error_of_the_best_is_served() -> None:
+    # Given a 400-d best and smaller candidates whose paired differences from it are known
+    rng = np.random.default_rng(0)
+    best = rng.uniform(0, 1, 2_000)
+    noise = rng.normal(0, 0.2, 2_000)
+    close = best - 0.5 * 0.2 / np.sqrt(2_000) + noise - noise.mean()  # half a standard error below
+    far = best - 3 * 0.2 / np.sqrt(2_000) + noise - noise.mean()  # three standard errors below
+    candidates = [_candidate(400, best), _candidate(64, far), _candidate(16, close)]
+    assert paired_standard_error(best, close) == pytest.approx(0.2 / np.sqrt(2_000), rel=0.05)
+
+    # Then the smallest one within one standard error is served, not the one three below
+    assert serving_choose(candidates, tolerance=1.0).dimensions == 16
+    assert serving_choose([candidates[0], candidates[1]], tolerance=1.0).dimensions == 400
+    # And a tolerance of 0 serves the best-scoring one
+    assert serving_choose(candidates, tolerance=0.0).dimensions == 400
+
+
+def test_a_smaller_candidate_that_scores_as_well_is_served_even_with_no_tolerance() -> None:
+    same = np.random.default_rng(1).uniform(0, 1, 500)
+    # Equal scores: the first of the best is the 64-d one, and the 32-d one scores as well
+    candidates = [_candidate(64, same), _candidate(32, same.copy()), _candidate(400, same - 0.01)]
+    assert serving_choose(candidates, tolerance=0.0).dimensions == 32
+    # A larger candidate is never preferred to the best, however close; nothing: None
+    assert serving_choose([_candidate(16, same), _candidate(64, same)], tolerance=5.0).dimensions == 16
+    assert serving_choose([], tolerance=1.0) is None
+
+
+def test_the_search_serves_the_fewest_dimensions_it_may_and_hands_over_that_candidates_factors() -> None:
+    # Given ALS candidates of several sizes on planted taste groups (a few dimensions suffice)
+    split = holdout_split(_planted(seed=7, groups=4), seed=1)
+    options = TuningSettings(budget_seconds=60, max_evals=8, eval_users=300, ease=False)
+    configured = LearnerParams(factors=32, iterations=5)
+
+    # When any tolerance is allowed, and when none is
+    cheapest = collaborative_search(split, configured, options=replace(options, serving_tolerance=1e9))
+    best = collaborative_search(split, configured, options=replace(options, serving_tolerance=0.0))
+
+    # Then the first serves the smallest candidate tried, with its own factors and score, and says
+    # which candidate scored best; the second serves the best-scoring one and says nothing
+    tried = {int(t["factors"]) for t in cheapest.tried}
+    assert len(tried) > 1
+    assert cheapest.params.factors == min(tried) == cheapest.factors.dimensions
+    assert cheapest.cheaper["chosen_dimensions"] == min(tried)
+    assert cheapest.cheaper["best_ndcg@10"] == max(t["ndcg@10"] for t in cheapest.tried) > round(cheapest.score, 5)
+    assert best.score == pytest.approx(max(t["ndcg@10"] for t in best.tried), abs=1e-5)
+    assert best.factors.dimensions == best.params.factors and best.cheaper == {}
+
+
+def test_ease_is_tried_at_smaller_ranks_from_its_one_svd_and_served_at_the_smallest_as_good(monkeypatch) -> None:
+    # Given four planted taste groups (a handful of dimensions hold the model) and EASE at rank 30
+    import embeddings.learners as learners
+
+    svds = []
+    truncated_svd = learners.truncated_svd
+    monkeypatch.setattr(learners, "truncated_svd", lambda *a, **k: svds.append(a) or truncated_svd(*a, **k))
+    split = holdout_split(_planted(seed=8, users=400, groups=4), seed=1)
+    options = replace(FAST, ease_popularity=False, ease_min_serving_factors=4)
+
+    # When EASE is searched
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=30), options=options)
+
+    # Then its best λ was also tried at ranks 15 and 7, without another SVD, and a smaller rank
+    # than 30 is served with its own factors
+    ranks = [int(t["factors"]) for t in outcome.tried]
+    assert ranks[-2:] == [15, 7] and set(ranks[:-2]) == {30}
+    assert len(svds) == 1
+    assert outcome.params.factors < 30 and outcome.factors.dimensions == outcome.params.factors
+    assert outcome.cheaper["best_dimensions"] in (30.0, 15.0)
+
+
+def test_the_rank_probes_stop_at_the_first_one_outside_the_tolerance() -> None:
+    # Given twelve planted groups, which 3 dimensions cannot hold
+    split = holdout_split(_planted(seed=9, users=600, items=120, groups=12), seed=1)
+    options = replace(FAST, ease_popularity=False, ease_min_serving_factors=2, serving_tolerance=0.0)
+
+    outcome = collaborative_search(split, LearnerParams(algorithm="ease", factors=24), options=options)
+
+    # Then the halving went on while each rank scored as well as the best so far and stopped after
+    # the first that did not (ranks 12, 6, 3 at most; never below the first refusal)
+    probes = [t for t in outcome.tried if int(t["factors"]) < 24]
+    scores = [t["ndcg@10"] for t in outcome.tried]
+    assert probes and [int(t["factors"]) for t in probes] == [12, 6, 3][: len(probes)]
+    assert all(t["ndcg@10"] >= max(scores[: outcome.tried.index(t)]) for t in probes[:-1])
+    assert len(probes) == 3 or probes[-1]["ndcg@10"] < max(scores[: outcome.tried.index(probes[-1])])

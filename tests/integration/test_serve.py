@@ -38,6 +38,8 @@ def test_serve_starts_web_worker_and_beat_and_sigterm_stops_them_all(live_env, t
 
         assert health["database"] == "ok" and health["redis"] == "ok"
         assert "gunicorn" in commands and "worker" in commands and "beat" in commands
+        # No control socket at the per-user path every gunicorn master on the host would share.
+        assert b"Control socket listening" not in (tmp_path / "serve.log").read_bytes()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
