@@ -30,13 +30,13 @@ import psycopg
 from common import (
     api_key,
     celery_worker,
+    database_recreate,
     database_url,
     drop_database,
     generated_load,
     gunicorn,
     machine,
     manage,
-    scratch_database_url,
     write_section,
 )
 from quality import Api, train
@@ -231,7 +231,7 @@ def main() -> None:
     if reused:
         manage(url, "migrate", "--no-input", "-v", "0")
     else:
-        url = scratch_database_url(name)
+        url = database_recreate(name)
     try:
         if not reused:
             load_data(url, args.items, args.interactions)

@@ -25,8 +25,9 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 
-def scratch_database_url(name: str) -> str:
-    """A fresh database beside the configured one (dropped and re-created), migrated."""
+def database_recreate(name: str) -> str:
+    """Drop database ``name`` if it exists (its data is lost), create it again beside the configured
+    one and migrate it; its URL. To use a kept database as it is, ``database_url``."""
     base = os.environ["DATABASE_URL"]
     parts = urlsplit(base)
     admin = parts._replace(path="/postgres").geturl()

@@ -38,12 +38,12 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_recreate,
     database_url,
     drop_database,
     gunicorn,
     machine,
     manage,
-    scratch_database_url,
     tree_rss_mb,
     write_section,
 )
@@ -255,7 +255,7 @@ def main() -> None:
     agreement = item_agreement(vectors, matrix)
     builds = {}
     for encoder in ENCODERS:
-        url = scratch_database_url("recsys_bench_content")
+        url = database_recreate("recsys_bench_content")
         try:
             manage(url, "import_movielens", str(MOVIELENS), "--no-progress")
             builds[encoder] = build_through_worker(url, encoder)
@@ -267,7 +267,7 @@ def main() -> None:
         url = database_url(name)
         reused = args.reuse and content_ready(url)
         if not reused:
-            url = scratch_database_url(name)
+            url = database_recreate(name)
             generate = ["--items", str(args.search_items), "--users", "1000", "--interactions", "10000"]
             manage(url, "generate_demo_data", *generate, "--no-progress")
         try:

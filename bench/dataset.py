@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bench_env, drop_database, machine, manage, scratch_database_url, write_section
+from common import ROOT, bench_env, database_recreate, drop_database, machine, manage, write_section
 
 Figures = tuple[float, float, float, float]  # seconds, peak RSS MiB, CPU seconds, load average
 
@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=10_000)
     options = parser.parse_args()
-    source = scratch_database_url("bench_dataset_source")
-    target = scratch_database_url("bench_dataset_target")
+    source = database_recreate("bench_dataset_source")
+    target = database_recreate("bench_dataset_target")
     try:
         sizes = ("--items", str(options.items), "--users", str(options.users))
         manage(source, "generate_demo_data", *sizes, "--interactions", str(options.interactions), "--no-progress")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MOVIELENS, api_key, machine, manage, scratch_database_url, write_section
+from common import MOVIELENS, api_key, database_recreate, machine, manage, write_section
 
 
 def setup(url: str) -> None:
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    url = scratch_database_url("bench_experiments")
+    url = database_recreate("bench_experiments")
     manage(url, "import_movielens", str(MOVIELENS), "--no-progress")
     key = api_key(url)
     setup(url)

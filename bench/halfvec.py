@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import psutil
-from common import drop_database, machine, scratch_database_url, write_section
+from common import database_recreate, drop_database, machine, write_section
 
 K = 10
 VERSIONS = {"vector": 910_001, "halfvec": 910_002}  # the tables' names; the scratch database is dropped
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
 
-    url = scratch_database_url("recsys_bench_halfvec")
+    url = database_recreate("recsys_bench_halfvec")
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings")
     os.environ.setdefault("RECSYS_INSECURE_DEV_KEY", "true")

@@ -26,12 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     api_key,
+    database_recreate,
     drop_database,
     gunicorn,
     machine,
     postgres_cpu_seconds,
     redis_cpu_seconds,
-    scratch_database_url,
     tree_cpu_seconds,
     write_section,
 )
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
     n = args.batches
-    url = scratch_database_url("recsys_bench_impressions")
+    url = database_recreate("recsys_bench_impressions")
     rounds: list[dict[str, dict[str, float]]] = []
     loads = [os.getloadavg()[0]]
     try:

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MOVIELENS,
     api_key,
+    database_recreate,
     drop_database,
     gunicorn,
     machine,
     manage,
     postgres_cpu_seconds,
     redis_cpu_seconds,
-    scratch_database_url,
     section_read,
     tree_cpu_seconds,
     tree_rss_mb,
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--database", default="recsys_bench_ingest", help="the scratch database (dropped after)")
     args = parser.parse_args()
 
-    url = scratch_database_url(args.database)
+    url = database_recreate(args.database)
     one: dict[str, float] = {}
     # (The unpartitioned comparison, migration 0006's schema, ran until migration 0009: the writer now needs
     # 0009's references lock, so this code no longer runs against 0006. Its last figures are in git history.)

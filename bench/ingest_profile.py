@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import ROOT, drop_database, scratch_database_url
+from common import ROOT, database_recreate, drop_database
 from impressions import events_body, impression_bodies, unmatched_events_body
 from serve_profile import RoundTrips, backend_process, cpu
 
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-explain", action="store_true")
     args = parser.parse_args()
-    url = scratch_database_url("recsys_profile_ingest")
+    url = database_recreate("recsys_profile_ingest")
     try:
         setup(url)
         run(args)

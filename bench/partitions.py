@@ -24,7 +24,7 @@ import psutil
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MOVIELENS, ROOT, drop_database, machine, manage, postgres_cpu_seconds, scratch_database_url
+from common import MOVIELENS, ROOT, database_recreate, drop_database, machine, manage, postgres_cpu_seconds
 from common import write_section as section_write
 
 # RECSYS_PARTITIONS_MONTHLY_MONTHS of each layout: a window longer than the data makes every month a
@@ -47,7 +47,7 @@ def layout_env(layout: str) -> Iterator[None]:
 
 def imported(layout: str) -> tuple[str, dict[str, float]]:
     """A fresh database with ml-latest-small imported under ``layout``: CPU of the command and of PostgreSQL."""
-    url = scratch_database_url(f"bench_partitions_{layout}")
+    url = database_recreate(f"bench_partitions_{layout}")
     with layout_env(layout):
         server, client = postgres_cpu_seconds(url), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()

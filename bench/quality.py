@@ -37,10 +37,10 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_recreate,
     drop_database,
     gunicorn,
     machine,
-    scratch_database_url,
     write_section,
 )
 
@@ -351,7 +351,7 @@ def ranking_lines(report: dict[str, Any]) -> list[str]:
 
 def measure(data: DataSet) -> dict[str, Any]:
     split = holdout_split(data.matrix, test_fraction=0.2, seed=SEED)
-    url = scratch_database_url("recsys_bench_quality")
+    url = database_recreate("recsys_bench_quality")
     try:
         with celery_worker(url, "quality"), gunicorn(url, PORT):
             api = Api(api_key(url))

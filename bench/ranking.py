@@ -34,12 +34,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MOVIELENS,
+    database_recreate,
     database_url,
     drop_database,
     machine,
     manage,
     postgres_cpu_seconds,
-    scratch_database_url,
     write_section,
 )
 
@@ -89,7 +89,7 @@ def main() -> None:
         print("\n".join(lines))
         return
     name = f"recsys_bench_ranking_{args.items}_{args.interactions}"
-    url = database_url(name) if args.reuse else scratch_database_url(name)
+    url = database_url(name) if args.reuse else database_recreate(name)
     try:
         started = time.perf_counter()
         if not args.reuse:

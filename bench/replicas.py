@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import ROOT, api_key, celery_worker, drop_database, gunicorn, machine, scratch_database_url, write_section
+from common import ROOT, api_key, celery_worker, database_recreate, drop_database, gunicorn, machine, write_section
 from quality import Api, train
 from serve import ids, load, load_data, postmaster
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    url = scratch_database_url("recsys_bench_replicas")
+    url = database_recreate("recsys_bench_replicas")
     replica = None
     try:
         load_data(url, None)

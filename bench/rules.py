@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from common import MOVIELENS, database_url, drop_database, machine, manage, scratch_database_url, write_section
+from common import MOVIELENS, database_recreate, database_url, drop_database, machine, manage, write_section
 from serve_profile import backend_process, caller, cpu, setup
 
 NAME = "recsys_bench_rules"
@@ -50,7 +50,7 @@ def variants(base: str) -> dict[str, str]:
 def prepare(url: str | None) -> str:
     """A database with MovieLens, attributes and a trained model (scratch unless ``url`` is kept)."""
     if url is None:
-        url = scratch_database_url(NAME)
+        url = database_recreate(NAME)
         manage(url, "import_movielens", str(MOVIELENS), "--no-progress")
     return url
 

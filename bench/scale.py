@@ -26,7 +26,7 @@ import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import database_url, drop_database, machine, postgres_cpu_seconds, scratch_database_url, write_section
+from common import database_recreate, database_url, drop_database, machine, postgres_cpu_seconds, write_section
 
 T = TypeVar("T")
 CHUNK = 1_000_000
@@ -174,7 +174,7 @@ def scratch_or_reused(args: argparse.Namespace) -> tuple[str, bool]:
                     return url, True
         except psycopg.OperationalError:
             pass  # no such database yet
-    return scratch_database_url(args.database), False
+    return database_recreate(args.database), False
 
 
 def whole_run_measure(url: str, figures: dict[str, dict[str, float]]) -> dict[str, Any]:

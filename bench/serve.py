@@ -26,13 +26,13 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_recreate,
     database_url,
     drop_database,
     generated_load,
     gunicorn,
     machine,
     manage,
-    scratch_database_url,
     tree_rss_mb,
     vacuum_analyze,
     write_section,
@@ -199,7 +199,7 @@ def main() -> None:
     if reused:
         manage(url, "migrate", "--no-input", "-v", "0")  # the kept database may predate a migration
     else:
-        url = scratch_database_url(name)
+        url = database_recreate(name)
     try:
         started = time.perf_counter()
         dataset = describe(generated) if reused else load_data(url, generated)

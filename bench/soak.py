@@ -27,11 +27,11 @@ from common import (
     MOVIELENS,
     api_key,
     celery_worker,
+    database_recreate,
     drop_database,
     gunicorn,
     machine,
     manage,
-    scratch_database_url,
     tree_rss_mb,
     write_section,
 )
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
-    url = scratch_database_url("recsys_bench_soak")
+    url = database_recreate("recsys_bench_soak")
     try:
         manage(url, "import_movielens", str(MOVIELENS), "--no-progress")
         # Untuned ALS: the soak measures serving through a switch, not the tuning search.
