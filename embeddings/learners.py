@@ -34,6 +34,10 @@ class LearnerParams:
     # Mean weight of the data the parameters were searched on (embeddings.tuning): informational,
     # the stored alpha and regularization already apply to raw weights.
     weight_scale: float | None = None
+    # EASE only: the rank of the SVD whose leading ``factors`` components it is built from (a rank
+    # probe of the search, ``embeddings.tuning``); None: an SVD of rank ``factors``. A small rank cut
+    # from a larger SVD keeps more of the matrix than a randomised SVD of that small rank computes.
+    svd_rank: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,6 +45,8 @@ class LearnerParams:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.factors < 1 or self.iterations < 1:
             raise ValueError("factors and iterations must be positive")
+        if self.svd_rank is not None and self.svd_rank < self.factors:
+            raise ValueError(f"svd_rank must be at least factors ({self.factors}), got {self.svd_rank}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,18 +115,21 @@ def fit(
     """Learn user and item factors from a (n_users, n_items) float32 CSR confidence matrix.
 
     BPR and LMF read only which entries are positive; ALS uses the confidences (negative
-    values are dislikes). EASE candidates that differ only in λ share one SVD through
-    ``svd_cache`` (rank → SVD of this matrix); its sparse products run on ``threads`` blocks of
+    values are dislikes). EASE candidates that differ only in λ (or in a ``svd_rank`` cut) share one
+    SVD through ``svd_cache`` (rank → SVD of this matrix); its sparse products run on ``threads`` blocks of
     users (implicit's learners use every core on their own).
     """
     from threadpoolctl import threadpool_limits
 
     if params.algorithm == "ease":
-        svd = svd_cache.get(params.factors) if svd_cache is not None else None
+        rank = params.svd_rank or params.factors
+        svd = svd_cache.get(rank) if svd_cache is not None else None
         if svd is None:
-            svd = truncated_svd(user_items, params.factors, seed=params.random_state, threads=threads)
+            svd = truncated_svd(user_items, rank, seed=params.random_state, threads=threads)
             if svd_cache is not None:
-                svd_cache[params.factors] = svd
+                svd_cache[rank] = svd
+        if rank != params.factors:
+            svd = svd.leading(params.factors)
         return fit_ease(
             user_items,
             factors=params.factors,

@@ -283,8 +283,8 @@ class TuningSettings:
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
             raise ValueError("budget_seconds, sample_interactions ≥ 0 and max_evals, eval_users ≥ 1 are required")
-        if self.serving_tolerance < 0:
-            raise ValueError(f"serving_tolerance must be ≥ 0, got {self.serving_tolerance}")
+        if not 0 <= self.serving_tolerance < math.inf:
+            raise ValueError(f"serving_tolerance must be finite and ≥ 0, got {self.serving_tolerance}")
         if not 0.0 < self.ease_budget_share <= 1.0:
             raise ValueError(f"ease_budget_share must be in (0, 1], got {self.ease_budget_share}")
 
@@ -368,7 +368,8 @@ def collaborative_search(
     options: TuningSettings,
     report: Callable[..., None] = lambda **_: None,
 ) -> TuningOutcome:
-    """Search EASE's λ and the configured learner's parameters on ``split``; return the best.
+    """Search EASE's λ (and its rank, ``_ease_rank_probes``) and the configured learner's parameters
+    on ``split``; return the one to serve (``serving_choose``: the best, or a smaller one as good).
 
     ``split.train`` is what candidates fit on and ``split.test`` what they are scored on
     (NDCG@10 over at most ``options.eval_users`` users, the same sample for every candidate);
@@ -466,7 +467,7 @@ def _scorer(
     return evaluate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidate:
     """One evaluated candidate: its parameters (relative to the normalised weights), its serving
     dimensions, its mean validation NDCG@10 and each scored user's (the same users for all)."""
@@ -478,15 +479,21 @@ class Candidate:
 
 
 def serving_choose(candidates: list[Candidate], *, tolerance: float) -> Candidate | None:
-    """The candidate to serve: the best-scoring one (the first of equal scores), unless candidates
-    with fewer dimensions score within ``tolerance`` standard errors of it, the standard error
-    being that of the mean of their paired per-user differences; then the one with the fewest
-    dimensions of those (the better-scoring of equal dimensions). None when there are none."""
+    """The candidate to serve, among the best-scoring candidate of each dimension count (the first
+    of equal scores): the best of all, unless smaller ones score within ``tolerance`` standard
+    errors of it, the standard error being that of the mean of their paired per-user differences;
+    then the one with the fewest dimensions of those. None when there are none."""
     if not candidates:
         return None
-    best = max(candidates, key=lambda c: c.score)
-    within = [c for c in candidates if c.dimensions < best.dimensions and _within(best, c, tolerance)]
-    return min(within, key=lambda c: (c.dimensions, -c.score)) if within else best
+    # Each size's best first: only those are weighed (a worse one of a size could otherwise pass on
+    # a wider standard error where its better sibling did not).
+    sizes: dict[int, Candidate] = {}
+    for candidate in candidates:
+        if candidate.dimensions not in sizes or candidate.score > sizes[candidate.dimensions].score:
+            sizes[candidate.dimensions] = candidate
+    best = max(sizes.values(), key=lambda c: c.score)
+    within = [c for c in sizes.values() if c.dimensions < best.dimensions and _within(best, c, tolerance)]
+    return min(within, key=lambda c: c.dimensions) if within else best
 
 
 def _within(best: Candidate, other: Candidate, tolerance: float) -> bool:
@@ -632,28 +639,30 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
         deadline=deadline,
     )
     if result.trials:
-        _ease_rank_probes(search, result.best.point, params_at(result.best.point), svd_cache[factors], rank)
+        _ease_rank_probes(search, result.best.point, params_at(result.best.point), svd_cache, rank)
     return result, params_at
 
 
-def _ease_rank_probes(search: _Search, point: Point, best: LearnerParams, svd: Svd, rank: int) -> None:
+def _ease_rank_probes(search: _Search, point: Point, best: LearnerParams, svd_cache: dict[int, Svd], rank: int) -> None:
     """The searched λ and β at half ``rank``, a quarter, ... (down to ``ease_min_serving_factors``),
-    from the leading components of ``svd``, for the serving choice (``serving_choose``) to weigh:
-    fewer dimensions are cheaper to search. Each is started only if it can end before the search's
-    deadline, and the halving stops at the first that scores outside the serving tolerance of the
-    best candidate so far (a smaller rank keeps less of the model)."""
+    from the leading components of the candidates' SVD (``svd_rank``: the served refit cuts them
+    from an SVD of the same rank too), for the serving choice (``serving_choose``) to weigh: fewer
+    dimensions are cheaper to search. Each is started only if it can end before the search's
+    deadline (so the probes may use time of the configured learner's share: they cost about one
+    full-rank candidate in all), and the halving stops at the first that scores outside the
+    serving tolerance of the best candidate so far (a smaller rank keeps less of the model)."""
     smaller = rank // 2
     while smaller >= search.options.ease_min_serving_factors:
         work = ease_work(*search.size(), smaller, search.scored_users(), with_svd=False)
         estimate = search.costs.seconds("ease", work)
         if estimate is not None and time.monotonic() + estimate > search.deadline:
             return
-        params = replace(best, factors=smaller)
+        params = replace(best, factors=smaller, svd_rank=best.factors)
         started = time.monotonic()
         search.score(
             search.normalised,
             params,
-            {smaller: svd.leading(smaller)},
+            svd_cache,
             lambda_relative=point["lambda"],
             factors=smaller,
             **_shown(point),

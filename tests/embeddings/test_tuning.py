@@ -525,3 +525,36 @@ def test_the_rank_probes_stop_at_the_first_one_outside_the_tolerance() -> None:
     assert probes and [int(t["factors"]) for t in probes] == [12, 6, 3][: len(probes)]
     assert all(t["ndcg@10"] >= max(scores[: outcome.tried.index(t)]) for t in probes[:-1])
     assert len(probes) == 3 or probes[-1]["ndcg@10"] < max(scores[: outcome.tried.index(probes[-1])])
+
+
+def test_only_each_sizes_best_is_weighed_so_a_worse_sibling_cannot_pass_on_a_wider_error() -> None:
+    # Given a 64-d best, a 32-d candidate just below it with a narrow error (outside one standard
+    # error), and a worse 32-d one whose differences vary so much that it alone would pass
+    rng = np.random.default_rng(3)
+    best = rng.uniform(0, 1, 1_000)
+    close = best - 0.004 + rng.normal(0, 0.001, 1_000)
+    noisy = best - 0.006 + rng.normal(0, 0.3, 1_000)
+    noisy += (best.mean() - 0.006) - noisy.mean()
+    candidates = [_candidate(64, best), _candidate(32, close), _candidate(32, noisy)]
+    assert 0.006 <= paired_standard_error(best, noisy)  # alone, it is within one standard error
+
+    # Then the 32-d size is judged by its best candidate, which is outside: the 64-d one is served
+    assert serving_choose(candidates, tolerance=1.0).dimensions == 64
+
+
+def test_an_ease_rank_cut_from_a_larger_svd_is_refitted_from_the_same_cut() -> None:
+    # Given a rank probe's parameters (rank 8 cut from the rank-30 SVD the search computed)
+    from embeddings.learners import fit_ease, truncated_svd
+
+    matrix = _planted(seed=10).astype(np.float32)
+    params = LearnerParams(algorithm="ease", factors=8, svd_rank=30, regularization=20.0)
+
+    # When the chosen learner is fitted again, as the final fit does
+    refit = fit(matrix, params)
+
+    # Then it is the model the probe scored, not one from a fresh rank-8 SVD
+    cut = fit_ease(matrix, factors=8, regularization=20.0, svd=truncated_svd(matrix, 30, seed=42).leading(8))
+    assert refit.dimensions == 8
+    assert np.allclose(refit.scores(np.arange(20)), cut.scores(np.arange(20)), atol=1e-4)
+    with pytest.raises(ValueError, match="svd_rank"):
+        LearnerParams(algorithm="ease", factors=8, svd_rank=4)
