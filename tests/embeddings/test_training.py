@@ -56,6 +56,21 @@ def test_a_worse_version_stays_ready_and_serving_is_unchanged(communities):
     assert active_version(kind="collaborative").pk == first.pk
 
 
+def test_a_version_whose_index_misses_its_top_10_does_not_replace_one_that_serves_it(communities):
+    # Given an active version whose index finds its top 10, and a ready one that scores better
+    # exactly but whose index finds only 70% of its top-10 slots
+    first, second = train(), train()
+    runs.model_version_activate(version_id=first.pk)
+    ModelVersion.objects.filter(pk=first.pk).update(metrics={"ndcg@10": 0.30, "ann_recall@10": 0.99})
+    ModelVersion.objects.filter(pk=second.pk).update(metrics={"ndcg@10": 0.31, "ann_recall@10": 0.70})
+
+    # Then the gate keeps serving the first; once the second's index serves it, it is activated
+    assert runs.model_version_activate_if_better(version_id=second.pk).status == Status.READY
+    assert active_version(kind="collaborative").pk == first.pk
+    ModelVersion.objects.filter(pk=second.pk).update(metrics={"ndcg@10": 0.31, "ann_recall@10": 0.99})
+    assert runs.model_version_activate_if_better(version_id=second.pk).status == Status.ACTIVE
+
+
 def test_a_failed_run_is_marked_and_leaves_serving_alone(communities, monkeypatch):
     first = train()
 
