@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,11 +27,12 @@ from embeddings.interactions import (
     weak_negatives_build,
     with_weak_negatives,
 )
-from embeddings.learners import Factors, LearnerParams, cuda_available, fit, gram_matrix
+from embeddings.learners import Factors, LearnerParams, Svd, cuda_available, fit, gram_matrix
 from embeddings.models import Kind, ModelVersion, Status, VersionArtifacts
 from embeddings.popularity import popularity_refresh
 from embeddings.ranking.training import ranking_stage_learn
 from embeddings.tuning import (
+    EASE_MIN_SERVING_FACTORS,
     TuningOutcome,
     TuningSettings,
     collaborative_search,
@@ -189,25 +190,11 @@ def _train(version: ModelVersion) -> None:
     if selection.search_seconds is not None:  # the candidates; evaluate is the split, the winner's refit and metrics
         timings["search"] = selection.search_seconds
     timings["evaluate"] = time.perf_counter() - started - (selection.search_seconds or 0.0)
-    artifacts = VersionArtifacts(version=version)
-    if settings.RECSYS_RANKING:
-        runs.run_progress(version, stage="ranking", candidates=tried)
-        outcome, state, timings["ranking"] = ranking_stage_learn(
-            split=selection.split,
-            user_scores=lambda row: selection.factors.scores(np.array([row]))[0],
-            data=data,
-            times=times,
-            seed=params.random_state,
-        )
-        artifacts.ranking, artifacts.ranking_used = outcome.report, outcome.wins
-        artifacts.ranker = outcome.ranker.model_text() if outcome.ranker is not None else ""
-        artifacts.ranking_state = state.to_bytes() if outcome.ranker is not None else None
-        version.metrics["ranking_ndcg@10"] = outcome.report["ndcg@10"]
-        version.metrics["best_source_ndcg@10"] = outcome.report["best_source_ndcg@10"]
     version.algorithm, version.params = params.algorithm, params.as_dict()
     runs.run_progress(version, stage="fitting", candidates=tried)
     started = time.perf_counter()
-    factors = _fit(data.matrix, params, negatives)
+    svds: dict[int, Svd] = {}  # the final fit's SVD, which a cut to fewer dimensions reuses
+    factors = _fit(data.matrix, params, negatives, svd_cache=svds)
     timings["fit"] = time.perf_counter() - started
     runs.run_progress(version, stage="storing")
     started = time.perf_counter()
@@ -224,6 +211,26 @@ def _train(version: ModelVersion) -> None:
         seen=data.matrix,
     )
     timings["ann"] = time.perf_counter() - started
+    if _unservable(version.metrics, params):
+        started = time.perf_counter()
+        params, factors = _servable_cut(version, data, selection, params, factors, svds)
+        version.algorithm, version.params = params.algorithm, params.as_dict()
+        timings["servable"] = time.perf_counter() - started
+    artifacts = VersionArtifacts(version=version)
+    if settings.RECSYS_RANKING:
+        runs.run_progress(version, stage="ranking", candidates=tried)
+        outcome, state, timings["ranking"] = ranking_stage_learn(
+            split=selection.split,
+            user_scores=lambda row: selection.factors.scores(np.array([row]))[0],
+            data=data,
+            times=times,
+            seed=params.random_state,
+        )
+        artifacts.ranking, artifacts.ranking_used = outcome.report, outcome.wins
+        artifacts.ranker = outcome.ranker.model_text() if outcome.ranker is not None else ""
+        artifacts.ranking_state = state.to_bytes() if outcome.ranker is not None else None
+        version.metrics["ranking_ndcg@10"] = outcome.report["ndcg@10"]
+        version.metrics["best_source_ndcg@10"] = outcome.report["best_source_ndcg@10"]
     if settings.RECSYS_COLD_ITEMS:
         started = time.perf_counter()
         learned = content_map_learn(
@@ -253,9 +260,16 @@ def _train(version: ModelVersion) -> None:
     runs.run_finish(version)
 
 
-def _fit(matrix: Any, params: LearnerParams, negatives: Any = None) -> Factors:
-    """The chosen learner fitted as a run fits it: on its confidences, the GPU and threads as configured."""
-    return fit(_confidences(matrix, params, negatives), params, use_gpu=use_gpu_setting(), threads=training_threads())
+def _fit(matrix: Any, params: LearnerParams, negatives: Any = None, svd_cache: dict[int, Svd] | None = None) -> Factors:
+    """The chosen learner fitted as a run fits it: on its confidences, the GPU and threads as configured
+    (EASE's SVD kept in ``svd_cache`` when given, and taken from it when it holds one of its rank)."""
+    return fit(
+        _confidences(matrix, params, negatives),
+        params,
+        use_gpu=use_gpu_setting(),
+        svd_cache=svd_cache,
+        threads=training_threads(),
+    )
 
 
 def _confidences(matrix: Any, params: LearnerParams, negatives: Any = None) -> Any:
@@ -309,6 +323,21 @@ class Selection:
     split: Split
     factors: Factors
     search_seconds: float | None = None
+    svds: dict[int, Svd] = field(default_factory=dict)  # EASE's SVDs of ``split.train`` by rank
+    # Set when ``factors`` is the search's own fit on its user sample (``_metrics_from_sample``): that
+    # fit at fewer dimensions (``TuningOutcome.cut``).
+    cut: Callable[[int], Factors] | None = None
+
+    def metrics_of(self, params: LearnerParams) -> tuple[dict[str, float], Factors]:
+        """``params`` fitted on the split's train part as the version's metrics were (EASE from the
+        SVD already computed there when ``params`` cut its rank; the search's own fit at
+        ``params.factors`` when the metrics are the search's) and its metrics on the same users."""
+        if self.cut is not None:
+            factors = self.cut(params.factors)
+        else:
+            factors = _fit(self.split.train, params, svd_cache=self.svds)
+        evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": params.random_state}
+        return ranking_metrics(scores_recommender(factors.scores, self.split.train), self.split, **evaluate), factors
 
 
 def _select(
@@ -336,18 +365,21 @@ def _select(
         report(tuning_sample=outcome.sample, tuning_skipped=outcome.skipped)
     else:
         params, tried = configured, []
+    svds: dict[int, Svd] = {}
+    cut = None
     if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
         split = outcome.split
-        factors = outcome.factors or _fit(split.train, params)
+        factors = outcome.factors or _fit(split.train, params, svd_cache=svds)
+        cut = outcome.cut if outcome.factors is not None else None
     else:
-        factors = _fit(split.train, params, negatives)
+        factors = _fit(split.train, params, negatives, svd_cache=svds)
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
     if outcome is not None:  # a smaller candidate served in place of the best-scoring one
         metrics.update({f"tuning_{name}": value for name, value in outcome.cheaper.items()})
-    return Selection(params, metrics, baseline, tried, split, factors, search_seconds)
+    return Selection(params, metrics, baseline, tried, split, factors, search_seconds, svds, cut)
 
 
 def _metrics_from_sample(outcome: TuningOutcome) -> bool:
@@ -363,3 +395,117 @@ def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> 
     tables.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in, vector_type=kind)
     tables.vectors_copy(version.pk, "user", data.user_ids, factors.user, vector_type=kind)
     tables.index_build(version.pk, "item", kind)
+
+
+# ---- an index that serves what the model scores ---------------------------------------------------
+
+
+@dataclass
+class _Stored:
+    """One rank of a version as stored and measured: what ``_servable_cut`` weighs."""
+
+    params: LearnerParams
+    factors: Factors
+    metrics: dict[str, float]
+    ef_search: int | None
+    split_factors: Factors  # fitted on the validation split's train part
+
+    @property
+    def serves(self) -> float:
+        """Validation NDCG@10 × the index's recall@10 (``runs.served_quality``)."""
+        return float(self.metrics.get("ndcg@10", 0.0)) * float(self.metrics.get("ann_recall@10", 1.0))
+
+
+def _unservable(metrics: dict[str, float], params: LearnerParams) -> bool:
+    """The version's index misses RECSYS_HNSW_TARGET_RECALL even at the top of the ef_search ladder, and
+    its learner can be cut to fewer dimensions without a new fit (low-rank EASE: the leading components
+    of the same SVD)."""
+    target, recall = settings.RECSYS_HNSW_TARGET_RECALL, metrics.get("ann_recall@10")
+    return (
+        bool(target)
+        and recall is not None
+        and recall < target
+        and params.algorithm == "ease"
+        and params.factors // 2 >= EASE_MIN_SERVING_FACTORS
+    )
+
+
+def _servable_cut(
+    version: ModelVersion,
+    data: InteractionMatrix,
+    selection: Selection,
+    params: LearnerParams,
+    factors: Factors,
+    svds: dict[int, Svd],
+) -> tuple[LearnerParams, Factors]:
+    """Serve a low-rank EASE version at half its rank, a quarter, ... while that serves more of its
+    validation NDCG@10 than the rank before, as ``runs.served_quality`` counts it (NDCG@10 × the
+    index's recall@10).
+
+    An inner-product HNSW graph can fail a model's geometry: at 10M generated interactions EASE 400-d
+    item norms spread 1,907-869,115 and the index found 70% of the users' top 10 at any ef_search
+    (BENCHMARKS.md, scale-10m), while fewer components give better-conditioned vectors (EASE's item
+    norm is 1 / diag(P), and diag(P) shrinks as more of an item lies in the kept subspace). Each cut
+    is scored first on the validation split (the split's SVD, cut: cheap next to storing); one whose
+    NDCG@10 could not beat what the best rank so far serves even with a perfect index is not stored.
+    Otherwise its vectors replace the version's, its index is measured as before, and the halving
+    goes on while the target recall is missed. If the last cut served less than the best, the best
+    is stored again. The rank first fitted is kept in the version's metrics (``cut_from_*``)."""
+    first = best = stored = _Stored(params, factors, version.metrics, version.ef_search, selection.factors)
+    while _unservable(stored.metrics, stored.params):
+        smaller = replace(stored.params, factors=stored.params.factors // 2, svd_rank=params.svd_rank or params.factors)
+        metrics, split_factors = selection.metrics_of(smaller)
+        logger.info(
+            "version %s: ANN recall@10 %.3f at %d dimensions serves %.4f; %d dimensions score %.4f",
+            version.pk,
+            stored.metrics.get("ann_recall@10", 1.0),
+            stored.params.factors,
+            stored.serves,
+            smaller.factors,
+            metrics["ndcg@10"],
+        )
+        if metrics["ndcg@10"] <= best.serves:
+            break  # even a perfect index would serve less
+        runs.run_progress(version, stage="storing", dimensions=smaller.factors)
+        tuning = {k: v for k, v in first.metrics.items() if k.startswith("tuning_")}
+        factors = _fit(data.matrix, smaller, svd_cache=svds)
+        stored = _store_measured(version, data, smaller, factors, metrics | tuning, split_factors)
+        if stored.serves < best.serves:
+            break
+        best = stored
+    if stored is not best:  # the last cut served less: the best rank's vectors again
+        best = _store_measured(version, data, best.params, best.factors, best.metrics, best.split_factors)
+    version.metrics, version.ef_search, selection.factors = dict(best.metrics), best.ef_search, best.split_factors
+    if best.params.factors != first.params.factors:
+        version.metrics.update(
+            {
+                "cut_from_dimensions": float(first.params.factors),
+                "cut_from_ndcg@10": first.metrics.get("ndcg@10", 0.0),
+                "cut_from_ann_recall@10": first.metrics.get("ann_recall@10", 1.0),
+            }
+        )
+    return best.params, best.factors
+
+
+def _store_measured(
+    version: ModelVersion,
+    data: InteractionMatrix,
+    params: LearnerParams,
+    factors: Factors,
+    metrics: dict[str, float],
+    split_factors: Factors | None = None,
+) -> _Stored:
+    """Replace the version's vectors and index with ``factors`` and measure its index again."""
+    tables.tables_drop(version.pk)
+    _store(version, data, factors)
+    version.metrics = {k: v for k, v in metrics.items() if not k.startswith("ann_")}
+    version.ef_search = None
+    version_ef_search_tune(
+        version,
+        item_ids=data.item_ids,
+        item_vectors=factors.item,
+        query_vectors=factors.user,
+        seed=params.random_state,
+        seen=data.matrix,
+    )
+    return _Stored(params, factors, dict(version.metrics), version.ef_search, split_factors or factors)

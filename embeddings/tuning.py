@@ -47,6 +47,9 @@ from embeddings.learners import Factors, LearnerParams, Svd, fit
 
 Point = dict[str, float]
 Objective = Callable[[Point], float]
+# The fewest dimensions an EASE version is cut to: by the rank probes here, and by a training run whose
+# index cannot serve its model (``embeddings.services``).
+EASE_MIN_SERVING_FACTORS = 16
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,7 @@ class TuningSettings:
     # EASE's rank is halved (not below this) until its first candidate is estimated to end in its share.
     ease_min_factors: int = 50
     # EASE's searched λ and β are tried at half its rank, a quarter, ... down to this (``_ease_rank_probes``).
-    ease_min_serving_factors: int = 16
+    ease_min_serving_factors: int = EASE_MIN_SERVING_FACTORS
     threads: int = 1  # EASE's sparse products run on this many blocks of users (learners.fit)
     # A candidate with fewer dimensions is served instead of the best when its validation NDCG@10 is
     # within this many standard errors of the paired per-user differences (``serving_choose``).
@@ -309,6 +312,8 @@ class TuningOutcome:
     # When a candidate with fewer dimensions was chosen over the best-scoring one: the best's NDCG@10
     # and dimensions, the chosen one's dimensions, and the standard error of their difference.
     cheaper: dict[str, float] = field(default_factory=dict)
+    # EASE: the winner as fitted on ``split`` at a given number of dimensions (see ``_Search.cut``).
+    cut: Callable[[int], Factors] | None = None
 
     @property
     def sampled(self) -> bool:
@@ -418,6 +423,7 @@ def collaborative_search(
         split=sample,
         factors=search.candidates.factors_of(chosen) if chosen else None,
         cheaper=search.candidates.cheaper(chosen) if chosen else {},
+        cut=search.cut(chosen) if chosen else None,
     )
 
 
@@ -555,6 +561,20 @@ class _Search:
     record: Callable[..., None]
     costs: CostModel = field(default_factory=CostModel)
     candidates: _Candidates = field(default_factory=_Candidates)
+    svds: dict[int, Svd] = field(default_factory=dict)  # EASE's SVDs of ``normalised``, by rank
+
+    def cut(self, chosen: Candidate) -> Callable[[int], Factors] | None:
+        """For an EASE candidate: the candidate as fitted here at fewer dimensions (the leading
+        components of its SVD), for a run whose index cannot serve it (``embeddings.services``)."""
+        if chosen.params.algorithm != "ease":
+            return None
+        rank = chosen.params.svd_rank or chosen.params.factors
+
+        def fitted(factors: int) -> Factors:
+            params = replace(chosen.params, factors=factors, svd_rank=rank)
+            return fit(self.normalised, params, svd_cache=self.svds, threads=self.options.threads)
+
+        return fitted
 
     def score(self, matrix: sp.csr_matrix, params: LearnerParams, svd_cache: Any = None, **shown: float) -> float:
         """Fit ``params`` on ``matrix``, score it on the validation users, and record it."""
@@ -613,7 +633,7 @@ def _ease_search(search: _Search, *, deadline: float) -> tuple[SearchResult, Cal
     configured, options, matrix = search.configured, search.options, search.normalised
     wanted = configured.factors if configured.algorithm == "ease" else options.ease_factors
     factors = _ease_rank(search, wanted, deadline=min(deadline, search.deadline))
-    svd_cache: dict[int, Svd] = {}
+    svd_cache = search.svds
 
     def params_at(point: Point) -> LearnerParams:
         return LearnerParams(

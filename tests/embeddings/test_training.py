@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -13,6 +14,7 @@ from embeddings import runs, services
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, ModelVersion, Status
 from embeddings.selectors import active_version
+from recsys.services import interactions_ingest
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_tuning")]
 
@@ -249,3 +251,102 @@ def test_weak_negatives_are_off_by_default(communities):
 
     assert not impressions_ingest(rows=[{"user": "u0", "items": ["i29"]}]).errors
     assert "weak_negatives" not in train().counts
+
+
+# ---- a version whose index cannot serve its model is cut to fewer dimensions ----------------------
+
+
+@pytest.fixture
+def tastes(db: None) -> None:
+    """300 users in 6 taste communities over 120 items, 12 interactions each: enough items for
+    EASE at 64 dimensions and its cuts to 32 and 16."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for user in range(300):
+        pool = range(20 * (user % 6), 20 * (user % 6) + 20)
+        for item in rng.choice(list(pool), size=12, replace=False):
+            rows.append(
+                {"user": f"u{user}", "item": f"i{item}", "type": "purchase", "timestamp": "2026-01-01T00:00:00Z"}
+            )
+    assert not interactions_ingest(rows=rows).errors
+
+
+EASE = LearnerParams(algorithm="ease", factors=64, regularization=50.0)
+
+
+def _index_recall_by_dimensions(monkeypatch, recall: dict[int, float]) -> list[int]:
+    """The real ef_search tuning on the real index, then its recall@10 replaced by ``recall`` for the
+    listed dimensions: an inner-product HNSW graph that fails a geometry (BENCHMARKS.md, scale-10m:
+    10M interactions) cannot be built from a test's few hundred items, where the index is exact.
+    Returns the dimensions measured, in order."""
+    measured: list[int] = []
+    real = services.version_ef_search_tune
+
+    def tune(version, *, item_vectors, **kwargs):
+        real(version, item_vectors=item_vectors, **kwargs)
+        dimensions = item_vectors.shape[1]
+        measured.append(dimensions)
+        if dimensions in recall:
+            version.metrics["ann_recall@10"] = recall[dimensions]
+
+    monkeypatch.setattr(services, "version_ef_search_tune", tune)
+    return measured
+
+
+def _stored_dimensions(version: ModelVersion) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT vector_dims(embedding) FROM {version.item_table} LIMIT 1")
+        return int(cursor.fetchone()[0])
+
+
+def test_an_ease_version_whose_index_misses_its_top_10_is_served_at_fewer_dimensions(tastes, monkeypatch):
+    # Given an EASE version whose 64-d index finds half its users' top 10, and whose 32-d one all of it
+    measured = _index_recall_by_dimensions(monkeypatch, {64: 0.5})
+
+    version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
+
+    # Then it is stored, measured and served at 32 dimensions, cut from the same SVD (no 16: 32 serves it)
+    assert measured == [64, 32]
+    assert version.status == Status.ACTIVE and version.dimensions == 32 == _stored_dimensions(version)
+    assert (version.params["factors"], version.params["svd_rank"]) == (32, 64)
+    assert version.metrics["ann_recall@10"] >= 0.995
+    assert version.metrics["cut_from_dimensions"] == 64 and version.metrics["cut_from_ann_recall@10"] == 0.5
+    assert version.metrics["ndcg@10"] > 0.5 * version.metrics["cut_from_ndcg@10"]
+    assert "servable" in version.timings and count(version.user_table) == 300
+
+
+def test_a_cut_that_serves_less_puts_the_rank_before_it_back(tastes, monkeypatch):
+    # Given a 64-d index at recall 0.9 and a 32-d one that would find even less of its top 10
+    measured = _index_recall_by_dimensions(monkeypatch, {64: 0.9, 32: 0.1})
+
+    version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
+
+    # Then the 32-d cut was stored and measured, and the 64-d vectors are what the version holds
+    assert measured == [64, 32, 64]
+    assert version.dimensions == 64 == _stored_dimensions(version) and version.params["factors"] == 64
+    assert version.metrics["ann_recall@10"] == 0.9 and "cut_from_dimensions" not in version.metrics
+
+
+def test_an_index_that_serves_its_model_is_left_as_it_is(tastes, monkeypatch):
+    measured = _index_recall_by_dimensions(monkeypatch, {})
+
+    version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
+
+    assert measured == [64] and version.dimensions == 64 and "servable" not in version.timings
+
+
+def test_past_the_sample_size_a_cut_is_scored_with_the_searchs_own_fit(tastes, settings, monkeypatch):
+    # Given a search on a user sample whose EASE winner's index misses half its top 10 at 64, 40% at 32
+    settings.RECSYS_CF_TUNE = True
+    settings.RECSYS_CF_TUNE_MAX_EVALS = 3
+    settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = 2_000
+    fitted = _fits_recorded(monkeypatch)
+    _index_recall_by_dimensions(monkeypatch, {64: 0.5, 32: 0.6})
+
+    version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
+
+    # Then it is served cut, each cut scored on the sample's users from the search's own SVD (the
+    # run fits only on everything: the winner, then each cut from that fit's SVD)
+    assert version.dimensions < version.metrics["cut_from_dimensions"]
+    assert version.metrics["users"] <= version.progress["tuning_sample"]["users"]
+    assert len(fitted) >= 2 and set(fitted) == {version.counts["interactions"]}
