@@ -216,3 +216,50 @@ def test_a_larger_factor_must_beat_the_chosen_one_by_more_than_the_noise_of_the_
     assert _earned({0.1: base, 0.5: base + noise[0] + 0.001, 1.0: base + noise[1] - 0.001}) == 0.1
     assert _earned({0.1: base, 0.5: base + noise[0] + 0.02, 1.0: base + noise[1] + 0.021}) == 0.5
     assert _earned({0.1: base, 0.5: base + noise[0] + 0.02, 1.0: base + noise[1] + 0.05}) == 1.0
+
+
+def _long_and_short_items(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items whose direction and log length are both linear in their content, lengths spanning
+    six orders of magnitude (as EASE's item norms do)."""
+    content = rng.normal(size=(n, 20)).astype(np.float32)
+    directions = content[:, :6] @ np.eye(6) + 0.3 * rng.normal(size=(n, 6))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    lengths = np.exp(2.3 * np.clip(content[:, 6], -3, 3))
+    return content, (directions * lengths[:, None]).astype(np.float32)
+
+
+def test_judges_map_directions_and_lengths_apart_when_lengths_span_orders_of_magnitude() -> None:
+    # Given items whose lengths span orders of magnitude, and users who each liked the 8 best-scoring
+    # of 80 items they came across
+    rng = np.random.default_rng(8)
+    content, items = _long_and_short_items(rng, 800)
+    users = rng.normal(size=(300, 6)).astype(np.float32)
+    liked = np.zeros((300, 800), np.float32)
+    for user in range(300):
+        pool = rng.choice(800, 80, replace=False)
+        liked[user, pool[np.argsort(-(items[pool] @ users[user]))[:8]]] = 1
+    judges = Judges(users, sp.csr_matrix(liked))
+
+    # When the stored map is fitted with those judges, and the raw vectors' map beside it
+    stored = stored_map_fit(content, items, None, judges=judges, seed=1)
+    raw = replace(stored, content_map=content_map_fit(content, items, judges=judges, seed=1), norm_map=None)
+
+    # Then it maps directions and lengths apart (a squared error on raw vectors is spent on the
+    # longest few), and users order new items by its placements much as by their true vectors
+    assert stored.norm_map is not None and stored.content_map.ndcg > raw.content_map.ndcg
+    fresh_content, fresh = _long_and_short_items(np.random.default_rng(9), 400)
+
+    def agreement(m) -> float:
+        placed = mapped_vectors(m, fresh_content)[0]
+        return float(np.mean([_rank_correlation(placed @ u, fresh @ u) for u in users[:50]]))
+
+    assert agreement(stored) > 0.8 > agreement(raw) + 0.1
+    # and it survives storage; without judges the raw form is kept
+    assert mapped_vectors(map_load(map_bytes(stored)), fresh_content[:5])[0] == pytest.approx(
+        mapped_vectors(stored, fresh_content[:5])[0], rel=1e-5
+    )
+    assert stored_map_fit(content, items, None, seed=1).norm_map is None
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
