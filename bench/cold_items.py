@@ -78,7 +78,7 @@ def main() -> None:
             judges=judges,
             seed=SEED,
         )
-        maps[name] = stored
+        maps[name] = stored.content_map
         mapped, _ = mapped_vectors(stored, vectors[cold])
         profile_scores(scores, name, vectors, mapped, matrix, stamps, cold, is_cold, user_vectors)
     baselines(scores, matrix, stamps, cold, is_cold, rng)
@@ -103,22 +103,17 @@ def baselines(scores, matrix, stamps, cold, is_cold, rng) -> None:  # type: igno
         scores["random"].append(ndcg_at_10(rng.permutation(len(cold)), user.relevant))
 
 
-def _described(stored) -> str:  # type: ignore[no-untyped-def]
-    m = stored.content_map
-    form = "vectors" if stored.norm_map is None else f"direction × length (length R² {stored.norm_map.r2:.2f})"
-    return f"{form}, penalty {m.penalty:.3g}, held-out NDCG@10 {m.ndcg:.3f}, R² {m.r2:.2f}"
-
-
 def report(results, users, model, train_s, maps, n_cold) -> None:  # type: ignore[no-untyped-def]
     lines = [
         "## Cold items in the collaborative space (`bench/cold_items.py`)",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; ml-latest-small, {n_cold} movies (10%) held out of "
         f"training, {users} users who liked some of them rank all held-out movies. Collaborative model: {model} "
-        f"(tuning search and fit {train_s:.0f} s). Ridge map per encoder, its penalty and its form (the vectors "
-        "as they are, or their directions beside the log of their lengths) chosen by how the users rank "
-        "10% of the warm items held out of the map's fit (NDCG@10, as a training run chooses them): "
-        + ", ".join(f"{k} {_described(m)}" for k, m in maps.items())
+        f"(tuning search and fit {train_s:.0f} s). Ridge map per encoder, its penalty chosen by how the users rank "
+        "10% of the warm items held out of the map's fit (NDCG@10, as a training run chooses it): "
+        + ", ".join(
+            f"{k} penalty {m.penalty:.3g}, held-out NDCG@10 {m.ndcg:.3f}, R² {m.r2:.2f}" for k, m in maps.items()
+        )
         + ".",
         "",
         "| ranking of held-out movies | NDCG@10 |",

@@ -73,8 +73,6 @@ def content_map_learn(
     )
     fitted = stored.content_map
     report = {"items": float(len(rows)), "penalty": fitted.penalty, "r2": round(fitted.r2, 4)}
-    if stored.norm_map is not None:  # directions and lengths mapped apart (cold_items.stored_map_fit)
-        report["norm_r2"] = round(stored.norm_map.r2, 4)
     if fitted.ndcg is not None:
         report["ndcg@10"] = round(fitted.ndcg, 4)
     if validation is not None:

@@ -246,8 +246,6 @@ def _train(version: ModelVersion) -> None:
         if learned is not None:
             artifacts.content_version, artifacts.content_map, report = learned
             version.metrics["content_map_r2"] = report["r2"]
-            if "norm_r2" in report:
-                version.metrics["content_map_norm_r2"] = report["norm_r2"]
             if "ndcg@10" in report:
                 version.metrics["content_map_ndcg@10"] = report["ndcg@10"]
             version.metrics.update({f"content_map_{k}": v for k, v in report.items() if k.startswith("shrinkage")})
