@@ -211,7 +211,7 @@ def _train(version: ModelVersion) -> None:
         seen=data.matrix,
     )
     timings["ann"] = time.perf_counter() - started
-    if _unservable(version.metrics, params):
+    if _unservable(version.metrics, params, factors.dimensions):
         started = time.perf_counter()
         params, factors = _servable_cut(version, data, selection, params, factors, svds)
         version.algorithm, version.params = params.algorithm, params.as_dict()
@@ -416,7 +416,7 @@ class _Stored:
         return float(self.metrics.get("ndcg@10", 0.0)) * float(self.metrics.get("ann_recall@10", 1.0))
 
 
-def _unservable(metrics: dict[str, float], params: LearnerParams) -> bool:
+def _unservable(metrics: dict[str, float], params: LearnerParams, dimensions: int) -> bool:
     """The version's index misses RECSYS_HNSW_TARGET_RECALL even at the top of the ef_search ladder, and
     its learner can be cut to fewer dimensions without a new fit (low-rank EASE: the leading components
     of the same SVD)."""
@@ -426,7 +426,7 @@ def _unservable(metrics: dict[str, float], params: LearnerParams) -> bool:
         and recall is not None
         and recall < target
         and params.algorithm == "ease"
-        and params.factors // 2 >= EASE_MIN_SERVING_FACTORS
+        and dimensions // 2 >= EASE_MIN_SERVING_FACTORS
     )
 
 
@@ -452,8 +452,11 @@ def _servable_cut(
     goes on while the target recall is missed. If the last cut served less than the best, the best
     is stored again. The rank first fitted is kept in the version's metrics (``cut_from_*``)."""
     first = best = stored = _Stored(params, factors, version.metrics, version.ef_search, selection.factors)
-    while _unservable(stored.metrics, stored.params):
-        smaller = replace(stored.params, factors=stored.params.factors // 2, svd_rank=params.svd_rank or params.factors)
+    while _unservable(stored.metrics, stored.params, stored.factors.dimensions):
+        # Half the dimensions stored (below ``factors`` where the catalogue clipped the rank).
+        smaller = replace(
+            stored.params, factors=stored.factors.dimensions // 2, svd_rank=params.svd_rank or params.factors
+        )
         metrics, split_factors = selection.metrics_of(smaller)
         logger.info(
             "version %s: ANN recall@10 %.3f at %d dimensions serves %.4f; %d dimensions score %.4f",

@@ -569,10 +569,11 @@ class _Search:
         if chosen.params.algorithm != "ease":
             return None
         rank = chosen.params.svd_rank or chosen.params.factors
+        # Only what a cut needs, not the search (its candidates' factors would outlive it).
+        matrix, svds, threads, params = self.normalised, {rank: self.svds[rank]}, self.options.threads, chosen.params
 
         def fitted(factors: int) -> Factors:
-            params = replace(chosen.params, factors=factors, svd_rank=rank)
-            return fit(self.normalised, params, svd_cache=self.svds, threads=self.options.threads)
+            return fit(matrix, replace(params, factors=factors, svd_rank=rank), svd_cache=svds, threads=threads)
 
         return fitted
 

@@ -293,6 +293,21 @@ def _index_recall_by_dimensions(monkeypatch, recall: dict[int, float]) -> list[i
     return measured
 
 
+def _svds_counted(monkeypatch) -> list[int]:
+    """The rank of every truncated SVD computed."""
+    from embeddings import learners
+
+    ranks: list[int] = []
+    real = learners.truncated_svd
+
+    def counted(matrix, factors, **kwargs):
+        ranks.append(factors)
+        return real(matrix, factors, **kwargs)
+
+    monkeypatch.setattr(learners, "truncated_svd", counted)
+    return ranks
+
+
 def _stored_dimensions(version: ModelVersion) -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT vector_dims(embedding) FROM {version.item_table} LIMIT 1")
@@ -302,11 +317,13 @@ def _stored_dimensions(version: ModelVersion) -> int:
 def test_an_ease_version_whose_index_misses_its_top_10_is_served_at_fewer_dimensions(tastes, monkeypatch):
     # Given an EASE version whose 64-d index finds half its users' top 10, and whose 32-d one all of it
     measured = _index_recall_by_dimensions(monkeypatch, {64: 0.5})
+    svds = _svds_counted(monkeypatch)
 
     version = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
 
-    # Then it is stored, measured and served at 32 dimensions, cut from the same SVD (no 16: 32 serves it)
-    assert measured == [64, 32]
+    # Then it is stored, measured and served at 32 dimensions, cut from the same SVDs (the split's for
+    # its score, everything's for its vectors: no third), and no 16: 32 serves it
+    assert measured == [64, 32] and svds == [64, 64]
     assert version.status == Status.ACTIVE and version.dimensions == 32 == _stored_dimensions(version)
     assert (version.params["factors"], version.params["svd_rank"]) == (32, 64)
     assert version.metrics["ann_recall@10"] >= 0.995
