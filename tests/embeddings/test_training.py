@@ -367,3 +367,35 @@ def test_past_the_sample_size_a_cut_is_scored_with_the_searchs_own_fit(tastes, s
     assert version.dimensions < version.metrics["cut_from_dimensions"]
     assert version.metrics["users"] <= version.progress["tuning_sample"]["users"]
     assert len(fitted) >= 2 and set(fitted) == {version.counts["interactions"]}
+
+
+def test_a_run_that_fails_while_storing_a_cut_is_marked_failed_and_leaves_no_tables(tastes, monkeypatch):
+    # Given an active version, and a run whose 64-d index cannot serve it and whose cut's store fails
+    # after the 64-d tables were dropped
+    _index_recall_by_dimensions(monkeypatch, {})
+    first = services.collaborative_model_train(version_id=services.collaborative_version_create(params=EASE).pk)
+    _index_recall_by_dimensions(monkeypatch, {64: 0.5})
+    real, stores = services._store, []
+
+    def store(version, data, factors):
+        stores.append(factors.dimensions)
+        if len(stores) > 1:
+            raise OSError("disk full")
+        real(version, data, factors)
+
+    monkeypatch.setattr(services, "_store", store)
+    claimed = services.collaborative_version_create(params=EASE)
+    with pytest.raises(OSError):
+        services.collaborative_model_train(version_id=claimed.pk)
+
+    # Then the run is failed with nothing of it left, and serving is untouched
+    failed = ModelVersion.objects.get(pk=claimed.pk)
+    assert stores == [64, 32] and failed.status == Status.FAILED and "disk full" in failed.error
+    assert not failed.has_tables and not _table_exists(failed.item_table)
+    assert active_version(kind="collaborative").pk == first.pk
+
+
+def _table_exists(name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        return bool(cursor.fetchone()[0])
