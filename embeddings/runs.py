@@ -209,20 +209,29 @@ def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = Fa
 
 
 def model_version_activate_if_better(*, version_id: int) -> ModelVersion:
-    """Activate a ready version unless what it would serve (``served_quality``) falls short of the
-    active one's by the margin."""
+    """Activate a ready version unless what it would serve (``served_quality``) falls short, by more
+    than RECSYS_QUALITY_MARGIN, of what the active version serves or of popularity on the version's
+    own validation split (``baseline_metrics``): with no collaborative version, users get the
+    popular and content-profile paths, so a version whose index cannot find its own top 10 (0.0 at
+    10M generated interactions before its rank was cut: BENCHMARKS.md, scale-10m) is not served
+    even as the first one."""
     version = ModelVersion.objects.get(pk=version_id)
     current = ActiveVersion.objects.select_related("version").filter(kind=version.kind).first()
+    floors = {"popularity on its validation split": float(version.baseline_metrics.get("ndcg@10", 0.0))}
     if current is not None:
-        floor = served_quality(current.version) * (1 - settings.RECSYS_QUALITY_MARGIN)
-        if served_quality(version) < floor:
+        floors[f"active version {current.version_id}"] = served_quality(current.version)
+    serves = served_quality(version)
+    for name, quality in floors.items():
+        if serves < quality * (1 - settings.RECSYS_QUALITY_MARGIN):
             logger.warning(
-                "version %s stays ready: served ndcg@10 %.4f (ndcg@10 %.4f at ANN recall@10 %.4f) below %.4f",
+                "version %s stays ready: it serves ndcg@10 %.4f (ndcg@10 %.4f at ANN recall@10 %.4f), "
+                "below %s's %.4f by more than the margin",
                 version.pk,
-                served_quality(version),
+                serves,
                 version.metrics.get("ndcg@10", 0.0),
                 version.metrics.get("ann_recall@10", 1.0),
-                floor,
+                name,
+                quality,
             )
             return version
     return model_version_activate(version_id=version_id)

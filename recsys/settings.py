@@ -437,7 +437,7 @@ RECSYS_EASE_MAX_ITEMS = env_int("RECSYS_EASE_MAX_ITEMS", 200_000, minimum=0)
 RECSYS_EVAL_MAX_USERS = env_int("RECSYS_EVAL_MAX_USERS", 10_000, minimum=100)
 RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # A new version is activated unless its NDCG@10 as its index serves it (× its ANN recall@10) is below
-# the active one's by more than this.
+# the active one's, or popularity's on its own validation split, by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
 # A claimed run waits up to RECSYS_TRAIN_LEASE_SECONDS for a worker; a running one is renewed by

@@ -399,3 +399,19 @@ def _table_exists(name: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         return bool(cursor.fetchone()[0])
+
+
+def test_a_version_that_serves_less_than_popularity_is_not_served_even_as_the_first(communities):
+    # Given a ready version and no active one, whose index finds half its top 10: it serves NDCG@10
+    # 0.15, where popularity scores 0.20 on the same validation split
+    version = train()
+    ActiveVersion.objects.all().delete()
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=Status.READY, metrics={"ndcg@10": 0.30, "ann_recall@10": 0.5}, baseline_metrics={"ndcg@10": 0.20}
+    )
+
+    # Then it stays ready (users keep the popular and content paths); once its index serves it, it is served
+    assert runs.model_version_activate_if_better(version_id=version.pk).status == Status.READY
+    assert active_version(kind="collaborative") is None
+    ModelVersion.objects.filter(pk=version.pk).update(metrics={"ndcg@10": 0.30, "ann_recall@10": 0.99})
+    assert runs.model_version_activate_if_better(version_id=version.pk).status == Status.ACTIVE
