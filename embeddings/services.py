@@ -201,15 +201,7 @@ def _train(version: ModelVersion) -> None:
     _store(version, data, factors)
     timings["store"] = time.perf_counter() - started
     started = time.perf_counter()
-    # The users' vectors are what a personalised request searches with, skipping their own items.
-    version_ef_search_tune(
-        version,
-        item_ids=data.item_ids,
-        item_vectors=factors.item,
-        query_vectors=factors.user,
-        seed=params.random_state,
-        seen=data.matrix,
-    )
+    _index_measure(version, data, factors, seed=params.random_state)
     timings["ann"] = time.perf_counter() - started
     if _unservable(version.metrics, params, factors.dimensions):
         started = time.perf_counter()
@@ -503,12 +495,18 @@ def _store_measured(
     _store(version, data, factors)
     version.metrics = {k: v for k, v in metrics.items() if not k.startswith("ann_")}
     version.ef_search = None
+    _index_measure(version, data, factors, seed=params.random_state)
+    return _Stored(params, factors, dict(version.metrics), version.ef_search, split_factors or factors)
+
+
+def _index_measure(version: ModelVersion, data: InteractionMatrix, factors: Factors, *, seed: int) -> None:
+    """Choose the version's ef_search on its stored index and record its recall@10: the users' vectors
+    are what a personalised request searches with, skipping their own items."""
     version_ef_search_tune(
         version,
         item_ids=data.item_ids,
         item_vectors=factors.item,
         query_vectors=factors.user,
-        seed=params.random_state,
+        seed=seed,
         seen=data.matrix,
     )
-    return _Stored(params, factors, dict(version.metrics), version.ef_search, split_factors or factors)
