@@ -59,6 +59,7 @@ def version_ef_search_tune(
     seed: int,
     queries_are_items: bool = False,
     seen: sp.csr_matrix | None = None,
+    top_first: bool = False,
 ) -> None:
     """Set ``version.ef_search`` (and its ``ann_recall@10`` metric) from its item table, whose rows
     are ``item_ids`` with ``item_vectors``, searched with a sample of ``query_vectors``; with
@@ -66,7 +67,8 @@ def version_ef_search_tune(
     ``queries_are_items``: the queries are rows of ``item_vectors`` (similar items), and each
     query's own item, which similar items never answer, is left out of both answers. ``seen``:
     (queries × items, columns aligned with ``item_ids``) each user's items, which their served
-    search skips, left out of both answers."""
+    search skips, left out of both answers. ``top_first``: where the target is likely missed (a
+    cut of a version whose index missed it), the ladder's top is measured first (``smallest_reaching``)."""
     target = settings.RECSYS_HNSW_TARGET_RECALL
     rows = queries_sample(query_vectors, seed=seed)
     if not target or not len(item_ids) or not len(rows):
@@ -89,6 +91,7 @@ def version_ef_search_tune(
         queries=np.ascontiguousarray(query_vectors[rows], dtype=np.float32),
         skip=skip,
         target=target,
+        top_first=top_first,
     )
     version.ef_search = choice.ef_search
     version.metrics["ann_recall@10"] = round(choice.recall, 5)
@@ -103,6 +106,7 @@ def ef_search_choose(
     queries: npt.NDArray[np.float32],
     target: float,
     skip: list[npt.NDArray[np.int64]] | None = None,
+    top_first: bool = False,
 ) -> AnnChoice:
     """The smallest ef_search of the ladder whose recall@10 on ``queries`` reaches ``target`` in
     ``table`` (whose rows are ``item_ids`` with ``item_vectors``); the ladder's largest when none
@@ -112,7 +116,8 @@ def ef_search_choose(
     On pgvector < 0.8 the index answers at most ef_search candidates before the skipped ones are
     dropped, and the served search starts at ``ef_search_first`` of a rung (never below the
     setting's), so each rung is measured at that breadth; a query left with fewer than 10 there is
-    one the served search widens for (``embeddings.vectors.search``), and is not counted."""
+    one the served search widens for (``embeddings.vectors.search``), and is not counted.
+    ``top_first``: see ``smallest_reaching``."""
     if vector_type == HALFVEC:  # the exact answer of what the table holds and the query it is sent
         item_vectors = item_vectors.astype(np.float16).astype(np.float32)
         queries = queries.astype(np.float16).astype(np.float32)
@@ -125,17 +130,23 @@ def ef_search_choose(
         counted = [row for row, ids in enumerate(found) if not widens or len(ids) >= exact.k]
         return exact.recall(found, rows=counted) if counted else 0.0  # no query answered: not this breadth
 
-    value, measured = smallest_reaching(EF_SEARCH_LADDER, recall, target)
+    value, measured = smallest_reaching(EF_SEARCH_LADDER, recall, target, top_first=top_first)
     return AnnChoice(value, measured[value], measured)
 
 
 def smallest_reaching(
-    ladder: Sequence[int], measure: Callable[[int], float], target: float
+    ladder: Sequence[int], measure: Callable[[int], float], target: float, *, top_first: bool = False
 ) -> tuple[int, dict[int, float]]:
     """The smallest rung whose ``measure`` reaches ``target`` (the measure non-decreasing along the
-    ladder), by binary search; the largest rung when none does. Also every rung measured."""
+    ladder), by binary search; the largest rung when none does. Also every rung measured.
+    ``top_first``: measure the largest rung first and stop there when it misses the target (one
+    measurement instead of a search, where a miss is likely)."""
     measured: dict[int, float] = {}
     low, high = 0, len(ladder) - 1
+    if top_first:
+        measured[ladder[high]] = measure(ladder[high])
+        if measured[ladder[high]] < target:
+            return ladder[high], measured
     while low < high:
         middle = (low + high) // 2
         measured[ladder[middle]] = measure(ladder[middle])

@@ -46,6 +46,33 @@ def test_the_smallest_rung_that_reaches_the_target_is_found_in_few_measurements(
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("first_passing", range(len(EF_SEARCH_LADDER)))
+def test_measured_from_the_top_a_reachable_target_gives_the_same_rung(first_passing):
+    measured = []
+
+    def measure(ef: int) -> float:
+        measured.append(ef)
+        return 0.995 if ef >= EF_SEARCH_LADDER[first_passing] else 0.9
+
+    value, _ = smallest_reaching(EF_SEARCH_LADDER, measure, 0.99, top_first=True)
+
+    assert value == EF_SEARCH_LADDER[first_passing]
+    assert measured[0] == EF_SEARCH_LADDER[-1] and len(set(measured)) == len(measured) <= 6
+
+
+@pytest.mark.unit
+def test_measured_from_the_top_a_target_missed_there_costs_one_measurement():
+    measured = []
+
+    def measure(ef: int) -> float:
+        measured.append(ef)
+        return 0.2
+
+    assert smallest_reaching(EF_SEARCH_LADDER, measure, 0.99, top_first=True) == (400, {400: 0.2})
+    assert measured == [400]
+
+
+@pytest.mark.unit
 def test_no_rung_reaching_the_target_gives_the_largest():
     value, recalls = smallest_reaching(EF_SEARCH_LADDER, lambda ef: ef / 1000, 0.99)
 
