@@ -243,7 +243,12 @@ def served_quality(version: ModelVersion) -> float:
     ml-latest-small a missed slot cost about that much NDCG@10 (BENCHMARKS.md, quality); a version
     whose index cannot find its own top 10 (recall@10 0.70 at 10M generated interactions:
     BENCHMARKS.md, scale-10m) does not replace one that serves what it scores."""
-    return float(version.metrics.get("ndcg@10", 0.0)) * float(version.metrics.get("ann_recall@10", 1.0))
+    return served_ndcg(version.metrics)
+
+
+def served_ndcg(metrics: dict[str, float]) -> float:
+    """``served_quality`` of a version's metrics: NDCG@10 × ANN recall@10 (1 where not measured)."""
+    return float(metrics.get("ndcg@10", 0.0)) * float(metrics.get("ann_recall@10", 1.0))
 
 
 def model_version_activate(*, version_id: int) -> ModelVersion:

@@ -319,6 +319,7 @@ class Selection:
     # Set when ``factors`` is the search's own fit on its user sample (``_metrics_from_sample``): that
     # fit at fewer dimensions (``TuningOutcome.cut``).
     cut: Callable[[int], Factors] | None = None
+    evaluate: dict[str, Any] = field(default_factory=dict)  # ranking_metrics' users: the version's metrics'
 
     def metrics_of(self, params: LearnerParams) -> tuple[dict[str, float], Factors]:
         """``params`` fitted on the split's train part as the version's metrics were (EASE from the
@@ -328,8 +329,8 @@ class Selection:
             factors = self.cut(params.factors)
         else:
             factors = _fit(self.split.train, params, svd_cache=self.svds)
-        evaluate = {"max_users": settings.RECSYS_EVAL_MAX_USERS, "seed": params.random_state}
-        return ranking_metrics(scores_recommender(factors.scores, self.split.train), self.split, **evaluate), factors
+        metrics = ranking_metrics(scores_recommender(factors.scores, self.split.train), self.split, **self.evaluate)
+        return metrics, factors
 
 
 def _select(
@@ -362,7 +363,7 @@ def _select(
     if outcome is not None and outcome.split is not None and _metrics_from_sample(outcome):
         split = outcome.split
         factors = outcome.factors or _fit(split.train, params, svd_cache=svds)
-        cut = outcome.cut if outcome.factors is not None else None
+        cut = outcome.cut  # None exactly when ``outcome.factors`` is (no candidate ran)
     else:
         factors = _fit(split.train, params, negatives, svd_cache=svds)
     baseline = ranking_metrics(popularity_recommender(split.train), split, **evaluate)
@@ -371,7 +372,7 @@ def _select(
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
     if outcome is not None:  # a smaller candidate served in place of the best-scoring one
         metrics.update({f"tuning_{name}": value for name, value in outcome.cheaper.items()})
-    return Selection(params, metrics, baseline, tried, split, factors, search_seconds, svds, cut)
+    return Selection(params, metrics, baseline, tried, split, factors, search_seconds, svds, cut, evaluate)
 
 
 def _metrics_from_sample(outcome: TuningOutcome) -> bool:
@@ -405,7 +406,7 @@ class _Stored:
     @property
     def serves(self) -> float:
         """Validation NDCG@10 × the index's recall@10 (``runs.served_quality``)."""
-        return float(self.metrics.get("ndcg@10", 0.0)) * float(self.metrics.get("ann_recall@10", 1.0))
+        return runs.served_ndcg(self.metrics)
 
 
 def _unservable(metrics: dict[str, float], params: LearnerParams, dimensions: int) -> bool:
@@ -444,6 +445,7 @@ def _servable_cut(
     goes on while the target recall is missed. If the last cut served less than the best, the best
     is stored again. The rank first fitted is kept in the version's metrics (``cut_from_*``)."""
     first = best = stored = _Stored(params, factors, version.metrics, version.ef_search, selection.factors)
+    tuning = {k: v for k, v in first.metrics.items() if k.startswith("tuning_")}
     while _unservable(stored.metrics, stored.params, stored.factors.dimensions):
         # Half the dimensions stored (below ``factors`` where the catalogue clipped the rank).
         smaller = replace(
@@ -454,7 +456,7 @@ def _servable_cut(
             "version %s: ANN recall@10 %.3f at %d dimensions serves %.4f; %d dimensions score %.4f",
             version.pk,
             stored.metrics.get("ann_recall@10", 1.0),
-            stored.params.factors,
+            stored.factors.dimensions,
             stored.serves,
             smaller.factors,
             metrics["ndcg@10"],
@@ -462,7 +464,6 @@ def _servable_cut(
         if metrics["ndcg@10"] <= best.serves:
             break  # even a perfect index would serve less
         runs.run_progress(version, stage="storing", dimensions=smaller.factors)
-        tuning = {k: v for k, v in first.metrics.items() if k.startswith("tuning_")}
         factors = _fit(data.matrix, smaller, svd_cache=svds)
         stored = _store_measured(version, data, smaller, factors, metrics | tuning, split_factors)
         if stored.serves < best.serves:
@@ -471,10 +472,10 @@ def _servable_cut(
     if stored is not best:  # the last cut served less: the best rank's vectors again
         best = _store_measured(version, data, best.params, best.factors, best.metrics, best.split_factors)
     version.metrics, version.ef_search, selection.factors = dict(best.metrics), best.ef_search, best.split_factors
-    if best.params.factors != first.params.factors:
+    if best.factors.dimensions != first.factors.dimensions:
         version.metrics.update(
             {
-                "cut_from_dimensions": float(first.params.factors),
+                "cut_from_dimensions": float(first.factors.dimensions),
                 "cut_from_ndcg@10": first.metrics.get("ndcg@10", 0.0),
                 "cut_from_ann_recall@10": first.metrics.get("ann_recall@10", 1.0),
             }
