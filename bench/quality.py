@@ -71,16 +71,45 @@ class DataSet:
     peers: dict[str, Any] = field(default_factory=dict)
 
 
-def movielens_sets() -> list[DataSet]:
-    rows = [r for r in csv.DictReader((MOVIELENS / "ratings.csv").open()) if float(r["rating"]) >= 4]
+def movielens_read(folder: Path) -> tuple[list[dict[str, str]], dict[str, dict[str, str]]]:
+    """Ratings (userId, movieId, rating, timestamp) and movies (movieId -> title, genres) of a
+    MovieLens folder: the CSV format of ml-latest(-small), ml-20m and later, or ml-100k's
+    ``u.data`` and ``u.item``."""
+    if (folder / "ratings.csv").exists():
+        ratings = list(csv.DictReader((folder / "ratings.csv").open()))
+        return ratings, {r["movieId"]: r for r in csv.DictReader((folder / "movies.csv").open())}
+    fields = ("userId", "movieId", "rating", "timestamp")
+    ratings = [
+        dict(zip(fields, line.split("\t"), strict=True)) for line in (folder / "u.data").read_text().split("\n") if line
+    ]
+    genres = [line.split("|")[0] for line in (folder / "u.genre").read_text(encoding="latin-1").split("\n") if line]
+    movies = {}
+    for line in (folder / "u.item").read_text(encoding="latin-1").split("\n"):
+        if line:
+            cells = line.split("|")
+            flags = cells[-len(genres) :]
+            names = [g for g, flag in zip(genres, flags, strict=True) if flag == "1" and g != "unknown"]
+            movies[cells[0]] = {
+                "movieId": cells[0],
+                "title": cells[1],
+                "genres": "|".join(names) or "(no genres listed)",
+            }
+    return ratings, movies
+
+
+def movielens_sets(folder: Path = MOVIELENS, name: str = "ml") -> list[DataSet]:
+    """The positives (ratings >= 4) of a MovieLens folder, as three data sets: ``{name}-ratings``,
+    ``{name}-x5`` and ``{name}-binary``."""
+    ratings, movies = movielens_read(folder)
+    rows = [r for r in ratings if float(r["rating"]) >= 4]
     users = sorted({r["userId"] for r in rows}, key=int)
     items = sorted({r["movieId"] for r in rows}, key=int)
     u_index, i_index = {u: k for k, u in enumerate(users)}, {m: k for k, m in enumerate(items)}
     cells = {(u_index[r["userId"]], i_index[r["movieId"]]): (float(r["rating"]), int(r["timestamp"])) for r in rows}
     keys = np.array(list(cells))
     matrix = sp.csr_matrix((np.ones(len(keys), np.float32), (keys[:, 0], keys[:, 1])), shape=(len(users), len(items)))
-    movies = {r["movieId"]: r for r in csv.DictReader((MOVIELENS / "movies.csv").open())}
     item_rows = [{"id": m, "title": movies[m]["title"], "categories": movies[m]["genres"].split("|")} for m in items]
+    source = "ml-latest-small" if folder == MOVIELENS else f"{folder.name} ({folder})"
 
     def stamp(u: int, i: int) -> str:
         return datetime.fromtimestamp(cells[(u, i)][1], UTC).isoformat()
@@ -89,19 +118,19 @@ def movielens_sets() -> list[DataSet]:
     common = {"matrix": matrix, "users": users, "items": items, "item_rows": item_rows, "peers": shared}
     return [
         DataSet(
-            "ml-ratings",
-            "ml-latest-small, ratings ≥ 4 sent as `rating` events valued 4-5",
+            f"{name}-ratings",
+            f"{source}, ratings ≥ 4 sent as `rating` events valued 4-5",
             event=lambda u, i: {"type": "rating", "value": cells[(u, i)][0], "timestamp": stamp(u, i)},
             **common,
         ),
         DataSet(
-            "ml-x5",
+            f"{name}-x5",
             "the same positives, every one a `rating` of 5 (all weights ×5)",
             event=lambda u, i: {"type": "rating", "value": 5.0, "timestamp": stamp(u, i)},
             **common,
         ),
         DataSet(
-            "ml-binary",
+            f"{name}-binary",
             "the same positives as `view` events (weight 1: binarised)",
             event=lambda u, i: {"type": "view", "timestamp": stamp(u, i)},
             **common,
@@ -526,6 +555,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="data set names to run (default: all)")
     parser.add_argument(
+        "--movielens",
+        type=Path,
+        help="also a MovieLens folder nobody tuned on (ml-latest's CSVs or ml-100k's u.data): its sets are "
+        "named after the folder; with it, the section is printed and not written to BENCHMARKS.md",
+    )
+    parser.add_argument(
         "--weak-negatives", action="store_true", help="only measure impressions as weak negatives (in-process)"
     )
     args = parser.parse_args()
@@ -539,6 +574,8 @@ def main() -> None:
         print(text)
         return
     sets = [*movielens_sets(), generated_set()]
+    if args.movielens:
+        sets += movielens_sets(args.movielens.resolve(), args.movielens.resolve().name)
     if args.only:
         sets = [d for d in sets if d.name in args.only]
     lines = [
@@ -565,7 +602,8 @@ def main() -> None:
         )
         print("\n".join(section(data, m)), flush=True)
     lines[4:4] = [*summary, ""]
-    write_section("quality", "\n".join(lines))
+    if not args.movielens:
+        write_section("quality", "\n".join(lines))
     print("\n".join(summary))
 
 

@@ -288,6 +288,7 @@ def tuning_settings(configured: LearnerParams, n_items: int) -> TuningSettings:
         max_evals=settings.RECSYS_CF_TUNE_MAX_EVALS,
         eval_users=settings.RECSYS_CF_TUNE_EVAL_USERS,
         serving_tolerance=settings.RECSYS_CF_SERVING_TOLERANCE,
+        switch_margin=settings.RECSYS_CF_SWITCH_MARGIN,
         sample_interactions=settings.RECSYS_CF_TUNE_SAMPLE_INTERACTIONS,
         ease=n_items <= settings.RECSYS_EASE_MAX_ITEMS,
         ease_factors=settings.RECSYS_EASE_FACTORS,

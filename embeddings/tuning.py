@@ -18,15 +18,19 @@ On data past ``sample_interactions``, candidates are fitted and scored on a seed
 of the split, and the winner's parameters are restated for the whole split (EASE's λ by the ratio
 of the Gram matrices' traces; ALS's regularization as found: measured in BENCHMARKS.md, tuning-sample).
 
-The choice weighs what a candidate costs to serve: every search of its HNSW index computes inner
-products of its dimension, and a high-dimensional model also needs a wider search for the same
-recall (100k generated items: EASE 400-d needed ef_search 400 for recall@10 0.99, 5.5 ms of PostgreSQL
-CPU per request). Among the candidates whose validation NDCG@10 is within ``serving_tolerance``
-standard errors of the best (of the per-user paired differences, the one-standard-error rule of
-model selection), the one with the fewest dimensions is served (``serving_choose``). EASE's
-searched λ and β are also tried at half its rank, a quarter, ... from the leading components of the
-same SVD, so no new SVD (``_ease_rank_probes``): a strongly regularised EASE puts little weight on
-its trailing components, and on the 100k-item set above rank 32 scored as well as rank 400.
+Choosing among the candidates (``serving_choose``). They are fitted on 80% of what the served model
+is, and learners do not gain alike from the rest: EASE's λ is relative to the data and transfers,
+ALS's factors and regularization are absolute and were picked for the smaller matrix. So ALS (or
+BPR, LMF) replaces EASE only when it leads EASE's best by more than ``switch_margin`` standard
+errors of the per-user paired differences. The choice then weighs what the model costs to serve:
+every search of its HNSW index computes inner products of its dimension, and a high-dimensional
+model also needs a wider search for the same recall (100k generated items: EASE 400-d needed
+ef_search 400 for recall@10 0.99, 5.5 ms of PostgreSQL CPU per request). EASE's searched λ and β
+are also tried at half its rank, a quarter, ... from the leading components of the same SVD, so no
+new SVD (``_ease_rank_probes``), and the smallest of those cuts within ``serving_tolerance``
+standard errors of the chosen model is served (the one-standard-error rule of model selection): a
+strongly regularised EASE puts little weight on its trailing components, and on the 100k-item set
+above rank 32 scored as well as rank 400.
 """
 
 from __future__ import annotations
@@ -282,12 +286,17 @@ class TuningSettings:
     # A candidate with fewer dimensions is served instead of the best when its validation NDCG@10 is
     # within this many standard errors of the paired per-user differences (``serving_choose``).
     serving_tolerance: float = 1.0
+    # A learner with absolute parameters replaces EASE only when its validation NDCG@10 is more than
+    # this many standard errors above EASE's best (``serving_choose``).
+    switch_margin: float = 1.0
 
     def __post_init__(self) -> None:
         if self.budget_seconds < 0 or self.max_evals < 1 or self.eval_users < 1 or self.sample_interactions < 0:
             raise ValueError("budget_seconds, sample_interactions ≥ 0 and max_evals, eval_users ≥ 1 are required")
         if not 0 <= self.serving_tolerance < math.inf:
             raise ValueError(f"serving_tolerance must be finite and ≥ 0, got {self.serving_tolerance}")
+        if not 0 <= self.switch_margin < math.inf:
+            raise ValueError(f"switch_margin must be finite and ≥ 0, got {self.switch_margin}")
         if not 0.0 < self.ease_budget_share <= 1.0:
             raise ValueError(f"ease_budget_share must be in (0, 1], got {self.ease_budget_share}")
 
@@ -309,8 +318,10 @@ class TuningOutcome:
     sample: dict[str, float] = field(default_factory=dict)
     split: Split | None = None
     factors: Factors | None = None
-    # When a candidate with fewer dimensions was chosen over the best-scoring one: the best's NDCG@10
-    # and dimensions, the chosen one's dimensions, and the standard error of their difference.
+    # When another candidate than the best-scoring one was chosen (EASE over a learner that did not
+    # lead it by the switch margin, or the same model at fewer dimensions): the best's NDCG@10 and
+    # dimensions, the chosen one's dimensions, and the standard error of their difference (which
+    # learner each candidate was: ``tried``).
     cheaper: dict[str, float] = field(default_factory=dict)
     # EASE: the winner as fitted on ``split`` at a given number of dimensions (see ``_Search.cut``).
     cut: Callable[[int], Factors] | None = None
@@ -407,7 +418,9 @@ def collaborative_search(
         runs["ease"] = _ease_search(search, deadline=started + options.budget_seconds * share)
     if configured.algorithm != "ease":
         runs[configured.algorithm] = _implicit_search(search, first=not runs or not runs["ease"][0].trials)
-    chosen = serving_choose(search.candidates.all, tolerance=options.serving_tolerance)
+    chosen = serving_choose(
+        search.candidates.all, tolerance=options.serving_tolerance, switch_margin=options.switch_margin
+    )
     # No candidate could end in the budget: the configured learner as it is (its parameters are absolute).
     return TuningOutcome(
         transfer.absolute(chosen.params) if chosen else configured,
@@ -484,22 +497,49 @@ class Candidate:
     per_user: npt.NDArray[np.float64]
 
 
-def serving_choose(candidates: list[Candidate], *, tolerance: float) -> Candidate | None:
-    """The candidate to serve, among the best-scoring candidate of each dimension count (the first
-    of equal scores): the best of all, unless smaller ones score within ``tolerance`` standard
-    errors of it, the standard error being that of the mean of their paired per-user differences;
-    then the one with the fewest dimensions of those. None when there are none."""
-    if not candidates:
-        return None
-    # Each size's best first: only those are weighed (a worse one of a size could otherwise pass on
-    # a wider standard error where its better sibling did not).
-    sizes: dict[int, Candidate] = {}
+def serving_choose(candidates: list[Candidate], *, tolerance: float, switch_margin: float = 0.0) -> Candidate | None:
+    """The candidate to serve (None when there are none). Only the best-scoring candidate of each
+    learner and dimension count is weighed (the first of equal scores).
+
+    1. The best of all, except that a learner with absolute parameters (ALS, BPR, LMF) replaces
+       EASE's best only when it scores more than ``switch_margin`` standard errors above it (the
+       standard error of the mean of their paired per-user differences). Candidates are fitted on
+       80% of what the served model is, and EASE gains more from the rest: its λ is relative to the
+       data and transfers, while ALS's factors and regularization are absolute and the search picks
+       them for the smaller matrix (on ml-100k and ml-latest-small, ALS's best validation score
+       was 0.8 standard errors below EASE's best to 0.6 above it in 6 of 10 validation seeds, where
+       it scored 3-10% below EASE on the held-out test; on the generated set with planted groups,
+       where ALS is 1-2% better on test, it led by 1.5-3.9: BENCHMARKS.md, quality).
+    2. Then the same model at fewer dimensions (an EASE rank probe: the leading components of the
+       same SVD, at the same λ and β) when it scores within ``tolerance`` standard errors of it:
+       the one with the fewest dimensions of those. A learner searched at fewer factors is not a
+       cut of the same model, and the search already chose its factors."""
+    groups: dict[tuple[str, int], Candidate] = {}
     for candidate in candidates:
-        if candidate.dimensions not in sizes or candidate.score > sizes[candidate.dimensions].score:
-            sizes[candidate.dimensions] = candidate
-    best = max(sizes.values(), key=lambda c: c.score)
-    within = [c for c in sizes.values() if c.dimensions < best.dimensions and _within(best, c, tolerance)]
+        key = (candidate.params.algorithm, candidate.dimensions)
+        if key not in groups or candidate.score > groups[key].score:
+            groups[key] = candidate
+    if not groups:
+        return None
+    weighed = list(groups.values())
+    best = max(weighed, key=lambda c: c.score)
+    ease = [c for c in weighed if c.params.algorithm == "ease"]
+    if best.params.algorithm != "ease" and ease:
+        ease_best = max(ease, key=lambda c: c.score)
+        if best.score - ease_best.score <= switch_margin * paired_standard_error(best.per_user, ease_best.per_user):
+            best = ease_best
+    within = [c for c in weighed if _cut_of(c, best) and _within(best, c, tolerance)]
     return min(within, key=lambda c: c.dimensions) if within else best
+
+
+def _cut_of(candidate: Candidate, model: Candidate) -> bool:
+    """Whether ``candidate`` is ``model`` at fewer dimensions: EASE from the same SVD, λ and β."""
+    a, b = candidate.params, model.params
+    if a.algorithm != "ease" or b.algorithm != "ease" or candidate.dimensions >= model.dimensions:
+        return False
+    return (a.svd_rank or a.factors) == (b.svd_rank or b.factors) and replace(
+        a, factors=b.factors, svd_rank=b.svd_rank
+    ) == b
 
 
 def _within(best: Candidate, other: Candidate, tolerance: float) -> bool:
@@ -515,17 +555,18 @@ def paired_standard_error(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
 
 @dataclass
 class _Candidates:
-    """Every candidate scored, and the fitted factors of the best-scoring candidate of each
-    dimension count (one of them is served: ``serving_choose`` picks among those)."""
+    """Every candidate scored, and the fitted factors of the best-scoring candidate of each learner
+    and dimension count (one of them is served: ``serving_choose`` picks among those)."""
 
     all: list[Candidate] = field(default_factory=list)
-    _factors: dict[int, tuple[float, Factors]] = field(default_factory=dict)
+    _factors: dict[tuple[str, int], tuple[float, Factors]] = field(default_factory=dict)
 
     def offer(self, params: LearnerParams, per_user: npt.NDArray[np.float64], factors: Factors) -> float:
         score = float(per_user.mean()) if len(per_user) else 0.0
         self.all.append(Candidate(params, factors.dimensions, score, per_user))
-        if score > self._factors.get(factors.dimensions, (-math.inf, None))[0]:
-            self._factors[factors.dimensions] = (score, factors)
+        key = (params.algorithm, factors.dimensions)
+        if score > self._factors.get(key, (-math.inf, None))[0]:
+            self._factors[key] = (score, factors)
         return score
 
     def within_tolerance(self, candidate: Candidate, tolerance: float) -> bool:
@@ -533,9 +574,10 @@ class _Candidates:
         return _within(max(self.all, key=lambda c: c.score), candidate, tolerance)
 
     def factors_of(self, candidate: Candidate) -> Factors:
-        return self._factors[candidate.dimensions][1]
+        return self._factors[(candidate.params.algorithm, candidate.dimensions)][1]
 
     def cheaper(self, chosen: Candidate) -> dict[str, float]:
+        """When ``chosen`` is not the best-scoring candidate: which was, and by how much."""
         best = max(self.all, key=lambda c: c.score)
         if chosen is best:
             return {}

@@ -414,6 +414,10 @@ RECSYS_CF_TUNE_EVAL_USERS = env_int("RECSYS_CF_TUNE_EVAL_USERS", 2_000, minimum=
 # validation NDCG@10 is within this many standard errors of the paired per-user differences (the
 # one-standard-error rule); 0 serves the best-scoring one unless a smaller one scores as well.
 RECSYS_CF_SERVING_TOLERANCE = env_float("RECSYS_CF_SERVING_TOLERANCE", 1.0, minimum=0.0)
+# The learner searched besides EASE (ALS, BPR, LMF: absolute parameters, picked for the validation
+# split's smaller matrix) is served instead of EASE only when its validation NDCG@10 leads EASE's
+# best by more than this many standard errors (embeddings/tuning.py, serving_choose).
+RECSYS_CF_SWITCH_MARGIN = env_float("RECSYS_CF_SWITCH_MARGIN", 1.0, minimum=0.0)
 # Past this many training interactions the search fits its candidates on a seeded user sample of
 # about this many (0: always on everything); the winner is restated for, and fitted on, all of them.
 RECSYS_CF_TUNE_SAMPLE_INTERACTIONS = env_int("RECSYS_CF_TUNE_SAMPLE_INTERACTIONS", 1_000_000, minimum=0)

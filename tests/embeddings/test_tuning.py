@@ -437,8 +437,11 @@ def test_the_speed_probe_runs_on_one_blas_thread_as_the_worker_does(monkeypatch)
     assert threads and set(threads) == {1}
 
 
-def _candidate(dimensions: int, per_user: np.ndarray) -> Candidate:
-    return Candidate(LearnerParams(factors=dimensions), dimensions, float(per_user.mean()), per_user)
+def _candidate(dimensions: int, per_user: np.ndarray, *, algorithm: str = "ease", rank: int = 400) -> Candidate:
+    """An EASE candidate cut from a rank-``rank`` SVD (or another learner at ``dimensions`` factors)."""
+    svd_rank = rank if algorithm == "ease" and dimensions < rank else None
+    params = LearnerParams(algorithm=algorithm, factors=dimensions, svd_rank=svd_rank)
+    return Candidate(params, dimensions, float(per_user.mean()), per_user)
 
 
 def test_a_smaller_candidate_within_one_standard_error_of_the_best_is_served() -> None:
@@ -468,25 +471,89 @@ def test_a_smaller_candidate_that_scores_as_well_is_served_even_with_no_toleranc
     assert serving_choose([], tolerance=1.0) is None
 
 
-def test_the_search_serves_the_fewest_dimensions_it_may_and_hands_over_that_candidates_factors() -> None:
+def test_an_als_search_serves_its_best_candidate_whatever_the_tolerance_and_hands_over_its_factors() -> None:
     # Given ALS candidates of several sizes on planted taste groups (a few dimensions suffice)
     split = holdout_split(_planted(seed=7, groups=4), seed=1)
     options = TuningSettings(budget_seconds=60, max_evals=8, eval_users=300, ease=False)
     configured = LearnerParams(factors=32, iterations=5)
 
     # When any tolerance is allowed, and when none is
-    cheapest = collaborative_search(split, configured, options=replace(options, serving_tolerance=1e9))
-    best = collaborative_search(split, configured, options=replace(options, serving_tolerance=0.0))
+    loose = collaborative_search(split, configured, options=replace(options, serving_tolerance=1e9))
+    strict = collaborative_search(split, configured, options=replace(options, serving_tolerance=0.0))
 
-    # Then the first serves the smallest candidate tried, with its own factors and score, and says
-    # which candidate scored best; the second serves the best-scoring one and says nothing
-    tried = {int(t["factors"]) for t in cheapest.tried}
-    assert len(tried) > 1
-    assert cheapest.params.factors == min(tried) == cheapest.factors.dimensions
-    assert cheapest.cheaper["chosen_dimensions"] == min(tried)
-    assert cheapest.cheaper["best_ndcg@10"] == max(t["ndcg@10"] for t in cheapest.tried) > round(cheapest.score, 5)
-    assert best.score == pytest.approx(max(t["ndcg@10"] for t in best.tried), abs=1e-5)
-    assert best.factors.dimensions == best.params.factors and best.cheaper == {}
+    # Then both serve the best-scoring candidate with its own factors: fewer ALS factors are another
+    # fit (the search already chose them), not the same model cut to fewer dimensions
+    assert len({int(t["factors"]) for t in loose.tried}) > 1
+    for outcome in (loose, strict):
+        assert outcome.score == pytest.approx(max(t["ndcg@10"] for t in outcome.tried), abs=1e-5)
+        assert outcome.factors.dimensions == outcome.params.factors and outcome.cheaper == {}
+
+
+def _differing(seed: int, users: int = 2_000) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two per-user score arrays and the standard error of their paired difference (noise 0.2)."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, users)
+    noise = rng.normal(0, 0.2, users)
+    return base, noise - noise.mean(), 0.2 / math.sqrt(users)
+
+
+@pytest.mark.parametrize(("lead", "served"), [(0.5, "ease"), (0.9, "ease"), (1.3, "als"), (3.0, "als")])
+def test_als_replaces_ease_only_when_it_leads_by_more_than_the_switch_margin(lead: float, served: str) -> None:
+    # Given EASE's best and an ALS candidate scoring ``lead`` standard errors above it
+    base, noise, error = _differing(4)
+    ease = _candidate(400, base)
+    als = _candidate(32, base + lead * error + noise, algorithm="als")
+    assert paired_standard_error(als.per_user, ease.per_user) == pytest.approx(error, rel=0.05)
+
+    # Then with a margin of one standard error, ALS is served only past it; with no margin, the best
+    chosen = serving_choose([ease, als], tolerance=1.0, switch_margin=1.0)
+    assert chosen.params.algorithm == served
+    assert serving_choose([ease, als], tolerance=1.0, switch_margin=0.0) is als
+    # And without an EASE candidate (a catalogue past RECSYS_EASE_MAX_ITEMS) ALS is served as it is
+    assert serving_choose([als], tolerance=1.0, switch_margin=1.0) is als
+
+
+def test_ease_kept_over_a_close_als_is_then_cut_to_its_smallest_rank_as_good() -> None:
+    # Given EASE 400-d, its rank-100 cut half a standard error below, and ALS 16-d just above EASE
+    base, noise, error = _differing(5)
+    ease = _candidate(400, base)
+    cut = _candidate(100, base - 0.5 * error + noise)
+    als = _candidate(16, base + 0.3 * error + noise[::-1], algorithm="als")
+
+    # Then EASE is kept (ALS's lead is under the margin) and served at rank 100; ALS's 16 dimensions
+    # do not count as a cut of EASE
+    chosen = serving_choose([ease, cut, als], tolerance=1.0, switch_margin=1.0)
+    assert chosen is cut
+
+
+def test_a_cut_is_of_the_same_svd_lambda_and_beta_only() -> None:
+    base, noise, error = _differing(6)
+    best = _candidate(400, base)
+    # The same rank from another SVD (rank 200), or another λ: not a cut of the best
+    other_svd = _candidate(100, base - 0.1 * error + noise, rank=200)
+    other_lambda = Candidate(
+        replace(best.params, factors=50, svd_rank=400, regularization=99.0), 50, other_svd.score, other_svd.per_user
+    )
+    assert serving_choose([best, other_svd, other_lambda], tolerance=1.0) is best
+
+
+def test_the_factors_handed_over_are_the_chosen_learners_when_two_learners_share_a_dimension_count() -> None:
+    # Given EASE at rank 64 and a better-scoring ALS with 64 factors that does not lead by the margin
+    from embeddings.tuning import _Candidates
+
+    split = holdout_split(_planted(seed=11), seed=1)
+    candidates = _Candidates()
+    ease_factors = fit(split.train, LearnerParams(algorithm="ease", factors=64, regularization=10.0))
+    als_factors = fit(split.train, LearnerParams(algorithm="als", factors=64, iterations=3))
+    base, noise, error = _differing(7, users=300)
+    candidates.offer(LearnerParams(algorithm="ease", factors=64, regularization=10.0), base, ease_factors)
+    candidates.offer(LearnerParams(algorithm="als", factors=64, iterations=3), base + 0.2 * error + noise, als_factors)
+
+    # Then EASE is chosen, and its own factors are handed over (not ALS's of the same size)
+    chosen = serving_choose(candidates.all, tolerance=1.0, switch_margin=1.0)
+    assert chosen.params.algorithm == "ease"
+    assert candidates.factors_of(chosen) is ease_factors
+    assert candidates.cheaper(chosen)["best_dimensions"] == 64
 
 
 def test_ease_is_tried_at_smaller_ranks_from_its_one_svd_and_served_at_the_smallest_as_good(monkeypatch) -> None:
@@ -558,3 +625,10 @@ def test_an_ease_rank_cut_from_a_larger_svd_is_refitted_from_the_same_cut() -> N
     assert np.allclose(refit.scores(np.arange(20)), cut.scores(np.arange(20)), atol=1e-4)
     with pytest.raises(ValueError, match="svd_rank"):
         LearnerParams(algorithm="ease", factors=8, svd_rank=4)
+
+
+@pytest.mark.parametrize("field", ["serving_tolerance", "switch_margin"])
+@pytest.mark.parametrize("value", [-0.5, math.inf])
+def test_the_choice_margins_are_finite_and_not_negative(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        TuningSettings(**{field: value})
