@@ -11,6 +11,7 @@ full EASE on the binary matrix with λ tuned on a validation split of train. ANN
 the served top 10 with the exact top 10 of the same stored vectors.
 
     python -m recsys.run exec -- python bench/quality.py [--only NAME ...]
+    python -m recsys.run exec -- python bench/quality.py --movielens ../ml-100k   # a set nobody tuned on
 """
 
 from __future__ import annotations
@@ -557,8 +558,8 @@ def main() -> None:
     parser.add_argument(
         "--movielens",
         type=Path,
-        help="also a MovieLens folder nobody tuned on (ml-latest's CSVs or ml-100k's u.data): its sets are "
-        "named after the folder; with it, the section is printed and not written to BENCHMARKS.md",
+        help="instead, a MovieLens folder nobody tuned on (ml-latest's CSVs or ml-100k's u.data): its three "
+        "sets are named after the folder, and written to their own section of BENCHMARKS.md",
     )
     parser.add_argument(
         "--weak-negatives", action="store_true", help="only measure impressions as weak negatives (in-process)"
@@ -574,8 +575,9 @@ def main() -> None:
         print(text)
         return
     sets = [*movielens_sets(), generated_set()]
+    extra = args.movielens.resolve().name if args.movielens else None
     if args.movielens:
-        sets += movielens_sets(args.movielens.resolve(), args.movielens.resolve().name)
+        sets = movielens_sets(args.movielens.resolve(), extra)
     if args.only:
         sets = [d for d in sets if d.name in args.only]
     lines = [
@@ -602,8 +604,9 @@ def main() -> None:
         )
         print("\n".join(section(data, m)), flush=True)
     lines[4:4] = [*summary, ""]
-    if not args.movielens:
-        write_section("quality", "\n".join(lines))
+    if extra:
+        lines[0] = f"## Recommendation quality on {extra}, a set nobody tuned on (`bench/quality.py --movielens`)"
+    write_section(f"quality-{extra}" if extra else "quality", "\n".join(lines))
     print("\n".join(summary))
 
 
