@@ -121,7 +121,7 @@ def _histories(user_ids: list[int]) -> dict[int, tuple[npt.NDArray[np.int64], np
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT user_id, array_agg(item_id), array_agg(weight) FROM ("
-            "  SELECT user_id, item_id, sum(weight)::float4 AS weight FROM recsys_interaction"
+            "  SELECT user_id, item_id, sum(weight)::float8 AS weight FROM recsys_interaction"
             "  WHERE user_id = ANY(%s) GROUP BY user_id, item_id"
             ") AS history GROUP BY user_id",
             [user_ids],

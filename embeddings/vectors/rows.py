@@ -66,7 +66,7 @@ _USER_STATE = """
     LEFT JOIN LATERAL (
         SELECT array_agg(item_id ORDER BY last DESC) AS items, array_agg(weight ORDER BY last DESC) AS weights,
                array_agg(extract(epoch FROM last)::float8 ORDER BY last DESC) AS seen_at
-        FROM (SELECT item_id, sum(weight)::float4 AS weight, max(timestamp) AS last
+        FROM (SELECT item_id, sum(weight)::float8 AS weight, max(timestamp) AS last
               FROM recsys_interaction WHERE user_id = u.id
               GROUP BY item_id ORDER BY last DESC LIMIT %(seen)s) recent
     ) h ON true

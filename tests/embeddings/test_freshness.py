@@ -133,3 +133,36 @@ def test_fold_in_skips_users_whose_items_the_model_does_not_know(trained):
 
     assert users_fold_in(user_ids=[stranger]) == 0
     assert user_vector(trained, "stranger") is None
+
+
+def test_a_stored_weight_too_small_for_single_precision_breaks_neither_the_fold_in_nor_the_users_state(trained):
+    # Given a weight stored before values under 1e-6 were refused (1e-300 underflowed float4 sums:
+    # the fold-in of every user in its batch failed, and the user's recommendations answered 500)
+    from django.utils import timezone
+
+    from embeddings.vectors.rows import user_state_row
+
+    poisoned = User.objects.create(external_id="poisoned")
+    Interaction.objects.create(
+        user=poisoned,
+        item=Item.objects.get(external_id="i3"),
+        event_type="rating",
+        value=1e-300,
+        weight=1e-300,
+        timestamp=timezone.now(),
+    )
+    neighbour = User.objects.create(external_id="neighbour")
+    Interaction.objects.create(
+        user=neighbour,
+        item=Item.objects.get(external_id="i4"),
+        event_type="purchase",
+        weight=4,
+        timestamp=timezone.now(),
+    )
+
+    # Then the batch holding both folds in (the poisoned user's history weighs nothing), and the
+    # user's state reads
+    assert users_fold_in(user_ids=[poisoned.pk, neighbour.pk]) >= 1
+    assert user_vector(trained, "neighbour") is not None
+    row = user_state_row(user_external_id="poisoned", user_table=trained.user_table, seen=10)
+    assert row is not None and len(row[2]) == 1

@@ -33,7 +33,7 @@ moments = st.datetimes(
 )
 values = (
     st.none()
-    | st.sampled_from([0, 0.5, 4, 10, 10.000001, -1, 1e9, 2e9, -2e9])
+    | st.sampled_from([0, 0.5, 4, 10, 10.000001, -1, 1e9, 2e9, -2e9, 1e-300, -5e-324])
     | st.floats(min_value=-20, max_value=20, allow_nan=False)
 )
 events = st.fixed_dictionaries(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.ingestion.readers import batch_events_read
-from recsys.ingestion.rules import EPOCH, EventRules, RowError, events_check, unknown_row_error
+from recsys.ingestion.rules import EPOCH, MIN_VALUE, EventRules, RowError, events_check, unknown_row_error
 from recsys.validation import EXTERNAL_ID_PATTERN
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
@@ -48,7 +48,7 @@ def event(**fields: object) -> dict[str, object]:
     return {"user": "u", "item": "i", "type": "view", **fields}
 
 
-@given(st.floats(min_value=0, max_value=10))
+@given(st.just(0.0) | st.floats(min_value=MIN_VALUE, max_value=10))
 def test_a_ratings_weight_is_its_value(value):
     stored, error = check(event(type="rating", value=value))
     assert error is None and stored["weight"] == value == stored["value"]
@@ -80,6 +80,18 @@ def test_a_value_on_a_type_that_does_not_weigh_by_it_is_kept_but_bounded_only_by
     stored, _ = check(event(type="purchase", value=50))
     assert (stored["value"], stored["weight"]) == (50.0, 8.0)
     assert check(event(type="purchase", value=2e9))[1].reason == "value must lie within ±1e+09"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [1e-300, 5e-324, -1e-7, 9.9e-7])
+def test_a_value_too_small_to_weigh_anything_is_rejected_and_zero_is_kept(value):
+    # 1e-300 passed the 0-10 range, then its weight underflowed a float4 sum: 500s for its user and
+    # a failing fold-in sweep for everyone (the probe of 2026-12-04)
+    _, error = check(event(type="rating", value=value))
+    assert error is not None and error.domain_error().details == {"value": ["too small"]}
+    assert error.reason == "value must be 0 or at least 1e-06 in magnitude"
+    stored, error = check(event(type="rating", value=0))
+    assert error is None and stored["value"] == 0.0
+    assert check(event(type="rating", value=1e-6))[1] is None
 
 
 def test_a_rating_needs_a_value():
@@ -133,7 +145,7 @@ def test_the_rules_accept_a_row_or_reject_it_never_anything_else(row, now_us):
     user=st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True),
     item=st.from_regex(EXTERNAL_ID_PATTERN, fullmatch=True),
     kind=st.sampled_from(RULES.names),
-    value=st.none() | st.floats(min_value=0, max_value=10),
+    value=st.none() | (st.just(0.0) | st.floats(min_value=MIN_VALUE, max_value=10)),
     age=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=20_000)),
 )
 def test_a_valid_event_weighs_its_types_weight_times_its_value(user, item, kind, value, age):
