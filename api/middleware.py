@@ -25,6 +25,14 @@ class ApiGuardMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(API_PREFIX):
+            if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower() and not request.META.get(
+                "CONTENT_LENGTH"
+            ):
+                # A server that does not decode chunked bodies for the app (recsys.wsgi does it for
+                # gunicorn's): Django would read the body as empty, and the request would lose it.
+                return error_response(
+                    400, "malformed_request", "a chunked request body needs Content-Length on this server"
+                )
             too_large = self._declared_length(request) > settings.RECSYS_MAX_BODY_BYTES
             if too_large:
                 return error_response(

@@ -1,7 +1,10 @@
-"""The JSON request parser: DRF's, with nesting bounded so that no body can exhaust the stack."""
+"""The JSON request parser: DRF's, with nesting bounded so that no body can exhaust the stack, and
+strings that are Unicode text."""
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +15,11 @@ from rest_framework.exceptions import ParseError
 # clients room while keeping every recursive walk of the parsed body (validation, jsonb encoding)
 # far from Python's recursion limit.
 MAX_JSON_DEPTH = 64
+# JSON may escape a UTF-16 surrogate alone (``"\ud800"``), which Python reads as a str that is not
+# Unicode text: PostgreSQL refuses it and no response can encode it. A pair (an emoji) becomes one
+# character, so only the escapes need looking for, and only then the parsed strings.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JSONParser(parsers.JSONParser):
@@ -22,13 +30,35 @@ class JSONParser(parsers.JSONParser):
     """
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
+        raw = stream.read()
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels") from None
         if nesting_exceeds(data, MAX_JSON_DEPTH):
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels")
+        # The whole body is refused, as for any JSON it cannot be (not row by row): the string may be
+        # a key, an id or a field name, and no row of such a body can be echoed back in an error.
+        if _SURROGATE_ESCAPE.search(raw) and holds_lone_surrogate(data):
+            raise ParseError("JSON parse error - a string holds a lone UTF-16 surrogate escape (not Unicode text)")
         return data
+
+
+def holds_lone_surrogate(value: object) -> bool:
+    """Whether any string of ``value`` (object keys included) holds a lone surrogate; level by level."""
+    level: list[Any] = [value]
+    while level:
+        strings = [node for node in level if isinstance(node, str)]
+        strings += [key for node in level if isinstance(node, dict) for key in node]
+        if any(_LONE_SURROGATE.search(text) for text in strings):
+            return True
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+    return False
 
 
 def nesting_exceeds(value: object, limit: int) -> bool:

@@ -1,0 +1,69 @@
+"""Request bodies as a real gunicorn hands them over: a chunked body (no Content-Length) is read,
+not silently taken for empty, and is held to the same size limit as a declared one."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from recsys.api_keys import api_key_create
+from tests.integration.test_serve import wait_for_health
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+LIMIT = 4_000
+
+
+@pytest.fixture
+def web(live_env, tmp_path):
+    env = {**live_env, "RECSYS_MAX_BODY_BYTES": str(LIMIT), "RECSYS_SEARCH_PRELOAD": "false"}
+    log = (tmp_path / "web.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{env['PORT']}", "recsys.wsgi"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        wait_for_health(env["PORT"], process)
+        yield int(env["PORT"])
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=40)
+    assert "Traceback" not in (tmp_path / "web.log").read_text(errors="replace")
+
+
+def send(port: int, key: str, method: str, path: str, chunks: list[bytes] | None = None) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if chunks is not None:
+        headers["Transfer-Encoding"] = "chunked"
+    connection.request(
+        method, path, body=iter(chunks) if chunks is not None else None, headers=headers, encode_chunked=True
+    )
+    answer = connection.getresponse()
+    status, body = answer.status, json.loads(answer.read() or b"{}")
+    connection.close()
+    return status, body
+
+
+def test_a_chunked_body_is_read_and_one_past_the_limit_is_413(web):
+    _, key = api_key_create(name="chunks", scopes=["read", "write"])
+    body = json.dumps({"title": "chunked title", "text": "hello"}).encode()
+
+    # A body in three chunks and no Content-Length (before: 201 with an empty title and text)
+    status, created = send(web, key, "PUT", "/api/v1/items/chunky", [body[:5], body[5:20], body[20:]])
+    assert status == 201, created
+    assert send(web, key, "GET", "/api/v1/items/chunky")[1]["title"] == "chunked title"
+
+    # Past the limit, chunked as declared: 413, nothing stored
+    big = json.dumps({"title": "x" * LIMIT}).encode()
+    status, refused = send(web, key, "PUT", "/api/v1/items/big", [big[:100], big[100:]])
+    assert status == 413 and refused["error"]["code"] == "payload_too_large"
+    assert send(web, key, "GET", "/api/v1/items/big")[0] == 404
