@@ -54,6 +54,7 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
     """Upsert many items; valid rows are stored even when others are rejected."""
     result = BatchResult()
     merged: dict[str, dict[str, Any]] = {}
+    last_index: dict[str, int] = {}
     for index, row in enumerate(rows):
         raw_id = row.get("id") if isinstance(row, dict) else None
         try:
@@ -63,6 +64,10 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
             result.reject(index, error, id=raw_id if isinstance(raw_id, str) else None)
             continue
         merged.setdefault(external_id, {}).update(fields)  # a repeated id: later fields win
+        last_index[external_id] = index
+    for external_id in sorted(_empty_windows(merged)):
+        result.reject(last_index[external_id], _window_error(), id=external_id)
+        del merged[external_id]
     if merged:
         created, changed = _items_store(merged, copy=False)
         result.created = len(created)
@@ -74,7 +79,10 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
 def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
     """Create or partially update one item; returns it and whether it was created."""
     external_id = clean_external_id(external_id)
-    created, _ = _items_store({external_id: clean_item_fields(data)}, copy=False)
+    fields = clean_item_fields(data)
+    if _empty_windows({external_id: fields}):
+        raise _window_error()
+    created, _ = _items_store({external_id: fields}, copy=False)
     return Item.objects.defer("search_vector").get(external_id=external_id), bool(created)
 
 
@@ -85,6 +93,38 @@ def user_upsert(*, external_id: str, attributes: dict[str, Any] | None) -> tuple
     created, _ = atomic_with_retry(lambda: documents_write("user", [{"id": external_id, **fields}], copy=False))
     users_wrote(external_ids=[external_id])  # their next reads see this document (recsys.replicas)
     return User.objects.get(external_id=external_id), bool(created)
+
+
+def _empty_windows(items: dict[str, dict[str, Any]]) -> set[str]:
+    """The ids whose update sets one end of the availability window so that, with the other end as
+    stored, the window would be empty (a body setting both ends is checked by ``clean_item_fields``)."""
+    one_end = {
+        external_id: fields
+        for external_id, fields in items.items()
+        if ("available_from" in fields) != ("available_until" in fields)
+        and (fields.get("available_from") or fields.get("available_until")) is not None
+    }
+    if not one_end:
+        return set()
+    stored = {
+        row[0]: row[1:]
+        for row in Item.objects.filter(external_id__in=list(one_end)).values_list(
+            "external_id", "available_from", "available_until"
+        )
+    }
+    empty = set()
+    for external_id, fields in one_end.items():
+        stored_from, stored_until = stored.get(external_id, (None, None))
+        start, end = fields.get("available_from", stored_from), fields.get("available_until", stored_until)
+        if start is not None and end is not None and start >= end:
+            empty.add(external_id)
+    return empty
+
+
+def _window_error() -> ValidationFailed:
+    return ValidationFailed(
+        "available_until must be after available_from", details={"available_until": ["before available_from"]}
+    )
 
 
 def _items_store(items: dict[str, dict[str, Any]], *, copy: bool) -> tuple[set[str], set[str]]:

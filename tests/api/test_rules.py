@@ -372,6 +372,41 @@ def test_a_window_that_ends_before_it_starts_is_refused(writer, db):
     assert "available_until" in response.json()["error"]["details"]
 
 
+def test_an_update_of_one_end_that_empties_the_stored_window_is_refused_and_the_batch_keeps_its_other_rows(
+    writer, db
+):
+    # One end per request, the second ending the window before it starts: it was stored, and a backup
+    # of it could not be restored (the probe of 2026-12-04)
+    assert writer.put("/api/v1/items/w1", {"available_from": "2026-06-01T00:00:00Z"}, format="json").status_code == 201
+    response = writer.put("/api/v1/items/w1", {"available_until": "2026-01-01T00:00:00Z"}, format="json")
+    assert response.status_code == 400
+    assert "available_until" in response.json()["error"]["details"]
+
+    batch = writer.post(
+        "/api/v1/items/batch",
+        {
+            "items": [
+                {"id": "w1", "available_until": "2026-05-01T00:00:00Z"},
+                {"id": "w2", "title": "fine"},
+                {"id": "w1", "available_until": "2026-07-01T00:00:00Z", "title": "later row"},
+                {"id": "w3", "available_until": "2026-01-01T00:00:00Z"},
+            ]
+        },
+        format="json",
+    ).json()
+    # the repeated id's rows merge (the later end wins): that window is valid; w3 has no start
+    assert batch["errors"] == [] and batch["created"] == 2
+    refused = writer.post(
+        "/api/v1/items/batch",
+        {"items": [{"id": "w2", "title": "kept"}, {"id": "w1", "available_until": "2026-06-01T00:00:00Z"}]},
+        format="json",
+    ).json()
+    assert [e["index"] for e in refused["errors"]] == [1] and refused["updated"] == 1
+    item = writer.get("/api/v1/items/w1").json()
+    assert (item["available_until"], item["title"]) == ("2026-07-01T00:00:00Z", "later row")
+    assert writer.get("/api/v1/items/w2").json()["title"] == "kept"
+
+
 # ---- boosted answers against a straightforward reference ---------------------------------------------
 
 
