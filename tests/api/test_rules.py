@@ -372,9 +372,7 @@ def test_a_window_that_ends_before_it_starts_is_refused(writer, db):
     assert "available_until" in response.json()["error"]["details"]
 
 
-def test_an_update_of_one_end_that_empties_the_stored_window_is_refused_and_the_batch_keeps_its_other_rows(
-    writer, db
-):
+def test_an_update_of_one_end_that_empties_the_stored_window_is_refused_and_the_batch_keeps_its_other_rows(writer, db):
     # One end per request, the second ending the window before it starts: it was stored, and a backup
     # of it could not be restored (the probe of 2026-12-04)
     assert writer.put("/api/v1/items/w1", {"available_from": "2026-06-01T00:00:00Z"}, format="json").status_code == 201
