@@ -13,6 +13,7 @@ class EmbeddingsConfig(AppConfig):
         from embeddings.answer_cache import answers_invalidate, answers_invalidate_all
         from embeddings.content import content_encode_schedule
         from embeddings.freshness import users_fold_in_schedule
+        from embeddings.popularity import popular_rankings_forget
         from recsys import signals
 
         def interactions_stored(sender: object, user_ids: list[int], external_ids: list[str], **kwargs: object) -> None:
@@ -25,6 +26,7 @@ class EmbeddingsConfig(AppConfig):
         def catalogue_changed(sender: object, **kwargs: object) -> None:
             # Hidden flags and categories filter every list; a new item may be in any of them.
             answers_invalidate_all()
+            popular_rankings_forget()
 
         def items_stored(sender: object, **kwargs: object) -> None:
             catalogue_changed(sender)

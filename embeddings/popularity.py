@@ -26,6 +26,7 @@ from recsys.rules.ruleset import AVAILABLE, NO_RULES, RuleSet, item_conditions
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
 CACHE_SECONDS = 60
+GENERATION = "popular:generation"  # a counter: cached rankings of an older one are stale
 QUIET_WINDOW_ITEMS = DEPTH // 10  # fewer items active in the window than this: rank by all time
 
 # Within the window each event counts exp(-age / window); the exponent is clamped because events
@@ -86,7 +87,7 @@ def popularity_refresh() -> int:
             cursor.execute("DELETE FROM embeddings_itempopularity")
             cursor.execute(_REFRESH.format(decay="1", window=""), {**params, "basis": "all_time"})
         rows = cursor.rowcount
-    _cache_forget()
+    _generation_next()  # the new scores are committed (or, inside a caller's transaction, its own to read)
     return rows
 
 
@@ -116,16 +117,22 @@ def _available(row: Ranked, now: float) -> bool:
 
 
 def _ranking_cached(window_days: float, category: str | None) -> list[Ranked]:
+    """The ranking as cached for up to CACHE_SECONDS, unless the catalogue changed since (one round
+    trip: the generation and the ranking together)."""
     key = redis_store.key(f"popular:{window_days}:{category or ''}")
     try:
-        cached = redis_store.run(lambda client: client.get(key))
+        generation, cached = redis_store.run(lambda client: client.mget(redis_store.key(GENERATION), key))
     except redis_store.RedisUnavailable:
-        cached = None
+        generation, cached = None, None
+    current = int(generation or 0)
     if cached is not None:
-        return [tuple(row) for row in json.loads(cached)]  # type: ignore[misc]
+        stored = json.loads(cached)
+        if isinstance(stored, dict) and stored.get("generation") == current:
+            return [tuple(row) for row in stored["ranked"]]  # type: ignore[misc]
     ranked = _ranking(window_days, category)
     try:
-        redis_store.run(lambda client: client.set(key, json.dumps(ranked), ex=CACHE_SECONDS))
+        value = json.dumps({"generation": current, "ranked": ranked})
+        redis_store.run(lambda client: client.set(key, value, ex=CACHE_SECONDS))
     except redis_store.RedisUnavailable:
         pass
     return ranked
@@ -195,13 +202,16 @@ def _refreshed() -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def _cache_forget() -> None:
-    def forget(client: object) -> None:
-        keys = list(client.scan_iter(match=redis_store.key("popular:*"), count=1000))  # type: ignore[attr-defined]
-        if keys:
-            client.delete(*keys)  # type: ignore[attr-defined]
+def popular_rankings_forget() -> None:
+    """Every cached ranking goes stale once the caller's transaction commits: an item was hidden,
+    deleted or re-categorised (a ranking cached before would offer it for up to CACHE_SECONDS). A
+    ranking computed from a catalogue read before the change is stored under the generation read
+    before it, so it is never taken for a current one."""
+    transaction.on_commit(_generation_next)
 
+
+def _generation_next() -> None:
     try:
-        redis_store.run(forget)
+        redis_store.run(lambda client: client.incr(redis_store.key(GENERATION)))
     except redis_store.RedisUnavailable:
-        pass  # rankings cached before the refresh expire within CACHE_SECONDS
+        pass  # rankings cached before expire within CACHE_SECONDS

@@ -83,3 +83,31 @@ def test_scores_are_percent_shares_of_the_window_in_every_window(reader, window)
     assert [item for item, _ in ranked] == ["item-2", "item-1", "item-0"]
     assert sum(score for _, score in ranked) == pytest.approx(100, abs=1e-3)
     assert ranked[0][1] == pytest.approx(50, abs=1e-3)  # 3 of 6 users each period, whatever the decay
+
+
+@pytest.mark.parametrize("window", [None, "30d"])
+@pytest.mark.parametrize("change", ["hide", "delete", "recategorise"])
+def test_an_item_hidden_deleted_or_moved_leaves_the_cached_popular_lists_at_once(
+    reader, writer, window, change, django_capture_on_commit_callbacks
+):
+    # Given popular lists cached (a minute) with item-4 first, overall and in its category
+    organic_catalogue()
+    assert writer.put("/api/v1/items/item-4", {"categories": ["lamps"]}, format="json").status_code == 200
+    popularity_refresh()
+    params = {"window": window} if window else {}
+    assert popular(reader, **params)[0][0] == popular(reader, category="lamps", **params)[0][0] == "item-4"
+
+    # When it is hidden, deleted or moved to another category (they served it for up to 60 s:
+    # the probe of 2026-12-04)
+    with django_capture_on_commit_callbacks(execute=True):
+        if change == "hide":
+            writer.put("/api/v1/items/item-4", {"is_hidden": True}, format="json")
+        elif change == "delete":
+            writer.delete("/api/v1/items/item-4")
+        else:
+            writer.put("/api/v1/items/item-4", {"categories": ["chairs"]}, format="json")
+
+    # Then no popular list offers it where it no longer belongs
+    assert "item-4" not in {item for item, _ in popular(reader, category="lamps", **params)}
+    if change != "recategorise":
+        assert "item-4" not in {item for item, _ in popular(reader, **params)}
