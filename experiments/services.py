@@ -61,8 +61,8 @@ def _body_clean(body: object) -> tuple[str, str | None, str, list[tuple[str, flo
         raise ValidationFailed("send a JSON object", details={"body": ["invalid"]})
     errors: dict[str, Any] = {key: ["unknown field"] for key in sorted(set(body) - set(CREATE_KEYS))}
     name = body.get("name")
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
-        errors["name"] = ["required, 1-200 characters"]
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200 or "\x00" in name:
+        errors["name"] = ["required, 1-200 characters, without NUL"]
     scenario = body.get("scenario")
     if scenario is not None and (not isinstance(scenario, str) or not re.fullmatch(SCENARIO_NAME_PATTERN, scenario)):
         errors["scenario"] = [f"null or {SCENARIO_NAME_PATTERN}"]

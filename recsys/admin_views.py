@@ -158,11 +158,11 @@ class PreviewForm(forms.Form):
 def preview_view(request: HttpRequest) -> HttpResponse:
     """Recommendations for any user id, as the API would answer them (with the reasons)."""
     form = PreviewForm(request.GET or None)
-    panel = None
-    if form.is_valid():
+    panel, user_pk = None, None
+    if form.is_valid():  # an id that is not one (NUL, too long) is the form's error, never looked up
         data = form.cleaned_data
         panel = recommendations_panel(user_external_id=data["user"], limit=data["limit"], category=data["category"])
-    user_pk = user_id_get(external_id=str(form.data.get("user", "")))
+        user_pk = user_id_get(external_id=data["user"])
     context = {
         **admin.site.each_context(request),
         "title": "Preview recommendations",

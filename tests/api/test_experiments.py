@@ -99,6 +99,14 @@ def test_scenario_experiment_applies_only_to_requests_naming_the_scenario(admin_
     assert recommend(reader, "u1", scenario="product-page")["experiment"] is None
 
 
+def test_an_experiment_name_holding_nul_is_a_validation_error(admin_client_api, versions):
+    # PostgreSQL text cannot hold NUL: it answered 500 (the probe of 2026-12-04)
+    response = create(admin_client_api, **two_versions(*versions, name="a\x00b"))
+
+    assert response.status_code == 400, response.content
+    assert "name" in response.json()["error"]["details"]
+
+
 def test_invalid_scenario_name_is_a_validation_error(reader, versions):
     response = reader.get("/api/v1/users/u1/recommendations?scenario=no%20spaces")
     assert response.status_code == 400

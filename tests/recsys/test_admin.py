@@ -222,6 +222,14 @@ def test_preview_refuses_a_bad_limit_with_a_form_error(admin_client):
     assert "errorlist" in html and 'data-panel="recommendations"' not in html
 
 
+@pytest.mark.parametrize("user", ["%00", "a%00b", "x" * 200])
+def test_preview_refuses_an_id_that_cannot_be_one_with_a_form_error(admin_client, user):
+    # A NUL in the id answered 500: the invalid id was looked up all the same (the probe of 2026-12-04)
+    html = page(admin_client.get(f"/admin/preview/?user={user}&limit=3"))
+
+    assert "errorlist" in html and 'data-panel="recommendations"' not in html
+
+
 # ---- dashboard --------------------------------------------------------------------------------
 
 
