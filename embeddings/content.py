@@ -207,20 +207,29 @@ def content_items_encode(*, budget_seconds: float | None = None) -> int:
     version = pointer.version
     budget = settings.RECSYS_CONTENT_ENCODE_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
-    written = 0
+    written, left = 0, True
     with _advisory_lock(ENCODE_LOCK) as acquired:
         if not acquired:
             return 0
         encoder = version_encoder(version)
         centroids = np.asarray(version.centroids or [], dtype=np.float32)
-        while time.monotonic() < deadline:
+        while left and (not written or time.monotonic() < deadline):  # a batch at least, then the budget
             marked = vector_rows.items_unencoded(item_table=version.item_table, limit=settings.RECSYS_CONTENT_BATCH)
-            if not marked:
-                break
-            items = _item_texts(marked, version.params["fields"])
-            vectors, present = _encode(encoder, items.texts)
-            clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
-            written += tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
+            left = bool(marked)
+            if left:
+                items = _item_texts(marked, version.params["fields"])
+                vectors, present = _encode(encoder, items.texts)
+                clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
+                written += tables.content_vectors_write(
+                    version.pk, items.ids, vectors, present, items.changed_at, clusters
+                )
+    if written and left:
+        # The rest in a task of its own, queued behind what arrived meanwhile: the fold-ins that
+        # share this queue wait one budget at most, not the whole backlog (4 minutes for 700 long
+        # items, the probe of 2026-12-04).
+        from embeddings import tasks
+
+        transaction.on_commit(tasks.content_items_encode.delay)
     if written:
         answers_invalidate_all()  # new items belong in similar lists and search results now
         if settings.RECSYS_COLD_ITEMS:

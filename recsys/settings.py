@@ -480,7 +480,9 @@ RECSYS_RANKING_MIN_GAIN = env_float("RECSYS_RANKING_MIN_GAIN", 0.0)
 RECSYS_RANKING_MIN_USERS = env_int("RECSYS_RANKING_MIN_USERS", 300, minimum=0)
 # Item attributes (numeric values of Item.attributes) the ranker reads as features.
 RECSYS_RANKING_ATTRIBUTES = env_list("RECSYS_RANKING_ATTRIBUTES", [])
-RECSYS_CONTENT_ENCODE_BUDGET_SECONDS = env_float("RECSYS_CONTENT_ENCODE_BUDGET_SECONDS", 240.0)
+# Seconds of encoding per task: a larger backlog goes on in a new task queued behind the fold-ins
+# that share the realtime worker (a new user's first events wait at most about this long).
+RECSYS_CONTENT_ENCODE_BUDGET_SECONDS = env_float("RECSYS_CONTENT_ENCODE_BUDGET_SECONDS", 10.0)
 RECSYS_CONTENT_CLUSTERS = env_int("RECSYS_CONTENT_CLUSTERS", 20, minimum=1)
 RECSYS_CONTENT_SWEEP_SECONDS = env_int("RECSYS_CONTENT_SWEEP_SECONDS", 60, minimum=5)
 # similar?space=hybrid: score = w × content cosine + (1 - w) × collaborative score (scaled so that

@@ -10,6 +10,7 @@ from django.db import connection
 from psycopg import sql
 
 from embeddings import content
+from embeddings import tasks as content_tasks
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from recsys.models import Item
 from recsys.services import item_delete, items_upsert
@@ -79,6 +80,30 @@ def test_changed_and_new_items_are_encoded_and_unchanged_ones_left_alone(built):
     assert after["blank"][0] is True and after["new"][0] is True
     assert after["pasta"][2] == before["pasta"][2]  # its encoding is from the build, untouched
     assert content.items_awaiting_encoding() == 0
+
+
+def test_a_backlog_past_the_budget_goes_on_in_a_task_queued_behind_what_arrived_meanwhile(
+    built, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    # Given five changed items, batches of two and no time to spare
+    settings.RECSYS_CONTENT_BATCH = 2
+    items_upsert(rows=[{"id": f"late{n}", "text": f"comet tail {n}"} for n in range(5)])
+    queued = []
+    monkeypatch.setattr(content_tasks.content_items_encode, "delay", lambda: queued.append("encode"))
+
+    # When one encoding task runs (its budget spent after the first batch)
+    with django_capture_on_commit_callbacks(execute=True):
+        written = content.content_items_encode(budget_seconds=0)
+
+    # Then it encoded one batch and queued the rest as a new task (a fold-in queued meanwhile on the
+    # same worker runs first; before, one task encoded the whole backlog: minutes for large items)
+    assert written == 2 and queued == ["encode"]
+    assert content.items_awaiting_encoding() == 3
+    # and a task that finds nothing left queues nothing
+    queued.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert content.content_items_encode() == 3
+    assert queued == [] and content.items_awaiting_encoding() == 0
 
 
 def test_items_awaiting_encoding_counts_what_changed(built):
