@@ -119,12 +119,16 @@ def clean_attributes(value: object) -> dict[str, Any]:
 
 
 def _without_nul(value: Any) -> Any:
+    """NUL dropped from string values; a name holding NUL is refused (dropped, "price\\u0000" would
+    overwrite "price")."""
     if isinstance(value, str):
         return value.replace("\x00", "")
     if isinstance(value, list):
         return [_without_nul(v) for v in value]
     if isinstance(value, dict):
-        return {k.replace("\x00", ""): _without_nul(v) for k, v in value.items()}
+        if any("\x00" in k for k in value):
+            raise ValidationFailed("attribute names cannot hold NUL", details={"attributes": ["a name holds NUL"]})
+        return {k: _without_nul(v) for k, v in value.items()}
     return value
 
 
