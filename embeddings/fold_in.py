@@ -37,12 +37,14 @@ class FoldIn:
         factors: npt.NDArray[np.float32],
     ) -> npt.NDArray[np.float32] | None:
         """A user's vector from ``item_vectors`` that cover their items; None when the version
-        knows none of them (or no solver state is stored)."""
+        knows none of them, only with weights that are not positive (dislikes alone say what the
+        user does not want, not what they do: ALS's vector would be 0, every score 0), or when no
+        solver state is stored."""
         at = np.searchsorted(known, items)
         usable = at < len(known)
         usable[usable] = known[at[usable]] == items[usable]
         usable &= weights != 0
-        if not usable.any():
+        if not (usable & (weights > 0)).any():
             return None
         rows, weights = factors[at[usable]], weights[usable]
         if self.version.algorithm == "ease":

@@ -57,6 +57,16 @@ def test_known_user_gets_unseen_items_of_their_community(reader, trained):
     assert [item["score"] for item in body["items"]] == sorted((item["score"] for item in body["items"]), reverse=True)
 
 
+def test_a_user_with_only_dislikes_gets_popular_items_they_did_not_dislike(reader, trained):
+    # ALS folded such a user in to a zero vector: an arbitrary list, every score 0 (the probe of 2026-12-04)
+    interactions_ingest(rows=[{"user": "grumpy", "item": f"i{n}", "type": "dislike"} for n in (1, 2, 3)])
+
+    body = recommend(reader, "grumpy", limit=5)
+
+    assert body["strategy"] == "popular" and len(body["items"]) == 5
+    assert not {item["id"] for item in body["items"]} & {"i1", "i2", "i3"}
+
+
 def test_unknown_user_gets_popular_items(reader, trained):
     body = recommend(reader, "stranger", limit=3)
 
