@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
@@ -17,9 +18,11 @@ from rest_framework.exceptions import ParseError
 MAX_JSON_DEPTH = 64
 # JSON may escape a UTF-16 surrogate alone (``"\ud800"``), which Python reads as a str that is not
 # Unicode text: PostgreSQL refuses it and no response can encode it. A pair (an emoji) becomes one
-# character, so only the escapes need looking for, and only then the parsed strings.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# character, so in a UTF-8 body only such escapes (not preceded by an escaped backslash) need looking
+# for, and only then the parsed strings; a body in another charset is always walked.
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_UTF8 = {"utf-8", "utf8", "ascii", "us-ascii"}
 
 
 class JSONParser(parsers.JSONParser):
@@ -39,7 +42,9 @@ class JSONParser(parsers.JSONParser):
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels")
         # The whole body is refused, as for any JSON it cannot be (not row by row): the string may be
         # a key, an id or a field name, and no row of such a body can be echoed back in an error.
-        if _SURROGATE_ESCAPE.search(raw) and holds_lone_surrogate(data):
+        encoding = str((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET).lower()
+        suspect = encoding not in _UTF8 or _SURROGATE_ESCAPE.search(raw) is not None
+        if suspect and holds_lone_surrogate(data):
             raise ParseError("JSON parse error - a string holds a lone UTF-16 surrogate escape (not Unicode text)")
         return data
 

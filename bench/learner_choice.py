@@ -65,7 +65,13 @@ def runs(name: str, matrix: sp.csr_matrix, seeds: int) -> list[dict[str, Any]]:
         seconds = time.monotonic() - started
         transfer = _Transfer.between(validation.train, validation.train, weight_scale(validation.train))
         seen = _CAPTURED[-1]  # the search's candidates: the choice is made again with margin 0
-        best_of = {a: max((c for c in seen if c.params.algorithm == a), key=lambda c: c.score) for a in ("ease", "als")}
+        best_of = {
+            a: max((c for c in seen if c.params.algorithm == a), key=lambda c: c.score, default=None)
+            for a in ("ease", "als")
+        }
+        if best_of["ease"] is None or best_of["als"] is None:  # the budget let one learner run no candidate
+            print(f"{name} seed {seed}: {'EASE' if best_of['ease'] is None else 'ALS'} ran no candidate", flush=True)
+            continue
         by_score = serving_choose(seen, tolerance=options.serving_tolerance, switch_margin=0.0)
         assert by_score is not None
         lead = best_of["als"].score - best_of["ease"].score

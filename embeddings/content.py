@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 ENCODE_LOCK = "recsys:content:encode"
 SCHEDULED_KEY = "content:encode:scheduled"
 DEBOUNCE_SECONDS = 1
+CONTINUATION_KEY = "content:encode:continuation"  # a next part of the encoding is queued
+CONTINUATION_TTL_SECONDS = 600  # a lost task (broker away) frees the key for the next sweep
+FIRST_BATCH = 16  # items in an encoding's first batch, before their time is known
 BUILD_PROGRESS_EVERY = 2048  # items between progress updates of a build
 
 
@@ -198,9 +201,15 @@ def nearest_centroid(vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np
 # ---- keeping the active version current ---------------------------------------------------------
 
 
-def content_items_encode(*, budget_seconds: float | None = None) -> int:
-    """Encode items created or changed since the active content version saw them; returns how
-    many rows were written. One encoder at a time (an advisory lock); a second call returns 0."""
+def content_items_encode(*, budget_seconds: float | None = None, continuation: bool = False) -> int:
+    """Encode items created or changed since the active content version saw them, for about
+    ``budget_seconds`` (RECSYS_CONTENT_ENCODE_BUDGET_SECONDS); returns how many rows were written.
+    One encoder at a time (an advisory lock); a second call returns 0. What is left goes on in a
+    task of its own (``continuation``: this call is that task), queued behind what arrived
+    meanwhile: the fold-ins sharing the realtime worker wait about one budget, not the whole
+    backlog (4 minutes behind 700 long items before, the probe of 2026-12-04)."""
+    if continuation:
+        _continuation_taken()
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if pointer is None or not pointer.version.has_tables:
         return 0
@@ -213,23 +222,24 @@ def content_items_encode(*, budget_seconds: float | None = None) -> int:
             return 0
         encoder = version_encoder(version)
         centroids = np.asarray(version.centroids or [], dtype=np.float32)
-        while left and (not written or time.monotonic() < deadline):  # a batch at least, then the budget
-            marked = vector_rows.items_unencoded(item_table=version.item_table, limit=settings.RECSYS_CONTENT_BATCH)
-            left = bool(marked)
-            if left:
+        # Batches sized to the budget from the time an item has taken (long texts: a third of a
+        # second each with MiniLM here), starting small; always one batch at least.
+        size = min(FIRST_BATCH, settings.RECSYS_CONTENT_BATCH)
+        while left and (not written or time.monotonic() < deadline):
+            started = time.monotonic()
+            marked = vector_rows.items_unencoded(item_table=version.item_table, limit=size)
+            left = len(marked) == size  # fewer: none was left (items written since schedule their own)
+            if marked:
                 items = _item_texts(marked, version.params["fields"])
                 vectors, present = _encode(encoder, items.texts)
                 clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
                 written += tables.content_vectors_write(
                     version.pk, items.ids, vectors, present, items.changed_at, clusters
                 )
+                per_item = (time.monotonic() - started) / len(marked)
+                size = int(min(settings.RECSYS_CONTENT_BATCH, max(1, (deadline - time.monotonic()) / per_item)))
     if written and left:
-        # The rest in a task of its own, queued behind what arrived meanwhile: the fold-ins that
-        # share this queue wait one budget at most, not the whole backlog (4 minutes for 700 long
-        # items, the probe of 2026-12-04).
-        from embeddings import tasks
-
-        transaction.on_commit(tasks.content_items_encode.delay)
+        _continuation_queue()
     if written:
         answers_invalidate_all()  # new items belong in similar lists and search results now
         if settings.RECSYS_COLD_ITEMS:
@@ -237,6 +247,31 @@ def content_items_encode(*, budget_seconds: float | None = None) -> int:
 
             cold_items_place_schedule()  # and, mapped, in the collaborative space
     return written
+
+
+def _continuation_queue() -> None:
+    """Queue the encoding's next part, unless one is queued already (sweeps and schedules that
+    each found the backlog would otherwise start chains of their own); Redis away: the beat sweep
+    goes on with it."""
+    from embeddings import tasks
+    from recsys import redis_store
+
+    key = redis_store.key(CONTINUATION_KEY)
+    try:
+        first = redis_store.run(lambda client: client.set(key, 1, nx=True, ex=CONTINUATION_TTL_SECONDS))
+    except redis_store.RedisUnavailable:
+        return
+    if first:
+        transaction.on_commit(lambda: tasks.content_items_encode.delay(continuation=True))
+
+
+def _continuation_taken() -> None:
+    from recsys import redis_store
+
+    try:
+        redis_store.run(lambda client: client.delete(redis_store.key(CONTINUATION_KEY)))
+    except redis_store.RedisUnavailable:
+        pass
 
 
 def items_awaiting_encoding() -> int | None:

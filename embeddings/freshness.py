@@ -108,6 +108,11 @@ def users_fold_in(*, user_ids: list[int]) -> int:
         stored = rows.user_vectors_upsert(
             user_table=pointer.version.user_table, vectors={u: v for u, v in vectors.items() if v is not None}
         )
+        # A history that no longer folds in (only dislikes left) must not keep serving the vector
+        # its earlier likes gave.
+        stored += rows.user_vectors_delete(
+            user_table=pointer.version.user_table, user_ids=[u for u, v in vectors.items() if v is None]
+        )
         answers_invalidate(owners=[f"user:{external_id}" for external_id in stored])
         users_wrote(external_ids=stored)  # no replica serves them a vector older than this one
         written += len(stored)

@@ -119,7 +119,8 @@ def _available(row: Ranked, now: float) -> bool:
 def _ranking_cached(window_days: float, category: str | None) -> list[Ranked]:
     """The ranking as cached for up to CACHE_SECONDS, unless the catalogue changed since (one round
     trip: the generation and the ranking together)."""
-    key = redis_store.key(f"popular:{window_days}:{category or ''}")
+    # v2: {"generation", "ranked"}; a process of the code before reads "popular:" keys as lists
+    key = redis_store.key(f"popular:v2:{window_days}:{category or ''}")
     try:
         generation, cached = redis_store.run(lambda client: client.mget(redis_store.key(GENERATION), key))
     except redis_store.RedisUnavailable:

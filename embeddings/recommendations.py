@@ -298,10 +298,11 @@ def _user_query(
 
 def content_profile(version: ModelVersion, user: UserState) -> npt.NDArray[np.float32] | None:
     """Recency-weighted mean of the content vectors of the user's items, dislikes subtracted
-    (their weights are negative); None when none of their items has a content vector."""
+    (their weights are negative); None when none of their items with a positive weight has a
+    content vector (dislikes alone would point at what is least like them, not at a taste)."""
     found = vectors_of(version.item_table, "item_id", user.history)
     known = [k for k, item in enumerate(user.history) if item in found and user.weights[k] != 0]
-    if not known:
+    if not any(user.weights[k] > 0 for k in known):
         return None
     half_life = settings.RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS * 86_400.0
     age = np.maximum(time.time() - user.seen_at[known], 0.0)

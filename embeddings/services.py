@@ -371,7 +371,7 @@ def _select(
     metrics = ranking_metrics(scores_recommender(factors.scores, split.train), split, **evaluate)
     if not tried:
         tried = [{"algorithm": params.algorithm, "ndcg@10": round(metrics["ndcg@10"], 5)}]
-    if outcome is not None:  # a smaller candidate served in place of the best-scoring one
+    if outcome is not None:  # another candidate served than the best-scoring one (tuning.serving_choose)
         metrics.update({f"tuning_{name}": value for name, value in outcome.cheaper.items()})
     return Selection(params, metrics, baseline, tried, split, factors, search_seconds, svds, cut, evaluate)
 

@@ -68,11 +68,11 @@ def content_model_build(version_id: int) -> dict[str, object]:
 
 
 @shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
-def content_items_encode() -> int:
+def content_items_encode(continuation: bool = False) -> int:
     """Idempotent (encodes whatever is still marked), so late acks are safe."""
     from embeddings.content import content_items_encode as encode
 
-    return encode()
+    return encode(continuation=continuation)
 
 
 @shared_task(acks_late=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)

@@ -507,9 +507,9 @@ def serving_choose(candidates: list[Candidate], *, tolerance: float, switch_marg
        80% of what the served model is, and EASE gains more from the rest: its λ is relative to the
        data and transfers, while ALS's factors and regularization are absolute and the search picks
        them for the smaller matrix (on ml-100k and ml-latest-small, ALS's best validation score
-       was 0.8 standard errors below EASE's best to 0.6 above it in 6 of 10 validation seeds, where
-       it scored 3-10% below EASE on the held-out test; on the generated set with planted groups,
-       where ALS is 1-2% better on test, it led by 1.5-3.9: BENCHMARKS.md, quality).
+       was 0.8 standard errors below EASE's best to 0.6 above it in 6 of 10 validation seeds, while
+       on the held-out test it scored 3-21% below EASE in all 10; on the generated set with planted groups,
+       where ALS is 0.8-1.6% better on test, it led by 1.5-3.9: BENCHMARKS.md, quality).
     2. Then the same model at fewer dimensions (an EASE rank probe: the leading components of the
        same SVD, at the same λ and β) when it scores within ``tolerance`` standard errors of it:
        the one with the fewest dimensions of those. A learner searched at fewer factors is not a

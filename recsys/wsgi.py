@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,19 +21,45 @@ def chunked_bodies(app: WsgiApp) -> WsgiApp:
     gunicorn decodes ``Transfer-Encoding: chunked`` and says so (``wsgi.input_terminated``), but
     Django reads a body only as far as ``CONTENT_LENGTH``, which a chunked request lacks: the body
     was read as empty and silently ignored (a PUT of an item answered 201 with empty fields). So
-    the body is read here, at most one byte past the configured limit (so that the API's guard
-    answers 413 for a larger one, as for a declared length), and passed on with its length."""
+    the body is read here, at most one byte past the configured limit, and passed on with its
+    length; a larger one is 413, a transfer coding other than chunked (gunicorn passes ``gzip``
+    through still encoded) or broken chunk framing 400, in the API's JSON error format."""
     from django.conf import settings
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        if chunked and not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
-            body = environ["wsgi.input"].read(settings.RECSYS_MAX_BODY_BYTES + 1)
-            environ["wsgi.input"] = io.BytesIO(body)
-            environ["CONTENT_LENGTH"] = str(len(body))
+        codings = [c.strip().lower() for c in environ.get("HTTP_TRANSFER_ENCODING", "").split(",") if c.strip()]
+        if not codings or environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
+            return app(environ, start_response)
+        if codings != ["chunked"]:
+            return _error(start_response, 400, "malformed_request", "the only transfer coding accepted is chunked")
+        limit = settings.RECSYS_MAX_BODY_BYTES
+        try:
+            body = environ["wsgi.input"].read(limit + 1)
+        except Exception:  # gunicorn's errors for broken chunk framing
+            return _error(start_response, 400, "malformed_request", "the chunked body is not well framed")
+        if len(body) > limit:
+            return _error(
+                start_response,
+                413,
+                "payload_too_large",
+                f"request bodies are limited to {limit} bytes",
+                max_bytes=limit,
+            )
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
         return app(environ, start_response)
 
     return wrapped
+
+
+def _error(start_response: Callable[..., Any], status: int, code: str, message: str, **details: Any) -> list[bytes]:
+    reason = {400: "Bad Request", 413: "Request Entity Too Large"}[status]
+    body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")],
+    )
+    return [body]
 
 
 application = chunked_bodies(get_wsgi_application())

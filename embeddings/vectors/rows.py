@@ -137,6 +137,20 @@ def user_vectors_upsert(*, user_table: str, vectors: dict[int, npt.NDArray[np.fl
         return [row[0] for row in cur.fetchall()]
 
 
+def user_vectors_delete(*, user_table: str, user_ids: list[int]) -> list[str]:
+    """Remove these users' vectors from a version's user table (their history no longer folds in
+    to one); returns the external ids of the users who had one."""
+    if not user_ids:
+        return []
+    statement = sql.SQL(
+        "DELETE FROM {table} v USING recsys_user u WHERE v.user_id = ANY(%s::int8[]) AND u.id = v.user_id "
+        "RETURNING u.external_id"
+    ).format(table=sql.Identifier(user_table))
+    with cursor() as cur:
+        cur.execute(statement, [user_ids])
+        return [row[0] for row in cur.fetchall()]
+
+
 def custom_vector_upsert(*, space_table: str, item_id: int, vector: npt.NDArray[np.float32]) -> bool:
     """Store an item's vector in a custom space's table; True when it had none before."""
     statement = sql.SQL(

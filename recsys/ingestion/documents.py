@@ -96,24 +96,25 @@ def user_upsert(*, external_id: str, attributes: dict[str, Any] | None) -> tuple
 
 
 def _empty_windows(items: dict[str, dict[str, Any]]) -> set[str]:
-    """The ids whose update sets one end of the availability window so that, with the other end as
-    stored, the window would be empty (a body setting both ends is checked by ``clean_item_fields``)."""
-    one_end = {
+    """The ids whose update sets an end of the availability window so that the window would be
+    empty: with the other end as sent (two rows of a batch may set one end each) or, where this
+    update leaves it, as stored."""
+    touched = {
         external_id: fields
         for external_id, fields in items.items()
-        if ("available_from" in fields) != ("available_until" in fields)
-        and (fields.get("available_from") or fields.get("available_until")) is not None
+        if "available_from" in fields or "available_until" in fields
     }
-    if not one_end:
+    if not touched:
         return set()
+    partial = [i for i, fields in touched.items() if not ("available_from" in fields and "available_until" in fields)]
     stored = {
         row[0]: row[1:]
-        for row in Item.objects.filter(external_id__in=list(one_end)).values_list(
+        for row in Item.objects.filter(external_id__in=partial).values_list(
             "external_id", "available_from", "available_until"
         )
     }
     empty = set()
-    for external_id, fields in one_end.items():
+    for external_id, fields in touched.items():
         stored_from, stored_until = stored.get(external_id, (None, None))
         start, end = fields.get("available_from", stored_from), fields.get("available_until", stored_until)
         if start is not None and end is not None and start >= end:

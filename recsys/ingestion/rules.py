@@ -27,8 +27,9 @@ REQUIRED_EVENT_FIELDS = ("user", "item", "type")
 # Any value is at most this large; values of the types that weigh by it (ratings) have a tighter,
 # configured range (RECSYS_RATING_MIN/MAX): one huge rating would outweigh every other event.
 MAX_VALUE = 1e9
-# ... and 0 or at least this small: a value such as 1e-300 weighs nothing, and its weight would
-# underflow wherever weights are summed in single precision (the vectors' float4).
+# ... and, for the types that weigh by their value, 0 or at least this large in magnitude: a rating
+# of 1e-300 weighs nothing, and such a weight underflowed single precision wherever weights were
+# summed (the vectors are float4; the sums are now double precision).
 MIN_VALUE = 1e-6
 # Events from the future would dominate every time decay; allow some client clock skew.
 MAX_CLOCK_SKEW = timedelta(days=1)
@@ -323,7 +324,13 @@ def events_check(
         (_invalid_ids(raw.items, valid_ids), raw.items, "invalid item id", "item", "invalid id"),
         (codes < 0, raw.types, "unknown event type", "type", "unknown event type"),
         (given & (np.abs(raw.values) > MAX_VALUE), raw.values, VALUE_RANGE, "value", "out of range"),
-        (given & (raw.values != 0) & (np.abs(raw.values) < MIN_VALUE), raw.values, VALUE_TINY, "value", "too small"),
+        (
+            weighing & given & (raw.values != 0) & (np.abs(raw.values) < MIN_VALUE),
+            raw.values,
+            VALUE_TINY,
+            "value",
+            "too small",
+        ),
         (
             weighing & given & ((raw.values < low) | (raw.values > high)),
             raw.values,

@@ -164,6 +164,28 @@ def test_a_lone_surrogate_in_a_body_is_400_malformed_and_nothing_of_it_is_stored
     assert writer.get("/api/v1/items/sb1").status_code == 404
 
 
+@pytest.mark.parametrize("charset", ["utf-16", "utf-32"])
+def test_a_lone_surrogate_in_a_body_of_another_charset_is_refused_too(writer, charset):
+    body = ('{"title": "a' + LONE + 'b"}').encode(charset)
+
+    response = writer.put("/api/v1/items/x3", data=body, content_type=f"application/json; charset={charset}")
+
+    assert_error(response, 400, "malformed_request")
+    assert "surrogate" in response.json()["error"]["message"]
+    fine = writer.put(
+        "/api/v1/items/x3", data='{"title": "ok"}'.encode(charset), content_type=f"application/json; charset={charset}"
+    )
+    assert fine.status_code == 201, fine.content
+
+
+def test_an_escaped_backslash_before_u_d800_is_text_and_is_stored(writer):
+    # The JSON text "\\ud800" is a backslash followed by "ud800": valid text, kept as sent
+    response = writer.put("/api/v1/items/slash", data='{"title": "a\\\\ud800"}', content_type="application/json")
+
+    assert response.status_code == 201, response.content
+    assert writer.get("/api/v1/items/slash").json()["title"] == "a\\ud800"
+
+
 def test_an_escaped_surrogate_pair_is_one_character_and_is_stored(writer):
     response = writer.put(
         "/api/v1/items/emoji", data='{"title": "smile \\ud83d\\ude00"}', content_type="application/json"

@@ -403,6 +403,18 @@ def test_an_update_of_one_end_that_empties_the_stored_window_is_refused_and_the_
     item = writer.get("/api/v1/items/w1").json()
     assert (item["available_until"], item["title"]) == ("2026-07-01T00:00:00Z", "later row")
     assert writer.get("/api/v1/items/w2").json()["title"] == "kept"
+    # Each end in a row of its own, for a new item: the rows merge, and the empty window is refused
+    split = writer.post(
+        "/api/v1/items/batch",
+        {
+            "items": [
+                {"id": "w4", "available_from": "2026-06-01T00:00:00Z"},
+                {"id": "w4", "available_until": "2026-05-01T00:00:00Z"},
+            ]
+        },
+        format="json",
+    ).json()
+    assert [e["index"] for e in split["errors"]] == [1] and writer.get("/api/v1/items/w4").status_code == 404
 
 
 # ---- boosted answers against a straightforward reference ---------------------------------------------

@@ -89,7 +89,7 @@ def test_a_backlog_past_the_budget_goes_on_in_a_task_queued_behind_what_arrived_
     settings.RECSYS_CONTENT_BATCH = 2
     items_upsert(rows=[{"id": f"late{n}", "text": f"comet tail {n}"} for n in range(5)])
     queued = []
-    monkeypatch.setattr(content_tasks.content_items_encode, "delay", lambda: queued.append("encode"))
+    monkeypatch.setattr(content_tasks.content_items_encode, "delay", lambda **kwargs: queued.append(kwargs))
 
     # When one encoding task runs (its budget spent after the first batch)
     with django_capture_on_commit_callbacks(execute=True):
@@ -97,13 +97,16 @@ def test_a_backlog_past_the_budget_goes_on_in_a_task_queued_behind_what_arrived_
 
     # Then it encoded one batch and queued the rest as a new task (a fold-in queued meanwhile on the
     # same worker runs first; before, one task encoded the whole backlog: minutes for large items)
-    assert written == 2 and queued == ["encode"]
+    assert written == 2 and queued == [{"continuation": True}]
     assert content.items_awaiting_encoding() == 3
-    # and a task that finds nothing left queues nothing
-    queued.clear()
+    # A sweep meanwhile queues no second chain; the continuation, when it runs, may queue the next
     with django_capture_on_commit_callbacks(execute=True):
-        assert content.content_items_encode() == 3
-    assert queued == [] and content.items_awaiting_encoding() == 0
+        assert content.content_items_encode(budget_seconds=0) == 2
+    assert len(queued) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert content.content_items_encode(budget_seconds=0, continuation=True) == 1
+    # and a task that finds nothing left queues nothing
+    assert len(queued) == 1 and content.items_awaiting_encoding() == 0
 
 
 def test_items_awaiting_encoding_counts_what_changed(built):

@@ -166,3 +166,22 @@ def test_a_stored_weight_too_small_for_single_precision_breaks_neither_the_fold_
     assert user_vector(trained, "neighbour") is not None
     row = user_state_row(user_external_id="poisoned", user_table=trained.user_table, seen=10)
     assert row is not None and len(row[2]) == 1
+
+
+def test_a_user_whose_history_no_longer_folds_in_loses_the_vector_of_their_earlier_likes(
+    trained, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(rows=[{"user": "fickle", "item": "i3", "type": "view"}])
+    assert user_vector(trained, "fickle") is not None
+
+    # The view outweighed by a dislike of the same item, and another dislike: nothing positive left
+    with django_capture_on_commit_callbacks(execute=True):
+        interactions_ingest(
+            rows=[
+                {"user": "fickle", "item": "i3", "type": "dislike"},
+                {"user": "fickle", "item": "i4", "type": "dislike"},
+            ]
+        )
+
+    assert user_vector(trained, "fickle") is None

@@ -67,3 +67,21 @@ def test_a_chunked_body_is_read_and_one_past_the_limit_is_413(web):
     status, refused = send(web, key, "PUT", "/api/v1/items/big", [big[:100], big[100:]])
     assert status == 413 and refused["error"]["code"] == "payload_too_large"
     assert send(web, key, "GET", "/api/v1/items/big")[0] == 404
+
+
+def test_a_transfer_coding_other_than_chunked_or_a_broken_chunk_is_a_json_400(web):
+    _, key = api_key_create(name="codings", scopes=["read", "write"])
+    # gunicorn passes "gzip, chunked" through still gzip-encoded: refused, not parsed as JSON
+    connection = http.client.HTTPConnection("127.0.0.1", web, timeout=15)
+    connection.putrequest("PUT", "/api/v1/items/zipped")
+    for name, value in (
+        ("Authorization", f"Bearer {key}"),
+        ("Content-Type", "application/json"),
+        ("Transfer-Encoding", "gzip, chunked"),
+    ):
+        connection.putheader(name, value)
+    connection.endheaders(b"5\r\nhello\r\n0\r\n\r\n")
+    answer = connection.getresponse()
+    assert answer.status == 400 and json.loads(answer.read())["error"]["code"] == "malformed_request"
+    connection.close()
+    assert send(web, key, "GET", "/api/v1/items/zipped")[0] == 404

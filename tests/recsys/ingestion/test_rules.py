@@ -92,6 +92,8 @@ def test_a_value_too_small_to_weigh_anything_is_rejected_and_zero_is_kept(value)
     stored, error = check(event(type="rating", value=0))
     assert error is None and stored["value"] == 0.0
     assert check(event(type="rating", value=1e-6))[1] is None
+    # A type that does not weigh by its value keeps any value within ±1e9 (a price of 5e-7)
+    assert check(event(type="purchase", value=5e-7))[1] is None
 
 
 def test_a_rating_needs_a_value():
