@@ -105,7 +105,9 @@ def test_serving_selectors_read_the_chosen_replica(add_replica, monkeypatch):
 
     with connections[alias].execute_wrapper(record), connections[DEFAULT_DB_ALIAS].execute_wrapper(record):
         assert user_get(external_id="someone").external_id == "someone"
-    assert used == [alias]
+    # Every statement on the chosen alias, none on the primary. (Sometimes 3 rather than 1: a new
+    # connection's own setup statements on a loaded machine, seen in CI; which ones was not traced.)
+    assert used and set(used) == {alias}
 
 
 def test_settings_turn_replica_urls_into_database_aliases():
