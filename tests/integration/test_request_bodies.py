@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
 from recsys.api_keys import api_key_create
-from tests.integration.test_serve import wait_for_health
+from tests.integration.faults import gunicorn_web
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LIMIT = 4_000
@@ -22,20 +18,8 @@ LIMIT = 4_000
 @pytest.fixture
 def web(live_env, tmp_path):
     env = {**live_env, "RECSYS_MAX_BODY_BYTES": str(LIMIT), "RECSYS_SEARCH_PRELOAD": "false"}
-    log = (tmp_path / "web.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{env['PORT']}", "recsys.wsgi"],
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        wait_for_health(env["PORT"], process)
+    with gunicorn_web(env, tmp_path / "web.log"):
         yield int(env["PORT"])
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=40)
     assert "Traceback" not in (tmp_path / "web.log").read_text(errors="replace")
 
 

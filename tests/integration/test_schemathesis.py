@@ -14,7 +14,7 @@ import pytest
 
 from recsys.api_keys import api_key_create
 from recsys.run import celery_worker_command
-from tests.integration.test_serve import wait_for_health
+from tests.integration.faults import gunicorn_web
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -35,14 +35,7 @@ def api_server(live_env, tmp_path):
         "RECSYS_AUTH_FAILURE_RATE": "1000000/min",
         "RECSYS_MALFORMED_REQUEST_RATE": "1000000/min",
     }
-    web_log, worker_log = (tmp_path / "web.log").open("wb"), (tmp_path / "worker.log").open("wb")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{env['PORT']}", "recsys.wsgi"],
-        env=env,
-        stdout=web_log,
-        stderr=web_log,
-        start_new_session=True,
-    )
+    worker_log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         celery_worker_command(f"schemathesis-{os.getpid()}", level="warning", concurrency=1),
         env=env,
@@ -51,13 +44,11 @@ def api_server(live_env, tmp_path):
         start_new_session=True,
     )
     try:
-        wait_for_health(env["PORT"], web)
-        yield f"http://127.0.0.1:{env['PORT']}"
+        with gunicorn_web(env, tmp_path / "web.log"):
+            yield f"http://127.0.0.1:{env['PORT']}"
     finally:
-        for process in (web, worker):
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in (web, worker):
-            process.wait(timeout=40)
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=40)
         print((tmp_path / "worker.log").read_text(errors="replace")[-3000:])
     # An unhandled error anywhere in the web process is logged with its traceback.
     logged = (tmp_path / "web.log").read_text(errors="replace")
