@@ -56,6 +56,11 @@ def error_response(status_code: int, code: str, message: str, details: dict[str,
     return JsonResponse(error_body(code, message, details), status=status_code)
 
 
+def payload_too_large(limit: int) -> tuple[str, str, dict[str, Any]]:
+    """The 413's code, message and details for a body past ``limit`` bytes."""
+    return "payload_too_large", f"request bodies are limited to {limit} bytes", {"max_bytes": limit}
+
+
 def database_error(exc: Exception) -> tuple[str, str]:
     """The error code and message for a database that is away or a statement that took too long."""
     if query_canceled(exc):

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse
 
-from api.exceptions import database_error, error_response
+from api.exceptions import database_error, error_response, payload_too_large
 from api.permissions import required_scope
 from recsys.db import statement_timeout_set
 from recsys.deadline import deadline_arm, deadline_begin, deadline_end, deadline_execute
@@ -35,12 +35,7 @@ class ApiGuardMiddleware:
                 )
             too_large = self._declared_length(request) > settings.RECSYS_MAX_BODY_BYTES
             if too_large:
-                return error_response(
-                    413,
-                    "payload_too_large",
-                    f"request bodies are limited to {settings.RECSYS_MAX_BODY_BYTES} bytes",
-                    {"max_bytes": settings.RECSYS_MAX_BODY_BYTES},
-                )
+                return error_response(413, *payload_too_large(settings.RECSYS_MAX_BODY_BYTES))
         return self.get_response(request)
 
     @staticmethod

@@ -526,7 +526,7 @@ def serving_choose(candidates: list[Candidate], *, tolerance: float, switch_marg
     ease = [c for c in weighed if c.params.algorithm == "ease"]
     if best.params.algorithm != "ease" and ease:
         ease_best = max(ease, key=lambda c: c.score)
-        if best.score - ease_best.score <= switch_margin * paired_standard_error(best.per_user, ease_best.per_user):
+        if _within(best, ease_best, switch_margin):
             best = ease_best
     within = [c for c in weighed if _cut_of(c, best) and _within(best, c, tolerance)]
     return min(within, key=lambda c: c.dimensions) if within else best

@@ -159,12 +159,20 @@ def clean_item_fields(data: object) -> dict[str, Any]:
     for field in ("available_from", "available_until"):  # the window outside which it is never recommended
         if field in body:
             cleaned[field] = None if body[field] is None else parse_timestamp(body[field], field)
-    start, end = cleaned.get("available_from"), cleaned.get("available_until")
-    if start is not None and end is not None and start >= end:
-        raise ValidationFailed(
-            "available_until must be after available_from", details={"available_until": ["before available_from"]}
-        )
+    if window_empty(cleaned.get("available_from"), cleaned.get("available_until")):
+        raise window_error()
     return cleaned
+
+
+def window_empty(start: datetime | None, end: datetime | None) -> bool:
+    """Whether an availability window with these ends (None: open) holds no moment."""
+    return start is not None and end is not None and start >= end
+
+
+def window_error() -> ValidationFailed:
+    return ValidationFailed(
+        "available_until must be after available_from", details={"available_until": ["before available_from"]}
+    )
 
 
 def clean_user_fields(data: object) -> dict[str, Any]:

@@ -38,13 +38,9 @@ def chunked_bodies(app: WsgiApp) -> WsgiApp:
         except Exception:  # gunicorn's errors for broken chunk framing
             return _error(start_response, 400, "malformed_request", "the chunked body is not well framed")
         if len(body) > limit:
-            return _error(
-                start_response,
-                413,
-                "payload_too_large",
-                f"request bodies are limited to {limit} bytes",
-                max_bytes=limit,
-            )
+            from api.exceptions import payload_too_large
+
+            return _error(start_response, 413, *payload_too_large(limit))
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         return app(environ, start_response)
@@ -52,9 +48,14 @@ def chunked_bodies(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
-def _error(start_response: Callable[..., Any], status: int, code: str, message: str, **details: Any) -> list[bytes]:
+def _error(
+    start_response: Callable[..., Any], status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> list[bytes]:
+    """The API's JSON error answered before Django (``api.exceptions.error_body``)."""
+    from api.exceptions import error_body
+
     reason = {400: "Bad Request", 413: "Request Entity Too Large"}[status]
-    body = json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+    body = json.dumps(error_body(code, message, details)).encode()
     start_response(
         f"{status} {reason}",
         [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")],

@@ -16,7 +16,14 @@ from recsys.ingestion.writer import documents_write
 from recsys.models import Item, User
 from recsys.replicas import users_wrote
 from recsys.signals import items_stored
-from recsys.validation import clean_attributes, clean_external_id, clean_item_fields, clean_user_fields
+from recsys.validation import (
+    clean_attributes,
+    clean_external_id,
+    clean_item_fields,
+    clean_user_fields,
+    window_empty,
+    window_error,
+)
 
 # Items carry up to 100k characters of text each; 10k per chunk bounds memory, and the per-chunk
 # overhead is negligible next to the full-text and GIN index work per item.
@@ -66,7 +73,7 @@ def items_upsert(*, rows: Iterable[object]) -> BatchResult:
         merged.setdefault(external_id, {}).update(fields)  # a repeated id: later fields win
         last_index[external_id] = index
     for external_id in sorted(_empty_windows(merged)):
-        result.reject(last_index[external_id], _window_error(), id=external_id)
+        result.reject(last_index[external_id], window_error(), id=external_id)
         del merged[external_id]
     if merged:
         created, changed = _items_store(merged, copy=False)
@@ -81,7 +88,7 @@ def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
     external_id = clean_external_id(external_id)
     fields = clean_item_fields(data)
     if _empty_windows({external_id: fields}):
-        raise _window_error()
+        raise window_error()
     created, _ = _items_store({external_id: fields}, copy=False)
     return Item.objects.defer("search_vector").get(external_id=external_id), bool(created)
 
@@ -116,16 +123,9 @@ def _empty_windows(items: dict[str, dict[str, Any]]) -> set[str]:
     empty = set()
     for external_id, fields in touched.items():
         stored_from, stored_until = stored.get(external_id, (None, None))
-        start, end = fields.get("available_from", stored_from), fields.get("available_until", stored_until)
-        if start is not None and end is not None and start >= end:
+        if window_empty(fields.get("available_from", stored_from), fields.get("available_until", stored_until)):
             empty.add(external_id)
     return empty
-
-
-def _window_error() -> ValidationFailed:
-    return ValidationFailed(
-        "available_until must be after available_from", details={"available_until": ["before available_from"]}
-    )
 
 
 def _items_store(items: dict[str, dict[str, Any]], *, copy: bool) -> tuple[set[str], set[str]]:
