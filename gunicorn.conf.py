@@ -5,6 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+import gunicorn.util
+
+from recsys.web_sockets import close_answered
+
+# gunicorn's workers close each connection through gunicorn.util.close_graceful, which waits up to
+# 2 s for the client to close first: an idle client would hold a sync worker that long. Ours
+# lingers only while unread request bytes keep arriving (recsys/web_sockets.py).
+gunicorn.util.close_graceful = close_answered
+
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
