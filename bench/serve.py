@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
     parser.add_argument("--database", help="the scratch database's name (on a shared server, a name of your own)")
+    parser.add_argument("--retrain", action="store_true", help="with --reuse: train a new version on the kept data")
     args = parser.parse_args()
     generated = tuple(args.generated) if args.generated else None
     name = args.database or "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
@@ -207,7 +208,7 @@ def main() -> None:
         with celery_worker(url, "serve") as worker:
             key = api_key(url)
             with gunicorn(url, PORT) as master, PeakMemory(worker.pid) as memory:
-                version = (reused and active_model(Api(key, PORT))) or train(Api(key, PORT))
+                version = (reused and not args.retrain and active_model(Api(key, PORT))) or train(Api(key, PORT))
             vacuum_analyze(url)  # as autovacuum would after the load and the training (off on the shared server)
             database = postmaster(url)
             users, items = ids(url, "user"), ids(url, "item")
