@@ -1,4 +1,4 @@
-"""gunicorn settings: sync workers sized by WEB_CONCURRENCY (default 2 x cores + 1)."""
+"""gunicorn settings: sync workers (recsys.web_worker) sized by WEB_CONCURRENCY (default 2 x cores + 1)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import os
 
 import gunicorn.util
 
-from recsys.web_sockets import close_answered
+from recsys.web_worker import close_answered
 
+# gunicorn's sync worker with deadlines for reading a request (GUNICORN_HEAD_TIMEOUT, 5 s, for the
+# request line and headers; GUNICORN_READ_TIMEOUT, 10 s, for each read of the body): without them
+# a connection that sends nothing holds a worker until `timeout` kills it (recsys/web_worker.py).
+worker_class = "recsys.web_worker.SyncWorker"
 # gunicorn's workers close each connection through gunicorn.util.close_graceful, which waits up to
 # 2 s for the client to close first: an idle client would hold a sync worker that long. Ours
-# lingers only while unread request bytes keep arriving (recsys/web_sockets.py).
+# lingers only while unread request bytes keep arriving (recsys/web_worker.py).
 gunicorn.util.close_graceful = close_answered
 
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404, JsonResponse
+from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -79,6 +79,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(error_body(exc.code, exc.message, exc.details), status=code)
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", "request body is too large"), status=413)
+    if isinstance(exc, UnreadablePostError):  # the client stopped sending (recsys.web_worker's deadline) or left
+        if _timed_out(exc):
+            return Response(error_body("request_timeout", "the request body stopped arriving"), status=408)
+        return Response(error_body("malformed_request", "the request body could not be read"), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if isinstance(exc, (OperationalError, InterfaceError)):
@@ -89,6 +93,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     return _api_exception_response(exc, response)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a socket timeout is among the causes (Django wraps a read's OSError, and a read
+    through DRF's request is wrapped twice)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _api_exception_response(exc: exceptions.APIException, response: Response) -> Response:

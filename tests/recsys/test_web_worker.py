@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recsys.web_sockets import close_answered
+from recsys.web_worker import close_answered, request_head_wait
 
 pytestmark = pytest.mark.unit
 ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
@@ -77,3 +77,21 @@ def test_bytes_that_keep_coming_are_drained_until_the_client_pauses(pair):
     sender.join()
 
     assert read_all(client) == ANSWER
+
+
+def test_a_whole_request_head_is_seen_at_once_and_left_for_the_parser(pair):
+    server, client = pair
+    head = b"GET /api/v1/health HTTP/1.1\r\nHost: recsys\r\n\r\n"
+    client.sendall(head)
+
+    assert request_head_wait(server, 1.0)
+    assert server.recv(65536) == head  # only looked at (MSG_PEEK): still there for gunicorn
+
+
+def test_a_head_that_never_ends_is_given_up_at_the_deadline(pair):
+    server, client = pair
+    client.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
+
+    started = time.monotonic()
+    assert not request_head_wait(server, 0.3)
+    assert 0.25 < time.monotonic() - started < 1.0
