@@ -76,7 +76,8 @@ def database_error(exc: Exception) -> tuple[str, str]:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         code = next((s for cls, s in _DOMAIN_STATUS.items() if isinstance(exc, cls)), 400)
-        return Response(error_body(exc.code, exc.message, exc.details), status=code)
+        retry = {"Retry-After": "5"} if code == 503 else None  # as for the database's 503 below
+        return Response(error_body(exc.code, exc.message, exc.details), status=code, headers=retry)
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", "request body is too large"), status=413)
     if isinstance(exc, UnreadablePostError):  # the client stopped sending (recsys.web_worker's deadline) or left

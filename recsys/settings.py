@@ -610,6 +610,7 @@ AXES_FAILURE_LIMIT = env_int("RECSYS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("RECSYS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "recsys.admin_lockout.lockout_response"  # axes' answer with Retry-After
 AXES_CLIENT_IP_CALLABLE = "recsys.addresses.client_address"
 AXES_VERBOSE = False  # its start-up banner on every manage.py command; lockouts are still logged
 # Custom vector spaces (PUT /items/{id}/vectors/{space}): each is a table and an HNSW index, so

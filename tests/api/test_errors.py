@@ -95,6 +95,20 @@ def test_database_outage_is_503_with_retry_after(writer, monkeypatch):
     assert response["Retry-After"]
 
 
+def test_a_task_queue_outage_is_503_with_retry_after(admin_client_api, monkeypatch):
+    from recsys.errors import ServiceUnavailable
+
+    def down(**kwargs):
+        raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly")
+
+    monkeypatch.setattr("embeddings.operations.training_start", down)
+
+    response = admin_client_api.post("/api/v1/models/train", {"kind": "collaborative"}, format="json")
+
+    assert_error(response, 503, "service_unavailable")
+    assert response["Retry-After"] == "5"  # before: none, though the database's 503 had one
+
+
 @pytest.mark.parametrize("limit", ["0", "201", "ten", "-1"])
 def test_limit_out_of_range_is_400(writer, limit):
     writer.put("/api/v1/users/u1", {}, format="json")

@@ -32,6 +32,7 @@ def test_after_five_wrong_passwords_even_the_right_one_is_refused(operator):
     assert wrong == [200] * 4 + [429]  # the form again with its error, then locked at the fifth
     assert locked.status_code == 429 and "Location" not in locked
     assert "too many login attempts" in locked.content.decode()
+    assert locked["Retry-After"] == "900"  # the 15 minutes' cool-off (before: no Retry-After)
 
 
 def test_the_lockout_is_per_username_and_address(operator):
