@@ -97,11 +97,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 def _timed_out(exc: BaseException) -> bool:
-    """Whether a socket timeout is among the causes (Django wraps a read's OSError, and a read
-    through DRF's request is wrapped twice)."""
+    """Whether a read deadline is among the causes (Django wraps a read's OSError, and a read through
+    DRF's request is wrapped twice): a Python socket timeout, or EAGAIN from a blocking socket's
+    SO_RCVTIMEO (recsys.web_worker)."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, TimeoutError):
+        if isinstance(cause, (TimeoutError, BlockingIOError)):
             return True
         cause = cause.__cause__
     return False

@@ -1,12 +1,15 @@
 """gunicorn's sync worker as recsys runs it: a deadline for a client's request head and for each
-read of its body, and a close that does not wait on an idle client."""
+read of its body, and a close that waits on a client only while its request body is unread."""
 
 from __future__ import annotations
 
 import socket
+import struct
 import time
+from typing import Any
 
 from gunicorn import util
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers import sync
 
 from recsys.env import env_float
@@ -15,14 +18,38 @@ from recsys.env import env_float
 # its own: two connections that sent nothing (or half a request line) held both workers of a test
 # server for 60 s, until gunicorn's worker timeout killed them (tests/integration/test_web_close.py).
 # A client gets HEAD_TIMEOUT seconds to send its request line and headers (one packet for any real
-# client), then READ_TIMEOUT seconds for each read of its body. This bounds what one idle connection
-# costs; it does not make a sync worker safe from many: an Internet-facing deployment still belongs
-# behind a buffering proxy (README, "Running it elsewhere").
+# client), then READ_TIMEOUT seconds for each read of its body (not for the whole body, and never for
+# writing the answer). This bounds what one idle connection costs, not a trickling or many: an
+# Internet-facing deployment belongs behind a buffering proxy (README, "Running it elsewhere").
 HEAD_TIMEOUT_SECONDS = env_float("GUNICORN_HEAD_TIMEOUT", 5.0, minimum=0.1)
 READ_TIMEOUT_SECONDS = env_float("GUNICORN_READ_TIMEOUT", 10.0, minimum=0.1)
-HEAD_PEEK_BYTES = 65536  # a head longer than this without its end is left to gunicorn's own limits
+# A request head longer than this is refused (nginx's default limit is 32 KiB): its end could not be
+# seen without reading it, and gunicorn would read the rest without the deadline.
+HEAD_MAX_BYTES = 65536
 HEAD_POLL_SECONDS = 0.01  # how often a partly sent head is looked at again
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+# gunicorn (24+) closes every connection by half-closing it and then reading until the client
+# closes its side, for up to 2 s (util.close_graceful, RFC 9112 section 9.6). A sync worker serves
+# nothing else meanwhile, so a client that reads its answer and keeps the socket open held a worker
+# for 2 s. The lingering matters only when the request's body was not read whole (an answer given
+# before it: a 401, a 413): closing with unread bytes, or before bytes still in flight arrive (after
+# a 100 Continue, or over a slow link), sends RST, which can destroy the answer before the client has
+# read it. So ``close_answered`` lingers as gunicorn does only then, and otherwise drops what is
+# already waiting (pipelined bytes) and closes.
+LINGER_SECONDS = 2.0  # gunicorn's
+LINGER_MAX_BYTES = 65536  # gunicorn's
+DRAIN_QUIET_SECONDS = 0.05  # a request that could not be parsed: bytes that keep coming are drained
+
+
+class _Connection:
+    """What the worker knows of the connection it is serving (one at a time) when it closes it."""
+
+    body_unread = False
+
+
+_connection = _Connection()
 
 
 class SyncWorker(sync.SyncWorker):  # type: ignore[misc]  # gunicorn has no type hints
@@ -31,30 +58,109 @@ class SyncWorker(sync.SyncWorker):  # type: ignore[misc]  # gunicorn has no type
     def accept(self, listener: socket.socket) -> None:
         client, addr = listener.accept()
         util.close_on_exec(client)
-        if not request_head_wait(client, HEAD_TIMEOUT_SECONDS):
-            self.log.debug("no request head from %s within %s s: 408", addr, HEAD_TIMEOUT_SECONDS)
-            _answer_and_close(client, REQUEST_TIMEOUT)
-            return
-        client.settimeout(READ_TIMEOUT_SECONDS)  # gunicorn's own accept makes it blocking without one
+        _connection.body_unread = False
+        # TLS: the head is encrypted and read after the handshake; gunicorn's own reads apply.
+        if not self.cfg.is_ssl:
+            # Below gunicorn's timeout: nothing tells the arbiter this worker is alive meanwhile.
+            problem = request_head_problem(client, min(HEAD_TIMEOUT_SECONDS, self.timeout / 2))
+            if problem is not None:
+                self.log.info("%s from %s: no whole request head in time or size", problem[9:12].decode(), addr[0])
+                _answer_and_close(client, problem)
+                return
+        client.setblocking(True)
+        read_timeout_set(client, READ_TIMEOUT_SECONDS)
         self.handle(listener, client, addr)
 
+    def handle_request(self, listener: socket.socket, req: Any, client: socket.socket, addr: Any) -> None:
+        try:
+            super().handle_request(listener, req, client, addr)
+        finally:
+            _connection.body_unread = not body_read_whole(req)
 
-def request_head_wait(sock: socket.socket, timeout: float) -> bool:
-    """Whether the client sent its whole request head within ``timeout`` seconds (or closed, or sent
-    more than HEAD_PEEK_BYTES), looking without reading (``MSG_PEEK``) so that gunicorn's parser
-    reads it all."""
+
+def request_head_problem(sock: socket.socket, timeout: float) -> bytes | None:
+    """None when the client sent its whole request head within ``timeout`` seconds (or closed: gunicorn
+    then sees it), looking without reading (``MSG_PEEK``) so that gunicorn's parser reads it all;
+    else the answer to give instead: 408 (not in time), 431 (longer than HEAD_MAX_BYTES)."""
     deadline = time.monotonic() + timeout
     try:
         while True:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            data = sock.recv(HEAD_PEEK_BYTES, socket.MSG_PEEK)  # waits for the first bytes
-            if not data or b"\r\n\r\n" in data or len(data) >= HEAD_PEEK_BYTES:
-                return True
+            data = sock.recv(HEAD_MAX_BYTES, socket.MSG_PEEK)  # waits for the first bytes
+            if not data or b"\r\n\r\n" in data:
+                return None
+            if len(data) >= HEAD_MAX_BYTES:
+                return HEAD_TOO_LARGE
             if time.monotonic() >= deadline:
-                return False
+                return REQUEST_TIMEOUT
             time.sleep(HEAD_POLL_SECONDS)  # a peek returns at once while bytes wait: look again later
     except OSError:  # the deadline passed with nothing (a timeout is an OSError), or the client is gone
-        return False
+        return REQUEST_TIMEOUT
+
+
+def read_timeout_set(sock: socket.socket, seconds: float) -> None:
+    """A deadline for each read of a blocking socket and none for its writes (``SO_RCVTIMEO``; a
+    Python timeout would also cut an answer that a slow client takes long to read). A read past it
+    fails with EAGAIN (``BlockingIOError``)."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def body_read_whole(req: Any) -> bool:
+    """Whether the application read the request's body to its end (gunicorn's readers)."""
+    body = getattr(req, "body", None)
+    if body is None or body.failed:
+        return body is None
+    reader = body.reader
+    if isinstance(reader, LengthReader):
+        return bool(reader.length == 0)
+    if isinstance(reader, ChunkedReader):
+        return reader.parser is None
+    return False  # read to the end of the connection (no length): not known
+
+
+def close_answered(sock: socket.socket, timeout: float = LINGER_SECONDS, max_drain: int = LINGER_MAX_BYTES) -> None:
+    """Close a client connection after its answer: FIN first; when the request's body was not read
+    whole, read and drop what the client still sends, until it closes (up to ``timeout`` seconds and
+    ``max_drain`` bytes), so that closing does not reset the answer; otherwise drop what is already
+    waiting and close at once."""
+    try:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        _drain(sock, time.monotonic() + timeout, max_drain, until_closed=_connection.body_unread)
+    finally:
+        _connection.body_unread = False
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _drain(sock: socket.socket, deadline: float, max_drain: int, *, until_closed: bool) -> None:
+    """Read and drop the client's bytes: until it closes (``until_closed``), else those already
+    waiting and whatever follows within DRAIN_QUIET_SECONDS of the last (a request gunicorn could not
+    parse); within ``deadline`` and ``max_drain`` bytes either way."""
+    drained = 0
+    try:
+        if not until_closed:
+            sock.setblocking(False)  # a socket with a timeout would wait that long for readable bytes
+            data = sock.recv(4096)  # nothing waiting: EAGAIN
+            drained = len(data)
+            if not data:
+                return
+        while drained < max_drain:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining if until_closed else min(DRAIN_QUIET_SECONDS, remaining))
+            data = sock.recv(4096)
+            if not data:
+                return
+            drained += len(data)
+    except OSError:  # nothing waiting, quiet long enough (a timeout is an OSError), or gone
+        return
 
 
 def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
@@ -64,59 +170,3 @@ def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
     except OSError:
         pass
     close_answered(sock)
-
-
-# gunicorn (24+) closes every connection by half-closing it and then reading until the client
-# closes its side, for up to 2 s (util.close_graceful, RFC 9112 section 9.6). A sync worker serves
-# nothing else meanwhile, so a client that reads its answer and keeps the socket open holds a
-# worker for 2 s: five such connections, with no key and well under any rate limit, stopped all
-# five workers of `make serve` (tests/integration/test_web_close.py). The lingering only matters
-# when request bytes are still unread (an answer given before the body was read: a 413, a refused
-# chunked body): closing a socket with unread data sends RST, which can destroy the answer before
-# the client has read it. So the drain below runs only when such bytes are already waiting, and
-# then only while they keep arriving.
-DRAIN_QUIET_SECONDS = 0.05
-DRAIN_TIMEOUT_SECONDS = 1.0
-DRAIN_MAX_BYTES = 65536  # gunicorn's own cap
-
-
-def close_answered(
-    sock: socket.socket,
-    timeout: float = DRAIN_TIMEOUT_SECONDS,
-    max_drain: int = DRAIN_MAX_BYTES,
-) -> None:
-    """Close a client connection after its answer: FIN first; read and drop request bytes that are
-    still unread (while they keep coming, up to ``max_drain`` bytes or ``timeout`` seconds) so that
-    closing does not reset the answer; never wait for a client that has nothing more to send."""
-    try:
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        _drain_unread(sock, time.monotonic() + timeout, max_drain)
-    finally:
-        try:
-            sock.close()
-        except OSError:
-            pass
-
-
-def _drain_unread(sock: socket.socket, deadline: float, max_drain: int) -> None:
-    """Read what the client already sent beyond its request, then whatever follows within
-    ``DRAIN_QUIET_SECONDS`` of the last bytes; return at once when nothing is waiting."""
-    try:
-        sock.setblocking(False)  # a socket with a timeout would wait that long for readable bytes
-        data = sock.recv(4096)
-    except OSError:  # nothing waiting (EAGAIN), or the connection is gone
-        return
-    drained = len(data)
-    while data and drained < max_drain:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            sock.settimeout(min(DRAIN_QUIET_SECONDS, remaining))
-            data = sock.recv(4096)
-        except OSError:  # quiet for DRAIN_QUIET_SECONDS (a timeout is an OSError), or gone
-            return
-        drained += len(data)

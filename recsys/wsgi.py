@@ -35,6 +35,8 @@ def chunked_bodies(app: WsgiApp) -> WsgiApp:
         limit = settings.RECSYS_MAX_BODY_BYTES
         try:
             body = environ["wsgi.input"].read(limit + 1)
+        except (TimeoutError, BlockingIOError):  # a read deadline (recsys.web_worker): the body stopped coming
+            return _error(start_response, 408, "request_timeout", "the request body stopped arriving")
         except Exception:  # gunicorn's errors for broken chunk framing
             return _error(start_response, 400, "malformed_request", "the chunked body is not well framed")
         if len(body) > limit:
@@ -54,7 +56,7 @@ def _error(
     """The API's JSON error answered before Django (``api.exceptions.error_body``)."""
     from api.exceptions import error_body
 
-    reason = {400: "Bad Request", 413: "Request Entity Too Large"}[status]
+    reason = {400: "Bad Request", 408: "Request Timeout", 413: "Request Entity Too Large"}[status]
     body = json.dumps(error_body(code, message, details)).encode()
     start_response(
         f"{status} {reason}",

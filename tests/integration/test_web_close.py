@@ -92,3 +92,45 @@ def test_a_body_that_stops_coming_frees_the_worker_after_the_read_deadline(one_w
     answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer  # before: 500
     sock.close()
+
+
+def test_a_chunked_body_that_stops_coming_is_408(one_worker):
+    _, key = api_key_create(name="slow chunks", scopes=["read", "write"])
+    sock = socket.create_connection(("127.0.0.1", one_worker), timeout=30)
+    sock.sendall(
+        b"PUT /api/v1/items/slow HTTP/1.1\r\nHost: recsys\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\n".encode()
+        + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"tit\r\n'  # one chunk, then nothing
+    )
+
+    answer = sock.recv(65536)  # before: 400 "not well framed" (the timeout taken for broken framing)
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+    sock.close()
+    assert health_seconds(one_worker) < 1.0
+
+
+def test_an_answer_given_before_the_body_was_read_reaches_a_client_still_sending_it(one_worker):
+    # Given a request refused before its body is read (a key that does not exist: 401), whose body
+    # the client sends only after the answer was written (as after a 100 Continue)
+    sock = socket.create_connection(("127.0.0.1", one_worker), timeout=30)
+    sock.sendall(
+        b"PUT /api/v1/items/late HTTP/1.1\r\nHost: recsys\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer rsk_nosuchkey\r\nContent-Length: 20000\r\n\r\n"
+    )
+    time.sleep(0.3)
+
+    # When it sends the body, then reads
+    for _ in range(20):
+        sock.sendall(b" " * 1000)  # before: BrokenPipeError (the worker had closed: RST)
+        time.sleep(0.001)
+
+    # Then it gets the 401
+    assert read_answer(sock).startswith(b"HTTP/1.1 401")
+    sock.close()
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,5 +1,5 @@
-"""Closing a client connection after its answer: no waiting on an idle client, no reset answer
-when the client is still sending."""
+"""The web worker's connection handling: a deadline for the request head, and a close that waits on
+a client only while its request body is unread, so that an early answer is not reset."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from recsys.web_worker import close_answered, request_head_wait
+from recsys import web_worker
+from recsys.web_worker import HEAD_MAX_BYTES, close_answered, request_head_problem
 
 pytestmark = pytest.mark.unit
-ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+ANSWER = b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def read_all(sock: socket.socket) -> bytes:
 
 def test_a_client_that_keeps_its_socket_open_does_not_hold_the_worker(pair):
     server, client = pair
-    server.sendall(ANSWER)
+    server.sendall(ANSWER)  # the request was read whole
 
     started = time.monotonic()
     close_answered(server)
@@ -46,10 +47,10 @@ def test_a_client_that_keeps_its_socket_open_does_not_hold_the_worker(pair):
     assert read_all(client) == ANSWER  # the answer, then the server's FIN
 
 
-def test_an_answer_given_before_the_body_was_read_is_not_reset_by_the_close(pair):
+def test_bytes_already_waiting_are_dropped_so_the_close_does_not_reset_the_answer(pair):
     server, client = pair
-    client.sendall(b"PUT /api/v1/items/x HTTP/1.1\r\nContent-Length: 40000\r\n\r\n" + b"x" * 40_000)
-    time.sleep(0.1)  # the body is in the server's buffer, unread: the server answered early
+    client.sendall(b"x" * 40_000)  # say, what follows a request gunicorn could not parse
+    time.sleep(0.1)
     server.sendall(ANSWER)
 
     close_answered(server)
@@ -57,26 +58,36 @@ def test_an_answer_given_before_the_body_was_read_is_not_reset_by_the_close(pair
     assert read_all(client) == ANSWER  # a plain close() resets the connection: ConnectionResetError
 
 
-def test_bytes_that_keep_coming_are_drained_until_the_client_pauses(pair):
+def test_an_answer_given_before_the_body_came_waits_for_the_body(pair, monkeypatch):
+    # Given an answer written before the request's body was read (a 401 after a 100 Continue, say),
+    # and a body that arrives 200 ms later
     server, client = pair
-    client.sendall(b"x" * 1000)
-    time.sleep(0.05)
+    monkeypatch.setattr(web_worker._connection, "body_unread", True)
     server.sendall(ANSWER)
 
-    def trickle() -> None:
-        for _ in range(5):
-            time.sleep(0.01)
-            try:
-                client.sendall(b"y" * 1000)
-            except OSError:
-                return
+    sent: list[str] = []
 
-    sender = threading.Thread(target=trickle)
+    def late_body() -> None:
+        time.sleep(0.2)
+        try:
+            for _ in range(20):
+                client.sendall(b"y" * 1000)
+                time.sleep(0.001)
+            client.shutdown(socket.SHUT_WR)
+            sent.append("whole")
+        except OSError as error:
+            sent.append(repr(error))
+
+    sender = threading.Thread(target=late_body)
     sender.start()
     close_answered(server)
     sender.join()
 
+    # Then the close waited for it: the client sent its body whole and reads its answer (a close that
+    # did not wait: BrokenPipeError while sending, where an HTTP client gives up before reading)
+    assert sent == ["whole"]
     assert read_all(client) == ANSWER
+    assert web_worker._connection.body_unread is False  # the next connection starts afresh
 
 
 def test_a_whole_request_head_is_seen_at_once_and_left_for_the_parser(pair):
@@ -84,14 +95,24 @@ def test_a_whole_request_head_is_seen_at_once_and_left_for_the_parser(pair):
     head = b"GET /api/v1/health HTTP/1.1\r\nHost: recsys\r\n\r\n"
     client.sendall(head)
 
-    assert request_head_wait(server, 1.0)
+    assert request_head_problem(server, 1.0) is None
     assert server.recv(65536) == head  # only looked at (MSG_PEEK): still there for gunicorn
 
 
-def test_a_head_that_never_ends_is_given_up_at_the_deadline(pair):
+def test_a_head_that_never_ends_is_408_at_the_deadline(pair):
     server, client = pair
     client.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
 
     started = time.monotonic()
-    assert not request_head_wait(server, 0.3)
+    assert request_head_problem(server, 0.3).startswith(b"HTTP/1.1 408")
     assert 0.25 < time.monotonic() - started < 1.0
+
+
+def test_a_head_longer_than_the_limit_is_431_at_once(pair):
+    server, client = pair
+    threading.Thread(target=client.sendall, args=(b"GET / HTTP/1.1\r\nX: " + b"a" * HEAD_MAX_BYTES,)).start()
+    time.sleep(0.2)
+
+    started = time.monotonic()
+    assert request_head_problem(server, 5.0).startswith(b"HTTP/1.1 431")
+    assert time.monotonic() - started < 1.0
