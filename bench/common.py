@@ -140,7 +140,12 @@ def gunicorn(
 
 @contextmanager
 def celery_worker(database_url: str, name: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker (one process) on every queue, against the scratch database."""
+    """A real Celery worker (one process) on every queue, against the scratch database. The queues are
+    emptied first: every benchmark shares the services' Redis, and tasks another benchmark left (a
+    content build's next encode slice, for its own scratch database) would run here meanwhile."""
+    queues = "training,realtime,maintenance,default"
+    purge = [sys.executable, "-m", "celery", "-A", "recsys", "purge", "-f", "-Q", queues]
+    subprocess.run(purge, env=bench_env(database_url), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     worker = subprocess.Popen(
         celery_worker_command(name, level="warning", concurrency=1),
         env=bench_env(database_url, **(env or {})),
