@@ -144,6 +144,17 @@ USER_PARAMETER = OpenApiParameter(
 RULE_PARAMETERS = [FILTER_PARAMETER, BOOST_PARAMETER, SCENARIO_PARAMETER]
 
 
+def query_body_fields_refuse(request: Request, fields: Any) -> None:
+    """A body field sent as a query parameter (``POST /recommendations?filter=...``) is refused, not
+    silently ignored: the request would be answered without the rule its sender meant."""
+    misplaced = sorted(set(request.query_params) & set(fields))
+    if misplaced:
+        raise ValidationFailed(
+            f"{', '.join(misplaced)}: a field of the JSON body, not a query parameter",
+            details={name: ["send it in the JSON body"] for name in misplaced},
+        )
+
+
 def query_rules(request: Request, *, with_user: bool = False) -> RuleSet:
     """The request's own ``filter=``, ``boost=`` (repeated) and, where asked, ``user=`` (hidden items)."""
     user = request.query_params.get("user") if with_user else None

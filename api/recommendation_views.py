@@ -21,6 +21,7 @@ from api.params import (
     USER_PARAMETER,
     boolean_parameter,
     number_parameter,
+    query_body_fields_refuse,
     query_bool,
     query_category,
     query_float,
@@ -236,6 +237,7 @@ class SessionRecommendationsView(ApiView):
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def post(self, request: Request) -> Response:
+        query_body_fields_refuse(request, SessionRequestSerializer().fields)
         body = SessionRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data

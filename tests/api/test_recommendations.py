@@ -164,6 +164,18 @@ def test_session_recommendations_follow_positives_and_exclude_given_items(reader
     assert sum(community(i) == 1 for i in ids) >= 4
 
 
+def test_a_body_field_sent_in_the_query_string_is_refused_not_ignored(reader, trained):
+    # Given a session request whose filter was put in the URL instead of the body
+    response = reader.post(
+        "/api/v1/recommendations?filter=category%3D%27x%27&limit=3", {"items": ["i20"]}, format="json"
+    )
+
+    # Then it is refused, naming the fields (before: 200, unfiltered and 10 items)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and set(error["details"]) == {"filter", "limit"}
+
+
 def test_a_negative_item_pushes_down_what_resembles_it(reader, trained):
     closest = reader.get("/api/v1/items/i3/similar?limit=1").json()["items"][0]["id"]
 
