@@ -3,6 +3,7 @@ read of its body, and a close that waits on a client only while its request body
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -18,11 +19,16 @@ from recsys.env import env_float
 # its own: two connections that sent nothing (or half a request line) held both workers of a test
 # server for 60 s, until gunicorn's worker timeout killed them (tests/integration/test_web_close.py).
 # A client gets HEAD_TIMEOUT seconds to send its request line and headers (one packet for any real
-# client), then READ_TIMEOUT seconds for each read of its body (not for the whole body, and never for
-# writing the answer). This bounds what one idle connection costs, not a trickling or many: an
-# Internet-facing deployment belongs behind a buffering proxy (README, "Running it elsewhere").
+# client), then READ_TIMEOUT seconds for each read of its body (never for writing the answer), and a
+# minimum average rate after that (BODY_MIN_RATE). This bounds what one slow connection costs, not
+# many: an Internet-facing deployment belongs behind a buffering proxy (README, "Running it elsewhere").
 HEAD_TIMEOUT_SECONDS = env_float("GUNICORN_HEAD_TIMEOUT", 5.0, minimum=0.1)
 READ_TIMEOUT_SECONDS = env_float("GUNICORN_READ_TIMEOUT", 10.0, minimum=0.1)
+# Past READ_TIMEOUT seconds from the connection's start, a request must have arrived at this many
+# bytes a second on average (Apache's mod_reqtimeout MinRate, 500 by default there): a per-read
+# deadline alone lets a body trickle in a byte every few seconds, and chunked bodies are read before
+# the key is checked (recsys.wsgi). So such a trickle costs a worker about 2 × READ_TIMEOUT at most.
+BODY_MIN_RATE = env_float("GUNICORN_BODY_MIN_RATE", 500.0, minimum=1.0)
 # A request head longer than this is refused (nginx's default limit is 32 KiB): its end could not be
 # seen without reading it, and gunicorn would read the rest without the deadline.
 HEAD_MAX_BYTES = 65536
@@ -69,13 +75,34 @@ class SyncWorker(sync.SyncWorker):  # type: ignore[misc]  # gunicorn has no type
                 return
         client.setblocking(True)
         read_timeout_set(client, READ_TIMEOUT_SECONDS)
-        self.handle(listener, client, addr)
+        self.handle(listener, client if self.cfg.is_ssl else PacedSocket(client), addr)
 
     def handle_request(self, listener: socket.socket, req: Any, client: socket.socket, addr: Any) -> None:
         try:
             super().handle_request(listener, req, client, addr)
         finally:
             _connection.body_unread = not body_read_whole(req)
+
+
+class PacedSocket:
+    """A client socket whose reads fail (EAGAIN, as a read past its deadline does) once the request
+    has taken longer than READ_TIMEOUT_SECONDS plus a second for each BODY_MIN_RATE bytes received;
+    everything else is the socket's own."""
+
+    def __init__(self, sock: socket.socket, grace: float | None = None, min_rate: float | None = None) -> None:
+        self._sock, self._started, self._received = sock, time.monotonic(), 0
+        self._grace = READ_TIMEOUT_SECONDS if grace is None else grace
+        self._min_rate = BODY_MIN_RATE if min_rate is None else min_rate
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        data = self._sock.recv(size, flags)
+        self._received += len(data)
+        if data and time.monotonic() - self._started > self._grace + self._received / self._min_rate:
+            raise BlockingIOError(errno.EAGAIN, "the request arrives too slowly")
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def request_head_problem(sock: socket.socket, timeout: float) -> bytes | None:

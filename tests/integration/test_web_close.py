@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ def one_worker(live_env, tmp_path):
         "RECSYS_SEARCH_PRELOAD": "false",
         "GUNICORN_HEAD_TIMEOUT": "1",
         "GUNICORN_READ_TIMEOUT": "1",
+        "GUNICORN_BODY_MIN_RATE": "100",
     }
     with gunicorn_web(env, tmp_path / "web.log"):
         yield int(env["PORT"])
@@ -134,3 +136,32 @@ def read_answer(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_a_body_trickled_slower_than_the_minimum_rate_is_408_after_the_grace(one_worker):
+    # Given a chunked body (read before the key is checked) sent a byte every 0.5 s: each read comes
+    # within the 1 s read deadline, but far below 100 bytes a second
+    sock = socket.create_connection(("127.0.0.1", one_worker), timeout=30)
+    sock.sendall(b"PUT /api/v1/items/trickle HTTP/1.1\r\nHost: recsys\r\nTransfer-Encoding: chunked\r\n\r\n")
+    started, stop = time.monotonic(), threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.5):
+            try:
+                sock.sendall(b"1\r\nx\r\n")
+            except OSError:  # the worker answered and closed
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        first = sock.recv(65536)
+        answered = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+
+    # Then it is refused after the grace (1 s) and about one more read, not when the client stops
+    # (before: it held the worker as long as it kept trickling)
+    assert first.startswith(b"HTTP/1.1 408") and answered < 4.0, (first[:40], answered)
+    sock.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from recsys import web_worker
-from recsys.web_worker import HEAD_MAX_BYTES, close_answered, request_head_problem
+from recsys.web_worker import HEAD_MAX_BYTES, PacedSocket, close_answered, request_head_problem
 
 pytestmark = pytest.mark.unit
 ANSWER = b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
@@ -116,3 +116,30 @@ def test_a_head_longer_than_the_limit_is_431_at_once(pair):
     started = time.monotonic()
     assert request_head_problem(server, 5.0).startswith(b"HTTP/1.1 431")
     assert time.monotonic() - started < 1.0
+
+
+def test_a_request_slower_than_the_minimum_rate_fails_its_next_read_after_the_grace(pair):
+    # Given a grace of 0.3 s and a minimum of 100 bytes a second
+    server, client = pair
+    paced = PacedSocket(server, grace=0.3, min_rate=100.0)
+
+    # When 10 bytes come at once, then 10 more after 0.5 s (0.4 s allowed for 20 bytes)
+    client.sendall(b"x" * 10)
+    assert paced.recv(100) == b"x" * 10
+    time.sleep(0.5)
+    client.sendall(b"y" * 10)
+
+    # Then that read fails as a read past its deadline does
+    with pytest.raises(BlockingIOError):
+        paced.recv(100)
+
+
+def test_a_request_at_the_minimum_rate_reads_on_and_the_socket_is_otherwise_its_own(pair):
+    server, client = pair
+    paced = PacedSocket(server, grace=0.3, min_rate=100.0)
+
+    client.sendall(b"x" * 100)  # 100 bytes: 1.3 s allowed in all
+    time.sleep(0.5)
+
+    assert paced.recv(1000) == b"x" * 100
+    assert paced.fileno() == server.fileno()
