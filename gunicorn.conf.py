@@ -7,7 +7,7 @@ import os
 
 import gunicorn.util
 
-from recsys.web_worker import close_answered
+from recsys.web_worker import close_answered, write_json_error
 
 # gunicorn's sync worker with deadlines for reading a request (GUNICORN_HEAD_TIMEOUT, 5 s, for the
 # request line and headers; GUNICORN_READ_TIMEOUT, 10 s, for each read of the body): without them
@@ -17,6 +17,9 @@ worker_class = "recsys.web_worker.SyncWorker"
 # 2 s for the client to close first: an idle client would hold a sync worker that long. Ours
 # lingers only while unread request bytes keep arriving (recsys/web_worker.py).
 gunicorn.util.close_graceful = close_answered
+# gunicorn's own refusals (a URL over limit_request_line: 414, headers it cannot parse: 400) were an
+# HTML page; the API's clients get its JSON error body.
+gunicorn.util.write_error = write_json_error
 
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")

@@ -112,7 +112,9 @@ def _item(item: Recommendation) -> dict[str, Any]:
 
 # gunicorn refuses a request line over 8,190 bytes before the application sees it: long filter=
 # or boost= expressions of non-ASCII text can get there once percent-encoded (up to 12 bytes a character).
-URL_TOO_LONG = {414: OpenApiResponse(description="The URL is over 8,190 bytes (the web server's limit)")}
+URL_TOO_LONG = {
+    414: OpenApiResponse(ErrorSerializer, description="The URL is over 8,190 bytes (the web server's limit)")
+}
 
 COMMON = [LIMIT_PARAMETER, CATEGORY_PARAMETER]
 

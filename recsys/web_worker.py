@@ -4,6 +4,7 @@ read of its body, and a close that waits on a client only while its request body
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import struct
 import time
@@ -197,3 +198,28 @@ def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
     except OSError:
         pass
     close_answered(sock)
+
+
+# gunicorn's own refusals (a request it cannot parse, a URL over limit_request_line, headers over its
+# limits), answered before the application in gunicorn's HTML page: the API answers JSON everywhere.
+PROTOCOL_ERROR_CODES = {
+    400: "malformed_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error`` with the API's JSON error body instead of an HTML page."""
+    from api.exceptions import error_body  # the application is loaded by the time gunicorn refuses
+
+    body = json.dumps(error_body(PROTOCOL_ERROR_CODES.get(status_int, "malformed_request"), mesg)).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -29,7 +29,7 @@ FRAMEWORKS = {"django", "rest_framework", "celery", "kombu", "redis", "psycopg",
 PROJECT = {"recsys", "embeddings", "api", "experiments"}
 # recsys/ operations sit on top, like api/ (docs/architecture.md): the supervisor, admin, demo...
 OPERATIONS = {"run.py", "dashboard.py", "demo.py", "dataset_export.py", "dataset_import.py", "urls.py", "celery.py"}
-OPERATIONS |= {"tasks.py", "wsgi.py", "apps.py", "signals.py"}
+OPERATIONS |= {"tasks.py", "wsgi.py", "web_worker.py", "apps.py", "signals.py"}
 
 
 def imports(path: Path, *, module_level_only: bool) -> set[str]:

@@ -69,3 +69,25 @@ def test_a_transfer_coding_other_than_chunked_or_a_broken_chunk_is_a_json_400(we
     assert answer.status == 400 and json.loads(answer.read())["error"]["code"] == "malformed_request"
     connection.close()
     assert send(web, key, "GET", "/api/v1/items/zipped")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /api/v1/items/" + b"x" * 9000 + b" HTTP/1.1\r\nHost: recsys\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /api/v1/health HTTP/1.1\r\nHost: recsys\r\nBad Header: x\r\n\r\n", 400, "malformed_request"),
+    ],
+)
+def test_what_gunicorn_itself_refuses_is_answered_in_the_apis_json(web, request_bytes, status, code):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", web), timeout=15) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+
+    # Before: gunicorn's HTML page (Content-Type: text/html)
+    assert head.startswith(f"HTTP/1.1 {status}".encode()) and b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == code
