@@ -71,7 +71,8 @@ class SyncWorker(sync.SyncWorker):  # type: ignore[misc]  # gunicorn has no type
             # Below gunicorn's timeout: nothing tells the arbiter this worker is alive meanwhile.
             problem = request_head_problem(client, min(HEAD_TIMEOUT_SECONDS, self.timeout / 2))
             if problem is not None:
-                self.log.info("%s from %s: no whole request head in time or size", problem[9:12].decode(), addr[0])
+                peer = addr[0] if isinstance(addr, tuple) else addr  # a unix socket's peer is ""
+                self.log.info("%s from %r: no whole request head in time or size", problem[9:12].decode(), peer)
                 _answer_and_close(client, problem)
                 return
         client.setblocking(True)

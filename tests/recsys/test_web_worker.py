@@ -143,3 +143,29 @@ def test_a_request_at_the_minimum_rate_reads_on_and_the_socket_is_otherwise_its_
 
     assert paced.recv(1000) == b"x" * 100
     assert paced.fileno() == server.fileno()
+
+
+def test_a_unix_socket_client_without_a_request_head_is_408_and_logged(tmp_path, monkeypatch):
+    # Given the worker on a unix socket (gunicorn -b unix:...), whose peers have no address ("")
+    from types import SimpleNamespace
+
+    from recsys.web_worker import SyncWorker
+
+    monkeypatch.setattr(web_worker, "HEAD_TIMEOUT_SECONDS", 0.2)
+    logged: list[tuple] = []
+    worker = SimpleNamespace(
+        cfg=SimpleNamespace(is_ssl=False), timeout=60, log=SimpleNamespace(info=lambda *a: logged.append(a))
+    )
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "web.sock"))
+        listener.listen()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(tmp_path / "web.sock"))
+
+        # When a client connects and sends nothing
+        SyncWorker.accept(worker, listener)
+
+        # Then it got 408 (before: an IndexError from the log line ended the worker)
+        assert read_all(client).startswith(b"HTTP/1.1 408")
+        assert logged and logged[0][1:] == ("408", "")
+        client.close()
