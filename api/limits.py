@@ -134,9 +134,8 @@ class ExpensiveRequestMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         place = _penalty_place(request)
         if place is not None:
-            wait = penalty_box.wait(place)
-            if wait > 0:
-                return _boxed(wait)
+            if penalty_box.wait(place) > 0:
+                return _boxed(penalty_box.retry_after(place))
         try:
             response = self.get_response(request)
         finally:
@@ -325,7 +324,9 @@ def local_budgets_clear() -> None:
 # ---- the penalty box ----------------------------------------------------------------------------
 
 API_PREFIX = "/api/"
-PENALTY_MAX_SECONDS = 60.0  # a longer Retry-After (an hourly rate) is held this long, then asked again
+# A longer Retry-After (an hourly rate) is held this long, then asked again (a raised rate takes effect
+# within it); the boxed answers meanwhile say the refusal's own Retry-After, counted down.
+PENALTY_MAX_SECONDS = 60.0
 Place = tuple[int, str]  # (hash of the Authorization header and client address, path)
 
 
@@ -365,7 +366,7 @@ class PenaltyBox:
     MAX_PLACES = 10_000
 
     def __init__(self) -> None:
-        self._until: dict[Place, float] = {}
+        self._until: dict[Place, tuple[float, float]] = {}  # place → (held until, its Retry-After until)
         self._malformed: dict[Place, tuple[int, int]] = {}  # place → (window, 400s in it)
         self._lock = threading.Lock()
 
@@ -374,16 +375,22 @@ class PenaltyBox:
         until = self._until.get(place)
         if until is None:
             return 0.0
-        left = until - time.monotonic()
+        left = until[0] - time.monotonic()
         if left <= 0:
             self._until.pop(place, None)
         return max(left, 0.0)
 
+    def retry_after(self, place: Place) -> float:
+        """Seconds until the refusal that boxed ``place`` said to retry (past the hold, for a long one)."""
+        until = self._until.get(place)
+        return max((until[1] - time.monotonic()) if until else 0.0, self.wait(place))
+
     def hold(self, place: Place, seconds: float) -> None:
+        now = time.monotonic()
         with self._lock:
             if len(self._until) >= self.MAX_PLACES:
                 self._until.clear()
-            self._until[place] = time.monotonic() + min(seconds, PENALTY_MAX_SECONDS)
+            self._until[place] = (now + min(seconds, PENALTY_MAX_SECONDS), now + seconds)
 
     def record(self, place: Place, response: HttpResponse) -> None:
         """A 429 holds the place for its Retry-After; a 400 counts toward the malformed-request rate."""
