@@ -15,6 +15,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from recsys.db import lock_not_available, query_canceled
 from recsys.errors import (
+    READ_DEADLINE_ERRORS,
     Conflict,
     DomainError,
     ModelNotReady,
@@ -98,11 +99,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 def _timed_out(exc: BaseException) -> bool:
     """Whether a read deadline is among the causes (Django wraps a read's OSError, and a read through
-    DRF's request is wrapped twice): a Python socket timeout, or EAGAIN from a blocking socket's
-    SO_RCVTIMEO (recsys.web_worker)."""
+    DRF's request is wrapped twice)."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, (TimeoutError, BlockingIOError)):
+        if isinstance(cause, READ_DEADLINE_ERRORS):
             return True
         cause = cause.__cause__
     return False

@@ -134,8 +134,9 @@ class ExpensiveRequestMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         place = _penalty_place(request)
         if place is not None:
-            if penalty_box.wait(place) > 0:
-                return _boxed(penalty_box.retry_after(place))
+            retry = penalty_box.retry_after(place)
+            if retry > 0:
+                return _boxed(retry)
         try:
             response = self.get_response(request)
         finally:
@@ -370,20 +371,17 @@ class PenaltyBox:
         self._malformed: dict[Place, tuple[int, int]] = {}  # place → (window, 400s in it)
         self._lock = threading.Lock()
 
-    def wait(self, place: Place) -> float:
-        """Seconds ``place`` stays refused (0: not refused)."""
+    def retry_after(self, place: Place) -> float:
+        """While ``place`` is held, the seconds until the refusal that boxed it said to retry (past
+        the hold, for a long one); 0 when it is not held."""
         until = self._until.get(place)
         if until is None:
             return 0.0
-        left = until[0] - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if until[0] <= now:
             self._until.pop(place, None)
-        return max(left, 0.0)
-
-    def retry_after(self, place: Place) -> float:
-        """Seconds until the refusal that boxed ``place`` said to retry (past the hold, for a long one)."""
-        until = self._until.get(place)
-        return max((until[1] - time.monotonic()) if until else 0.0, self.wait(place))
+            return 0.0
+        return until[1] - now
 
     def hold(self, place: Place, seconds: float) -> None:
         now = time.monotonic()

@@ -239,8 +239,8 @@ class SessionRecommendationsView(ApiView):
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def post(self, request: Request) -> Response:
-        query_body_fields_refuse(request, SessionRequestSerializer().fields)
         body = SessionRequestSerializer(data=request.data)
+        query_body_fields_refuse(request, body.fields)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         rules = request_rules_parse(

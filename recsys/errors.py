@@ -50,3 +50,8 @@ class ModelNotReady(DomainError):
 
 class ServiceUnavailable(DomainError):
     code = "service_unavailable"
+
+
+# What a read of a request body raises once its deadline has passed (recsys.web_worker): a Python
+# socket timeout, or EAGAIN from a blocking socket's SO_RCVTIMEO and from the minimum-rate check.
+READ_DEADLINE_ERRORS: tuple[type[OSError], ...] = (TimeoutError, BlockingIOError)

@@ -6,9 +6,12 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from django.core.wsgi import get_wsgi_application
+
+from recsys.errors import READ_DEADLINE_ERRORS
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recsys.settings")
 
@@ -35,7 +38,7 @@ def chunked_bodies(app: WsgiApp) -> WsgiApp:
         limit = settings.RECSYS_MAX_BODY_BYTES
         try:
             body = environ["wsgi.input"].read(limit + 1)
-        except (TimeoutError, BlockingIOError):  # a read deadline (recsys.web_worker): the body stopped coming
+        except READ_DEADLINE_ERRORS:  # the body stopped coming
             return _error(start_response, 408, "request_timeout", "the request body stopped arriving")
         except Exception:  # gunicorn's errors for broken chunk framing
             return _error(start_response, 400, "malformed_request", "the chunked body is not well framed")
@@ -56,10 +59,9 @@ def _error(
     """The API's JSON error answered before Django (``api.exceptions.error_body``)."""
     from api.exceptions import error_body
 
-    reason = {400: "Bad Request", 408: "Request Timeout", 413: "Request Entity Too Large"}[status]
     body = json.dumps(error_body(code, message, details)).encode()
     start_response(
-        f"{status} {reason}",
+        f"{status} {HTTPStatus(status).phrase}",
         [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")],
     )
     return [body]

@@ -79,15 +79,20 @@ def test_a_head_sent_in_pieces_is_served(one_worker):
     sock.close()
 
 
-def test_a_body_that_stops_coming_frees_the_worker_after_the_read_deadline(one_worker):
+def put_begun(port: int, rest: bytes) -> socket.socket:
+    """A connection that sent a key's item PUT up to its body's framing headers, then ``rest``."""
     _, key = api_key_create(name="slow body", scopes=["read", "write"])
-    sock = socket.create_connection(("127.0.0.1", one_worker), timeout=30)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.sendall(
         b"PUT /api/v1/items/slow HTTP/1.1\r\nHost: recsys\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {key}\r\n".encode()
-        + b"Content-Length: 100\r\n\r\n"
-        + b'{"title": "slo'  # 14 of the 100 bytes announced
+        + rest
     )
+    return sock
+
+
+def test_a_body_that_stops_coming_frees_the_worker_after_the_read_deadline(one_worker):
+    sock = put_begun(one_worker, b'Content-Length: 100\r\n\r\n{"title": "slo')  # 14 of the 100 bytes
     time.sleep(0.2)
 
     assert health_seconds(one_worker) < 5.0  # before: the worker waited for the body until killed
@@ -97,13 +102,7 @@ def test_a_body_that_stops_coming_frees_the_worker_after_the_read_deadline(one_w
 
 
 def test_a_chunked_body_that_stops_coming_is_408(one_worker):
-    _, key = api_key_create(name="slow chunks", scopes=["read", "write"])
-    sock = socket.create_connection(("127.0.0.1", one_worker), timeout=30)
-    sock.sendall(
-        b"PUT /api/v1/items/slow HTTP/1.1\r\nHost: recsys\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {key}\r\n".encode()
-        + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"tit\r\n'  # one chunk, then nothing
-    )
+    sock = put_begun(one_worker, b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"tit\r\n')  # one chunk, then nothing
 
     answer = sock.recv(65536)  # before: 400 "not well framed" (the timeout taken for broken framing)
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
