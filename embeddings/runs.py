@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from embeddings.answer_cache import answers_invalidate_all
@@ -96,7 +97,7 @@ def run_execute(*, version_id: int, work: Callable[[ModelVersion], None]) -> Mod
             work(version)
     except Exception as error:
         logger.exception("%s version %s failed", version.kind, version.pk)
-        _fail(version, error)
+        _fail_once_reachable(version, error)
         raise
     ModelVersion.objects.filter(pk=version.pk).update(progress={**version.progress, "stage": "done"})
     return version
@@ -144,9 +145,15 @@ def _heartbeat(version_id: int) -> Iterator[None]:
     def beat() -> None:
         try:
             while not stop.wait(interval):
-                ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
-                    lease_expires_at=_heartbeat_lease()
-                )
+                try:
+                    ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
+                        lease_expires_at=_heartbeat_lease()
+                    )
+                except DatabaseError:
+                    # PostgreSQL away for a moment (restarted, failed over): beat again on a new
+                    # connection. A thread that stopped here would let a healthy run be reaped.
+                    logger.warning("heartbeat of version %s missed: database unavailable", version_id)
+                    connection.close()
         finally:
             connection.close()  # this thread's own connection
 
@@ -185,6 +192,23 @@ def runs_reap(*, kind: str | None = None, now: datetime | None = None) -> list[i
             logger.warning("%s version %s failed: %s", version.kind, version.pk, error)
             reaped.append(version.pk)
     return reaped
+
+
+def _fail_once_reachable(version: ModelVersion, error: Exception) -> None:
+    """`_fail`, tried again while the database is unreachable (a run that PostgreSQL's going away
+    broke is marked failed as soon as it returns, so that the next claim need not wait for the
+    reaper); after a heartbeat lease it is left to the reaper, which fails it once its lease runs out."""
+    deadline = time.monotonic() + settings.RECSYS_TRAIN_HEARTBEAT_SECONDS
+    while True:
+        try:
+            _fail(version, error)
+            return
+        except DatabaseError:
+            if time.monotonic() >= deadline:
+                logger.warning("version %s could not be marked failed; the reaper will do it", version.pk)
+                return
+            connection.close()  # a broken connection is not reused: the next try connects anew
+            time.sleep(1)
 
 
 def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = False) -> bool:

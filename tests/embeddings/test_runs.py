@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from embeddings import content, runs, services, tasks
@@ -104,6 +108,67 @@ def test_the_heartbeat_thread_renews_the_lease_while_a_stage_runs_without_progre
     assert runs.run_execute(version_id=version.pk, work=long_stage) is not None
     assert len(set(leases)) >= 3  # renewed between the stage's reads, by the thread alone
     assert ModelVersion.objects.get(pk=version.pk).status == Status.READY
+
+
+def database_away() -> Callable[[], None]:
+    """PostgreSQL gone for this test's connections, for real: the open ones are terminated by the
+    server, and new ones go to a port nothing listens on (every thread's connection reads the same
+    settings) until the returned function is called."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    port = connection.settings_dict["PORT"]
+    connection.settings_dict["PORT"] = "1"
+    connection.close()
+    return lambda: connection.settings_dict.__setitem__("PORT", port)
+
+
+def test_a_heartbeat_outlives_a_short_database_outage(settings, transactional_db):
+    # Given a run whose heartbeat renews a 2 s lease every half second
+    settings.RECSYS_TRAIN_HEARTBEAT_SECONDS = 2
+    version = claims()[Kind.COLLABORATIVE]
+
+    def stage(running: ModelVersion) -> None:
+        time.sleep(0.7)  # the heartbeat thread holds a connection by now
+        # When PostgreSQL goes away for a second (two missed beats) and comes back
+        database_back = database_away()
+        time.sleep(1.0)
+        database_back()
+        # Then the heartbeat goes on: the run is alive after more than a lease
+        time.sleep(2.5)
+        assert runs.runs_reap() == []
+        runs.run_finish(running)
+
+    assert runs.run_execute(version_id=version.pk, work=stage) is not None
+    assert ModelVersion.objects.get(pk=version.pk).status == Status.READY
+
+
+def test_a_run_broken_by_a_database_outage_is_failed_as_soon_as_the_database_returns(settings, transactional_db):
+    settings.RECSYS_TRAIN_HEARTBEAT_SECONDS = 10
+    comeback = []
+
+    def stage(running: ModelVersion) -> None:
+        # When PostgreSQL goes away under the run, for about a second and a half
+        comeback.append(threading.Timer(1.5, database_away()))
+        comeback[0].start()
+        ModelVersion.objects.count()  # raises: the run breaks
+
+    # Then the run raises its own error, and is marked failed once the database is back, not a
+    # lease and a reaper's round later
+    version = claims()[Kind.CONTENT]
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError):
+            runs.run_execute(version_id=version.pk, work=stage)
+        seconds = time.monotonic() - started
+    finally:
+        comeback[0].join()
+    failed = ModelVersion.objects.get(pk=version.pk)
+    assert failed.status == Status.FAILED and failed.error.startswith("OperationalError")
+    assert failed.lease_expires_at is None
+    assert 1.5 <= seconds < 5
 
 
 def test_a_claim_judges_a_lease_running_out_at_one_instant(monkeypatch):

@@ -79,21 +79,59 @@ def train(port: str, key: str, seconds: float = 60) -> int:
     return int(version)
 
 
+class Processes:
+    """The process tree under `recsys.run serve`: remembered once it has settled, so that a test can
+    say which of those processes died or were replaced since."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        self.known: dict[psutil.Process, str] = {}  # each process with its command line
+
+    def settle(self, seconds: float = 30, steady: float = 2) -> None:
+        """Wait until the tree holds the same processes for ``steady`` seconds (each Celery worker
+        has forked its pool, gunicorn its workers, start-up helpers have exited), then remember it."""
+        deadline, since, pids = time.monotonic() + seconds, time.monotonic(), set()
+        while time.monotonic() < deadline:
+            children = {child.pid: child for child in self.root.children(recursive=True)}
+            if set(children) != pids:
+                pids, since = set(children), time.monotonic()
+            elif time.monotonic() - since >= steady:
+                self.known = {child: self.describe(child) for child in children.values()}
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the processes under recsys.run serve did not settle in {seconds} s")
+
+    def gone(self) -> list[str]:
+        """What died or was replaced since `settle`: pid and command line of each."""
+        assert self.known, "settle() first"
+        return [f"{child.pid} {line}" for child, line in self.known.items() if not child.is_running()]
+
+    @staticmethod
+    def describe(child: psutil.Process) -> str:
+        try:
+            return " ".join(child.cmdline()[:8])
+        except psutil.Error:
+            return "(exited while settling)"
+
+
 @contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[list[psutil.Process]]:
-    """`recsys.run serve` (web, worker, beat); yields its children, stops them all afterwards."""
+def serving(env: dict[str, str], log: Path) -> Iterator[Processes]:
+    """`recsys.run serve` (web, worker, beat); yields its process tree, stops them all afterwards."""
     out = log.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "recsys.run", "serve"], env=env, stdout=out, stderr=out)
     try:
         wait_for_health(env["PORT"], proc, seconds=90)
-        yield psutil.Process(proc.pid).children(recursive=True)
+        yield Processes(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
-        print(log.read_text(errors="replace")[-4000:])
+        text = log.read_text(errors="replace")
+        # The supervisor's own lines (a child that exited, and when) whole; the rest's tail.
+        print("\n".join(line for line in text.splitlines() if line.startswith("[recsys]")))
+        print(text[-4000:])
 
 
 @contextmanager

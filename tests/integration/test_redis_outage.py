@@ -65,7 +65,7 @@ def test_redis_outage_loses_no_event_serves_uncached_and_recovers_without_restar
     port = env["PORT"]
     _, key = api_key_create(name="redis-outage", scopes=["read", "write", "admin"])
     try:
-        with serving(env, tmp_path / "serve.log") as children:
+        with serving(env, tmp_path / "serve.log") as processes:
             # Given a trained collaborative model and a content version
             ok(http(port, key, "POST", "/api/v1/items/batch", {"items": catalogue()}))
             assert (
@@ -80,6 +80,7 @@ def test_redis_outage_loses_no_event_serves_uncached_and_recovers_without_restar
                 "a first content version",
             )
 
+            processes.settle()
             # When Redis stops
             redis.stop()
             started = time.monotonic()
@@ -142,7 +143,7 @@ def test_redis_outage_loses_no_event_serves_uncached_and_recovers_without_restar
                 "the content sweep to encode the item changed while Redis was down",
             )
             assert ok(http(port, key, "GET", "/api/v1/users/newcomer/recommendations"))["strategy"] == "collaborative"
-            assert all(child.is_running() for child in children), "a process was restarted or died"
+            assert not processes.gone(), f"restarted or died: {processes.gone()}"
     finally:
         redis.stop()
     print(
