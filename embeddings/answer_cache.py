@@ -4,6 +4,9 @@ An answer is stored with the tokens current when its computation *started*: the 
 (replaced when that user sends interactions or gets a new vector) and the global token (replaced
 on a model switch or a catalogue change). A read is a hit only while both tokens are unchanged,
 so an answer computed from data that changed meanwhile can be written but is never served.
+Each answer also carries the time it was written and is not served after RECSYS_ANSWER_CACHE_SECONDS,
+so that an invalidation lost while Redis was away costs at most that (the hash's own expiry, renewed
+by every write to it, does not bound a single entry's age).
 Without Redis every request is computed; nothing else changes.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
@@ -45,10 +49,10 @@ def answer_cached(*, owner: str, variant: str, compute: Callable[[], Any], decod
     tokens = [t.decode() if t else "" for t in tokens]
     if stored is not None:
         entry = json.loads(stored)
-        if entry["tokens"] == tokens:
+        if entry["tokens"] == tokens and time.time() - entry.get("at", 0.0) <= ttl:
             return decode(entry["answer"])
     answer = compute()
-    entry_json = json.dumps({"tokens": tokens, "answer": asdict(answer)})
+    entry_json = json.dumps({"tokens": tokens, "at": round(time.time(), 3), "answer": asdict(answer)})
     try:
         redis_store.run(lambda client: _write(client, answers, variant, entry_json, ttl))
     except redis_store.RedisUnavailable:
@@ -107,4 +111,4 @@ def _renew(tokens: list[str], *, expire: bool = True) -> None:
     try:
         redis_store.run(renew)
     except redis_store.RedisUnavailable:
-        pass  # answers cached before the outage expire by their TTL
+        pass  # answers cached before the outage are not served past their age limit

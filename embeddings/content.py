@@ -109,7 +109,7 @@ def _encode(encoder: TextEncoder, texts: list[str]) -> tuple[npt.NDArray[np.floa
 def content_model_build(*, version_id: int) -> ModelVersion:
     """Build a claimed content version end to end and switch serving to it; a failure leaves
     serving untouched."""
-    if runs.run_execute(version_id=version_id, work=_build) is None:
+    if runs.run_execute(version_id=version_id, work=_build) is None and not runs.run_unconcluded(version_id):
         return ModelVersion.objects.get(pk=version_id)  # a retry of a run that already finished
     version = runs.model_version_activate(version_id=version_id)
     content_items_encode()  # items whose text changed while the build ran
@@ -140,8 +140,8 @@ def _build(version: ModelVersion) -> None:
     runs.run_progress(version, stage="storing", done=len(items.texts), left=0)
     started = time.perf_counter()
     version.vector_type = kind = tables.vector_type_choose(items=len(items.texts), values=[vectors])
-    tables.content_table_create(version.pk, encoder.dimensions, kind)
     runs.run_tables_created(version)
+    tables.content_table_create(version.pk, encoder.dimensions, kind)
     tables.content_vectors_write(version.pk, items.ids, vectors, present, items.changed_at, clusters)
     tables.index_build(version.pk, "item", kind)
     timings["store"] = time.perf_counter() - started

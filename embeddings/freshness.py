@@ -47,16 +47,20 @@ def fold_ins_pending() -> set[int]:
 
 def users_fold_in_schedule(*, user_ids: list[int]) -> bool:
     """Queue users for a fold-in; returns False (and logs) when Redis is unavailable."""
-    if not user_ids or not ActiveVersion.objects.filter(kind=Kind.COLLABORATIVE).exists():
+    if not user_ids:
         return False
     from embeddings import tasks
 
     try:
+        # Inside: callers run this after their batch is stored, and a database that went away just
+        # then must not turn the batch's answer into an error (the sweep covers these users).
+        if not ActiveVersion.objects.filter(kind=Kind.COLLABORATIVE).exists():
+            return False
         client = _redis()
         client.sadd(PENDING_KEY, *user_ids)
         if client.set(SCHEDULED_KEY, 1, nx=True, ex=DEBOUNCE_SECONDS * 10):
             transaction.on_commit(lambda: tasks.users_fold_in.apply_async(countdown=DEBOUNCE_SECONDS))
-    except Exception:  # Redis down: request-time fold-in and the next retrain cover these users
+    except Exception:  # Redis or PostgreSQL down: request-time fold-in and the sweep cover these users
         logger.warning("could not queue %d users for fold-in", len(user_ids), exc_info=True)
         return False
     return True

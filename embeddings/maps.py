@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from django.db.models.functions import Substr
 from django.utils import timezone
 
 from embeddings.encoders import l2_normalise
-from embeddings.models import EmbeddingMap, Kind, ModelVersion, Status
+from embeddings.models import ActiveVersion, EmbeddingMap, Kind, ModelVersion, Status
 from embeddings.vectors.rows import items_sample, vectors_of
 from recsys.errors import DomainError, ModelNotReady, NotFound, ServiceUnavailable
 from recsys.models import Item
@@ -246,6 +247,34 @@ def embedding_map_request(*, version_id: int) -> EmbeddingMap:
         EmbeddingMap.objects.filter(pk=emap.pk).update(state=EmbeddingMap.State.FAILED, error=str(error)[:2000])
         raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly") from error
     return emap
+
+
+MAP_LOST_AFTER = timedelta(minutes=30)
+
+
+def embedding_maps_resume(*, now: datetime | None = None) -> list[int]:
+    """Beat: ask again for the active versions' maps whose request never reached a worker: none
+    (the activation's request was lost), failed without a computation (Redis was away when asked),
+    or pending for MAP_LOST_AFTER (the task was lost). A map whose computation failed stays failed.
+    Returns the versions asked for."""
+    now = now or timezone.now()
+    resumed = []
+    for version_id in ActiveVersion.objects.values_list("version_id", flat=True):
+        emap = EmbeddingMap.objects.filter(version_id=version_id).only("state", "requested_at", "computed_at").first()
+        lost = (
+            emap is None
+            or (emap.state == EmbeddingMap.State.FAILED and emap.computed_at is None)
+            or (emap.state == EmbeddingMap.State.PENDING and emap.requested_at <= now - MAP_LOST_AFTER)
+        )
+        if not lost:
+            continue
+        try:
+            embedding_map_request(version_id=version_id)
+        except DomainError as error:
+            logger.warning("map of version %s not asked for again: %s", version_id, error.message)
+        else:
+            resumed.append(version_id)
+    return resumed
 
 
 def embedding_map_compute(*, version_id: int) -> EmbeddingMap | None:

@@ -31,6 +31,13 @@ from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 HEARTBEATS_PER_LEASE = 4  # renewals per heartbeat lease: a slow database round trip or two is no death
+# A run's stage once its work is stored (``ready``) and until it has been judged: activated, or kept
+# ready because it serves worse than the active version. A worker that died, or a database that went
+# away, in between leaves it there; the reaper's beat sends the run's task again (runs_unconcluded).
+CONCLUDING = "concluding"
+CONCLUDE_AFTER_SECONDS = 120  # a run still concluding this long after it finished lost its worker
+CONCLUDE_RESEND_SECONDS = 600  # at most one resend per this long (the training worker may be busy)
+CONCLUDE_WITHIN = timedelta(days=1)  # older unconcluded runs are left to the operator
 
 
 class TrainingAlreadyRunning(Conflict):
@@ -70,11 +77,16 @@ def run_enqueue(*, version_id: int, task: Any) -> str:
     """Send a claimed run to ``task`` (a Celery task taking the version id); if the broker is away
     the claim is released as failed."""
     task_id = str(uuid.uuid4())
-    ModelVersion.objects.filter(pk=version_id).update(task_id=task_id)
     try:
+        ModelVersion.objects.filter(pk=version_id).update(task_id=task_id)
         task.apply_async((version_id,), task_id=task_id)
     except Exception as error:  # kombu raises several connection error types
-        _fail(ModelVersion.objects.get(pk=version_id), error)
+        try:
+            _fail(ModelVersion.objects.get(pk=version_id), error)
+        except DatabaseError:  # PostgreSQL away too: the reaper frees the claim when its queue lease ends
+            logger.warning("version %s could not be released; the reaper will do it", version_id)
+        if isinstance(error, DatabaseError):
+            raise
         raise ServiceUnavailable("the task queue (Redis) is unavailable; retry shortly") from error
     return task_id
 
@@ -99,8 +111,49 @@ def run_execute(*, version_id: int, work: Callable[[ModelVersion], None]) -> Mod
         logger.exception("%s version %s failed", version.kind, version.pk)
         _fail_once_reachable(version, error)
         raise
-    ModelVersion.objects.filter(pk=version.pk).update(progress={**version.progress, "stage": "done"})
+    version.progress = {**version.progress, "stage": CONCLUDING}
+    ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
     return version
+
+
+def run_unconcluded(version_id: int) -> bool:
+    """A retry of a run that stored its work but was never judged (see CONCLUDING)."""
+    return ModelVersion.objects.filter(pk=version_id, status=Status.READY, progress__stage=CONCLUDING).exists()
+
+
+def _concluded(version: ModelVersion) -> None:
+    if version.progress.get("stage") == CONCLUDING:
+        version.progress = {key: value for key, value in version.progress.items() if key != "resent_at"}
+        version.progress["stage"] = "done"
+        ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
+
+
+def runs_unconcluded(*, now: datetime | None = None) -> list[ModelVersion]:
+    """Per kind, the newest run that stored its work more than CONCLUDE_AFTER_SECONDS ago (within
+    CONCLUDE_WITHIN) and is newer than the active version, but was never judged; each is marked
+    as resent, so that the caller sends its task again at most every CONCLUDE_RESEND_SECONDS."""
+    now = now or timezone.now()
+    due = []
+    for kind in ModelVersion.objects.values_list("kind", flat=True).distinct():
+        active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first() or 0
+        version = (
+            ModelVersion.objects.filter(
+                kind=kind,
+                pk__gt=active,
+                status=Status.READY,
+                progress__stage=CONCLUDING,
+                finished_at__lte=now - timedelta(seconds=CONCLUDE_AFTER_SECONDS),
+                finished_at__gte=now - CONCLUDE_WITHIN,
+            )
+            .order_by("-pk")
+            .first()
+        )
+        if version is None or now.timestamp() - version.progress.get("resent_at", 0) < CONCLUDE_RESEND_SECONDS:
+            continue
+        version.progress = {**version.progress, "resent_at": now.timestamp()}
+        ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
+        due.append(version)
+    return due
 
 
 def run_progress(version: ModelVersion, **progress: Any) -> None:
@@ -112,8 +165,8 @@ def run_progress(version: ModelVersion, **progress: Any) -> None:
 
 
 def run_tables_created(version: ModelVersion) -> None:
-    """The run has created its vector tables (of ``version.vector_type``): from here on a failure
-    drops them."""
+    """The run is about to create its vector tables (of ``version.vector_type``): from here on a
+    failure drops them (said before they exist, so that no table is ever left unrecorded)."""
     version.has_tables = True
     ModelVersion.objects.filter(pk=version.pk).update(has_tables=True, vector_type=version.vector_type)
 
@@ -224,8 +277,9 @@ def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = Fa
         lease_expires_at=None,
     )
     if failed and ModelVersion.objects.filter(pk=version.pk, has_tables=True).exists():
-        tables.tables_drop(version.pk)
-        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False)
+        with transaction.atomic():  # the tables and the flag that says they exist go together
+            tables.tables_drop(version.pk)
+            ModelVersion.objects.filter(pk=version.pk).update(has_tables=False)
     return bool(failed)
 
 
@@ -257,6 +311,7 @@ def model_version_activate_if_better(*, version_id: int) -> ModelVersion:
                 name,
                 quality,
             )
+            _concluded(version)
             return version
     return model_version_activate(version_id=version_id)
 
@@ -289,6 +344,7 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
         ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
         version.status = Status.ACTIVE
         version.save(update_fields=["status"])
+        _concluded(version)
         transaction.on_commit(_serving_changed)
         transaction.on_commit(lambda: embedding_map_on_activation(version_id=version.pk))
     _serving_changed()
@@ -317,7 +373,8 @@ def model_versions_prune(*, kind: str, keep: int) -> list[int]:
     for version in servable.order_by("-id")[keep:]:
         if version.pk in kept:
             continue
-        tables.tables_drop(version.pk)
-        ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
+        with transaction.atomic():
+            tables.tables_drop(version.pk)
+            ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
         pruned.append(version.pk)
     return pruned

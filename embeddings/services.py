@@ -150,7 +150,7 @@ def collaborative_version_create(*, params: LearnerParams | None = None) -> Mode
 
 def collaborative_model_train(*, version_id: int) -> ModelVersion:
     """Run a claimed version end to end; on any failure it is marked failed and serving is untouched."""
-    if runs.run_execute(version_id=version_id, work=_train) is None:
+    if runs.run_execute(version_id=version_id, work=_train) is None and not runs.run_unconcluded(version_id):
         return ModelVersion.objects.get(pk=version_id)  # a retry of a run that already finished
     version = runs.model_version_activate_if_better(version_id=version_id)
     # Popular items answer cold users next to this model: rescore them from the same data now
@@ -384,8 +384,8 @@ def _metrics_from_sample(outcome: TuningOutcome) -> bool:
 def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> None:
     stored = [a for a in (factors.item, factors.item_in, factors.user) if a is not None]
     version.vector_type = kind = tables.vector_type_choose(items=len(data.item_ids), values=stored)
-    tables.tables_create(version.pk, factors.dimensions, kind)
     runs.run_tables_created(version)
+    tables.tables_create(version.pk, factors.dimensions, kind)
     tables.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in, vector_type=kind)
     tables.vectors_copy(version.pk, "user", data.user_ids, factors.user, vector_type=kind)
     tables.index_build(version.pk, "item", kind)

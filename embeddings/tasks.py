@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from embeddings import runs, services
+from embeddings.models import Kind
+
+logger = logging.getLogger(__name__)
 
 # The hard limit stays below the broker's visibility timeout (4 h) so Redis never re-delivers
 # a run that is still going; a killed run stops its heartbeat, the reaper fails it, the next proceeds.
@@ -29,8 +34,15 @@ def collaborative_model_retrain() -> dict[str, object] | None:
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def training_runs_reap() -> list[int]:
-    """Beat: runs whose worker stopped sending heartbeats are marked failed. Idempotent."""
-    return runs.runs_reap()
+    """Beat: runs whose worker stopped sending heartbeats are marked failed; a run that stored its
+    work but was never judged (its worker died, or PostgreSQL went away, before activation) has its
+    task sent again, which then only concludes it. Idempotent."""
+    reaped = runs.runs_reap()
+    for version in runs.runs_unconcluded():
+        task = content_model_build if version.kind == Kind.CONTENT else collaborative_model_train
+        logger.warning("%s version %s stored its work but was never judged; concluding it", version.kind, version.pk)
+        task.delay(version.pk)
+    return reaped
 
 
 @shared_task(acks_late=True, soft_time_limit=300, time_limit=360)
@@ -81,6 +93,14 @@ def content_sweep() -> dict[str, object]:
     from embeddings.content import content_sweep as sweep
 
     return sweep()
+
+
+@shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
+def embedding_maps_resume() -> list[int]:
+    """Beat: the active versions' maps whose request was lost are asked for again."""
+    from embeddings.maps import embedding_maps_resume as resume
+
+    return resume()
 
 
 @shared_task(acks_late=True, soft_time_limit=600, time_limit=660)

@@ -86,6 +86,7 @@ def database_config(url: str) -> dict[str, object]:
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, got {parts.scheme!r}")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    keepalive = env_int("DATABASE_KEEPALIVE_SECONDS", 30, minimum=1)
     return {
         # Django's backend with a health check that costs no round trip (recsys/db_backend).
         "ENGINE": "recsys.db_backend",
@@ -102,6 +103,16 @@ def database_config(url: str) -> dict[str, object]:
             # behind one): a statement run this often on a connection is prepared, so that the
             # vector searches skip planning (see embeddings.vectors.search._rows).
             "prepare_threshold": env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0) or None,
+            # A server that vanished (host down, network cut) is noticed in about a minute, not the
+            # kernel's two hours: an idle connection is probed (TCP keepalives), and one whose writes
+            # go unacknowledged that long is dropped (a training heartbeat would hang ~15 min on
+            # retransmissions). TCP only; unix sockets ignore them. The server's side, for a client
+            # that vanished holding locks, is PostgreSQL's tcp_keepalives_* (README, deployment).
+            "keepalives": 1,
+            "keepalives_idle": keepalive,
+            "keepalives_interval": max(1, keepalive // 3),
+            "keepalives_count": 3,
+            "tcp_user_timeout": 2 * keepalive * 1000,
             **query,
         },
         "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
@@ -314,6 +325,7 @@ CELERY_TASK_ROUTES = {
     "embeddings.tasks.users_fold_in_sweep": {"queue": "maintenance"},
     "embeddings.tasks.popularity_refresh": {"queue": "maintenance"},
     "embeddings.tasks.embedding_map_compute": {"queue": "maintenance"},
+    "embeddings.tasks.embedding_maps_resume": {"queue": "maintenance"},
     # New items' mapped collaborative vectors: seconds after their encoding, like a fold-in.
     "embeddings.tasks.cold_items_place": {"queue": "realtime"},
     "recsys.tasks.interaction_partitions_maintain": {"queue": "maintenance"},
@@ -338,6 +350,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "experiments.tasks.experiment_metrics_compute",
         "schedule": float(env_int("RECSYS_EXPERIMENT_METRICS_SECONDS", 60, minimum=5)),
     },
+    # Active versions' maps whose request was lost (Redis away when asked) are asked for again.
+    "embedding-maps-resume": {"task": "embeddings.tasks.embedding_maps_resume", "schedule": 300.0},
     # Runs whose worker died are failed within RECSYS_TRAIN_HEARTBEAT_SECONDS plus this.
     "training-runs-reap": {"task": "embeddings.tasks.training_runs_reap", "schedule": 15.0},
     # Creates the coming months' impression partitions and drops the expired ones.

@@ -384,12 +384,16 @@ def mapped_items_count(*, item_table: str) -> int:
 # ---- freshness: what a version has not seen yet ---------------------------------------------------
 
 # Users whose latest interaction is newer than their vector in the version, among those with
-# interactions stored in the lookback window (the BRIN index on created_at keeps it cheap).
+# interactions stored in the lookback window (the BRIN index on created_at keeps it cheap), the most
+# recently active first: users whose history folds in to nothing (only dislikes, or only items the
+# version does not know) have no vector and match on every sweep, and in an arbitrary order enough
+# of them could fill the limit each time ahead of a user whose fold-in was lost.
 _STALE_USERS = """
     SELECT x.user_id FROM recsys_interaction x LEFT JOIN {table} v ON v.user_id = x.user_id
     WHERE x.created_at > now() - %s * interval '1 second'
     GROUP BY x.user_id, v.updated_at
     HAVING v.updated_at IS NULL OR max(x.created_at) > v.updated_at
+    ORDER BY max(x.created_at) DESC
     LIMIT %s
 """
 

@@ -142,6 +142,33 @@ def test_answer_computed_while_data_changed_is_never_served(settings, django_cap
     assert len(calls) == 2  # the first answer was stored under the old token and never served
 
 
+def test_an_answer_is_not_served_past_its_age_limit_though_other_writes_kept_its_hash(settings, monkeypatch):
+    # Given an answer cached 10 s ago, when an invalidation of its user was lost (Redis away then),
+    # and the user's other variants written since, each renewing the hash's expiry
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 5
+    calls = []
+    clock = [1_000_000.0]
+    monkeypatch.setattr(answer_cache.time, "time", lambda: clock[0])
+
+    def ask(variant: str) -> Answer:
+        return answer_cache.answer_cached(
+            owner="user:ageing",
+            variant=variant,
+            compute=lambda: calls.append(variant) or Answer([Recommendation("i1", 1.0)], None, "popular"),
+            decode=lambda d: Answer([Recommendation(**i) for i in d["items"]], d["model"], d["strategy"]),
+        )
+
+    ask("a")
+    ask("a")
+    clock[0] += 4
+    ask("b")
+    clock[0] += 6
+
+    # Then it is computed again
+    ask("a")
+    assert calls == ["a", "b", "a"]
+
+
 def test_a_batch_renews_each_of_its_users_tokens_with_an_expiry_and_the_global_token_never_expires(
     settings, django_capture_on_commit_callbacks
 ):

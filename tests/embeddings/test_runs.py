@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from embeddings import content, runs, services, tasks
 from embeddings.learners import LearnerParams
-from embeddings.models import Kind, ModelVersion, Status
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 
 pytestmark = pytest.mark.django_db
 
@@ -188,3 +188,65 @@ def test_a_claim_judges_a_lease_running_out_at_one_instant(monkeypatch):
     # Then the claim is refused while the lease was live at its instant, and the run is left to the reaper:
     # never a new claim beside a dead run that is still marked training
     assert ModelVersion.objects.get(pk=version.pk).status == Status.TRAINING
+
+
+def trained_but_never_judged(monkeypatch: pytest.MonkeyPatch, settings) -> ModelVersion:  # type: ignore[no-untyped-def]
+    """A collaborative run whose work is stored (ready) and whose activation then failed, PostgreSQL
+    gone at that moment, three minutes ago."""
+    settings.RECSYS_CF_TUNE = False
+    version = services.collaborative_version_create()
+    with monkeypatch.context() as patch:
+
+        def database_gone(**_: object) -> None:
+            raise OperationalError("the server closed the connection")
+
+        patch.setattr(runs, "model_version_activate_if_better", database_gone)
+        with pytest.raises(OperationalError):
+            services.collaborative_model_train(version_id=version.pk)
+    ModelVersion.objects.filter(pk=version.pk).update(finished_at=timezone.now() - timedelta(minutes=3))
+    version.refresh_from_db()
+    assert version.status == Status.READY and version.progress["stage"] == runs.CONCLUDING
+    return version
+
+
+def test_a_run_that_stored_its_work_but_was_never_judged_is_concluded_by_the_reapers_beat(
+    monkeypatch, settings, communities
+):
+    version = trained_but_never_judged(monkeypatch, settings)
+
+    # When the reaper's beat runs (it sends the run's task again, which only concludes it)
+    tasks.training_runs_reap()
+
+    # Then the version is judged and served, and nothing is sent again after that
+    version.refresh_from_db()
+    assert version.status == Status.ACTIVE and version.progress["stage"] == "done"
+    assert ActiveVersion.objects.get(kind=Kind.COLLABORATIVE).version_id == version.pk
+    assert runs.runs_unconcluded() == []
+
+
+def test_an_unjudged_run_is_sent_again_at_most_every_few_minutes_and_only_if_newest(monkeypatch, settings, communities):
+    version = trained_but_never_judged(monkeypatch, settings)
+    now = timezone.now()
+
+    assert [v.pk for v in runs.runs_unconcluded(now=now)] == [version.pk]
+    assert runs.runs_unconcluded(now=now + timedelta(seconds=60)) == []  # the training worker may be busy
+    assert [v.pk for v in runs.runs_unconcluded(now=now + timedelta(minutes=11))] == [version.pk]
+    assert runs.runs_unconcluded(now=now + timedelta(days=2)) == []  # left to the operator
+
+
+def test_a_version_that_serves_worse_is_judged_once_and_a_rollback_is_never_undone(monkeypatch, settings, communities):
+    first = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
+    worse = trained_but_never_judged(monkeypatch, settings)
+    ModelVersion.objects.filter(pk=worse.pk).update(metrics={"ndcg@10": 0.0})
+
+    # A retry of its task judges it: it stays ready (it serves worse), and is never sent again
+    services.collaborative_model_train(version_id=worse.pk)
+    worse.refresh_from_db()
+    assert worse.status == Status.READY and worse.progress["stage"] == "done"
+    assert ActiveVersion.objects.get(kind=Kind.COLLABORATIVE).version_id == first.pk
+    assert runs.runs_unconcluded(now=timezone.now() + timedelta(hours=1)) == []
+
+    # An operator who activates it and rolls back to the first keeps the first
+    runs.model_version_activate(version_id=worse.pk)
+    runs.model_version_activate(version_id=first.pk)
+    assert runs.runs_unconcluded(now=timezone.now() + timedelta(hours=1)) == []

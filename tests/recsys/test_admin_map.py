@@ -121,6 +121,30 @@ def test_activation_with_the_broker_down_still_switches_serving(
     assert version.status == "active"
     assert EmbeddingMap.objects.get(version=collaborative).state == EmbeddingMap.State.FAILED
 
+    # and once Redis is back, the beat asks for it again (eager: computed at once)
+    monkeypatch.undo()
+    assert collaborative.pk in tasks.embedding_maps_resume()  # (the content version's, deleted above, too)
+    assert EmbeddingMap.objects.get(version=collaborative).state == EmbeddingMap.State.READY
+    assert tasks.embedding_maps_resume() == []
+
+
+def test_the_beat_asks_again_only_for_maps_that_were_lost_not_for_ones_that_failed_to_compute(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    collaborative, content = models_trained(settings)
+    EmbeddingMap.objects.all().delete()
+    EmbeddingMap.objects.create(  # asked for 40 minutes ago, never computed (the task was lost)
+        version=collaborative, state=EmbeddingMap.State.PENDING, requested_at=timezone.now() - timedelta(minutes=40)
+    )
+    EmbeddingMap.objects.create(  # its computation failed: asked again by hand only
+        version=content, state=EmbeddingMap.State.FAILED, requested_at=timezone.now(), computed_at=timezone.now()
+    )
+
+    assert maps.embedding_maps_resume(now=timezone.now() - timedelta(minutes=20)) == []  # not lost yet
+    assert maps.embedding_maps_resume() == [collaborative.pk]
+
 
 # ---- named clusters on the map and the item page -------------------------------------------------
 
