@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from experiments.models import Experiment, ExperimentStatus, Variant, VariantSnapshot
@@ -43,6 +43,7 @@ from recsys.models import Item
 logger = logging.getLogger(__name__)
 # Snapshots of a stopped experiment are still computed this long after it stopped (late clicks).
 SETTLE_SECONDS = 3600
+FINAL_SNAPSHOT_WITHIN = timedelta(days=1)  # a stopped experiment's settled snapshot is still taken this late
 
 PER_USER_SQL = """
 WITH clicked AS (
@@ -245,14 +246,31 @@ def _prior_look(stats: dict[str, Any]) -> PriorLook | None:
 
 
 def experiments_metrics_compute(*, experiment_ids: Iterable[int] | None = None) -> list[int]:
-    """Snapshots for every running experiment (and those stopped within the last hour, whose late
-    clicks still arrive); returns the experiments computed."""
+    """Snapshots for every running experiment, those stopped within the last hour (whose late
+    clicks still arrive), and those whose last snapshot came before that hour was over (the beat
+    did not run then: workers or PostgreSQL away), so that each stopped experiment's final figures
+    cover its settled data; returns the experiments computed. One experiment that fails is logged
+    and the others are still computed."""
     if experiment_ids is None:
-        settled = timezone.now() - timedelta(seconds=SETTLE_SECONDS)
-        running_or_recent = Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=settled)
-        experiment_ids = Experiment.objects.filter(running_or_recent).values_list("pk", flat=True)
+        now = timezone.now()
+        settled = now - timedelta(seconds=SETTLE_SECONDS)
+        last = VariantSnapshot.objects.filter(experiment=OuterRef("pk")).order_by("-computed_at").values("computed_at")
+        # (within a day of stopping: much later, expired impression partitions would make the final
+        # figures worse than the ones shown)
+        unsettled = Q(stopped_at__gte=now - FINAL_SNAPSHOT_WITHIN) & (
+            Q(last_snapshot__isnull=True) | Q(last_snapshot__lt=F("stopped_at") + timedelta(seconds=SETTLE_SECONDS))
+        )
+        experiment_ids = (
+            Experiment.objects.annotate(last_snapshot=Subquery(last[:1]))
+            .filter(Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=settled) | unsettled)
+            .values_list("pk", flat=True)
+        )
     done = []
     for experiment_id in list(experiment_ids):
-        experiment_metrics_compute(experiment_id=experiment_id)
+        try:
+            experiment_metrics_compute(experiment_id=experiment_id)
+        except Exception:
+            logger.exception("metrics of experiment %s not computed", experiment_id)
+            continue
         done.append(experiment_id)
     return done

@@ -182,6 +182,21 @@ def test_the_task_computes_running_experiments_and_skips_long_stopped_ones(exper
     assert VariantSnapshot.objects.filter(experiment=experiment).count() == 2
 
 
+def test_a_stopped_experiment_gets_its_settled_snapshot_once_though_the_beat_missed_its_last_hour(
+    experiment, catalogue
+):
+    # Given an experiment stopped 90 minutes ago whose last snapshot was taken 10 minutes after it
+    # stopped (workers or PostgreSQL away for the rest of its settling hour)
+    stopped = datetime.now(UTC) - timedelta(minutes=90)
+    Experiment.objects.filter(pk=experiment.pk).update(status="stopped", stopped_at=stopped)
+    experiment_metrics_compute(experiment_id=experiment.pk, now=stopped + timedelta(minutes=10))
+
+    # Then the next beat computes its settled figures, and the one after leaves them alone
+    assert experiments_metrics_compute() == [experiment.pk]
+    assert experiments_metrics_compute() == []
+    assert VariantSnapshot.objects.filter(experiment=experiment).count() == 4
+
+
 def test_the_celery_task_writes_snapshots(experiment, catalogue):
     from experiments.tasks import experiment_metrics_compute as task
 
