@@ -263,7 +263,10 @@ def embedding_maps_resume(*, now: datetime | None = None) -> list[int]:
         emap = EmbeddingMap.objects.filter(version_id=version_id).only("state", "requested_at", "computed_at").first()
         lost = (
             emap is None
-            or (emap.state == EmbeddingMap.State.FAILED and emap.computed_at is None)
+            or (
+                emap.state == EmbeddingMap.State.FAILED
+                and (emap.computed_at is None or emap.computed_at < emap.requested_at)
+            )
             or (emap.state == EmbeddingMap.State.PENDING and emap.requested_at <= now - MAP_LOST_AFTER)
         )
         if not lost:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 from django.utils import timezone
 
 from embeddings.answer_cache import answers_invalidate_all
@@ -111,35 +111,49 @@ def run_execute(*, version_id: int, work: Callable[[ModelVersion], None]) -> Mod
         logger.exception("%s version %s failed", version.kind, version.pk)
         _fail_once_reachable(version, error)
         raise
-    version.progress = {**version.progress, "stage": CONCLUDING}
-    ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
     return version
 
 
 def run_unconcluded(version_id: int) -> bool:
-    """A retry of a run that stored its work but was never judged (see CONCLUDING)."""
-    return ModelVersion.objects.filter(pk=version_id, status=Status.READY, progress__stage=CONCLUDING).exists()
+    """Whether a retry of a finished run should judge it: it stored its work and was never judged
+    (see CONCLUDING), and nothing was activated since it finished (a newer run, or an operator's
+    choice, is not undone by a task that waited in the queue; such a run is concluded unjudged)."""
+    version = ModelVersion.objects.filter(pk=version_id, status=Status.READY, progress__stage=CONCLUDING).first()
+    if version is None:
+        return False
+    if _activated_since(version):
+        _concluded(version)
+        return False
+    return True
+
+
+def _activated_since(version: ModelVersion) -> bool:
+    active = ActiveVersion.objects.filter(kind=version.kind).first()
+    if active is None:
+        return False
+    return active.version_id > version.pk or (
+        version.finished_at is not None and active.activated_at > version.finished_at
+    )
 
 
 def _concluded(version: ModelVersion) -> None:
-    if version.progress.get("stage") == CONCLUDING:
-        version.progress = {key: value for key, value in version.progress.items() if key != "resent_at"}
-        version.progress["stage"] = "done"
-        ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
+    """Mark a run judged (stage ``done``), unless it already is."""
+    progress = {key: value for key, value in version.progress.items() if key != "resent_at"}
+    progress["stage"] = "done"
+    if ModelVersion.objects.filter(pk=version.pk, progress__stage=CONCLUDING).update(progress=progress):
+        version.progress = progress
 
 
 def runs_unconcluded(*, now: datetime | None = None) -> list[ModelVersion]:
     """Per kind, the newest run that stored its work more than CONCLUDE_AFTER_SECONDS ago (within
-    CONCLUDE_WITHIN) and is newer than the active version, but was never judged; each is marked
-    as resent, so that the caller sends its task again at most every CONCLUDE_RESEND_SECONDS."""
+    CONCLUDE_WITHIN) and was never judged, when nothing was activated since it finished, and not
+    sent again within CONCLUDE_RESEND_SECONDS (``run_resent`` records a send)."""
     now = now or timezone.now()
     due = []
     for kind in ModelVersion.objects.values_list("kind", flat=True).distinct():
-        active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first() or 0
         version = (
             ModelVersion.objects.filter(
                 kind=kind,
-                pk__gt=active,
                 status=Status.READY,
                 progress__stage=CONCLUDING,
                 finished_at__lte=now - timedelta(seconds=CONCLUDE_AFTER_SECONDS),
@@ -148,12 +162,19 @@ def runs_unconcluded(*, now: datetime | None = None) -> list[ModelVersion]:
             .order_by("-pk")
             .first()
         )
-        if version is None or now.timestamp() - version.progress.get("resent_at", 0) < CONCLUDE_RESEND_SECONDS:
+        if version is None or _activated_since(version):
             continue
-        version.progress = {**version.progress, "resent_at": now.timestamp()}
-        ModelVersion.objects.filter(pk=version.pk).update(progress=version.progress)
-        due.append(version)
+        if now.timestamp() - version.progress.get("resent_at", 0) >= CONCLUDE_RESEND_SECONDS:
+            due.append(version)
     return due
+
+
+def run_resent(version: ModelVersion, *, now: datetime | None = None) -> None:
+    """Record that a never-judged run's task was sent again (only while it is still unjudged)."""
+    progress = {**version.progress, "resent_at": (now or timezone.now()).timestamp()}
+    ModelVersion.objects.filter(pk=version.pk, status=Status.READY, progress__stage=CONCLUDING).update(
+        progress=progress
+    )
 
 
 def run_progress(version: ModelVersion, **progress: Any) -> None:
@@ -181,6 +202,8 @@ def run_finish(version: ModelVersion) -> None:
         version.status = Status.READY
         version.finished_at = timezone.now()
         version.lease_expires_at = None
+        # In the same write as ``ready``: a run that stops short of being judged is found by it.
+        version.progress = {**version.progress, "stage": CONCLUDING}
         version.save()
 
 
@@ -202,7 +225,7 @@ def _heartbeat(version_id: int) -> Iterator[None]:
                     ModelVersion.objects.filter(pk=version_id, status=Status.TRAINING).update(
                         lease_expires_at=_heartbeat_lease()
                     )
-                except DatabaseError:
+                except (DatabaseError, InterfaceError):
                     # PostgreSQL away for a moment (restarted, failed over): beat again on a new
                     # connection. A thread that stopped here would let a healthy run be reaped.
                     logger.warning("heartbeat of version %s missed: database unavailable", version_id)
@@ -256,7 +279,7 @@ def _fail_once_reachable(version: ModelVersion, error: Exception) -> None:
         try:
             _fail(version, error)
             return
-        except DatabaseError:
+        except (DatabaseError, InterfaceError):
             if time.monotonic() >= deadline:
                 logger.warning("version %s could not be marked failed; the reaper will do it", version.pk)
                 return
@@ -341,6 +364,8 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
         previous = ActiveVersion.objects.select_for_update().filter(kind=version.kind).first()
         if previous and previous.version_id != version.pk:
             ModelVersion.objects.filter(pk=previous.version_id).update(status=Status.READY)
+            # (one served is judged, whoever activated it: back to ready it is not sent again)
+            _concluded(ModelVersion.objects.get(pk=previous.version_id))
         ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
         version.status = Status.ACTIVE
         version.save(update_fields=["status"])

@@ -41,7 +41,12 @@ def training_runs_reap() -> list[int]:
     for version in runs.runs_unconcluded():
         task = content_model_build if version.kind == Kind.CONTENT else collaborative_model_train
         logger.warning("%s version %s stored its work but was never judged; concluding it", version.kind, version.pk)
-        task.delay(version.pk)
+        try:
+            task.delay(version.pk)
+        except Exception:  # the broker away: the next beat tries again
+            logger.warning("version %s's task could not be sent again", version.pk, exc_info=True)
+        else:
+            runs.run_resent(version)
     return reaped
 
 

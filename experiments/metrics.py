@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, OuterRef, Q, Subquery
@@ -269,6 +270,8 @@ def experiments_metrics_compute(*, experiment_ids: Iterable[int] | None = None) 
     for experiment_id in list(experiment_ids):
         try:
             experiment_metrics_compute(experiment_id=experiment_id)
+        except SoftTimeLimitExceeded:
+            raise  # the task's time is up: stop here, not at the hard limit
         except Exception:
             logger.exception("metrics of experiment %s not computed", experiment_id)
             continue

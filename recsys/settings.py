@@ -86,7 +86,7 @@ def database_config(url: str) -> dict[str, object]:
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, got {parts.scheme!r}")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    keepalive = env_int("DATABASE_KEEPALIVE_SECONDS", 30, minimum=1)
+    keepalive = env_int("DATABASE_KEEPALIVE_SECONDS", 30, minimum=10)
     return {
         # Django's backend with a health check that costs no round trip (recsys/db_backend).
         "ENGINE": "recsys.db_backend",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,6 +14,7 @@ from django.utils import timezone
 from embeddings import content, runs, services, tasks
 from embeddings.learners import LearnerParams
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
+from embeddings.vectors import tables
 
 pytestmark = pytest.mark.django_db
 
@@ -190,19 +191,36 @@ def test_a_claim_judges_a_lease_running_out_at_one_instant(monkeypatch):
     assert ModelVersion.objects.get(pk=version.pk).status == Status.TRAINING
 
 
+@pytest.fixture
+def real_outages(transactional_db: None) -> Iterator[None]:
+    """Committed data, for tests whose database goes away for real (a test transaction would be
+    lost with its connection); the versions' vector tables (not Django's) dropped before the flush."""
+    yield
+    for version_id in ModelVersion.objects.values_list("pk", flat=True):
+        tables.tables_drop(version_id)
+
+
 def trained_but_never_judged(monkeypatch: pytest.MonkeyPatch, settings) -> ModelVersion:  # type: ignore[no-untyped-def]
-    """A collaborative run whose work is stored (ready) and whose activation then failed, PostgreSQL
-    gone at that moment, three minutes ago."""
+    """A collaborative run that stored its work (ready), three minutes ago, and then lost PostgreSQL
+    for a second and a half, for real, before it could be judged."""
     settings.RECSYS_CF_TUNE = False
     version = services.collaborative_version_create()
+    comeback = []
+    train = services._train
+
+    def train_then_lose_the_database(running: ModelVersion) -> None:
+        train(running)  # ends with run_finish: ready
+        comeback.append(threading.Timer(1.5, database_away()))
+        comeback[0].start()
+
     with monkeypatch.context() as patch:
-
-        def database_gone(**_: object) -> None:
-            raise OperationalError("the server closed the connection")
-
-        patch.setattr(runs, "model_version_activate_if_better", database_gone)
-        with pytest.raises(OperationalError):
-            services.collaborative_model_train(version_id=version.pk)
+        patch.setattr(services, "_train", train_then_lose_the_database)
+        try:
+            with pytest.raises(OperationalError):
+                services.collaborative_model_train(version_id=version.pk)
+        finally:
+            for timer in comeback:
+                timer.join()
     ModelVersion.objects.filter(pk=version.pk).update(finished_at=timezone.now() - timedelta(minutes=3))
     version.refresh_from_db()
     assert version.status == Status.READY and version.progress["stage"] == runs.CONCLUDING
@@ -210,7 +228,7 @@ def trained_but_never_judged(monkeypatch: pytest.MonkeyPatch, settings) -> Model
 
 
 def test_a_run_that_stored_its_work_but_was_never_judged_is_concluded_by_the_reapers_beat(
-    monkeypatch, settings, communities
+    monkeypatch, settings, real_outages, communities
 ):
     version = trained_but_never_judged(monkeypatch, settings)
 
@@ -224,17 +242,33 @@ def test_a_run_that_stored_its_work_but_was_never_judged_is_concluded_by_the_rea
     assert runs.runs_unconcluded() == []
 
 
-def test_an_unjudged_run_is_sent_again_at_most_every_few_minutes_and_only_if_newest(monkeypatch, settings, communities):
+def test_an_unjudged_run_is_sent_again_at_most_every_few_minutes_and_not_over_a_later_activation(
+    monkeypatch, settings, real_outages, communities
+):
     version = trained_but_never_judged(monkeypatch, settings)
     now = timezone.now()
 
     assert [v.pk for v in runs.runs_unconcluded(now=now)] == [version.pk]
+    runs.run_resent(version, now=now)
     assert runs.runs_unconcluded(now=now + timedelta(seconds=60)) == []  # the training worker may be busy
     assert [v.pk for v in runs.runs_unconcluded(now=now + timedelta(minutes=11))] == [version.pk]
     assert runs.runs_unconcluded(now=now + timedelta(days=2)) == []  # left to the operator
 
+    # When a later run is activated before the resent task runs (it waited in the queue)
+    later = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
+    assert later.status == Status.ACTIVE
 
-def test_a_version_that_serves_worse_is_judged_once_and_a_rollback_is_never_undone(monkeypatch, settings, communities):
+    # Then it is no longer due, and its task concludes it without serving it
+    assert runs.runs_unconcluded(now=now + timedelta(minutes=11)) == []
+    services.collaborative_model_train(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.status == Status.READY and version.progress["stage"] == "done"
+    assert ActiveVersion.objects.get(kind=Kind.COLLABORATIVE).version_id == later.pk
+
+
+def test_a_version_that_serves_worse_is_judged_once_and_a_rollback_is_never_undone(
+    monkeypatch, settings, real_outages, communities
+):
     first = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
     worse = trained_but_never_judged(monkeypatch, settings)
     ModelVersion.objects.filter(pk=worse.pk).update(metrics={"ndcg@10": 0.0})
@@ -246,7 +280,15 @@ def test_a_version_that_serves_worse_is_judged_once_and_a_rollback_is_never_undo
     assert ActiveVersion.objects.get(kind=Kind.COLLABORATIVE).version_id == first.pk
     assert runs.runs_unconcluded(now=timezone.now() + timedelta(hours=1)) == []
 
-    # An operator who activates it and rolls back to the first keeps the first
-    runs.model_version_activate(version_id=worse.pk)
+
+def test_an_operator_who_serves_an_unjudged_version_and_rolls_back_keeps_the_rollback(
+    monkeypatch, settings, real_outages, communities
+):
+    first = services.collaborative_model_train(version_id=services.collaborative_version_create().pk)
+    unjudged = trained_but_never_judged(monkeypatch, settings)
+
+    runs.model_version_activate(version_id=unjudged.pk)
     runs.model_version_activate(version_id=first.pk)
+
     assert runs.runs_unconcluded(now=timezone.now() + timedelta(hours=1)) == []
+    assert ModelVersion.objects.get(pk=unjudged.pk).progress["stage"] == "done"
