@@ -6,7 +6,7 @@ import logging
 import math
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions, status
@@ -81,6 +81,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(error_body(exc.code, exc.message, exc.details), status=code, headers=retry)
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", "request body is too large"), status=413)
+    if isinstance(exc, SuspiciousOperation):  # e.g. TooManyFieldsSent: over 1,000 query parameters
+        return Response(error_body("malformed_request", str(exc) or "the request is malformed"), status=400)
     if isinstance(exc, UnreadablePostError):  # the client stopped sending (recsys.web_worker's deadline) or left
         if _timed_out(exc):
             return Response(error_body("request_timeout", "the request body stopped arriving"), status=408)

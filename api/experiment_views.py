@@ -9,7 +9,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api.params import integer_parameter, query_limit
+from api.params import integer_parameter, query_limit, query_one
 from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from experiments import selectors, services
@@ -169,7 +169,7 @@ class ExperimentListView(ApiView):
         responses={200: ExperimentAnswerSerializer(many=True), **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        status = request.query_params.get("status")
+        status = query_one(request, "status")
         if status is not None and status not in ExperimentStatus.values:
             raise ValidationFailed(
                 f"status must be one of {', '.join(ExperimentStatus.values)}", details={"status": ["invalid"]}

@@ -7,7 +7,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api.params import integer_parameter, query_limit
+from api.params import integer_parameter, query_limit, query_one
 from api.serializers import ErrorSerializer
 from api.views import ERRORS, NOT_FOUND, ApiView
 from embeddings import operations, runs, selectors
@@ -62,7 +62,7 @@ class ModelListView(ApiView):
         responses={200: ModelVersionSerializer(many=True), **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        kind = request.query_params.get("kind")
+        kind = query_one(request, "kind")
         if kind is not None and kind not in Kind.values:
             raise ValidationFailed(f"kind must be one of {', '.join(Kind.values)}", details={"kind": ["invalid"]})
         versions = selectors.model_versions_list(kind=kind, limit=query_limit(request, default=50))

@@ -7,7 +7,7 @@ a typed parameter that is present must hold a value of its type, empty included.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, overload
 
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
@@ -57,14 +57,28 @@ EXCLUDE_PARAMETER = OpenApiParameter(
 )
 
 
+@overload
+def query_one(request: Request, name: str, default: str) -> str: ...
+@overload
+def query_one(request: Request, name: str, default: None = None) -> str | None: ...
+def query_one(request: Request, name: str, default: str | None = None) -> str | None:
+    """A parameter that takes one value. Given twice (``?filter=a&filter=b``) it is refused: keeping
+    either one would answer without a rule or exclusion its sender meant."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise ValidationFailed(f"{name} may be given once", details={name: ["given more than once"]})
+    return values[0] if values else default
+
+
 def query_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
+    raw = query_one(request, name)
     if raw is None:
         return default
     if not _INTEGER_RE.fullmatch(raw):
         raise ValidationFailed(f"{name} must be an integer", details={name: ["not an integer"]})
-    value = int(raw)
-    if not minimum <= value <= maximum:
+    # (a longer one is out of every range here, and past 4,300 digits int() refuses it)
+    value = int(raw) if len(raw) <= 19 else None
+    if value is None or not minimum <= value <= maximum:
         raise ValidationFailed(f"{name} must be between {minimum} and {maximum}", details={name: ["out of range"]})
     return value
 
@@ -74,7 +88,7 @@ def query_limit(request: Request, default: int = 10) -> int:
 
 
 def query_bool(request: Request, name: str, *, default: bool = False) -> bool:
-    raw = request.query_params.get(name)
+    raw = query_one(request, name)
     if raw is None:
         return default
     if raw.lower() == "true":
@@ -85,7 +99,7 @@ def query_bool(request: Request, name: str, *, default: bool = False) -> bool:
 
 
 def query_float(request: Request, name: str, *, default: float, minimum: float, maximum: float) -> float:
-    raw = request.query_params.get(name)
+    raw = query_one(request, name)
     if raw is None:
         return default
     if not _NUMBER_RE.fullmatch(raw):
@@ -101,7 +115,7 @@ def query_ids(request: Request, name: str) -> tuple[str, ...]:
 
     Ids of the right shape are enough here: excluding an id that no item can have is harmless.
     """
-    raw = request.query_params.get(name) or ""
+    raw = query_one(request, name) or ""
     if not _ID_LIST_RE.fullmatch(raw):
         raise ValidationFailed(
             f"{name} must be at most {MAX_QUERY_IDS} comma-separated ids of {ID_CHAR}",
@@ -111,7 +125,7 @@ def query_ids(request: Request, name: str) -> tuple[str, ...]:
 
 
 def query_category(request: Request) -> str | None:
-    category = request.query_params.get("category") or ""
+    category = query_one(request, "category") or ""
     if len(category) > MAX_CATEGORY_CHARS:
         raise ValidationFailed("category is at most 128 characters", details={"category": ["too long"]})
     return category.strip().replace("\x00", "") or None
@@ -157,16 +171,16 @@ def query_body_fields_refuse(request: Request, fields: Any) -> None:
 
 def query_rules(request: Request, *, with_user: bool = False) -> RuleSet:
     """The request's own ``filter=``, ``boost=`` (repeated) and, where asked, ``user=`` (hidden items)."""
-    user = request.query_params.get("user") if with_user else None
+    user = query_one(request, "user") if with_user else None
     if user is not None:
         clean_external_id(user, "user")
     return request_rules_parse(
-        filter_text=request.query_params.get("filter") or None,
+        filter_text=query_one(request, "filter") or None,
         boosts=request.query_params.getlist("boost"),
         hidden_for=user,
     )
 
 
 def query_scenario(request: Request) -> str | None:
-    name = request.query_params.get("scenario")
+    name = query_one(request, "scenario")
     return scenario_name_check(name) if name is not None else None

@@ -27,6 +27,7 @@ from api.params import (
     query_float,
     query_ids,
     query_limit,
+    query_one,
     query_rules,
     query_scenario,
 )
@@ -174,7 +175,7 @@ class ItemSimilarView(ApiView):
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG, **NOT_FOUND},
     )
     def get(self, request: Request, item_id: str) -> Response:
-        space = request.query_params.get("space", "collaborative")
+        space = query_one(request, "space", "collaborative")
         if not re.fullmatch(SPACE_PATTERN, space):
             raise ValidationFailed(
                 "space must be 1-40 of [a-z0-9_], starting with a letter", details={"space": ["invalid"]}
@@ -216,7 +217,7 @@ class PopularItemsView(ApiView):
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def get(self, request: Request) -> Response:
-        window = request.query_params.get("window")
+        window = query_one(request, "window")
         if window is not None and not re.fullmatch(WINDOW_PATTERN, window):
             raise ValidationFailed("window must look like 7d (1 to 365 days)", details={"window": ["invalid"]})
         return render(
@@ -305,13 +306,13 @@ class SearchView(ApiView):
 
 
 def _search_params(request: Request) -> tuple[str, str]:
-    raw = request.query_params.get("q") or ""
+    raw = query_one(request, "q") or ""
     query = raw.replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
     if not query or len(raw) > settings.RECSYS_SEARCH_MAX_QUERY_CHARS:
         raise ValidationFailed(
             f"q must be 1 to {settings.RECSYS_SEARCH_MAX_QUERY_CHARS} characters", details={"q": ["invalid"]}
         )
-    mode = request.query_params.get("mode", "hybrid")
+    mode = query_one(request, "mode", "hybrid")
     if mode not in search.MODES:
         raise ValidationFailed(f"mode must be one of {', '.join(search.MODES)}", details={"mode": ["invalid"]})
     return query, mode

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
-from api.params import LIMIT_PARAMETER, query_limit
+from api.params import LIMIT_PARAMETER, query_limit, query_one
 from api.permissions import PUBLIC
 from embeddings.selectors import active_versions_summary, item_vectors_status
 from recsys import replicas, selectors, services
@@ -128,7 +128,7 @@ class UserInteractionsView(ApiView):
     )
     def get(self, request: Request, user_id: str) -> Response:
         page = selectors.user_interactions_page(
-            external_id=user_id, limit=query_limit(request), cursor=request.query_params.get("cursor") or None
+            external_id=user_id, limit=query_limit(request), cursor=query_one(request, "cursor") or None
         )
         return Response(s.HistorySerializer(page).data)
 

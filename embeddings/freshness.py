@@ -117,8 +117,10 @@ def users_fold_in(*, user_ids: list[int]) -> int:
         stored += rows.user_vectors_delete(
             user_table=pointer.version.user_table, user_ids=[u for u, v in vectors.items() if v is None]
         )
+        # First: no replica serves them a vector older than this one; then their cached answers go
+        # stale (the other order let a request between the two cache an answer from a lagging replica).
+        users_wrote(external_ids=stored)
         answers_invalidate(owners=[f"user:{external_id}" for external_id in stored])
-        users_wrote(external_ids=stored)  # no replica serves them a vector older than this one
         written += len(stored)
     return written
 

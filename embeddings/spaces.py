@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
@@ -12,7 +10,7 @@ from embeddings.models import VectorSpace
 from embeddings.vectors import rows, tables
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
-from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
+from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE, finite_number
 
 
 def item_vector_put(*, item_external_id: str, space: str, vector: object) -> tuple[VectorSpace, bool]:
@@ -41,11 +39,7 @@ def _check_space_name(space: str) -> None:
 
 def _clean_vector(vector: object) -> np.ndarray:
     limit = settings.RECSYS_CUSTOM_VECTOR_MAX_DIMENSIONS
-    if (
-        not isinstance(vector, list)
-        or not 1 <= len(vector) <= limit
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vector)
-    ):
+    if not isinstance(vector, list) or not 1 <= len(vector) <= limit or not all(finite_number(v) for v in vector):
         raise ValidationFailed(f"vector must be a list of 1 to {limit} finite numbers", details={"vector": ["invalid"]})
     values = np.asarray(vector, dtype=np.float64)
     largest = float(np.abs(values).max())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -24,6 +23,7 @@ from experiments.variants import (
 from recsys.errors import Conflict, NotFound, ValidationFailed
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
 from recsys.rules.scenarios import SCENARIO_NAME_PATTERN
+from recsys.validation import finite_number
 
 SERVABLE = (Status.READY, Status.ACTIVE, Status.RETIRED)
 CREATE_KEYS = ("name", "scenario", "control", "variants", "alpha", "mde")
@@ -79,7 +79,7 @@ def _body_clean(body: object) -> tuple[str, str | None, str, list[tuple[str, flo
 
 def _number(body: dict[str, Any], key: str, default: float, ok: Any, wanted: str, errors: dict[str, Any]) -> float:
     value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+    if not finite_number(value) or not ok(value):
         errors[key] = [f"must be {wanted}"]
         return default
     return float(value)

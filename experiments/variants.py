@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
+from recsys.validation import finite_number
 
 STRATEGIES = ("collaborative", "content", "ranked", "popular", "shuffled")
 CONFIG_KEYS = ("model_version", "strategy", "diversity", "scenario_rules")
@@ -61,7 +61,7 @@ def variant_config_parse(config: object) -> tuple[VariantConfig | None, dict[str
 
 
 def _is_fraction(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+    return finite_number(value) and 0 <= value <= 1
 
 
 def variant_name_valid(name: object) -> bool:
@@ -69,9 +69,4 @@ def variant_name_valid(name: object) -> bool:
 
 
 def variant_weight_valid(weight: object) -> bool:
-    return (
-        isinstance(weight, (int, float))
-        and not isinstance(weight, bool)
-        and math.isfinite(weight)
-        and 0 < weight <= 1e6
-    )
+    return finite_number(weight) and 0 < weight <= 1e6

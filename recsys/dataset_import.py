@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from recsys.ingestion.report import ImportReport
 from recsys.ingestion.rules import EVENT_FIELDS, RawEvents, RowError
 from recsys.ingestion.writer import ids_resolve
 from recsys.models import EventType, Item
-from recsys.validation import ITEM_FIELDS, is_external_id
+from recsys.validation import ITEM_FIELDS, finite_number, is_external_id
 
 # Items per items_upsert call: the API's batch path, whose one JSON document of up to 100k
 # characters of text per item is bounded to ~100 MB by 1,000 items.
@@ -140,7 +139,7 @@ def _event_types(records: Iterable[Record]) -> ImportReport:
     for record in _checked(records, report):
         doc = record.document
         weight = doc.get("weight")
-        if not isinstance(doc.get("name"), str) or not isinstance(weight, int | float) or not math.isfinite(weight):
+        if not isinstance(doc.get("name"), str) or not finite_number(weight):
             _reject(report, record.line, RowError("an event type needs a name and a finite weight", doc))
             continue
         description = str(doc.get("description") or "")[:200]

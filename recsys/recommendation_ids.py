@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 # A variant's name is a slug so that it can travel inside the id (and in URLs) unescaped.
 VARIANT_NAME_PATTERN = r"[a-z0-9_-]{1,32}"
 RECOMMENDATION_ID_MAX_LENGTH = 80
+_FUTURE_SLACK_MS = 86_400_000  # clocks of the processes that mint and read ids may differ this much
 _RANDOM_BYTES = 9  # 12 url-safe characters: 72 bits, collision-free for any realistic volume
 _ID_RE = re.compile(rf"r([0-9a-z]{{1,11}})\.([A-Za-z0-9_-]{{12}})(?:\.e([0-9]{{1,18}})\.({VARIANT_NAME_PATTERN}))?")
 
@@ -47,7 +48,10 @@ def recommendation_id_read(value: object) -> RecommendationRef | None:
     if match is None:
         return None
     stamp, _, experiment, variant = match.groups()
-    issued_at = datetime.fromtimestamp(int(stamp, 36) / 1000, tz=UTC)
+    millis = int(stamp, 36)
+    if millis > time.time_ns() // 1_000_000 + _FUTURE_SLACK_MS:
+        return None  # "issued" in the future: not minted here (and past datetime's range at the extreme)
+    issued_at = datetime.fromtimestamp(millis / 1000, tz=UTC)
     return RecommendationRef(issued_at, int(experiment) if experiment else None, variant)
 
 

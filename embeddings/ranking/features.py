@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.ranking.sources import SOURCES, Candidates
+from recsys.validation import finite_number
 
 ITEM_FEATURES = ("model_score", "content_similarity", "popularity", "trend", "age_days", "category_affinity")
 USER_FEATURES = ("user_activity", "user_recency_days")
@@ -90,6 +91,6 @@ def numeric_attributes(
             value = (attributes or {}).get(name)
             if isinstance(value, bool):
                 out[r, c] = float(value)
-            elif isinstance(value, int | float) and np.isfinite(value):
+            elif finite_number(value):
                 out[r, c] = float(value)
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
-from recsys.validation import is_external_id, parse_timestamp
+from recsys.validation import finite_number, is_external_id, parse_timestamp
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -273,16 +273,9 @@ def value_number(value: object) -> float:
     """A JSON value: a finite number, or None (NaN: no value)."""
     if value is None:
         return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+    if not finite_number(value):
         raise RowError("value must be a finite number", value, fields=("value",), problem="not a finite number")
     return float(value)
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float's range (JSON allows any number of digits)
-        return False
 
 
 def iso_micros(text: str) -> int:

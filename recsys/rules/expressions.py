@@ -304,7 +304,13 @@ def _instant(value: str, token: Token) -> datetime:
         raise ExpressionError(
             f'{value!r} is not a date or time like "2026-01-31" or "2026-01-31T12:00:00Z"', token.position
         ) from None
-    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    try:
+        # In UTC: PostgreSQL refuses offsets past ±15:59 that Python accepts (up to ±23:59).
+        return instant.astimezone(UTC)
+    except OverflowError:
+        raise ExpressionError(f"{value!r} is out of range once in UTC", token.position) from None
 
 
 # ---- SQL ----------------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ def _buries(value: Any) -> list[str]:
 
 
 def scenario_delete(*, name: str) -> None:
+    if not SCENARIO_NAME_RE.fullmatch(name):  # (one that cannot be saved: NUL would reach PostgreSQL)
+        raise NotFound(f"scenario {name!r} does not exist")
     deleted, _ = Scenario.objects.filter(name=name).delete()
     scenario_cache_forget()
     if not deleted:
@@ -126,7 +128,7 @@ def scenario_delete(*, name: str) -> None:
 
 
 def scenario_get(*, name: str) -> Scenario:
-    scenario = Scenario.objects.filter(name=name).first()
+    scenario = Scenario.objects.filter(name=name).first() if SCENARIO_NAME_RE.fullmatch(name) else None
     if scenario is None:
         raise NotFound(f"scenario {name!r} does not exist")
     return scenario
@@ -150,6 +152,7 @@ def scenario_rules(scenario: Scenario) -> RuleSet:
 
 _lock = threading.Lock()
 _cached: dict[str, tuple[float, RuleSet]] = {}
+MAX_CACHED_SCENARIOS = 1_000
 
 
 def scenario_rules_serving(*, name: str) -> RuleSet:
@@ -164,6 +167,8 @@ def scenario_rules_serving(*, name: str) -> RuleSet:
     scenario = Scenario.objects.filter(name=name).first()
     rules = scenario_rules(scenario) if scenario else NO_RULES
     with _lock:
+        if len(_cached) >= MAX_CACHED_SCENARIOS:  # names nobody saved would otherwise grow it without end
+            _cached.clear()
         _cached[name] = (now, rules)
     return rules
 

@@ -222,3 +222,86 @@ def test_a_chunked_body_the_server_did_not_decode_is_refused_not_read_as_empty(w
 
     assert response.status_code == 400, response.content
     assert writer.get("/api/v1/items/chunked").status_code == 404
+
+
+# ---- inputs that reached code paths unprepared for them (a read-through review, session 16) -------
+
+
+def test_a_limit_of_thousands_of_digits_is_400_not_500(writer):
+    response = writer.get("/api/v1/items/popular?limit=" + "9" * 4_400)  # past int()'s 4,300 digits
+
+    assert_error(response, 400, "validation_error")
+
+
+def test_more_than_a_thousand_query_parameters_is_400_malformed(writer):
+    response = writer.get("/api/v1/items/popular?" + "a&" * 1_001)  # Django's TooManyFieldsSent
+
+    assert_error(response, 400, "malformed_request")
+
+
+@pytest.mark.parametrize("name", ["filter", "exclude", "limit", "category"])
+def test_a_single_value_parameter_given_twice_is_400(writer, name):
+    value = {"filter": "category = 'a'", "exclude": "i1", "limit": "5", "category": "a"}[name]
+
+    writer.put("/api/v1/users/u1", {}, format="json")
+
+    response = writer.get("/api/v1/users/u1/recommendations", {name: [value, value]})
+
+    assert_error(response, 400, "validation_error")
+    assert response.json()["error"]["details"] == {name: ["given more than once"]}
+
+
+@pytest.mark.parametrize("field", ["alpha", "weight", "diversity"])
+def test_an_integer_beyond_floats_range_in_an_experiment_is_400(admin_client_api, field):
+    huge = 10**400
+    variants = [{"name": "a", "weight": 1}, {"name": "b", "weight": huge if field == "weight" else 1}]
+    if field == "diversity":
+        variants[1]["config"] = {"diversity": huge}
+    body = {"name": "huge", "scenario": "home", "control": "a", "variants": variants}
+    if field == "alpha":
+        body["alpha"] = huge
+
+    response = admin_client_api.post(
+        "/api/v1/experiments", json.dumps(body), content_type="application/json"
+    )  # (DRF's encoder would refuse 10**400 itself; JSON allows it)
+
+    assert_error(response, 400, "validation_error")
+
+
+def test_a_custom_vector_of_an_integer_beyond_floats_range_is_400(admin_client_api):
+    admin_client_api.put("/api/v1/items/i1", {"title": "one"}, format="json")
+
+    response = admin_client_api.put(
+        "/api/v1/items/i1/vectors/images", json.dumps({"vector": [1, 10**400]}), content_type="application/json"
+    )
+
+    assert_error(response, 400, "validation_error")
+
+
+def test_a_forged_recommendation_id_dated_past_the_calendar_keeps_the_batch(writer):
+    forged = "rzzzzzzzzzzz.AAAAAAAAAAAA"  # base36 milliseconds far past the year 9999
+    rows = [{"recommendation_id": forged, "user": "u1", "items": ["i1"]}, {"user": "u2", "items": ["i2"]}]
+
+    response = writer.post("/api/v1/impressions", {"impressions": rows}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["created"] == 2  # a foreign id is stored as given; it attributes to nothing
+    click = {"user": "u1", "item": "i1", "type": "click", "recommendation_id": forged}
+    response = writer.post("/api/v1/interactions", {"interactions": [click]}, format="json")
+    assert response.status_code == 200 and response.json()["created"] == 1, response.content
+
+
+def test_a_scenario_name_holding_nul_is_404_on_read_and_delete(admin_client_api):
+    for method in (admin_client_api.get, admin_client_api.delete):
+        assert_error(method("/api/v1/scenarios/a%00b"), 404, "not_found")
+
+
+def test_a_filter_instant_with_an_offset_postgresql_refuses_is_read_in_utc(writer):
+    writer.put("/api/v1/items/i1", {"title": "one", "published_at": "2026-01-02T00:00:00Z"}, format="json")
+
+    response = writer.get(
+        "/api/v1/search", {"q": "one", "mode": "keyword", "filter": 'published_at > "2026-01-01T00:00:00+20:00"'}
+    )
+
+    assert response.status_code == 200, response.content
+    assert [item["id"] for item in response.json()["items"]] == ["i1"]

@@ -293,3 +293,14 @@ def test_serving_facts_follow_the_candidates_whatever_order_the_statement_answer
     assert facts.category_affinity.tolist() == [0.5, 0.25, 0.0]
     assert facts.popularity.tolist() == pytest.approx(state.popularity[[3, 1, 0]].tolist())
     assert np.isnan(facts.attributes[:2, 0]).all() and facts.attributes[2, 0] == 7.0
+
+
+def test_attribute_features_read_numbers_past_floats_range_and_non_numbers_as_missing():
+    from embeddings.ranking.features import numeric_attributes
+
+    rows = [{"price": 10**400}, {"price": 2}, {"price": "3"}, {"price": True}, None]  # jsonb keeps any integer
+
+    values = numeric_attributes(rows, ["price"])[:, 0]
+
+    assert np.isnan(values[0]) and values[1] == 2.0 and np.isnan(values[2]) and values[3] == 1.0
+    assert np.isnan(values[4])
