@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -366,7 +367,15 @@ class ModelVersionAdmin(GuardedAdmin):
             return self._changelist()
         pruned = runs.model_versions_prune(kind=kind, keep=keep)
         shown = ", ".join(f"v{pk}" for pk in pruned) or "none"
-        self.message_user(request, f"Dropped the vectors of {len(pruned)} {kind} version(s): {shown}.")
+        message = f"Dropped the vectors of {len(pruned)} {kind} version(s): {shown}."
+        waiting = operations.versions_in_grace(kind=kind, keep=keep)
+        if waiting:
+            message += (
+                f" Kept for now: {', '.join(f'v{pk}' for pk in waiting)}, which served less than "
+                f"{settings.RECSYS_PRUNE_GRACE_SECONDS} s ago (other processes may still read them); "
+                "the beat drops them after that."
+            )
+        self.message_user(request, message)
         return self._changelist()
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:

@@ -65,6 +65,9 @@ class ModelVersion(models.Model):
     # A running version holds a lease; a worker killed mid-run lets it expire instead of
     # blocking the next run forever.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When serving last moved off this version: other processes may still read it for a moment
+    # (their cached pointer, a lagging replica), so pruning leaves its tables that much longer.
+    deactivated_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-id"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
 
 from embeddings import content, runs, services, tasks
 from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
@@ -79,3 +83,12 @@ def active_pointers() -> list[ActiveVersion]:
 def versions_training() -> bool:
     """Whether any run is in progress (the models page then refreshes itself)."""
     return ModelVersion.objects.filter(status=Status.TRAINING).exists()
+
+
+def versions_in_grace(*, kind: str, keep: int) -> list[int]:
+    """Versions past the newest ``keep`` that keep their tables only because they served within
+    RECSYS_PRUNE_GRACE_SECONDS (``runs.model_versions_prune``), newest first."""
+    recent = timezone.now() - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
+    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
+    older = servable.order_by("-id").values_list("pk", "deactivated_at", "status")[keep:]
+    return [pk for pk, deactivated, status in older if status != Status.ACTIVE and deactivated and deactivated > recent]

@@ -300,10 +300,21 @@ def _fail(version: ModelVersion, error: Exception, *, only_if_expired: bool = Fa
         lease_expires_at=None,
     )
     if failed and ModelVersion.objects.filter(pk=version.pk, has_tables=True).exists():
-        with transaction.atomic():  # the tables and the flag that says they exist go together
-            tables.tables_drop(version.pk)
-            ModelVersion.objects.filter(pk=version.pk).update(has_tables=False)
+        _tables_drop(version.pk)  # busy: the beat's tidying drops them later
     return bool(failed)
+
+
+def _tables_drop(version_id: int, **fields: Any) -> bool:
+    """Drop a version's tables and save ``fields`` with ``has_tables=False`` in one transaction;
+    False (nothing changed) when the tables are in use (tables.TablesBusy)."""
+    try:
+        with transaction.atomic():  # the tables and the flag that says they exist go together
+            tables.tables_drop(version_id)
+            ModelVersion.objects.filter(pk=version_id).update(has_tables=False, **fields)
+    except tables.TablesBusy as busy:
+        logger.warning("%s", busy)
+        return False
+    return True
 
 
 # ---- activation and pruning -----------------------------------------------------------------------
@@ -363,7 +374,9 @@ def model_version_activate(*, version_id: int) -> ModelVersion:
             raise ModelVersionNotReady(f"version {version.pk} is {version.status} and cannot be served")
         previous = ActiveVersion.objects.select_for_update().filter(kind=version.kind).first()
         if previous and previous.version_id != version.pk:
-            ModelVersion.objects.filter(pk=previous.version_id).update(status=Status.READY)
+            ModelVersion.objects.filter(pk=previous.version_id).update(
+                status=Status.READY, deactivated_at=timezone.now()
+            )
             # (one served is judged, whoever activated it: back to ready it is not sent again)
             _concluded(ModelVersion.objects.get(pk=previous.version_id))
         ActiveVersion.objects.update_or_create(kind=version.kind, defaults={"version": version})
@@ -388,18 +401,41 @@ def _serving_changed() -> None:
 prune_guards: list[Callable[[], set[int]]] = []
 
 
-def model_versions_prune(*, kind: str, keep: int) -> list[int]:
-    """Drop the vector tables of all but the newest ``keep`` servable versions (never the active one,
-    nor one that a guard in ``prune_guards`` names)."""
+def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -> list[int]:
+    """Drop the vector tables of all but the newest ``keep`` servable versions: never the active
+    one, one that a guard in ``prune_guards`` names, or one that served within
+    RECSYS_PRUNE_GRACE_SECONDS (other processes may still read it); tables in use are left for the
+    next try (the beat tidies every few seconds). Each drop re-checks under the version's row lock
+    and then the pointer's, in activation's order, so that a version activated meanwhile (a
+    rollback) is never dropped."""
+    now = now or timezone.now()
+    recent = now - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
     servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
-    active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
-    kept = {active}.union(*(guard() for guard in prune_guards))
     pruned = []
-    for version in servable.order_by("-id")[keep:]:
-        if version.pk in kept:
+    for version_id in servable.order_by("-id").values_list("pk", flat=True)[keep:]:
+        try:
+            with transaction.atomic():
+                version = ModelVersion.objects.select_for_update().filter(pk=version_id, has_tables=True).first()
+                active = ActiveVersion.objects.select_for_update().filter(kind=kind).first()
+                kept = {active.version_id if active else None}.union(*(guard() for guard in prune_guards))
+                if version is None or version.pk in kept or (version.deactivated_at or recent) > recent:
+                    continue
+                tables.tables_drop(version.pk)
+                ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
+        except tables.TablesBusy as busy:
+            logger.warning("%s", busy)
             continue
-        with transaction.atomic():
-            tables.tables_drop(version.pk)
-            ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
-        pruned.append(version.pk)
+        pruned.append(version_id)
     return pruned
+
+
+def versions_tidy() -> list[int]:
+    """Beat: prune every kind (versions whose grace has passed since they served; drops that found
+    their tables busy), and drop what failed runs left (their drop found the tables busy)."""
+    dropped = []
+    for kind in ModelVersion.objects.values_list("kind", flat=True).distinct():
+        dropped += model_versions_prune(kind=kind, keep=settings.RECSYS_KEEP_VERSIONS)
+    for version_id in ModelVersion.objects.filter(status=Status.FAILED, has_tables=True).values_list("pk", flat=True):
+        if _tables_drop(version_id):
+            dropped.append(version_id)
+    return dropped

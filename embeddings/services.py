@@ -493,7 +493,7 @@ def _store_measured(
     split_factors: Factors | None = None,
 ) -> _Stored:
     """Replace the version's vectors and index with ``factors`` and measure its index again."""
-    tables.tables_drop(version.pk)
+    tables.tables_drop_patiently(version.pk)
     _store(version, data, factors)
     version.metrics = {k: v for k, v in metrics.items() if not k.startswith("ann_")}
     version.ef_search = None

@@ -34,10 +34,12 @@ def collaborative_model_retrain() -> dict[str, object] | None:
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def training_runs_reap() -> list[int]:
-    """Beat: runs whose worker stopped sending heartbeats are marked failed; a run that stored its
+    """Beat: runs whose worker stopped sending heartbeats are marked failed; old versions' tables
+    are pruned once their grace has passed (``runs.versions_tidy``); a run that stored its
     work but was never judged (its worker died, or PostgreSQL went away, before activation) has its
     task sent again, which then only concludes it. Idempotent."""
     reaped = runs.runs_reap()
+    runs.versions_tidy()
     for version in runs.runs_unconcluded():
         task = content_model_build if version.kind == Kind.CONTENT else collaborative_model_train
         logger.warning("%s version %s stored its work but was never judged; concluding it", version.kind, version.pk)

@@ -18,6 +18,8 @@ from experiments.variants import VariantConfig, variant_config_parse
 from recsys.errors import NotFound
 
 # What serving never reads of a version (the same as the active pointer's read defers).
+# A stopped experiment's versions keep their tables this long, so that its winner can still be promoted.
+PIN_STOPPED = timedelta(days=7)
 VERSION_DEFERRED = ("item_gram", "encoder_state", "centroids", "progress", "metrics", "baseline_metrics")
 
 
@@ -147,8 +149,15 @@ def experiment_assign(*, scenario: str | None, user_external_id: str | None) -> 
 
 
 def experiment_versions_pinned() -> set[int]:
-    """Model versions that running experiments serve: pruning keeps their tables."""
-    configs = Variant.objects.filter(experiment__status=ExperimentStatus.RUNNING).values_list("config", flat=True)
+    """Model versions that running experiments serve, and those of experiments stopped within
+    PIN_STOPPED_DAYS and not promoted (promoting the winner activates its version): pruning keeps
+    their tables."""
+    stopped_recently = Q(
+        experiment__status=ExperimentStatus.STOPPED, experiment__stopped_at__gte=timezone.now() - PIN_STOPPED
+    )
+    configs = Variant.objects.filter(Q(experiment__status=ExperimentStatus.RUNNING) | stopped_recently).values_list(
+        "config", flat=True
+    )
     return {c["model_version"] for c in configs if isinstance(c, dict) and isinstance(c.get("model_version"), int)}
 
 

@@ -458,6 +458,9 @@ RECSYS_CF_HALF_LIFE_DAYS = env_float("RECSYS_CF_HALF_LIFE_DAYS", 0.0) or None
 # the active one's, or popularity's on its own validation split, by more than this.
 RECSYS_QUALITY_MARGIN = env_float("RECSYS_QUALITY_MARGIN", 0.05)
 RECSYS_KEEP_VERSIONS = env_int("RECSYS_KEEP_VERSIONS", 3, minimum=1)
+# A version that served within this long keeps its tables (other processes' cached pointers, the
+# experiments' cached configurations, a lagging replica, requests in flight may still read them).
+RECSYS_PRUNE_GRACE_SECONDS = env_int("RECSYS_PRUNE_GRACE_SECONDS", 600, minimum=0)
 # A claimed run waits up to RECSYS_TRAIN_LEASE_SECONDS for a worker; a running one is renewed by
 # a heartbeat (every quarter of RECSYS_TRAIN_HEARTBEAT_SECONDS) and declared dead without one.
 RECSYS_TRAIN_LEASE_SECONDS = env_int("RECSYS_TRAIN_LEASE_SECONDS", 600, minimum=5)

@@ -16,6 +16,7 @@ raised as Django's (the API maps those to 503). The connection is the one
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,11 +26,12 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
+from recsys.db import lock_not_available
 from recsys.replicas import read_alias
 
 logger = logging.getLogger(__name__)
@@ -241,12 +243,46 @@ def _hnsw(table: str, vector_type: str, *, if_not_exists: bool = False) -> sql.C
     )
 
 
+class TablesBusy(Exception):
+    """A version's tables could not be dropped within DROP_LOCK_TIMEOUT_MS; try again later."""
+
+
+# Dropping a version's table removes its foreign keys' triggers from recsys_item and recsys_user,
+# which takes an ACCESS EXCLUSIVE lock on those too; a DROP waiting for one (behind a long
+# transaction: an export, a slow ingest) would queue every query on the catalogue behind it. So a
+# DROP waits this long at most, and whoever asked for it tries again later.
+DROP_LOCK_TIMEOUT_MS = 500
+
+
 def tables_drop(version_id: int) -> None:
-    with cursor() as cur:
-        for owner in OWNERS:
-            cur.execute(
-                sql.SQL("DROP TABLE IF EXISTS {table}").format(table=sql.Identifier(table_name(version_id, owner)))
-            )
+    """Drop a version's tables (in the caller's transaction, if any); raises TablesBusy when their
+    locks are not granted within DROP_LOCK_TIMEOUT_MS."""
+    try:
+        with transaction.atomic(), cursor() as cur:
+            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DROP_LOCK_TIMEOUT_MS}ms")))
+            for owner in OWNERS:
+                cur.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {table}").format(table=sql.Identifier(table_name(version_id, owner)))
+                )
+    except DatabaseError as error:
+        if lock_not_available(error):
+            raise TablesBusy(f"version {version_id}'s tables are in use; dropping them is left for later") from error
+        raise
+
+
+def tables_drop_patiently(version_id: int, *, seconds: float = 120) -> None:
+    """``tables_drop`` tried again every few seconds while the tables are busy, for up to ``seconds``
+    (a run replacing its own tables: each try holds the catalogue's queries back at most
+    DROP_LOCK_TIMEOUT_MS)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            tables_drop(version_id)
+            return
+        except TablesBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(5)
 
 
 def space_table_drop(name: str) -> None:

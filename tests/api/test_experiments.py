@@ -3,7 +3,10 @@ variant's serving configuration, stop and promote."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from embeddings import runs, services
 from embeddings.learners import LearnerParams
@@ -289,13 +292,27 @@ def test_list_filters_by_status(admin_client_api, versions):
     assert [e["id"] for e in everything] == [second, first]
 
 
-def test_pruning_keeps_the_versions_a_running_experiment_serves(admin_client_api, versions):
+def test_pruning_keeps_the_versions_a_running_experiment_serves(admin_client_api, versions, settings):
+    settings.RECSYS_PRUNE_GRACE_SECONDS = 0
     create(admin_client_api, **two_versions(*versions))
 
     pruned = runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
 
     assert pruned == []
     assert ModelVersion.objects.get(pk=versions[0].pk).has_tables
+
+
+def test_pruning_keeps_a_stopped_experiments_versions_for_its_promotion_for_a_week(
+    admin_client_api, versions, settings
+):
+    settings.RECSYS_PRUNE_GRACE_SECONDS = 0
+    experiment = create(admin_client_api, **two_versions(*versions)).json()["id"]
+    admin_client_api.post(f"/api/v1/experiments/{experiment}/stop")
+
+    assert runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1) == []  # "old" can still be promoted
+
+    Experiment.objects.filter(pk=experiment).update(stopped_at=timezone.now() - timedelta(days=8))
+    assert runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1) == [versions[0].pk]
 
 
 def test_an_experiment_id_beyond_any_key_is_404_not_an_error(admin_client_api, db):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import numpy as np
+import psycopg
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
@@ -122,7 +125,7 @@ def test_rollback_activates_an_older_version(communities):
     assert ModelVersion.objects.get(pk=second.pk).status == Status.READY
 
 
-@override_settings(RECSYS_KEEP_VERSIONS=2)
+@override_settings(RECSYS_KEEP_VERSIONS=2, RECSYS_PRUNE_GRACE_SECONDS=0)
 def test_old_versions_are_pruned_by_dropping_their_tables(communities):
     first, _, third = train(), train(), train()
 
@@ -131,6 +134,40 @@ def test_old_versions_are_pruned_by_dropping_their_tables(communities):
     with pytest.raises(runs.ModelVersionNotReady):
         runs.model_version_activate(version_id=first.pk)
     assert active_version(kind="collaborative").pk == third.pk
+
+
+@override_settings(RECSYS_KEEP_VERSIONS=1)
+def test_a_version_that_served_keeps_its_tables_through_the_grace_and_the_beat_prunes_it_after(communities):
+    first, second = train(), train()  # the first served until just now: other processes may still read it
+
+    assert ModelVersion.objects.get(pk=first.pk).has_tables
+    assert runs.model_versions_prune(kind="collaborative", keep=1) == []
+
+    later = timezone.now() + timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS + 1)
+    assert runs.model_versions_prune(kind="collaborative", keep=1, now=later) == [first.pk]
+    assert ModelVersion.objects.get(pk=second.pk).has_tables
+
+
+@override_settings(RECSYS_KEEP_VERSIONS=1, RECSYS_PRUNE_GRACE_SECONDS=0)
+def test_a_drop_behind_a_long_reader_of_the_catalogue_gives_up_at_once_and_the_beat_drops_it_later(communities):
+    # Given a first version, and another session reading the catalogue in a long transaction (an
+    # export): dropping a version's table needs an ACCESS EXCLUSIVE lock on recsys_item too
+    first = train()
+    reader = psycopg.connect(**connection.get_connection_params())
+    reader.execute("SELECT count(*) FROM recsys_item")  # holds ACCESS SHARE until its transaction ends
+    try:
+        # When a second version is activated (its prune drops the first's tables)
+        started = time.monotonic()
+        second = train()
+        # Then the drop gave up after its lock timeout (the catalogue's queries waited no longer)
+        assert ModelVersion.objects.get(pk=first.pk).has_tables
+        assert active_version(kind="collaborative").pk == second.pk
+    finally:
+        reader.close()
+    assert time.monotonic() - started < 30
+    # and the beat's tidying drops it once the reader is gone
+    assert runs.versions_tidy() == [first.pk]
+    assert not ModelVersion.objects.get(pk=first.pk).has_tables
 
 
 def test_tuning_searches_ease_and_als_and_keeps_the_best_on_validation(communities, settings):

@@ -237,7 +237,8 @@ def test_roll_back_with_nothing_older_is_a_message(admin_client, data):
     assert messages_of(response)[0].startswith("Not rolled back: no older collaborative version")
 
 
-def test_delete_old_keeps_the_newest_and_drops_the_others_vectors(admin_client, two_versions):
+def test_delete_old_keeps_the_newest_and_drops_the_others_vectors(admin_client, two_versions, settings):
+    settings.RECSYS_PRUNE_GRACE_SECONDS = 0
     older, newer = two_versions
 
     response = admin_client.post(f"{MODELS}prune/", {"kind": "collaborative", "keep": "1"}, follow=True)
@@ -246,6 +247,17 @@ def test_delete_old_keeps_the_newest_and_drops_the_others_vectors(admin_client, 
     older.refresh_from_db()
     assert older.status == Status.RETIRED and not older.has_tables
     assert ModelVersion.objects.get(pk=newer.pk).has_tables
+
+
+def test_delete_old_keeps_a_version_that_served_moments_ago_and_says_so(admin_client, two_versions):
+    older, _ = two_versions  # served until the newer one was activated, just now
+
+    response = admin_client.post(f"{MODELS}prune/", {"kind": "collaborative", "keep": "1"}, follow=True)
+
+    assert messages_of(response)[0].startswith(
+        f"Dropped the vectors of 0 collaborative version(s): none. Kept for now: v{older.pk}, which served less than"
+    )
+    assert ModelVersion.objects.get(pk=older.pk).has_tables
 
 
 def test_delete_old_refuses_to_keep_none(admin_client, two_versions):
@@ -325,7 +337,8 @@ def test_a_pending_map_refreshes_its_page(admin_client, settings, monkeypatch):
     assert "Computing on a worker" in html and 'data-refresh-seconds="2"' in html
 
 
-def test_a_version_without_vectors_cannot_be_mapped(admin_client, two_versions):
+def test_a_version_without_vectors_cannot_be_mapped(admin_client, two_versions, settings):
+    settings.RECSYS_PRUNE_GRACE_SECONDS = 0
     older, _ = two_versions
     runs.model_versions_prune(kind=Kind.COLLABORATIVE, keep=1)
 
