@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ class InteractionMatrix:
     matrix: sp.csr_matrix
     user_ids: npt.NDArray[np.int64]
     item_ids: npt.NDArray[np.int64]
+    # When the events were read (None: not from the database): user vectors learnt from them are
+    # stamped with it, so that the fold-in sweep refolds the users whose events arrived later.
+    read_at: datetime | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -7,12 +7,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from embeddings import runs
 from embeddings.ann_tuning import version_ef_search_tune
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 # row of arrays (embeddings.interactions.events_from_array_copy): a Python step per million events, not
 # per event. One REPEATABLE READ snapshot for all ranges.
 _INTERACTIONS_RANGE_ROWS = 1 << 20
+READ_AT_MARGIN_SECONDS = 60  # an ingest transaction's longest plausible run (see interactions_load_timed)
 _INTERACTIONS_COPY = (
     "COPY (SELECT array_agg(user_id), array_agg(item_id), array_agg(weight){timestamps} FROM recsys_interaction"
     " WHERE id >= {low} AND id < {high} HAVING count(*) > 0) TO STDOUT (FORMAT BINARY)"
@@ -96,6 +99,9 @@ def interactions_load_timed(
     """The weighted matrix and, with ``with_times`` (the ranking stage's input; 8 more bytes an event
     while reading), each pair's latest event time over the same rows and columns."""
     at = now or time.time()
+    # Before the snapshot, less what an ingest transaction that began earlier and commits after it
+    # may take: events stamped later than this are not all in it.
+    read_at = timezone.now() - timedelta(seconds=READ_AT_MARGIN_SECONDS)
 
     def weigh(weights: Any, timestamps: Any) -> Any:
         return weights * decay(timestamps, now=at, half_life_days=half_life_days)
@@ -116,7 +122,7 @@ def interactions_load_timed(
                 weigh=weigh if half_life_days else None,
                 timestamps=with_times,
             )
-    data = build_matrix(events.user_ids, events.item_ids, events.weights)
+    data = replace(build_matrix(events.user_ids, events.item_ids, events.weights), read_at=read_at)
     if not with_times:
         return data, None
     return data, latest_times(data, events.user_ids, events.item_ids, events.timestamps)
@@ -387,7 +393,7 @@ def _store(version: ModelVersion, data: InteractionMatrix, factors: Factors) -> 
     runs.run_tables_created(version)
     tables.tables_create(version.pk, factors.dimensions, kind)
     tables.vectors_copy(version.pk, "item", data.item_ids, factors.item, fold_in=factors.item_in, vector_type=kind)
-    tables.vectors_copy(version.pk, "user", data.user_ids, factors.user, vector_type=kind)
+    tables.vectors_copy(version.pk, "user", data.user_ids, factors.user, vector_type=kind, updated_at=data.read_at)
     tables.index_build(version.pk, "item", kind)
 
 

@@ -306,6 +306,7 @@ def vectors_copy(
     vectors: npt.NDArray[np.float32],
     fold_in: npt.NDArray[np.float32] | None = None,
     vector_type: str = VECTOR,
+    updated_at: datetime | None = None,
 ) -> int:
     """Bulk-load (id, vector[, fold-in vector]) rows with binary COPY; ids must exist in the owner table.
 
@@ -315,6 +316,7 @@ def vectors_copy(
     vectors : (n, d) float32
     fold_in : (n, d) float32 item input vectors of models that fold users in as a weighted sum
     vector_type : the tables' column type (``vector`` or ``halfvec``: sent as float16)
+    updated_at : the rows' ``updated_at`` (default: now), for vectors learnt from older data
     """
     if len(ids) != len(vectors) or (fold_in is not None and len(fold_in) != len(ids)):
         raise ValueError("ids and vectors differ in length")
@@ -326,13 +328,22 @@ def vectors_copy(
     statement = sql.SQL("COPY {table} ({fk}, embedding{columns}) FROM STDIN WITH (FORMAT BINARY)").format(
         table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id"), columns=columns
     )
-    with cursor() as cur, cur.copy(statement) as copy:
-        # Binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row.
-        for first in range(0, max(len(ids), 1), COPY_ROWS):
-            rows = slice(first, first + COPY_ROWS)
-            extra = fold_in[rows] if fold_in is not None else None
-            copy.write(vector_rows_binary(ids[rows], vectors[rows], extra, vector_type=vector_type, header=first == 0))
-        copy.write(b"\xff\xff")
+    table = sql.Identifier(table_name(version_id, owner))
+    stamp = sql.SQL("ALTER TABLE {table} ALTER COLUMN updated_at SET DEFAULT {value}")
+    with transaction.atomic(), cursor() as cur:
+        if updated_at is not None:  # the binary rows carry no time: the column's default, for this COPY
+            cur.execute(stamp.format(table=table, value=sql.Literal(updated_at)))
+        with cur.copy(statement) as copy:
+            # Binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row.
+            for first in range(0, max(len(ids), 1), COPY_ROWS):
+                rows = slice(first, first + COPY_ROWS)
+                extra = fold_in[rows] if fold_in is not None else None
+                copy.write(
+                    vector_rows_binary(ids[rows], vectors[rows], extra, vector_type=vector_type, header=first == 0)
+                )
+            copy.write(b"\xff\xff")
+        if updated_at is not None:
+            cur.execute(stamp.format(table=table, value=sql.SQL("now()")))
     return len(ids)
 
 

@@ -185,3 +185,39 @@ def test_a_user_whose_history_no_longer_folds_in_loses_the_vector_of_their_earli
         )
 
     assert user_vector(trained, "fickle") is None
+
+
+@pytest.fixture
+def committed(transactional_db):
+    """Committed rows with their real arrival times (a test transaction stamps every row alike); the
+    versions' vector tables (not Django's) dropped before the flush."""
+    yield
+    from embeddings.models import ModelVersion
+    from embeddings.vectors import tables
+
+    for version_id in ModelVersion.objects.values_list("pk", flat=True):
+        tables.tables_drop(version_id)
+
+
+def test_events_that_arrive_while_a_model_trains_are_folded_into_the_new_version_by_the_sweep(
+    committed, communities, monkeypatch
+):
+    from embeddings.freshness import users_fold_in_sweep
+
+    monkeypatch.setattr(services, "READ_AT_MARGIN_SECONDS", 0)
+    load = services.weak_negatives_load  # called right after the run has read the interactions
+
+    def an_event_arrives_meanwhile(data):  # type: ignore[no-untyped-def]
+        interactions_ingest(rows=[{"user": "u3", "item": f"i{n}", "type": "purchase"} for n in range(15, 30)])
+        return load(data)
+
+    monkeypatch.setattr(services, "weak_negatives_load", an_event_arrives_meanwhile)
+    version = services.collaborative_version_create(params=LearnerParams(factors=8, iterations=10))
+    trained = services.collaborative_model_train(version_id=version.pk)
+    before = community_scores(trained, user_vector(trained, "u3"))
+
+    # The new version's vector of u3 was learnt without those events: it is older than them
+    assert users_fold_in_sweep(lookback_seconds=3600) == 1
+    first, second = community_scores(trained, user_vector(trained, "u3"))
+    assert second - first > before[1] - before[0]  # moved toward the community it just bought from
+    assert users_fold_in_sweep(lookback_seconds=3600) == 0
