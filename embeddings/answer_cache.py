@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -83,9 +84,25 @@ def answers_invalidate(*, owners: Iterable[str]) -> None:
 
 
 def answers_invalidate_all() -> None:
-    """A new global token: every cached answer goes stale (model switch, catalogue change)."""
+    """A new global token: every cached answer goes stale (model switch, catalogue change). With
+    read replicas, again once the slowest one served may have replayed the change: a request that
+    read the new token but a lagging replica's old rows would otherwise cache an answer without the
+    change (a hidden item) under the new token."""
     if settings.RECSYS_ANSWER_CACHE_SECONDS > 0:
-        transaction.on_commit(lambda: _renew([redis_store.key(GLOBAL)], expire=False))
+        transaction.on_commit(_renew_global)
+
+
+def _renew_global() -> None:
+    _renew([redis_store.key(GLOBAL)], expire=False)
+    if settings.DATABASE_REPLICA_URLS:
+        later = threading.Timer(
+            settings.RECSYS_READ_YOUR_WRITES_SECONDS,
+            _renew,
+            args=([redis_store.key(GLOBAL)],),
+            kwargs={"expire": False},
+        )
+        later.daemon = True
+        later.start()
 
 
 # Sets every key given to the token (ARGV[1]), with a TTL in seconds unless ARGV[2] is "0": one command

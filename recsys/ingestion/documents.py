@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recsys.db import atomic_with_retry
-from recsys.errors import ValidationFailed
+from recsys.errors import NotFound, ValidationFailed
 from recsys.ingestion.readers import batches
 from recsys.ingestion.report import BatchResult, ImportReport
 from recsys.ingestion.rules import RowError
@@ -90,7 +90,10 @@ def item_upsert(*, external_id: str, data: object) -> tuple[Item, bool]:
     if _empty_windows({external_id: fields}):
         raise window_error()
     created, _ = _items_store({external_id: fields}, copy=False)
-    return Item.objects.defer("search_vector").get(external_id=external_id), bool(created)
+    item = Item.objects.defer("search_vector").filter(external_id=external_id).first()
+    if item is None:  # a DELETE of the same id came in between
+        raise NotFound(f"item {external_id!r} was deleted while it was written")
+    return item, bool(created)
 
 
 def user_upsert(*, external_id: str, attributes: dict[str, Any] | None) -> tuple[User, bool]:
@@ -99,7 +102,10 @@ def user_upsert(*, external_id: str, attributes: dict[str, Any] | None) -> tuple
     fields = {} if attributes is None else clean_user_fields({"attributes": attributes})
     created, _ = atomic_with_retry(lambda: documents_write("user", [{"id": external_id, **fields}], copy=False))
     users_wrote(external_ids=[external_id])  # their next reads see this document (recsys.replicas)
-    return User.objects.get(external_id=external_id), bool(created)
+    user = User.objects.filter(external_id=external_id).first()
+    if user is None:  # a DELETE of the same id came in between
+        raise NotFound(f"user {external_id!r} was deleted while it was written")
+    return user, bool(created)
 
 
 def _empty_windows(items: dict[str, dict[str, Any]]) -> set[str]:

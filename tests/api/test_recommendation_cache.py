@@ -193,3 +193,22 @@ def test_a_batch_renews_each_of_its_users_tokens_with_an_expiry_and_the_global_t
     with django_capture_on_commit_callbacks(execute=True):
         answer_cache.answers_invalidate_all()
     assert redis.get(redis_store.key(answer_cache.GLOBAL)) and redis.ttl(redis_store.key(answer_cache.GLOBAL)) == -1
+
+
+def test_with_read_replicas_the_global_token_is_renewed_again_once_they_may_have_replayed(
+    settings, django_capture_on_commit_callbacks
+):
+    import time
+
+    from recsys import redis_store
+
+    settings.DATABASE_REPLICA_URLS = ["postgresql://replica/recsys"]
+    settings.RECSYS_READ_YOUR_WRITES_SECONDS = 0.3
+    redis, key = redis_store.client("cache"), redis_store.key(answer_cache.GLOBAL)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        answer_cache.answers_invalidate_all()
+    first = redis.get(key)
+    time.sleep(0.8)
+
+    assert first and redis.get(key) != first  # an answer cached from a lagging replica meanwhile goes stale too
