@@ -255,3 +255,9 @@ class SessionRequestSerializer(RequestSerializer):
     )
     scenario = StrictCharField(required=False, max_length=64, help_text="apply this saved scenario's rules")
     user = ExternalIdField(required=False, help_text="never recommend this user's hidden items")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        both = sorted(set(attrs["items"]) & set(attrs.get("negative_items", [])))
+        if both:  # liked and disliked at once: the query would cancel out to nothing
+            raise serializers.ValidationError({"negative_items": [f"also in items: {', '.join(both[:10])}"]})
+        return attrs

@@ -199,6 +199,7 @@ def test_a_negative_item_pushes_down_what_resembles_it(reader, trained):
         {"items": [1]},
         {"items": ["batch"]},
         {"items": ["i1"], "negative_items": ["a/similar"]},
+        {"items": ["i1", "i2"], "negative_items": ["i2"]},  # liked and disliked: the query cancels out
         {"items": ["i1"], "limit": "5"},
         {"items": ["i1"], "limit": 5.5},
         {"items": ["i1"], "limit": True},

@@ -52,3 +52,19 @@ def test_cumulative_weights_end_at_one_and_refuse_non_positive_weights() -> None
         weights_cumulative([1, 0])
     with pytest.raises(ValueError):
         weights_cumulative([])
+
+
+def test_the_highest_hashes_stay_below_one_and_land_on_the_last_variant(monkeypatch):
+    import hashlib
+
+    from experiments import assignment
+
+    class Highest:
+        def digest(self) -> bytes:
+            return b"\xff" * 8  # 2**64 - 1: divided by 2**64 as a float it is exactly 1.0
+
+    monkeypatch.setattr(hashlib, "blake2b", lambda *args, **kwargs: Highest())
+
+    point = assignment.assignment_bucket(experiment_id=1, user_id="u")
+    assert point < 1.0
+    assert assignment.variant_assign(experiment_id=1, user_id="u", names=["a", "b"], cumulative=(0.5, 1.0)) == "b"
