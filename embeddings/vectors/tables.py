@@ -252,6 +252,12 @@ class TablesBusy(Exception):
 # transaction: an export, a slow ingest) would queue every query on the catalogue behind it. So a
 # DROP waits this long at most, and whoever asked for it tries again later.
 DROP_LOCK_TIMEOUT_MS = 500
+_CATALOGUE_HELD = """
+    SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.relation = ANY (%s::regclass[]) AND l.pid <> pg_backend_pid() AND l.granted
+      AND a.xact_start < now() - interval '1 second'
+    LIMIT 1
+"""
 
 
 def tables_drop(version_id: int) -> None:
@@ -259,6 +265,10 @@ def tables_drop(version_id: int) -> None:
     locks are not granted within DROP_LOCK_TIMEOUT_MS."""
     try:
         with transaction.atomic(), cursor() as cur:
+            # A transaction that has held a lock on the catalogue for a while is likely to go on (an
+            # export): do not queue behind it at all, rather than hold every query back for the timeout.
+            if cur.execute(_CATALOGUE_HELD, [list(OWNERS.values())]).fetchone():
+                raise TablesBusy(f"version {version_id}'s tables wait: a long transaction reads the catalogue")
             cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DROP_LOCK_TIMEOUT_MS}ms")))
             for owner in OWNERS:
                 cur.execute(
