@@ -69,7 +69,7 @@ def database_error(exc: Exception) -> tuple[str, str]:
         return "service_unavailable", "the query took longer than the serving time limit; retry shortly"
     if lock_not_available(exc):
         logger.warning("lock timeout: %s", exc)
-        return "service_unavailable", "the data is being reorganised (a partition roll-up); retry shortly"
+        return "service_unavailable", "the data is being reorganised (partition maintenance); retry shortly"
     logger.error("database unavailable: %s", exc)
     return "service_unavailable", "the database is unavailable; retry shortly"
 

@@ -10,7 +10,8 @@ from embeddings.models import VectorSpace
 from embeddings.vectors import rows, tables
 from recsys.errors import ItemNotFound, ValidationFailed
 from recsys.models import Item
-from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE, finite_number
+from recsys.numbers import finite_number
+from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
 
 def item_vector_put(*, item_external_id: str, space: str, vector: object) -> tuple[VectorSpace, bool]:

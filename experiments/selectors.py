@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from embeddings.models import ModelVersion
@@ -159,6 +159,15 @@ def experiment_versions_pinned() -> set[int]:
         "config", flat=True
     )
     return {c["model_version"] for c in configs if isinstance(c, dict) and isinstance(c.get("model_version"), int)}
+
+
+def experiments_read_from() -> datetime | None:
+    """The start of the oldest experiment whose figures are still computed (running, or stopped
+    within the metrics' final-snapshot window): impression retention keeps everything since."""
+    from experiments.metrics import FINAL_SNAPSHOT_WITHIN
+
+    still = Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=timezone.now() - FINAL_SNAPSHOT_WITHIN)
+    return Experiment.objects.filter(still).aggregate(oldest=Min("started_at"))["oldest"]
 
 
 def experiment_get(*, experiment_id: int) -> Experiment:

@@ -21,9 +21,9 @@ from experiments.variants import (
     variant_weight_valid,
 )
 from recsys.errors import Conflict, NotFound, ValidationFailed
+from recsys.numbers import finite_number
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
 from recsys.rules.scenarios import SCENARIO_NAME_PATTERN
-from recsys.validation import finite_number
 
 SERVABLE = (Status.READY, Status.ACTIVE, Status.RETIRED)
 CREATE_KEYS = ("name", "scenario", "control", "variants", "alpha", "mde")

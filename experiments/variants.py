@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from recsys.numbers import finite_number
 from recsys.recommendation_ids import VARIANT_NAME_PATTERN
-from recsys.validation import finite_number
 
 STRATEGIES = ("collaborative", "content", "ranked", "popular", "shuffled")
 CONFIG_KEYS = ("model_version", "strategy", "diversity", "scenario_rules")

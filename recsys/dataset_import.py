@@ -22,7 +22,8 @@ from recsys.ingestion.report import ImportReport
 from recsys.ingestion.rules import EVENT_FIELDS, RawEvents, RowError
 from recsys.ingestion.writer import ids_resolve
 from recsys.models import EventType, Item
-from recsys.validation import ITEM_FIELDS, finite_number, is_external_id
+from recsys.numbers import finite_number
+from recsys.validation import ITEM_FIELDS, is_external_id
 
 # Items per items_upsert call: the API's batch path, whose one JSON document of up to 100k
 # characters of text per item is bounded to ~100 MB by 1,000 items.

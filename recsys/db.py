@@ -16,13 +16,25 @@ QUERY_CANCELED = "57014"  # statement_timeout ran out
 
 
 def sqlstate(error: Exception) -> str | None:
-    """The SQLSTATE of a database error Django raised (psycopg's error is its cause), if any."""
-    return getattr(error.__cause__, "sqlstate", None)
+    """The SQLSTATE of a database error: psycopg's own, or that of the one Django wrapped (its cause)."""
+    return getattr(error, "sqlstate", None) or getattr(error.__cause__, "sqlstate", None)
 
 
 def lock_not_available(error: Exception) -> bool:
     """Whether a database error is a ``lock_timeout`` that ran out (a delete's bound behind a roll-up)."""
     return sqlstate(error) == LOCK_NOT_AVAILABLE
+
+
+# DDL on a partitioned table (create, attach or drop a partition) locks its parent exclusively, and
+# while it waits for that lock every query on the table queues behind it: behind a long reader (a
+# training run's snapshot, an export) a wait without bound would stop ingestion and serving. So DDL
+# waits this long at most; the beat tries again on its next run, an import a few times at once.
+DDL_LOCK_TIMEOUT_MS = 1_000
+
+
+def ddl_lock_timeout(cursor: Any, milliseconds: int = DDL_LOCK_TIMEOUT_MS) -> None:
+    """Bound this transaction's lock waits (see DDL_LOCK_TIMEOUT_MS)."""
+    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])
 
 
 def query_canceled(error: Exception) -> bool:

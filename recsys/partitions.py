@@ -13,19 +13,27 @@ partitions into one the same way (``partitions_roll_up``).
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+
+from recsys.db import ddl_lock_timeout, lock_not_available
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PARENT = "recsys_interaction"
 DEFAULT = "recsys_interaction_default"
@@ -173,6 +181,7 @@ def partition_create(*, span: Span) -> bool:
     (PostgreSQL refuses to create a partition whose range has rows there). Returns whether it was created."""
     lower, upper = span.bounds()
     with transaction.atomic(), _cursor() as cursor:
+        ddl_lock_timeout(cursor)
         cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
         if any(p.span.overlaps(span) for p in partitions_list()):
             return False
@@ -201,9 +210,21 @@ def partitions_ensure(*, now: datetime, ahead: int) -> list[str]:
             continue
         span = span_for(month, taken=taken, recent_from=recent_from)
         taken.append(span)
-        if partition_create(span=span):
+        if _unless_locked(partial(partition_create, span=span), f"creating {span.name}"):
             created.append(span.name)
     return created
+
+
+def _unless_locked(work: Callable[[], T], what: str) -> T | None:
+    """``work()``, or None (logged) when its DDL did not get its locks within DDL_LOCK_TIMEOUT_MS: the
+    beat's next run tries again."""
+    try:
+        return work()
+    except Exception as error:
+        if not lock_not_available(error):
+            raise
+        logger.warning("%s waits for a busy table; the next maintenance run tries again", what)
+        return None
 
 
 def partitions_drop_before(*, cutoff: datetime) -> list[str]:
@@ -213,9 +234,15 @@ def partitions_drop_before(*, cutoff: datetime) -> list[str]:
     dropped = []
     for partition in partitions_list():
         if partition.span.ends() <= cutoff:
-            with transaction.atomic(), _cursor() as cursor:
-                _drop(cursor, partition.name)
-            dropped.append(partition.name)
+
+            def drop(name: str = partition.name) -> bool:
+                with transaction.atomic(), _cursor() as cursor:
+                    ddl_lock_timeout(cursor)
+                    _drop(cursor, name)
+                return True
+
+            if _unless_locked(drop, f"dropping {partition.name}"):
+                dropped.append(partition.name)
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute(f"DELETE FROM {DEFAULT} WHERE timestamp < %s", [cutoff])
     return dropped
@@ -246,6 +273,7 @@ def partitions_roll_up(*, now: datetime) -> list[str]:
     table = partition_load_create(span=span)
     try:
         with transaction.atomic(), _cursor() as cursor:
+            ddl_lock_timeout(cursor)
             for partition in parts:
                 cursor.execute(f"LOCK TABLE {partition.name} IN EXCLUSIVE MODE")
                 cursor.execute(f"INSERT INTO {table} SELECT * FROM {partition.name}")
@@ -273,7 +301,8 @@ def partitions_maintain() -> dict[str, list[str]]:
     dropped: list[str] = []
     if settings.RECSYS_INTERACTION_RETENTION_DAYS:
         dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
-    rolled_up = partitions_roll_up(now=now)  # after retention: what is dropped is not copied first
+    # after retention: what is dropped is not copied first
+    rolled_up = _unless_locked(partial(partitions_roll_up, now=now), "rolling up a year") or []
     return {"created": created, "dropped": dropped, "rolled_up": rolled_up, "loads_swept": partition_loads_sweep()}
 
 
@@ -339,18 +368,33 @@ def _index_build_alone(statement: str) -> None:
         connection.close()
 
 
+ATTACH_ATTEMPTS = 20
+ATTACH_RETRY_SECONDS = 3
+
+
 def partition_load_attach(*, table: str, span: Span, indexed: bool = False) -> int | None:
     """Index a loaded span's table (``indexed``: its indexes were built by ``partition_load_index``), make
     the keys' indexes its constraints and attach it as the span's partition (dropping an empty one of the
     same span); returns how many events it brought. None, leaving the table as it is, when the span got
-    rows or another partition overlaps it meanwhile (the caller merges them instead)."""
-    with transaction.atomic(), _cursor() as cursor:
-        loaded = _load_index(cursor, table, built=indexed)
-        if not _span_cleared(cursor, span):
-            transaction.set_rollback(True)
-            return None
-        _load_attach(cursor, table, span)
-    return loaded
+    rows or another partition overlaps it meanwhile (the caller merges them instead). The attach's
+    locks are waited for DDL_LOCK_TIMEOUT_MS at a time (the table stays usable meanwhile), up to
+    ATTACH_ATTEMPTS times."""
+    for attempt in range(1, ATTACH_ATTEMPTS + 1):
+        try:
+            with transaction.atomic(), _cursor() as cursor:
+                loaded = _load_index(cursor, table, built=indexed)
+                ddl_lock_timeout(cursor)
+                if not _span_cleared(cursor, span):
+                    transaction.set_rollback(True)
+                    return None
+                _load_attach(cursor, table, span)
+            return loaded
+        except Exception as error:
+            if not lock_not_available(error) or attempt == ATTACH_ATTEMPTS:
+                raise
+            logger.warning("attaching %s waits for a busy table (attempt %d)", table, attempt)
+            time.sleep(ATTACH_RETRY_SECONDS)
+    raise AssertionError("unreachable")
 
 
 def _load_index(cursor: psycopg.Cursor[Any], table: str, *, built: bool = False) -> int:

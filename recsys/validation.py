@@ -7,10 +7,9 @@ field names to messages. Unknown fields are rejected (a typo should not be silen
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import UTC, datetime
-from typing import Any, TypeGuard
+from typing import Any
 
 from recsys.errors import PayloadTooLarge, ValidationFailed
 
@@ -58,17 +57,6 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
         raise ValidationFailed(f"{field} is out of range", details={field: ["out of range"]}) from None
-
-
-def finite_number(value: object) -> TypeGuard[int | float]:
-    """A JSON number (not a boolean) that a float holds finitely. Python's JSON reads ``1e999`` as
-    infinity and keeps integers of any length, on which ``math.isfinite`` raises and numpy's refuses."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _require_object(data: object, what: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ PURE = {
     "embeddings/ranking/ranker.py",
     "embeddings/ranking/offline.py",
     "recsys/rules/expressions.py",
+    "recsys/numbers.py",
 }
 FRAMEWORKS = {"django", "rest_framework", "celery", "kombu", "redis", "psycopg", "drf_spectacular"}
 PROJECT = {"recsys", "embeddings", "api", "experiments"}

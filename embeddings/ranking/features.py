@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embeddings.ranking.sources import SOURCES, Candidates
-from recsys.validation import finite_number
+from recsys.numbers import finite_number
 
 ITEM_FEATURES = ("model_score", "content_similarity", "popularity", "trend", "age_days", "category_affinity")
 USER_FEATURES = ("user_activity", "user_recency_days")

@@ -4,7 +4,7 @@ whole once older than RECSYS_IMPRESSION_RETENTION_DAYS. The only module that run
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
+from recsys.db import ddl_lock_timeout
 from recsys.ingestion.rules import Ints
 
 TABLE = "recsys_impression"
@@ -81,6 +82,7 @@ def impression_partitions_ensure(*, months: Iterable[date]) -> list[date]:
     created: list[date] = []
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+        ddl_lock_timeout(cursor)  # behind a long reader: a 503 "retry shortly", not a frozen table
         for month in wanted:
             if partition_name(month) in missing and _partition_create(cursor, month):
                 created.append(month)
@@ -99,9 +101,21 @@ def _partition_create(cursor: CursorWrapper, month: date) -> bool:
     return True
 
 
+# Other apps name the oldest moment they still read impressions from (experiments: the start of those
+# whose figures are still computed): retention keeps everything since. Callables, so that this module
+# imports nothing above it.
+retention_guards: list[Callable[[], datetime | None]] = []
+
+
 def retention_horizon(*, now: datetime, retention_days: int) -> datetime | None:
-    """The oldest moment kept (``None``: everything is kept)."""
-    return now - timedelta(days=retention_days) if retention_days else None
+    """The oldest moment kept (``None``: everything is kept): ``retention_days`` back, or earlier
+    where a guard in ``retention_guards`` still reads from (an experiment's impressions and clicks
+    must cover the same span as its conversions, which are never trimmed)."""
+    if not retention_days:
+        return None
+    horizon = now - timedelta(days=retention_days)
+    needed = [moment for guard in retention_guards if (moment := guard()) is not None]
+    return min([horizon, *needed])
 
 
 def impression_partitions_maintain(
@@ -122,6 +136,7 @@ def impression_partitions_maintain(
     expired = [m for m in impression_partitions_list() if next_month(m) <= horizon.date()]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_LOCK])
+        ddl_lock_timeout(cursor)  # behind a long reader (the metrics' beat): the next run tries again
         # Foreign keys are deferred: checks still pending in an enclosing transaction would block the drop.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for month in expired:

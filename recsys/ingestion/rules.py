@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.errors import DomainError, ItemNotFound, UserNotFound, ValidationFailed
-from recsys.validation import finite_number, is_external_id, parse_timestamp
+from recsys.numbers import finite_number
+from recsys.validation import is_external_id, parse_timestamp
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]

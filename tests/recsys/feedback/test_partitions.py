@@ -81,3 +81,21 @@ def test_the_beat_task_reports_what_it_did(settings):
     settings.RECSYS_IMPRESSION_RETENTION_DAYS = 0
     result = maintain_task.apply().get()
     assert set(result) == {"created", "dropped"} and result["dropped"] == []
+
+
+@pytest.mark.django_db
+def test_impressions_a_running_experiment_reads_outlive_their_retention():
+    from experiments.models import Experiment
+
+    user, item = UserFactory(), ItemFactory()
+    _impression(user, item, datetime(2031, 3, 20, tzinfo=UTC))
+    # An experiment running since mid-March: its CTR would lose March's impressions, not its conversions
+    Experiment.objects.create(
+        name="long", control="a", status="running", scenario="x", started_at=datetime(2031, 3, 15, tzinfo=UTC)
+    )
+
+    report = impression_partitions_maintain(now=NOW, retention_days=60)  # horizon: 2031-04-16
+
+    assert date(2031, 3, 1) not in report.dropped and Impression.objects.count() == 1
+    Experiment.objects.update(status="stopped", stopped_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert date(2031, 3, 1) in impression_partitions_maintain(now=NOW, retention_days=60).dropped
