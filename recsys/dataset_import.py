@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from recsys.ingestion.writer import ids_resolve
 from recsys.models import EventType, Item
 from recsys.numbers import finite_number
 from recsys.validation import ITEM_FIELDS, is_external_id
+
+_EVENT_TYPE_NAME = re.compile(r"[-A-Za-z0-9_]{1,32}")  # EventType.name: a slug of 32
 
 # Items per items_upsert call: the API's batch path, whose one JSON document of up to 100k
 # characters of text per item is bounded to ~100 MB by 1,000 items.
@@ -140,8 +143,11 @@ def _event_types(records: Iterable[Record]) -> ImportReport:
     for record in _checked(records, report):
         doc = record.document
         weight = doc.get("weight")
-        if not isinstance(doc.get("name"), str) or not finite_number(weight):
-            _reject(report, record.line, RowError("an event type needs a name and a finite weight", doc))
+        if not isinstance(doc.get("name"), str) or not _EVENT_TYPE_NAME.fullmatch(doc["name"]):
+            _reject(report, record.line, RowError("an event type's name is 1-32 of [A-Za-z0-9_-]", doc))
+            continue
+        if not finite_number(weight):
+            _reject(report, record.line, RowError("an event type needs a finite weight", doc))
             continue
         description = str(doc.get("description") or "")[:200]
         defaults = {"weight": float(weight), "uses_value": bool(doc.get("uses_value")), "description": description}
@@ -154,10 +160,15 @@ def _event_types(records: Iterable[Record]) -> ImportReport:
     return report
 
 
+def _text(value: object) -> str:
+    """A string as given; anything else as "" (a missing id is refused, not stored as "None")."""
+    return value if isinstance(value, str) else ""
+
+
 def _users(records: Iterable[Record]) -> ImportReport:
     report = ImportReport()
     rows = (
-        UserRow(str(r.document.get("id")), r.document.get("attributes") or {}, r.line)
+        UserRow(_text(r.document.get("id")), r.document.get("attributes") or {}, r.line)
         for r in _checked(records, report)
     )
     _merge(report, users_load(rows=rows))

@@ -114,7 +114,10 @@ class _Known:
 
 def _check(raw: RawEvents, rules: EventRules, now_us: int, known: _Known | None = None) -> _Checked:
     """Pure but for ``known``'s memo, so that a file's next chunk is checked on the read-ahead thread."""
-    return _Checked(raw, *events_check(raw, rules, now_us, valid_ids=None if known is None else known.valid))
+    days = settings.RECSYS_INTERACTION_RETENTION_DAYS
+    oldest_us = now_us - days * 86_400_000_000 if days else None
+    valid = None if known is None else known.valid
+    return _Checked(raw, *events_check(raw, rules, now_us, valid_ids=valid, oldest_us=oldest_us))
 
 
 def _resolve(checked: _Checked, *, create_items: bool, known: _Known | None = None) -> _Resolved:

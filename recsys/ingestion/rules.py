@@ -299,12 +299,19 @@ def micros_now() -> int:
 
 
 def events_check(
-    raw: RawEvents, rules: EventRules, now_us: int, *, valid_ids: set[str] | None = None
+    raw: RawEvents,
+    rules: EventRules,
+    now_us: int,
+    *,
+    valid_ids: set[str] | None = None,
+    oldest_us: int | None = None,
 ) -> tuple[Codes, Rejections]:
     """Apply every event rule to whole columns: each row's type code, and the rows rejected (first reason wins).
 
     Rows without a timestamp get ``now_us`` (in place). ``valid_ids``: ids found valid by earlier chunks of the
-    same file, not checked again (and added to, up to ``KNOWN_IDS_MAX``).
+    same file, not checked again (and added to, up to ``KNOWN_IDS_MAX``). ``oldest_us``: the retention
+    horizon (RECSYS_INTERACTION_RETENTION_DAYS); an older event would be stored and then dropped, so
+    it is refused.
     """
     codes = rules.codes(raw.types)
     stamps = raw.timestamps
@@ -334,6 +341,13 @@ def events_check(
         ),
         (weighing & ~given, raw.types, "this event type needs a value", "value", "required"),
         (stamps_outside, _MicrosAsText(stamps), TIMESTAMP_RANGE, "timestamp", "out of range"),
+        (
+            np.zeros(len(stamps), dtype=bool) if oldest_us is None else stamps < oldest_us,
+            _MicrosAsText(stamps),
+            "timestamp is older than the interaction retention (RECSYS_INTERACTION_RETENTION_DAYS)",
+            "timestamp",
+            "expired",
+        ),
     ]
     rejected = dict(raw.errors)
     for mask, column, reason, name, problem in checks:

@@ -204,3 +204,16 @@ def test_the_schema_states_the_cursor_shape_and_its_400():
     cursor = next(p for p in operation["parameters"] if p["name"] == "cursor")
     assert cursor["schema"]["pattern"] == CURSOR_PATTERN
     assert "cursor" in operation["responses"]["400"]["description"]
+
+
+@override_settings(RECSYS_INTERACTION_RETENTION_DAYS=30)
+def test_an_event_older_than_the_retention_is_refused_not_stored_and_then_dropped(writer):
+    old = (datetime.now(UTC) - timedelta(days=31)).isoformat()
+    recent = (datetime.now(UTC) - timedelta(days=29)).isoformat()
+
+    body = send(writer, event(timestamp=old), event(item="i2", timestamp=recent))
+
+    assert body["created"] == 1
+    assert [e["index"] for e in body["errors"]] == [0]
+    assert "retention" in body["errors"][0]["error"]["message"]
+    assert list(Interaction.objects.values_list("item__external_id", flat=True)) == ["i2"]

@@ -230,6 +230,9 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
         {"kind": "header", "format": "recsys-dataset", "version": 1},
         {"kind": "user", "id": "ok-user", "attributes": {"a": 1}},
         {"kind": "user", "id": "bad user", "attributes": {}},
+        {"kind": "user", "attributes": {}},  # no id: refused, not stored as "None"
+        {"kind": "event_type", "name": "x" * 33, "weight": 1},  # longer than a name can be
+        {"kind": "event_type", "name": "has space", "weight": 1},
         {"kind": "item", "id": "ok-item", "title": "Fine", "colour": "red"},
         {"kind": "item", "id": "ok-item-2", "title": "Fine"},
         {"kind": "vector", "space": "image", "item": "ghost", "vector": [1, 2]},
@@ -262,6 +265,7 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
         "timestamp must be an ISO 8601 string",
         "invalid JSON",
         "not an object with a known kind",
+        "an event type's name is 1-32 of",
     ]:
         assert reason in output
     assert "warning: no end line: the file is incomplete" in output
