@@ -18,7 +18,7 @@ from recsys.dataset_export import FORMAT, FORMAT_VERSION, KINDS
 from recsys.errors import DomainError, ValidationFailed
 from recsys.ingestion.documents import UserRow, items_upsert, users_load
 from recsys.ingestion.events import interactions_load
-from recsys.ingestion.readers import CHUNK_ROWS, json_rows_events_read
+from recsys.ingestion.readers import CHUNK_ROWS, json_rows_events_read, utf8
 from recsys.ingestion.report import ImportReport
 from recsys.ingestion.rules import EVENT_FIELDS, RawEvents, RowError
 from recsys.ingestion.writer import ids_resolve
@@ -94,9 +94,12 @@ def _records(lines: Iterable[str], unreadable: ImportReport) -> Iterator[Record]
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
+        if not utf8(text):
+            _reject(unreadable, number, RowError("not UTF-8", text.encode("utf-8", "surrogateescape")))
+            continue
         try:
             document = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, digits past int()'s limit, nesting past the stack
             _reject(unreadable, number, RowError("invalid JSON", text))
             continue
         kind = document.get("kind") if isinstance(document, dict) else None

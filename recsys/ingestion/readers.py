@@ -93,11 +93,21 @@ def delimited_events_read(
 
 def jsonl_events_read(path: Path, *, limit: int | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[RawEvents]:
     """Chunks of a JSON Lines file of interaction objects shaped as in the API (blank lines skipped)."""
-    with path.open(encoding="utf-8") as handle:
+    # Bytes that are not UTF-8 reach the line's check as lone surrogates: that line is refused, not the file.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
         numbered = ((line, text) for line, text in enumerate(handle, 1) if text.strip())
         for batch in batches(islice(numbered, limit), chunk_rows):
             lines = [line for line, _ in batch]
             yield json_rows_events_read(lines, [_json_line(text) for _, text in batch])
+
+
+def utf8(text: str) -> bool:
+    """Whether a line read with ``errors="surrogateescape"`` was UTF-8 (no byte became a surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Unreadable:
@@ -108,9 +118,11 @@ class _Unreadable:
 
 
 def _json_line(text: str) -> object:
+    if not utf8(text):
+        return _Unreadable(RowError("not UTF-8", text.encode("utf-8", "surrogateescape"), problem="not UTF-8"))
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or an integer of more digits than Python converts
         return _Unreadable(RowError("invalid JSON", text, problem="invalid JSON"))
     except RecursionError:  # nesting deeper than the parser's stack
         return _Unreadable(RowError("invalid JSON", "nested too deeply", problem="invalid JSON"))

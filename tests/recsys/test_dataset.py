@@ -320,3 +320,20 @@ def test_staff_who_are_not_superusers_cannot_download_it(db, client, django_user
 
     assert client.get("/admin/export/").status_code == 403
     assert 'href="/admin/export/"' not in client.get("/admin/").content.decode()
+
+
+def test_a_data_set_line_that_is_not_utf8_or_holds_a_huge_integer_is_refused_and_the_rest_stored(db, tmp_path):
+    header = json.dumps({"kind": "header", "format": "recsys-dataset", "version": 1}).encode()
+    lines = [
+        b"\xef\xbb\xbf" + header,  # a BOM: the header is still read
+        b'{"kind": "user", "id": "caf\xe9", "attributes": {}}',  # Latin-1, not UTF-8
+        b'{"kind": "user", "id": "big", "attributes": {"n": ' + b"9" * 5_000 + b"}}",
+        json.dumps({"kind": "user", "id": "fine", "attributes": {}}).encode(),
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    output = import_(str(path))
+
+    assert list(User.objects.values_list("external_id", flat=True)) == ["fine"]
+    assert "not UTF-8" in output and "invalid JSON" in output

@@ -44,11 +44,13 @@ class Command(BaseCommand):
 
 
 def _opened(path: str) -> IO[str]:
+    # A byte that is not UTF-8 becomes a lone surrogate, and its line is refused (dataset_import), not the file.
+    encoding, errors = "utf-8-sig", "surrogateescape"
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+        return io.TextIOWrapper(sys.stdin.buffer, encoding=encoding, errors=errors)
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return Path(path).open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding=encoding, errors=errors)
+    return Path(path).open(encoding=encoding, errors=errors)
 
 
 def _counted(lines: IO[str], update: Any) -> Iterator[str]:

@@ -320,3 +320,20 @@ def test_a_user_deleted_while_their_file_is_imported_is_created_again_for_the_la
     )  # alice (cascaded away with her), bob, alice again
     assert [row[:2] for row in stored_events()] == [("alice", "book-1"), ("bob", "book-1"), ("carol", "book-1")]
     assert Interaction.objects.get(user__external_id="alice").timestamp == datetime(2024, 3, 3, 10, tzinfo=UTC)
+
+
+def test_a_jsonl_line_that_is_not_utf8_or_holds_a_huge_integer_is_refused_and_the_rest_stored(tmp_path: Path) -> None:
+    good = {"user": "alice", "item": "book-1", "type": "purchase", "timestamp": "2024-05-01T12:00:00Z"}
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(good).encode(),  # a BOM before the first line
+        b'{"user": "bob\xff", "item": "book-1", "type": "purchase"}',  # a byte that is not UTF-8
+        b'{"user": "carol", "item": "book-1", "type": "rating", "value": ' + b"9" * 5_000 + b"}",
+        json.dumps({**good, "user": "dave"}).encode(),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    output = run("import_interactions", str(path))
+
+    assert sorted(row[0] for row in stored_events()) == ["alice", "dave"]
+    assert "line 2: not UTF-8" in output and "line 3: invalid JSON" in output
