@@ -210,12 +210,12 @@ def partitions_ensure(*, now: datetime, ahead: int) -> list[str]:
             continue
         span = span_for(month, taken=taken, recent_from=recent_from)
         taken.append(span)
-        if _unless_locked(partial(partition_create, span=span), f"creating {span.name}"):
+        if unless_locked(partial(partition_create, span=span), f"creating {span.name}"):
             created.append(span.name)
     return created
 
 
-def _unless_locked(work: Callable[[], T], what: str) -> T | None:
+def unless_locked(work: Callable[[], T], what: str) -> T | None:
     """``work()``, or None (logged) when its DDL did not get its locks within DDL_LOCK_TIMEOUT_MS: the
     beat's next run tries again."""
     try:
@@ -241,7 +241,7 @@ def partitions_drop_before(*, cutoff: datetime) -> list[str]:
                     _drop(cursor, name)
                 return True
 
-            if _unless_locked(drop, f"dropping {partition.name}"):
+            if unless_locked(drop, f"dropping {partition.name}"):
                 dropped.append(partition.name)
     with transaction.atomic(), _cursor() as cursor:
         cursor.execute(f"DELETE FROM {DEFAULT} WHERE timestamp < %s", [cutoff])
@@ -302,7 +302,7 @@ def partitions_maintain() -> dict[str, list[str]]:
     if settings.RECSYS_INTERACTION_RETENTION_DAYS:
         dropped = partitions_drop_before(cutoff=now - timedelta(days=settings.RECSYS_INTERACTION_RETENTION_DAYS))
     # after retention: what is dropped is not copied first
-    rolled_up = _unless_locked(partial(partitions_roll_up, now=now), "rolling up a year") or []
+    rolled_up = unless_locked(partial(partitions_roll_up, now=now), "rolling up a year") or []
     return {"created": created, "dropped": dropped, "rolled_up": rolled_up, "loads_swept": partition_loads_sweep()}
 
 

@@ -48,12 +48,15 @@ from recsys.models import EventType, Item, User
 from recsys.partitions import (
     Span,
     monthly_from,
+    partition_create,
     partition_load_attach,
     partition_load_create,
     partition_load_drop,
     partition_load_index,
     partition_span,
+    partitions_list,
     span_is_fresh,
+    unless_locked,
 )
 from recsys.signals import interactions_stored
 
@@ -313,8 +316,13 @@ class _MonthLoads:
             span = partition_span(month=month, recent_from=self.recent_from)
             if span_is_fresh(span=span):
                 self.tables[span] = partition_load_create(span=span)
-            else:
-                self.upserted.add(span)
+                continue
+            if not any(p.span.overlaps(span) for p in partitions_list()):
+                # Its rows wait in DEFAULT (an API event of a month without a partition): give them their
+                # partition first, or the whole file's events of the span pile up there too, for the beat
+                # to move in one transaction. Behind a busy table, DEFAULT it is.
+                unless_locked(partial(partition_create, span=span), f"creating {span.name}")
+            self.upserted.add(span)
 
     def split(self, events: EventArrays, *, check: bool = True) -> EventArrays:
         """Keep the events of loading spans ``pending`` (a retried transaction starts again), their users and
