@@ -20,7 +20,7 @@ from embeddings.models import VectorSpace
 
 FORMAT = "recsys-dataset"
 FORMAT_VERSION = 1
-KINDS = ("event_type", "user", "item", "vector", "interaction")
+KINDS = ("event_type", "user", "item", "vector", "interaction", "hidden_item")
 # Bytes gathered before a chunk is handed on: COPY delivers one message per row, and a write per
 # ~130-byte row would cost more than the row itself. 1 MiB chunks keep memory flat.
 CHUNK_BYTES = 1 << 20
@@ -48,6 +48,12 @@ _SECTIONS: dict[str, str] = {
         SELECT 'interaction' AS kind, u.external_id AS "user", i.external_id AS item, x.event_type AS type,
                x.value, x.timestamp
         FROM recsys_interaction x JOIN recsys_user u ON u.id = x.user_id JOIN recsys_item i ON i.id = x.item_id
+    """,
+    # What a user asked never to be recommended again: after users and items, which it names.
+    "hidden_item": """
+        SELECT 'hidden_item' AS kind, u.external_id AS "user", i.external_id AS item
+        FROM recsys_hiddenitem h JOIN recsys_user u ON u.id = h.user_id JOIN recsys_item i ON i.id = h.item_id
+        ORDER BY u.external_id, i.external_id
     """,
 }
 _VECTORS = """
@@ -80,7 +86,8 @@ def dataset_export() -> Iterator[bytes]:
 
 
 def _queries() -> Iterator[tuple[str, sql.Composable]]:
-    """Sections in the order an import needs them: vectors after their items, interactions last."""
+    """Sections in the order an import needs them: vectors after their items, then interactions, then
+    the hidden items (which name users and items)."""
     for name, query in _SECTIONS.items():
         if name == "interaction":
             for space in VectorSpace.objects.order_by("name"):

@@ -24,6 +24,7 @@ from recsys.ingestion.rules import EVENT_FIELDS, RawEvents, RowError
 from recsys.ingestion.writer import ids_resolve
 from recsys.models import EventType, Item
 from recsys.numbers import finite_number
+from recsys.rules.scenarios import hidden_items_add
 from recsys.validation import ITEM_FIELDS, is_external_id
 
 _EVENT_TYPE_NAME = re.compile(r"[-A-Za-z0-9_]{1,32}")  # EventType.name: a slug of 32
@@ -38,6 +39,7 @@ _FIELDS = {
     "item": ITEM_FIELDS | {"id", "stub"},
     "vector": frozenset({"space", "item", "vector"}),
     "interaction": EVENT_FIELDS,
+    "hidden_item": frozenset({"user", "item"}),
 }
 _PLURALS = {kind: kind.replace("_", " ") + "s" for kind in KINDS}
 
@@ -246,12 +248,39 @@ def _raw_events(chunk: list[Record]) -> RawEvents:
     return json_rows_events_read([r.line for r in chunk], [r.document for r in chunk])
 
 
+def _hidden_items(records: Iterable[Record]) -> ImportReport:
+    """What users asked never to be recommended again, per user through the API's path (unknown
+    users and items are refused, as the API does)."""
+    report = ImportReport()
+    for user, group in groupby(_checked(records, report), key=lambda record: record.document.get("user")):
+        batch = list(group)
+        report.rows += len(batch)
+        valid = [r for r in batch if is_external_id(r.document.get("item"))]
+        for record in (r for r in batch if not is_external_id(r.document.get("item"))):
+            report.reject(record.line, RowError("invalid item id", record.document.get("item")))
+        if not valid:
+            continue
+        try:
+            changed = hidden_items_add(user_external_id=str(user), items=[r.document["item"] for r in valid])
+        except DomainError as error:  # an unknown user
+            for record in valid:
+                report.reject(record.line, RowError(error.message, user))
+            continue
+        unknown = set(changed["unknown_items"])
+        for record in valid:
+            if record.document["item"] in unknown:
+                report.reject(record.line, RowError("item does not exist", record.document["item"]))
+        report.count(len(valid) - sum(r.document["item"] in unknown for r in valid), changed["changed"], 0)
+    return report
+
+
 _LOADERS: dict[str, Callable[[Iterable[Record]], ImportReport]] = {
     "event_type": _event_types,
     "user": _users,
     "item": _items,
     "vector": _vectors,
     "interaction": _interactions,
+    "hidden_item": _hidden_items,
 }
 
 

@@ -19,7 +19,8 @@ from embeddings.models import VectorSpace
 from embeddings.spaces import item_vector_put
 from recsys import dataset_export as export_module
 from recsys.dataset_export import dataset_export
-from recsys.models import EventType, Interaction, Item, User
+from recsys.models import EventType, HiddenItem, Interaction, Item, User
+from recsys.rules.scenarios import hidden_items_add
 from recsys.services import interactions_ingest, items_upsert, user_upsert
 
 pytestmark = pytest.mark.django_db
@@ -60,6 +61,7 @@ def dataset() -> None:
     item_vector_put(item_external_id="sku/1", space="image", vector=[0.1, 0.7, 0.2])
     item_vector_put(item_external_id="sku-3", space="image", vector=[3.0, -1.0, 0.25])
     item_vector_put(item_external_id="sku-2", space="audio", vector=[1.0, 2.0])
+    hidden_items_add(user_external_id="alice", items=["sku-3", "stub-item"])  # never recommend these again
 
 
 def snapshot() -> dict[str, Any]:
@@ -89,6 +91,7 @@ def snapshot() -> dict[str, Any]:
             )
         ),
         "vectors": vectors,
+        "hidden_items": sorted(HiddenItem.objects.values_list("user__external_id", "item__external_id")),
     }
 
 
@@ -117,8 +120,9 @@ def import_(path: str) -> str:
 
 
 def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    for key in ("event_types", "users", "items", "interactions"):
+    for key in ("event_types", "users", "items", "interactions", "hidden_items"):
         assert after[key] == before[key], key
+    assert before["hidden_items"]  # (the round trip carries some)
     assert after["vectors"].keys() == before["vectors"].keys()
     for space, vectors in before["vectors"].items():
         assert after["vectors"][space].keys() == vectors.keys()
@@ -154,7 +158,7 @@ def test_the_export_after_a_round_trip_is_the_same_file(dataset, tmp_path):
     assert comparable(second) == comparable(first)
     assert first[-1] == {
         "kind": "end",
-        "counts": {"event_type": 8, "user": 3, "item": 4, "vector": 3, "interaction": 4},
+        "counts": {"event_type": 8, "user": 3, "item": 4, "vector": 3, "interaction": 4, "hidden_item": 2},
     }
 
 
@@ -274,7 +278,7 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
 def test_a_file_cut_short_is_imported_as_far_as_it_goes_with_a_warning(dataset, tmp_path):
     text = b"".join(dataset_export()).decode().splitlines()
     cut = tmp_path / "cut.jsonl"
-    cut.write_text("\n".join(text[:-3]) + "\n")  # without the end line and the last two interactions
+    cut.write_text("\n".join(text[:-5]) + "\n")  # without the end line, the two hidden items and the last two interactions
     wipe()
 
     output = import_(str(cut))
