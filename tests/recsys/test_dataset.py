@@ -278,7 +278,9 @@ def test_bad_lines_are_reported_and_the_rest_is_stored(db, tmp_path):
 def test_a_file_cut_short_is_imported_as_far_as_it_goes_with_a_warning(dataset, tmp_path):
     text = b"".join(dataset_export()).decode().splitlines()
     cut = tmp_path / "cut.jsonl"
-    cut.write_text("\n".join(text[:-5]) + "\n")  # without the end line, the two hidden items and the last two interactions
+    cut.write_text(
+        "\n".join(text[:-5]) + "\n"
+    )  # without the end line, the two hidden items and the last two interactions
     wipe()
 
     output = import_(str(cut))
