@@ -82,7 +82,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", "request body is too large"), status=413)
     if isinstance(exc, SuspiciousOperation):  # e.g. TooManyFieldsSent: over 1,000 query parameters
-        return Response(error_body("malformed_request", str(exc) or "the request is malformed"), status=400)
+        logging.getLogger(f"django.security.{type(exc).__name__}").warning("%s", exc)
+        return Response(error_body("malformed_request", "the request is malformed"), status=400)
     if isinstance(exc, UnreadablePostError):  # the client stopped sending (recsys.web_worker's deadline) or left
         if _timed_out(exc):
             return Response(error_body("request_timeout", "the request body stopped arriving"), status=408)

@@ -77,7 +77,7 @@ def query_int(request: Request, name: str, *, default: int, minimum: int, maximu
     if not _INTEGER_RE.fullmatch(raw):
         raise ValidationFailed(f"{name} must be an integer", details={name: ["not an integer"]})
     # (a longer one is out of every range here, and past 4,300 digits int() refuses it)
-    value = int(raw) if len(raw) <= 19 else None
+    value = int(raw) if len(raw.lstrip("-").lstrip("0")) <= 18 else None
     if value is None or not minimum <= value <= maximum:
         raise ValidationFailed(f"{name} must be between {minimum} and {maximum}", details={name: ["out of range"]})
     return value

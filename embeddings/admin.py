@@ -373,7 +373,8 @@ class ModelVersionAdmin(GuardedAdmin):
             message += (
                 f" Kept for now: {', '.join(f'v{pk}' for pk in waiting)}, which served less than "
                 f"{settings.RECSYS_PRUNE_GRACE_SECONDS} s ago (other processes may still read them); "
-                "the beat drops them after that."
+                f"the beat drops them after that if they are past the newest {settings.RECSYS_KEEP_VERSIONS} "
+                "(RECSYS_KEEP_VERSIONS); prune again then to keep fewer."
             )
         self.message_user(request, message)
         return self._changelist()

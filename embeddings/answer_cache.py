@@ -95,14 +95,38 @@ def answers_invalidate_all() -> None:
 def _renew_global() -> None:
     _renew([redis_store.key(GLOBAL)], expire=False)
     if settings.DATABASE_REPLICA_URLS:
-        later = threading.Timer(
-            settings.RECSYS_READ_YOUR_WRITES_SECONDS,
-            _renew,
-            args=([redis_store.key(GLOBAL)],),
-            kwargs={"expire": False},
-        )
-        later.daemon = True
-        later.start()
+        _renew_global_later(settings.RECSYS_READ_YOUR_WRITES_SECONDS)
+
+
+# One pending second renewal per process, pushed back by each change: a burst of catalogue writes
+# starts one timer, which renews once the last of them may have been replayed.
+_later_lock = threading.Lock()
+_later: dict[str, Any] = {"due": 0.0, "timer": None, "key": None}
+
+
+def _renew_global_later(delay: float) -> None:
+    with _later_lock:
+        _later["due"] = time.monotonic() + delay
+        _later["key"] = redis_store.key(GLOBAL)  # named here: its namespace is this context's
+        if _later["timer"] is None:
+            _later["timer"] = _timer(delay)
+
+
+def _timer(delay: float) -> threading.Timer:
+    timer = threading.Timer(delay, _renew_global_due)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _renew_global_due() -> None:
+    with _later_lock:
+        left = _later["due"] - time.monotonic()
+        if left > 0:  # a later change pushed it back
+            _later["timer"] = _timer(left)
+            return
+        _later["timer"], key = None, _later["key"]
+    _renew([key], expire=False)
 
 
 # Sets every key given to the token (ARGV[1]), with a TTL in seconds unless ARGV[2] is "0": one command

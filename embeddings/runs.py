@@ -24,9 +24,10 @@ from django.utils import timezone
 
 from embeddings.answer_cache import answers_invalidate_all
 from embeddings.maps import embedding_map_on_activation
-from embeddings.models import ActiveVersion, ModelVersion, Status
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from embeddings.selectors import active_version_serving_forget
 from embeddings.vectors import tables
+from recsys.db import lock_not_available
 from recsys.errors import Conflict, ModelNotReady, NotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def runs_unconcluded(*, now: datetime | None = None) -> list[ModelVersion]:
     sent again within CONCLUDE_RESEND_SECONDS (``run_resent`` records a send)."""
     now = now or timezone.now()
     due = []
-    for kind in ModelVersion.objects.values_list("kind", flat=True).distinct():
+    for kind in Kind.values:
         version = (
             ModelVersion.objects.filter(
                 kind=kind,
@@ -411,12 +412,18 @@ def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -
     now = now or timezone.now()
     recent = now - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
     servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
+    active_now = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+    candidates = [pk for pk in servable.order_by("-id").values_list("pk", flat=True)[keep:] if pk != active_now]
     pruned = []
-    for version_id in servable.order_by("-id").values_list("pk", flat=True)[keep:]:
+    for version_id in candidates:
         try:
             with transaction.atomic():
-                version = ModelVersion.objects.select_for_update().filter(pk=version_id, has_tables=True).first()
-                active = ActiveVersion.objects.select_for_update().filter(kind=kind).first()
+                # NOWAIT: an activation holds the pointer and then locks the version it replaces; waiting
+                # here while holding that version's row would deadlock with it. Busy: the next tidy.
+                version = (
+                    ModelVersion.objects.select_for_update(nowait=True).filter(pk=version_id, has_tables=True).first()
+                )
+                active = ActiveVersion.objects.select_for_update(nowait=True).filter(kind=kind).first()
                 kept = {active.version_id if active else None}.union(*(guard() for guard in prune_guards))
                 if version is None or version.pk in kept or (version.deactivated_at or recent) > recent:
                     continue
@@ -424,6 +431,11 @@ def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -
                 ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
         except tables.TablesBusy as busy:
             logger.warning("%s", busy)
+            continue
+        except DatabaseError as error:
+            if not lock_not_available(error):
+                raise
+            logger.info("version %s is being activated or pruned elsewhere; the next tidy looks again", version_id)
             continue
         pruned.append(version_id)
     return pruned
@@ -433,7 +445,7 @@ def versions_tidy() -> list[int]:
     """Beat: prune every kind (versions whose grace has passed since they served; drops that found
     their tables busy), and drop what failed runs left (their drop found the tables busy)."""
     dropped = []
-    for kind in ModelVersion.objects.values_list("kind", flat=True).distinct():
+    for kind in Kind.values:
         dropped += model_versions_prune(kind=kind, keep=settings.RECSYS_KEEP_VERSIONS)
     for version_id in ModelVersion.objects.filter(status=Status.FAILED, has_tables=True).values_list("pk", flat=True):
         if _tables_drop(version_id):

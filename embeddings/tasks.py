@@ -39,7 +39,6 @@ def training_runs_reap() -> list[int]:
     work but was never judged (its worker died, or PostgreSQL went away, before activation) has its
     task sent again, which then only concludes it. Idempotent."""
     reaped = runs.runs_reap()
-    runs.versions_tidy()
     for version in runs.runs_unconcluded():
         task = content_model_build if version.kind == Kind.CONTENT else collaborative_model_train
         logger.warning("%s version %s stored its work but was never judged; concluding it", version.kind, version.pk)
@@ -49,6 +48,10 @@ def training_runs_reap() -> list[int]:
             logger.warning("version %s's task could not be sent again", version.pk, exc_info=True)
         else:
             runs.run_resent(version)
+    try:  # last: its trouble must not keep the runs above from being reaped and concluded
+        runs.versions_tidy()
+    except Exception:
+        logger.exception("tidying the versions' tables failed; the next beat tries again")
     return reaped
 
 

@@ -17,9 +17,9 @@ from experiments.models import Experiment, ExperimentStatus, Variant, VariantSna
 from experiments.variants import VariantConfig, variant_config_parse
 from recsys.errors import NotFound
 
-# What serving never reads of a version (the same as the active pointer's read defers).
 # A stopped experiment's versions keep their tables this long, so that its winner can still be promoted.
 PIN_STOPPED = timedelta(days=7)
+# What serving never reads of a version (the same as the active pointer's read defers).
 VERSION_DEFERRED = ("item_gram", "encoder_state", "centroids", "progress", "metrics", "baseline_metrics")
 
 
@@ -149,13 +149,17 @@ def experiment_assign(*, scenario: str | None, user_external_id: str | None) -> 
 
 
 def experiment_versions_pinned() -> set[int]:
-    """Model versions that running experiments serve, and those of experiments stopped within
-    PIN_STOPPED_DAYS and not promoted (promoting the winner activates its version): pruning keeps
-    their tables."""
-    stopped_recently = Q(
-        experiment__status=ExperimentStatus.STOPPED, experiment__stopped_at__gte=timezone.now() - PIN_STOPPED
+    """Model versions that running experiments serve, those of experiments stopped within
+    PIN_STOPPED and not promoted (so that the winner can still be promoted: promoting activates its
+    version), and those of experiments promoted within RECSYS_PRUNE_GRACE_SECONDS (the losers'
+    versions, which other processes may still serve for a moment): pruning keeps their tables."""
+    now = timezone.now()
+    stopped = Q(experiment__status=ExperimentStatus.STOPPED, experiment__stopped_at__gte=now - PIN_STOPPED)
+    promoted = Q(
+        experiment__status=ExperimentStatus.COMPLETED,
+        experiment__stopped_at__gte=now - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS),
     )
-    configs = Variant.objects.filter(Q(experiment__status=ExperimentStatus.RUNNING) | stopped_recently).values_list(
+    configs = Variant.objects.filter(Q(experiment__status=ExperimentStatus.RUNNING) | stopped | promoted).values_list(
         "config", flat=True
     )
     return {c["model_version"] for c in configs if isinstance(c, dict) and isinstance(c.get("model_version"), int)}

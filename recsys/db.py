@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.db import OperationalError, connection, transaction
@@ -32,9 +33,16 @@ def lock_not_available(error: Exception) -> bool:
 DDL_LOCK_TIMEOUT_MS = 1_000
 
 
-def ddl_lock_timeout(cursor: Any, milliseconds: int = DDL_LOCK_TIMEOUT_MS) -> None:
-    """Bound this transaction's lock waits (see DDL_LOCK_TIMEOUT_MS)."""
+@contextmanager
+def ddl_lock_timeout(cursor: Any, milliseconds: int = DDL_LOCK_TIMEOUT_MS) -> Iterator[None]:
+    """Bound the lock waits of the statements in the block (see DDL_LOCK_TIMEOUT_MS), then give the
+    transaction back the bound it had: a plain SET LOCAL would last to the end of a caller's
+    transaction. (A block that fails inside a savepoint has its setting rolled back with it.)"""
+    cursor.execute("SELECT current_setting('lock_timeout')")
+    before = cursor.fetchone()[0]
     cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])
+    yield
+    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [before])
 
 
 def query_canceled(error: Exception) -> bool:

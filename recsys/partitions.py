@@ -180,8 +180,7 @@ def partition_create(*, span: Span) -> bool:
     """Create the partition of ``span`` unless a partition overlaps it, moving its rows out of DEFAULT
     (PostgreSQL refuses to create a partition whose range has rows there). Returns whether it was created."""
     lower, upper = span.bounds()
-    with transaction.atomic(), _cursor() as cursor:
-        ddl_lock_timeout(cursor)
+    with transaction.atomic(), _cursor() as cursor, ddl_lock_timeout(cursor):
         cursor.execute(f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE")
         if any(p.span.overlaps(span) for p in partitions_list()):
             return False
@@ -236,8 +235,7 @@ def partitions_drop_before(*, cutoff: datetime) -> list[str]:
         if partition.span.ends() <= cutoff:
 
             def drop(name: str = partition.name) -> bool:
-                with transaction.atomic(), _cursor() as cursor:
-                    ddl_lock_timeout(cursor)
+                with transaction.atomic(), _cursor() as cursor, ddl_lock_timeout(cursor):
                     _drop(cursor, name)
                 return True
 
@@ -273,14 +271,17 @@ def partitions_roll_up(*, now: datetime) -> list[str]:
     table = partition_load_create(span=span)
     try:
         with transaction.atomic(), _cursor() as cursor:
-            ddl_lock_timeout(cursor)
-            for partition in parts:
+            for partition in parts:  # (EXCLUSIVE: writes to that old year wait, reads do not)
                 cursor.execute(f"LOCK TABLE {partition.name} IN EXCLUSIVE MODE")
                 cursor.execute(f"INSERT INTO {table} SELECT * FROM {partition.name}")
             _load_index(cursor, table)
-            for partition in parts:
-                _drop(cursor, partition.name)
-            _load_attach(cursor, table, span)
+
+            def swap() -> None:
+                for partition in parts:
+                    _drop(cursor, partition.name)
+                _load_attach(cursor, table, span)
+
+            _retried_while_busy(cursor, swap, f"rolling up {span.name}")
     finally:
         partition_load_drop(table=table)  # a no-op once attached (renamed)
     return [span.name]
@@ -379,20 +380,33 @@ def partition_load_attach(*, table: str, span: Span, indexed: bool = False) -> i
     rows or another partition overlaps it meanwhile (the caller merges them instead). The attach's
     locks are waited for DDL_LOCK_TIMEOUT_MS at a time (the table stays usable meanwhile), up to
     ATTACH_ATTEMPTS times."""
+    with transaction.atomic(), _cursor() as cursor:
+        loaded = _load_index(cursor, table, built=indexed)
+
+        def attach() -> bool:
+            if not _span_cleared(cursor, span):
+                return False
+            _load_attach(cursor, table, span)
+            return True
+
+        if not _retried_while_busy(cursor, attach, f"attaching {table}"):
+            transaction.set_rollback(True)
+            return None
+    return loaded
+
+
+def _retried_while_busy(cursor: psycopg.Cursor[Any], work: Callable[[], T], what: str) -> T:
+    """``work()`` in a savepoint whose lock waits are bounded (DDL_LOCK_TIMEOUT_MS), tried up to
+    ATTACH_ATTEMPTS times ATTACH_RETRY_SECONDS apart while its tables are busy: what the caller's
+    transaction did before (a year copied, indexes built) is kept between tries."""
     for attempt in range(1, ATTACH_ATTEMPTS + 1):
         try:
-            with transaction.atomic(), _cursor() as cursor:
-                loaded = _load_index(cursor, table, built=indexed)
-                ddl_lock_timeout(cursor)
-                if not _span_cleared(cursor, span):
-                    transaction.set_rollback(True)
-                    return None
-                _load_attach(cursor, table, span)
-            return loaded
+            with transaction.atomic(), ddl_lock_timeout(cursor):
+                return work()
         except Exception as error:
             if not lock_not_available(error) or attempt == ATTACH_ATTEMPTS:
                 raise
-            logger.warning("attaching %s waits for a busy table (attempt %d)", table, attempt)
+            logger.warning("%s waits for a busy table (attempt %d)", what, attempt)
             time.sleep(ATTACH_RETRY_SECONDS)
     raise AssertionError("unreachable")
 

@@ -31,7 +31,7 @@ from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from recsys.db import lock_not_available
+from recsys.db import ddl_lock_timeout, lock_not_available
 from recsys.replicas import read_alias
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ DROP_LOCK_TIMEOUT_MS = 500
 _CATALOGUE_HELD = """
     SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.relation = ANY (%s::regclass[]) AND l.pid <> pg_backend_pid() AND l.granted
-      AND a.xact_start < now() - interval '1 second'
+      AND a.backend_type = 'client backend' AND a.xact_start < clock_timestamp() - interval '1 second'
     LIMIT 1
 """
 
@@ -269,18 +269,17 @@ def tables_drop(version_id: int) -> None:
             # export): do not queue behind it at all, rather than hold every query back for the timeout.
             if cur.execute(_CATALOGUE_HELD, [list(OWNERS.values())]).fetchone():
                 raise TablesBusy(f"version {version_id}'s tables wait: a long transaction reads the catalogue")
-            cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{DROP_LOCK_TIMEOUT_MS}ms")))
-            for owner in OWNERS:
-                cur.execute(
-                    sql.SQL("DROP TABLE IF EXISTS {table}").format(table=sql.Identifier(table_name(version_id, owner)))
-                )
+            with ddl_lock_timeout(cur, DROP_LOCK_TIMEOUT_MS):
+                for owner in OWNERS:
+                    table = sql.Identifier(table_name(version_id, owner))
+                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=table))
     except DatabaseError as error:
         if lock_not_available(error):
             raise TablesBusy(f"version {version_id}'s tables are in use; dropping them is left for later") from error
         raise
 
 
-def tables_drop_patiently(version_id: int, *, seconds: float = 120) -> None:
+def tables_drop_patiently(version_id: int, *, seconds: float = 1_800) -> None:
     """``tables_drop`` tried again every few seconds while the tables are busy, for up to ``seconds``
     (a run replacing its own tables: each try holds the catalogue's queries back at most
     DROP_LOCK_TIMEOUT_MS)."""

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from embeddings import runs, services
 from embeddings.learners import LearnerParams
-from embeddings.models import ActiveVersion, ModelVersion, Status
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from embeddings.selectors import active_version
 from recsys.services import interactions_ingest
 
@@ -453,3 +453,13 @@ def test_a_version_that_serves_less_than_popularity_is_not_served_even_as_the_fi
     assert active_version(kind="collaborative") is None
     ModelVersion.objects.filter(pk=version.pk).update(metrics={"ndcg@10": 0.30, "ann_recall@10": 0.99})
     assert runs.model_version_activate_if_better(version_id=version.pk).status == Status.ACTIVE
+
+
+def test_the_beats_tidying_prunes_each_kind_once_however_many_versions_there_are(communities, monkeypatch):
+    train(), train(), train()
+    calls = []
+    monkeypatch.setattr(runs, "model_versions_prune", lambda **kwargs: calls.append(kwargs["kind"]) or [])
+
+    runs.versions_tidy()
+
+    assert sorted(calls) == sorted(Kind.values)  # (a DISTINCT over the ordered model gave one per version)
