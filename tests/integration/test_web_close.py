@@ -26,9 +26,6 @@ def one_worker(live_env, tmp_path):
         "GUNICORN_HEAD_TIMEOUT": "1",
         "GUNICORN_READ_TIMEOUT": "1",
         "GUNICORN_BODY_MIN_RATE": "100",
-        # These tests send invalid keys on purpose, and every live server of the run shares the
-        # per-address count of failures (127.0.0.1): the throttle is not what they test.
-        "RECSYS_AUTH_FAILURE_RATE": "100000/min",
     }
     with gunicorn_web(env, tmp_path / "web.log"):
         yield int(env["PORT"])
