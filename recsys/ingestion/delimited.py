@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from recsys.ingestion.readers import batches
+from recsys.ingestion.readers import batches, utf8
 from recsys.ingestion.rules import (
     NO_TIMESTAMP,
     TIMESTAMP_RANGE,
@@ -63,7 +63,8 @@ def delimited_read(
             yield _columns_events(table, layout.positions, range(first_line, first_line + table.num_rows), event_type)
             done += table.num_rows
     except pa.ArrowInvalid:
-        with layout.path.open(newline="", encoding=layout.encoding) as handle:
+        # (a byte that is not UTF-8 becomes a lone surrogate: its row is refused, not the file)
+        with layout.path.open(newline="", encoding=layout.encoding, errors="surrogateescape") as handle:
             reader = csv.reader(handle, delimiter=layout.delimiter)
             rest = islice(reader, layout.header_rows + done, None if limit is None else layout.header_rows + limit)
             first_line = layout.header_rows + 1 + done
@@ -141,12 +142,21 @@ def delimited_rows_read(
     for position in [k for k, row in enumerate(rows) if len(row) < width]:
         errors[position] = RowError(f"expected {width} fields", f"got {len(rows[position])}", problem="too few fields")
         rows[position] = [""] * width
+    for position in [k for k, row in enumerate(rows) if not all(map(utf8, row))]:
+        raw = rows[position]
+        errors[position] = RowError("not UTF-8", _file_bytes(raw), problem="not UTF-8")
+        rows[position] = [""] * len(raw)
 
     def column(name: str) -> pa.Array:
         texts = list(map(itemgetter(positions[name]), rows)) if name in positions else [""] * len(rows)
         return pa.array(texts, pa.string())
 
     return _text_events(column, len(rows), lines, event_type, errors, "recommendation_id" in positions)
+
+
+def _file_bytes(row: list[str]) -> bytes:
+    """A row's fields as the bytes the file held (for the report)."""
+    return ",".join(row).encode("utf-8", "surrogateescape")
 
 
 def _text_events(

@@ -61,8 +61,10 @@ def csv_events_read(
     """
     from recsys.ingestion import delimited  # pyarrow: loaded by file imports only (0.3 s, ~60 MB)
 
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         names = next(csv.reader(handle), [])
+    if not all(map(utf8, names)):
+        raise ValidationFailed("the CSV header is not UTF-8 text", details={"header": ["not UTF-8"]})
     header = [(rename or {}).get(name.strip(), name.strip().lower()) for name in names]
     positions = _header_positions(header, has_type=event_type is not None)
     layout = delimited.Layout(path, positions, len(header), ",", "utf-8-sig", header_rows=1)
@@ -84,7 +86,7 @@ def delimited_events_read(
     """Chunks of a header-less delimited file whose columns are at known ``positions``."""
     from recsys.ingestion import delimited  # pyarrow: loaded by file imports only
 
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:  # (rows are checked later)
         first = next(csv.reader(handle, delimiter=delimiter), [])
     width = max(positions.values()) + 1
     layout = delimited.Layout(path, positions, width, delimiter, "utf-8", header_rows=0, fields=max(width, len(first)))
@@ -102,7 +104,7 @@ def jsonl_events_read(path: Path, *, limit: int | None = None, chunk_rows: int =
 
 
 def utf8(text: str) -> bool:
-    """Whether a line read with ``errors="surrogateescape"`` was UTF-8 (no byte became a surrogate)."""
+    """Whether text read with ``errors="surrogateescape"`` was UTF-8 (no byte became a surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

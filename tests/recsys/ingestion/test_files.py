@@ -337,3 +337,18 @@ def test_a_jsonl_line_that_is_not_utf8_or_holds_a_huge_integer_is_refused_and_th
 
     assert sorted(row[0] for row in stored_events()) == ["alice", "dave"]
     assert "line 2: not UTF-8" in output and "line 3: invalid JSON" in output
+
+
+def test_a_csv_row_that_is_not_utf8_is_refused_and_the_rest_stored(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(
+        b"user,item,type,value,timestamp\n"
+        b"alice,book-1,purchase,,2024-05-01T12:00:00Z\n"
+        b"caf\xe9,book-1,purchase,,2024-05-01T12:00:00Z\n"  # Latin-1, not UTF-8
+        b"dave,book-1,purchase,,2024-05-01T12:00:00Z\n"
+    )
+
+    output = run("import_interactions", str(path))
+
+    assert sorted(row[0] for row in stored_events()) == ["alice", "dave"]
+    assert "line 3: not UTF-8" in output
