@@ -89,6 +89,6 @@ def versions_in_grace(*, kind: str, keep: int) -> list[int]:
     """Versions past the newest ``keep`` that keep their tables only because they served within
     RECSYS_PRUNE_GRACE_SECONDS (``runs.model_versions_prune``), newest first."""
     recent = timezone.now() - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
-    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
-    older = servable.order_by("-id").values_list("pk", "deactivated_at", "status")[keep:]
-    return [pk for pk, deactivated, status in older if status != Status.ACTIVE and deactivated and deactivated > recent]
+    return [
+        pk for pk, deactivated in runs.prune_candidates(kind=kind, keep=keep) if deactivated and deactivated > recent
+    ]

@@ -409,13 +409,9 @@ def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -
     next try (the beat tidies every few seconds). Each drop re-checks under the version's row lock
     and then the pointer's, in activation's order, so that a version activated meanwhile (a
     rollback) is never dropped."""
-    now = now or timezone.now()
-    recent = now - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
-    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
-    active_now = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
-    candidates = [pk for pk in servable.order_by("-id").values_list("pk", flat=True)[keep:] if pk != active_now]
+    recent = (now or timezone.now()) - timedelta(seconds=settings.RECSYS_PRUNE_GRACE_SECONDS)
     pruned = []
-    for version_id in candidates:
+    for version_id, _ in prune_candidates(kind=kind, keep=keep):
         try:
             with transaction.atomic():
                 # NOWAIT: an activation holds the pointer and then locks the version it replaces; waiting
@@ -427,11 +423,8 @@ def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -
                 kept = {active.version_id if active else None}.union(*(guard() for guard in prune_guards))
                 if version is None or version.pk in kept or (version.deactivated_at or recent) > recent:
                     continue
-                tables.tables_drop(version.pk)
-                ModelVersion.objects.filter(pk=version.pk).update(has_tables=False, status=Status.RETIRED)
-        except tables.TablesBusy as busy:
-            logger.warning("%s", busy)
-            continue
+                if not _tables_drop(version.pk, status=Status.RETIRED):
+                    continue
         except DatabaseError as error:
             if not lock_not_available(error):
                 raise
@@ -439,6 +432,15 @@ def model_versions_prune(*, kind: str, keep: int, now: datetime | None = None) -
             continue
         pruned.append(version_id)
     return pruned
+
+
+def prune_candidates(*, kind: str, keep: int) -> list[tuple[int, datetime | None]]:
+    """(id, deactivated_at) of the servable versions past the newest ``keep``, the active one left
+    out, newest first: what ``model_versions_prune`` may drop, guards and grace permitting."""
+    servable = ModelVersion.objects.filter(kind=kind, has_tables=True).exclude(status=Status.TRAINING)
+    active = ActiveVersion.objects.filter(kind=kind).values_list("version_id", flat=True).first()
+    older = servable.order_by("-id").values_list("pk", "deactivated_at")[keep:]
+    return [(pk, deactivated) for pk, deactivated in older if pk != active]
 
 
 def versions_tidy() -> list[int]:

@@ -45,6 +45,18 @@ def ddl_lock_timeout(cursor: Any, milliseconds: int = DDL_LOCK_TIMEOUT_MS) -> It
     cursor.execute("SELECT set_config('lock_timeout', %s, true)", [before])
 
 
+def unless_locked(work: Callable[[], T], what: str) -> T | None:
+    """``work()``, or None (logged) when its DDL did not get its locks within its lock timeout
+    (``ddl_lock_timeout``): whoever runs it again later (the beat's next run) tries again."""
+    try:
+        return work()
+    except Exception as error:
+        if not lock_not_available(error):
+            raise
+        logger.warning("%s waits for a busy table; it is tried again later", what)
+        return None
+
+
 def query_canceled(error: Exception) -> bool:
     """Whether a database error is a ``statement_timeout`` that ran out (the serving time limit)."""
     return sqlstate(error) == QUERY_CANCELED

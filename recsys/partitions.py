@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from recsys.db import ddl_lock_timeout, lock_not_available
+from recsys.db import ddl_lock_timeout, lock_not_available, unless_locked
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -212,18 +212,6 @@ def partitions_ensure(*, now: datetime, ahead: int) -> list[str]:
         if unless_locked(partial(partition_create, span=span), f"creating {span.name}"):
             created.append(span.name)
     return created
-
-
-def unless_locked(work: Callable[[], T], what: str) -> T | None:
-    """``work()``, or None (logged) when its DDL did not get its locks within DDL_LOCK_TIMEOUT_MS: the
-    beat's next run tries again."""
-    try:
-        return work()
-    except Exception as error:
-        if not lock_not_available(error):
-            raise
-        logger.warning("%s waits for a busy table; the next maintenance run tries again", what)
-        return None
 
 
 def partitions_drop_before(*, cutoff: datetime) -> list[str]:

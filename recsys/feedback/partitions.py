@@ -3,24 +3,23 @@ whole once older than RECSYS_IMPRESSION_RETENTION_DAYS. The only module that run
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
 import numpy as np
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 
-from recsys.db import ddl_lock_timeout, lock_not_available
+from recsys.db import ddl_lock_timeout, unless_locked
 from recsys.ingestion.rules import Ints
 
 TABLE = "recsys_impression"
 _NAME_RE = re.compile(rf"{TABLE}_y(\d{{4}})m(\d{{2}})")
 # Partition DDL of concurrent writers is serialised on this advisory lock (an arbitrary constant).
-logger = logging.getLogger(__name__)
 _DDL_LOCK = 0x1A7E55
 # The beat task keeps this many months after the current one created, so that ingest rarely has to.
 MONTHS_AHEAD = 2
@@ -131,13 +130,8 @@ def impression_partitions_maintain(
     months = [month_start(now)]
     for _ in range(months_ahead):
         months.append(next_month(months[-1]))
-    try:
-        report = PartitionReport(created=impression_partitions_ensure(months=months))
-    except DatabaseError as error:
-        if not lock_not_available(error):
-            raise
-        logger.warning("impression partitions wait for a busy table; the next run makes them")
-        report = PartitionReport(created=[])
+    created = unless_locked(partial(impression_partitions_ensure, months=months), "creating impression partitions")
+    report = PartitionReport(created=created or [])
     horizon = retention_horizon(now=now, retention_days=retention_days)
     if horizon is None:
         return report
@@ -147,13 +141,12 @@ def impression_partitions_maintain(
         # Foreign keys are deferred: checks still pending in an enclosing transaction would block the drop.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for month in expired:
-            try:  # behind a long reader (the metrics' beat): the next run tries again
-                with transaction.atomic(), ddl_lock_timeout(cursor):
-                    cursor.execute(f'DROP TABLE IF EXISTS "{partition_name(month)}"')
-            except DatabaseError as error:
-                if not lock_not_available(error):
-                    raise
-                logger.warning("impressions of %s wait for a busy table; the next run drops them", month)
-                continue
-            report.dropped.append(month)
+
+            def drop(name: str = partition_name(month)) -> bool:
+                with transaction.atomic(), ddl_lock_timeout(cursor):  # behind a long reader: the next run
+                    cursor.execute(f'DROP TABLE IF EXISTS "{name}"')
+                return True
+
+            if unless_locked(drop, f"dropping {partition_name(month)}"):
+                report.dropped.append(month)
     return report

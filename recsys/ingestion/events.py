@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from recsys.db import atomic_with_retry
+from recsys.db import atomic_with_retry, unless_locked
 from recsys.feedback.attribution import clicks_attribute
 from recsys.ingestion.readers import batch_events_read, read_ahead
 from recsys.ingestion.report import BatchResult, ImportReport
@@ -56,7 +56,6 @@ from recsys.partitions import (
     partition_span,
     partitions_list,
     span_is_fresh,
-    unless_locked,
 )
 from recsys.signals import interactions_stored
 
