@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,9 +109,15 @@ def api_key(database_url: str) -> str:
 
 @contextmanager
 def gunicorn(
-    database_url: str, port: int, workers: int | None = None, env: dict[str, str] | None = None
+    database_url: str,
+    port: int,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[psutil.Process]:
-    """gunicorn as deployed (gunicorn.conf.py), on loopback; yields its master process."""
+    """gunicorn as deployed (gunicorn.conf.py), on loopback; yields its master process. ``options``:
+    gunicorn command-line options over the configuration file's (a measured alternative, not the
+    deployed shape)."""
     extra = {"WEB_CONCURRENCY": str(workers)} if workers else {}
     extra.update(env or {})
     proc = subprocess.Popen(
@@ -123,6 +129,7 @@ def gunicorn(
             str(ROOT / "gunicorn.conf.py"),
             "-b",
             f"127.0.0.1:{port}",
+            *options,
             "recsys.wsgi:application",
         ],
         env=bench_env(database_url, **extra),

@@ -62,7 +62,8 @@ def ids(url: str, table: str, limit: int = 5000) -> list[str]:
 def client(port: int, key: str, paths: list[str], seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Authorization": f"Bearer {key}"}
-    latencies, errors = [], 0
+    latencies: list[float] = []
+    errors: dict[int, int] = {}  # status → answers other than 200
     deadline = time.perf_counter() + seconds
     rng = random.Random()
     while time.perf_counter() < deadline:
@@ -71,7 +72,8 @@ def client(port: int, key: str, paths: list[str], seconds: float, out: mp.Queue)
         answer = conn.getresponse()
         answer.read()
         latencies.append(time.perf_counter() - started)
-        errors += answer.status != 200
+        if answer.status != 200:
+            errors[answer.status] = errors.get(answer.status, 0) + 1
     out.put((latencies, errors))
 
 
@@ -94,7 +96,10 @@ def load(
         "rps": len(latencies) / seconds,
         "p50": statistics.median(latencies) * 1000,
         "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-        "errors": sum(e for _, e in results),
+        "errors": sum(sum(e.values()) for _, e in results),
+        "statuses": {
+            code: sum(e.get(code, 0) for _, e in results) for code in sorted({c for _, e in results for c in e})
+        },
         "requests": len(latencies),
         "load": os.getloadavg()[0],
         **{f"cpu_{name}": cpu / len(latencies) * 1000 for name, cpu in spent.items()},
@@ -192,7 +197,16 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the scratch database and reuse its data next time")
     parser.add_argument("--database", help="the scratch database's name (on a shared server, a name of your own)")
     parser.add_argument("--retrain", action="store_true", help="with --reuse: train a new version on the kept data")
+    parser.add_argument(
+        "--server",
+        nargs="+",
+        default=["sync"],
+        help="web server shapes to measure, each in the same run: sync (as deployed: recsys.web_worker's "
+        "sync workers, a connection per request) or gthread:PROCESSES:THREADS (gunicorn's threaded "
+        "worker, HTTP keep-alive: the clients keep their connection)",
+    )
     args = parser.parse_args()
+    shapes = {shape: server_options(shape) for shape in args.server}
     generated = tuple(args.generated) if args.generated else None
     name = args.database or "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
     url = database_url(name)
@@ -219,19 +233,39 @@ def main() -> None:
             results = {}
             # uncached: a server with the answer cache off computes every answer; cached: the
             # deployed default, asked about 200 hot users / items over and over.
-            for answers, env in (("uncached", {"RECSYS_ANSWER_CACHE_SECONDS": "0"}), ("cached", {})):
-                with gunicorn(url, PORT, env=env) as master:
-                    for endpoint, endpoint_paths in paths.items():
-                        hot = endpoint_paths if answers == "uncached" else endpoint_paths[:200]
-                        for clients in args.clients:
-                            servers = {"web": master, "pg": database}
-                            results[(endpoint, clients, answers)] = load(PORT, key, hot, clients, args.seconds, servers)
-                    workers = len(master.children())
+            workers = {}
+            for shape, options in shapes.items():
+                for answers, env in (("uncached", {"RECSYS_ANSWER_CACHE_SECONDS": "0"}), ("cached", {})):
+                    with gunicorn(url, PORT, env=env, options=options) as master:
+                        for endpoint, endpoint_paths in paths.items():
+                            hot = endpoint_paths if answers == "uncached" else endpoint_paths[:200]
+                            for clients in args.clients:
+                                servers = {"web": master, "pg": database}
+                                row = load(PORT, key, hot, clients, args.seconds, servers)
+                                results[(shape, endpoint, clients, answers)] = row
+                        workers[shape] = len(master.children())
         floor = sql_floor(url, version["version"])
     finally:
         if not args.reuse:
             drop_database(url)
     report(dataset, load_s, version, memory.peak_mb, results, floor, workers, args)
+
+
+def server_options(shape: str) -> list[str]:
+    """gunicorn options for a ``--server`` shape: none for sync (gunicorn.conf.py as deployed)."""
+    if shape == "sync":
+        return []
+    kind, processes, threads = shape.split(":")
+    if kind != "gthread":
+        raise SystemExit(f"unknown server shape {shape!r}: sync or gthread:PROCESSES:THREADS")
+    return ["--worker-class", "gthread", "--workers", processes, "--threads", threads, "--keep-alive", "10"]
+
+
+def shape_label(shape: str, workers: int) -> str:
+    if shape == "sync":
+        return f"sync, {workers} workers (deployed)"
+    _, processes, threads = shape.split(":")
+    return f"gthread, {processes} × {threads} threads, keep-alive"
 
 
 def active_model(api: Api) -> dict | None:  # type: ignore[type-arg]
@@ -249,29 +283,32 @@ def describe(generated: tuple[int, int] | None) -> str:
 def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> None:  # type: ignore[no-untyped-def]
     name = "serve-generated" if args.generated else "serve-movielens"
     counts = version.get("counts", {})
+    servers = ", ".join(shape_label(shape, n) for shape, n in workers.items())
     lines = [
         f"## Serving latency, {dataset} (`bench/serve.py`)",
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn with {workers} sync workers; client "
-        f"processes on loopback (sharing the 2 cores with the server, PostgreSQL and Redis) for "
-        f"{args.seconds:.0f} s per row (a new connection per request: sync workers close each one), random "
-        f"users/items; data loaded in {load_s:.0f} s.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn ({servers}); client processes on "
+        "loopback (sharing the 2 cores with the server, PostgreSQL and Redis) for "
+        f"{args.seconds:.0f} s per row (sync: a new connection per request, as sync workers close each one; "
+        f"gthread: each client keeps its connection), random users/items; data loaded in {load_s:.0f} s.",
         "",
         f"Training on the worker (through `POST /models/train`): model v{version['version']} "
         f"({version['algorithm']}, {version['dimensions']}-d) on {counts}, "
         f"{sum(version['timings'].values()):.0f} s in all ({version['timings']}); peak worker RSS "
         f"{peak_mb:,.0f} MiB.",
         "",
-        "| endpoint | clients | answers | req/s | p50 | p99 | errors | p50 / bare SQL p50 "
-        "| CPU per request: web + PostgreSQL | req/s per core | load average |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {'server | ' if len(workers) > 1 else ''}endpoint | clients | answers | req/s | p50 | p99 | errors "
+        "| p50 / bare SQL p50 | CPU per request: web + PostgreSQL | req/s per core | load average |",
+        f"|{'---|' if len(workers) > 1 else ''}---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (endpoint, clients, cache), r in results.items():
+    for (shape, endpoint, clients, cache), r in results.items():
         cpu = r["cpu_web"] + r["cpu_pg"]
+        server = f"{shape_label(shape, workers[shape])} | " if len(workers) > 1 else ""
+        statuses = ", ".join(f"{code}: {n}" for code, n in r["statuses"].items())
         lines.append(
-            f"| {endpoint} | {clients} | {cache} | {r['rps']:,.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | "
-            f"{r['errors']} | {r['p50'] / floor['p50']:.1f}× | {r['cpu_web']:.2f} + {r['cpu_pg']:.2f} = "
-            f"{cpu:.2f} ms | {1000 / cpu:,.0f} | {r['load']:.1f} |"
+            f"| {server}{endpoint} | {clients} | {cache} | {r['rps']:,.0f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | "
+            f"{r['errors']}{f' ({statuses})' if statuses else ''} | {r['p50'] / floor['p50']:.1f}× | "
+            f"{r['cpu_web']:.2f} + {r['cpu_pg']:.2f} = {cpu:.2f} ms | {1000 / cpu:,.0f} | {r['load']:.1f} |"
         )
     lines += [
         "",
