@@ -30,9 +30,10 @@ _KEYWORD = """
         SELECT string_agg('''' || replace(replace(lexeme, '\\', '\\\\'), '''', '''''') || '''', ' | ')::tsquery AS q
         FROM terms
     )
-    SELECT m.external_id, ts_rank_cd(m.search_vector, query.q, 32) AS rank
+    SELECT m.external_id, ts_rank_cd(m.search_vector, query.q, 32) AS rank, m.until
     FROM (
-        SELECT i.external_id, i.search_vector FROM recsys_item i, query
+        SELECT i.external_id, i.search_vector, extract(epoch FROM i.available_until) AS until
+        FROM recsys_item i, query
         WHERE i.search_vector @@ query.q AND i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
         LIMIT %(ranked)s
     ) m, query
@@ -40,7 +41,7 @@ _KEYWORD = """
 """
 # Newest first, items sharing a category with this one before the rest; the score is 1 / rank.
 _RECENT = """
-    SELECT i.external_id FROM recsys_item i
+    SELECT i.external_id, extract(epoch FROM i.available_until) FROM recsys_item i
     WHERE i.id <> %(item)s AND NOT i.is_hidden {category} {conditions}
     ORDER BY i.categories && %(categories)s::varchar[] DESC, coalesce(i.published_at, i.created_at) DESC,
              i.external_id
@@ -68,7 +69,8 @@ def item_similar_fallback(
     params.update(condition_params)
     keyword = _rows(_KEYWORD, params, conditions)
     if keyword:
-        return Answer([Recommendation(str(ext), round(float(rank), 6)) for ext, rank in keyword], None, "keyword")
+        items = [Recommendation(str(ext), round(float(rank), 6), until=_epoch(until)) for ext, rank, until in keyword]
+        return Answer(items, None, "keyword")
     scope = category or (categories[0] if categories else None)
     popular = popular_candidates(limit=limit, category=scope, exclude_ids=(item_id,), rules=rules)
     popular.strategy = "popular_in_category" if scope else "popular"
@@ -80,9 +82,18 @@ def item_similar_fallback(
             return anywhere
     recent = _rows(_RECENT, params, conditions)
     if recent:
-        items = [Recommendation(str(ext), round(1 / rank, 6)) for rank, (ext,) in enumerate(recent, 1)]
+        items = [
+            Recommendation(str(ext), round(1 / rank, 6), until=_epoch(until))
+            for rank, (ext, until) in enumerate(recent, 1)
+        ]
         return Answer(items, None, "recent")
     return popular  # nothing else is visible (and in the category): an empty answer that says so
+
+
+def _epoch(until: Any) -> float | None:
+    """The end of an item's availability window as the answer carries it (an answer cached with an
+    item whose window has closed is computed again: ``embeddings.serving.answer_through_cache``)."""
+    return None if until is None else float(until)
 
 
 def _rows(statement: str, params: dict[str, Any], conditions: str) -> list[tuple[Any, ...]]:

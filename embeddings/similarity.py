@@ -132,6 +132,7 @@ def _hybrid(
     by_collaborative = version_nearest_items(collaborative, item.collaborative, limit=depth, filters=filters)
     by_content = version_nearest_items(content, item.content, limit=depth, filters=filters)
     names = {n.item_id: n.external_id for n in by_collaborative + by_content}
+    until = {n.item_id: n.until for n in by_collaborative + by_content}
     ids = list(names)
     collaborative_scores = _scores(collaborative, ids, item.collaborative)
     content_scores = _scores(content, ids, item.content)
@@ -142,7 +143,7 @@ def _hybrid(
         for i in ids
     }
     ranked = sorted(ids, key=lambda i: (-blended[i], names[i]))[:limit]
-    items = [Recommendation(names[i], round(blended[i], 6)) for i in ranked]
+    items = [Recommendation(names[i], round(blended[i], 6), until=until[i]) for i in ranked]
     return Answer(items, {"kind": "hybrid", "version": collaborative.pk, "content_version": content.pk}, "hybrid")
 
 

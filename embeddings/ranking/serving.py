@@ -137,12 +137,16 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
     candidates = candidates_merge(found)
     if not read.rows:
         return Ranked([], [] if explain else None)
-    candidates, external_ids, facts = facts_from_rows(stage.state, stage.attributes, candidates, read.rows, shares)
+    candidates, (external_ids, until), facts = facts_from_rows(
+        stage.state, stage.attributes, candidates, read.rows, shares
+    )
     recency = (now - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
     features = features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
     scores = stage.ranker.predict(features)
     top = np.argsort(-scores, kind="stable")[: request.limit]
-    neighbours = [Neighbour(int(candidates.items[k]), external_ids[k], float(scores[k])) for k in top.tolist()]
+    neighbours = [
+        Neighbour(int(candidates.items[k]), external_ids[k], float(scores[k]), until[k]) for k in top.tolist()
+    ]
     return Ranked(neighbours, _contributions(stage, features[top]) if explain else None)
 
 
@@ -199,12 +203,13 @@ def facts_from_rows(
     candidates: Candidates,
     rows: list[tuple[Any, ...]],
     shares: dict[str, float],
-) -> tuple[Candidates, list[str], CandidateFacts]:
+) -> tuple[Candidates, tuple[list[str], list[float | None]], CandidateFacts]:
     """The candidates that ``candidate_rows`` answered (``rows``, in any order), kept in candidate
-    order, with their external ids and facts (``shares``: the user's category shares). Columns are
+    order, with their external ids and availability ends, and their facts (``shares``: the user's
+    category shares). Columns are
     taken whole from the rows and put in candidate order by one permutation, not a Python loop
     over the candidates per column."""
-    ids, external, categories, ages, attribute_rows, model, content = zip(*rows, strict=True)
+    ids, external, categories, ages, attribute_rows, model, content, until = zip(*rows, strict=True)
     by_item = np.argsort(candidates.items, kind="stable")
     position = by_item[np.searchsorted(candidates.items, np.array(ids, np.int64), sorter=by_item)]
     order = np.argsort(position)  # rows in candidate order
@@ -222,7 +227,9 @@ def facts_from_rows(
         category_affinity=category_affinity([c or () for c in categories], shares)[order],
         attributes=numeric_attributes(list(attribute_rows), attributes)[order],
     )
-    return candidates, [external[k] for k in order.tolist()], facts
+    at_order = order.tolist()
+    ends = [None if until[k] is None else float(until[k]) for k in at_order]
+    return candidates, ([external[k] for k in at_order], ends), facts
 
 
 def _contributions(stage: Stage, features: npt.NDArray[np.float32]) -> list[list[dict[str, float | str]]]:

@@ -188,7 +188,7 @@ _CANDIDATES = """
            extract(epoch FROM now() - coalesce(i.published_at, i.created_at))::float8 / 86400,
            {attributes},
            coalesce(n.score, (SELECT -(embedding <#> %(vector)s) FROM {table} WHERE item_id = i.id)),
-           {content}, n.score, coalesce(true {conditions}, false)
+           {content}, extract(epoch FROM i.available_until), n.score, coalesce(true {conditions}, false)
     FROM recsys_item i LEFT JOIN nearest n ON n.item_id = i.id
     WHERE i.id = ANY(%(ids)s::int8[] || ARRAY(SELECT item_id FROM nearest)) AND NOT i.is_hidden {category}
 """
@@ -255,7 +255,8 @@ def candidate_rows(
 ) -> CandidateRows:
     """The ``nearest`` search's items, and (id, external id, categories, age days, attributes or
     None, ``vector`` · the item's vector in ``item_table``, the content profile · its vector in the
-    content table, each None without a row) of the visible candidates among ``ids`` and the
+    content table, each None without a row, the end of its availability window in epoch seconds or
+    None) of the visible candidates among ``ids`` and the
     search's items (in no particular order) that pass ``conditions``
     (``recsys.rules.ruleset.item_conditions``: availability, filter, hidden); one round trip.
     ``vector_type``: the item table's (``ModelVersion.vector_type``). ``content``: (content table,
@@ -282,10 +283,10 @@ def candidate_rows(
     }
     with cursor() as cur:
         rows = cur.execute(statement, params, binary=True).fetchall()
-    searched = [r for r in rows if r[7] is not None]
+    searched = [r for r in rows if r[8] is not None]
     return CandidateRows(
-        (np.array([r[0] for r in searched], np.int64), np.array([r[7] for r in searched], np.float32)),
-        [r[:7] for r in rows if r[8]],
+        (np.array([r[0] for r in searched], np.int64), np.array([r[8] for r in searched], np.float32)),
+        [r[:8] for r in rows if r[9]],
     )
 
 

@@ -3,11 +3,15 @@ other items match, and ``strategy`` says which fallback answered."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from embeddings import content, services
 from embeddings.learners import LearnerParams
+from embeddings.similarity import item_similar_list
 from embeddings.spaces import item_vector_put
+from recsys.models import Item
 from recsys.services import interactions_ingest, items_upsert
 
 pytestmark = pytest.mark.django_db
@@ -142,3 +146,24 @@ def test_the_words_fallback_ranks_at_most_the_search_bound_of_matches(writer, se
     # Then the words still answer, from at most three ranked matches
     assert body["strategy"] == "keyword"
     assert 1 <= len(body["items"]) <= 3 and all(i.startswith("sky") for i in ids(body))
+
+
+@pytest.mark.parametrize(
+    ("item", "query", "strategy"),
+    [
+        ("sky1", {"space": "hybrid"}, "hybrid"),
+        ("fresh", {}, "keyword"),
+        ("quiet", {"category": "garden"}, "recent"),
+    ],
+)
+def test_every_similar_answer_carries_its_items_windows_for_the_cache(writer, served, item, query, strategy):
+    # Given items whose windows close in an hour (a cached answer holding one is computed again then)
+    put(writer, "fresh", title="Telescope and comet", text="planet galaxy nights", categories=["sky"])
+    put(writer, "quiet", title="Quasar", categories=["sky"])
+    closes = datetime.now(UTC) + timedelta(hours=1)
+    Item.objects.exclude(external_id__in=["fresh", "quiet"]).update(available_until=closes)
+
+    answer = item_similar_list(item_external_id=item, limit=3, **query)
+
+    assert answer.strategy == strategy and answer.items
+    assert all(found.until == pytest.approx(closes.timestamp()) for found in answer.items)

@@ -84,6 +84,18 @@ def test_forced_ranking_serves_ranked_unseen_items(trained):
     assert sum(int(i[1:]) < 15 for i in ids) >= 4  # u1's community
 
 
+def test_ranked_answers_carry_each_items_window_so_the_cache_never_serves_it_past_its_end(trained):
+    # Given every item's availability window closing in an hour
+    closes = datetime.now(UTC) + timedelta(hours=1)
+    Item.objects.update(available_until=closes)
+
+    answer = user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
+
+    # Then each ranked item says when (answer_through_cache computes an answer again past it)
+    assert answer.strategy == "ranked" and answer.items
+    assert all(item.until == pytest.approx(closes.timestamp()) for item in answer.items)
+
+
 def test_ranking_off_serves_the_collaborative_model(trained):
     assert user_recommendations_list(user_external_id="u1", limit=5, ranking=False).strategy == "collaborative"
 

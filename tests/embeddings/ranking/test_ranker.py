@@ -277,15 +277,18 @@ def test_serving_facts_follow_the_candidates_whatever_order_the_statement_answer
         sp.csr_matrix(np.eye(4, dtype=np.float32)), None, np.array([3, 5, 8, 13]), reference=0.0
     )
     candidates = candidates_merge({"collaborative": (np.array([13, 40, 5, 3]), np.array([4, 3, 2, 1], np.float32))})
-    rows = [  # (id, external id, categories, age days, attributes, model score, content similarity); 40 is hidden
-        (3, "c", None, 3.0, {"price": 7}, 0.3, None),
-        (13, "a", ["drama"], 1.0, None, 0.1, 0.5),
-        (5, "b", ["news", "comedy"], 2.0, {"price": "x"}, None, 0.7),
+    rows = [  # (id, external id, categories, age days, attributes, model score, content similarity, until); 40 is hidden
+        (3, "c", None, 3.0, {"price": 7}, 0.3, None, None),
+        (13, "a", ["drama"], 1.0, None, 0.1, 0.5, 1_900_000_000.5),
+        (5, "b", ["news", "comedy"], 2.0, {"price": "x"}, None, 0.7, None),
     ]
 
-    kept, external_ids, facts = facts_from_rows(state, ("price",), candidates, rows, {"comedy": 0.25, "drama": 0.5})
+    kept, (external_ids, until), facts = facts_from_rows(
+        state, ("price",), candidates, rows, {"comedy": 0.25, "drama": 0.5}
+    )
 
     assert kept.items.tolist() == [13, 5, 3] and external_ids == ["a", "b", "c"]
+    assert until == [1_900_000_000.5, None, None]
     assert kept.ranks[:, SOURCES.index("collaborative")].tolist() == [1, 3, 4]
     assert facts.age_days.tolist() == [1.0, 2.0, 3.0]
     assert facts.model_score.tolist()[::2] == pytest.approx([0.1, 0.3]) and np.isnan(facts.model_score[1])
