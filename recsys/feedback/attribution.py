@@ -3,21 +3,32 @@ impression that showed its item to its user within RECSYS_ATTRIBUTION_WINDOW bef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import numpy as np
+from django.db import DatabaseError
 
+from recsys.db import atomic_with_retry
 from recsys.feedback.store import ClickArrays, attributions_write, impressions_within
 from recsys.ingestion.rules import EPOCH, EventArrays, EventRules
 from recsys.recommendation_ids import recommendation_id_read
 
 _MICROSECOND = timedelta(microseconds=1)
+logger = logging.getLogger(__name__)
 
 
-def clicks_attribute(*, events: EventArrays, rules: EventRules, recommendation_ids: Sequence[str | None] | None) -> int:
+def clicks_attribute(
+    *,
+    events: EventArrays,
+    rules: EventRules,
+    recommendation_ids: Sequence[str | None] | None,
+    after_commit: bool = False,
+) -> int:
     """Attribute the click-type events among ``events`` (aligned with ``recommendation_ids``); runs inside
-    the caller's transaction, one statement. Returns how many attributions are new."""
+    the caller's transaction, one statement. Returns how many attributions were written. ``after_commit``:
+    the pass again once the events' transaction has committed (``attributions_write``)."""
     if rules.clicks is None or not len(events):
         return 0
     mask = rules.clicks[events.codes]
@@ -43,5 +54,17 @@ def clicks_attribute(*, events: EventArrays, rules: EventRules, recommendation_i
             issued_at=[None if ref is None else (ref.issued_at - EPOCH) // _MICROSECOND for ref in refs],
             experiment_ids=[None if ref is None else ref.experiment_id for ref in refs],
             variants=[None if ref is None else ref.variant for ref in refs],
-        )
+        ),
+        after_commit=after_commit,
     )
+
+
+def attribution_after_commit(attribute: Callable[[], int]) -> None:
+    """Run an attribution pass again once its batch's transaction has committed, in a transaction of
+    its own (``attributions_write``): a click batch and an impression batch in flight at the same time
+    cannot see each other's rows, and the pass of whichever committed last sees both. The batch is
+    stored whatever happens here: a failure is logged, and costs at most those attributions."""
+    try:
+        atomic_with_retry(attribute)
+    except DatabaseError:
+        logger.warning("attributing a stored batch again after its commit failed", exc_info=True)

@@ -109,9 +109,10 @@ class ClickArrays:
 # the probe to the window's partitions). Neither: not attributed. Re-sends are no-ops. The bounds of
 # the whole batch's windows are parameters as well, so that only their months' partitions are planned.
 _ATTRIBUTIONS_INSERT = """
-    INSERT INTO recsys_attribution (user_id, item_id, event_type, occurred_at, value, weight, recommendation_id,
+    INSERT INTO recsys_attribution AS a (user_id, item_id, event_type, occurred_at, value, weight, recommendation_id,
                                     experiment_id, variant, shown_at, position, created_at)
-    SELECT e.user_id, e.item_id, e.event_type, e.ts, nullif(e.value, 'NaN'), e.weight,
+    SELECT DISTINCT ON (e.user_id, e.item_id, e.event_type, e.ts)  -- an event sent twice in a batch: once
+           e.user_id, e.item_id, e.event_type, e.ts, nullif(e.value, 'NaN'), e.weight,
            coalesce(e.recommendation_id, shown.recommendation_id), coalesce(e.experiment_id, shown.experiment_id),
            coalesce(e.variant, shown.variant), shown.shown_at, shown.position, now()
     FROM (
@@ -139,9 +140,18 @@ _ATTRIBUTIONS_INSERT = """
         ORDER BY i.shown_at DESC
         LIMIT 1
     ) AS shown ON true
-    WHERE e.recommendation_id IS NOT NULL OR shown.shown_at IS NOT NULL
+    WHERE (e.recommendation_id IS NOT NULL OR shown.shown_at IS NOT NULL) {still_there}
     ORDER BY e.user_id, e.item_id, e.event_type, e.ts
-    ON CONFLICT (user_id, item_id, event_type, occurred_at) DO NOTHING
+    ON CONFLICT (user_id, item_id, event_type, occurred_at) DO UPDATE
+        SET shown_at = EXCLUDED.shown_at, position = EXCLUDED.position
+        WHERE a.shown_at IS NULL AND EXCLUDED.shown_at IS NOT NULL
+          AND a.recommendation_id IS NOT DISTINCT FROM EXCLUDED.recommendation_id
+"""
+# The pass after the events' transaction committed (``attributions_write(after_commit=True)``) runs in a
+# transaction of its own, so its user and item may have been deleted since: only those still there.
+_STILL_THERE = """
+      AND EXISTS (SELECT 1 FROM recsys_user u WHERE u.id = e.user_id)
+      AND EXISTS (SELECT 1 FROM recsys_item i WHERE i.id = e.item_id)
 """
 
 
@@ -167,11 +177,16 @@ def impressions_within(timestamps: Ints, *, window_seconds: int | None = None) -
         return bool(cursor.fetchone()[0])  # type: ignore[index]
 
 
-def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None) -> int:
-    """Attribute click-type events (one statement per batch); returns how many attributions are new.
+def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None, after_commit: bool = False) -> int:
+    """Attribute click-type events (one statement per batch); returns how many attributions were written
+    (new, or an id's attribution given the impression it was waiting for).
 
     In the transaction that wrote the events (``events_write``), whose check of their users and items under
-    the references lock covers the attributions too (they have no foreign keys, migration 0009).
+    the references lock covers the attributions too (they have no foreign keys, migration 0009). Once that
+    transaction has committed, the same clicks are attributed again (``after_commit``, a transaction of its
+    own, under the references lock, users and items checked): an impression batch in flight at the same
+    time could see neither the uncommitted clicks nor be seen by them, and one of the two passes that run
+    after both commits does see the other's rows (``late_attributions_write`` has its own).
 
     ``window_seconds``: RECSYS_ATTRIBUTION_WINDOW unless given.
     """
@@ -179,10 +194,11 @@ def attributions_write(clicks: ClickArrays, *, window_seconds: int | None = None
         return 0
     window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
     since, until = _shown_bounds(clicks, window)
+    statement = _ATTRIBUTIONS_INSERT.format(still_there=_STILL_THERE if after_commit else "")
     with sql_cursor() as cursor:
-        cursor.execute(
-            _ATTRIBUTIONS_INSERT, {**_click_params(clicks), "window": window, "since": since, "until": until}
-        )
+        if after_commit:
+            references_hold(cursor)
+        cursor.execute(statement, {**_click_params(clicks), "window": window, "since": since, "until": until})
         return max(cursor.rowcount, 0)
 
 
@@ -281,8 +297,33 @@ _LATE_ATTRIBUTIONS = """
 """
 
 
+# A click that named one of our recommendation ids before its impression arrived was attributed to that
+# id with no impression yet; an impression of this batch with the same id, user and item is the one it
+# was waiting for (the latest of them, shown before the click or after), whatever else the batch showed
+# and whenever: as the click's own pass would have taken it (``_ATTRIBUTIONS_INSERT``, an id's window).
+_PENDING_IDS = """
+    UPDATE recsys_attribution a SET shown_at = s.shown_at, position = s.position
+    FROM (
+        SELECT DISTINCT ON (r.user_id, r.item_id, r.recommendation_id)
+               r.user_id, r.item_id, r.recommendation_id, r.position,
+               timestamptz 'epoch' + r.micros * interval '1 microsecond' AS shown_at
+        FROM unnest(%(user_ids)s::int8[], %(item_ids)s::int8[], %(positions)s::int4[], %(micros)s::int8[],
+                    %(recommendation_ids)s::text[])
+             AS r(user_id, item_id, position, micros, recommendation_id)
+        WHERE r.recommendation_id IS NOT NULL
+        ORDER BY r.user_id, r.item_id, r.recommendation_id, r.micros DESC
+    ) AS s
+    WHERE a.user_id = s.user_id AND a.item_id = s.item_id AND a.recommendation_id = s.recommendation_id
+      AND a.shown_at IS NULL
+"""
+
+
 def late_attributions_write(impressions: ImpressionArrays, *, window_seconds: int | None = None) -> int:
-    """Attribute stored clicks that these impressions led to (see above); returns the rows written."""
+    """Attribute stored clicks that these impressions led to (see above); returns the rows written.
+
+    Called in the transaction that writes the impressions and again once it has committed (a click batch
+    in flight at the same time is seen by one of the passes that follow both commits; see
+    ``attributions_write``): every statement here is idempotent."""
     if not len(impressions):
         return 0
     window = settings.RECSYS_ATTRIBUTION_WINDOW if window_seconds is None else window_seconds
@@ -293,8 +334,12 @@ def late_attributions_write(impressions: ImpressionArrays, *, window_seconds: in
         # Attributions have no foreign keys (migration 0009): under the references lock, taken before the
         # statement reads the interactions it credits, a deleted user's or item's are gone from its snapshot.
         references_hold(cursor)
+        written = 0
+        if any(impressions.recommendation_ids):
+            cursor.execute(_PENDING_IDS, params)
+            written += max(cursor.rowcount, 0)
         cursor.execute(_LATE_ATTRIBUTIONS, params)
-        return max(cursor.rowcount, 0)
+        return written + max(cursor.rowcount, 0)
 
 
 # ---- training: shown and never used ---------------------------------------------------------------

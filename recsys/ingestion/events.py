@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from recsys.db import atomic_with_retry, unless_locked
-from recsys.feedback.attribution import clicks_attribute
+from recsys.feedback.attribution import attribution_after_commit, clicks_attribute
 from recsys.ingestion.readers import batch_events_read, read_ahead
 from recsys.ingestion.report import BatchResult, ImportReport
 from recsys.ingestion.rules import (
@@ -212,6 +212,15 @@ def interactions_ingest(*, rows: Sequence[object], auto_create_items: bool | Non
             resolved = _resolve(checked, create_items=auto_create_items)
             created, updated, distinct = atomic_with_retry(partial(_stored, resolved, rules, copy=False))
         result.created, result.updated, result.unchanged = created, updated, distinct - created - updated
+        attribution_after_commit(
+            partial(
+                clicks_attribute,
+                events=resolved.events,
+                rules=rules,
+                recommendation_ids=resolved.recommendation_ids,
+                after_commit=True,
+            )
+        )
         if created or updated:
             users = resolved.users
             interactions_stored.send(sender=User, user_ids=sorted(users.values()), external_ids=sorted(users))

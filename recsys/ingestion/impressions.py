@@ -14,6 +14,7 @@ from django.conf import settings
 
 from recsys.db import atomic_with_retry
 from recsys.errors import DomainError, PayloadTooLarge
+from recsys.feedback.attribution import attribution_after_commit
 from recsys.feedback.partitions import impression_partitions_ensure, months_of, retention_horizon
 from recsys.feedback.store import ImpressionArrays, impressions_write, late_attributions_write
 from recsys.ingestion.report import BatchResult
@@ -71,6 +72,7 @@ def impressions_ingest(*, rows: Sequence[object], auto_create_items: bool | None
         impressions = _resolved(flat, raw, refs, (users, items), item_errors)
         impression_partitions_ensure(months=months_of(impressions.shown_at))
         result.created = atomic_with_retry(partial(_store, impressions))
+        attribution_after_commit(partial(late_attributions_write, impressions))
         result.unchanged = len(impressions) - result.created
     _report(result, rejected, item_errors)
     return result

@@ -315,3 +315,97 @@ def test_impressions_and_attributions_are_stored_while_redis_is_down(writer, red
     interact(writer, {"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(seconds=30))})
 
     assert attributed()[("i2", "click")].position == 2
+
+
+def test_a_late_impression_batch_gives_a_waiting_click_the_impression_of_its_own_id(writer):
+    # Given a click naming R1, stored before any impression (attributed to R1, no place yet)
+    r1, r2 = (recommendation_id_mint(experiment_id=5, variant=v) for v in ("a", "b"))
+    interact(
+        writer,
+        {"user": "u1", "item": "i2", "type": "click", "recommendation_id": r1, "timestamp": at(timedelta(minutes=5))},
+    )
+
+    # When one batch brings R1's impression and, later, R2's showing the same item
+    show_many(
+        writer,
+        {"user": "u1", "items": ["i2"], "timestamp": at(), "recommendation_id": r1},
+        {"user": "u1", "items": ["i9", "i2"], "timestamp": at(timedelta(minutes=2)), "recommendation_id": r2},
+    )
+
+    # Then the click keeps its own recommendation and gets where that one showed it
+    click = attributed()[("i2", "click")]
+    assert (click.recommendation_id, click.variant, click.shown_at, click.position) == (r1, "a", T0, 1)
+
+
+# ---- a click and its impression in flight at the same time ----------------------------------------------
+
+
+def paused(module, name, monkeypatch):
+    """Patch ``module.name`` so that it waits, after its work and before its transaction commits, until
+    released; returns (started, release)."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    work = getattr(module, name)
+
+    def waiting(*args, **kwargs):
+        result = work(*args, **kwargs)
+        started.set()
+        assert release.wait(30)
+        return result
+
+    monkeypatch.setattr(module, name, waiting)
+    return started, release
+
+
+def in_thread(call):
+    import threading
+
+    from django.db import connection
+
+    failures = []
+
+    def run():
+        try:
+            call()
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, failures
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("first_in", ["impression", "click"])
+def test_a_click_and_its_impression_sent_at_the_same_moment_are_attributed(first_in, monkeypatch):
+    # Given one batch stored but not yet committed (the other cannot see its rows), while the other
+    # batch is stored and committed; then the first commits
+    from recsys.ingestion import events, impressions
+    from recsys.ingestion.events import interactions_ingest
+    from recsys.ingestion.impressions import impressions_ingest
+    from recsys.models import Item
+
+    Item.objects.bulk_create([Item(external_id="i1"), Item(external_id="i2")])  # no content build to flush
+    impression = [{"user": "u1", "items": ["i1", "i2"], "timestamp": at()}]
+    click = [{"user": "u1", "item": "i2", "type": "click", "timestamp": at(timedelta(minutes=1))}]
+    if first_in == "impression":
+        started, release = paused(impressions, "_store", monkeypatch)
+        thread, failures = in_thread(lambda: impressions_ingest(rows=impression))
+        assert started.wait(30)
+        interactions_ingest(rows=click)
+    else:
+        started, release = paused(events, "_stored", monkeypatch)
+        thread, failures = in_thread(lambda: interactions_ingest(rows=click))
+        assert started.wait(30)
+        impressions_ingest(rows=impression)
+    assert not Attribution.objects.exists()  # neither saw the other's rows
+    release.set()
+    thread.join(30)
+
+    # Then the click is credited to the impression, whichever committed last
+    assert not failures
+    click_row = attributed()[("i2", "click")]
+    assert (click_row.shown_at, click_row.position) == (T0, 2)
