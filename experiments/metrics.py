@@ -15,6 +15,7 @@ Definitions (what the experiment page and GET /experiments/{id} report):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -67,11 +68,14 @@ WHERE experiment_id = %(experiment)s AND variant IS NOT NULL GROUP BY variant
 CONVERSIONS_SQL = """
 SELECT a.variant, a.user_id, a.event_type, count(*),
        sum(CASE WHEN a.event_type = ANY(%(revenue_types)s) AND jsonb_typeof(it.attributes -> %(attribute)s) = 'number'
-                THEN (it.attributes ->> %(attribute)s)::double precision END)
+                THEN (it.attributes -> %(attribute)s)::numeric END)
 FROM recsys_attribution a JOIN recsys_item it ON it.id = a.item_id
 WHERE a.experiment_id = %(experiment)s AND a.variant IS NOT NULL
 GROUP BY a.variant, a.user_id, a.event_type
 """
+
+
+OWN_BANDS = ("ctr", "ctr_interval", "control_interval")
 
 
 @dataclass
@@ -119,7 +123,7 @@ def variants_data(*, experiment_id: int) -> dict[str, VariantData]:
             row = data.setdefault(variant, VariantData())
             row.conversions.setdefault(event_type, {})[user] = events
             if revenue is not None:
-                row.revenue[user] = row.revenue.get(user, 0.0) + revenue
+                row.revenue[user] = row.revenue.get(user, 0.0) + float(revenue)  # a JSON number past floats: inf
     return data
 
 
@@ -146,7 +150,7 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
                 items_shown=own.items_shown,
                 coverage=own.items_shown / catalogue if catalogue else None,
                 conversions={t: int(sum(per_user.values())) for t, per_user in sorted(own.conversions.items())},
-                revenue=float(sum(own.revenue.values())) if settings.RECSYS_REVENUE_ATTRIBUTE else None,
+                revenue=_revenue(own) if settings.RECSYS_REVENUE_ATTRIBUTE else None,
                 statistics=_statistics(
                     experiment, variant, own, control, _prior(latest, variant.pk), treatments=len(variants) - 1
                 ),
@@ -155,6 +159,14 @@ def experiment_metrics_compute(*, experiment_id: int, now: datetime | None = Non
     with transaction.atomic():
         VariantSnapshot.objects.bulk_create(snapshots)
     return snapshots
+
+
+def _revenue(data: VariantData) -> float | None:
+    """The variant's revenue; None when it is past a float's range (a price such as 1e308 or a
+    400-digit number in an item's attributes): no total, rather than an infinity that JSON cannot
+    carry (every read of the experiment failed) or one that hides the other variants' figures."""
+    total = math.fsum(data.revenue.values())
+    return total if math.isfinite(total) else None
 
 
 def _statistics(
@@ -187,7 +199,10 @@ def _statistics(
         comparison = variant_compare(
             control=control.counts(), treatment=own.counts(), alpha=each, mde=mde, looks=prior_looks, mixture_sd=tau
         )
-        out.update(_jsonable(asdict(comparison)))
+        # Every variant's own band at the experiment's alpha, the control's included; only the difference
+        # is tested at the shared alpha (the comparison's own bands were at alpha / treatments, so a
+        # treatment's band was wider than the control's beside it on the same page).
+        out.update(_jsonable({k: v for k, v in asdict(comparison).items() if k not in OWN_BANDS}))
         if treatments > 1:
             out["method"] += f"; {treatments} treatments, each tested at alpha / {treatments} = {each:.3g} (Bonferroni)"
         if tau is None and comparison.p_value is not None:

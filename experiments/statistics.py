@@ -170,7 +170,7 @@ def _moments(totals: UserTotals) -> _Moments:
 
 
 def _z(alpha: float) -> float:
-    return float(ndtri(1 - alpha / 2))
+    return float(-ndtri(alpha / 2))  # not ndtri(1 - alpha / 2): 1 - 5e-17 is 1.0 in floats, and z infinite
 
 
 def _proportion_interval(moments: _Moments, alpha: float) -> tuple[float, float]:

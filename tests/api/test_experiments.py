@@ -210,6 +210,8 @@ def test_every_recommendation_endpoint_answers_with_a_fresh_recommendation_id(re
         (lambda b, old, new: b["variants"][1].update(name="new"), "variants"),
         (lambda b, old, new: b["variants"][1].update(weight=0), "variants"),
         (lambda b, old, new: b.update(alpha=0.7), "alpha"),
+        (lambda b, old, new: b.update(alpha=1e-17), "alpha"),  # z infinite: metrics failed every minute
+        (lambda b, old, new: b.update(mde=1e-160), "mde"),  # the users required past a float
         (lambda b, old, new: b.update(scenario="home page"), "scenario"),
         (lambda b, old, new: b.update(colour="red"), "colour"),
     ],

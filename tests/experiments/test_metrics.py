@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from experiments.metrics import experiment_metrics_compute, experiments_metrics_compute
+from experiments.metrics import experiment_metrics_compute, experiments_metrics_compute, variants_data
 from experiments.models import Experiment, Variant, VariantSnapshot
+from experiments.statistics import ctr_estimate
 from recsys.models import Attribution, Impression, Item, User
 from recsys.recommendation_ids import recommendation_id_mint
 
@@ -220,3 +221,36 @@ def test_with_two_treatments_each_is_tested_at_half_the_alpha(admin_client_api, 
         assert "each tested at alpha / 2 = 0.025 (Bonferroni)" in variants[name]["method"]
         assert variants[name]["significant"] == (variants[name]["p_value"] <= 0.025)
     assert variants["b"]["significant"] is True
+    # Each variant's own band is at the experiment's alpha, the control's and the treatments' alike: only
+    # the differences are tested at alpha / 2 (the treatments' bands were at 0.025, the control's at 0.05)
+    for name in ("a", "b", "c"):
+        snapshot = VariantSnapshot.objects.get(experiment=experiment, variant__name=name)
+        counts = variants_data(experiment_id=experiment.pk)[name].counts()
+        assert variants[name]["ctr_interval"] == pytest.approx(list(ctr_estimate(counts, alpha=0.05)[1]))
+        assert "control_interval" not in snapshot.statistics
+
+
+def test_prices_past_a_floats_range_leave_revenue_unknown_and_every_read_working(
+    admin_client_api, experiment, catalogue, settings
+):
+    # Given two purchases of an item priced 1e308 (their sum is past a float) and one priced with 400 digits
+    settings.RECSYS_REVENUE_ATTRIBUTE = "price"
+    Item.objects.filter(pk=catalogue[0].pk).update(attributes={"price": 1e308})
+    Item.objects.filter(pk=catalogue[1].pk).update(attributes={"price": int("9" * 400)})
+    ann, bob = User.objects.bulk_create([User(external_id=n) for n in ("ann", "bob")])
+    rid = recommendation_id_mint(experiment_id=experiment.pk, variant="a")
+    Attribution.objects.bulk_create(
+        [
+            attribution(experiment, "a", ann, catalogue[0], "purchase", START, rid),
+            attribution(experiment, "a", ann, catalogue[0], "purchase", START, rid, minutes=2),
+            attribution(experiment, "b", bob, catalogue[1], "purchase", START, rid),
+        ]
+    )
+
+    # When the metrics are computed (they failed, and failed again every minute)
+    experiment_metrics_compute(experiment_id=experiment.pk)
+
+    # Then the revenue is unknown rather than infinite, and the experiment reads (it was a 500)
+    variants = report(admin_client_api, experiment)
+    assert variants["a"]["revenue"] is None and variants["b"]["revenue"] is None
+    assert admin_client_api.get("/api/v1/experiments").status_code == 200

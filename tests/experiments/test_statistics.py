@@ -409,3 +409,10 @@ def test_aaaa_experiments_declare_any_treatment_different_at_most_alpha_of_the_t
         )
 
     assert family <= stats.binom.ppf(0.99, runs, 0.05)
+
+
+def test_z_stays_finite_however_small_alpha_is():
+    from experiments.statistics import _z
+
+    assert _z(0.05) == pytest.approx(1.959964, rel=1e-6)
+    assert math.isfinite(_z(1e-17)) and _z(1e-17) > _z(1e-10) > _z(0.05)
