@@ -12,6 +12,7 @@ Without Redis every request is computed; nothing else changes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import threading
@@ -43,6 +44,7 @@ def answer_cached(*, owner: str, variant: str, compute: Callable[[], Any], decod
     if ttl <= 0:
         return compute()
     answers, owner_token, global_token = _keys(owner)
+    variant = _field(variant)
     try:
         stored, *tokens = redis_store.run(lambda client: _read(client, answers, variant, owner_token, global_token))
     except redis_store.RedisUnavailable:
@@ -69,11 +71,29 @@ def _read(client: Any, answers: str, variant: str, owner_token: str, global_toke
         return pipe.execute()  # type: ignore[no-any-return]
 
 
+# An owner's answers are one hash, a field per variant (limit, category, filters, boosts...), and stale
+# fields are only ever replaced, not removed: a caller sending a new filter text on every request grew
+# one hot item's hash by a field a request, without end, for as long as the requests kept renewing its
+# expiry. Fields are named by a digest of the variant (a rule's text can be kilobytes), and a hash that
+# passes MAX_VARIANTS fields starts over with the one being written (the others are computed again).
+MAX_VARIANTS = 32
+_WRITE_SCRIPT = """
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+if redis.call("HLEN", KEYS[1]) > tonumber(ARGV[4]) then
+    redis.call("DEL", KEYS[1])
+    redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call("EXPIRE", KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def _field(variant: str) -> str:
+    return hashlib.blake2b(variant.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def _write(client: Any, answers: str, variant: str, entry: str, ttl: int) -> None:
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hset(answers, variant, entry)
-        pipe.expire(answers, ttl)
-        pipe.execute()
+    client.eval(_WRITE_SCRIPT, 1, answers, variant, entry, ttl, MAX_VARIANTS)
 
 
 def answers_invalidate(*, owners: Iterable[str]) -> None:

@@ -169,6 +169,34 @@ def test_an_answer_is_not_served_past_its_age_limit_though_other_writes_kept_its
     assert calls == ["a", "b", "a"]
 
 
+def test_an_owners_answers_stay_bounded_however_many_variants_are_asked(settings):
+    # Given a caller asking one item's similar items with a new filter text on every request
+    from recsys import redis_store
+
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 300
+    calls = []
+
+    def ask(variant: str) -> None:
+        answer_cache.answer_cached(
+            owner="item:hot",
+            variant=variant,
+            compute=lambda: calls.append(variant) or Answer([Recommendation("i1", 1.0)], None, "popular"),
+            decode=lambda d: Answer([Recommendation(**i) for i in d["items"]], d["model"], d["strategy"]),
+        )
+
+    for n in range(answer_cache.MAX_VARIANTS * 3):
+        ask(f'filter=title != "{n:04d}{"x" * 2000}"')
+    ask("plain")
+    ask("plain")
+
+    # Then the owner's hash holds at most MAX_VARIANTS small fields (it grew by one 2 KB field a request),
+    # and a variant asked again is still answered from the cache
+    key = redis_store.key("answers:item:hot")
+    fields = redis_store.run(lambda client: client.hkeys(key))
+    assert 0 < len(fields) <= answer_cache.MAX_VARIANTS and all(len(f) == 32 for f in fields)
+    assert calls.count("plain") == 1
+
+
 def test_a_batch_renews_each_of_its_users_tokens_with_an_expiry_and_the_global_token_never_expires(
     settings, django_capture_on_commit_callbacks
 ):
