@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -162,6 +162,7 @@ def experiment_promote(*, experiment_id: int, variant: object) -> Experiment:
     placement while no experiment runs there, in place of any earlier winner's. A running or
     stopped experiment can be promoted once (409 after)."""
     with transaction.atomic():
+        _placement_lock(experiment_id)
         experiment = _locked(experiment_id)
         names = {v.name: v for v in experiment.variants.all()}
         if not isinstance(variant, str) or variant not in names:
@@ -208,6 +209,17 @@ def _running_changed() -> None:
     running set in between); other processes within RECSYS_EXPERIMENT_CACHE_SECONDS."""
     experiments_running_forget()
     transaction.on_commit(experiments_running_forget)
+
+
+def _placement_lock(experiment_id: int) -> None:
+    """Until this transaction ends, no other promotion of the experiment's placement: two promoted at
+    once each cleared the other's flag before either committed, and the second then broke the one
+    winner per placement constraint (a 500). Now the second waits and replaces the first's winner."""
+    scenario = Experiment.objects.filter(pk=experiment_id).values_list("scenario", flat=True).first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('recsys-experiment-placement'), hashtext(%s))", [scenario or ""]
+        )
 
 
 def _locked(experiment_id: int) -> Experiment:

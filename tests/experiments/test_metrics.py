@@ -254,3 +254,74 @@ def test_prices_past_a_floats_range_leave_revenue_unknown_and_every_read_working
     variants = report(admin_client_api, experiment)
     assert variants["a"]["revenue"] is None and variants["b"]["revenue"] is None
     assert admin_client_api.get("/api/v1/experiments").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_experiments_of_one_placement_promoted_at_once_leave_the_later_one_serving(monkeypatch):
+    # Given two stopped experiments of the same placement, the first's promotion paused before it commits
+    import threading
+
+    from django.db import connection
+
+    from experiments import services
+
+    pair = []
+    for name in ("first", "second"):
+        experiment = Experiment.objects.create(
+            name=name, control="a", scenario="home", started_at=START, status="stopped", stopped_at=START
+        )
+        Variant.objects.bulk_create([Variant(experiment=experiment, name=v, weight=1) for v in ("a", "b")])
+        pair.append(experiment)
+    paused, release = threading.Event(), threading.Event()
+    changed = services._running_changed
+
+    def running_changed():
+        if threading.current_thread().name == "first":
+            paused.set()
+            assert release.wait(30)
+        changed()
+
+    monkeypatch.setattr(services, "_running_changed", running_changed)
+    failures = []
+
+    def promote(experiment):
+        try:
+            services.experiment_promote(experiment_id=experiment.pk, variant="b")
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=promote, args=(pair[0],), name="first")
+    second = threading.Thread(target=promote, args=(pair[1],), name="second")
+    first.start()
+    assert paused.wait(30)
+    second.start()  # the second promotion while the first holds its transaction open
+    waiting_for_a_lock(seconds=5)
+
+    release.set()
+    first.join(30)
+    second.join(30)
+
+    # Then both succeeded (the second was a 500), and the later one's winner serves the placement
+    assert not failures
+    serving = list(Experiment.objects.filter(serves_placement=True).values_list("name", flat=True))
+    assert serving == ["second"]
+
+
+def waiting_for_a_lock(*, seconds: float) -> None:
+    """Returns once some session of this database waits for a lock (or after ``seconds``)."""
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(  # a row's or an advisory lock (this database), or another transaction's end (no database)
+                "SELECT count(*) FROM pg_locks l LEFT JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND (d.datname = current_database() OR l.database IS NULL)"
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.02)
