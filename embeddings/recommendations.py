@@ -263,6 +263,17 @@ def _ranked(
         explain=request.explain,
     )
     neighbours = ranked.neighbours
+    if len(neighbours) < wanted:
+        # The stage's sources (popular, trending, co-occurring...) ignore a filter until their candidates'
+        # rows are read, so a selective one can leave few of them: the rest come from the model's own
+        # filtered search, after the ranked ones (the answer has ``limit`` items when that many match).
+        have = excluded | {n.item_id for n in neighbours}
+        neighbours = neighbours + version_nearest_items(
+            version,
+            vector,
+            limit=wanted - len(neighbours),
+            filters=Filters(tuple(have), request.category, request.rules),
+        )
     if request.diversity > 0:
         vectors = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
         neighbours = mmr_rerank(
@@ -273,7 +284,8 @@ def _ranked(
         _explain(items, neighbours, version, user.history, user.weights)
         by_id = {n.item_id: f for n, f in zip(ranked.neighbours, ranked.features, strict=True)}
         for item, neighbour in zip(items, neighbours, strict=True):
-            item.reason = {**(item.reason or {}), "features": by_id[neighbour.item_id]}
+            if neighbour.item_id in by_id:  # not one the filtered search added
+                item.reason = {**(item.reason or {}), "features": by_id[neighbour.item_id]}
     return Answer(items, model_ref(version), "ranked")
 
 

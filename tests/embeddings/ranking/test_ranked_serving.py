@@ -96,6 +96,34 @@ def test_ranked_answers_carry_each_items_window_so_the_cache_never_serves_it_pas
     assert all(item.until == pytest.approx(closes.timestamp()) for item in answer.items)
 
 
+def test_a_selective_filter_still_fills_the_ranked_answer_when_enough_items_match(trained, monkeypatch):
+    # Given four unseen items a filter lets through, of which the stage's candidates hold only one (its
+    # sources, popular, trending, co-occurring..., see the filter only when their rows are read)
+    import embeddings.recommendations as recommendations
+
+    rare = sorted({f"i{i}" for i in range(30)} - seen("u1"))[:4]
+    Item.objects.filter(external_id__in=rare).update(attributes={"rare": True})
+    first = Item.objects.get(external_id=rare[0])
+    ranked_list = recommendations.ranked_list
+
+    def few(stage, request, *, explain=False):
+        found = ranked_list(stage, request, explain=explain)
+        keep = [k for k, n in enumerate(found.neighbours) if n.item_id == first.pk]
+        features = [found.features[k] for k in keep] if found.features is not None else None
+        return type(found)([found.neighbours[k] for k in keep], features)
+
+    monkeypatch.setattr(recommendations, "ranked_list", few)
+
+    answer = user_recommendations_list(
+        user_external_id="u1", limit=4, ranking=True, rules=RuleSet(filters=("attributes.rare = true",)), explain=True
+    )
+
+    # Then all four come back (it was one): the ranked one first, with its features, then the filtered search's
+    assert answer.strategy == "ranked"
+    assert answer.items[0].id == rare[0] and "features" in answer.items[0].reason
+    assert sorted(item.id for item in answer.items) == rare
+
+
 def test_ranking_off_serves_the_collaborative_model(trained):
     assert user_recommendations_list(user_external_id="u1", limit=5, ranking=False).strategy == "collaborative"
 
