@@ -108,7 +108,10 @@ def popular_ranking(
         passing = {row[0] for row in cursor.fetchall()}
     kept = [r for r in ranked if r[0] in passing]
     if len(kept) < wanted and len(ranked) >= DEPTH - DEPTH // 10:
-        return _ranking(window_days, category, (conditions, params))
+        # Not cached (the rules are the caller's), so within the request's own serving limit (a 503
+        # past it, as any request): a selective filter on another window than the stored one counted
+        # every interaction again on each request, with the 30 s a cached on-demand ranking gets.
+        return _ranking(window_days, category, (conditions, params), bounded=True)
     return kept
 
 
@@ -140,7 +143,11 @@ def _ranking_cached(window_days: float, category: str | None) -> list[Ranked]:
 
 
 def _ranking(
-    window_days: float, category: str | None, rules: tuple[str, dict[str, Any]] = (f"AND {AVAILABLE}", {})
+    window_days: float,
+    category: str | None,
+    rules: tuple[str, dict[str, Any]] = (f"AND {AVAILABLE}", {}),
+    *,
+    bounded: bool = False,
 ) -> list[Ranked]:
     params: dict[str, Any] = {
         "tau": window_days * 86_400.0,
@@ -159,7 +166,7 @@ def _ranking(
             if ranked or _refreshed():
                 return [_row(row) for row in ranked]
             _refresh_soon()
-    return _on_demand(params, category_sql, conditions)
+    return _on_demand(params, category_sql, conditions, bounded=bounded)
 
 
 def _row(row: tuple[Any, ...]) -> Ranked:
@@ -167,15 +174,18 @@ def _row(row: tuple[Any, ...]) -> Ranked:
     return int(pk), ext, float(score), None if start is None else float(start), None if until is None else float(until)
 
 
-def _on_demand(params: dict[str, Any], category_sql: str, conditions: str) -> list[Ranked]:
+def _on_demand(params: dict[str, Any], category_sql: str, conditions: str, *, bounded: bool = False) -> list[Ranked]:
     """Another window than the stored one, or scores never refreshed: count the interactions now.
     That scans them (seconds at 10 million rows), so it may outlast the serving statement timeout;
-    the answer is cached for a minute, so it runs with a timeout of its own."""
+    the answer is cached for a minute, so it runs with a timeout of its own, unless ``bounded`` (a
+    ranking with the caller's rules, never cached: the serving limit holds)."""
     timeout = f"{settings.RECSYS_POPULAR_ON_DEMAND_TIMEOUT_MS}ms"
-    deadline_lift()
+    if not bounded:
+        deadline_lift()
     reader = read_connection()
     with transaction.atomic(using=reader.alias), reader.cursor() as cursor:
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+        if not bounded:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):
             statement = _ON_DEMAND.format(decay=decay, window=window, category=category_sql, conditions=conditions)
             cursor.execute(statement, params)
