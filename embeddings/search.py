@@ -39,7 +39,7 @@ _KEYWORD = """
 _TSQUERY = "SELECT q::text, querytree(q) FROM websearch_to_tsquery('english', %s) q"
 # websearch_to_tsquery's syntax: "quoted phrase", -negation, the word OR, anything else a word.
 _CLAUSE = re.compile(r'(-?)(?:"([^"]*)"?|([^\s"]+))')
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: PostgreSQL's parser splits words at "_" too
 
 
 @dataclass(frozen=True)

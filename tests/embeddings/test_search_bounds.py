@@ -69,3 +69,12 @@ def test_punctuation_alone_is_not_a_word():
     parsed = keyword_query_parse(query="shoes - !! ,")
 
     assert parsed.text == "shoes"
+
+
+def test_words_joined_by_underscores_count_as_the_words_postgresql_finds():
+    # PostgreSQL's parser splits shoe_boot_sock into three words (a phrase of them); Python's \w did not
+    with pytest.raises(ValidationFailed, match="7 distinct words"):
+        keyword_query_parse(query="a_b_c_d_e_f_g")
+
+    parsed = keyword_query_parse(query="red_shoe")
+    assert parsed.text == '"red_shoe"' and (parsed.terms, parsed.operators) == (2, 1)
