@@ -211,15 +211,19 @@ def snapshots_history(*, experiment_id: int, limit: int = 2_000) -> list[Variant
 def model_version_ctr() -> list[dict[str, object]]:
     """CTR per model version from the latest snapshot of each variant of experiments that ran in the
     last week. A variant that names a model version counts for it; one that names none served the
-    active version of its time, which is not recorded, so it is listed as "active at the time"."""
+    active version of its time, which is not recorded, so it is listed as "active at the time". Only
+    variants serving a version's own answers count (not popular, content, shuffled, ranked or
+    diversified ones: a deliberately shuffled baseline lowered its version's row); placements are
+    pooled, so rows of versions tested on different placements are not like for like."""
     since = timezone.now() - timedelta(days=7)
     recent = Experiment.objects.filter(Q(status=ExperimentStatus.RUNNING) | Q(stopped_at__gte=since))
     totals: dict[int | None, list[int]] = {}
     for experiment_id in recent.values_list("pk", flat=True):
         for snapshot in snapshots_latest(experiment_id=experiment_id).values():
-            version = snapshot.variant.config.get("model_version")
-            if snapshot.variant.config.get("strategy", "collaborative") in ("popular", "content"):
-                continue  # not a collaborative version's answer
+            config = snapshot.variant.config
+            version = config.get("model_version")
+            if config.get("strategy", "collaborative") != "collaborative" or config.get("diversity"):
+                continue  # not the version's own answer: popular, content, shuffled, ranked, re-ranked
             row = totals.setdefault(version if isinstance(version, int) else None, [0, 0, 0])
             row[0] += snapshot.impressions
             row[1] += snapshot.clicks

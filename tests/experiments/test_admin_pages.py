@@ -122,3 +122,17 @@ def test_dashboard_shows_ctr_per_model_version_from_the_experiments(admin_client
     section = html.split('id="version-ctr"')[1].split("</table>")[0]
     assert "v7" in section and "0.1400" in section  # variant b names version 7
     assert "the version active at the time" in section and "0.1100" in section
+
+
+def test_the_dashboards_ctr_per_version_leaves_out_a_shuffled_baseline(admin_client, experiment):
+    # Given a deliberately degraded variant serving no named version (the README's shuffled baseline)
+    shuffled = Variant.objects.create(experiment=experiment, name="s", weight=1, config={"strategy": "shuffled"})
+    VariantSnapshot.objects.create(
+        experiment=experiment, variant=shuffled, computed_at=NOW, users=500, impressions=5_000, clicks=50,
+        items_shown=30, coverage=0.5, conversions={}, statistics={"ctr": 0.01},
+    )  # fmt: skip
+
+    section = admin_client.get("/admin/dashboard/").content.decode().split('id="version-ctr"')[1].split("</table>")[0]
+
+    # Then the version active at the time keeps its own variant's CTR (the baseline's clicks lowered it)
+    assert "the version active at the time" in section and "0.1100" in section
