@@ -26,7 +26,12 @@ from recsys.db import lock_not_available
 from recsys.errors import ValidationFailed
 from recsys.ingestion.writer import references_delete_begin
 from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
-from recsys.rules.scenarios import scenario_cache_forget, scenario_fields_clean
+from recsys.rules.scenarios import (
+    SCENARIO_NAME_PATTERN,
+    SCENARIO_NAME_RE,
+    scenario_cache_forget,
+    scenario_fields_clean,
+)
 from recsys.signals import item_deleted, user_deleted
 
 admin.site.site_header = "recsys operator admin"
@@ -289,6 +294,14 @@ class ScenarioForm(forms.ModelForm):
     class Meta:
         model = Scenario
         fields = ["name", "filter", "boosts", "pins", "buries"]
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data.get("name") or "")
+        if not SCENARIO_NAME_RE.fullmatch(name):  # as the API's PUT: a name it can serve, read and delete
+            raise forms.ValidationError(
+                f"1-64 characters of {SCENARIO_NAME_PATTERN}: lowercase letters, digits, - and _"
+            )
+        return name
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

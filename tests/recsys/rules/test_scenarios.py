@@ -82,3 +82,11 @@ def test_the_admin_form_applies_the_same_checks():
 
     assert not bad.is_valid() and "unknown field" in str(bad.errors)
     assert good.is_valid(), good.errors
+
+
+@pytest.mark.parametrize("name", ["Homepage", "_x", "-home", "a" * 65])
+def test_the_admin_form_refuses_a_name_the_api_cannot_serve(name):
+    # a scenario saved as "Homepage" was a 400 on ?scenario=Homepage and a 404 on the API's GET and DELETE
+    form = ScenarioForm(data={"name": name, "filter": "", "boosts": "[]", "pins": "[]", "buries": "[]"})
+
+    assert not form.is_valid() and "name" in form.errors
