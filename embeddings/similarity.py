@@ -35,6 +35,9 @@ from recsys.replicas import replica_reads
 from recsys.validation import BUILT_IN_SPACES, SPACE_NAME_RE
 
 HYBRID_CANDIDATES = 50  # per space, at least; the blend re-scores their union
+# per space, at most: limit 200 with a boost's depth asked 2,400 rows of each space (on pgvector 0.6
+# an exact scan past the index's 1,000, then every candidate's vectors read from both tables)
+HYBRID_MAX_CANDIDATES = 1000
 
 
 @dataclass
@@ -128,7 +131,7 @@ def _hybrid(
     the union of both spaces' nearest candidates; a candidate with no collaborative vector gets
     only its content share."""
     assert item.collaborative is not None and item.content is not None
-    depth = max(limit * 4, HYBRID_CANDIDATES)
+    depth = min(max(limit * 4, HYBRID_CANDIDATES), max(HYBRID_MAX_CANDIDATES, limit))
     by_collaborative = version_nearest_items(collaborative, item.collaborative, limit=depth, filters=filters)
     by_content = version_nearest_items(content, item.content, limit=depth, filters=filters)
     names = {n.item_id: n.external_id for n in by_collaborative + by_content}

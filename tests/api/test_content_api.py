@@ -272,3 +272,21 @@ def test_item_shows_its_content_vector_and_cluster_and_an_empty_item_has_none(re
     assert shown["version"] == content_model.pk
     assert 0 <= shown["cluster"] < len(content_model.centroids)
     assert "content" not in reader.get("/api/v1/items/empty").json()["vectors"]
+
+
+def test_hybrid_asks_each_space_for_a_bounded_number_of_candidates(reader, both_models, monkeypatch):
+    from embeddings import similarity
+
+    asked = []
+    nearest = similarity.version_nearest_items
+
+    def counted(version, vector, *, limit, **kwargs):
+        asked.append(limit)
+        return nearest(version, vector, limit=limit, **kwargs)
+
+    monkeypatch.setattr(similarity, "version_nearest_items", counted)
+
+    response = reader.get("/api/v1/items/cooking1/similar?space=hybrid&limit=200&boost=attributes.x = 1:2")
+
+    assert response.status_code == 200, response.content
+    assert asked and max(asked) <= 1_000  # limit 200 and a boost asked 2,400 of each space
