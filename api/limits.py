@@ -379,7 +379,9 @@ class PenaltyBox:
             return 0.0
         now = time.monotonic()
         if until[0] <= now:
-            self._until.pop(place, None)
+            with self._lock:  # not a hold another thread of this process made meanwhile
+                if self._until.get(place) == until:
+                    del self._until[place]
             return 0.0
         return until[1] - now
 

@@ -492,6 +492,7 @@ def encoder_create(*, name: str, dimensions: int | None = None, state: bytes = b
 
 _cache: dict[Hashable, TextEncoder] = {}
 _cache_lock = threading.Lock()
+_loading: dict[Hashable, threading.Lock] = {}  # a lock per model being loaded
 
 
 def encoder_cached(
@@ -511,10 +512,14 @@ def encoder_cached(
     key = (settings, cache_key if cache_key is not None else hashlib.sha256(state).hexdigest())
     encoder = _cache.get(key)
     if encoder is None:
-        with _cache_lock:  # two threads asking at once load the model once
+        with _cache_lock:  # held only to find the key's own lock: loading one model never waits for another's
+            loading = _loading.setdefault(key, threading.Lock())
+        with loading:  # two threads asking for the same one at once load it once
             encoder = _cache.get(key)
             if encoder is None:
                 encoder = _cache[key] = encoder_create(name=name, dimensions=dimensions, state=state, **options)
+        with _cache_lock:
+            _loading.pop(key, None)
     return encoder
 
 
@@ -524,6 +529,7 @@ def _forget_cache_in_child() -> None:
     global _cache_lock
     _cache.clear()
     _cache_lock = threading.Lock()
+    _loading.clear()
 
 
 os.register_at_fork(after_in_child=_forget_cache_in_child)

@@ -109,7 +109,11 @@ def api_key_revoke(*, key: ApiKey) -> None:
 
 def api_key_cache_invalidate() -> None:
     """Keys changed (revoked, edited, deleted: ApiKey's post_save and post_delete call this): this
-    process forgets the keys it cached now, and once the change commits every process is told."""
+    process forgets the keys it cached now, and once the change commits every process is told.
+    The epoch moves on too: a lookup made before the change by another thread of this process
+    (a threaded server) is cached under the old epoch, so it can never be used again, even when the
+    announcement is lost."""
+    changes.bump()
     _accepted.clear()
     transaction.on_commit(_announce)
 
@@ -167,6 +171,11 @@ class Changes:
     def drop(self) -> None:
         with self._lock:
             self._drop()
+
+    def bump(self) -> None:
+        """A change this process made itself: keys cached under the epoch so far are not used again."""
+        with self._lock:
+            self._epoch += 1
 
     def _subscribe(self, client: Any) -> None:
         self._drop()

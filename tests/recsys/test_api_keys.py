@@ -5,6 +5,7 @@ Redis is away every request is looked up."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -166,7 +167,9 @@ def test_keys_cached_before_the_subscription_broke_are_looked_up_again(clock, fi
     assert api_key_authenticate(raw_key=raw) == key
     revoke_with_sql(key)  # as if its announcement had been lost
 
-    redis_store.client("cache").client_kill_filter(_type="pubsub")  # as a restarted Redis would
+    # As a restarted Redis would: the server closes this process's subscription (only this one: a
+    # CLIENT KILL of every subscriber broke other test processes' subscriptions on the shared Redis)
+    api_keys.changes._connection._sock.shutdown(socket.SHUT_RDWR)
 
     assert api_key_authenticate(raw_key=raw) is None
 
@@ -212,3 +215,15 @@ def test_the_subscription_connection_can_be_made_for_a_tcp_redis(protocol) -> No
     connection = pool.connection_class(**api_keys._subscription_options(pool.connection_kwargs))
 
     assert connection.protocol in (2, "2")
+
+
+def test_a_lookup_from_before_a_change_here_is_never_used_after_it(clock, five_seconds):
+    # Given another thread of this process that looked the key up before it was revoked here, and
+    # cached it after (a threaded server); the announcement never comes (the test transaction never commits)
+    key, raw = api_key_create(name="k", scopes=["read"])
+    epoch = api_keys.changes.epoch()
+    api_key_revoke(key=key)
+    api_keys._accepted.put(api_keys.hash_key(raw), key, epoch=epoch, seconds=5)
+
+    # Then the revoked key is refused: the change here moved the epoch on
+    assert api_key_authenticate(raw_key=raw) is None
