@@ -1,4 +1,5 @@
-"""gunicorn settings: sync workers (recsys.web_worker) sized by WEB_CONCURRENCY (default 2 x cores + 1)."""
+"""gunicorn settings: sync workers (recsys.web_worker) sized by WEB_CONCURRENCY (default 2 x cores + 1), or
+threaded ones with keep-alive (GUNICORN_WORKER=threads: a process per core, GUNICORN_THREADS threads each)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,22 @@ from recsys.web_worker import close_answered, write_json_error
 # gunicorn's sync worker with deadlines for reading a request (GUNICORN_HEAD_TIMEOUT, 5 s, for the
 # request line and headers; GUNICORN_READ_TIMEOUT, 10 s, for each read of the body): without them
 # a connection that sends nothing holds a worker until `timeout` kills it (recsys/web_worker.py).
-worker_class = "recsys.web_worker.SyncWorker"
+# GUNICORN_WORKER=threads: gunicorn's threaded worker with the same deadlines (recsys.web_worker.ThreadWorker),
+# GUNICORN_THREADS threads in each of WEB_CONCURRENCY processes (default: one per core), and HTTP
+# keep-alive for GUNICORN_KEEPALIVE seconds: behind a load balancer that keeps its connections to the
+# backends open, each request skips a TCP handshake and close, and fewer, busier processes keep their
+# caches warm (BENCHMARKS.md, Hot path, seventh pass). Each thread holds its own database connection.
+WORKER = os.environ.get("GUNICORN_WORKER", "sync").strip().lower()
+if WORKER not in {"sync", "threads"}:
+    raise SystemExit(f"GUNICORN_WORKER={WORKER!r}: sync (the default) or threads")
+if WORKER == "threads":  # (threads > 1 with the sync class would make gunicorn pick its own threaded worker)
+    worker_class = "recsys.web_worker.ThreadWorker"
+    threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+    keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+    default_workers = multiprocessing.cpu_count()
+else:
+    worker_class = "recsys.web_worker.SyncWorker"
+    default_workers = multiprocessing.cpu_count() * 2 + 1  # gunicorn's advice for sync workers
 # gunicorn's workers close each connection through gunicorn.util.close_graceful, which waits up to
 # 2 s for the client to close first: an idle client would hold a sync worker that long. Ours
 # lingers only while unread request bytes keep arriving (recsys/web_worker.py).
@@ -21,7 +37,7 @@ gunicorn.util.close_graceful = close_answered
 # HTML page; the API's clients get its JSON error body.
 gunicorn.util.write_error = write_json_error
 
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+workers = int(os.environ.get("WEB_CONCURRENCY", default_workers))
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 20

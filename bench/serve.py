@@ -201,12 +201,13 @@ def main() -> None:
         "--server",
         nargs="+",
         default=["sync"],
-        help="web server shapes to measure, each in the same run: sync (as deployed: recsys.web_worker's "
-        "sync workers, a connection per request) or gthread:PROCESSES:THREADS (gunicorn's threaded "
-        "worker, HTTP keep-alive: the clients keep their connection)",
+        help="web server shapes to measure, each in the same run: sync (the default GUNICORN_WORKER: "
+        "recsys.web_worker's sync workers, a connection per request), threads:PROCESSES:THREADS "
+        "(GUNICORN_WORKER=threads: recsys.web_worker's threaded worker, HTTP keep-alive: the clients keep "
+        "their connection) or gthread:PROCESSES:THREADS (gunicorn's own threaded worker, without the deadlines)",
     )
     args = parser.parse_args()
-    shapes = {shape: server_options(shape) for shape in args.server}
+    shapes = {shape: server_shape(shape) for shape in args.server}
     generated = tuple(args.generated) if args.generated else None
     name = args.database or "recsys_bench_serve" + (f"_{generated[0]}_{generated[1]}" if generated else "")
     url = database_url(name)
@@ -234,9 +235,9 @@ def main() -> None:
             # uncached: a server with the answer cache off computes every answer; cached: the
             # deployed default, asked about 200 hot users / items over and over.
             workers = {}
-            for shape, options in shapes.items():
+            for shape, (options, shape_env) in shapes.items():
                 for answers, env in (("uncached", {"RECSYS_ANSWER_CACHE_SECONDS": "0"}), ("cached", {})):
-                    with gunicorn(url, PORT, env=env, options=options) as master:
+                    with gunicorn(url, PORT, env={**env, **shape_env}, options=options) as master:
                         for endpoint, endpoint_paths in paths.items():
                             hot = endpoint_paths if answers == "uncached" else endpoint_paths[:200]
                             for clients in args.clients:
@@ -251,21 +252,25 @@ def main() -> None:
     report(dataset, load_s, version, memory.peak_mb, results, floor, workers, args)
 
 
-def server_options(shape: str) -> list[str]:
-    """gunicorn options for a ``--server`` shape: none for sync (gunicorn.conf.py as deployed)."""
+def server_shape(shape: str) -> tuple[list[str], dict[str, str]]:
+    """gunicorn options and environment for a ``--server`` shape (sync: gunicorn.conf.py's defaults)."""
     if shape == "sync":
-        return []
+        return [], {}
     kind, processes, threads = shape.split(":")
-    if kind != "gthread":
-        raise SystemExit(f"unknown server shape {shape!r}: sync or gthread:PROCESSES:THREADS")
-    return ["--worker-class", "gthread", "--workers", processes, "--threads", threads, "--keep-alive", "10"]
+    if kind == "threads":
+        return [], {"GUNICORN_WORKER": "threads", "WEB_CONCURRENCY": processes, "GUNICORN_THREADS": threads}
+    if kind == "gthread":
+        return ["--worker-class", "gthread", "--workers", processes, "--threads", threads, "--keep-alive", "10"], {}
+    raise SystemExit(f"unknown server shape {shape!r}: sync, threads:PROCESSES:THREADS or gthread:PROCESSES:THREADS")
 
 
 def shape_label(shape: str, workers: int) -> str:
     if shape == "sync":
-        return f"sync, {workers} workers (deployed)"
-    _, processes, threads = shape.split(":")
-    return f"gthread, {processes} × {threads} threads, keep-alive"
+        return f"sync, {workers} workers (the default)"
+    kind, processes, threads = shape.split(":")
+    if kind == "threads":
+        return f"threads (GUNICORN_WORKER=threads), {processes} × {threads}, keep-alive"
+    return f"gunicorn's gthread, {processes} × {threads}, keep-alive"
 
 
 def active_model(api: Api) -> dict | None:  # type: ignore[type-arg]
@@ -290,7 +295,7 @@ def report(dataset, load_s, version, peak_mb, results, floor, workers, args) -> 
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine()}; gunicorn ({servers}); client processes on "
         "loopback (sharing the 2 cores with the server, PostgreSQL and Redis) for "
         f"{args.seconds:.0f} s per row (sync: a new connection per request, as sync workers close each one; "
-        f"gthread: each client keeps its connection), random users/items; data loaded in {load_s:.0f} s.",
+        f"threads: each client keeps its connection), random users/items; data loaded in {load_s:.0f} s.",
         "",
         f"Training on the worker (through `POST /models/train`): model v{version['version']} "
         f"({version['algorithm']}, {version['dimensions']}-d) on {counts}, "

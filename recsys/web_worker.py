@@ -1,5 +1,9 @@
-"""gunicorn's sync worker as recsys runs it: a deadline for a client's request head and for each
-read of its body, and a close that waits on a client only while its request body is unread."""
+"""gunicorn's workers as recsys runs them: a deadline for a client's request head and for each read
+of its body, and a close that waits on a client only while its request body is unread.
+
+``SyncWorker`` (the default: a connection per request, one at a time per process) and
+``ThreadWorker`` (``GUNICORN_WORKER=threads``: gunicorn's threaded worker, HTTP keep-alive, a few
+threads per process) apply the same deadlines and close."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http.body import ChunkedReader, LengthReader
-from gunicorn.workers import sync
+from gunicorn.workers import gthread, sync
 
 from recsys.env import env_float
 
@@ -86,6 +90,80 @@ class SyncWorker(sync.SyncWorker):  # type: ignore[misc]  # gunicorn has no type
             _connection.body_unread = not body_read_whole(req)
 
 
+class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's threaded worker (keep-alive connections wait in the process's poller, requests run
+    on a pool of threads) with the sync worker's deadlines: a whole request head within
+    HEAD_TIMEOUT_SECONDS of a thread taking the connection (408; 431 past HEAD_MAX_BYTES), each read
+    of the body within READ_TIMEOUT_SECONDS and the minimum rate, and a close that lingers only while
+    a request body is unread, on the request's thread, never on the poller's loop. A slow client
+    holds one thread at most that long, as it holds a sync worker. (gunicorn's own threaded worker
+    reads a head with no deadline, and its loop keeps telling the arbiter that the process is alive,
+    so ``timeout`` never freed a thread held by a slow head or body.)"""
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, addr = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        util.close_on_exec(client)
+        client.setblocking(True)
+        if not self.cfg.is_ssl:
+            read_timeout_set(client, READ_TIMEOUT_SECONDS)
+        self.enqueue_req(_ThreadConnection(self.cfg, client, addr, listener.getsockname()))
+
+    def handle(self, conn: _ThreadConnection) -> Any:
+        """On a pool thread: the head's deadline, then gunicorn's handling, then (when the connection
+        is not kept) the close, here."""
+        if not self.cfg.is_ssl:
+            raw = conn.raw
+            problem = request_head_problem(raw, min(HEAD_TIMEOUT_SECONDS, self.timeout / 2), already=conn.buffered())
+            raw.setblocking(True)
+            if problem is not None:
+                peer = conn.client[0] if isinstance(conn.client, tuple) else conn.client
+                self.log.info("%s from %r: no whole request head in time or size", problem[9:12].decode(), peer)
+                _answer_and_close(raw, problem, body_unread=False)
+                conn.closed_here = True
+                return False
+            conn.paced.restart()
+        conn.body_unread = False
+        kept = super().handle(conn)
+        if kept is False and not conn.closed_here:
+            close_answered(conn.sock, body_unread=conn.body_unread)
+            conn.closed_here = True
+        return kept
+
+    def handle_request(self, req: Any, conn: _ThreadConnection) -> bool:
+        try:
+            return bool(super().handle_request(req, conn))
+        finally:
+            conn.body_unread = not body_read_whole(req)
+
+
+class _ThreadConnection(gthread.TConn):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's connection of the threaded worker, reading through a PacedSocket (restarted for each
+    request: a kept connection's idle time between requests is not the request's), closed on its
+    request's thread (``closed_here``) rather than on the poller's loop."""
+
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+        self.raw = sock
+        self.paced = PacedSocket(sock)
+        self.body_unread = False
+        self.closed_here = False
+        super().__init__(cfg, sock if cfg.is_ssl else self.paced, client, server)
+
+    def buffered(self) -> bytes:
+        """What the parser already read past the previous request (a pipelined head, or part of one)."""
+        return bytes(self.parser.unreader.buf.getvalue()) if self.parser is not None else b""
+
+    def close(self, graceful: bool = False) -> None:
+        if not self.closed_here:
+            self.closed_here = True
+            super().close(graceful=False)  # a kept connection that timed out, or a worker stopping
+
+
 class PacedSocket:
     """A client socket whose reads fail (EAGAIN, as a read past its deadline does) once the request
     has taken longer than READ_TIMEOUT_SECONDS plus a second for each BODY_MIN_RATE bytes received;
@@ -95,6 +173,10 @@ class PacedSocket:
         self._sock, self._started, self._received = sock, time.monotonic(), 0
         self._grace = READ_TIMEOUT_SECONDS if grace is None else grace
         self._min_rate = BODY_MIN_RATE if min_rate is None else min_rate
+
+    def restart(self) -> None:
+        """A new request on the same connection: its time and bytes count from now."""
+        self._started, self._received = time.monotonic(), 0
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         data = self._sock.recv(size, flags)
@@ -107,16 +189,19 @@ class PacedSocket:
         return getattr(self._sock, name)
 
 
-def request_head_problem(sock: socket.socket, timeout: float) -> bytes | None:
+def request_head_problem(sock: socket.socket, timeout: float, already: bytes = b"") -> bytes | None:
     """None when the client sent its whole request head within ``timeout`` seconds (or closed: gunicorn
     then sees it), looking without reading (``MSG_PEEK``) so that gunicorn's parser reads it all;
-    else the answer to give instead: 408 (not in time), 431 (longer than HEAD_MAX_BYTES)."""
+    else the answer to give instead: 408 (not in time), 431 (longer than HEAD_MAX_BYTES). ``already``:
+    the start of the head that the parser has read already (a kept connection's pipelined bytes)."""
+    if b"\r\n\r\n" in already:
+        return None
     deadline = time.monotonic() + timeout
     try:
         while True:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            data = sock.recv(HEAD_MAX_BYTES, socket.MSG_PEEK)  # waits for the first bytes
-            if not data or b"\r\n\r\n" in data:
+            data = already + sock.recv(HEAD_MAX_BYTES, socket.MSG_PEEK)  # waits for the first bytes
+            if len(data) == len(already) or b"\r\n\r\n" in data:
                 return None
             if len(data) >= HEAD_MAX_BYTES:
                 return HEAD_TOO_LARGE
@@ -148,19 +233,28 @@ def body_read_whole(req: Any) -> bool:
     return False  # read to the end of the connection (no length): not known
 
 
-def close_answered(sock: socket.socket, timeout: float = LINGER_SECONDS, max_drain: int = LINGER_MAX_BYTES) -> None:
+def close_answered(
+    sock: socket.socket,
+    timeout: float = LINGER_SECONDS,
+    max_drain: int = LINGER_MAX_BYTES,
+    *,
+    body_unread: bool | None = None,
+) -> None:
     """Close a client connection after its answer: FIN first; when the request's body was not read
     whole, read and drop what the client still sends, until it closes (up to ``timeout`` seconds and
     ``max_drain`` bytes), so that closing does not reset the answer; otherwise drop what is already
-    waiting and close at once."""
+    waiting and close at once. ``body_unread``: the connection's own (ThreadWorker), else the sync
+    worker's connection of the moment."""
+    unread = _connection.body_unread if body_unread is None else body_unread
     try:
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return
-        _drain(sock, time.monotonic() + timeout, max_drain, until_closed=_connection.body_unread)
+        _drain(sock, time.monotonic() + timeout, max_drain, until_closed=unread)
     finally:
-        _connection.body_unread = False
+        if body_unread is None:
+            _connection.body_unread = False
         try:
             sock.close()
         except OSError:
@@ -192,13 +286,13 @@ def _drain(sock: socket.socket, deadline: float, max_drain: int, *, until_closed
         return
 
 
-def _answer_and_close(sock: socket.socket, answer: bytes) -> None:
+def _answer_and_close(sock: socket.socket, answer: bytes, body_unread: bool | None = None) -> None:
     try:
         sock.settimeout(1.0)
         sock.sendall(answer)
     except OSError:
         pass
-    close_answered(sock)
+    close_answered(sock, body_unread=body_unread)
 
 
 # gunicorn's own refusals (a request it cannot parse, a URL over limit_request_line, headers over its

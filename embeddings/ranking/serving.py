@@ -52,13 +52,31 @@ class Stage:
 
 _lock = threading.Lock()
 _stages: dict[int, Stage | None] = {}
+_loading: dict[int, threading.Lock] = {}  # a lock per version being read: its threads read it once
+_wins: dict[int, bool] = {}  # whether the version's stage beat the best source on validation
 
 
 def ranking_stage(version: ModelVersion) -> Stage | None:
-    """The version's stage, read once per process (None when its run trained none)."""
+    """The version's stage, read once per process (None when its run trained none): its state and
+    ranker are megabytes, read while the first request that needs them waits, so the other threads
+    of the process that need them meanwhile wait for that one read rather than each making their own
+    (four did, and two requests passed the serving limit)."""
     with _lock:
         if version.pk in _stages:
             return _stages[version.pk]
+        loading = _loading.setdefault(version.pk, threading.Lock())
+    with loading:
+        with _lock:
+            if version.pk in _stages:
+                return _stages[version.pk]
+        stage = _stage_read(version)
+        with _lock:
+            _stages[version.pk] = stage
+            _loading.pop(version.pk, None)
+    return stage
+
+
+def _stage_read(version: ModelVersion) -> Stage | None:
     row = VersionArtifacts.objects.filter(version_id=version.pk).exclude(ranker="").first()
     stage = None
     if row is not None and row.ranking_state:
@@ -76,15 +94,16 @@ def ranking_stage(version: ModelVersion) -> Stage | None:
                 int(row.ranking.get("depth", settings.RECSYS_RANKING_DEPTH)),
                 attributes,
             )
-    with _lock:
-        _stages[version.pk] = stage
     return stage
 
 
 def ranking_wanted(version: ModelVersion, ranking: bool | None) -> Stage | None:
     """The stage to serve with: ``ranking`` None = when it beat the best source on validation,
-    True = whenever the version has one, False = never."""
+    True = whenever the version has one, False = never. Whether it won is a one-column read (once
+    per process): a version whose stage lost is served without reading its state at all."""
     if ranking is False:
+        return None
+    if ranking is None and not _stage_won(version):
         return None
     stage = ranking_stage(version)
     if stage is None or (ranking is None and not stage.wins):
@@ -230,6 +249,21 @@ def facts_from_rows(
     at_order = order.tolist()
     ends = [None if until[k] is None else float(until[k]) for k in at_order]
     return candidates, ([external[k] for k in at_order], ends), facts
+
+
+def _stage_won(version: ModelVersion) -> bool:
+    with _lock:
+        if version.pk in _wins:
+            return _wins[version.pk]
+    won = bool(
+        VersionArtifacts.objects.filter(version_id=version.pk)
+        .exclude(ranker="")
+        .values_list("ranking_used", flat=True)
+        .first()
+    )
+    with _lock:
+        _wins[version.pk] = won
+    return won
 
 
 def _contributions(stage: Stage, features: npt.NDArray[np.float32]) -> list[list[dict[str, float | str]]]:

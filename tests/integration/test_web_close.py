@@ -1,5 +1,7 @@
 """A real gunicorn worker is not held by a client that is slow or idle: before its request (a
-deadline for the head and for each read of the body) nor after its answer (no waiting for its close)."""
+deadline for the head and for each read of the body) nor after its answer (no waiting for its close).
+The same for the sync worker and for the threaded one (GUNICORN_WORKER=threads), whose kept-alive
+connections are also served."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HEALTH = b"GET /api/v1/health HTTP/1.1\r\nHost: recsys\r\n\r\n"
 
 
-@pytest.fixture
-def one_worker(live_env, tmp_path):
+@pytest.fixture(params=["sync", "threads"])
+def one_worker(request, live_env, tmp_path):
+    """One sync worker, or one threaded worker with one thread: either is held by one slow client."""
     env = {
         **live_env,
+        "GUNICORN_WORKER": request.param,
+        "GUNICORN_THREADS": "1",
         "WEB_CONCURRENCY": "1",
         "RECSYS_SEARCH_PRELOAD": "false",
         "GUNICORN_HEAD_TIMEOUT": "1",
@@ -164,3 +169,41 @@ def test_a_body_trickled_slower_than_the_minimum_rate_is_408_after_the_grace(one
     # (before: it held the worker as long as it kept trickling)
     assert first.startswith(b"HTTP/1.1 408") and answered < 4.0, (first[:40], answered)
     sock.close()
+
+
+@pytest.fixture
+def threaded(live_env, tmp_path):
+    env = {
+        **live_env,
+        "GUNICORN_WORKER": "threads",
+        "GUNICORN_THREADS": "2",
+        "WEB_CONCURRENCY": "1",
+        "RECSYS_SEARCH_PRELOAD": "false",
+        "GUNICORN_HEAD_TIMEOUT": "1",
+    }
+    with gunicorn_web(env, tmp_path / "web.log"):
+        yield int(env["PORT"])
+    assert "Traceback" not in (tmp_path / "web.log").read_text(errors="replace")
+
+
+def test_the_threaded_worker_keeps_a_connection_for_the_next_request_and_serves_others_meanwhile(threaded):
+    # Given a kept-alive connection that sent two requests, and a second client holding the other
+    # thread with half a request head
+    kept = http.client.HTTPConnection("127.0.0.1", threaded, timeout=10)
+    for _ in range(2):
+        kept.request("GET", "/api/v1/health")
+        answer = kept.getresponse()
+        assert answer.status == 200 and answer.getheader("Connection", "").lower() != "close"
+        answer.read()
+    first_socket = kept.sock
+    half = socket.create_connection(("127.0.0.1", threaded), timeout=30)
+    half.sendall(b"GET /api/v1/health HTTP/1.1\r\n")
+    time.sleep(0.2)
+
+    # Then the kept connection is served again on the same socket while the half head waits (one thread
+    # each), and the half head gets its 408 at the deadline
+    kept.request("GET", "/api/v1/health")
+    assert kept.getresponse().status == 200 and kept.sock is first_socket
+    assert half.recv(200).startswith(b"HTTP/1.1 408")
+    half.close()
+    kept.close()

@@ -169,3 +169,28 @@ def test_a_unix_socket_client_without_a_request_head_is_408_and_logged(tmp_path,
         assert read_all(client).startswith(b"HTTP/1.1 408")
         assert logged and logged[0][1:] == ("408", "")
         client.close()
+
+
+def test_a_head_the_parser_already_holds_part_of_is_whole_with_the_rest_in_the_socket(pair):
+    # A kept connection: the parser read the start of the next request past the previous one
+    server, client = pair
+    client.sendall(b"\r\n")
+
+    assert request_head_problem(server, 1.0, already=b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n") is None
+    assert request_head_problem(server, 1.0, already=b"GET / HTTP/1.1\r\n\r\n") is None  # all of it held
+
+
+def test_a_kept_connections_next_request_counts_its_time_from_its_start(pair):
+    # Given a paced socket whose connection idled 0.5 s after its first request (grace 0.3 s)
+    server, client = pair
+    paced = PacedSocket(server, grace=0.3, min_rate=100.0)
+    client.sendall(b"x")
+    assert paced.recv(100) == b"x"
+    time.sleep(0.5)
+
+    # When the next request starts on it, then reads
+    paced.restart()
+    client.sendall(b"y" * 10)
+
+    # Then its read is within the deadline (the idle time was not the request's)
+    assert paced.recv(100) == b"y" * 10

@@ -137,6 +137,42 @@ def test_by_default_the_stage_is_used_only_when_it_won_on_validation(trained, wi
     assert answer.strategy == ("ranked" if wins else "collaborative")
 
 
+def test_a_version_whose_stage_lost_is_served_without_reading_the_stage(trained, monkeypatch):
+    from embeddings.ranking import serving
+
+    serving._stages.pop(trained.pk, None)
+    serving._wins.pop(trained.pk, None)
+    VersionArtifacts.objects.filter(version=trained).update(ranking_used=False)
+    monkeypatch.setattr(serving, "_stage_read", lambda version: pytest.fail("read megabytes it does not use"))
+
+    assert user_recommendations_list(user_external_id="u2", limit=5).strategy == "collaborative"
+
+
+def test_threads_asking_for_a_stage_at_once_wait_for_one_read(monkeypatch):
+    import threading
+    import time
+
+    from embeddings.ranking import serving
+
+    reads = []
+
+    def slow_read(version):
+        reads.append(version.pk)
+        time.sleep(0.3)
+        return None
+
+    monkeypatch.setattr(serving, "_stage_read", slow_read)
+    version = ModelVersion(pk=987_654)
+    serving._stages.pop(version.pk, None)
+    threads = [threading.Thread(target=serving.ranking_stage, args=(version,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert reads == [version.pk]  # four threads, one read (each read its own, megabytes each)
+
+
 def test_explain_gives_each_items_top_feature_contributions(trained):
     answer = user_recommendations_list(user_external_id="u3", limit=4, ranking=True, explain=True)
 
