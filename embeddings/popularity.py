@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from recsys import redis_store
-from recsys.deadline import deadline_lift
+from recsys.deadline import deadline_lift, deadline_running
 from recsys.replicas import read_connection
 from recsys.rules.ruleset import AVAILABLE, NO_RULES, RuleSet, item_conditions
 
@@ -184,7 +184,7 @@ def _on_demand(params: dict[str, Any], category_sql: str, conditions: str, *, bo
         deadline_lift()
     reader = read_connection()
     with transaction.atomic(using=reader.alias), reader.cursor() as cursor:
-        if not bounded:
+        if not (bounded and deadline_running()):  # bounded: the serving deadline's time left, if any
             cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         for decay, window in ((_DECAY, _WINDOW), ("1", "")):
             statement = _ON_DEMAND.format(decay=decay, window=window, category=category_sql, conditions=conditions)

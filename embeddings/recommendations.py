@@ -263,21 +263,22 @@ def _ranked(
         explain=request.explain,
     )
     neighbours = ranked.neighbours
-    if len(neighbours) < wanted:
-        # The stage's sources (popular, trending, co-occurring...) ignore a filter until their candidates'
-        # rows are read, so a selective one can leave few of them: the rest come from the model's own
-        # filtered search, after the ranked ones (the answer has ``limit`` items when that many match).
-        have = excluded | {n.item_id for n in neighbours}
-        neighbours = neighbours + version_nearest_items(
-            version,
-            vector,
-            limit=wanted - len(neighbours),
-            filters=Filters(tuple(have), request.category, request.rules),
-        )
     if request.diversity > 0:
         vectors = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
         neighbours = mmr_rerank(
             [n for n in neighbours if n.item_id in vectors], vectors, limit=request.limit, diversity=request.diversity
+        )
+    target = request.limit if request.diversity > 0 else wanted
+    if len(neighbours) < target:
+        # The stage's sources (popular, trending, co-occurring...) ignore a filter until their candidates'
+        # rows are read, so a selective one can leave few of them: the rest come from the model's own
+        # filtered search, after the ranked (and re-ranked) ones, with the model's scores.
+        have = excluded | {n.item_id for n in neighbours}
+        neighbours = neighbours + version_nearest_items(
+            version,
+            vector,
+            limit=target - len(neighbours),
+            filters=Filters(tuple(have), request.category, request.rules),
         )
     items = from_neighbours(neighbours)
     if request.explain and ranked.features is not None:

@@ -165,7 +165,10 @@ def _revenue(data: VariantData) -> float | None:
     """The variant's revenue; None when it is past a float's range (a price such as 1e308 or a
     400-digit number in an item's attributes): no total, rather than an infinity that JSON cannot
     carry (every read of the experiment failed) or one that hides the other variants' figures."""
-    total = math.fsum(data.revenue.values())
+    try:
+        total = math.fsum(data.revenue.values())  # raises where a plain sum would reach inf (or NaN)
+    except (OverflowError, ValueError):
+        return None
     return total if math.isfinite(total) else None
 
 

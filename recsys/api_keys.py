@@ -115,6 +115,7 @@ def api_key_cache_invalidate() -> None:
     announcement is lost."""
     changes.bump()
     _accepted.clear()
+    transaction.on_commit(changes.bump)  # and again: a thread may have read the key as it was meanwhile
     transaction.on_commit(_announce)
 
 

@@ -60,6 +60,12 @@ def deadline_end() -> bool:
     return deadline is not None and _armed(deadline) and deadline.remaining_ms() <= 0
 
 
+def deadline_running() -> bool:
+    """Whether this request's statements are bounded by a serving deadline now."""
+    deadline = _current.get()
+    return deadline is not None and _armed(deadline)
+
+
 def deadline_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """Django execute wrapper: refuse a statement once the budget is spent, and cut each one at the
     time left (statement_timeout, re-armed as the budget runs down)."""

@@ -110,8 +110,7 @@ class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         self.nr_conns += 1
         util.close_on_exec(client)
         client.setblocking(True)
-        if not self.cfg.is_ssl:
-            read_timeout_set(client, READ_TIMEOUT_SECONDS)
+        read_timeout_set(client, READ_TIMEOUT_SECONDS)  # TLS too: its records are read from this socket
         self.enqueue_req(_ThreadConnection(self.cfg, client, addr, listener.getsockname()))
 
     def handle(self, conn: _ThreadConnection) -> Any:

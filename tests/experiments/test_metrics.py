@@ -233,17 +233,20 @@ def test_with_two_treatments_each_is_tested_at_half_the_alpha(admin_client_api, 
 def test_prices_past_a_floats_range_leave_revenue_unknown_and_every_read_working(
     admin_client_api, experiment, catalogue, settings
 ):
-    # Given two purchases of an item priced 1e308 (their sum is past a float) and one priced with 400 digits
+    # Given purchases of an item priced 1e308 (two by one user, one each by two others: each pair's sum
+    # is past a float) and one priced with 400 digits
     settings.RECSYS_REVENUE_ATTRIBUTE = "price"
     Item.objects.filter(pk=catalogue[0].pk).update(attributes={"price": 1e308})
     Item.objects.filter(pk=catalogue[1].pk).update(attributes={"price": int("9" * 400)})
-    ann, bob = User.objects.bulk_create([User(external_id=n) for n in ("ann", "bob")])
+    ann, bob, cat, dan = User.objects.bulk_create([User(external_id=n) for n in ("ann", "bob", "cat", "dan")])
     rid = recommendation_id_mint(experiment_id=experiment.pk, variant="a")
     Attribution.objects.bulk_create(
         [
             attribution(experiment, "a", ann, catalogue[0], "purchase", START, rid),
             attribution(experiment, "a", ann, catalogue[0], "purchase", START, rid, minutes=2),
             attribution(experiment, "b", bob, catalogue[1], "purchase", START, rid),
+            attribution(experiment, "b", cat, catalogue[0], "purchase", START, rid),
+            attribution(experiment, "b", dan, catalogue[0], "purchase", START, rid),
         ]
     )
 

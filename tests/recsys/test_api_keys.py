@@ -227,3 +227,22 @@ def test_a_lookup_from_before_a_change_here_is_never_used_after_it(clock, five_s
 
     # Then the revoked key is refused: the change here moved the epoch on
     assert api_key_authenticate(raw_key=raw) is None
+
+
+def test_a_lookup_made_while_a_change_here_commits_is_not_used_after_it(
+    clock, five_seconds, django_capture_on_commit_callbacks
+):
+    # Given a revocation whose transaction has not committed yet, and another thread of this process
+    # that reads the key meanwhile (still live to it) and caches it under the epoch of that moment
+    key, raw = api_key_create(name="k", scopes=["read"])
+    with django_capture_on_commit_callbacks() as on_commit:
+        api_key_revoke(key=key)
+    api_keys._accepted.put(api_keys.hash_key(raw), key, epoch=api_keys.changes.epoch(), seconds=5)
+
+    # When it commits (its announcement lost: only the callbacks of this process run)
+    for callback in on_commit:
+        if callback is not api_keys._announce:
+            callback()
+
+    # Then the key is looked up again, and refused
+    assert api_key_authenticate(raw_key=raw) is None
