@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from recsys.loaded_once import LoadedOnce
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -490,9 +492,7 @@ def encoder_create(*, name: str, dimensions: int | None = None, state: bytes = b
     return SentenceTransformerEncoder(name=name, dimensions=dimensions, **options)
 
 
-_cache: dict[Hashable, TextEncoder] = {}
-_cache_lock = threading.Lock()
-_loading: dict[Hashable, threading.Lock] = {}  # a lock per model being loaded
+_cache: LoadedOnce[TextEncoder] = LoadedOnce()
 
 
 def encoder_cached(
@@ -510,26 +510,13 @@ def encoder_cached(
     """
     settings = json.dumps({"name": name, "dimensions": dimensions, **options}, sort_keys=True, default=str)
     key = (settings, cache_key if cache_key is not None else hashlib.sha256(state).hexdigest())
-    encoder = _cache.get(key)
-    if encoder is None:
-        with _cache_lock:  # held only to find the key's own lock: loading one model never waits for another's
-            loading = _loading.setdefault(key, threading.Lock())
-        with loading:  # two threads asking for the same one at once load it once
-            encoder = _cache.get(key)
-            if encoder is None:
-                encoder = _cache[key] = encoder_create(name=name, dimensions=dimensions, state=state, **options)
-        with _cache_lock:
-            _loading.pop(key, None)
-    return encoder
+    return _cache.get(key, lambda: encoder_create(name=name, dimensions=dimensions, state=state, **options))
 
 
 def _forget_cache_in_child() -> None:
     # A forked child must not reuse the parent's models: torch's OpenMP pool and a lock held by
     # another thread at fork time do not survive fork, so the child loads its own.
-    global _cache_lock
     _cache.clear()
-    _cache_lock = threading.Lock()
-    _loading.clear()
 
 
 os.register_at_fork(after_in_child=_forget_cache_in_child)

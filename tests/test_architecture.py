@@ -25,6 +25,7 @@ PURE = {
     "embeddings/ranking/offline.py",
     "recsys/rules/expressions.py",
     "recsys/numbers.py",
+    "recsys/loaded_once.py",
 }
 FRAMEWORKS = {"django", "rest_framework", "celery", "kombu", "redis", "psycopg", "drf_spectacular"}
 PROJECT = {"recsys", "embeddings", "api", "experiments"}

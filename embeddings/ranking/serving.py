@@ -9,7 +9,6 @@ come from the version's per-item state, loaded once per process.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from embeddings.ranking.sources import (
 from embeddings.serving import version_nearest_items
 from embeddings.vectors.rows import Nearest, candidate_rows
 from embeddings.vectors.search import Filters, Neighbour
+from recsys.loaded_once import LoadedOnce
 from recsys.rules.ruleset import NO_RULES, RuleSet, item_conditions
 
 EXPLAIN_FEATURES = 3
@@ -50,10 +50,8 @@ class Stage:
     attributes: tuple[str, ...]
 
 
-_lock = threading.Lock()
-_stages: dict[int, Stage | None] = {}
-_loading: dict[int, threading.Lock] = {}  # a lock per version being read: its threads read it once
-_wins: dict[int, bool] = {}  # whether the version's stage beat the best source on validation
+_stages: LoadedOnce[Stage | None] = LoadedOnce()
+_wins: LoadedOnce[bool] = LoadedOnce()  # whether the version's stage beat the best source on validation
 
 
 def ranking_stage(version: ModelVersion) -> Stage | None:
@@ -61,19 +59,7 @@ def ranking_stage(version: ModelVersion) -> Stage | None:
     ranker are megabytes, read while the first request that needs them waits, so the other threads
     of the process that need them meanwhile wait for that one read rather than each making their own
     (four did, and two requests passed the serving limit)."""
-    with _lock:
-        if version.pk in _stages:
-            return _stages[version.pk]
-        loading = _loading.setdefault(version.pk, threading.Lock())
-    with loading:
-        with _lock:
-            if version.pk in _stages:
-                return _stages[version.pk]
-        stage = _stage_read(version)
-        with _lock:
-            _stages[version.pk] = stage
-            _loading.pop(version.pk, None)
-    return stage
+    return _stages.get(version.pk, lambda: _stage_read(version))
 
 
 def _stage_read(version: ModelVersion) -> Stage | None:
@@ -252,18 +238,11 @@ def facts_from_rows(
 
 
 def _stage_won(version: ModelVersion) -> bool:
-    with _lock:
-        if version.pk in _wins:
-            return _wins[version.pk]
-    won = bool(
-        VersionArtifacts.objects.filter(version_id=version.pk)
-        .exclude(ranker="")
-        .values_list("ranking_used", flat=True)
-        .first()
-    )
-    with _lock:
-        _wins[version.pk] = won
-    return won
+    def read() -> bool:
+        rows = VersionArtifacts.objects.filter(version_id=version.pk).exclude(ranker="")
+        return bool(rows.values_list("ranking_used", flat=True).first())
+
+    return _wins.get(version.pk, read)
 
 
 def _contributions(stage: Stage, features: npt.NDArray[np.float32]) -> list[list[dict[str, float | str]]]:

@@ -20,6 +20,7 @@ from embeddings.encoders import (
     token_batches,
     token_windows,
 )
+from recsys.loaded_once import LoadedOnce
 
 pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
@@ -254,7 +255,7 @@ def test_item_text_rejects_unknown_fields():
 
 
 def test_encoder_cached_builds_each_encoder_once_even_when_threads_race(monkeypatch):
-    monkeypatch.setattr(encoders, "_cache", {})
+    monkeypatch.setattr(encoders, "_cache", LoadedOnce())
     created = []
 
     def slow_create(**kwargs):
@@ -277,7 +278,7 @@ def test_encoder_cached_builds_each_encoder_once_even_when_threads_race(monkeypa
 
 
 def test_encoder_cached_tells_states_apart_unless_given_a_key(monkeypatch, tfidf):
-    monkeypatch.setattr(encoders, "_cache", {})
+    monkeypatch.setattr(encoders, "_cache", LoadedOnce())
     other = encoder_create(name="tfidf-svd", dimensions=3)
     other.fit(CATALOG)
 
@@ -291,11 +292,13 @@ def test_encoder_cached_tells_states_apart_unless_given_a_key(monkeypatch, tfidf
 
 
 def test_forked_children_forget_the_parents_encoders(monkeypatch):
-    monkeypatch.setattr(encoders, "_cache", {"parent": encoders.FakeEncoder()})
+    cache: LoadedOnce[encoders.TextEncoder] = LoadedOnce()
+    cache.get("parent", encoders.FakeEncoder)
+    monkeypatch.setattr(encoders, "_cache", cache)
 
     encoders._forget_cache_in_child()
 
-    assert encoders._cache == {}
+    assert cache.get("parent", lambda: None) is None  # the parent's encoder is gone: the child loads its own
 
 
 # ---- the real MiniLM ---------------------------------------------------------------------------------

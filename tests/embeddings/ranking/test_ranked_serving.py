@@ -140,8 +140,8 @@ def test_by_default_the_stage_is_used_only_when_it_won_on_validation(trained, wi
 def test_a_version_whose_stage_lost_is_served_without_reading_the_stage(trained, monkeypatch):
     from embeddings.ranking import serving
 
-    serving._stages.pop(trained.pk, None)
-    serving._wins.pop(trained.pk, None)
+    serving._stages.forget(trained.pk)
+    serving._wins.forget(trained.pk)
     VersionArtifacts.objects.filter(version=trained).update(ranking_used=False)
     monkeypatch.setattr(serving, "_stage_read", lambda version: pytest.fail("read megabytes it does not use"))
 
@@ -163,7 +163,7 @@ def test_threads_asking_for_a_stage_at_once_wait_for_one_read(monkeypatch):
 
     monkeypatch.setattr(serving, "_stage_read", slow_read)
     version = ModelVersion(pk=987_654)
-    serving._stages.pop(version.pk, None)
+    serving._stages.forget(version.pk)
     threads = [threading.Thread(target=serving.ranking_stage, args=(version,)) for _ in range(4)]
     for thread in threads:
         thread.start()
