@@ -9,6 +9,7 @@ import http.client
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -23,15 +24,20 @@ HEALTH = b"GET /api/v1/health HTTP/1.1\r\nHost: recsys\r\n\r\n"
 def one_worker(request, live_env, tmp_path):
     """One sync worker, or one threaded worker with one thread: either is held by one slow client."""
     env = {
-        **live_env,
         "GUNICORN_WORKER": request.param,
         "GUNICORN_THREADS": "1",
-        "WEB_CONCURRENCY": "1",
-        "RECSYS_SEARCH_PRELOAD": "false",
-        "GUNICORN_HEAD_TIMEOUT": "1",
         "GUNICORN_READ_TIMEOUT": "1",
         "GUNICORN_BODY_MIN_RATE": "100",
     }
+    with web(live_env, tmp_path, env) as port:
+        yield port
+
+
+@contextmanager
+def web(live_env, tmp_path, env):
+    """gunicorn of one process on the live environment with ``env`` and 1 s head deadlines; its port.
+    Its log holds no traceback afterwards."""
+    env = {**live_env, "WEB_CONCURRENCY": "1", "RECSYS_SEARCH_PRELOAD": "false", "GUNICORN_HEAD_TIMEOUT": "1", **env}
     with gunicorn_web(env, tmp_path / "web.log"):
         yield int(env["PORT"])
     assert "Traceback" not in (tmp_path / "web.log").read_text(errors="replace")
@@ -173,17 +179,8 @@ def test_a_body_trickled_slower_than_the_minimum_rate_is_408_after_the_grace(one
 
 @pytest.fixture
 def threaded(live_env, tmp_path):
-    env = {
-        **live_env,
-        "GUNICORN_WORKER": "threads",
-        "GUNICORN_THREADS": "2",
-        "WEB_CONCURRENCY": "1",
-        "RECSYS_SEARCH_PRELOAD": "false",
-        "GUNICORN_HEAD_TIMEOUT": "1",
-    }
-    with gunicorn_web(env, tmp_path / "web.log"):
-        yield int(env["PORT"])
-    assert "Traceback" not in (tmp_path / "web.log").read_text(errors="replace")
+    with web(live_env, tmp_path, {"GUNICORN_WORKER": "threads", "GUNICORN_THREADS": "2"}) as port:
+        yield port
 
 
 def test_the_threaded_worker_keeps_a_connection_for_the_next_request_and_serves_others_meanwhile(threaded):
