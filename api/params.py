@@ -181,6 +181,30 @@ def query_rules(request: Request, *, with_user: bool = False) -> RuleSet:
     )
 
 
+RULE_FIELDS = ("filter", "boost", "scenario", "user")
+
+
+def body_or_query_rules(request: Request, body: dict[str, Any]) -> tuple[RuleSet, str | None]:
+    """A POST's business rules and scenario (``RULE_FIELDS``) from its validated JSON ``body`` or,
+    as on every GET endpoint, its query string; one field given in both is refused (which was meant?)."""
+    both = sorted(name for name in RULE_FIELDS if name in body and name in request.query_params)
+    if both:
+        raise ValidationFailed(
+            f"{', '.join(both)}: given both in the JSON body and as a query parameter",
+            details={name: ["given both in the JSON body and as a query parameter"] for name in both},
+        )
+    user = body.get("user", query_one(request, "user"))
+    if user is not None:
+        clean_external_id(user, "user")
+    scenario = body.get("scenario", query_one(request, "scenario"))
+    rules = request_rules_parse(
+        filter_text=body.get("filter", query_one(request, "filter")) or None,
+        boosts=body.get("boost", request.query_params.getlist("boost")),
+        hidden_for=user,
+    )
+    return rules, scenario_name_check(scenario) if scenario is not None else None
+
+
 def query_scenario(request: Request) -> str | None:
     name = query_one(request, "scenario")
     return scenario_name_check(name) if name is not None else None

@@ -17,8 +17,10 @@ from api.params import (
     CATEGORY_PARAMETER,
     EXCLUDE_PARAMETER,
     LIMIT_PARAMETER,
+    RULE_FIELDS,
     RULE_PARAMETERS,
     USER_PARAMETER,
+    body_or_query_rules,
     boolean_parameter,
     number_parameter,
     query_body_fields_refuse,
@@ -41,8 +43,6 @@ from experiments.serving import variant_user_recommendations
 from recsys.errors import ValidationFailed
 from recsys.models import ApiKey
 from recsys.recommendation_ids import RECOMMENDATION_ID_MAX_LENGTH, recommendation_id_mint
-from recsys.rules.ruleset import request_rules_parse
-from recsys.rules.scenarios import scenario_name_check
 from recsys.validation import SPACE_PATTERN
 
 
@@ -237,16 +237,16 @@ class SessionRecommendationsView(ApiView):
     @extend_schema(
         operation_id="session_recommendations",
         request=SessionRequestSerializer,
+        # The rules may also come as query parameters, as on every GET endpoint (not both ways at once).
+        parameters=[*RULE_PARAMETERS, USER_PARAMETER],
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG},
     )
     def post(self, request: Request) -> Response:
         body = SessionRequestSerializer(data=request.data)
-        query_body_fields_refuse(request, body.fields)
+        query_body_fields_refuse(request, set(body.fields) - set(RULE_FIELDS))
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        rules = request_rules_parse(
-            filter_text=data.get("filter") or None, boosts=data.get("boost", []), hidden_for=data.get("user")
-        )
+        rules, scenario = body_or_query_rules(request, data)
         return render(
             recommendations.session_recommendations_list(
                 positives=data["items"],
@@ -254,7 +254,7 @@ class SessionRecommendationsView(ApiView):
                 limit=data["limit"],
                 category=data.get("category") or None,
                 rules=rules,
-                scenario=scenario_name_check(data["scenario"]) if data.get("scenario") is not None else None,
+                scenario=scenario,
             )
         )
 
@@ -329,6 +329,9 @@ class ItemDuplicatesView(ApiView):
                 "threshold", minimum=0.0, maximum=1.0, default=0.95, description="minimum cosine similarity, 0-1"
             ),
             LIMIT_PARAMETER,
+            CATEGORY_PARAMETER,
+            *RULE_PARAMETERS,
+            USER_PARAMETER,
         ],
         responses={200: AnswerSerializer, **ERRORS, **URL_TOO_LONG, **NOT_FOUND, **CONFLICT},
     )
@@ -338,6 +341,9 @@ class ItemDuplicatesView(ApiView):
                 item_external_id=item_id,
                 threshold=query_float(request, "threshold", default=0.95, minimum=0.0, maximum=1.0),
                 limit=query_limit(request),
+                category=query_category(request),
+                rules=query_rules(request, with_user=True),
+                scenario=query_scenario(request),
             )
         )
 

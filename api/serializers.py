@@ -112,7 +112,9 @@ class ItemBatchSerializer(serializers.Serializer):
 
 class BatchErrorSerializer(serializers.Serializer):
     index = serializers.IntegerField()
-    id = serializers.CharField(required=False, allow_null=True)
+    id = serializers.CharField(
+        allow_null=True, help_text="the row's id (items, users); null for interactions and impressions"
+    )
     item = serializers.JSONField(
         required=False, help_text="Impressions: the shown item rejected (the row's others are kept)."
     )

@@ -28,7 +28,7 @@ from embeddings.serving import (
 )
 from embeddings.similar_fallback import item_similar_fallback
 from embeddings.vectors.rows import item_vectors_row, vectors_of
-from embeddings.vectors.search import Filters, nearest_items
+from embeddings.vectors.search import Filters, Neighbour, nearest_items
 from embeddings.vectors.tables import VECTOR
 from recsys.errors import ItemNotFound, ModelNotReady, NotFound
 from recsys.replicas import replica_reads
@@ -165,14 +165,28 @@ def _custom_similar(external_id: str, space: VectorSpace, limit: int, category: 
 
 
 @replica_reads()
-def item_duplicates_list(*, item_external_id: str, threshold: float, limit: int) -> Answer:
-    """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first."""
+def item_duplicates_list(
+    *,
+    item_external_id: str,
+    threshold: float,
+    limit: int,
+    category: str | None = None,
+    rules: RuleSet = NO_RULES,
+    scenario: str | None = None,
+) -> Answer:
+    """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first.
+    ``category``, ``rules`` and the scenario's apply as on similar items: the filter narrows the
+    items compared, boosts reorder the duplicates found (the threshold holds for the cosine before
+    any boost), pins take their positions; with a user, their hidden items are skipped."""
+    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=True)
     content = active(Kind.CONTENT)
     if content is None:
         raise ModelNotReady("no content model is active yet: duplicates need item text encodings")
     item = _item_vectors(item_external_id, None, content)
-    if item.content is None:
-        return Answer([], model_ref(content), "content")
-    neighbours = version_nearest_items(content, item.content, limit=limit, filters=Filters((item.id,), None))
+    neighbours: list[Neighbour] = []
+    if item.content is not None:
+        filters = Filters((item.id,), category, rules)
+        neighbours = version_nearest_items(content, item.content, limit=rules.depth(limit), filters=filters)
     kept = [n for n in neighbours if n.score >= threshold]
-    return Answer(from_neighbours(kept), model_ref(content), "content")
+    answer = Answer(from_neighbours(kept), model_ref(content), "content")
+    return answer_rules_apply(answer, rules, limit=limit, category=category, exclude=(item_external_id,))

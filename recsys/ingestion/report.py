@@ -24,9 +24,11 @@ class BatchResult:
     unchanged: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
 
-    def reject(self, index: int, error: DomainError, **ids: Any) -> None:
+    def reject(self, index: int, error: DomainError, *, id: str | None = None, **ids: Any) -> None:
+        """``id``: the row's own id where it has one (items, users); every error carries the key,
+        null for rows identified by their index only (interactions, impressions)."""
         body = {"code": error.code, "message": error.message, "details": error.details}
-        self.errors.append({"index": index, **ids, "error": body})
+        self.errors.append({"index": index, "id": id, **ids, "error": body})
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged, "errors": self.errors}

@@ -195,6 +195,39 @@ def test_duplicates_are_items_above_the_threshold(reader, content_model):
     assert reader.get("/api/v1/items/copy/duplicates?threshold=2").status_code == 400
 
 
+def test_duplicates_take_the_rules_of_every_recommendation_endpoint(reader, writer, content_model):
+    items_upsert(
+        rows=[
+            {"id": "copy", "title": "pasta garlic", "text": "pasta garlic basil tomato", "categories": ["cooking"]},
+            {
+                "id": "copy2",
+                "title": "pasta garlic",
+                "text": "pasta garlic basil tomato",
+                "categories": ["cooking"],
+                "attributes": {"shop": "b"},
+            },
+        ]
+    )
+    content.content_items_encode()
+    found = ids(reader.get("/api/v1/items/copy/duplicates?threshold=0.99").json())
+    assert sorted(found) == ["cooking0", "copy2"]
+
+    def asked(query: str) -> list[str]:
+        answer = reader.get(f"/api/v1/items/copy/duplicates?threshold=0.99&{query}")
+        assert answer.status_code == 200, answer.json()
+        return ids(answer.json())
+
+    assert asked('filter=id != "cooking0"') == ["copy2"]
+    assert asked('filter=attributes.shop = "b"') == ["copy2"]
+    assert asked("category=sky") == []
+    assert asked('boost=id = "copy2":100&limit=1') == ["copy2"]
+    assert asked('boost=id = "cooking0":100&limit=1') == ["cooking0"]
+    interactions_ingest(rows=[{"user": "someone", "item": "sky0", "type": "view"}])
+    assert writer.post("/api/v1/users/someone/hidden", {"items": ["copy2"]}, format="json").status_code == 200
+    assert asked("user=someone") == ["cooking0"]
+    assert reader.get("/api/v1/items/copy/duplicates?filter=price <").status_code == 400
+
+
 def test_custom_vectors_fix_dimensions_and_are_searchable(writer, admin_client_api, content_model):
     first = admin_client_api.put("/api/v1/items/cooking0/vectors/image", {"vector": [1.0, 0.0, 0.0]}, format="json")
     writer.put("/api/v1/items/cooking1/vectors/image", {"vector": [0.9, 0.1, 0.0]}, format="json")

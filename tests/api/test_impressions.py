@@ -142,7 +142,7 @@ def test_impressions_older_than_the_retention_are_rejected(writer):
     old = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     body = send(writer, {"user": "u1", "items": ["i1"], "timestamp": old}, {"user": "u1", "items": ["i2"]})
     assert body["created"] == 1
-    assert body["errors"][0]["index"] == 0
+    assert body["errors"][0]["index"] == 0 and body["errors"][0]["id"] is None
     assert body["errors"][0]["error"]["details"] == {"timestamp": ["expired"]}
 
 

@@ -128,6 +128,7 @@ def test_unknown_items_are_rejected_per_row_when_auto_creation_is_off(writer):
 
     assert body["created"] == 1
     assert body["errors"][0]["index"] == 1
+    assert body["errors"][0]["id"] is None  # every batch error has the key (API.md); an event has no id of its own
     assert body["errors"][0]["error"]["code"] == "not_found"
     assert not Item.objects.filter(external_id="unknown").exists()
 

@@ -165,15 +165,21 @@ def test_session_recommendations_follow_positives_and_exclude_given_items(reader
 
 
 def test_a_body_field_sent_in_the_query_string_is_refused_not_ignored(reader, trained):
-    # Given a session request whose filter was put in the URL instead of the body
-    response = reader.post(
-        "/api/v1/recommendations?filter=category%3D%27x%27&limit=3", {"items": ["i20"]}, format="json"
-    )
+    # Given a session request whose limit and items were put in the URL instead of the body
+    response = reader.post("/api/v1/recommendations?limit=3&negative_items=i3", {"items": ["i20"]}, format="json")
 
-    # Then it is refused, naming the fields (before: 200, unfiltered and 10 items)
+    # Then it is refused, naming the fields (before: 200 and 10 items)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["code"] == "validation_error" and set(error["details"]) == {"filter", "limit"}
+    assert error["code"] == "validation_error" and set(error["details"]) == {"limit", "negative_items"}
+
+
+def test_a_rule_given_both_in_the_body_and_the_query_string_is_refused(reader, trained):
+    # The rules (filter, boost, scenario, user) may come either way, as on the GET endpoints, but not both
+    body = {"items": ["i20"], "filter": "category = 'x'"}
+    response = reader.post("/api/v1/recommendations?filter=category%3D%27y%27", body, format="json")
+
+    assert response.status_code == 400 and set(response.json()["error"]["details"]) == {"filter"}
 
 
 def test_a_negative_item_pushes_down_what_resembles_it(reader, trained):

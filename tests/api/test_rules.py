@@ -64,6 +64,12 @@ ENDPOINTS = {
     "popular": lambda c, q: c.get(f"/api/v1/items/popular?user=u3&{q}"),
     "search": lambda c, q: c.get(f"/api/v1/search?q=lamp&mode=keyword&user=u3&{q}"),
     "session": lambda c, q: c.post("/api/v1/recommendations", session_body(q), format="json"),
+    # API.md: "filter= and boost= ... on every recommendation endpoint": the POST takes them as query parameters too
+    "session, rules in the query": lambda c, q: c.post(
+        f"/api/v1/recommendations?user=u3&{'&'.join(p for p in q.split('&') if not p.startswith('limit='))}",
+        {k: v for k, v in session_body(q).items() if k in ("items", "limit")},
+        format="json",
+    ),
 }
 
 
