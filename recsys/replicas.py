@@ -237,7 +237,11 @@ def replica_check(*, alias: str) -> ReplicaHealth:
         return ReplicaHealth(alias, DOWN, None, now, f"{type(error).__name__}: {error}".strip())
     if not standby:
         return ReplicaHealth(alias, DOWN, None, now, "not a standby: pg_is_in_recovery() is false")
-    lag = 0.0 if caught_up else max(float(age or 0.0), 0.0)
+    if not caught_up and age is None:
+        # Behind the primary with no commit replayed since it started (pg_last_xact_replay_timestamp()
+        # is NULL then): how far behind is unknown, maybe days (a standby that cannot resume streaming).
+        return ReplicaHealth(alias, LAGGING, None, now, "behind the primary; no commit replayed since it started")
+    lag = 0.0 if caught_up else max(float(age), 0.0)
     state = OK if lag <= settings.RECSYS_REPLICA_MAX_LAG_SECONDS else LAGGING
     return ReplicaHealth(alias, state, round(lag, 3), now)
 

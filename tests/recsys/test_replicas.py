@@ -56,6 +56,19 @@ def test_a_server_that_is_not_a_standby_is_reported_down_and_never_read(add_repl
     assert replicas.serving_alias() == DEFAULT_DB_ALIAS
 
 
+def test_a_standby_behind_that_has_replayed_no_commit_since_it_started_is_lagging_not_ok(add_replica, monkeypatch):
+    # A standby that cannot resume streaming: behind the primary, pg_last_xact_replay_timestamp() NULL
+    # (before: lag 0, "ok", and it served reads of any age)
+    alias = add_replica()
+    monkeypatch.setattr(replicas, "_REPLAY", "SELECT true, %s::text IS NULL, NULL::float8")
+    monkeypatch.setattr(replicas, "RECHECK_PAUSE_SECONDS", 0.0)
+
+    health = replicas.replica_check(alias=alias)
+
+    assert (health.state, health.lag_seconds) == ("lagging", None)
+    assert replicas.serving_alias() == DEFAULT_DB_ALIAS
+
+
 def test_a_replica_that_does_not_answer_is_measured_down_and_skipped(add_replica):
     alias = add_replica(PORT="1")  # nothing listens there
     assert replicas.replica_health(alias=alias).state == "down"
