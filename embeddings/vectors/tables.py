@@ -317,7 +317,9 @@ def vectors_copy(
     vector_type: str = VECTOR,
     updated_at: datetime | None = None,
 ) -> int:
-    """Bulk-load (id, vector[, fold-in vector]) rows with binary COPY; ids must exist in the owner table.
+    """Bulk-load (id, vector[, fold-in vector]) rows with binary COPY; returns the rows stored. A row
+    whose owner was deleted since ``ids`` were read (a training run's snapshot is minutes old) is
+    skipped: the COPY is tried again without the owners gone (before, the run failed).
 
     Parameters
     ----------
@@ -333,27 +335,68 @@ def vectors_copy(
         fits_half(a) for a in (vectors, fold_in) if a is not None
     ):
         raise ValueError("vectors outside float16's range cannot be stored as halfvec")
-    columns = sql.SQL(", fold_in" if fold_in is not None else "")
-    statement = sql.SQL("COPY {table} ({fk}, embedding{columns}) FROM STDIN WITH (FORMAT BINARY)").format(
-        table=sql.Identifier(table_name(version_id, owner)), fk=sql.Identifier(f"{owner}_id"), columns=columns
-    )
     table = sql.Identifier(table_name(version_id, owner))
     stamp = sql.SQL("ALTER TABLE {table} ALTER COLUMN updated_at SET DEFAULT {value}")
     with transaction.atomic(), cursor() as cur:
         if updated_at is not None:  # the binary rows carry no time: the column's default, for this COPY
             cur.execute(stamp.format(table=table, value=sql.Literal(updated_at)))
-        with cur.copy(statement) as copy:
-            # Binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row.
-            for first in range(0, max(len(ids), 1), COPY_ROWS):
-                rows = slice(first, first + COPY_ROWS)
-                extra = fold_in[rows] if fold_in is not None else None
-                copy.write(
-                    vector_rows_binary(ids[rows], vectors[rows], extra, vector_type=vector_type, header=first == 0)
-                )
-            copy.write(b"\xff\xff")
+        for attempt in range(COPY_ATTEMPTS):
+            try:
+                with transaction.atomic():  # a savepoint: a failed COPY leaves the transaction usable
+                    _rows_copy(cur, table, owner, ids, vectors, fold_in, vector_type)
+                break
+            except (DatabaseError, psycopg.Error) as error:  # Django's wrapper or psycopg's own
+                violation = psycopg.errors.ForeignKeyViolation
+                if not isinstance(error, violation) and not isinstance(error.__cause__, violation):
+                    raise
+                if attempt == COPY_ATTEMPTS - 1:
+                    raise
+            present = _present(cur, owner, ids)
+            logger.info(
+                "%s: %d %ss deleted while the run trained are skipped",
+                table_name(version_id, owner),
+                len(ids) - int(present.sum()),
+                owner,
+            )
+            ids, vectors = ids[present], vectors[present]
+            fold_in = fold_in[present] if fold_in is not None else None
         if updated_at is not None:
             cur.execute(stamp.format(table=table, value=sql.SQL("now()")))
     return len(ids)
+
+
+COPY_ATTEMPTS = 3  # owners deleted during a COPY's retry too: give up after this many
+
+
+def _rows_copy(
+    cur: Any,
+    table: sql.Identifier,
+    owner: str,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    fold_in: npt.NDArray[np.float32] | None,
+    vector_type: str,
+) -> None:
+    columns = sql.SQL(", fold_in" if fold_in is not None else "")
+    statement = sql.SQL("COPY {table} ({fk}, embedding{columns}) FROM STDIN WITH (FORMAT BINARY)").format(
+        table=table, fk=sql.Identifier(f"{owner}_id"), columns=columns
+    )
+    with cur.copy(statement) as copy:
+        # Binary rows built by numpy: 1M user vectors in ~1 s instead of ~10 s row by row.
+        for first in range(0, max(len(ids), 1), COPY_ROWS):
+            rows = slice(first, first + COPY_ROWS)
+            extra = fold_in[rows] if fold_in is not None else None
+            copy.write(vector_rows_binary(ids[rows], vectors[rows], extra, vector_type=vector_type, header=first == 0))
+        copy.write(b"\xff\xff")
+
+
+def _present(cur: Any, owner: str, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """(n,) whether each of ``ids`` is still in the owner's table."""
+    cur.execute(
+        sql.SQL("SELECT id FROM {target} WHERE id = ANY(%s)").format(target=sql.Identifier(OWNERS[owner])),
+        [ids.tolist()],
+    )
+    return np.isin(ids, np.array([row[0] for row in cur.fetchall()], np.int64))
 
 
 # Rows per COPY buffer: 100,000 rows of 64 float32 dimensions are ~27 MB, so storing 1M users' vectors

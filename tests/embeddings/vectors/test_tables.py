@@ -36,6 +36,22 @@ def test_vectors_are_copied_indexed_and_searchable_by_inner_product():
     assert "hnsw" in indexes and "vector_ip_ops" in indexes
 
 
+def test_rows_of_owners_deleted_since_the_ids_were_read_are_skipped_not_a_failed_copy():
+    # A training run reads its ids minutes before it stores the vectors; a user deleted meanwhile
+    # (before: ForeignKeyViolation, and the run failed)
+    items = [ItemFactory() for _ in range(3)]
+    ids = np.array([i.pk for i in items])
+    items[1].delete()
+    tables.tables_create(9005, 2)
+
+    copied = tables.vectors_copy(9005, "item", ids, np.eye(3, 2, dtype=np.float32), fold_in=np.ones((3, 2), np.float32))
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT item_id FROM embeddings_v9005_item ORDER BY item_id")
+        stored = [row[0] for row in cursor.fetchall()]
+    assert copied == 2 and stored == [items[0].pk, items[2].pk]
+
+
 def test_deleting_an_item_removes_its_vectors():
     item = ItemFactory()
     tables.tables_create(9002, 2)
