@@ -18,7 +18,7 @@ from django.conf import settings
 from embeddings.fold_in import user_vector_fold_in
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
-from embeddings.ranking.serving import RankingRequest, Stage, ranked_list, ranking_wanted
+from embeddings.ranking.serving import RankingRequest, Stage, positive_scores, ranked_list, ranking_wanted
 from embeddings.rules import NO_RULES, RuleSet, answer_rules_apply, rules_resolve
 from embeddings.serving import (
     Answer,
@@ -269,17 +269,19 @@ def _ranked(
             [n for n in neighbours if n.item_id in vectors], vectors, limit=request.limit, diversity=request.diversity
         )
     target = request.limit if request.diversity > 0 else wanted
+    added: list[Neighbour] = []
     if len(neighbours) < target:
         # The stage's sources (popular, trending, co-occurring...) ignore a filter until their candidates'
         # rows are read, so a selective one can leave few of them: the rest come from the model's own
-        # filtered search, after the ranked (and re-ranked) ones, with the model's scores.
+        # filtered search, after the ranked (and re-ranked) ones, on the ranked scores' scale.
         have = excluded | {n.item_id for n in neighbours}
-        neighbours = neighbours + version_nearest_items(
+        added = version_nearest_items(
             version,
             vector,
             limit=target - len(neighbours),
             filters=Filters(tuple(have), request.category, request.rules),
         )
+    neighbours = positive_scores(neighbours, added)
     items = from_neighbours(neighbours)
     if request.explain and ranked.features is not None:
         _explain(items, neighbours, version, user.history, user.weights)

@@ -148,12 +148,14 @@ def ranking_state_build(
 @dataclass
 class ItemFacts:
     """What the database says of each matrix column: age (days before the reference time),
-    categories, the operator's numeric attributes (n, A), content vectors (n, d) or None."""
+    categories, the operator's numeric attributes (n, A), content vectors (n, d) or None and the
+    content version they came from."""
 
     ages_days: npt.NDArray[np.float32]
     categories: list[list[str]]
     attributes: npt.NDArray[np.float32]
     content: npt.NDArray[np.float32] | None
+    content_version: int | None = None  # the content version ``content`` was read from
     newest_by_category: dict[str, npt.NDArray[np.int64]] = field(init=False)
 
     def __post_init__(self) -> None:

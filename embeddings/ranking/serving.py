@@ -9,8 +9,9 @@ come from the version's per-item state, loaded once per process.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,13 @@ import numpy.typing as npt
 from django.conf import settings
 
 from embeddings.models import ModelVersion, VersionArtifacts
-from embeddings.ranking.features import CandidateFacts, category_affinity, features_build, numeric_attributes
+from embeddings.ranking.features import (
+    CandidateFacts,
+    category_affinity,
+    feature_names,
+    features_build,
+    numeric_attributes,
+)
 from embeddings.ranking.offline import DAY, RankingState, StateOutdated
 from embeddings.ranking.ranker import Ranker, ranker_load
 from embeddings.ranking.sources import (
@@ -41,13 +48,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stage:
-    """A version's ranker, its per-item state and whether validation says to use it by default."""
+    """A version's ranker, its per-item state and whether validation says to use it by default.
+
+    content_version : the content version whose vectors its content features were trained on (None:
+    none was active); clock_offset : seconds from the training data's latest event to when the run
+    read it: ages and recencies are measured from now less this, as they were in training (replayed
+    or imported data ends years before the run)."""
 
     ranker: Ranker
     state: RankingState
     wins: bool
     depth: int
     attributes: tuple[str, ...]
+    content_version: int | None = None
+    clock_offset: float = 0.0
 
 
 _stages: LoadedOnce[Stage | None] = LoadedOnce()
@@ -70,8 +84,10 @@ def _stage_read(version: ModelVersion) -> Stage | None:
         attributes = tuple(n.removeprefix("attribute_") for n in names if n.startswith("attribute_"))
         try:
             state = RankingState.from_bytes(bytes(row.ranking_state))
-        except StateOutdated:
-            logger.warning("version %s: its ranking state predates this code; served without the stage", version.pk)
+            if names != feature_names(attributes):
+                raise StateOutdated(f"its ranker's features {names} are not this code's")
+        except StateOutdated as outdated:
+            logger.warning("version %s: %s; served without the stage until a new run", version.pk, outdated)
         else:
             stage = Stage(
                 ranker_load(row.ranker, names),
@@ -79,15 +95,18 @@ def _stage_read(version: ModelVersion) -> Stage | None:
                 row.ranking_used,
                 int(row.ranking.get("depth", settings.RECSYS_RANKING_DEPTH)),
                 attributes,
+                row.ranking.get("content_version"),
+                float(row.ranking.get("clock_offset_seconds", 0.0)),
             )
     return stage
 
 
 def ranking_wanted(version: ModelVersion, ranking: bool | None) -> Stage | None:
-    """The stage to serve with: ``ranking`` None = when it beat the best source on validation,
-    True = whenever the version has one, False = never. Whether it won is a one-column read (once
-    per process): a version whose stage lost is served without reading its state at all."""
-    if ranking is False:
+    """The stage to serve with: ``ranking`` None = when RECSYS_RANKING is on and the stage beat the
+    best source on validation, True = whenever the version has one (an experiment's ranked variant),
+    False = never. Whether it won is a one-column read (once per process): a version whose stage
+    lost is served without reading its state at all."""
+    if ranking is False or (ranking is None and not settings.RECSYS_RANKING):
         return None
     if ranking is None and not _stage_won(version):
         return None
@@ -122,8 +141,13 @@ class RankingRequest:
 
 
 def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False) -> Ranked:
-    """Retrieve from every source, build features, rank with one predict; the best ``limit``."""
-    now = time.time()
+    """Retrieve from every source, build features, rank with one predict; the best ``limit``, scored
+    on one positive scale (``positive_scores``)."""
+    if request.content is not None and request.content[0].pk != stage.content_version:
+        # Content features from another space than the ranker learned: served as for a user without a
+        # content profile, a case its training saw.
+        request = replace(request, content=None)
+    now = time.time() - stage.clock_offset  # the training's clock (Stage)
     found, shares, excluded = _retrieve(stage, request, now)
     read = candidate_rows(
         ids=np.unique(np.concatenate([ids for ids, _ in found.values()])),
@@ -145,14 +169,35 @@ def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False)
     candidates, (external_ids, until), facts = facts_from_rows(
         stage.state, stage.attributes, candidates, read.rows, shares
     )
+    facts = replace(
+        facts,
+        age_days=facts.age_days - np.float32(stage.clock_offset / DAY),
+        # Offline, a candidate without a content vector scores 0 against a profile (a zero row).
+        content_similarity=np.nan_to_num(facts.content_similarity) if request.content else facts.content_similarity,
+    )
     recency = (now - float(request.seen_at[0])) / DAY if len(request.seen_at) else 0.0
     features = features_build(candidates, facts, activity=float(len(request.history)), recency_days=recency)
     scores = stage.ranker.predict(features)
     top = np.argsort(-scores, kind="stable")[: request.limit]
+    best = float(scores[top[0]]) if len(top) else 0.0
     neighbours = [
-        Neighbour(int(candidates.items[k]), external_ids[k], float(scores[k]), until[k]) for k in top.tolist()
+        Neighbour(int(candidates.items[k]), external_ids[k], math.exp(float(scores[k]) - best), until[k])
+        for k in top.tolist()
     ]
     return Ranked(neighbours, _contributions(stage, features[top]) if explain else None)
+
+
+TOP_UP_DECAY = 0.95
+
+
+def positive_scores(ranked: list[Neighbour], added: list[Neighbour]) -> list[Neighbour]:
+    """A ranked answer on one positive scale, so that a boost's factor (``answer_rules_apply``)
+    weighs every item alike: ``ranked`` come from ``ranked_list`` as exp(ranker score − the best),
+    so a factor × lifts an item as + log(factor) to the ranker would; ``added`` (the model's own
+    filtered search, after them: inner products, another scale) each get TOP_UP_DECAY × the score
+    before it."""
+    last = min((n.score for n in ranked), default=1.0)
+    return ranked + [replace(n, score=last * TOP_UP_DECAY ** (k + 1)) for k, n in enumerate(added)]
 
 
 def _retrieve(
@@ -222,12 +267,13 @@ def facts_from_rows(
     candidates = Candidates(candidates.items[keep], candidates.scores[keep], candidates.ranks[keep])
     at = state.rows_of(candidates.items)
     known = at >= 0
-    unknown = np.float32(np.nan)
     facts = CandidateFacts(
         model_score=np.array(model, np.float32)[order],  # None (no vector) becomes NaN
         content_similarity=np.array(content, np.float32)[order],
-        popularity=np.where(known, state.popularity[at], unknown),
-        trend=np.where(known, state.trend[at], unknown),
+        # An item the state does not hold had no interactions in the run's data: offline, popularity
+        # 0 and trend (0 + 1) / (0 + 1) = 1, not unknown (NaN would read as a trend of 0).
+        popularity=np.where(known, state.popularity[at], np.float32(0.0)),
+        trend=np.where(known, state.trend[at], np.float32(1.0)),
         age_days=np.array(ages, np.float32)[order],
         category_affinity=category_affinity([c or () for c in categories], shares)[order],
         attributes=numeric_attributes(list(attribute_rows), attributes)[order],

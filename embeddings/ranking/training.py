@@ -43,19 +43,21 @@ def item_facts_load(item_ids: npt.NDArray[np.int64], *, reference: float, attrib
         ages[k] = (reference - (row[2] or row[3]).timestamp()) / DAY
         if attributes:
             attribute_rows[k] = row[4]
-    return ItemFacts(ages, categories, numeric_attributes(attribute_rows, attributes), _content(item_ids))
+    content_version, content = _content(item_ids)
+    return ItemFacts(ages, categories, numeric_attributes(attribute_rows, attributes), content, content_version)
 
 
-def _content(item_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32] | None:
+def _content(item_ids: npt.NDArray[np.int64]) -> tuple[int | None, npt.NDArray[np.float32] | None]:
+    """The active content version's id and its vectors of these items (zero rows for items without one)."""
     pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
     if pointer is None or not pointer.version.has_tables:
-        return None
+        return None, None
     owners, vectors = vectors_matrix(pointer.version.item_table, "item_id", item_ids)
     if not len(owners):
-        return None
+        return None, None
     content = np.zeros((len(item_ids), vectors.shape[1]), np.float32)
     content[np.searchsorted(item_ids, owners)] = vectors
-    return content
+    return pointer.version_id, content
 
 
 def ranking_stage_learn(
@@ -104,4 +106,8 @@ def ranking_stage_learn(
     state = ranking_state_build(data.matrix, times, data.item_ids, reference=reference, categories=categories)
     seconds["serving_state"] = time.perf_counter() - started - sum(seconds.values())
     outcome.report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    # What serving needs to see candidates as training did (ranking/serving.py, Stage).
+    outcome.report["content_version"] = items.content_version
+    read_at = data.read_at.timestamp() if data.read_at is not None else reference
+    outcome.report["clock_offset_seconds"] = round(max(read_at - reference, 0.0), 3)
     return outcome, state, time.perf_counter() - started

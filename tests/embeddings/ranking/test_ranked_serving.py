@@ -21,7 +21,7 @@ from embeddings.serving import version_nearest_items
 from embeddings.vectors.rows import Nearest, candidate_rows, category_newest_rows, vectors_of
 from embeddings.vectors.search import Filters
 from recsys.models import HiddenItem, Interaction, Item, User
-from recsys.rules.ruleset import RuleSet, item_conditions
+from recsys.rules.ruleset import Boost, RuleSet, item_conditions
 from recsys.services import items_upsert
 
 pytestmark = pytest.mark.django_db
@@ -325,3 +325,113 @@ def test_a_version_whose_state_predates_this_code_is_served_without_the_stage(tr
     answer = user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
 
     assert answer.strategy == "collaborative" and len(answer.items) == 5
+
+
+def test_a_version_whose_ranker_has_other_features_than_this_code_is_served_without_the_stage(trained):
+    # Before: the ranker was loaded and LightGBM's feature count check raised on every request (500)
+    artifacts = VersionArtifacts.objects.get(version=trained)
+    artifacts.ranking = {**artifacts.ranking, "features": artifacts.ranking["features"][:-1]}
+    artifacts.save(update_fields=["ranking"])
+
+    answer = user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
+
+    assert answer.strategy == "collaborative" and len(answer.items) == 5
+
+
+def test_switching_ranking_off_stops_serving_a_stage_that_won(trained, settings):
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    VersionArtifacts.objects.filter(version=trained).update(ranking_used=True)
+    assert user_recommendations_list(user_external_id="u2", limit=5).strategy == "ranked"
+
+    settings.RECSYS_RANKING = False  # before: read at training only, so a won stage went on being served
+
+    assert user_recommendations_list(user_external_id="u2", limit=5).strategy == "collaborative"
+    assert user_recommendations_list(user_external_id="u2", limit=5, ranking=True).strategy == "ranked"
+
+
+def test_a_boost_weighs_ranked_items_and_the_filtered_searchs_alike(trained, monkeypatch):
+    # Given a selective filter that leaves the stage one candidate, topped up from the model's search
+    import embeddings.recommendations as recommendations
+
+    rare = sorted({f"i{i}" for i in range(30)} - seen("u1"))[:6]
+    Item.objects.filter(external_id__in=rare).update(attributes={"rare": True})
+    first = Item.objects.get(external_id=rare[0])
+    ranked_list = recommendations.ranked_list
+
+    def few(stage, request, *, explain=False):
+        found = ranked_list(stage, request, explain=explain)
+        return type(found)([n for n in found.neighbours if n.item_id == first.pk], None)
+
+    monkeypatch.setattr(recommendations, "ranked_list", few)
+
+    def asked(boost: str) -> list[Any]:
+        rules = RuleSet(filters=("attributes.rare = true",), boosts=(Boost(boost, 1.5),))
+        answer = user_recommendations_list(user_external_id="u1", limit=6, ranking=True, rules=rules)
+        assert answer.strategy == "ranked"
+        return answer.items
+
+    # A boost that matches nothing keeps the ranked item first and the search's after it, on one
+    # positive scale (before: the ranker's scores and inner products sorted together)
+    plain = asked('id = "no-such-item"')
+    assert plain[0].id == rare[0] and sorted(i.id for i in plain) == rare
+    assert all(i.score > 0 for i in plain) and [i.score for i in plain] == sorted(
+        (i.score for i in plain), reverse=True
+    )
+    # ×1.5 lifts the search's second item (0.95² of the ranked one's score) above the ranked one
+    lifted = asked(f'id = "{plain[2].id}"')
+    assert [i.id for i in lifted[:3]] == [plain[2].id, plain[0].id, plain[1].id]
+
+
+def test_candidates_unknown_to_the_state_get_the_facts_training_gave_items_without_interactions():
+    import scipy.sparse as sp
+
+    from embeddings.ranking.offline import ranking_state_build
+    from embeddings.ranking.serving import facts_from_rows
+    from embeddings.ranking.sources import Candidates
+
+    state = ranking_state_build(sp.csr_matrix(np.ones((2, 1), np.float32)), None, np.array([7]), reference=0.0)
+    candidates = Candidates(np.array([7, 9]), np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32))
+    rows = [(7, "a", [], 1.0, None, 0.5, None, None), (9, "b", [], 2.0, None, 0.4, None, None)]
+
+    _, _, facts = facts_from_rows(state, (), candidates, rows, {})
+
+    # offline an item with no interactions has popularity 0 and trend (0 + 1) / (0 + 1) (before: NaN)
+    assert facts.popularity.tolist() == [100.0, 0.0] and facts.trend[1] == 1.0
+
+
+def test_the_stage_sees_candidates_on_the_clock_and_content_space_it_was_trained_on(trained, monkeypatch, settings):
+    from dataclasses import replace
+
+    from embeddings.ranking import serving
+
+    settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    report = VersionArtifacts.objects.get(version=trained).ranking
+    content_version = ActiveVersion.objects.get(kind=Kind.CONTENT).version_id
+    assert report["content_version"] == content_version and report["clock_offset_seconds"] >= 0
+    stage = serving.ranking_stage(trained)
+    built: list[Any] = []
+    build = serving.features_build
+
+    def recording(candidates, facts, **kwargs):
+        built.append(({int(i): k for k, i in enumerate(candidates.items)}, facts))
+        return build(candidates, facts, **kwargs)
+
+    monkeypatch.setattr(serving, "features_build", recording)
+    searched: list[Any] = []
+    nearest = serving.version_nearest_items
+    monkeypatch.setattr(serving, "version_nearest_items", lambda *a, **kw: searched.append(a) or nearest(*a, **kw))
+
+    for offset, version in ((0.0, content_version), (10 * 86_400.0, -1)):
+        serving._stages.forget(trained.pk)
+        trained_as = replace(stage, clock_offset=offset, content_version=version)
+        monkeypatch.setattr(serving, "_stage_read", lambda v, s=trained_as: s)
+        user_recommendations_list(user_external_id="u1", limit=5, ranking=True)
+
+    # ten days less of age when the run's data ended ten days before it read them (replayed data)
+    (first, now), (second, shifted) = built
+    common = sorted(set(first) & set(second))
+    assert common
+    ages = np.array([[now.age_days[first[i]], shifted.age_days[second[i]]] for i in common])
+    assert np.allclose(ages[:, 0] - 10, ages[:, 1], atol=0.01)
+    # a stage trained on another content version searches no content (its features read as without a profile)
+    assert len(searched) == 1 and np.isnan(shifted.content_similarity).all()
