@@ -37,3 +37,6 @@ class EmbeddingsConfig(AppConfig):
         signals.user_rules_changed.connect(user_deleted, weak=False, dispatch_uid="embeddings-user-rules")
         signals.items_stored.connect(items_stored, weak=False, dispatch_uid="embeddings-items-stored")
         signals.item_deleted.connect(catalogue_changed, weak=False, dispatch_uid="embeddings-item-deleted")
+        signals.interactions_imported.connect(
+            catalogue_changed, weak=False, dispatch_uid="embeddings-interactions-imported"
+        )

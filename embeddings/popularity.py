@@ -16,17 +16,18 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 
 from recsys import redis_store
 from recsys.deadline import deadline_lift, deadline_running
-from recsys.replicas import read_connection
+from recsys.replicas import read_connection, reading_from, replica_aliases
 from recsys.rules.ruleset import AVAILABLE, NO_RULES, RuleSet, item_conditions
 
 logger = logging.getLogger(__name__)
 DEPTH = 1000  # ranked items kept per (window, category); exclusions are applied after
 CACHE_SECONDS = 60
 GENERATION = "popular:generation"  # a counter: cached rankings of an older one are stale
+CHANGED_AT = "popular:changed-at"  # when it last moved (epoch seconds)
 QUIET_WINDOW_ITEMS = DEPTH // 10  # fewer items active in the window than this: rank by all time
 
 # Within the window each event counts exp(-age / window); the exponent is clamped because events
@@ -125,15 +126,23 @@ def _ranking_cached(window_days: float, category: str | None) -> list[Ranked]:
     # v2: {"generation", "ranked"}; a process of the code before reads "popular:" keys as lists
     key = redis_store.key(f"popular:v2:{window_days}:{category or ''}")
     try:
-        generation, cached = redis_store.run(lambda client: client.mget(redis_store.key(GENERATION), key))
+        generation, changed_at, cached = redis_store.run(
+            lambda client: client.mget(redis_store.key(GENERATION), redis_store.key(CHANGED_AT), key)
+        )
     except redis_store.RedisUnavailable:
-        generation, cached = None, None
+        generation, changed_at, cached = None, None, None
     current = int(generation or 0)
     if cached is not None:
         stored = json.loads(cached)
         if isinstance(stored, dict) and stored.get("generation") == current:
             return [tuple(row) for row in stored["ranked"]]  # type: ignore[misc]
-    ranked = _ranking(window_days, category)
+    if _replaying(changed_at):
+        # A replica may not have replayed the change yet: a ranking read there would hold the hidden
+        # or deleted item and be cached under the new generation, for everyone.
+        with reading_from(DEFAULT_DB_ALIAS):
+            ranked = _ranking(window_days, category)
+    else:
+        ranked = _ranking(window_days, category)
     try:
         value = json.dumps({"generation": current, "ranked": ranked})
         redis_store.run(lambda client: client.set(key, value, ex=CACHE_SECONDS))
@@ -222,7 +231,25 @@ def popular_rankings_forget() -> None:
 
 
 def _generation_next() -> None:
+    def bump(client: Any) -> None:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr(redis_store.key(GENERATION))
+            pipe.set(redis_store.key(CHANGED_AT), time.time(), ex=max(CACHE_SECONDS, 2 * _replay_seconds()))
+            pipe.execute()
+
     try:
-        redis_store.run(lambda client: client.incr(redis_store.key(GENERATION)))
+        redis_store.run(bump)
     except redis_store.RedisUnavailable:
         pass  # rankings cached before expire within CACHE_SECONDS
+
+
+def _replay_seconds() -> float:
+    return float(settings.RECSYS_READ_YOUR_WRITES_SECONDS)
+
+
+def _replaying(changed_at: bytes | str | None) -> bool:
+    """Whether the catalogue changed so recently that a read replica may not have replayed it (the
+    read-your-writes time: what a user who wrote is given too)."""
+    if changed_at is None or not replica_aliases():
+        return False
+    return time.time() - float(changed_at) < _replay_seconds()

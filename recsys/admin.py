@@ -32,7 +32,7 @@ from recsys.rules.scenarios import (
     scenario_cache_forget,
     scenario_fields_clean,
 )
-from recsys.signals import item_deleted, user_deleted
+from recsys.signals import item_deleted, items_stored, user_deleted, user_rules_changed
 
 admin.site.site_header = "recsys operator admin"
 admin.site.site_title = "recsys admin"
@@ -196,6 +196,20 @@ class ItemAdmin(ReferencedRowsAdmin):
     readonly_fields = ["created_at", "updated_at", "content_changed_at"]
     change_form_template = "admin/recsys/item/change_form.html"
 
+    def save_model(self, request: HttpRequest, obj: Item, form: Any, change: bool) -> None:
+        """As the API's upsert: the encoder's text changed moves ``content_changed_at`` (re-encoded),
+        and the change is announced once it commits (cached answers and popular rankings go stale: a
+        hidden flag or categories an operator set here were served for up to 5 minutes)."""
+        if not change or {"title", "text", "categories"} & set(form.changed_data):
+            obj.content_changed_at = timezone.now()
+        obj.is_stub = obj.is_stub and not change
+        super().save_model(request, obj, form, change)
+        items_stored.send(
+            sender=Item,
+            created=set() if change else {obj.external_id},
+            changed={obj.external_id} if change else set(),
+        )
+
     def search_condition(self, term: str) -> Q:
         # The generated search_vector column and its GIN index, as the keyword search API uses.
         from django.contrib.postgres.search import SearchQuery
@@ -335,6 +349,24 @@ class HiddenItemAdmin(LargeTableAdmin):
     list_display = ["user", "item", "created_at"]
     raw_id_fields = ["user", "item"]
     list_select_related = ["user", "item"]
+
+    # As POST/DELETE /users/{id}/hidden: the user's cached answers go and they read the primary.
+    def save_model(self, request: HttpRequest, obj: HiddenItem, form: Any, change: bool) -> None:
+        previous = HiddenItem.objects.filter(pk=obj.pk).values_list("user__external_id", flat=True).first()
+        super().save_model(request, obj, form, change)
+        for external_id in {obj.user.external_id, previous} - {None}:
+            user_rules_changed.send(sender=Scenario, external_id=external_id)
+
+    def delete_model(self, request: HttpRequest, obj: HiddenItem) -> None:
+        external_id = obj.user.external_id
+        super().delete_model(request, obj)
+        user_rules_changed.send(sender=Scenario, external_id=external_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[HiddenItem]) -> None:
+        users = set(queryset.values_list("user__external_id", flat=True))
+        super().delete_queryset(request, queryset)
+        for external_id in sorted(users):
+            user_rules_changed.send(sender=Scenario, external_id=external_id)
 
     def search_condition(self, term: str) -> Q:
         return Q(user__external_id=term) | Q(item__external_id=term)

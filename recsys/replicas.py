@@ -125,12 +125,16 @@ def serving_read(work: Callable[[], T], *, user: str | None = None) -> T:
 
 def replica_reads(*, user_argument: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorate a serving selector: it runs through ``serving_read``, for the user named by its
-    keyword argument ``user_argument`` (read-your-writes)."""
+    keyword argument ``user_argument``, else the user of its ``rules`` (``user=`` on similar,
+    session, popular, search: their hidden items) (read-your-writes: hiding an item takes effect on
+    the user's next request, whichever endpoint it is)."""
 
     def decorate(selector: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(selector)
         def wrapper(*args: Any, **kwargs: Any) -> T:
             user = kwargs.get(user_argument) if user_argument else None
+            if user is None:
+                user = getattr(kwargs.get("rules"), "hidden_for", None)
             return serving_read(lambda: selector(*args, **kwargs), user=user)
 
         return wrapper

@@ -14,3 +14,6 @@ item_deleted = Signal()
 user_deleted = Signal()
 # Sent after a user's hidden items change; ``external_id``: the user's client id.
 user_rules_changed = Signal()
+# Sent after a file import stored events (no arguments: every cached answer may be stale; the users'
+# vectors are folded in again by the sweep).
+interactions_imported = Signal()

@@ -173,6 +173,8 @@ def _documents_load(
             except ValidationFailed as error:
                 report.reject(row.line, RowError(error.message, row.external_id))
         created, changed = _documents_store(kind, documents)
+        if kind == "item" and (created or changed):  # as the API's upsert: answers, popular, encoding
+            items_stored.send(sender=Item, created=created, changed=changed - created)
         report.rows += len(batch)
         report.count(len(batch) - (report.rejected - rejected_before), len(created), len(changed - created))
     report.seconds = time.perf_counter() - started

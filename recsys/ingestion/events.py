@@ -57,7 +57,7 @@ from recsys.partitions import (
     partitions_list,
     span_is_fresh,
 )
-from recsys.signals import interactions_stored
+from recsys.signals import interactions_imported, interactions_stored
 
 Progress = Callable[[int], None]
 
@@ -414,6 +414,8 @@ def interactions_load(
         _loads_finish(loads, report)
     finally:
         loads.abandon()
+        if report.created or report.updated:  # what was committed, even if a later chunk failed
+            interactions_imported.send(sender=User)
     report.seconds = time.perf_counter() - started
     return report
 

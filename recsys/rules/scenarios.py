@@ -10,9 +10,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from recsys.errors import NotFound, ValidationFailed
+from recsys.errors import NotFound, UserNotFound, ValidationFailed
 from recsys.ids import is_external_id
-from recsys.models import HiddenItem, Item, Scenario
+from recsys.models import HiddenItem, Item, Scenario, User
 from recsys.rules.ruleset import MAX_BOOSTS, NO_RULES, Pin, RuleSet, expression_check, factor_check
 from recsys.rules.ruleset import Boost as BoostRule
 from recsys.selectors import user_get
@@ -216,7 +216,10 @@ def hidden_items_remove(*, user_external_id: str, items: list[str]) -> dict[str,
 
 
 def _hidden_change(statement: str, user_external_id: str, items: list[str]) -> dict[str, Any]:
-    user_get(external_id=user_external_id)  # 404 for an unknown user
+    # 404 for an unknown user, asked of the primary: a user created moments ago by an impression or
+    # an import is not on a lagging replica yet (user_get reads one), and the hide would be lost.
+    if not User.objects.filter(external_id=user_external_id).exists():
+        raise UserNotFound(f"user {user_external_id!r} does not exist")
     known = set(Item.objects.filter(external_id__in=items).values_list("external_id", flat=True))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(statement, {"user": user_external_id, "items": items})

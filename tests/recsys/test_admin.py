@@ -450,3 +450,40 @@ def test_the_admin_refuses_ids_the_api_could_never_address(admin_client, reserve
     assert not User.objects.filter(external_id=reserved).exists()
     admin_client.post("/admin/recsys/user/add/", {"external_id": "shopper-1", "attributes": "{}"})
     assert User.objects.filter(external_id="shopper-1").exists()
+
+
+def test_edits_in_the_admin_are_announced_as_the_api_announces_them(rf, admin_user):
+    # before: an operator hiding or re-categorising an item, or hiding one for a user, left cached answers
+    # and popular rankings serving it for up to 5 minutes, and a new text was never encoded again
+    from types import SimpleNamespace
+
+    from django.contrib.admin.sites import site
+
+    from recsys import signals
+    from recsys.models import HiddenItem
+
+    sent: list[tuple[str, dict]] = []
+    for name in ("items_stored", "user_rules_changed"):
+        getattr(signals, name).connect(
+            lambda sender, _n=name, **kw: sent.append((_n, kw)), weak=False, dispatch_uid=f"test-admin-{name}"
+        )
+    try:
+        request = rf.post("/admin/")
+        request.user = admin_user
+        item = ItemFactory(external_id="edited", title="old")
+        before = item.content_changed_at
+        item.title, item.is_hidden = "new", True
+        site._registry[Item].save_model(request, item, SimpleNamespace(changed_data=["title", "is_hidden"]), True)
+        user = User.objects.create(external_id="someone")
+        hidden = HiddenItem.objects.create(user=user, item=item)
+        site._registry[HiddenItem].delete_queryset(request, HiddenItem.objects.filter(pk=hidden.pk))
+    finally:
+        for name in ("items_stored", "user_rules_changed"):
+            getattr(signals, name).disconnect(dispatch_uid=f"test-admin-{name}")
+
+    item.refresh_from_db()
+    assert item.content_changed_at and (before is None or item.content_changed_at > before)
+    assert sent == [
+        ("items_stored", {"created": set(), "changed": {"edited"}, "signal": signals.items_stored}),
+        ("user_rules_changed", {"external_id": "someone", "signal": signals.user_rules_changed}),
+    ]

@@ -170,3 +170,47 @@ def test_a_serving_request_bounds_its_replica_statements_by_the_time_it_has_left
     # And a later read that is not a serving request runs at the connection's default again
     replicas.serving_read(lambda: None)
     assert getattr(connections[alias], "recsys_statement_timeout", None) is None
+
+
+def test_a_request_naming_a_user_for_their_hidden_items_reads_the_primary_after_they_wrote(add_replica, monkeypatch):
+    # similar, session, popular and search name the user in their rules (user=): hiding an item must
+    # take effect on that user's next request there too (before: only personalised read the primary)
+    from recsys.rules.ruleset import RuleSet
+
+    alias = add_replica()
+    monkeypatch.setattr(replicas, "replica_health", lambda alias: replicas.ReplicaHealth(alias, "ok", 0.0, 0.0))
+    replicas.users_wrote(external_ids=["hider"])
+
+    @replicas.replica_reads()
+    def selector(*, rules: RuleSet) -> str:
+        return replicas.read_alias()
+
+    assert selector(rules=RuleSet(hidden_for="hider")) == DEFAULT_DB_ALIAS
+    assert selector(rules=RuleSet(hidden_for="someone-else")) == alias
+    assert selector(rules=RuleSet()) == alias
+
+
+def test_a_popular_ranking_is_read_from_the_primary_while_replicas_may_lag_behind_a_catalogue_change(
+    add_replica, monkeypatch, settings
+):
+    # A ranking computed on a replica that has not replayed a hidden item would be cached under the new
+    # generation for everyone (before: for up to a minute)
+    from embeddings import popularity
+    from embeddings.recommendations import popular_items_list
+
+    alias = add_replica()
+    monkeypatch.setattr(replicas, "replica_health", lambda alias: replicas.ReplicaHealth(alias, "ok", 0.0, 0.0))
+    read_on: list[str] = []
+    ranking = popularity._ranking
+    monkeypatch.setattr(
+        popularity, "_ranking", lambda *a, **kw: read_on.append(replicas.read_alias()) or ranking(*a, **kw)
+    )
+    settings.RECSYS_READ_YOUR_WRITES_SECONDS = 30
+
+    popularity.popular_rankings_forget()  # outside a transaction: at once
+    popular_items_list(limit=5, window_days=None, category=None)
+    settings.RECSYS_READ_YOUR_WRITES_SECONDS = 0  # the replicas have replayed it since
+    popularity.popular_rankings_forget()
+    popular_items_list(limit=5, window_days=None, category=None)
+
+    assert read_on == [DEFAULT_DB_ALIAS, alias]

@@ -352,3 +352,30 @@ def test_a_csv_row_that_is_not_utf8_is_refused_and_the_rest_stored(tmp_path: Pat
 
     assert sorted(row[0] for row in stored_events()) == ["alice", "dave"]
     assert "line 3: not UTF-8" in output
+
+
+@pytest.fixture
+def announced() -> Iterator[list[str]]:
+    """The domain signals sent, by name, as the answer cache and popular rankings hear them."""
+    from recsys import signals
+
+    sent: list[str] = []
+    names = ("items_stored", "interactions_imported", "interactions_stored")
+    receivers = {name: (lambda sender, _name=name, **kwargs: sent.append(_name)) for name in names}
+    for name, receiver in receivers.items():
+        getattr(signals, name).connect(receiver, weak=False, dispatch_uid=f"test-{name}")
+    yield sent
+    for name in names:
+        getattr(signals, name).disconnect(dispatch_uid=f"test-{name}")
+
+
+def test_imports_announce_what_they_stored_so_cached_answers_go_stale(tmp_path: Path, announced) -> None:
+    # before: a file import sent nothing, and cached answers kept old categories, hidden flags and
+    # histories for up to 5 minutes
+    path = write(tmp_path / "events.csv", "user,item,type,timestamp\nalice,book-1,view,1704103200\n")
+    run("import_interactions", str(path))
+    assert announced == ["interactions_imported"]
+
+    announced.clear()
+    run("import_interactions", str(path))  # nothing new: nothing to announce
+    assert announced == []
