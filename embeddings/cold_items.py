@@ -212,7 +212,9 @@ def shrinkage_choose(
     cold_columns = content_columns[cold_rows]
     cold_test = int(np.isin(split.test.indices, cold_columns).sum())
     if not cold_test or len(warm_rows) < 10:
-        return ShrinkageChoice(1.0, None, len(cold_rows), cold_test)
+        # No evidence either way: the smallest factor, as the rule keeps it until a larger one is
+        # earned (a dense catalogue's split has no cold item, and 1 let mapped items outscore warm ones).
+        return ShrinkageChoice(SHRINKAGES[0], None, len(cold_rows), cold_test)
     if len(warm_rows) > max_fit:  # as a run fits its map (cold_placement.MAX_FIT_ITEMS)
         warm_rows = np.sort(np.random.default_rng(seed).choice(warm_rows, max_fit, replace=False))
     warm_columns = content_columns[warm_rows]

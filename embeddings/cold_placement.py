@@ -137,22 +137,30 @@ def cold_items_place(*, limit: int | None = None) -> int:
     written = seen = 0
     budget = limit or settings.RECSYS_COLD_ITEMS_MAX_PER_RUN
     while seen < budget:
-        ids, vectors = vector_rows.items_unmapped(
+        ids, vectors, mapped_from = vector_rows.items_unmapped(
             item_table=collaborative.item_table, content_table=content.item_table, limit=min(BATCH, budget - seen)
         )
         if not len(ids):
             break
         seen += len(ids)
-        written += _place(collaborative.item_table, stored, ids, vectors)
+        written += _place(collaborative.item_table, stored, ids, vectors, mapped_from)
     if written:
         logger.info("placed %d cold items in collaborative v%s", written, collaborative.pk)
         answers_invalidate_all()  # mapped items belong in personalised and similar lists now
     return written
 
 
-def _place(table: str, stored: StoredMap, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> int:
+def _place(
+    table: str,
+    stored: StoredMap,
+    ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    mapped_from: list[datetime],
+) -> int:
     embedding, fold_in = mapped_vectors(stored, vectors)
-    return vector_rows.mapped_vectors_upsert(item_table=table, ids=ids, vectors=embedding, fold_in=fold_in)
+    return vector_rows.mapped_vectors_upsert(
+        item_table=table, ids=ids, vectors=embedding, mapped_from=mapped_from, fold_in=fold_in
+    )
 
 
 def cold_items_place_schedule() -> bool:

@@ -337,9 +337,10 @@ def _candidates_statement(
 # ---- mapped (cold) items: placed in a collaborative version from their content vectors -----------
 
 # Items with a content vector and no collaborative row, or a mapped row older than their content
-# vector (the text changed since it was mapped); trained rows are never candidates.
+# vector (the text changed since it was mapped: a mapped row carries the updated_at of the content
+# row it was mapped from); trained rows are never candidates.
 _UNMAPPED = """
-    SELECT c.item_id, c.embedding FROM {content} c LEFT JOIN {table} v ON v.item_id = c.item_id
+    SELECT c.item_id, c.embedding, c.updated_at FROM {content} c LEFT JOIN {table} v ON v.item_id = c.item_id
     WHERE c.embedding IS NOT NULL AND (v.item_id IS NULL OR (v.mapped AND v.updated_at < c.updated_at))
     ORDER BY c.updated_at, c.item_id
     LIMIT %s
@@ -348,14 +349,19 @@ _UNMAPPED = """
 
 def items_unmapped(
     *, item_table: str, content_table: str, limit: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """(ids, content vectors) of at most ``limit`` items to place in ``item_table`` by the map."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], list[datetime]]:
+    """(ids, content vectors, the content rows' updated_at) of at most ``limit`` items to place in
+    ``item_table`` by the map."""
     statement = sql.SQL(_UNMAPPED).format(table=sql.Identifier(item_table), content=sql.Identifier(content_table))
     with cursor() as cur:
         rows = cur.execute(statement, [limit], binary=True).fetchall()
     if not rows:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
-    return np.array([r[0] for r in rows], dtype=np.int64), np.stack([as_array(r[1]) for r in rows])
+        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32), []
+    return (
+        np.array([r[0] for r in rows], dtype=np.int64),
+        np.stack([as_array(r[1]) for r in rows]),
+        [r[2] for r in rows],
+    )
 
 
 def mapped_vectors_upsert(
@@ -363,23 +369,28 @@ def mapped_vectors_upsert(
     item_table: str,
     ids: npt.NDArray[np.int64],
     vectors: npt.NDArray[np.float32],
+    mapped_from: list[datetime],
     fold_in: npt.NDArray[np.float32] | None = None,
 ) -> int:
-    """Write mapped item rows (``mapped`` = true); a trained row of the same item is never
-    overwritten, and an item deleted meanwhile is skipped. Returns the rows written."""
+    """Write mapped item rows (``mapped`` = true), each stamped with the ``updated_at`` of the content
+    row it was mapped from (``mapped_from``): a text encoded again while it was mapped is newer, so it
+    is mapped again (a stamp of the write's own time hid an encode that began before it). A trained
+    row of the same item is never overwritten, and an item deleted meanwhile is skipped. Returns the
+    rows written."""
     if not len(ids):
         return 0
     statement = sql.SQL(
         "INSERT INTO {table} AS t (item_id, embedding, fold_in, mapped, updated_at) "
-        "SELECT x.i, x.e::vector, x.f::vector, true, clock_timestamp() "
-        "FROM unnest(%s::int8[], %s::text[], %s::text[]) AS x(i, e, f) JOIN recsys_item ON recsys_item.id = x.i "
+        "SELECT x.i, x.e::vector, x.f::vector, true, x.u "
+        "FROM unnest(%s::int8[], %s::text[], %s::text[], %s::timestamptz[]) AS x(i, e, f, u) "
+        "JOIN recsys_item ON recsys_item.id = x.i "
         "ON CONFLICT (item_id) DO UPDATE SET embedding = EXCLUDED.embedding, fold_in = EXCLUDED.fold_in, "
         "updated_at = EXCLUDED.updated_at WHERE t.mapped"
     ).format(table=sql.Identifier(item_table))
     texts = [Vector(v).to_text() for v in vectors]
     extra = [Vector(v).to_text() for v in fold_in] if fold_in is not None else [None] * len(ids)
     with transaction.atomic(), cursor() as cur:
-        cur.execute(statement, [np.asarray(ids).tolist(), texts, extra])
+        cur.execute(statement, [np.asarray(ids).tolist(), texts, extra, list(mapped_from)])
         return int(cur.rowcount)
 
 

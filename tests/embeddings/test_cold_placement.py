@@ -57,7 +57,7 @@ def test_the_run_stores_a_content_map_fitted_on_the_active_content_version(train
     assert "content_map_r2" in trained.metrics
     # its penalty was chosen by the users' rankings of held-out items (the run's own users judge it)
     assert 0.0 <= trained.metrics["content_map_ndcg@10"] <= 1.0
-    # and the factor on mapped scores by the validation users' full rankings (1 without evidence)
+    # and the factor on mapped scores by the validation users' full rankings (0.1 without evidence)
     assert trained.metrics["content_map_shrinkage"] in SHRINKAGES
     assert not any(mapped_rows(trained.item_table).values())  # trained rows are not mapped
 
@@ -100,3 +100,33 @@ def test_a_retrain_replaces_mapped_vectors_with_learned_ones(trained):
     )
 
     assert mapped_rows(version.item_table)["new-pasta"] is False
+
+
+def test_a_text_encoded_again_while_it_was_being_mapped_is_mapped_again(trained):
+    # The encoder stamps its rows with its transaction's start; a placement that read the old vector and
+    # wrote after that start stamped the mapped row later, and the new text was never mapped (before)
+    from embeddings.models import ActiveVersion, Kind
+
+    items_upsert(rows=[{"id": "new-pasta", "title": "pasta basil", "text": "tomato sauce garlic pasta"}])
+    content.content_items_encode()
+    assert cold_items_place() == 1
+    content_table = ActiveVersion.objects.get(kind=Kind.CONTENT).version.item_table
+    with connection.cursor() as cursor:
+        stamps = sql.SQL(
+            "SELECT v.updated_at, c.updated_at FROM {} v JOIN {} c USING (item_id) JOIN recsys_item i ON i.id = item_id "
+            "WHERE i.external_id = 'new-pasta'"
+        ).format(sql.Identifier(trained.item_table), sql.Identifier(content_table))
+        cursor.execute(stamps.as_string(connection.connection))
+        mapped_at, encoded_at = cursor.fetchone()
+        assert mapped_at == encoded_at  # the content row it was mapped from
+        # the item's text encoded again by a transaction that began a moment after the old encode
+        cursor.execute(
+            sql.SQL(
+                "UPDATE {} c SET updated_at = c.updated_at + interval '1 millisecond' FROM recsys_item i "
+                "WHERE i.id = c.item_id AND i.external_id = 'new-pasta'"
+            )
+            .format(sql.Identifier(content_table))
+            .as_string(connection.connection)
+        )
+
+    assert cold_items_place() == 1
