@@ -265,7 +265,8 @@ class ModelVersionAdmin(GuardedAdmin):
             ", ".join(f"{name} {share:.0%}" for name, share in importances) or "—",
         )
 
-    @admin.action(description="Activate the selected version (serve it now)")
+    # permissions: Django offers an action to anyone who may see the list; activating needs change
+    @admin.action(description="Activate the selected version (serve it now)", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
@@ -393,6 +394,8 @@ class ModelVersionAdmin(GuardedAdmin):
     # ---- the embedding map ---------------------------------------------------------------------
 
     def map_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied("the embedding map needs the permission to view model versions")
         versions = maps.mappable_versions()
         chosen = self._chosen_version(request, versions)
         emap = maps.embedding_map_get(version_id=chosen.pk) if chosen else None
@@ -428,6 +431,8 @@ class ModelVersionAdmin(GuardedAdmin):
         return HttpResponseRedirect(reverse("admin:embeddings_modelversion_map") + f"?version={version_id}")
 
     def map_points_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         points = maps.embedding_map_points_get(version_id=version_id)
         if not points:
             raise Http404("no map computed for this version yet")

@@ -92,6 +92,8 @@ def experiment_stop_view(request: HttpRequest, experiment_id: int) -> HttpRespon
 
 @require_POST
 def experiment_promote_view(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    if not request.user.has_perm("embeddings.change_modelversion"):
+        raise PermissionDenied  # a variant's model version then serves everyone: an activation
     variant = request.POST.get("variant", "")
     return _act(
         request,

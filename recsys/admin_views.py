@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -156,7 +157,10 @@ class PreviewForm(forms.Form):
 
 
 def preview_view(request: HttpRequest) -> HttpResponse:
-    """Recommendations for any user id, as the API would answer them (with the reasons)."""
+    """Recommendations for any user id, as the API would answer them (with the reasons: the user's
+    own items), so only for staff who may view users, as the user's page is."""
+    if not request.user.has_perm("recsys.view_user"):
+        raise PermissionDenied("the preview needs the permission to view users")
     form = PreviewForm(request.GET or None)
     panel, user_pk = None, None
     if form.is_valid():  # an id that is not one (NUL, too long) is the form's error, never looked up

@@ -382,3 +382,28 @@ def test_pca_handles_empty_single_and_one_dimensional_input(shape):
 
     assert points.shape == (shape[0], 2)
     assert re.match("float32", str(points.dtype))
+
+
+def test_staff_who_may_only_view_keys_cannot_revoke_them_by_an_action(client, django_user_model, settings):
+    # Django offers an action to anyone who may open the list (before: a view-only account revoked
+    # clients' keys through the actions' dropdown; the versions' "activate" action had the same gap)
+    from django.contrib.auth.models import Permission
+
+    from recsys.api_keys import api_key_create
+    from recsys.models import ApiKey
+
+    models_trained(settings)
+    key, _raw = api_key_create(name="client", scopes=["read"])
+    viewer = django_user_model.objects.create_user("viewer", password="pw-123456789", is_staff=True)
+    viewer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_modelversion", "view_apikey", "view_user"])
+    )
+    client.force_login(viewer)
+
+    revoke = client.post("/admin/recsys/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+
+    assert revoke.status_code in (200, 302)
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is None
+    assert client.get(f"{MODELS}map/").status_code == 200  # viewing is what they may do
+    viewer.user_permissions.remove(*Permission.objects.filter(codename="view_user"))
+    assert client.get("/admin/preview/?user=u1").status_code == 403  # a user's items and their reasons
