@@ -129,6 +129,17 @@ class ReferencedRowsAdmin(LargeTableAdmin):
     deleted_signal: Signal
     REORGANISING = "Not deleted: the data is being reorganised (a partition roll-up). Retry in a minute."
 
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[str], dict[str, int], set[str], list[str]]:
+        """What the confirmation page lists: the users or items themselves. Django's own collects every
+        related row into memory to list it (every event and impression of a popular item: the page
+        never rendered and its delete timed out); their events, impressions, hidden items and vectors
+        go with them, as through the API (the page says so)."""
+        chosen = [f"{obj}: with its interactions, impressions, hidden items and vectors" for obj in objs]
+        perms_needed = set() if self.has_delete_permission(request) else {str(self.model._meta.verbose_name)}
+        return chosen, {str(self.model._meta.verbose_name_plural): len(chosen)}, perms_needed, []
+
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
             references_delete_begin()

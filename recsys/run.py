@@ -2,8 +2,8 @@
 
 It starts the embedded PostgreSQL/Redis when DATABASE_URL/REDIS_URL are unset (and stops only
 those it started), passes their URLs to its children, and runs web (gunicorn), Celery worker
-and beat in the foreground, restarting any of them that exits (with a backoff), until Ctrl-C or
-SIGTERM, when it stops all of them.
+and beat in the foreground, restarting any of them that exits (with a backoff), until Ctrl-C,
+SIGTERM or SIGHUP, when it stops all of them.
 
     python -m recsys.run serve            # web + a worker per queue kind (training, realtime, maintenance) + beat
     python -m recsys.run demo             # migrate, demo data, train, serve, print curl examples
@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from recsys import embedded
@@ -43,17 +43,16 @@ def services() -> Iterator[dict[str, str]]:
     env = dict(os.environ)
     folder = data_dir()
     started = []
-    if not env.get("DATABASE_URL"):
-        was_running = embedded.postgres_running(folder)
-        env["DATABASE_URL"] = embedded.postgres_url(folder)
-        started += [] if was_running else ["postgres"]
-    if not env.get("REDIS_URL"):
-        was_running = embedded.redis_running(folder)
-        env["REDIS_URL"] = embedded.redis_url(folder)
-        started += [] if was_running else ["redis"]
-    if started:
-        log(f"started embedded {' and '.join(started)} under {folder}")
     try:
+        # Named before it starts: a signal while it starts (a first initdb takes seconds) still stops it.
+        if not env.get("DATABASE_URL"):
+            started += [] if embedded.postgres_running(folder) else ["postgres"]
+            env["DATABASE_URL"] = embedded.postgres_url(folder)
+        if not env.get("REDIS_URL"):
+            started += [] if embedded.redis_running(folder) else ["redis"]
+            env["REDIS_URL"] = embedded.redis_url(folder)
+        if started:
+            log(f"started embedded {' and '.join(started)} under {folder}")
         yield env
     finally:
         if "redis" in started:
@@ -65,7 +64,54 @@ def services() -> Iterator[dict[str, str]]:
 
 
 def log(message: str) -> None:
-    print(f"[recsys] {message}", file=sys.stderr, flush=True)
+    # A closed terminal (the SIGHUP case) fails every write: that must not cut a stop short.
+    with suppress(OSError):
+        print(f"[recsys] {message}", file=sys.stderr, flush=True)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a CI timeout, systemd; a closed terminal, a dropped SSH
+EXEC_STOP_SECONDS = 10.0  # how long `exec` gives its child to stop after a forwarded signal
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP outside supervision. Their default action ends the process without its
+    ``finally`` blocks, leaving the embedded services (and an ``exec`` child) running; raised
+    instead, it unwinds through them. A BaseException, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    log(f"received {signal.Signals(signum).name}; stopping")
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)  # once: a second signal must not cut the cleanup short
+    raise Stopped(signum)
+
+
+def run_foreground(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` as a shell runs a foreground job, returning its exit code (128 + N when
+    signal N ended it). It shares our process group, so Ctrl-C reaches it from the terminal and it
+    decides (a REPL survives it, pytest tears down): we ignore SIGINT meanwhile, as a shell does,
+    and stop the services only after it exits. SIGTERM/SIGHUP to us reach it only through us: it
+    gets the same signal, EXEC_STOP_SECONDS to exit, then SIGKILL."""
+    child = subprocess.Popen(command, env=env, cwd=BASE_DIR)
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    except Stopped as stop:
+        child.send_signal(stop.signum)
+        try:
+            child.wait(timeout=EXEC_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log(f"{command[0]} did not stop in time; killing it")
+            child.kill()
+            child.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+    return 128 - code if code < 0 else code
 
 
 def manage(env: dict[str, str], *args: str) -> None:
@@ -126,7 +172,7 @@ def process_commands(port: str) -> dict[str, list[str]]:
 
 class Supervisor:
     """Runs named processes and restarts one that exits, after a backoff that grows while it keeps
-    failing; only a signal (Ctrl-C, SIGTERM) stops them all. A crashed worker costs background
+    failing; only a signal (Ctrl-C, SIGTERM, SIGHUP) stops them all. A crashed worker costs background
     work only: web keeps serving and the services stay up while it comes back."""
 
     BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -143,8 +189,8 @@ class Supervisor:
 
     def start(self, commands: dict[str, list[str]]) -> None:
         # Handlers first: a signal that arrives while the children start must still stop them.
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, self._on_signal)
         self.commands = dict(commands)
         for name in commands:
             self._spawn(name)
@@ -254,15 +300,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     port = os.environ.get("PORT", "8000")
-    with services() as env:
-        if args.mode == "exec":
-            command = args.command[1:] if args.command[:1] == ["--"] else args.command
-            return subprocess.run(command, env=env, cwd=BASE_DIR).returncode
-        if args.mode == "serve":
-            return serve(env, port)
-        from recsys.demo import demo_prepare
+    # From here until the supervisor takes over (after migrate, demo data), a stop signal unwinds.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stopped)
+    try:
+        with services() as env:
+            if args.mode == "exec":
+                command = args.command[1:] if args.command[:1] == ["--"] else args.command
+                return run_foreground(command, env)
+            if args.mode == "serve":
+                return serve(env, port)
+            from recsys.demo import demo_prepare
 
-        return demo_prepare(env, port, serve)
+            return demo_prepare(env, port, serve)
+    except Stopped as stop:
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

@@ -487,3 +487,27 @@ def test_edits_in_the_admin_are_announced_as_the_api_announces_them(rf, admin_us
         ("items_stored", {"created": set(), "changed": {"edited"}, "signal": signals.items_stored}),
         ("user_rules_changed", {"external_id": "someone", "signal": signals.user_rules_changed}),
     ]
+
+
+def test_deleting_an_item_from_the_admin_never_loads_its_events_to_list_them(admin_client, monkeypatch):
+    # Django's confirmation page collects every related row into memory to list it: a popular item's
+    # million events and impressions (before: the page never rendered and the delete timed out)
+    from django.contrib.admin.utils import NestedObjects
+
+    item = ItemFactory(external_id="popular-one")
+    InteractionFactory(item=item)
+    monkeypatch.setattr(NestedObjects, "collect", lambda *a, **kw: pytest.fail("collected the related rows"))
+
+    confirm = page(admin_client.get(f"/admin/recsys/item/{item.pk}/delete/"))
+    deleted = admin_client.post(f"/admin/recsys/item/{item.pk}/delete/", {"post": "yes"})
+    many = admin_client.post(
+        "/admin/recsys/user/",
+        {"action": "delete_selected", "_selected_action": list(User.objects.values_list("pk", flat=True))},
+    )
+
+    assert (
+        f"{item}: with its interactions" in confirm
+        and deleted.status_code == 302
+        and not Item.objects.filter(pk=item.pk).exists()
+    )
+    assert many.status_code == 200 and "Are you sure" in many.content.decode()

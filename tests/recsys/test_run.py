@@ -1,5 +1,5 @@
 """The supervisor behind `make serve` restarts a child that exits, with a growing backoff, and
-stops everything only on a signal."""
+stops everything only on a signal (what each signal does at each stage: test_run_signals.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ pytestmark = pytest.mark.unit  # pure: no service (make test-unit)
 
 @pytest.fixture
 def supervisor() -> Iterator[Supervisor]:
-    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     supervisor = Supervisor(env={})
     yield supervisor
     supervisor.stop()
-    signal.signal(signal.SIGTERM, handlers[0])
-    signal.signal(signal.SIGINT, handlers[1])
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def supervise(supervisor: Supervisor, seconds: float) -> None:
