@@ -8,7 +8,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -499,18 +499,26 @@ def encoder_cached(
     *,
     name: str,
     dimensions: int | None = None,
-    state: bytes = b"",
+    state: bytes | Callable[[], bytes] = b"",
     cache_key: Hashable | None = None,
     **options: Any,
 ) -> TextEncoder:
     """``encoder_create``'s encoder, built once per process and shared: encode with it, never fit it.
 
     ``cache_key`` (e.g. a model version's id) names the state so that it is not hashed on every
-    call; without it the key includes a SHA-256 of ``state``.
+    call; without it the key includes a SHA-256 of ``state``. ``state`` may be a function that reads
+    it (with a ``cache_key``): called only when this process has not loaded that key yet.
     """
     settings = json.dumps({"name": name, "dimensions": dimensions, **options}, sort_keys=True, default=str)
-    key = (settings, cache_key if cache_key is not None else hashlib.sha256(state).hexdigest())
-    return _cache.get(key, lambda: encoder_create(name=name, dimensions=dimensions, state=state, **options))
+    if callable(state):
+        if cache_key is None:
+            raise ValueError("a state read on demand needs a cache_key")
+        key = (settings, cache_key)
+        read = state
+    else:
+        key = (settings, cache_key if cache_key is not None else hashlib.sha256(state).hexdigest())
+        read = lambda: state  # noqa: E731
+    return _cache.get(key, lambda: encoder_create(name=name, dimensions=dimensions, state=read(), **options))
 
 
 def _forget_cache_in_child() -> None:

@@ -84,7 +84,8 @@ def query_encoder_poll(watch: Watch) -> int | None:
     version_id = ActiveVersion.objects.filter(kind=Kind.CONTENT).values_list("version_id", flat=True).first()
     if version_id is None or version_id in watch.loaded:
         return None
-    version = ModelVersion.objects.get(pk=version_id)
+    # Its state (megabytes for TF-IDF) is read by the encoder's load, not kept on the watch's copy.
+    version = ModelVersion.objects.defer("encoder_state", "item_gram", "centroids").get(pk=version_id)
     started = time.perf_counter()
     version_encoder(version, for_queries=True).encode([WARM_UP_TEXT])
     watch.loaded.add(version.pk)

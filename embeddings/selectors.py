@@ -58,7 +58,9 @@ def active_version_serving_forget() -> None:
 def active_versions_summary() -> dict[str, dict[str, object] | None]:
     """For the health report: per kind, the active version's number, algorithm and dimensions."""
     summary: dict[str, dict[str, object] | None] = {kind: None for kind in Kind.values}
-    for pointer in ActiveVersion.objects.select_related("version"):
+    # Only what the health report shows: the versions' encoder state and Gram matrix are megabytes.
+    fields = ("kind", "activated_at", "version__id", "version__algorithm", "version__dimensions")
+    for pointer in ActiveVersion.objects.select_related("version").only(*fields):
         version = pointer.version
         summary[pointer.kind] = {
             "version": version.pk,
@@ -80,7 +82,8 @@ def item_vectors_status(*, item_id: int) -> dict[str, dict[str, Any]]:
     """Per space, the active version holding a vector of this item and when it was written (and,
     for content, the item's cluster in that version)."""
     status: dict[str, dict[str, Any]] = {}
-    for pointer in ActiveVersion.objects.select_related("version").filter(version__has_tables=True):
+    pointers = ActiveVersion.objects.select_related("version").filter(version__has_tables=True)
+    for pointer in pointers.only("kind", "version__id", "version__kind"):
         written = vector_written(
             table=pointer.version.item_table, item_id=item_id, with_cluster=pointer.kind == Kind.CONTENT
         )

@@ -172,3 +172,25 @@ def test_a_failed_build_leaves_the_served_version_untouched(built, settings, mon
 def test_the_version_encoder_is_loaded_once_per_process(built):
     assert content.version_encoder(built) is content.version_encoder(built)
     assert content.version_encoder(built, for_queries=True) is content.version_encoder(built, for_queries=True)
+
+
+def test_a_fitted_encoders_state_is_read_once_per_process_not_with_every_copy_of_its_version(built, settings):
+    # The serving pointer is re-read every 2 s with the state deferred; reading version.encoder_state
+    # fetched the whole blob (a TF-IDF vocabulary: up to ~200 MB) each time (before)
+    from django.test.utils import CaptureQueriesContext
+
+    from embeddings.selectors import active_version_serving, active_version_serving_forget
+
+    settings.RECSYS_CONTENT_ENCODER = "tfidf-svd"
+    settings.RECSYS_CONTENT_DIMENSIONS = 3
+    content.content_sweep()
+    active_version_serving_forget()
+    first = content.version_encoder(active_version_serving(kind=Kind.CONTENT), for_queries=True)
+    active_version_serving_forget()
+    copy = active_version_serving(kind=Kind.CONTENT)  # a new instance, its state deferred
+
+    with CaptureQueriesContext(connection) as queries:
+        again = content.version_encoder(copy, for_queries=True)
+
+    assert again is first and not [q for q in queries.captured_queries if "encoder_state" in q["sql"]]
+    assert again.encode(["comet"]).shape == (1, 3)
