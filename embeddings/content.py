@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from embeddings import runs
 from embeddings.ann_tuning import version_ef_search_tune
@@ -32,7 +33,7 @@ from embeddings.encoders import (
     l2_normalise,
     nonzero_rows,
 )
-from embeddings.models import ActiveVersion, Kind, ModelVersion
+from embeddings.models import ActiveVersion, Kind, ModelVersion, Status
 from embeddings.vectors import rows as vector_rows
 from embeddings.vectors import tables
 from recsys.models import Item
@@ -326,6 +327,28 @@ class _advisory_lock:
                 cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self.name])
 
 
+def _refit_due(version: ModelVersion) -> bool:
+    """Whether a fitted encoder's catalogue has outgrown it: TF-IDF knows only the words of the items
+    it was fitted on (the first version is built a second after the first batch), so an item of new
+    words encodes to nothing (no vector: out of search, similar items and placement) and a query of
+    them finds nothing. Rebuilt at RECSYS_CONTENT_REFIT_GROWTH × the items fitted on: a geometric
+    series of builds, about twice the work of the last one in all."""
+    growth = settings.RECSYS_CONTENT_REFIT_GROWTH
+    if growth <= 0 or not encoder_learns(version.params.get("encoder", "")):
+        return False
+    fitted = int((version.counts or {}).get("items", 0))
+    wanted = max(int(growth * fitted), fitted + 1)
+    return Item.objects.all()[:wanted].count() >= wanted  # counts at most ``wanted`` rows
+
+
+def _failed_lately(config: dict[str, Any]) -> bool:
+    """A build with these settings failed within RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS: one that
+    cannot succeed (a model that is not there) would otherwise claim a new version every sweep."""
+    since = timezone.now() - timedelta(seconds=settings.RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS)
+    failed = ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED, params=config)
+    return failed.filter(finished_at__gte=since).exists()
+
+
 def content_encode_schedule() -> bool:
     """Sweep about a second from now (one task however many batches arrive): changed items get
     encoded, and the very first items get a first version built. False when Redis is away: the
@@ -346,19 +369,22 @@ def content_encode_schedule() -> bool:
 
 def content_sweep() -> dict[str, Any]:
     """The beat task: start building a first version, or a new one when the configured encoder
-    changed (on the training queue); and encode whatever the active version has not seen."""
+    changed or a fitted one's catalogue outgrew it (on the training queue); and encode whatever the
+    active version has not seen, with its own encoder, while a build runs too."""
     from embeddings import tasks
 
-    active = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
-    if active is None or active.version.params != content_encoder_config():
-        if not Item.objects.exists():
-            return {"building": None, "encoded": 0}
+    config = content_encoder_config()
+    active = ActiveVersion.objects.select_related("version").defer("version__encoder_state").filter(kind=Kind.CONTENT)
+    pointer = active.first()
+    if pointer is None or pointer.version.params != config or _refit_due(pointer.version):
+        if not Item.objects.exists() or _failed_lately(config):
+            return {"building": None, "encoded": content_items_encode() if pointer else 0}
         try:
-            version = content_version_create()
-        except runs.TrainingAlreadyRunning:
-            return {"building": None, "encoded": 0}
+            version = content_version_create(config=config)
+        except runs.TrainingAlreadyRunning:  # a build runs: new items still reach the served version
+            return {"building": None, "encoded": content_items_encode() if pointer else 0}
         runs.run_enqueue(version_id=version.pk, task=tasks.content_model_build)
-        return {"building": version.pk, "encoded": content_items_encode() if active else 0}
+        return {"building": version.pk, "encoded": content_items_encode() if pointer else 0}
     encoded = content_items_encode()
     placed = 0
     if settings.RECSYS_COLD_ITEMS:

@@ -473,6 +473,11 @@ RECSYS_CONTENT_ENCODER = env_str("RECSYS_CONTENT_ENCODER", "minilm")
 RECSYS_CONTENT_DIMENSIONS = env_int("RECSYS_CONTENT_DIMENSIONS", 256, minimum=2)  # tfidf-svd only
 RECSYS_CONTENT_FIELDS = env_list("RECSYS_CONTENT_FIELDS", ["title", "text", "categories"])
 RECSYS_CONTENT_BATCH = env_int("RECSYS_CONTENT_BATCH", 256, minimum=1)  # items per incremental batch
+# A fitted encoder (tfidf-svd) knows only the words of the items it was fitted on: rebuilt once the
+# catalogue has grown to this multiple of them (0: never; MiniLM is never refitted).
+RECSYS_CONTENT_REFIT_GROWTH = env_float("RECSYS_CONTENT_REFIT_GROWTH", 2.0)
+# A content build with the configured settings that failed is not tried again for this long.
+RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS = env_int("RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS", 3600, minimum=0)
 
 # Cold items in the collaborative space: each collaborative run fits a ridge map from content
 # vectors to item vectors; items with text but no collaborative vector get a mapped one in the

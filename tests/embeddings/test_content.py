@@ -194,3 +194,59 @@ def test_a_fitted_encoders_state_is_read_once_per_process_not_with_every_copy_of
 
     assert again is first and not [q for q in queries.captured_queries if "encoder_state" in q["sql"]]
     assert again.encode(["comet"]).shape == (1, 3)
+
+
+@pytest.fixture
+def tfidf(settings):
+    """A TF-IDF version fitted on the first two items only (the first build starts a second after the
+    first batch)."""
+    settings.RECSYS_CONTENT_ENCODER = "tfidf-svd"
+    settings.RECSYS_CONTENT_DIMENSIONS = 2
+    settings.RECSYS_CONTENT_CLUSTERS = 2
+    items_upsert(rows=CATALOGUE[:2])
+    return content.content_model_build(version_id=content.content_version_create().pk)
+
+
+def test_a_fitted_encoder_is_built_again_once_the_catalogue_outgrows_what_it_learned(tfidf, settings):
+    # Before: the first version's vocabulary (two cooking items) was kept for good, and the sky items'
+    # words encoded to nothing: no vector, out of search and similar items
+    items_upsert(rows=[CATALOGUE[2]])  # 3 items: not yet twice the 2 it was fitted on
+    assert content.content_sweep()["building"] is None
+    items_upsert(rows=[CATALOGUE[3]])
+
+    outcome = content.content_sweep()  # eager Celery: the build runs inside the sweep
+
+    active = ActiveVersion.objects.select_related("version").get(kind=Kind.CONTENT).version
+    assert outcome["building"] == active.pk != tfidf.pk and active.counts["items"] == 4
+    assert rows(active)["comet"][0] is True and rows(tfidf).get("comet", (False,))[0] is False
+    settings.RECSYS_CONTENT_REFIT_GROWTH = 0  # off
+    items_upsert(rows=[{"id": f"more{k}", "text": "telescope"} for k in range(8)])
+    assert content.content_sweep()["building"] is None
+
+
+def test_a_build_that_failed_is_not_claimed_again_every_sweep(built, settings, monkeypatch):
+    settings.RECSYS_CONTENT_ENCODER = "tfidf-svd"  # a new configuration: a build is due
+    monkeypatch.setattr(content, "kmeans_centroids", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(Exception):  # noqa: B017  # eager Celery: RuntimeError, wrapped as the broker failing
+        content.content_sweep()  # eager: the build fails inside the sweep
+    failed = ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED).count()
+
+    outcome = content.content_sweep()
+
+    assert outcome["building"] is None and failed == 1
+    assert ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED).count() == 1
+    settings.RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS = 0
+    with pytest.raises(Exception):  # noqa: B017  # eager Celery: RuntimeError, wrapped as the broker failing
+        content.content_sweep()  # tried again once the pause is over
+
+
+def test_while_a_build_runs_new_items_still_reach_the_served_version(built, settings):
+    # Before: the sweep returned on the build's lease and encoded nothing for the build's whole run
+    settings.RECSYS_CONTENT_ENCODER = "tfidf-svd"
+    content.content_version_create()  # a build claimed (on the training queue, still running)
+    items_upsert(rows=[{"id": "late", "text": "comet tails"}])
+
+    outcome = content.content_sweep()
+
+    assert outcome == {"building": None, "encoded": 1}
+    assert rows(built)["late"][0] is True
