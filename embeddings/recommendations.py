@@ -167,7 +167,8 @@ def user_recommendations_list(
 
     def compute() -> Answer:
         found = _user_recommendations(request)
-        return answer_rules_apply(found, rules, limit=limit, exclude=exclude, category=category)
+        seen_by = None if include_seen else user_external_id
+        return answer_rules_apply(found, rules, limit=limit, exclude=exclude, category=category, seen_by=seen_by)
 
     return answer_through_cache(f"user:{user_external_id}", json.dumps(key) + rules.key(), compute)
 

@@ -27,7 +27,10 @@ _CHECK = """
 """
 _PINNABLE = """(i.external_id = ANY(%(rule_pins)s) AND NOT i.is_hidden
     AND i.external_id <> ALL(%(rule_exclude)s::text[]) AND i.id <> ALL(%(rule_exclude_ids)s::int8[])
-    {category} {conditions})"""
+    {category} {conditions} {unseen})"""
+# A personalised answer never holds what the user has seen (API.md), pinned items included.
+_UNSEEN = """AND NOT EXISTS (SELECT 1 FROM recsys_interaction x
+    WHERE x.user_id = (SELECT id FROM recsys_user WHERE external_id = %(rule_seen_by)s) AND x.item_id = i.id)"""
 
 
 def answer_rules_apply(
@@ -38,17 +41,21 @@ def answer_rules_apply(
     category: str | None = None,
     exclude: tuple[str, ...] = (),
     exclude_ids: tuple[int, ...] = (),
+    seen_by: str | None = None,
 ) -> Answer:
     """Boosts multiply the scores of matching candidates (a positive score is multiplied, a
     negative one divided, so a factor above 1 always lifts), buried items go after all others,
     pinned items take their positions when they pass the filters and are not excluded (``exclude``:
-    client ids, ``exclude_ids``: database ids), and the answer is cut to ``limit``. Candidates from
+    client ids, ``exclude_ids``: database ids; ``seen_by``: nor seen by that user), and the answer is
+    cut to ``limit``. Candidates from
     a vector query carry their boost matches; others, and the pins, are checked in one query."""
     if not rules.reorders or (not answer.items and not rules.pins):
         answer.items = answer.items[:limit]
         return answer
     unread = [i.id for i in answer.items if i.boosts is None] if rules.boosts else []
-    rows = _checked(unread, rules, (list(exclude), list(exclude_ids)), category) if unread or rules.pins else {}
+    rows = (
+        _checked(unread, rules, (list(exclude), list(exclude_ids)), category, seen_by) if unread or rules.pins else {}
+    )
     items = _boosted(answer.items, rows, [b.factor for b in rules.boosts])
     if rules.buries:
         buried = set(rules.buries)
@@ -58,7 +65,11 @@ def answer_rules_apply(
 
 
 def _checked(
-    ids: list[str], rules: RuleSet, excluded: tuple[list[str], list[int]], category: str | None
+    ids: list[str],
+    rules: RuleSet,
+    excluded: tuple[list[str], list[int]],
+    category: str | None,
+    seen_by: str | None = None,
 ) -> dict[str, tuple[Any, ...]]:
     """Per item of ``ids`` and per pinned item: (until, pinnable, boost matches...), in one round trip."""
     boosts, params = boost_columns(rules)
@@ -69,8 +80,10 @@ def _checked(
         pinnable = _PINNABLE.format(
             category="AND i.categories @> ARRAY[%(rule_category)s]::varchar[]" if category else "",
             conditions=conditions,
+            unseen=_UNSEEN if seen_by is not None else "",
         )
         params.update(condition_params, rule_pins=[p.item for p in rules.pins], rule_category=category)
+        params.update(rule_seen_by=seen_by)
         params.update(rule_exclude=excluded[0], rule_exclude_ids=excluded[1])
     with cursor() as cur:  # a prepared statement, like the vector searches
         cur.execute(_CHECK.format(pinnable=pinnable, boosts=boosts), params)

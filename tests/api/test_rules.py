@@ -228,6 +228,21 @@ def test_pins_take_their_positions_when_the_item_passes_the_rules(reader, traine
     assert "i29" not in filtered and filtered[2] == "i28"
 
 
+def test_a_pin_never_shows_a_user_an_item_they_have_seen_unless_asked(reader, trained):
+    # API.md: personalised answers never hold an item the user has seen (before: a pin did)
+    from recsys.models import Interaction
+
+    seen = Interaction.objects.filter(user__external_id="u3").values_list("item__external_id", flat=True).first()
+    scenario_put(name="seen-pin", body={"pins": [{"item": seen, "position": 1}]})
+
+    found = ids(reader.get("/api/v1/users/u3/recommendations?limit=5&scenario=seen-pin"))
+    asked = ids(reader.get("/api/v1/users/u3/recommendations?limit=5&scenario=seen-pin&include_seen=true"))
+    other = ids(reader.get("/api/v1/users/u25/recommendations?limit=5&scenario=seen-pin"))
+
+    assert seen not in found and asked[0] == seen
+    assert other[0] == seen or Interaction.objects.filter(user__external_id="u25", item__external_id=seen).exists()
+
+
 def test_buried_items_come_after_every_other_candidate(reader, trained):
     plain = ids(reader.get("/api/v1/users/u3/recommendations?limit=5"))
     scenario_put(name="buried", body={"buries": [plain[0]]})
@@ -251,12 +266,14 @@ def test_a_personalised_request_with_a_scenario_stays_within_its_queries(
     reader, trained, settings, django_assert_max_num_queries, monkeypatch
 ):
     settings.RECSYS_ANSWER_CACHE_SECONDS = 0
+    seen = set(Interaction.objects.filter(user__external_id="u3").values_list("item__external_id", flat=True))
+    pin = next(f"i{k}" for k in range(0, 30, 2) if f"i{k}" not in seen)  # in stock, and u3 has not seen it
     scenario_put(
         name="home",
         body={
             "filter": "attributes.in_stock = true",
             "boost": [{"expression": "attributes.price > 20", "factor": 2}],
-            "pins": [{"item": "i2", "position": 1}],
+            "pins": [{"item": pin, "position": 1}],
         },
     )
     ids(reader.get("/api/v1/users/u3/recommendations?scenario=home"))  # the scenario is cached per process
@@ -282,7 +299,7 @@ def test_a_personalised_request_with_a_scenario_stays_within_its_queries(
     # The one-statement search (filters, boost matches and hidden items inside) and the pins' check
     # (the API key was read by the request before: each web process caches it for a few seconds).
     assert len(statements) == 2, "\n\n".join(s[:150] for s in statements)
-    assert found[0] == "i2"
+    assert found[0] == pin
 
 
 # ---- hidden items -------------------------------------------------------------------------------------
