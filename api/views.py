@@ -62,7 +62,8 @@ class ItemDetailView(ApiView):
     )
     def put(self, request: Request, item_id: str) -> Response:
         item, created = services.item_upsert(external_id=item_id, data=request.data)
-        return Response(s.ItemSerializer(item).data, status=201 if created else 200)
+        vectors = item_vectors_status(item_id=item.pk)  # as GET answers (was always {})
+        return Response(s.ItemSerializer(item, context={"vectors": vectors}).data, status=201 if created else 200)
 
     @extend_schema(operation_id="item_delete", responses={204: None, **ERRORS, **NOT_FOUND})
     def delete(self, request: Request, item_id: str) -> Response:

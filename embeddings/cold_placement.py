@@ -25,6 +25,7 @@ from embeddings.cold_items import (
     shrinkage_choose,
     stored_map_fit,
 )
+from embeddings.encoders import encoder_learns
 from embeddings.evaluation import Split
 from embeddings.learners import Factors
 from embeddings.models import ActiveVersion, Kind, ModelVersion, VersionArtifacts
@@ -133,7 +134,7 @@ def cold_items_place(*, limit: int | None = None) -> int:
     if collaborative is None or content is None:
         return 0
     content_version_id, stored = stored_map(collaborative.pk)
-    if stored is None or content_version_id != content.pk:
+    if stored is None or not _same_space(content_version_id, content):
         return 0
     written = seen = 0
     budget = limit or settings.RECSYS_COLD_ITEMS_MAX_PER_RUN
@@ -149,6 +150,18 @@ def cold_items_place(*, limit: int | None = None) -> int:
         logger.info("placed %d cold items in collaborative v%s", written, collaborative.pk)
         answers_invalidate_all()  # mapped items belong in personalised and similar lists now
     return written
+
+
+def _same_space(fitted_on: int | None, content: ModelVersion) -> bool:
+    """Whether the map, fitted on content version ``fitted_on``, reads ``content``'s vectors: the same
+    version, or one of the same pretrained encoder and settings (a MiniLM version built again, a
+    rollback to one: the same space; a fitted encoder's versions each have their own)."""
+    if fitted_on == content.pk:
+        return True
+    if fitted_on is None or encoder_learns(content.params.get("encoder", "")):
+        return False
+    fitted = ModelVersion.objects.filter(pk=fitted_on).values_list("params", flat=True).first()
+    return fitted == content.params
 
 
 def _place(

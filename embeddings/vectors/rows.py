@@ -481,7 +481,10 @@ def items_sample(*, table: str, limit: int, with_cluster: bool) -> list[tuple[An
     statement = sql.SQL(_SAMPLE).format(
         table=sql.Identifier(table),
         cluster=sql.SQL("v.cluster" if with_cluster else "NULL::int"),
-        sampling=sql.SQL("TABLESAMPLE BERNOULLI ({})").format(sql.Literal(percent)) if percent < 100 else sql.SQL(""),
+        # REPEATABLE: the same rows each time the same table is sampled (a map computed again is the same map)
+        sampling=sql.SQL("TABLESAMPLE BERNOULLI ({}) REPEATABLE (0)").format(sql.Literal(percent))
+        if percent < 100
+        else sql.SQL(""),
     )
     with cursor() as cur:
         return cur.execute(statement, [limit]).fetchall()

@@ -184,3 +184,16 @@ def test_batch_envelope_must_hold_a_list(writer):
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_put_answers_the_items_vectors_as_a_get_does(writer, settings):
+    from embeddings import content
+
+    settings.RECSYS_CONTENT_ENCODER = "fake"
+    writer.put("/api/v1/items/lamp", {"title": "desk lamp", "text": "a lamp"}, format="json")
+    content.content_model_build(version_id=content.content_version_create().pk)
+
+    answer = writer.put("/api/v1/items/lamp", {"title": "desk lamp", "text": "a brighter lamp"}, format="json")
+
+    assert answer.status_code == 200
+    assert answer.json()["vectors"] == writer.get("/api/v1/items/lamp").json()["vectors"] != {}  # was always {}

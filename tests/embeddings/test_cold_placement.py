@@ -130,3 +130,14 @@ def test_a_text_encoded_again_while_it_was_being_mapped_is_mapped_again(trained)
         )
 
     assert cold_items_place() == 1
+
+
+def test_placement_goes_on_after_the_same_pretrained_encoder_builds_a_new_content_version(trained):
+    # The same model and settings: the same space, so the run's map still reads it (before: nothing was
+    # placed until the next collaborative run)
+    content.content_model_build(version_id=content.content_version_create().pk)
+    items_upsert(rows=[{"id": "new-scope", "title": "telescope planets", "text": "galaxies comet stars telescope"}])
+    content.content_items_encode()
+
+    assert cold_items_place() == 1
+    assert mapped_rows(trained.item_table)["new-scope"] is True
