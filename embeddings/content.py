@@ -45,6 +45,9 @@ DEBOUNCE_SECONDS = 1
 CONTINUATION_KEY = "content:encode:continuation"  # a next part of the encoding is queued
 CONTINUATION_TTL_SECONDS = 600  # a lost task (broker away) frees the key for the next sweep
 FIRST_BATCH = 16  # items in an encoding's first batch, before their time is known
+# Characters in an encoding's first batch: 16 texts of the API's 100,000 characters (in CJK scripts
+# a token per character) took minutes and could pass a task's time limit before writing anything.
+FIRST_BATCH_CHARS = 20_000
 BUILD_PROGRESS_EVERY = 2048  # items between progress updates of a build
 
 
@@ -118,6 +121,17 @@ def _item_texts(rows: list[tuple[Any, ...]], fields: list[str]) -> ItemTexts:
         texts=[item_text(title=r[1], text=r[2], categories=r[3] or [], fields=fields) for r in rows],
         changed_at=[r[4] for r in rows],
     )
+
+
+def _within_chars(items: ItemTexts, chars: float) -> ItemTexts:
+    """The first of ``items`` whose texts hold at most ``chars`` characters together (one at least)."""
+    total, keep = 0, 0
+    for text in items.texts:
+        total += len(text)
+        if keep and total > chars:
+            break
+        keep += 1
+    return ItemTexts(items.ids[:keep], items.texts[:keep], items.changed_at[:keep])
 
 
 def _encode(encoder: TextEncoder, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
@@ -249,22 +263,25 @@ def content_items_encode(*, budget_seconds: float | None = None, continuation: b
             return 0
         encoder = version_encoder(version)
         centroids = np.asarray(version.centroids or [], dtype=np.float32)
-        # Batches sized to the budget from the time an item has taken (long texts: a third of a
-        # second each with MiniLM here), starting small; always one batch at least.
-        size = min(FIRST_BATCH, settings.RECSYS_CONTENT_BATCH)
+        # Batches sized to the budget from the time an item and a character have taken (long texts:
+        # a third of a second each with MiniLM here), starting small; always one item at least.
+        size, chars = min(FIRST_BATCH, settings.RECSYS_CONTENT_BATCH), float(FIRST_BATCH_CHARS)
         while left and (not written or time.monotonic() < deadline):
             started = time.monotonic()
             marked = vector_rows.items_unencoded(item_table=version.item_table, limit=size)
             left = len(marked) == size  # fewer: none was left (items written since schedule their own)
             if marked:
-                items = _item_texts(marked, version.params["fields"])
+                items = _within_chars(_item_texts(marked, version.params["fields"]), chars)
+                left = left or len(items.texts) < len(marked)
+                marked = marked[: len(items.texts)]
                 vectors, present = _encode(encoder, items.texts)
                 clusters = nearest_centroid(vectors, centroids) if len(centroids) else None
                 written += tables.content_vectors_write(
                     version.pk, items.ids, vectors, present, items.changed_at, clusters
                 )
-                per_item = (time.monotonic() - started) / len(marked)
-                size = int(min(settings.RECSYS_CONTENT_BATCH, max(1, (deadline - time.monotonic()) / per_item)))
+                spent, remaining = time.monotonic() - started, max(deadline - time.monotonic(), 0.0)
+                size = int(min(settings.RECSYS_CONTENT_BATCH, max(1, remaining / (spent / len(marked)))))
+                chars = remaining / (spent / max(sum(map(len, items.texts)), 1))
     if written and left:
         _continuation_queue()
     if written:

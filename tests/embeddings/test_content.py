@@ -109,6 +109,22 @@ def test_a_backlog_past_the_budget_goes_on_in_a_task_queued_behind_what_arrived_
     assert len(queued) == 1 and content.items_awaiting_encoding() == 0
 
 
+def test_an_encodings_first_batch_is_bounded_by_its_characters_not_only_its_items(
+    built, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    # 16 texts of the API's 100,000 characters took minutes before a first write (before: the first
+    # batch was 16 items, whatever their length)
+    monkeypatch.setattr(content, "FIRST_BATCH_CHARS", 30)
+    items_upsert(rows=[{"id": f"long{n}", "text": "comet " * 4} for n in range(3)])  # ~30 characters each
+    queued = []
+    monkeypatch.setattr(content_tasks.content_items_encode, "delay", lambda **kwargs: queued.append(kwargs))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        written = content.content_items_encode(budget_seconds=0)
+
+    assert written == 1 and queued == [{"continuation": True}] and content.items_awaiting_encoding() == 2
+
+
 def test_items_awaiting_encoding_counts_what_changed(built):
     items_upsert(rows=[{"id": "pasta", "text": "pasta with lots of garlic"}, {"id": "n1"}, {"id": "n2"}])
 
