@@ -3,15 +3,20 @@ that show what serving does with them, and the site's index (linking the dashboa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
-from django.db import OperationalError, transaction
-from django.db.models import DateTimeField, Func, Q, QuerySet
+from django.db import OperationalError, connection, transaction
+from django.db.models import DateTimeField, Func, ProtectedError, Q, QuerySet
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils import timezone
@@ -20,9 +25,9 @@ from django.utils.text import Truncator
 from recsys import admin_views
 from recsys.admin_format import moment
 from recsys.admin_guard import GuardedAdmin
-from recsys.admin_selectors import EXACT_COUNT_BELOW, item_categories, table_row_count
+from recsys.admin_selectors import EXACT_COUNT_BELOW, event_types_in_use, item_categories, table_row_count
 from recsys.api_keys import api_key_create, api_key_revoke
-from recsys.db import lock_not_available
+from recsys.db import lock_not_available, query_canceled
 from recsys.errors import ValidationFailed
 from recsys.ingestion.writer import references_delete_begin
 from recsys.models import ApiKey, EventType, HiddenItem, Interaction, Item, Scenario, User
@@ -38,10 +43,49 @@ admin.site.site_header = "recsys operator admin"
 admin.site.site_title = "recsys admin"
 admin.site.index_template = "admin/recsys/index.html"
 
+# OFFSET reads every row before the page and drops it: page 200 of 50 rows reads 10,000, the last page
+# of a 100M-row estimate would read them all. Past this page, search or filter instead.
+MAX_PAGES = 200
+
+
+def admin_timeout_ms() -> int:
+    return int(settings.RECSYS_ADMIN_STATEMENT_TIMEOUT_MS)
+
+
+@contextmanager
+def admin_statement_timeout() -> Iterator[None]:
+    """Cut each statement of the block after ``admin_timeout_ms()`` (0: never): a sort or a filter no
+    index serves must not hold a web worker and a PostgreSQL backend for minutes. Set for the block's
+    own transaction (a savepoint in a caller's) and set back to what it was when the block ends: the
+    connection is persistent, and a SET LOCAL lasts to the end of an enclosing transaction (a block
+    that fails rolls back, its setting with it). A cut statement raises OperationalError (query_canceled)."""
+    milliseconds = admin_timeout_ms()
+    if milliseconds <= 0:
+        yield
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout')")
+        before = cursor.fetchone()[0]
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{milliseconds}ms"])
+        yield
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [before])
+
+
+def timed_out(error: OperationalError) -> str:
+    """What a statement cut by ``admin_statement_timeout`` means, for a message; re-raises other errors."""
+    if not query_canceled(error):
+        raise error
+    return f"cut after {admin_timeout_ms() / 1000:g} s"
+
 
 class EstimatedCountPaginator(Paginator):
     """Never COUNT(*) a big table: an unfiltered list takes the planner's row estimate, a filtered
-    one counts at most EXACT_COUNT_BELOW matches (so its last pages may be out of reach)."""
+    one counts at most EXACT_COUNT_BELOW matches (so its last pages may be out of reach). No page
+    past MAX_PAGES: neither linked nor read (Django refuses it as a page past the end)."""
+
+    @cached_property
+    def num_pages(self) -> int:
+        return min(super().num_pages, MAX_PAGES)
 
     @cached_property
     def count(self) -> int:
@@ -50,16 +94,46 @@ class EstimatedCountPaginator(Paginator):
             return len(queryset)
         if not queryset.query.where:
             return table_row_count(table=queryset.model._meta.db_table).value
-        return queryset[:EXACT_COUNT_BELOW].count()
+        return queryset.order_by()[:EXACT_COUNT_BELOW].count()  # unordered: any matches will do
+
+
+class LargeTableChangeList(ChangeList):
+    """Reads the count and the page's rows under the admin's statement timeout (a cut read is Django's
+    answer to a bad lookup: the plain list, fast by id and the estimate, with why), and sorts only by
+    the columns of ``sortable_by`` (Django links only those, but applies ``?o=`` to any column)."""
+
+    def get_ordering_field(self, field_name: Any) -> Any:
+        if self.sortable_by is not None and field_name not in self.sortable_by:
+            return None  # as Django treats a column it cannot sort by: ignored
+        return super().get_ordering_field(field_name)
+
+    def get_results(self, request: HttpRequest) -> None:
+        try:
+            with admin_statement_timeout():
+                super().get_results(request)
+                len(self.result_list)  # the page's rows, cached on the queryset
+        except OperationalError as error:
+            messages.error(
+                request, f"Reading the list was {timed_out(error)}, so it is shown unfiltered: search or filter it."
+            )
+            raise IncorrectLookupParameters(str(error)) from error
+        except IncorrectLookupParameters:
+            if self.page_num > MAX_PAGES:
+                messages.warning(request, f"Only the first {MAX_PAGES} pages are shown: search or filter instead.")
+            raise
 
 
 class LargeTableAdmin(GuardedAdmin):
-    """Tables that reach millions of rows: estimated counts, and searches that use an index."""
+    """Tables that reach millions of rows: estimated counts, searches that use an index, no far pages,
+    and reads cut after RECSYS_ADMIN_STATEMENT_TIMEOUT_MS with a message."""
 
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # "?_facets" would count the whole table once per filter choice
     list_per_page = 50
     paginator = EstimatedCountPaginator
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LargeTableChangeList
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         # Django's "=field" search is iexact (UPPER(...) = UPPER(...)): no index serves it.
@@ -106,7 +180,9 @@ class CategoryFilter(admin.SimpleListFilter):
 
 class EventTypeFilter(admin.SimpleListFilter):
     """Choices from the event types table: list_filter on the column would SELECT DISTINCT over
-    every interaction."""
+    every interaction. No index leads with event_type: with a user, an item or a received window the
+    filter applies to their rows; alone, a rare type's count and page read every partition, and the
+    admin's statement timeout cuts them."""
 
     title = "type"
     parameter_name = "event_type"
@@ -249,6 +325,9 @@ class ItemAdmin(ReferencedRowsAdmin):
 
 @admin.register(Interaction)
 class InteractionAdmin(LargeTableAdmin):
+    """Newest first by id; ``?user=<pk>`` or ``?item=<pk>`` (the user's and item's pages link them) lists
+    one user's or item's events, newest first by event time."""
+
     list_display = ["happened", "user", "event_type", "item_shown", "value", "weight", "received"]
     # By arrival: created_at has a BRIN index; event time has none of its own (a date hierarchy
     # on it would scan every interaction for its years and months).
@@ -257,6 +336,21 @@ class InteractionAdmin(LargeTableAdmin):
     raw_id_fields = ["user", "item"]
     search_fields = ["user__external_id", "item__external_id"]
     search_help_text = "A user's or an item's id, exactly."
+
+    @staticmethod
+    def of_one_user_or_item(request: HttpRequest) -> bool:
+        return "user" in request.GET or "item" in request.GET
+
+    def get_sortable_by(self, request: HttpRequest) -> tuple[str, ...]:
+        """Only what an index reads in order, across every partition (the DEFAULT one keeps PostgreSQL
+        from appending them in order of time): ids through each partition's primary key (id, timestamp),
+        and one user's or item's event times through (user, timestamp, id) and (item, timestamp). Type,
+        value, weight, created_at (BRIN) and the whole table's event times each sorted every partition."""
+        return ("happened", "received") if self.of_one_user_or_item(request) else ("received",)
+
+    def get_ordering(self, request: HttpRequest) -> tuple[str, ...]:
+        # As the indexes hold them, and named so that the header marks the column sorted by.
+        return ("-timestamp", "-id") if self.of_one_user_or_item(request) else ("-id",)
 
     def search_condition(self, term: str) -> Q:
         # Resolved to ids first, so each side uses its (user, ...) or (item, ...) index.
@@ -271,7 +365,8 @@ class InteractionAdmin(LargeTableAdmin):
     def happened(self, interaction: Interaction) -> str:
         return moment(interaction.timestamp)
 
-    @admin.display(description="received", ordering="created_at")
+    # Sorted by id: ids are drawn as rows arrive, so they follow created_at (a BRIN index: no order).
+    @admin.display(description="received", ordering="id")
     def received(self, interaction: Interaction) -> str:
         return moment(interaction.created_at)
 
@@ -287,9 +382,56 @@ class EventTypeAdmin(GuardedAdmin):
     list_display = ["name", "weight", "uses_value", "counts_as_click", "description"]
     list_editable = ["weight", "uses_value", "counts_as_click"]
 
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Django's list, with the chosen types that interactions still have as "protected": the page
+        names them and Django deletes none of the selection. Its own check cannot see them (interactions
+        name their type without a foreign key): EventType.delete raised ProtectedError, a 500, and a
+        bulk delete had committed the types before it. No index leads with event_type, so a type in use
+        is found at its first row but an unused one reads every interaction: bounded by the admin's
+        statement timeout, past which nothing is deleted."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        try:
+            with admin_statement_timeout():
+                in_use = event_types_in_use(names=[event_type.name for event_type in objs])
+        except OperationalError as error:
+            unchecked = f"interactions of these types (the check was {timed_out(error)})"
+            return deleted, counts, perms_needed, [*protected, unchecked]
+        refused = [f"interactions of type {name} (change its weight instead)" for name in in_use]
+        return deleted, counts, perms_needed, [*protected, *refused]
+
+    def delete_model(self, request: HttpRequest, obj: EventType) -> None:
+        with admin_statement_timeout():  # EventType.delete checks again, now in the deleting transaction
+            obj.delete()
+
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EventType]) -> None:
-        for event_type in queryset:  # one by one: EventType.delete refuses types still in use
-            event_type.delete()
+        with admin_statement_timeout():  # one transaction: a type put to use meanwhile keeps them all
+            for event_type in queryset:  # one by one: EventType.delete refuses types still in use
+                event_type.delete()
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except (ProtectedError, OperationalError) as error:
+            return self._not_deleted(request, error)
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        try:
+            with transaction.atomic():  # the log entries Django writes first go with the deletes
+                return super().response_action(request, queryset, *args, **kwargs)
+        except (ProtectedError, OperationalError) as error:
+            return self._not_deleted(request, error)
+
+    def _not_deleted(self, request: HttpRequest, error: ProtectedError | OperationalError) -> HttpResponse:
+        """A type put to use between the confirmation and the delete, or a check cut by the timeout."""
+        reason = error.args[0] if isinstance(error, ProtectedError) else f"the check was {timed_out(error)}"
+        self.message_user(request, f"Nothing was deleted: {reason}.", messages.ERROR)
+        return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(ApiKey)

@@ -8,18 +8,19 @@ from datetime import datetime, timedelta
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from recsys.ingestion.rules import MAX_CLOCK_SKEW
-from recsys.models import Interaction, Item, User
+from recsys.models import EventType, Interaction, Item, User
 
 logger = logging.getLogger(__name__)
 # Below this many rows an exact COUNT(*) costs under a few milliseconds; above it the planner's
 # estimate (pg_class.reltuples, kept by autovacuum/ANALYZE) is what an operator needs.
 EXACT_COUNT_BELOW = 100_000
 CATEGORY_CHOICES_SECONDS = 600  # a full unnest over the catalogue, at most every ten minutes
+AWAITING_ENCODING_CAP = 10_000  # the dashboard's "10,000+": enough to see a backlog, not its size
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,27 @@ def table_row_count(*, table: str) -> RowCount:
         )
         counted = int(cursor.fetchone()[0])
     return RowCount(counted, exact=counted < EXACT_COUNT_BELOW)
+
+
+def awaiting_encoding_count(*, cap: int = AWAITING_ENCODING_CAP) -> RowCount | None:
+    """Items the active content version has not encoded in their current form, counted up to ``cap``
+    (``RowCount(cap, exact=False)``: that many or more); None when no content version is active.
+
+    embeddings.content.items_awaiting_encoding counts every one of them; this stops at ``cap`` + 1 rows
+    of the encoder's own condition (embeddings.vectors.rows). With few waiting the anti-join still reads
+    the catalogue (no index answers "has no current vector"), as each encoder sweep does.
+    """
+    from embeddings.models import ActiveVersion, Kind
+    from embeddings.vectors.rows import _UNENCODED
+
+    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    if pointer is None:
+        return None
+    unencoded = _UNENCODED.format(table=connection.ops.quote_name(pointer.version.item_table))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM (SELECT 1 {unencoded} LIMIT %s) AS t", [cap + 1])
+        counted = int(cursor.fetchone()[0])
+    return RowCount(min(counted, cap), exact=counted <= cap)
 
 
 def item_categories(*, limit: int = 50) -> list[str]:
@@ -122,3 +144,11 @@ def _per_hour(interactions: QuerySet[Interaction], field: str) -> dict[datetime,
     return dict(
         interactions.annotate(hour=TruncHour(field)).values("hour").annotate(n=Count("id")).values_list("hour", "n")
     )
+
+
+def event_types_in_use(*, names: list[str]) -> list[str]:
+    """Which of these event types some interaction has, in one statement. No index leads with
+    event_type: each EXISTS stops at the type's first row, but an unused type's reads every partition
+    (callers bound it with a statement timeout)."""
+    used = Interaction.objects.filter(event_type=OuterRef("name"))
+    return list(EventType.objects.filter(name__in=names).filter(Exists(used)).values_list("name", flat=True))

@@ -17,7 +17,7 @@ from django.db import connection
 from embeddings.models import ActiveVersion, ModelVersion
 from recsys import redis_store
 from recsys.admin_format import timestamps_humanized
-from recsys.admin_selectors import Activity, RowCount, interactions_activity, table_row_count
+from recsys.admin_selectors import Activity, RowCount, awaiting_encoding_count, interactions_activity, table_row_count
 from recsys.replicas import ReplicaHealth, replicas_health
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Dashboard:
     redis: Health
     queues: dict[str, int] | None  # None: the broker did not answer
     workers: list[WorkerState] | None  # None: not asked (broker down) or no answer at all
-    awaiting_encoding: int | None  # None: no content version is active
+    awaiting_encoding: RowCount | None  # up to AWAITING_ENCODING_CAP; None: no content version is active
 
 
 def database_health() -> Health:
@@ -137,8 +137,6 @@ def run_outcome(version: ModelVersion) -> str:
 
 
 def dashboard_report() -> Dashboard:
-    from embeddings.content import items_awaiting_encoding
-
     broker = redis_health()
     return Dashboard(
         counts={
@@ -155,5 +153,5 @@ def dashboard_report() -> Dashboard:
         queues=queue_lengths() if broker.ok else None,
         # A broadcast through a dead broker would wait on kombu's connection retries.
         workers=workers_state() if broker.ok else None,
-        awaiting_encoding=items_awaiting_encoding(),
+        awaiting_encoding=awaiting_encoding_count(),
     )

@@ -473,6 +473,9 @@ RECSYS_CONTENT_ENCODER = env_str("RECSYS_CONTENT_ENCODER", "minilm")
 RECSYS_CONTENT_DIMENSIONS = env_int("RECSYS_CONTENT_DIMENSIONS", 256, minimum=2)  # tfidf-svd only
 RECSYS_CONTENT_FIELDS = env_list("RECSYS_CONTENT_FIELDS", ["title", "text", "categories"])
 RECSYS_CONTENT_BATCH = env_int("RECSYS_CONTENT_BATCH", 256, minimum=1)  # items per incremental batch
+# The admin's reads of its big tables (interactions' counts and pages, event types' use) stop after this
+# (0: never), with a message instead of holding a web worker and a backend for minutes.
+RECSYS_ADMIN_STATEMENT_TIMEOUT_MS = env_int("RECSYS_ADMIN_STATEMENT_TIMEOUT_MS", 5_000, minimum=0)
 # A fitted encoder (tfidf-svd) knows only the words of the items it was fitted on: rebuilt once the
 # catalogue has grown to this multiple of them (0: never; MiniLM is never refitted).
 RECSYS_CONTENT_REFIT_GROWTH = env_float("RECSYS_CONTENT_REFIT_GROWTH", 2.0)
