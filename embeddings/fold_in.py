@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from embeddings.interactions import weights_transform
 from embeddings.learners import fold_in
 from embeddings.models import ModelVersion
 from embeddings.vectors.rows import vectors_matrix
@@ -24,6 +25,9 @@ class FoldIn:
         self.gram = None if version.item_gram is None else np.asarray(version.item_gram, dtype=np.float64)
         self.regularization = float(version.params.get("regularization", 0.05))
         self.alpha = float(version.params.get("alpha", 1.0))
+        # A user's summed weights read as training read them (LearnerParams.weighting).
+        self.weighting = str(version.params.get("weighting", "raw"))
+        self.scale = float(version.params.get("weight_scale") or 1.0)
 
     def item_vectors(self, items: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """The version's vectors of these items: (sorted ids of those it has, their rows)."""
@@ -46,7 +50,7 @@ class FoldIn:
         usable &= weights != 0
         if not (usable & (weights > 0)).any():
             return None
-        rows, weights = factors[at[usable]], weights[usable]
+        rows, weights = factors[at[usable]], weights_transform(weights[usable], self.weighting, self.scale)
         if self.version.algorithm == "ease":
             return (weights @ rows).astype(np.float32)
         if self.gram is None:

@@ -38,6 +38,9 @@ class LearnerParams:
     # probe of the search, ``embeddings.tuning``); None: an SVD of rank ``factors``. A small rank cut
     # from a larger SVD keeps more of the matrix than a randomised SVD of that small rank computes.
     svd_rank: int | None = None
+    # How the summed weights are read (embeddings.interactions.WEIGHTINGS), in units of weight_scale:
+    # the tuning search chooses it; training and fold-in read a user's weights the same way.
+    weighting: str = "raw"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,8 @@ class LearnerParams:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.factors < 1 or self.iterations < 1:
             raise ValueError("factors and iterations must be positive")
+        if self.weighting not in ("raw", "log", "binary"):
+            raise ValueError(f"weighting must be raw, log or binary, got {self.weighting!r}")
         if self.svd_rank is not None and self.svd_rank < self.factors:
             raise ValueError(f"svd_rank must be at least factors ({self.factors}), got {self.svd_rank}")
 

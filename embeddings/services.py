@@ -39,6 +39,7 @@ from embeddings.tuning import (
     TuningSettings,
     collaborative_search,
     learner_confidences,
+    learner_weights,
     validation_split,
 )
 from embeddings.vectors import tables
@@ -280,7 +281,7 @@ def _confidences(matrix: Any, params: LearnerParams, negatives: Any = None) -> A
     similar pair, so those three ignore them.
     """
     if params.algorithm == "ease":
-        return matrix
+        return learner_weights(matrix, params)
     confidences = learner_confidences(matrix, params)
     if params.algorithm != "als":
         return confidences

@@ -635,3 +635,51 @@ def test_an_ease_rank_cut_from_a_larger_svd_is_refitted_from_the_same_cut() -> N
 def test_the_choice_margins_are_finite_and_not_negative(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         TuningSettings(**{field: value})
+
+
+def test_the_search_reads_heavy_weights_unrelated_to_taste_as_they_serve_best() -> None:
+    # Given planted tastes whose summed weights are noise: repeats and an 8 now and then (a purchase
+    # among views), unrelated to which items a user likes
+    base = _planted(seed=4, users=400)
+    rng = np.random.default_rng(1)
+    noisy = base.copy()
+    noisy.data = (rng.geometric(0.5, noisy.nnz) + np.where(rng.random(noisy.nnz) < 0.1, 8.0, 0.0)).astype(np.float32)
+    options = TuningSettings(budget_seconds=60, max_evals=6, eval_users=400, ease_factors=30)
+    configured = LearnerParams(algorithm="ease", factors=30)
+
+    outcome = collaborative_search(holdout_split(noisy, seed=2), configured, options=options)
+    alike = collaborative_search(holdout_split(base, seed=2), configured, options=options)
+
+    # Then it reads them flattened (before: raw, the sum of the noise), and weights all alike are not probed
+    probes = {t["weighting"]: t["ndcg@10"] for t in outcome.tried if "weighting" in t}
+    assert outcome.params.weighting in ("log", "binary") and probes[outcome.params.weighting] > probes["raw"]
+    assert alike.params.weighting == "raw" and not [t for t in alike.tried if "weighting" in t]
+
+
+def test_a_learner_and_its_fold_in_read_the_weights_the_same_way() -> None:
+    from embeddings.interactions import matrix_weighted, weights_transform
+
+    weights = np.array([1.0, 2.0, 9.0, -3.0], np.float32)
+    for weighting, expected in (("raw", weights), ("binary", [2.0, 2.0, 2.0, -2.0]), ("log", None)):
+        read = weights_transform(weights, weighting, 2.0)
+        if expected is not None:
+            assert read.tolist() == pytest.approx(list(expected))
+        matrix = sp.csr_matrix(weights.reshape(1, -1))
+        assert matrix_weighted(matrix, weighting, 2.0).toarray().ravel().tolist() == pytest.approx(read.tolist())
+    log = weights_transform(weights, "log", 2.0)
+    assert log[1] == pytest.approx(2.0)  # the scale reads as itself
+    assert log[0] < log[1] < log[2] < 9.0 and log[3] < 0  # order and sign kept, large sums flattened
+
+
+def test_a_users_fold_in_reads_their_summed_weights_as_training_read_them() -> None:
+    # EASE's user vector is Σ weight × item input vector: with binary weights a view counted thirty times
+    # counts once, in the trained users and in the folded-in ones alike (before: raw at fold-in)
+    from embeddings.fold_in import FoldIn
+    from embeddings.models import ModelVersion
+
+    version = ModelVersion(algorithm="ease", params={"weighting": "binary", "weight_scale": 2.0})
+    rows = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+
+    vector = FoldIn(version).vector(np.array([3, 5]), np.array([30.0, 1.0], np.float32), np.array([3, 5]), rows)
+
+    assert vector is not None and vector.tolist() == pytest.approx([2.0, 2.0])
