@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from embeddings import runs
@@ -363,7 +364,14 @@ def _failed_lately(config: dict[str, Any]) -> bool:
     cannot succeed (a model that is not there) would otherwise claim a new version every sweep."""
     since = timezone.now() - timedelta(seconds=settings.RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS)
     failed = ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED, params=config)
-    return failed.filter(finished_at__gte=since).exists()
+    # An outage (PostgreSQL or Redis away, a worker killed) says nothing of the settings: tried again.
+    outage = Q(error__contains="its lease ran out")
+    for name in OUTAGE_ERRORS:
+        outage |= Q(error__startswith=f"{name}:")
+    return failed.filter(finished_at__gte=since).exclude(outage).exists()
+
+
+OUTAGE_ERRORS = ("OperationalError", "InterfaceError", "ServiceUnavailable", "RedisUnavailable", "ConnectionError")
 
 
 def content_encode_schedule() -> bool:

@@ -251,6 +251,10 @@ def test_a_build_that_failed_is_not_claimed_again_every_sweep(built, settings, m
 
     assert outcome["building"] is None and failed == 1
     assert ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED).count() == 1
+    # an outage's failure is no reason to wait: PostgreSQL gone during a build says nothing of the settings
+    ModelVersion.objects.filter(kind=Kind.CONTENT, status=Status.FAILED).update(error="OperationalError: gone")
+    with pytest.raises(Exception):  # noqa: B017  # the build is claimed again (and fails again here)
+        content.content_sweep()
     settings.RECSYS_CONTENT_RETRY_AFTER_FAILURE_SECONDS = 0
     with pytest.raises(Exception):  # noqa: B017  # eager Celery: RuntimeError, wrapped as the broker failing
         content.content_sweep()  # tried again once the pause is over
