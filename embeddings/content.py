@@ -252,7 +252,8 @@ def content_items_encode(*, budget_seconds: float | None = None, continuation: b
     backlog (4 minutes behind 700 long items before, the probe of 2026-12-04)."""
     if continuation:
         _continuation_taken()
-    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    pointers = ActiveVersion.objects.select_related("version").defer("version__encoder_state", "version__item_gram")
+    pointer = pointers.filter(kind=Kind.CONTENT).first()  # the state is read once, by the encoder's load
     if pointer is None or not pointer.version.has_tables:
         return 0
     version = pointer.version
@@ -321,7 +322,9 @@ def _continuation_taken() -> None:
 
 def items_awaiting_encoding() -> int | None:
     """How many items the active content version has not encoded in their current form."""
-    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    pointer = (
+        ActiveVersion.objects.select_related("version").only("kind", "version__id").filter(kind=Kind.CONTENT).first()
+    )
     if pointer is None:
         return None
     return vector_rows.items_unencoded_count(item_table=pointer.version.item_table)
@@ -356,7 +359,15 @@ def _refit_due(version: ModelVersion) -> bool:
         return False
     fitted = int((version.counts or {}).get("items", 0))
     wanted = max(int(growth * fitted), fitted + 1)
-    return Item.objects.all()[:wanted].count() >= wanted  # counts at most ``wanted`` rows
+    if wanted > EXACT_ITEMS_BELOW:  # the planner's estimate: counting millions on every sweep is not needed
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'recsys_item'::regclass")
+            return float(cursor.fetchone()[0]) >= wanted
+    # Items with text only (stubs that events created have no words to learn), at most ``wanted`` read.
+    return Item.objects.filter(is_stub=False)[:wanted].count() >= wanted
+
+
+EXACT_ITEMS_BELOW = 100_000
 
 
 def _failed_lately(config: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -234,7 +235,8 @@ def _generation_next() -> None:
     def bump(client: Any) -> None:
         with client.pipeline(transaction=False) as pipe:
             pipe.incr(redis_store.key(GENERATION))
-            pipe.set(redis_store.key(CHANGED_AT), time.time(), ex=max(CACHE_SECONDS, 2 * _replay_seconds()))
+            expiry = math.ceil(max(CACHE_SECONDS, 2 * _replay_seconds()))  # Redis takes whole seconds
+            pipe.set(redis_store.key(CHANGED_AT), time.time(), ex=expiry)
             pipe.execute()
 
     try:

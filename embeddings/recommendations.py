@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy.typing as npt
 from django.conf import settings
 
 from embeddings.fold_in import user_vector_fold_in
+from embeddings.interactions import weights_transform
 from embeddings.models import Kind, ModelVersion
 from embeddings.popularity import popular_ranking
 from embeddings.ranking.serving import RankingRequest, Stage, positive_scores, ranked_list, ranking_wanted
@@ -247,6 +247,8 @@ def _ranked(
 ) -> Answer:
     """The ranking stage's answer (``explain`` adds each item's top feature contributions)."""
     content = active(Kind.CONTENT)
+    if content is not None and not stage.reads_content(content.pk):
+        content = None  # another space than the ranker learned its content features in: as without a profile
     profile = content_profile(content, user) if content is not None else None
     ranked = ranked_list(
         stage,
@@ -321,7 +323,10 @@ def content_profile(version: ModelVersion, user: UserState) -> npt.NDArray[np.fl
     if not any(user.weights[k] > 0 for k in known):
         return None
     half_life = settings.RECSYS_CONTENT_PROFILE_HALF_LIFE_DAYS * 86_400.0
-    age = np.maximum(time.time() - user.seen_at[known], 0.0)
+    # Ages from the user's latest item, not from now: the profile is normalised, so the common factor
+    # cancels, and a history that ended years ago (imported data) no longer decays to nothing.
+    seen_at = user.seen_at[known]
+    age = np.maximum(seen_at.max() - seen_at, 0.0)
     weights = user.weights[known] * np.exp2(-age / half_life)
     profile = (weights[:, None] * np.stack([found[user.history[k]] for k in known])).sum(axis=0)
     norm = float(np.linalg.norm(profile))
@@ -351,6 +356,9 @@ def _explain(
     past_ids = [i for i in history if i in past]
     past_matrix = np.stack([past[i] for i in past_ids])
     past_weights = np.array([weights[history.index(i)] for i in past_ids], dtype=np.float32)
+    # As training and the fold-in read them (LearnerParams.weighting).
+    scale = float(version.params.get("weight_scale") or 1.0)
+    past_weights = weights_transform(past_weights, str(version.params.get("weighting", "raw")), scale)
     names = dict(Item.objects.filter(pk__in=past_ids).values_list("pk", "external_id"))
     candidates = vectors_of(version.item_table, "item_id", [n.item_id for n in neighbours])
     for item, neighbour in zip(items, neighbours, strict=True):

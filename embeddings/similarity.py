@@ -8,7 +8,7 @@ names the path that answered.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -177,8 +177,10 @@ def item_duplicates_list(
     """Items whose content vectors have cosine ≥ ``threshold`` with this item's, closest first.
     ``category``, ``rules`` and the scenario's apply as on similar items: the filter narrows the
     items compared, boosts reorder the duplicates found (the threshold holds for the cosine before
-    any boost), pins take their positions; with a user, their hidden items are skipped."""
-    rules = rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=True)
+    any boost); pins and buries do not apply (they are not duplicates); with a user, their hidden
+    items are skipped."""
+    # A scenario's pins and buries place items whatever their similarity: on duplicates, none.
+    rules = replace(rules_resolve(rules=rules, scenario=scenario, apply_scenario_rules=True), pins=(), buries=())
     content = active(Kind.CONTENT)
     if content is None:
         raise ModelNotReady("no content model is active yet: duplicates need item text encodings")

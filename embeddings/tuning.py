@@ -397,7 +397,6 @@ def collaborative_search(
     scale = weight_scale(split.train)
     sample = user_sample(split, options.sample_interactions, seed=options.seed)
     normalised = (sample.train / scale).tocsr().astype(np.float32)
-    transfer = _Transfer.between(split.train, sample.train, scale)
     tried: list[dict[str, Any]] = []
 
     def record(algorithm: str, params: LearnerParams, score: float, **relative: Any) -> None:
@@ -418,6 +417,8 @@ def collaborative_search(
         configured,
         record,
     )
+    # λ restated from the sample to the whole split by their ratio of Σw², the weights read as chosen.
+    transfer = _Transfer.between(split.train, sample.train, scale, weighting)
     slowdown = machine_slowdown()
     for kind, rate in options.first_rates:
         search.costs.prior(kind, rate * slowdown)
@@ -462,10 +463,13 @@ class _Transfer:
     fraction: float  # interactions, sample / whole
 
     @classmethod
-    def between(cls, whole: sp.csr_matrix, sample: sp.csr_matrix, scale: float) -> _Transfer:
+    def between(cls, whole: sp.csr_matrix, sample: sp.csr_matrix, scale: float, weighting: str = "raw") -> _Transfer:
         if sample is whole:
             return cls(scale, 1.0, 1.0)
-        return cls(scale, _squares(whole) / _squares(sample), sample.nnz / max(whole.nnz, 1))
+        squares = _squares(matrix_weighted(whole, weighting, scale)) / _squares(
+            matrix_weighted(sample, weighting, scale)
+        )
+        return cls(scale, squares, sample.nnz / max(whole.nnz, 1))
 
     def absolute(self, params: LearnerParams) -> LearnerParams:
         """ALS's confidence is alpha × weight, EASE's λ is in units of weight²."""

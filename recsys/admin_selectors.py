@@ -63,7 +63,10 @@ def awaiting_encoding_count(*, cap: int = AWAITING_ENCODING_CAP) -> RowCount | N
     from embeddings.models import ActiveVersion, Kind
     from embeddings.vectors.rows import _UNENCODED
 
-    pointer = ActiveVersion.objects.select_related("version").filter(kind=Kind.CONTENT).first()
+    # Only its id (its item table's name): the encoder state is megabytes.
+    pointer = (
+        ActiveVersion.objects.select_related("version").only("kind", "version__id").filter(kind=Kind.CONTENT).first()
+    )
     if pointer is None:
         return None
     unencoded = _UNENCODED.format(table=connection.ops.quote_name(pointer.version.item_table))

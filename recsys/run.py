@@ -43,18 +43,26 @@ def services() -> Iterator[dict[str, str]]:
     env = dict(os.environ)
     folder = data_dir()
     started = []
+    global _held
     try:
-        # Named before it starts: a signal while it starts (a first initdb takes seconds) still stops it.
+        # Named before it starts: a signal while it starts (a first initdb takes seconds) still stops it,
+        # once it has started: a stop signal is held meanwhile (one that cut initdb short left a data
+        # folder that no later start could use).
+        _held = []
         if not env.get("DATABASE_URL"):
             started += [] if embedded.postgres_running(folder) else ["postgres"]
             env["DATABASE_URL"] = embedded.postgres_url(folder)
         if not env.get("REDIS_URL"):
             started += [] if embedded.redis_running(folder) else ["redis"]
             env["REDIS_URL"] = embedded.redis_url(folder)
+        held, _held = _held, None
         if started:
             log(f"started embedded {' and '.join(started)} under {folder}")
+        if held:
+            raise Stopped(held[0])
         yield env
     finally:
+        _held = None
         if "redis" in started:
             embedded.redis_stop(folder)
         if "postgres" in started:
@@ -64,8 +72,9 @@ def services() -> Iterator[dict[str, str]]:
 
 
 def log(message: str) -> None:
-    # A closed terminal (the SIGHUP case) fails every write: that must not cut a stop short.
-    with suppress(OSError):
+    # A closed terminal (the SIGHUP case) fails every write, and a signal handler's write can re-enter
+    # a write in progress (RuntimeError): neither must cut a stop short.
+    with suppress(OSError, RuntimeError):
         print(f"[recsys] {message}", file=sys.stderr, flush=True)
 
 
@@ -83,7 +92,13 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+_held: list[int] | None = None  # stop signals received while the embedded services start (services())
+
+
 def _raise_stopped(signum: int, frame: object) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
     log(f"received {signal.Signals(signum).name}; stopping")
     for each in STOP_SIGNALS:
         signal.signal(each, signal.SIG_IGN)  # once: a second signal must not cut the cleanup short

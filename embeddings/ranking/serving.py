@@ -62,6 +62,11 @@ class Stage:
     attributes: tuple[str, ...]
     content_version: int | None = None
     clock_offset: float = 0.0
+    content_checked: bool = True  # False: stored before the content version was recorded (any is read)
+
+    def reads_content(self, version_id: int) -> bool:
+        """Whether the content features of content version ``version_id`` are the ones it learned."""
+        return not self.content_checked or version_id == self.content_version
 
 
 _stages: LoadedOnce[Stage | None] = LoadedOnce()
@@ -97,6 +102,7 @@ def _stage_read(version: ModelVersion) -> Stage | None:
                 attributes,
                 row.ranking.get("content_version"),
                 float(row.ranking.get("clock_offset_seconds", 0.0)),
+                "content_version" in row.ranking,
             )
     return stage
 
@@ -143,7 +149,7 @@ class RankingRequest:
 def ranked_list(stage: Stage, request: RankingRequest, *, explain: bool = False) -> Ranked:
     """Retrieve from every source, build features, rank with one predict; the best ``limit``, scored
     on one positive scale (``positive_scores``)."""
-    if request.content is not None and request.content[0].pk != stage.content_version:
+    if request.content is not None and not stage.reads_content(request.content[0].pk):
         # Content features from another space than the ranker learned: served as for a user without a
         # content profile, a case its training saw.
         request = replace(request, content=None)

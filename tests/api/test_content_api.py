@@ -107,7 +107,7 @@ def test_new_item_is_similar_listable_once_encoded(reader, content_model):
     content.content_items_encode()
 
     body = reader.get("/api/v1/items/fresh/similar?space=content&limit=3").json()
-    assert body["strategy"] == "content" and all(i.startswith("sky") for i in ids(body))
+    assert body["strategy"] == "content_profile" and all(i.startswith("sky") for i in ids(body))
 
 
 def test_user_known_only_through_new_items_gets_a_content_profile(reader, both_models):
@@ -323,3 +323,32 @@ def test_hybrid_asks_each_space_for_a_bounded_number_of_candidates(reader, both_
 
     assert response.status_code == 200, response.content
     assert asked and max(asked) <= 1_000  # limit 200 and a boost asked 2,400 of each space
+
+
+def test_a_history_that_ended_years_ago_still_makes_a_content_profile(reader, content_model):
+    # Ages from now decayed an imported history of 2016 to nothing (no profile, popular instead); the
+    # profile is normalised, so ages from the user's latest item give the same direction without that
+    interactions_ingest(
+        rows=[
+            {"user": "old-fan", "item": f"sky{n}", "type": "purchase", "timestamp": f"2016-0{n + 1}-01T00:00:00Z"}
+            for n in range(3)
+        ]
+    )
+
+    body = reader.get("/api/v1/users/old-fan/recommendations?limit=3").json()
+
+    assert body["strategy"] == "content_profile" and all(i.startswith("sky") for i in ids(body))
+
+
+def test_a_scenarios_pins_never_show_as_duplicates(reader, content_model):
+    from recsys.rules.scenarios import scenario_put
+
+    items_upsert(
+        rows=[{"id": "copy", "title": "pasta garlic", "text": "pasta garlic basil tomato", "categories": ["cooking"]}]
+    )
+    content.content_items_encode()
+    scenario_put(name="shop", body={"pins": [{"item": "sky3", "position": 1}], "filter": 'id != "cooking1"'})
+
+    found = ids(reader.get("/api/v1/items/copy/duplicates?threshold=0.99&scenario=shop").json())
+
+    assert "sky3" not in found and found == ["cooking0"]  # its filter applies, its pin does not

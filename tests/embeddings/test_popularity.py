@@ -111,3 +111,19 @@ def test_an_item_hidden_deleted_or_moved_leaves_the_cached_popular_lists_at_once
     assert "item-4" not in {item for item, _ in popular(reader, category="lamps", **params)}
     if change != "recategorise":
         assert "item-4" not in {item for item, _ in popular(reader, **params)}
+
+
+def test_a_catalogue_change_moves_the_generation_whatever_the_read_your_writes_time(settings):
+    # Redis takes a whole number of seconds: with RECSYS_READ_YOUR_WRITES_SECONDS above 30 the expiry was a
+    # float, Redis refused the bump, and hidden items stayed in the cached popular lists (before)
+    from embeddings import popularity
+    from recsys import redis_store
+
+    settings.RECSYS_READ_YOUR_WRITES_SECONDS = 31.5
+    client = redis_store.client("cache")
+    before = int(client.get(redis_store.key(popularity.GENERATION)) or 0)
+
+    popularity._generation_next()
+
+    assert int(client.get(redis_store.key(popularity.GENERATION)) or 0) == before + 1
+    assert client.ttl(redis_store.key(popularity.CHANGED_AT)) >= 63

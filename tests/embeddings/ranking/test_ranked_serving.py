@@ -435,3 +435,11 @@ def test_the_stage_sees_candidates_on_the_clock_and_content_space_it_was_trained
     assert np.allclose(ages[:, 0] - 10, ages[:, 1], atol=0.01)
     # a stage trained on another content version searches no content (its features read as without a profile)
     assert len(searched) == 1 and np.isnan(shifted.content_similarity).all()
+
+
+def test_a_stage_stored_before_its_content_version_was_recorded_reads_any(trained):
+    # Versions trained before the record: their stage keeps its content features after the upgrade
+    from embeddings.ranking.serving import Stage
+
+    stage = Stage(None, None, True, 50, (), None, 0.0, content_checked=False)  # type: ignore[arg-type]
+    assert stage.reads_content(7) and not Stage(None, None, True, 50, (), 3).reads_content(7)  # type: ignore[arg-type]
