@@ -38,6 +38,7 @@ from recsys.rules.scenarios import (
     scenario_fields_clean,
 )
 from recsys.signals import item_deleted, items_stored, user_deleted, user_rules_changed
+from recsys.validation import clean_attributes
 
 admin.site.site_header = "recsys operator admin"
 admin.site.site_title = "recsys admin"
@@ -272,8 +273,36 @@ class UserAdmin(ReferencedRowsAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+class ItemForm(forms.ModelForm):
+    """The API's checks of the attributes: NUL characters, which jsonb cannot hold, dropped as the API
+    drops them (a 500 before), and a size or numbers past what it takes are a form error. (Django's
+    own fields already refuse a NUL in the title or the text.)"""
+
+    class Meta:
+        model = Item
+        fields = [
+            "external_id",
+            "title",
+            "text",
+            "categories",
+            "attributes",
+            "is_hidden",
+            "is_stub",
+            "published_at",
+            "available_from",
+            "available_until",
+        ]
+
+    def clean_attributes(self) -> dict[str, Any]:
+        try:
+            return clean_attributes(self.cleaned_data.get("attributes") or {})
+        except ValidationFailed as error:
+            raise forms.ValidationError(error.message) from None
+
+
 @admin.register(Item)
 class ItemAdmin(ReferencedRowsAdmin):
+    form = ItemForm
     deleted_signal = item_deleted
     list_display = ["external_id", "title", "first_categories", "is_hidden", "is_stub", "updated_at"]
     list_filter = [CategoryFilter, "is_hidden", "is_stub", recent_filter("updated_at", "updated")]

@@ -107,7 +107,7 @@ def test_new_item_is_similar_listable_once_encoded(reader, content_model):
     content.content_items_encode()
 
     body = reader.get("/api/v1/items/fresh/similar?space=content&limit=3").json()
-    assert body["strategy"] == "content_profile" and all(i.startswith("sky") for i in ids(body))
+    assert body["strategy"] == "content" and all(i.startswith("sky") for i in ids(body))
 
 
 def test_user_known_only_through_new_items_gets_a_content_profile(reader, both_models):
