@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from embeddings.evaluation import Split, ranking_metrics, ranking_metrics_by_user, scores_recommender
+from embeddings.evaluation import Split, earned_choice, ranking_metrics, ranking_metrics_by_user, scores_recommender
 
 # Candidate ridge penalties, as multiples of the mean squared singular value of the content matrix
 # (so the grid means the same for any encoder's scale and dimension); the best is picked on held-out items.
@@ -252,14 +252,7 @@ def _earned(per_user: dict[float, npt.NDArray[np.float64]]) -> float:
     splits the factors changed the top 10 of only 1-7 of ~600 users, by 0.0001-0.0010 of mean
     NDCG@10, and the test split's NDCG@10 moved either way (-0.5% to +0.2%); a one-user change is
     exactly one standard error, so a weaker rule followed single users."""
-    factors = sorted(per_user)
-    chosen = factors[0]
-    for factor in factors[1:]:
-        difference = per_user[factor] - per_user[chosen]
-        error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.inf
-        if difference.mean() > 2 * error:
-            chosen = factor
-    return chosen
+    return float(earned_choice({factor: per_user[factor] for factor in sorted(per_user)}))
 
 
 def map_bytes(stored: StoredMap) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,13 +68,19 @@ def content_version_create(*, config: dict[str, Any] | None = None) -> ModelVers
 
 
 def _encoder_for(
-    config: dict[str, Any], state: bytes = b"", *, cached: bool = False, cache_key: int | None = None
+    config: dict[str, Any],
+    state: bytes | Callable[[], bytes] = b"",
+    *,
+    cached: bool = False,
+    cache_key: int | None = None,
 ) -> TextEncoder:
     """A new encoder for ``config`` (builds fit their own), or with ``cached`` the process's shared
-    one (``cache_key`` names a fitted state so that it is not hashed on every call)."""
+    one (``cache_key`` names a fitted state so that it is not hashed on every call; ``state`` may
+    then be a function that reads it, called only by the load)."""
     options = {k: v for k, v in config.items() if k not in {"encoder", "fields"}}
     if cached:
         return encoder_cached(name=config["encoder"], state=state, cache_key=cache_key, **options)
+    assert isinstance(state, bytes)  # a new encoder is given its state
     return encoder_create(name=config["encoder"], state=state, **options)
 
 
@@ -91,12 +98,7 @@ def version_encoder(version: ModelVersion, *, for_queries: bool = False) -> Text
     # A fitted one is cached per version, and its state (a TF-IDF vocabulary and projection: up to
     # ~200 MB) read only by the load: reading it from each instance of the version fetched it again
     # every time the serving pointer was re-read, every 2 s in every web process.
-    return encoder_cached(
-        name=config["encoder"],
-        state=lambda: _encoder_state(version),
-        cache_key=version.pk,
-        **{k: v for k, v in config.items() if k not in {"encoder", "fields"}},
-    )
+    return _encoder_for(config, lambda: _encoder_state(version), cached=True, cache_key=version.pk)
 
 
 def _encoder_state(version: ModelVersion) -> bytes:
@@ -360,9 +362,7 @@ def _refit_due(version: ModelVersion) -> bool:
     fitted = int((version.counts or {}).get("items", 0))
     wanted = max(int(growth * fitted), fitted + 1)
     if wanted > EXACT_ITEMS_BELOW:  # the planner's estimate: counting millions on every sweep is not needed
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'recsys_item'::regclass")
-            return float(cursor.fetchone()[0]) >= wanted
+        return vector_rows.row_estimate("recsys_item") >= wanted
     # Items with text only (stubs that events created have no words to learn), at most ``wanted`` read.
     return Item.objects.filter(is_stub=False)[:wanted].count() >= wanted
 

@@ -131,3 +131,17 @@ def scores_recommender(
         return np.where(masked, -1, ranked).astype(np.int64)
 
     return recommend
+
+
+def earned_choice(per_user: dict[Any, npt.NDArray[np.float64]]) -> Any:
+    """The first key of ``per_user`` (each a per-user metric, the same users in the same order),
+    replaced by a later one only when its mean is higher than the one chosen so far by more than
+    twice the standard error of the paired differences (z > 2): a change must earn its place."""
+    keys = list(per_user)
+    chosen = keys[0]
+    for key in keys[1:]:
+        difference = per_user[key] - per_user[chosen]
+        error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.inf
+        if difference.mean() > 2 * error:
+            chosen = key
+    return chosen

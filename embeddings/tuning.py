@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from embeddings.evaluation import Split, holdout_split, ranking_metrics_by_user, scores_recommender
+from embeddings.evaluation import Split, earned_choice, holdout_split, ranking_metrics_by_user, scores_recommender
 from embeddings.interactions import WEIGHTINGS, bm25_confidence, matrix_weighted
 from embeddings.learners import Factors, LearnerParams, Svd, fit
 
@@ -853,12 +853,7 @@ def weighting_choose(
         per_user[weighting] = evaluate(fit(matrix, params, threads=options.threads))
         score = float(per_user[weighting].mean())
         record("ease", params, score, weighting=weighting, lambda_relative=options.ease_lambda_start, popularity=0.0)
-    chosen = "raw"
-    for weighting, scores in per_user.items():
-        difference = scores - per_user[chosen]
-        if weighting != chosen and difference.mean() > 2 * paired_standard_error(scores, per_user[chosen]):
-            chosen = weighting
-    return chosen
+    return str(earned_choice(per_user))  # raw first: the others in turn must earn the change
 
 
 def learner_weights(matrix: sp.csr_matrix, params: LearnerParams) -> sp.csr_matrix:

@@ -475,7 +475,7 @@ _SAMPLE = """
 
 def items_sample(*, table: str, limit: int, with_cluster: bool) -> list[tuple[Any, ...]]:
     """About ``limit`` items with vectors in ``table``: (id, title or id, categories, cluster)."""
-    estimate = _row_estimate(table)
+    estimate = row_estimate(table)
     # Thin to about twice what is kept (the hash order then picks among those).
     percent = min(100.0, 200.0 * limit / estimate) if estimate > 2 * limit else 100.0
     statement = sql.SQL(_SAMPLE).format(
@@ -490,7 +490,8 @@ def items_sample(*, table: str, limit: int, with_cluster: bool) -> list[tuple[An
         return cur.execute(statement, [limit]).fetchall()
 
 
-def _row_estimate(table: str) -> float:
+def row_estimate(table: str) -> float:
+    """The planner's row count of ``table`` (pg_class.reltuples; 0 before it was first analysed)."""
     with cursor() as cur:
         row = cur.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [table]).fetchone()
     return float(row[0]) if row and row[0] and row[0] > 0 else 0.0
