@@ -58,6 +58,27 @@ def train(settings):
     return services.collaborative_model_train(version_id=version.pk)
 
 
+def rare_items_the_stage_holds_one_of(monkeypatch, user: str, count: int) -> list[str]:
+    """``count`` items ``user`` has not seen, marked {"rare": true}, of which the stage's candidates hold
+    only the first (its sources, popular, trending, co-occurring..., see a filter only when their rows
+    are read): the rest of a filtered answer comes from the model's own search."""
+    import embeddings.recommendations as recommendations
+
+    rare = sorted({f"i{i}" for i in range(30)} - seen(user))[:count]
+    Item.objects.filter(external_id__in=rare).update(attributes={"rare": True})
+    first = Item.objects.get(external_id=rare[0])
+    ranked_list = recommendations.ranked_list
+
+    def few(stage, request, *, explain=False):
+        found = ranked_list(stage, request, explain=explain)
+        keep = [k for k, n in enumerate(found.neighbours) if n.item_id == first.pk]
+        features = [found.features[k] for k in keep] if found.features is not None else None
+        return type(found)([found.neighbours[k] for k in keep], features)
+
+    monkeypatch.setattr(recommendations, "ranked_list", few)
+    return rare
+
+
 def seen(user: str) -> set[str]:
     return set(Interaction.objects.filter(user__external_id=user).values_list("item__external_id", flat=True))
 
@@ -97,22 +118,8 @@ def test_ranked_answers_carry_each_items_window_so_the_cache_never_serves_it_pas
 
 
 def test_a_selective_filter_still_fills_the_ranked_answer_when_enough_items_match(trained, monkeypatch):
-    # Given four unseen items a filter lets through, of which the stage's candidates hold only one (its
-    # sources, popular, trending, co-occurring..., see the filter only when their rows are read)
-    import embeddings.recommendations as recommendations
-
-    rare = sorted({f"i{i}" for i in range(30)} - seen("u1"))[:4]
-    Item.objects.filter(external_id__in=rare).update(attributes={"rare": True})
-    first = Item.objects.get(external_id=rare[0])
-    ranked_list = recommendations.ranked_list
-
-    def few(stage, request, *, explain=False):
-        found = ranked_list(stage, request, explain=explain)
-        keep = [k for k, n in enumerate(found.neighbours) if n.item_id == first.pk]
-        features = [found.features[k] for k in keep] if found.features is not None else None
-        return type(found)([found.neighbours[k] for k in keep], features)
-
-    monkeypatch.setattr(recommendations, "ranked_list", few)
+    # Given four unseen items a filter lets through, of which the stage's candidates hold only one
+    rare = rare_items_the_stage_holds_one_of(monkeypatch, "u1", 4)
 
     answer = user_recommendations_list(
         user_external_id="u1", limit=4, ranking=True, rules=RuleSet(filters=("attributes.rare = true",)), explain=True
@@ -351,18 +358,7 @@ def test_switching_ranking_off_stops_serving_a_stage_that_won(trained, settings)
 
 def test_a_boost_weighs_ranked_items_and_the_filtered_searchs_alike(trained, monkeypatch):
     # Given a selective filter that leaves the stage one candidate, topped up from the model's search
-    import embeddings.recommendations as recommendations
-
-    rare = sorted({f"i{i}" for i in range(30)} - seen("u1"))[:6]
-    Item.objects.filter(external_id__in=rare).update(attributes={"rare": True})
-    first = Item.objects.get(external_id=rare[0])
-    ranked_list = recommendations.ranked_list
-
-    def few(stage, request, *, explain=False):
-        found = ranked_list(stage, request, explain=explain)
-        return type(found)([n for n in found.neighbours if n.item_id == first.pk], None)
-
-    monkeypatch.setattr(recommendations, "ranked_list", few)
+    rare = rare_items_the_stage_holds_one_of(monkeypatch, "u1", 6)
 
     def asked(boost: str) -> list[Any]:
         rules = RuleSet(filters=("attributes.rare = true",), boosts=(Boost(boost, 1.5),))
